@@ -1,0 +1,125 @@
+"""A whole file to a checked `ir.Program`: declarations, top-level statements, the loss.
+
+Invariants:
+- The returned program has exactly one loss, a scalar f64, and every param is f64.
+- Param initialisers are resolved to an `InitSpec` whose value (for `= expr`) is already
+  broadcast to the declared shape.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import Source, SpadcError
+from ..ir.builder import Builder
+from ..ir.core import Block, InitSpec, InputDecl, ParamDecl, Program, Value
+from ..syntax import ast
+from . import modules
+from .statements import StatementChecker
+from .typed import Typed
+
+DISTRIBUTIONS = {"normal": ("mean", "std"), "uniform": ("lo", "hi"), "glorot": ()}
+
+
+def check_source(source: Source, base_dir: str | None = None) -> Program:
+    if base_dir is None:
+        base_dir = os.path.dirname(os.path.abspath(source.name)) if os.path.exists(source.name) else os.getcwd()
+    module, env = modules.load(source, base_dir)
+    return _ProgramChecker(env, source).run(module)
+
+
+class _ProgramChecker(StatementChecker):
+    def __init__(self, env, source: Source):
+        super().__init__(Builder(Block()), env)
+        self.source = source
+        self.params: list[ParamDecl] = []
+        self.inputs: list[InputDecl] = []
+        self.outputs: dict[str, Value] = {}
+        self.loss: tuple[Typed, ast.Loss] | None = None
+        self.classifier = None
+
+    def run(self, module: ast.Module) -> Program:
+        handlers = {ast.Input: self.input, ast.Param: self.param, ast.Output: self.output, ast.Loss: self.loss_stmt,
+                    ast.Let: self.let, ast.Assign: self.assign, ast.For: self.for_loop}
+        for stmt in module.statements:
+            if isinstance(stmt, (ast.Const, ast.Fn, ast.Import)):
+                continue  # handled when the file was loaded (modules.py)
+            if isinstance(stmt, ast.Return):
+                raise SpadcError("`return` is only allowed at the end of a function", stmt.loc)
+            handlers[type(stmt)](stmt)
+        if self.loss is None:
+            raise SpadcError("the model has no `loss` statement; it needs exactly one", self.source.end_loc())
+        body = self.b.block
+        body.params = [p.value for p in self.params] + [i.value for i in self.inputs]
+        name = os.path.splitext(os.path.basename(self.source.name))[0]
+        return Program(name, self.params, self.inputs, body, self.outputs, self.loss[0].value, self.classifier)
+
+    def input(self, stmt: ast.Input):
+        value = Value(self.resolve_type(stmt.type), stmt.name)
+        self.declare(stmt.name, "input", Typed(value), stmt.name_loc)
+        self.inputs.append(InputDecl(stmt.name, value, stmt.loc))
+
+    def param(self, stmt: ast.Param):
+        type_ = self.resolve_type(stmt.type)
+        if type_.dtype != "f64":
+            raise SpadcError(f"param `{stmt.name}` must be f64 (trainable values are floats), got {type_}",
+                             stmt.type.loc)
+        bounds = None
+        if stmt.bounds is not None:
+            bounds = tuple(self.const_float(b, "a bound") for b in stmt.bounds)
+            if not bounds[0] < bounds[1]:
+                raise SpadcError(f"the bounds of `{stmt.name}` must satisfy lo < hi, got [{bounds[0]}, {bounds[1]}]",
+                                 stmt.bounds[0].loc)
+        value = Value(type_, stmt.name)
+        self.declare(stmt.name, "param", Typed(value), stmt.name_loc)
+        self.params.append(ParamDecl(stmt.name, value, self._init(stmt, type_), bounds, stmt.loc))
+
+    def _init(self, stmt: ast.Param, type_) -> InitSpec:
+        init = stmt.init
+        if init is None:
+            return InitSpec("value", (np.zeros(type_.shape),))
+        if isinstance(init, ast.InitValue):
+            value = self.const_value(init.value, f"the initial value of `{stmt.name}`")
+            if value.dtype.kind == "b":
+                raise SpadcError(f"the initial value of `{stmt.name}` must be numeric", init.loc)
+            try:
+                value = np.broadcast_to(value.astype(np.float64), type_.shape).copy()
+            except ValueError:
+                raise SpadcError(f"the initial value has shape {list(value.shape)}, which does not broadcast to "
+                                 f"{type_}", init.value.loc) from None
+            return InitSpec("value", (value,))
+        if init.dist not in DISTRIBUTIONS:
+            raise SpadcError(f"unknown distribution `{init.dist}` (expected normal, uniform or glorot)", init.loc)
+        names = DISTRIBUTIONS[init.dist]
+        if init.kwargs:
+            raise SpadcError(f"`{init.dist}` takes its arguments by position", init.kwargs[0].loc)
+        if len(init.args) != len(names):
+            raise SpadcError(f"`{init.dist}` takes {len(names)} argument{'s' * (len(names) != 1)} "
+                             f"({', '.join(names) or 'none'}), got {len(init.args)}", init.loc)
+        args = tuple(self.const_float(a, f"the {n} of `{init.dist}`") for a, n in zip(init.args, names))
+        if init.dist == "normal" and args[1] < 0:
+            raise SpadcError(f"the std of `normal` must be >= 0, got {args[1]}", init.args[1].loc)
+        if init.dist == "uniform" and not args[0] < args[1]:
+            raise SpadcError(f"`uniform` needs lo < hi, got {args[0]}, {args[1]}", init.loc)
+        return InitSpec(init.dist, args)
+
+    def output(self, stmt: ast.Output):
+        typed = self.expr(stmt.value)
+        self.declare(stmt.name, "output", typed, stmt.name_loc)
+        self.outputs[stmt.name] = typed.value
+
+    def loss_stmt(self, stmt: ast.Loss):
+        if self.loss is not None:
+            raise SpadcError("a second `loss`: a model has exactly one", stmt.loc,
+                             (("the first `loss` is here", self.loss[1].loc),))
+        self.last_cross_entropy = None
+        typed = self.expr(stmt.value)
+        if typed.type.rank != 0:
+            raise SpadcError(f"the loss must be a scalar, got {typed.type}", stmt.value.loc)
+        typed = self.to_float(typed, "the loss", stmt.value.loc)
+        self.loss = (typed, stmt)
+        if self.last_cross_entropy is not None and self.last_cross_entropy[2] is typed:
+            logits, label, _ = self.last_cross_entropy
+            self.classifier = (logits.value, label.value)

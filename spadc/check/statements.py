@@ -1,0 +1,168 @@
+"""Checking and lowering statements, and inlining function calls.
+
+Invariants:
+- Names live in nested scopes; all top-level names of a file (consts, fns, inputs, params, lets,
+  outputs) share one namespace, and a `let` may not reuse any visible name.
+- `x = e` rebinds a visible `let` without changing its type or shape (an i64 value may rebind an
+  f64 `let`: it is converted). Inside a `for`, a rebound outer `let` becomes loop-carried state.
+- `output`, `loss` and declarations appear only at the top level; `return` only as the last
+  statement of a function.
+- A function call is inlined: its body is checked with the argument types of that call site, in
+  the scope of its own file (its consts and fns, never the caller's variables).
+"""
+
+from __future__ import annotations
+
+from ..errors import Loc, SpadcError
+from ..ir.core import Value
+from ..ir.types import DTYPES, TensorType
+from ..syntax import ast
+from .expressions import ExprChecker
+from .typed import Binding, Typed
+
+_DECLARATIONS = (ast.Const, ast.Input, ast.Param, ast.Fn, ast.Import)
+_KIND_WORDS = {"const": "a const", "input": "an input", "param": "a param", "output": "an output",
+               "loopvar": "a loop variable", "arg": "a function argument"}
+
+
+class StatementChecker(ExprChecker):
+    def __init__(self, builder, env):
+        super().__init__(builder, env)
+        self.last_cross_entropy = None
+
+    # ---- names -----------------------------------------------------------------
+
+    def declare(self, name: str, kind: str, typed: Typed, name_loc: Loc) -> Binding:
+        self.check_fresh(name, name_loc)
+        if typed.value.hint is None:
+            typed.value.hint = name
+        binding = Binding(kind, typed, name_loc)
+        self.scopes[-1][name] = binding
+        return binding
+
+    def resolve_type(self, t: ast.TypeExpr) -> TensorType:
+        if t.elem not in DTYPES:
+            hint = (" (f32 is chosen for a whole program by a compile option; declare f64)"
+                    if t.elem == "f32" else " (expected f64, i64 or bool)")
+            raise SpadcError(f"unknown type `{t.elem}`{hint}", t.loc)
+        return TensorType(t.elem, tuple(self.const_int(d, "a dimension", minimum=1) for d in t.dims))
+
+    # ---- statements inside blocks ----------------------------------------------
+
+    def block_statements(self, statements, where: str):
+        """Statements of a `for` body or a function body (`where` names it in messages)."""
+        for stmt in statements:
+            handler = _BLOCK_HANDLERS.get(type(stmt))
+            if handler is None:
+                raise SpadcError(f"{_statement_word(stmt)} is not allowed inside {where}", stmt.loc)
+            handler(self, stmt)
+
+    def let(self, stmt: ast.Let):
+        self.declare(stmt.name, "let", self.expr(stmt.value), stmt.name_loc)
+
+    def assign(self, stmt: ast.Assign):
+        binding = self.lookup(stmt.name)
+        if binding is None:
+            if stmt.name in self.env.consts:
+                raise SpadcError(f"cannot assign to const `{stmt.name}`", stmt.name_loc)
+            raise SpadcError(f"`{stmt.name}` is not declared; declare it with `let {stmt.name} = ...`", stmt.name_loc)
+        if not binding.assignable:
+            raise SpadcError(f"cannot assign to `{stmt.name}`: it is {_KIND_WORDS[binding.kind]}", stmt.name_loc)
+        new = self.expr(stmt.value)
+        old_type = binding.typed.type
+        if old_type.dtype == "f64" and new.type.dtype == "i64" and new.type.shape == old_type.shape:
+            new = self.prim("to_float", [new], stmt.loc)
+        if new.type != old_type:
+            hint = f"; declare it as `let {stmt.name} = 0.0`" if (old_type.dtype, new.type.dtype) == ("i64", "f64") else ""
+            raise SpadcError(f"`{stmt.name}` is {old_type} but the new value is {new.type}: a rebinding keeps its "
+                             f"type and shape{hint}", stmt.loc)
+        if new.value.hint is None:
+            new.value.hint = stmt.name
+        binding.typed = new
+
+    def for_loop(self, stmt: ast.For):
+        lo, hi = self.range_bounds(stmt.range)
+        carried = [name for name in _assigned_names(stmt.body)
+                   if (b := self.lookup(name)) is not None and b.assignable]
+        outer = [self.lookup(name) for name in carried]
+        index = self.loop_variable(stmt.var, lo, hi)
+        params = [index.value] + [Value(b.typed.type, name) for name, b in zip(carried, outer)]
+        with self.b.region(params) as body:
+            self.check_fresh(stmt.var, stmt.name_loc)
+            scope = {stmt.var: Binding("loopvar", index, stmt.name_loc)}
+            scope.update({name: Binding("let", Typed(p), b.loc) for name, p, b in zip(carried, params[1:], outer)})
+            self.scopes.append(scope)
+            try:
+                self.block_statements(stmt.body, "a `for` loop")
+            finally:
+                self.scopes.pop()
+            body.yields = [scope[name].typed.value for name in carried]
+        results = self.b.region_op("loop", [b.typed.value for b in outer], (body,), [b.typed.type for b in outer],
+                                   stmt.loc, hints=carried, lo=lo, hi=hi, var=stmt.var)
+        for binding, result in zip(outer, results):
+            binding.typed = Typed(result)
+
+    # ---- functions ---------------------------------------------------------------
+
+    def inline_call(self, fn_def, node: ast.Call) -> Typed:
+        fn = fn_def.node
+        if node.kwargs:
+            raise SpadcError(f"`{fn.name}` takes no keyword arguments", node.kwargs[0].loc)
+        if len(node.args) != len(fn.params):
+            raise SpadcError(f"`{fn.name}` takes {len(fn.params)} argument{'s' * (len(fn.params) != 1)}, "
+                             f"got {len(node.args)}", node.loc)
+        if fn.name in self.fn_stack:  # modules.py rejects recursion first; this is a safety net
+            raise SpadcError(f"recursive call of `{fn.name}`", node.loc)
+        args = [self.expr(a) for a in node.args]
+        saved_env, saved_scopes = self.env, self.scopes
+        self.env, self.scopes = fn_def.env, [{}]
+        self.fn_stack.append(fn.name)
+        try:
+            with self.b.inlining(node.loc):
+                for param, arg, arg_node in zip(fn.params, args, node.args):
+                    arg = self._conform_annotation(param.type, arg, f"argument `{param.name}` of `{fn.name}`",
+                                                   arg_node.loc)
+                    self.declare(param.name, "arg", Typed(arg.value, arg.const, arg.affine, arg.interval), param.loc)
+                *body, last = fn.body
+                if not isinstance(last, ast.Return):
+                    raise SpadcError(f"fn `{fn.name}` must end with `return`", last.loc)
+                self.block_statements(body, f"fn `{fn.name}`")
+                result = self.expr(last.value)
+                return self._conform_annotation(fn.ret, result, f"the result of `{fn.name}`", last.loc)
+        finally:
+            self.fn_stack.pop()
+            self.env, self.scopes = saved_env, saved_scopes
+
+    def _conform_annotation(self, annotation, value: Typed, what: str, loc: Loc) -> Typed:
+        if annotation is None:
+            return value
+        expected = self.resolve_type(annotation)
+        if expected.dtype == "f64" and value.type.dtype == "i64":
+            value = self.prim("to_float", [value], loc)
+        if value.type != expected:
+            raise SpadcError(f"{what} must be {expected}, got {value.type}", loc)
+        return value
+
+
+def _statement_word(stmt) -> str:
+    words = {ast.Const: "`const`", ast.Input: "`input`", ast.Param: "`param`", ast.Fn: "`fn`",
+             ast.Import: "`import`", ast.Output: "`output`", ast.Loss: "`loss`", ast.Return: "`return`"}
+    return words.get(type(stmt), "this statement")
+
+
+def _assigned_names(statements) -> list[str]:
+    """Names rebound anywhere in these statements (nested loops included), in first-seen order."""
+    names: list[str] = []
+    for stmt in statements:
+        if isinstance(stmt, ast.Assign) and stmt.name not in names:
+            names.append(stmt.name)
+        elif isinstance(stmt, ast.For):
+            names += [n for n in _assigned_names(stmt.body) if n not in names]
+    return names
+
+
+_BLOCK_HANDLERS = {
+    ast.Let: StatementChecker.let,
+    ast.Assign: StatementChecker.assign,
+    ast.For: StatementChecker.for_loop,
+}

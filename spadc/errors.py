@@ -1,0 +1,90 @@
+"""Source locations and the one error type users ever see.
+
+Invariants:
+- Every user mistake, at compile time or at run time, is a `SpadcError`. When it has a place,
+  its message starts ``FILE:LINE:COL: `` and goes on with the source line and a caret under
+  the column, so the message alone tells the user where to look.
+- Lines and columns are 1-based, as editors count them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, eq=False)
+class Source:
+    """A source text and the name it is reported under (a path, or `compile_source`'s name)."""
+
+    name: str
+    text: str = field(repr=False)
+    lines: tuple[str, ...] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "lines", tuple(self.text.splitlines()))
+
+    def line_text(self, line: int) -> str:
+        return self.lines[line - 1] if 1 <= line <= len(self.lines) else ""
+
+    def end_loc(self) -> "Loc":
+        """The position just after the last token (comments and blanks are not tokens)."""
+        for number in range(len(self.lines), 0, -1):
+            code = _strip_comment(self.lines[number - 1]).rstrip()
+            if code:
+                return Loc(self, number, len(code) + 1)
+        return Loc(self, 1, 1)
+
+
+def _strip_comment(line: str) -> str:
+    # '#' only ever starts a comment: the language has no character that can contain one
+    # except string literals in `import "..."`, which never hold '#' in practice; be exact anyway.
+    in_string = False
+    for i, ch in enumerate(line):
+        if ch == '"':
+            in_string = not in_string
+        elif ch == "#" and not in_string:
+            return line[:i]
+    return line
+
+
+@dataclass(frozen=True, eq=False)
+class Loc:
+    source: Source
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.source.name}:{self.line}:{self.col}"
+
+    def __repr__(self) -> str:
+        return f"Loc({self})"
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """A value-comparable identity, used for stable site ids and in tests."""
+        return (self.source.name, self.line, self.col)
+
+
+class SpadcError(Exception):
+    """A user mistake: in a .spad program, in inputs passed from Python, or on the command line."""
+
+    def __init__(self, message: str, loc: Loc | None = None, notes: tuple[tuple[str, Loc], ...] = ()):
+        self.bare_message = message
+        self.loc = loc
+        self.notes = notes
+        super().__init__(render(message, loc, notes))
+
+
+def render(message: str, loc: Loc | None, notes=()) -> str:
+    if loc is None:
+        return message
+    parts = [f"{loc}: error: {message}", *_quote(loc)]
+    for note, note_loc in notes:
+        parts += [f"{note_loc}: note: {note}", *_quote(note_loc)]
+    return "\n".join(parts)
+
+
+def _quote(loc: Loc) -> list[str]:
+    text = loc.source.line_text(loc.line).expandtabs(1)
+    caret = " " * (loc.col - 1) + "^"
+    return [f"    {text}", f"    {caret}"]

@@ -1,0 +1,119 @@
+"""The IR: typed single-assignment values, operations, structured regions and the program.
+
+Invariants (checked by `spadc.ir.verify`):
+- Every `Value` is defined exactly once: as a block parameter or as the result of one op.
+- A value is used only after its definition, in its own block or in a block nested inside it
+  (regions capture outer values implicitly, as in MLIR).
+- An op's `kind` is either a primitive of `spadc.ir.primitives.PRIMITIVES`, whose shape rule gives
+  its result type, or one of the three region ops below, whose bodies are `Block`s:
+    loop      `for var in lo..hi`, with carried state. args: initial carried values.
+              region params: [index (i64), *carried]; yields: next carried; results: final carried.
+              A loop stays a loop: IR size does not depend on the trip count.
+    tabulate  `[body for var in lo..hi]`. No args; region params: [index]; yields: [element];
+              result: the elements stacked along a new leading axis of length hi - lo.
+    cond      `if c then a else b`. args: (c,), a scalar bool; regions (then, else), no params,
+              each yields one value of the result type. Only the chosen region is evaluated.
+- IR is never mutated after it is built; passes build new blocks.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import Loc
+from .types import TensorType
+
+REGION_OPS = ("loop", "tabulate", "cond")
+
+_ids = itertools.count()
+
+
+class Value:
+    """An SSA value. `hint` is the source name it came from (for printing), or None."""
+
+    __slots__ = ("type", "hint", "id")
+
+    def __init__(self, type: TensorType, hint: str | None = None):
+        self.type = type
+        self.hint = hint
+        self.id = next(_ids)
+
+    def __repr__(self) -> str:
+        return f"Value({self.hint or ''}#{self.id}: {self.type})"
+
+
+@dataclass(eq=False)
+class Block:
+    params: list[Value] = field(default_factory=list)
+    ops: list["Op"] = field(default_factory=list)
+    yields: list[Value] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Op:
+    kind: str
+    args: tuple[Value, ...]
+    results: tuple[Value, ...]
+    attrs: dict[str, Any]
+    loc: Loc
+    # The call sites this op was inlined through, outermost first: part of its site id.
+    inlined_at: tuple[Loc, ...] = ()
+    regions: tuple[Block, ...] = ()
+
+    @property
+    def result(self) -> Value:
+        assert len(self.results) == 1, self.kind
+        return self.results[0]
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """How a parameter is initialised: `value` (an array broadcast to its shape) or a distribution."""
+    kind: str  # 'value' | 'normal' | 'uniform' | 'glorot'
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(eq=False)
+class ParamDecl:
+    name: str
+    value: Value
+    init: InitSpec
+    bounds: tuple[float, float] | None
+    loc: Loc
+
+
+@dataclass(eq=False)
+class InputDecl:
+    name: str
+    value: Value
+    loc: Loc
+
+
+@dataclass(eq=False)
+class Program:
+    """A checked model. `body.params` are the param values then the input values, in declaration order."""
+    name: str
+    params: list[ParamDecl]
+    inputs: list[InputDecl]
+    body: Block
+    outputs: dict[str, Value]
+    loss: Value
+    # (logits, label) when the loss is `cross_entropy(logits, label)`: accuracy can then be reported.
+    classifier: tuple[Value, Value] | None = None
+
+    def with_body(self, body: Block, outputs: dict[str, Value], loss: Value, classifier) -> "Program":
+        return Program(self.name, self.params, self.inputs, body, outputs, loss, classifier)
+
+
+def walk_ops(block: Block):
+    """Every op of a block and of the regions nested in it, parents before children."""
+    for op in block.ops:
+        yield op
+        for region in op.regions:
+            yield from walk_ops(region)
+
+
+def count_ops(block: Block) -> int:
+    return sum(1 for _ in walk_ops(block))

@@ -1,0 +1,124 @@
+"""The NumPy reference interpreter: the oracle for everything compiled.
+
+It favours being plainly correct over being fast: one sample at a time, every op evaluated by its
+primitive's NumPy implementation, loops run as Python loops.
+
+Invariants:
+- Values are NumPy arrays of the declared dtype (float64, int64, bool) and shape; scalars are 0-d.
+- Only the chosen region of a `cond` runs, so an index error in the other branch cannot fire.
+- A primitive's `Fault` becomes a `SpadcError` placed at the op's source line.
+- Random primitives draw from `spadc.rng` keyed by (seed, step, site, sample, loop iteration).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import rng
+from ..errors import SpadcError
+from . import primitives
+from .core import Block, Op, Program
+
+NUMPY_DTYPES = {"f64": np.float64, "i64": np.int64, "bool": np.bool_}
+
+
+@dataclass
+class Result:
+    loss: float
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class _RandomContext:
+    training: bool
+    key: int
+
+    def uniform(self, count: int) -> np.ndarray:
+        return rng.uniform(self.key, count)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    training: bool = False
+    seed: int = 0
+    step: int = 0
+    sample: int = 0
+
+
+def evaluate(program: Program, params: dict, inputs: dict, options: RunOptions = RunOptions()) -> Result:
+    env = {}
+    for decl in program.params:
+        env[decl.value] = _conform(params, decl.name, decl.value.type, "param")
+    for decl in program.inputs:
+        env[decl.value] = _conform(inputs, decl.name, decl.value.type, "input")
+    extra = set(inputs) - {d.name for d in program.inputs}
+    if extra:
+        raise SpadcError(f"unknown input `{sorted(extra)[0]}`; the model's inputs are "
+                         f"{', '.join(d.name for d in program.inputs) or 'none'}")
+    with np.errstate(all="ignore"):  # inf and NaN are values, as in compiled code
+        _run_block(program.body, env, (), options)
+    return Result(float(env[program.loss]), {name: env[v] for name, v in program.outputs.items()})
+
+
+def _conform(values: dict, name: str, type_, what: str) -> np.ndarray:
+    if name not in values:
+        raise SpadcError(f"missing {what} `{name}` ({type_})")
+    array = np.asarray(values[name])
+    if array.shape != type_.shape:
+        raise SpadcError(f"{what} `{name}` must have shape {list(type_.shape)}, got {list(array.shape)}")
+    if type_.dtype == "i64" and array.dtype.kind not in "iu":
+        raise SpadcError(f"{what} `{name}` must be integers (i64), got {array.dtype}")
+    return array.astype(NUMPY_DTYPES[type_.dtype])
+
+
+def _run_block(block: Block, env: dict, iteration: tuple[int, ...], options: RunOptions):
+    for op in block.ops:
+        if op.kind == "loop":
+            _loop(op, env, iteration, options)
+        elif op.kind == "tabulate":
+            _tabulate(op, env, iteration, options)
+        elif op.kind == "cond":
+            region = op.regions[0] if bool(env[op.args[0]]) else op.regions[1]
+            _run_block(region, env, iteration, options)
+            env[op.result] = env[region.yields[0]]
+        else:
+            env[op.result] = _primitive(op, [env[a] for a in op.args], iteration, options)
+
+
+def _primitive(op: Op, args, iteration, options: RunOptions) -> np.ndarray:
+    primitive = primitives.PRIMITIVES[op.kind]
+    context = None
+    if primitive.family == "random":
+        key = rng.stream(options.seed, options.step, rng.site_id(op.loc, op.inlined_at), options.sample, iteration)
+        context = _RandomContext(options.training, key)
+    try:
+        out = primitive.evaluate(args, op.attrs, context)
+    except primitives.Fault as fault:
+        raise SpadcError(f"run-time error: {fault}", op.loc) from None
+    return np.asarray(out, dtype=NUMPY_DTYPES[op.result.type.dtype])
+
+
+def _loop(op: Op, env, iteration, options):
+    (body,) = op.regions
+    carried = [env[a] for a in op.args]
+    for i in range(op.attrs["lo"], op.attrs["hi"]):
+        env[body.params[0]] = np.int64(i)
+        for param, value in zip(body.params[1:], carried):
+            env[param] = value
+        _run_block(body, env, iteration + (i,), options)
+        carried = [env[y] for y in body.yields]
+    for result, value in zip(op.results, carried):
+        env[result] = value
+
+
+def _tabulate(op: Op, env, iteration, options):
+    (body,) = op.regions
+    elements = []
+    for i in range(op.attrs["lo"], op.attrs["hi"]):
+        env[body.params[0]] = np.int64(i)
+        # The element index joins the key so that random ops draw independently per element.
+        _run_block(body, env, iteration + (i,), options)
+        elements.append(env[body.yields[0]])
+    env[op.result] = np.stack(elements)

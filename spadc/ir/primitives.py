@@ -1,0 +1,330 @@
+"""The table of IR primitives: one record per primitive.
+
+Each record holds the primitive's arity, its shape rule and its NumPy reference implementation
+(the oracle that compiled code is tested against). Later stages add their rule for each primitive
+in one place per stage, keyed by these names, and a test fails naming any primitive missing one.
+
+Invariants:
+- `infer(arg_types, attrs)` returns the result type or raises `ValueError`; the checker has already
+  reported user mistakes with positions, so a `ValueError` here is a compiler bug.
+- Elementwise primitives take operands of one shape, or scalars (rank 0) that stand for a whole
+  tensor; any other broadcasting is an explicit `broadcast` op inserted by the checker.
+- `evaluate(args, attrs, ctx)` works on NumPy arrays of the declared types and raises `Fault` for
+  the run-time errors the language defines (an index or label out of range, an integer division by
+  zero); the interpreter turns a `Fault` into a `SpadcError` placed at the op.
+- Ties: `max`/`min` select the first operand, and NaN propagates as in NumPy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .types import BOOL, F64, TensorType
+
+
+class Fault(Exception):
+    """A run-time error of the program being evaluated (not of the compiler)."""
+
+
+@dataclass(frozen=True)
+class Primitive:
+    name: str
+    arity: int | None  # None: any number of operands
+    infer: Callable[[list[TensorType], dict], TensorType]
+    evaluate: Callable[..., np.ndarray]
+    family: str  # 'unary' | 'binary' | 'compare' | 'logic' | 'select' | 'reduce' | 'structure' | 'random'
+    doc: str
+
+
+PRIMITIVES: dict[str, Primitive] = {}
+
+
+def _define(name, arity, infer, evaluate, family, doc):
+    PRIMITIVES[name] = Primitive(name, arity, infer, evaluate, family, doc)
+
+
+def _require(condition: bool, message: str):
+    if not condition:
+        raise ValueError(message)
+
+
+def _elementwise_shape(types: list[TensorType]) -> tuple[int, ...]:
+    shapes = {t.shape for t in types if t.shape}
+    _require(len(shapes) <= 1, f"elementwise operands of different shapes: {[str(t) for t in types]}")
+    return shapes.pop() if shapes else ()
+
+
+# ---- unary elementwise ---------------------------------------------------------
+
+def _unary(name, fn, doc, dtypes=("f64",), out=None):
+    def infer(types, attrs):
+        (t,) = types
+        _require(t.dtype in dtypes, f"{name} takes {dtypes}, got {t}")
+        return t.with_dtype(out or t.dtype)
+
+    _define(name, 1, infer, lambda args, attrs, ctx: np.asarray(fn(args[0])), "unary", doc)
+
+
+def _sigmoid(x):
+    # Two branches so that neither exp overflows.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _to_int(x):
+    if not np.all(np.isfinite(x)) or np.any(np.abs(x) >= 2.0**63):
+        raise Fault("int() of a value that is not finite or does not fit in i64")
+    return np.trunc(x).astype(np.int64)
+
+
+_unary("neg", np.negative, "-x", ("f64", "i64"))
+_unary("abs", np.abs, "|x|; abs'(0) = 0", ("f64", "i64"))
+_unary("sign", np.sign, "sign of x; zero derivative", ("f64", "i64"))
+_unary("exp", np.exp, "e^x")
+_unary("log", np.log, "natural logarithm")
+_unary("log1p", np.log1p, "log(1 + x)")
+_unary("expm1", np.expm1, "e^x - 1")
+_unary("sqrt", np.sqrt, "square root")
+_unary("sin", np.sin, "sine")
+_unary("cos", np.cos, "cosine")
+_unary("tan", np.tan, "tangent")
+_unary("tanh", np.tanh, "hyperbolic tangent")
+_unary("sigmoid", _sigmoid, "1 / (1 + e^-x)")
+_unary("relu", lambda x: np.where(x > 0, x, 0.0), "max(x, 0); relu'(0) = 0")
+_unary("softplus", lambda x: np.logaddexp(0.0, x), "log(1 + e^x)")
+_unary("floor", np.floor, "largest integer <= x; zero derivative")
+_unary("stop_gradient", lambda x: x.copy(), "identity with zero derivative")
+_unary("not", np.logical_not, "logical negation", ("bool",))
+_unary("to_float", lambda x: x.astype(np.float64), "float(x)", ("i64", "bool"), out="f64")
+_unary("to_int", _to_int, "int(x): truncation toward zero; zero derivative", ("f64",), out="i64")
+
+
+# ---- binary elementwise --------------------------------------------------------
+
+def _binary(name, fn, doc, dtypes=("f64", "i64"), family="binary", out=None):
+    def infer(types, attrs):
+        a, b = types
+        _require(a.dtype == b.dtype and a.dtype in dtypes, f"{name} takes equal dtypes of {dtypes}, got {a}, {b}")
+        return TensorType(out or a.dtype, _elementwise_shape(types))
+
+    _define(name, 2, infer, lambda args, attrs, ctx: np.asarray(fn(*args)), family, doc)
+
+
+def _int_checked(fn):
+    def apply(a, b):
+        if a.dtype == np.int64 and np.any(b == 0):
+            raise Fault("integer division by zero")
+        return fn(a, b)
+    return apply
+
+
+def _max(a, b):
+    return np.where((a >= b) | (a != a), a, b)
+
+
+def _min(a, b):
+    return np.where((a <= b) | (a != a), a, b)
+
+
+_binary("add", np.add, "a + b")
+_binary("sub", np.subtract, "a - b")
+_binary("mul", np.multiply, "a * b")
+_binary("div", np.divide, "a / b (true division)", ("f64",))
+_binary("floordiv", _int_checked(np.floor_divide), "a // b, rounding down as in Python")
+_binary("mod", _int_checked(np.mod), "a % b, with the sign of b as in Python")
+_binary("pow", np.power, "a ^ b", ("f64",))
+_binary("max", _max, "elementwise max; ties and the derivative go to a")
+_binary("min", _min, "elementwise min; ties and the derivative go to a")
+for _name, _fn in [("lt", np.less), ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal),
+                   ("eq", np.equal), ("ne", np.not_equal)]:
+    _binary(_name, _fn, f"comparison {_name}", ("f64", "i64", "bool"), family="compare", out="bool")
+_binary("and", np.logical_and, "logical and", ("bool",), family="logic")
+_binary("or", np.logical_or, "logical or", ("bool",), family="logic")
+
+
+def _select_infer(types, attrs):
+    c, a, b = types
+    _require(c.dtype == "bool" and a.dtype == b.dtype, f"select takes bool, T, T; got {c}, {a}, {b}")
+    return a.with_shape(_elementwise_shape(types))
+
+
+_define("select", 3, _select_infer, lambda args, attrs, ctx: np.asarray(np.where(*args)), "select",
+        "where(c, a, b): a where c is true, else b; both evaluated; the adjoint of the other side is exactly 0")
+
+
+# ---- reductions ----------------------------------------------------------------
+
+def _reduce(name, fn, doc, dtypes=("f64", "i64")):
+    def infer(types, attrs):
+        (t,) = types
+        axis = attrs["axis"]
+        _require(t.dtype in dtypes, f"{name} takes {dtypes}, got {t}")
+        if axis is None:
+            return t.with_shape(())
+        _require(0 <= axis < t.rank, f"{name}: axis {axis} out of range for {t}")
+        return t.with_shape(t.shape[:axis] + t.shape[axis + 1:])
+
+    _define(name, 1, infer, lambda args, attrs, ctx: np.asarray(fn(args[0], axis=attrs["axis"])), "reduce", doc)
+
+
+_reduce("reduce_sum", np.sum, "sum over one axis or all")
+_reduce("reduce_prod", np.prod, "product over one axis or all")
+_reduce("reduce_max", np.max, "maximum over one axis or all; the derivative goes to the first maximal entry")
+_reduce("reduce_min", np.min, "minimum over one axis or all; the derivative goes to the first minimal entry")
+
+
+# ---- linear algebra and structure ---------------------------------------------
+
+def _matmul_infer(types, attrs):
+    a, b = types
+    _require(a.dtype == b.dtype == "f64" and 1 <= a.rank <= 2 and 1 <= b.rank <= 2, f"matmul of {a}, {b}")
+    _require(a.shape[-1] == b.shape[0], f"matmul inner dimensions of {a}, {b}")
+    return F64.with_shape(a.shape[:-1] + b.shape[1:])
+
+
+_define("matmul", 2, _matmul_infer, lambda args, attrs, ctx: np.asarray(np.matmul(*args)), "structure",
+        "A @ B for matrix-matrix, matrix-vector, vector-matrix and vector-vector (dot)")
+
+
+def _transpose_infer(types, attrs):
+    (t,) = types
+    _require(t.rank == 2, f"transpose of {t}")
+    return t.with_shape(t.shape[::-1])
+
+
+_define("transpose", 1, _transpose_infer, lambda args, attrs, ctx: np.ascontiguousarray(args[0].T), "structure",
+        "matrix transpose")
+
+
+def _reshape_infer(types, attrs):
+    (t,) = types
+    shape = tuple(attrs["shape"])
+    _require(t.with_shape(shape).size == t.size, f"reshape {t} to {shape}")
+    return t.with_shape(shape)
+
+
+_define("reshape", 1, _reshape_infer, lambda args, attrs, ctx: args[0].reshape(attrs["shape"]), "structure",
+        "same elements in row-major order, another shape")
+
+
+def _broadcast_infer(types, attrs):
+    (t,) = types
+    shape = tuple(attrs["shape"])
+    _require(len(shape) >= t.rank and all(d in (1, s) for d, s in zip(t.shape[::-1], shape[::-1])),
+             f"broadcast {t} to {shape}")
+    return t.with_shape(shape)
+
+
+_define("broadcast", 1, _broadcast_infer, lambda args, attrs, ctx: np.broadcast_to(args[0], attrs["shape"]).copy(),
+        "structure", "NumPy broadcasting to a larger shape")
+
+
+def _index_infer(types, attrs):
+    t, *indices = types
+    spec = attrs["spec"]
+    _require(len(spec) == t.rank, f"index spec {spec} for {t}")
+    _require(all(i.dtype == "i64" and i.rank == 0 for i in indices), "indices must be i64 scalars")
+    _require(sum(1 for s in spec if s[0] == "dyn") == len(indices), "one operand per dynamic index")
+    shape = []
+    for (kind, *rest), n in zip(spec, t.shape):
+        if kind == "slice":
+            lo, hi = rest
+            _require(0 <= lo < hi <= n, f"slice {lo}:{hi} of axis {n}")
+            shape.append(hi - lo)
+        elif kind == "const":
+            _require(0 <= rest[0] < n, f"index {rest[0]} of axis {n}")
+    return t.with_shape(shape)
+
+
+def _index_evaluate(args, attrs, ctx):
+    x, *indices = args
+    dynamic = iter(indices)
+    key = []
+    for axis, ((kind, *rest), n) in enumerate(zip(attrs["spec"], x.shape)):
+        if kind == "slice":
+            key.append(slice(rest[0], rest[1]))
+        elif kind == "const":
+            key.append(rest[0])
+        else:
+            i = int(next(dynamic))
+            if not 0 <= i < n:
+                raise Fault(f"{attrs['what']}: index {i} is out of range for axis {axis} of length {n}")
+            key.append(i)
+    return np.array(x[tuple(key)])
+
+
+_define("index", None, _index_infer, _index_evaluate, "structure",
+        "x[...]: per axis a constant index, a constant slice, or a dynamic i64 operand (range-checked "
+        "at run time unless the checker proved it in range); attrs: spec, what")
+
+
+def _stack_infer(types, attrs):
+    _require(len(types) >= 1 and len(set(types)) == 1, f"stack of {[str(t) for t in types]}")
+    return types[0].with_shape((len(types),) + types[0].shape)
+
+
+_define("stack", None, _stack_infer, lambda args, attrs, ctx: np.stack(args), "structure",
+        "[a, b, ...]: equal-typed elements along a new leading axis")
+
+
+def _const_infer(types, attrs):
+    _require(not types, "const takes no operands")
+    return TensorType(attrs["dtype"], ())
+
+
+_NUMPY_DTYPES = {"f64": np.float64, "i64": np.int64, "bool": np.bool_}
+
+_define("const", 0, _const_infer, lambda args, attrs, ctx: np.array(attrs["value"], dtype=_NUMPY_DTYPES[attrs["dtype"]]),
+        "structure", "a scalar literal; attrs: value, dtype")
+_define("eye", 0, lambda types, attrs: F64.with_shape((attrs["n"], attrs["n"])),
+        lambda args, attrs, ctx: np.eye(attrs["n"]), "structure", "identity matrix; attrs: n")
+
+
+def _onehot_infer(types, attrs):
+    (t,) = types
+    _require(t.dtype == "i64" and t.rank == 0, f"onehot label {t}")
+    return F64.with_shape((attrs["n"],))
+
+
+def _onehot_evaluate(args, attrs, ctx):
+    label, n = int(args[0]), attrs["n"]
+    if not 0 <= label < n:
+        raise Fault(f"label {label} is out of range for {n} classes")
+    out = np.zeros(n)
+    out[label] = 1.0
+    return out
+
+
+_define("onehot", 1, _onehot_infer, _onehot_evaluate, "structure", "onehot(label, n); attrs: n")
+
+
+def _dropout_infer(types, attrs):
+    (t,) = types
+    _require(t.dtype == "f64" and 0.0 <= attrs["p"] < 1.0, f"dropout of {t} with p={attrs['p']}")
+    return t
+
+
+def _dropout_evaluate(args, attrs, ctx):
+    (x,) = args
+    p = attrs["p"]
+    if not ctx.training or p == 0.0:
+        return x.copy()
+    keep = ctx.uniform(x.size).reshape(x.shape) >= p
+    return np.where(keep, x / (1.0 - p), 0.0)
+
+
+_define("dropout", 1, _dropout_infer, _dropout_evaluate, "random",
+        "identity outside training; in training keeps each entry with probability 1-p, scaled by 1/(1-p)")
+
+
+def infer(kind: str, types: list[TensorType], attrs: dict) -> TensorType:
+    primitive = PRIMITIVES[kind]
+    if primitive.arity is not None and len(types) != primitive.arity:
+        raise ValueError(f"{kind} takes {primitive.arity} operands, got {len(types)}")
+    return primitive.infer(types, attrs)
+
+
+__all__ = ["PRIMITIVES", "Primitive", "Fault", "infer", "BOOL", "F64"]

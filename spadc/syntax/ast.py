@@ -1,0 +1,253 @@
+"""The abstract syntax tree of a .spad file.
+
+Invariants:
+- Nodes are frozen dataclasses and carry the `Loc` of their first token. Declarations also carry
+  `name_loc`, where duplicate-name and undefined-name errors point.
+- The tree says only what was written: nothing here is resolved, typed or checked. Meaning is the
+  checker's job (spadc/check/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from ..errors import Loc
+
+
+# ---- expressions ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Number:
+    value: int | float
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Bool:
+    value: bool
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Unary:
+    op: str  # '-', '+', 'not'
+    operand: "Expr"
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Binary:
+    op: str  # + - * / // % @ ^ < <= > >= == != and or
+    lhs: "Expr"
+    rhs: "Expr"
+    loc: Loc  # the operator's position: where shape errors point
+
+
+@dataclass(frozen=True)
+class IfExpr:
+    cond: "Expr"
+    then: "Expr"
+    orelse: "Expr"
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Keyword:
+    name: str
+    value: "Expr"
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Call:
+    name: str
+    args: tuple["Expr", ...]
+    kwargs: tuple[Keyword, ...]
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Range:
+    lo: "Expr"
+    hi: "Expr"
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class GenCall:
+    """`sum(body for var in lo..hi)`: a reduction over a generator."""
+    name: str
+    body: "Expr"
+    var: str
+    var_loc: Loc
+    range: Range
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class ListLit:
+    elements: tuple["Expr", ...]
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Comprehension:
+    """`[body for var in lo..hi]`."""
+    body: "Expr"
+    var: str
+    var_loc: Loc
+    range: Range
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Slice:
+    lo: "Expr | None"
+    hi: "Expr | None"
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Index:
+    base: "Expr"
+    items: tuple[Union["Expr", Slice], ...]
+    loc: Loc  # the '[' position
+
+
+Expr = Union[Number, Bool, Var, Unary, Binary, IfExpr, Call, GenCall, ListLit, Comprehension, Index]
+
+
+# ---- types ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TypeExpr:
+    elem: str
+    dims: tuple[Expr, ...]
+    loc: Loc
+
+
+# ---- declarations and statements -----------------------------------------------
+
+@dataclass(frozen=True)
+class Const:
+    name: str
+    value: Expr
+    loc: Loc
+    name_loc: Loc
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    type: TypeExpr
+    loc: Loc
+    name_loc: Loc
+
+
+@dataclass(frozen=True)
+class InitValue:
+    value: Expr
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class InitDist:
+    dist: str
+    args: tuple[Expr, ...]
+    kwargs: tuple[Keyword, ...]
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: TypeExpr
+    bounds: tuple[Expr, Expr] | None
+    init: InitValue | InitDist | None
+    loc: Loc
+    name_loc: Loc
+
+
+@dataclass(frozen=True)
+class FnParam:
+    name: str
+    type: TypeExpr | None
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Fn:
+    name: str
+    params: tuple[FnParam, ...]
+    ret: TypeExpr | None
+    body: tuple["Stmt", ...]  # for `= expr` functions: a single Return
+    loc: Loc
+    name_loc: Loc
+
+
+@dataclass(frozen=True)
+class Import:
+    path: str
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Let:
+    name: str
+    value: Expr
+    loc: Loc
+    name_loc: Loc
+
+
+@dataclass(frozen=True)
+class Assign:
+    name: str
+    value: Expr
+    loc: Loc
+    name_loc: Loc
+
+
+@dataclass(frozen=True)
+class For:
+    var: str
+    range: Range
+    body: tuple["Stmt", ...]
+    loc: Loc
+    name_loc: Loc
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    value: Expr
+    loc: Loc
+    name_loc: Loc
+
+
+@dataclass(frozen=True)
+class Loss:
+    value: Expr
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Return:
+    value: Expr
+    loc: Loc
+
+
+Stmt = Union[Const, Input, Param, Fn, Import, Let, Assign, For, Output, Loss, Return]
+
+
+@dataclass(frozen=True)
+class Module:
+    """One parsed file."""
+    statements: tuple[Stmt, ...]
+    path: str

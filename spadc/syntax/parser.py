@@ -1,0 +1,320 @@
+"""Text to AST: the lark LALR parser, the newline post-lexer and syntax-error reporting.
+
+Invariants:
+- `parse(source)` returns an `ast.Module` or raises `SpadcError` placed at the offending token
+  (at the end of the input: just after the last token), saying what was expected.
+- The lark Transformer only builds nodes; it never checks meaning.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import lark
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
+
+from ..errors import Loc, Source, SpadcError
+from . import ast
+
+KEYWORDS = frozenset(
+    "const input param fn let output loss return for in if then else and or not import true false".split()
+)
+
+
+def _grammar_text() -> str:
+    try:
+        return resources.files("spadc.grammar").joinpath("spad.lark").read_text(encoding="utf-8")
+    except ModuleNotFoundError:
+        # Running from a source checkout that is not installed: the grammar sits at the top level.
+        return (Path(__file__).resolve().parents[2] / "grammar" / "spad.lark").read_text(encoding="utf-8")
+
+
+class _KeywordAsName(Exception):
+    def __init__(self, token: Token):
+        self.token = token
+
+
+class _DropBracketedNewlines:
+    """Post-lexer: inside ( ) and [ ] newlines are free, so they never reach the parser there.
+
+    It also rejects keywords where only a name fits: the contextual lexer would otherwise read
+    `let for = 1` as a name.
+    """
+
+    always_accept = ("_NL",)
+    _OPEN = {"LPAR", "LSQB"}
+    _CLOSE = {"RPAR", "RSQB"}
+
+    def process(self, stream):
+        depth = 0
+        for token in stream:
+            if token.type in self._OPEN:
+                depth += 1
+            elif token.type in self._CLOSE:
+                depth = max(depth - 1, 0)
+            elif token.type == "_NL" and depth > 0:
+                continue
+            elif token.type == "NAME" and token.value in KEYWORDS:
+                raise _KeywordAsName(token)
+            yield token
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Lark:
+    return Lark(
+        _grammar_text(),
+        parser="lalr",
+        lexer="contextual",
+        postlex=_DropBracketedNewlines(),
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+def parse(source: Source) -> ast.Module:
+    try:
+        tree = _parser().parse(source.text + "\n")
+    except UnexpectedInput as error:
+        raise _syntax_error(source, error) from None
+    except _KeywordAsName as error:
+        token = error.token
+        raise SpadcError(f"syntax error: '{token.value}' is a keyword and cannot be used as a name",
+                         Loc(source, token.line, token.column)) from None
+    try:
+        statements = _Builder(source).transform(tree)
+    except VisitError as error:  # a SpadcError raised while building (for example a bad number)
+        if isinstance(error.orig_exc, SpadcError):
+            raise error.orig_exc from None
+        raise
+    return ast.Module(tuple(statements), source.name)
+
+
+# ---- syntax errors -------------------------------------------------------------
+
+_EXPRESSION_STARTERS = {"NUMBER", "NAME", "LPAR", "LSQB", "IF", "NOT", "TRUE", "FALSE", "ADD_OP"}
+_TOKEN_WORDS = {
+    "NAME": "a name", "NUMBER": "a number", "STRING": 'a string ("...")', "_NL": "end of line",
+    "$END": "end of input", "COMPARE": "a comparison", "ADD_OP": "'+' or '-'",
+    "MUL_OP": "an operator",
+}
+
+
+def _describe_terminal(name: str) -> str:
+    if name in _TOKEN_WORDS:
+        return _TOKEN_WORDS[name]
+    for terminal in _parser().terminals:
+        if terminal.name == name and isinstance(terminal.pattern, lark.lexer.PatternStr):
+            return f"'{terminal.pattern.value}'"
+    return name.lower()
+
+
+_OPERATORS = {"ADD_OP", "MUL_OP", "COMPARE", "AND", "OR", "CIRCUMFLEX", "LSQB"}
+
+
+def _expected_words(expected: set[str]) -> str:
+    expected = set(expected)
+    words = []
+    if len(expected & _EXPRESSION_STARTERS) >= 4:
+        words.append("an expression")
+        expected -= _EXPRESSION_STARTERS
+    if len(expected & _OPERATORS) >= 3:
+        words.append("an operator")
+        expected -= _OPERATORS
+    words += sorted(_describe_terminal(name) for name in expected)
+    if len(words) > 8:
+        words = words[:8] + ["..."]
+    return " or ".join(words) if len(words) <= 2 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _describe_token(token: Token) -> str:
+    if token.type == "$END":
+        return "end of input"
+    if token.type == "_NL":
+        return "end of line"
+    if token.value in KEYWORDS:
+        return f"keyword '{token.value}'"
+    return f"'{token.value}'"
+
+
+def _syntax_error(source: Source, error: UnexpectedInput) -> SpadcError:
+    if isinstance(error, UnexpectedCharacters):
+        char = source.text[error.pos_in_stream] if error.pos_in_stream < len(source.text) else "?"
+        return SpadcError(f"syntax error: unexpected character {char!r}", Loc(source, error.line, error.column))
+    if isinstance(error, UnexpectedToken):
+        token = error.token
+        if token.type == "$END" or token.line is None:
+            loc = source.end_loc()
+        else:
+            loc = Loc(source, token.line, token.column)
+        # LALR merges lookaheads; ask the parser which tokens it would really take here.
+        expected = set(error.interactive_parser.accepts()) if error.interactive_parser else set(error.expected)
+        if token.type == "_NL" and "LBRACE" in expected:
+            return SpadcError("syntax error: '{' must open the block on the same line", loc)
+        if token.type == "COMPARE" and "COMPARE" not in expected:
+            return SpadcError("syntax error: comparisons do not chain; write `a < b and b < c`", loc)
+        return SpadcError(f"syntax error: unexpected {_describe_token(token)}; expected {_expected_words(expected)}",
+                          loc)
+    return SpadcError(f"syntax error: {error}", source.end_loc())
+
+
+# ---- parse tree to AST ---------------------------------------------------------
+
+def _int_or_float(text: str) -> int | float:
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+@v_args(meta=True)
+class _Builder(Transformer):
+    def __init__(self, source: Source):
+        super().__init__()
+        self.source = source
+
+    def _loc(self, meta_or_token) -> Loc:
+        return Loc(self.source, meta_or_token.line, meta_or_token.column)
+
+    # structure
+    def start(self, meta, children):
+        return [c for c in children if c is not None]
+
+    def block(self, meta, children):
+        return tuple(c for c in children if c is not None)
+
+    # declarations
+    def const_decl(self, meta, c):
+        return ast.Const(str(c[0]), c[1], self._loc(meta), self._loc(c[0]))
+
+    def input_decl(self, meta, c):
+        return ast.Input(str(c[0]), c[1], self._loc(meta), self._loc(c[0]))
+
+    def param_decl(self, meta, c):
+        name, type_, bounds, init = c
+        return ast.Param(str(name), type_, bounds, init, self._loc(meta), self._loc(name))
+
+    def bounds(self, meta, c):
+        return (c[0], c[1])
+
+    def init_value(self, meta, c):
+        return ast.InitValue(c[0], self._loc(meta))
+
+    def init_dist(self, meta, c):
+        name, *args = c
+        args = [a for a in args if a is not None]
+        positional = tuple(a for a in args if not isinstance(a, ast.Keyword))
+        keywords = tuple(a for a in args if isinstance(a, ast.Keyword))
+        return ast.InitDist(str(name), positional, keywords, self._loc(name))
+
+    def fn_decl(self, meta, c):
+        name, params, ret, body = c
+        if not isinstance(body, tuple):  # `= expr` form
+            body = (ast.Return(body, body.loc),)
+        return ast.Fn(str(name), tuple(params or ()), ret, body, self._loc(meta), self._loc(name))
+
+    def fn_params(self, meta, c):
+        return tuple(p for p in c if p is not None)
+
+    def fn_param(self, meta, c):
+        return ast.FnParam(str(c[0]), c[1], self._loc(c[0]))
+
+    def fn_expr_body(self, meta, c):
+        return c[0]
+
+    def import_decl(self, meta, c):
+        return ast.Import(str(c[0])[1:-1], self._loc(meta))
+
+    def type(self, meta, c):
+        name, *dims = c
+        return ast.TypeExpr(str(name), tuple(d for d in dims if d is not None), self._loc(name))
+
+    # statements
+    def let_stmt(self, meta, c):
+        return ast.Let(str(c[0]), c[1], self._loc(meta), self._loc(c[0]))
+
+    def assign_stmt(self, meta, c):
+        return ast.Assign(str(c[0]), c[1], self._loc(meta), self._loc(c[0]))
+
+    def for_stmt(self, meta, c):
+        var, range_, body = c
+        return ast.For(str(var), range_, body, self._loc(meta), self._loc(var))
+
+    def output_stmt(self, meta, c):
+        return ast.Output(str(c[0]), c[1], self._loc(meta), self._loc(c[0]))
+
+    def loss_stmt(self, meta, c):
+        return ast.Loss(c[0], self._loc(meta))
+
+    def return_stmt(self, meta, c):
+        return ast.Return(c[0], self._loc(meta))
+
+    def range(self, meta, c):
+        return ast.Range(c[0], c[1], self._loc(meta))
+
+    # expressions
+    def number(self, meta, c):
+        return ast.Number(_int_or_float(str(c[0])), self._loc(c[0]))
+
+    def true(self, meta, c):
+        return ast.Bool(True, self._loc(meta))
+
+    def false(self, meta, c):
+        return ast.Bool(False, self._loc(meta))
+
+    def var(self, meta, c):
+        return ast.Var(str(c[0]), self._loc(c[0]))
+
+    def if_expr(self, meta, c):
+        return ast.IfExpr(c[0], c[1], c[2], self._loc(meta))
+
+    def or_op(self, meta, c):
+        return ast.Binary("or", c[0], c[1], self._loc(meta))
+
+    def and_op(self, meta, c):
+        return ast.Binary("and", c[0], c[1], self._loc(meta))
+
+    def not_op(self, meta, c):
+        return ast.Unary("not", c[0], self._loc(meta))
+
+    def compare(self, meta, c):
+        return ast.Binary(str(c[1]), c[0], c[2], self._loc(c[1]))
+
+    def binary(self, meta, c):
+        return ast.Binary(str(c[1]), c[0], c[2], self._loc(c[1]))
+
+    def unary(self, meta, c):
+        return ast.Unary(str(c[0]), c[1], self._loc(c[0]))
+
+    def power(self, meta, c):
+        return ast.Binary("^", c[0], c[1], self._loc(meta))
+
+    def index(self, meta, c):
+        base, *items = c
+        return ast.Index(base, tuple(i for i in items if i is not None), self._loc(meta))
+
+    def slice(self, meta, c):
+        return ast.Slice(c[0], c[1], self._loc(meta))
+
+    def call(self, meta, c):
+        name, *args = c
+        args = [a for a in args if a is not None]
+        positional = tuple(a for a in args if not isinstance(a, ast.Keyword))
+        keywords = tuple(a for a in args if isinstance(a, ast.Keyword))
+        return ast.Call(str(name), positional, keywords, self._loc(name))
+
+    def kwarg(self, meta, c):
+        return ast.Keyword(str(c[0]), c[1], self._loc(c[0]))
+
+    def comp_for(self, meta, c):
+        return (str(c[0]), self._loc(c[0]), c[1])
+
+    def gen_call(self, meta, c):
+        name, body, (var, var_loc, range_) = c
+        return ast.GenCall(str(name), body, var, var_loc, range_, self._loc(name))
+
+    def list_lit(self, meta, c):
+        return ast.ListLit(tuple(e for e in c if e is not None), self._loc(meta))
+
+    def comprehension(self, meta, c):
+        body, (var, var_loc, range_) = c
+        return ast.Comprehension(body, var, var_loc, range_, self._loc(meta))
