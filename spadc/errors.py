@@ -29,15 +29,14 @@ class Source:
     def end_loc(self) -> "Loc":
         """The position just after the last token (comments and blanks are not tokens)."""
         for number in range(len(self.lines), 0, -1):
-            code = _strip_comment(self.lines[number - 1]).rstrip()
+            code = strip_comment(self.lines[number - 1]).rstrip()
             if code:
                 return Loc(self, number, len(code) + 1)
         return Loc(self, 1, 1)
 
 
-def _strip_comment(line: str) -> str:
-    # '#' only ever starts a comment: the language has no character that can contain one
-    # except string literals in `import "..."`, which never hold '#' in practice; be exact anyway.
+def strip_comment(line: str) -> str:
+    """The line without its comment; a '#' inside an import's "..." string is not a comment."""
     in_string = False
     for i, ch in enumerate(line):
         if ch == '"':

@@ -71,9 +71,12 @@ class ExprChecker:
             return self.constant(self.env.consts[node.name].value, node.loc)
         if node.name in BUILTIN_CONSTANTS:
             return self.constant(BUILTIN_CONSTANTS[node.name], node.loc)
-        if self.fn_stack and node.name in self.env.top_level_names:
-            raise SpadcError(f"`{node.name}` is not visible inside fn `{self.fn_stack[-1]}`: "
-                             f"functions see only their arguments, consts and fns; pass it as an argument", node.loc)
+        if node.name in self.env.top_level_names:
+            if self.fn_stack:
+                raise SpadcError(f"`{node.name}` is not visible inside fn `{self.fn_stack[-1]}`: functions see "
+                                 f"only their arguments, consts and fns; pass it as an argument", node.loc)
+            raise SpadcError(f"`{node.name}` is not a constant: only consts and literals are known at compile time",
+                             node.loc)
         raise SpadcError(f"undefined name `{node.name}`", node.loc)
 
     # ---- emitting --------------------------------------------------------------
@@ -282,7 +285,7 @@ class ExprChecker:
         with self.b.region([]):
             typed = self.expr(node)
         if not typed.is_const:
-            raise SpadcError(f"{what} must be known at compile time", node.loc)
+            raise SpadcError(f"{what} must be known at compile time", ast.start_loc(node))
         return typed.const
 
     def const_int(self, node, what: str, minimum: int | None = None) -> int:

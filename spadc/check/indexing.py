@@ -32,7 +32,7 @@ def index(chk, node: ast.Index):
                 raise SpadcError(f"slice {lo}:{hi} is out of range for axis {axis} of {what} (length {n})", item.loc)
             spec.append(("slice", lo, hi))
         else:
-            entry = _index_entry(chk, chk.expr(item), n, axis, what, item.loc)
+            entry = _index_entry(chk, chk.expr(item), n, axis, what, ast.start_loc(item))
             spec.append(entry[0])
             dynamic += entry[1]
     spec += [("slice", 0, n) for n in shape[len(node.items):]]
@@ -43,7 +43,7 @@ def index_value(chk, base, indices, nodes, what: str, loc: Loc):
     """Index the leading axes of an already elaborated `base` by elaborated i64 scalars."""
     spec, dynamic = [], []
     for axis, (typed, node) in enumerate(zip(indices, nodes)):
-        entry = _index_entry(chk, typed, base.type.shape[axis], axis, what, node.loc)
+        entry = _index_entry(chk, typed, base.type.shape[axis], axis, what, ast.start_loc(node))
         spec.append(entry[0])
         dynamic += entry[1]
     spec += [("slice", 0, n) for n in base.type.shape[len(indices):]]

@@ -117,7 +117,7 @@ class _ProgramChecker(StatementChecker):
         self.last_cross_entropy = None
         typed = self.expr(stmt.value)
         if typed.type.rank != 0:
-            raise SpadcError(f"the loss must be a scalar, got {typed.type}", stmt.value.loc)
+            raise SpadcError(f"the loss must be a scalar, got {typed.type}", ast.start_loc(stmt.value))
         typed = self.to_float(typed, "the loss", stmt.value.loc)
         self.loss = (typed, stmt)
         if self.last_cross_entropy is not None and self.last_cross_entropy[2] is typed:

@@ -118,10 +118,17 @@ class Slice:
 class Index:
     base: "Expr"
     items: tuple[Union["Expr", Slice], ...]
-    loc: Loc  # the '[' position
+    loc: Loc  # where the indexed expression starts
 
 
 Expr = Union[Number, Bool, Var, Unary, Binary, IfExpr, Call, GenCall, ListLit, Comprehension, Index]
+
+
+def start_loc(node) -> Loc:
+    """Where an expression's text begins (a binary node's own `loc` is its operator)."""
+    while isinstance(node, Binary):
+        node = node.lhs
+    return node.loc
 
 
 # ---- types ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ import lark
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
-from ..errors import Loc, Source, SpadcError
+from ..errors import Loc, Source, SpadcError, strip_comment as _strip_comment
 from . import ast
 
 KEYWORDS = frozenset(
@@ -145,8 +145,10 @@ def _syntax_error(source: Source, error: UnexpectedInput) -> SpadcError:
         return SpadcError(f"syntax error: unexpected character {char!r}", Loc(source, error.line, error.column))
     if isinstance(error, UnexpectedToken):
         token = error.token
-        if token.type == "$END" or token.line is None:
-            loc = source.end_loc()
+        if token.type == "$END" or token.line is None or (token.type == "_NL" and token.line >= source.end_loc().line):
+            loc, token = source.end_loc(), Token("$END", "")
+        elif token.type == "_NL":  # just after the line's last token, not after its comment
+            loc = Loc(source, token.line, len(_strip_comment(source.line_text(token.line)).rstrip()) + 1)
         else:
             loc = Loc(source, token.line, token.column)
         # LALR merges lookaheads; ask the parser which tokens it would really take here.
