@@ -96,7 +96,8 @@ class ExprChecker:
         const = None
         if kind not in _NOT_FOLDED and all(a.is_const for a in args):
             try:
-                const = primitives.PRIMITIVES[kind].evaluate([a.const for a in args], attrs, None)
+                with np.errstate(all="ignore"):  # inf and NaN are values, as at run time
+                    const = primitives.PRIMITIVES[kind].evaluate([a.const for a in args], attrs, None)
             except primitives.Fault as fault:
                 raise SpadcError(str(fault), loc) from None
         if const is not None and np.ndim(const) == 0 and kind != "const":
