@@ -168,6 +168,13 @@ def _int_or_float(text: str) -> int | float:
     return float(text) if any(c in text for c in ".eE") else int(text)
 
 
+def _split_arguments(args) -> tuple[tuple, tuple]:
+    """Positional arguments and keywords (`axis=1`) of a call, each in source order."""
+    args = [a for a in args if a is not None]
+    return (tuple(a for a in args if not isinstance(a, ast.Keyword)),
+            tuple(a for a in args if isinstance(a, ast.Keyword)))
+
+
 @v_args(meta=True)
 class _Builder(Transformer):
     def __init__(self, source: Source):
@@ -203,10 +210,7 @@ class _Builder(Transformer):
 
     def init_dist(self, meta, c):
         name, *args = c
-        args = [a for a in args if a is not None]
-        positional = tuple(a for a in args if not isinstance(a, ast.Keyword))
-        keywords = tuple(a for a in args if isinstance(a, ast.Keyword))
-        return ast.InitDist(str(name), positional, keywords, self._loc(name))
+        return ast.InitDist(str(name), *_split_arguments(args), self._loc(name))
 
     def fn_decl(self, meta, c):
         name, params, ret, body = c
@@ -299,10 +303,7 @@ class _Builder(Transformer):
 
     def call(self, meta, c):
         name, *args = c
-        args = [a for a in args if a is not None]
-        positional = tuple(a for a in args if not isinstance(a, ast.Keyword))
-        keywords = tuple(a for a in args if isinstance(a, ast.Keyword))
-        return ast.Call(str(name), positional, keywords, self._loc(name))
+        return ast.Call(str(name), *_split_arguments(args), self._loc(name))
 
     def kwarg(self, meta, c):
         return ast.Keyword(str(c[0]), c[1], self._loc(c[0]))
