@@ -86,7 +86,7 @@ class ExprChecker:
         dtype = {"f": "f64", "i": "i64", "u": "i64", "b": "bool"}[value.dtype.kind]
         if value.ndim == 0:
             out = self.b.const(value.item(), dtype, loc)
-            typed_value = np.asarray(value, dtype=primitives._NUMPY_DTYPES[dtype])
+            typed_value = np.asarray(value, dtype=primitives.NUMPY_DTYPES[dtype])
             affine = Affine.constant(int(value)) if dtype == "i64" else None
             return Typed(out, typed_value, affine, (int(value),) * 2 if dtype == "i64" else None)
         elements = [self.constant(v, loc) for v in value]

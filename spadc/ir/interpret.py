@@ -20,8 +20,7 @@ from .. import rng
 from ..errors import SpadcError
 from . import primitives
 from .core import Block, Op, Program
-
-NUMPY_DTYPES = {"f64": np.float64, "i64": np.int64, "bool": np.bool_}
+from .primitives import NUMPY_DTYPES
 
 
 @dataclass

@@ -25,6 +25,9 @@ import numpy as np
 from .types import BOOL, F64, TensorType
 
 
+NUMPY_DTYPES = {"f64": np.float64, "i64": np.int64, "bool": np.bool_}
+
+
 class Fault(Exception):
     """A run-time error of the program being evaluated (not of the compiler)."""
 
@@ -275,9 +278,7 @@ def _const_infer(types, attrs):
     return TensorType(attrs["dtype"], ())
 
 
-_NUMPY_DTYPES = {"f64": np.float64, "i64": np.int64, "bool": np.bool_}
-
-_define("const", 0, _const_infer, lambda args, attrs, ctx: np.array(attrs["value"], dtype=_NUMPY_DTYPES[attrs["dtype"]]),
+_define("const", 0, _const_infer, lambda args, attrs, ctx: np.array(attrs["value"], dtype=NUMPY_DTYPES[attrs["dtype"]]),
         "structure", "a scalar literal; attrs: value, dtype")
 _define("eye", 0, lambda types, attrs: F64.with_shape((attrs["n"], attrs["n"])),
         lambda args, attrs, ctx: np.eye(attrs["n"]), "structure", "identity matrix; attrs: n")
