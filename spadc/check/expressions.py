@@ -32,7 +32,7 @@ BUILTIN_CONSTANTS = {"pi": np.pi, "e": np.e}
 
 ARITHMETIC = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", "%": "mod", "^": "pow"}
 COMPARISONS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
-_NOT_FOLDED = {"dropout"}
+_NOT_FOLDED = {"dropout_mask"}
 
 
 class ExprChecker:

@@ -6,13 +6,17 @@ Invariants (checked by `spadc.ir.verify`):
   (regions capture outer values implicitly, as in MLIR).
 - An op's `kind` is either a primitive of `spadc.ir.primitives.PRIMITIVES`, whose shape rule gives
   its result type, or one of the three region ops below, whose bodies are `Block`s:
-    loop      `for var in lo..hi`, with carried state. args: initial carried values.
-              region params: [index (i64), *carried]; yields: next carried; results: final carried.
+    loop      `for var in lo..hi`, with carried state, like JAX's scan. args: the initial carried
+              values (n of them). Region params: [index (i64), *carried]. Yields: the next carried
+              values, then any per-iteration values to keep; results: the final carried values,
+              then each kept value stacked over iterations (shape [hi - lo, ...]): the tape of the
+              adjoint. attrs: lo, hi, var, reverse (iterate hi-1 down to lo; stacked row t - lo).
               A loop stays a loop: IR size does not depend on the trip count.
-    tabulate  `[body for var in lo..hi]`. No args; region params: [index]; yields: [element];
-              result: the elements stacked along a new leading axis of length hi - lo.
+    tabulate  `[body for var in lo..hi]`. No args; region params: [index]; each yield is stacked
+              along a new leading axis of length hi - lo (the first is the comprehension's value,
+              any others are tapes). attrs: lo, hi, var.
     cond      `if c then a else b`. args: (c,), a scalar bool; regions (then, else), no params,
-              each yields one value of the result type. Only the chosen region is evaluated.
+              yielding values of the result types. Only the chosen region is evaluated.
 - IR is never mutated after it is built; passes build new blocks.
 """
 

@@ -81,7 +81,8 @@ def _run_block(block: Block, env: dict, iteration: tuple[int, ...], options: Run
         elif op.kind == "cond":
             region = op.regions[0] if bool(env[op.args[0]]) else op.regions[1]
             _run_block(region, env, iteration, options)
-            env[op.result] = env[region.yields[0]]
+            for result, value in zip(op.results, region.yields):
+                env[result] = env[value]
         else:
             env[op.result] = _primitive(op, [env[a] for a in op.args], iteration, options)
 
@@ -101,23 +102,31 @@ def _primitive(op: Op, args, iteration, options: RunOptions) -> np.ndarray:
 
 def _loop(op: Op, env, iteration, options):
     (body,) = op.regions
+    n = len(op.args)
     carried = [env[a] for a in op.args]
-    for i in range(op.attrs["lo"], op.attrs["hi"]):
-        env[body.params[0]] = np.int64(i)
+    lo, hi = op.attrs["lo"], op.attrs["hi"]
+    kept = [np.zeros(r.type.shape, NUMPY_DTYPES[r.type.dtype]) for r in op.results[n:]]
+    for t in (range(hi - 1, lo - 1, -1) if op.attrs.get("reverse") else range(lo, hi)):
+        env[body.params[0]] = np.int64(t)
         for param, value in zip(body.params[1:], carried):
             env[param] = value
-        _run_block(body, env, iteration + (i,), options)
-        carried = [env[y] for y in body.yields]
-    for result, value in zip(op.results, carried):
+        _run_block(body, env, iteration + (t,), options)
+        carried = [env[y] for y in body.yields[:n]]
+        for stack, value in zip(kept, body.yields[n:]):
+            stack[t - lo] = env[value]
+    for result, value in zip(op.results, carried + kept):
         env[result] = value
 
 
 def _tabulate(op: Op, env, iteration, options):
     (body,) = op.regions
-    elements = []
-    for i in range(op.attrs["lo"], op.attrs["hi"]):
+    stacks = [np.zeros(r.type.shape, NUMPY_DTYPES[r.type.dtype]) for r in op.results]
+    lo = op.attrs["lo"]
+    for i in range(lo, op.attrs["hi"]):
         env[body.params[0]] = np.int64(i)
         # The element index joins the key so that random ops draw independently per element.
         _run_block(body, env, iteration + (i,), options)
-        elements.append(env[body.yields[0]])
-    env[op.result] = np.stack(elements)
+        for stack, value in zip(stacks, body.yields):
+            stack[i - lo] = env[value]
+    for result, stack in zip(op.results, stacks):
+        env[result] = stack

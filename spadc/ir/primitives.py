@@ -302,23 +302,66 @@ def _onehot_evaluate(args, attrs, ctx):
 _define("onehot", 1, _onehot_infer, _onehot_evaluate, "structure", "onehot(label, n); attrs: n")
 
 
-def _dropout_infer(types, attrs):
+def _dropout_mask_infer(types, attrs):
+    _require(not types and 0.0 <= attrs["p"] < 1.0, f"dropout_mask with p={attrs['p']}")
+    return F64.with_shape(tuple(attrs["shape"]))
+
+
+def _dropout_mask_evaluate(args, attrs, ctx):
+    shape, p = tuple(attrs["shape"]), attrs["p"]
+    if not ctx.training or p == 0.0:
+        return np.ones(shape)
+    keep = ctx.uniform(int(np.prod(shape, dtype=np.int64))).reshape(shape) >= p
+    return np.where(keep, 1.0 / (1.0 - p), 0.0)
+
+
+_define("dropout_mask", 0, _dropout_mask_infer, _dropout_mask_evaluate, "random",
+        "all ones outside training; in training each entry is 1/(1-p) with probability 1-p, else 0; "
+        "`dropout(x, p)` is `x * dropout_mask`, so its adjoint is that of `*`. attrs: p, shape")
+
+
+def _first_true_infer(types, attrs):
     (t,) = types
-    _require(t.dtype == "f64" and 0.0 <= attrs["p"] < 1.0, f"dropout of {t} with p={attrs['p']}")
+    _require(t.dtype == "bool" and (attrs["axis"] is None or 0 <= attrs["axis"] < t.rank), f"first_true of {t}")
     return t
 
 
-def _dropout_evaluate(args, attrs, ctx):
-    (x,) = args
-    p = attrs["p"]
-    if not ctx.training or p == 0.0:
-        return x.copy()
-    keep = ctx.uniform(x.size).reshape(x.shape) >= p
-    return np.where(keep, x / (1.0 - p), 0.0)
+def _first_true_evaluate(args, attrs, ctx):
+    (mask,) = args
+    axis = attrs["axis"]
+    if axis is None:
+        out = np.zeros(mask.size, dtype=bool)
+        if mask.any():
+            out[np.argmax(mask.ravel())] = True
+        return out.reshape(mask.shape)
+    first = np.argmax(mask, axis=axis)
+    positions = np.expand_dims(np.arange(mask.shape[axis]), tuple(i for i in range(mask.ndim) if i != axis))
+    return (positions == np.expand_dims(first, axis)) & mask
 
 
-_define("dropout", 1, _dropout_infer, _dropout_evaluate, "random",
-        "identity outside training; in training keeps each entry with probability 1-p, scaled by 1/(1-p)")
+_define("first_true", 1, _first_true_infer, _first_true_evaluate, "structure",
+        "keeps only the first true entry (row-major, or along `axis`): the adjoint of max and min. attrs: axis")
+
+
+def _index_add_infer(types, attrs):
+    acc, g, *indices = types
+    _require(_index_infer([acc, *indices], attrs) == g, f"index_add of {g} into {acc}")
+    return acc
+
+
+def _index_add_evaluate(args, attrs, ctx):
+    acc, g, *indices = args
+    dynamic = iter(indices)
+    key = tuple(slice(rest[0], rest[1]) if kind == "slice" else rest[0] if kind == "const" else int(next(dynamic))
+                for kind, *rest in attrs["spec"])
+    out = acc.copy()
+    out[key] += g
+    return out
+
+
+_define("index_add", None, _index_add_infer, _index_add_evaluate, "structure",
+        "acc with g added at acc[...] (the spec of `index`): the adjoint of `index`, accumulated in place. "
+        "attrs: spec")
 
 
 def infer(kind: str, types: list[TensorType], attrs: dict) -> TensorType:

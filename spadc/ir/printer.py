@@ -86,12 +86,13 @@ def _region_op_lines(op: Op, names: _Names, depth: int, lines: list[str]):
             if i:
                 lines.append(f"{pad}}} else {{")
             _block_lines(region, names, depth + 1, lines)
-            lines.append(f"{pad}  yield {names[region.yields[0]]}")
+            lines.append(f"{pad}  yield {', '.join(names[y] for y in region.yields)}")
         lines.append(f"{pad}}}")
         return
     (body,) = op.regions
     index = names.define(body.params[0])
-    header = f"{pad}{head}{op.kind} {index} in {op.attrs['lo']}..{op.attrs['hi']}"
+    direction = " reversed" if op.attrs.get("reverse") else ""
+    header = f"{pad}{head}{op.kind} {index} in {op.attrs['lo']}..{op.attrs['hi']}{direction}"
     if op.kind == "loop" and op.args:
         carried = ", ".join(f"{names.define(p)} = {names[a]}" for p, a in zip(body.params[1:], op.args))
         header += f" carry ({carried})"

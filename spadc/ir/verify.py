@@ -68,7 +68,7 @@ def _region_op(op: Op, visible: set[int], defined: set[int]):
     types = lambda values: [v.type for v in values]  # noqa: E731
     if op.kind == "cond":
         _require(len(op.args) == 1 and op.args[0].type == TensorType("bool"), "cond takes one scalar bool", op)
-        _require(len(op.regions) == 2 and len(op.results) == 1, "cond has two regions and one result", op)
+        _require(len(op.regions) == 2, "cond has two regions", op)
         for region in op.regions:
             _require(not region.params and types(region.yields) == types(op.results), "cond region types", op)
             _block(region, visible, defined)
@@ -78,13 +78,15 @@ def _region_op(op: Op, visible: set[int], defined: set[int]):
     lo, hi = op.attrs["lo"], op.attrs["hi"]
     _require(isinstance(lo, int) and isinstance(hi, int), "loop bounds are ints", op)
     _require(len(body.params) >= 1 and body.params[0].type == TensorType("i64"), "the first region param is the index", op)
+    n = len(op.args) if op.kind == "loop" else 0
+    _require(len(body.yields) == len(op.results), f"{op.kind} yields one value per result", op)
     if op.kind == "loop":
         carried = types(op.args)
         _require(types(body.params[1:]) == carried, "loop carried params match the initial values", op)
-        _require(types(body.yields) == carried and types(op.results) == carried, "loop yields match carried", op)
+        _require(types(body.yields[:n]) == carried and types(op.results[:n]) == carried, "loop yields match carried", op)
     else:
-        _require(not op.args and len(body.params) == 1 and len(body.yields) == 1 and len(op.results) == 1,
-                 "tabulate has one index and one element", op)
-        element = body.yields[0].type
-        _require(hi > lo and op.result.type == element.with_shape((hi - lo,) + element.shape), "tabulate type", op)
+        _require(not op.args and len(body.params) == 1, "tabulate has only its index", op)
+    for value, result in zip(body.yields[n:], op.results[n:]):
+        _require(hi > lo and result.type == value.type.with_shape((hi - lo,) + value.type.shape),
+                 f"{op.kind}: a kept value of type {value.type} is stacked as {result.type}", op)
     _block(body, visible, defined)

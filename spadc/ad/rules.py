@@ -1,0 +1,302 @@
+"""Adjoint rules: one record per primitive, keyed by the names of `spadc.ir.primitives`.
+
+A rule receives the output adjoint `g` and returns one contribution per operand (None for none).
+It reads primal values only through `P.arg(k)` and `P.out()`, and only those its record declares in
+`saves`: that declaration is what the tape must keep for this primitive (its residuals), and the
+driver enforces it. Rules are "dumb": the driver (spadc/ad/reverse.py) sums fan-out, reduces
+contributions to scalar operands, skips inactive operands, and handles regions and tapes.
+
+Conventions (LANGUAGE.md section 7): relu'(0) = 0, abs'(0) = 0; max/min send the derivative to the
+selected operand (the first on ties), reductions to the first maximal entry; `select` gives the
+side not chosen an adjoint of exactly zero (a select, never a multiplication by a mask).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Sparse:
+    """A contribution `g` to the entries of an operand picked by an `index` spec."""
+    g: object
+    spec: tuple
+    indices: tuple
+
+
+@dataclass(frozen=True)
+class Rule:
+    saves: tuple  # operand positions and/or "out": the primal values the rule reads
+    fn: Callable | None  # None: the derivative is zero (or the operands are not differentiable)
+
+
+ZERO = Rule((), None)
+ADJOINTS: dict[str, Rule] = {}
+
+
+def _rule(name, saves=()):
+    def register(fn):
+        ADJOINTS[name] = Rule(tuple(saves), fn)
+        return fn
+    return register
+
+
+for _name in ("sign", "floor", "stop_gradient", "not", "to_float", "to_int", "floordiv", "lt", "le", "gt", "ge",
+              "eq", "ne", "and", "or", "const", "eye", "onehot", "dropout_mask", "first_true"):
+    ADJOINTS[_name] = ZERO
+
+
+# ---- helpers ---------------------------------------------------------------------
+
+def restore_axis(c, g, shape, axis):
+    """Spread the adjoint of a reduction over the reduced axis (or over everything)."""
+    if axis is not None:
+        kept = shape[:axis] + (1,) + shape[axis + 1:]
+        g = c.op("reshape", g, shape=kept)
+    return c.op("broadcast", g, shape=shape) if g.type.shape != shape else g
+
+
+def unbroadcast(c, g, shape):
+    """Sum `g` over the axes that broadcasting stretched, back to `shape`."""
+    while g.type.rank > len(shape):
+        g = c.op("reduce_sum", g, axis=0)
+    for axis in reversed(range(len(shape))):
+        if shape[axis] == 1 and g.type.shape[axis] != 1:
+            g = c.op("reduce_sum", g, axis=axis)
+    return c.op("reshape", g, shape=shape) if g.type.shape != shape else g
+
+
+def outer(c, a, b):
+    m, n = a.type.shape[0], b.type.shape[0]
+    column = c.op("broadcast", c.op("reshape", a, shape=(m, 1)), shape=(m, n))
+    return c.op("mul", column, c.op("broadcast", b, shape=(m, n)))
+
+
+# ---- elementwise -------------------------------------------------------------------
+
+@_rule("neg")
+def _neg(c, op, g, wanted, P):
+    return [c.op("neg", g)]
+
+
+@_rule("abs", saves=(0,))
+def _abs(c, op, g, wanted, P):
+    return [c.op("mul", g, c.op("sign", P.arg(0)))]
+
+
+@_rule("exp", saves=("out",))
+def _exp(c, op, g, wanted, P):
+    return [c.op("mul", g, P.out())]
+
+
+@_rule("log", saves=(0,))
+def _log(c, op, g, wanted, P):
+    return [c.op("div", g, P.arg(0))]
+
+
+@_rule("log1p", saves=(0,))
+def _log1p(c, op, g, wanted, P):
+    return [c.op("div", g, c.op("add", c.const(1.0), P.arg(0)))]
+
+
+@_rule("expm1", saves=("out",))
+def _expm1(c, op, g, wanted, P):
+    return [c.op("mul", g, c.op("add", P.out(), c.const(1.0)))]
+
+
+@_rule("sqrt", saves=("out",))
+def _sqrt(c, op, g, wanted, P):
+    return [c.op("div", g, c.op("mul", c.const(2.0), P.out()))]
+
+
+@_rule("sin", saves=(0,))
+def _sin(c, op, g, wanted, P):
+    return [c.op("mul", g, c.op("cos", P.arg(0)))]
+
+
+@_rule("cos", saves=(0,))
+def _cos(c, op, g, wanted, P):
+    return [c.op("neg", c.op("mul", g, c.op("sin", P.arg(0))))]
+
+
+@_rule("tan", saves=("out",))
+def _tan(c, op, g, wanted, P):
+    out = P.out()
+    return [c.op("mul", g, c.op("add", c.const(1.0), c.op("mul", out, out)))]
+
+
+@_rule("tanh", saves=("out",))
+def _tanh(c, op, g, wanted, P):
+    out = P.out()
+    return [c.op("mul", g, c.op("sub", c.const(1.0), c.op("mul", out, out)))]
+
+
+@_rule("sigmoid", saves=("out",))
+def _sigmoid(c, op, g, wanted, P):
+    out = P.out()
+    return [c.op("mul", g, c.op("mul", out, c.op("sub", c.const(1.0), out)))]
+
+
+@_rule("relu", saves=(0,))
+def _relu(c, op, g, wanted, P):
+    return [c.op("select", c.op("gt", P.arg(0), c.const(0.0)), g, c.const(0.0))]
+
+
+@_rule("softplus", saves=(0,))
+def _softplus(c, op, g, wanted, P):
+    return [c.op("mul", g, c.op("sigmoid", P.arg(0)))]
+
+
+@_rule("add")
+def _add(c, op, g, wanted, P):
+    return [g, g]
+
+
+@_rule("sub")
+def _sub(c, op, g, wanted, P):
+    return [g, c.op("neg", g) if wanted[1] else None]
+
+
+@_rule("mul", saves=(0, 1))
+def _mul(c, op, g, wanted, P):
+    return [c.op("mul", g, P.arg(1)) if wanted[0] else None,
+            c.op("mul", g, P.arg(0)) if wanted[1] else None]
+
+
+@_rule("div", saves=(1, "out"))
+def _div(c, op, g, wanted, P):
+    b = P.arg(1)
+    return [c.op("div", g, b) if wanted[0] else None,
+            c.op("neg", c.op("div", c.op("mul", g, P.out()), b)) if wanted[1] else None]
+
+
+@_rule("pow", saves=(0, 1, "out"))
+def _pow(c, op, g, wanted, P):
+    a, b = P.arg(0), P.arg(1)
+    da = db = None
+    if wanted[0]:
+        # b * a^(b-1), defined as 0 where b == 0 (as JAX does) so that a^0 has no NaN derivative at a = 0.
+        slope = c.op("mul", b, c.op("pow", a, c.op("sub", b, c.const(1.0))))
+        da = c.op("mul", g, c.op("select", c.op("eq", b, c.const(0.0)), c.const(0.0), slope))
+    if wanted[1]:
+        # out * log(a), defined as 0 where a == 0.
+        slope = c.op("mul", P.out(), c.op("log", a))
+        db = c.op("mul", g, c.op("select", c.op("eq", a, c.const(0.0)), c.const(0.0), slope))
+    return [da, db]
+
+
+@_rule("mod", saves=(0, 1))
+def _mod(c, op, g, wanted, P):
+    # a % b = a - floor(a / b) * b, and floor has zero derivative.
+    return [g, c.op("neg", c.op("mul", g, c.op("floor", c.op("div", P.arg(0), P.arg(1))))) if wanted[1] else None]
+
+
+def _pick(compare):
+    def rule(c, op, g, wanted, P):
+        a, b = P.arg(0), P.arg(1)
+        first = c.op("or", c.op(compare, a, b), c.op("ne", a, a))  # as the forward: ties and NaN pick a
+        return [c.op("select", first, g, c.const(0.0)) if wanted[0] else None,
+                c.op("select", first, c.const(0.0), g) if wanted[1] else None]
+    return rule
+
+
+ADJOINTS["max"] = Rule((0, 1), _pick("ge"))
+ADJOINTS["min"] = Rule((0, 1), _pick("le"))
+
+
+@_rule("select", saves=(0,))
+def _select(c, op, g, wanted, P):
+    cond = P.arg(0)
+    return [None,
+            c.op("select", cond, g, c.const(0.0)) if wanted[1] else None,
+            c.op("select", cond, c.const(0.0), g) if wanted[2] else None]
+
+
+# ---- reductions ----------------------------------------------------------------------
+
+@_rule("reduce_sum")
+def _reduce_sum(c, op, g, wanted, P):
+    return [restore_axis(c, g, op.args[0].type.shape, op.attrs["axis"])]
+
+
+def _extremum(c, op, g, wanted, P):
+    x, axis = P.arg(0), op.attrs["axis"]
+    shape = op.args[0].type.shape
+    out = restore_axis(c, P.out(), shape, axis)
+    hit = c.op("or", c.op("eq", x, out), c.op("ne", x, x))
+    first = c.op("first_true", hit, axis=axis)
+    return [c.op("select", first, restore_axis(c, g, shape, axis), c.const(0.0))]
+
+
+ADJOINTS["reduce_max"] = Rule((0, "out"), _extremum)
+ADJOINTS["reduce_min"] = Rule((0, "out"), _extremum)
+
+
+@_rule("reduce_prod", saves=(0,))
+def _reduce_prod(c, op, g, wanted, P):
+    # d prod / d x_i is the product of the other entries; computed without dividing by x_i so that
+    # zeros are exact: with no zero it is P / x_i, with one zero it is P' at the zero (P' the product
+    # of the nonzero entries) and 0 elsewhere, with two or more zeros it is 0.
+    x, axis = P.arg(0), op.attrs["axis"]
+    shape = op.args[0].type.shape
+    is_zero = c.op("eq", x, c.const(0.0))
+    nonzero = c.op("select", is_zero, c.const(1.0), x)
+    product = restore_axis(c, c.op("reduce_prod", nonzero, axis=axis), shape, axis)
+    zeros = restore_axis(c, c.op("reduce_sum", c.op("to_float", is_zero), axis=axis), shape, axis)
+    at_nonzero = c.op("select", c.op("eq", zeros, c.const(0.0)), c.op("div", product, nonzero), c.const(0.0))
+    at_zero = c.op("select", c.op("eq", zeros, c.const(1.0)), product, c.const(0.0))
+    return [c.op("mul", restore_axis(c, g, shape, axis), c.op("select", is_zero, at_zero, at_nonzero))]
+
+
+# ---- linear algebra and structure --------------------------------------------------------
+
+@_rule("matmul", saves=(0, 1))
+def _matmul(c, op, g, wanted, P):
+    a_type, b_type = op.args[0].type, op.args[1].type
+    da = db = None
+    if a_type.rank == 2 and b_type.rank == 2:
+        da = c.op("matmul", g, c.op("transpose", P.arg(1))) if wanted[0] else None
+        db = c.op("matmul", c.op("transpose", P.arg(0)), g) if wanted[1] else None
+    elif a_type.rank == 2:  # matrix @ vector
+        da = outer(c, g, P.arg(1)) if wanted[0] else None
+        db = c.op("matmul", g, P.arg(0)) if wanted[1] else None
+    elif b_type.rank == 2:  # vector @ matrix
+        da = c.op("matmul", P.arg(1), g) if wanted[0] else None
+        db = outer(c, P.arg(0), g) if wanted[1] else None
+    else:  # vector . vector
+        da = c.op("mul", g, P.arg(1)) if wanted[0] else None
+        db = c.op("mul", g, P.arg(0)) if wanted[1] else None
+    return [da, db]
+
+
+@_rule("transpose")
+def _transpose(c, op, g, wanted, P):
+    return [c.op("transpose", g)]
+
+
+@_rule("reshape")
+def _reshape(c, op, g, wanted, P):
+    return [c.op("reshape", g, shape=op.args[0].type.shape)]
+
+
+@_rule("broadcast")
+def _broadcast(c, op, g, wanted, P):
+    return [unbroadcast(c, g, op.args[0].type.shape)]
+
+
+@_rule("index", saves=("indices",))
+def _index(c, op, g, wanted, P):
+    return [Sparse(g, op.attrs["spec"], tuple(P.arg(k) for k in range(1, len(op.args))))] + [None] * (len(op.args) - 1)
+
+
+@_rule("index_add", saves=("indices",))
+def _index_add(c, op, g, wanted, P):
+    indices = [P.arg(k) for k in range(2, len(op.args))]
+    return [g, c.op("index", g, *indices, spec=op.attrs["spec"], what="index_add")] + [None] * len(indices)
+
+
+@_rule("stack")
+def _stack(c, op, g, wanted, P):
+    rest = tuple(("slice", 0, n) for n in op.result.type.shape[1:])
+    return [c.op("index", g, spec=(("const", k),) + rest, what="stack") if w else None for k, w in enumerate(wanted)]
