@@ -1,7 +1,7 @@
 """Reverse mode as an IR-to-IR transform: a program in, a gradient program out.
 
-The gradient program runs the forward ops, then the adjoint ops, in one block, and returns the loss
-and the gradient of every param (`Program.gradients`). Regions become regions:
+The gradient program runs the forward ops, then the adjoint ops, in one block; its loss is the
+model's loss and its outputs are the gradients, one per param, under the param's name. Regions become regions:
 - a `loop` becomes a reversed `loop` carrying the adjoints of its carried values and of the outer
   values its body reads; the forward loop keeps, per iteration, the values the adjoint reads (its
   tape), as extra stacked results, and the reversed loop reads row `t` of them;
@@ -29,9 +29,12 @@ from .rules import ADJOINTS, Rule, Sparse
 
 @dataclass
 class GradientProgram:
-    program: Program  # body: forward then adjoint; loss; outputs empty
-    gradients: dict[str, Value]  # param name -> its gradient (defined at the top level)
+    program: Program  # body: forward then adjoint; outputs: param name -> its gradient
     tape: list[Value] = field(default_factory=list)  # forward values the adjoint reads at the top level
+
+    @property
+    def gradients(self) -> dict[str, Value]:
+        return self.program.outputs
 
 
 def gradient(program: Program) -> GradientProgram:
@@ -46,10 +49,10 @@ def gradient(program: Program) -> GradientProgram:
         gradients[decl.name] = adjoints.get(decl.value) or top.zeros(decl.value.type)
     forward = _augment(program.body, top.registry)
     body = Block(list(program.body.params), forward.ops + top.block.ops, [])
-    result = Program(program.name, program.params, program.inputs, body, {}, program.loss, None)
+    result = Program(program.name, program.params, program.inputs, body, gradients, program.loss, None)
     parameters = {p.value.id for p in program.params} | {i.value.id for i in program.inputs}
-    tape = [v for v, _ in top.requests.values() if v.id not in parameters]
-    return GradientProgram(result, gradients, tape)
+    tape = [v for v in top.read.values() if v.id not in parameters]
+    return GradientProgram(result, tape)
 
 
 # ---- activity ----------------------------------------------------------------------------
@@ -110,6 +113,7 @@ class _Context:
         self.loc, self.inlined_at = None, ()
         # region op id -> the contexts of its adjoint, shared by all contexts of one gradient() call
         self.registry: dict[int, list[_Context]] = parent.registry if parent else {}
+        self.read: dict[int, Value] = {}  # top level only: forward values the adjoint reads
 
     @property
     def stacked(self) -> bool:
@@ -120,6 +124,7 @@ class _Context:
 
     def primal(self, value: Value) -> Value:
         if self.parent is None:
+            self.read[value.id] = value  # the top level reads the forward's own values: they are the tape
             return value
         if value.id in self._memo:
             return self._memo[value.id]

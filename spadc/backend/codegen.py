@@ -1,0 +1,238 @@
+"""LLVM code for one IR block: storage of values, loop nests, region ops and run-time checks.
+
+Every value is reached through a pointer: scalars through an `alloca` in the entry block (promoted
+to registers by LLVM's mem2reg), tensors through their workspace slot (spadc/backend/memory.py) or
+the caller's buffer. Bools are i8 in memory and i1 in registers. Primitive emitters
+(spadc/backend/emitters.py) use `load`, `store` and `loop` and never see where a value lives.
+
+Invariants:
+- Allocas are only ever created in the function's entry block.
+- Values are named after the source variables they came from (`h`, `h.adj`), so the printed LLVM
+  (`spadc llvm`) can be read against the source.
+- A failed run-time check stores (check id, offending value) into the status buffer and returns the
+  check id from the kernel; nothing is read or written out of bounds first.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from ..errors import Loc
+from ..ir.core import Block, Op, Value
+from .emitters import EMITTERS
+from .memory import MemoryPlan
+
+I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A run-time check: `message` has a `{value}` placeholder for the offending value."""
+    message: str
+    loc: Loc
+
+
+class FunctionEmitter:
+    def __init__(self, function: ir.Function, float_type, plan: MemoryPlan, workspace, status, checks: list[Check]):
+        self.function = function
+        self.float = float_type
+        self.plan = plan
+        self.workspace = workspace
+        self.status = status
+        self.checks = checks
+        entry = function.append_basic_block("entry")
+        self._entry = ir.IRBuilder(entry)
+        self.b = ir.IRBuilder(function.append_basic_block("start"))
+        self._pointers: dict[int, ir.Value] = {}
+        self.iteration: list[ir.Value] = []  # indices of the enclosing loops and tabulates, outermost first
+        self.sample = None  # the sample's index in the whole batch (set by the kernel)
+        self.options = {}  # run-time options: training, seed, step (set by the kernel)
+
+    def finish_entry(self):
+        """Close the entry block (allocas only) by jumping to the first block of code."""
+        self._entry.branch(self.function.basic_blocks[1])
+
+    # ---- types and storage --------------------------------------------------------
+
+    def alloca(self, type_, name: str = "", count: int | None = None):
+        """Stack storage, always placed in the entry block so that mem2reg can promote it."""
+        return self._entry.alloca(type_, I64(count) if count else None, name=name)
+
+    def storage_type(self, dtype: str):
+        return {"f64": self.float, "i64": I64, "bool": I8}[dtype]
+
+    def bind(self, value: Value, pointer):
+        """Give a value storage outside the workspace (params, inputs, or another value's storage)."""
+        self._pointers[value.id] = self.b.bitcast(pointer, self.storage_type(value.type.dtype).as_pointer(),
+                                                  name=value.hint or "")
+
+    def pointer(self, value: Value):
+        vid = self.plan.owner(value)
+        if vid not in self._pointers:
+            element = self.storage_type(value.type.dtype)
+            if vid in self.plan.offsets:
+                raw = self._entry.gep(self.workspace, [I64(self.plan.offsets[vid])], inbounds=True)
+                self._pointers[vid] = self._entry.bitcast(raw, element.as_pointer(), name=value.hint or "")
+            else:  # a scalar: a register in disguise
+                self._pointers[vid] = self.alloca(element, value.hint or "")
+        return self._pointers[vid]
+
+    def load(self, value: Value, index=None):
+        pointer = self.pointer(value)
+        if index is not None and value.type.rank:
+            pointer = self.b.gep(pointer, [index], inbounds=True)
+        loaded = self.b.load(pointer)
+        return self.b.trunc(loaded, I1) if value.type.dtype == "bool" else loaded
+
+    def store(self, value: Value, index, result):
+        pointer = self.pointer(value)
+        if index is not None and value.type.rank:
+            pointer = self.b.gep(pointer, [index], inbounds=True)
+        if value.type.dtype == "bool":
+            result = self.b.zext(result, I8)
+        self.b.store(result, pointer)
+
+    def copy(self, source: Value, target: Value, target_offset=None):
+        """Copy all of `source` into `target` (at element `target_offset`, for stacking rows)."""
+        if target_offset is None and self.plan.owner(source) == self.plan.owner(target):
+            return
+        if source.type.rank == 0:
+            index = target_offset if target_offset is not None else None
+            self.store(target, index, self.load(source))
+            return
+        with self.loop(source.type.size, "copy") as j:
+            at = self.b.add(target_offset, j) if target_offset is not None else j
+            self.store(target, at, self.load(source, j))
+
+    # ---- control flow -----------------------------------------------------------------
+
+    @contextmanager
+    def loop(self, count, name: str = "i", start=0):
+        """A counted loop `for i in start..start+count`; yields the index (an i64 register).
+
+        LLVM shape: pre -> head(phi i; i < end ? body : exit) -> body ... -> head; exit."""
+        b = self.b
+        start = I64(start) if isinstance(start, int) else start
+        end = b.add(start, I64(count)) if not isinstance(count, ir.Value) else b.add(start, count)
+        pre = b.block
+        head = b.append_basic_block(f"{name}.head")
+        body = b.append_basic_block(f"{name}.body")
+        exit_ = b.append_basic_block(f"{name}.exit")
+        b.branch(head)
+        b.position_at_end(head)
+        index = b.phi(I64, name=name)
+        index.add_incoming(start, pre)
+        b.cbranch(b.icmp_signed("<", index, end), body, exit_)
+        b.position_at_end(body)
+        yield index
+        index.add_incoming(b.add(index, I64(1), name=f"{name}.next"), b.block)
+        b.branch(head)
+        b.position_at_end(exit_)
+
+    @contextmanager
+    def nest(self, shape: tuple[int, ...], name: str = "i"):
+        """Loops over every multi-index of `shape` (row-major); yields the list of indices."""
+        if not shape:
+            yield []
+            return
+        with self.loop(shape[0], f"{name}0") as first:
+            with self.nest(shape[1:], name) as rest:
+                yield [first, *rest]
+
+    def linear(self, indices, strides) -> ir.Value:
+        offset = I64(0)
+        for index, stride in zip(indices, strides):
+            if stride:
+                offset = self.b.add(offset, self.b.mul(index, I64(stride)))
+        return offset
+
+    def check(self, ok, message: str, loc: Loc, value):
+        """Fail the kernel with `message` (formatted with `value`) unless `ok` holds."""
+        self.checks.append(Check(message, loc))
+        check_id = len(self.checks)
+        fail = self.b.append_basic_block(f"check{check_id}.fail")
+        cont = self.b.append_basic_block(f"check{check_id}.ok")
+        self.b.cbranch(ok, cont, fail)
+        self.b.position_at_end(fail)
+        self.b.store(I64(check_id), self.status)
+        self.b.store(value, self.b.gep(self.status, [I64(1)]))
+        self.b.store(self.sample, self.b.gep(self.status, [I64(2)]))
+        self.b.ret(I64(check_id))
+        self.b.position_at_end(cont)
+
+    # ---- blocks and region ops --------------------------------------------------------------
+
+    def block(self, block: Block):
+        for op in block.ops:
+            if op.kind == "loop":
+                self._loop(op)
+            elif op.kind == "tabulate":
+                self._tabulate(op)
+            elif op.kind == "cond":
+                self._cond(op)
+            else:
+                EMITTERS[op.kind](self, op)
+
+    def _loop(self, op: Op):
+        # for t in lo..hi (or reversed): body; carried <- yields[:n]; row t-lo of each kept value <- yields[n:]
+        (body,) = op.regions
+        n = len(op.args)
+        lo, hi = op.attrs["lo"], op.attrs["hi"]
+        for arg, param in zip(op.args, body.params[1:]):
+            self.copy(arg, param)
+        if hi <= lo:
+            return
+        with self.loop(hi - lo, op.attrs["var"]) as j:
+            t = self.b.sub(I64(hi - 1), j) if op.attrs.get("reverse") else self.b.add(I64(lo), j)
+            self.store(body.params[0], None, t)
+            self.iteration.append(t)
+            self.block(body)
+            self.iteration.pop()
+            row = self.b.sub(t, I64(lo))
+            for value, kept in zip(body.yields[n:], op.results[n:]):
+                self.copy(value, kept, self.b.mul(row, I64(value.type.size)))
+            self._carry(body.yields[:n], body.params[1:])
+
+    def _carry(self, yields, params):
+        """params <- yields; through a temporary pass when one yield is another carried param."""
+        param_ids = {self.plan.owner(p) for p in params}
+        hazard = any(self.plan.owner(y) in param_ids and self.plan.owner(y) != self.plan.owner(p)
+                     for y, p in zip(yields, params))
+        if not hazard:
+            for value, param in zip(yields, params):
+                self.copy(value, param)
+            return
+        staged = []
+        for value in yields:
+            temp = Value(value.type, value.hint)
+            self._pointers[temp.id] = self.alloca(self.storage_type(value.type.dtype), "staged", value.type.size)
+            self.copy(value, temp)
+            staged.append(temp)
+        for temp, param in zip(staged, params):
+            self.copy(temp, param)
+
+    def _tabulate(self, op: Op):
+        # for i in lo..hi: body; row i-lo of each result <- the matching yield
+        (body,) = op.regions
+        lo, hi = op.attrs["lo"], op.attrs["hi"]
+        with self.loop(hi - lo, op.attrs["var"]) as j:
+            i = self.b.add(I64(lo), j)
+            self.store(body.params[0], None, i)
+            self.iteration.append(i)
+            self.block(body)
+            self.iteration.pop()
+            for value, result in zip(body.yields, op.results):
+                self.copy(value, result, self.b.mul(j, I64(value.type.size)))
+
+    def _cond(self, op: Op):
+        # br c, then, else; each branch copies its yields into the results
+        condition = self.load(op.args[0])
+        with self.b.if_else(condition) as (then, otherwise):
+            for branch, region in ((then, op.regions[0]), (otherwise, op.regions[1])):
+                with branch:
+                    self.block(region)
+                    for value, result in zip(region.yields, op.results):
+                        self.copy(value, result)

@@ -1,0 +1,487 @@
+"""LLVM emitters, one per IR primitive, keyed by the names of `spadc.ir.primitives`.
+
+Elementwise primitives are one scalar function each (`SCALAR`), wrapped in a loop over the result's
+entries; the others build their own loop nests. Every emitter computes what the primitive's NumPy
+reference computes, with the same tie and NaN conventions (see spadc/ir/primitives.py), so that
+compiled results match the interpreter to rounding.
+
+Invariants:
+- An emitter reads operands only through `e.load` and writes its result only through `e.store`.
+- Integer division never executes with a zero or overflowing divisor: those are checked first
+  (a run-time error) or replaced by a safe divisor whose result is discarded.
+"""
+
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+
+from .. import rng
+from ..ir import primitives
+
+I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
+
+
+# ---- math functions ----------------------------------------------------------------
+
+def _function(e, name: str, arity: int = 1):
+    """An LLVM intrinsic (`llvm.exp`) or a libm function (`tanh`), for the float type in use."""
+    module = e.function.module
+    double = isinstance(e.float, ir.DoubleType)
+    if name.startswith("llvm."):
+        symbol = f"{name}.{'f64' if double else 'f32'}"
+    else:
+        symbol = name if double else name + "f"
+    existing = module.globals.get(symbol)
+    if existing is not None:
+        return existing
+    return ir.Function(module, ir.FunctionType(e.float, [e.float] * arity), name=symbol)
+
+
+def _call(e, name, *args):
+    return e.b.call(_function(e, name, len(args)), list(args))
+
+
+def _f(e, x: float):
+    return ir.Constant(e.float, x)
+
+
+def _is_float(value) -> bool:
+    return value.type.dtype == "f64"
+
+
+# ---- scalar functions of the elementwise primitives -------------------------------------
+
+def _sign(e, op, x):
+    b = e.b
+    if _is_float(op.args[0]):
+        negative = b.select(b.fcmp_ordered("<", x, _f(e, 0.0)), _f(e, -1.0), x)
+        return b.select(b.fcmp_ordered(">", x, _f(e, 0.0)), _f(e, 1.0), negative)
+    return b.select(b.icmp_signed(">", x, I64(0)), I64(1), b.select(b.icmp_signed("<", x, I64(0)), I64(-1), I64(0)))
+
+
+def _abs(e, op, x):
+    if _is_float(op.args[0]):
+        return _call(e, "llvm.fabs", x)
+    return e.b.select(e.b.icmp_signed("<", x, I64(0)), e.b.neg(x), x)
+
+
+def _sigmoid(e, op, x):
+    b = e.b
+    decay = _call(e, "llvm.exp", b.fneg(_call(e, "llvm.fabs", x)))
+    denominator = b.fadd(_f(e, 1.0), decay)
+    return b.select(b.fcmp_ordered(">=", x, _f(e, 0.0)), b.fdiv(_f(e, 1.0), denominator), b.fdiv(decay, denominator))
+
+
+def _softplus(e, op, x):
+    # NumPy's logaddexp(0, x), branch for branch.
+    b = e.b
+    below = _call(e, "log1p", _call(e, "llvm.exp", x))
+    above = b.fadd(x, _call(e, "log1p", _call(e, "llvm.exp", b.fneg(x))))
+    at_zero = b.select(b.fcmp_ordered("==", x, _f(e, 0.0)), _f(e, math.log(2.0)), x)
+    return b.select(b.fcmp_ordered("<", x, _f(e, 0.0)), below, b.select(b.fcmp_ordered(">", x, _f(e, 0.0)), above, at_zero))
+
+
+def _to_float(e, op, x):
+    if op.args[0].type.dtype == "bool":
+        return e.b.uitofp(x, e.float)
+    return e.b.sitofp(x, e.float)
+
+
+def _to_int(e, op, x):
+    fits = e.b.fcmp_ordered("<", _call(e, "llvm.fabs", x), _f(e, 2.0 ** 63))
+    e.check(fits, "int() of a value that is not finite or does not fit in i64", op.loc, I64(0))
+    return e.b.fptosi(x, I64)
+
+
+def _float_divmod(e, a, b_):
+    """NumPy's float divmod: (a // b, a % b) with the sign of b, exactly as npy_divmod computes them."""
+    b = e.b
+    mod = _call(e, "fmod", a, b_)
+    div = b.fdiv(b.fsub(a, mod), b_)
+    fix = b.and_(b.fcmp_unordered("!=", mod, _f(e, 0.0)),
+                 b.xor(b.fcmp_ordered("<", b_, _f(e, 0.0)), b.fcmp_ordered("<", mod, _f(e, 0.0))))
+    mod = b.select(fix, b.fadd(mod, b_), b.select(b.fcmp_ordered("==", mod, _f(e, 0.0)),
+                                                  _call(e, "llvm.copysign", _f(e, 0.0), b_), mod))
+    div = b.select(fix, b.fsub(div, _f(e, 1.0)), div)
+    floor = _call(e, "llvm.floor", div)
+    floor = b.select(b.fcmp_ordered(">", b.fsub(div, floor), _f(e, 0.5)), b.fadd(floor, _f(e, 1.0)), floor)
+    floor = b.select(b.fcmp_ordered("==", div, _f(e, 0.0)), _call(e, "llvm.copysign", _f(e, 0.0), b.fdiv(a, b_)), floor)
+    by_zero = b.fcmp_ordered("==", b_, _f(e, 0.0))
+    return b.select(by_zero, b.fdiv(a, b_), floor), mod
+
+
+def _int_divmod(e, op, a, b_):
+    """Python's floor division and modulo on i64; division by zero is a run-time error."""
+    b = e.b
+    e.check(b.icmp_signed("!=", b_, I64(0)), "integer division by zero", op.loc, a)
+    minus_one = b.icmp_signed("==", b_, I64(-1))
+    safe = b.select(minus_one, I64(1), b_)  # never divide INT_MIN by -1 (it traps)
+    quotient, remainder = b.sdiv(a, safe), b.srem(a, safe)
+    adjust = b.and_(b.icmp_signed("!=", remainder, I64(0)), b.icmp_signed("<", b.xor(remainder, b_), I64(0)))
+    quotient = b.select(adjust, b.sub(quotient, I64(1)), quotient)
+    remainder = b.select(adjust, b.add(remainder, b_), remainder)
+    return b.select(minus_one, b.neg(a), quotient), b.select(minus_one, I64(0), remainder)
+
+
+def _floordiv(e, op, a, b_):
+    return _float_divmod(e, a, b_)[0] if _is_float(op.args[0]) else _int_divmod(e, op, a, b_)[0]
+
+
+def _mod(e, op, a, b_):
+    return _float_divmod(e, a, b_)[1] if _is_float(op.args[0]) else _int_divmod(e, op, a, b_)[1]
+
+
+def _extremum(compare):
+    def emit(e, op, a, b_):
+        if _is_float(op.args[0]):
+            first = e.b.or_(e.b.fcmp_ordered(compare, a, b_), e.b.fcmp_unordered("!=", a, a))
+        else:
+            first = e.b.icmp_signed(compare, a, b_)
+        return e.b.select(first, a, b_)
+    return emit
+
+
+def _arithmetic(float_op, int_op):
+    def emit(e, op, a, b_):
+        return getattr(e.b, float_op if _is_float(op.args[0]) else int_op)(a, b_)
+    return emit
+
+
+def _comparison(symbol):
+    def emit(e, op, a, b_):
+        dtype = op.args[0].type.dtype
+        if dtype == "f64":
+            # NaN compares false, except `!=`, which is true: IEEE and NumPy agree.
+            return e.b.fcmp_unordered(symbol, a, b_) if symbol == "!=" else e.b.fcmp_ordered(symbol, a, b_)
+        return (e.b.icmp_signed if dtype == "i64" else e.b.icmp_unsigned)(symbol, a, b_)
+    return emit
+
+
+def _libm(name):
+    return lambda e, op, x: _call(e, name, x)
+
+
+SCALAR = {
+    "neg": lambda e, op, x: e.b.fneg(x) if _is_float(op.args[0]) else e.b.neg(x),
+    "abs": _abs,
+    "sign": _sign,
+    "exp": _libm("llvm.exp"),
+    "log": _libm("llvm.log"),
+    "log1p": _libm("log1p"),
+    "expm1": _libm("expm1"),
+    "sqrt": _libm("llvm.sqrt"),
+    "sin": _libm("llvm.sin"),
+    "cos": _libm("llvm.cos"),
+    "tan": _libm("tan"),
+    "tanh": _libm("tanh"),
+    "sigmoid": _sigmoid,
+    "relu": lambda e, op, x: e.b.select(e.b.fcmp_ordered(">", x, _f(e, 0.0)), x, _f(e, 0.0)),
+    "softplus": _softplus,
+    "floor": _libm("llvm.floor"),
+    "stop_gradient": lambda e, op, x: x,
+    "not": lambda e, op, x: e.b.xor(x, I1(1)),
+    "to_float": _to_float,
+    "to_int": _to_int,
+    "add": _arithmetic("fadd", "add"),
+    "sub": _arithmetic("fsub", "sub"),
+    "mul": _arithmetic("fmul", "mul"),
+    "div": lambda e, op, a, b_: e.b.fdiv(a, b_),
+    "floordiv": _floordiv,
+    "mod": _mod,
+    "pow": lambda e, op, a, b_: _call(e, "llvm.pow", a, b_),
+    "max": _extremum(">="),
+    "min": _extremum("<="),
+    "lt": _comparison("<"), "le": _comparison("<="), "gt": _comparison(">"), "ge": _comparison(">="),
+    "eq": _comparison("=="), "ne": _comparison("!="),
+    "and": lambda e, op, a, b_: e.b.and_(a, b_),
+    "or": lambda e, op, a, b_: e.b.or_(a, b_),
+    "select": lambda e, op, c, a, b_: e.b.select(c, a, b_),
+}
+
+
+def _elementwise(e, op):
+    # for j in 0..size: out[j] = f(a[j], b[j], ...), scalar operands read once per entry
+    scalar = SCALAR[op.kind]
+    out = op.result
+    if out.type.rank == 0:
+        e.store(out, None, scalar(e, op, *[e.load(a) for a in op.args]))
+        return
+    with e.loop(out.type.size, "j") as j:
+        values = [e.load(a, j if a.type.rank else None) for a in op.args]
+        e.store(out, j, scalar(e, op, *values))
+
+
+# ---- reductions ----------------------------------------------------------------------
+
+def _combine(e, op, acc, x):
+    b = e.b
+    kind, is_float = op.kind, _is_float(op.args[0])
+    if kind == "reduce_sum":
+        return b.fadd(acc, x) if is_float else b.add(acc, x)
+    if kind == "reduce_prod":
+        return b.fmul(acc, x) if is_float else b.mul(acc, x)
+    compare = ">" if kind == "reduce_max" else "<"
+    if is_float:  # NaN propagates: once the accumulator is NaN no comparison replaces it
+        better = b.or_(b.fcmp_ordered(compare, x, acc), b.fcmp_unordered("!=", x, x))
+    else:
+        better = b.icmp_signed(compare, x, acc)
+    return b.select(better, x, acc)
+
+
+def _split(shape, axis):
+    """(outer, n, inner) sizes around `axis` (the whole tensor for axis None)."""
+    if axis is None:
+        return 1, math.prod(shape), 1
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+
+
+def _reduce(e, op):
+    # out[o, i] = x[o, 0, i]; for j in 1..n: out[o, i] = combine(out[o, i], x[o, j, i]) (vectorises over i)
+    x, out = op.args[0], op.result
+    outer, n, inner = _split(x.type.shape, op.attrs["axis"])
+    b = e.b
+    with e.loop(outer, "o") as o:
+        base = b.mul(o, I64(n * inner))
+        row = b.mul(o, I64(inner))
+        with e.loop(inner, "i") as i:
+            e.store(out, b.add(row, i), e.load(x, b.add(base, i)))
+        with e.loop(n - 1, "j", start=1) as j:
+            at = b.add(base, b.mul(j, I64(inner)))
+            with e.loop(inner, "i") as i:
+                target = b.add(row, i)
+                e.store(out, target, _combine(e, op, e.load(out, target), e.load(x, b.add(at, i))))
+
+
+def _first_true(e, op):
+    # per line along the axis: found = false; out[j] = x[j] and not found; found |= x[j]
+    x, out = op.args[0], op.result
+    outer, n, inner = _split(x.type.shape, op.attrs["axis"])
+    b = e.b
+    found = e.alloca(I1, name="found")
+    with e.loop(outer, "o") as o:
+        with e.loop(inner, "i") as i:
+            b.store(I1(0), found)
+            start = b.add(b.mul(o, I64(n * inner)), i)
+            with e.loop(n, "j") as j:
+                at = b.add(start, b.mul(j, I64(inner)))
+                value, seen = e.load(x, at), b.load(found)
+                e.store(out, at, b.and_(value, b.xor(seen, I1(1))))
+                b.store(b.or_(seen, value), found)
+
+
+# ---- linear algebra and structure ---------------------------------------------------------
+
+def _fmadd(e, acc, a, b_):
+    return e.b.fadd(acc, e.b.fmul(a, b_))
+
+
+def _matmul(e, op):
+    A, B, C = op.args[0], op.args[1], op.result
+    b = e.b
+    if A.type.rank == 2 and B.type.rank == 2:
+        # C[i, :] = 0; for k: C[i, :] += A[i, k] * B[k, :]  (the inner loop vectorises)
+        m, k_dim = A.type.shape
+        n = B.type.shape[1]
+        with e.loop(m, "i") as i:
+            with e.loop(n, "j") as j:
+                e.store(C, b.add(b.mul(i, I64(n)), j), _f(e, 0.0))
+            with e.loop(k_dim, "k") as k:
+                a = e.load(A, b.add(b.mul(i, I64(k_dim)), k))
+                with e.loop(n, "j") as j:
+                    at = b.add(b.mul(i, I64(n)), j)
+                    e.store(C, at, _fmadd(e, e.load(C, at), a, e.load(B, b.add(b.mul(k, I64(n)), j))))
+    elif A.type.rank == 2:
+        # C[i] = sum_k A[i, k] * v[k]
+        m, k_dim = A.type.shape
+        acc = e.alloca(e.float, name="dot")
+        with e.loop(m, "i") as i:
+            b.store(_f(e, 0.0), acc)
+            with e.loop(k_dim, "k") as k:
+                b.store(_fmadd(e, b.load(acc), e.load(A, b.add(b.mul(i, I64(k_dim)), k)), e.load(B, k)), acc)
+            e.store(C, i, b.load(acc))
+    elif B.type.rank == 2:
+        # C[:] = 0; for k: C[:] += v[k] * B[k, :]
+        k_dim, n = B.type.shape
+        with e.loop(n, "j") as j:
+            e.store(C, j, _f(e, 0.0))
+        with e.loop(k_dim, "k") as k:
+            a = e.load(A, k)
+            with e.loop(n, "j") as j:
+                e.store(C, j, _fmadd(e, e.load(C, j), a, e.load(B, b.add(b.mul(k, I64(n)), j))))
+    else:
+        acc = e.alloca(e.float, name="dot")
+        b.store(_f(e, 0.0), acc)
+        with e.loop(A.type.shape[0], "k") as k:
+            b.store(_fmadd(e, b.load(acc), e.load(A, k), e.load(B, k)), acc)
+        e.store(C, None, b.load(acc))
+
+
+def _strides(shape):
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= d
+    return list(reversed(strides))
+
+
+def _transpose(e, op):
+    x, out = op.args[0], op.result
+    m, n = x.type.shape
+    with e.nest((m, n)) as (i, j):
+        e.store(out, e.linear([j, i], [m, 1]), e.load(x, e.linear([i, j], [n, 1])))
+
+
+def _reshape(e, op):
+    e.copy(op.args[0], op.result)
+
+
+def _broadcast(e, op):
+    # out[idx] = x[idx with stretched axes at 0]
+    x, out = op.args[0], op.result
+    shape, source = out.type.shape, x.type.shape
+    aligned = (1,) * (len(shape) - len(source)) + source
+    strides = [0 if d == 1 else s for d, s in zip(aligned, _strides(aligned))]
+    if x.type.rank == 0:
+        value = e.load(x)
+        with e.loop(out.type.size, "j") as j:
+            e.store(out, j, value)
+        return
+    with e.nest(shape) as index:
+        e.store(out, e.linear(index, _strides(shape)), e.load(x, e.linear(index, strides)))
+
+
+def _index_offsets(e, op, dynamic):
+    """The loop shape over the indexed region, and a function from its indices to the flat offset."""
+    x = op.args[0]
+    strides = _strides(x.type.shape)
+    base = I64(0)
+    loops, loop_strides = [], []
+    dynamic = iter(dynamic)
+    for (kind, *rest), stride in zip(op.attrs["spec"], strides):
+        if kind == "const":
+            base = e.b.add(base, I64(rest[0] * stride))
+        elif kind == "dyn":
+            base = e.b.add(base, e.b.mul(next(dynamic), I64(stride)))
+        else:
+            base = e.b.add(base, I64(rest[0] * stride))
+            loops.append(rest[1] - rest[0])
+            loop_strides.append(stride)
+    return tuple(loops), (lambda index: e.b.add(base, e.linear(index, loop_strides)))
+
+
+def _dynamic_indices(e, op, first: int):
+    """Load the dynamic indices (operands from `first` on), checking those marked for it."""
+    x = op.args[0]
+    loaded = []
+    values = iter(op.args[first:])
+    for axis, ((kind, *rest), n) in enumerate(zip(op.attrs["spec"], x.type.shape)):
+        if kind != "dyn":
+            continue
+        index = e.load(next(values))
+        if rest[0]:
+            inside = e.b.icmp_unsigned("<", index, I64(n))  # unsigned: negatives are huge
+            e.check(inside, f"{op.attrs.get('what', 'index')}: index {{value}} is out of range for axis {axis} "
+                    f"of length {n}", op.loc, index)
+        loaded.append(index)
+    return loaded
+
+
+def _index(e, op):
+    out = op.result
+    shape, offset = _index_offsets(e, op, _dynamic_indices(e, op, 1))
+    with e.nest(shape) as index:
+        e.store(out, e.linear(index, _strides(shape)), e.load(op.args[0], offset(index)))
+
+
+def _index_add(e, op):
+    # out = acc (in place when the planner shares their storage); out[region] += g
+    acc, g, out = op.args[0], op.args[1], op.result
+    e.copy(acc, out)
+    shape, offset = _index_offsets(e, op, _dynamic_indices(e, op, 2))
+    with e.nest(shape) as index:
+        at = offset(index)
+        e.store(out, at, e.b.fadd(e.load(out, at), e.load(g, e.linear(index, _strides(shape)))))
+
+
+def _stack(e, op):
+    out = op.result
+    size = op.args[0].type.size
+    for k, element in enumerate(op.args):
+        e.copy(element, out, I64(k * size))
+
+
+def _const(e, op):
+    dtype = op.attrs["dtype"]
+    value = op.attrs["value"]
+    constant = _f(e, value) if dtype == "f64" else I64(value) if dtype == "i64" else I1(int(value))
+    e.store(op.result, None, constant)
+
+
+def _eye(e, op):
+    n = op.attrs["n"]
+    with e.nest((n, n)) as (i, j):
+        one = e.b.select(e.b.icmp_signed("==", i, j), _f(e, 1.0), _f(e, 0.0))
+        e.store(op.result, e.linear([i, j], [n, 1]), one)
+
+
+def _onehot(e, op):
+    n = op.attrs["n"]
+    label = e.load(op.args[0])
+    e.check(e.b.icmp_unsigned("<", label, I64(n)), f"label {{value}} is out of range for {n} classes", op.loc, label)
+    with e.loop(n, "j") as j:
+        e.store(op.result, j, e.b.select(e.b.icmp_signed("==", j, label), _f(e, 1.0), _f(e, 0.0)))
+
+
+# ---- randomness: spadc/rng.py, emitted ---------------------------------------------------------
+
+def _mix64(b, z):
+    z = b.mul(b.xor(z, b.lshr(z, I64(30))), I64(rng._M1 - (1 << 64)))
+    z = b.mul(b.xor(z, b.lshr(z, I64(27))), I64(rng._M2 - (1 << 64)))
+    return b.xor(z, b.lshr(z, I64(31)))
+
+
+def _signed(word: int) -> int:
+    return word - (1 << 64) if word >= 1 << 63 else word
+
+
+def stream_key(e, site: int):
+    """rng.stream(seed, step, site, sample, iteration) with the run-time words of this point."""
+    b = e.b
+    golden = I64(_signed(rng.GOLDEN))
+    h = _mix64(b, b.add(e.options["seed"], golden))
+    words = [e.options["step"], I64(_signed(site)), e.sample, I64(len(e.iteration)), *e.iteration]
+    for word in words:
+        h = _mix64(b, b.xor(h, _mix64(b, b.add(word, golden))))
+    return h
+
+
+def uniform(e, key, entry):
+    """Entry `entry` of the stream `key` as a double in [0, 1)."""
+    b = e.b
+    bits = _mix64(b, b.add(key, b.mul(I64(_signed(rng.GOLDEN)), b.add(entry, I64(1)))))
+    top = b.uitofp(b.lshr(bits, I64(11)), ir.DoubleType())
+    return b.fmul(top, ir.Constant(ir.DoubleType(), 1.0 / (1 << 53)))
+
+
+def _dropout_mask(e, op):
+    out, p = op.result, op.attrs["p"]
+    b = e.b
+    training = b.icmp_signed("!=", e.options["training"], I64(0))
+    key = stream_key(e, rng.site_id(op.loc, op.inlined_at))
+    with e.loop(max(out.type.size, 1), "j") as j:
+        kept = b.fcmp_ordered(">=", uniform(e, key, j), ir.Constant(ir.DoubleType(), p))
+        mask = b.select(kept, _f(e, 1.0 / (1.0 - p)), _f(e, 0.0))
+        e.store(out, j if out.type.rank else None, b.select(training, mask, _f(e, 1.0)))
+
+
+EMITTERS = {name: _elementwise for name in SCALAR}
+EMITTERS.update({
+    "reduce_sum": _reduce, "reduce_prod": _reduce, "reduce_max": _reduce, "reduce_min": _reduce,
+    "first_true": _first_true, "matmul": _matmul, "transpose": _transpose, "reshape": _reshape,
+    "broadcast": _broadcast, "index": _index, "index_add": _index_add, "stack": _stack, "const": _const,
+    "eye": _eye, "onehot": _onehot, "dropout_mask": _dropout_mask,
+})
+
+assert set(EMITTERS) == set(primitives.PRIMITIVES), set(primitives.PRIMITIVES) ^ set(EMITTERS)
