@@ -1,13 +1,17 @@
 """spadc: a compiler for a small differentiable language, with exact and path-sampled adjoints.
 
-The front end is available now: `check_file` / `check_text` give a checked IR program, which the
-NumPy reference interpreter (`spadc.ir.interpret.evaluate`) can run. Compilation to machine code
-and the `Model` API of INTERFACE.md come with the LLVM backend.
+`compile_file` / `compile_source` give a `Model` (INTERFACE.md) whose forward pass and exact
+gradient run as machine code compiled with LLVM. The front end alone is `check_file` / `check_text`,
+and `spadc.ir.interpret.evaluate` runs its IR with NumPy, the reference for everything compiled.
 """
 
+from spadrt import ForwardResult, Model
+
+from .api import Exact, compile_file, compile_source
 from .errors import SpadcError
 from .frontend import check_file, check_text
 from .init import initial_params
 
-__all__ = ["SpadcError", "check_file", "check_text", "initial_params"]
+__all__ = ["SpadcError", "Model", "ForwardResult", "Exact", "compile_file", "compile_source", "check_file",
+           "check_text", "initial_params"]
 __version__ = "0.1.0"

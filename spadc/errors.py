@@ -1,4 +1,4 @@
-"""Source locations and the one error type users ever see.
+"""Source texts and locations; the error type itself lives in the runtime (spadrt.errors).
 
 Invariants:
 - Every user mistake, at compile time or at run time, is a `SpadcError`. When it has a place,
@@ -10,6 +10,8 @@ Invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from spadrt.errors import SpadcError, render  # noqa: F401  (one error type for compiler and runtime)
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,31 +61,14 @@ class Loc:
         return f"Loc({self})"
 
     @property
+    def file(self) -> str:
+        return self.source.name
+
+    @property
+    def source_line(self) -> str:
+        return self.source.line_text(self.line)
+
+    @property
     def key(self) -> tuple[str, int, int]:
         """A value-comparable identity, used for stable site ids and in tests."""
         return (self.source.name, self.line, self.col)
-
-
-class SpadcError(Exception):
-    """A user mistake: in a .spad program, in inputs passed from Python, or on the command line."""
-
-    def __init__(self, message: str, loc: Loc | None = None, notes: tuple[tuple[str, Loc], ...] = ()):
-        self.bare_message = message
-        self.loc = loc
-        self.notes = notes
-        super().__init__(render(message, loc, notes))
-
-
-def render(message: str, loc: Loc | None, notes=()) -> str:
-    if loc is None:
-        return message
-    parts = [f"{loc}: error: {message}", *_quote(loc)]
-    for note, note_loc in notes:
-        parts += [f"{note_loc}: note: {note}", *_quote(note_loc)]
-    return "\n".join(parts)
-
-
-def _quote(loc: Loc) -> list[str]:
-    text = loc.source.line_text(loc.line).expandtabs(1)
-    caret = " " * (loc.col - 1) + "^"
-    return [f"    {text}", f"    {caret}"]

@@ -41,6 +41,8 @@ def gradient(program: Program) -> GradientProgram:
     active = _activity(program)
     top = _Context(Block(), None, None, active)
     adjoints = _Adjoints(top)
+    loss_op = next(op for op in program.body.ops if program.loss in op.results)
+    top.at(loss_op.loc, loss_op.inlined_at)
     adjoints.set(program.loss, top.op("const", value=1.0, dtype="f64"))
     _backward_block(top, program.body, adjoints)
     gradients = {}

@@ -1,0 +1,10 @@
+"""spadrt: the runtime that runs models compiled by spadc, with NumPy only.
+
+`Model` gives INTERFACE.md's interface (params, forward, loss, grad, save, load) over compiled
+kernels; spadc's JIT uses it too, so compiled and loaded models behave the same.
+"""
+
+from .errors import SpadcError
+from .model import ForwardResult, Model
+
+__all__ = ["Model", "ForwardResult", "SpadcError"]

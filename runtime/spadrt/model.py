@@ -1,0 +1,249 @@
+"""The `Model` interface of INTERFACE.md over compiled kernels (spadc's JIT or a built library).
+
+Invariants:
+- Nothing a caller passes can crash the process: inputs are checked against the layout (names,
+  shapes, dtypes, batch sizes) before any kernel runs, and a failed run-time check in the kernel
+  (an index or label out of range) becomes a `SpadcError` naming the source line.
+- Parameters live in one flat float buffer laid out as the kernel expects; `params` gives views of
+  it, so `model.params["W"][...] = x` changes the model.
+- An input with one more leading dimension than declared is a batch. `forward` and `loss` then
+  give one loss per sample; `grad` gives the mean loss and the mean gradient.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import SpadcError
+from .init import initial_value
+
+_P = ctypes.POINTER
+_COMMON = [ctypes.c_void_p, _P(ctypes.c_void_p), _P(ctypes.c_int64), ctypes.c_int64, ctypes.c_int64,
+           ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64]
+FORWARD_TYPE = ctypes.CFUNCTYPE(ctypes.c_int64, *_COMMON, ctypes.c_void_p, _P(ctypes.c_void_p), ctypes.c_void_p,
+                                _P(ctypes.c_int64))
+GRAD_TYPE = ctypes.CFUNCTYPE(ctypes.c_int64, *_COMMON, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                             _P(ctypes.c_int64))
+_NUMPY = {"i64": np.int64, "bool": np.bool_}
+_U64 = (1 << 64) - 1
+
+
+@dataclass
+class ForwardResult:
+    loss: float | np.ndarray  # one float, or one per sample for a batch
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass
+class _Place:
+    file: str
+    line: int
+    col: int
+    source_line: str
+
+
+class Model:
+    """A compiled model: its parameters, and forward and gradient evaluation from NumPy values."""
+
+    def __init__(self, layout: dict, forward_address: int, grad_address: int, keepalive=None):
+        self.layout = layout
+        self._keepalive = keepalive  # whatever owns the machine code (a JIT engine, a loaded library)
+        self._forward = FORWARD_TYPE(forward_address)
+        self._grad = GRAD_TYPE(grad_address)
+        self._float = np.float64 if layout["dtype"] == "f64" else np.float32
+        self._flat = np.zeros(layout["param_count"], dtype=self._float)
+        self._workspace = {}
+        self.init_params(0)
+
+    # ---- parameters ----------------------------------------------------------------
+
+    @property
+    def param_names(self) -> list[str]:
+        return [p["name"] for p in self.layout["params"]]
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        return {p["name"]: self._flat[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"])
+                for p in self.layout["params"]}
+
+    def init_params(self, seed: int = 0):
+        """Re-draw every parameter from its initialiser, with this seed."""
+        for p in self.layout["params"]:
+            value = initial_value(p["name"], p["shape"], p["init"]["kind"], p["init"]["args"], p["bounds"], seed)
+            self._flat[p["offset"]:p["offset"] + p["size"]] = value.ravel()
+
+    def set_params(self, values):
+        """Replace the parameters from a dict of arrays or a flat array."""
+        self._flat[:] = self._flat_params(values)
+
+    def save(self, path: str):
+        np.savez(path, **{name: np.asarray(v, dtype=np.float64) for name, v in self.params.items()})
+
+    def load(self, path: str):
+        try:
+            with np.load(path) as data:
+                values = {name: data[name] for name in data.files}
+        except (OSError, ValueError) as error:
+            raise SpadcError(f"{path}: cannot read parameters: {error}") from None
+        self.set_params(values)
+
+    def _flat_params(self, values) -> np.ndarray:
+        if values is None:
+            return self._flat
+        if isinstance(values, dict):
+            unknown = set(values) - set(self.param_names)
+            if unknown:
+                raise SpadcError(f"unknown param `{sorted(unknown)[0]}`; the model's params are "
+                                 f"{', '.join(self.param_names) or 'none'}")
+            flat = self._flat.copy()
+            for p in self.layout["params"]:
+                if p["name"] not in values:
+                    raise SpadcError(f"missing param `{p['name']}`")
+                value = _numeric(values[p["name"]], f"param `{p['name']}`")
+                if list(value.shape) != p["shape"]:
+                    raise SpadcError(f"param `{p['name']}` must have shape {p['shape']}, got {list(value.shape)}")
+                flat[p["offset"]:p["offset"] + p["size"]] = value.ravel()
+            return flat
+        flat = _numeric(values, "params")
+        if flat.shape != self._flat.shape:
+            raise SpadcError(f"a flat params array must have {self._flat.size} entries, got shape {list(flat.shape)}")
+        return np.ascontiguousarray(flat, dtype=self._float)
+
+    # ---- evaluation ------------------------------------------------------------------
+
+    def forward(self, *, params=None, training: bool = False, seed: int = 0, step: int = 0, sample_offset: int = 0,
+                **inputs) -> ForwardResult:
+        prepared = self._inputs(inputs)
+        n = prepared.n
+        losses = np.zeros(n, dtype=self._float)
+        outputs = [np.zeros((n, *o["shape"]), dtype=self._dtype(o["dtype"])) for o in self.layout["outputs"]]
+        output_pointers = (ctypes.c_void_p * max(len(outputs), 1))(*[o.ctypes.data for o in outputs])
+        flat = self._flat_params(params)
+        status = np.zeros(3, dtype=np.int64)
+        code = self._forward(flat.ctypes.data, prepared.pointers, prepared.strides, n, int(sample_offset),
+                             int(bool(training)), int(seed) & _U64, int(step) & _U64, losses.ctypes.data,
+                             output_pointers, self._workspace_for("forward"), status.ctypes.data_as(_P(ctypes.c_int64)))
+        self._raise_on_failure(code, status, prepared.batched)
+        named = {o["name"]: (v if prepared.batched else v[0]) for o, v in zip(self.layout["outputs"], outputs)}
+        visible = {name: value for name, value in named.items() if not name.startswith("_")}
+        result = ForwardResult(losses.astype(np.float64) if prepared.batched else float(losses[0]), visible)
+        result.hidden = {name: value for name, value in named.items() if name.startswith("_")}
+        return result
+
+    def loss(self, **kwargs):
+        return self.forward(**kwargs).loss
+
+    def grad(self, *, params=None, estimator=None, training: bool = False, seed: int = 0, step: int | None = None,
+             sample_offset: int = 0, stats: bool = False, **inputs):
+        _exact_only(estimator)
+        prepared = self._inputs(inputs)
+        flat = self._flat_params(params)
+        loss = np.zeros(1, dtype=self._float)
+        grads = np.zeros_like(self._flat)
+        status = np.zeros(3, dtype=np.int64)
+        code = self._grad(flat.ctypes.data, prepared.pointers, prepared.strides, prepared.n, int(sample_offset),
+                          int(bool(training)), int(seed) & _U64, int(step or 0) & _U64, loss.ctypes.data,
+                          grads.ctypes.data, self._workspace_for("grad"), status.ctypes.data_as(_P(ctypes.c_int64)))
+        self._raise_on_failure(code, status, prepared.batched)
+        named = {p["name"]: grads[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"]).astype(np.float64)
+                 for p in self.layout["params"]}
+        if stats:
+            return float(loss[0]), named, {"tape_bytes": self.layout["tape_bytes"], "samples": prepared.n}
+        return float(loss[0]), named
+
+    # ---- plumbing ----------------------------------------------------------------------
+
+    def _dtype(self, dtype: str):
+        return self._float if dtype == "f64" else _NUMPY[dtype]
+
+    def _workspace_for(self, kernel: str) -> int:
+        if kernel not in self._workspace:
+            size = self.layout["workspace"][kernel]
+            buffer = np.zeros(size + 64, dtype=np.uint8)
+            self._workspace[kernel] = (buffer, buffer.ctypes.data + (-buffer.ctypes.data) % 64)
+        return self._workspace[kernel][1]
+
+    def _inputs(self, values: dict) -> "_Prepared":
+        declared = {i["name"]: i for i in self.layout["inputs"]}
+        unknown = set(values) - set(declared)
+        if unknown:
+            raise SpadcError(f"unknown input `{sorted(unknown)[0]}`; the model's inputs are "
+                             f"{', '.join(declared) or 'none'}")
+        arrays, batch = [], None
+        for name, spec in declared.items():
+            if name not in values:
+                raise SpadcError(f"missing input `{name}` ({_type_text(spec)})")
+            array = _convert(values[name], spec, self._dtype(spec["dtype"]))
+            rank = len(spec["shape"])
+            if list(array.shape) == spec["shape"]:
+                batched = False
+            elif array.ndim == rank + 1 and list(array.shape[1:]) == spec["shape"]:
+                batched = True
+                if batch is not None and batch[1] != array.shape[0]:
+                    raise SpadcError(f"input `{name}` has a batch of {array.shape[0]} samples but `{batch[0]}` "
+                                     f"has {batch[1]}")
+                batch = (name, array.shape[0])
+            else:
+                raise SpadcError(f"input `{name}` must have shape {spec['shape']} (or [batch, ...] of it), "
+                                 f"got {list(array.shape)}")
+            arrays.append((array, batched))
+        n = batch[1] if batch else 1
+        if n == 0:
+            raise SpadcError(f"input `{batch[0]}` is an empty batch")
+        strides = np.array([a.strides[0] if b else 0 for a, b in arrays] or [0], dtype=np.int64)
+        pointers = (ctypes.c_void_p * max(len(arrays), 1))(*[a.ctypes.data for a, _ in arrays])
+        return _Prepared(n, batch is not None, pointers, strides.ctypes.data_as(_P(ctypes.c_int64)),
+                         (arrays, strides))
+
+    def _raise_on_failure(self, code: int, status: np.ndarray, batched: bool):
+        if code == 0:
+            return
+        check = self.layout["checks"][code - 1]
+        place = _Place(check["file"], check["line"], check["col"], check["source_line"])
+        where = f" (sample {status[2]})" if batched else ""
+        raise SpadcError(f"run-time error{where}: {check['message'].format(value=int(status[1]))}", place)
+
+
+@dataclass
+class _Prepared:
+    n: int
+    batched: bool
+    pointers: object
+    strides: object
+    keepalive: object  # the arrays the pointers point into
+
+
+def _type_text(spec) -> str:
+    return spec["dtype"] + (f"[{', '.join(map(str, spec['shape']))}]" if spec["shape"] else "")
+
+
+def _numeric(value, what: str) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as error:
+        raise SpadcError(f"{what} is not an array of numbers: {error}") from None
+    if array.dtype.kind not in "biuf":
+        raise SpadcError(f"{what} must be numeric, got {array.dtype}")
+    return array
+
+
+def _convert(value, spec, numpy_dtype) -> np.ndarray:
+    array = _numeric(value, f"input `{spec['name']}`")
+    kind = array.dtype.kind
+    if spec["dtype"] == "i64" and kind not in "iu":
+        raise SpadcError(f"input `{spec['name']}` must be integers (i64), got {array.dtype}")
+    if spec["dtype"] == "bool" and kind != "b":
+        raise SpadcError(f"input `{spec['name']}` must be bool, got {array.dtype}")
+    if spec["dtype"] == "f64" and kind == "b":
+        raise SpadcError(f"input `{spec['name']}` must be numbers (f64), got bool")
+    return np.array(array, dtype=numpy_dtype, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+
+
+def _exact_only(estimator):
+    name = estimator if isinstance(estimator, str) else getattr(estimator, "name", None)
+    if estimator is None or name == "exact":
+        return
+    raise SpadcError(f"the estimator {estimator!r} is not available yet: only the exact gradient is implemented")
