@@ -4,7 +4,6 @@ import os
 import shutil
 import subprocess
 import sys
-from importlib import resources
 
 import pytest
 
@@ -61,11 +60,14 @@ def test_ir_dump_after_check_shows_unoptimised_ir(tmp_path):
     assert "exp(w)" not in spadc("ir", str(src)).stdout
 
 
-def test_installed_console_script_and_grammar_resource():
+def test_installed_console_script_and_grammar_resource(tmp_path):
     script = shutil.which("spadc", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     if script is None:
         pytest.skip("spadc is not installed in this environment (running from a source tree)")
     result = subprocess.run([script, "check", example("rosenbrock.spad")], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok"
-    # The grammar ships as package data, so a non-editable install finds it.
-    assert resources.files("spadc.grammar").joinpath("spad.lark").is_file()
+    # The grammar ships as package data: the installed package (imported away from the source
+    # tree) finds it as a resource.
+    probe = "import importlib.resources as r; print(r.files('spadc.grammar').joinpath('spad.lark').is_file())"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.strip() == "True", result.stderr

@@ -382,8 +382,7 @@ def _dynamic_indices(e, op, first: int):
         index = e.load(next(values))
         if rest[0]:
             inside = e.b.icmp_unsigned("<", index, I64(n))  # unsigned: negatives are huge
-            e.check(inside, f"{op.attrs.get('what', 'index')}: index {{value}} is out of range for axis {axis} "
-                    f"of length {n}", op.loc, index)
+            e.check(inside, primitives.index_error(op.attrs["what"], axis, n), op.loc, index)
         loaded.append(index)
     return loaded
 

@@ -242,6 +242,13 @@ def _index_infer(types, attrs):
     return t.with_shape(shape)
 
 
+def index_error(what: str, axis: int, n: int) -> str:
+    """The run-time message of a bad index, with `{value}` for the index (interpreter and compiled code)."""
+    if what == "label":
+        return f"label {{value}} is out of range for {n} classes"
+    return f"{what}: index {{value}} is out of range for axis {axis} of length {n}"
+
+
 def _index_evaluate(args, attrs, ctx):
     x, *indices = args
     dynamic = iter(indices)
@@ -254,7 +261,7 @@ def _index_evaluate(args, attrs, ctx):
         else:
             i = int(next(dynamic))
             if not 0 <= i < n:
-                raise Fault(f"{attrs['what']}: index {i} is out of range for axis {axis} of length {n}")
+                raise Fault(index_error(attrs["what"], axis, n).format(value=i))
             key.append(i)
     return np.array(x[tuple(key)])
 

@@ -1,0 +1,1 @@
+"""The .spad grammar (spad.lark), installed as package data of spadc."""
