@@ -286,10 +286,12 @@ def _loop_adjoint(ctx: _Context, op: Op, adjoints: _Adjoints):
                      + [local.get(v) for v in captured])
     initial = seeds + [adjoints.get(v) or ctx.zeros(v.type) for v in captured]
     results = _emit_region(ctx, "loop", initial, (region,), op, reverse=True)
-    for k, result in zip(carried, results[:len(carried)]):
-        adjoints.add(op.args[k], result)
+    # The accumulators already include the outer adjoints they started from, so they replace them;
+    # only then are the carried adjoints added (an initial value may also be read in the body).
     for value, result in zip(captured, results[len(carried):]):
         adjoints.set(value, result)
+    for k, result in zip(carried, results[:len(carried)]):
+        adjoints.add(op.args[k], result)
     ctx.registry[id(op)] = [inner]
 
 

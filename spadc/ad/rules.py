@@ -287,7 +287,9 @@ def _broadcast(c, op, g, wanted, P):
 
 @_rule("index", saves=("indices",))
 def _index(c, op, g, wanted, P):
-    return [Sparse(g, op.attrs["spec"], tuple(P.arg(k) for k in range(1, len(op.args))))] + [None] * (len(op.args) - 1)
+    # The forward pass already checked these indices, so the accumulation does not check them again.
+    spec = tuple(("dyn", False) if kind == "dyn" else (kind, *rest) for kind, *rest in op.attrs["spec"])
+    return [Sparse(g, spec, tuple(P.arg(k) for k in range(1, len(op.args))))] + [None] * (len(op.args) - 1)
 
 
 @_rule("index_add", saves=("indices",))

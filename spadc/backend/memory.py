@@ -45,7 +45,9 @@ def element_size(dtype: str, float_bytes: int) -> int:
 def plan(program: Program, float_bytes: int = 8) -> MemoryPlan:
     result = MemoryPlan()
     external = {v.id for v in program.body.params}
-    _plan_block(program.body, result, external, float_bytes)
+    # The kernel reads the loss and the outputs after the body: they live to its end, like yields.
+    body = Block(program.body.params, program.body.ops, [program.loss, *program.outputs.values()])
+    _plan_block(body, result, external, float_bytes)
     return result
 
 
