@@ -20,6 +20,7 @@ from .errors import Source, SpadcError
 from .ir.printer import format_program
 
 DTYPES = ("f64", "f32")
+KERNELS = ("forward", "grad")
 _CACHE: dict[tuple, tuple] = {}
 
 
@@ -34,17 +35,22 @@ class Compiled:
     """Everything compilation produced for one model, kept for inspection (`spadc llvm`, `spadc ir`)."""
     program: object
     gradient: object
-    llvm_ir: str
+    llvm_ir: str  # the whole module, as compiled (before optimisation)
+    functions: dict[str, str]  # kernel name -> its LLVM IR
     layout: kernels.Layout
     machine: jit.Compiled
 
 
 def compile_file(path: str, dtype: str = "f64") -> Model:
-    return _model(build(frontend.read_source(path), os.path.dirname(os.path.abspath(path)), dtype))
+    return model_of(build_file(path, dtype))
+
+
+def build_file(path: str, dtype: str = "f64") -> Compiled:
+    return build(frontend.read_source(path), os.path.dirname(os.path.abspath(path)), dtype)
 
 
 def compile_source(text: str, name: str = "m", dtype: str = "f64") -> Model:
-    return _model(build(Source(name, text), os.getcwd(), dtype))
+    return model_of(build(Source(name, text), os.getcwd(), dtype))
 
 
 def build(source: Source, base_dir: str, dtype: str = "f64") -> Compiled:
@@ -52,17 +58,18 @@ def build(source: Source, base_dir: str, dtype: str = "f64") -> Compiled:
         raise SpadcError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     from .check.program import check_source
     program = frontend.lower(check_source(source, base_dir))
-    grad = gradient(program)
+    grad = gradient(program, accumulate=True)
     grad.program = passes.run(grad.program)
     key = (source.name, source.text, dtype, format_program(program), format_program(grad.program))
     if key not in _CACHE:
         module, layout = kernels.build(program, grad, dtype)
         llvm_ir = str(module)
-        _CACHE[key] = (llvm_ir, layout, jit.compile_ir(llvm_ir, ("forward", "grad")))
-    llvm_ir, layout, machine = _CACHE[key]
-    return Compiled(program, grad, llvm_ir, layout, machine)
+        functions = {name: str(module.get_global(name)) for name in KERNELS}
+        _CACHE[key] = (llvm_ir, functions, layout, jit.compile_ir(llvm_ir, KERNELS))
+    llvm_ir, functions, layout, machine = _CACHE[key]
+    return Compiled(program, grad, llvm_ir, functions, layout, machine)
 
 
-def _model(compiled: Compiled) -> Model:
+def model_of(compiled: Compiled) -> Model:
     return Model(compiled.layout.to_dict(), compiled.machine.addresses["forward"],
                  compiled.machine.addresses["grad"], keepalive=compiled.machine)

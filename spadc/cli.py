@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import frontend, passes
+import numpy as np
+
+from . import api, frontend, passes
 from .errors import SpadcError
 from .ir.printer import format_program
 
@@ -23,9 +25,76 @@ def _check(args) -> int:
 
 
 def _ir(args) -> int:
-    program = frontend.lower(frontend.check_file(args.file), dump_after=args.dump_after)
+    if args.grad:
+        program = api.build_file(args.file).gradient.program
+    else:
+        program = frontend.lower(frontend.check_file(args.file), dump_after=args.dump_after)
     sys.stdout.write(format_program(program))
     return 0
+
+
+def _llvm(args) -> int:
+    compiled = api.build_file(args.file, args.dtype)
+    if args.optimised:
+        sys.stdout.write(compiled.machine.optimised_ir)
+    else:
+        sys.stdout.write(compiled.functions["grad" if args.grad else "forward"] + "\n")
+    return 0
+
+
+def _load_npz(path: str | None, what: str) -> dict:
+    if path is None:
+        return {}
+    try:
+        with np.load(path) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError) as error:
+        raise SpadcError(f"{path}: cannot read {what}: {error}") from None
+
+
+def _model_with_params(args):
+    model = api.compile_file(args.file)
+    model.init_params(args.init_seed)
+    if args.params:
+        model.set_params(_load_npz(args.params, "parameters"))
+    return model
+
+
+def _print_array(name: str, value: np.ndarray):
+    with np.printoptions(precision=6, suppress=True, threshold=20, edgeitems=3, linewidth=100):
+        print(f"{name} = {value}")
+
+
+def _run(args) -> int:
+    model = _model_with_params(args)
+    result = model.forward(**_load_npz(args.inputs, "inputs"))
+    _print_array("loss", np.asarray(result.loss))
+    for name, value in result.outputs.items():
+        _print_array(name, value)
+    if args.out:
+        np.savez(args.out, loss=np.asarray(result.loss), **result.outputs)
+    return 0
+
+
+def _grad(args) -> int:
+    model = _model_with_params(args)
+    loss, grads = model.grad(**_load_npz(args.inputs, "inputs"), estimator=args.estimator, seed=args.seed)
+    print(f"loss = {loss:.10g}")
+    width = max((len(n) for n in grads), default=0)
+    for name, value in grads.items():
+        print(f"d loss / d {name:<{width}}  shape {list(value.shape)}  norm {np.linalg.norm(value):.6g}")
+    if args.out:
+        np.savez(args.out, **grads)
+    return 0
+
+
+def _add_model_options(command):
+    command.add_argument("file", metavar="FILE.spad")
+    command.add_argument("--inputs", metavar="IN.npz", help="inputs, one array per declared input (a leading "
+                         "sample axis makes a batch)")
+    command.add_argument("--params", metavar="P.npz", help="parameter values (default: the initialisers)")
+    command.add_argument("--init-seed", type=int, default=0, help="seed of the initialisers (default 0)")
+    command.add_argument("--out", metavar="OUT.npz", help="also write the results to this file")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,7 +109,26 @@ def _parser() -> argparse.ArgumentParser:
     ir.add_argument("file", metavar="FILE.spad")
     ir.add_argument("--dump-after", choices=passes.PASS_NAMES, default=None,
                     help="print the IR as it is after this pass (default: after the whole pipeline)")
+    ir.add_argument("--grad", action="store_true", help="print the gradient program (forward then adjoint)")
     ir.set_defaults(run=_ir)
+
+    llvm = commands.add_parser("llvm", help="print the LLVM IR that is compiled")
+    llvm.add_argument("file", metavar="FILE.spad")
+    llvm.add_argument("--grad", action="store_true", help="the gradient kernel (default: the forward kernel)")
+    llvm.add_argument("--optimised", action="store_true", help="the whole module after LLVM's optimisation")
+    llvm.add_argument("--dtype", choices=api.DTYPES, default="f64")
+    llvm.set_defaults(run=_llvm)
+
+    run = commands.add_parser("run", help="evaluate a model: its loss and outputs")
+    _add_model_options(run)
+    run.set_defaults(run=_run)
+
+    grad = commands.add_parser("grad", help="the loss and the gradient of every param")
+    _add_model_options(grad)
+    grad.add_argument("--estimator", choices=("exact",), default="exact",
+                      help="gradient estimator (RAD and SPAD are not implemented yet)")
+    grad.add_argument("--seed", type=int, default=0, help="seed of the estimator's random stream")
+    grad.set_defaults(run=_grad)
     return parser
 
 

@@ -20,13 +20,11 @@ import numpy as np
 from .errors import SpadcError
 from .init import initial_value
 
-_P = ctypes.POINTER
-_COMMON = [ctypes.c_void_p, _P(ctypes.c_void_p), _P(ctypes.c_int64), ctypes.c_int64, ctypes.c_int64,
-           ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64]
-FORWARD_TYPE = ctypes.CFUNCTYPE(ctypes.c_int64, *_COMMON, ctypes.c_void_p, _P(ctypes.c_void_p), ctypes.c_void_p,
-                                _P(ctypes.c_int64))
-GRAD_TYPE = ctypes.CFUNCTYPE(ctypes.c_int64, *_COMMON, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                             _P(ctypes.c_int64))
+# Every pointer is passed as a plain address (c_void_p): the cheapest call ctypes can make.
+_POINTER, _I64, _U64_T = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64
+_COMMON = [_POINTER, _POINTER, _POINTER, _I64, _I64, _I64, _U64_T, _U64_T]
+FORWARD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER)
+GRAD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER)
 _NUMPY = {"i64": np.int64, "bool": np.bool_}
 _U64 = (1 << 64) - 1
 
@@ -54,7 +52,9 @@ class Model:
         self._forward = FORWARD_TYPE(forward_address)
         self._grad = GRAD_TYPE(grad_address)
         self._float = np.float64 if layout["dtype"] == "f64" else np.float32
-        self._flat = np.zeros(layout["param_count"], dtype=self._float)
+        self._flat = np.zeros(layout["param_count"], dtype=self._float)  # never reallocated: views stay valid
+        self._status = np.zeros(3, dtype=np.int64)
+        self._address = {"params": self._flat.ctypes.data, "status": self._status.ctypes.data}
         self._workspace = {}
         self.init_params(0)
 
@@ -118,15 +118,13 @@ class Model:
                 **inputs) -> ForwardResult:
         prepared = self._inputs(inputs)
         n = prepared.n
-        losses = np.zeros(n, dtype=self._float)
-        outputs = [np.zeros((n, *o["shape"]), dtype=self._dtype(o["dtype"])) for o in self.layout["outputs"]]
-        output_pointers = (ctypes.c_void_p * max(len(outputs), 1))(*[o.ctypes.data for o in outputs])
-        flat = self._flat_params(params)
-        status = np.zeros(3, dtype=np.int64)
-        code = self._forward(flat.ctypes.data, prepared.pointers, prepared.strides, n, int(sample_offset),
+        losses = np.empty(n, dtype=self._float)
+        outputs = [np.empty((n, *o["shape"]), dtype=self._dtype(o["dtype"])) for o in self.layout["outputs"]]
+        output_addresses = (ctypes.c_void_p * max(len(outputs), 1))(*[o.ctypes.data for o in outputs])
+        code = self._forward(self._params_address(params), prepared.pointers, prepared.strides, n, int(sample_offset),
                              int(bool(training)), int(seed) & _U64, int(step) & _U64, losses.ctypes.data,
-                             output_pointers, self._workspace_for("forward"), status.ctypes.data_as(_P(ctypes.c_int64)))
-        self._raise_on_failure(code, status, prepared.batched)
+                             output_addresses, self._workspace_for("forward"), self._address["status"])
+        self._raise_on_failure(code, prepared.batched)
         named = {o["name"]: (v if prepared.batched else v[0]) for o, v in zip(self.layout["outputs"], outputs)}
         visible = {name: value for name, value in named.items() if not name.startswith("_")}
         result = ForwardResult(losses.astype(np.float64) if prepared.batched else float(losses[0]), visible)
@@ -140,19 +138,23 @@ class Model:
              sample_offset: int = 0, stats: bool = False, **inputs):
         _exact_only(estimator)
         prepared = self._inputs(inputs)
-        flat = self._flat_params(params)
-        loss = np.zeros(1, dtype=self._float)
-        grads = np.zeros_like(self._flat)
-        status = np.zeros(3, dtype=np.int64)
-        code = self._grad(flat.ctypes.data, prepared.pointers, prepared.strides, prepared.n, int(sample_offset),
-                          int(bool(training)), int(seed) & _U64, int(step or 0) & _U64, loss.ctypes.data,
-                          grads.ctypes.data, self._workspace_for("grad"), status.ctypes.data_as(_P(ctypes.c_int64)))
-        self._raise_on_failure(code, status, prepared.batched)
-        named = {p["name"]: grads[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"]).astype(np.float64)
+        loss = np.empty(1, dtype=self._float)
+        grads = np.empty_like(self._flat)
+        code = self._grad(self._params_address(params), prepared.pointers, prepared.strides, prepared.n,
+                          int(sample_offset), int(bool(training)), int(seed) & _U64, int(step or 0) & _U64,
+                          loss.ctypes.data, grads.ctypes.data, self._workspace_for("grad"), self._address["status"])
+        self._raise_on_failure(code, prepared.batched)
+        named = {p["name"]: grads[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"]).astype(np.float64, copy=False)
                  for p in self.layout["params"]}
         if stats:
             return float(loss[0]), named, {"tape_bytes": self.layout["tape_bytes"], "samples": prepared.n}
         return float(loss[0]), named
+
+    def _params_address(self, params) -> int:
+        if params is None:
+            return self._address["params"]
+        self._override = self._flat_params(params)  # kept alive until the next call
+        return self._override.ctypes.data
 
     # ---- plumbing ----------------------------------------------------------------------
 
@@ -193,18 +195,17 @@ class Model:
         n = batch[1] if batch else 1
         if n == 0:
             raise SpadcError(f"input `{batch[0]}` is an empty batch")
-        strides = np.array([a.strides[0] if b else 0 for a, b in arrays] or [0], dtype=np.int64)
+        strides = (ctypes.c_int64 * max(len(arrays), 1))(*[a.strides[0] if b else 0 for a, b in arrays])
         pointers = (ctypes.c_void_p * max(len(arrays), 1))(*[a.ctypes.data for a, _ in arrays])
-        return _Prepared(n, batch is not None, pointers, strides.ctypes.data_as(_P(ctypes.c_int64)),
-                         (arrays, strides))
+        return _Prepared(n, batch is not None, pointers, strides, arrays)
 
-    def _raise_on_failure(self, code: int, status: np.ndarray, batched: bool):
+    def _raise_on_failure(self, code: int, batched: bool):
         if code == 0:
             return
         check = self.layout["checks"][code - 1]
         place = _Place(check["file"], check["line"], check["col"], check["source_line"])
-        where = f" (sample {status[2]})" if batched else ""
-        raise SpadcError(f"run-time error{where}: {check['message'].format(value=int(status[1]))}", place)
+        where = f" (sample {self._status[2]})" if batched else ""
+        raise SpadcError(f"run-time error{where}: {check['message'].format(value=int(self._status[1]))}", place)
 
 
 @dataclass

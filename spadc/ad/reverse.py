@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..ir.core import REGION_OPS, Block, Op, Program, Value
+from ..ir.core import REGION_OPS, Block, InputDecl, Op, Program, Value
 from ..ir import primitives
 from ..ir.types import TensorType
 from .rules import ADJOINTS, Rule, Sparse
@@ -31,16 +31,24 @@ from .rules import ADJOINTS, Rule, Sparse
 class GradientProgram:
     program: Program  # body: forward then adjoint; outputs: param name -> its gradient
     tape: list[Value] = field(default_factory=list)  # forward values the adjoint reads at the top level
+    # With accumulate=True: param name -> the input holding the gradient summed so far; the program's
+    # gradients then include it, so a kernel can sum over samples in place in the caller's buffer.
+    accumulators: dict[str, Value] = field(default_factory=dict)
 
     @property
     def gradients(self) -> dict[str, Value]:
         return self.program.outputs
 
 
-def gradient(program: Program) -> GradientProgram:
+def gradient(program: Program, accumulate: bool = False) -> GradientProgram:
     active = _activity(program)
     top = _Context(Block(), None, None, active)
     adjoints = _Adjoints(top)
+    accumulators = {}
+    if accumulate:
+        for decl in program.params:
+            accumulators[decl.name] = Value(decl.value.type, f"{decl.name}.grad")
+            adjoints.set(decl.value, accumulators[decl.name])
     loss_op = next(op for op in program.body.ops if program.loss in op.results)
     top.at(loss_op.loc, loss_op.inlined_at)
     adjoints.set(program.loss, top.op("const", value=1.0, dtype="f64"))
@@ -50,11 +58,13 @@ def gradient(program: Program) -> GradientProgram:
         top.at(decl.loc, ())
         gradients[decl.name] = adjoints.get(decl.value) or top.zeros(decl.value.type)
     forward = _augment(program.body, top.registry)
-    body = Block(list(program.body.params), forward.ops + top.block.ops, [])
-    result = Program(program.name, program.params, program.inputs, body, gradients, program.loss, None)
-    parameters = {p.value.id for p in program.params} | {i.value.id for i in program.inputs}
+    inputs = program.inputs + [InputDecl(v.hint, v, loc) for v, loc in
+                               zip(accumulators.values(), (d.loc for d in program.params))]
+    body = Block(list(program.body.params) + list(accumulators.values()), forward.ops + top.block.ops, [])
+    result = Program(program.name, program.params, inputs, body, gradients, program.loss, None)
+    parameters = {p.value.id for p in program.params} | {i.value.id for i in inputs}
     tape = [v for v in top.read.values() if v.id not in parameters]
-    return GradientProgram(result, tape)
+    return GradientProgram(result, tape, accumulators)
 
 
 # ---- activity ----------------------------------------------------------------------------

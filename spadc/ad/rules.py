@@ -67,12 +67,6 @@ def unbroadcast(c, g, shape):
     return c.op("reshape", g, shape=shape) if g.type.shape != shape else g
 
 
-def outer(c, a, b):
-    m, n = a.type.shape[0], b.type.shape[0]
-    column = c.op("broadcast", c.op("reshape", a, shape=(m, 1)), shape=(m, n))
-    return c.op("mul", column, c.op("broadcast", b, shape=(m, n)))
-
-
 # ---- elementwise -------------------------------------------------------------------
 
 @_rule("neg")
@@ -259,15 +253,27 @@ def _matmul(c, op, g, wanted, P):
         da = c.op("matmul", g, c.op("transpose", P.arg(1))) if wanted[0] else None
         db = c.op("matmul", c.op("transpose", P.arg(0)), g) if wanted[1] else None
     elif a_type.rank == 2:  # matrix @ vector
-        da = outer(c, g, P.arg(1)) if wanted[0] else None
+        da = c.op("outer", g, P.arg(1)) if wanted[0] else None
         db = c.op("matmul", g, P.arg(0)) if wanted[1] else None
     elif b_type.rank == 2:  # vector @ matrix
         da = c.op("matmul", P.arg(1), g) if wanted[0] else None
-        db = outer(c, P.arg(0), g) if wanted[1] else None
+        db = c.op("outer", P.arg(0), g) if wanted[1] else None
     else:  # vector . vector
         da = c.op("mul", g, P.arg(1)) if wanted[0] else None
         db = c.op("mul", g, P.arg(0)) if wanted[1] else None
     return [da, db]
+
+
+@_rule("outer", saves=(0, 1))
+def _outer(c, op, g, wanted, P):
+    return [c.op("matmul", g, P.arg(1)) if wanted[0] else None,
+            c.op("matmul", P.arg(0), g) if wanted[1] else None]
+
+
+@_rule("outer_add", saves=(1, 2))
+def _outer_add(c, op, g, wanted, P):
+    return [g, c.op("matmul", g, P.arg(2)) if wanted[1] else None,
+            c.op("matmul", P.arg(1), g) if wanted[2] else None]
 
 
 @_rule("transpose")

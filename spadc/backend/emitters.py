@@ -201,16 +201,23 @@ SCALAR = {
 }
 
 
+def _named(value, hint):
+    """Name an LLVM instruction after the source variable it computes (`spadc llvm` reads better)."""
+    if hint and isinstance(value, ir.Instruction) and not value.name:
+        value.name = hint
+    return value
+
+
 def _elementwise(e, op):
     # for j in 0..size: out[j] = f(a[j], b[j], ...), scalar operands read once per entry
     scalar = SCALAR[op.kind]
     out = op.result
     if out.type.rank == 0:
-        e.store(out, None, scalar(e, op, *[e.load(a) for a in op.args]))
+        e.store(out, None, _named(scalar(e, op, *[e.load(a) for a in op.args]), out.hint))
         return
     with e.loop(out.type.size, "j") as j:
         values = [e.load(a, j if a.type.rank else None) for a in op.args]
-        e.store(out, j, scalar(e, op, *values))
+        e.store(out, j, _named(scalar(e, op, *values), out.hint))
 
 
 # ---- reductions ----------------------------------------------------------------------
@@ -273,8 +280,15 @@ def _first_true(e, op):
 
 # ---- linear algebra and structure ---------------------------------------------------------
 
-def _fmadd(e, acc, a, b_):
-    return e.b.fadd(acc, e.b.fmul(a, b_))
+def _fmadd(e, acc, a, b_, reduction=False):
+    """acc + a * b. In a dot product (`reduction`) the sum may be reassociated and fused, which lets
+    LLVM vectorise it; the result stays deterministic (the same code for every sample)."""
+    product = e.b.fmul(a, b_)
+    total = e.b.fadd(acc, product)
+    if reduction:
+        for instruction in (product, total):
+            instruction.flags += ["reassoc", "contract"]
+    return total
 
 
 def _matmul(e, op):
@@ -299,7 +313,7 @@ def _matmul(e, op):
         with e.loop(m, "i") as i:
             b.store(_f(e, 0.0), acc)
             with e.loop(k_dim, "k") as k:
-                b.store(_fmadd(e, b.load(acc), e.load(A, b.add(b.mul(i, I64(k_dim)), k)), e.load(B, k)), acc)
+                b.store(_fmadd(e, b.load(acc), e.load(A, b.add(b.mul(i, I64(k_dim)), k)), e.load(B, k), True), acc)
             e.store(C, i, b.load(acc))
     elif B.type.rank == 2:
         # C[:] = 0; for k: C[:] += v[k] * B[k, :]
@@ -314,8 +328,30 @@ def _matmul(e, op):
         acc = e.alloca(e.float, name="dot")
         b.store(_f(e, 0.0), acc)
         with e.loop(A.type.shape[0], "k") as k:
-            b.store(_fmadd(e, b.load(acc), e.load(A, k), e.load(B, k)), acc)
+            b.store(_fmadd(e, b.load(acc), e.load(A, k), e.load(B, k), True), acc)
         e.store(C, None, b.load(acc))
+
+
+def _outer(e, op):
+    # out[i, j] = a[i] * b[j]  (the inner loop vectorises)
+    a, b_vec, out = op.args[0], op.args[1], op.result
+    m, n = out.type.shape
+    with e.loop(m, "i") as i:
+        left = e.load(a, i)
+        with e.loop(n, "j") as j:
+            e.store(out, e.b.add(e.b.mul(i, I64(n)), j), e.b.fmul(left, e.load(b_vec, j)))
+
+
+def _outer_add(e, op):
+    # out = acc (in place when the planner shares their storage); out[i, j] += a[i] * b[j]
+    acc, a, b_vec, out = op.args[0], op.args[1], op.args[2], op.result
+    e.copy(acc, out)
+    m, n = out.type.shape
+    with e.loop(m, "i") as i:
+        left = e.load(a, i)
+        with e.loop(n, "j") as j:
+            at = e.b.add(e.b.mul(i, I64(n)), j)
+            e.store(out, at, e.b.fadd(e.load(out, at), e.b.fmul(left, e.load(b_vec, j))))
 
 
 def _strides(shape):
@@ -478,7 +514,7 @@ def _dropout_mask(e, op):
 EMITTERS = {name: _elementwise for name in SCALAR}
 EMITTERS.update({
     "reduce_sum": _reduce, "reduce_prod": _reduce, "reduce_max": _reduce, "reduce_min": _reduce,
-    "first_true": _first_true, "matmul": _matmul, "transpose": _transpose, "reshape": _reshape,
+    "first_true": _first_true, "matmul": _matmul, "outer": _outer, "outer_add": _outer_add, "transpose": _transpose, "reshape": _reshape,
     "broadcast": _broadcast, "index": _index, "index_add": _index_add, "stack": _stack, "const": _const,
     "eye": _eye, "onehot": _onehot, "dropout_mask": _dropout_mask,
 })

@@ -82,7 +82,7 @@ def build(program: Program, gradient: GradientProgram, dtype: str = "f64") -> tu
         offset += decl.value.type.size
 
     forward_plan = plan(program, float_bytes)
-    grad_plan = plan(gradient.program, float_bytes)
+    grad_plan = plan(gradient.program, float_bytes, frozenset(v.id for v in gradient.accumulators.values()))
     _forward(module, program, outputs, offsets, forward_plan, float_type, float_bytes, checks)
     _grad(module, gradient, offsets, grad_plan, float_type, checks)
 
@@ -127,13 +127,13 @@ def _emitter(function, float_type, plan_, args, checks):
     return e
 
 
-def _bind_sample(e, program: Program, args, offsets, s):
-    """Point the program's params and inputs at this sample's data."""
+def _bind_sample(e, program: Program, inputs, args, offsets, s):
+    """Point the program's params and the given inputs at this sample's data."""
     b = e.b
     e.sample = b.add(args["sample_offset"], s, name="sample")
     for decl in program.params:
         e.bind(decl.value, b.gep(args["params"], [I64(offsets[decl.name])], inbounds=True))
-    for k, decl in enumerate(program.inputs):
+    for k, decl in enumerate(inputs):
         base = b.load(b.gep(args["inputs"], [I64(k)]))
         stride = b.load(b.gep(args["input_strides"], [I64(k)]))
         e.bind(decl.value, b.gep(base, [b.mul(s, stride)], name=decl.name))
@@ -146,7 +146,7 @@ def _forward(module, program, outputs, offsets, plan_, float_type, float_bytes, 
     e = _emitter(function, float_type, plan_, args, checks)
     b = e.b
     with e.loop(args["n"], "s") as s:
-        _bind_sample(e, program, args, offsets, s)
+        _bind_sample(e, program, program.inputs, args, offsets, s)
         e.block(program.body)
         b.store(e.load(program.loss), b.gep(args["losses"], [s]))
         for k, value in enumerate(outputs.values()):
@@ -160,10 +160,13 @@ def _forward(module, program, outputs, offsets, plan_, float_type, float_bytes, 
 
 
 def _grad(module, gradient: GradientProgram, offsets, plan_, float_type, checks):
+    # grads = 0; for each sample: run the gradient program, whose gradients include the running sums
+    # bound to `grads` (updated in place where the planner allowed); then grads /= n.
     tail = [("loss_mean", float_type.as_pointer()), ("grads", float_type.as_pointer()), ("workspace", I8P),
             ("status", I64.as_pointer())]
     args, function = _signature(module, "grad", float_type, tail)
     program = gradient.program
+    user_inputs = [d for d in program.inputs if d.value not in gradient.accumulators.values()]
     e = _emitter(function, float_type, plan_, args, checks)
     b = e.b
     total = sum(v.type.size for v in gradient.gradients.values())
@@ -173,18 +176,18 @@ def _grad(module, gradient: GradientProgram, offsets, plan_, float_type, checks)
     loss_sum = e.alloca(float_type, "loss.sum")
     b.store(zero, loss_sum)
     with e.loop(args["n"], "s") as s:
-        _bind_sample(e, program, args, offsets, s)
+        _bind_sample(e, program, user_inputs, args, offsets, s)
+        for name, accumulator in gradient.accumulators.items():
+            e.bind(accumulator, b.gep(args["grads"], [I64(offsets[name])], inbounds=True))
         e.block(program.body)
         b.store(b.fadd(b.load(loss_sum), e.load(program.loss)), loss_sum)
         for name, value in gradient.gradients.items():
-            base = offsets[name]
-            with e.loop(max(value.type.size, 1), "g") as j:
-                at = b.gep(args["grads"], [b.add(I64(base), j)])
-                b.store(b.fadd(b.load(at), e.load(value, j)), at)
+            e.copy(value, gradient.accumulators[name])  # nothing to do when it was updated in place
     count = b.sitofp(args["n"], float_type)
     b.store(b.fdiv(b.load(loss_sum), count), args["loss_mean"])
-    with e.loop(total, "g") as j:
-        at = b.gep(args["grads"], [j])
-        b.store(b.fdiv(b.load(at), count), at)
+    with b.if_then(b.icmp_signed("!=", args["n"], I64(1))):  # x / 1 == x: skip the pass for one sample
+        with e.loop(total, "g") as j:
+            at = b.gep(args["grads"], [j])
+            b.store(b.fdiv(b.load(at), count), at)
     b.ret(I64(0))
     e.finish_entry()

@@ -42,12 +42,14 @@ def element_size(dtype: str, float_bytes: int) -> int:
     return {"f64": float_bytes, "i64": 8, "bool": 1}[dtype]
 
 
-def plan(program: Program, float_bytes: int = 8) -> MemoryPlan:
+def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = frozenset()) -> MemoryPlan:
+    """`writable`: ids of the program's own parameters whose caller buffers may be updated in place
+    (the running gradient sums of an accumulating gradient program)."""
     result = MemoryPlan()
     external = {v.id for v in program.body.params}
     # The kernel reads the loss and the outputs after the body: they live to its end, like yields.
     body = Block(program.body.params, program.body.ops, [program.loss, *program.outputs.values()])
-    _plan_block(body, result, external, float_bytes)
+    _plan_block(body, result, external, float_bytes, set(writable))
     return result
 
 
@@ -59,8 +61,8 @@ def _allocate(value: Value, plan_: MemoryPlan, float_bytes: int):
     plan_.size += (size + ALIGN - 1) // ALIGN * ALIGN
 
 
-def _plan_block(block: Block, plan_: MemoryPlan, external: set[int], float_bytes: int):
-    owned = {p.id for p in block.params} - external
+def _plan_block(block: Block, plan_: MemoryPlan, external: set[int], float_bytes: int, writable=frozenset()):
+    owned = ({p.id for p in block.params} - external) | set(writable)
     last_use = _last_uses(block)
     for param in block.params:
         if param.id not in external:
@@ -86,7 +88,7 @@ def _plan_block(block: Block, plan_: MemoryPlan, external: set[int], float_bytes
 
 
 def _in_place_donor(op, result: Value, owned: set[int], last_use: dict[int, int], position: int) -> Value | None:
-    if op.kind == "index_add":
+    if op.kind in ("index_add", "outer_add"):  # they update their first operand entry by entry
         candidates = op.args[:1]
     elif op.kind in primitives.PRIMITIVES and primitives.PRIMITIVES[op.kind].family in _IN_PLACE_FAMILIES:
         candidates = op.args

@@ -182,10 +182,7 @@ def _outer(chk, args, kw, node):
     a, b = (chk.to_float(x, "`outer`", node.loc) for x in args)
     if a.type.rank != 1 or b.type.rank != 1:
         raise SpadcError(f"`outer` needs two vectors, got {a.type} and {b.type}", node.loc)
-    m, n = a.type.shape[0], b.type.shape[0]
-    column = chk.broadcast_to(chk.prim("reshape", [a], node.loc, shape=(m, 1)), (m, n), node.loc)
-    row = chk.broadcast_to(b, (m, n), node.loc)
-    return chk.prim("mul", [column, row], node.loc)
+    return chk.prim("outer", [a, b], node.loc)
 
 
 def _transpose(chk, args, kw, node):

@@ -192,6 +192,26 @@ _define("matmul", 2, _matmul_infer, lambda args, attrs, ctx: np.asarray(np.matmu
         "A @ B for matrix-matrix, matrix-vector, vector-matrix and vector-vector (dot)")
 
 
+def _outer_infer(types, attrs):
+    a, b = types
+    _require(a.dtype == b.dtype == "f64" and a.rank == 1 and b.rank == 1, f"outer of {a}, {b}")
+    return F64.with_shape(a.shape + b.shape)
+
+
+_define("outer", 2, _outer_infer, lambda args, attrs, ctx: np.outer(*args), "structure",
+        "outer(a, b)[i, j] = a[i] * b[j]: also the weight gradient of a matrix-vector product")
+
+
+def _outer_add_infer(types, attrs):
+    acc, a, b = types
+    _require(acc == _outer_infer([a, b], attrs), f"outer_add of {a}, {b} into {acc}")
+    return acc
+
+
+_define("outer_add", 3, _outer_add_infer, lambda args, attrs, ctx: args[0] + np.outer(args[1], args[2]), "structure",
+        "acc + outer(a, b) in one pass, in place over acc when it dies here (made by the fusion pass)")
+
+
 def _transpose_infer(types, attrs):
     (t,) = types
     _require(t.rank == 2, f"transpose of {t}")

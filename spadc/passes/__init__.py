@@ -13,6 +13,7 @@ from typing import Callable
 from ..ir.core import Program
 from ..ir.verify import verify
 from .dce import eliminate_dead_code
+from .fuse import fuse_outer_accumulation
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Pass:
 
 PIPELINE: tuple[Pass, ...] = (
     Pass("dce", "remove operations whose results are never used and that cannot fail", eliminate_dead_code),
+    Pass("fuse", "fuse add(acc, outer(a, b)) into one in-place outer_add", fuse_outer_accumulation),
 )
 
 PASS_NAMES = ("check",) + tuple(p.name for p in PIPELINE)
