@@ -1,6 +1,7 @@
 """The command line: exit codes, messages on stderr, never a traceback; installed entry points."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def test_bad_usage_exits_2():
 
 
 def test_every_command_has_help():
-    for command in ([], ["check"], ["ir"]):
+    for command in ([], ["check"], ["ir"], ["llvm"], ["run"], ["grad"]):
         result = spadc(*command, "--help")
         assert result.returncode == 0 and "usage:" in result.stdout
 
@@ -71,3 +72,58 @@ def test_installed_console_script_and_grammar_resource(tmp_path):
     probe = "import importlib.resources as r; print(r.files('spadc.grammar').joinpath('spad.lark').is_file())"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert result.stdout.strip() == "True", result.stderr
+
+
+# ---- llvm, run, grad ------------------------------------------------------------------------------
+
+def test_llvm_prints_the_forward_or_gradient_kernel():
+    forward = spadc("llvm", example("rosenbrock.spad"))
+    assert forward.returncode == 0 and 'define i64 @"forward"(double* %"params"' in forward.stdout
+    assert '@"grad"' not in forward.stdout
+    gradient = spadc("llvm", example("rosenbrock.spad"), "--grad")
+    assert gradient.returncode == 0 and 'define i64 @"grad"(' in gradient.stdout
+    assert "x.grad" in gradient.stdout  # values are named after source variables
+    optimised = spadc("llvm", example("rosenbrock.spad"), "--optimised")
+    assert optimised.returncode == 0 and ("<4 x double>" in optimised.stdout or "<2 x double>" in optimised.stdout)
+
+
+def test_run_reads_inputs_and_params_and_writes_outputs(tmp_path):
+    import numpy as np
+    inputs, params, out = tmp_path / "in.npz", tmp_path / "p.npz", tmp_path / "out.npz"
+    np.savez(inputs, x=np.ones((3, 64)), label=np.array([1, 2, 3]))
+    zeros = {"W1": np.zeros((64, 64)), "b1": np.zeros(64), "W2": np.zeros((10, 64)), "b2": np.zeros(10)}
+    np.savez(params, **zeros)
+    result = spadc("run", example("mlp.spad"), "--inputs", str(inputs), "--params", str(params), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("loss = [2.302585 2.302585 2.302585]")
+    with np.load(out) as data:
+        assert np.allclose(data["loss"], np.log(10)) and data["logits"].shape == (3, 10)
+
+
+def test_grad_prints_norms_and_writes_gradients(tmp_path):
+    import numpy as np
+    out = tmp_path / "g.npz"
+    result = spadc("grad", example("rosenbrock.spad"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "loss = 6316.2" in result.stdout and "d loss / d x  shape [10]" in result.stdout
+    x = np.full(10, -1.2)
+    expected = np.zeros(10)
+    expected[:-1] = -400 * x[:-1] * (x[1:] - x[:-1] ** 2) - 2 * (1 - x[:-1])
+    expected[1:] += 200 * (x[1:] - x[:-1] ** 2)
+    with np.load(out) as data:
+        assert np.allclose(data["x"], expected, rtol=1e-12)
+
+
+def test_run_errors_are_user_errors(tmp_path):
+    result = spadc("run", example("mlp.spad"))
+    assert result.returncode == 1 and "missing input `x`" in result.stderr and "Traceback" not in result.stderr
+    result = spadc("run", example("mlp.spad"), "--inputs", str(tmp_path / "none.npz"))
+    assert result.returncode == 1 and "cannot read inputs" in result.stderr
+    assert spadc("grad", example("mlp.spad"), "--estimator", "bogus").returncode == 2
+
+
+def test_ir_grad_shows_the_adjoint():
+    result = spadc("ir", example("irnn.spad"), "--grad")
+    assert result.returncode == 0
+    assert re.search(r"loop t(\.\d+)? in 0\.\.28 reversed carry \(h\.adj(\.\d+)? = ", result.stdout)
+    assert "h.tape[t" in result.stdout and "outer_add(Wh.adj, " in result.stdout

@@ -366,7 +366,9 @@ def _adjoint_hint(value: Value) -> str | None:
 
 def _emit_region(ctx: _Context, kind: str, args, regions, primal: Op, **extra) -> list[Value]:
     attrs = dict(lo=primal.attrs["lo"], hi=primal.attrs["hi"], var=primal.attrs["var"], **extra) if kind == "loop" else {}
-    results = [Value(y.type) for y in regions[0].yields]
+    # A reversed loop's results are the final adjoints it carries: name them as its carried params.
+    hints = [p.hint for p in regions[0].params[1:]] if kind == "loop" else [None] * len(regions[0].yields)
+    results = [Value(y.type, hint) for y, hint in zip(regions[0].yields, hints)]
     ctx.block.ops.append(Op(kind, tuple(args), tuple(results), attrs, primal.loc, primal.inlined_at, tuple(regions)))
     return results
 

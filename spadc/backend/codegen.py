@@ -66,8 +66,11 @@ class FunctionEmitter:
 
     def bind(self, value: Value, pointer):
         """Give a value storage outside the workspace (params, inputs, or another value's storage)."""
-        self._pointers[value.id] = self.b.bitcast(pointer, self.storage_type(value.type.dtype).as_pointer(),
-                                                  name=value.hint or "")
+        target = self.storage_type(value.type.dtype).as_pointer()
+        if pointer.type == target:  # llvmlite would drop a no-op bitcast: callers name such pointers
+            self._pointers[value.id] = pointer
+        else:
+            self._pointers[value.id] = self.b.bitcast(pointer, target, name=value.hint or "")
 
     def pointer(self, value: Value):
         vid = self.plan.owner(value)

@@ -132,7 +132,7 @@ def _bind_sample(e, program: Program, inputs, args, offsets, s):
     b = e.b
     e.sample = b.add(args["sample_offset"], s, name="sample")
     for decl in program.params:
-        e.bind(decl.value, b.gep(args["params"], [I64(offsets[decl.name])], inbounds=True))
+        e.bind(decl.value, b.gep(args["params"], [I64(offsets[decl.name])], inbounds=True, name=decl.name))
     for k, decl in enumerate(inputs):
         base = b.load(b.gep(args["inputs"], [I64(k)]))
         stride = b.load(b.gep(args["input_strides"], [I64(k)]))
@@ -178,7 +178,7 @@ def _grad(module, gradient: GradientProgram, offsets, plan_, float_type, checks)
     with e.loop(args["n"], "s") as s:
         _bind_sample(e, program, user_inputs, args, offsets, s)
         for name, accumulator in gradient.accumulators.items():
-            e.bind(accumulator, b.gep(args["grads"], [I64(offsets[name])], inbounds=True))
+            e.bind(accumulator, b.gep(args["grads"], [I64(offsets[name])], inbounds=True, name=accumulator.hint))
         e.block(program.body)
         b.store(b.fadd(b.load(loss_sum), e.load(program.loss)), loss_sum)
         for name, value in gradient.gradients.items():
