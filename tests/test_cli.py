@@ -126,4 +126,4 @@ def test_ir_grad_shows_the_adjoint():
     result = spadc("ir", example("irnn.spad"), "--grad")
     assert result.returncode == 0
     assert re.search(r"loop t(\.\d+)? in 0\.\.28 reversed carry \(h\.adj(\.\d+)? = ", result.stdout)
-    assert "h.tape[t" in result.stdout and "outer_add(Wh.adj, " in result.stdout
+    assert "h.tape[t" in result.stdout and re.search(r"outer_add\(Wh\.adj(\.\d+)?, ", result.stdout)
