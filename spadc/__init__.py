@@ -6,12 +6,13 @@ and `spadc.ir.interpret.evaluate` runs its IR with NumPy, the reference for ever
 """
 
 from spadrt import ForwardResult, Model
+from spadrt.estimators import RAD, SPAD, Exact
 
-from .api import Exact, compile_file, compile_source
+from .api import compile_file, compile_source
 from .errors import SpadcError
 from .frontend import check_file, check_text
 from .init import initial_params
 
-__all__ = ["SpadcError", "Model", "ForwardResult", "Exact", "compile_file", "compile_source", "check_file",
+__all__ = ["SpadcError", "Model", "ForwardResult", "Exact", "RAD", "SPAD", "compile_file", "compile_source", "check_file",
            "check_text", "initial_params"]
 __version__ = "0.1.0"

@@ -3,42 +3,70 @@
 Invariants:
 - Compilation is cached by source, name and options (and the checked IR, which captures imported
   files), so compiling the same model again in one process costs only the front end.
-- `Exact()` (or "exact") is the estimator that exists so far.
+- The forward kernel and the exact gradient are compiled at once; each other gradient variant (an
+  estimator's sampled adjoint, SPAD's scoring adjoint) is compiled the first time it is asked for,
+  and cached with the model.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
+
+from llvmlite import ir
 
 from spadrt import Model
+from spadrt.estimators import variant_key
 
 from . import frontend, passes
-from .ad.reverse import gradient
+from .ad.paths import multi_factor_paths
+from .ad.reverse import GradientProgram, gradient
 from .backend import jit, kernels
 from .errors import Source, SpadcError
 from .ir.printer import format_program
 
 DTYPES = ("f64", "f32")
-KERNELS = ("forward", "grad")
-_CACHE: dict[tuple, tuple] = {}
 
 
-@dataclass(frozen=True)
-class Exact:
-    """The exact gradient (reverse mode)."""
-    name: str = "exact"
+class SamplingWarning(UserWarning):
+    """A param has a path to the loss crossing more than one random factor: variance grows with depth."""
 
 
 @dataclass
 class Compiled:
     """Everything compilation produced for one model, kept for inspection (`spadc llvm`, `spadc ir`)."""
     program: object
-    gradient: object
-    llvm_ir: str  # the whole module, as compiled (before optimisation)
+    gradient: GradientProgram  # the exact one
+    llvm_ir: str  # the module of the forward kernel and the exact gradient, before optimisation
     functions: dict[str, str]  # kernel name -> its LLVM IR
-    layout: kernels.Layout
+    layout: dict
     machine: jit.Compiled
+    dtype: str
+    variants: dict[str, tuple[dict, jit.Compiled, GradientProgram]] = field(default_factory=dict)
+
+    def gradient_program(self, sampling=None, score: str | None = None, policy: str | None = None) -> GradientProgram:
+        return self.variant(sampling, score, policy)[2]
+
+    def variant(self, sampling=None, score: str | None = None, policy: str | None = None):
+        """(layout entry, machine code, gradient program) of a gradient variant, compiled on first use."""
+        key = variant_key(sampling, score, policy)
+        if key not in self.variants:
+            program = gradient(self.program, accumulate=True, sampling=sampling, score=score, policy=policy)
+            program.program = passes.run(program.program)
+            module = ir.Module(name=f"{self.program.name}.{key}")
+            entry = kernels.grad_kernel(module, program, self.layout, self.dtype, "grad")
+            if sampling is not None:
+                for param, sites in multi_factor_paths(self.program, program.sites):
+                    warnings.warn(f"param `{param}` has a path to the loss through {len(sites)} random factors "
+                                  f"({'; '.join(sites)}): the variance of its estimate grows with depth",
+                                  SamplingWarning, stacklevel=4)
+            self.variants[key] = (entry, jit.compile_ir(str(module), ("grad",)), program)
+            self.layout["variants"][key] = entry
+        return self.variants[key]
+
+
+_CACHE: dict[tuple, Compiled] = {}
 
 
 def compile_file(path: str, dtype: str = "f64") -> Model:
@@ -58,18 +86,27 @@ def build(source: Source, base_dir: str, dtype: str = "f64") -> Compiled:
         raise SpadcError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     from .check.program import check_source
     program = frontend.lower(check_source(source, base_dir))
-    grad = gradient(program, accumulate=True)
-    grad.program = passes.run(grad.program)
-    key = (source.name, source.text, dtype, format_program(program), format_program(grad.program))
+    exact = gradient(program, accumulate=True)
+    exact.program = passes.run(exact.program)
+    key = (source.name, source.text, dtype, format_program(program), format_program(exact.program))
     if key not in _CACHE:
-        module, layout = kernels.build(program, grad, dtype)
+        module = ir.Module(name=program.name)
+        layout, outputs = kernels.base_layout(program, dtype)
+        layout["forward"] = kernels.forward_kernel(module, program, layout, outputs, dtype)
+        entry = kernels.grad_kernel(module, exact, layout, dtype, "grad")
+        layout["variants"]["exact"] = entry
         llvm_ir = str(module)
-        functions = {name: str(module.get_global(name)) for name in KERNELS}
-        _CACHE[key] = (llvm_ir, functions, layout, jit.compile_ir(llvm_ir, KERNELS))
-    llvm_ir, functions, layout, machine = _CACHE[key]
-    return Compiled(program, grad, llvm_ir, functions, layout, machine)
+        functions = {name: str(module.get_global(name)) for name in ("forward", "grad")}
+        machine = jit.compile_ir(llvm_ir, ("forward", "grad"))
+        compiled = Compiled(program, exact, llvm_ir, functions, layout, machine, dtype)
+        compiled.variants["exact"] = (entry, machine, exact)
+        _CACHE[key] = compiled
+    return _CACHE[key]
 
 
 def model_of(compiled: Compiled) -> Model:
-    return Model(compiled.layout.to_dict(), compiled.machine.addresses["forward"],
-                 compiled.machine.addresses["grad"], keepalive=compiled.machine)
+    def provide(sampling, score, policy):
+        entry, machine, _ = compiled.variant(sampling, score, policy)
+        return entry, machine.addresses["grad"], machine
+
+    return Model(compiled.layout, compiled.machine.addresses["forward"], provide, keepalive=compiled)

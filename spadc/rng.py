@@ -10,7 +10,8 @@ Invariants:
   stream is `mix64(stream + GOLDEN * (j + 1))`, and its uniform double is the top 53 bits / 2^53,
   in [0, 1).
 - `site_id` is stable across runs, machines and working directories: it hashes the file's base
-  name, the line and column of the op, the call sites it was inlined through, and the operand.
+  name, the line and column of the op, the call sites it was inlined through, which of the ops
+  lowered from that place it is, and the operand.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def uniform(key: int, count: int, start: int = 0) -> np.ndarray:
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def site_id(loc, inlined_at=(), operand: int = 0) -> int:
+def site_id(loc, inlined_at=(), operand: int = 0, op: str = "") -> int:
+    """`op` tells apart the ops one source location lowers to (`mse` is a sub, a mul, a sum...)."""
     chain = [loc, *inlined_at]
-    text = "/".join(f"{os.path.basename(l.source.name)}:{l.line}:{l.col}" for l in chain) + f"#{operand}"
+    text = "/".join(f"{os.path.basename(l.source.name)}:{l.line}:{l.col}" for l in chain) + f"{op}#{operand}"
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")

@@ -17,14 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import spad as spad_state
 from .errors import SpadcError
+from .estimators import SPAD, is_evaluation_step, resolve, variant_key
 from .init import initial_value
 
 # Every pointer is passed as a plain address (c_void_p): the cheapest call ctypes can make.
 _POINTER, _I64, _U64_T = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64
 _COMMON = [_POINTER, _POINTER, _POINTER, _I64, _I64, _I64, _U64_T, _U64_T]
 FORWARD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER)
-GRAD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER)
+GRAD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER)
 _NUMPY = {"i64": np.int64, "bool": np.bool_}
 _U64 = (1 << 64) - 1
 
@@ -46,11 +48,14 @@ class _Place:
 class Model:
     """A compiled model: its parameters, and forward and gradient evaluation from NumPy values."""
 
-    def __init__(self, layout: dict, forward_address: int, grad_address: int, keepalive=None):
+    def __init__(self, layout: dict, forward_address: int, gradient_provider, keepalive=None):
+        """`gradient_provider(sampling, score, policy)` gives (layout entry, address, owner) of a
+        gradient kernel variant (compiling it if it can)."""
         self.layout = layout
         self._keepalive = keepalive  # whatever owns the machine code (a JIT engine, a loaded library)
         self._forward = FORWARD_TYPE(forward_address)
-        self._grad = GRAD_TYPE(grad_address)
+        self._provider = gradient_provider
+        self._variants: dict[str, tuple] = {}
         self._float = np.float64 if layout["dtype"] == "f64" else np.float32
         self._flat = np.zeros(layout["param_count"], dtype=self._float)  # never reallocated: views stay valid
         self._status = np.zeros(3, dtype=np.int64)
@@ -123,8 +128,8 @@ class Model:
         output_addresses = (ctypes.c_void_p * max(len(outputs), 1))(*[o.ctypes.data for o in outputs])
         code = self._forward(self._params_address(params), prepared.pointers, prepared.strides, n, int(sample_offset),
                              int(bool(training)), int(seed) & _U64, int(step) & _U64, losses.ctypes.data,
-                             output_addresses, self._workspace_for("forward"), self._address["status"])
-        self._raise_on_failure(code, prepared.batched)
+                             output_addresses, self._workspace_for(self.layout["forward"]), self._address["status"])
+        self._raise_on_failure(code, prepared.batched, self.layout["forward"]["checks"])
         named = {o["name"]: (v if prepared.batched else v[0]) for o, v in zip(self.layout["outputs"], outputs)}
         visible = {name: value for name, value in named.items() if not name.startswith("_")}
         result = ForwardResult(losses.astype(np.float64) if prepared.batched else float(losses[0]), visible)
@@ -136,19 +141,93 @@ class Model:
 
     def grad(self, *, params=None, estimator=None, training: bool = False, seed: int = 0, step: int | None = None,
              sample_offset: int = 0, stats: bool = False, **inputs):
-        _exact_only(estimator)
+        """The mean loss and gradient over the batch: exact, or estimated (ESTIMATORS.md).
+
+        `seed`, `step` and `sample_offset` key the random stream; exact gradients ignore them. A SPAD
+        estimator uses and advances its own step counter unless `step` is given."""
+        estimator = resolve(estimator)
         prepared = self._inputs(inputs)
+        call = dict(prepared=prepared, params=params, training=training, seed=seed, offset=sample_offset)
+        if isinstance(estimator, SPAD):
+            loss, grads, measured, entry = self._spad_grad(estimator, step, call)
+        else:
+            entry, function = self._variant(estimator.sampling)
+            loss, grads, measured = self._run(entry, function, step=step or 0, **call)
+        if stats:
+            return loss, grads, {"tape_bytes": measured / prepared.n, "tape_bytes_static": entry["tape_bytes"],
+                                 "samples": prepared.n}
+        return loss, grads
+
+    def _spad_grad(self, spad: SPAD, step, call):
+        """One SPAD gradient: an evaluation step re-ranks the sites, the others follow the ranking."""
+        step = spad.step if step is None else int(step)
+        spad.step = step + 1
+        sampling = spad.sampling
+        if sampling is None:  # keep = 1: the exact gradient
+            entry, function = self._variant(None)
+            return (*self._run(entry, function, step=step, **call), entry)
+        entry, function = self._variant(sampling)
+        key = variant_key(sampling)
+        state = spad.state.setdefault(id(self), {}).get(key)
+        if state is None:
+            data = spad_state.initial_data(entry["sites"], entry["site_data_size"], sampling.draw, sampling.scheme)
+            state = spad.state[id(self)][key] = {"data": data, "best": None}
+        evaluation = is_evaluation_step(spad, step)
+        if spad.policy == "best_of":
+            if evaluation or state["best"] is None:
+                state["best"] = self._best_of(spad, entry, function, step, call)
+            best_seed, best_step = state["best"]
+            return (*self._run(entry, function, step=best_step, **{**call, "seed": best_seed}), entry)
+        if evaluation and spad.score == "gradient":
+            scoring, scorer = self._variant(None, "gradient", spad.sites)
+            scores = np.zeros(max(scoring["score_size"], 1))
+            result = self._run(scoring, scorer, step=step, scores=scores, **call)
+            spad_state.update(state["data"], scoring["sites"], scores, sampling.draw, sampling.scheme, spad.floor,
+                              spad.keep)
+            return (*result, scoring)
+        if evaluation and spad.score == "forward":
+            scoring, scorer = self._variant(sampling, "forward")
+            scores = np.zeros(max(scoring["score_size"], 1))
+            result = self._run(scoring, scorer, step=step, scores=scores, site_data=state["data"], **call)
+            spad_state.update(state["data"], scoring["sites"], scores, sampling.draw, sampling.scheme, spad.floor,
+                              spad.keep)
+            return (*result, scoring)
+        return (*self._run(entry, function, step=step, site_data=state["data"], **call), entry)
+
+    def _best_of(self, spad: SPAD, entry, function, step: int, call) -> tuple[int, int]:
+        """Of `candidates` uniform masks, the key whose estimate has the largest L1 norm."""
+        best, best_norm = None, -1.0
+        for candidate in range(spad.candidates):
+            seed = _candidate_seed(call["seed"], step, candidate)
+            _, grads, _ = self._run(entry, function, step=step, **{**call, "seed": seed})
+            norm = sum(float(np.abs(g).sum()) for g in grads.values())
+            if norm > best_norm:
+                best, best_norm = (seed, step), norm
+        return best
+
+    def _variant(self, sampling, score=None, policy=None):
+        key = variant_key(sampling, score, policy)
+        if key not in self._variants:
+            entry, address, owner = self._provider(sampling, score, policy)
+            self._variants[key] = (entry, GRAD_TYPE(address), owner)
+        entry, function, _ = self._variants[key]
+        return entry, function
+
+    def _run(self, entry, function, *, prepared, params, training, seed, step, offset, site_data=None, scores=None):
+        """Call one gradient kernel: (mean loss, gradients by name, tape bytes stored over the batch)."""
         loss = np.empty(1, dtype=self._float)
         grads = np.empty_like(self._flat)
-        code = self._grad(self._params_address(params), prepared.pointers, prepared.strides, prepared.n,
-                          int(sample_offset), int(bool(training)), int(seed) & _U64, int(step or 0) & _U64,
-                          loss.ctypes.data, grads.ctypes.data, self._workspace_for("grad"), self._address["status"])
-        self._raise_on_failure(code, prepared.batched)
+        stored = np.zeros(1, dtype=np.int64)
+        data = site_data if site_data is not None else _NO_DATA
+        score_buffer = scores if scores is not None else _NO_DATA
+        code = function(self._params_address(params), prepared.pointers, prepared.strides, prepared.n, int(offset),
+                        int(bool(training)), int(seed) & _U64, int(step) & _U64, loss.ctypes.data,
+                        grads.ctypes.data, data.ctypes.data, score_buffer.ctypes.data, stored.ctypes.data,
+                        self._workspace_for(entry), self._address["status"])
+        self._raise_on_failure(code, prepared.batched, entry["checks"])
         named = {p["name"]: grads[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"]).astype(np.float64, copy=False)
                  for p in self.layout["params"]}
-        if stats:
-            return float(loss[0]), named, {"tape_bytes": self.layout["tape_bytes"], "samples": prepared.n}
-        return float(loss[0]), named
+        return float(loss[0]), named, int(stored[0])
 
     def _params_address(self, params) -> int:
         if params is None:
@@ -161,12 +240,14 @@ class Model:
     def _dtype(self, dtype: str):
         return self._float if dtype == "f64" else _NUMPY[dtype]
 
-    def _workspace_for(self, kernel: str) -> int:
-        if kernel not in self._workspace:
-            size = self.layout["workspace"][kernel]
+    def _workspace_for(self, kernel: dict) -> int:
+        """A 64-byte aligned workspace of the kernel's size (one buffer, grown as needed)."""
+        size = kernel["workspace"]
+        if self._workspace.get("size", -1) < size:
             buffer = np.zeros(size + 64, dtype=np.uint8)
-            self._workspace[kernel] = (buffer, buffer.ctypes.data + (-buffer.ctypes.data) % 64)
-        return self._workspace[kernel][1]
+            self._workspace = {"size": size, "buffer": buffer,
+                               "address": buffer.ctypes.data + (-buffer.ctypes.data) % 64}
+        return self._workspace["address"]
 
     def _inputs(self, values: dict) -> "_Prepared":
         declared = {i["name"]: i for i in self.layout["inputs"]}
@@ -199,10 +280,10 @@ class Model:
         pointers = (ctypes.c_void_p * max(len(arrays), 1))(*[a.ctypes.data for a, _ in arrays])
         return _Prepared(n, batch is not None, pointers, strides, arrays)
 
-    def _raise_on_failure(self, code: int, batched: bool):
+    def _raise_on_failure(self, code: int, batched: bool, checks: list[dict]):
         if code == 0:
             return
-        check = self.layout["checks"][code - 1]
+        check = checks[code - 1]
         place = _Place(check["file"], check["line"], check["col"], check["source_line"])
         where = f" (sample {self._status[2]})" if batched else ""
         raise SpadcError(f"run-time error{where}: {check['message'].format(value=int(self._status[1]))}", place)
@@ -243,8 +324,12 @@ def _convert(value, spec, numpy_dtype) -> np.ndarray:
     return np.array(array, dtype=numpy_dtype, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
 
 
-def _exact_only(estimator):
-    name = estimator if isinstance(estimator, str) else getattr(estimator, "name", None)
-    if estimator is None or name == "exact":
-        return
-    raise SpadcError(f"the estimator {estimator!r} is not available yet: only the exact gradient is implemented")
+_NO_DATA = np.zeros(1)  # stands for an unused buffer argument
+
+
+def _candidate_seed(seed: int, step: int, candidate: int) -> int:
+    """A distinct, reproducible key for each best_of candidate (SplitMix64 of the three words)."""
+    z = (int(seed) * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + candidate + 1) & _U64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+    return z ^ (z >> 31)

@@ -49,7 +49,8 @@ class FunctionEmitter:
         self._pointers: dict[int, ir.Value] = {}
         self.iteration: list[ir.Value] = []  # indices of the enclosing loops and tabulates, outermost first
         self.sample = None  # the sample's index in the whole batch (set by the kernel)
-        self.options = {}  # run-time options: training, seed, step (set by the kernel)
+        self.options = {}  # run-time options and buffers (set by the kernel)
+        self.tape_bytes: dict[int, int] = {}  # id(loop op) -> bytes it keeps per iteration, counted in *stored
 
     def finish_entry(self):
         """Close the entry block (allocas only) by jumping to the first block of code."""
@@ -197,6 +198,9 @@ class FunctionEmitter:
             row = self.b.sub(t, I64(lo))
             for value, kept in zip(body.yields[n:], op.results[n:]):
                 self.copy(value, kept, self.b.mul(row, I64(value.type.size)))
+            if id(op) in self.tape_bytes:
+                counter = self.options["stored"]
+                self.b.store(self.b.add(self.b.load(counter), I64(self.tape_bytes[id(op)])), counter)
             self._carry(body.yields[:n], body.params[1:])
 
     def _carry(self, yields, params):

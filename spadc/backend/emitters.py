@@ -481,12 +481,13 @@ def _signed(word: int) -> int:
     return word - (1 << 64) if word >= 1 << 63 else word
 
 
-def stream_key(e, site: int):
+def stream_key(e, site: int, sample=None):
     """rng.stream(seed, step, site, sample, iteration) with the run-time words of this point."""
     b = e.b
     golden = I64(_signed(rng.GOLDEN))
     h = _mix64(b, b.add(e.options["seed"], golden))
-    words = [e.options["step"], I64(_signed(site)), e.sample, I64(len(e.iteration)), *e.iteration]
+    sample = e.sample if sample is None else sample
+    words = [e.options["step"], I64(_signed(site)), sample, I64(len(e.iteration)), *e.iteration]
     for word in words:
         h = _mix64(b, b.xor(h, _mix64(b, b.add(word, golden))))
     return h
@@ -519,4 +520,7 @@ EMITTERS.update({
     "eye": _eye, "onehot": _onehot, "dropout_mask": _dropout_mask,
 })
 
+from .gates import GATE_EMITTERS  # noqa: E402  (gates use this module's helpers)
+
+EMITTERS.update(GATE_EMITTERS)
 assert set(EMITTERS) == set(primitives.PRIMITIVES), set(primitives.PRIMITIVES) ^ set(EMITTERS)

@@ -30,20 +30,47 @@ class Result:
 
 
 @dataclass(frozen=True)
-class _RandomContext:
-    training: bool
-    key: int
-
-    def uniform(self, count: int) -> np.ndarray:
-        return rng.uniform(self.key, count)
-
-
-@dataclass(frozen=True)
 class RunOptions:
     training: bool = False
     seed: int = 0
     step: int = 0
     sample: int = 0
+    site_data: np.ndarray | None = None  # SPAD's per-site distributions (spadc/ir/draws.py)
+    scores: np.ndarray | None = None  # accumulates site scores (SPAD evaluation steps), if given
+    stored: np.ndarray | None = None  # stored[0] accumulates the bytes gates keep, if given
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What random and effect primitives see: keys for this op at this iteration, and SPAD's buffers."""
+    op: Op
+    options: RunOptions
+    iteration: tuple[int, ...]
+
+    @property
+    def training(self) -> bool:
+        return self.options.training
+
+    @property
+    def site_data(self):
+        return self.options.site_data
+
+    def uniform(self, count: int) -> np.ndarray:  # dropout's stream: keyed by the op itself
+        site = rng.site_id(self.op.loc, self.op.inlined_at)
+        return rng.uniform(rng.stream(self.options.seed, self.options.step, site, self.options.sample,
+                                      self.iteration), count)
+
+    def key(self, attrs) -> int:  # a gate's stream: keyed by its site; shared by a batch if asked
+        sample = 0 if attrs["share"] == "batch" else self.options.sample
+        return rng.stream(self.options.seed, self.options.step, attrs["site"], sample, self.iteration)
+
+    def add_scores(self, start: int, values: np.ndarray):
+        if self.options.scores is not None:
+            self.options.scores[start:start + values.size] += np.abs(values)
+
+    def count_stored(self, nbytes: int):
+        if self.options.stored is not None:
+            self.options.stored[0] += nbytes
 
 
 def evaluate(program: Program, params: dict, inputs: dict, options: RunOptions = RunOptions()) -> Result:
@@ -89,10 +116,7 @@ def _run_block(block: Block, env: dict, iteration: tuple[int, ...], options: Run
 
 def _primitive(op: Op, args, iteration, options: RunOptions) -> np.ndarray:
     primitive = primitives.PRIMITIVES[op.kind]
-    context = None
-    if primitive.family == "random":
-        key = rng.stream(options.seed, options.step, rng.site_id(op.loc, op.inlined_at), options.sample, iteration)
-        context = _RandomContext(options.training, key)
+    context = _Context(op, options, iteration) if primitive.family in ("random", "effect") else None
     try:
         out = primitive.evaluate(args, op.attrs, context)
     except primitives.Fault as fault:

@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import draws
 from .types import BOOL, F64, TensorType
 
 
@@ -38,7 +39,7 @@ class Primitive:
     arity: int | None  # None: any number of operands
     infer: Callable[[list[TensorType], dict], TensorType]
     evaluate: Callable[..., np.ndarray]
-    family: str  # 'unary' | 'binary' | 'compare' | 'logic' | 'select' | 'reduce' | 'structure' | 'random'
+    family: str  # 'unary' | 'binary' | 'compare' | 'logic' | 'select' | 'reduce' | 'structure' | 'random' | 'effect'
     doc: str
 
 
@@ -389,6 +390,57 @@ def _index_add_evaluate(args, attrs, ctx):
 _define("index_add", None, _index_add_infer, _index_add_evaluate, "structure",
         "acc with g added at acc[...] (the spec of `index`): the adjoint of `index`, accumulated in place. "
         "attrs: spec")
+
+
+# ---- path sampling (spadc/ir/draws.py has the draw semantics) -------------------------------
+
+def _gate_pack_infer(types, attrs):
+    (t,) = types
+    _require(t.dtype == "f64" and t.shape == tuple(attrs["shape"]) and t.size == attrs["d"], f"gate_pack of {t}")
+    return F64.with_shape((attrs["k"],))
+
+
+def _gate_pack_evaluate(args, attrs, ctx):
+    key = ctx.key(attrs)
+    if attrs.get("scores", -1) >= 0:  # score="forward": accumulate |residual| where it is drawn
+        ctx.add_scores(attrs["scores"], np.abs(args[0]).reshape(-1))
+    ctx.count_stored(8 * draws.stored_count(attrs, key, ctx.site_data))
+    return draws.pack(args[0], attrs, key, ctx.site_data)
+
+
+def _gate_unpack_infer(types, attrs):
+    (t,) = types
+    _require(t == F64.with_shape((attrs["k"],)), f"gate_unpack of {t}")
+    return F64.with_shape(tuple(attrs["shape"]))
+
+
+_define("gate_pack", 1, _gate_pack_infer, _gate_pack_evaluate, "random",
+        "the drawn entries of a site's residual, to be kept on the tape (k of d); attrs: see draws.py")
+_define("gate_unpack", 1, _gate_unpack_infer,
+        lambda args, attrs, ctx: draws.unpack(args[0], attrs, ctx.key(attrs), ctx.site_data), "random",
+        "the residual rebuilt from its packed entries, reweighted, zero elsewhere: unbiased for it")
+_define("gate_mask", 0, lambda types, attrs: F64.with_shape(tuple(attrs["shape"])),
+        lambda args, attrs, ctx: draws.mask(attrs, ctx.key(attrs), ctx.site_data), "random",
+        "the weighted gate of an edge site (draw counts times weights)")
+
+
+def _score_add_infer(types, attrs):
+    values, *indices = types
+    _require(values.dtype == "f64" and all(i == TensorType("i64") for i in indices), "score_add operands")
+    _require(len(indices) == len(attrs["strides"]), "one stride per row index")
+    return values
+
+
+def _score_add_evaluate(args, attrs, ctx):
+    values, *indices = args
+    start = attrs["offset"] + sum(int(i) * stride for i, stride in zip(indices, attrs["strides"]))
+    ctx.add_scores(start, values.reshape(-1))
+    return values.copy()
+
+
+_define("score_add", None, _score_add_infer, _score_add_evaluate, "effect",
+        "adds |contributions| to a site's scores (SPAD's evaluation steps) and passes them on; attrs: offset "
+        "(of the site in the scores buffer) and the strides of its row indices inside comprehensions")
 
 
 def infer(kind: str, types: list[TensorType], attrs: dict) -> TensorType:

@@ -11,6 +11,9 @@ from ..ir.core import Block, Op, Program
 
 
 def _can_fail(op: Op) -> bool:
+    """Ops kept even when their results are unused: run-time checks and effects."""
+    if op.kind == "score_add" or (op.kind == "gate_pack" and op.attrs.get("scores", -1) >= 0):
+        return True
     if op.kind == "index":
         return any(kind == "dyn" and rest[0] for kind, *rest in op.attrs["spec"])
     if op.kind in ("floordiv", "mod"):

@@ -1,0 +1,174 @@
+"""LLVM emitters of the path-sampling primitives: `gate_pack`, `gate_unpack`, `gate_mask`, `score_add`.
+
+Each computes exactly what spadc/ir/draws.py computes, operation for operation, so the compiled
+estimate and the interpreter's agree to the bit. The kernel supplies three buffers through
+`e.options`: `site_data` (SPAD's distributions, doubles), `scores` (site scores, doubles) and
+`stored` (one i64 counting the bytes that gates keep on the tape).
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .emitters import I64, _call, stream_key, uniform
+
+DOUBLE = ir.DoubleType()
+
+
+def _double(x: float):
+    return ir.Constant(DOUBLE, x)
+
+
+def _key(e, attrs):
+    sample = I64(0) if attrs["share"] == "batch" else e.sample
+    return stream_key(e, attrs["site"], sample)
+
+
+def _data(e, index):
+    return e.b.load(e.b.gep(e.options["site_data"], [index], inbounds=True))
+
+
+def _first_above(e, attrs, u):
+    """The first i with cdf[i] > u (binary search), clamped to d - 1: NumPy's searchsorted(side='right')."""
+    b = e.b
+    d, base = attrs["d"], attrs["data"] + attrs["d"]
+    lo, hi = e.alloca(I64, "lo"), e.alloca(I64, "hi")
+    b.store(I64(0), lo)
+    b.store(I64(d), hi)
+    head, body, done = (b.append_basic_block(name) for name in ("search.head", "search.body", "search.done"))
+    b.branch(head)
+    b.position_at_end(head)
+    b.cbranch(b.icmp_signed("<", b.load(lo), b.load(hi)), body, done)
+    b.position_at_end(body)
+    low, high = b.load(lo), b.load(hi)
+    mid = b.ashr(b.add(low, high), I64(1))
+    above = b.fcmp_ordered(">", _data(e, b.add(I64(base), mid)), u)
+    b.store(b.select(above, low, b.add(mid, I64(1))), lo)
+    b.store(b.select(above, mid, high), hi)
+    b.branch(head)
+    b.position_at_end(done)
+    found = b.load(lo)
+    return b.select(b.icmp_signed("<", found, I64(d - 1)), found, I64(d - 1))
+
+
+def _draw(e, attrs, key, j):
+    """(entry index, weight) of draw j, with replacement."""
+    b = e.b
+    d, k, scheme = attrs["d"], attrs["k"], attrs["scheme"]
+    if scheme == "fixed":
+        return b.fptosi(_data(e, b.add(I64(attrs["data"]), j)), I64), _double(1.0)
+    u = uniform(e, key, j)
+    if scheme == "uniform":
+        index = b.fptosi(b.fmul(u, _double(float(d))), I64)
+        return b.select(b.icmp_signed("<", index, I64(d - 1)), index, I64(d - 1)), _double(d / k)
+    index = _first_above(e, attrs, u)
+    q = _data(e, b.add(I64(attrs["data"]), index))
+    return index, b.fdiv(_double(1.0), b.fmul(_double(float(k)), q))
+
+
+def _kept(e, attrs, key, i):
+    """(kept?, weight) of entry i of a Bernoulli gate."""
+    b = e.b
+    p = _double(attrs["keep"]) if attrs["scheme"] == "uniform" else _data(e, b.add(I64(attrs["data"]), i))
+    return b.fcmp_ordered("<", uniform(e, key, i), p), b.fdiv(_double(1.0), p)
+
+
+def _to_float(e, x):
+    """A double (weights are computed in double) in the program's float type."""
+    return x if e.float == DOUBLE else e.b.fptrunc(x, e.float)
+
+
+def _widen(e, x):
+    """A value of the program's float type as a double (scores are kept in double)."""
+    return x if e.float == DOUBLE else e.b.fpext(x, DOUBLE)
+
+
+def _count(e, nbytes):
+    counter = e.options["stored"]
+    e.b.store(e.b.add(e.b.load(counter), nbytes), counter)
+
+
+def _gate_pack(e, op):
+    # with replacement: out[j] = x[idx_j]; Bernoulli: out = the kept entries in order, then zeros
+    x, out, attrs = op.args[0], op.result, op.attrs
+    b = e.b
+    key = _key(e, attrs)
+    if attrs.get("scores", -1) >= 0:  # score="forward": |x| accumulates where the site is drawn
+        with e.loop(attrs["d"], "i") as i:
+            at = b.gep(e.options["scores"], [b.add(I64(attrs["scores"]), i)], inbounds=True)
+            b.store(b.fadd(b.load(at), _widen(e, _call(e, "llvm.fabs", e.load(x, i)))), at)
+    if attrs["draw"] == "with_replacement":
+        with e.loop(attrs["k"], "j") as j:
+            index, _ = _draw(e, attrs, key, j)
+            e.store(out, j, e.load(x, index))
+        if attrs["kept"]:
+            _count(e, I64(8 * attrs["k"]))
+        return
+    count = e.alloca(I64, "kept")
+    b.store(I64(0), count)
+    with e.loop(attrs["d"], "i") as i:
+        kept, _ = _kept(e, attrs, key, i)
+        with b.if_then(kept):
+            position = b.load(count)
+            e.store(out, position, e.load(x, i))
+            b.store(b.add(position, I64(1)), count)
+    with e.loop(b.sub(I64(attrs["d"]), b.load(count)), "z", start=b.load(count)) as j:
+        e.store(out, j, ir.Constant(e.float, 0.0))
+    if attrs["kept"]:
+        _count(e, b.mul(b.load(count), I64(8)))
+
+
+def _gate_unpack(e, op):
+    # with replacement: out = 0; out[idx_j] += c[j] * w_j; Bernoulli: out[i] = kept_i ? c[next] * w_i : 0
+    _rebuild(e, op, lambda j: e.load(op.args[0], j))
+
+
+def _gate_mask(e, op):
+    # the same with every packed value 1
+    _rebuild(e, op, None)
+
+
+def _rebuild(e, op, packed):
+    out, attrs = op.result, op.attrs
+    b = e.b
+    key = _key(e, attrs)
+    zero = ir.Constant(e.float, 0.0)
+    if attrs["draw"] == "with_replacement":
+        with e.loop(attrs["d"], "i") as i:
+            e.store(out, i, zero)
+        with e.loop(attrs["k"], "j") as j:
+            index, weight = _draw(e, attrs, key, j)
+            weight = _to_float(e, weight)
+            value = b.fmul(packed(j), weight) if packed else weight
+            e.store(out, index, b.fadd(e.load(out, index), value))
+        return
+    position = e.alloca(I64, "next")
+    b.store(I64(0), position)
+    with e.loop(attrs["d"], "i") as i:
+        kept, weight = _kept(e, attrs, key, i)
+        with b.if_else(kept) as (then, otherwise):
+            with then:
+                at = b.load(position)
+                weight = _to_float(e, weight)
+                e.store(out, i, b.fmul(packed(at), weight) if packed else weight)
+                b.store(b.add(at, I64(1)), position)
+            with otherwise:
+                e.store(out, i, zero)
+
+
+def _score_add(e, op):
+    # scores[offset + sum(row_l * stride_l) + j] += |values[j]|; the result is the values themselves
+    values, *rows = op.args
+    b = e.b
+    start = I64(op.attrs["offset"])
+    for row, stride in zip(rows, op.attrs["strides"]):
+        start = b.add(start, b.mul(e.load(row), I64(stride)))
+    with e.loop(max(values.type.size, 1), "j") as j:
+        value = e.load(values, j)
+        at = b.gep(e.options["scores"], [b.add(start, j)], inbounds=True)
+        b.store(b.fadd(b.load(at), _widen(e, _call(e, "llvm.fabs", value))), at)
+        e.store(op.result, j, value)
+
+
+GATE_EMITTERS = {"gate_pack": _gate_pack, "gate_unpack": _gate_unpack, "gate_mask": _gate_mask,
+                 "score_add": _score_add}

@@ -1,0 +1,88 @@
+"""How a site's gate draws its entries: the NumPy reference of `gate_pack`, `gate_unpack`, `gate_mask`.
+
+The compiled code (spadc/backend/gates.py) does the same arithmetic in the same order, so both give
+the same bits. Attributes of a gate op: `d` entries, `k` draws (or d for Bernoulli), `draw`
+(with_replacement | bernoulli), `scheme` (uniform | importance | fixed), `keep`, `data` (the
+offset of this site's run-time data in the site-data buffer), `shape` of the whole gated tensor.
+
+Site data (written by the runtime for SPAD): importance with replacement: q[d] then cdf[d];
+importance Bernoulli: p[d]; fixed (topk): k entry indices. Uniform schemes read none.
+
+Invariants:
+- With replacement, draw j (0 <= j < k) picks entry idx_j with weight w_j: uniform:
+  idx = min(floor(u_j d), d - 1), w = d / k; importance: idx = the first i with cdf[i] > u_j
+  (clamped to d - 1), w = 1 / (k q[idx]); fixed: idx = data[j], w = 1. Repeated draws add up.
+- Bernoulli: entry i is kept when u_i < p_i (p = keep, or data), weighted 1 / p_i; the packed
+  values are the kept entries in order, the rest of the buffer zero.
+- u_j is entry j of the site's stream (spadc.rng.uniform): regenerated in the backward pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import rng
+
+
+def with_replacement(attrs, key: int, data) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, weights) of the k draws."""
+    d, k, scheme = attrs["d"], attrs["k"], attrs["scheme"]
+    if scheme == "fixed":
+        return data[attrs["data"]:attrs["data"] + k].astype(np.int64), np.ones(k)
+    u = rng.uniform(key, k)
+    if scheme == "uniform":
+        return np.minimum((u * d).astype(np.int64), d - 1), np.full(k, d / k)
+    q = data[attrs["data"]:attrs["data"] + d]
+    cdf = data[attrs["data"] + d:attrs["data"] + 2 * d]
+    indices = np.minimum(np.searchsorted(cdf, u, side="right"), d - 1)
+    return indices, 1.0 / (k * q[indices])
+
+
+def bernoulli(attrs, key: int, data) -> tuple[np.ndarray, np.ndarray]:
+    """(kept mask, weights) over the d entries."""
+    d = attrs["d"]
+    p = np.full(d, attrs["keep"]) if attrs["scheme"] == "uniform" else data[attrs["data"]:attrs["data"] + d]
+    kept = rng.uniform(key, d) < p
+    return kept, np.where(kept, 1.0 / p, 0.0)
+
+
+def pack(value: np.ndarray, attrs, key: int, data) -> np.ndarray:
+    flat = value.reshape(-1)
+    if attrs["draw"] == "with_replacement":
+        indices, _ = with_replacement(attrs, key, data)
+        return flat[indices].copy()
+    kept, _ = bernoulli(attrs, key, data)
+    out = np.zeros(attrs["d"])
+    out[:kept.sum()] = flat[kept]
+    return out
+
+
+def stored_count(packed_attrs, key: int, data) -> int:
+    """How many values a pack actually stores: k, or the kept count of a Bernoulli draw."""
+    if packed_attrs["draw"] == "with_replacement":
+        return packed_attrs["k"]
+    return int(bernoulli(packed_attrs, key, data)[0].sum())
+
+
+def unpack(packed: np.ndarray, attrs, key: int, data) -> np.ndarray:
+    out = np.zeros(attrs["d"])
+    if attrs["draw"] == "with_replacement":
+        indices, weights = with_replacement(attrs, key, data)
+        for j in range(attrs["k"]):  # in order: repeated draws add up exactly as compiled code does
+            out[indices[j]] += packed[j] * weights[j]
+    else:
+        kept, weights = bernoulli(attrs, key, data)
+        out[kept] = packed[:kept.sum()] * weights[kept]
+    return out.reshape(attrs["shape"])
+
+
+def mask(attrs, key: int, data) -> np.ndarray:
+    """The weighted gate itself (draw counts times weights), for edge sites."""
+    out = np.zeros(attrs["d"])
+    if attrs["draw"] == "with_replacement":
+        indices, weights = with_replacement(attrs, key, data)
+        for j in range(attrs["k"]):
+            out[indices[j]] += weights[j]
+    else:
+        out = bernoulli(attrs, key, data)[1]
+    return out.reshape(attrs["shape"])
