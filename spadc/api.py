@@ -57,10 +57,9 @@ class Compiled:
             module = ir.Module(name=f"{self.program.name}.{key}")
             entry = kernels.grad_kernel(module, program, self.layout, self.dtype, "grad")
             if sampling is not None:
-                for param, sites in multi_factor_paths(self.program, program.sites):
-                    warnings.warn(f"param `{param}` has a path to the loss through {len(sites)} random factors "
-                                  f"({'; '.join(sites)}): the variance of its estimate grows with depth",
-                                  SamplingWarning, stacklevel=4)
+                entry["warnings"] = [f"param `{param}` has a path to the loss through {len(sites)} random factors "
+                                     f"({'; '.join(sites)}): the variance of its estimate grows with depth"
+                                     for param, sites in multi_factor_paths(self.program, program.sites)]
             self.variants[key] = (entry, jit.compile_ir(str(module), ("grad",)), program)
             self.layout["variants"][key] = entry
         return self.variants[key]
@@ -106,7 +105,10 @@ def build(source: Source, base_dir: str, dtype: str = "f64") -> Compiled:
 
 def model_of(compiled: Compiled) -> Model:
     def provide(sampling, score, policy):
+        """Called once per model and variant: the place to warn about the variant."""
         entry, machine, _ = compiled.variant(sampling, score, policy)
+        for message in entry.get("warnings", ()):
+            warnings.warn(message, SamplingWarning, stacklevel=5)
         return entry, machine.addresses["grad"], machine
 
     return Model(compiled.layout, compiled.machine.addresses["forward"], provide, keepalive=compiled)

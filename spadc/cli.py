@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 import numpy as np
 
-from . import api, frontend, passes
+from spadrt.diagnostics import diagnose
+from spadrt.estimators import DRAWS, RAD, SITE_POLICIES, SPAD, Exact
+
+from . import api, frontend, memreport, passes
 from .errors import SpadcError
 from .ir.printer import format_program
 
@@ -76,15 +80,56 @@ def _run(args) -> int:
     return 0
 
 
+def _estimator(args):
+    """The estimator the command line describes (defaults as in the Python API)."""
+    if args.estimator == "exact":
+        return Exact()
+    options = {"keep": args.keep}
+    if args.policy:
+        options["policy" if args.estimator == "rad" else "sites"] = args.policy
+    if args.draw:
+        options["draw"] = args.draw
+    return RAD(**options) if args.estimator == "rad" else SPAD(**options)
+
+
 def _grad(args) -> int:
     model = _model_with_params(args)
-    loss, grads = model.grad(**_load_npz(args.inputs, "inputs"), estimator=args.estimator, seed=args.seed)
+    inputs = _load_npz(args.inputs, "inputs")
+    estimator = _estimator(args)
+    if args.draws:
+        return _diagnose(model, estimator, args, inputs)
+    loss, grads, stats = model.grad(**inputs, estimator=estimator, seed=args.seed, stats=True)
     print(f"loss = {loss:.10g}")
     width = max((len(n) for n in grads), default=0)
     for name, value in grads.items():
         print(f"d loss / d {name:<{width}}  shape {list(value.shape)}  norm {np.linalg.norm(value):.6g}")
+    print(f"tape: {stats['tape_bytes']:,.0f} bytes per sample")
     if args.out:
         np.savez(args.out, **grads)
+    return 0
+
+
+def _diagnose(model, estimator, args, inputs) -> int:
+    report = diagnose(model, estimator, draws=args.draws, seed=args.seed, **inputs)
+    print(f"{args.draws} draws of {args.estimator} (seeds {args.seed}..{args.seed + args.draws - 1}) against "
+          f"the exact gradient")
+    width = max((len(n) for n in report), default=0)
+    print(f"{'param':<{width}}  {'|exact|':>10}  {'|mean|':>10}  {'|mean - exact|':>14}  {'mean stderr':>11}  "
+          f"{'max z':>6}")
+    for name, d in report.items():
+        print(f"{name:<{width}}  {np.linalg.norm(d.exact):10.4g}  {np.linalg.norm(d.mean):10.4g}  {d.distance:14.4g}  "
+              f"{float(d.stderr.mean()):11.4g}  {d.max_z:6.2f}")
+    return 0
+
+
+def _mem(args) -> int:
+    compiled = api.build_file(args.file)
+    estimator = _estimator(args)
+    if estimator.sampling is None:
+        raise SpadcError("spadc mem compares the exact tape with an estimator's: give --estimator rad or spad "
+                         "with --keep below 1")
+    label = f"{args.estimator} (keep {estimator.keep})"
+    sys.stdout.write(memreport.report(compiled, estimator.sampling, label))
     return 0
 
 
@@ -125,14 +170,33 @@ def _parser() -> argparse.ArgumentParser:
 
     grad = commands.add_parser("grad", help="the loss and the gradient of every param")
     _add_model_options(grad)
-    grad.add_argument("--estimator", choices=("exact",), default="exact",
-                      help="gradient estimator (RAD and SPAD are not implemented yet)")
+    _add_estimator_options(grad, default="exact")
     grad.add_argument("--seed", type=int, default=0, help="seed of the estimator's random stream")
+    grad.add_argument("--draws", type=int, default=0, metavar="N",
+                      help="draw N estimates and report their mean, standard error and distance to the exact gradient")
     grad.set_defaults(run=_grad)
+
+    mem = commands.add_parser("mem", help="tape bytes per site, exact and under an estimator")
+    mem.add_argument("file", metavar="FILE.spad")
+    _add_estimator_options(mem, default="rad")
+    mem.set_defaults(run=_mem)
     return parser
 
 
+def _add_estimator_options(command, default: str):
+    command.add_argument("--estimator", choices=("exact", "rad", "spad"), default=default,
+                         help=f"gradient estimator (default {default})")
+    command.add_argument("--keep", type=float, default=0.1, help="fraction of each site's entries kept (default 0.1)")
+    command.add_argument("--policy", choices=SITE_POLICIES, default=None, help="site policy (default weights)")
+    command.add_argument("--draw", choices=DRAWS, default=None, help="how entries are drawn (default with_replacement)")
+
+
+def _plain_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _plain_warning
     args = _parser().parse_args(argv)
     try:
         return args.run(args)

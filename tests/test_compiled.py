@@ -98,10 +98,14 @@ def test_every_primitive_has_an_emitter_an_adjoint_rule_and_a_test_program():
     missing_rules = sorted(set(primitives.PRIMITIVES) - set(ADJOINTS))
     assert not missing_rules, f"no adjoint rule for: {', '.join(missing_rules)}"
     seen = set()
+    variants = [(None, None, None), (spadc.RAD(keep=0.5, policy="edges").sampling, None, None),
+                (spadc.RAD(keep=0.5, policy="products", draw="bernoulli").sampling, "forward", None),
+                (None, "gradient", "edges")]
     for name in PRIMITIVE_PROGRAMS:
         result = compiled(program_text(name))
-        for program in (result.program, result.gradient.program):
-            seen |= {op.kind for op in walk_ops(program.body)}
+        seen |= {op.kind for op in walk_ops(result.program.body)}
+        for sampling, score, policy in variants:
+            seen |= {op.kind for op in walk_ops(result.gradient_program(sampling, score, policy).program.body)}
     untested = sorted(set(primitives.PRIMITIVES) - seen)
     assert not untested, f"primitives without a compiled test program: {', '.join(untested)}"
 

@@ -182,15 +182,15 @@ class Model:
             scoring, scorer = self._variant(None, "gradient", spad.sites)
             scores = np.zeros(max(scoring["score_size"], 1))
             result = self._run(scoring, scorer, step=step, scores=scores, **call)
-            spad_state.update(state["data"], scoring["sites"], scores, sampling.draw, sampling.scheme, spad.floor,
-                              spad.keep)
+            spad_state.update(state["data"], entry["sites"], scoring["sites"], scores, sampling.draw,
+                              sampling.scheme, spad.floor, spad.keep)
             return (*result, scoring)
         if evaluation and spad.score == "forward":
             scoring, scorer = self._variant(sampling, "forward")
             scores = np.zeros(max(scoring["score_size"], 1))
             result = self._run(scoring, scorer, step=step, scores=scores, site_data=state["data"], **call)
-            spad_state.update(state["data"], scoring["sites"], scores, sampling.draw, sampling.scheme, spad.floor,
-                              spad.keep)
+            spad_state.update(state["data"], entry["sites"], scoring["sites"], scores, sampling.draw,
+                              sampling.scheme, spad.floor, spad.keep)
             return (*result, scoring)
         return (*self._run(entry, function, step=step, site_data=state["data"], **call), entry)
 

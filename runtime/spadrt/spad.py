@@ -25,12 +25,16 @@ def initial_data(sites: list[dict], size: int, draw: str, scheme: str) -> np.nda
     return data
 
 
-def update(data: np.ndarray, sites: list[dict], scores: np.ndarray, draw: str, scheme: str, floor: float,
-           keep: float):
-    """Re-rank every site from its scores (summed over the evaluation batch and loop iterations)."""
-    for site in sites:
-        if site["data_size"] and site["score_offset"] >= 0:
-            values = scores[site["score_offset"]:site["score_offset"] + site["d"]]
+def update(data: np.ndarray, sites: list[dict], scored_sites: list[dict], scores: np.ndarray, draw: str,
+           scheme: str, floor: float, keep: float):
+    """Re-rank every site from its scores (summed over the evaluation batch and loop iterations).
+
+    `sites` are the sampling kernel's (where each site's data lives), `scored_sites` the scoring
+    kernel's (where its scores are): the same sites, in the same order."""
+    assert [s["id"] for s in sites] == [s["id"] for s in scored_sites], "kernels disagree on the sites"
+    for site, scored in zip(sites, scored_sites):
+        if site["data_size"] and scored["score_offset"] >= 0:
+            values = scores[scored["score_offset"]:scored["score_offset"] + site["d"]]
             _write(data, site, values, floor, draw, scheme, keep)
 
 

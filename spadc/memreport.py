@@ -1,0 +1,64 @@
+"""`spadc mem`: tape bytes per site, exact and under an estimator (ESTIMATORS.md section 6).
+
+Invariants:
+- Per site: the bytes the exact adjoint keeps for the site's residual (its whole tensor, every time
+  the site is drawn) and what the estimator keeps instead (k values, or keep * d on average for
+  Bernoulli draws). Inputs and params are never kept (the adjoint reads them), nor are edge sites'
+  tensors (they only gate). Totals are the whole tape of the exact and the sampled gradient
+  programs, per sample, as the compiled code counts it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .ad.tape import plan_tape
+from .api import Compiled
+
+_KEPT = ("operand", "partial")
+
+
+def site_rows(compiled: Compiled, sampling) -> list[dict]:
+    program = compiled.gradient_program(sampling)
+    external = {v.id for v in compiled.program.body.params}
+    rows = []
+    for entry in program.sites:
+        site = entry.site
+        kept = site.kind in _KEPT and not (site.kind == "operand" and site.op.args[site.stored].id in external)
+        exact = 8 * site.size * site.trips if kept else 0
+        if not kept:
+            estimated = 0
+        elif sampling.draw == "with_replacement":
+            estimated = 8 * entry.k * site.trips
+        else:
+            estimated = 8 * sampling.keep * site.size * site.trips
+        rows.append({"where": f"{os.path.basename(site.loc.source.name)}:{site.loc.line}", "what": site.describe(),
+                     "shape": site.shape, "draws": site.trips, "exact": exact, "estimated": estimated,
+                     "source": site.loc.source.line_text(site.loc.line).strip()})
+    return rows
+
+
+def report(compiled: Compiled, sampling, label: str) -> str:
+    rows = site_rows(compiled, sampling)
+    exact_total = plan_tape(compiled.gradient).static_bytes
+    sampled_total = plan_tape(compiled.gradient_program(sampling)).static_bytes
+    lines = [f"tape bytes per sample, exact and under {label}", ""]
+    header = ("site", "kind", "shape", "draws", "exact", label.split("(")[0].strip())
+    table = [header] + [(r["where"], r["what"], "x".join(map(str, r["shape"])) or "scalar", str(r["draws"]),
+                         _bytes(r["exact"]), _bytes(r["estimated"])) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        lines.append("  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    site_exact = sum(r["exact"] for r in rows)
+    site_estimated = sum(r["estimated"] for r in rows)
+    lines.append("")
+    if site_exact:
+        lines.append(f"sampled sites: {_bytes(site_exact)} exact, {_bytes(site_estimated)} under the estimator "
+                     f"({100 * site_estimated / site_exact:.1f}%)")
+    lines.append(f"whole tape:    {_bytes(exact_total)} exact, {_bytes(sampled_total)} under the estimator "
+                 f"({100 * sampled_total / exact_total:.1f}%)" if exact_total else "whole tape: empty")
+    return "\n".join(lines) + "\n"
+
+
+def _bytes(count: float) -> str:
+    return f"{count:,.0f} B"

@@ -1,0 +1,282 @@
+"""RAD and SPAD (ESTIMATORS.md): unbiasedness by statistics, keep=1, SPAD-uniform = RAD, the bias
+of topk and best_of, reproducibility across batch splits, and tape memory measured against the
+static figures."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import spadc
+from spadc.api import SamplingWarning, build_file
+from spadrt.diagnostics import diagnose
+
+from conftest import example
+
+DRAWS = 1000  # estimates per statistical test
+K_SIGMA = 5  # a mean must be within this many standard errors of the exact gradient
+SEED = 11
+KEEP = 0.3
+BATCH_RTOL = 1e-12  # batch means from differently split batches
+MEMORY_RATIO = 0.12  # the sampled sites at keep=0.1 keep at most this share of their exact bytes
+
+RNG = np.random.default_rng(SEED)
+EXAMPLES = {
+    # name: (site policy with sites in this model, inputs)
+    "rosenbrock.spad": ("products", {}),
+    "rastrigin.spad": ("products", {}),
+    "ackley.spad": ("products", {}),
+    "styblinski_tang.spad": ("products", {}),
+    "sphere.spad": ("products", {}),
+    "mlp.spad": ("weights", {"x": RNG.standard_normal(64), "label": 4}),
+    "mlp_import.spad": ("weights", {"x": RNG.standard_normal(64), "label": 1}),
+    "mlp_digits.spad": ("weights", {"x": RNG.standard_normal(64), "label": 7}),
+    "irnn.spad": ("weights", {"seq": RNG.standard_normal((28, 28)) * 0.5, "label": 3}),
+    "reaction_diffusion.spad": ("weights", {"u0": RNG.uniform(0, 1, 64), "target": RNG.uniform(0, 1, 64)}),
+}
+
+
+def model_for(name):
+    model = spadc.compile_file(example(name))
+    model.init_params(seed=SEED)
+    return model
+
+
+def assert_unbiased(report, what):
+    for name, d in report.items():
+        assert d.max_z <= K_SIGMA, f"{what}: {name} has a coordinate {d.max_z:.1f} standard errors from exact"
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_rad_and_spad_importance_are_unbiased(name):
+    policy, inputs = EXAMPLES[name]
+    model = model_for(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SamplingWarning)
+        rad = diagnose(model, spadc.RAD(keep=KEEP, policy=policy), draws=DRAWS, seed=SEED, **inputs)
+        assert any(float(d.stderr.max()) > 0 for d in rad.values()), "the estimator should be random here"
+        assert_unbiased(rad, f"RAD on {name}")
+        # One evaluation step ranks the sites; every later draw follows that ranking.
+        spad = spadc.SPAD(keep=KEEP, refresh=10**9, sites=policy)
+        model.grad(estimator=spad, **inputs)
+        assert_unbiased(diagnose(model, spad, draws=DRAWS, seed=SEED, **inputs), f"SPAD on {name}")
+
+
+def test_bernoulli_draws_and_batch_shared_masks_are_unbiased():
+    policy, inputs = EXAMPLES["irnn.spad"]
+    model = model_for("irnn.spad")
+    for estimator in (spadc.RAD(keep=KEEP, draw="bernoulli"), spadc.RAD(keep=KEEP, share="batch"),
+                      spadc.SPAD(keep=KEEP, refresh=10**9, draw="bernoulli")):
+        if isinstance(estimator, spadc.SPAD):
+            model.grad(estimator=estimator, **inputs)
+        assert_unbiased(diagnose(model, estimator, draws=DRAWS, seed=SEED, **inputs), repr(estimator))
+
+
+def test_spad_forward_scores_are_unbiased_too():
+    policy, inputs = EXAMPLES["mlp.spad"]
+    model = model_for("mlp.spad")
+    spad = spadc.SPAD(keep=KEEP, refresh=10**9, score="forward")
+    model.grad(estimator=spad, **inputs)
+    assert_unbiased(diagnose(model, spad, draws=DRAWS, seed=SEED, **inputs), "SPAD with forward scores")
+
+
+def test_keep_one_is_the_exact_gradient_for_every_estimator():
+    policy, inputs = EXAMPLES["irnn.spad"]
+    model = model_for("irnn.spad")
+    _, exact = model.grad(**inputs)
+    estimators = [spadc.RAD(keep=1, policy=p, draw=d) for p in ("weights", "products", "edges")
+                  for d in ("with_replacement", "bernoulli")]
+    estimators += [spadc.SPAD(keep=1, policy=p) for p in ("importance", "topk", "best_of")]
+    for estimator in estimators:
+        _, grads = model.grad(estimator=estimator, seed=3, **inputs)
+        for key in exact:
+            assert np.array_equal(grads[key], exact[key]), (estimator, key)
+
+
+def test_spad_with_uniform_scores_draws_exactly_what_rad_draws():
+    policy, inputs = EXAMPLES["mlp_digits.spad"]
+    model = model_for("mlp_digits.spad")
+    spad = spadc.SPAD(keep=KEEP, score="uniform")
+    for step in range(3):
+        _, rad = model.grad(estimator=spadc.RAD(keep=KEEP), seed=5, step=step, **inputs)
+        _, spad_grads = model.grad(estimator=spad, seed=5, **inputs)  # its counter gives steps 0, 1, 2
+        for key in rad:
+            assert np.array_equal(rad[key], spad_grads[key])
+
+
+def _bias_z(model, estimator_factory, inputs, draws):
+    """Largest z of the mean of independent evaluation-step estimates against the exact gradient."""
+    _, exact = model.grad(**inputs)
+    samples = {k: [] for k in exact}
+    for i in range(draws):
+        _, grads = model.grad(estimator=estimator_factory(), seed=SEED + i, **inputs)
+        for k, v in grads.items():
+            samples[k].append(v)
+    worst = 0.0
+    for k, values in samples.items():
+        values = np.stack(values)
+        se = values.std(axis=0, ddof=1) / np.sqrt(draws)
+        difference = np.abs(values.mean(axis=0) - exact[k])
+        z = np.where(se > 0, difference / np.where(se > 0, se, 1), np.where(difference > 1e-9, np.inf, 0))
+        worst = max(worst, float(z.max()))
+    return worst
+
+
+def test_topk_and_best_of_are_measurably_biased():
+    policy, inputs = EXAMPLES["mlp.spad"]
+    model = model_for("mlp.spad")
+    # topk after an evaluation step keeps the same entries every time: no spread, a fixed error.
+    topk = spadc.SPAD(keep=KEEP, policy="topk", refresh=10**9)
+    _, exact = model.grad(**inputs)
+    model.grad(estimator=topk, **inputs)
+    first = model.grad(estimator=topk, seed=1, **inputs)[1]
+    second = model.grad(estimator=topk, seed=2, **inputs)[1]
+    assert all(np.array_equal(first[k], second[k]) for k in first)
+    bias = max(float(np.abs(first[k] - exact[k]).max()) for k in first)
+    assert bias > 1e-3, f"topk should be biased, but it is within {bias} of the exact gradient"
+    # best_of picks the largest estimate among its candidates: biased, measured over fresh objects.
+    z = _bias_z(model, lambda: spadc.SPAD(keep=KEEP, policy="best_of", candidates=8), inputs, DRAWS)
+    assert z > K_SIGMA, f"best_of should be biased, but its mean is within {z:.1f} standard errors"
+
+
+def test_the_same_seed_gives_the_same_bits_however_the_batch_is_split():
+    model = model_for("mlp.spad")
+    xs, labels = RNG.standard_normal((32, 64)), RNG.integers(0, 10, 32)
+    for estimator in (spadc.RAD(keep=KEEP), spadc.RAD(keep=KEEP, draw="bernoulli")):
+        loss, whole = model.grad(estimator=estimator, seed=9, x=xs, label=labels)
+        again_loss, again = model.grad(estimator=estimator, seed=9, x=xs, label=labels)
+        assert loss == again_loss and all(np.array_equal(whole[k], again[k]) for k in whole)
+        parts = [model.grad(estimator=estimator, seed=9, sample_offset=8 * p, x=xs[8 * p:8 * p + 8],
+                            label=labels[8 * p:8 * p + 8]) for p in range(4)]
+        singles = [model.grad(estimator=estimator, seed=9, sample_offset=i, x=xs[i], label=labels[i])
+                   for i in range(32)]
+        for k in whole:
+            np.testing.assert_allclose(np.mean([p[1][k] for p in parts], axis=0), whole[k], rtol=BATCH_RTOL,
+                                       atol=1e-15)
+            np.testing.assert_allclose(np.mean([s[1][k] for s in singles], axis=0), whole[k], rtol=BATCH_RTOL,
+                                       atol=1e-15)
+        other = model.grad(estimator=estimator, seed=10, x=xs, label=labels)[1]
+        assert not all(np.array_equal(other[k], whole[k]) for k in whole)
+
+
+def test_spad_step_counter_advances_and_evaluation_steps_are_exact():
+    policy, inputs = EXAMPLES["mlp.spad"]
+    model = model_for("mlp.spad")
+    _, exact = model.grad(**inputs)
+    spad = spadc.SPAD(keep=KEEP, refresh=3)
+    results = [model.grad(estimator=spad, seed=1, **inputs)[1] for _ in range(7)]
+    assert spad.step == 7
+    for step, grads in enumerate(results):
+        is_exact = all(np.array_equal(grads[k], exact[k]) for k in exact)
+        assert is_exact == (step % 3 == 0), step
+
+
+@pytest.mark.parametrize("name", ["irnn.spad", "reaction_diffusion.spad"])
+def test_measured_tape_equals_the_static_figure_and_sites_shrink(name):
+    policy, inputs = EXAMPLES[name]
+    model = model_for(name)
+    for estimator in (spadc.Exact(), spadc.RAD(keep=0.1)):
+        _, _, stats = model.grad(estimator=estimator, stats=True, **inputs)
+        assert stats["tape_bytes"] == stats["tape_bytes_static"], estimator
+    _, _, exact = model.grad(stats=True, **inputs)
+    _, _, sampled = model.grad(estimator=spadc.RAD(keep=0.1), stats=True, **inputs)
+    assert sampled["tape_bytes"] < exact["tape_bytes"]
+    from spadc.memreport import site_rows
+    rows = [r for r in site_rows(build_file(example(name)), spadc.RAD(keep=0.1).sampling) if r["exact"]]
+    assert rows and sum(r["estimated"] for r in rows) <= MEMORY_RATIO * sum(r["exact"] for r in rows)
+
+
+def test_bernoulli_tape_is_counted_per_draw_and_averages_to_the_expectation():
+    policy, inputs = EXAMPLES["irnn.spad"]
+    model = model_for("irnn.spad")
+    estimator = spadc.RAD(keep=0.1, draw="bernoulli")
+    measured = [model.grad(estimator=estimator, seed=s, stats=True, **inputs)[2] for s in range(200)]
+    values = np.array([m["tape_bytes"] for m in measured])
+    assert len(set(values)) > 1
+    assert abs(values.mean() - measured[0]["tape_bytes_static"]) < K_SIGMA * values.std(ddof=1) / np.sqrt(len(values))
+
+
+def test_multi_factor_paths_are_warned_about():
+    model = model_for("rosenbrock.spad")
+    with pytest.warns(SamplingWarning, match=r"param `x` has a path to the loss through 2 random factors"):
+        model.grad(estimator=spadc.RAD(keep=KEEP, policy="products"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SamplingWarning)
+        model_for("mlp.spad").grad(estimator=spadc.RAD(keep=KEEP), **EXAMPLES["mlp.spad"][1])
+
+
+def test_spad_importance_follows_the_scores_and_lowers_the_variance():
+    policy, inputs = EXAMPLES["mlp.spad"]
+    model = model_for("mlp.spad")
+    rad = diagnose(model, spadc.RAD(keep=0.1), draws=DRAWS, seed=SEED, **inputs)
+    spad = spadc.SPAD(keep=0.1, refresh=10**9)
+    model.grad(estimator=spad, **inputs)
+    ((key, state),) = spad.state[id(model)].items()
+    site = model.layout["variants"][key]["sites"][1]  # W2 @ h: its q follows from ranked |h| entries
+    d = site["d"]
+    q = state["data"][site["data_offset"]:site["data_offset"] + d]
+    assert abs(q.sum() - 1.0) < 1e-12 and q.min() >= spad.floor / d - 1e-15 and q.max() > 2.0 / d
+    importance = diagnose(model, spad, draws=DRAWS, seed=SEED, **inputs)
+    assert float(importance["W2"].stderr.mean()) < 0.9 * float(rad["W2"].stderr.mean())
+
+
+LOOP_AND_COMPREHENSION = """
+const T = 4
+const N = 5
+input u0: f64[N]
+param W: f64[N, N] ~ normal(0, 0.4)
+param rate: f64 = 0.7
+let u = u0
+for t in 0..T {
+  u = tanh(W @ u) + [rate * u[i] * u[(i + 1) % N] for i in 0..N]
+}
+loss sum(u * u) / N
+"""
+COMPILED_RTOL = 1e-12  # compiled against interpreted sampled gradients (rounding of dot products)
+
+
+def _interpreted(compiled, sampling, params, inputs, options, score=None, policy=None):
+    from spadc.ir.interpret import evaluate
+    program = compiled.gradient_program(sampling, score, policy).program
+    accumulators = {f"{name}.grad": np.zeros_like(value) for name, value in params.items()}
+    return evaluate(program, params, {**inputs, **accumulators}, options)
+
+
+def test_compiled_estimates_match_the_interpreter():
+    from spadc.api import build
+    from spadc.errors import Source
+    from spadc.ir.interpret import RunOptions
+    from spadrt import spad as spad_state
+    compiled = build(Source("lc.spad", LOOP_AND_COMPREHENSION), ".")
+    model = spadc.api.model_of(compiled)
+    model.init_params(seed=SEED)
+    params = {k: v.copy() for k, v in model.params.items()}
+    inputs = {"u0": RNG.uniform(-1, 1, 5)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SamplingWarning)
+        for policy in ("weights", "products", "edges"):
+            for draw in ("with_replacement", "bernoulli"):
+                estimator = spadc.RAD(keep=0.5, policy=policy, draw=draw)
+                _, grads = model.grad(estimator=estimator, seed=4, **inputs)
+                reference = _interpreted(compiled, estimator.sampling, params, inputs, RunOptions(seed=4)).outputs
+                for key in grads:
+                    np.testing.assert_allclose(grads[key], reference[key], rtol=COMPILED_RTOL, atol=1e-14,
+                                               err_msg=f"{policy} {draw} {key}")
+        for policy in ("importance", "topk"):
+            spad = spadc.SPAD(keep=0.5, policy=policy, sites="products", refresh=10**9)
+            model.grad(estimator=spad, **inputs)  # the evaluation step ranks the sites
+            ((key, state),) = spad.state[id(model)].items()
+            # The same ranking from the interpreter's scores:
+            scoring = compiled.gradient_program(None, "gradient", "products")
+            scores = np.zeros(sum(e.site.size for e in scoring.sites))
+            _interpreted(compiled, None, params, inputs, RunOptions(scores=scores), "gradient", "products")
+            entry = model.layout["variants"][key]
+            data = spad_state.initial_data(entry["sites"], entry["site_data_size"], spad.draw, spad.sampling.scheme)
+            spad_state.update(data, entry["sites"], model.layout["variants"]["score.gradient.products"]["sites"],
+                              scores, spad.draw, spad.sampling.scheme, spad.floor, spad.keep)
+            np.testing.assert_allclose(state["data"], data, rtol=COMPILED_RTOL, atol=1e-15)
+            _, grads = model.grad(estimator=spad, seed=8, **inputs)
+            options = RunOptions(seed=8, step=1, site_data=state["data"])
+            reference = _interpreted(compiled, spad.sampling, params, inputs, options).outputs
+            for key in grads:
+                np.testing.assert_allclose(grads[key], reference[key], rtol=COMPILED_RTOL, atol=1e-14)
