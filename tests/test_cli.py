@@ -127,3 +127,31 @@ def test_ir_grad_shows_the_adjoint():
     assert result.returncode == 0
     assert re.search(r"loop t(\.\d+)? in 0\.\.28 reversed carry \(h\.adj(\.\d+)? = ", result.stdout)
     assert "h.tape[t" in result.stdout and re.search(r"outer_add\(Wh\.adj(\.\d+)?, ", result.stdout)
+
+
+def test_mem_reports_sites_and_totals():
+    result = spadc("mem", example("irnn.spad"), "--keep", "0.1")
+    assert result.returncode == 0, result.stderr
+    assert "irnn.spad:17  residual of `matmul`, operand 0  64" in result.stdout
+    assert "sampled sites: 21,120 B exact, 2,296 B under the estimator (10.9%)" in result.stdout
+    assert "whole tape:    35,032 B exact, 16,720 B under the estimator" in result.stdout
+    assert spadc("mem", example("irnn.spad"), "--estimator", "exact").returncode == 1
+
+
+def test_grad_with_an_estimator_and_draws():
+    result = spadc("grad", example("mlp.spad"), "--estimator", "rad", "--keep", "0.3", "--draws", "50",
+                   "--inputs", _mlp_inputs())
+    assert result.returncode == 0, result.stderr
+    assert "50 draws of rad (seeds 0..49)" in result.stdout and "max z" in result.stdout
+    lines = [line.split() for line in result.stdout.splitlines()[2:]]
+    assert [line[0] for line in lines] == ["W1", "b1", "W2", "b2"]
+    result = spadc("grad", example("rosenbrock.spad"), "--estimator", "rad", "--policy", "products", "--keep", "0.3")
+    assert result.returncode == 0 and "warning: param `x` has a path to the loss through 2 random factors" in result.stderr
+
+
+def _mlp_inputs():
+    import tempfile
+    import numpy as np
+    path = os.path.join(tempfile.mkdtemp(), "in.npz")
+    np.savez(path, x=np.linspace(-1, 1, 64), label=np.array(3))
+    return path
