@@ -16,6 +16,8 @@ import numpy as np
 
 from spadrt.diagnostics import diagnose
 from spadrt.estimators import DRAWS, RAD, SITE_POLICIES, SPAD, Exact
+from spadrt.optim import OPTIMIZERS, CosineLR, StepLR
+from spadrt.plot import loss_curve
 
 from . import api, frontend, memreport, passes
 from .errors import SpadcError
@@ -122,6 +124,52 @@ def _diagnose(model, estimator, args, inputs) -> int:
     return 0
 
 
+def _train(args) -> int:
+    model = _model_with_params(args)
+    data = _load_npz(args.data, "data")
+    validation = None
+    if args.val:
+        validation = _load_npz(args.val, "validation data")
+    elif args.val_split:
+        if not 0 < args.val_split < 1:
+            raise SpadcError(f"--val-split must be in (0, 1), got {args.val_split}")
+        data, validation = _split(data, args.val_split, args.seed)
+    optimizer = OPTIMIZERS[args.optimizer](lr=args.lr)
+    schedule = {"none": None, "cosine": CosineLR(), "step": StepLR(step_size=max(args.epochs // 3, 1), gamma=0.1)}
+    checkpoint = (lambda epoch, history: model.save(args.out)) if args.out else None
+    history = model.fit(data, epochs=args.epochs, batch_size=args.batch, optimizer=optimizer,
+                        estimator=_estimator(args), validation=validation, seed=args.seed,
+                        schedule=schedule[args.schedule], quiet=args.quiet, on_epoch=checkpoint)
+    if args.plot and history.train_loss:
+        curves = {"train": history.train_loss}
+        if history.val_loss:
+            curves["val"] = history.val_loss
+        loss_curve(args.plot, curves)
+    summary = f"trained {history.steps} steps in {history.seconds:.1f} s; final train loss {history.train_loss[-1]:.4f}" \
+        if history.train_loss else "no epoch completed"
+    print(summary)
+    if history.val_loss:
+        print(f"validation loss {history.val_loss[-1]:.4f}")
+    if history.val_accuracy:
+        print(f"test accuracy {100 * history.val_accuracy[-1]:.2f}%")
+    if history.tape_bytes is not None:
+        print(f"tape: {history.tape_bytes:,.0f} bytes per sample")
+    if history.stopped:
+        print(f"error: {history.stopped}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _split(data: dict, share: float, seed: int) -> tuple[dict, dict]:
+    counts = {len(v) for v in data.values()}
+    if len(counts) != 1:
+        raise SpadcError("the data's arrays have different numbers of samples")
+    n = counts.pop()
+    order = np.random.default_rng(seed).permutation(n)
+    cut = int(round(n * (1 - share)))
+    return ({k: v[order[:cut]] for k, v in data.items()}, {k: v[order[cut:]] for k, v in data.items()})
+
+
 def _mem(args) -> int:
     compiled = api.build_file(args.file)
     estimator = _estimator(args)
@@ -139,7 +187,8 @@ def _add_model_options(command):
                          "sample axis makes a batch)")
     command.add_argument("--params", metavar="P.npz", help="parameter values (default: the initialisers)")
     command.add_argument("--init-seed", type=int, default=0, help="seed of the initialisers (default 0)")
-    command.add_argument("--out", metavar="OUT.npz", help="also write the results to this file")
+    command.add_argument("--out", metavar="OUT.npz", help="write the results (train: the parameters, after "
+                         "every epoch) to this file")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -175,6 +224,24 @@ def _parser() -> argparse.ArgumentParser:
     grad.add_argument("--draws", type=int, default=0, metavar="N",
                       help="draw N estimates and report their mean, standard error and distance to the exact gradient")
     grad.set_defaults(run=_grad)
+
+    train = commands.add_parser("train", help="train a model on data from a .npz file")
+    _add_model_options(train)
+    train.add_argument("--data", required=True, metavar="D.npz", help="training data: one array per input, "
+                       "the first axis being the sample")
+    train.add_argument("--val", metavar="V.npz", help="validation data, as --data")
+    train.add_argument("--val-split", type=float, default=0.0, metavar="F",
+                       help="hold out this share of --data for validation (when --val is not given)")
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--batch", type=int, default=32)
+    train.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--schedule", choices=("none", "step", "cosine"), default="none")
+    _add_estimator_options(train, default="exact")
+    train.add_argument("--seed", type=int, default=0, help="seed of the shuffles and of the estimator")
+    train.add_argument("--plot", metavar="CURVE.png", help="write the loss curves to this PNG")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
 
     mem = commands.add_parser("mem", help="tape bytes per site, exact and under an estimator")
     mem.add_argument("file", metavar="FILE.spad")

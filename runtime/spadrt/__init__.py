@@ -5,6 +5,10 @@ kernels; spadc's JIT uses it too, so compiled and loaded models behave the same.
 """
 
 from .errors import SpadcError
+from .estimators import RAD, SPAD, Exact
 from .model import ForwardResult, Model
+from .optim import SGD, Adagrad, Adam, AdamW, CosineLR, StepLR
+from .training import History
 
-__all__ = ["Model", "ForwardResult", "SpadcError"]
+__all__ = ["Model", "ForwardResult", "SpadcError", "Exact", "RAD", "SPAD", "SGD", "Adam", "AdamW", "Adagrad",
+           "StepLR", "CosineLR", "History"]

@@ -145,18 +145,39 @@ class Model:
 
         `seed`, `step` and `sample_offset` key the random stream; exact gradients ignore them. A SPAD
         estimator uses and advances its own step counter unless `step` is given."""
+        loss, flat, measured, entry, n = self._gradient(params, estimator, training, seed, step, sample_offset, inputs)
+        named = {p["name"]: flat[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"]).astype(np.float64, copy=False)
+                 for p in self.layout["params"]}
+        if stats:
+            return loss, named, {"tape_bytes": measured, "tape_bytes_static": entry["tape_bytes"], "samples": n}
+        return loss, named
+
+    def flat_grad(self, *, params=None, estimator=None, training: bool = False, seed: int = 0,
+                  step: int | None = None, sample_offset: int = 0, **inputs):
+        """`grad` for optimisers: (mean loss, the gradient as one flat array, tape bytes per sample)."""
+        loss, flat, measured, _, _ = self._gradient(params, estimator, training, seed, step, sample_offset, inputs)
+        return loss, flat, measured
+
+    @property
+    def flat_params(self) -> np.ndarray:
+        """All parameters as one flat array, laid out as `layout["params"]` says (updates in place change the model)."""
+        return self._flat
+
+    def fit(self, data: dict, **options):
+        """Train on `data` (arrays named after the inputs, first axis the sample); see spadrt.training.fit."""
+        from .training import fit
+        return fit(self, data, **options)
+
+    def _gradient(self, params, estimator, training, seed, step, offset, inputs):
         estimator = resolve(estimator)
         prepared = self._inputs(inputs)
-        call = dict(prepared=prepared, params=params, training=training, seed=seed, offset=sample_offset)
+        call = dict(prepared=prepared, params=params, training=training, seed=seed, offset=offset)
         if isinstance(estimator, SPAD):
-            loss, grads, measured, entry = self._spad_grad(estimator, step, call)
+            loss, flat, measured, entry = self._spad_grad(estimator, step, call)
         else:
             entry, function = self._variant(estimator.sampling)
-            loss, grads, measured = self._run(entry, function, step=step or 0, **call)
-        if stats:
-            return loss, grads, {"tape_bytes": measured / prepared.n, "tape_bytes_static": entry["tape_bytes"],
-                                 "samples": prepared.n}
-        return loss, grads
+            loss, flat, measured = self._run(entry, function, step=step or 0, **call)
+        return loss, flat, measured / prepared.n, entry, prepared.n
 
     def _spad_grad(self, spad: SPAD, step, call):
         """One SPAD gradient: an evaluation step re-ranks the sites, the others follow the ranking."""
@@ -200,7 +221,7 @@ class Model:
         for candidate in range(spad.candidates):
             seed = _candidate_seed(call["seed"], step, candidate)
             _, grads, _ = self._run(entry, function, step=step, **{**call, "seed": seed})
-            norm = sum(float(np.abs(g).sum()) for g in grads.values())
+            norm = float(np.abs(grads).sum())
             if norm > best_norm:
                 best, best_norm = (seed, step), norm
         return best
@@ -214,7 +235,7 @@ class Model:
         return entry, function
 
     def _run(self, entry, function, *, prepared, params, training, seed, step, offset, site_data=None, scores=None):
-        """Call one gradient kernel: (mean loss, gradients by name, tape bytes stored over the batch)."""
+        """Call one gradient kernel: (mean loss, flat gradient, tape bytes stored over the batch)."""
         loss = np.empty(1, dtype=self._float)
         grads = np.empty_like(self._flat)
         stored = np.zeros(1, dtype=np.int64)
@@ -225,9 +246,7 @@ class Model:
                         grads.ctypes.data, data.ctypes.data, score_buffer.ctypes.data, stored.ctypes.data,
                         self._workspace_for(entry), self._address["status"])
         self._raise_on_failure(code, prepared.batched, entry["checks"])
-        named = {p["name"]: grads[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"]).astype(np.float64, copy=False)
-                 for p in self.layout["params"]}
-        return float(loss[0]), named, int(stored[0])
+        return float(loss[0]), grads, int(stored[0])
 
     def _params_address(self, params) -> int:
         if params is None:

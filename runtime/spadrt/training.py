@@ -1,0 +1,161 @@
+"""Training: `Model.fit` (INTERFACE.md). Shuffled minibatches, one compiled call per minibatch
+gradient, any estimator, an optimiser step, parameter bounds, validation per epoch.
+
+Invariants:
+- Reproducible: the same seed gives the same shuffles, the same random streams and so the same
+  final parameters, bit for bit.
+- Step `s` (counted over the whole run) keys the estimator's random stream (`step=s`, and the
+  minibatch's position as `sample_offset`); a SPAD estimator instead advances its own counter,
+  once per step, so its evaluation steps fall every `refresh` steps of training.
+- Training steps run in training mode (dropout on); validation runs in evaluation mode.
+- A non-finite loss stops training; `History.stopped` says at which step.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import SpadcError
+from .estimators import SPAD, resolve
+from .optim import resolve as resolve_optimizer
+
+
+@dataclass
+class History:
+    train_loss: list[float] = field(default_factory=list)  # mean over each epoch's minibatches
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)  # classifiers only
+    train_accuracy: list[float] = field(default_factory=list)  # classifiers only, in evaluation mode
+    tape_bytes: float | None = None  # per sample, as the compiled code counted it on the last step
+    steps: int = 0
+    seconds: float = 0.0
+    stopped: str | None = None  # why training stopped early, if it did
+
+
+def fit(model, data: dict, epochs: int = 10, batch_size: int = 32, optimizer="adam", estimator=None,
+        validation: dict | None = None, seed: int = 0, schedule=None, quiet: bool = True,
+        stream=None, on_epoch=None) -> History:
+    epochs, batch_size = _count("epochs", epochs), _count("batch_size", batch_size)
+    estimator = resolve(estimator)
+    optimizer = resolve_optimizer(optimizer)
+    train = _dataset(model, data, "data")
+    valid = _dataset(model, validation, "validation") if validation is not None else None
+    n = len(next(iter(train.values())))
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 0x5EED])))
+    bounds = [(p["offset"], p["size"], p["bounds"]) for p in model.layout["params"] if p["bounds"]]
+    bar = _Progress(None if quiet else (stream or sys.stderr))
+    history = History()
+    start = time.perf_counter()
+    step = 0
+    for epoch in range(epochs):
+        order = rng.permutation(n)
+        lr = schedule(optimizer.lr, step, epoch, epochs) if schedule else optimizer.lr
+        total, seen = 0.0, 0
+        for first in range(0, n, batch_size):
+            batch = order[first:first + batch_size]
+            inputs = {name: values[batch] for name, values in train.items()}
+            options = dict(estimator=estimator, training=True, seed=seed, sample_offset=first)
+            if not isinstance(estimator, SPAD):
+                options["step"] = step
+            loss, flat, measured = model.flat_grad(**options, **inputs)
+            if not math.isfinite(loss):
+                history.stopped = (f"the loss became {loss} at step {step} (epoch {epoch + 1}, minibatch "
+                                   f"{first // batch_size + 1}); training stopped")
+                bar.message(history.stopped)
+                history.seconds = time.perf_counter() - start
+                return history
+            optimizer.step(model.flat_params, flat, lr)
+            for offset, size, (lo, hi) in bounds:
+                np.clip(model.flat_params[offset:offset + size], lo, hi, out=model.flat_params[offset:offset + size])
+            history.tape_bytes = measured
+            total += loss * len(batch)
+            seen += len(batch)
+            step += 1
+            bar.update(epoch, epochs, seen / n, total / seen)
+        history.train_loss.append(total / seen)
+        if valid is not None:
+            history.val_loss.append(float(np.mean(model.loss(**valid))))
+            if model.layout["classifier"]:
+                history.val_accuracy.append(accuracy(model, valid))
+        if model.layout["classifier"]:
+            history.train_accuracy.append(accuracy(model, train))
+        history.steps = step
+        bar.epoch_done(epoch, epochs, history)
+        if on_epoch is not None:
+            on_epoch(epoch, history)
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+def accuracy(model, data: dict) -> float:
+    """The share of samples whose largest logit is their label (the loss is cross_entropy(logits, label))."""
+    classifier = model.layout["classifier"]
+    if classifier is None:
+        raise SpadcError("accuracy needs a classifier: a model whose loss is cross_entropy(logits, label)")
+    result = model.forward(**data)
+    logits = result.outputs.get(classifier["logits"], getattr(result, "hidden", {}).get(classifier["logits"]))
+    return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(data[classifier["label"]])))
+
+
+def _count(name: str, value) -> int:
+    if not isinstance(value, (int, np.integer)) or value < 1:
+        raise SpadcError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _dataset(model, data, what: str) -> dict:
+    """The model's inputs from a dict of arrays whose first axis is the sample."""
+    if not isinstance(data, dict):
+        raise SpadcError(f"{what} must be a dict of arrays named after the model's inputs")
+    declared = [i["name"] for i in model.layout["inputs"]]
+    missing = [name for name in declared if name not in data]
+    if missing:
+        raise SpadcError(f"{what} has no array `{missing[0]}` (the model's inputs are {', '.join(declared)})")
+    arrays = {name: np.asarray(data[name]) for name in declared}
+    counts = {name: (a.shape[0] if a.ndim else None) for name, a in arrays.items()}
+    for spec in model.layout["inputs"]:
+        array = arrays[spec["name"]]
+        if array.ndim != len(spec["shape"]) + 1:
+            raise SpadcError(f"{what}: `{spec['name']}` must have shape [samples, {', '.join(map(str, spec['shape']))}]"
+                             .replace(", ]", "]") + f", got {list(array.shape)}")
+    if len(set(counts.values())) != 1:
+        raise SpadcError(f"{what}: the arrays have different numbers of samples: {counts}")
+    if next(iter(counts.values())) == 0:
+        raise SpadcError(f"{what} has no samples")
+    return arrays
+
+
+class _Progress:
+    """A one-line progress bar with the running loss, redrawn at most ten times a second."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.last = 0.0
+
+    def update(self, epoch: int, epochs: int, done: float, loss: float):
+        if self.stream is None or time.perf_counter() - self.last < 0.1:
+            return
+        self.last = time.perf_counter()
+        filled = int(done * 30)
+        self.stream.write(f"\repoch {epoch + 1}/{epochs} [{'#' * filled}{'.' * (30 - filled)}] loss {loss:.4f}")
+        self.stream.flush()
+
+    def epoch_done(self, epoch: int, epochs: int, history: History):
+        if self.stream is None:
+            return
+        line = f"epoch {epoch + 1}/{epochs}  train loss {history.train_loss[-1]:.4f}"
+        if history.val_loss:
+            line += f"  val loss {history.val_loss[-1]:.4f}"
+        if history.val_accuracy:
+            line += f"  val accuracy {100 * history.val_accuracy[-1]:.1f}%"
+        self.stream.write("\r" + line.ljust(70) + "\n")
+        self.stream.flush()
+
+    def message(self, text: str):
+        if self.stream is not None:
+            self.stream.write("\n" + text + "\n")

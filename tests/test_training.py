@@ -1,0 +1,190 @@
+"""Training: optimiser updates against values worked out by hand, schedules, `fit` (accuracy on the
+bundled digits, reproducibility, bounds, a non-finite loss) and `spadc train`."""
+
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import spadc
+
+from conftest import EXAMPLES, example
+
+DATA = os.path.join(EXAMPLES, "data")
+RTOL = 1e-15  # one optimiser step against its hand-worked value
+TARGET_ACCURACY = 0.95
+TIME_LIMIT = 60.0  # seconds for the digits MLP to reach the target with exact gradients
+
+
+def digits(split):
+    with np.load(os.path.join(DATA, f"digits_{split}.npz")) as data:
+        return {name: data[name] for name in data.files}
+
+
+# ---- optimisers: one or two steps by hand ------------------------------------------------------
+
+P0, G0, G1 = np.array([1.0, -2.0]), np.array([0.5, 0.25]), np.array([-0.5, 1.0])
+
+
+def steps(optimizer, *grads, lr=None):
+    p = P0.copy()
+    for g in grads:
+        optimizer.step(p, g, optimizer.lr if lr is None else lr)
+    return p
+
+
+def test_sgd_plain_momentum_nesterov_weight_decay():
+    assert np.allclose(steps(spadc.SGD(lr=0.1), G0), [0.95, -2.025], rtol=RTOL)
+    # momentum 0.9: buffer = g0, then 0.9 g0 + g1 = [-0.05, 1.225]
+    assert np.allclose(steps(spadc.SGD(lr=0.1, momentum=0.9), G0, G1), [0.955, -2.1475], rtol=RTOL)
+    # nesterov: step with g + 0.9 buffer: first [0.95, 0.475], then g1 + 0.9 [-0.05, 1.225] = [-0.545, 2.1025]
+    assert np.allclose(steps(spadc.SGD(lr=0.1, momentum=0.9, nesterov=True), G0, G1), [0.9595, -2.25775], rtol=RTOL)
+    # weight decay 0.1: g + 0.1 p = [0.6, 0.05]
+    assert np.allclose(steps(spadc.SGD(lr=0.1, weight_decay=0.1), G0), [0.94, -2.005], rtol=RTOL)
+
+
+def test_adam_first_step_moves_every_coordinate_by_about_lr():
+    # After one step m_hat = g and v_hat = g^2, so the step is lr g / (|g| + eps).
+    expected = P0 - 0.01 * G0 / (np.abs(G0) + 1e-8)
+    assert np.allclose(steps(spadc.Adam(lr=0.01), G0), expected, rtol=RTOL)
+
+
+def test_adam_second_step_by_hand():
+    b1, b2, lr, eps = 0.9, 0.999, 0.01, 1e-8
+    m1, v1 = (1 - b1) * G0, (1 - b2) * G0 ** 2
+    p1 = P0 - lr * (m1 / (1 - b1)) / (np.sqrt(v1 / (1 - b2)) + eps)
+    m2, v2 = b1 * m1 + (1 - b1) * G1, b2 * v1 + (1 - b2) * G1 ** 2
+    p2 = p1 - lr * (m2 / (1 - b1 ** 2)) / (np.sqrt(v2 / (1 - b2 ** 2)) + eps)
+    assert np.allclose(steps(spadc.Adam(lr=lr), G0, G1), p2, rtol=1e-13)
+
+
+def test_adamw_decays_the_weights_before_the_adam_step():
+    expected = P0 * (1 - 0.01 * 0.1) - 0.01 * G0 / (np.abs(G0) + 1e-8)
+    assert np.allclose(steps(spadc.AdamW(lr=0.01, weight_decay=0.1), G0), expected, rtol=RTOL)
+    l2 = steps(spadc.Adam(lr=0.01, weight_decay=0.1), G0)  # Adam's weight decay is L2 on the gradient
+    g = G0 + 0.1 * P0
+    assert np.allclose(l2, P0 - 0.01 * g / (np.abs(g) + 1e-8), rtol=RTOL)
+
+
+def test_adagrad_two_steps_by_hand():
+    p1 = P0 - 0.1 * G0 / (np.sqrt(G0 ** 2) + 1e-10)
+    p2 = p1 - 0.1 * G1 / (np.sqrt(G0 ** 2 + G1 ** 2) + 1e-10)
+    assert np.allclose(steps(spadc.Adagrad(lr=0.1), G0, G1), p2, rtol=RTOL)
+
+
+def test_optimizers_match_pytorch_when_it_is_installed():
+    torch = pytest.importorskip("torch")
+    pairs = [(spadc.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+              lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+             (spadc.Adam(lr=0.01, weight_decay=0.1), lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1)),
+             (spadc.AdamW(lr=0.01), lambda p: torch.optim.AdamW(p, lr=0.01)),
+             (spadc.Adagrad(lr=0.1), lambda p: torch.optim.Adagrad(p, lr=0.1))]
+    for ours, make in pairs:
+        parameter = torch.tensor(P0.copy(), requires_grad=True)
+        theirs = make([parameter])
+        for g in (G0, G1, G0):
+            parameter.grad = torch.tensor(g)
+            theirs.step()
+        np.testing.assert_allclose(steps(ours, G0, G1, G0), parameter.detach().numpy(), rtol=1e-14)
+
+
+def test_schedules():
+    assert [spadc.StepLR(step_size=2, gamma=0.5)(0.1, 0, e, 6) for e in range(5)] == [0.1, 0.1, 0.05, 0.05, 0.025]
+    cosine = spadc.CosineLR()
+    assert cosine(0.1, 0, 0, 10) == 0.1 and abs(cosine(0.1, 0, 5, 10) - 0.05) < 1e-15 and cosine(0.1, 0, 10, 10) == 0
+
+
+def test_bad_optimizer_settings_are_errors():
+    for make, message in [(lambda: spadc.SGD(lr=-1), "lr must be positive"),
+                          (lambda: spadc.SGD(lr=0.1, nesterov=True), "nesterov"),
+                          (lambda: spadc.Adam(betas=(1.0, 0.9)), "betas")]:
+        with pytest.raises(spadc.SpadcError, match=message):
+            make()
+
+
+# ---- fit ----------------------------------------------------------------------------------------
+
+def test_the_digits_mlp_reaches_the_target_accuracy_within_the_time_limit():
+    model = spadc.compile_file(example("mlp_digits.spad"))
+    start = time.perf_counter()
+    history = model.fit(digits("train"), epochs=20, batch_size=32, optimizer=spadc.Adam(lr=1e-3),
+                        validation=digits("test"), seed=0)
+    assert time.perf_counter() - start < TIME_LIMIT  # generous: it takes a few seconds
+    assert history.val_accuracy[-1] >= TARGET_ACCURACY
+    assert history.train_loss[-1] < history.train_loss[0] and len(history.val_loss) == 20
+    assert history.steps == 20 * math.ceil(1437 / 32)
+
+
+@pytest.mark.parametrize("estimator", [spadc.RAD(keep=0.1), spadc.SPAD(keep=0.1)], ids=["rad", "spad"])
+def test_fit_trains_with_sampled_gradients(estimator):
+    model = spadc.compile_file(example("mlp_digits.spad"))
+    history = model.fit(digits("train"), epochs=3, optimizer=spadc.Adam(lr=1e-3), estimator=estimator,
+                        validation=digits("test"))
+    assert history.val_accuracy[-1] > 0.85
+    if isinstance(estimator, spadc.SPAD):
+        assert estimator.step == history.steps  # its counter advanced once per training step
+
+
+def test_fit_is_reproducible():
+    def train(seed):
+        model = spadc.compile_file(example("mlp.spad"))
+        model.init_params(seed=1)
+        data = digits("test")
+        model.fit(data, epochs=2, batch_size=16, estimator=spadc.RAD(keep=0.3), seed=seed)
+        return model.flat_params.copy()
+    first, second, other = train(0), train(0), train(1)
+    assert np.array_equal(first, second) and not np.array_equal(first, other)
+
+
+def test_fit_keeps_parameters_in_their_bounds():
+    model = spadc.compile_source("input t: f64\nparam w: f64 in [-0.5, 0.5] = 0\nloss (w - t)^2", name="b.spad")
+    model.fit({"t": np.full(8, 3.0)}, epochs=50, batch_size=4, optimizer=spadc.SGD(lr=0.5))
+    assert model.params["w"] == 0.5
+
+
+def test_a_non_finite_loss_stops_training_and_names_the_step():
+    model = spadc.compile_source("input t: f64\nparam w: f64 = 1\nloss exp(w * t)", name="nan.spad")
+    history = model.fit({"t": np.array([1.0, 2.0, 1000.0, 1.0])}, epochs=3, batch_size=1, optimizer=spadc.SGD(lr=1e-3))
+    assert history.stopped is not None and "at step 2 (epoch 1, minibatch 3)" in history.stopped
+    assert "inf" in history.stopped and len(history.train_loss) == 0
+
+
+def test_fit_checks_its_data():
+    model = spadc.compile_file(example("mlp.spad"))
+    with pytest.raises(spadc.SpadcError, match="has no array `label`"):
+        model.fit({"x": np.zeros((4, 64))})
+    with pytest.raises(spadc.SpadcError, match="different numbers of samples"):
+        model.fit({"x": np.zeros((4, 64)), "label": np.zeros(3, dtype=int)})
+    with pytest.raises(spadc.SpadcError, match="epochs must be a positive integer"):
+        model.fit(digits("test"), epochs=0)
+
+
+# ---- spadc train -----------------------------------------------------------------------------------
+
+def test_spadc_train_with_validation_checkpoint_and_plot(tmp_path):
+    out, plot = tmp_path / "p.npz", tmp_path / "curve.png"
+    result = subprocess.run([sys.executable, "-m", "spadc", "train", example("mlp_digits.spad"),
+                             "--data", os.path.join(DATA, "digits_train.npz"), "--val",
+                             os.path.join(DATA, "digits_test.npz"), "--epochs", "4", "--estimator", "spad",
+                             "--keep", "0.3", "--out", str(out), "--plot", str(plot), "--quiet"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    accuracy = float(result.stdout.split("test accuracy ")[1].split("%")[0])
+    assert accuracy > 85 and result.stderr == ""
+    with np.load(out) as params:
+        assert set(params.files) == {"W1", "b1", "W2", "b2", "W3", "b3"}
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_spadc_train_with_a_validation_split_and_a_bad_file(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "spadc", "train", example("mlp.spad"), "--data",
+                             os.path.join(DATA, "digits_test.npz"), "--val-split", "0.25", "--epochs", "1", "--quiet"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "test accuracy" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "spadc", "train", example("mlp.spad"), "--data",
+                             str(tmp_path / "none.npz")], capture_output=True, text=True)
+    assert result.returncode == 1 and "cannot read data" in result.stderr
