@@ -150,8 +150,10 @@ class _Context:
         self.requests: dict[int, tuple[Value, Value]] = {}  # primal id -> (primal, kept value)
         self.inserts: list[Op] = []  # ops appended to the forward block (gates, partials)
         self.defined = set()
+        self.producers: dict[int, Op] = {}
         if self.forward is not None:
-            self.defined = {p.id for p in self.forward.params} | {r.id for op in self.forward.ops for r in op.results}
+            self.producers = {r.id: op for op in self.forward.ops for r in op.results}
+            self.defined = {p.id for p in self.forward.params} | set(self.producers)
         self.memo: dict = {}
         self.loc, self.inlined_at = None, ()
         self.read: dict[int, Value] = {}  # top level only: forward values the adjoint reads
@@ -177,11 +179,30 @@ class _Context:
             result = self.parent.primal(value)
         elif self.forward.params and value is self.forward.params[0]:
             result = self.index
+        elif self._recomputable(value):
+            op = self.producers[value.id]
+            args = [self.primal(a) for a in op.args]
+            result = Value(value.type, value.hint)
+            self.block.ops.append(Op(op.kind, tuple(args), (result,), op.attrs, op.loc, op.inlined_at))
         else:
             kept = self.parent.primal(self.keep(value))
             result = self.row(kept) if self.stacked else kept
         self.memo[value.id] = result
         return result
+
+    def _recomputable(self, value: Value) -> bool:
+        """Cheaper to compute again in the adjoint than to keep on the tape: a scalar constant, or
+        scalar arithmetic on the region's index, on other recomputable values and on outer values
+        (loop-invariant, read once): index arithmetic such as `(i + 1) % N`, and literals."""
+        key = ("recomputable", value.id)
+        if key not in self.memo:
+            self.memo[key] = False  # guards against cycles while deciding
+            op = self.producers.get(value.id)
+            self.memo[key] = (
+                (self.forward.params and value is self.forward.params[0]) or
+                (op is not None and op.kind in _RECOMPUTABLE and value.type.rank == 0 and
+                 all(a.id not in self.defined or self._recomputable(a) for a in op.args)))
+        return bool(self.memo[key])
 
     def keep(self, value: Value) -> Value:
         """Have the forward region yield `value` (stacked over iterations in a loop or comprehension)."""
@@ -453,6 +474,7 @@ def _cond_adjoint(ctx: _Context, op: Op, adjoints: _Adjoints):
 
 
 _REGION_ADJOINTS = {"loop": _loop_adjoint, "tabulate": _tabulate_adjoint, "cond": _cond_adjoint}
+_RECOMPUTABLE = ("const", "add", "sub", "mul", "neg", "floordiv", "mod", "max", "min", "to_float")
 
 
 def _adjoint_hint(value: Value) -> str | None:
