@@ -188,3 +188,16 @@ def test_spadc_train_with_a_validation_split_and_a_bad_file(tmp_path):
     result = subprocess.run([sys.executable, "-m", "spadc", "train", example("mlp.spad"), "--data",
                              str(tmp_path / "none.npz")], capture_output=True, text=True)
     assert result.returncode == 1 and "cannot read data" in result.stderr
+
+
+def test_experiment_runs_are_reproducible():
+    """The experiments' tables are functions of their seeds: a run repeated gives the same bits."""
+    sys.path.insert(0, os.path.dirname(EXAMPLES))  # the checkout's bench/ (spadc itself is already imported)
+    from bench import experiments
+    model = spadc.compile_source(experiments.source("rosenbrock.spad", N=20), name="rosenbrock_20.spad")
+    for make in (lambda: spadc.RAD(keep=0.3, policy="products"), lambda: spadc.SPAD(keep=0.3, sites="products")):
+        first = experiments.minimise(model, make(), 0.01, seed=3)
+        assert first == experiments.minimise(model, make(), 0.01, seed=3)
+        assert first != experiments.minimise(model, make(), 0.01, seed=4)
+    data = experiments.pixel_sequences(4)
+    assert data["seq"].shape == (4, 784) and data["seq"].max() <= 1.0
