@@ -170,6 +170,19 @@ def _split(data: dict, share: float, seed: int) -> tuple[dict, dict]:
     return ({k: v[order[:cut]] for k, v in data.items()}, {k: v[order[cut:]] for k, v in data.items()})
 
 
+def _build(args) -> int:
+    from . import aot
+    estimators = tuple(e.strip() for e in args.estimators.split(",") if e.strip())
+    layout = aot.build(args.file, args.output, header=args.header, target=args.target, cpu=args.cpu,
+                       dtype=args.dtype, estimators=estimators, keep=args.keep, policy=args.policy or "weights",
+                       draw=args.draw or "with_replacement")
+    kernels_built = ", ".join(e["symbol"] for e in layout["variants"].values())
+    print(f"built {args.output} ({args.target or 'host'}, {args.dtype}): {layout['forward']['symbol']}, {kernels_built}")
+    if args.header:
+        print(f"wrote {args.header}")
+    return 0
+
+
 def _mem(args) -> int:
     compiled = api.build_file(args.file)
     estimator = _estimator(args)
@@ -242,6 +255,21 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--plot", metavar="CURVE.png", help="write the loss curves to this PNG")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
+
+    build = commands.add_parser("build", help="compile ahead of time to a shared library or an object file")
+    build.add_argument("file", metavar="FILE.spad")
+    build.add_argument("-o", "--output", required=True, metavar="OUT.so|OUT.o")
+    build.add_argument("--header", metavar="OUT.h", help="also write a C header declaring the entry points and layout")
+    build.add_argument("--target", help="an LLVM target triple, e.g. aarch64-linux-gnu, thumbv7em-none-eabihf, "
+                       "riscv32-unknown-elf (default: this machine)")
+    build.add_argument("--cpu", help="the CPU to tune for (default: this machine's, or generic for --target)")
+    build.add_argument("--dtype", choices=api.DTYPES, default="f64", help="the float type of the whole program")
+    build.add_argument("--estimators", default="exact,rad,spad", help="gradient kernels to include "
+                       "(comma-separated of exact, rad, spad; default all)")
+    build.add_argument("--keep", type=float, default=0.1, help="keep of the rad and spad kernels (default 0.1)")
+    build.add_argument("--policy", choices=SITE_POLICIES, default=None, help="site policy (default weights)")
+    build.add_argument("--draw", choices=DRAWS, default=None, help="how entries are drawn (default with_replacement)")
+    build.set_defaults(run=_build)
 
     mem = commands.add_parser("mem", help="tape bytes per site, exact and under an estimator")
     mem.add_argument("file", metavar="FILE.spad")

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from spadrt.abi import ABI_VERSION
+
 from ..ad.reverse import GradientProgram
 from ..ad.tape import plan_tape, value_bytes
 from ..ir.core import Program, Value
 from .codegen import I64, Check, FunctionEmitter
 from .memory import element_size, plan
-
-ABI_VERSION = 1
 I8P = ir.IntType(8).as_pointer()
 DOUBLE_P = ir.DoubleType().as_pointer()
 
@@ -109,15 +109,15 @@ def _bind_sample(e, program: Program, inputs, args, layout, s):
         e.bind(decl.value, b.gep(base, [b.mul(s, stride)], name=decl.name))
 
 
-def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype: str) -> dict:
-    """Add `forward` to the module; returns its entry for the layout."""
+def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype: str, symbol: str = "forward") -> dict:
+    """Add the forward kernel to the module, named `symbol`; returns its entry for the layout."""
     float_type_ = float_type(dtype)
     float_bytes = 8 if dtype == "f64" else 4
     checks: list[Check] = []
     plan_ = plan(program, float_bytes)
     tail = [("losses", float_type_.as_pointer()), ("outputs", I8P.as_pointer()), ("workspace", I8P),
             ("status", I64.as_pointer())]
-    args, function = _signature(module, "forward", float_type_, tail)
+    args, function = _signature(module, symbol, float_type_, tail)
     e = FunctionEmitter(function, float_type_, plan_, args["workspace"], args["status"], checks)
     e.options = {"training": args["training"], "seed": args["seed"], "step": args["step"]}
     b = e.b
@@ -133,7 +133,7 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
             e.copy(value, target)
     b.ret(I64(0))
     e.finish_entry()
-    return {"workspace": plan_.size, "checks": _checks(checks)}
+    return {"symbol": symbol, "workspace": plan_.size, "checks": _checks(checks)}
 
 
 def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, symbol: str) -> dict:

@@ -1,0 +1,55 @@
+"""Loading a library built by `spadc build`: the same `Model` as a JIT-compiled one, NumPy only.
+
+Invariants:
+- A library whose ABI version differs from this runtime's is refused with a message saying so.
+- Only the gradient variants the library was built with exist; asking for another is a
+  `SpadcError` naming the estimator and how to build it in.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import warnings
+
+from .abi import ABI_VERSION
+from .errors import SpadcError
+from .estimators import variant_key
+from .model import Model
+
+
+class SamplingWarning(UserWarning):
+    """A param has a path to the loss crossing more than one random factor: variance grows with depth."""
+
+
+def load(path: str) -> Model:
+    try:
+        library = ctypes.CDLL(os.path.abspath(path))
+    except OSError as error:
+        raise SpadcError(f"cannot load {path}: {error}") from None
+    try:
+        version = ctypes.CFUNCTYPE(ctypes.c_int64)(("spadrt_abi_version", library))()
+        layout_text = ctypes.CFUNCTYPE(ctypes.c_char_p)(("spadrt_layout", library))()
+    except AttributeError:
+        raise SpadcError(f"{path} is not a library built by `spadc build` (no spadrt_layout)") from None
+    if version != ABI_VERSION:
+        raise SpadcError(f"{path} was built for ABI version {version}, but this runtime reads version "
+                         f"{ABI_VERSION}: rebuild it with this version's `spadc build`")
+    layout = json.loads(layout_text.decode("utf-8"))
+
+    def address(symbol: str) -> int:
+        return ctypes.cast(getattr(library, symbol), ctypes.c_void_p).value
+
+    def provide(sampling, score, policy):
+        key = variant_key(sampling, score, policy)
+        entry = layout["variants"].get(key)
+        if entry is None:
+            built = ", ".join(layout["variants"])
+            raise SpadcError(f"{path} has no gradient kernel for this estimator ({key}); it was built with: {built}. "
+                             f"Rebuild with `spadc build --estimators ... --keep ... --policy ...` to include it")
+        for message in entry.get("warnings", ()):
+            warnings.warn(message, SamplingWarning, stacklevel=5)
+        return entry, address(entry["symbol"]), library
+
+    return Model(layout, address(layout["forward"]["symbol"]), provide, keepalive=library)

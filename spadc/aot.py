@@ -1,0 +1,224 @@
+"""Ahead-of-time builds: `spadc build FILE.spad -o model.so | model.o [--header model.h]`.
+
+One object holds, for a model named NAME (the file's base name):
+    NAME_forward, NAME_grad_<v> and NAME_train_step_<v> for each gradient variant v (exact, rad,
+    spad, spad_scores), NAME_layout() (the layout as JSON) and NAME_abi_version();
+and a shared library also `spadrt_layout` and `spadrt_abi_version`, which `spadrt.load` reads.
+
+Invariants:
+- The kernels are the JIT's, compiled with the same pipeline: for the host target and CPU, a built
+  library gives the JIT's results to the last bit.
+- Generated code calls no allocator: the caller passes the workspace (the tape), whose size per
+  kernel the header and the layout state. It calls libm for transcendental functions.
+- The system C compiler is used only to link a shared library; LLVM emits the object code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+
+from spadrt.abi import ABI_VERSION
+from spadrt.estimators import RAD, SPAD, variant_key
+
+from . import frontend, passes
+from .ad.reverse import gradient
+from .backend import jit, kernels
+from .backend.codegen import I64
+from .errors import SpadcError
+
+TARGETS = {  # the triples tests and docs promise; any LLVM triple is accepted
+    "x86_64-linux-gnu": "x86_64-unknown-linux-gnu",
+    "aarch64-linux-gnu": "aarch64-unknown-linux-gnu",
+    "thumbv7em-none-eabihf": "thumbv7em-none-eabihf",
+    "riscv32-unknown-elf": "riscv32-unknown-elf",
+}
+ESTIMATOR_NAMES = ("exact", "rad", "spad")
+
+
+def variants(estimators, keep: float, policy: str, draw: str, share: str) -> list[tuple[str, object, str | None, str | None]]:
+    """(symbol suffix, sampling, score, site policy) of each gradient kernel a build includes."""
+    chosen = [("exact", None, None, None)]
+    if "rad" in estimators:
+        chosen.append(("rad", RAD(keep=keep, policy=policy, draw=draw, share=share).sampling, None, None))
+    if "spad" in estimators:
+        spad = SPAD(keep=keep, sites=policy, draw=draw, share=share)
+        chosen.append(("spad", spad.sampling, None, None))
+        chosen.append(("spad_scores", None, "gradient", policy))
+    return [v for v in chosen if v[0] == "exact" or v[1] is not None or v[2] is not None]
+
+
+def build(path: str, output: str, header: str | None = None, target: str | None = None, cpu: str | None = None,
+          dtype: str = "f64", estimators=ESTIMATOR_NAMES, keep: float = 0.1, policy: str = "weights",
+          draw: str = "with_replacement", share: str = "sample") -> dict:
+    """Build `output` (.so or .o) and optionally a C header; returns the layout."""
+    if not output.endswith((".so", ".o")):
+        raise SpadcError(f"-o must name a shared library (.so) or an object file (.o), got {output!r}")
+    unknown = set(estimators) - set(ESTIMATOR_NAMES)
+    if unknown:
+        raise SpadcError(f"unknown estimator {sorted(unknown)[0]!r}; expected {', '.join(ESTIMATOR_NAMES)}")
+    program = frontend.lower(frontend.check_file(path))
+    prefix = _identifier(program.name)
+    shared = output.endswith(".so")
+    module = ir.Module(name=program.name)
+    layout, outputs = kernels.base_layout(program, dtype)
+    layout["forward"] = kernels.forward_kernel(module, program, layout, outputs, dtype, f"{prefix}_forward")
+    for suffix, sampling, score, site_policy in variants(estimators, keep, policy, draw, share):
+        program_of_variant = gradient(program, accumulate=True, sampling=sampling, score=score, policy=site_policy)
+        program_of_variant.program = passes.run(program_of_variant.program)
+        symbol = f"{prefix}_grad_{suffix}"
+        entry = kernels.grad_kernel(module, program_of_variant, layout, dtype, symbol)
+        entry["train_step"] = _train_step(module, symbol, f"{prefix}_train_step_{suffix}", layout, dtype)
+        layout["variants"][variant_key(sampling, score, site_policy)] = entry
+    text = json.dumps(layout)
+    _metadata(module, prefix, text)
+    if shared:
+        _metadata(module, "spadrt", text)
+    machine = _target_machine(target, cpu)
+    optimised = jit.optimise(str(module), machine)
+    _write(output, machine.emit_object(optimised), shared)
+    if header:
+        with open(header, "w") as f:
+            f.write(c_header(layout, prefix, os.path.basename(path), dtype))
+    return layout
+
+
+def _identifier(name: str) -> str:
+    identifier = re.sub(r"\W", "_", name)
+    return identifier if identifier and not identifier[0].isdigit() else f"model_{identifier}"
+
+
+def _target_machine(target: str | None, cpu: str | None):
+    # Position-independent code for objects too: linkers build PIE executables by default.
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    native = target is None
+    triple = llvm.get_process_triple() if native else TARGETS.get(target, target)
+    try:
+        chosen = llvm.Target.from_triple(triple)
+    except RuntimeError as error:
+        raise SpadcError(f"unknown target {target!r}: {error}") from None
+    if native and cpu is None:  # exactly the JIT's machine, so that results match it bit for bit
+        return chosen.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
+                                            opt=3, reloc="pic", codemodel="default")
+    return chosen.create_target_machine(cpu=cpu or "", features="", opt=3, reloc="pic", codemodel="default")
+
+
+def _write(output: str, object_code: bytes, shared: bool):
+    if not shared:
+        with open(output, "wb") as f:
+            f.write(object_code)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        obj = os.path.join(scratch, "model.o")
+        with open(obj, "wb") as f:
+            f.write(object_code)
+        compiler = os.environ.get("CC", "cc")
+        try:
+            result = subprocess.run([compiler, "-shared", "-o", output, obj, "-lm"], capture_output=True, text=True)
+        except FileNotFoundError:
+            raise SpadcError(f"cannot link {output}: no C compiler `{compiler}` (set CC, or build a .o)") from None
+        if result.returncode != 0:
+            raise SpadcError(f"cannot link {output}: {result.stderr.strip()}")
+
+
+def _metadata(module, prefix: str, layout_json: str):
+    """`const char *PREFIX_layout(void)` and `int64_t PREFIX_abi_version(void)`."""
+    data = bytearray(layout_json.encode("utf-8") + b"\0")
+    string_type = ir.ArrayType(ir.IntType(8), len(data))
+    text = ir.GlobalVariable(module, string_type, name=f"{prefix}_layout_json")
+    text.global_constant = True
+    text.linkage = "private"
+    text.initializer = ir.Constant(string_type, data)
+    getter = ir.Function(module, ir.FunctionType(ir.IntType(8).as_pointer(), []), name=f"{prefix}_layout")
+    builder = ir.IRBuilder(getter.append_basic_block("entry"))
+    builder.ret(builder.bitcast(text, ir.IntType(8).as_pointer()))
+    version = ir.Function(module, ir.FunctionType(I64, []), name=f"{prefix}_abi_version")
+    ir.IRBuilder(version.append_basic_block("entry")).ret(I64(ABI_VERSION))
+
+
+def _train_step(module, grad_symbol: str, symbol: str, layout: dict, dtype: str) -> str:
+    """A kernel that takes one plain SGD step: the gradient kernel, then params -= lr * grads."""
+    # entry: rc = grad(...); rc != 0 ? return rc : (for j: params[j] -= lr * grads[j]; return 0)
+    grad = module.get_global(grad_symbol)
+    float_type = kernels.float_type(dtype)
+    arguments = list(grad.function_type.args)
+    function = ir.Function(module, ir.FunctionType(I64, arguments[:8] + [float_type] + arguments[8:]), name=symbol)
+    args = list(function.args)
+    lr = args[8]
+    forwarded = args[:8] + args[9:]
+    b = ir.IRBuilder(function.append_basic_block("entry"))
+    code = b.call(grad, forwarded)
+    with b.if_then(b.icmp_signed("!=", code, I64(0))):
+        b.ret(code)
+    params, grads = args[0], args[10]
+    head, body, done = (function.append_basic_block(n) for n in ("update.head", "update.body", "update.done"))
+    entry = b.block
+    b.branch(head)
+    b.position_at_end(head)
+    j = b.phi(I64, "j")
+    j.add_incoming(I64(0), entry)
+    b.cbranch(b.icmp_signed("<", j, I64(layout["param_count"])), body, done)
+    b.position_at_end(body)
+    at = b.gep(params, [j], inbounds=True)
+    b.store(b.fsub(b.load(at), b.fmul(lr, b.load(b.gep(grads, [j], inbounds=True)))), at)
+    j.add_incoming(b.add(j, I64(1)), body)
+    b.branch(head)
+    b.position_at_end(done)
+    b.ret(I64(0))
+    return symbol
+
+
+def c_header(layout: dict, prefix: str, source: str, dtype: str) -> str:
+    upper = prefix.upper()
+    real = "double" if dtype == "f64" else "float"
+    common = (f"const {upper}_real *params, void *const *inputs, const int64_t *input_strides, int64_t n, "
+              f"int64_t sample_offset, int64_t training, uint64_t seed, uint64_t step")
+    lines = [f"/* {prefix}.h: generated by `spadc build` from {source}. Do not edit. */",
+             f"#ifndef SPAD_{upper}_H", f"#define SPAD_{upper}_H", "", "#include <stdint.h>", "",
+             f"#define {upper}_ABI_VERSION {layout['abi']}", f"typedef {real} {upper}_real;", "",
+             f"/* Parameters: one flat buffer of {upper}_PARAM_COUNT reals (offsets in reals, row-major shapes). */",
+             f"#define {upper}_PARAM_COUNT {layout['param_count']}"]
+    for p in layout["params"]:
+        name = re.sub(r"\W", "_", p["name"]).upper()
+        lines.append(f"#define {upper}_PARAM_{name}_OFFSET {p['offset']}  /* {p['name']}: {_shape(p['shape'])} */")
+    lines += ["", "/* Inputs, in this order in `inputs` (one sample each; input_strides[k] bytes to the next). */"]
+    for k, spec in enumerate(layout["inputs"]):
+        name = re.sub(r"\W", "_", spec["name"]).upper()
+        lines.append(f"#define {upper}_INPUT_{name} {k}  /* {spec['name']}: {spec['dtype']}{_shape(spec['shape'])} */")
+    lines += ["", "/* Outputs, in this order in `outputs` (each stacked over the samples). */"]
+    for k, spec in enumerate(layout["outputs"]):
+        name = re.sub(r"\W", "_", spec["name"]).upper()
+        lines.append(f"#define {upper}_OUTPUT_{name.lstrip('_')} {k}  /* {spec['name']}: {spec['dtype']}{_shape(spec['shape'])} */")
+    lines += ["", "/* Workspace (the tape lives in it) in bytes, 64-byte aligned, one per kernel; the caller provides it. */",
+              f"#define {upper}_WORKSPACE_FORWARD {layout['forward']['workspace']}"]
+    suffixes = {entry["symbol"].rsplit("_grad_", 1)[1]: entry for entry in layout["variants"].values()}
+    for suffix, entry in suffixes.items():
+        tag = suffix.upper()
+        lines.append(f"#define {upper}_WORKSPACE_GRAD_{tag} {entry['workspace']}")
+        lines.append(f"#define {upper}_TAPE_BYTES_GRAD_{tag} {int(round(entry['tape_bytes']))}  /* per sample */")
+        lines.append(f"#define {upper}_SITE_DATA_GRAD_{tag} {max(entry['site_data_size'], 1)}  /* doubles */")
+        lines.append(f"#define {upper}_SCORES_GRAD_{tag} {max(entry['score_size'], 1)}  /* doubles */")
+    lines += ["", "/* Each kernel returns 0, or the number of the run-time check that failed (see the layout), with",
+              "   status = {check, offending value, sample}. Gradients are the batch mean. */",
+              f"int64_t {prefix}_forward({common}, {upper}_real *losses, void *const *outputs, void *workspace, "
+              f"int64_t *status);"]
+    for suffix in suffixes:
+        lines.append(f"int64_t {prefix}_grad_{suffix}({common}, {upper}_real *loss_mean, {upper}_real *grads, "
+                     f"const double *site_data, double *scores, int64_t *stored, void *workspace, int64_t *status);")
+        lines.append(f"int64_t {prefix}_train_step_{suffix}({common.replace('const ' + upper + '_real *params', upper + '_real *params')}, "
+                     f"{upper}_real lr, {upper}_real *loss_mean, {upper}_real *grads, const double *site_data, "
+                     f"double *scores, int64_t *stored, void *workspace, int64_t *status);")
+    lines += [f"const char *{prefix}_layout(void);  /* the layout as JSON */",
+              f"int64_t {prefix}_abi_version(void);", "", f"#endif /* SPAD_{upper}_H */", ""]
+    return "\n".join(lines)
+
+
+def _shape(shape) -> str:
+    return f"[{', '.join(map(str, shape))}]" if shape else ""

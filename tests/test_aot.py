@@ -1,0 +1,178 @@
+"""Ahead-of-time builds: a library loads without the compiler and matches the JIT bit for bit; the
+C example trains; objects for four targets; an aarch64 build runs under qemu when it is there."""
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import spadc
+import spadrt
+from spadc import aot
+
+from conftest import EXAMPLES, example
+
+F32_RTOL = 1e-5  # f32 losses against f64
+ELF_MACHINES = {"x86_64-linux-gnu": 62, "aarch64-linux-gnu": 183, "thumbv7em-none-eabihf": 40,
+                "riscv32-unknown-elf": 243}
+ALLOCATORS = {"malloc", "calloc", "realloc", "free", "posix_memalign", "aligned_alloc"}
+
+CHILD = textwrap.dedent('''
+    import importlib.abc, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] in ("lark", "llvmlite", "spadc"):
+                raise ImportError(name + " is not available in this process")
+    sys.meta_path.insert(0, Block())
+    import numpy as np
+    import spadrt
+    model = spadrt.load(sys.argv[1])
+    data = dict(np.load(sys.argv[2]))
+    model.init_params(5)
+    out = {"losses": model.loss(**data), "logits": model.forward(**data).outputs["logits"]}
+    for name, estimator in [("exact", None), ("rad", spadrt.RAD(keep=0.1)), ("spad", spadrt.SPAD(keep=0.1))]:
+        for call in range(3):
+            loss, grads = model.grad(estimator=estimator, seed=3, **data)
+        out["loss_" + name] = loss
+        out.update({name + "_" + k: v for k, v in grads.items()})
+    np.savez(sys.argv[3], **out)
+    print("blocked:", all(m not in sys.modules for m in ("lark", "llvmlite", "spadc")))
+''')
+
+
+def test_a_built_library_matches_the_jit_to_the_last_bit_without_the_compiler(tmp_path):
+    library, inputs, results = tmp_path / "mlp.so", tmp_path / "in.npz", tmp_path / "out.npz"
+    aot.build(example("mlp.spad"), str(library))
+    rng = np.random.default_rng(0)
+    data = {"x": rng.standard_normal((4, 64)), "label": np.array([1, 2, 3, 9])}
+    np.savez(inputs, **data)
+    child = subprocess.run([sys.executable, "-c", CHILD, str(library), str(inputs), str(results)],
+                           capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "blocked: True"
+    model = spadc.compile_file(example("mlp.spad"))
+    model.init_params(5)
+    loaded = np.load(results)
+    assert np.array_equal(loaded["losses"], model.loss(**data))
+    assert np.array_equal(loaded["logits"], model.forward(**data).outputs["logits"])
+    for name, estimator in [("exact", None), ("rad", spadc.RAD(keep=0.1)), ("spad", spadc.SPAD(keep=0.1))]:
+        for call in range(3):
+            loss, grads = model.grad(estimator=estimator, seed=3, **data)
+        assert loaded["loss_" + name] == loss
+        for key, value in grads.items():
+            assert np.array_equal(loaded[f"{name}_{key}"], value), (name, key)
+
+
+def test_a_loaded_model_trains(tmp_path):
+    library = tmp_path / "mlp.so"
+    aot.build(example("mlp_digits.spad"), str(library), estimators=("exact",))
+    model = spadrt.load(str(library))
+    with np.load(os.path.join(EXAMPLES, "data", "digits_test.npz")) as data:
+        data = {name: data[name] for name in data.files}
+    history = model.fit(data, epochs=3)
+    assert history.train_loss[-1] < history.train_loss[0] and history.train_accuracy[-1] > 0.8
+
+
+def test_loading_refuses_other_abi_versions_and_other_libraries(tmp_path, monkeypatch):
+    library = tmp_path / "rosenbrock.so"
+    aot.build(example("rosenbrock.spad"), str(library), estimators=("exact",))
+    monkeypatch.setattr(spadrt.library, "ABI_VERSION", spadrt.ABI_VERSION + 1)
+    with pytest.raises(spadc.SpadcError, match=r"was built for ABI version 1, but this runtime reads version 2"):
+        spadrt.load(str(library))
+    monkeypatch.undo()
+    with pytest.raises(spadc.SpadcError, match="not a library built by `spadc build`"):
+        spadrt.load(next(p for p in ("/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/libm.so.6", "/lib64/libm.so.6")
+                         if os.path.exists(p)))
+    with pytest.raises(spadc.SpadcError, match="cannot load"):
+        spadrt.load(str(tmp_path / "missing.so"))
+    model = spadrt.load(str(library))
+    assert model.loss() == pytest.approx(6316.2, rel=1e-12)
+    with pytest.raises(spadc.SpadcError, match="has no gradient kernel for this estimator"):
+        model.grad(estimator=spadrt.RAD(keep=0.1))
+
+
+def test_the_c_example_trains(tmp_path):
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler on this machine")
+    result = subprocess.run([sys.executable, "-m", "spadc", "build", example("rosenbrock.spad"), "-o",
+                             str(tmp_path / "rosenbrock.o"), "--header", str(tmp_path / "rosenbrock.h")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    program = tmp_path / "train"
+    subprocess.run([compiler, "-O2", "-I", str(tmp_path), os.path.join(EXAMPLES, "c", "train_rosenbrock.c"),
+                    str(tmp_path / "rosenbrock.o"), "-lm", "-o", str(program)], check=True)
+    losses = _losses(subprocess.run([str(program)], capture_output=True, text=True, check=True).stdout)
+    assert losses[0] == pytest.approx(6316.2) and all(b < a for a, b in zip(losses, losses[1:]))
+
+
+def _losses(output: str) -> list[float]:
+    return [float(line.split("loss")[1]) for line in output.splitlines() if "loss" in line]
+
+
+@pytest.mark.parametrize("target", sorted(ELF_MACHINES))
+def test_objects_for_each_target(tmp_path, target):
+    obj = tmp_path / f"mlp_{target}.o"
+    aot.build(example("mlp.spad"), str(obj), target=target, dtype="f32")
+    header = obj.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF"
+    bits = 64 if target in ("x86_64-linux-gnu", "aarch64-linux-gnu") else 32
+    assert header[4] == (2 if bits == 64 else 1)
+    assert struct.unpack("<H", header[18:20])[0] == ELF_MACHINES[target]
+    if shutil.which("readelf"):
+        symbols = subprocess.run(["readelf", "-sW", str(obj)], capture_output=True, text=True, check=True).stdout
+        undefined = {line.split()[-1] for line in symbols.splitlines() if " UND " in line and line.split()[-1] != "UND"}
+        assert not undefined & ALLOCATORS, undefined
+
+
+def test_an_aarch64_build_runs_under_qemu(tmp_path):
+    cross, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
+    if not cross or not qemu:
+        pytest.skip("needs aarch64-linux-gnu-gcc and qemu-aarch64 (apt-get install qemu-user gcc-aarch64-linux-gnu)")
+    aot.build(example("rosenbrock.spad"), str(tmp_path / "rosenbrock.o"), header=str(tmp_path / "rosenbrock.h"),
+              target="aarch64-linux-gnu")
+    program = tmp_path / "train"
+    subprocess.run([cross, "-O2", "-static", "-I", str(tmp_path), os.path.join(EXAMPLES, "c", "train_rosenbrock.c"),
+                    str(tmp_path / "rosenbrock.o"), "-lm", "-o", str(program)], check=True)
+    losses = _losses(subprocess.run([qemu, str(program)], capture_output=True, text=True, check=True).stdout)
+    assert losses[0] == pytest.approx(6316.2) and all(b < a for a, b in zip(losses, losses[1:]))
+
+
+F32_INPUTS = {
+    "mlp.spad": {"x": np.linspace(-1, 1, 64), "label": 3},
+    "irnn.spad": {"seq": np.sin(np.arange(28 * 28).reshape(28, 28) / 50.0), "label": 5},
+    "reaction_diffusion.spad": {"u0": np.linspace(0, 1, 64), "target": np.linspace(1, 0, 64)},
+}
+
+
+@pytest.mark.parametrize("name", ["rosenbrock.spad", "rastrigin.spad", "ackley.spad", "styblinski_tang.spad",
+                                  "sphere.spad", "mlp.spad", "mlp_import.spad", "mlp_digits.spad", "irnn.spad",
+                                  "reaction_diffusion.spad"])
+def test_f32_losses_are_within_tolerance_of_f64(name):
+    inputs = F32_INPUTS.get(name, F32_INPUTS["mlp.spad"] if "mlp" in name else {})
+    single, double = spadc.compile_file(example(name), dtype="f32"), spadc.compile_file(example(name))
+    single.init_params(2)
+    double.init_params(2)
+    assert single.loss(**inputs) == pytest.approx(double.loss(**inputs), rel=F32_RTOL)
+
+
+def test_an_f32_library_matches_its_own_jit(tmp_path):
+    library = tmp_path / "mlp32.so"
+    aot.build(example("mlp.spad"), str(library), dtype="f32", estimators=("exact",))
+    loaded, jit = spadrt.load(str(library)), spadc.compile_file(example("mlp.spad"), dtype="f32")
+    assert loaded.flat_params.dtype == np.float32
+    assert loaded.loss(**F32_INPUTS["mlp.spad"]) == jit.loss(**F32_INPUTS["mlp.spad"])
+
+
+def test_build_errors():
+    with pytest.raises(spadc.SpadcError, match="-o must name"):
+        aot.build(example("mlp.spad"), "model.dll")
+    with pytest.raises(spadc.SpadcError, match="unknown estimator"):
+        aot.build(example("mlp.spad"), "model.o", estimators=("adam",))
+    with pytest.raises(spadc.SpadcError, match="unknown target"):
+        aot.build(example("mlp.spad"), "model.o", target="vax-dec-vms")
