@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 
 import spadc
-from spadc.api import SamplingWarning
+from spadrt.estimators import SamplingWarning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "docs", "results")
@@ -87,15 +87,13 @@ def minimise(model, estimator, lr: float, seed: int) -> float:
     """OPTIMISATION_STEPS Adam steps from the seeded initial point; the final objective."""
     model.init_params(seed)
     optimizer = spadc.Adam(lr=lr)
-    bounds = [(p["offset"], p["size"], p["bounds"]) for p in model.layout["params"] if p["bounds"]]
     for step in range(OPTIMISATION_STEPS):
         options = {} if isinstance(estimator, spadc.SPAD) else {"step": step}
         loss, grads, _ = model.flat_grad(estimator=estimator, seed=seed, **options)
         if not np.isfinite(loss):
             return float("nan")
         optimizer.step(model.flat_params, grads, lr)
-        for offset, size, (lo, hi) in bounds:
-            np.clip(model.flat_params[offset:offset + size], lo, hi, out=model.flat_params[offset:offset + size])
+        model.project_params()
     return model.loss()
 
 
@@ -208,7 +206,6 @@ def train_for(model, data: dict, estimator, steps: int, lr: float, batch: int | 
     """(initial loss, loss after `steps` Adam steps, tape bytes per sample on the last step)."""
     model.init_params(0)
     optimizer = spadc.Adam(lr=lr)
-    bounds = [(p["offset"], p["size"], p["bounds"]) for p in model.layout["params"] if p["bounds"]]
     initial = float(np.mean(model.loss(**data)))
     n = len(next(iter(data.values())))
     rng = np.random.default_rng(0)
@@ -219,8 +216,7 @@ def train_for(model, data: dict, estimator, steps: int, lr: float, batch: int | 
         options = {} if isinstance(estimator, spadc.SPAD) else {"step": step}
         _, grads, tape = model.flat_grad(estimator=estimator, seed=0, **options, **inputs)
         optimizer.step(model.flat_params, grads, lr)
-        for offset, size, (lo, hi) in bounds:
-            np.clip(model.flat_params[offset:offset + size], lo, hi, out=model.flat_params[offset:offset + size])
+        model.project_params()
     return initial, float(np.mean(model.loss(**data))), tape
 
 

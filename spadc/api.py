@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from llvmlite import ir
 
 from spadrt import Model
-from spadrt.estimators import variant_key
+from spadrt.estimators import SamplingWarning, variant_key
 
 from . import frontend, passes
 from .ad.paths import multi_factor_paths
@@ -27,10 +27,6 @@ from .errors import Source, SpadcError
 from .ir.printer import format_program
 
 DTYPES = ("f64", "f32")
-
-
-class SamplingWarning(UserWarning):
-    """A param has a path to the loss crossing more than one random factor: variance grows with depth."""
 
 
 @dataclass

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import spadc
-from spadc.api import SamplingWarning, build_file
+from spadc.api import build_file
+from spadrt.estimators import SamplingWarning
 from spadrt.diagnostics import diagnose
 
 from conftest import example

@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 
 from .errors import SpadcError
 
+
+class SamplingWarning(UserWarning):
+    """A param has a path to the loss crossing more than one random factor: variance grows with depth."""
+
 SITE_POLICIES = ("weights", "products", "edges")
 DRAWS = ("with_replacement", "bernoulli")
 SHARES = ("sample", "batch")

@@ -15,12 +15,8 @@ import warnings
 
 from .abi import ABI_VERSION
 from .errors import SpadcError
-from .estimators import variant_key
+from .estimators import SamplingWarning, variant_key
 from .model import Model
-
-
-class SamplingWarning(UserWarning):
-    """A param has a path to the loss crossing more than one random factor: variance grows with depth."""
 
 
 def load(path: str) -> Model:

@@ -80,6 +80,13 @@ class Model:
             value = initial_value(p["name"], p["shape"], p["init"]["kind"], p["init"]["args"], p["bounds"], seed)
             self._flat[p["offset"]:p["offset"] + p["size"]] = value.ravel()
 
+    def project_params(self):
+        """Clip every param into its `in [lo, hi]` box (optimisers call this after each step)."""
+        for p in self.layout["params"]:
+            if p["bounds"]:
+                view = self._flat[p["offset"]:p["offset"] + p["size"]]
+                np.clip(view, *p["bounds"], out=view)
+
     def set_params(self, values):
         """Replace the parameters from a dict of arrays or a flat array."""
         self._flat[:] = self._flat_params(values)

@@ -47,7 +47,6 @@ def fit(model, data: dict, epochs: int = 10, batch_size: int = 32, optimizer="ad
     valid = _dataset(model, validation, "validation") if validation is not None else None
     n = len(next(iter(train.values())))
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 0x5EED])))
-    bounds = [(p["offset"], p["size"], p["bounds"]) for p in model.layout["params"] if p["bounds"]]
     bar = _Progress(None if quiet else (stream or sys.stderr))
     history = History()
     start = time.perf_counter()
@@ -70,8 +69,7 @@ def fit(model, data: dict, epochs: int = 10, batch_size: int = 32, optimizer="ad
                 history.seconds = time.perf_counter() - start
                 return history
             optimizer.step(model.flat_params, flat, lr)
-            for offset, size, (lo, hi) in bounds:
-                np.clip(model.flat_params[offset:offset + size], lo, hi, out=model.flat_params[offset:offset + size])
+            model.project_params()
             history.tape_bytes = measured
             total += loss * len(batch)
             seen += len(batch)
