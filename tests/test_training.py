@@ -190,6 +190,7 @@ def test_spadc_train_with_a_validation_split_and_a_bad_file(tmp_path):
     assert result.returncode == 1 and "cannot read data" in result.stderr
 
 
+@pytest.mark.filterwarnings("ignore::spadrt.estimators.SamplingWarning")
 def test_experiment_runs_are_reproducible():
     """The experiments' tables are functions of their seeds: a run repeated gives the same bits."""
     sys.path.insert(0, os.path.dirname(EXAMPLES))  # the checkout's bench/ (spadc itself is already imported)
