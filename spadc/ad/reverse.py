@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..ir import primitives
 from ..ir.core import REGION_OPS, Block, InputDecl, Op, Program, Value
 from ..ir.types import TensorType
 from . import sampling as gates
-from .rules import ADJOINTS, Rule, Sparse, restore_axis
+from .context import Adjoints, Context, Primals, to_shape
+from .rules import ADJOINTS, Rule, restore_axis
 from .sites import find_sites
 
 
@@ -58,7 +58,7 @@ class _State:
     sampling: object  # a Sampling, or None for the exact adjoint
     score: str | None  # None | "gradient" | "forward"
     entries: dict[tuple[int, int], gates.SiteEntry]  # (id(op), operand) -> site
-    registry: dict[int, list["_Context"]] = field(default_factory=dict)  # region op id -> its adjoint contexts
+    registry: dict[int, list[Context]] = field(default_factory=dict)  # region op id -> its adjoint contexts
 
 
 def gradient(program: Program, accumulate: bool = False, sampling=None, score: str | None = None,
@@ -72,8 +72,8 @@ def gradient(program: Program, accumulate: bool = False, sampling=None, score: s
     entries = gates.layout_sites(sites, sampling, with_scores=score is not None)
     state = _State(active, {v.id for v in program.body.params}, sampling, score,
                    {(id(e.site.op), e.site.operand): e for e in entries})
-    top = _Context(Block(), None, None, state)
-    adjoints = _Adjoints(top)
+    top = Context(Block(), None, None, state)
+    adjoints = Adjoints(top)
     accumulators = {}
     if accumulate:
         for decl in program.params:
@@ -134,174 +134,9 @@ def _activity(program: Program) -> set[int]:
     return active
 
 
-# ---- contexts: where adjoint code goes and how it reaches primal values -----------------------
-
-class _Context:
-    """One block of adjoint code. At the top level primal values are at hand; inside the adjoint of
-    a region they come from that region's tape, requested here and kept by the forward region."""
-
-    def __init__(self, block: Block, parent: "_Context | None", region: "tuple[Op, Block] | None", state: _State,
-                 index: Value | None = None):
-        self.block = block
-        self.parent = parent
-        self.state = state
-        self.op_of_region, self.forward = region if region else (None, None)
-        self.index = index  # this region's index in the adjoint (the same iteration as the primal's)
-        self.requests: dict[int, tuple[Value, Value]] = {}  # primal id -> (primal, kept value)
-        self.inserts: list[Op] = []  # ops appended to the forward block (gates, partials)
-        self.defined = set()
-        self.producers: dict[int, Op] = {}
-        if self.forward is not None:
-            self.producers = {r.id: op for op in self.forward.ops for r in op.results}
-            self.defined = {p.id for p in self.forward.params} | set(self.producers)
-        self.memo: dict = {}
-        self.loc, self.inlined_at = None, ()
-        self.read: dict[int, Value] = {}  # top level only: forward values the adjoint reads
-
-    @property
-    def stacked(self) -> bool:
-        return self.op_of_region is not None and self.op_of_region.kind in ("loop", "tabulate")
-
-    @property
-    def is_comprehension(self) -> bool:
-        return self.op_of_region is not None and self.op_of_region.kind == "tabulate"
-
-    def at(self, loc, inlined_at):
-        self.loc, self.inlined_at = loc, inlined_at
-
-    def primal(self, value: Value) -> Value:
-        if self.parent is None:
-            self.read[value.id] = value  # the top level reads the forward's own values: they are the tape
-            return value
-        if value.id in self.memo:
-            return self.memo[value.id]
-        if value.id not in self.defined:
-            result = self.parent.primal(value)
-        elif self.forward.params and value is self.forward.params[0]:
-            result = self.index
-        elif self._recomputable(value):
-            op = self.producers[value.id]
-            args = [self.primal(a) for a in op.args]
-            result = Value(value.type, value.hint)
-            self.block.ops.append(Op(op.kind, tuple(args), (result,), op.attrs, op.loc, op.inlined_at))
-        else:
-            kept = self.parent.primal(self.keep(value))
-            result = self.row(kept) if self.stacked else kept
-        self.memo[value.id] = result
-        return result
-
-    def _recomputable(self, value: Value) -> bool:
-        """Cheaper to compute again in the adjoint than to keep on the tape: a scalar constant, or
-        scalar arithmetic on the region's index, on other recomputable values and on outer values
-        (loop-invariant, read once): index arithmetic such as `(i + 1) % N`, and literals."""
-        key = ("recomputable", value.id)
-        if key not in self.memo:
-            self.memo[key] = False  # guards against cycles while deciding
-            op = self.producers.get(value.id)
-            self.memo[key] = (
-                (self.forward.params and value is self.forward.params[0]) or
-                (op is not None and op.kind in _RECOMPUTABLE and value.type.rank == 0 and
-                 all(a.id not in self.defined or self._recomputable(a) for a in op.args)))
-        return bool(self.memo[key])
-
-    def keep(self, value: Value) -> Value:
-        """Have the forward region yield `value` (stacked over iterations in a loop or comprehension)."""
-        if value.id not in self.requests:
-            kept_type = value.type
-            if self.stacked:
-                lo, hi = self.op_of_region.attrs["lo"], self.op_of_region.attrs["hi"]
-                kept_type = value.type.with_shape((hi - lo,) + value.type.shape)
-            kept = Value(kept_type, f"{value.hint}.tape" if value.hint else "tape")
-            self.requests[value.id] = (value, kept)
-            self.parent.defined.add(kept.id)
-        return self.requests[value.id][1]
-
-    def stacked_value(self, value: Value) -> Value:
-        """A comprehension's per-element value, stacked, at the parent level (not read by the adjoint)."""
-        return self.keep(value)
-
-    def row(self, stacked: Value) -> Value:
-        """Row `index - lo` of a value stacked over this region's iterations."""
-        rest = tuple(("slice", 0, n) for n in stacked.type.shape[1:])
-        return self.op("index", stacked, self.position(), spec=(("dyn", False),) + rest, what="tape")
-
-    def position(self) -> Value:
-        lo = self.op_of_region.attrs["lo"]
-        return self.index if lo == 0 else self.op("sub", self.index, self.op("const", value=lo, dtype="i64"))
-
-    def rows(self) -> list[Value]:
-        """This element's position in each enclosing comprehension up to the draw level, outermost first."""
-        if not self.is_comprehension:
-            return []
-        return self.parent.rows() + [self.position()]
-
-    def op(self, kind: str, *args: Value, **attrs) -> Value:
-        result = Value(primitives.infer(kind, [a.type for a in args], attrs))
-        self.block.ops.append(Op(kind, tuple(args), (result,), attrs, self.loc, self.inlined_at))
-        return result
-
-    def const(self, value: float) -> Value:
-        return self.op("const", value=float(value), dtype="f64")
-
-    def zeros(self, type_: TensorType) -> Value:
-        zero = self.op("const", value={"f64": 0.0, "i64": 0, "bool": False}[type_.dtype], dtype=type_.dtype)
-        return self.op("broadcast", zero, shape=type_.shape) if type_.shape else zero
-
-
-class _Primals:
-    """What a rule may read: the primal operands and output its record declares in `saves`; a
-    stored operand of a sampled site reads as its gated stand-in."""
-
-    def __init__(self, ctx: _Context, op: Op, rule: Rule, gated_operands: dict[int, gates.SiteEntry]):
-        self._ctx, self._op, self._saves, self._gated = ctx, op, rule.saves, gated_operands
-
-    def arg(self, k: int) -> Value:
-        value = self._op.args[k]
-        allowed = k in self._saves or ("indices" in self._saves and value.type.dtype == "i64")
-        assert allowed, f"the adjoint of {self._op.kind} reads operand {k}, which it does not declare in saves"
-        if k in self._gated:
-            return gates.gated(self._ctx, self._gated[k], value)
-        return self._ctx.primal(value)
-
-    def out(self) -> Value:
-        assert "out" in self._saves, f"the adjoint of {self._op.kind} reads its output without declaring it"
-        return self._ctx.primal(self._op.result)
-
-
-class _Adjoints:
-    """The adjoints of primal values within one context; contributions are summed as they come."""
-
-    def __init__(self, ctx: _Context):
-        self.ctx = ctx
-        self._values: dict[int, Value] = {}
-
-    def get(self, value: Value) -> Value | None:
-        return self._values.get(value.id)
-
-    def set(self, value: Value, adjoint: Value):
-        self._values[value.id] = adjoint
-
-    def add(self, value: Value, contribution):
-        current = self._values.get(value.id)
-        if isinstance(contribution, Sparse):
-            base = current if current is not None else self.ctx.zeros(value.type)
-            self._values[value.id] = self.ctx.op("index_add", base, contribution.g, *contribution.indices,
-                                                 spec=contribution.spec)
-            return
-        contribution = _to_shape(self.ctx, contribution, value)
-        self._values[value.id] = contribution if current is None else self.ctx.op("add", current, contribution)
-
-
-def _to_shape(ctx: _Context, contribution: Value, operand: Value) -> Value:
-    """A contribution of an elementwise op's result shape, summed for a scalar operand."""
-    if contribution.type.shape != operand.type.shape:
-        return ctx.op("reduce_sum", contribution, axis=None)
-    return contribution
-
-
 # ---- the reverse sweep ---------------------------------------------------------------------
 
-def _backward_block(ctx: _Context, block: Block, adjoints: _Adjoints):
+def _backward_block(ctx: Context, block: Block, adjoints: Adjoints):
     for op in reversed(block.ops):
         if op.kind in REGION_OPS:
             _REGION_ADJOINTS[op.kind](ctx, op, adjoints)
@@ -318,7 +153,7 @@ def _backward_block(ctx: _Context, block: Block, adjoints: _Adjoints):
             adjoints.add(op.args[k], contribution)
 
 
-def _contributions(ctx: _Context, op: Op, g: Value, wanted: list[bool], rule: Rule) -> dict[int, object]:
+def _contributions(ctx: Context, op: Op, g: Value, wanted: list[bool], rule: Rule) -> dict[int, object]:
     """Each wanted operand's contribution, gated at the sites of the policy."""
     state = ctx.state
     sites = {k: state.entries[(id(op), k)] for k in range(len(op.args)) if (id(op), k) in state.entries}
@@ -328,7 +163,7 @@ def _contributions(ctx: _Context, op: Op, g: Value, wanted: list[bool], rule: Ru
     rule_wanted = [w and k not in partial_edges for k, w in enumerate(wanted)]
     contributions = {}
     if any(rule_wanted):
-        results = rule.fn(ctx, op, g, rule_wanted, _Primals(ctx, op, rule, gated_operands))
+        results = rule.fn(ctx, op, g, rule_wanted, Primals(ctx, op, rule, gated_operands))
         assert len(results) == len(op.args), f"the adjoint of {op.kind} gave {len(results)} adjoints"
         contributions = {k: c for k, (c, w) in enumerate(zip(results, rule_wanted)) if w and c is not None}
     for k in partial_edges:
@@ -340,7 +175,7 @@ def _contributions(ctx: _Context, op: Op, g: Value, wanted: list[bool], rule: Ru
         if k not in contributions:
             continue
         if entry.site.kind == "edge":
-            contributions[k] = _to_shape(ctx, contributions[k], op.args[k])
+            contributions[k] = to_shape(ctx, contributions[k], op.args[k])
             if sampled:
                 contributions[k] = ctx.op("mul", contributions[k], gates.mask(ctx, entry))
         if state.score == "gradient":
@@ -352,7 +187,7 @@ def _contributions(ctx: _Context, op: Op, g: Value, wanted: list[bool], rule: Ru
     return contributions
 
 
-def _free_active(ctx: _Context, block: Block) -> list[Value]:
+def _free_active(ctx: Context, block: Block) -> list[Value]:
     """Active values that a region reads from outside it, in first-use order."""
     defined, seen, free = set(), set(), []
 
@@ -375,7 +210,7 @@ def _free_active(ctx: _Context, block: Block) -> list[Value]:
     return free
 
 
-def _loop_adjoint(ctx: _Context, op: Op, adjoints: _Adjoints):
+def _loop_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
     (body,) = op.regions
     n = len(op.args)
     carried = [k for k in range(n) if op.results[k].id in ctx.state.active]
@@ -393,8 +228,8 @@ def _loop_adjoint(ctx: _Context, op: Op, adjoints: _Adjoints):
     carried_adjoints = [Value(op.results[k].type, _adjoint_hint(op.results[k])) for k in carried]
     accumulators = [Value(v.type, _adjoint_hint(v)) for v in captured]
     region = Block([index, *carried_adjoints, *accumulators])
-    inner = _Context(region, ctx, (op, body), ctx.state, index)
-    local = _Adjoints(inner)
+    inner = Context(region, ctx, (op, body), ctx.state, index)
+    local = Adjoints(inner)
     for value, accumulator in zip(captured, accumulators):
         local.set(value, accumulator)
     inner.at(op.loc, op.inlined_at)
@@ -415,7 +250,7 @@ def _loop_adjoint(ctx: _Context, op: Op, adjoints: _Adjoints):
     ctx.state.registry[id(op)] = [inner]
 
 
-def _tabulate_adjoint(ctx: _Context, op: Op, adjoints: _Adjoints):
+def _tabulate_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
     g = adjoints.get(op.results[0])
     if g is None:
         return
@@ -431,8 +266,8 @@ def _tabulate_adjoint(ctx: _Context, op: Op, adjoints: _Adjoints):
     index = Value(body.params[0].type, body.params[0].hint)
     accumulators = [Value(v.type, _adjoint_hint(v)) for v in captured]
     region = Block([index, *accumulators])
-    inner = _Context(region, ctx, (op, body), ctx.state, index)
-    local = _Adjoints(inner)
+    inner = Context(region, ctx, (op, body), ctx.state, index)
+    local = Adjoints(inner)
     for value, accumulator in zip(captured, accumulators):
         local.set(value, accumulator)
     inner.at(op.loc, op.inlined_at)
@@ -446,7 +281,7 @@ def _tabulate_adjoint(ctx: _Context, op: Op, adjoints: _Adjoints):
     ctx.state.registry[id(op)] = [inner]
 
 
-def _cond_adjoint(ctx: _Context, op: Op, adjoints: _Adjoints):
+def _cond_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
     g = adjoints.get(op.results[0])
     if g is None:
         return
@@ -458,8 +293,8 @@ def _cond_adjoint(ctx: _Context, op: Op, adjoints: _Adjoints):
     branches, contexts = [], []
     for region in op.regions:
         block = Block()
-        inner = _Context(block, ctx, (op, region), ctx.state)
-        local = _Adjoints(inner)
+        inner = Context(block, ctx, (op, region), ctx.state)
+        local = Adjoints(inner)
         inner.at(op.loc, op.inlined_at)
         local.add(region.yields[0], g)
         _backward_block(inner, region, local)
@@ -474,14 +309,13 @@ def _cond_adjoint(ctx: _Context, op: Op, adjoints: _Adjoints):
 
 
 _REGION_ADJOINTS = {"loop": _loop_adjoint, "tabulate": _tabulate_adjoint, "cond": _cond_adjoint}
-_RECOMPUTABLE = ("const", "add", "sub", "mul", "neg", "floordiv", "mod", "max", "min", "to_float")
 
 
 def _adjoint_hint(value: Value) -> str | None:
     return f"{value.hint}.adj" if value.hint else None
 
 
-def _emit_region(ctx: _Context, kind: str, args, regions, primal: Op, **extra) -> list[Value]:
+def _emit_region(ctx: Context, kind: str, args, regions, primal: Op, **extra) -> list[Value]:
     attrs = dict(lo=primal.attrs["lo"], hi=primal.attrs["hi"], var=primal.attrs["var"], **extra) if kind == "loop" else {}
     # A reversed loop's results are the final adjoints it carries: name them as its carried params.
     hints = [p.hint for p in regions[0].params[1:]] if kind == "loop" else [None] * len(regions[0].yields)
@@ -514,7 +348,7 @@ def _augment(block: Block, registry: dict) -> Block:
     return Block(list(block.params), ops, list(block.yields))
 
 
-def _augment_cond(op: Op, contexts: list[_Context], registry: dict) -> Op:
+def _augment_cond(op: Op, contexts: list[Context], registry: dict) -> Op:
     """Each branch yields its own kept values and zeros in place of the other branch's."""
     kept = [list(c.requests.values()) for c in contexts] or [[], []]
     regions = []

@@ -67,7 +67,7 @@ def gated(ctx, entry: SiteEntry, value: Value) -> Value:
     if key in ctx.memo:
         return ctx.memo[key]
     if ctx.is_comprehension:
-        whole = gated(ctx.parent, entry, ctx.stacked_value(value))
+        whole = gated(ctx.parent, entry, ctx.keep(value))  # stacked, not read by the adjoint
         result = ctx.row(whole)
     else:
         result = _pack_and_unpack(ctx, entry, value)

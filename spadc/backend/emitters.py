@@ -1,7 +1,7 @@
 """LLVM emitters, one per IR primitive, keyed by the names of `spadc.ir.primitives`.
 
-Elementwise primitives are one scalar function each (`SCALAR`), wrapped in a loop over the result's
-entries; the others build their own loop nests. Every emitter computes what the primitive's NumPy
+Elementwise primitives are one scalar function each (`SCALAR`, spadc/backend/scalar.py), wrapped in
+a loop over the result's entries; the others build their own loop nests. Every emitter computes what the primitive's NumPy
 reference computes, with the same tie and NaN conventions (see spadc/ir/primitives.py), so that
 compiled results match the interpreter to rounding.
 
@@ -19,186 +19,9 @@ from llvmlite import ir
 
 from .. import rng
 from ..ir import primitives
+from .scalar import SCALAR, call, fconst, is_float
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
-
-
-# ---- math functions ----------------------------------------------------------------
-
-def _function(e, name: str, arity: int = 1):
-    """An LLVM intrinsic (`llvm.exp`) or a libm function (`tanh`), for the float type in use."""
-    module = e.function.module
-    double = isinstance(e.float, ir.DoubleType)
-    if name.startswith("llvm."):
-        symbol = f"{name}.{'f64' if double else 'f32'}"
-    else:
-        symbol = name if double else name + "f"
-    existing = module.globals.get(symbol)
-    if existing is not None:
-        return existing
-    return ir.Function(module, ir.FunctionType(e.float, [e.float] * arity), name=symbol)
-
-
-def _call(e, name, *args):
-    return e.b.call(_function(e, name, len(args)), list(args))
-
-
-def _f(e, x: float):
-    return ir.Constant(e.float, x)
-
-
-def _is_float(value) -> bool:
-    return value.type.dtype == "f64"
-
-
-# ---- scalar functions of the elementwise primitives -------------------------------------
-
-def _sign(e, op, x):
-    b = e.b
-    if _is_float(op.args[0]):
-        negative = b.select(b.fcmp_ordered("<", x, _f(e, 0.0)), _f(e, -1.0), x)
-        return b.select(b.fcmp_ordered(">", x, _f(e, 0.0)), _f(e, 1.0), negative)
-    return b.select(b.icmp_signed(">", x, I64(0)), I64(1), b.select(b.icmp_signed("<", x, I64(0)), I64(-1), I64(0)))
-
-
-def _abs(e, op, x):
-    if _is_float(op.args[0]):
-        return _call(e, "llvm.fabs", x)
-    return e.b.select(e.b.icmp_signed("<", x, I64(0)), e.b.neg(x), x)
-
-
-def _sigmoid(e, op, x):
-    b = e.b
-    decay = _call(e, "llvm.exp", b.fneg(_call(e, "llvm.fabs", x)))
-    denominator = b.fadd(_f(e, 1.0), decay)
-    return b.select(b.fcmp_ordered(">=", x, _f(e, 0.0)), b.fdiv(_f(e, 1.0), denominator), b.fdiv(decay, denominator))
-
-
-def _softplus(e, op, x):
-    # NumPy's logaddexp(0, x), branch for branch.
-    b = e.b
-    below = _call(e, "log1p", _call(e, "llvm.exp", x))
-    above = b.fadd(x, _call(e, "log1p", _call(e, "llvm.exp", b.fneg(x))))
-    at_zero = b.select(b.fcmp_ordered("==", x, _f(e, 0.0)), _f(e, math.log(2.0)), x)
-    return b.select(b.fcmp_ordered("<", x, _f(e, 0.0)), below, b.select(b.fcmp_ordered(">", x, _f(e, 0.0)), above, at_zero))
-
-
-def _to_float(e, op, x):
-    if op.args[0].type.dtype == "bool":
-        return e.b.uitofp(x, e.float)
-    return e.b.sitofp(x, e.float)
-
-
-def _to_int(e, op, x):
-    fits = e.b.fcmp_ordered("<", _call(e, "llvm.fabs", x), _f(e, 2.0 ** 63))
-    e.check(fits, "int() of a value that is not finite or does not fit in i64", op.loc, I64(0))
-    return e.b.fptosi(x, I64)
-
-
-def _float_divmod(e, a, b_):
-    """NumPy's float divmod: (a // b, a % b) with the sign of b, exactly as npy_divmod computes them."""
-    b = e.b
-    mod = _call(e, "fmod", a, b_)
-    div = b.fdiv(b.fsub(a, mod), b_)
-    fix = b.and_(b.fcmp_unordered("!=", mod, _f(e, 0.0)),
-                 b.xor(b.fcmp_ordered("<", b_, _f(e, 0.0)), b.fcmp_ordered("<", mod, _f(e, 0.0))))
-    mod = b.select(fix, b.fadd(mod, b_), b.select(b.fcmp_ordered("==", mod, _f(e, 0.0)),
-                                                  _call(e, "llvm.copysign", _f(e, 0.0), b_), mod))
-    div = b.select(fix, b.fsub(div, _f(e, 1.0)), div)
-    floor = _call(e, "llvm.floor", div)
-    floor = b.select(b.fcmp_ordered(">", b.fsub(div, floor), _f(e, 0.5)), b.fadd(floor, _f(e, 1.0)), floor)
-    floor = b.select(b.fcmp_ordered("==", div, _f(e, 0.0)), _call(e, "llvm.copysign", _f(e, 0.0), b.fdiv(a, b_)), floor)
-    by_zero = b.fcmp_ordered("==", b_, _f(e, 0.0))
-    return b.select(by_zero, b.fdiv(a, b_), floor), mod
-
-
-def _int_divmod(e, op, a, b_):
-    """Python's floor division and modulo on i64; division by zero is a run-time error."""
-    b = e.b
-    e.check(b.icmp_signed("!=", b_, I64(0)), "integer division by zero", op.loc, a)
-    minus_one = b.icmp_signed("==", b_, I64(-1))
-    safe = b.select(minus_one, I64(1), b_)  # never divide INT_MIN by -1 (it traps)
-    quotient, remainder = b.sdiv(a, safe), b.srem(a, safe)
-    adjust = b.and_(b.icmp_signed("!=", remainder, I64(0)), b.icmp_signed("<", b.xor(remainder, b_), I64(0)))
-    quotient = b.select(adjust, b.sub(quotient, I64(1)), quotient)
-    remainder = b.select(adjust, b.add(remainder, b_), remainder)
-    return b.select(minus_one, b.neg(a), quotient), b.select(minus_one, I64(0), remainder)
-
-
-def _floordiv(e, op, a, b_):
-    return _float_divmod(e, a, b_)[0] if _is_float(op.args[0]) else _int_divmod(e, op, a, b_)[0]
-
-
-def _mod(e, op, a, b_):
-    return _float_divmod(e, a, b_)[1] if _is_float(op.args[0]) else _int_divmod(e, op, a, b_)[1]
-
-
-def _extremum(compare):
-    def emit(e, op, a, b_):
-        if _is_float(op.args[0]):
-            first = e.b.or_(e.b.fcmp_ordered(compare, a, b_), e.b.fcmp_unordered("!=", a, a))
-        else:
-            first = e.b.icmp_signed(compare, a, b_)
-        return e.b.select(first, a, b_)
-    return emit
-
-
-def _arithmetic(float_op, int_op):
-    def emit(e, op, a, b_):
-        return getattr(e.b, float_op if _is_float(op.args[0]) else int_op)(a, b_)
-    return emit
-
-
-def _comparison(symbol):
-    def emit(e, op, a, b_):
-        dtype = op.args[0].type.dtype
-        if dtype == "f64":
-            # NaN compares false, except `!=`, which is true: IEEE and NumPy agree.
-            return e.b.fcmp_unordered(symbol, a, b_) if symbol == "!=" else e.b.fcmp_ordered(symbol, a, b_)
-        return (e.b.icmp_signed if dtype == "i64" else e.b.icmp_unsigned)(symbol, a, b_)
-    return emit
-
-
-def _libm(name):
-    return lambda e, op, x: _call(e, name, x)
-
-
-SCALAR = {
-    "neg": lambda e, op, x: e.b.fneg(x) if _is_float(op.args[0]) else e.b.neg(x),
-    "abs": _abs,
-    "sign": _sign,
-    "exp": _libm("llvm.exp"),
-    "log": _libm("llvm.log"),
-    "log1p": _libm("log1p"),
-    "expm1": _libm("expm1"),
-    "sqrt": _libm("llvm.sqrt"),
-    "sin": _libm("llvm.sin"),
-    "cos": _libm("llvm.cos"),
-    "tan": _libm("tan"),
-    "tanh": _libm("tanh"),
-    "sigmoid": _sigmoid,
-    "relu": lambda e, op, x: e.b.select(e.b.fcmp_ordered(">", x, _f(e, 0.0)), x, _f(e, 0.0)),
-    "softplus": _softplus,
-    "floor": _libm("llvm.floor"),
-    "stop_gradient": lambda e, op, x: x,
-    "not": lambda e, op, x: e.b.xor(x, I1(1)),
-    "to_float": _to_float,
-    "to_int": _to_int,
-    "add": _arithmetic("fadd", "add"),
-    "sub": _arithmetic("fsub", "sub"),
-    "mul": _arithmetic("fmul", "mul"),
-    "div": lambda e, op, a, b_: e.b.fdiv(a, b_),
-    "floordiv": _floordiv,
-    "mod": _mod,
-    "pow": lambda e, op, a, b_: _call(e, "llvm.pow", a, b_),
-    "max": _extremum(">="),
-    "min": _extremum("<="),
-    "lt": _comparison("<"), "le": _comparison("<="), "gt": _comparison(">"), "ge": _comparison(">="),
-    "eq": _comparison("=="), "ne": _comparison("!="),
-    "and": lambda e, op, a, b_: e.b.and_(a, b_),
-    "or": lambda e, op, a, b_: e.b.or_(a, b_),
-    "select": lambda e, op, c, a, b_: e.b.select(c, a, b_),
-}
 
 
 def _named(value, hint):
@@ -224,13 +47,13 @@ def _elementwise(e, op):
 
 def _combine(e, op, acc, x):
     b = e.b
-    kind, is_float = op.kind, _is_float(op.args[0])
+    kind, floating = op.kind, is_float(op.args[0])
     if kind == "reduce_sum":
-        return b.fadd(acc, x) if is_float else b.add(acc, x)
+        return b.fadd(acc, x) if floating else b.add(acc, x)
     if kind == "reduce_prod":
-        return b.fmul(acc, x) if is_float else b.mul(acc, x)
+        return b.fmul(acc, x) if floating else b.mul(acc, x)
     compare = ">" if kind == "reduce_max" else "<"
-    if is_float:  # NaN propagates: once the accumulator is NaN no comparison replaces it
+    if floating:  # NaN propagates: once the accumulator is NaN no comparison replaces it
         better = b.or_(b.fcmp_ordered(compare, x, acc), b.fcmp_unordered("!=", x, x))
     else:
         better = b.icmp_signed(compare, x, acc)
@@ -300,7 +123,7 @@ def _matmul(e, op):
         n = B.type.shape[1]
         with e.loop(m, "i") as i:
             with e.loop(n, "j") as j:
-                e.store(C, b.add(b.mul(i, I64(n)), j), _f(e, 0.0))
+                e.store(C, b.add(b.mul(i, I64(n)), j), fconst(e, 0.0))
             with e.loop(k_dim, "k") as k:
                 a = e.load(A, b.add(b.mul(i, I64(k_dim)), k))
                 with e.loop(n, "j") as j:
@@ -311,7 +134,7 @@ def _matmul(e, op):
         m, k_dim = A.type.shape
         acc = e.alloca(e.float, name="dot")
         with e.loop(m, "i") as i:
-            b.store(_f(e, 0.0), acc)
+            b.store(fconst(e, 0.0), acc)
             with e.loop(k_dim, "k") as k:
                 b.store(_fmadd(e, b.load(acc), e.load(A, b.add(b.mul(i, I64(k_dim)), k)), e.load(B, k), True), acc)
             e.store(C, i, b.load(acc))
@@ -319,14 +142,14 @@ def _matmul(e, op):
         # C[:] = 0; for k: C[:] += v[k] * B[k, :]
         k_dim, n = B.type.shape
         with e.loop(n, "j") as j:
-            e.store(C, j, _f(e, 0.0))
+            e.store(C, j, fconst(e, 0.0))
         with e.loop(k_dim, "k") as k:
             a = e.load(A, k)
             with e.loop(n, "j") as j:
                 e.store(C, j, _fmadd(e, e.load(C, j), a, e.load(B, b.add(b.mul(k, I64(n)), j))))
     else:
         acc = e.alloca(e.float, name="dot")
-        b.store(_f(e, 0.0), acc)
+        b.store(fconst(e, 0.0), acc)
         with e.loop(A.type.shape[0], "k") as k:
             b.store(_fmadd(e, b.load(acc), e.load(A, k), e.load(B, k), True), acc)
         e.store(C, None, b.load(acc))
@@ -450,14 +273,14 @@ def _stack(e, op):
 def _const(e, op):
     dtype = op.attrs["dtype"]
     value = op.attrs["value"]
-    constant = _f(e, value) if dtype == "f64" else I64(value) if dtype == "i64" else I1(int(value))
+    constant = fconst(e, value) if dtype == "f64" else I64(value) if dtype == "i64" else I1(int(value))
     e.store(op.result, None, constant)
 
 
 def _eye(e, op):
     n = op.attrs["n"]
     with e.nest((n, n)) as (i, j):
-        one = e.b.select(e.b.icmp_signed("==", i, j), _f(e, 1.0), _f(e, 0.0))
+        one = e.b.select(e.b.icmp_signed("==", i, j), fconst(e, 1.0), fconst(e, 0.0))
         e.store(op.result, e.linear([i, j], [n, 1]), one)
 
 
@@ -466,7 +289,7 @@ def _onehot(e, op):
     label = e.load(op.args[0])
     e.check(e.b.icmp_unsigned("<", label, I64(n)), f"label {{value}} is out of range for {n} classes", op.loc, label)
     with e.loop(n, "j") as j:
-        e.store(op.result, j, e.b.select(e.b.icmp_signed("==", j, label), _f(e, 1.0), _f(e, 0.0)))
+        e.store(op.result, j, e.b.select(e.b.icmp_signed("==", j, label), fconst(e, 1.0), fconst(e, 0.0)))
 
 
 # ---- randomness: spadc/rng.py, emitted ---------------------------------------------------------
@@ -508,8 +331,8 @@ def _dropout_mask(e, op):
     key = stream_key(e, rng.site_id(op.loc, op.inlined_at))
     with e.loop(max(out.type.size, 1), "j") as j:
         kept = b.fcmp_ordered(">=", uniform(e, key, j), ir.Constant(ir.DoubleType(), p))
-        mask = b.select(kept, _f(e, 1.0 / (1.0 - p)), _f(e, 0.0))
-        e.store(out, j if out.type.rank else None, b.select(training, mask, _f(e, 1.0)))
+        mask = b.select(kept, fconst(e, 1.0 / (1.0 - p)), fconst(e, 0.0))
+        e.store(out, j if out.type.rank else None, b.select(training, mask, fconst(e, 1.0)))
 
 
 EMITTERS = {name: _elementwise for name in SCALAR}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .emitters import I64, _call, stream_key, uniform
+from .emitters import I64, stream_key, uniform
+from .scalar import call
 
 DOUBLE = ir.DoubleType()
 
@@ -96,7 +97,7 @@ def _gate_pack(e, op):
     if attrs.get("scores", -1) >= 0:  # score="forward": |x| accumulates where the site is drawn
         with e.loop(attrs["d"], "i") as i:
             at = b.gep(e.options["scores"], [b.add(I64(attrs["scores"]), i)], inbounds=True)
-            b.store(b.fadd(b.load(at), _widen(e, _call(e, "llvm.fabs", e.load(x, i)))), at)
+            b.store(b.fadd(b.load(at), _widen(e, call(e, "llvm.fabs", e.load(x, i)))), at)
     if attrs["draw"] == "with_replacement":
         with e.loop(attrs["k"], "j") as j:
             index, _ = _draw(e, attrs, key, j)
@@ -166,7 +167,7 @@ def _score_add(e, op):
     with e.loop(max(values.type.size, 1), "j") as j:
         value = e.load(values, j)
         at = b.gep(e.options["scores"], [b.add(start, j)], inbounds=True)
-        b.store(b.fadd(b.load(at), _widen(e, _call(e, "llvm.fabs", value))), at)
+        b.store(b.fadd(b.load(at), _widen(e, call(e, "llvm.fabs", value))), at)
         e.store(op.result, j, value)
 
 

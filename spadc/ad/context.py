@@ -1,0 +1,179 @@
+"""Where adjoint code goes, how it reaches primal values, and how contributions are summed.
+
+Invariants:
+- A `Context` is one block of adjoint code. At the top level primal values are at hand; inside the
+  adjoint of a region they come from that region's tape (`keep` asks the forward region to yield
+  them, stacked over iterations), unless they are cheaper to recompute (`recomputable`).
+- A rule reads only the primal values its record declares (`Primals`); a stored operand of a
+  sampled site reads as its gated stand-in (spadc/ad/sampling.py).
+- `Adjoints` sums contributions as they come; index contributions accumulate with `index_add`.
+"""
+
+from __future__ import annotations
+
+from ..ir import primitives
+from ..ir.core import Block, Op, Value
+from ..ir.types import TensorType
+from . import sampling as gates
+from .rules import Rule, Sparse
+
+RECOMPUTABLE = ("const", "add", "sub", "mul", "neg", "floordiv", "mod", "max", "min", "to_float")
+
+
+class Context:
+    """One block of adjoint code. At the top level primal values are at hand; inside the adjoint of
+    a region they come from that region's tape, requested here and kept by the forward region."""
+
+    def __init__(self, block: Block, parent: "Context | None", region: "tuple[Op, Block] | None", state,
+                 index: Value | None = None):
+        self.block = block
+        self.parent = parent
+        self.state = state
+        self.op_of_region, self.forward = region if region else (None, None)
+        self.index = index  # this region's index in the adjoint (the same iteration as the primal's)
+        self.requests: dict[int, tuple[Value, Value]] = {}  # primal id -> (primal, kept value)
+        self.inserts: list[Op] = []  # ops appended to the forward block (gates, partials)
+        self.defined = set()
+        self.producers: dict[int, Op] = {}
+        if self.forward is not None:
+            self.producers = {r.id: op for op in self.forward.ops for r in op.results}
+            self.defined = {p.id for p in self.forward.params} | set(self.producers)
+        self.memo: dict = {}
+        self.loc, self.inlined_at = None, ()
+        self.read: dict[int, Value] = {}  # top level only: forward values the adjoint reads
+
+    @property
+    def stacked(self) -> bool:
+        return self.op_of_region is not None and self.op_of_region.kind in ("loop", "tabulate")
+
+    @property
+    def is_comprehension(self) -> bool:
+        return self.op_of_region is not None and self.op_of_region.kind == "tabulate"
+
+    def at(self, loc, inlined_at):
+        self.loc, self.inlined_at = loc, inlined_at
+
+    def primal(self, value: Value) -> Value:
+        if self.parent is None:
+            self.read[value.id] = value  # the top level reads the forward's own values: they are the tape
+            return value
+        if value.id in self.memo:
+            return self.memo[value.id]
+        if value.id not in self.defined:
+            result = self.parent.primal(value)
+        elif self.forward.params and value is self.forward.params[0]:
+            result = self.index
+        elif self._recomputable(value):
+            op = self.producers[value.id]
+            args = [self.primal(a) for a in op.args]
+            result = Value(value.type, value.hint)
+            self.block.ops.append(Op(op.kind, tuple(args), (result,), op.attrs, op.loc, op.inlined_at))
+        else:
+            kept = self.parent.primal(self.keep(value))
+            result = self.row(kept) if self.stacked else kept
+        self.memo[value.id] = result
+        return result
+
+    def _recomputable(self, value: Value) -> bool:
+        """Cheaper to compute again in the adjoint than to keep on the tape: a scalar constant, or
+        scalar arithmetic on the region's index, on other recomputable values and on outer values
+        (loop-invariant, read once): index arithmetic such as `(i + 1) % N`, and literals."""
+        key = ("recomputable", value.id)
+        if key not in self.memo:
+            self.memo[key] = False  # guards against cycles while deciding
+            op = self.producers.get(value.id)
+            self.memo[key] = (
+                (self.forward.params and value is self.forward.params[0]) or
+                (op is not None and op.kind in RECOMPUTABLE and value.type.rank == 0 and
+                 all(a.id not in self.defined or self._recomputable(a) for a in op.args)))
+        return bool(self.memo[key])
+
+    def keep(self, value: Value) -> Value:
+        """Have the forward region yield `value` (stacked over iterations in a loop or comprehension)."""
+        if value.id not in self.requests:
+            kept_type = value.type
+            if self.stacked:
+                lo, hi = self.op_of_region.attrs["lo"], self.op_of_region.attrs["hi"]
+                kept_type = value.type.with_shape((hi - lo,) + value.type.shape)
+            kept = Value(kept_type, f"{value.hint}.tape" if value.hint else "tape")
+            self.requests[value.id] = (value, kept)
+            self.parent.defined.add(kept.id)
+        return self.requests[value.id][1]
+
+    def row(self, stacked: Value) -> Value:
+        """Row `index - lo` of a value stacked over this region's iterations."""
+        rest = tuple(("slice", 0, n) for n in stacked.type.shape[1:])
+        return self.op("index", stacked, self.position(), spec=(("dyn", False),) + rest, what="tape")
+
+    def position(self) -> Value:
+        lo = self.op_of_region.attrs["lo"]
+        return self.index if lo == 0 else self.op("sub", self.index, self.op("const", value=lo, dtype="i64"))
+
+    def rows(self) -> list[Value]:
+        """This element's position in each enclosing comprehension up to the draw level, outermost first."""
+        if not self.is_comprehension:
+            return []
+        return self.parent.rows() + [self.position()]
+
+    def op(self, kind: str, *args: Value, **attrs) -> Value:
+        result = Value(primitives.infer(kind, [a.type for a in args], attrs))
+        self.block.ops.append(Op(kind, tuple(args), (result,), attrs, self.loc, self.inlined_at))
+        return result
+
+    def const(self, value: float) -> Value:
+        return self.op("const", value=float(value), dtype="f64")
+
+    def zeros(self, type_: TensorType) -> Value:
+        zero = self.op("const", value={"f64": 0.0, "i64": 0, "bool": False}[type_.dtype], dtype=type_.dtype)
+        return self.op("broadcast", zero, shape=type_.shape) if type_.shape else zero
+
+
+class Primals:
+    """What a rule may read: the primal operands and output its record declares in `saves`; a
+    stored operand of a sampled site reads as its gated stand-in."""
+
+    def __init__(self, ctx: Context, op: Op, rule: Rule, gated_operands: dict[int, gates.SiteEntry]):
+        self._ctx, self._op, self._saves, self._gated = ctx, op, rule.saves, gated_operands
+
+    def arg(self, k: int) -> Value:
+        value = self._op.args[k]
+        allowed = k in self._saves or ("indices" in self._saves and value.type.dtype == "i64")
+        assert allowed, f"the adjoint of {self._op.kind} reads operand {k}, which it does not declare in saves"
+        if k in self._gated:
+            return gates.gated(self._ctx, self._gated[k], value)
+        return self._ctx.primal(value)
+
+    def out(self) -> Value:
+        assert "out" in self._saves, f"the adjoint of {self._op.kind} reads its output without declaring it"
+        return self._ctx.primal(self._op.result)
+
+
+class Adjoints:
+    """The adjoints of primal values within one context; contributions are summed as they come."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self._values: dict[int, Value] = {}
+
+    def get(self, value: Value) -> Value | None:
+        return self._values.get(value.id)
+
+    def set(self, value: Value, adjoint: Value):
+        self._values[value.id] = adjoint
+
+    def add(self, value: Value, contribution):
+        current = self._values.get(value.id)
+        if isinstance(contribution, Sparse):
+            base = current if current is not None else self.ctx.zeros(value.type)
+            self._values[value.id] = self.ctx.op("index_add", base, contribution.g, *contribution.indices,
+                                                 spec=contribution.spec)
+            return
+        contribution = to_shape(self.ctx, contribution, value)
+        self._values[value.id] = contribution if current is None else self.ctx.op("add", current, contribution)
+
+
+def to_shape(ctx: Context, contribution: Value, operand: Value) -> Value:
+    """A contribution of an elementwise op's result shape, summed for a scalar operand."""
+    if contribution.type.shape != operand.type.shape:
+        return ctx.op("reduce_sum", contribution, axis=None)
+    return contribution
