@@ -134,7 +134,7 @@ def test_mem_reports_sites_and_totals():
     assert result.returncode == 0, result.stderr
     assert "irnn.spad:17  residual of `matmul`, operand 0  64" in result.stdout
     assert "sampled sites: 21,120 B exact, 2,296 B under the estimator (10.9%)" in result.stdout
-    assert "whole tape:    35,032 B exact, 16,720 B under the estimator" in result.stdout
+    assert "whole tape:    22,488 B exact, 4,176 B under the estimator" in result.stdout
     assert spadc("mem", example("irnn.spad"), "--estimator", "exact").returncode == 1
 
 

@@ -147,6 +147,16 @@ class Primals:
         assert "out" in self._saves, f"the adjoint of {self._op.kind} reads its output without declaring it"
         return self._ctx.primal(self._op.result)
 
+    def derived(self, name: str, compute) -> Value:
+        """A small value the forward pass computes for the adjoint (`compute` receives a forward
+        emitter): a comparison's 1-byte result rather than the 8-byte floats it compares. It is
+        kept on the tape instead of the operands it was computed from."""
+        assert name in self._saves, f"the adjoint of {self._op.kind} derives `{name}` without declaring it"
+        key = ("derived", id(self._op), name)
+        if key not in self._ctx.memo:
+            self._ctx.memo[key] = self._ctx.primal(compute(gates.ForwardEmitter(self._ctx, self._op)))
+        return self._ctx.memo[key]
+
 
 class Adjoints:
     """The adjoints of primal values within one context; contributions are summed as they come."""

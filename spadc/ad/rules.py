@@ -1,9 +1,10 @@
 """Adjoint rules: one record per primitive, keyed by the names of `spadc.ir.primitives`.
 
 A rule receives the output adjoint `g` and returns one contribution per operand (None for none).
-It reads primal values only through `P.arg(k)` and `P.out()`, and only those its record declares in
-`saves`: that declaration is what the tape must keep for this primitive (its residuals), and the
-driver enforces it. Rules are "dumb": the driver (spadc/ad/reverse.py) sums fan-out, reduces
+It reads primal values only through `P.arg(k)`, `P.out()` and `P.derived(name, compute)` (a small
+value the forward pass computes for it, such as a comparison's 1-byte result), and only those its
+record declares in `saves`: that declaration is what the tape must keep for this primitive (its
+residuals), and the driver enforces it. Rules are "dumb": the driver (spadc/ad/reverse.py) sums fan-out, reduces
 contributions to scalar operands, skips inactive operands, and handles regions and tapes.
 
 Conventions (LANGUAGE.md section 7): relu'(0) = 0, abs'(0) = 0; max/min send the derivative to the
@@ -133,9 +134,10 @@ def _sigmoid(c, op, g, wanted, P):
     return [c.op("mul", g, c.op("mul", out, c.op("sub", c.const(1.0), out)))]
 
 
-@_rule("relu", saves=(0,))
+@_rule("relu", saves=("positive",))
 def _relu(c, op, g, wanted, P):
-    return [c.op("select", c.op("gt", P.arg(0), c.const(0.0)), g, c.const(0.0))]
+    positive = P.derived("positive", lambda f: f.op("gt", f.arg(0), f.const(0.0)))  # 1 byte a value on the tape
+    return [c.op("select", positive, g, c.const(0.0))]
 
 
 @_rule("softplus", saves=(0,))
@@ -189,15 +191,15 @@ def _mod(c, op, g, wanted, P):
 
 def _pick(compare):
     def rule(c, op, g, wanted, P):
-        a, b = P.arg(0), P.arg(1)
-        first = c.op("or", c.op(compare, a, b), c.op("ne", a, a))  # as the forward: ties and NaN pick a
+        # As the forward: ties and NaN pick a. Only which side won reaches the tape (1 byte a value).
+        first = P.derived("first", lambda f: f.op("or", f.op(compare, f.arg(0), f.arg(1)), f.op("ne", f.arg(0), f.arg(0))))
         return [c.op("select", first, g, c.const(0.0)) if wanted[0] else None,
                 c.op("select", first, c.const(0.0), g) if wanted[1] else None]
     return rule
 
 
-ADJOINTS["max"] = Rule((0, 1), _pick("ge"))
-ADJOINTS["min"] = Rule((0, 1), _pick("le"))
+ADJOINTS["max"] = Rule(("first",), _pick("ge"))
+ADJOINTS["min"] = Rule(("first",), _pick("le"))
 
 
 @_rule("select", saves=(0,))

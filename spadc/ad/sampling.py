@@ -100,14 +100,14 @@ def mask(ctx, entry: SiteEntry) -> Value:
 
 def partial(ctx, op: Op, k: int, rule) -> Value:
     """The partial of edge k, computed in the forward pass (the rule applied to ones)."""
-    forward = _ForwardEmitter(ctx, op)
+    forward = ForwardEmitter(ctx, op)
     ones = forward.op("broadcast", forward.const(1.0), shape=op.result.type.shape) if op.result.type.shape \
         else forward.const(1.0)
     wanted = [j == k for j in range(len(op.args))]
     return rule.fn(forward, op, ones, wanted, forward)[k]
 
 
-class _ForwardEmitter:
+class ForwardEmitter:
     """Emits ops into a context's forward block (appended at its end), reading primal values directly."""
 
     def __init__(self, ctx, op: Op):
@@ -127,6 +127,9 @@ class _ForwardEmitter:
 
     def out(self) -> Value:
         return self._op.result
+
+    def derived(self, name: str, compute) -> Value:  # in the forward pass, computed where it is needed
+        return compute(self)
 
 
 def score(ctx, entry: SiteEntry, values: Value):
