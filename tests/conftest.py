@@ -1,9 +1,7 @@
 """Shared helpers: check or run a program given as text, and catch the error it reports."""
 
 import os
-import sys
 
-import numpy as np
 import pytest
 
 import spadc

@@ -2,7 +2,6 @@
 
 import numpy as np
 
-import spadc
 from spadc.ad.reverse import gradient
 from spadc.ir.interpret import RunOptions, evaluate
 

@@ -118,7 +118,7 @@ def test_reaction_diffusion():
     source = rng.standard_normal(64) * 0.1
     program = spadc.check_file(example("reaction_diffusion.spad"))
     result = evaluate(program, {"source": source, "rate": np.float64(1.5)}, {"u0": u0, "target": target})
-    n, dx, dt, kappa = 64, 1.0 / 64, 0.005, 0.01
+    dx, dt, kappa = 1.0 / 64, 0.005, 0.01
     u = u0.copy()
     for _ in range(400):
         # Same operation order as the .spad source, so rounding agrees to RTOL after 400 steps.

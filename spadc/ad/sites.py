@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 
 from .. import rng
-from ..ir.core import REGION_OPS, Block, Op, Program, Value
+from ..ir.core import REGION_OPS, Block, Op, Program
 
 LINEAR_RESIDUAL = ("mul", "matmul", "outer")
 PARTIAL = ("div", "pow", "reduce_prod")

@@ -19,7 +19,7 @@ from llvmlite import ir
 
 from .. import rng
 from ..ir import primitives
-from .scalar import SCALAR, call, fconst, is_float
+from .scalar import SCALAR, fconst, is_float
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
 
