@@ -319,3 +319,33 @@ def test_no_user_mistake_in_the_examples_corpus_gives_a_traceback():
             check(text[:cut])
         except spadc.SpadcError as err:
             assert str(err)
+
+
+FUZZ_SEED = 2026
+FUZZ_MUTATIONS = 1500
+FUZZ_TOKENS = ["+", "-", "*", "@", "^", "(", ")", "[", "]", ",", ":", "..", "0", "1", "2.5", "x", "i", "N", "sum",
+               "for", "in", "{", "}", "\n", "let", "=", "if", "then", "else", "[i for i in 0..3]", "max", "zeros(3)",
+               "-1", "//", "%", "<", "and", "not", "true", "fn", "loss", "output", "param", "h"]
+
+
+def test_mutated_programs_give_spadc_errors_never_other_exceptions():
+    """Random edits of the examples, through the checker and the adjoint's construction: a user
+    mistake may only ever surface as a SpadcError."""
+    import glob
+    import random
+    from spadc.ad.reverse import gradient
+    rng = random.Random(FUZZ_SEED)
+    folder = os.path.join(os.path.dirname(__file__), "..", "examples")
+    texts = [open(p).read() for p in sorted(glob.glob(os.path.join(folder, "*.spad")))]
+    for _ in range(FUZZ_MUTATIONS):
+        text = rng.choice(texts)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(text))
+            if rng.random() < 0.5:
+                text = text[:at] + text[at + rng.randint(1, 4):]
+            else:
+                text = text[:at] + " " + rng.choice(FUZZ_TOKENS) + " " + text[at:]
+        try:
+            gradient(spadc.frontend.lower(spadc.check_text(text, "fuzz.spad")))
+        except spadc.SpadcError as err:
+            assert str(err).startswith(("fuzz.spad:", "cannot import")) or "fuzz.spad" in str(err), str(err)
