@@ -31,8 +31,9 @@ def _check(args) -> int:
 
 
 def _ir(args) -> int:
-    if args.grad:
-        program = api.build_file(args.file).gradient.program
+    if args.grad or args.estimator != "exact":
+        compiled = api.build_file(args.file)
+        program = compiled.gradient_program(_estimator(args).sampling).program
     else:
         program = frontend.lower(frontend.check_file(args.file), dump_after=args.dump_after)
     sys.stdout.write(format_program(program))
@@ -217,6 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     ir.add_argument("--dump-after", choices=passes.PASS_NAMES, default=None,
                     help="print the IR as it is after this pass (default: after the whole pipeline)")
     ir.add_argument("--grad", action="store_true", help="print the gradient program (forward then adjoint)")
+    _add_estimator_options(ir, default="exact")
     ir.set_defaults(run=_ir)
 
     llvm = commands.add_parser("llvm", help="print the LLVM IR that is compiled")

@@ -155,3 +155,10 @@ def _mlp_inputs():
     path = os.path.join(tempfile.mkdtemp(), "in.npz")
     np.savez(path, x=np.linspace(-1, 1, 64), label=np.array(3))
     return path
+
+
+def test_ir_with_an_estimator_shows_the_gates():
+    result = spadc("ir", example("mlp.spad"), "--grad", "--estimator", "rad", "--keep", "0.1")
+    assert result.returncode == 0, result.stderr
+    assert "gate_pack(" in result.stdout and "gate_unpack(" in result.stdout and "k=7" in result.stdout
+    assert "gate_pack(" not in spadc("ir", example("mlp.spad"), "--grad").stdout

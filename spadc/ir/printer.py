@@ -72,6 +72,11 @@ def _op_text(op: Op, names: _Names) -> str:
             else:
                 items.append(next(dynamic) + ("!" if rest[0] else ""))
         return f"{args[0]}[{', '.join(items)}]"
+    if op.kind.startswith("gate_"):  # the draw, briefly; the full attributes are in the IR itself
+        a = op.attrs
+        detail = f"k={a['k']} of {a['d']}" if a["draw"] == "with_replacement" else f"bernoulli keep={a['keep']}"
+        site = f"site {a['site'] % 65536:04x}" + (", one mask per batch" if a["share"] == "batch" else "")
+        return f"{op.kind}({', '.join(args + [detail, a['scheme'], site])})"
     attrs = [f"{k}={v}" for k, v in op.attrs.items()]
     return f"{op.kind}({', '.join(args + attrs)})"
 
