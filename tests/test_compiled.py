@@ -202,3 +202,17 @@ def test_compiles_are_cached():
     first = compiled(text)
     second = compiled(text)
     assert first.machine is second.machine
+
+
+def test_loop_carried_values_that_swap_places():
+    # The carried copy must not overwrite one value with the other before reading it.
+    text = ("param x: f64[3] ~ normal(0, 1)\nparam y: f64[3] ~ normal(0, 1)\nlet a = x\nlet b = y\n"
+            "for t in 0..3 {\n  let c = a\n  a = b\n  b = c * 1.5\n}\nloss sum(a * a) + sum(b * x)")
+    model = spadc.compile_source(text, name="swap.spad")
+    program = spadc.check_text(text, "swap.spad")
+    params = {k: v.copy() for k, v in model.params.items()}
+    assert model.loss() == pytest.approx(evaluate(program, params, {}).loss, rel=RTOL)
+    loss, grads = model.grad()
+    _, reference = interpreted_gradient(program, params, {})
+    for key in grads:
+        np.testing.assert_allclose(grads[key], reference[key], rtol=RTOL, atol=ATOL)
