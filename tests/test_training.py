@@ -165,11 +165,12 @@ def test_fit_checks_its_data():
 
 # ---- spadc train -----------------------------------------------------------------------------------
 
-def test_spadc_train_with_validation_checkpoint_and_plot(tmp_path):
+@pytest.mark.parametrize("estimator", ["rad", "spad"])
+def test_spadc_train_with_validation_checkpoint_and_plot(tmp_path, estimator):
     out, plot = tmp_path / "p.npz", tmp_path / "curve.png"
     result = subprocess.run([sys.executable, "-m", "spadc", "train", example("mlp_digits.spad"),
                              "--data", os.path.join(DATA, "digits_train.npz"), "--val",
-                             os.path.join(DATA, "digits_test.npz"), "--epochs", "4", "--estimator", "spad",
+                             os.path.join(DATA, "digits_test.npz"), "--epochs", "4", "--estimator", estimator,
                              "--keep", "0.3", "--out", str(out), "--plot", str(plot), "--quiet"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
