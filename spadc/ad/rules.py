@@ -28,7 +28,7 @@ class Sparse:
 
 @dataclass(frozen=True)
 class Rule:
-    saves: tuple  # operand positions and/or "out": the primal values the rule reads
+    saves: tuple  # what the rule reads: operand positions, "out", "indices" (the i64 operands), derived names
     fn: Callable | None  # None: the derivative is zero (or the operands are not differentiable)
 
 
