@@ -213,16 +213,20 @@ def _free_active(ctx: Context, block: Block) -> list[Value]:
 def _loop_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
     (body,) = op.regions
     n = len(op.args)
-    carried = [k for k in range(n) if op.results[k].id in ctx.state.active]
+    # A carried slot needs an adjoint when its body param is active, not only when the loop's result
+    # is: `a = p; for .. { b = b + a; a = 2.0 }` reads the incoming `a` although the result `a` is
+    # a constant. Such a slot's adjoint starts at zero and is not fed from its (inactive) yield.
+    carried = [k for k in range(n) if body.params[1 + k].id in ctx.state.active]
     seeds = [adjoints.get(op.results[k]) for k in carried]
     if all(s is None for s in seeds):
-        return
+        return  # nothing downstream of the loop depends on a param through it
     ctx.at(op.loc, op.inlined_at)
-    seeds = [s if s is not None else ctx.zeros(op.results[k].type) for s, k in zip(seeds, carried)]
     if op.attrs["hi"] <= op.attrs["lo"]:  # the loop never ran: results are the initial values
         for k, seed in zip(carried, seeds):
-            adjoints.add(op.args[k], seed)
+            if seed is not None:
+                adjoints.add(op.args[k], seed)
         return
+    seeds = [s if s is not None else ctx.zeros(op.results[k].type) for s, k in zip(seeds, carried)]
     captured = _free_active(ctx, body)
     index = Value(body.params[0].type, body.params[0].hint)
     carried_adjoints = [Value(op.results[k].type, _adjoint_hint(op.results[k])) for k in carried]
@@ -234,7 +238,8 @@ def _loop_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
         local.set(value, accumulator)
     inner.at(op.loc, op.inlined_at)
     for k, adjoint in zip(carried, carried_adjoints):
-        local.add(body.yields[k], adjoint)
+        if body.yields[k].id in ctx.state.active:
+            local.add(body.yields[k], adjoint)
     _backward_block(inner, body, local)
     inner.at(op.loc, op.inlined_at)
     region.yields = ([local.get(body.params[1 + k]) or inner.zeros(body.params[1 + k].type) for k in carried]
