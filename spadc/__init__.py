@@ -5,7 +5,7 @@ gradient run as machine code compiled with LLVM. The front end alone is `check_f
 and `spadc.ir.interpret.evaluate` runs its IR with NumPy, the reference for everything compiled.
 """
 
-from spadrt import SGD, Adagrad, Adam, AdamW, CosineLR, ForwardResult, History, Model, StepLR
+from spadrt import SGD, Adagrad, Adam, AdamW, CosineLR, ForwardResult, History, Model, SpadcWarning, StepLR
 from spadrt.estimators import RAD, SPAD, Exact
 
 from .api import compile_file, compile_source
@@ -13,7 +13,7 @@ from .errors import SpadcError
 from .frontend import check_file, check_text
 from .init import initial_params
 
-__all__ = ["SpadcError", "Model", "ForwardResult", "History", "Exact", "RAD", "SPAD", "SGD", "Adam", "AdamW",
+__all__ = ["SpadcError", "SpadcWarning", "Model", "ForwardResult", "History", "Exact", "RAD", "SPAD", "SGD", "Adam", "AdamW",
            "Adagrad", "StepLR", "CosineLR", "compile_file", "compile_source", "check_file",
            "check_text", "initial_params"]
 __version__ = "0.1.0"

@@ -3,7 +3,8 @@
 One object holds, for a model named NAME (the file's base name):
     NAME_forward, NAME_grad_<v> and NAME_train_step_<v> for each gradient variant v (exact, rad,
     spad, spad_scores), NAME_layout() (the layout as JSON) and NAME_abi_version();
-and a shared library also `spadrt_layout` and `spadrt_abi_version`, which `spadrt.load` reads.
+NAME_layout_digest() (the layout's digest, in code); and a shared library also `spadrt_layout`,
+`spadrt_abi_version` and `spadrt_layout_digest`, which `spadrt.load` reads and checks.
 
 Invariants:
 - The kernels are the JIT's, compiled with the same pipeline: for the host target and CPU, a built
@@ -26,6 +27,8 @@ from llvmlite import ir
 
 from spadrt.abi import ABI_VERSION
 from spadrt.estimators import RAD, SPAD, variant_key
+from spadrt.files import atomic_write, check_writable
+from spadrt.library import layout_digest
 
 from . import frontend, passes
 from .ad.reverse import gradient
@@ -63,6 +66,9 @@ def build(path: str, output: str, header: str | None = None, target: str | None 
     unknown = set(estimators) - set(ESTIMATOR_NAMES)
     if unknown:
         raise SpadcError(f"unknown estimator {sorted(unknown)[0]!r}; expected {', '.join(ESTIMATOR_NAMES)}")
+    for target_path, what in ((output, "output"), (header, "header")):
+        if target_path:
+            check_writable(target_path, what)
     program = frontend.lower(frontend.check_file(path))
     prefix = _identifier(program.name)
     shared = output.endswith(".so")
@@ -84,8 +90,8 @@ def build(path: str, output: str, header: str | None = None, target: str | None 
     optimised = jit.optimise(str(module), machine)
     _write(output, machine.emit_object(optimised), shared)
     if header:
-        with open(header, "w") as f:
-            f.write(c_header(layout, prefix, os.path.basename(path), dtype))
+        with atomic_write(header, "header") as f:
+            f.write(c_header(layout, prefix, os.path.basename(path), dtype).encode("utf-8"))
     return layout
 
 
@@ -112,24 +118,27 @@ def _target_machine(target: str | None, cpu: str | None):
 
 def _write(output: str, object_code: bytes, shared: bool):
     if not shared:
-        with open(output, "wb") as f:
+        with atomic_write(output, "object") as f:
             f.write(object_code)
         return
     with tempfile.TemporaryDirectory() as scratch:
-        obj = os.path.join(scratch, "model.o")
+        obj, linked = os.path.join(scratch, "model.o"), os.path.join(scratch, "model.so")
         with open(obj, "wb") as f:
             f.write(object_code)
         compiler = os.environ.get("CC", "cc")
         try:
-            result = subprocess.run([compiler, "-shared", "-o", output, obj, "-lm"], capture_output=True, text=True)
+            result = subprocess.run([compiler, "-shared", "-o", linked, obj, "-lm"], capture_output=True, text=True)
         except FileNotFoundError:
             raise SpadcError(f"cannot link {output}: no C compiler `{compiler}` (set CC, or build a .o)") from None
         if result.returncode != 0:
             raise SpadcError(f"cannot link {output}: {result.stderr.strip()}")
+        with open(linked, "rb") as f, atomic_write(output, "library") as out:
+            out.write(f.read())
 
 
 def _metadata(module, prefix: str, layout_json: str):
-    """`const char *PREFIX_layout(void)` and `int64_t PREFIX_abi_version(void)`."""
+    """`const char *PREFIX_layout(void)`, `int64_t PREFIX_abi_version(void)` and
+    `int64_t PREFIX_layout_digest(void)`."""
     data = bytearray(layout_json.encode("utf-8") + b"\0")
     string_type = ir.ArrayType(ir.IntType(8), len(data))
     text = ir.GlobalVariable(module, string_type, name=f"{prefix}_layout_json")
@@ -141,6 +150,13 @@ def _metadata(module, prefix: str, layout_json: str):
     builder.ret(builder.bitcast(text, ir.IntType(8).as_pointer()))
     version = ir.Function(module, ir.FunctionType(I64, []), name=f"{prefix}_abi_version")
     ir.IRBuilder(version.append_basic_block("entry")).ret(I64(ABI_VERSION))
+    # The layout's digest as an immediate in the code: a layout edited in the file no longer matches.
+    digest = ir.Function(module, ir.FunctionType(I64, []), name=f"{prefix}_layout_digest")
+    ir.IRBuilder(digest.append_basic_block("entry")).ret(I64(_signed(layout_digest(layout_json.encode("utf-8")))))
+
+
+def _signed(word: int) -> int:
+    return word - (1 << 64) if word >= 1 << 63 else word
 
 
 def _train_step(module, grad_symbol: str, symbol: str, layout: dict, dtype: str) -> str:
@@ -216,7 +232,7 @@ def c_header(layout: dict, prefix: str, source: str, dtype: str) -> str:
                      f"{upper}_real lr, {upper}_real *loss_mean, {upper}_real *grads, const double *site_data, "
                      f"double *scores, int64_t *stored, void *workspace, int64_t *status);")
     lines += [f"const char *{prefix}_layout(void);  /* the layout as JSON */",
-              f"int64_t {prefix}_abi_version(void);", "", f"#endif /* SPAD_{upper}_H */", ""]
+              f"int64_t {prefix}_abi_version(void);", f"int64_t {prefix}_layout_digest(void);", "", f"#endif /* SPAD_{upper}_H */", ""]
     return "\n".join(lines)
 
 

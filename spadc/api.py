@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from llvmlite import ir
 
-from spadrt import Model
+from spadrt import Model, limits
 from spadrt.estimators import SamplingWarning, variant_key
 
 from . import frontend, passes
@@ -39,6 +39,7 @@ class Compiled:
     layout: dict
     machine: jit.Compiled
     dtype: str
+    max_memory: int  # bytes: no kernel's workspace may need more
     variants: dict[str, tuple[dict, jit.Compiled, GradientProgram]] = field(default_factory=dict)
 
     def gradient_program(self, sampling=None, score: str | None = None, policy: str | None = None) -> GradientProgram:
@@ -51,7 +52,7 @@ class Compiled:
             program = gradient(self.program, accumulate=True, sampling=sampling, score=score, policy=policy)
             program.program = passes.run(program.program)
             module = ir.Module(name=f"{self.program.name}.{key}")
-            entry = kernels.grad_kernel(module, program, self.layout, self.dtype, "grad")
+            entry = kernels.grad_kernel(module, program, self.layout, self.dtype, "grad", self.max_memory)
             if sampling is not None:
                 entry["warnings"] = [f"param `{param}` has a path to the loss through {len(sites)} random factors "
                                      f"({'; '.join(sites)}): the variance of its estimate grows with depth"
@@ -64,36 +65,38 @@ class Compiled:
 _CACHE: dict[tuple, Compiled] = {}
 
 
-def compile_file(path: str, dtype: str = "f64") -> Model:
-    return model_of(build_file(path, dtype))
+def compile_file(path: str, dtype: str = "f64", max_memory=None) -> Model:
+    """`max_memory`: bytes (or "4G") that params and a kernel's workspace may take (spadrt.limits)."""
+    return model_of(build_file(path, dtype, max_memory))
 
 
-def build_file(path: str, dtype: str = "f64") -> Compiled:
-    return build(frontend.read_source(path), os.path.dirname(os.path.abspath(path)), dtype)
+def build_file(path: str, dtype: str = "f64", max_memory=None) -> Compiled:
+    return build(frontend.read_source(path), os.path.dirname(os.path.abspath(path)), dtype, max_memory)
 
 
-def compile_source(text: str, name: str = "m", dtype: str = "f64") -> Model:
-    return model_of(build(Source(name, text), os.getcwd(), dtype))
+def compile_source(text: str, name: str = "m", dtype: str = "f64", max_memory=None) -> Model:
+    return model_of(build(Source(name, text), os.getcwd(), dtype, max_memory))
 
 
-def build(source: Source, base_dir: str, dtype: str = "f64") -> Compiled:
+def build(source: Source, base_dir: str, dtype: str = "f64", max_memory=None) -> Compiled:
     if dtype not in DTYPES:
         raise SpadcError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     from .check.program import check_source
-    program = frontend.lower(check_source(source, base_dir))
+    limit = limits.max_memory(max_memory)
+    program = frontend.lower(check_source(source, base_dir, limit))
     exact = gradient(program, accumulate=True)
     exact.program = passes.run(exact.program)
-    key = (source.name, source.text, dtype, format_program(program), format_program(exact.program))
+    key = (source.name, source.text, dtype, limit, format_program(program), format_program(exact.program))
     if key not in _CACHE:
         module = ir.Module(name=program.name)
         layout, outputs = kernels.base_layout(program, dtype)
-        layout["forward"] = kernels.forward_kernel(module, program, layout, outputs, dtype)
-        entry = kernels.grad_kernel(module, exact, layout, dtype, "grad")
+        layout["forward"] = kernels.forward_kernel(module, program, layout, outputs, dtype, max_memory=limit)
+        entry = kernels.grad_kernel(module, exact, layout, dtype, "grad", limit)
         layout["variants"]["exact"] = entry
         llvm_ir = str(module)
         functions = {name: str(module.get_global(name)) for name in ("forward", "grad")}
         machine = jit.compile_ir(llvm_ir, ("forward", "grad"))
-        compiled = Compiled(program, exact, llvm_ir, functions, layout, machine, dtype)
+        compiled = Compiled(program, exact, llvm_ir, functions, layout, machine, dtype, limit)
         compiled.variants["exact"] = (entry, machine, exact)
         _CACHE[key] = compiled
     return _CACHE[key]

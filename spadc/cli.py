@@ -9,19 +9,27 @@ Invariants:
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 import warnings
 
 import numpy as np
 
+from spadrt import limits
+from spadrt.errors import SpadcWarning
 from spadrt.diagnostics import diagnose
+from spadrt.files import check_writable, read_npz, save_npz
 from spadrt.estimators import DRAWS, RAD, SITE_POLICIES, SPAD, Exact
 from spadrt.optim import OPTIMIZERS, CosineLR, StepLR
 from spadrt.plot import loss_curve
+from spadrt.training import Interrupted
 
 from . import api, frontend, memreport, passes
 from .errors import SpadcError
 from .ir.printer import format_program
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 def _check(args) -> int:
@@ -49,21 +57,21 @@ def _llvm(args) -> int:
     return 0
 
 
-def _load_npz(path: str | None, what: str) -> dict:
-    if path is None:
-        return {}
-    try:
-        with np.load(path) as data:
-            return {name: data[name] for name in data.files}
-    except (OSError, ValueError) as error:
-        raise SpadcError(f"{path}: cannot read {what}: {error}") from None
+def _load_npz(path: str | None, what: str, names=None) -> dict:
+    return read_npz(path, what, names) if path is not None else {}
+
+
+def _input_names(model) -> list[str]:
+    return [spec["name"] for spec in model.layout["inputs"]]
 
 
 def _model_with_params(args):
+    if args.out:
+        check_writable(args.out)
     model = api.compile_file(args.file)
     model.init_params(args.init_seed)
     if args.params:
-        model.set_params(_load_npz(args.params, "parameters"))
+        model.load(args.params)
     return model
 
 
@@ -74,12 +82,12 @@ def _print_array(name: str, value: np.ndarray):
 
 def _run(args) -> int:
     model = _model_with_params(args)
-    result = model.forward(**_load_npz(args.inputs, "inputs"))
+    result = model.forward(inputs=_load_npz(args.inputs, "inputs", _input_names(model)))
     _print_array("loss", np.asarray(result.loss))
     for name, value in result.outputs.items():
         _print_array(name, value)
     if args.out:
-        np.savez(args.out, loss=np.asarray(result.loss), **result.outputs)
+        save_npz(args.out, {"loss": np.asarray(result.loss), **result.outputs}, "results")
     return 0
 
 
@@ -97,18 +105,18 @@ def _estimator(args):
 
 def _grad(args) -> int:
     model = _model_with_params(args)
-    inputs = _load_npz(args.inputs, "inputs")
+    inputs = _load_npz(args.inputs, "inputs", _input_names(model))
     estimator = _estimator(args)
     if args.draws:
         return _diagnose(model, estimator, args, inputs)
-    loss, grads, stats = model.grad(**inputs, estimator=estimator, seed=args.seed, stats=True)
+    loss, grads, stats = model.grad(inputs=inputs, estimator=estimator, seed=args.seed, stats=True)
     print(f"loss = {loss:.10g}")
     width = max((len(n) for n in grads), default=0)
     for name, value in grads.items():
         print(f"d loss / d {name:<{width}}  shape {list(value.shape)}  norm {np.linalg.norm(value):.6g}")
     print(f"tape: {stats['tape_bytes']:,.0f} bytes per sample")
     if args.out:
-        np.savez(args.out, **grads)
+        save_npz(args.out, grads, "gradients")
     return 0
 
 
@@ -126,11 +134,13 @@ def _diagnose(model, estimator, args, inputs) -> int:
 
 
 def _train(args) -> int:
+    if args.plot:
+        check_writable(args.plot, "plot")
     model = _model_with_params(args)
-    data = _load_npz(args.data, "data")
+    data = _load_npz(args.data, "data", _input_names(model))
     validation = None
     if args.val:
-        validation = _load_npz(args.val, "validation data")
+        validation = _load_npz(args.val, "validation data", _input_names(model))
     elif args.val_split:
         if not 0 < args.val_split < 1:
             raise SpadcError(f"--val-split must be in (0, 1), got {args.val_split}")
@@ -138,9 +148,14 @@ def _train(args) -> int:
     optimizer = OPTIMIZERS[args.optimizer](lr=args.lr)
     schedule = {"none": None, "cosine": CosineLR(), "step": StepLR(step_size=max(args.epochs // 3, 1), gamma=0.1)}
     checkpoint = (lambda epoch, history: model.save(args.out)) if args.out else None
-    history = model.fit(data, epochs=args.epochs, batch_size=args.batch, optimizer=optimizer,
-                        estimator=_estimator(args), validation=validation, seed=args.seed,
-                        schedule=schedule[args.schedule], quiet=args.quiet, on_epoch=checkpoint)
+    try:
+        history = model.fit(data, epochs=args.epochs, batch_size=args.batch, optimizer=optimizer,
+                            estimator=_estimator(args), validation=validation, seed=args.seed,
+                            schedule=schedule[args.schedule], quiet=args.quiet, on_epoch=checkpoint)
+    except Interrupted as interrupted:
+        saved = f"; the last checkpoint is {args.out}" if args.out and interrupted.history.train_loss else ""
+        print(f"spadc train: {interrupted.where}{saved}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.plot and history.train_loss:
         curves = {"train": history.train_loss}
         if history.val_loss:
@@ -207,7 +222,12 @@ def _add_model_options(command):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spadc", description="Compile and run .spad differentiable programs.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--max-memory", metavar="BYTES", default=None,
+                        help=f"bytes params and a kernel's workspace may take, e.g. 4G (default: "
+                             f"${limits.ENVIRONMENT_VARIABLE}, else the machine's memory)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser = functools.partial(commands.add_parser, parents=[common])
 
     check = commands.add_parser("check", help="parse and type-check a file: prints ok, or diagnostics and exits 1")
     check.add_argument("file", metavar="FILE.spad")
@@ -289,17 +309,20 @@ def _add_estimator_options(command, default: str):
 
 
 def _plain_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
+    text = str(message)
+    return f"{text}\n" if issubclass(category, SpadcWarning) else f"warning: {text}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _plain_warning
     args = _parser().parse_args(argv)
     try:
+        if args.max_memory is not None:  # every later check reads the limit from the environment
+            os.environ[limits.ENVIRONMENT_VARIABLE] = str(limits.parse_bytes(args.max_memory, "--max-memory"))
         return args.run(args)
     except SpadcError as error:
         print(str(error), file=sys.stderr)
         return 1
-    except RecursionError:
-        print(f"{args.file}: error: the program is nested too deeply to compile", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print(f"spadc {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -9,6 +9,7 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from spadrt.errors import SpadcError, render  # noqa: F401  (one error type for compiler and runtime)
@@ -35,6 +36,25 @@ class Source:
             if code:
                 return Loc(self, number, len(code) + 1)
         return Loc(self, 1, 1)
+
+
+def read_text(path: str) -> str:
+    """A source file's text: a regular UTF-8 file (a pipe or a device could block forever). Failures
+    are a `SpadcError` saying why, without a place."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise SpadcError("not a regular file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise SpadcError("no such file") from None
+    except OSError as error:
+        raise SpadcError(error.strerror or str(error)) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise SpadcError(f"not UTF-8 text (byte 0x{data[error.start]:02x} on line {line})") from None
 
 
 def strip_comment(line: str) -> str:

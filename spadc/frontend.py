@@ -11,18 +11,15 @@ import os
 
 from . import passes
 from .check.program import check_source
-from .errors import Source, SpadcError
+from .errors import Source, SpadcError, read_text
 from .ir.core import Program
 
 
 def read_source(path: str) -> Source:
     try:
-        with open(path, encoding="utf-8") as f:
-            return Source(path, f.read())
-    except FileNotFoundError:
-        raise SpadcError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpadcError(f"{path}: cannot read: {getattr(error, 'strerror', None) or error}") from None
+        return Source(path, read_text(path))
+    except SpadcError as error:
+        raise SpadcError(f"{path}: {error.bare_message}") from None
 
 
 def check_file(path: str) -> Program:

@@ -212,7 +212,7 @@ def test_spad_importance_follows_the_scores_and_lowers_the_variance():
     rad = diagnose(model, spadc.RAD(keep=0.1), draws=DRAWS, seed=SEED, **inputs)
     spad = spadc.SPAD(keep=0.1, refresh=10**9)
     model.grad(estimator=spad, **inputs)
-    ((key, state),) = spad.state[id(model)].items()
+    ((key, state),) = spad.state[model].items()
     site = model.layout["variants"][key]["sites"][1]  # W2 @ h: its q follows from ranked |h| entries
     d = site["d"]
     q = state["data"][site["data_offset"]:site["data_offset"] + d]
@@ -266,7 +266,7 @@ def test_compiled_estimates_match_the_interpreter():
         for policy in ("importance", "topk"):
             spad = spadc.SPAD(keep=0.5, policy=policy, sites="products", refresh=10**9)
             model.grad(estimator=spad, **inputs)  # the evaluation step ranks the sites
-            ((key, state),) = spad.state[id(model)].items()
+            ((key, state),) = spad.state[model].items()
             # The same ranking from the interpreter's scores:
             scoring = compiled.gradient_program(None, "gradient", "products")
             scores = np.zeros(sum(e.site.size for e in scoring.sites))

@@ -4,4 +4,4 @@ A library built by `spadc build` records the version it was built for; `spadrt.l
 library whose version differs. Raise it whenever a kernel signature or the layout's meaning changes.
 """
 
-ABI_VERSION = 1
+ABI_VERSION = 2

@@ -17,10 +17,14 @@ class SpadcError(Exception):
         super().__init__(render(message, loc, self.notes))
 
 
-def render(message: str, loc, notes=()) -> str:
+class SpadcWarning(UserWarning):
+    """A likely mistake that still compiles (its message is placed like an error's)."""
+
+
+def render(message: str, loc, notes=(), kind: str = "error") -> str:
     if loc is None:
         return message
-    parts = [f"{loc.file}:{loc.line}:{loc.col}: error: {message}", *_quote(loc)]
+    parts = [f"{loc.file}:{loc.line}:{loc.col}: {kind}: {message}", *_quote(loc)]
     for note, note_loc in notes:
         parts += [f"{note_loc.file}:{note_loc.line}:{note_loc.col}: note: {note}", *_quote(note_loc)]
     return "\n".join(parts)

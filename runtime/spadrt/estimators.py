@@ -11,6 +11,7 @@ Invariants:
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 
 from .errors import SpadcError
@@ -41,6 +42,8 @@ class Sampling:
 
 
 def _check_keep(keep) -> float:
+    if isinstance(keep, bool):
+        raise SpadcError(f"keep must be a number in (0, 1], got {keep!r}")
     try:
         keep = float(keep)
     except (TypeError, ValueError):
@@ -113,7 +116,9 @@ class SPAD:
     share: str = "sample"
     name: str = field(default="spad", init=False)
     step: int = field(default=0, init=False)
-    state: dict = field(default_factory=dict, init=False, repr=False)  # variant key -> SiteState
+    # model -> {variant key -> state}; weak, so a freed model's state goes with it and a new model
+    # never inherits it (an address, id(model), can be reused)
+    state: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, init=False, repr=False)
 
     def __post_init__(self):
         self.keep = _check_keep(self.keep)
@@ -124,13 +129,16 @@ class SPAD:
         _check_choice("sites", self.sites, SITE_POLICIES)
         _check_choice("draw", self.draw, DRAWS)
         _check_choice("share", self.share, SHARES)
-        if not isinstance(self.refresh, int) or self.refresh < 1:
-            raise SpadcError(f"refresh must be a positive integer, got {self.refresh!r}")
-        if not isinstance(self.candidates, int) or self.candidates < 1:
-            raise SpadcError(f"candidates must be a positive integer, got {self.candidates!r}")
-        if not 0.0 <= float(self.floor) <= 1.0:
-            raise SpadcError(f"floor must be in [0, 1], got {self.floor!r}")
+        for name in ("refresh", "candidates"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SpadcError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.floor, bool) or not isinstance(self.floor, (int, float)) or not 0.0 <= self.floor <= 1.0:
+            raise SpadcError(f"floor must be a number in [0, 1], got {self.floor!r}")
         self.floor = float(self.floor)
+        if self.floor == 0.0 and self.policy == "importance":
+            raise SpadcError("floor must be above 0 with the importance policy: an entry scored 0 could "
+                             "then never be drawn, and the estimate would be biased")
         if self.policy == "topk" and self.draw != "with_replacement":
             raise SpadcError("the topk policy keeps a fixed set of entries: draw must be with_replacement")
 

@@ -19,7 +19,7 @@ import numpy as np
 def initial_value(name: str, shape, kind: str, args, bounds, seed: int) -> np.ndarray:
     shape = tuple(shape)
     if kind == "value":
-        value = np.array(args[0], dtype=np.float64).reshape(shape)
+        value = np.broadcast_to(np.asarray(args[0], dtype=np.float64), shape).copy()
     else:
         generator = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, zlib.crc32(name.encode())])))
         if kind == "normal":

@@ -2,6 +2,9 @@
 
 Invariants:
 - A library whose ABI version differs from this runtime's is refused with a message saying so.
+- The layout (shapes, offsets, workspace sizes: what keeps the kernels in bounds) is trusted only
+  if its digest equals the one compiled into the library's code at build time; a library whose
+  layout was edited or damaged is refused.
 - Only the gradient variants the library was built with exist; asking for another is a
   `SpadcError` naming the estimator and how to build it in.
 """
@@ -9,6 +12,7 @@ Invariants:
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import warnings
@@ -19,6 +23,11 @@ from .estimators import SamplingWarning, variant_key
 from .model import Model
 
 
+def layout_digest(layout_json: bytes) -> int:
+    """The first 8 bytes of the layout's SHA-256, as an unsigned 64-bit integer."""
+    return int.from_bytes(hashlib.sha256(layout_json).digest()[:8], "little")
+
+
 def load(path: str) -> Model:
     try:
         library = ctypes.CDLL(os.path.abspath(path))
@@ -26,13 +35,23 @@ def load(path: str) -> Model:
         raise SpadcError(f"cannot load {path}: {error}") from None
     try:
         version = ctypes.CFUNCTYPE(ctypes.c_int64)(("spadrt_abi_version", library))()
-        layout_text = ctypes.CFUNCTYPE(ctypes.c_char_p)(("spadrt_layout", library))()
     except AttributeError:
         raise SpadcError(f"{path} is not a library built by `spadc build` (no spadrt_layout)") from None
     if version != ABI_VERSION:
         raise SpadcError(f"{path} was built for ABI version {version}, but this runtime reads version "
                          f"{ABI_VERSION}: rebuild it with this version's `spadc build`")
-    layout = json.loads(layout_text.decode("utf-8"))
+    try:
+        layout_text = ctypes.CFUNCTYPE(ctypes.c_char_p)(("spadrt_layout", library))()
+        digest = ctypes.CFUNCTYPE(ctypes.c_uint64)(("spadrt_layout_digest", library))()
+    except AttributeError:
+        raise SpadcError(f"{path} is not a library built by `spadc build` (no spadrt_layout)") from None
+    if layout_digest(layout_text) != digest:
+        raise SpadcError(f"{path} is damaged: its layout does not match the digest compiled into its code "
+                         f"(was the file edited?); rebuild it with `spadc build`")
+    try:
+        layout = json.loads(layout_text.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise SpadcError(f"{path} is damaged: its layout cannot be read ({error})") from None
 
     def address(symbol: str) -> int:
         return ctypes.cast(getattr(library, symbol), ctypes.c_void_p).value

@@ -20,6 +20,7 @@ import numpy as np
 from . import spad as spad_state
 from .errors import SpadcError
 from .estimators import SPAD, is_evaluation_step, resolve, variant_key
+from .files import read_npz, save_npz
 from .init import initial_value
 
 # Every pointer is passed as a plain address (c_void_p): the cheapest call ctypes can make.
@@ -28,6 +29,9 @@ _COMMON = [_POINTER, _POINTER, _POINTER, _I64, _I64, _I64, _U64_T, _U64_T]
 FORWARD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER)
 GRAD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER)
 _NUMPY = {"i64": np.int64, "bool": np.bool_}
+# Keywords of forward/loss/grad that are not inputs: an input of one of these names must be passed
+# in `inputs=` (the checker warns about such names).
+CALL_OPTIONS = ("params", "estimator", "training", "seed", "step", "sample_offset", "stats", "inputs")
 _U64 = (1 << 64) - 1
 
 
@@ -76,6 +80,7 @@ class Model:
 
     def init_params(self, seed: int = 0):
         """Re-draw every parameter from its initialiser, with this seed."""
+        seed = check_seed(seed, "seed")
         for p in self.layout["params"]:
             value = initial_value(p["name"], p["shape"], p["init"]["kind"], p["init"]["args"], p["bounds"], seed)
             self._flat[p["offset"]:p["offset"] + p["size"]] = value.ravel()
@@ -92,15 +97,11 @@ class Model:
         self._flat[:] = self._flat_params(values)
 
     def save(self, path: str):
-        np.savez(path, **{name: np.asarray(v, dtype=np.float64) for name, v in self.params.items()})
+        """Write the params to exactly `path` (.npz format), atomically: a crash leaves the old file."""
+        save_npz(path, {name: np.asarray(v, dtype=np.float64) for name, v in self.params.items()}, "parameters")
 
     def load(self, path: str):
-        try:
-            with np.load(path) as data:
-                values = {name: data[name] for name in data.files}
-        except (OSError, ValueError) as error:
-            raise SpadcError(f"{path}: cannot read parameters: {error}") from None
-        self.set_params(values)
+        self.set_params(read_npz(path, "parameters", names=self.param_names, limit=16 * self._flat.nbytes + 4096))
 
     def _flat_params(self, values) -> np.ndarray:
         if values is None:
@@ -127,14 +128,17 @@ class Model:
     # ---- evaluation ------------------------------------------------------------------
 
     def forward(self, *, params=None, training: bool = False, seed: int = 0, step: int = 0, sample_offset: int = 0,
-                **inputs) -> ForwardResult:
-        prepared = self._inputs(inputs)
+                inputs: dict | None = None, **keyword_inputs) -> ForwardResult:
+        """One loss per sample and the outputs. Inputs come as keywords or in `inputs=` (which any
+        input name fits, even one spelt like an option such as `seed`)."""
+        options = _Options.check(training, seed, step, sample_offset)
+        prepared = self._inputs(_merge_inputs(inputs, keyword_inputs))
         n = prepared.n
         losses = np.empty(n, dtype=self._float)
         outputs = [np.empty((n, *o["shape"]), dtype=self._dtype(o["dtype"])) for o in self.layout["outputs"]]
         output_addresses = (ctypes.c_void_p * max(len(outputs), 1))(*[o.ctypes.data for o in outputs])
-        code = self._forward(self._params_address(params), prepared.pointers, prepared.strides, n, int(sample_offset),
-                             int(bool(training)), int(seed) & _U64, int(step) & _U64, losses.ctypes.data,
+        code = self._forward(self._params_address(params), prepared.pointers, prepared.strides, n, options.offset,
+                             options.training, options.seed, options.step, losses.ctypes.data,
                              output_addresses, self._workspace_for(self.layout["forward"]), self._address["status"])
         self._raise_on_failure(code, prepared.batched, self.layout["forward"]["checks"])
         named = {o["name"]: (v if prepared.batched else v[0]) for o, v in zip(self.layout["outputs"], outputs)}
@@ -147,12 +151,15 @@ class Model:
         return self.forward(**kwargs).loss
 
     def grad(self, *, params=None, estimator=None, training: bool = False, seed: int = 0, step: int | None = None,
-             sample_offset: int = 0, stats: bool = False, **inputs):
+             sample_offset: int = 0, stats: bool = False, inputs: dict | None = None, **keyword_inputs):
         """The mean loss and gradient over the batch: exact, or estimated (ESTIMATORS.md).
 
         `seed`, `step` and `sample_offset` key the random stream; exact gradients ignore them. A SPAD
         estimator uses and advances its own step counter unless `step` is given."""
-        loss, flat, measured, entry, n = self._gradient(params, estimator, training, seed, step, sample_offset, inputs)
+        if not isinstance(stats, bool):
+            raise SpadcError(f"stats must be True or False, got {stats!r}")
+        loss, flat, measured, entry, n = self._gradient(params, estimator, training, seed, step, sample_offset,
+                                                        _merge_inputs(inputs, keyword_inputs))
         named = {p["name"]: flat[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"]).astype(np.float64, copy=False)
                  for p in self.layout["params"]}
         if stats:
@@ -160,9 +167,10 @@ class Model:
         return loss, named
 
     def flat_grad(self, *, params=None, estimator=None, training: bool = False, seed: int = 0,
-                  step: int | None = None, sample_offset: int = 0, **inputs):
+                  step: int | None = None, sample_offset: int = 0, inputs: dict | None = None, **keyword_inputs):
         """`grad` for optimisers: (mean loss, the gradient as one flat array, tape bytes per sample)."""
-        loss, flat, measured, _, _ = self._gradient(params, estimator, training, seed, step, sample_offset, inputs)
+        loss, flat, measured, _, _ = self._gradient(params, estimator, training, seed, step, sample_offset,
+                                                    _merge_inputs(inputs, keyword_inputs))
         return loss, flat, measured
 
     @property
@@ -177,8 +185,10 @@ class Model:
 
     def _gradient(self, params, estimator, training, seed, step, offset, inputs):
         estimator = resolve(estimator)
+        options = _Options.check(training, seed, 0 if step is None else step, offset)
         prepared = self._inputs(inputs)
-        call = dict(prepared=prepared, params=params, training=training, seed=seed, offset=offset)
+        call = dict(prepared=prepared, params=params, training=options.training, seed=options.seed,
+                    offset=options.offset)
         if isinstance(estimator, SPAD):
             loss, flat, measured, entry = self._spad_grad(estimator, step, call)
         else:
@@ -196,10 +206,12 @@ class Model:
             return (*self._run(entry, function, step=step, **call), entry)
         entry, function = self._variant(sampling)
         key = variant_key(sampling)
-        state = spad.state.setdefault(id(self), {}).get(key)
+        state = spad.state.setdefault(self, {}).get(key)
         if state is None:
             data = spad_state.initial_data(entry["sites"], entry["site_data_size"], sampling.draw, sampling.scheme)
-            state = spad.state[id(self)][key] = {"data": data, "best": None}
+            state = spad.state[self][key] = {"data": data, "best": None, "sites": entry["sites"]}
+        elif state["sites"] != entry["sites"] or state["data"].size < max(entry["site_data_size"], 1):
+            raise SpadcError("this SPAD estimator's state does not match the model's sites; use a new SPAD object")
         evaluation = is_evaluation_step(spad, step)
         if spad.policy == "best_of":
             if evaluation or state["best"] is None:
@@ -351,6 +363,42 @@ def _convert(value, spec, numpy_dtype) -> np.ndarray:
 
 
 _NO_DATA = np.zeros(1)  # stands for an unused buffer argument
+
+
+def check_seed(value, name: str, bound: int = 1 << 64) -> int:
+    """A seed-like option: an integer in [0, bound), never a silently truncated float or bool."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise SpadcError(f"{name} must be an integer in [0, 2^{bound.bit_length() - 1}), got {value!r}")
+    if not 0 <= int(value) < bound:
+        raise SpadcError(f"{name} must be in [0, 2^{bound.bit_length() - 1}), got {value}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """A call's options, validated: what keys the random stream, and whether dropout is on."""
+    training: int
+    seed: int
+    step: int
+    offset: int
+
+    @staticmethod
+    def check(training, seed, step, offset) -> "_Options":
+        if not isinstance(training, (bool, np.bool_)):
+            raise SpadcError(f"training must be True or False, got {training!r}")
+        return _Options(int(training), check_seed(seed, "seed"), check_seed(step, "step"),
+                        check_seed(offset, "sample_offset", 1 << 63))
+
+
+def _merge_inputs(inputs: dict | None, keyword_inputs: dict) -> dict:
+    if inputs is None:
+        return keyword_inputs
+    if not isinstance(inputs, dict):
+        raise SpadcError(f"inputs= must be a dict of input name to array, got {type(inputs).__name__}")
+    both = set(inputs) & set(keyword_inputs)
+    if both:
+        raise SpadcError(f"input `{sorted(both)[0]}` is given twice, in inputs= and as a keyword")
+    return {**inputs, **keyword_inputs}
 
 
 def _candidate_seed(seed: int, step: int, candidate: int) -> int:

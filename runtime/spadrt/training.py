@@ -9,6 +9,9 @@ Invariants:
   once per step, so its evaluation steps fall every `refresh` steps of training.
 - Training steps run in training mode (dropout on); validation runs in evaluation mode.
 - A non-finite loss stops training; `History.stopped` says at which step.
+- Ctrl-C (KeyboardInterrupt) raises `Interrupted`, still a KeyboardInterrupt, carrying the history
+  so far and one line saying where training stopped; `on_epoch` checkpoints are never half-written
+  (Model.save writes atomically).
 """
 
 from __future__ import annotations
@@ -22,7 +25,17 @@ import numpy as np
 
 from .errors import SpadcError
 from .estimators import SPAD, resolve
+from .model import check_seed
 from .optim import resolve as resolve_optimizer
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C): `history` holds the epochs completed, `where` the step."""
+
+    def __init__(self, history: "History", where: str):
+        super().__init__(where)
+        self.history = history
+        self.where = where
 
 
 @dataclass
@@ -41,6 +54,7 @@ def fit(model, data: dict, epochs: int = 10, batch_size: int = 32, optimizer="ad
         validation: dict | None = None, seed: int = 0, schedule=None, quiet: bool = True,
         stream=None, on_epoch=None) -> History:
     epochs, batch_size = _count("epochs", epochs), _count("batch_size", batch_size)
+    seed = check_seed(seed, "seed")
     estimator = resolve(estimator)
     optimizer = resolve_optimizer(optimizer)
     train = _dataset(model, data, "data")
@@ -50,42 +64,49 @@ def fit(model, data: dict, epochs: int = 10, batch_size: int = 32, optimizer="ad
     bar = _Progress(None if quiet else (stream or sys.stderr))
     history = History()
     start = time.perf_counter()
-    step = 0
-    for epoch in range(epochs):
-        order = rng.permutation(n)
-        lr = schedule(optimizer.lr, step, epoch, epochs) if schedule else optimizer.lr
-        total, seen = 0.0, 0
-        for first in range(0, n, batch_size):
-            batch = order[first:first + batch_size]
-            inputs = {name: values[batch] for name, values in train.items()}
-            options = dict(estimator=estimator, training=True, seed=seed, sample_offset=first)
-            if not isinstance(estimator, SPAD):
-                options["step"] = step
-            loss, flat, measured = model.flat_grad(**options, **inputs)
-            if not math.isfinite(loss):
-                history.stopped = (f"the loss became {loss} at step {step} (epoch {epoch + 1}, minibatch "
-                                   f"{first // batch_size + 1}); training stopped")
-                bar.message(history.stopped)
-                history.seconds = time.perf_counter() - start
-                return history
-            optimizer.step(model.flat_params, flat, lr)
-            model.project_params()
-            history.tape_bytes = measured
-            total += loss * len(batch)
-            seen += len(batch)
-            step += 1
-            bar.update(epoch, epochs, seen / n, total / seen)
-        history.train_loss.append(total / seen)
-        if valid is not None:
-            history.val_loss.append(float(np.mean(model.loss(**valid))))
+    step, epoch = 0, 0
+    try:
+        for epoch in range(epochs):
+            order = rng.permutation(n)
+            lr = schedule(optimizer.lr, step, epoch, epochs) if schedule else optimizer.lr
+            total, seen = 0.0, 0
+            for first in range(0, n, batch_size):
+                batch = order[first:first + batch_size]
+                inputs = {name: values[batch] for name, values in train.items()}
+                options = dict(estimator=estimator, training=True, seed=seed, sample_offset=first)
+                if not isinstance(estimator, SPAD):
+                    options["step"] = step
+                loss, flat, measured = model.flat_grad(**options, inputs=inputs)
+                if not math.isfinite(loss):
+                    history.stopped = (f"the loss became {loss} at step {step} (epoch {epoch + 1}, minibatch "
+                                       f"{first // batch_size + 1}); training stopped")
+                    bar.message(history.stopped)
+                    break
+                optimizer.step(model.flat_params, flat, lr)
+                model.project_params()
+                history.tape_bytes = measured
+                total += loss * len(batch)
+                seen += len(batch)
+                step += 1
+                bar.update(epoch, epochs, seen / n, total / seen)
+            if history.stopped:
+                break
+            history.train_loss.append(total / seen)
+            if valid is not None:
+                history.val_loss.append(float(np.mean(model.loss(inputs=valid))))
+                if model.layout["classifier"]:
+                    history.val_accuracy.append(accuracy(model, valid))
             if model.layout["classifier"]:
-                history.val_accuracy.append(accuracy(model, valid))
-        if model.layout["classifier"]:
-            history.train_accuracy.append(accuracy(model, train))
-        history.steps = step
-        bar.epoch_done(epoch, epochs, history)
-        if on_epoch is not None:
-            on_epoch(epoch, history)
+                history.train_accuracy.append(accuracy(model, train))
+            history.steps = step
+            bar.epoch_done(epoch, epochs, history)
+            if on_epoch is not None:
+                on_epoch(epoch, history)
+    except KeyboardInterrupt:
+        history.seconds = time.perf_counter() - start
+        where = f"interrupted at step {step} (epoch {epoch + 1} of {epochs})"
+        bar.message(where)
+        raise Interrupted(history, where) from None
     history.seconds = time.perf_counter() - start
     return history
 
@@ -95,7 +116,7 @@ def accuracy(model, data: dict) -> float:
     classifier = model.layout["classifier"]
     if classifier is None:
         raise SpadcError("accuracy needs a classifier: a model whose loss is cross_entropy(logits, label)")
-    result = model.forward(**data)
+    result = model.forward(inputs=data)
     logits = result.outputs.get(classifier["logits"], getattr(result, "hidden", {}).get(classifier["logits"]))
     return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(data[classifier["label"]])))
 

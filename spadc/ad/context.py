@@ -95,7 +95,8 @@ class Context:
             if self.stacked:
                 lo, hi = self.op_of_region.attrs["lo"], self.op_of_region.attrs["hi"]
                 kept_type = value.type.with_shape((hi - lo,) + value.type.shape)
-            kept = Value(kept_type, f"{value.hint}.tape" if value.hint else "tape")
+            hint = value.hint or "tape"
+            kept = Value(kept_type, hint if hint.endswith("tape") else f"{hint}.tape")
             self.requests[value.id] = (value, kept)
             self.parent.defined.add(kept.id)
         return self.requests[value.id][1]

@@ -79,8 +79,7 @@ def gradient(program: Program, accumulate: bool = False, sampling=None, score: s
         for decl in program.params:
             accumulators[decl.name] = Value(decl.value.type, f"{decl.name}.grad")
             adjoints.set(decl.value, accumulators[decl.name])
-    loss_op = next(op for op in program.body.ops if program.loss in op.results)
-    top.at(loss_op.loc, loss_op.inlined_at)
+    top.at(*_place_of(program, program.loss))
     adjoints.set(program.loss, top.op("const", value=1.0, dtype="f64"))
     _backward_block(top, program.body, adjoints)
     gradients = {}
@@ -96,6 +95,16 @@ def gradient(program: Program, accumulate: bool = False, sampling=None, score: s
     parameters = {p.value.id for p in program.params} | {i.value.id for i in inputs}
     tape = [v for v in top.read.values() if v.id not in parameters]
     return GradientProgram(result, tape, accumulators, entries, sampling, score)
+
+
+def _place_of(program: Program, value: Value) -> tuple:
+    """(loc, inlined_at) of the op or declaration that defines a top-level value (`loss p` makes
+    the loss a param itself)."""
+    for op in program.body.ops:
+        if value in op.results:
+            return op.loc, op.inlined_at
+    declaration = next(d for d in program.params + program.inputs if d.value is value)
+    return declaration.loc, ()
 
 
 # ---- activity ----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from llvmlite import ir
 
 from ..errors import Loc
 from ..ir.core import Block, Op, Value
-from .emitters import EMITTERS
+from .emitters import EMITTERS, llvm_name
 from .memory import MemoryPlan
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
@@ -71,7 +71,7 @@ class FunctionEmitter:
         if pointer.type == target:  # llvmlite would drop a no-op bitcast: callers name such pointers
             self._pointers[value.id] = pointer
         else:
-            self._pointers[value.id] = self.b.bitcast(pointer, target, name=value.hint or "")
+            self._pointers[value.id] = self.b.bitcast(pointer, target, name=llvm_name(value.hint))
 
     def pointer(self, value: Value):
         vid = self.plan.owner(value)
@@ -79,9 +79,9 @@ class FunctionEmitter:
             element = self.storage_type(value.type.dtype)
             if vid in self.plan.offsets:
                 raw = self._entry.gep(self.workspace, [I64(self.plan.offsets[vid])], inbounds=True)
-                self._pointers[vid] = self._entry.bitcast(raw, element.as_pointer(), name=value.hint or "")
+                self._pointers[vid] = self._entry.bitcast(raw, element.as_pointer(), name=llvm_name(value.hint))
             else:  # a scalar: a register in disguise
-                self._pointers[vid] = self.alloca(element, value.hint or "")
+                self._pointers[vid] = self.alloca(element, llvm_name(value.hint))
         return self._pointers[vid]
 
     def load(self, value: Value, index=None):
@@ -119,6 +119,7 @@ class FunctionEmitter:
 
         LLVM shape: pre -> head(phi i; i < end ? body : exit) -> body ... -> head; exit."""
         b = self.b
+        name = llvm_name(name)
         start = I64(start) if isinstance(start, int) else start
         end = b.add(start, I64(count)) if not isinstance(count, ir.Value) else b.add(start, count)
         pre = b.block

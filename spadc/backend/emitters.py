@@ -24,10 +24,18 @@ from .scalar import SCALAR, fconst, is_float
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
 
 
+MAX_NAME = 64  # LLVM truncates longer local names (at 1024), which can make two of them clash
+
+
+def llvm_name(hint: str | None) -> str:
+    """An LLVM value name from a value's hint: short enough never to be truncated."""
+    return (hint or "")[:MAX_NAME]
+
+
 def _named(value, hint):
     """Name an LLVM instruction after the source variable it computes (`spadc llvm` reads better)."""
     if hint and isinstance(value, ir.Instruction) and not value.name:
-        value.name = hint
+        value.name = llvm_name(hint)
     return value
 
 

@@ -35,7 +35,8 @@ from ..ad.reverse import GradientProgram
 from ..ad.tape import plan_tape, value_bytes
 from ..ir.core import Program, Value
 from .codegen import I64, Check, FunctionEmitter
-from .memory import element_size, plan
+from .emitters import llvm_name
+from .memory import check_limit, element_size, plan
 I8P = ir.IntType(8).as_pointer()
 DOUBLE_P = ir.DoubleType().as_pointer()
 
@@ -109,12 +110,14 @@ def _bind_sample(e, program: Program, inputs, args, layout, s):
         e.bind(decl.value, b.gep(base, [b.mul(s, stride)], name=decl.name))
 
 
-def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype: str, symbol: str = "forward") -> dict:
+def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype: str, symbol: str = "forward",
+                   max_memory: int | None = None) -> dict:
     """Add the forward kernel to the module, named `symbol`; returns its entry for the layout."""
     float_type_ = float_type(dtype)
     float_bytes = 8 if dtype == "f64" else 4
     checks: list[Check] = []
     plan_ = plan(program, float_bytes)
+    check_limit(program, plan_, max_memory, "forward kernel", float_bytes)
     tail = [("losses", float_type_.as_pointer()), ("outputs", I8P.as_pointer()), ("workspace", I8P),
             ("status", I64.as_pointer())]
     args, function = _signature(module, symbol, float_type_, tail)
@@ -136,7 +139,8 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
     return {"symbol": symbol, "workspace": plan_.size, "checks": _checks(checks)}
 
 
-def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, symbol: str) -> dict:
+def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, symbol: str,
+                max_memory: int | None = None) -> dict:
     """Add a gradient kernel named `symbol` to the module; returns its variant entry for the layout.
 
     grads = 0; for each sample: run the gradient program, whose gradients include the running sums
@@ -147,6 +151,7 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
     program = gradient.program
     tape = plan_tape(gradient, float_bytes)
     plan_ = plan(program, float_bytes, frozenset(v.id for v in gradient.accumulators.values()))
+    check_limit(program, plan_, max_memory, "gradient kernel", float_bytes)
     tail = [("loss_mean", float_type_.as_pointer()), ("grads", float_type_.as_pointer()), ("site_data", DOUBLE_P),
             ("scores", DOUBLE_P), ("stored", I64.as_pointer()), ("workspace", I8P), ("status", I64.as_pointer())]
     args, function = _signature(module, symbol, float_type_, tail)
@@ -166,7 +171,7 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
     with e.loop(args["n"], "s") as s:
         _bind_sample(e, program, user_inputs, args, layout, s)
         for name, accumulator in gradient.accumulators.items():
-            e.bind(accumulator, b.gep(args["grads"], [I64(offsets[name])], inbounds=True, name=accumulator.hint))
+            e.bind(accumulator, b.gep(args["grads"], [I64(offsets[name])], inbounds=True, name=llvm_name(accumulator.hint)))
         e.block(program.body)
         b.store(b.fadd(b.load(loss_sum), e.load(program.loss)), loss_sum)
         for name, value in gradient.gradients.items():

@@ -12,14 +12,21 @@ Invariants:
   same entry of its operands, so reading and writing one buffer is safe. This makes accumulating
   adjoints in loops O(1) per update instead of a copy of the whole accumulator.
 - Every slot is aligned to 64 bytes.
+- A plan larger than the memory limit is refused before any code is emitted, with the place of
+  the op whose result takes the most of it (for a long loop, its tape).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from spadrt import limits
+from spadrt.limits import format_bytes
+
+from ..ad.tape import value_bytes
+from ..errors import SpadcError
 from ..ir import primitives
-from ..ir.core import Block, Program, Value
+from ..ir.core import Block, Program, Value, walk_ops
 
 ALIGN = 64
 _IN_PLACE_FAMILIES = ("unary", "binary", "select")
@@ -51,6 +58,22 @@ def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = froz
     body = Block(program.body.params, program.body.ops, [program.loss, *program.outputs.values()])
     _plan_block(body, result, external, float_bytes, set(writable))
     return result
+
+
+def check_limit(program: Program, plan_: MemoryPlan, max_memory: int | None, kernel: str, float_bytes: int):
+    """Refuse a workspace above the memory limit, naming the biggest allocation's op."""
+    limit = limits.max_memory(max_memory)
+    if plan_.size <= limit:
+        return
+    sized = [(value_bytes(r, float_bytes), op) for op in walk_ops(program.body) for r in op.results
+             if r.id in plan_.offsets]
+    biggest, op = max(sized, key=lambda pair: pair[0])
+    what = f"a loop's tape ({op.attrs['hi'] - op.attrs['lo']:,} iterations)" if op.kind == "loop" else f"`{op.kind}`"
+    raise SpadcError(f"the {kernel} needs a workspace of {format_bytes(plan_.size)}, "
+                     f"{format_bytes(biggest)} of it for {what} here: more than {limits.limit_text(limit)}. "
+                     f"Shorten the loop or shrink the values it keeps, or use an estimator that keeps less "
+                     f"(RAD or SPAD with a small keep)", op.loc)
+
 
 
 def _allocate(value: Value, plan_: MemoryPlan, float_bytes: int):

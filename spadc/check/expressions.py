@@ -33,6 +33,19 @@ BUILTIN_CONSTANTS = {"pi": np.pi, "e": np.e}
 ARITHMETIC = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", "%": "mod", "^": "pow"}
 COMPARISONS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
 _NOT_FOLDED = {"dropout_mask"}
+_INTEGER_OVERFLOWS = ("add", "sub", "mul", "neg", "abs", "floordiv", "reduce_sum", "reduce_prod")
+
+
+def _check_no_overflow(kind: str, args, attrs, folded: np.ndarray, loc: Loc):
+    """NumPy's i64 arithmetic wraps silently: fold again with Python's unbounded integers and
+    compare, so that a constant that does not fit in i64 is an error, not a wrong number."""
+    exact = np.asarray(primitives.PRIMITIVES[kind].evaluate([a.const.astype(object) for a in args], attrs, None),
+                       dtype=object)
+    wrapped = np.flatnonzero(exact.ravel() != folded.astype(object).ravel())
+    if wrapped.size:
+        value = exact.ravel()[wrapped[0]]
+        raise SpadcError(f"integer overflow: this constant is {value}, which does not fit in i64 "
+                         f"(from {-2**63} to {2**63 - 1})", loc)
 
 
 class ExprChecker:
@@ -100,6 +113,8 @@ class ExprChecker:
                     const = primitives.PRIMITIVES[kind].evaluate([a.const for a in args], attrs, None)
             except primitives.Fault as fault:
                 raise SpadcError(str(fault), loc) from None
+            if kind in _INTEGER_OVERFLOWS and const.dtype == np.int64:
+                _check_no_overflow(kind, args, attrs, const, loc)
         if const is not None and np.ndim(const) == 0 and kind != "const":
             out = self.b.const(const.item(), primitives.infer(kind, [a.type for a in args], attrs).dtype, loc)
         else:

@@ -18,12 +18,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import Loc, Source, SpadcError
+from ..errors import Loc, Source, SpadcError, read_text
 from ..ir.builder import Builder
 from ..ir.core import Block
 from ..syntax import ast
 from ..syntax.parser import parse
 from .builtins import BUILTINS
+
+
+MAX_IMPORT_DEPTH = 32  # files in one chain of imports
+MAX_CALL_DEPTH = 32  # fns in one chain of calls (each is inlined into its caller)
 
 
 @dataclass(frozen=True)
@@ -86,12 +90,10 @@ class _Loader:
         if path in importing:
             chain = " -> ".join(os.path.basename(p) for p in importing[importing.index(path):] + (path,))
             raise SpadcError(f"import cycle: {chain}", stmt.loc)
+        if len(importing) >= MAX_IMPORT_DEPTH:
+            raise SpadcError(f"imports are chained more than {MAX_IMPORT_DEPTH} files deep", stmt.loc)
         if path not in self._loaded:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    text = f.read()
-            except (OSError, UnicodeDecodeError) as error:
-                raise SpadcError(f"cannot import \"{stmt.path}\": {error.strerror or error}", stmt.loc) from None
+            text = _read_module(path, stmt)
             name = os.path.relpath(path) if not os.path.isabs(stmt.path) else path
             _, imported = self.load(Source(name, text), os.path.dirname(path), importing)
             self._loaded[path] = imported
@@ -102,6 +104,13 @@ class _Loader:
         for name, fn in imported.fns.items():
             _check_new_global(env, name, stmt.loc, imported_from=stmt.path)
             env.fns[name] = fn
+
+
+def _read_module(path: str, stmt: ast.Import) -> str:
+    try:
+        return read_text(path)
+    except SpadcError as error:
+        raise SpadcError(f"cannot import \"{stmt.path}\": {error.bare_message}", stmt.loc) from None
 
 
 def _check_new_global(env: ModuleEnv, name: str, loc: Loc, imported_from: str | None = None):
@@ -134,6 +143,9 @@ def _reject_recursion(fns: list[FnDef]):
         if id(fn) in done:
             return
         path.append(fn)
+        if len(path) > MAX_CALL_DEPTH:
+            raise SpadcError(f"calls are nested more than {MAX_CALL_DEPTH} functions deep "
+                             f"({' -> '.join(f.node.name for f in path[:4])} -> ...)", fn.node.name_loc)
         for call in _calls(fn.node.body):
             callee = fn.env.fns.get(call.name)
             if callee is None:

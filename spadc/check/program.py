@@ -2,17 +2,23 @@
 
 Invariants:
 - The returned program has exactly one loss, a scalar f64, and every param is f64.
-- Param initialisers are resolved to an `InitSpec` whose value (for `= expr`) is already
-  broadcast to the declared shape.
+- Param initialisers are resolved to an `InitSpec`; a value (`= expr`) is kept as written and
+  broadcast to the declared shape only when params are allocated, so checking allocates no
+  parameter storage. Params together fit in the memory limit (spadrt.limits).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
-from ..errors import Source, SpadcError
+from spadrt.errors import SpadcWarning
+from spadrt.limits import format_bytes, limit_text
+from spadrt.model import CALL_OPTIONS
+
+from ..errors import Source, SpadcError, render
 from ..ir.builder import Builder
 from ..ir.core import Block, InitSpec, InputDecl, ParamDecl, Program, Value
 from ..syntax import ast
@@ -23,17 +29,19 @@ from .typed import Typed
 DISTRIBUTIONS = {"normal": ("mean", "std"), "uniform": ("lo", "hi"), "glorot": ()}
 
 
-def check_source(source: Source, base_dir: str | None = None) -> Program:
+def check_source(source: Source, base_dir: str | None = None, max_memory=None) -> Program:
+    """`max_memory`: bytes (spadrt.limits); params together may not need more."""
     if base_dir is None:
         base_dir = os.path.dirname(os.path.abspath(source.name)) if os.path.exists(source.name) else os.getcwd()
     module, env = modules.load(source, base_dir)
-    return _ProgramChecker(env, source).run(module)
+    return _ProgramChecker(env, source, max_memory).run(module)
 
 
 class _ProgramChecker(StatementChecker):
-    def __init__(self, env, source: Source):
-        super().__init__(Builder(Block()), env)
+    def __init__(self, env, source: Source, max_memory=None):
+        super().__init__(Builder(Block()), env, max_memory)
         self.source = source
+        self.param_bytes = 0
         self.params: list[ParamDecl] = []
         self.inputs: list[InputDecl] = []
         self.outputs: dict[str, Value] = {}
@@ -57,6 +65,10 @@ class _ProgramChecker(StatementChecker):
         return Program(name, self.params, self.inputs, body, self.outputs, self.loss[0].value, self.classifier)
 
     def input(self, stmt: ast.Input):
+        if stmt.name in CALL_OPTIONS:
+            warnings.warn(render(f"input `{stmt.name}` is named like an option of `forward` and `grad`: from "
+                                 f"Python, pass it as inputs={{\"{stmt.name}\": ...}}", stmt.name_loc, kind="warning"),
+                          SpadcWarning, stacklevel=2)
         value = Value(self.resolve_type(stmt.type), stmt.name)
         self.declare(stmt.name, "input", Typed(value), stmt.name_loc)
         self.inputs.append(InputDecl(stmt.name, value, stmt.loc))
@@ -72,6 +84,10 @@ class _ProgramChecker(StatementChecker):
             if not bounds[0] < bounds[1]:
                 raise SpadcError(f"the bounds of `{stmt.name}` must satisfy lo < hi, got [{bounds[0]}, {bounds[1]}]",
                                  stmt.bounds[0].loc)
+        self.param_bytes += type_.size * 8
+        if self.param_bytes > self.max_memory:
+            raise SpadcError(f"the params up to `{stmt.name}` need {format_bytes(self.param_bytes)}: more than "
+                             f"{limit_text(self.max_memory)}", stmt.type.loc)
         value = Value(type_, stmt.name)
         self.declare(stmt.name, "param", Typed(value), stmt.name_loc)
         self.params.append(ParamDecl(stmt.name, value, self._init(stmt, type_), bounds, stmt.loc))
@@ -79,17 +95,19 @@ class _ProgramChecker(StatementChecker):
     def _init(self, stmt: ast.Param, type_) -> InitSpec:
         init = stmt.init
         if init is None:
-            return InitSpec("value", (np.zeros(type_.shape),))
+            return InitSpec("value", (np.float64(0.0),))
         if isinstance(init, ast.InitValue):
             value = self.const_value(init.value, f"the initial value of `{stmt.name}`")
             if value.dtype.kind == "b":
                 raise SpadcError(f"the initial value of `{stmt.name}` must be numeric", init.loc)
             try:
-                value = np.broadcast_to(value.astype(np.float64), type_.shape).copy()
+                np.broadcast_shapes(value.shape, type_.shape)
             except ValueError:
                 raise SpadcError(f"the initial value has shape {list(value.shape)}, which does not broadcast to "
                                  f"{type_}", init.value.loc) from None
-            return InitSpec("value", (value,))
+            if not np.all(np.isfinite(value)):
+                raise SpadcError(f"the initial value of `{stmt.name}` must be finite", init.value.loc)
+            return InitSpec("value", (value.astype(np.float64),))  # broadcast when params are allocated
         if init.dist not in DISTRIBUTIONS:
             raise SpadcError(f"unknown distribution `{init.dist}` (expected normal, uniform or glorot)", init.loc)
         names = DISTRIBUTIONS[init.dist]
@@ -99,6 +117,11 @@ class _ProgramChecker(StatementChecker):
             raise SpadcError(f"`{init.dist}` takes {len(names)} argument{'s' * (len(names) != 1)} "
                              f"({', '.join(names) or 'none'}), got {len(init.args)}", init.loc)
         args = tuple(self.const_float(a, f"the {n} of `{init.dist}`") for a, n in zip(init.args, names))
+        for arg, node, n in zip(args, init.args, names):
+            if not np.isfinite(arg):
+                raise SpadcError(f"the {n} of `{init.dist}` must be finite, got {arg}", ast.start_loc(node))
+        if init.dist == "uniform" and not np.isfinite(args[1] - args[0]):
+            raise SpadcError(f"the range of `uniform` ({args[0]} to {args[1]}) is too wide for f64", init.loc)
         if init.dist == "normal" and args[1] < 0:
             raise SpadcError(f"the std of `normal` must be >= 0, got {args[1]}", init.args[1].loc)
         if init.dist == "uniform" and not args[0] < args[1]:

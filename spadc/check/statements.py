@@ -13,6 +13,9 @@ Invariants:
 
 from __future__ import annotations
 
+from spadrt import limits
+from spadrt.limits import format_bytes, limit_text
+
 from ..errors import Loc, SpadcError
 from ..ir.core import Value
 from ..ir.types import DTYPES, TensorType
@@ -25,10 +28,14 @@ _KIND_WORDS = {"const": "a const", "input": "an input", "param": "a param", "out
                "loopvar": "a loop variable", "arg": "a function argument"}
 
 
+MAX_RANK = 32  # NumPy 1.x's limit on array dimensions (2.x allows 64)
+
+
 class StatementChecker(ExprChecker):
-    def __init__(self, builder, env):
+    def __init__(self, builder, env, max_memory: int | None = None):
         super().__init__(builder, env)
         self.last_cross_entropy = None
+        self.max_memory = limits.max_memory(max_memory)  # bytes; no declared value may need more
 
     # ---- names -----------------------------------------------------------------
 
@@ -45,7 +52,14 @@ class StatementChecker(ExprChecker):
             hint = (" (f32 is chosen for a whole program by a compile option; declare f64)"
                     if t.elem == "f32" else " (expected f64, i64 or bool)")
             raise SpadcError(f"unknown type `{t.elem}`{hint}", t.loc)
-        return TensorType(t.elem, tuple(self.const_int(d, "a dimension", minimum=1) for d in t.dims))
+        if len(t.dims) > MAX_RANK:
+            raise SpadcError(f"a type may have at most {MAX_RANK} dimensions, got {len(t.dims)}", t.loc)
+        type_ = TensorType(t.elem, tuple(self.const_int(d, "a dimension", minimum=1) for d in t.dims))
+        needed = type_.size * 8
+        if needed > self.max_memory:
+            raise SpadcError(f"{type_} has {type_.size:,} entries ({format_bytes(needed)}): more than "
+                             f"{limit_text(self.max_memory)}", t.loc)
+        return type_
 
     # ---- statements inside blocks ----------------------------------------------
 

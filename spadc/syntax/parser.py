@@ -19,6 +19,9 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedTok
 from ..errors import Loc, Source, SpadcError, strip_comment as _strip_comment
 from . import ast
 
+MAX_NESTING = 200  # levels of the parse tree; deeper programs are refused before any recursion
+I64_MAX = (1 << 63) - 1
+
 KEYWORDS = frozenset(
     "const input param fn let output loss return for in if then else and or not import true false".split()
 )
@@ -83,6 +86,7 @@ def parse(source: Source) -> ast.Module:
         token = error.token
         raise SpadcError(f"syntax error: '{token.value}' is a keyword and cannot be used as a name",
                          Loc(source, token.line, token.column)) from None
+    _check_nesting(source, tree)
     try:
         statements = _Builder(source).transform(tree)
     except VisitError as error:  # a SpadcError raised while building (for example a bad number)
@@ -90,6 +94,19 @@ def parse(source: Source) -> ast.Module:
             raise error.orig_exc from None
         raise
     return ast.Module(tuple(statements), source.name)
+
+
+def _check_nesting(source: Source, tree: lark.Tree):
+    """Refuse a parse tree deeper than MAX_NESTING, before anything walks it recursively (the
+    transformer, the checker and the adjoint recurse once or more per level)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise SpadcError(f"the program is nested too deeply here (more than {MAX_NESTING} levels of "
+                             f"expressions and blocks): split it with `let` or a `fn`",
+                             Loc(source, node.meta.line, node.meta.column))
+        stack.extend((child, depth + 1) for child in node.children if isinstance(child, lark.Tree))
 
 
 # ---- syntax errors -------------------------------------------------------------
@@ -164,8 +181,22 @@ def _syntax_error(source: Source, error: UnexpectedInput) -> SpadcError:
 
 # ---- parse tree to AST ---------------------------------------------------------
 
-def _int_or_float(text: str) -> int | float:
-    return float(text) if any(c in text for c in ".eE") else int(text)
+def _number_value(text: str, loc: Loc) -> int | float:
+    """An integer literal fits in i64; a float literal is finite in f64 (its rounding is fine)."""
+    if any(c in text for c in ".eE"):
+        value = float(text)
+        if value == float("inf"):
+            raise SpadcError(f"the number {_abbreviated(text)} is too large for f64 (at most about 1.8e308)", loc)
+        return value
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 19 or int(digits) > I64_MAX:  # the length test first: int() refuses over 4300 digits
+        raise SpadcError(f"the integer {_abbreviated(text)} does not fit in i64 (at most {I64_MAX}); "
+                         f"write a float (with a `.` or an exponent) if you mean one", loc)
+    return int(text)
+
+
+def _abbreviated(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:10]}...{text[-6:]} ({len(text)} digits)"
 
 
 def _split_arguments(args) -> tuple[tuple, tuple]:
@@ -259,7 +290,7 @@ class _Builder(Transformer):
 
     # expressions
     def number(self, meta, c):
-        return ast.Number(_int_or_float(str(c[0])), self._loc(c[0]))
+        return ast.Number(_number_value(str(c[0]), self._loc(c[0])), self._loc(c[0]))
 
     def true(self, meta, c):
         return ast.Bool(True, self._loc(meta))
