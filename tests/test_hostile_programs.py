@@ -1,0 +1,185 @@
+"""Hostile programs: each is one located `SpadcError` (or compiles and runs correctly), never a
+traceback, a silent wrong value, a hang or a huge allocation."""
+
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import spadc
+
+from conftest import check
+
+NESTING = 300  # deeper than the parser's limit (200 levels)
+SHALLOW = 60  # well within it: must compile, differentiate and run
+CHECK_PEAK_BYTES = 20 << 20  # what checking a program with a 74.5 GiB param may allocate at most
+
+
+def located(text: str, max_memory=None) -> spadc.SpadcError:
+    """The error compiling `text` raises; it must carry a place."""
+    with pytest.raises(spadc.SpadcError) as info:
+        spadc.compile_source(text, name="h.spad", max_memory=max_memory)
+    assert info.value.loc is not None, f"no place in: {info.value}"
+    assert str(info.value).startswith(f"h.spad:{info.value.loc.line}:{info.value.loc.col}: error: ")
+    return info.value
+
+
+@pytest.mark.parametrize("loss", ["p", "((p))", "x"])
+def test_a_loss_that_is_a_param_or_an_input_compiles_and_differentiates(loss):
+    model = spadc.compile_source(f"input x: f64\nparam p: f64 = 2.5\nloss {loss}\n", name="h.spad")
+    expected_value, expected_gradient = (7.0, 0.0) if loss == "x" else (2.5, 1.0)
+    assert model.loss(x=7.0) == expected_value
+    assert model.grad(x=7.0) == (expected_value, {"p": expected_gradient})
+    assert model.grad(x=7.0, estimator=spadc.RAD(keep=0.5, policy="edges"))[1]["p"] == expected_gradient
+
+
+@pytest.mark.parametrize("literal, message", [
+    ("99999999999999999999", "does not fit in i64"),
+    ("9" * 5000, "does not fit in i64"),
+    ("1" + "0" * 400 + ".0", "too large for f64"),
+    ("1e400", "too large for f64"),
+])
+def test_literals_out_of_range(literal, message):
+    error = located(f"param p: f64\nconst N = {literal}\nloss p\n")
+    assert message in str(error) and error.loc.line == 2 and error.loc.col == 11
+
+
+def test_the_largest_i64_literal_is_fine():
+    model = spadc.compile_source("const N = 9223372036854775807\nparam p: f64 = 1.0\nloss p * float(N // N)\n")
+    assert model.loss() == 1.0
+
+
+@pytest.mark.parametrize("text, column", [
+    ("const N = 4294967296 * 4294967296\nparam p: f64\nloss p * float(N)", 22),
+    ("param p: f64[4611686018427387904 * 4 + 2]\nloss sum(p)", 34),
+    ("const M = 9223372036854775807\nparam p: f64\nloss p * float(M + 1)", 18),
+    ("const M = 9223372036854775807\nparam p: f64\nloss p * float(-M - 1 - 1)", 23),
+    ("const M = 9223372036854775807\nparam p: f64\nloss p * float(abs(-M - 1))", 16),
+    ("const M = 3037000500\nparam p: f64\nloss p * float(sum([M * M, M]))", 23),
+])
+def test_constant_integer_overflow_is_an_error_not_a_wrapped_value(text, column):
+    error = located(text)
+    assert "integer overflow" in str(error) and error.loc.col == column
+
+
+@pytest.mark.parametrize("init, message", [
+    ("uniform(0, 1e308 * 10)", "must be finite"),
+    ("uniform(-1e308, 1e308)", "too wide"),
+    ("normal(0, 1e308 * 10)", "must be finite"),
+    ("normal(1e308 * 10, 1)", "must be finite"),
+])
+def test_infinite_initialisers(init, message):
+    assert message in str(located(f"param p: f64 ~ {init}\nloss p * p\n"))
+
+
+def test_rank_above_the_limit():
+    error = located(f"param p: f64[{', '.join(['1'] * 70)}]\nloss sum(p)\n")
+    assert "at most 32 dimensions" in str(error)
+
+
+NESTED = {
+    "for": lambda n: "param p: f64 = 1.0\nlet a = p\n" + "".join(f"for i{k} in 0..2 {{\n" for k in range(n))
+                     + "a = a * 1.0\n" + "}\n" * n + "loss a\n",
+    "if": lambda n: "param p: f64 = 1.0\nloss " + "if p > 0 then " * n + "p" + " else p" * n + "\n",
+    "power": lambda n: "param p: f64 = 1.0\nloss " + "p^" * n + "p\n",
+    "tanh": lambda n: "param p: f64 = 1.0\nloss " + "tanh(" * n + "p" + ")" * n + "\n",
+    "negation": lambda n: "param p: f64 = 1.0\nloss " + "-" * n + "p\n",
+    "sum": lambda n: "param p: f64 = 1.0\nloss " + " + ".join(["p"] * n) + "\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NESTED))
+def test_deep_nesting_is_a_located_error(kind):
+    assert "nested too deeply" in str(located(NESTED[kind](NESTING)))
+
+
+@pytest.mark.parametrize("kind", sorted(NESTED))
+def test_nesting_within_the_limit_compiles_and_differentiates(kind):
+    model = spadc.compile_source(NESTED[kind](SHALLOW // 2 if kind == "for" else SHALLOW), name="h.spad")
+    loss, grads = model.grad()
+    assert np.isfinite(loss) and np.isfinite(grads["p"])
+
+
+def test_deep_chains_of_fns_and_imports(tmp_path):
+    chain = "".join(f"fn f{k}(x) = f{k + 1}(x) * 1.0\n" for k in range(40)) + "fn f40(x) = x\n"
+    assert "calls are nested more than" in str(located(chain + "param p: f64\nloss f0(p)\n"))
+    for k in range(40):
+        (tmp_path / f"m{k}.spad").write_text(f'import "m{k + 1}.spad"\n')
+    (tmp_path / "m40.spad").write_text("const C = 1\n")
+    (tmp_path / "main.spad").write_text('import "m0.spad"\nparam p: f64\nloss p\n')
+    with pytest.raises(spadc.SpadcError, match="imports are chained more than"):
+        spadc.compile_file(str(tmp_path / "main.spad"))
+
+
+def test_long_names_do_not_clash_in_llvm():
+    """LLVM truncates local names over 1024 characters: two such names once became one value."""
+    text = ("param p: f64 = 1.0\nlet " + "a" * 3000 + " = p * 2.0\nlet h = p\nfor " + "t" * 2000
+            + " in 0..3 {\n  h = h * " + "a" * 3000 + "\n}\nloss h\n")
+    assert spadc.compile_source(text).grad() == (8.0, {"p": 32.0})  # 8 p^4
+
+
+def test_imports_that_are_not_utf8_or_not_regular_files(tmp_path):
+    (tmp_path / "latin1.spad").write_bytes(b"fn f(x) = x\n# caf\xe9\n")
+    (tmp_path / "main.spad").write_text('import "latin1.spad"\nparam p: f64\nloss p\n')
+    with pytest.raises(spadc.SpadcError, match=r"not UTF-8 text \(byte 0xe9 on line 2\)") as info:
+        spadc.compile_file(str(tmp_path / "main.spad"))
+    assert info.value.loc.line == 1
+    (tmp_path / "stdin.spad").write_text('import "/dev/stdin"\nparam p: f64\nloss p\n')
+    result = subprocess.run([sys.executable, "-m", "spadc", "check", str(tmp_path / "stdin.spad")],
+                            capture_output=True, text=True, timeout=60)  # blocked forever before
+    assert result.returncode == 1 and "not a regular file" in result.stderr
+
+
+def test_checking_a_huge_param_allocates_no_storage():
+    text = "param W: f64[100000, 100000]\nloss sum(W)\n"
+    error = located(text)
+    assert "74.5 GiB" in str(error) and "memory limit" in str(error) and error.loc.col == 10
+    tracemalloc.start()
+    try:
+        spadc.frontend.lower(spadc.frontend.check_source(spadc.errors.Source("h.spad", text), ".", 1 << 40))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < CHECK_PEAK_BYTES
+
+
+def test_params_over_a_small_limit_name_the_param():
+    error = located("param a: f64[1000]\nparam b: f64[1000]\nloss sum(a) + sum(b)\n", max_memory=12000)
+    assert "the params up to `b` need 15.6 KiB" in str(error) and error.loc.line == 2
+
+
+def test_a_billion_step_tape_is_refused_before_allocation():
+    text = "param p: f64[100] = 1.0\nlet h = p\nfor t in 0..1000000000 {\n  h = tanh(h * p)\n}\nloss sum(h)\n"
+    error = located(text)
+    assert "gradient kernel needs a workspace of" in str(error) and "1,000,000,000 iterations" in str(error)
+    assert error.loc.line == 3
+    model = spadc.compile_source(text.replace("1000000000", "10"), max_memory="64M")
+    assert np.isfinite(model.grad()[0])
+
+
+def test_the_memory_limit_setting_is_validated(monkeypatch):
+    for bad in ("lots", "-5", 0, True):
+        with pytest.raises(spadc.SpadcError, match="max_memory"):
+            spadc.compile_source("param p: f64\nloss p", max_memory=bad)
+    monkeypatch.setenv("SPADC_MAX_MEMORY", "1K")
+    assert "memory limit of 1.0 KiB" in str(located("param p: f64[1000]\nloss sum(p)"))
+
+
+def test_an_input_named_like_a_call_option_warns_and_is_callable_through_inputs():
+    with pytest.warns(spadc.SpadcWarning) as caught:
+        model = spadc.compile_source("input seed: f64\ninput step: f64\nparam p: f64 = 2.0\nloss p * seed + step\n",
+                                     name="opt.spad")
+    assert [str(w.message).split(": ")[2] for w in caught] == [
+        f"input `{name}` is named like an option of `forward` and `grad`" for name in ("seed", "step")]
+    assert model.loss(inputs={"seed": 3.0, "step": 1.0}) == 7.0
+    assert model.grad(inputs={"seed": 3.0, "step": 1.0}, seed=5) == (7.0, {"p": 3.0})
+    with pytest.raises(spadc.SpadcError, match="missing input `seed`"):
+        model.loss(inputs={"step": 1.0})
+
+
+def test_check_still_compiles_what_it_accepts():
+    """The checker accepts the program; everything downstream must too (once: StopIteration)."""
+    program = check("param p: f64\nloss ((p))")
+    assert program.loss is program.params[0].value
