@@ -235,3 +235,14 @@ def test_ctrl_c_during_training_exits_130_with_the_last_checkpoint_intact(tmp_pa
         model = spadc.compile_file(example("mlp_digits.spad"))
         model.load(str(checkpoint))
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_freeing_and_recompiling_models_does_not_crash():
+    """Every JIT engine once shared one target machine, which each disposed of when freed."""
+    import spadc.api
+    for k in range(100):
+        model = spadc.compile_source(f"param p: f64 = {k}.0\nloss p * p * {k + 1}.0", name=f"free{k}.spad")
+        assert model.grad() == (k * k * (k + 1.0), {"p": 2.0 * k * (k + 1)})
+        spadc.api._CACHE.clear()
+        del model
+        gc.collect()

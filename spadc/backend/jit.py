@@ -4,6 +4,8 @@ Invariants:
 - Optimisation uses LLVM's default pipeline at the given level (O2 or O3), with loop and SLP
   vectorisation on, tuned for the host CPU.
 - A `Compiled` keeps its execution engine alive as long as anyone holds the function addresses.
+- Each engine gets a target machine of its own (it owns and frees it), so freeing compiled
+  models in any order is safe.
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ import llvmlite.binding as llvm
 
 
 @lru_cache(maxsize=1)
-def _native():
+def _host() -> tuple:
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
-    target = llvm.Target.from_default_triple()
-    return target.create_target_machine(opt=3, cpu=llvm.get_host_cpu_name(),
-                                        features=llvm.get_host_cpu_features().flatten(), jit=True)
+    return llvm.Target.from_default_triple(), llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+
+
+def _native():
+    """A new target machine for the host. Never shared: an MCJIT engine owns the target machine it
+    is given and disposes of it with itself, so two engines sharing one crash when both are freed."""
+    target, cpu, features = _host()
+    return target.create_target_machine(opt=3, cpu=cpu, features=features, jit=True)
 
 
 def optimise(llvm_ir: str, target_machine, level: int = 3) -> "llvm.ModuleRef":

@@ -1,0 +1,423 @@
+"""A differential fuzzer: random valid .spad programs, compiled and checked against independent
+oracles, and random mutants of them, which may only ever give located `SpadcError`s.
+
+Each generated program is checked for (`check_program`):
+- forward values, in evaluation and in training mode (dropout), compiled against the NumPy
+  interpreter;
+- the exact gradient, compiled against the interpreter running the gradient program;
+- a batch against the same samples one by one (`sample_offset`), to the bit;
+- RAD at keep 1 against the exact gradient, to the bit, and a sampled RAD twice with one seed;
+- f32 against f64, on smooth programs;
+- on smooth programs, the gradient against a fourth-order central difference along a random
+  direction (an oracle independent of the adjoint).
+
+Run as a script for the long profile (`python tests/fuzzing.py --programs 10000`); the suite runs a
+seeded short profile (tests/test_fuzz.py). Every failure prints the program and its seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import spadc  # noqa: E402
+from spadc.ad.reverse import gradient  # noqa: E402
+from spadc.ir.interpret import RunOptions, evaluate  # noqa: E402
+
+COMPILED_RTOL = 1e-9  # compiled against interpreted values (LLVM may reorder sums)
+F32_RTOL = 2e-3  # f32 against f64 losses, on smooth programs whose loss is not tiny
+DIRECTION_STEP = 1e-3  # step of the fourth-order central difference
+DIRECTION_RTOL = 1e-5
+BATCH = 3
+
+SMOOTH_UNARY = ["tanh({0})", "sin({0})", "cos({0})", "sigmoid({0})", "exp(tanh({0}))", "log({0} * {0} + 1)",
+                "log1p({0} * {0})", "sqrt({0} * {0} + 1)", "softplus({0})", "expm1(tanh({0}))",
+                "tan(0.3 * tanh({0}))", "-{0}", "sin(pi * {0}) * e", "(({0}) * ({0}) + 1) ^ 0.5", "2 ^ tanh({0})"]
+ROUGH_UNARY = ["abs({0})", "relu({0})", "sign({0})", "floor({0})", "stop_gradient({0})", "float(int({0} * 3))",
+               "abs({0}) ^ 1.5"]
+SMOOTH_BINARY = ["{0} + {1}", "{0} - {1}", "{0} * {1}", "{0} / ({1} * {1} + 1)"]
+ROUGH_BINARY = ["max({0}, {1})", "min({0}, {1})", "where({0} > {1}, {0}, {1} * 2)", "({0}) // 0.7 + {1}",
+                "({0}) % 0.7 + {1}", "where({0} < 0.1 and not ({1} >= 1) or {0} == {1}, {0}, -{1})",
+                "where({0} <= {1} or {0} != {1} * 2, {0}, {1})"]
+REDUCTIONS = ["sum({0})", "mean({0})", "prod(tanh({0}))", "norm({0})", "logsumexp({0})"]
+ROUGH_REDUCTIONS = ["max({0})", "min({0})"]
+
+
+class ProgramGenerator:
+    """One random program: consts N, M, T; params and inputs of shapes (), [N], [M], [M, N];
+    fns, lets, loops with carried values, comprehensions, conds; one scalar loss."""
+
+    def __init__(self, seed: int, smooth: bool | None = None):
+        self.rng = np.random.default_rng(seed)
+        self.smooth = bool(self.rng.random() < 0.5) if smooth is None else smooth
+        self.n, self.m, self.t = (int(v) for v in self.rng.integers(2, 5, 3))
+        self.shapes = {(): "s", ("N",): "v", ("M",): "w", ("M", "N"): "A", ("N", "M"): "B"}
+        self.variables: dict[tuple, list[str]] = {shape: [] for shape in self.shapes}
+        self.indices: list[str] = []  # i64 names valid as an index below N (loop variables)
+        self.counter = 0
+
+    # ---- pieces ----------------------------------------------------------------------
+
+    def choice(self, options):
+        return options[int(self.rng.integers(len(options)))]
+
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def size(self, dim: str) -> int:
+        return {"N": self.n, "M": self.m}[dim]
+
+    def constant(self, shape: tuple) -> str:
+        value = f"{self.rng.uniform(-1.5, 1.5):.3f}"
+        if not shape:
+            return f"({value})"
+        return self.choice([f"fill({value}, {', '.join(shape)})", f"zeros({', '.join(shape)})",
+                            f"(ones({', '.join(shape)}) * {value})"])
+
+    def index(self, dim: str) -> str:
+        options = ["0", f"{dim} - 1"]
+        if dim == "N":
+            options += [f"({i} + 1) % N" for i in self.indices] + [f"min({i}, N - 1)" for i in self.indices]
+            options += ["k % N", "max(k // 2, 1) % N", "min(abs(k - 3), N - 1)"]  # inputs: checked at run time
+        return self.choice(options)
+
+    # ---- expressions of a given shape ---------------------------------------------------
+
+    def expr(self, shape: tuple, depth: int) -> str:
+        if depth <= 0 or self.rng.random() < 0.2:
+            return self.leaf(shape)
+        kind = self.choice(["unary", "binary", "binary", "reduce", "linear", "structure", "fn", "cond"])
+        return getattr(self, f"_{kind}")(shape, depth - 1)
+
+    def leaf(self, shape: tuple) -> str:
+        names = self.variables[shape]
+        if names and self.rng.random() < 0.85:
+            return self.choice(names)
+        if shape == () and self.variables[("N",)] and self.rng.random() < 0.5:
+            return f"{self.choice(self.variables[('N',)])}[{self.index('N')}]"
+        return self.constant(shape)
+
+    def _unary(self, shape, depth):
+        table = SMOOTH_UNARY + ([] if self.smooth else ROUGH_UNARY)
+        return self.choice(table).format(self.expr(shape, depth))
+
+    def _binary(self, shape, depth):
+        table = SMOOTH_BINARY + ([] if self.smooth else ROUGH_BINARY)
+        other = shape if self.rng.random() < 0.7 else ()  # broadcast a scalar
+        left, right = self.expr(shape, depth), self.expr(other, depth)
+        if self.rng.random() < 0.5:
+            left, right = right, left
+        return "(" + self.choice(table).format(left, right) + ")"
+
+    def _reduce(self, shape, depth):
+        table = REDUCTIONS + ([] if self.smooth else ROUGH_REDUCTIONS)
+        if shape == ():
+            source = self.choice([("N",), ("M", "N")])
+            return self.choice(table).format(self.expr(source, depth))
+        if len(shape) == 1:
+            axis = 0 if shape == ("N",) else 1
+            reduction = self.choice(["sum", "mean", "logsumexp"] + ([] if self.smooth else ["max"]))
+            return f"{reduction}({self.expr(('M', 'N'), depth)}, axis={axis})"
+        return self.expr(shape, depth)
+
+    def _linear(self, shape, depth):
+        if shape == ("M",):
+            return f"({self.expr(('M', 'N'), depth)} @ {self.expr(('N',), depth)})"
+        if shape == ("N",):
+            return self.choice([f"({self.expr(('M',), depth)} @ {self.expr(('M', 'N'), depth)})",
+                                f"(eye(N) @ {self.expr(('N',), depth)})",
+                                f"softmax({self.expr(('N',), depth)})",
+                                f"log_softmax({self.expr(('N',), depth)})",
+                                f"(onehot(k % N, N) * {self.expr(('N',), depth)})"])
+        if shape == ("M", "N"):
+            return self.choice([f"outer({self.expr(('M',), depth)}, {self.expr(('N',), depth)})",
+                                f"transpose({self.expr(('N', 'M'), depth)})",
+                                f"({self.expr(('M', 'N'), depth)} @ (eye(N) * 0.5))"])
+        if shape == ("N", "M"):
+            return f"transpose({self.expr(('M', 'N'), depth)})"
+        return self.choice([f"dot({self.expr(('N',), depth)}, {self.expr(('N',), depth)})",
+                            f"({self.expr(('M',), depth)} @ {self.expr(('M',), depth)})",
+                            f"mse({self.expr(('N',), depth)}, {self.expr(('N',), depth)})"])
+
+    def _structure(self, shape, depth):
+        """Indexing, slices, comprehensions, generator reductions, literals, dropout."""
+        if shape == ():
+            i = self.fresh("i")
+            self.indices.append(i)
+            body = self.expr((), depth)
+            self.indices.pop()
+            reduction = self.choice(["sum", "mean", "prod"] + ([] if self.smooth else ["max", "min"]))
+            if self.variables[("M", "N")] and self.rng.random() < 0.3:
+                return f"{self.choice(self.variables[('M', 'N')])}[{self.index('M')}, {self.index('N')}]"
+            return f"{reduction}(tanh({body}) for {i} in 0..N)"
+        if shape == ("N",):
+            i = self.fresh("i")
+            self.indices.append(i)
+            body = self.expr((), depth)
+            self.indices.pop()
+            options = [f"[{body} for {i} in 0..N]", f"dropout({self.expr(shape, depth)}, 0.3)",
+                       "[" + ", ".join(self.expr((), depth) for _ in range(self.n)) + "]"]
+            if self.variables[("M", "N")]:
+                options.append(f"{self.choice(self.variables[('M', 'N')])}[{self.index('M')}]")
+            options.append(f"({self.expr(('N',), depth)}[1:N] @ ones(N - 1)) * ones(N)")
+            return self.choice(options)
+        if shape == ("M",) and self.variables[("M", "N")]:
+            return f"{self.choice(self.variables[('M', 'N')])}[:, {self.index('N')}]"
+        if shape == ("M", "N"):
+            i = self.fresh("i")
+            self.indices.append(i)
+            row = self.expr(("N",), depth)
+            self.indices.pop()
+            return f"[{row} for {i} in 0..M]"
+        return self.expr(shape, depth)
+
+    def _fn(self, shape, depth):
+        return f"f{self.choice([0, 1])}({self.expr(shape, depth)}, {self.expr((), depth)})"
+
+    def _cond(self, shape, depth):
+        if self.smooth:
+            return self.expr(shape, depth)
+        return (f"(if {self.expr((), depth)} > {self.expr((), depth)} then {self.expr(shape, depth)} "
+                f"else {self.expr(shape, depth)})")
+
+    # ---- the program ---------------------------------------------------------------------
+
+    def program(self) -> str:
+        lines = [f"const N = {self.n}", f"const M = {self.m}", f"const T = {self.t}",
+                 "fn f0(a, b) = tanh(a) * b + a", "fn f1(a, b) {", "  let c = a * 0.5", "  return sigmoid(c) + b",
+                 "}", "input x: f64[N]", "input seq: f64[T, N]", "input k: i64", "input label: i64"]
+        self.variables[("N",)] += ["x"]
+        inits = ["~ normal(0, 0.5)", "~ uniform(-1, 1)", "= 0.3", "~ glorot()", "in [-2, 2] ~ normal(0, 0.5)"]
+        for shape in self.shapes:
+            for _ in range(int(self.rng.integers(1, 3))):
+                name = self.fresh("p")
+                dims = f"[{', '.join(shape)}]" if shape else ""
+                lines.append(f"param {name}: f64{dims} {self.choice(inits)}")
+                self.variables[shape].append(name)
+        for _ in range(int(self.rng.integers(1, 4))):
+            lines += self.statement(depth=3)
+        shape = self.choice(list(self.shapes))
+        lines.append(f"output out = {self.expr(shape, 2)}")
+        if self.rng.random() < 0.3:
+            lines.append(f"loss cross_entropy({self.expr(('N',), 3)}, label) + 0.1 * {self.expr((), 2)}")
+        else:
+            lines.append(f"loss {self.expr((), 4)} + sum(out * out) * 0.01")
+        return "\n".join(lines) + "\n"
+
+    def statement(self, depth: int) -> list[str]:
+        shape = self.choice(list(self.shapes))
+        name = self.fresh("h")
+        lines = [f"let {name} = {self.expr(shape, depth)}"]
+        if self.rng.random() < 0.6:
+            lines += self.loop(name, shape, depth)
+        self.variables[shape].append(name)
+        return lines
+
+    def loop(self, carried: str, shape: tuple, depth: int) -> list[str]:
+        t = self.fresh("t")
+        self.variables[shape].append(carried)
+        self.indices.append(t)
+        self.variables[("N",)].append(f"seq[{t}]")
+        body = [f"for {t} in 0..T {{"]
+        if self.rng.random() < 0.3:
+            inner = self.fresh("u")
+            self.indices.append(inner)
+            body += [f"  for {inner} in 0..2 {{", f"    {carried} = {self.expr(shape, depth - 1)}", "  }"]
+            self.indices.pop()
+        body.append(f"  {carried} = {self.expr(shape, depth - 1)}")
+        if self.rng.random() < 0.3:
+            body.append(f"  {carried} = {self.constant(shape)}")  # an update independent of every param
+        body.append("}")
+        self.variables[("N",)].pop()
+        self.indices.pop()
+        self.variables[shape].remove(carried)
+        return body
+
+
+# ---- checking one program -----------------------------------------------------------------
+
+class Mismatch(AssertionError):
+    pass
+
+
+def _close(name: str, got, want, rtol: float):
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    scale = 1.0 + (np.max(np.abs(want[np.isfinite(want)])) if np.isfinite(want).any() else 0.0)
+    if not np.allclose(got, want, rtol=rtol, atol=rtol * scale, equal_nan=True):
+        raise Mismatch(f"{name}: {got} against {want}")
+
+
+def inputs_for(seed: int, generator: ProgramGenerator, batch: int | None = None) -> dict:
+    rng = np.random.default_rng(seed + 1)
+    lead = () if batch is None else (batch,)
+    return {"x": rng.uniform(-1, 1, lead + (generator.n,)), "seq": rng.uniform(-1, 1, lead + (generator.t, generator.n)),
+            "k": rng.integers(0, 50, lead), "label": rng.integers(0, generator.n, lead)}
+
+
+def check_program(seed: int) -> str:
+    """Generate program `seed` and check it against every oracle; returns its text."""
+    generator = ProgramGenerator(seed)
+    text = generator.program()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = spadc.compile_source(text, name=f"fuzz{seed}.spad")
+        program = spadc.check_text(text, f"fuzz{seed}.spad")
+    model.init_params(seed=seed)
+    params = {k: v.copy() for k, v in model.params.items()}
+    inputs = inputs_for(seed, generator)
+    for training in (False, True):
+        options = RunOptions(training=training, seed=seed, step=3, sample=0)
+        reference = evaluate(program, params, inputs, options)
+        result = model.forward(**inputs, training=training, seed=seed, step=3)
+        _close(f"loss (training={training})", result.loss, reference.loss, COMPILED_RTOL)
+        _close("output", result.outputs["out"], reference.outputs["out"], COMPILED_RTOL)
+    loss, grads = model.grad(**inputs)
+    interpreted = evaluate(gradient(program).program, params, inputs)
+    _close("gradient loss", loss, interpreted.loss, COMPILED_RTOL)
+    for name in grads:
+        _close(f"d loss / d {name}", grads[name], interpreted.outputs[name], COMPILED_RTOL)
+    _check_batch(model, generator, seed)
+    _check_sampled(model, inputs, grads, seed)
+    if generator.smooth and np.isfinite(loss):
+        _check_direction(model, inputs, params, grads, seed)
+        _check_f32(text, seed, inputs, loss)
+    return text
+
+
+def _check_batch(model, generator, seed):
+    batch = inputs_for(seed, generator, BATCH)
+    losses = model.loss(**batch, training=True, seed=seed)
+    singles = [model.loss(**{k: v[s] for k, v in batch.items()}, training=True, seed=seed, sample_offset=s)
+               for s in range(BATCH)]
+    if not np.array_equal(losses, singles, equal_nan=True):
+        raise Mismatch(f"batch losses {losses} against one by one {singles}")
+    mean_loss, mean_grads = model.grad(**batch)
+    one_by_one = [model.grad(**{k: v[s] for k, v in batch.items()})[1] for s in range(BATCH)]
+    for name in mean_grads:
+        _close(f"batch mean d loss / d {name}", mean_grads[name], np.mean([g[name] for g in one_by_one], axis=0), 1e-12)
+
+
+def _check_sampled(model, inputs, grads, seed):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, kept = model.grad(**inputs, estimator=spadc.RAD(keep=1.0), seed=seed)
+        first = model.grad(**inputs, estimator=spadc.RAD(keep=0.5, policy="edges"), seed=seed, step=1)[1]
+        again = model.grad(**inputs, estimator=spadc.RAD(keep=0.5, policy="edges"), seed=seed, step=1)[1]
+    for name in grads:
+        if not np.array_equal(kept[name], grads[name], equal_nan=True):
+            raise Mismatch(f"RAD keep 1 differs from exact for {name}")
+        if not np.array_equal(first[name], again[name], equal_nan=True):
+            raise Mismatch(f"RAD with one seed gave two answers for {name}")
+
+
+def _check_direction(model, inputs, params, grads, seed):
+    rng = np.random.default_rng(seed + 2)
+    direction = {k: rng.standard_normal(v.shape) for k, v in params.items()}
+
+    def at(scale):
+        return model.loss(params={k: v + scale * direction[k] for k, v in params.items()}, **inputs)
+
+    h = DIRECTION_STEP
+    numeric = (-at(2 * h) + 8 * at(h) - 8 * at(-h) + at(-2 * h)) / (12 * h)
+    analytic = sum(float(np.sum(direction[k] * grads[k])) for k in params)
+    if not np.isfinite(numeric):
+        return
+    if abs(numeric - analytic) > DIRECTION_RTOL * (1 + abs(numeric) + abs(analytic)):
+        raise Mismatch(f"directional derivative {analytic} against central difference {numeric}")
+
+
+def _check_f32(text, seed, inputs, loss64):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = spadc.compile_source(text, name=f"fuzz{seed}.spad", dtype="f32")
+    model.init_params(seed=seed)
+    loss32 = model.loss(**inputs)
+    if abs(loss32 - loss64) > F32_RTOL * (1 + abs(loss64)):
+        raise Mismatch(f"f32 loss {loss32} against f64 {loss64}")
+
+
+# ---- mutants ------------------------------------------------------------------------------
+
+MUTATION_TOKENS = ["+", "-", "*", "@", "^", "/", "//", "%", "(", ")", "[", "]", ",", ":", "..", "=", "{", "}", "\n",
+                   ";", "0", "1", "-1", "2.5", "99999999999999999999", "1e308", "1e999", "9223372036854775807",
+                   "N", "M", "T", "x", "k", "seq", "label", "p1", "h1", "i", "t", "sum", "max", "tanh", "eye",
+                   "zeros", "onehot", "dropout", "where", "transpose", "for", "in", "let", "if", "then", "else",
+                   "and", "not", "true", "fn", "return", "loss", "output", "param", "input", "const", "import",
+                   "axis=", "axis=5", "\"x.spad\"", "#", "f64[3]", "i64", "bool", "\t", "é", "\x00"]
+
+
+def mutate(text: str, rng: np.random.Generator) -> str:
+    for _ in range(int(rng.integers(1, 4))):
+        at = int(rng.integers(len(text)))
+        roll = rng.random()
+        if roll < 0.35:
+            text = text[:at] + text[at + int(rng.integers(1, 6)):]
+        elif roll < 0.8:
+            text = text[:at] + " " + MUTATION_TOKENS[int(rng.integers(len(MUTATION_TOKENS)))] + " " + text[at:]
+        else:  # repeat a line
+            lines = text.split("\n")
+            line = int(rng.integers(len(lines)))
+            lines.insert(line, lines[line])
+            text = "\n".join(lines)
+    return text
+
+
+def check_mutant(seed: int) -> str:
+    """A mutant of program `seed`: compiling and running it gives a result or a located SpadcError."""
+    rng = np.random.default_rng(seed)
+    generator = ProgramGenerator(seed)
+    text = mutate(generator.program(), rng)
+    name = f"mutant{seed}.spad"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model = spadc.compile_source(text, name=name)
+            model.grad(**inputs_for(seed, generator))
+        except spadc.SpadcError as error:
+            message = str(error)
+            if error.loc is not None and not message.startswith(f"{error.loc.file}:{error.loc.line}:{error.loc.col}: error: "):
+                raise Mismatch(f"a badly placed error: {message}")
+            if error.loc is None and not message.startswith(("missing input", "unknown input", "input `")):
+                raise Mismatch(f"an error without a place: {message}")
+    return text
+
+
+# ---- the long profile ---------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Differential fuzzing of spadc (the long profile).")
+    parser.add_argument("--programs", type=int, default=10000)
+    parser.add_argument("--mutants", type=int, default=None, help="default: as many as programs")
+    parser.add_argument("--first-seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    failures, started = [], time.perf_counter()
+    counts = {"programs": 0, "mutants": 0}
+    for kind, check, total in (("programs", check_program, args.programs),
+                               ("mutants", check_mutant, args.programs if args.mutants is None else args.mutants)):
+        for seed in range(args.first_seed, args.first_seed + total):
+            try:
+                check(seed)
+            except Exception as error:  # noqa: BLE001 - every failure is reported, whatever it is
+                failures.append((kind, seed, error))
+                print(f"FAIL {kind} seed {seed}: {type(error).__name__}: {error}", flush=True)
+                traceback.print_exc()
+            counts[kind] += 1
+            if counts[kind] % 500 == 0:
+                print(f"{kind}: {counts[kind]} done, {len(failures)} failures, "
+                      f"{time.perf_counter() - started:.0f} s", flush=True)
+    print(f"{counts['programs']} programs and {counts['mutants']} mutants in {time.perf_counter() - started:.0f} s: "
+          f"{len(failures)} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

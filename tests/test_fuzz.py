@@ -1,0 +1,44 @@
+"""The differential fuzzer's short profile (tests/fuzzing.py; the long one: `SPADC_LONG=1` or
+`python tests/fuzzing.py --programs 10000`), and proof that it catches a planted bug."""
+
+import os
+
+import pytest
+
+import fuzzing
+from spadc.backend import scalar
+
+LONG = os.environ.get("SPADC_LONG") == "1"
+FAST_SEEDS = range(1000, 1000 + (10000 if LONG else 12))  # programs checked against every oracle
+MUTANT_SEEDS = range(5000, 5000 + (10000 if LONG else 150))  # mutants that must give located errors
+PLANTED_BUG_SEEDS = range(0, 30)  # among which a wrong compiled tanh must show
+
+
+@pytest.mark.parametrize("seed", FAST_SEEDS)
+def test_generated_programs_agree_with_every_oracle(seed):
+    fuzzing.check_program(seed)
+
+
+def test_mutants_give_results_or_located_errors():
+    for seed in MUTANT_SEEDS:
+        try:
+            fuzzing.check_mutant(seed)
+        except Exception as error:
+            raise AssertionError(f"mutant seed {seed}: {type(error).__name__}: {error}") from error
+
+
+def test_the_fuzzer_catches_a_wrong_compiled_primitive(monkeypatch):
+    """A negative control: compiled tanh made 1e-6 too large must fail some generated program."""
+    original = scalar.SCALAR["tanh"]
+    monkeypatch.setitem(scalar.SCALAR, "tanh", lambda e, op, x: e.b.fmul(original(e, op, x),
+                                                                         scalar.fconst(e, 1 + 1e-6)))
+    import spadc.api
+    spadc.api._CACHE.clear()
+    caught = 0
+    for seed in PLANTED_BUG_SEEDS:
+        try:
+            fuzzing.check_program(seed)
+        except fuzzing.Mismatch:
+            caught += 1
+    spadc.api._CACHE.clear()
+    assert caught > 0
