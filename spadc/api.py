@@ -2,7 +2,8 @@
 
 Invariants:
 - Compilation is cached by source, name and options (and the checked IR, which captures imported
-  files), so compiling the same model again in one process costs only the front end.
+  files), so compiling the same model again in one process costs only the front end. The cache
+  keeps the CACHE_SIZE most recently used models, so a long process does not grow without bound.
 - The forward kernel and the exact gradient are compiled at once; each other gradient variant (an
   estimator's sampled adjoint, SPAD's scoring adjoint) is compiled the first time it is asked for,
   and cached with the model.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from llvmlite import ir
@@ -62,7 +64,8 @@ class Compiled:
         return self.variants[key]
 
 
-_CACHE: dict[tuple, Compiled] = {}
+CACHE_SIZE = 32  # compiled models kept for reuse; older ones are freed once no Model holds them
+_CACHE: OrderedDict[tuple, Compiled] = OrderedDict()
 
 
 def compile_file(path: str, dtype: str = "f64", max_memory=None) -> Model:
@@ -99,6 +102,9 @@ def build(source: Source, base_dir: str, dtype: str = "f64", max_memory=None) ->
         compiled = Compiled(program, exact, llvm_ir, functions, layout, machine, dtype, limit)
         compiled.variants["exact"] = (entry, machine, exact)
         _CACHE[key] = compiled
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    _CACHE.move_to_end(key)
     return _CACHE[key]
 
 

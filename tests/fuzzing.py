@@ -168,7 +168,7 @@ class ProgramGenerator:
                        "[" + ", ".join(self.expr((), depth) for _ in range(self.n)) + "]"]
             if self.variables[("M", "N")]:
                 options.append(f"{self.choice(self.variables[('M', 'N')])}[{self.index('M')}]")
-            options.append(f"({self.expr(('N',), depth)}[1:N] @ ones(N - 1)) * ones(N)")
+            options.append(f"((({self.expr(('N',), depth)})[1:N] @ ones(N - 1)) * ones(N))")
             return self.choice(options)
         if shape == ("M",) and self.variables[("M", "N")]:
             return f"{self.choice(self.variables[('M', 'N')])}[:, {self.index('N')}]"

@@ -48,14 +48,15 @@ def diagnose(model, estimator, draws: int = 1000, seed: int = 0, **inputs) -> di
     _, exact = model.grad(**inputs)
     if isinstance(estimator, SPAD):
         estimator = copy.deepcopy(estimator)
-    samples: dict[str, list[np.ndarray]] = {name: [] for name in exact}
+    # Welford's running mean and sum of squared deviations: memory stays at a few gradients,
+    # however many draws (storing 1000 draws of an 85k-param model took 1.4 GB).
+    mean = {name: np.zeros_like(value) for name, value in exact.items()}
+    squares = {name: np.zeros_like(value) for name, value in exact.items()}
     for i in range(draws):
         _, grads = model.grad(estimator=estimator, seed=seed + i, **inputs)
         for name, value in grads.items():
-            samples[name].append(value.copy())
-    result = {}
-    for name, values in samples.items():
-        stacked = np.stack(values)
-        result[name] = ParamDiagnostics(stacked.mean(axis=0), stacked.std(axis=0, ddof=1) / np.sqrt(draws),
-                                        exact[name])
-    return result
+            delta = value - mean[name]
+            mean[name] += delta / (i + 1)
+            squares[name] += delta * (value - mean[name])
+    return {name: ParamDiagnostics(mean[name], np.sqrt(squares[name] / (draws - 1)) / np.sqrt(draws), exact[name])
+            for name in exact}
