@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import traceback
@@ -355,13 +356,34 @@ MUTATION_TOKENS = ["+", "-", "*", "@", "^", "/", "//", "%", "(", ")", "[", "]", 
                    "axis=", "axis=5", "\"x.spad\"", "#", "f64[3]", "i64", "bool", "\t", "é", "\x00"]
 
 
+SAME_CLASS = {  # replacements that keep a program parseable, so that the checker and backends are reached
+    "name": ["N", "M", "T", "x", "k", "seq", "label", "p1", "p2", "h10", "out", "i", "t", "e", "pi", "sum", "tanh",
+             "max", "softmax", "transpose", "eye", "onehot", "dropout", "cross_entropy", "reshape", "f0", "f1"],
+    "number": ["0", "1", "2", "-1", "0.0", "1e308", "1e-320", "9223372036854775807", "4611686018427387904", "100000",
+               "3", "0.5"],
+    "operator": ["+", "-", "*", "/", "@", "^", "//", "%", "<", "==", "and"],
+}
+_TOKEN = re.compile(r"(?P<name>[A-Za-z_]\w*)|(?P<number>\d+(\.\d+)?([eE][+-]?\d+)?)|(?P<operator>//|[-+*/@^%<])")
+
+
+def _replace_token(text: str, rng: np.random.Generator) -> str:
+    tokens = [m for m in _TOKEN.finditer(text) if m.lastgroup in SAME_CLASS]
+    if not tokens:
+        return text
+    token = tokens[int(rng.integers(len(tokens)))]
+    options = SAME_CLASS[token.lastgroup]
+    return text[:token.start()] + options[int(rng.integers(len(options)))] + text[token.end():]
+
+
 def mutate(text: str, rng: np.random.Generator) -> str:
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(int(rng.integers(1, 3))):
         at = int(rng.integers(len(text)))
         roll = rng.random()
-        if roll < 0.35:
-            text = text[:at] + text[at + int(rng.integers(1, 6)):]
+        if roll < 0.7:
+            text = _replace_token(text, rng)
         elif roll < 0.8:
+            text = text[:at] + text[at + int(rng.integers(1, 6)):]
+        elif roll < 0.95:
             text = text[:at] + " " + MUTATION_TOKENS[int(rng.integers(len(MUTATION_TOKENS)))] + " " + text[at:]
         else:  # repeat a line
             lines = text.split("\n")
