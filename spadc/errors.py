@@ -21,10 +21,15 @@ class Source:
 
     name: str
     text: str = field(repr=False)
+    # The module's path relative to the main program's directory (its base name for the main
+    # program): what random keys hash, so they do not depend on the working directory.
+    module: str = ""
     lines: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "lines", tuple(self.text.splitlines()))
+        if not self.module:
+            object.__setattr__(self, "module", os.path.basename(self.name))
 
     def line_text(self, line: int) -> str:
         return self.lines[line - 1] if 1 <= line <= len(self.lines) else ""

@@ -18,6 +18,9 @@ from . import sampling as gates
 from .rules import Rule, Sparse
 
 RECOMPUTABLE = ("const", "add", "sub", "mul", "neg", "floordiv", "mod", "max", "min", "to_float")
+# Random ops without operands: the adjoint draws them again from the same key (seed, site, iteration,
+# sample, step), which costs no tape (ESTIMATORS.md section 5).
+REGENERATED = ("dropout_mask",)
 
 
 class Context:
@@ -35,7 +38,7 @@ class Context:
         self.inserts: list[Op] = []  # ops appended to the forward block (gates, partials)
         self.defined = set()
         self.producers: dict[int, Op] = {}
-        if self.forward is not None:
+        if region is not None:
             self.producers = {r.id: op for op in self.forward.ops for r in op.results}
             self.defined = {p.id for p in self.forward.params} | set(self.producers)
         self.memo: dict = {}
@@ -54,12 +57,16 @@ class Context:
         self.loc, self.inlined_at = loc, inlined_at
 
     def primal(self, value: Value) -> Value:
-        if self.parent is None:
-            self.read[value.id] = value  # the top level reads the forward's own values: they are the tape
-            return value
         if value.id in self.memo:
             return self.memo[value.id]
-        if value.id not in self.defined:
+        op = self.producers.get(value.id)
+        if op is not None and op.kind in REGENERATED:  # drawn again from its key: never on the tape
+            result = Value(value.type, value.hint)
+            self.block.ops.append(Op(op.kind, (), (result,), op.attrs, op.loc, op.inlined_at))
+        elif self.parent is None:
+            self.read[value.id] = value  # the top level reads the forward's own values: they are the tape
+            return value
+        elif value.id not in self.defined:
             result = self.parent.primal(value)
         elif self.forward.params and value is self.forward.params[0]:
             result = self.index

@@ -73,6 +73,7 @@ def gradient(program: Program, accumulate: bool = False, sampling=None, score: s
     state = _State(active, {v.id for v in program.body.params}, sampling, score,
                    {(id(e.site.op), e.site.operand): e for e in entries})
     top = Context(Block(), None, None, state)
+    top.producers = {r.id: op for op in program.body.ops for r in op.results}
     adjoints = Adjoints(top)
     accumulators = {}
     if accumulate:

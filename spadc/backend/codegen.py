@@ -47,7 +47,7 @@ class FunctionEmitter:
         self._entry = ir.IRBuilder(entry)
         self.b = ir.IRBuilder(function.append_basic_block("start"))
         self._pointers: dict[int, ir.Value] = {}
-        self.iteration: list[ir.Value] = []  # indices of the enclosing loops and tabulates, outermost first
+        self.iteration = I64(0)  # the flat index of the enclosing loop and tabulate indices (spadc/rng.py)
         self.sample = None  # the sample's index in the whole batch (set by the kernel)
         self.options = {}  # run-time options and buffers (set by the kernel)
         self.tape_bytes: dict[int, int] = {}  # id(loop op) -> bytes it keeps per iteration, counted in *stored
@@ -193,16 +193,25 @@ class FunctionEmitter:
         with self.loop(hi - lo, op.attrs["var"]) as j:
             t = self.b.sub(I64(hi - 1), j) if op.attrs.get("reverse") else self.b.add(I64(lo), j)
             self.store(body.params[0], None, t)
-            self.iteration.append(t)
-            self.block(body)
-            self.iteration.pop()
             row = self.b.sub(t, I64(lo))
+            with self._nested_iteration(hi - lo, row):
+                self.block(body)
             for value, kept in zip(body.yields[n:], op.results[n:]):
                 self.copy(value, kept, self.b.mul(row, I64(value.type.size)))
             if id(op) in self.tape_bytes:
                 counter = self.options["stored"]
                 self.b.store(self.b.add(self.b.load(counter), I64(self.tape_bytes[id(op)])), counter)
             self._carry(body.yields[:n], body.params[1:])
+
+    @contextmanager
+    def _nested_iteration(self, trips: int, position):
+        """Inside a loop of `trips` iterations, at `position` (0-based): flat = flat * trips + position."""
+        outer = self.iteration
+        self.iteration = self.b.add(self.b.mul(outer, I64(trips)), position, name="iteration")
+        try:
+            yield
+        finally:
+            self.iteration = outer
 
     def _carry(self, yields, params):
         """params <- yields; through a temporary pass when one yield is another carried param."""
@@ -229,9 +238,8 @@ class FunctionEmitter:
         with self.loop(hi - lo, op.attrs["var"]) as j:
             i = self.b.add(I64(lo), j)
             self.store(body.params[0], None, i)
-            self.iteration.append(i)
-            self.block(body)
-            self.iteration.pop()
+            with self._nested_iteration(hi - lo, j):
+                self.block(body)
             for value, result in zip(body.yields, op.results):
                 self.copy(value, result, self.b.mul(j, I64(value.type.size)))
 

@@ -13,6 +13,8 @@ Invariants:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import math
 
 from llvmlite import ir
@@ -300,47 +302,76 @@ def _onehot(e, op):
         e.store(op.result, j, e.b.select(e.b.icmp_signed("==", j, label), fconst(e, 1.0), fconst(e, 0.0)))
 
 
-# ---- randomness: spadc/rng.py, emitted ---------------------------------------------------------
-
-def _mix64(b, z):
-    z = b.mul(b.xor(z, b.lshr(z, I64(30))), I64(rng._M1 - (1 << 64)))
-    z = b.mul(b.xor(z, b.lshr(z, I64(27))), I64(rng._M2 - (1 << 64)))
-    return b.xor(z, b.lshr(z, I64(31)))
-
+# ---- randomness: spadc/rng.py (Philox4x64-10), emitted ------------------------------------------
 
 def _signed(word: int) -> int:
     return word - (1 << 64) if word >= 1 << 63 else word
 
 
-def stream_key(e, site: int, sample=None):
-    """rng.stream(seed, step, site, sample, iteration) with the run-time words of this point."""
-    b = e.b
-    golden = I64(_signed(rng.GOLDEN))
-    h = _mix64(b, b.add(e.options["seed"], golden))
+def _mulhilo(b, a, multiplier: int):
+    """(high, low) words of a * multiplier, from 32-bit halves as in rng.mulhilo (no i128: on a
+    32-bit target a 128-bit multiply is a library call)."""
+    low32 = I64(0xFFFFFFFF)
+    m_lo, m_hi = I64(multiplier & 0xFFFFFFFF), I64(multiplier >> 32)
+    a_lo, a_hi = b.and_(a, low32), b.lshr(a, I64(32))
+    cross1, cross2 = b.mul(a_lo, m_hi), b.mul(a_hi, m_lo)
+    middle = b.add(b.add(b.lshr(b.mul(a_lo, m_lo), I64(32)), b.and_(cross1, low32)), b.and_(cross2, low32))
+    high = b.add(b.add(b.mul(a_hi, m_hi), b.lshr(cross1, I64(32))), b.add(b.lshr(cross2, I64(32)), b.lshr(middle, I64(32))))
+    return high, b.mul(a, I64(_signed(multiplier)))
+
+
+def _philox(b, counter, key):
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for round_ in range(rng.ROUNDS):
+        if round_:
+            k0, k1 = b.add(k0, I64(_signed(rng.WEYL[0]))), b.add(k1, I64(_signed(rng.WEYL[1])))
+        high0, low0 = _mulhilo(b, c0, rng.MULTIPLIERS[0])
+        high1, low1 = _mulhilo(b, c2, rng.MULTIPLIERS[1])
+        c0, c1, c2, c3 = b.xor(b.xor(high1, c1), k0), low1, b.xor(b.xor(high0, c3), k1), low0
+    return c0, c1, c2, c3
+
+
+def stream_key(e, site: int, sample=None) -> tuple:
+    """The rng.Stream of this point: (seed, site, iteration, sample, step) as run-time words."""
     sample = e.sample if sample is None else sample
-    words = [e.options["step"], I64(_signed(site)), sample, I64(len(e.iteration)), *e.iteration]
-    for word in words:
-        h = _mix64(b, b.xor(h, _mix64(b, b.add(word, golden))))
-    return h
+    return e.options["seed"], I64(_signed(site)), e.iteration, sample, e.options["step"]
 
 
-def uniform(e, key, entry):
-    """Entry `entry` of the stream `key` as a double in [0, 1)."""
+@contextmanager
+def uniform_loop(e, stream: tuple, count: int, name: str = "j"):
+    """`for j in 0..count` with u_j, entry j of `stream` as a double in [0, 1): one Philox block
+    gives four entries, kept in a 32-byte array and read by an inner loop over its lanes."""
     b = e.b
-    bits = _mix64(b, b.add(key, b.mul(I64(_signed(rng.GOLDEN)), b.add(entry, I64(1)))))
-    top = b.uitofp(b.lshr(bits, I64(11)), ir.DoubleType())
-    return b.fmul(top, ir.Constant(ir.DoubleType(), 1.0 / (1 << 53)))
+    seed, site, iteration, sample, step = stream
+    lanes = e.alloca(I64, "philox.lanes", 4)
+    blocks = (count + 3) // 4
+    with e.loop(blocks, f"{name}.block") as block:
+        out = _philox(b, (block, iteration, sample, step), (seed, site))
+        for lane, word in enumerate(out):
+            b.store(word, b.gep(lanes, [I64(lane)], inbounds=True))
+        full = b.icmp_signed("<", block, I64(count // 4))
+        with e.loop(b.select(full, I64(4), I64(count % 4)), f"{name}.lane") as lane:
+            j = b.add(b.shl(block, I64(2)), lane, name=name)
+            word = b.load(b.gep(lanes, [lane], inbounds=True))
+            top = b.uitofp(b.lshr(word, I64(11)), ir.DoubleType())
+            yield j, b.fmul(top, ir.Constant(ir.DoubleType(), 1.0 / (1 << 53)))
 
 
 def _dropout_mask(e, op):
     out, p = op.result, op.attrs["p"]
     b = e.b
+    size = max(out.type.size, 1)
     training = b.icmp_signed("!=", e.options["training"], I64(0))
-    key = stream_key(e, rng.site_id(op.loc, op.inlined_at))
-    with e.loop(max(out.type.size, 1), "j") as j:
-        kept = b.fcmp_ordered(">=", uniform(e, key, j), ir.Constant(ir.DoubleType(), p))
-        mask = b.select(kept, fconst(e, 1.0 / (1.0 - p)), fconst(e, 0.0))
-        e.store(out, j if out.type.rank else None, b.select(training, mask, fconst(e, 1.0)))
+    with b.if_else(training) as (then, otherwise):
+        with then:
+            stream = stream_key(e, rng.site_id(op.loc, op.inlined_at))
+            with uniform_loop(e, stream, size) as (j, u):
+                kept = b.fcmp_ordered(">=", u, ir.Constant(ir.DoubleType(), p))
+                e.store(out, j if out.type.rank else None, b.select(kept, fconst(e, 1.0 / (1.0 - p)), fconst(e, 0.0)))
+        with otherwise:
+            with e.loop(size, "j") as j:
+                e.store(out, j if out.type.rank else None, fconst(e, 1.0))
 
 
 EMITTERS = {name: _elementwise for name in SCALAR}

@@ -8,9 +8,11 @@ estimate and the interpreter's agree to the bit. The kernel supplies three buffe
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from llvmlite import ir
 
-from .emitters import I64, stream_key, uniform
+from .emitters import I64, stream_key, uniform_loop
 from .scalar import call
 
 DOUBLE = ir.DoubleType()
@@ -52,26 +54,36 @@ def _first_above(e, attrs, u):
     return b.select(b.icmp_signed("<", found, I64(d - 1)), found, I64(d - 1))
 
 
-def _draw(e, attrs, key, j):
-    """(entry index, weight) of draw j, with replacement."""
+@contextmanager
+def _draws(e, attrs, key):
+    """`for j in 0..k`: (j, entry index, weight) of draw j, with replacement."""
+    if attrs["scheme"] == "fixed":  # topk: the k kept entries are in the site data; no randomness
+        with e.loop(attrs["k"], "j") as j:
+            yield j, e.b.fptosi(_data(e, e.b.add(I64(attrs["data"]), j)), I64), _double(1.0)
+        return
+    with uniform_loop(e, key, attrs["k"]) as (j, u):
+        yield (j, *_draw(e, attrs, u))
+
+
+@contextmanager
+def _entries(e, attrs, key):
+    """`for i in 0..d`: (i, kept?, weight) of entry i of a Bernoulli gate."""
+    b = e.b
+    with uniform_loop(e, key, attrs["d"], "i") as (i, u):
+        p = _double(attrs["keep"]) if attrs["scheme"] == "uniform" else _data(e, b.add(I64(attrs["data"]), i))
+        yield i, b.fcmp_ordered("<", u, p), b.fdiv(_double(1.0), p)
+
+
+def _draw(e, attrs, u):
+    """(entry index, weight) of a draw with replacement whose uniform is u."""
     b = e.b
     d, k, scheme = attrs["d"], attrs["k"], attrs["scheme"]
-    if scheme == "fixed":
-        return b.fptosi(_data(e, b.add(I64(attrs["data"]), j)), I64), _double(1.0)
-    u = uniform(e, key, j)
     if scheme == "uniform":
         index = b.fptosi(b.fmul(u, _double(float(d))), I64)
         return b.select(b.icmp_signed("<", index, I64(d - 1)), index, I64(d - 1)), _double(d / k)
     index = _first_above(e, attrs, u)
     q = _data(e, b.add(I64(attrs["data"]), index))
     return index, b.fdiv(_double(1.0), b.fmul(_double(float(k)), q))
-
-
-def _kept(e, attrs, key, i):
-    """(kept?, weight) of entry i of a Bernoulli gate."""
-    b = e.b
-    p = _double(attrs["keep"]) if attrs["scheme"] == "uniform" else _data(e, b.add(I64(attrs["data"]), i))
-    return b.fcmp_ordered("<", uniform(e, key, i), p), b.fdiv(_double(1.0), p)
 
 
 def _to_float(e, x):
@@ -99,16 +111,14 @@ def _gate_pack(e, op):
             at = b.gep(e.options["scores"], [b.add(I64(attrs["scores"]), i)], inbounds=True)
             b.store(b.fadd(b.load(at), _widen(e, call(e, "llvm.fabs", e.load(x, i)))), at)
     if attrs["draw"] == "with_replacement":
-        with e.loop(attrs["k"], "j") as j:
-            index, _ = _draw(e, attrs, key, j)
+        with _draws(e, attrs, key) as (j, index, _):
             e.store(out, j, e.load(x, index))
         if attrs["kept"]:
             _count(e, I64(8 * attrs["k"]))
         return
     count = e.alloca(I64, "kept")
     b.store(I64(0), count)
-    with e.loop(attrs["d"], "i") as i:
-        kept, _ = _kept(e, attrs, key, i)
+    with _entries(e, attrs, key) as (i, kept, _):
         with b.if_then(kept):
             position = b.load(count)
             e.store(out, position, e.load(x, i))
@@ -137,16 +147,14 @@ def _rebuild(e, op, packed):
     if attrs["draw"] == "with_replacement":
         with e.loop(attrs["d"], "i") as i:
             e.store(out, i, zero)
-        with e.loop(attrs["k"], "j") as j:
-            index, weight = _draw(e, attrs, key, j)
+        with _draws(e, attrs, key) as (j, index, weight):
             weight = _to_float(e, weight)
             value = b.fmul(packed(j), weight) if packed else weight
             e.store(out, index, b.fadd(e.load(out, index), value))
         return
     position = e.alloca(I64, "next")
     b.store(I64(0), position)
-    with e.loop(attrs["d"], "i") as i:
-        kept, weight = _kept(e, attrs, key, i)
+    with _entries(e, attrs, key) as (i, kept, weight):
         with b.if_else(kept) as (then, otherwise):
             with then:
                 at = b.load(position)

@@ -51,11 +51,12 @@ class ModuleEnv:
 
 
 def load(source: Source, base_dir: str) -> tuple[ast.Module, ModuleEnv]:
-    return _Loader().load(source, base_dir, ())
+    return _Loader(base_dir).load(source, base_dir, ())
 
 
 class _Loader:
-    def __init__(self):
+    def __init__(self, main_dir: str):
+        self._main_dir = main_dir  # imported modules are named relative to it in random keys
         self._loaded: dict[str, ModuleEnv] = {}
 
     def load(self, source: Source, base_dir: str, importing: tuple[str, ...]) -> tuple[ast.Module, ModuleEnv]:
@@ -95,7 +96,8 @@ class _Loader:
         if path not in self._loaded:
             text = _read_module(path, stmt)
             name = os.path.relpath(path) if not os.path.isabs(stmt.path) else path
-            _, imported = self.load(Source(name, text), os.path.dirname(path), importing)
+            module = os.path.relpath(path, self._main_dir).replace(os.sep, "/")
+            _, imported = self.load(Source(name, text, module), os.path.dirname(path), importing)
             self._loaded[path] = imported
         imported = self._loaded[path]
         for name, const in imported.consts.items():

@@ -24,7 +24,7 @@ import numpy as np
 from .. import rng
 
 
-def with_replacement(attrs, key: int, data) -> tuple[np.ndarray, np.ndarray]:
+def with_replacement(attrs, key: rng.Stream, data) -> tuple[np.ndarray, np.ndarray]:
     """(indices, weights) of the k draws."""
     d, k, scheme = attrs["d"], attrs["k"], attrs["scheme"]
     if scheme == "fixed":
@@ -38,7 +38,7 @@ def with_replacement(attrs, key: int, data) -> tuple[np.ndarray, np.ndarray]:
     return indices, 1.0 / (k * q[indices])
 
 
-def bernoulli(attrs, key: int, data) -> tuple[np.ndarray, np.ndarray]:
+def bernoulli(attrs, key: rng.Stream, data) -> tuple[np.ndarray, np.ndarray]:
     """(kept mask, weights) over the d entries."""
     d = attrs["d"]
     p = np.full(d, attrs["keep"]) if attrs["scheme"] == "uniform" else data[attrs["data"]:attrs["data"] + d]
@@ -46,7 +46,7 @@ def bernoulli(attrs, key: int, data) -> tuple[np.ndarray, np.ndarray]:
     return kept, np.where(kept, 1.0 / p, 0.0)
 
 
-def pack(value: np.ndarray, attrs, key: int, data) -> np.ndarray:
+def pack(value: np.ndarray, attrs, key: rng.Stream, data) -> np.ndarray:
     flat = value.reshape(-1)
     if attrs["draw"] == "with_replacement":
         indices, _ = with_replacement(attrs, key, data)
@@ -57,14 +57,14 @@ def pack(value: np.ndarray, attrs, key: int, data) -> np.ndarray:
     return out
 
 
-def stored_count(packed_attrs, key: int, data) -> int:
+def stored_count(packed_attrs, key: rng.Stream, data) -> int:
     """How many values a pack actually stores: k, or the kept count of a Bernoulli draw."""
     if packed_attrs["draw"] == "with_replacement":
         return packed_attrs["k"]
     return int(bernoulli(packed_attrs, key, data)[0].sum())
 
 
-def unpack(packed: np.ndarray, attrs, key: int, data) -> np.ndarray:
+def unpack(packed: np.ndarray, attrs, key: rng.Stream, data) -> np.ndarray:
     out = np.zeros(attrs["d"])
     if attrs["draw"] == "with_replacement":
         indices, weights = with_replacement(attrs, key, data)
@@ -76,7 +76,7 @@ def unpack(packed: np.ndarray, attrs, key: int, data) -> np.ndarray:
     return out.reshape(attrs["shape"])
 
 
-def mask(attrs, key: int, data) -> np.ndarray:
+def mask(attrs, key: rng.Stream, data) -> np.ndarray:
     """The weighted gate itself (draw counts times weights), for edge sites."""
     out = np.zeros(attrs["d"])
     if attrs["draw"] == "with_replacement":

@@ -7,7 +7,8 @@ Invariants:
 - Values are NumPy arrays of the declared dtype (float64, int64, bool) and shape; scalars are 0-d.
 - Only the chosen region of a `cond` runs, so an index error in the other branch cannot fire.
 - A primitive's `Fault` becomes a `SpadcError` placed at the op's source line.
-- Random primitives draw from `spadc.rng` keyed by (seed, step, site, sample, loop iteration).
+- Random primitives draw from `spadc.rng` (Philox4x64-10) keyed by (seed, site) at counter (entry
+  block, flat loop iteration, sample, step).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class _Context:
     """What random and effect primitives see: keys for this op at this iteration, and SPAD's buffers."""
     op: Op
     options: RunOptions
-    iteration: tuple[int, ...]
+    iteration: int  # the flat index of the enclosing loop and comprehension indices (spadc.rng)
 
     @property
     def training(self) -> bool:
@@ -57,12 +58,12 @@ class _Context:
 
     def uniform(self, count: int) -> np.ndarray:  # dropout's stream: keyed by the op itself
         site = rng.site_id(self.op.loc, self.op.inlined_at)
-        return rng.uniform(rng.stream(self.options.seed, self.options.step, site, self.options.sample,
-                                      self.iteration), count)
+        return rng.uniform(rng.Stream(self.options.seed, site, self.iteration, self.options.sample,
+                                      self.options.step), count)
 
-    def key(self, attrs) -> int:  # a gate's stream: keyed by its site; shared by a batch if asked
+    def key(self, attrs) -> rng.Stream:  # a gate's stream: keyed by its site; shared by a batch if asked
         sample = 0 if attrs["share"] == "batch" else self.options.sample
-        return rng.stream(self.options.seed, self.options.step, attrs["site"], sample, self.iteration)
+        return rng.Stream(self.options.seed, attrs["site"], self.iteration, sample, self.options.step)
 
     def add_scores(self, start: int, values: np.ndarray):
         if self.options.scores is not None:
@@ -84,7 +85,7 @@ def evaluate(program: Program, params: dict, inputs: dict, options: RunOptions =
         raise SpadcError(f"unknown input `{sorted(extra)[0]}`; the model's inputs are "
                          f"{', '.join(d.name for d in program.inputs) or 'none'}")
     with np.errstate(all="ignore"):  # inf and NaN are values, as in compiled code
-        _run_block(program.body, env, (), options)
+        _run_block(program.body, env, 0, options)
     return Result(float(env[program.loss]), {name: env[v] for name, v in program.outputs.items()})
 
 
@@ -99,7 +100,7 @@ def _conform(values: dict, name: str, type_, what: str) -> np.ndarray:
     return array.astype(NUMPY_DTYPES[type_.dtype])
 
 
-def _run_block(block: Block, env: dict, iteration: tuple[int, ...], options: RunOptions):
+def _run_block(block: Block, env: dict, iteration: int, options: RunOptions):
     for op in block.ops:
         if op.kind == "loop":
             _loop(op, env, iteration, options)
@@ -134,7 +135,7 @@ def _loop(op: Op, env, iteration, options):
         env[body.params[0]] = np.int64(t)
         for param, value in zip(body.params[1:], carried):
             env[param] = value
-        _run_block(body, env, iteration + (t,), options)
+        _run_block(body, env, iteration * (hi - lo) + (t - lo), options)
         carried = [env[y] for y in body.yields[:n]]
         for stack, value in zip(kept, body.yields[n:]):
             stack[t - lo] = env[value]
@@ -149,7 +150,7 @@ def _tabulate(op: Op, env, iteration, options):
     for i in range(lo, op.attrs["hi"]):
         env[body.params[0]] = np.int64(i)
         # The element index joins the key so that random ops draw independently per element.
-        _run_block(body, env, iteration + (i,), options)
+        _run_block(body, env, iteration * (op.attrs["hi"] - lo) + (i - lo), options)
         for stack, value in zip(stacks, body.yields):
             stack[i - lo] = env[value]
     for result, stack in zip(op.results, stacks):
