@@ -18,7 +18,7 @@ import numpy as np
 
 from spadrt import limits
 from spadrt.errors import SpadcWarning
-from spadrt.diagnostics import diagnose
+from spadrt.diagnostics import K_SIGMA, POOLED_BOUND, POWER_TARGET, diagnose
 from spadrt.files import check_writable, read_npz, save_npz
 from spadrt.estimators import DRAWS, RAD, SITE_POLICIES, SPAD, Exact
 from spadrt.optim import OPTIMIZERS, CosineLR, StepLR
@@ -121,16 +121,27 @@ def _grad(args) -> int:
 
 
 def _diagnose(model, estimator, args, inputs) -> int:
-    report = diagnose(model, estimator, draws=args.draws, seed=args.seed, **inputs)
-    print(f"{args.draws} draws of {args.estimator} (seeds {args.seed}..{args.seed + args.draws - 1}) against "
-          f"the exact gradient")
+    report = diagnose(model, estimator, draws=args.draws, seed=args.seed, inputs=inputs)
+    print(f"{args.draws} draws of {args.estimator} (seeds derived from {args.seed}) against the exact gradient")
     width = max((len(n) for n in report), default=0)
     print(f"{'param':<{width}}  {'|exact|':>10}  {'|mean|':>10}  {'|mean - exact|':>14}  {'mean stderr':>11}  "
           f"{'max z':>6}")
     for name, d in report.items():
         print(f"{name:<{width}}  {np.linalg.norm(d.exact):10.4g}  {np.linalg.norm(d.mean):10.4g}  {d.distance:14.4g}  "
               f"{float(d.stderr.mean()):11.4g}  {d.max_z:6.2f}")
+    print(f"largest z over every coordinate: {report.max_z:.2f} (bound {K_SIGMA:g})")
+    print(f"pooled z along the exact gradient: {report.pooled_z:.2f} (99.9% bound {POOLED_BOUND:.2f}); "
+          f"a 5% bias would add {report.power:.1f}")
+    verdict = "no evidence of bias" if report.unbiased else "BIASED: a statistic is past its bound"
+    if report.unbiased and report.power < POWER_TARGET:
+        verdict += f" (but too few draws to see a 5% bias reliably: try --draws {draws_needed(report)})"
+    print(verdict)
     return 0
+
+
+def draws_needed(report) -> int:
+    """The draws that would bring a 5% bias to POWER_TARGET standard errors."""
+    return int(np.ceil(report.draws * (POWER_TARGET / report.power) ** 2))
 
 
 def _train(args) -> int:

@@ -2,6 +2,8 @@
 of topk and best_of, reproducibility across batch splits, and tape memory measured against the
 static figures."""
 
+import gc
+import os
 import warnings
 
 import numpy as np
@@ -10,12 +12,15 @@ import pytest
 import spadc
 from spadc.api import build_file
 from spadrt.estimators import SamplingWarning
-from spadrt.diagnostics import diagnose
+from spadrt.diagnostics import POOLED_BOUND, diagnose, draws_for_power
 
 from conftest import example
 
-DRAWS = 1000  # estimates per statistical test
+DRAWS = 1000  # estimates per statistical test of a biased estimator (best_of)
+DRAWS_MIN = 400  # at least this many draws in an unbiasedness test...
+DRAWS_MAX = 40000  # ...and at most this many (the scalar test functions are noisy but cheap)
 K_SIGMA = 5  # a mean must be within this many standard errors of the exact gradient
+CONTROL_BIAS = 1.05  # the negative control: every estimate 5% too large must be rejected
 SEED = 11
 KEEP = 0.3
 BATCH_RTOL = 1e-12  # batch means from differently split batches
@@ -35,6 +40,10 @@ EXAMPLES = {
     "irnn.spad": ("weights", {"seq": RNG.standard_normal((28, 28)) * 0.5, "label": 3}),
     "reaction_diffusion.spad": ("weights", {"u0": RNG.uniform(0, 1, 64), "target": RNG.uniform(0, 1, 64)}),
 }
+BATCH = {"x": RNG.standard_normal((8, 64)), "label": RNG.integers(0, 10, 8)}  # for share="batch"
+LONG = os.environ.get("SPADC_LONG") == "1"  # the long profile: more examples under `edges`
+EDGES_KEEP = 0.5
+EDGES_EXAMPLES = ["ackley.spad", "rastrigin.spad"] + (["mlp.spad", "sphere.spad"] if LONG else [])
 
 
 def model_for(name):
@@ -46,39 +55,89 @@ def model_for(name):
 def assert_unbiased(report, what):
     for name, d in report.items():
         assert d.max_z <= K_SIGMA, f"{what}: {name} has a coordinate {d.max_z:.1f} standard errors from exact"
+    assert abs(report.pooled_z) <= POOLED_BOUND, f"{what}: pooled z {report.pooled_z:.2f}"
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
-def test_rad_and_spad_importance_are_unbiased(name):
-    policy, inputs = EXAMPLES[name]
-    model = model_for(name)
+def check_unbiased_with_power(model, estimator, inputs, what):
+    """Unbiased by both statistics, with enough draws that the 5%-biased control is rejected."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SamplingWarning)
-        rad = diagnose(model, spadc.RAD(keep=KEEP, policy=policy), draws=DRAWS, seed=SEED, **inputs)
-        assert any(float(d.stderr.max()) > 0 for d in rad.values()), "the estimator should be random here"
-        assert_unbiased(rad, f"RAD on {name}")
-        # One evaluation step ranks the sites; every later draw follows that ranking.
-        spad = spadc.SPAD(keep=KEEP, refresh=10**9, sites=policy)
-        model.grad(estimator=spad, **inputs)
-        assert_unbiased(diagnose(model, spad, draws=DRAWS, seed=SEED, **inputs), f"SPAD on {name}")
+        draws = min(DRAWS_MAX, max(DRAWS_MIN, draws_for_power(model, estimator, seed=SEED, inputs=inputs)))
+        report = diagnose(model, estimator, draws=draws, seed=SEED, inputs=inputs)
+    assert any(float(d.stderr.max()) > 0 for d in report.values()), f"{what} should be random here"
+    assert_unbiased(report, what)
+    control = report.biased(CONTROL_BIAS)
+    assert not control.unbiased, (f"{what}: a 5% bias went unseen in {draws} draws (pooled z "
+                                  f"{control.pooled_z:.2f}, power {report.power:.1f})")
+    return report
 
 
-def test_bernoulli_draws_and_batch_shared_masks_are_unbiased():
+@pytest.mark.parametrize("kind", ["rad", "spad"])
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_estimators_are_unbiased_and_the_biased_control_is_not(name, kind):
+    """SPAD runs with its default refresh: its distributions change during the draws."""
+    policy, inputs = EXAMPLES[name]
+    estimator = spadc.RAD(keep=KEEP, policy=policy) if kind == "rad" else spadc.SPAD(keep=KEEP, sites=policy)
+    check_unbiased_with_power(model_for(name), estimator, inputs, f"{kind} on {name}")
+
+
+@pytest.mark.parametrize("estimator", [spadc.RAD(keep=KEEP, draw="bernoulli"), spadc.SPAD(keep=KEEP, draw="bernoulli"),
+                                       spadc.SPAD(keep=KEEP, score="forward")], ids=repr)
+def test_bernoulli_draws_and_forward_scores_are_unbiased(estimator):
     policy, inputs = EXAMPLES["irnn.spad"]
-    model = model_for("irnn.spad")
-    for estimator in (spadc.RAD(keep=KEEP, draw="bernoulli"), spadc.RAD(keep=KEEP, share="batch"),
-                      spadc.SPAD(keep=KEEP, refresh=10**9, draw="bernoulli")):
-        if isinstance(estimator, spadc.SPAD):
-            model.grad(estimator=estimator, **inputs)
-        assert_unbiased(diagnose(model, estimator, draws=DRAWS, seed=SEED, **inputs), repr(estimator))
+    check_unbiased_with_power(model_for("irnn.spad"), estimator, inputs, repr(estimator))
 
 
-def test_spad_forward_scores_are_unbiased_too():
-    policy, inputs = EXAMPLES["mlp.spad"]
+@pytest.mark.parametrize("name", EDGES_EXAMPLES)
+@pytest.mark.parametrize("kind", ["rad", "spad"])
+def test_the_edges_policy_is_unbiased(name, kind):
+    """Under `edges` most paths cross several random factors, whose product has heavy tails: the
+    statistics can confirm unbiasedness only where paths cross few of them (in the IRNN's loop, no
+    feasible number of draws could)."""
+    estimator = spadc.RAD(keep=EDGES_KEEP, policy="edges") if kind == "rad" else spadc.SPAD(keep=EDGES_KEEP, sites="edges")
+    check_unbiased_with_power(model_for(name), estimator, EXAMPLES[name][1], f"{kind} edges on {name}")
+
+
+@pytest.mark.parametrize("estimator", [spadc.RAD(keep=KEEP, share="batch"), spadc.SPAD(keep=KEEP, share="batch")],
+                         ids=repr)
+def test_batch_shared_masks_are_unbiased_on_a_batch_of_eight(estimator):
+    check_unbiased_with_power(model_for("mlp.spad"), estimator, BATCH, repr(estimator))
+
+
+def test_spad_stays_unbiased_after_models_are_freed_and_created():
+    spad = spadc.SPAD(keep=KEEP)
+    for name in ("mlp.spad", "mlp_import.spad"):  # a new model may land where a freed one was
+        model = model_for(name)
+        for _ in range(3):
+            model.grad(estimator=spad, **EXAMPLES[name][1])
+        del model
+        gc.collect()
+    check_unbiased_with_power(model_for("mlp_digits.spad"), spad, EXAMPLES["mlp_digits.spad"][1], "SPAD after frees")
+
+
+def test_the_control_computed_from_the_draws_is_a_real_biased_estimator():
     model = model_for("mlp.spad")
-    spad = spadc.SPAD(keep=KEEP, refresh=10**9, score="forward")
-    model.grad(estimator=spad, **inputs)
-    assert_unbiased(diagnose(model, spad, draws=DRAWS, seed=SEED, **inputs), "SPAD with forward scores")
+    inputs = EXAMPLES["mlp.spad"][1]
+    report = diagnose(model, spadc.RAD(keep=KEEP), draws=50, seed=SEED, inputs=inputs)
+    real = diagnose(model, spadc.RAD(keep=KEEP), draws=50, seed=SEED, bias=CONTROL_BIAS, inputs=inputs)
+    assert report.biased(CONTROL_BIAS).pooled_z == pytest.approx(real.pooled_z, rel=1e-9)
+    for name in real:
+        np.testing.assert_allclose(report.biased(CONTROL_BIAS)[name].mean, real[name].mean, rtol=1e-12)
+
+
+def test_diagnose_never_ties_the_seed_to_the_step(monkeypatch):
+    model = model_for("mlp.spad")
+    calls = []
+    original = model.grad
+
+    def spy(**options):
+        calls.append((options.get("seed"), options.get("step")))
+        return original(**options)
+
+    monkeypatch.setattr(model, "grad", spy)
+    diagnose(model, spadc.RAD(keep=KEEP), draws=20, seed=0, inputs=EXAMPLES["mlp.spad"][1])
+    seeds = [seed for seed, _ in calls[1:]]
+    assert len(set(seeds)) == 20 and all(seed != step for seed, step in calls[1:])
 
 
 def test_keep_one_is_the_exact_gradient_for_every_estimator():
@@ -281,3 +340,26 @@ def test_compiled_estimates_match_the_interpreter():
             reference = _interpreted(compiled, spad.sampling, params, inputs, options).outputs
             for key in grads:
                 np.testing.assert_allclose(grads[key], reference[key], rtol=COMPILED_RTOL, atol=1e-14)
+
+
+def test_weights_five_percent_too_large_in_the_compiled_gates_are_rejected(monkeypatch):
+    """The control of the issue that asked for power: d / k -> 1.05 d / k in the gate emitter."""
+    import spadc.api
+    from spadc.backend import gates
+    original = gates._draw
+
+    def heavier(e, attrs, u):
+        index, weight = original(e, attrs, u)
+        return index, e.b.fmul(weight, gates._double(CONTROL_BIAS))
+
+    monkeypatch.setattr(gates, "_draw", heavier)
+    spadc.api._CACHE.clear()
+    try:
+        policy, inputs = EXAMPLES["mlp.spad"]
+        model = model_for("mlp.spad")
+        estimator = spadc.RAD(keep=KEEP)
+        draws = max(DRAWS_MIN, draws_for_power(model, estimator, seed=SEED, inputs=inputs))
+        report = diagnose(model, estimator, draws=draws, seed=SEED, inputs=inputs)
+    finally:
+        spadc.api._CACHE.clear()
+    assert not report.unbiased and report.pooled_z > POOLED_BOUND

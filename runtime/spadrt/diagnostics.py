@@ -1,15 +1,28 @@
 """Bias and variance of a gradient estimator, measured at one point (ESTIMATORS.md section 7).
 
+`diagnose` draws N estimates and compares them with the exact gradient at the same point, by two
+statistics that a test of unbiasedness needs together:
+- per coordinate, z = |mean - exact| / standard error; `max_z` is the largest (a bias confined to
+  a few coordinates shows here);
+- pooled over all coordinates, the t-statistic of the draws' projections on the exact gradient,
+  s_i = <g_i - exact, exact> / |exact|: its mean over the draws in standard errors of that mean
+  (`pooled_z`). A bias along the gradient, such as weights a few percent too large, shows here
+  long before any single coordinate moves; the projection's variance is estimated from the draws
+  themselves, so correlations between coordinates are accounted for.
+
 Invariants:
-- Draw i uses seed `seed + i` (and, for SPAD, a copy of the estimator, so the caller's step counter
-  and distributions are untouched); the exact gradient is computed at the same point.
-- Per param: the mean of the draws, its standard error (the spread of the draws / sqrt(N)), the
-  exact gradient, the distance |mean - exact| and the largest z = |mean - exact| / standard error.
+- Draw i uses its own seed, derived from (seed, i) by NumPy's SeedSequence, and the same step
+  rule as training: RAD at `step`, a SPAD copy advancing its own counter (its state changes
+  during the draws, as in training). The seed is never tied to the step.
+- For SPAD a copy of the estimator is used, so the caller's counter and distributions stay as they
+  were. Memory: running moments (Welford), never the draws themselves.
+- `bias` (a factor, default 1) multiplies every estimate: the negative control of section 7.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +31,10 @@ from .errors import SpadcError
 from .estimators import SPAD, resolve
 
 ROUNDING = 1e-12  # relative: the size of differences that floating-point evaluation alone explains
+K_SIGMA = 5.0  # per-coordinate bound on |z|
+POOLED_BOUND = 3.2905  # two-sided 99.9% quantile of the standard normal
+POWER_BIAS = 0.05  # the bias a test must be able to see: 5% along the gradient
+POWER_TARGET = 7.0  # the pooled z that bias should add: rejected with probability 1 - Phi(-3.7) = 99.99%
 
 
 @dataclass
@@ -41,22 +58,99 @@ class ParamDiagnostics:
         return float(z.max()) if z.size else 0.0
 
 
-def diagnose(model, estimator, draws: int = 1000, seed: int = 0, **inputs) -> dict[str, ParamDiagnostics]:
+class Report(dict):
+    """Param name -> ParamDiagnostics, with the pooled statistic over all params.
+
+    `power` is the pooled z that a bias of POWER_BIAS (5%) along the gradient would add: below about
+    6, the draws are too few for the test to reject such a bias reliably (`draws_for_power`)."""
+
+    def __init__(self, params: dict, draws: int, projection: "_Moments", norm: float):
+        super().__init__(params)
+        self.draws = draws
+        self._projection, self._norm = projection, norm  # moments of <g_i - exact, unit exact>
+
+    @property
+    def pooled_z(self) -> float:
+        difference, spread = float(self._projection.mean), float(self._projection.stderr)
+        if abs(difference) <= ROUNDING * (1.0 + self._norm):
+            return 0.0
+        return difference / spread if spread > 0 else math.copysign(math.inf, difference)
+
+    @property
+    def power(self) -> float:
+        spread = float(self._projection.stderr)
+        return POWER_BIAS * self._norm / spread if spread > 0 else math.inf
+
+    def biased(self, factor: float) -> "Report":
+        """The report the same draws would give if every estimate were `factor` times larger: the
+        negative control of section 7, at no extra cost (exactly what `diagnose(bias=factor)` gives)."""
+        params = {name: ParamDiagnostics(d.mean * factor, d.stderr * factor, d.exact) for name, d in self.items()}
+        projection = _Moments(0.0)
+        projection.n = self._projection.n
+        projection.mean = factor * (self._projection.mean + self._norm) - self._norm
+        projection.squares = factor * factor * self._projection.squares
+        return Report(params, self.draws, projection, self._norm)
+
+    @property
+    def max_z(self) -> float:
+        return max((d.max_z for d in self.values()), default=0.0)
+
+    @property
+    def unbiased(self) -> bool:
+        """Neither statistic rejects unbiasedness (per coordinate at K_SIGMA, pooled at 99.9%)."""
+        return self.max_z <= K_SIGMA and abs(self.pooled_z) <= POOLED_BOUND
+
+
+class _Moments:
+    """Running mean and sum of squared deviations (Welford), elementwise."""
+
+    def __init__(self, like):
+        self.n, self.mean, self.squares = 0, np.zeros_like(like, dtype=np.float64), np.zeros_like(like, dtype=np.float64)
+
+    def add(self, value):
+        self.n += 1
+        delta = value - self.mean
+        self.mean += delta / self.n
+        self.squares += delta * (value - self.mean)
+
+    @property
+    def stderr(self):
+        return np.sqrt(self.squares / (self.n - 1)) / math.sqrt(self.n)
+
+
+def diagnose(model, estimator, draws: int = 1000, seed: int = 0, step: int = 0, bias: float = 1.0,
+             inputs: dict | None = None, **keyword_inputs) -> Report:
+    """Inputs come as keywords or in `inputs=` (any input name fits there), as for `Model.grad`."""
     if not isinstance(draws, int) or draws < 2:
         raise SpadcError(f"draws must be an integer of at least 2, got {draws!r}")
     estimator = resolve(estimator)
-    _, exact = model.grad(**inputs)
+    inputs = {**(inputs or {}), **keyword_inputs}
+    _, exact = model.grad(inputs=inputs)
     if isinstance(estimator, SPAD):
         estimator = copy.deepcopy(estimator)
-    # Welford's running mean and sum of squared deviations: memory stays at a few gradients,
-    # however many draws (storing 1000 draws of an 85k-param model took 1.4 GB).
-    mean = {name: np.zeros_like(value) for name, value in exact.items()}
-    squares = {name: np.zeros_like(value) for name, value in exact.items()}
-    for i in range(draws):
-        _, grads = model.grad(estimator=estimator, seed=seed + i, **inputs)
-        for name, value in grads.items():
-            delta = value - mean[name]
-            mean[name] += delta / (i + 1)
-            squares[name] += delta * (value - mean[name])
-    return {name: ParamDiagnostics(mean[name], np.sqrt(squares[name] / (draws - 1)) / np.sqrt(draws), exact[name])
-            for name in exact}
+    names = list(exact)
+    direction = np.concatenate([exact[n].ravel() for n in names])
+    norm = float(np.linalg.norm(direction))
+    unit = direction / norm if norm > 0 else direction
+    moments = {name: _Moments(exact[name]) for name in names}
+    projection = _Moments(0.0)
+    seeds = np.random.SeedSequence([seed, 0xD1A6]).generate_state(draws, np.uint64)
+    for draw_seed in seeds:
+        options = {} if isinstance(estimator, SPAD) else {"step": step}
+        _, grads = model.grad(estimator=estimator, seed=int(draw_seed), **options, inputs=inputs)
+        for name in names:
+            moments[name].add(grads[name] * bias)
+        estimate = np.concatenate([grads[n].ravel() * bias for n in names])
+        projection.add(float(np.dot(estimate - direction, unit)))
+    params = {name: ParamDiagnostics(moments[name].mean, moments[name].stderr, exact[name]) for name in names}
+    return Report(params, draws, projection, norm)
+
+
+def draws_for_power(model, estimator, pilot: int = 200, power: float = POWER_TARGET, seed: int = 0,
+                    inputs: dict | None = None, **keyword_inputs) -> int:
+    """How many draws make a report's `power` reach `power` (a 5% bias then lands past the 99.9%
+    bound with probability about 1 - Phi(3.29 - power)), from a pilot run's noise along the gradient."""
+    report = diagnose(model, estimator, draws=pilot, seed=seed + 0x9170, inputs=inputs, **keyword_inputs)
+    if not math.isfinite(report.power) or report.power <= 0:
+        return pilot
+    return max(pilot, math.ceil(pilot * (power / report.power) ** 2))
