@@ -142,9 +142,10 @@ def test_grad_with_an_estimator_and_draws():
     result = spadc("grad", example("mlp.spad"), "--estimator", "rad", "--keep", "0.3", "--draws", "50",
                    "--inputs", _mlp_inputs())
     assert result.returncode == 0, result.stderr
-    assert "50 draws of rad (seeds 0..49)" in result.stdout and "max z" in result.stdout
-    lines = [line.split() for line in result.stdout.splitlines()[2:]]
+    assert "50 draws of rad (seeds derived from 0)" in result.stdout and "max z" in result.stdout
+    lines = [line.split() for line in result.stdout.splitlines()[2:6]]
     assert [line[0] for line in lines] == ["W1", "b1", "W2", "b2"]
+    assert "pooled z along the exact gradient" in result.stdout and "a 5% bias would add" in result.stdout
     result = spadc("grad", example("rosenbrock.spad"), "--estimator", "rad", "--policy", "products", "--keep", "0.3")
     assert result.returncode == 0 and "warning: param `x` has a path to the loss through 2 random factors" in result.stderr
 
