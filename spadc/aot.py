@@ -53,7 +53,7 @@ def variants(estimators, keep: float, policy: str, draw: str, share: str) -> lis
     if "spad" in estimators:
         spad = SPAD(keep=keep, sites=policy, draw=draw, share=share)
         chosen.append(("spad", spad.sampling, None, None))
-        chosen.append(("spad_scores", None, "gradient", policy))
+        chosen.append(("spad_scores", spad.evaluation_sampling, "paths", None))  # SPAD's default scores
     return [v for v in chosen if v[0] == "exact" or v[1] is not None or v[2] is not None]
 
 

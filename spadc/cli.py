@@ -18,7 +18,7 @@ import numpy as np
 
 from spadrt import limits
 from spadrt.errors import SpadcWarning
-from spadrt.diagnostics import K_SIGMA, POOLED_BOUND, POWER_TARGET, diagnose
+from spadrt.diagnostics import POOLED_BOUND, POWER_TARGET, diagnose
 from spadrt.files import check_writable, read_npz, save_npz
 from spadrt.estimators import DRAWS, RAD, SITE_POLICIES, SPAD, Exact
 from spadrt.optim import OPTIMIZERS, CosineLR, StepLR
@@ -129,7 +129,7 @@ def _diagnose(model, estimator, args, inputs) -> int:
     for name, d in report.items():
         print(f"{name:<{width}}  {np.linalg.norm(d.exact):10.4g}  {np.linalg.norm(d.mean):10.4g}  {d.distance:14.4g}  "
               f"{float(d.stderr.mean()):11.4g}  {d.max_z:6.2f}")
-    print(f"largest z over every coordinate: {report.max_z:.2f} (bound {K_SIGMA:g})")
+    print(f"largest z over every coordinate: {report.max_z:.2f} (bound {report.coordinate_bound:.2f})")
     print(f"pooled z along the exact gradient: {report.pooled_z:.2f} (99.9% bound {POOLED_BOUND:.2f}); "
           f"a 5% bias would add {report.power:.1f}")
     verdict = "no evidence of bias" if report.unbiased else "BIASED: a statistic is past its bound"
@@ -217,7 +217,8 @@ def _mem(args) -> int:
         raise SpadcError("spadc mem compares the exact tape with an estimator's: give --estimator rad or spad "
                          "with --keep below 1")
     label = f"{args.estimator} (keep {estimator.keep})"
-    sys.stdout.write(memreport.report(compiled, estimator.sampling, label))
+    sys.stdout.write(memreport.report(compiled, estimator.sampling, label,
+                                      estimator if isinstance(estimator, SPAD) else None))
     return 0
 
 

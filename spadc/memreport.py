@@ -38,7 +38,8 @@ def site_rows(compiled: Compiled, sampling) -> list[dict]:
     return rows
 
 
-def report(compiled: Compiled, sampling, label: str) -> str:
+def report(compiled: Compiled, sampling, label: str, spad=None) -> str:
+    """`spad`: a SPAD estimator, whose evaluation steps are reported too."""
     rows = site_rows(compiled, sampling)
     exact_total = plan_tape(compiled.gradient).static_bytes
     sampled_total = plan_tape(compiled.gradient_program(sampling)).static_bytes
@@ -57,6 +58,12 @@ def report(compiled: Compiled, sampling, label: str) -> str:
                      f"({100 * site_estimated / site_exact:.1f}%)")
     lines.append(f"whole tape:    {_bytes(exact_total)} exact, {_bytes(sampled_total)} under the estimator "
                  f"({100 * sampled_total / exact_total:.1f}%)" if exact_total else "whole tape: empty")
+    if spad is not None:
+        paths = plan_tape(compiled.gradient_program(spad.evaluation_sampling, "paths")).static_bytes
+        scored = plan_tape(compiled.gradient_program(None, "gradient", spad.sites)).static_bytes
+        lines += ["", f"SPAD evaluation steps (every {spad.refresh} steps): score=paths keeps {_bytes(paths)} (RAD's "
+                      f"tape, {spad.candidates} candidates in turn); score=gradient runs the exact adjoint and keeps "
+                      f"{_bytes(scored)}"]
     return "\n".join(lines) + "\n"
 
 

@@ -136,6 +136,9 @@ def test_mem_reports_sites_and_totals():
     assert "sampled sites: 21,120 B exact, 2,296 B under the estimator (10.9%)" in result.stdout
     assert "whole tape:    22,488 B exact, 4,176 B under the estimator" in result.stdout
     assert spadc("mem", example("irnn.spad"), "--estimator", "exact").returncode == 1
+    spad = spadc("mem", example("irnn.spad"), "--estimator", "spad", "--keep", "0.1")
+    assert ("score=paths keeps 4,176 B (RAD's tape, 8 candidates in turn); score=gradient runs the exact "
+            "adjoint and keeps 22,488 B") in spad.stdout
 
 
 def test_grad_with_an_estimator_and_draws():

@@ -3,7 +3,7 @@
 `diagnose` draws N estimates and compares them with the exact gradient at the same point, by two
 statistics that a test of unbiasedness needs together:
 - per coordinate, z = |mean - exact| / standard error; `max_z` is the largest (a bias confined to
-  a few coordinates shows here);
+  a few coordinates shows here), against K_SIGMA or, for many coordinates, a Bonferroni bound;
 - pooled over all coordinates, the t-statistic of the draws' projections on the exact gradient,
   s_i = <g_i - exact, exact> / |exact|: its mean over the draws in standard errors of that mean
   (`pooled_z`). A bias along the gradient, such as weights a few percent too large, shows here
@@ -31,7 +31,8 @@ from .errors import SpadcError
 from .estimators import SPAD, resolve
 
 ROUNDING = 1e-12  # relative: the size of differences that floating-point evaluation alone explains
-K_SIGMA = 5.0  # per-coordinate bound on |z|
+K_SIGMA = 5.0  # per-coordinate bound on |z|, raised for many coordinates (coordinate_bound)
+FAMILY_LEVEL = 1e-3  # the chance that an unbiased estimator crosses the per-coordinate bound anywhere
 POOLED_BOUND = 3.2905  # two-sided 99.9% quantile of the standard normal
 POWER_BIAS = 0.05  # the bias a test must be able to see: 5% along the gradient
 POWER_TARGET = 7.0  # the pooled z that bias should add: rejected with probability 1 - Phi(-3.7) = 99.99%
@@ -96,9 +97,23 @@ class Report(dict):
         return max((d.max_z for d in self.values()), default=0.0)
 
     @property
+    def coordinate_bound(self) -> float:
+        return coordinate_bound(sum(d.mean.size for d in self.values()))
+
+    @property
     def unbiased(self) -> bool:
-        """Neither statistic rejects unbiasedness (per coordinate at K_SIGMA, pooled at 99.9%)."""
-        return self.max_z <= K_SIGMA and abs(self.pooled_z) <= POOLED_BOUND
+        """Neither statistic rejects unbiasedness (per coordinate at `coordinate_bound`, pooled at 99.9%)."""
+        return self.max_z <= self.coordinate_bound and abs(self.pooled_z) <= POOLED_BOUND
+
+
+def coordinate_bound(coordinates: int) -> float:
+    """K_SIGMA, or for many coordinates the Bonferroni bound that keeps the family-wise chance of
+    a false alarm at FAMILY_LEVEL (5.7 for the digits MLP's 85,000 coordinates)."""
+    tail = FAMILY_LEVEL / (2 * max(coordinates, 1))
+    z = K_SIGMA
+    while math.erfc(z / math.sqrt(2)) / 2 > tail:  # the normal tail, to 0.01
+        z += 0.01
+    return z
 
 
 class _Moments:

@@ -24,7 +24,7 @@ SITE_POLICIES = ("weights", "products", "edges")
 DRAWS = ("with_replacement", "bernoulli")
 SHARES = ("sample", "batch")
 SPAD_POLICIES = ("importance", "topk", "best_of")
-SCORES = ("gradient", "forward", "uniform")
+SCORES = ("paths", "gradient", "forward", "uniform")
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,8 @@ class SPAD:
 
     Our reading of Peseux et al. (IEEE Access 2023), whose full text was not available to us: see
     docs/estimators.md. `policy` is the ranking rule (importance | topk | best_of), `sites` the site
-    policy, `score` what ranks entries (gradient | forward | uniform).
+    policy, `score` what ranks entries (paths | gradient | forward | uniform): by default `paths`,
+    which never needs more memory than RAD at the same keep.
 
     The object is stateful: `step` counts the gradients it has given (every call to `grad` and
     every training step advances it), and it keeps per model the sites' distributions (and for
@@ -108,7 +109,7 @@ class SPAD:
     keep: float = 0.1
     refresh: int = 10
     policy: str = "importance"
-    score: str = "gradient"
+    score: str = "paths"
     candidates: int = 8
     floor: float = 0.1
     sites: str = "weights"
@@ -141,6 +142,11 @@ class SPAD:
                              "then never be drawn, and the estimate would be biased")
         if self.policy == "topk" and self.draw != "with_replacement":
             raise SpadcError("the topk policy keeps a fixed set of entries: draw must be with_replacement")
+
+    @property
+    def evaluation_sampling(self) -> Sampling | None:
+        """What the candidates of a `paths` evaluation step draw: RAD's uniform draws."""
+        return None if self.keep == 1.0 else Sampling(self.sites, self.keep, self.draw, self.share, "uniform")
 
     @property
     def sampling(self) -> Sampling | None:

@@ -218,6 +218,8 @@ class Model:
                 state["best"] = self._best_of(spad, entry, function, step, call)
             best_seed, best_step = state["best"]
             return (*self._run(entry, function, step=best_step, **{**call, "seed": best_seed}), entry)
+        if evaluation and spad.score == "paths":
+            return self._paths_evaluation(spad, state, entry, step, call)
         if evaluation and spad.score == "gradient":
             scoring, scorer = self._variant(None, "gradient", spad.sites)
             scores = np.zeros(max(scoring["score_size"], 1))
@@ -233,6 +235,24 @@ class Model:
                               sampling.scheme, spad.floor, spad.keep)
             return (*result, scoring)
         return (*self._run(entry, function, step=step, site_data=state["data"], **call), entry)
+
+    def _paths_evaluation(self, spad: SPAD, state, entry, step: int, call):
+        """A `paths` evaluation step (ESTIMATORS.md section 4): `candidates` RAD estimates, each
+        adding the contributions through its drawn entries to the scores; the estimate is their
+        mean (unbiased), and memory per call is RAD's."""
+        scoring, scorer = self._variant(spad.evaluation_sampling, "paths")
+        scores = np.zeros(max(scoring["score_size"], 1))
+        loss, total, stored = 0.0, None, 0
+        for candidate in range(spad.candidates):
+            seed = _candidate_seed(call["seed"], step, candidate)
+            candidate_loss, grads, measured = self._run(scoring, scorer, step=step, scores=scores,
+                                                        **{**call, "seed": seed})
+            loss += candidate_loss / spad.candidates
+            total = grads if total is None else total + grads
+            stored = max(stored, measured)
+        spad_state.update(state["data"], entry["sites"], scoring["sites"], scores, spad.draw,
+                          spad.sampling.scheme, spad.floor, spad.keep, observed=True)
+        return loss, total / spad.candidates, stored, scoring
 
     def _best_of(self, spad: SPAD, entry, function, step: int, call) -> tuple[int, int]:
         """Of `candidates` uniform masks, the key whose estimate has the largest L1 norm."""
@@ -402,7 +422,8 @@ def _merge_inputs(inputs: dict | None, keyword_inputs: dict) -> dict:
 
 
 def _candidate_seed(seed: int, step: int, candidate: int) -> int:
-    """A distinct, reproducible key for each best_of candidate (SplitMix64 of the three words)."""
+    """A distinct, reproducible key for each candidate of an evaluation step (best_of, paths):
+    SplitMix64 of the three words."""
     z = (int(seed) * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + candidate + 1) & _U64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64

@@ -26,16 +26,30 @@ def initial_data(sites: list[dict], size: int, draw: str, scheme: str) -> np.nda
 
 
 def update(data: np.ndarray, sites: list[dict], scored_sites: list[dict], scores: np.ndarray, draw: str,
-           scheme: str, floor: float, keep: float):
+           scheme: str, floor: float, keep: float, observed: bool = False):
     """Re-rank every site from its scores (summed over the evaluation batch and loop iterations).
 
     `sites` are the sampling kernel's (where each site's data lives), `scored_sites` the scoring
-    kernel's (where its scores are): the same sites, in the same order."""
+    kernel's (where its scores are): the same sites, in the same order. With `observed` (score
+    "paths"), each site's scores are followed by the weights of the draws that observed them: an
+    entry's score is then the mean of what was observed for it, and an entry never drawn takes its
+    site's mean observed score."""
     assert [s["id"] for s in sites] == [s["id"] for s in scored_sites], "kernels disagree on the sites"
     for site, scored in zip(sites, scored_sites):
         if site["data_size"] and scored["score_offset"] >= 0:
-            values = scores[scored["score_offset"]:scored["score_offset"] + site["d"]]
+            start, d = scored["score_offset"], site["d"]
+            values = scores[start:start + d]
+            if observed:
+                values = observed_means(values, scores[start + d:start + 2 * d])
             _write(data, site, values, floor, draw, scheme, keep)
+
+
+def observed_means(totals: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    seen = weights > 0
+    means = np.where(seen, totals / np.where(seen, weights, 1.0), 0.0)
+    if seen.any():
+        means[~seen] = means[seen].mean()
+    return means
 
 
 def importance(scores: np.ndarray, floor: float) -> np.ndarray:

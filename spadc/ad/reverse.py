@@ -30,7 +30,7 @@ from ..ir.core import REGION_OPS, Block, InputDecl, Op, Program, Value
 from ..ir.types import TensorType
 from . import sampling as gates
 from .context import Adjoints, Context, Primals, to_shape
-from .rules import ADJOINTS, Rule, restore_axis
+from .rules import ADJOINTS, Rule, restore_axis, times
 from .sites import find_sites
 
 
@@ -64,12 +64,13 @@ class _State:
 def gradient(program: Program, accumulate: bool = False, sampling=None, score: str | None = None,
              policy: str | None = None) -> GradientProgram:
     """The gradient program. `sampling`: a path-sampled adjoint; `score`: add site scores
-    ("gradient": the exact adjoint's contributions; "forward": residual magnitudes, with sampling);
+    ("gradient": the exact adjoint's contributions; "paths": the sampled adjoint's contributions
+    through drawn entries, with their weights; "forward": residual magnitudes, with sampling);
     `policy`: the site policy when only scores are wanted."""
     active = _activity(program)
     policy = sampling.sites if sampling is not None else policy
     sites = list(find_sites(program, policy, active).values()) if policy else []
-    entries = gates.layout_sites(sites, sampling, with_scores=score is not None)
+    entries = gates.layout_sites(sites, sampling, score)
     state = _State(active, {v.id for v in program.body.params}, sampling, score,
                    {(id(e.site.op), e.site.operand): e for e in entries})
     top = Context(Block(), None, None, state)
@@ -180,7 +181,7 @@ def _contributions(ctx: Context, op: Op, g: Value, wanted: list[bool], rule: Rul
         if wanted[k]:
             stand_in = gates.gated(ctx, sites[k], gates.partial(ctx, op, k, rule))
             spread = restore_axis(ctx, g, op.args[k].type.shape, op.attrs["axis"]) if op.kind == "reduce_prod" else g
-            contributions[k] = ctx.op("mul", spread, stand_in)
+            contributions[k] = times(ctx, spread, stand_in)
     for k, entry in sites.items():
         if k not in contributions:
             continue
@@ -188,12 +189,14 @@ def _contributions(ctx: Context, op: Op, g: Value, wanted: list[bool], rule: Rul
             contributions[k] = to_shape(ctx, contributions[k], op.args[k])
             if sampled:
                 contributions[k] = ctx.op("mul", contributions[k], gates.mask(ctx, entry))
-        if state.score == "gradient":
-            if entry.site.kind == "operand":
-                values = gates.operand_score(ctx, op, k, g, ctx.primal(op.args[entry.site.stored]))
+        if state.score in ("gradient", "paths"):
+            if entry.site.kind == "operand":  # under `paths`, the gated stand-in: drawn entries only
+                stored = op.args[entry.site.stored]
+                stored = gates.gated(ctx, entry, stored) if state.score == "paths" else ctx.primal(stored)
+                values = gates.operand_score(ctx, op, k, g, stored)
             else:
                 values = contributions[k]
-            gates.score(ctx, entry, values)
+            gates.scores_of(ctx, entry, values, state.score)
     return contributions
 
 
@@ -273,10 +276,10 @@ def _tabulate_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
     ctx.at(op.loc, op.inlined_at)
     entry = ctx.state.entries.get((id(op), -1))
     if entry is not None:  # a comprehension site: its cotangent is gated as a whole
-        if ctx.state.score == "gradient":
-            gates.score(ctx, entry, g)
         if ctx.state.sampling is not None:
             g = ctx.op("mul", g, gates.mask(ctx, entry))
+        if ctx.state.score in ("gradient", "paths"):
+            gates.scores_of(ctx, entry, g, ctx.state.score)
     captured = _free_active(ctx, body)
     index = Value(body.params[0].type, body.params[0].hint)
     accumulators = [Value(v.type, _adjoint_hint(v)) for v in captured]

@@ -51,6 +51,13 @@ for _name in ("sign", "floor", "stop_gradient", "not", "to_float", "to_int", "fl
 
 # ---- helpers ---------------------------------------------------------------------
 
+def times(c, g, partial, kind: str = "mul"):
+    """g * partial (or g / partial), exactly 0 where g is 0 even if the partial is infinite or NaN
+    there (log at 0, sqrt below 0, a product with an infinite operand): so the side of a `where`
+    that was not selected, whose g is 0, cannot leak NaN into gradients (LANGUAGE.md section 6)."""
+    return c.op("select", c.op("eq", g, c.const(0.0)), c.const(0.0), c.op(kind, g, partial))
+
+
 def restore_axis(c, g, shape, axis):
     """Spread the adjoint of a reduction over the reduced axis (or over everything)."""
     if axis is not None:
@@ -78,60 +85,60 @@ def _neg(c, op, g, wanted, P):
 
 @_rule("abs", saves=(0,))
 def _abs(c, op, g, wanted, P):
-    return [c.op("mul", g, c.op("sign", P.arg(0)))]
+    return [times(c, g, c.op("sign", P.arg(0)))]
 
 
 @_rule("exp", saves=("out",))
 def _exp(c, op, g, wanted, P):
-    return [c.op("mul", g, P.out())]
+    return [times(c, g, P.out())]
 
 
 @_rule("log", saves=(0,))
 def _log(c, op, g, wanted, P):
-    return [c.op("div", g, P.arg(0))]
+    return [times(c, g, P.arg(0), "div")]
 
 
 @_rule("log1p", saves=(0,))
 def _log1p(c, op, g, wanted, P):
-    return [c.op("div", g, c.op("add", c.const(1.0), P.arg(0)))]
+    return [times(c, g, c.op("add", c.const(1.0), P.arg(0)), "div")]
 
 
 @_rule("expm1", saves=("out",))
 def _expm1(c, op, g, wanted, P):
-    return [c.op("mul", g, c.op("add", P.out(), c.const(1.0)))]
+    return [times(c, g, c.op("add", P.out(), c.const(1.0)))]
 
 
 @_rule("sqrt", saves=("out",))
 def _sqrt(c, op, g, wanted, P):
-    return [c.op("div", g, c.op("mul", c.const(2.0), P.out()))]
+    return [times(c, g, c.op("mul", c.const(2.0), P.out()), "div")]
 
 
 @_rule("sin", saves=(0,))
 def _sin(c, op, g, wanted, P):
-    return [c.op("mul", g, c.op("cos", P.arg(0)))]
+    return [times(c, g, c.op("cos", P.arg(0)))]
 
 
 @_rule("cos", saves=(0,))
 def _cos(c, op, g, wanted, P):
-    return [c.op("neg", c.op("mul", g, c.op("sin", P.arg(0))))]
+    return [c.op("neg", times(c, g, c.op("sin", P.arg(0))))]
 
 
 @_rule("tan", saves=("out",))
 def _tan(c, op, g, wanted, P):
     out = P.out()
-    return [c.op("mul", g, c.op("add", c.const(1.0), c.op("mul", out, out)))]
+    return [times(c, g, c.op("add", c.const(1.0), c.op("mul", out, out)))]
 
 
 @_rule("tanh", saves=("out",))
 def _tanh(c, op, g, wanted, P):
     out = P.out()
-    return [c.op("mul", g, c.op("sub", c.const(1.0), c.op("mul", out, out)))]
+    return [times(c, g, c.op("sub", c.const(1.0), c.op("mul", out, out)))]
 
 
 @_rule("sigmoid", saves=("out",))
 def _sigmoid(c, op, g, wanted, P):
     out = P.out()
-    return [c.op("mul", g, c.op("mul", out, c.op("sub", c.const(1.0), out)))]
+    return [times(c, g, c.op("mul", out, c.op("sub", c.const(1.0), out)))]
 
 
 @_rule("relu", saves=("positive",))
@@ -142,7 +149,7 @@ def _relu(c, op, g, wanted, P):
 
 @_rule("softplus", saves=(0,))
 def _softplus(c, op, g, wanted, P):
-    return [c.op("mul", g, c.op("sigmoid", P.arg(0)))]
+    return [times(c, g, c.op("sigmoid", P.arg(0)))]
 
 
 @_rule("add")
@@ -157,15 +164,15 @@ def _sub(c, op, g, wanted, P):
 
 @_rule("mul", saves=(0, 1))
 def _mul(c, op, g, wanted, P):
-    return [c.op("mul", g, P.arg(1)) if wanted[0] else None,
-            c.op("mul", g, P.arg(0)) if wanted[1] else None]
+    return [times(c, g, P.arg(1)) if wanted[0] else None,
+            times(c, g, P.arg(0)) if wanted[1] else None]
 
 
 @_rule("div", saves=(1, "out"))
 def _div(c, op, g, wanted, P):
     b = P.arg(1)
-    return [c.op("div", g, b) if wanted[0] else None,
-            c.op("neg", c.op("div", c.op("mul", g, P.out()), b)) if wanted[1] else None]
+    return [times(c, g, b, "div") if wanted[0] else None,
+            c.op("neg", times(c, times(c, g, P.out()), b, "div")) if wanted[1] else None]
 
 
 @_rule("pow", saves=(0, 1, "out"))
@@ -175,18 +182,18 @@ def _pow(c, op, g, wanted, P):
     if wanted[0]:
         # b * a^(b-1), defined as 0 where b == 0 (as JAX does) so that a^0 has no NaN derivative at a = 0.
         slope = c.op("mul", b, c.op("pow", a, c.op("sub", b, c.const(1.0))))
-        da = c.op("mul", g, c.op("select", c.op("eq", b, c.const(0.0)), c.const(0.0), slope))
+        da = times(c, g, c.op("select", c.op("eq", b, c.const(0.0)), c.const(0.0), slope))
     if wanted[1]:
         # out * log(a), defined as 0 where a == 0.
         slope = c.op("mul", P.out(), c.op("log", a))
-        db = c.op("mul", g, c.op("select", c.op("eq", a, c.const(0.0)), c.const(0.0), slope))
+        db = times(c, g, c.op("select", c.op("eq", a, c.const(0.0)), c.const(0.0), slope))
     return [da, db]
 
 
 @_rule("mod", saves=(0, 1))
 def _mod(c, op, g, wanted, P):
     # a % b = a - floor(a / b) * b, and floor has zero derivative.
-    return [g, c.op("neg", c.op("mul", g, c.op("floor", c.op("div", P.arg(0), P.arg(1))))) if wanted[1] else None]
+    return [g, c.op("neg", times(c, g, c.op("floor", c.op("div", P.arg(0), P.arg(1))))) if wanted[1] else None]
 
 
 def _pick(compare):
@@ -243,7 +250,7 @@ def _reduce_prod(c, op, g, wanted, P):
     zeros = restore_axis(c, c.op("reduce_sum", c.op("to_float", is_zero), axis=axis), shape, axis)
     at_nonzero = c.op("select", c.op("eq", zeros, c.const(0.0)), c.op("div", product, nonzero), c.const(0.0))
     at_zero = c.op("select", c.op("eq", zeros, c.const(1.0)), product, c.const(0.0))
-    return [c.op("mul", restore_axis(c, g, shape, axis), c.op("select", is_zero, at_zero, at_nonzero))]
+    return [times(c, restore_axis(c, g, shape, axis), c.op("select", is_zero, at_zero, at_nonzero))]
 
 
 # ---- linear algebra and structure --------------------------------------------------------

@@ -9,7 +9,8 @@ The driver (reverse.py) asks this module, at each site:
 - `mask(ctx, entry)`: the weighted gate itself, for edge sites (no tape involved).
 - `partial(ctx, op, k)`: the elementwise partial of edge k, computed in the forward pass from the
   adjoint rule applied to ones (for primitives whose adjoint is `g * partial`).
-- `score(ctx, entry, values)`: adds |values| to the site's scores (SPAD evaluation steps).
+- `score(ctx, entry, values)`: adds |values| to the site's scores (SPAD evaluation steps); for
+  `score="paths"` also the weights of the draws that kept each entry (`scores_of`).
 
 Invariants:
 - Keys: a gate's stream is keyed by the site id and the run-time iteration of its draw level, so
@@ -44,8 +45,16 @@ class SiteEntry:
                     kept=kept, scores=self.score_offset if forward_scores else -1)
 
 
-def layout_sites(sites: list[Site], sampling, with_scores: bool) -> list[SiteEntry]:
-    """Offsets of each site's data and scores, in program order."""
+def score_width(score: str | None) -> int:
+    """Score doubles per site entry: none; |contribution|; or, for `paths`, |contribution| summed
+    over the draws that kept the entry and, after all sites' sums, the weights of those draws."""
+    return {None: 0, "paths": 2}.get(score, 1)
+
+
+def layout_sites(sites: list[Site], sampling, score: str | None) -> list[SiteEntry]:
+    """Offsets of each site's data and scores, in program order (for `paths`, every site's
+    weights follow at `score_offset + d`)."""
+    width = score_width(score)
     entries, data, scores = [], 0, 0
     for site in sites:
         d = site.size
@@ -55,9 +64,9 @@ def layout_sites(sites: list[Site], sampling, with_scores: bool) -> list[SiteEnt
             size = 2 * d if sampling.draw == "with_replacement" else d
         elif sampling and sampling.scheme == "fixed":
             size = k
-        entries.append(SiteEntry(site, k, data if size else -1, size, scores if with_scores else -1))
+        entries.append(SiteEntry(site, k, data if size else -1, size, scores if width else -1))
         data += size
-        scores += d if with_scores else 0
+        scores += d * width
     return entries
 
 
@@ -132,13 +141,24 @@ class ForwardEmitter:
         return compute(self)
 
 
-def score(ctx, entry: SiteEntry, values: Value):
-    """score_add of |values| at this element's row of the site's scores."""
+def score(ctx, entry: SiteEntry, values: Value, weights: bool = False):
+    """score_add of |values| at this element's row of the site's scores (of its weights, for
+    `paths`, with `weights`)."""
     positions = ctx.rows()  # one per enclosing comprehension, outermost first
     shape = entry.site.shape
     assert values.type.shape == shape[len(positions):], (values.type, shape)
     strides = tuple(math.prod(shape[level + 1:]) for level in range(len(positions)))
-    ctx.op("score_add", values, *positions, offset=entry.score_offset, strides=strides)
+    offset = entry.score_offset + (entry.site.size if weights else 0)
+    ctx.op("score_add", values, *positions, offset=offset, strides=strides)
+
+
+def scores_of(ctx, entry: SiteEntry, contribution: Value, score_kind: str):
+    """Add a site's scores for an evaluation step. `gradient`: the exact contribution through each
+    entry; `paths`: the contribution through each drawn entry, with the weights of its draws, so
+    the runtime can take the mean of what was observed."""
+    score(ctx, entry, contribution)
+    if score_kind == "paths":
+        score(ctx, entry, mask(ctx, entry), weights=True)
 
 
 def operand_score(ctx, op: Op, k: int, g: Value, stored: Value) -> Value:

@@ -32,6 +32,7 @@ from llvmlite import ir
 from spadrt.abi import ABI_VERSION
 
 from ..ad.reverse import GradientProgram
+from ..ad.sampling import score_width
 from ..ad.tape import plan_tape, value_bytes
 from ..ir.core import Program, Value
 from .codegen import I64, Check, FunctionEmitter
@@ -189,7 +190,7 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
     return {"symbol": symbol, "workspace": plan_.size, "tape_bytes": tape.static_bytes, "checks": _checks(checks),
             "sites": [_site_entry(entry, float_bytes) for entry in gradient.sites],
             "site_data_size": sum(entry.data_size for entry in gradient.sites),
-            "score_size": sum(entry.site.size for entry in gradient.sites) if gradient.score else 0}
+            "score_size": sum(entry.site.size for entry in gradient.sites) * score_width(gradient.score)}
 
 
 def _site_entry(entry, float_bytes: int) -> dict:

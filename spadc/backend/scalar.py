@@ -172,7 +172,7 @@ SCALAR = {
     "tan": _libm("tan"),
     "tanh": _libm("tanh"),
     "sigmoid": _sigmoid,
-    "relu": lambda e, op, x: e.b.select(e.b.fcmp_ordered(">", x, fconst(e, 0.0)), x, fconst(e, 0.0)),
+    "relu": lambda e, op, x: e.b.select(e.b.fcmp_unordered(">", x, fconst(e, 0.0)), x, fconst(e, 0.0)),  # NaN kept
     "softplus": _softplus,
     "floor": _libm("llvm.floor"),
     "stop_gradient": lambda e, op, x: x,
