@@ -399,11 +399,15 @@ def test_weights_five_percent_too_large_in_the_compiled_gates_are_rejected(monke
     assert not report.unbiased and report.pooled_z > POOLED_BOUND
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
+ALL_EXAMPLES = {**EXAMPLES, "irnn_784.spad": ("weights", {"seq": RNG.uniform(0, 1, 784), "label": 2}),
+                "reaction_diffusion_long.spad": ("weights", {"u0": RNG.uniform(0, 1, 64), "target": RNG.uniform(0, 1, 64)})}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_EXAMPLES))
 def test_spad_evaluation_steps_keep_no_more_than_rad_by_default(name):
     """ESTIMATORS.md section 4: by default SPAD never needs more memory than RAD at the same keep,
     measured by the compiled code's own count on an evaluation step (step 0) and after it."""
-    policy, inputs = EXAMPLES[name]
+    policy, inputs = ALL_EXAMPLES[name]
     model = model_for(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SamplingWarning)
@@ -412,3 +416,15 @@ def test_spad_evaluation_steps_keep_no_more_than_rad_by_default(name):
         evaluation = model.grad(estimator=spad, stats=True, training=True, **inputs)[2]["tape_bytes"]
         following = model.grad(estimator=spad, stats=True, **inputs)[2]["tape_bytes"]
     assert evaluation <= rad and following <= rad, (evaluation, following, rad)
+
+
+@pytest.mark.skipif(not LONG, reason="the full profile: SPADC_LONG=1")
+@pytest.mark.parametrize("name", sorted(ALL_EXAMPLES))
+def test_spad_at_its_defaults_passes_a_thousand_draws_and_rejects_the_control(name):
+    """What `spadc grad FILE --estimator spad --draws 1000` checks, on every example."""
+    _, inputs = ALL_EXAMPLES[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SamplingWarning)
+        report = diagnose(model_for(name), spadc.SPAD(), draws=1000, seed=SEED, inputs=inputs)
+    assert_unbiased(report, f"SPAD defaults on {name}")
+    assert not report.biased(CONTROL_BIAS).unbiased

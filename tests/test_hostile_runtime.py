@@ -222,7 +222,9 @@ def test_ctrl_c_during_training_exits_130_with_the_last_checkpoint_intact(tmp_pa
         checkpoint = tmp_path / f"ck{trial}.npz"
         process = subprocess.Popen([sys.executable, "-m", "spadc", "train", example("mlp_digits.spad"), "--data", data,
                                     "--epochs", "1000", "--batch", "8", "--out", str(checkpoint), "--quiet"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   # a shell's background job ignores SIGINT, and so would the child
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 60
         while not checkpoint.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
