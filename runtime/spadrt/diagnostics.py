@@ -79,8 +79,8 @@ class Report(dict):
 
     @property
     def power(self) -> float:
-        spread = float(self._projection.stderr)
-        return POWER_BIAS * self._norm / spread if spread > 0 else math.inf
+        spread = float(self._projection.stderr)  # a spread within rounding: the estimator is exact
+        return POWER_BIAS * self._norm / spread if spread > ROUNDING * (1.0 + self._norm) else math.inf
 
     def biased(self, factor: float) -> "Report":
         """The report the same draws would give if every estimate were `factor` times larger: the
