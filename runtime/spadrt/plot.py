@@ -14,6 +14,8 @@ import zlib
 
 import numpy as np
 
+from .files import atomic_write
+
 WIDTH, HEIGHT, MARGIN = 640, 400, 48
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
 _FONT = {  # 3x5 glyphs, rows top to bottom, 3 bits each
@@ -97,6 +99,6 @@ def _write_png(path: str, canvas: np.ndarray):
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     header = struct.pack(">IIBBBBB", canvas.shape[1], canvas.shape[0], 8, 2, 0, 0, 0)
-    with open(path, "wb") as f:
+    with atomic_write(path, "plot") as f:
         f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9))
                 + chunk(b"IEND", b""))
