@@ -59,10 +59,15 @@ def variants(estimators, keep: float, policy: str, draw: str, share: str) -> lis
 
 def build(path: str, output: str, header: str | None = None, target: str | None = None, cpu: str | None = None,
           dtype: str = "f64", estimators=ESTIMATOR_NAMES, keep: float = 0.1, policy: str = "weights",
-          draw: str = "with_replacement", share: str = "sample") -> dict:
-    """Build `output` (.so or .o) and optionally a C header; returns the layout."""
+          draw: str = "with_replacement", share: str = "sample", linker: str | None = None) -> dict:
+    """Build `output` (.so or .o) and optionally a C header; returns the layout. A shared library for
+    another target needs that target's linker (`linker`, a C compiler driver)."""
     if not output.endswith((".so", ".o")):
         raise SpadcError(f"-o must name a shared library (.so) or an object file (.o), got {output!r}")
+    if output.endswith(".so") and target is not None and linker is None:
+        raise SpadcError(f"a shared library for {target} must be linked by that target's linker: build an object "
+                         f"instead (-o {output[:-3]}.o) and link it with your toolchain, or give one with --linker "
+                         f"(for example --linker {target}-gcc)")
     unknown = set(estimators) - set(ESTIMATOR_NAMES)
     if unknown:
         raise SpadcError(f"unknown estimator {sorted(unknown)[0]!r}; expected {', '.join(ESTIMATOR_NAMES)}")
@@ -88,7 +93,7 @@ def build(path: str, output: str, header: str | None = None, target: str | None 
         _metadata(module, "spadrt", text)
     machine = _target_machine(target, cpu)
     optimised = jit.optimise(str(module), machine)
-    _write(output, machine.emit_object(optimised), shared)
+    _write(output, machine.emit_object(optimised), shared, linker)
     if header:
         with atomic_write(header, "header") as f:
             f.write(c_header(layout, prefix, os.path.basename(path), dtype).encode("utf-8"))
@@ -116,7 +121,7 @@ def _target_machine(target: str | None, cpu: str | None):
     return chosen.create_target_machine(cpu=cpu or "", features="", opt=3, reloc="pic", codemodel="default")
 
 
-def _write(output: str, object_code: bytes, shared: bool):
+def _write(output: str, object_code: bytes, shared: bool, linker: str | None):
     if not shared:
         with atomic_write(output, "object") as f:
             f.write(object_code)
@@ -125,7 +130,7 @@ def _write(output: str, object_code: bytes, shared: bool):
         obj, linked = os.path.join(scratch, "model.o"), os.path.join(scratch, "model.so")
         with open(obj, "wb") as f:
             f.write(object_code)
-        compiler = os.environ.get("CC", "cc")
+        compiler = linker or os.environ.get("CC", "cc")
         try:
             result = subprocess.run([compiler, "-shared", "-o", linked, obj, "-lm"], capture_output=True, text=True)
         except FileNotFoundError:

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+import spadc as spadc_package
+
 from conftest import example
 
 
@@ -149,7 +151,7 @@ def test_grad_with_an_estimator_and_draws():
     lines = [line.split() for line in result.stdout.splitlines()[2:6]]
     assert [line[0] for line in lines] == ["W1", "b1", "W2", "b2"]
     assert "pooled z along the exact gradient" in result.stdout and "a 5% bias would add" in result.stdout
-    result = spadc("grad", example("rosenbrock.spad"), "--estimator", "rad", "--policy", "products", "--keep", "0.3")
+    result = spadc("grad", example("rosenbrock.spad"), "--estimator", "rad", "--sites", "products", "--keep", "0.3")
     assert result.returncode == 0 and "warning: param `x` has a path to the loss through 2 random factors" in result.stderr
 
 
@@ -166,3 +168,67 @@ def test_ir_with_an_estimator_shows_the_gates():
     assert result.returncode == 0, result.stderr
     assert "gate_pack(" in result.stdout and "gate_unpack(" in result.stdout and "k=7" in result.stdout
     assert "gate_pack(" not in spadc("ir", example("mlp.spad"), "--grad").stdout
+
+
+@pytest.mark.parametrize("command", ["check", "ir", "llvm", "run", "grad", "train", "build", "mem"])
+def test_every_option_with_a_default_shows_it_in_help(command):
+    import argparse
+    from spadc.cli import _parser
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    text = spadc(command, "--help").stdout
+    for action in sub._actions:
+        if action.default is not None and action.default is not False and action.default != argparse.SUPPRESS \
+                and action.help != argparse.SUPPRESS:
+            assert f"(default: {action.default})" in " ".join(text.split()), (command, action.dest)
+
+
+def test_version():
+    result = spadc("--version")
+    assert result.returncode == 0 and result.stdout.startswith(f"spadc {spadc_package.__version__} (llvmlite ")
+    assert ", LLVM " in result.stdout
+
+
+@pytest.mark.parametrize("args, hint", [
+    (("grad", "--policy", "products"), "--policy is no longer an option: the site policy is --sites"),
+    (("build", "--policy", "edges", "-o", "x.o"), "the site policy is --sites"),
+    (("train", "--inputs", "d.npz"), "training data comes from --data"),
+])
+def test_old_spellings_are_refused_with_the_new_name(args, hint):
+    result = spadc(args[0], example("rosenbrock.spad"), *args[1:])
+    assert result.returncode == 2 and hint in result.stderr
+
+
+def test_spad_settings_from_the_command_line():
+    result = spadc("mem", example("irnn.spad"), "--estimator", "spad", "--keep", "0.2", "--refresh", "5",
+                   "--candidates", "3", "--rank", "importance", "--score", "paths", "--sites", "weights")
+    assert result.returncode == 0 and "every 5 steps" in result.stdout and "3 candidates in turn" in result.stdout
+
+
+def test_data_files_name_their_shapes_and_unknown_arrays(tmp_path):
+    import numpy as np
+    np.savez(tmp_path / "d.npz", x=np.zeros((800, 4)), label=np.zeros(800, dtype=np.int64))
+    result = spadc("train", example("mlp.spad"), "--data", str(tmp_path / "d.npz"), "--quiet")
+    assert result.returncode == 1 and "array `x` has shape [800, 4]" in result.stderr
+    assert "needs [samples, 64]" in result.stderr and "`label` [800]" in result.stderr
+    np.savez(tmp_path / "e.npz", x=np.zeros((10, 64)), label=np.zeros(10, dtype=np.int64), extra=np.zeros(3))
+    result = spadc("train", example("mlp.spad"), "--data", str(tmp_path / "e.npz"), "--epochs", "1", "--quiet")
+    assert result.returncode == 0 and "array `extra` is not an input of the model" in result.stderr
+
+
+def test_a_model_without_inputs_trains_for_steps(tmp_path):
+    result = spadc("train", example("rosenbrock.spad"), "--steps", "200", "--lr", "0.01", "--quiet",
+                   "--out", str(tmp_path / "x.npz"))
+    assert result.returncode == 0, result.stderr
+    assert "trained 200 steps" in result.stdout
+    final = float(result.stdout.split("final train loss ")[1].split()[0].rstrip(";"))
+    assert final < 6316.2  # from the initial point's loss
+    assert spadc("train", example("rosenbrock.spad"), "--quiet").returncode == 1
+    result = spadc("train", example("mlp.spad"), "--steps", "3", "--quiet")
+    assert result.returncode == 1 and "give the training data with --data" in result.stderr
+
+
+def test_a_shared_library_for_another_target_needs_its_linker(tmp_path):
+    result = spadc("build", example("mlp.spad"), "-o", str(tmp_path / "x.so"), "--target", "aarch64-linux-gnu")
+    assert result.returncode == 1 and "build an object instead" in result.stderr and "--linker" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -203,3 +203,15 @@ def test_experiment_runs_are_reproducible():
         assert first != experiments.minimise(model, make(), 0.01, seed=4)
     data = experiments.pixel_sequences(4)
     assert data["seq"].shape == (4, 784) and data["seq"].max() <= 1.0
+
+
+def test_a_model_without_inputs_fits_for_steps():
+    model = spadc.compile_file(example("rosenbrock.spad"))
+    start = model.loss()
+    history = model.fit(None, steps=50, optimizer=spadc.Adam(lr=0.01))
+    assert history.steps == 50 and len(history.train_loss) == 50 and model.loss() < start
+    with pytest.raises(spadc.SpadcError, match=r"fit\(None, steps=N\)"):
+        model.fit(None)
+    mlp = spadc.compile_file(example("mlp.spad"))
+    with pytest.raises(spadc.SpadcError, match="the model has inputs"):
+        mlp.fit(None, steps=3)

@@ -16,6 +16,7 @@ import contextlib
 import io
 import os
 import tempfile
+import warnings
 import zipfile
 
 import numpy as np
@@ -72,10 +73,10 @@ def save_npz(path: str, arrays: dict, what: str = "arrays"):
         file.write(buffer.getvalue())
 
 
-def read_npz(path: str, what: str, names=None, limit: int | None = None) -> dict[str, np.ndarray]:
-    """The arrays of an .npz file. `names`: the allowed member names (others are an error naming
-    them, before anything is decompressed); `limit`: the bytes all arrays may take together
-    (default: the memory limit)."""
+def read_npz(path: str, what: str, names=None, limit: int | None = None, unknown: str = "error") -> dict[str, np.ndarray]:
+    """The arrays of an .npz file. `names`: the allowed member names; another is an error naming it
+    before anything is decompressed, or with `unknown="warn"` a warning naming it, and it is never
+    read. `limit`: the bytes all arrays may take together (default: the memory limit)."""
     limit = max_memory() if limit is None else limit
     try:
         archive = zipfile.ZipFile(path)
@@ -87,14 +88,19 @@ def read_npz(path: str, what: str, names=None, limit: int | None = None) -> dict
         raise SpadcError(f"{path}: cannot read {what}: not an .npz file ({error})") from None
     arrays, total = {}, 0
     with archive:
-        members = archive.infolist()
-        for member in members:
+        members = []
+        for member in archive.infolist():
             name = member.filename.removesuffix(".npy")
             if not member.filename.endswith(".npy"):
                 raise SpadcError(f"{path}: cannot read {what}: member {member.filename!r} is not a NumPy array")
             if names is not None and name not in names:
                 expected = ", ".join(f"`{n}`" for n in names) or "none"
-                raise SpadcError(f"{path}: unknown array `{name}` in the {what}; expected {expected}")
+                if unknown != "warn":
+                    raise SpadcError(f"{path}: unknown array `{name}` in the {what}; expected {expected}")
+                warnings.warn(f"{path}: array `{name}` is not an input of the model (its inputs: {expected}); "
+                              f"it is ignored", stacklevel=2)
+                continue
+            members.append(member)
         for member in members:
             name = member.filename.removesuffix(".npy")
             total += member.file_size

@@ -178,8 +178,9 @@ class Model:
         """All parameters as one flat array, laid out as `layout["params"]` says (updates in place change the model)."""
         return self._flat
 
-    def fit(self, data: dict, **options):
-        """Train on `data` (arrays named after the inputs, first axis the sample); see spadrt.training.fit."""
+    def fit(self, data: dict | None, **options):
+        """Train on `data` (arrays named after the inputs, first axis the sample), or with `data=None`
+        and `steps=N` a model without inputs; see spadrt.training.fit."""
         from .training import fit
         return fit(self, data, **options)
 

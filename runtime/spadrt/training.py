@@ -50,13 +50,19 @@ class History:
     stopped: str | None = None  # why training stopped early, if it did
 
 
-def fit(model, data: dict, epochs: int = 10, batch_size: int = 32, optimizer="adam", estimator=None,
+def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimizer="adam", estimator=None,
         validation: dict | None = None, seed: int = 0, schedule=None, quiet: bool = True,
-        stream=None, on_epoch=None) -> History:
-    epochs, batch_size = _count("epochs", epochs), _count("batch_size", batch_size)
+        stream=None, on_epoch=None, steps: int | None = None) -> History:
+    """Train on `data`; a model without inputs trains with `data=None` for `steps` steps (each step
+    is then an epoch of its own: its loss is recorded and `on_epoch` called)."""
     seed = check_seed(seed, "seed")
     estimator = resolve(estimator)
     optimizer = resolve_optimizer(optimizer)
+    if data is None:
+        return _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quiet, stream, on_epoch)
+    if steps is not None:
+        raise SpadcError("steps= is for models without inputs (data=None); with data, give epochs=")
+    epochs, batch_size = _count("epochs", epochs), _count("batch_size", batch_size)
     train = _dataset(model, data, "data")
     valid = _dataset(model, validation, "validation") if validation is not None else None
     n = len(next(iter(train.values())))
@@ -111,6 +117,40 @@ def fit(model, data: dict, epochs: int = 10, batch_size: int = 32, optimizer="ad
     return history
 
 
+def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quiet, stream, on_epoch) -> History:
+    if model.layout["inputs"]:
+        names = ", ".join(i["name"] for i in model.layout["inputs"])
+        raise SpadcError(f"the model has inputs ({names}): fit needs data, a dict of arrays named after them")
+    if steps is None:
+        raise SpadcError("a model without inputs trains for a number of steps: fit(None, steps=N)")
+    steps = _count("steps", steps)
+    bar = _Progress(None if quiet else (stream or sys.stderr))
+    history, start, step = History(), time.perf_counter(), 0
+    try:
+        for step in range(steps):
+            lr = schedule(optimizer.lr, step, step, steps) if schedule else optimizer.lr
+            options = {} if isinstance(estimator, SPAD) else {"step": step}
+            loss, flat, measured = model.flat_grad(estimator=estimator, training=True, seed=seed, **options)
+            if not math.isfinite(loss):
+                history.stopped = f"the loss became {loss} at step {step}; training stopped"
+                bar.message(history.stopped)
+                break
+            optimizer.step(model.flat_params, flat, lr)
+            model.project_params()
+            history.train_loss.append(loss)
+            history.tape_bytes, history.steps = measured, step + 1
+            bar.update(0, 1, (step + 1) / steps, loss)
+            if on_epoch is not None:
+                on_epoch(step, history)
+    except KeyboardInterrupt:
+        history.seconds = time.perf_counter() - start
+        where = f"interrupted at step {step} of {steps}"
+        bar.message(where)
+        raise Interrupted(history, where) from None
+    history.seconds = time.perf_counter() - start
+    return history
+
+
 def accuracy(model, data: dict) -> float:
     """The share of samples whose largest logit is their label (the loss is cross_entropy(logits, label))."""
     classifier = model.layout["classifier"]
@@ -139,7 +179,7 @@ def _dataset(model, data, what: str) -> dict:
     counts = {name: (a.shape[0] if a.ndim else None) for name, a in arrays.items()}
     for spec in model.layout["inputs"]:
         array = arrays[spec["name"]]
-        if array.ndim != len(spec["shape"]) + 1:
+        if array.ndim != len(spec["shape"]) + 1 or list(array.shape[1:]) != spec["shape"]:
             raise SpadcError(f"{what}: `{spec['name']}` must have shape [samples, {', '.join(map(str, spec['shape']))}]"
                              .replace(", ]", "]") + f", got {list(array.shape)}")
     if len(set(counts.values())) != 1:

@@ -1,0 +1,246 @@
+"""What each `spadc` command does, given its parsed arguments (the parser is spadc/cli.py).
+
+Invariants:
+- A command returns its exit status (0, or 1 for a user error it reports itself) or raises
+  `SpadcError`; results go to stdout, diagnostics to stderr.
+- Output paths are checked writable before any work, and written atomically (spadrt.files).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from spadrt.diagnostics import POOLED_BOUND, POWER_TARGET, diagnose
+from spadrt.estimators import RAD, SPAD, Exact
+from spadrt.files import check_writable, read_npz, save_npz
+from spadrt.optim import OPTIMIZERS, CosineLR, StepLR
+from spadrt.plot import loss_curve
+from spadrt.training import Interrupted
+
+from . import api, frontend, memreport
+from .errors import SpadcError
+from .ir.printer import format_program
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+
+
+def check(args) -> int:
+    frontend.lower(frontend.check_file(args.file))
+    print("ok")
+    return 0
+
+
+def ir(args) -> int:
+    if args.grad or args.estimator != "exact":
+        compiled = api.build_file(args.file)
+        program = compiled.gradient_program(_estimator(args).sampling).program
+    else:
+        program = frontend.lower(frontend.check_file(args.file), dump_after=args.dump_after)
+    sys.stdout.write(format_program(program))
+    return 0
+
+
+def llvm(args) -> int:
+    compiled = api.build_file(args.file, args.dtype)
+    if args.optimised:
+        sys.stdout.write(compiled.machine.optimised_ir)
+    else:
+        sys.stdout.write(compiled.functions["grad" if args.grad else "forward"] + "\n")
+    return 0
+
+
+def _load_npz(path: str | None, what: str, names=None, unknown: str = "error") -> dict:
+    return read_npz(path, what, names, unknown=unknown) if path is not None else {}
+
+
+def _load_data(path: str, what: str, model) -> dict:
+    """A data file: arrays named after inputs (others are warned about and skipped), each of shape
+    [samples, *the input's shape]; a mismatch names the file's shapes."""
+    data = _load_npz(path, what, _input_names(model), unknown="warn")
+    for spec in model.layout["inputs"]:
+        array = data.get(spec["name"])
+        if array is not None and list(array.shape[1:]) != spec["shape"]:
+            shapes = ", ".join(f"`{name}` {list(value.shape)}" for name, value in data.items())
+            raise SpadcError(f"{path}: array `{spec['name']}` has shape {list(array.shape)}, but the model's input is "
+                             f"{spec['dtype']}{spec['shape']}, so the {what} needs [samples, "
+                             f"{', '.join(map(str, spec['shape']))}]".replace(", ]", "]") + f" (the file holds {shapes})")
+    return data
+
+
+def _input_names(model) -> list[str]:
+    return [spec["name"] for spec in model.layout["inputs"]]
+
+
+def _model_with_params(args):
+    if args.out:
+        check_writable(args.out)
+    model = api.compile_file(args.file)
+    model.init_params(args.init_seed)
+    if args.params:
+        model.load(args.params)
+    return model
+
+
+def _print_array(name: str, value: np.ndarray):
+    with np.printoptions(precision=6, suppress=True, threshold=20, edgeitems=3, linewidth=100):
+        print(f"{name} = {value}")
+
+
+def run(args) -> int:
+    model = _model_with_params(args)
+    result = model.forward(inputs=_load_npz(args.inputs, "inputs", _input_names(model)))
+    _print_array("loss", np.asarray(result.loss))
+    for name, value in result.outputs.items():
+        _print_array(name, value)
+    if args.out:
+        save_npz(args.out, {"loss": np.asarray(result.loss), **result.outputs}, "results")
+    return 0
+
+
+def _estimator(args):
+    """The estimator the command line describes (defaults as in the Python API)."""
+    if args.estimator == "exact":
+        return Exact()
+    if args.estimator == "rad":
+        return RAD(keep=args.keep, policy=args.sites, draw=args.draw, share=args.share)
+    return SPAD(keep=args.keep, sites=args.sites, draw=args.draw, share=args.share, policy=args.rank,
+                score=args.score, refresh=args.refresh, candidates=args.candidates, floor=args.floor)
+
+
+def grad(args) -> int:
+    model = _model_with_params(args)
+    inputs = _load_npz(args.inputs, "inputs", _input_names(model))
+    estimator = _estimator(args)
+    if args.draws:
+        return _diagnose(model, estimator, args, inputs)
+    loss, grads, stats = model.grad(inputs=inputs, estimator=estimator, seed=args.seed, stats=True)
+    print(f"loss = {loss:.10g}")
+    width = max((len(n) for n in grads), default=0)
+    for name, value in grads.items():
+        print(f"d loss / d {name:<{width}}  shape {list(value.shape)}  norm {np.linalg.norm(value):.6g}")
+    print(f"tape: {stats['tape_bytes']:,.0f} bytes per sample")
+    if args.out:
+        save_npz(args.out, grads, "gradients")
+    return 0
+
+
+def _diagnose(model, estimator, args, inputs) -> int:
+    report = diagnose(model, estimator, draws=args.draws, seed=args.seed, inputs=inputs)
+    print(f"{args.draws} draws of {args.estimator} (seeds derived from {args.seed}) against the exact gradient")
+    width = max((len(n) for n in report), default=0)
+    print(f"{'param':<{width}}  {'|exact|':>10}  {'|mean|':>10}  {'|mean - exact|':>14}  {'mean stderr':>11}  "
+          f"{'max z':>6}")
+    for name, d in report.items():
+        print(f"{name:<{width}}  {np.linalg.norm(d.exact):10.4g}  {np.linalg.norm(d.mean):10.4g}  {d.distance:14.4g}  "
+              f"{float(d.stderr.mean()):11.4g}  {d.max_z:6.2f}")
+    print(f"largest z over every coordinate: {report.max_z:.2f} (bound {report.coordinate_bound:.2f})")
+    print(f"pooled z along the exact gradient: {report.pooled_z:.2f} (99.9% bound {POOLED_BOUND:.2f}); "
+          f"a 5% bias would add {report.power:.1f}")
+    verdict = "no evidence of bias" if report.unbiased else "BIASED: a statistic is past its bound"
+    if report.unbiased and report.power < POWER_TARGET:
+        verdict += f" (but too few draws to see a 5% bias reliably: try --draws {draws_needed(report)})"
+    print(verdict)
+    return 0
+
+
+def draws_needed(report) -> int:
+    """The draws that would bring a 5% bias to POWER_TARGET standard errors."""
+    return int(np.ceil(report.draws * (POWER_TARGET / report.power) ** 2))
+
+
+def train(args) -> int:
+    if args.plot:
+        check_writable(args.plot, "plot")
+    model = _model_with_params(args)
+    if not model.layout["inputs"]:
+        return _train_without_inputs(model, args)
+    if args.data is None:
+        raise SpadcError(f"{args.file} has inputs ({', '.join(_input_names(model))}): give the training data "
+                         f"with --data D.npz")
+    data = _load_data(args.data, "data", model)
+    validation = None
+    if args.val:
+        validation = _load_data(args.val, "validation data", model)
+    elif args.val_split:
+        if not 0 < args.val_split < 1:
+            raise SpadcError(f"--val-split must be in (0, 1), got {args.val_split}")
+        data, validation = _split(data, args.val_split, args.seed)
+    return _fit(model, args, data, validation=validation, epochs=args.epochs, batch_size=args.batch)
+
+
+def _train_without_inputs(model, args) -> int:
+    """A model without inputs (a test function, a simulation fitted to constants): --steps steps."""
+    if args.data is not None or args.val is not None:
+        raise SpadcError(f"{args.file} has no inputs, so it takes no data: train it with --steps N")
+    if args.steps is None:
+        raise SpadcError(f"{args.file} has no inputs: give the number of optimiser steps with --steps N")
+    return _fit(model, args, None, steps=args.steps)
+
+
+def _fit(model, args, data, **options) -> int:
+    horizon = options.get("epochs", options.get("steps"))
+    optimizer = OPTIMIZERS[args.optimizer](lr=args.lr)
+    schedule = {"none": None, "cosine": CosineLR(), "step": StepLR(step_size=max(horizon // 3, 1), gamma=0.1)}
+    checkpoint = (lambda epoch, history: model.save(args.out)) if args.out else None
+    try:
+        history = model.fit(data, optimizer=optimizer, estimator=_estimator(args), seed=args.seed,
+                            schedule=schedule[args.schedule], quiet=args.quiet, on_epoch=checkpoint, **options)
+    except Interrupted as interrupted:
+        saved = f"; the last checkpoint is {args.out}" if args.out and interrupted.history.train_loss else ""
+        print(f"spadc train: {interrupted.where}{saved}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if args.plot and history.train_loss:
+        curves = {"train": history.train_loss}
+        if history.val_loss:
+            curves["val"] = history.val_loss
+        loss_curve(args.plot, curves)
+    summary = f"trained {history.steps} steps in {history.seconds:.1f} s; final train loss {history.train_loss[-1]:.4f}" \
+        if history.train_loss else "no epoch completed"
+    print(summary)
+    if history.val_loss:
+        print(f"validation loss {history.val_loss[-1]:.4f}")
+    if history.val_accuracy:
+        print(f"test accuracy {100 * history.val_accuracy[-1]:.2f}%")
+    if history.tape_bytes is not None:
+        print(f"tape: {history.tape_bytes:,.0f} bytes per sample")
+    if history.stopped:
+        print(f"error: {history.stopped}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _split(data: dict, share: float, seed: int) -> tuple[dict, dict]:
+    counts = {len(v) for v in data.values()}
+    if len(counts) != 1:
+        raise SpadcError("the data's arrays have different numbers of samples")
+    n = counts.pop()
+    order = np.random.default_rng(seed).permutation(n)
+    cut = int(round(n * (1 - share)))
+    return ({k: v[order[:cut]] for k, v in data.items()}, {k: v[order[cut:]] for k, v in data.items()})
+
+
+def build(args) -> int:
+    from . import aot
+    estimators = tuple(e.strip() for e in args.estimators.split(",") if e.strip())
+    layout = aot.build(args.file, args.output, header=args.header, target=args.target, cpu=args.cpu,
+                       dtype=args.dtype, estimators=estimators, keep=args.keep, policy=args.sites, draw=args.draw,
+                       linker=args.linker)
+    kernels_built = ", ".join(e["symbol"] for e in layout["variants"].values())
+    print(f"built {args.output} ({args.target or 'host'}, {args.dtype}): {layout['forward']['symbol']}, {kernels_built}")
+    if args.header:
+        print(f"wrote {args.header}")
+    return 0
+
+
+def mem(args) -> int:
+    compiled = api.build_file(args.file)
+    estimator = _estimator(args)
+    if estimator.sampling is None:
+        raise SpadcError("spadc mem compares the exact tape with an estimator's: give --estimator rad or spad "
+                         "with --keep below 1")
+    label = f"{args.estimator} (keep {estimator.keep})"
+    sys.stdout.write(memreport.report(compiled, estimator.sampling, label,
+                                      estimator if isinstance(estimator, SPAD) else None))
+    return 0
