@@ -248,3 +248,14 @@ def test_freeing_and_recompiling_models_does_not_crash():
         spadc.api._CACHE.clear()
         del model
         gc.collect()
+
+
+def test_a_spad_state_whose_sites_do_not_match_the_model_is_refused():
+    spad = spadc.SPAD(keep=0.5, refresh=1000)
+    model = spadc.compile_source("param W: f64[4, 8] ~ normal(0, 1)\ninput x: f64[8]\nloss sum(tanh(W @ x))",
+                                 name="m.spad")
+    model.grad(x=np.ones(8), estimator=spad)
+    ((key, state),) = spad.state[model].items()
+    state["sites"] = state["sites"][:0]  # as if it had been made for another model
+    with pytest.raises(spadc.SpadcError, match="does not match the model's sites"):
+        model.grad(x=np.ones(8), estimator=spad)
