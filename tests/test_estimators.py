@@ -234,12 +234,12 @@ def test_spad_step_counter_advances_and_gradient_scored_evaluation_steps_are_exa
 
 
 def test_a_paths_evaluation_step_is_the_mean_of_its_candidates_rad_estimates():
-    from spadrt.model import _candidate_seed
+    from spadrt.spad_steps import candidate_seed
     policy, inputs = EXAMPLES["mlp.spad"]
     model = model_for("mlp.spad")
     spad = spadc.SPAD(keep=KEEP, refresh=3, candidates=4)
     _, evaluated = model.grad(estimator=spad, seed=1, **inputs)
-    rad = [model.grad(estimator=spadc.RAD(keep=KEEP), seed=_candidate_seed(1, 0, c), step=0, **inputs)[1]
+    rad = [model.grad(estimator=spadc.RAD(keep=KEEP), seed=candidate_seed(1, 0, c), step=0, **inputs)[1]
            for c in range(4)]
     for key in evaluated:
         np.testing.assert_allclose(evaluated[key], np.mean([r[key] for r in rad], axis=0), rtol=1e-12, atol=1e-15)

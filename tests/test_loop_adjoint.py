@@ -105,7 +105,7 @@ def _update(rng, target: str) -> str:
         f"tanh({other} * w)",
         f"{target} * 0.5 + x[t]",
         f"sin({other}) + {target}",
-        f"w * x[t]",
+        "w * x[t]",
     ]))
 
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import spad as spad_state
 from .errors import SpadcError
-from .estimators import SPAD, is_evaluation_step, resolve, variant_key
+from .estimators import SPAD, resolve, variant_key
 from .files import read_npz, save_npz
 from .init import initial_value
+from .spad_steps import spad_gradient
 
 # Every pointer is passed as a plain address (c_void_p): the cheapest call ctypes can make.
 _POINTER, _I64, _U64_T = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64
@@ -191,80 +191,11 @@ class Model:
         call = dict(prepared=prepared, params=params, training=options.training, seed=options.seed,
                     offset=options.offset)
         if isinstance(estimator, SPAD):
-            loss, flat, measured, entry = self._spad_grad(estimator, step, call)
+            loss, flat, measured, entry = spad_gradient(self, estimator, step, call)
         else:
             entry, function = self._variant(estimator.sampling)
             loss, flat, measured = self._run(entry, function, step=step or 0, **call)
         return loss, flat, measured / prepared.n, entry, prepared.n
-
-    def _spad_grad(self, spad: SPAD, step, call):
-        """One SPAD gradient: an evaluation step re-ranks the sites, the others follow the ranking."""
-        step = spad.step if step is None else int(step)
-        spad.step = step + 1
-        sampling = spad.sampling
-        if sampling is None:  # keep = 1: the exact gradient
-            entry, function = self._variant(None)
-            return (*self._run(entry, function, step=step, **call), entry)
-        entry, function = self._variant(sampling)
-        key = variant_key(sampling)
-        state = spad.state.setdefault(self, {}).get(key)
-        if state is None:
-            data = spad_state.initial_data(entry["sites"], entry["site_data_size"], sampling.draw, sampling.scheme)
-            state = spad.state[self][key] = {"data": data, "best": None, "sites": entry["sites"]}
-        elif state["sites"] != entry["sites"] or state["data"].size < max(entry["site_data_size"], 1):
-            raise SpadcError("this SPAD estimator's state does not match the model's sites; use a new SPAD object")
-        evaluation = is_evaluation_step(spad, step)
-        if spad.policy == "best_of":
-            if evaluation or state["best"] is None:
-                state["best"] = self._best_of(spad, entry, function, step, call)
-            best_seed, best_step = state["best"]
-            return (*self._run(entry, function, step=best_step, **{**call, "seed": best_seed}), entry)
-        if evaluation and spad.score == "paths":
-            return self._paths_evaluation(spad, state, entry, step, call)
-        if evaluation and spad.score == "gradient":
-            scoring, scorer = self._variant(None, "gradient", spad.sites)
-            scores = np.zeros(max(scoring["score_size"], 1))
-            result = self._run(scoring, scorer, step=step, scores=scores, **call)
-            spad_state.update(state["data"], entry["sites"], scoring["sites"], scores, sampling.draw,
-                              sampling.scheme, spad.floor, spad.keep)
-            return (*result, scoring)
-        if evaluation and spad.score == "forward":
-            scoring, scorer = self._variant(sampling, "forward")
-            scores = np.zeros(max(scoring["score_size"], 1))
-            result = self._run(scoring, scorer, step=step, scores=scores, site_data=state["data"], **call)
-            spad_state.update(state["data"], entry["sites"], scoring["sites"], scores, sampling.draw,
-                              sampling.scheme, spad.floor, spad.keep)
-            return (*result, scoring)
-        return (*self._run(entry, function, step=step, site_data=state["data"], **call), entry)
-
-    def _paths_evaluation(self, spad: SPAD, state, entry, step: int, call):
-        """A `paths` evaluation step (ESTIMATORS.md section 4): `candidates` RAD estimates, each
-        adding the contributions through its drawn entries to the scores; the estimate is their
-        mean (unbiased), and memory per call is RAD's."""
-        scoring, scorer = self._variant(spad.evaluation_sampling, "paths")
-        scores = np.zeros(max(scoring["score_size"], 1))
-        loss, total, stored = 0.0, None, 0
-        for candidate in range(spad.candidates):
-            seed = _candidate_seed(call["seed"], step, candidate)
-            candidate_loss, grads, measured = self._run(scoring, scorer, step=step, scores=scores,
-                                                        **{**call, "seed": seed})
-            loss += candidate_loss / spad.candidates
-            total = grads if total is None else total + grads
-            stored = max(stored, measured)
-        spad_state.update(state["data"], entry["sites"], scoring["sites"], scores, spad.draw,
-                          spad.sampling.scheme, spad.floor, spad.keep, observed=True)
-        return loss, total / spad.candidates, stored, scoring
-
-    def _best_of(self, spad: SPAD, entry, function, step: int, call) -> tuple[int, int]:
-        """Of `candidates` uniform masks, the key whose estimate has the largest L1 norm."""
-        best, best_norm = None, -1.0
-        for candidate in range(spad.candidates):
-            seed = _candidate_seed(call["seed"], step, candidate)
-            _, grads, _ = self._run(entry, function, step=step, **{**call, "seed": seed})
-            norm = float(np.abs(grads).sum())
-            if norm > best_norm:
-                best, best_norm = (seed, step), norm
-        return best
 
     def _variant(self, sampling, score=None, policy=None):
         key = variant_key(sampling, score, policy)
@@ -420,12 +351,3 @@ def _merge_inputs(inputs: dict | None, keyword_inputs: dict) -> dict:
     if both:
         raise SpadcError(f"input `{sorted(both)[0]}` is given twice, in inputs= and as a keyword")
     return {**inputs, **keyword_inputs}
-
-
-def _candidate_seed(seed: int, step: int, candidate: int) -> int:
-    """A distinct, reproducible key for each candidate of an evaluation step (best_of, paths):
-    SplitMix64 of the three words."""
-    z = (int(seed) * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + candidate + 1) & _U64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
-    return z ^ (z >> 31)
