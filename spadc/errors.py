@@ -9,6 +9,7 @@ Invariants:
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field
 
@@ -41,6 +42,14 @@ class Source:
             if code:
                 return Loc(self, number, len(code) + 1)
         return Loc(self, 1, 1)
+
+
+def did_you_mean(name: str, candidates) -> str:
+    """"; did you mean `x`?" when a candidate is close to `name` (case or a letter or two), else ""."""
+    candidates = sorted(set(candidates))
+    exact_case = [c for c in candidates if c.lower() == name.lower()]
+    close = exact_case or difflib.get_close_matches(name, candidates, n=1, cutoff=0.75)
+    return f"; did you mean `{close[0]}`?" if close else ""
 
 
 def read_text(path: str) -> str:

@@ -349,3 +349,20 @@ def test_mutated_programs_give_spadc_errors_never_other_exceptions():
             gradient(spadc.frontend.lower(spadc.check_text(text, "fuzz.spad")))
         except spadc.SpadcError as err:
             assert str(err).startswith(("fuzz.spad:", "cannot import")) or "fuzz.spad" in str(err), str(err)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("param w: f64[3]\nloss sum(relU(w))", "undefined function `relU`; did you mean `relu`?"),
+    ("param weight: f64\nloss wieght * 2", "undefined name `wieght`; did you mean `weight`?"),
+    ("fn square(v) = v * v\nparam w: f64\nloss sqare(w)", "did you mean `square`?"),
+    ("param w: f64\nloss zzz", "undefined name `zzz`" + LOSS[:0]),
+    ("def f(x) = x\nparam w: f64\nloss w", "functions are declared with `fn`"),
+    ("param w: f64\nloss w ** 2", "powers are written `^`"),
+    ("param W: f64[2, 2]\nloss sum(W.T)", "a transpose is written `transpose(W)`"),
+    ("param W: f64[2, 2]\nloss W.sum()", "values have no attributes or methods"),
+])
+def test_common_mistakes_get_a_hint(text, message):
+    err = error(text)
+    assert message in str(err) and err.loc is not None
+    if message.startswith("undefined name `zzz`"):
+        assert "did you mean" not in str(err)

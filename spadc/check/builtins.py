@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import SpadcError
+from ..errors import SpadcError, did_you_mean
 from ..syntax import ast
 from . import indexing
 from .typed import Typed
@@ -321,7 +321,8 @@ def check_arguments(name: str, builtin: Builtin, node) -> dict:
 def call_builtin(chk, node: ast.Call):
     builtin = BUILTINS.get(node.name)
     if builtin is None:
-        raise SpadcError(f"undefined function `{node.name}`", node.loc)
+        known = list(BUILTINS) + list(chk.env.fns)
+        raise SpadcError(f"undefined function `{node.name}`{did_you_mean(node.name, known)}", node.loc)
     kwargs = check_arguments(node.name, builtin, node)
     eager = node.args[:_LAZY_TAIL.get(node.name, len(node.args))]
     args = [chk.expr(a) for a in eager]

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import Loc, SpadcError
+from ..errors import Loc, SpadcError, did_you_mean
 from ..ir import primitives
 from ..ir.builder import Builder
 from ..ir.core import Block, Value
@@ -90,7 +90,10 @@ class ExprChecker:
                                  f"only their arguments, consts and fns; pass it as an argument", node.loc)
             raise SpadcError(f"`{node.name}` is not a constant: only consts and literals are known at compile time",
                              node.loc)
-        raise SpadcError(f"undefined name `{node.name}`", node.loc)
+        raise SpadcError(f"undefined name `{node.name}`{did_you_mean(node.name, self.visible_names())}", node.loc)
+
+    def visible_names(self) -> list[str]:
+        return [n for scope in self.scopes for n in scope] + list(self.env.consts) + list(BUILTIN_CONSTANTS)
 
     # ---- emitting --------------------------------------------------------------
 

@@ -156,10 +156,26 @@ def _describe_token(token: Token) -> str:
     return f"'{token.value}'"
 
 
+def _hint(source: Source, loc: Loc) -> str:
+    """What a programmer coming from Python or NumPy probably meant."""
+    line = source.line_text(loc.line)
+    before, here = line[:loc.col - 1], line[loc.col - 1:]
+    if line.lstrip().startswith("def "):
+        return "; functions are declared with `fn`, as in `fn f(x) = x * x`"
+    if here.startswith("*") and before.endswith("*") or here.startswith("**"):
+        return "; powers are written `^`, as in `x ^ 2`"
+    if here.startswith(".T"):
+        return "; a transpose is written `transpose(W)`"
+    if here.startswith(".") and not here.startswith(".."):
+        return "; values have no attributes or methods: builtins are functions, as in `sum(x)`"
+    return ""
+
+
 def _syntax_error(source: Source, error: UnexpectedInput) -> SpadcError:
     if isinstance(error, UnexpectedCharacters):
         char = source.text[error.pos_in_stream] if error.pos_in_stream < len(source.text) else "?"
-        return SpadcError(f"syntax error: unexpected character {char!r}", Loc(source, error.line, error.column))
+        loc = Loc(source, error.line, error.column)
+        return SpadcError(f"syntax error: unexpected character {char!r}{_hint(source, loc)}", loc)
     if isinstance(error, UnexpectedToken):
         token = error.token
         if token.type == "$END" or token.line is None or (token.type == "_NL" and token.line >= source.end_loc().line):
@@ -174,8 +190,8 @@ def _syntax_error(source: Source, error: UnexpectedInput) -> SpadcError:
             return SpadcError("syntax error: '{' must open the block on the same line", loc)
         if token.type == "COMPARE" and "COMPARE" not in expected:
             return SpadcError("syntax error: comparisons do not chain; write `a < b and b < c`", loc)
-        return SpadcError(f"syntax error: unexpected {_describe_token(token)}; expected {_expected_words(expected)}",
-                          loc)
+        return SpadcError(f"syntax error: unexpected {_describe_token(token)}; expected {_expected_words(expected)}"
+                          f"{_hint(source, loc)}", loc)
     return SpadcError(f"syntax error: {error}", source.end_loc())
 
 
