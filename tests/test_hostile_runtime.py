@@ -210,12 +210,6 @@ def test_train_outputs_are_checked_before_training_and_used_exactly(tmp_path):
                      data).returncode == 0
 
 
-def test_unknown_arrays_in_data_are_named(tmp_path):
-    np.savez(tmp_path / "d.npz", x=np.zeros((4, 64)), label=np.zeros(4, dtype=np.int64), extra=np.zeros(4))
-    result = spadc_cli("train", example("mlp.spad"), "--data", str(tmp_path / "d.npz"), "--quiet")
-    assert result.returncode == 1 and "unknown array `extra`" in result.stderr
-
-
 def test_ctrl_c_during_training_exits_130_with_the_last_checkpoint_intact(tmp_path):
     data = os.path.join(os.path.dirname(example("mlp.spad")), "data", "digits_train.npz")
     for trial in range(INTERRUPT_TRIALS):
