@@ -1,6 +1,7 @@
 """Training: optimiser updates against values worked out by hand, schedules, `fit` (accuracy on the
 bundled digits, reproducibility, bounds, a non-finite loss) and `spadc train`."""
 
+import io
 import math
 import os
 import subprocess
@@ -215,3 +216,22 @@ def test_a_model_without_inputs_fits_for_steps():
     mlp = spadc.compile_file(example("mlp.spad"))
     with pytest.raises(spadc.SpadcError, match="the model has inputs"):
         mlp.fit(None, steps=3)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere():
+    model = spadc.compile_file(example("rosenbrock.spad"))
+    plain, terminal = io.StringIO(), _Terminal()
+    model.fit(None, steps=30, quiet=False, stream=plain)
+    assert "\r" not in plain.getvalue()
+    mlp = spadc.compile_file(example("mlp.spad"))
+    data = {"x": np.random.default_rng(0).standard_normal((64, 64)), "label": np.arange(64) % 10}
+    mlp.fit(data, epochs=2, batch_size=8, quiet=False, stream=plain)
+    lines = plain.getvalue().splitlines()
+    assert "\r" not in plain.getvalue() and [line.split()[1] for line in lines if line.startswith("epoch")] == ["1/2", "2/2"]
+    mlp.fit(data, epochs=1, batch_size=8, quiet=False, stream=terminal)
+    assert "\r" in terminal.getvalue() and "[" in terminal.getvalue()  # the bar, redrawn in place

@@ -190,15 +190,19 @@ def _dataset(model, data, what: str) -> dict:
 
 
 class _Progress:
-    """A one-line progress bar with the running loss, redrawn at most ten times a second."""
+    """A one-line progress bar with the running loss, redrawn at most ten times a second on a
+    terminal; written to a file or a pipe, only one plain line per epoch (no carriage returns)."""
 
     def __init__(self, stream):
         self.stream = stream
         self.last = 0.0
+        self.terminal = stream is not None and hasattr(stream, "isatty") and stream.isatty()
+        self.drawn = False  # a bar is on the current line
 
     def update(self, epoch: int, epochs: int, done: float, loss: float):
-        if self.stream is None or time.perf_counter() - self.last < 0.1:
+        if not self.terminal or time.perf_counter() - self.last < 0.1:
             return
+        self.drawn = True
         self.last = time.perf_counter()
         filled = int(done * 30)
         self.stream.write(f"\repoch {epoch + 1}/{epochs} [{'#' * filled}{'.' * (30 - filled)}] loss {loss:.4f}")
@@ -212,9 +216,11 @@ class _Progress:
             line += f"  val loss {history.val_loss[-1]:.4f}"
         if history.val_accuracy:
             line += f"  val accuracy {100 * history.val_accuracy[-1]:.1f}%"
-        self.stream.write("\r" + line.ljust(70) + "\n")
+        self.stream.write(("\r" + line.ljust(70) if self.drawn else line) + "\n")
         self.stream.flush()
+        self.drawn = False
 
     def message(self, text: str):
         if self.stream is not None:
-            self.stream.write("\n" + text + "\n")
+            self.stream.write(("\n" if self.drawn else "") + text + "\n")
+            self.drawn = False
