@@ -16,7 +16,7 @@ from spadrt.diagnostics import POOLED_BOUND, POWER_TARGET, diagnose
 from spadrt.estimators import RAD, SPAD, Exact
 from spadrt.files import check_writable, read_npz, save_npz
 from spadrt.optim import OPTIMIZERS, CosineLR, StepLR
-from spadrt.plot import loss_curve
+from spadrt.plot import loss_curve, require_matplotlib
 from spadrt.training import Interrupted
 
 from . import api, frontend, memreport
@@ -153,6 +153,7 @@ def draws_needed(report) -> int:
 def train(args) -> int:
     if args.plot:
         check_writable(args.plot, "plot")
+        require_matplotlib(args.plot)
     model = _model_with_params(args)
     if not model.layout["inputs"]:
         return _train_without_inputs(model, args)
@@ -195,7 +196,7 @@ def _fit(model, args, data, **options) -> int:
         curves = {"train": history.train_loss}
         if history.val_loss:
             curves["val"] = history.val_loss
-        loss_curve(args.plot, curves)
+        loss_curve(args.plot, curves, xlabel="epoch" if data is not None else "step")
     summary = f"trained {history.steps} steps in {history.seconds:.1f} s; final train loss {history.train_loss[-1]:.4f}" \
         if history.train_loss else "no epoch completed"
     print(summary)

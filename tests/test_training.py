@@ -235,3 +235,21 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere():
     assert "\r" not in plain.getvalue() and [line.split()[1] for line in lines if line.startswith("epoch")] == ["1/2", "2/2"]
     mlp.fit(data, epochs=1, batch_size=8, quiet=False, stream=terminal)
     assert "\r" in terminal.getvalue() and "[" in terminal.getvalue()  # the bar, redrawn in place
+
+
+def test_plots_need_matplotlib_and_a_known_file_type(tmp_path, monkeypatch):
+    from spadrt import plot
+    with pytest.raises(spadc.SpadcError, match="name a .png, .pdf or .svg file"):
+        plot.require_matplotlib(str(tmp_path / "curve.npz"))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    with pytest.raises(spadc.SpadcError, match=r'pip install "spadc\[plot\]"'):
+        plot.require_matplotlib(str(tmp_path / "curve.png"))
+
+
+def test_a_loss_curve_is_a_png_with_the_series(tmp_path):
+    pytest.importorskip("matplotlib")
+    from spadrt.plot import loss_curve
+    path = tmp_path / "c.svg"
+    loss_curve(str(path), {"train": [3.0, 1.0, 0.1, 0.01], "val": [3.1, 1.2, 0.3, 0.2]})
+    text = path.read_text()
+    assert "<svg" in text and "train" in text and "val" in text and "epoch" in text
