@@ -24,7 +24,9 @@ import warnings
 import numpy as np
 
 import spadc
-from spadrt.estimators import SamplingWarning
+from spadrt.estimators import SamplingWarning, variant_key
+
+from . import figures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "docs", "results")
@@ -86,32 +88,41 @@ def optimisation_estimators():
         yield f"SPAD topk {keep}", lambda seed, keep=keep: spadc.SPAD(keep=keep, sites="products", policy="topk")
 
 
-def minimise(model, estimator, lr: float, seed: int) -> float:
-    """OPTIMISATION_STEPS Adam steps from the seeded initial point; the final objective."""
+def minimise(model, estimator, lr: float, seed: int) -> tuple[float, np.ndarray]:
+    """OPTIMISATION_STEPS Adam steps from the seeded initial point: the final objective, and the
+    objective before each step."""
     model.init_params(seed)
     optimizer = spadc.Adam(lr=lr)
+    curve = np.full(OPTIMISATION_STEPS + 1, np.nan)
     for step in range(OPTIMISATION_STEPS):
         options = {} if isinstance(estimator, spadc.SPAD) else {"step": step}
         loss, grads, _ = model.flat_grad(estimator=estimator, seed=seed, **options)
+        curve[step] = loss
         if not np.isfinite(loss):
-            return float("nan")
+            return float("nan"), curve
         optimizer.step(model.flat_params, grads, lr)
         model.project_params()
-    return model.loss()
+    curve[-1] = model.loss()
+    return curve[-1], curve
+
+
+FIGURE_ESTIMATORS = ("exact", "RAD 0.1", "SPAD 0.1", "SPAD grad-scored 0.1", "RAD 0.3", "SPAD 0.3")
 
 
 def optimisation():
     names = [name for name, _ in optimisation_estimators()]
-    sections = []
+    sections, curves = [], {}
     for function, (example, lr) in FUNCTIONS.items():
         rows = [f"### {function} (Adam, lr {lr})", "", "| d | " + " | ".join(names) + " |",
                 "|---:|" + "---:|" * len(names)]
         for d in DIMENSIONS:
             model = spadc.compile_source(source(example, N=d), name=f"{function}_{d}.spad")
             cells = []
-            for _, make in optimisation_estimators():
-                finals = [minimise(model, make(seed), lr, seed) for seed in OPTIMISATION_SEEDS]
+            for label, make in optimisation_estimators():
+                finals, runs = zip(*(minimise(model, make(seed), lr, seed) for seed in OPTIMISATION_SEEDS))
                 cells.append(mean_std(finals))
+                if d == max(DIMENSIONS) and label in FIGURE_ESTIMATORS:
+                    curves.setdefault(function, {})[label] = np.mean(runs, axis=0)
             rows.append(f"| {d} | " + " | ".join(cells) + " |")
             print(f"  {function} d={d} done", file=sys.stderr)
         sections.append("\n".join(rows))
@@ -122,7 +133,10 @@ def optimisation():
           "ranks its entries every 10 steps by the contributions observed on 8 RAD draws (its default, "
           "`score=\"paths\"`), with RAD's memory; \"grad-scored\" SPAD ranks them from the exact gradient "
           "(`score=\"gradient\"`), which needs the exact tape on those steps; topk uses the default scores. The minimum of every function is 0, except "
-          "Styblinski-Tang's, -39.166 d.", "\n\n".join(sections))
+          "Styblinski-Tang's, -39.166 d. The figure optimisation.png shows the mean objective per step in "
+          f"d = {max(DIMENSIONS)}.", "\n\n".join(sections))
+    figures.optimisation_figure(curves, f"d = {max(DIMENSIONS)}, mean over {len(OPTIMISATION_SEEDS)} seeds",
+                                os.path.join(RESULTS, "optimisation.png"))
 
 
 # ---- 2. overfitting ---------------------------------------------------------------------------------
@@ -227,7 +241,7 @@ def train_for(model, data: dict, estimator, steps: int, lr: float, batch: int | 
 
 
 def memory():
-    sections = []
+    sections, points = [], {}
     diffusion, diffusion_data = diffusion_task()
     irnn = spadc.compile_file(os.path.join(EXAMPLES, "irnn_784.spad"))
     irnn_data = pixel_sequences(256)
@@ -241,6 +255,7 @@ def memory():
                 "| estimator | keep | tape bytes per sample | share of exact | initial loss | final loss |",
                 "|---|---:|---:|---:|---:|---:|"]
         exact_tape = None
+        series = points.setdefault(title.split(" (")[0], {})
         for keep in MEMORY_KEEPS:
             estimators = [("exact", spadc.Exact())] if keep == 1.0 else [
                 ("RAD", spadc.RAD(keep=keep)), ("SPAD", spadc.SPAD(keep=keep, refresh=steps + 1))]
@@ -252,13 +267,20 @@ def memory():
                 else:
                     initial, final, tape = train_for(model, data, estimator, steps, lr, batch)
                 exact_tape = exact_tape or tape
+                if name != "SPAD":  # SPAD keeps what RAD keeps; keep 1 is the exact gradient
+                    workspace = model.layout["variants"][variant_key(estimator.sampling)]["workspace"]
+                    series.setdefault("tape per sample", []).append((keep, tape))
+                    series.setdefault("workspace per kernel call", []).append((keep, workspace))
                 rows.append(f"| {name} | {keep} | {tape:,.0f} | {100 * tape / exact_tape:.1f}% | {initial:.4g} | "
                             f"{final:.4g} |")
                 print(f"  {title[:20]} {name} {keep} done", file=sys.stderr)
         sections.append("\n".join(rows))
     write("memory", "Experiment 3: memory", "python -m bench.experiments memory",
           "Tape memory per sample against the loss reached in a fixed number of steps, for two models whose "
-          "exact tape grows with their length. The `weights` site policy (the default).", "\n\n".join(sections))
+          "exact tape grows with their length. The `weights` site policy (the default). The figure memory.png "
+          "plots the tape and the workspace a gradient kernel allocates (tape included) against keep; keep 1 is "
+          "the exact gradient.", "\n\n".join(sections))
+    figures.memory_figure(points, os.path.join(RESULTS, "memory.png"))
 
 
 EXPERIMENTS = {"optimisation": optimisation, "overfitting": overfitting, "memory": memory}
