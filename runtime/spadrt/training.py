@@ -190,23 +190,29 @@ def _dataset(model, data, what: str) -> dict:
 
 
 class _Progress:
-    """A one-line progress bar with the running loss, redrawn at most ten times a second on a
-    terminal; written to a file or a pipe, only one plain line per epoch (no carriage returns)."""
+    """Progress on `stream`: on a terminal a tqdm bar with the running loss (tqdm is an optional
+    extra: `pip install "spadc[progress]"`); otherwise, or without tqdm, one plain line per epoch,
+    never carriage returns in a file or a pipe."""
 
     def __init__(self, stream):
         self.stream = stream
-        self.last = 0.0
-        self.terminal = stream is not None and hasattr(stream, "isatty") and stream.isatty()
-        self.drawn = False  # a bar is on the current line
+        self.bar = None
+        terminal = stream is not None and hasattr(stream, "isatty") and stream.isatty()
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            tqdm = None
+        self.tqdm = tqdm if terminal else None
 
     def update(self, epoch: int, epochs: int, done: float, loss: float):
-        if not self.terminal or time.perf_counter() - self.last < 0.1:
+        if self.tqdm is None:
             return
-        self.drawn = True
-        self.last = time.perf_counter()
-        filled = int(done * 30)
-        self.stream.write(f"\repoch {epoch + 1}/{epochs} [{'#' * filled}{'.' * (30 - filled)}] loss {loss:.4f}")
-        self.stream.flush()
+        if self.bar is None:
+            self.bar = self.tqdm(total=1.0, file=self.stream, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                                 bar_format="{desc} {bar} {percentage:3.0f}%{postfix}")
+        self.bar.n = done
+        self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+        self.bar.refresh()
 
     def epoch_done(self, epoch: int, epochs: int, history: History):
         if self.stream is None:
@@ -216,11 +222,13 @@ class _Progress:
             line += f"  val loss {history.val_loss[-1]:.4f}"
         if history.val_accuracy:
             line += f"  val accuracy {100 * history.val_accuracy[-1]:.1f}%"
-        self.stream.write(("\r" + line.ljust(70) if self.drawn else line) + "\n")
-        self.stream.flush()
-        self.drawn = False
+        self.message(line)
 
     def message(self, text: str):
-        if self.stream is not None:
-            self.stream.write(("\n" if self.drawn else "") + text + "\n")
-            self.drawn = False
+        if self.stream is None:
+            return
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.stream.write(text + "\n")
+        self.stream.flush()
