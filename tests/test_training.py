@@ -199,9 +199,10 @@ def test_experiment_runs_are_reproducible():
     from bench import experiments
     model = spadc.compile_source(experiments.source("rosenbrock.spad", N=20), name="rosenbrock_20.spad")
     for make in (lambda: spadc.RAD(keep=0.3, policy="products"), lambda: spadc.SPAD(keep=0.3, sites="products")):
-        first = experiments.minimise(model, make(), 0.01, seed=3)
-        assert first == experiments.minimise(model, make(), 0.01, seed=3)
-        assert first != experiments.minimise(model, make(), 0.01, seed=4)
+        first, curve = experiments.minimise(model, make(), 0.01, seed=3)
+        again, again_curve = experiments.minimise(model, make(), 0.01, seed=3)
+        assert first == again and np.array_equal(curve, again_curve) and curve[-1] == first
+        assert first != experiments.minimise(model, make(), 0.01, seed=4)[0]
     data = experiments.pixel_sequences(4)
     assert data["seq"].shape == (4, 784) and data["seq"].max() <= 1.0
 
