@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,34 +70,28 @@ def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimi
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 0x5EED])))
     bar = _Progress(None if quiet else (stream or sys.stderr))
     history = History()
-    start = time.perf_counter()
-    step, epoch = 0, 0
-    try:
+    position = {"step": 0, "epoch": 0}
+    with _interruptible(history, bar, lambda: f"interrupted at step {position['step']} "
+                                              f"(epoch {position['epoch'] + 1} of {epochs})"):
         for epoch in range(epochs):
+            position["epoch"] = epoch
             order = rng.permutation(n)
-            lr = schedule(optimizer.lr, step, epoch, epochs) if schedule else optimizer.lr
+            lr = schedule(optimizer.lr, history.steps, epoch, epochs) if schedule else optimizer.lr
             total, seen = 0.0, 0
             for first in range(0, n, batch_size):
                 batch = order[first:first + batch_size]
-                inputs = {name: values[batch] for name, values in train.items()}
-                options = dict(estimator=estimator, training=True, seed=seed, sample_offset=first)
-                if not isinstance(estimator, SPAD):
-                    options["step"] = step
-                loss, flat, measured = model.flat_grad(**options, inputs=inputs)
-                if not math.isfinite(loss):
-                    history.stopped = (f"the loss became {loss} at step {step} (epoch {epoch + 1}, minibatch "
-                                       f"{first // batch_size + 1}); training stopped")
-                    bar.message(history.stopped)
-                    break
-                optimizer.step(model.flat_params, flat, lr)
-                model.project_params()
-                history.tape_bytes = measured
+                step = position["step"]
+                options = {} if isinstance(estimator, SPAD) else {"step": step}
+                loss = _take_step(model, optimizer, lr, history, bar,
+                                  f"step {step} (epoch {epoch + 1}, minibatch {first // batch_size + 1})",
+                                  estimator=estimator, training=True, seed=seed, sample_offset=first,
+                                  inputs={name: values[batch] for name, values in train.items()}, **options)
+                if loss is None:
+                    return history
                 total += loss * len(batch)
                 seen += len(batch)
-                step += 1
+                position["step"] = step + 1
                 bar.update(epoch, epochs, seen / n, total / seen)
-            if history.stopped:
-                break
             history.train_loss.append(total / seen)
             if valid is not None:
                 history.val_loss.append(float(np.mean(model.loss(inputs=valid))))
@@ -104,16 +99,10 @@ def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimi
                     history.val_accuracy.append(accuracy(model, valid))
             if model.layout["classifier"]:
                 history.train_accuracy.append(accuracy(model, train))
-            history.steps = step
+            history.steps = position["step"]
             bar.epoch_done(epoch, epochs, history)
             if on_epoch is not None:
                 on_epoch(epoch, history)
-    except KeyboardInterrupt:
-        history.seconds = time.perf_counter() - start
-        where = f"interrupted at step {step} (epoch {epoch + 1} of {epochs})"
-        bar.message(where)
-        raise Interrupted(history, where) from None
-    history.seconds = time.perf_counter() - start
     return history
 
 
@@ -125,30 +114,49 @@ def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quie
         raise SpadcError("a model without inputs trains for a number of steps: fit(None, steps=N)")
     steps = _count("steps", steps)
     bar = _Progress(None if quiet else (stream or sys.stderr))
-    history, start, step = History(), time.perf_counter(), 0
-    try:
+    history = History()
+    with _interruptible(history, bar, lambda: f"interrupted at step {history.steps} of {steps}"):
         for step in range(steps):
             lr = schedule(optimizer.lr, step, step, steps) if schedule else optimizer.lr
             options = {} if isinstance(estimator, SPAD) else {"step": step}
-            loss, flat, measured = model.flat_grad(estimator=estimator, training=True, seed=seed, **options)
-            if not math.isfinite(loss):
-                history.stopped = f"the loss became {loss} at step {step}; training stopped"
-                bar.message(history.stopped)
+            loss = _take_step(model, optimizer, lr, history, bar, f"step {step}", estimator=estimator,
+                              training=True, seed=seed, **options)
+            if loss is None:
                 break
-            optimizer.step(model.flat_params, flat, lr)
-            model.project_params()
             history.train_loss.append(loss)
-            history.tape_bytes, history.steps = measured, step + 1
+            history.steps = step + 1
             bar.update(0, 1, (step + 1) / steps, loss)
             if on_epoch is not None:
                 on_epoch(step, history)
+    return history
+
+
+def _take_step(model, optimizer, lr: float, history: History, bar, where: str, **grad_options) -> float | None:
+    """One gradient and optimiser step (then the bounds); None, with `history.stopped` saying
+    where, when the loss is not finite."""
+    loss, flat, measured = model.flat_grad(**grad_options)
+    if not math.isfinite(loss):
+        history.stopped = f"the loss became {loss} at {where}; training stopped"
+        bar.message(history.stopped)
+        return None
+    optimizer.step(model.flat_params, flat, lr)
+    model.project_params()
+    history.tape_bytes = measured
+    return loss
+
+
+@contextmanager
+def _interruptible(history: History, bar, where):
+    """Times the run into `history.seconds`; Ctrl-C becomes `Interrupted` saying `where()`."""
+    start = time.perf_counter()
+    try:
+        yield
     except KeyboardInterrupt:
         history.seconds = time.perf_counter() - start
-        where = f"interrupted at step {step} of {steps}"
-        bar.message(where)
-        raise Interrupted(history, where) from None
-    history.seconds = time.perf_counter() - start
-    return history
+        bar.message(where())
+        raise Interrupted(history, where()) from None
+    finally:
+        history.seconds = time.perf_counter() - start
 
 
 def accuracy(model, data: dict) -> float:
