@@ -183,3 +183,13 @@ def test_check_still_compiles_what_it_accepts():
     """The checker accepts the program; everything downstream must too (once: StopIteration)."""
     program = check("param p: f64\nloss ((p))")
     assert program.loss is program.params[0].value
+
+
+def test_run_time_index_overflow_is_caught_by_the_bounds_check():
+    """i64 arithmetic on inputs wraps as in C and NumPy; a wrapped index is still bounds-checked,
+    so it is an error (or, if it wraps into range, a valid entry), never a read out of bounds."""
+    model = spadc.compile_source("input k: i64\nparam x: f64[4] = [1, 2, 3, 4]\nloss x[k * 4611686018427387904 + 1]",
+                                 name="o.spad")
+    assert model.loss(k=0) == 2.0
+    with pytest.raises(spadc.SpadcError, match=r"index -4611686018427387903 is out of range for axis 0 of length 4"):
+        model.loss(k=3)
