@@ -12,15 +12,22 @@ Each generated program is checked for (`check_program`):
 - on smooth programs, the gradient against a fourth-order central difference along a random
   direction (an oracle independent of the adjoint).
 
-Run as a script for the long profile (`python tests/fuzzing.py --programs 10000`); the suite runs a
-seeded short profile (tests/test_fuzz.py). Every failure prints the program and its seed.
+Run as a script for the long profile (`python tests/fuzzing.py --programs 10000 --workers 2`: about
+1.4 s per program on one core here, as each compiles up to three kernels at O3); the suite runs a
+seeded short profile (tests/test_fuzz.py). Every failure prints its seed, which regenerates the
+program; a check that takes over PROGRAM_TIMEOUT seconds counts as a hang, a crashed worker as a
+crash.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
+import multiprocessing
 import os
 import re
+import signal
 import sys
 import time
 import traceback
@@ -419,28 +426,65 @@ def check_mutant(seed: int) -> str:
 
 # ---- the long profile ---------------------------------------------------------------------
 
+PROGRAM_TIMEOUT = 120  # seconds one check may take before it counts as a hang
+_CHECKS = {"programs": check_program, "mutants": check_mutant}
+
+
+class Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise Hang(f"no result within {PROGRAM_TIMEOUT} s")
+
+
+def _run_share(kind: str, seeds: list[int]) -> list[tuple[str, int, str]]:
+    """Check `seeds` in this process; the failures, as (kind, seed, message)."""
+    signal.signal(signal.SIGALRM, _alarm)
+    failures = []
+    for seed in seeds:
+        signal.alarm(PROGRAM_TIMEOUT)
+        try:
+            _CHECKS[kind](seed)
+        except Exception as error:  # noqa: BLE001 - every failure is reported, whatever it is
+            failures.append((kind, seed, f"{type(error).__name__}: {error}"))
+            print(f"FAIL {kind} seed {seed}: {type(error).__name__}: {error}", flush=True)
+            traceback.print_exc()
+        finally:
+            signal.alarm(0)
+    return failures
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Differential fuzzing of spadc (the long profile).")
     parser.add_argument("--programs", type=int, default=10000)
     parser.add_argument("--mutants", type=int, default=None, help="default: as many as programs")
     parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the seeds (one per core)")
     args = parser.parse_args(argv)
     failures, started = [], time.perf_counter()
-    counts = {"programs": 0, "mutants": 0}
-    for kind, check, total in (("programs", check_program, args.programs),
-                               ("mutants", check_mutant, args.programs if args.mutants is None else args.mutants)):
-        for seed in range(args.first_seed, args.first_seed + total):
+    totals = {"programs": args.programs, "mutants": args.programs if args.mutants is None else args.mutants}
+    for kind, total in totals.items():
+        seeds = list(range(args.first_seed, args.first_seed + total))
+        chunks = [seeds[i:i + 100] for i in range(0, len(seeds), 100)]
+        # Workers are separate processes, so a crash in compiled code (a segfault) breaks the pool
+        # and is reported as a failure instead of ending the run silently.
+        pool = concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) \
+            if args.workers > 1 else contextlib.nullcontext()
+        with pool:
+            results = (pool.map if args.workers > 1 else map)(_run_share, [kind] * len(chunks), chunks)
+            done = 0
             try:
-                check(seed)
-            except Exception as error:  # noqa: BLE001 - every failure is reported, whatever it is
-                failures.append((kind, seed, error))
-                print(f"FAIL {kind} seed {seed}: {type(error).__name__}: {error}", flush=True)
-                traceback.print_exc()
-            counts[kind] += 1
-            if counts[kind] % 500 == 0:
-                print(f"{kind}: {counts[kind]} done, {len(failures)} failures, "
-                      f"{time.perf_counter() - started:.0f} s", flush=True)
-    print(f"{counts['programs']} programs and {counts['mutants']} mutants in {time.perf_counter() - started:.0f} s: "
+                for chunk, chunk_failures in zip(chunks, results):
+                    failures += chunk_failures
+                    done += len(chunk)
+                    if done % 500 == 0 or done == total:
+                        print(f"{kind}: {done} done, {len(failures)} failures, "
+                              f"{time.perf_counter() - started:.0f} s", flush=True)
+            except concurrent.futures.process.BrokenProcessPool as error:
+                failures.append((kind, None, f"a worker crashed: {error}"))
+                print(f"FAIL {kind}: a worker crashed: {error}", flush=True)
+    print(f"{totals['programs']} programs and {totals['mutants']} mutants in {time.perf_counter() - started:.0f} s: "
           f"{len(failures)} failures")
     return 1 if failures else 0
 
