@@ -92,7 +92,7 @@ def gradient(program: Program, accumulate: bool = False, sampling=None, score: s
     inputs = program.inputs + [InputDecl(v.hint, v, loc) for v, loc in
                                zip(accumulators.values(), (d.loc for d in program.params))]
     body = Block(list(program.body.params) + list(accumulators.values()),
-                 forward.ops + top.inserts + top.block.ops, [])
+                 _interleave(forward.ops, top.inserts) + top.block.ops, [])
     result = Program(program.name, program.params, inputs, body, gradients, program.loss, None)
     parameters = {p.value.id for p in program.params} | {i.value.id for i in inputs}
     tape = [v for v in top.read.values() if v.id not in parameters]
@@ -359,7 +359,7 @@ def _augment(block: Block, registry: dict) -> Block:
         (body,) = op.regions
         new_body = _augment(body, registry)
         kept = list(contexts[0].requests.values()) if contexts else []
-        new_body.ops += contexts[0].inserts if contexts else []
+        new_body.ops = _interleave(new_body.ops, contexts[0].inserts if contexts else [])
         new_body.yields = list(body.yields) + [v for v, _ in kept]
         ops.append(Op(op.kind, op.args, op.results + tuple(t for _, t in kept), op.attrs, op.loc, op.inlined_at,
                       (new_body,)))
@@ -373,13 +373,31 @@ def _augment_cond(op: Op, contexts: list[Context], registry: dict) -> Op:
     for k, region in enumerate(op.regions):
         new_region = _augment(region, registry)
         if contexts:
-            new_region.ops += contexts[k].inserts
+            new_region.ops = _interleave(new_region.ops, contexts[k].inserts)
         extra = [value if j == k else _zeros_into(new_region, value.type, op)
                  for j, requests in enumerate(kept) for value, _ in requests]
         new_region.yields = list(region.yields) + extra
         regions.append(new_region)
     results = op.results + tuple(t for requests in kept for _, t in requests)
     return Op(op.kind, op.args, results, op.attrs, op.loc, op.inlined_at, tuple(regions))
+
+
+def _interleave(ops: list[Op], inserts: list[Op]) -> list[Op]:
+    """`ops` with each insert placed right after the ops defining its operands, so that what the
+    forward pass computes for the adjoint (a comparison, a gate's pack) runs while its operands are
+    still needed anyway, and does not keep them alive to the end of the forward pass."""
+    after: dict[int, list[Op]] = {}  # position in `ops` (-1: the start) -> inserts placed after it
+    defined = {r.id: position for position, op in enumerate(ops) for r in op.results}
+    for insert in inserts:
+        position = max((defined.get(a.id, -1) for a in insert.args), default=-1)
+        after.setdefault(position, []).append(insert)
+        for result in insert.results:
+            defined[result.id] = position
+    result = list(after.get(-1, []))
+    for position, op in enumerate(ops):
+        result.append(op)
+        result += after.get(position, [])
+    return result
 
 
 def _zeros_into(block: Block, type_: TensorType, op: Op) -> Value:

@@ -201,7 +201,7 @@ class FunctionEmitter:
             if id(op) in self.tape_bytes:
                 counter = self.options["stored"]
                 self.b.store(self.b.add(self.b.load(counter), I64(self.tape_bytes[id(op)])), counter)
-            self._carry(body.yields[:n], body.params[1:])
+            self._carry(op, body.yields[:n], body.params[1:])
 
     @contextmanager
     def _nested_iteration(self, trips: int, position):
@@ -213,19 +213,22 @@ class FunctionEmitter:
         finally:
             self.iteration = outer
 
-    def _carry(self, yields, params):
-        """params <- yields; through a temporary pass when one yield is another carried param."""
-        param_ids = {self.plan.owner(p) for p in params}
-        hazard = any(self.plan.owner(y) in param_ids and self.plan.owner(y) != self.plan.owner(p)
-                     for y, p in zip(yields, params))
-        if not hazard:
+    def _carry(self, op: Op, yields, params):
+        """params <- yields; through the plan's staging slots when one yield is another carried param."""
+        staging = self.plan.staging.get(id(op))
+        if staging is None:
             for value, param in zip(yields, params):
                 self.copy(value, param)
             return
         staged = []
-        for value in yields:
+        for value, offset in zip(yields, staging):
             temp = Value(value.type, value.hint)
-            self._pointers[temp.id] = self.alloca(self.storage_type(value.type.dtype), "staged", value.type.size)
+            element = self.storage_type(value.type.dtype)
+            if offset is None:  # a scalar: a register
+                self._pointers[temp.id] = self.alloca(element, "staged")
+            else:
+                raw = self._entry.gep(self.workspace, [I64(offset)], inbounds=True)
+                self._pointers[temp.id] = self._entry.bitcast(raw, element.as_pointer(), name="staged")
             self.copy(value, temp)
             staged.append(temp)
         for temp, param in zip(staged, params):

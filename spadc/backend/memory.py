@@ -2,15 +2,28 @@
 
 Shapes and trip counts are static, so every tensor gets a fixed byte offset in one workspace
 buffer whose size is known at compile time (the caller allocates it; generated code never calls an
-allocator). Scalars live in registers and need no slot.
+allocator and keeps no tensor on the stack). Scalars live in registers and need no slot.
+
+The plan is a liveness plan over the kernel's schedule. Ops are numbered in execution order, a
+region op's body between the op's start and end (a `cond`'s branches one after the other: only
+one runs). A value lives from its definition to its last use; a use inside a region of a value
+defined outside it counts at the region op's end (the body runs again and reads it again). So in
+a gradient program a forward value the adjoint reads lives until its last adjoint use, and one it
+does not read dies in the forward pass, leaving its bytes to later values. Slots are then placed
+largest first, each in the tightest gap left by the overlapping ones already placed: two values share
+bytes only if their lifetimes do not overlap.
 
 Invariants:
 - The program's own params and inputs live in the caller's buffers, never in the workspace.
-- A loop's final carried values share the storage of its body's carried parameters.
-- An elementwise op, or `index_add`, writes in place over an operand of the same type when that
-  operand dies at the op and belongs to the op's own block: each output entry depends only on the
-  same entry of its operands, so reading and writing one buffer is safe. This makes accumulating
-  adjoints in loops O(1) per update instead of a copy of the whole accumulator.
+- A loop's final carried values share the storage of its body's carried parameters, which live
+  for the whole loop; its stacked (kept) results live from the loop's start.
+- An elementwise op, or `index_add`/`outer_add`, writes in place over an operand of the same type
+  when that operand dies at the op and belongs to the op's own block: each output entry depends
+  only on the same entry of its operands, so reading and writing one buffer is safe. This makes
+  accumulating adjoints in loops O(1) per update instead of a copy of the whole accumulator.
+- A result never shares bytes with an operand it reads, other than such a donor.
+- A loop whose carried yields would overwrite one another when copied back (`a, b = b, a`) gets
+  staging slots in the workspace (`MemoryPlan.staging`), live only while the copy runs.
 - Every slot is aligned to 64 bytes.
 - A plan larger than the memory limit is refused before any code is emitted, with the place of
   the op whose result takes the most of it (for a long loop, its tape).
@@ -26,7 +39,7 @@ from spadrt.limits import format_bytes
 from ..ad.tape import value_bytes
 from ..errors import SpadcError
 from ..ir import primitives
-from ..ir.core import Block, Program, Value, walk_ops
+from ..ir.core import Block, Op, Program, Value, walk_ops
 
 ALIGN = 64
 _IN_PLACE_FAMILIES = ("unary", "binary", "select")
@@ -36,7 +49,8 @@ _IN_PLACE_FAMILIES = ("unary", "binary", "select")
 class MemoryPlan:
     offsets: dict[int, int] = field(default_factory=dict)  # value id -> byte offset (tensors with own storage)
     shared: dict[int, int] = field(default_factory=dict)  # value id -> id of the value whose storage it uses
-    size: int = 0
+    staging: dict[int, list[int]] = field(default_factory=dict)  # id(loop op) -> offset per carried yield
+    size: int = 0  # the peak: bytes the workspace needs
 
     def owner(self, value: Value) -> int:
         vid = value.id
@@ -49,14 +63,22 @@ def element_size(dtype: str, float_bytes: int) -> int:
     return {"f64": float_bytes, "i64": 8, "bool": 1}[dtype]
 
 
+def slot_bytes(value: Value, float_bytes: int) -> int:
+    size = value.type.size * element_size(value.type.dtype, float_bytes)
+    return (size + ALIGN - 1) // ALIGN * ALIGN
+
+
 def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = frozenset()) -> MemoryPlan:
     """`writable`: ids of the program's own parameters whose caller buffers may be updated in place
     (the running gradient sums of an accumulating gradient program)."""
-    result = MemoryPlan()
-    external = {v.id for v in program.body.params}
     # The kernel reads the loss and the outputs after the body: they live to its end, like yields.
     body = Block(program.body.params, program.body.ops, [program.loss, *program.outputs.values()])
-    _plan_block(body, result, external, float_bytes, set(writable))
+    schedule = _Schedule(body)
+    result = MemoryPlan()
+    external = {v.id for v in program.body.params}
+    storage = _Storage(schedule, float_bytes)
+    _share_block(body, schedule, result, storage, external, set(writable))
+    _place(storage, result)
     return result
 
 
@@ -75,42 +97,158 @@ def check_limit(program: Program, plan_: MemoryPlan, max_memory: int | None, ker
                      f"(RAD or SPAD with a small keep)", op.loc)
 
 
+# ---- the schedule: when each value is defined and last used ------------------------------------
 
-def _allocate(value: Value, plan_: MemoryPlan, float_bytes: int):
-    if value.type.rank == 0:
-        return
-    plan_.offsets[value.id] = plan_.size
-    size = value.type.size * element_size(value.type.dtype, float_bytes)
-    plan_.size += (size + ALIGN - 1) // ALIGN * ALIGN
+class _Schedule:
+    """Times in execution order. `start`/`end` per op (equal for plain ops), `block_end` per block
+    (when its yields are read), `defined`/`last` per value (uses in nested regions lifted to the
+    region op's end)."""
+
+    def __init__(self, program_body: Block):
+        self.start: dict[int, int] = {}
+        self.end: dict[int, int] = {}
+        self.block_end: dict[int, int] = {}
+        self.defined: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+        self._level: dict[int, int] = {}
+        self._clock = 0
+        self._number(program_body)
+        self._uses(program_body, [])
+
+    def _tick(self) -> int:
+        self._clock += 1
+        return self._clock
+
+    def _number(self, block: Block):
+        for op in block.ops:
+            self.start[id(op)] = self._tick()
+            for region in op.regions:
+                self._number(region)
+            self.end[id(op)] = self._tick() if op.regions else self.start[id(op)]
+        self.block_end[id(block)] = self._tick()
+
+    def _uses(self, block: Block, chain: list[Op]):
+        level = len(chain)
+        for param in block.params:
+            self._define(param, self.start[id(chain[-1])] if chain else 0, level)
+        for op in block.ops:
+            for arg in op.args:
+                self._use(arg, self.start[id(op)], level, chain)
+            for region in op.regions:
+                self._uses(region, chain + [op])
+            for value in op.results:
+                self._define(value, self.start[id(op)], level)
+        for value in block.yields:
+            self._use(value, self.block_end[id(block)], level, chain)
+
+    def _define(self, value: Value, time: int, level: int):
+        self.defined[value.id] = time
+        self.last.setdefault(value.id, time)
+        self._level[value.id] = level
+
+    def _use(self, value: Value, time: int, level: int, chain: list[Op]):
+        defined_at = self._level.get(value.id, 0)
+        if defined_at < level:  # read by every run of the enclosing region: alive until it ends
+            time = self.end[id(chain[defined_at])]
+        self.last[value.id] = max(self.last.get(value.id, 0), time)
 
 
-def _plan_block(block: Block, plan_: MemoryPlan, external: set[int], float_bytes: int, writable=frozenset()):
-    owned = ({p.id for p in block.params} - external) | set(writable)
-    last_use = _last_uses(block)
+# ---- storage: which values share bytes, and each storage's lifetime -----------------------------
+
+class _Storage:
+    def __init__(self, schedule: _Schedule, float_bytes: int):
+        self.schedule = schedule
+        self.float_bytes = float_bytes
+        self.intervals: dict[int, list[int]] = {}  # owner id -> [first, last] time
+        self.sizes: dict[int, int] = {}
+
+    def own(self, value: Value, during: Op | None = None):
+        """Give `value` its own bytes; a loop's carried param (`during` the loop) keeps them for the
+        whole loop: the next iteration's value is copied into them at each iteration's end."""
+        if value.type.rank == 0:
+            return
+        s = self.schedule
+        self.sizes[value.id] = slot_bytes(value, self.float_bytes)
+        if during is None:
+            self.intervals[value.id] = [s.defined[value.id], s.last[value.id]]
+        else:
+            self.intervals[value.id] = [s.start[id(during)], max(s.last[value.id], s.end[id(during)])]
+
+    def scratch(self, key: int, size: int, time: int):
+        self.sizes[key] = size
+        self.intervals[key] = [time, time]
+
+    def extend(self, owner: int, value: Value, during: Op | None = None):
+        """`value` shares `owner`'s bytes: they live as long as it does (a carried param: the loop)."""
+        interval = self.intervals.get(owner)
+        if interval is not None:
+            interval[1] = max(interval[1], self.schedule.last[value.id])
+            if during is not None:
+                interval[1] = max(interval[1], self.schedule.end[id(during)])
+
+
+def _share_block(block: Block, schedule: _Schedule, plan_: MemoryPlan, storage: _Storage, external: set[int],
+                 writable: set[int], loop: Op | None = None):
+    owned = ({p.id for p in block.params} - external) | writable
     for param in block.params:
-        if param.id not in external:
-            _allocate(param, plan_, float_bytes)
-    for position, op in enumerate(block.ops):
-        for region in op.regions:
-            _plan_block(region, plan_, external, float_bytes)
+        if param.id in plan_.shared:  # a carried param in its initial value's storage
+            storage.extend(plan_.owner(param), param, loop)
+        elif param.id not in external:
+            storage.own(param, loop)
+    for op in block.ops:
         if op.kind == "loop":
-            (body,) = op.regions
-            n = len(op.args)
-            for result, param in zip(op.results[:n], body.params[1:]):
-                plan_.shared[result.id] = param.id
-            for result in op.results[n:]:
-                _allocate(result, plan_, float_bytes)
+            _carry_in_place(op, owned, schedule, plan_)
+        for region in op.regions:
+            _share_block(region, schedule, plan_, storage, external, set(), op if op.kind == "loop" else None)
+        if op.kind == "loop":
+            _share_loop(op, schedule, plan_, storage)
         else:
             for result in op.results:
-                donor = _in_place_donor(op, result, owned, last_use, position) if result.type.rank else None
+                donor = _in_place_donor(op, result, owned, schedule) if result.type.rank else None
                 if donor is not None:
                     plan_.shared[result.id] = donor.id
+                    storage.extend(plan_.owner(donor), result)
                 else:
-                    _allocate(result, plan_, float_bytes)
+                    storage.own(result)
         owned.update(r.id for r in op.results)
 
 
-def _in_place_donor(op, result: Value, owned: set[int], last_use: dict[int, int], position: int) -> Value | None:
+def _share_loop(op: Op, schedule: _Schedule, plan_: MemoryPlan, storage: _Storage):
+    (body,) = op.regions
+    n = len(op.args)
+    for result, param in zip(op.results[:n], body.params[1:]):
+        plan_.shared[result.id] = param.id
+        storage.extend(plan_.owner(param), result)
+    for result in op.results[n:]:
+        storage.own(result)
+    yields, params = body.yields[:n], body.params[1:]
+    param_owners = {plan_.owner(p) for p in params}
+    if any(plan_.owner(y) in param_owners and plan_.owner(y) != plan_.owner(p) for y, p in zip(yields, params)):
+        keys = []
+        for value in yields:  # scalars stage through a register
+            if not value.type.rank:
+                keys.append(None)
+                continue
+            key = -len(storage.sizes) - 1  # scratch keys never collide with value ids (which are >= 0)
+            storage.scratch(key, slot_bytes(value, storage.float_bytes), schedule.block_end[id(body)])
+            keys.append(key)
+        plan_.staging[id(op)] = keys
+
+
+def _carry_in_place(op: Op, owned: set[int], schedule: _Schedule, plan_: MemoryPlan):
+    """A carried param takes over the storage of its initial value when that value dies at the
+    loop (a gradient accumulator carried by a reversed loop then sums in the caller's buffer)."""
+    (body,) = op.regions
+    taken = set()
+    for arg, param in zip(op.args, body.params[1:]):
+        owner = plan_.owner(arg)
+        if (param.type.rank and arg.type == param.type and arg.id in owned and owner not in taken
+                and schedule.last[arg.id] == schedule.start[id(op)]):
+            plan_.shared[param.id] = arg.id
+            taken.add(owner)
+
+
+def _in_place_donor(op: Op, result: Value, owned: set[int], schedule: _Schedule) -> Value | None:
     if op.kind in ("index_add", "outer_add"):  # they update their first operand entry by entry
         candidates = op.args[:1]
     elif op.kind in primitives.PRIMITIVES and primitives.PRIMITIVES[op.kind].family in _IN_PLACE_FAMILIES:
@@ -118,27 +256,35 @@ def _in_place_donor(op, result: Value, owned: set[int], last_use: dict[int, int]
     else:
         return None
     for arg in candidates:
-        if arg.type == result.type and arg.id in owned and last_use.get(arg.id, -1) == position:
+        if arg.type == result.type and arg.id in owned and schedule.last[arg.id] == schedule.start[id(op)]:
             return arg
     return None
 
 
-def _last_uses(block: Block) -> dict[int, int]:
-    """For each value used in `block`, the position of its last use (uses in nested regions count at
-    the region op; yields count after the last op)."""
-    last: dict[int, int] = {}
-    for position, op in enumerate(block.ops):
-        for vid in _uses(op):
-            last[vid] = position
-    for value in block.yields:
-        last[value.id] = len(block.ops)
-    return last
+# ---- placement: greedy by size, best fit ---------------------------------------------------------
 
-
-def _uses(op) -> set[int]:
-    used = {a.id for a in op.args}
-    for region in op.regions:
-        for inner in region.ops:
-            used |= _uses(inner)
-        used |= {v.id for v in region.yields}
-    return used
+def _place(storage: _Storage, plan_: MemoryPlan):
+    """Largest storage first, each at the offset of the smallest gap it fits among the storages
+    already placed whose lifetimes overlap its own (the greedy-by-size heuristic of TFLite's arena
+    planner: near the live-bytes lower bound on real graphs, where first-fit in time order
+    fragments)."""
+    placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
+    offsets: dict[int, int] = {}
+    for owner in sorted(storage.intervals, key=lambda k: (-storage.sizes[k], storage.intervals[k][0], k)):
+        first, last = storage.intervals[owner]
+        size = storage.sizes[owner]
+        conflicts = sorted((o, s) for o, s, f, l in placed if f <= last and first <= l)
+        offset, best, best_gap = 0, None, None
+        for other_offset, other_size in conflicts:
+            gap = other_offset - offset
+            if gap >= size and (best_gap is None or gap < best_gap):
+                best, best_gap = offset, gap
+            offset = max(offset, other_offset + other_size)
+        offsets[owner] = best if best is not None else offset
+        placed.append((offsets[owner], size, first, last))
+    for owner, offset in offsets.items():
+        if owner >= 0:
+            plan_.offsets[owner] = offset
+    for loop_id, keys in plan_.staging.items():
+        plan_.staging[loop_id] = [offsets[key] if key is not None else None for key in keys]
+    plan_.size = max((o + s for o, s, _, _ in placed), default=0)
