@@ -4,6 +4,8 @@ Invariants:
 - A `Context` is one block of adjoint code. At the top level primal values are at hand; inside the
   adjoint of a region they come from that region's tape (`keep` asks the forward region to yield
   them, stacked over iterations), unless they are cheaper to recompute (`recomputable`).
+- What the tape keeps is what cannot be had again: rows of inputs and params are read again
+  (`rereadable`), random masks are drawn again (`REGENERATED`), and masks are kept as bits.
 - A rule reads only the primal values its record declares (`Primals`); a stored operand of a
   sampled site reads as its gated stand-in (spadc/ad/sampling.py).
 - `Adjoints` sums contributions as they come; index contributions accumulate with `index_add`.
@@ -21,6 +23,21 @@ RECOMPUTABLE = ("const", "add", "sub", "mul", "neg", "floordiv", "mod", "max", "
 # Random ops without operands: the adjoint draws them again from the same key (seed, site, iteration,
 # sample, step), which costs no tape (ESTIMATORS.md section 5).
 REGENERATED = ("dropout_mask",)
+
+
+def rereadable(value: Value, state) -> bool:
+    """A param or input, or a row, slice or element of one (`seq[t]`, `emb[token]`) at scalar
+    indices: the adjoint reads it again from the caller's buffer instead of keeping it."""
+    if value.id in state.external:
+        return True
+    op = state.producers.get(value.id)
+    return (op is not None and op.kind == "index" and rereadable(op.args[0], state)
+            and all(a.type.rank == 0 for a in op.args[1:]))
+
+
+def as_bits(value: Value, state) -> bool:
+    """A mask the tape keeps as bits (8 per byte), not as bytes."""
+    return value.type.dtype == "bool" and value.type.rank > 0 and value.id not in state.external
 
 
 class Context:
@@ -63,23 +80,46 @@ class Context:
         if op is not None and op.kind in REGENERATED:  # drawn again from its key: never on the tape
             result = Value(value.type, value.hint)
             self.block.ops.append(Op(op.kind, (), (result,), op.attrs, op.loc, op.inlined_at))
+        elif rereadable(value, self.state) and value.id not in self.state.external:
+            result = self._recompute(self.state.producers[value.id])  # a row of an input: read it again
         elif self.parent is None:
-            self.read[value.id] = value  # the top level reads the forward's own values: they are the tape
-            return value
+            if not as_bits(value, self.state):
+                self.read[value.id] = value  # the top level reads the forward's own values: they are the tape
+                return value
+            packed = self._pack_bits(value)
+            self.read[packed.id] = packed
+            result = self.op("unpack_bits", packed, shape=value.type.shape)
         elif value.id not in self.defined:
             result = self.parent.primal(value)
         elif self.forward.params and value is self.forward.params[0]:
             result = self.index
         elif self._recomputable(value):
-            op = self.producers[value.id]
-            args = [self.primal(a) for a in op.args]
-            result = Value(value.type, value.hint)
-            self.block.ops.append(Op(op.kind, tuple(args), (result,), op.attrs, op.loc, op.inlined_at))
+            result = self._recompute(self.producers[value.id])
+        elif as_bits(value, self.state):
+            row = self._kept(self._pack_bits(value))
+            result = self.op("unpack_bits", row, shape=value.type.shape)
         else:
-            kept = self.parent.primal(self.keep(value))
-            result = self.row(kept) if self.stacked else kept
+            result = self._kept(value)
         self.memo[value.id] = result
         return result
+
+    def _kept(self, value: Value) -> Value:
+        """`value` as the forward region keeps it for this context (its row, in a loop)."""
+        kept = self.parent.primal(self.keep(value))
+        return self.row(kept) if self.stacked else kept
+
+    def _recompute(self, op: Op) -> Value:
+        args = [self.primal(a) for a in op.args]
+        result = Value(op.result.type, op.result.hint)
+        self.block.ops.append(Op(op.kind, tuple(args), (result,), op.attrs, op.loc, op.inlined_at))
+        return result
+
+    def _pack_bits(self, value: Value) -> Value:
+        """The forward pass packs a mask into bits where it is computed; the tape keeps the bits."""
+        packed = Value(primitives.infer("pack_bits", [value.type], {}), f"{value.hint}.bits" if value.hint else "bits")
+        self.inserts.append(Op("pack_bits", (value,), (packed,), {}, self.loc, self.inlined_at))
+        self.defined.add(packed.id)
+        return packed
 
     def _recomputable(self, value: Value) -> bool:
         """Cheaper to compute again in the adjoint than to keep on the tape: a scalar constant, or

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..ir.core import REGION_OPS, Block, InputDecl, Op, Program, Value
+from ..ir.core import REGION_OPS, Block, InputDecl, Op, Program, Value, walk_ops
 from ..ir.types import TensorType
 from . import sampling as gates
 from .context import Adjoints, Context, Primals, to_shape
@@ -58,6 +58,7 @@ class _State:
     sampling: object  # a Sampling, or None for the exact adjoint
     score: str | None  # None | "gradient" | "forward"
     entries: dict[tuple[int, int], gates.SiteEntry]  # (id(op), operand) -> site
+    producers: dict[int, Op]  # value id -> its defining op, anywhere in the program
     registry: dict[int, list[Context]] = field(default_factory=dict)  # region op id -> its adjoint contexts
 
 
@@ -72,7 +73,8 @@ def gradient(program: Program, accumulate: bool = False, sampling=None, score: s
     sites = list(find_sites(program, policy, active).values()) if policy else []
     entries = gates.layout_sites(sites, sampling, score)
     state = _State(active, {v.id for v in program.body.params}, sampling, score,
-                   {(id(e.site.op), e.site.operand): e for e in entries})
+                   {(id(e.site.op), e.site.operand): e for e in entries},
+                   {r.id: op for op in walk_ops(program.body) for r in op.results})
     top = Context(Block(), None, None, state)
     top.producers = {r.id: op for op in program.body.ops for r in op.results}
     adjoints = Adjoints(top)

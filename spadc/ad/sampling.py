@@ -15,7 +15,8 @@ The driver (reverse.py) asks this module, at each site:
 Invariants:
 - Keys: a gate's stream is keyed by the site id and the run-time iteration of its draw level, so
   pack and unpack (forward and adjoint) draw the same entries; the adjoint never draws fresh ones.
-- Params and inputs are never packed: their gated stand-in is made in the adjoint directly.
+- Params, inputs and their rows are never packed: their gated stand-in is made in the adjoint
+  directly, from the entries read again.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from ..ir import primitives
 from ..ir.core import Op, Value
 from ..ir.types import F64
+from .context import rereadable
 from .sites import Site
 
 
@@ -87,9 +89,9 @@ def gated(ctx, entry: SiteEntry, value: Value) -> Value:
 def _pack_and_unpack(ctx, entry: SiteEntry, value: Value) -> Value:
     state = ctx.state
     forward_scores = state.score == "forward"
-    if value.id in state.external:  # params and inputs: nothing to keep, gate them in the adjoint
+    if rereadable(value, state):  # params, inputs and their rows: nothing to keep, gate them in the adjoint
         attrs = entry.attrs(state.sampling, kept=False, forward_scores=forward_scores)
-        return ctx.op("gate_unpack", ctx.op("gate_pack", value, **attrs), **attrs)
+        return ctx.op("gate_unpack", ctx.op("gate_pack", ctx.primal(value), **attrs), **attrs)
     attrs = entry.attrs(state.sampling, kept=True, forward_scores=forward_scores)
     packed = Value(F64.with_shape((entry.k,)), f"{value.hint}.kept" if value.hint else "kept")
     ctx.inserts.append(Op("gate_pack", (value,), (packed,), attrs, entry.site.loc, entry.site.op.inlined_at))

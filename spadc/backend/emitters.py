@@ -374,12 +374,34 @@ def _dropout_mask(e, op):
                 e.store(out, j if out.type.rank else None, fconst(e, 1.0))
 
 
+def _pack_bits(e, op):
+    # words = 0; for j: words[j / 64] |= x[j] << (j % 64)
+    x, out = op.args[0], op.result
+    b = e.b
+    with e.loop(out.type.size, "w") as w:
+        e.store(out, w, I64(0))
+    with e.loop(x.type.size, "j") as j:
+        word = b.lshr(j, I64(6))
+        bit = b.shl(b.zext(e.load(x, j), I64), b.and_(j, I64(63)))
+        e.store(out, word, b.or_(e.load(out, word), bit))
+
+
+def _unpack_bits(e, op):
+    # out[j] = (words[j / 64] >> (j % 64)) & 1
+    words, out = op.args[0], op.result
+    b = e.b
+    with e.loop(out.type.size, "j") as j:
+        word = e.load(words, b.lshr(j, I64(6)))
+        e.store(out, j, b.trunc(b.lshr(word, b.and_(j, I64(63))), I1))
+
+
 EMITTERS = {name: _elementwise for name in SCALAR}
 EMITTERS.update({
     "reduce_sum": _reduce, "reduce_prod": _reduce, "reduce_max": _reduce, "reduce_min": _reduce,
     "first_true": _first_true, "matmul": _matmul, "outer": _outer, "outer_add": _outer_add, "transpose": _transpose, "reshape": _reshape,
     "broadcast": _broadcast, "index": _index, "index_add": _index_add, "stack": _stack, "const": _const,
-    "eye": _eye, "onehot": _onehot, "dropout_mask": _dropout_mask,
+    "eye": _eye, "onehot": _onehot, "dropout_mask": _dropout_mask, "pack_bits": _pack_bits,
+    "unpack_bits": _unpack_bits,
 })
 
 from .gates import GATE_EMITTERS  # noqa: E402  (gates use this module's helpers)

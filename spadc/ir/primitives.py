@@ -392,6 +392,47 @@ _define("index_add", None, _index_add_infer, _index_add_evaluate, "structure",
         "attrs: spec")
 
 
+# ---- the tape's packed forms ---------------------------------------------------------------
+
+BITS_PER_WORD = 64
+
+
+def bit_words(size: int) -> int:
+    return (size + BITS_PER_WORD - 1) // BITS_PER_WORD
+
+
+def _pack_bits_infer(types, attrs):
+    (t,) = types
+    _require(t.dtype == "bool" and t.rank > 0, f"pack_bits of {t}")
+    return TensorType("i64", (bit_words(t.size),))
+
+
+def _pack_bits_evaluate(args, attrs, ctx):
+    flat = args[0].reshape(-1)
+    padded = np.zeros(bit_words(flat.size) * BITS_PER_WORD, dtype=bool)
+    padded[:flat.size] = flat
+    return np.packbits(padded, bitorder="little").view("<i8").astype(np.int64)
+
+
+def _unpack_bits_infer(types, attrs):
+    (t,) = types
+    shape = tuple(attrs["shape"])
+    _require(t.dtype == "i64" and t.shape == (bit_words(int(np.prod(shape, dtype=np.int64))),), f"unpack_bits of {t}")
+    return BOOL.with_shape(shape)
+
+
+def _unpack_bits_evaluate(args, attrs, ctx):
+    shape = tuple(attrs["shape"])
+    bits = np.unpackbits(args[0].astype("<i8").view(np.uint8), bitorder="little").astype(bool)
+    return bits[:int(np.prod(shape, dtype=np.int64))].reshape(shape)
+
+
+_define("pack_bits", 1, _pack_bits_infer, _pack_bits_evaluate, "structure",
+        "a bool tensor as bits, entry j (row-major) at bit j % 64 of word j // 64: how the tape keeps masks")
+_define("unpack_bits", 1, _unpack_bits_infer, _unpack_bits_evaluate, "structure",
+        "the bool tensor of `shape` that pack_bits packed; attrs: shape")
+
+
 # ---- path sampling (spadc/ir/draws.py has the draw semantics) -------------------------------
 
 def _gate_pack_infer(types, attrs):
