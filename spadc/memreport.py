@@ -3,46 +3,54 @@
 Invariants:
 - Per site: the bytes the exact adjoint keeps for the site's residual (its whole tensor, every time
   the site is drawn) and what the estimator keeps instead (k values, or keep * d on average for
-  Bernoulli draws). Inputs and params are never kept (the adjoint reads them), nor are edge sites'
-  tensors (they only gate). Totals are the whole tape of the exact and the sampled gradient
-  programs, per sample, as the compiled code counts it.
+  Bernoulli draws). Inputs, params and their rows are never kept (the adjoint reads them again),
+  nor are edge sites' tensors (they only gate). Totals are the whole tape of the exact and the
+  sampled gradient programs, per sample, as the compiled code counts it, and the peak workspace
+  of one gradient kernel call (from the memory plan: what the caller allocates).
 """
 
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
+from .ad.context import rereadable
 from .ad.tape import plan_tape
 from .api import Compiled
+from .ir.core import walk_ops
 
 _KEPT = ("operand", "partial")
 
 
 def site_rows(compiled: Compiled, sampling) -> list[dict]:
     program = compiled.gradient_program(sampling)
-    external = {v.id for v in compiled.program.body.params}
+    float_bytes = 8 if compiled.dtype == "f64" else 4
+    sampled = plan_tape(program, float_bytes)
+    state = SimpleNamespace(external={v.id for v in compiled.program.body.params},
+                            producers={r.id: op for op in walk_ops(compiled.program.body) for r in op.results})
     rows = []
     for entry in program.sites:
         site = entry.site
-        kept = site.kind in _KEPT and not (site.kind == "operand" and site.op.args[site.stored].id in external)
-        exact = 8 * site.size * site.trips if kept else 0
-        if not kept:
-            estimated = 0
-        elif sampling.draw == "with_replacement":
-            estimated = 8 * entry.k * site.trips
-        else:
-            estimated = 8 * sampling.keep * site.size * site.trips
+        kept = site.kind in _KEPT and not (site.kind == "operand" and rereadable(site.op.args[site.stored], state))
         rows.append({"where": f"{os.path.basename(site.loc.source.name)}:{site.loc.line}", "what": site.describe(),
-                     "shape": site.shape, "draws": site.trips, "exact": exact, "estimated": estimated,
+                     "shape": site.shape, "draws": site.trips,
+                     "exact": float_bytes * site.size * site.trips if kept else 0,
+                     "estimated": sampled.site_bytes.get(site.id, 0),
                      "source": site.loc.source.line_text(site.loc.line).strip()})
     return rows
+
+
+def workspaces(compiled: Compiled, sampling) -> tuple[int, int]:
+    """Peak workspace bytes of one gradient kernel call, exact and under `sampling`."""
+    return compiled.variant(None)[0]["workspace"], compiled.variant(sampling)[0]["workspace"]
 
 
 def report(compiled: Compiled, sampling, label: str, spad=None) -> str:
     """`spad`: a SPAD estimator, whose evaluation steps are reported too."""
     rows = site_rows(compiled, sampling)
-    exact_total = plan_tape(compiled.gradient).static_bytes
-    sampled_total = plan_tape(compiled.gradient_program(sampling)).static_bytes
+    float_bytes = 8 if compiled.dtype == "f64" else 4
+    exact_total = plan_tape(compiled.gradient, float_bytes).static_bytes
+    sampled_total = plan_tape(compiled.gradient_program(sampling), float_bytes).static_bytes
     lines = [f"tape bytes per sample, exact and under {label}", ""]
     header = ("site", "kind", "shape", "draws", "exact", label.split("(")[0].strip())
     table = [header] + [(r["where"], r["what"], "x".join(map(str, r["shape"])) or "scalar", str(r["draws"]),
@@ -58,9 +66,12 @@ def report(compiled: Compiled, sampling, label: str, spad=None) -> str:
                      f"({100 * site_estimated / site_exact:.1f}%)")
     lines.append(f"whole tape:    {_bytes(exact_total)} exact, {_bytes(sampled_total)} under the estimator "
                  f"({100 * sampled_total / exact_total:.1f}%)" if exact_total else "whole tape: empty")
+    exact_peak, sampled_peak = workspaces(compiled, sampling)
+    lines.append(f"peak workspace: {_bytes(exact_peak)} exact, {_bytes(sampled_peak)} under the estimator, per "
+                 f"gradient kernel call (the tape and every temporary, reused as they die)")
     if spad is not None:
-        paths = plan_tape(compiled.gradient_program(spad.evaluation_sampling, "paths")).static_bytes
-        scored = plan_tape(compiled.gradient_program(None, "gradient", spad.sites)).static_bytes
+        paths = plan_tape(compiled.gradient_program(spad.evaluation_sampling, "paths"), float_bytes).static_bytes
+        scored = plan_tape(compiled.gradient_program(None, "gradient", spad.sites), float_bytes).static_bytes
         lines += ["", f"SPAD evaluation steps (every {spad.refresh} steps): score=paths keeps {_bytes(paths)} (RAD's "
                       f"tape, {spad.candidates} candidates in turn); score=gradient runs the exact adjoint and keeps "
                       f"{_bytes(scored)}"]

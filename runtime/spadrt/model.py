@@ -163,7 +163,8 @@ class Model:
         named = {p["name"]: flat[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"]).astype(np.float64, copy=False)
                  for p in self.layout["params"]}
         if stats:
-            return loss, named, {"tape_bytes": measured, "tape_bytes_static": entry["tape_bytes"], "samples": n}
+            return loss, named, {"tape_bytes": measured, "tape_bytes_static": entry["tape_bytes"],
+                                 "workspace_bytes": entry["workspace"], "samples": n}
         return loss, named
 
     def flat_grad(self, *, params=None, estimator=None, training: bool = False, seed: int = 0,

@@ -4,6 +4,8 @@ Invariants:
 - A `Context` is one block of adjoint code. At the top level primal values are at hand; inside the
   adjoint of a region they come from that region's tape (`keep` asks the forward region to yield
   them, stacked over iterations), unless they are cheaper to recompute (`recomputable`).
+- A `cond`'s branches keep their values in one record each, both in the same storage: the tape
+  holds the larger branch's record, not both.
 - What the tape keeps is what cannot be had again: rows of inputs and params are read again
   (`rereadable`), random masks are drawn again (`REGENERATED`), and masks are kept as bits.
 - A rule reads only the primal values its record declares (`Primals`); a stored operand of a
@@ -61,6 +63,10 @@ class Context:
         self.memo: dict = {}
         self.loc, self.inlined_at = None, ()
         self.read: dict[int, Value] = {}  # top level only: forward values the adjoint reads
+        # A branch of a `cond` keeps its values in one record (spadc/ad/reverse.py, _cond_adjoint).
+        self.record_values: list[Value] = []
+        self.record_size = 0  # words
+        self.record_view: Value | None = None
 
     @property
     def stacked(self) -> bool:
@@ -104,9 +110,25 @@ class Context:
         return result
 
     def _kept(self, value: Value) -> Value:
-        """`value` as the forward region keeps it for this context (its row, in a loop)."""
+        """`value` as the forward region keeps it for this context: its row, in a loop; its field
+        in the branch's record, in a `cond`."""
+        if self.op_of_region.kind == "cond":
+            return self._field(value)
         kept = self.parent.primal(self.keep(value))
         return self.row(kept) if self.stacked else kept
+
+    def _field(self, value: Value) -> Value:
+        """Read `value` from this branch's record. The record's storage is known only once both
+        branches are built (`settle_record`): until then fields read a stand-in."""
+        if self.record_view is None:
+            self.record_view = Value(TensorType("i64", (1,)), "tape")
+        offset = self.record_size
+        self.record_size += primitives.record_words(value.type)
+        self.record_values.append(value)
+        result = Value(value.type, value.hint)
+        attrs = {"offset": offset, "shape": value.type.shape, "dtype": value.type.dtype}
+        self.block.ops.append(Op("field", (self.record_view,), (result,), attrs, self.loc, self.inlined_at))
+        return result
 
     def _recompute(self, op: Op) -> Value:
         args = [self.primal(a) for a in op.args]

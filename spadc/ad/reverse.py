@@ -7,7 +7,9 @@ become regions:
   values its body reads; the forward loop keeps, per iteration, the values the adjoint reads (its
   tape), as extra stacked results, and the reversed loop reads row `t` of them;
 - a `tabulate` becomes a `loop` over its elements, reading its per-element tape the same way;
-- a `cond` becomes a `cond` on the same condition, each branch the adjoint of its own.
+- a `cond` becomes a `cond` on the same condition, each branch the adjoint of its own; what a
+  branch's adjoint reads, the forward branch lays into a record, one result shared by both
+  branches (only one runs), sized for the larger.
 
 With a `Sampling`, the adjoint is path-sampled: at each site of the policy (spadc/ad/sites.py) the
 driver, not the rule, inserts the gate (spadc/ad/sampling.py), so every primitive gets RAD and
@@ -322,10 +324,27 @@ def _cond_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
         block.yields = [local.get(v) or inner.zeros(v.type) for v in captured]
         branches.append(block)
         contexts.append(inner)
+    record = _settle_record(ctx, contexts, branches)
     results = _emit_region(ctx, "cond", [condition], tuple(branches), op)
     for value, result in zip(captured, results):
         adjoints.add(value, result)
-    ctx.state.registry[id(op)] = contexts
+    ctx.state.registry[id(op)] = (contexts, record)
+
+
+def _settle_record(ctx: Context, contexts: list[Context], branches: list[Block]) -> Value | None:
+    """The cond's kept record: as many words as the larger branch keeps. The adjoint reads it in
+    `ctx` (from the tape, in a loop) and the branches' fields read that instead of their stand-in."""
+    size = max(c.record_size for c in contexts)
+    if not size:
+        return None
+    record = Value(TensorType("i64", (size,)), "tape")
+    ctx.defined.add(record.id)
+    view = ctx.primal(record)
+    for context, branch in zip(contexts, branches):
+        for inner in branch.ops:
+            if inner.kind == "field" and inner.args[0] is context.record_view:
+                inner.args = (view,)
+    return record
 
 
 _REGION_ADJOINTS = {"loop": _loop_adjoint, "tabulate": _tabulate_adjoint, "cond": _cond_adjoint}
@@ -354,10 +373,10 @@ def _augment(block: Block, registry: dict) -> Block:
         if op.kind not in REGION_OPS:
             ops.append(op)
             continue
-        contexts = registry.get(id(op), [])
         if op.kind == "cond":
-            ops.append(_augment_cond(op, contexts, registry))
+            ops.append(_augment_cond(op, registry.get(id(op)), registry))
             continue
+        contexts = registry.get(id(op), [])
         (body,) = op.regions
         new_body = _augment(body, registry)
         kept = list(contexts[0].requests.values()) if contexts else []
@@ -368,19 +387,21 @@ def _augment(block: Block, registry: dict) -> Block:
     return Block(list(block.params), ops, list(block.yields))
 
 
-def _augment_cond(op: Op, contexts: list[Context], registry: dict) -> Op:
-    """Each branch yields its own kept values and zeros in place of the other branch's."""
-    kept = [list(c.requests.values()) for c in contexts] or [[], []]
+def _augment_cond(op: Op, settled, registry: dict) -> Op:
+    """Each branch lays what its adjoint reads into its record; the cond yields it as one more result."""
+    contexts, record = settled if settled else ([], None)
     regions = []
     for k, region in enumerate(op.regions):
         new_region = _augment(region, registry)
-        if contexts:
-            new_region.ops = _interleave(new_region.ops, contexts[k].inserts)
-        extra = [value if j == k else _zeros_into(new_region, value.type, op)
-                 for j, requests in enumerate(kept) for value, _ in requests]
-        new_region.yields = list(region.yields) + extra
+        new_region.ops = _interleave(new_region.ops, contexts[k].inserts) if contexts else new_region.ops
+        new_region.yields = list(region.yields)
+        if record is not None:
+            laid = Value(record.type, "tape")
+            new_region.ops.append(Op("record", tuple(contexts[k].record_values), (laid,), {"size": record.type.size},
+                                     op.loc, op.inlined_at))
+            new_region.yields.append(laid)
         regions.append(new_region)
-    results = op.results + tuple(t for requests in kept for _, t in requests)
+    results = op.results + ((record,) if record is not None else ())
     return Op(op.kind, op.args, results, op.attrs, op.loc, op.inlined_at, tuple(regions))
 
 
@@ -402,12 +423,3 @@ def _interleave(ops: list[Op], inserts: list[Op]) -> list[Op]:
     return result
 
 
-def _zeros_into(block: Block, type_: TensorType, op: Op) -> Value:
-    zero = Value(TensorType(type_.dtype))
-    value = {"f64": 0.0, "i64": 0, "bool": False}[type_.dtype]
-    block.ops.append(Op("const", (), (zero,), {"value": value, "dtype": type_.dtype}, op.loc, op.inlined_at))
-    if not type_.shape:
-        return zero
-    full = Value(type_)
-    block.ops.append(Op("broadcast", (zero,), (full,), {"shape": type_.shape}, op.loc, op.inlined_at))
-    return full

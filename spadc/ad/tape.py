@@ -6,7 +6,9 @@ two agree exactly (ESTIMATORS.md section 6):
   except those that are themselves stacks of an inner loop (counted there) or packs of a gate;
 - a kept `gate_pack` counts what it stores when it runs: k values, or for a Bernoulli draw the kept
   count (statically, its expectation keep * d);
-- values the adjoint reads at the top level count once per sample, except loop results and packs.
+- values the adjoint reads at the top level count once per sample, except loops' stacked values
+  and packs (a loop's final carried values do count: the adjoint reads them where they are);
+- a `cond`'s kept values are one record per branch in one shared result: the larger branch's.
 Comprehensions' stacks are not counted where they are made: either the adjoint reads them at the
 top level, or a loop keeps them (both counted above), or they only feed a gate (transient).
 """
@@ -25,12 +27,12 @@ def value_bytes(value: Value, float_bytes: int = 8) -> int:
     return value.type.size * (float_bytes if value.type.dtype == "f64" else VALUE_BYTES[value.type.dtype])
 
 
-def pack_bytes(attrs: dict) -> float:
-    """What one kept gate_pack stores: 8 bytes a value; for a Bernoulli draw, the expectation
+def pack_bytes(attrs: dict, float_bytes: int = 8) -> float:
+    """What one kept gate_pack stores: a float a value; for a Bernoulli draw, the expectation
     (the keep probabilities, uniform or water-filled, sum to keep * d)."""
     if attrs["draw"] == "with_replacement":
-        return 8 * attrs["k"]
-    return 8 * attrs["keep"] * attrs["d"]
+        return float_bytes * attrs["k"]
+    return float_bytes * attrs["keep"] * attrs["d"]
 
 
 @dataclass
@@ -38,6 +40,7 @@ class TapePlan:
     top: list[Value] = field(default_factory=list)  # counted once per sample
     loop_bytes: dict[int, int] = field(default_factory=dict)  # id(loop op) -> bytes it keeps per iteration
     static_bytes: float = 0.0  # per sample
+    site_bytes: dict[int, float] = field(default_factory=dict)  # site id -> what its kept packs take, per sample
 
 
 def plan_tape(gradient: GradientProgram, float_bytes: int = 8) -> TapePlan:
@@ -47,7 +50,7 @@ def plan_tape(gradient: GradientProgram, float_bytes: int = 8) -> TapePlan:
 
     def counted(value: Value) -> bool:
         kind = producers.get(value.id)
-        return kind not in ("loop", "gate_pack")
+        return kind not in ("loop tape", "gate_pack")
 
     for value in gradient.tape:
         if counted(value):
@@ -58,7 +61,9 @@ def plan_tape(gradient: GradientProgram, float_bytes: int = 8) -> TapePlan:
         for op in block.ops:
             trips = op.attrs["hi"] - op.attrs["lo"] if op.kind in ("loop", "tabulate") else 1
             if op.kind == "gate_pack" and op.attrs["kept"]:
-                plan.static_bytes += pack_bytes(op.attrs) * multiplicity
+                kept = pack_bytes(op.attrs, float_bytes) * multiplicity
+                plan.static_bytes += kept
+                plan.site_bytes[op.attrs["site"]] = plan.site_bytes.get(op.attrs["site"], 0) + kept
             if op.kind == "loop" and not op.attrs.get("reverse"):
                 (body,) = op.regions
                 per_iteration = sum(value_bytes(value, float_bytes) for value in body.yields[len(op.args):]
@@ -79,8 +84,9 @@ def _producers(block: Block) -> dict[int, str]:
 
     def visit(b: Block):
         for op in b.ops:
-            for result in op.results:
-                kinds[result.id] = op.kind
+            carried = len(op.args) if op.kind == "loop" and not op.attrs.get("reverse") else len(op.results)
+            for position, result in enumerate(op.results):
+                kinds[result.id] = op.kind if position < carried else "loop tape"
             for region in op.regions:
                 visit(region)
 

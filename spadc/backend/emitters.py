@@ -395,13 +395,44 @@ def _unpack_bits(e, op):
         e.store(out, j, b.trunc(b.lshr(word, b.and_(j, I64(63))), I1))
 
 
+def _record(e, op):
+    # words = values end to end (a float as the bits of a double: f32 widens exactly), then zeros
+    out = op.result
+    b = e.b
+    offset = 0
+    for value in op.args:
+        with e.loop(value.type.size, "j") as j:
+            x = e.load(value, j if value.type.rank else None)
+            if is_float(value):
+                word = b.bitcast(x if e.float == ir.DoubleType() else b.fpext(x, ir.DoubleType()), I64)
+            else:
+                word = x if x.type == I64 else b.zext(x, I64)
+            e.store(out, b.add(j, I64(offset)), word)
+        offset += value.type.size
+    with e.loop(out.type.size - offset, "pad", start=offset) as j:
+        e.store(out, j, I64(0))
+
+
+def _field(e, op):
+    out, offset = op.result, op.attrs["offset"]
+    b = e.b
+    with e.loop(out.type.size, "j") as j:
+        word = e.load(op.args[0], b.add(j, I64(offset)))
+        if out.type.dtype == "f64":
+            x = b.bitcast(word, ir.DoubleType())
+            value = x if e.float == ir.DoubleType() else b.fptrunc(x, e.float)
+        else:
+            value = word if out.type.dtype == "i64" else b.trunc(word, I1)
+        e.store(out, j if out.type.rank else None, value)
+
+
 EMITTERS = {name: _elementwise for name in SCALAR}
 EMITTERS.update({
     "reduce_sum": _reduce, "reduce_prod": _reduce, "reduce_max": _reduce, "reduce_min": _reduce,
     "first_true": _first_true, "matmul": _matmul, "outer": _outer, "outer_add": _outer_add, "transpose": _transpose, "reshape": _reshape,
     "broadcast": _broadcast, "index": _index, "index_add": _index_add, "stack": _stack, "const": _const,
     "eye": _eye, "onehot": _onehot, "dropout_mask": _dropout_mask, "pack_bits": _pack_bits,
-    "unpack_bits": _unpack_bits,
+    "unpack_bits": _unpack_bits, "record": _record, "field": _field,
 })
 
 from .gates import GATE_EMITTERS  # noqa: E402  (gates use this module's helpers)

@@ -96,6 +96,10 @@ def _widen(e, x):
     return x if e.float == DOUBLE else e.b.fpext(x, DOUBLE)
 
 
+def _float_bytes(e) -> int:
+    return 8 if e.float == DOUBLE else 4
+
+
 def _count(e, nbytes):
     counter = e.options["stored"]
     e.b.store(e.b.add(e.b.load(counter), nbytes), counter)
@@ -114,7 +118,7 @@ def _gate_pack(e, op):
         with _draws(e, attrs, key) as (j, index, _):
             e.store(out, j, e.load(x, index))
         if attrs["kept"]:
-            _count(e, I64(8 * attrs["k"]))
+            _count(e, I64(_float_bytes(e) * attrs["k"]))
         return
     count = e.alloca(I64, "kept")
     b.store(I64(0), count)
@@ -126,7 +130,7 @@ def _gate_pack(e, op):
     with e.loop(b.sub(I64(attrs["d"]), b.load(count)), "z", start=b.load(count)) as j:
         e.store(out, j, ir.Constant(e.float, 0.0))
     if attrs["kept"]:
-        _count(e, b.mul(b.load(count), I64(8)))
+        _count(e, b.mul(b.load(count), I64(_float_bytes(e))))
 
 
 def _gate_unpack(e, op):

@@ -433,6 +433,53 @@ _define("unpack_bits", 1, _unpack_bits_infer, _unpack_bits_evaluate, "structure"
         "the bool tensor of `shape` that pack_bits packed; attrs: shape")
 
 
+def record_words(t: TensorType) -> int:
+    """Words (8 bytes) a value takes in a record: one per f64 or i64 entry, one for a scalar bool."""
+    _require(t.dtype != "bool" or t.rank == 0, f"a record holds no bool tensor (pack its bits): {t}")
+    return t.size
+
+
+def _record_infer(types, attrs):
+    _require(sum(record_words(t) for t in types) <= attrs["size"], "record too small for its values")
+    return TensorType("i64", (attrs["size"],))
+
+
+def _as_words(value: np.ndarray) -> np.ndarray:
+    flat = np.ascontiguousarray(value).reshape(-1)
+    return flat.view(np.int64) if flat.dtype == np.float64 else flat.astype(np.int64)
+
+
+def _record_evaluate(args, attrs, ctx):
+    words = np.zeros(attrs["size"], dtype=np.int64)
+    offset = 0
+    for value in args:
+        part = _as_words(value)
+        words[offset:offset + part.size] = part
+        offset += part.size
+    return words
+
+
+def _field_infer(types, attrs):
+    (t,) = types
+    value = TensorType(attrs["dtype"], tuple(attrs["shape"]))
+    _require(t.dtype == "i64" and t.rank == 1 and attrs["offset"] + record_words(value) <= t.size, f"field of {t}")
+    return value
+
+
+def _field_evaluate(args, attrs, ctx):
+    value = TensorType(attrs["dtype"], tuple(attrs["shape"]))
+    part = np.ascontiguousarray(args[0][attrs["offset"]:attrs["offset"] + value.size])
+    typed = part.view(np.float64) if value.dtype == "f64" else part.astype(NUMPY_DTYPES[value.dtype])
+    return typed.reshape(value.shape).copy()
+
+
+_define("record", None, _record_infer, _record_evaluate, "structure",
+        "values laid end to end as 8-byte words (floats bit for bit), zero-padded to `size` words: what one "
+        "branch of a `cond` keeps, so that both branches' tapes share the bytes of the larger; attrs: size")
+_define("field", 1, _field_infer, _field_evaluate, "structure",
+        "a value read back from a record; attrs: offset (words), shape, dtype")
+
+
 # ---- path sampling (spadc/ir/draws.py has the draw semantics) -------------------------------
 
 def _gate_pack_infer(types, attrs):
