@@ -52,6 +52,7 @@ PRIMITIVE_PROGRAMS = {
     "comprehension": "sum([x[i] * x[(i + 1) % 4] for i in 0..4]) + sum(x[i] ^ 2 for i in 0..4)",
     "loop": "",  # written out in program_text
     "conditional": "sum(if k > 1 then x * x else exp(x)) + (if x[0] > 0 then x[1] else x[2] * A[0, 0])",
+    "sampled_weights": "sum(tanh(A @ tanh(x)))",  # under RAD a gated residual: gate_outer_add
 }
 # stop_gradient is not the true derivative, so finite differences cannot check it: a hand value does.
 HAND_GRADIENTS = {"stop_gradient": lambda p: {"x": p["x"], "A": np.zeros_like(p["A"])}}
@@ -102,6 +103,7 @@ def test_every_primitive_has_an_emitter_an_adjoint_rule_and_a_test_program():
     # Every primitive appears in a program or gradient program that the tests above compile.
     seen = set()
     variants = [(None, None, None), (spadc.RAD(keep=0.5, policy="edges").sampling, None, None),
+                (spadc.RAD(keep=0.5).sampling, None, None),
                 (spadc.RAD(keep=0.5, policy="products", draw="bernoulli").sampling, "forward", None),
                 (None, "gradient", "edges")]
     for name in PRIMITIVE_PROGRAMS:

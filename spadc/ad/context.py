@@ -146,7 +146,11 @@ class Context:
     def _recomputable(self, value: Value) -> bool:
         """Cheaper to compute again in the adjoint than to keep on the tape: a scalar constant, or
         scalar arithmetic on the region's index, on other recomputable values and on outer values
-        (loop-invariant, read once): index arithmetic such as `(i + 1) % N`, and literals."""
+        (loop-invariant, read once): index arithmetic such as `(i + 1) % N`, and literals. In a
+        loop or comprehension also an element or row of an outer value, at such indices, when the
+        outer value is no larger than the stack of them it replaces: `u[i]` for i in 0..N reads
+        from the outer `u` (kept once by the enclosing region, if at all) instead of a stack of N
+        copies, and `rate * u[i] * (1 - u[i])` then needs nothing of its own on the tape."""
         key = ("recomputable", value.id)
         if key not in self.memo:
             self.memo[key] = False  # guards against cycles while deciding
@@ -154,8 +158,22 @@ class Context:
             self.memo[key] = (
                 (self.forward.params and value is self.forward.params[0]) or
                 (op is not None and op.kind in RECOMPUTABLE and value.type.rank == 0 and
-                 all(a.id not in self.defined or self._recomputable(a) for a in op.args)))
+                 all(self._available(a) for a in op.args)) or
+                (op is not None and op.kind == "index" and self.stacked and op.args[0].id not in self.defined
+                 and op.args[0].type.size <= self._trips() * value.type.size
+                 and all(self._available(a) for a in op.args[1:])))
         return bool(self.memo[key])
+
+    def _available(self, value: Value) -> bool:
+        """The adjoint can have `value` without this region keeping it."""
+        return value.id not in self.defined or self._recomputable(value)
+
+    def _trips(self) -> int:
+        return self.op_of_region.attrs["hi"] - self.op_of_region.attrs["lo"]
+
+    def cheap(self, value: Value) -> bool:
+        """Whether this region's adjoint recomputes `value` rather than keeping it."""
+        return value.id in self.defined and self.forward is not None and self._recomputable(value)
 
     def keep(self, value: Value) -> Value:
         """Have the forward region yield `value` (stacked over iterations in a loop or comprehension)."""

@@ -5,7 +5,8 @@ The driver (reverse.py) asks this module, at each site:
   reweighted so that its expectation is the tensor. At the site's draw level the forward pass packs
   the drawn entries (`gate_pack`: only they reach the tape) and the adjoint unpacks them
   (`gate_unpack`); inside comprehensions the whole stacked tensor is packed once and each element
-  reads its row.
+  reads its row, unless the adjoint recomputes the element: then it is the element times its
+  entry of the weighted gate (what unpacking its pack would give), and nothing is kept.
 - `mask(ctx, entry)`: the weighted gate itself, for edge sites (no tape involved).
 - `partial(ctx, op, k)`: the elementwise partial of edge k, computed in the forward pass from the
   adjoint rule applied to ones (for primitives whose adjoint is `g * partial`).
@@ -77,7 +78,10 @@ def gated(ctx, entry: SiteEntry, value: Value) -> Value:
     key = ("gated", entry.site.id)
     if key in ctx.memo:
         return ctx.memo[key]
-    if ctx.is_comprehension:
+    if ctx.is_comprehension and ctx.cheap(value) and ctx.state.score != "forward":
+        # recomputed in the adjoint: gated there, entry by entry, with nothing kept
+        result = ctx.op("mul", ctx.primal(value), mask(ctx, entry))
+    elif ctx.is_comprehension:
         whole = gated(ctx.parent, entry, ctx.keep(value))  # stacked, not read by the adjoint
         result = ctx.row(whole)
     else:

@@ -73,6 +73,10 @@ class FunctionEmitter:
         else:
             self._pointers[value.id] = self.b.bitcast(pointer, target, name=llvm_name(value.hint))
 
+    def bind_view(self, value: Value, source: Value, offset):
+        """`value` is `source`'s storage from element `offset` on."""
+        self._pointers[value.id] = self.b.gep(self.pointer(source), [offset], inbounds=True, name=llvm_name(value.hint))
+
     def pointer(self, value: Value):
         vid = self.plan.owner(value)
         if vid not in self._pointers:

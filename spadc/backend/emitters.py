@@ -259,6 +259,9 @@ def _dynamic_indices(e, op, first: int):
 def _index(e, op):
     out = op.result
     shape, offset = _index_offsets(e, op, _dynamic_indices(e, op, 1))
+    if out.id in e.plan.views:  # a contiguous run: a pointer into the operand (spadc/backend/memory.py)
+        e.bind_view(out, op.args[0], offset([I64(0)] * len(shape)))
+        return
     with e.nest(shape) as index:
         e.store(out, e.linear(index, _strides(shape)), e.load(op.args[0], offset(index)))
 

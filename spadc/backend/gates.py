@@ -1,4 +1,5 @@
-"""LLVM emitters of the path-sampling primitives: `gate_pack`, `gate_unpack`, `gate_mask`, `score_add`.
+"""LLVM emitters of the path-sampling primitives: `gate_pack`, `gate_unpack`, `gate_mask`,
+`gate_outer_add`, `score_add`.
 
 Each computes exactly what spadc/ir/draws.py computes, operation for operation, so the compiled
 estimate and the interpreter's agree to the bit. The kernel supplies three buffers through
@@ -169,6 +170,33 @@ def _rebuild(e, op, packed):
                 e.store(out, i, zero)
 
 
+def _gate_outer_add(e, op):
+    # out = acc; for each kept entry c of `packed`, at column idx with weight w: out[:, idx] += a * (c * w)
+    acc, a, packed = op.args
+    out, attrs = op.result, op.attrs
+    b = e.b
+    e.copy(acc, out)
+    m, n = out.type.shape
+    key = _key(e, attrs)
+
+    def update(column, value):
+        with e.loop(m, "i") as i:
+            at = b.add(b.mul(i, I64(n)), column)
+            e.store(out, at, b.fadd(e.load(out, at), b.fmul(e.load(a, i), value)))
+
+    if attrs["draw"] == "with_replacement":
+        with _draws(e, attrs, key) as (j, index, weight):
+            update(index, b.fmul(e.load(packed, j), _to_float(e, weight)))
+        return
+    position = e.alloca(I64, "next")
+    b.store(I64(0), position)
+    with _entries(e, attrs, key) as (i, kept, weight):
+        with b.if_then(kept):
+            at = b.load(position)
+            update(i, b.fmul(e.load(packed, at), _to_float(e, weight)))
+            b.store(b.add(at, I64(1)), position)
+
+
 def _score_add(e, op):
     # scores[offset + sum(row_l * stride_l) + j] += |values[j]|; the result is the values themselves
     values, *rows = op.args
@@ -184,4 +212,4 @@ def _score_add(e, op):
 
 
 GATE_EMITTERS = {"gate_pack": _gate_pack, "gate_unpack": _gate_unpack, "gate_mask": _gate_mask,
-                 "score_add": _score_add}
+                 "gate_outer_add": _gate_outer_add, "score_add": _score_add}

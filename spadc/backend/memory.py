@@ -17,11 +17,13 @@ Invariants:
 - The program's own params and inputs live in the caller's buffers, never in the workspace.
 - A loop's final carried values share the storage of its body's carried parameters, which live
   for the whole loop; its stacked (kept) results live from the loop's start.
-- An elementwise op, or `index_add`/`outer_add`, writes in place over an operand of the same type
+- An elementwise op, or `index_add`/`outer_add`/`gate_outer_add`, writes in place over an operand of the same type
   when that operand dies at the op and belongs to the op's own block: each output entry depends
   only on the same entry of its operands, so reading and writing one buffer is safe. This makes
   accumulating adjoints in loops O(1) per update instead of a copy of the whole accumulator.
-- A result never shares bytes with an operand it reads, other than such a donor.
+- A result never shares bytes with an operand it reads, other than such a donor, or than the
+  operand of an `index` that is one contiguous run of it: such a view is a pointer into the
+  operand, which then lives as long as the view; a view is never written in place.
 - A loop whose carried yields would overwrite one another when copied back (`a, b = b, a`) gets
   staging slots in the workspace (`MemoryPlan.staging`), live only while the copy runs.
 - Every slot is aligned to 64 bytes.
@@ -50,12 +52,20 @@ class MemoryPlan:
     offsets: dict[int, int] = field(default_factory=dict)  # value id -> byte offset (tensors with own storage)
     shared: dict[int, int] = field(default_factory=dict)  # value id -> id of the value whose storage it uses
     staging: dict[int, list[int]] = field(default_factory=dict)  # id(loop op) -> offset per carried yield
+    views: dict[int, int] = field(default_factory=dict)  # value id -> id of the value it is a contiguous part of
     size: int = 0  # the peak: bytes the workspace needs
 
     def owner(self, value: Value) -> int:
+        """The value whose storage `value` is (views excepted: they have their own pointer)."""
         vid = value.id
         while vid in self.shared:
             vid = self.shared[vid]
+        return vid
+
+    def storage_of(self, vid: int) -> int:
+        """The value whose bytes `vid` lives in, through shares and views."""
+        while vid in self.shared or vid in self.views:
+            vid = self.shared.get(vid, self.views.get(vid))
         return vid
 
 
@@ -202,9 +212,12 @@ def _share_block(block: Block, schedule: _Schedule, plan_: MemoryPlan, storage: 
             _share_block(region, schedule, plan_, storage, external, set(), op if op.kind == "loop" else None)
         if op.kind == "loop":
             _share_loop(op, schedule, plan_, storage)
+        elif is_view(op):
+            plan_.views[op.result.id] = op.args[0].id
+            storage.extend(plan_.storage_of(op.args[0].id), op.result)
         else:
             for result in op.results:
-                donor = _in_place_donor(op, result, owned, schedule) if result.type.rank else None
+                donor = _in_place_donor(op, result, owned, schedule, plan_, storage) if result.type.rank else None
                 if donor is not None:
                     plan_.shared[result.id] = donor.id
                     storage.extend(plan_.owner(donor), result)
@@ -235,6 +248,17 @@ def _share_loop(op: Op, schedule: _Schedule, plan_: MemoryPlan, storage: _Storag
         plan_.staging[id(op)] = keys
 
 
+def is_view(op: Op) -> bool:
+    """An `index` whose result is one contiguous run of its operand (`x[t]`, `x[t, 2:5]`, `x[1:3, :]`):
+    it needs no bytes of its own, only a pointer into the operand's."""
+    if op.kind != "index" or not op.result.type.rank:
+        return False
+    spec, shape = op.attrs["spec"], op.args[0].type.shape
+    first_slice = next(axis for axis, (kind, *_) in enumerate(spec) if kind == "slice")
+    return all(kind == "slice" and tuple(rest) == (0, n)
+               for (kind, *rest), n in zip(spec[first_slice + 1:], shape[first_slice + 1:]))
+
+
 def _carry_in_place(op: Op, owned: set[int], schedule: _Schedule, plan_: MemoryPlan):
     """A carried param takes over the storage of its initial value when that value dies at the
     loop (a gradient accumulator carried by a reversed loop then sums in the caller's buffer)."""
@@ -243,21 +267,25 @@ def _carry_in_place(op: Op, owned: set[int], schedule: _Schedule, plan_: MemoryP
     for arg, param in zip(op.args, body.params[1:]):
         owner = plan_.owner(arg)
         if (param.type.rank and arg.type == param.type and arg.id in owned and owner not in taken
-                and schedule.last[arg.id] == schedule.start[id(op)]):
+                and arg.id not in plan_.views and schedule.last[arg.id] == schedule.start[id(op)]):
             plan_.shared[param.id] = arg.id
             taken.add(owner)
 
 
-def _in_place_donor(op: Op, result: Value, owned: set[int], schedule: _Schedule) -> Value | None:
-    if op.kind in ("index_add", "outer_add"):  # they update their first operand entry by entry
+def _in_place_donor(op: Op, result: Value, owned: set[int], schedule: _Schedule, plan_: MemoryPlan,
+                    storage: _Storage) -> Value | None:
+    if op.kind in ("index_add", "outer_add", "gate_outer_add"):  # they update their first operand entry by entry
         candidates = op.args[:1]
     elif op.kind in primitives.PRIMITIVES and primitives.PRIMITIVES[op.kind].family in _IN_PLACE_FAMILIES:
         candidates = op.args
     else:
         return None
+    time = schedule.start[id(op)]
     for arg in candidates:
-        if arg.type == result.type and arg.id in owned and schedule.last[arg.id] == schedule.start[id(op)]:
-            return arg
+        interval = storage.intervals.get(plan_.storage_of(arg.id))
+        if (arg.type == result.type and arg.id in owned and arg.id not in plan_.views
+                and schedule.last[arg.id] == time and (interval is None or interval[1] <= time)):
+            return arg  # nothing else (a view of it) reads these bytes later
     return None
 
 

@@ -76,6 +76,21 @@ def unpack(packed: np.ndarray, attrs, key: rng.Stream, data) -> np.ndarray:
     return out.reshape(attrs["shape"])
 
 
+def outer_add(acc: np.ndarray, a: np.ndarray, packed: np.ndarray, attrs, key: rng.Stream, data) -> np.ndarray:
+    """acc + outer(a, unpack(packed)), one kept column at a time (draw by draw, as compiled code
+    does): the cost is that of the kept entries, not of all d."""
+    out = acc.copy()
+    if attrs["draw"] == "with_replacement":
+        indices, weights = with_replacement(attrs, key, data)
+        for j in range(attrs["k"]):
+            out[:, indices[j]] += a * (packed[j] * weights[j])
+    else:
+        kept, weights = bernoulli(attrs, key, data)
+        for position, i in enumerate(np.flatnonzero(kept)):
+            out[:, i] += a * (packed[position] * weights[i])
+    return out
+
+
 def mask(attrs, key: rng.Stream, data) -> np.ndarray:
     """The weighted gate itself (draw counts times weights), for edge sites."""
     out = np.zeros(attrs["d"])

@@ -507,6 +507,17 @@ _define("gate_pack", 1, _gate_pack_infer, _gate_pack_evaluate, "random",
 _define("gate_unpack", 1, _gate_unpack_infer,
         lambda args, attrs, ctx: draws.unpack(args[0], attrs, ctx.key(attrs), ctx.site_data), "random",
         "the residual rebuilt from its packed entries, reweighted, zero elsewhere: unbiased for it")
+def _gate_outer_add_infer(types, attrs):
+    acc, a, packed = types
+    _require(acc == F64.with_shape(a.shape + (attrs["d"],)) and a.rank == 1 and len(attrs["shape"]) == 1
+             and packed == F64.with_shape((attrs["k"],)), f"gate_outer_add of {a} and {packed} into {acc}")
+    return acc
+
+
+_define("gate_outer_add", 3, _gate_outer_add_infer,
+        lambda args, attrs, ctx: draws.outer_add(*args, attrs, ctx.key(attrs), ctx.site_data), "random",
+        "outer_add(acc, a, gate_unpack(packed)) column by kept column: a sampled weight gradient that "
+        "costs what it keeps")
 _define("gate_mask", 0, lambda types, attrs: F64.with_shape(tuple(attrs["shape"])),
         lambda args, attrs, ctx: draws.mask(attrs, ctx.key(attrs), ctx.site_data), "random",
         "the weighted gate of an edge site (draw counts times weights)")

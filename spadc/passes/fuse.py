@@ -1,8 +1,10 @@
-"""Fusion of `add(acc, outer(a, b))` into `outer_add(acc, a, b)`.
+"""Fusion of `add(acc, outer(a, b))` into `outer_add(acc, a, b)`, and of
+`outer_add(acc, a, gate_unpack(p))` into `gate_outer_add(acc, a, p)`.
 
 Weight gradients of matrix-vector products are outer products summed into an accumulator; fused,
 each is one pass over the matrix, in place, instead of a temporary matrix written and read again.
-The `outer` must have no other use, in its block or in regions nested in it.
+A sampled one then touches only the kept columns, and the dense stand-in of the gated residual is
+never made. The fused-away value must have no other use, in its block or in regions nested in it.
 """
 
 from __future__ import annotations
@@ -48,5 +50,20 @@ def _fuse(block: Block, uses: Counter) -> Block:
                 ops.append(op)
             continue
         ops.append(Op(op.kind, op.args, op.results, op.attrs, op.loc, op.inlined_at, regions) if regions else op)
-    return Block(list(block.params), [op for op in ops if not (op.kind == "outer" and op.result.id in fused_outers)],
-                 list(block.yields))
+    ops = [op for op in ops if not (op.kind == "outer" and op.result.id in fused_outers)]
+    return Block(list(block.params), _fuse_gated(ops, uses), list(block.yields))
+
+
+def _fuse_gated(ops: list[Op], uses: Counter) -> list[Op]:
+    unpacks = {op.result.id: op for op in ops if op.kind == "gate_unpack" and uses[op.result.id] == 1
+               and len(op.attrs["shape"]) == 1}
+    fused, result = set(), []
+    for op in ops:
+        source = unpacks.get(op.args[2].id) if op.kind == "outer_add" else None
+        if source is None:
+            result.append(op)
+            continue
+        fused.add(source.result.id)
+        result.append(Op("gate_outer_add", (op.args[0], op.args[1], source.args[0]), op.results, dict(source.attrs),
+                         op.loc, op.inlined_at))
+    return [op for op in result if not (op.kind == "gate_unpack" and op.result.id in fused)]
