@@ -74,9 +74,23 @@ def build(path: str, output: str, header: str | None = None, target: str | None 
     for target_path, what in ((output, "output"), (header, "header")):
         if target_path:
             check_writable(target_path, what)
+    shared = output.endswith(".so")
+    module, layout, prefix = kernels_module(path, dtype, estimators, keep, policy, draw, share, shared)
+    machine = _target_machine(target, cpu)
+    optimised = jit.optimise(str(module), machine)
+    _write(output, machine.emit_object(optimised), shared, linker)
+    if header:
+        with atomic_write(header, "header") as f:
+            f.write(c_header(layout, prefix, os.path.basename(path), dtype).encode("utf-8"))
+    return layout
+
+
+def kernels_module(path: str, dtype: str = "f64", estimators=ESTIMATOR_NAMES, keep: float = 0.1,
+                   policy: str = "weights", draw: str = "with_replacement", share: str = "sample",
+                   shared: bool = False) -> tuple[ir.Module, dict, str]:
+    """(the LLVM module of every kernel of a build, its layout, the symbols' prefix)."""
     program = frontend.lower(frontend.check_file(path))
     prefix = _identifier(program.name)
-    shared = output.endswith(".so")
     module = ir.Module(name=program.name)
     layout, outputs = kernels.base_layout(program, dtype)
     layout["forward"] = kernels.forward_kernel(module, program, layout, outputs, dtype, f"{prefix}_forward")
@@ -91,13 +105,7 @@ def build(path: str, output: str, header: str | None = None, target: str | None 
     _metadata(module, prefix, text)
     if shared:
         _metadata(module, "spadrt", text)
-    machine = _target_machine(target, cpu)
-    optimised = jit.optimise(str(module), machine)
-    _write(output, machine.emit_object(optimised), shared, linker)
-    if header:
-        with atomic_write(header, "header") as f:
-            f.write(c_header(layout, prefix, os.path.basename(path), dtype).encode("utf-8"))
-    return layout
+    return module, layout, prefix
 
 
 def _identifier(name: str) -> str:

@@ -2,6 +2,7 @@
 C example trains; objects for four targets; an aarch64 build runs under qemu when it is there."""
 
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -178,3 +179,38 @@ def test_build_errors():
         aot.build(example("mlp.spad"), "model.o", estimators=("adam",))
     with pytest.raises(spadc.SpadcError, match="unknown target"):
         aot.build(example("mlp.spad"), "model.o", target="vax-dec-vms")
+
+
+STACK_ARRAY_LIMIT = 256  # bytes: the most a kernel may keep in one stack array (microcontroller stacks are small)
+_ALLOCA = re.compile(r"= alloca (\[(\d+) x (\w+)\]|\w+)(, i64 %)?")
+_SCALAR_BYTES = {"i1": 1, "i8": 1, "i64": 8, "double": 8, "float": 4}
+
+
+SWAP = """
+param x: f64[100]
+let a = x
+let b = x * 2.0
+for t in 0..3 {
+  let c = a
+  a = b
+  b = c
+}
+loss sum(a * b)
+"""  # the carried values trade places: the copy back is staged (once through a 400-byte stack array)
+
+
+@pytest.mark.parametrize("name", ["mlp_digits.spad", "irnn.spad", "reaction_diffusion.spad", "swap"])
+def test_thumbv7em_kernels_keep_no_stack_array_above_256_bytes(name, tmp_path):
+    # Every tensor lives in the workspace; the stack holds scalars and Philox's 32-byte lane buffer.
+    from spadc.backend import jit
+    if name == "swap":
+        (tmp_path / "swap.spad").write_text(SWAP)
+    module, _, _ = aot.kernels_module(str(tmp_path / "swap.spad") if name == "swap" else example(name), dtype="f32")
+    machine = aot._target_machine("thumbv7em-none-eabihf", None)
+    optimised = str(jit.optimise(str(module), machine))
+    arrays = []
+    for match in _ALLOCA.finditer(optimised):
+        assert not match.group(4), f"a stack array of run-time size: {match.group(0)}"
+        count, element = (int(match.group(2)), match.group(3)) if match.group(2) else (1, match.group(1))
+        arrays.append(count * _SCALAR_BYTES[element])
+    assert max(arrays, default=0) <= STACK_ARRAY_LIMIT, max(arrays)
