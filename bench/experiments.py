@@ -10,8 +10,9 @@ the seeds determine, so rerunning a command reproduces its table.
    0.1, 0.3, 0.5, over 10 seeds (the site policy is `products`: these programs have no weights).
 2. overfitting: the 64-256-256-10 digits MLP trained on 200 samples and tested on the other 1597:
    exact, dropout 0.5, RAD and SPAD at keep 0.1 and 0.3, 5 seeds.
-3. memory: the reaction-diffusion model over 10000 steps and an IRNN over 784-pixel sequences,
-   at keep 1, 0.3, 0.1, 0.01: tape bytes per sample and the loss reached in a fixed budget.
+3. memory (bench/memory.py): the digits MLP, an IRNN over rows of digits and reaction-diffusion
+   over 10,000 steps, at keep 1, 0.3, 0.1, 0.03: tape per sample, peak workspace, and the loss and
+   accuracy reached in a fixed budget; PyTorch's saved-tensor bytes beside them when installed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import warnings
 import numpy as np
 
 import spadc
-from spadrt.estimators import SamplingWarning, variant_key
+from spadrt.estimators import SamplingWarning
 
 from . import figures
 
@@ -195,92 +196,11 @@ def _accuracy(model, data) -> float:
     return accuracy(model, data)
 
 
-# ---- 3. memory ----------------------------------------------------------------------------------------
-
-MEMORY_KEEPS = (1.0, 0.3, 0.1, 0.01)
-DIFFUSION_STEPS = 40
-IRNN_STEPS = 40
-
-
-def diffusion_task():
-    grid = np.arange(64) / 64
-    u0 = 0.5 + 0.1 * np.cos(2 * np.pi * grid)
-    model = spadc.compile_file(os.path.join(EXAMPLES, "reaction_diffusion_long.spad"))
-    truth = {"source": 0.5 * np.sin(2 * np.pi * grid), "rate": 1.0}
-    target = model.forward(u0=u0, target=np.zeros(64), params=truth).outputs["final"]
-    return model, {"u0": u0, "target": target}
-
-
-def pixel_sequences(count: int):
-    """Digits upsampled (bilinear) from 8x8 to 28x28 and read pixel by pixel: 784 steps each."""
-    with np.load(os.path.join(EXAMPLES, "data", "digits_train.npz")) as data:
-        x, label = data["x"][:count], data["label"][:count]
-    source_axis, target_axis = np.linspace(0, 7, 8), np.linspace(0, 7, 28)
-    images = x.reshape(-1, 8, 8)
-    rows = np.stack([[np.interp(target_axis, source_axis, row) for row in image] for image in images])
-    full = np.stack([[np.interp(target_axis, source_axis, column) for column in image.T] for image in rows])
-    return {"seq": full.transpose(0, 2, 1).reshape(count, 784), "label": label}
-
-
-def train_for(model, data: dict, estimator, steps: int, lr: float, batch: int | None = None) -> tuple[float, float, float]:
-    """(initial loss, loss after `steps` Adam steps, tape bytes per sample on the last step)."""
-    model.init_params(0)
-    optimizer = spadc.Adam(lr=lr)
-    initial = float(np.mean(model.loss(**data)))
-    n = len(next(iter(data.values())))
-    rng = np.random.default_rng(0)
-    tape = 0.0
-    for step in range(steps):
-        picked = rng.choice(n, batch, replace=False) if batch else slice(None)
-        inputs = {k: v[picked] for k, v in data.items()}
-        options = {} if isinstance(estimator, spadc.SPAD) else {"step": step}
-        _, grads, tape = model.flat_grad(estimator=estimator, seed=0, **options, **inputs)
-        optimizer.step(model.flat_params, grads, lr)
-        model.project_params()
-    return initial, float(np.mean(model.loss(**data))), tape
-
+# ---- 3. memory: bench/memory.py ------------------------------------------------------------------------
 
 def memory():
-    sections, points = [], {}
-    diffusion, diffusion_data = diffusion_task()
-    irnn = spadc.compile_file(os.path.join(EXAMPLES, "irnn_784.spad"))
-    irnn_data = pixel_sequences(256)
-    tasks = [("Reaction-diffusion, 10000 steps (fit the source; one trajectory)", diffusion, diffusion_data,
-              DIFFUSION_STEPS, 0.05, None),
-             ("IRNN, 784-step pixel sequences (256 upsampled digits, minibatches of 32)", irnn, irnn_data,
-              IRNN_STEPS, 1e-3, 32)]
-    for title, model, data, steps, lr, batch in tasks:
-        rows = [f"### {title}", "", f"Adam, lr {lr}, {steps} steps. Tape bytes per sample as the compiled code "
-                "counted them (for SPAD: a step between evaluation steps).", "",
-                "| estimator | keep | tape bytes per sample | share of exact | initial loss | final loss |",
-                "|---|---:|---:|---:|---:|---:|"]
-        exact_tape = None
-        series = points.setdefault(title.split(" (")[0], {})
-        for keep in MEMORY_KEEPS:
-            estimators = [("exact", spadc.Exact())] if keep == 1.0 else [
-                ("RAD", spadc.RAD(keep=keep)), ("SPAD", spadc.SPAD(keep=keep, refresh=steps + 1))]
-            for name, estimator in estimators:
-                if isinstance(estimator, spadc.SPAD):  # the tape of a step that follows the ranking
-                    one = {k: v[:1] for k, v in data.items()} if batch else data
-                    tape = model.grad(**one, estimator=spadc.RAD(keep=keep), stats=True)[2]["tape_bytes"]
-                    initial, final, _ = train_for(model, data, estimator, steps, lr, batch)
-                else:
-                    initial, final, tape = train_for(model, data, estimator, steps, lr, batch)
-                exact_tape = exact_tape or tape
-                if name != "SPAD":  # SPAD keeps what RAD keeps; keep 1 is the exact gradient
-                    workspace = model.layout["variants"][variant_key(estimator.sampling)]["workspace"]
-                    series.setdefault("tape per sample", []).append((keep, tape))
-                    series.setdefault("workspace per kernel call", []).append((keep, workspace))
-                rows.append(f"| {name} | {keep} | {tape:,.0f} | {100 * tape / exact_tape:.1f}% | {initial:.4g} | "
-                            f"{final:.4g} |")
-                print(f"  {title[:20]} {name} {keep} done", file=sys.stderr)
-        sections.append("\n".join(rows))
-    write("memory", "Experiment 3: memory", "python -m bench.experiments memory",
-          "Tape memory per sample against the loss reached in a fixed number of steps, for two models whose "
-          "exact tape grows with their length. The `weights` site policy (the default). The figure memory.png "
-          "plots the tape and the workspace a gradient kernel allocates (tape included) against keep; keep 1 is "
-          "the exact gradient.", "\n\n".join(sections))
-    figures.memory_figure(points, os.path.join(RESULTS, "memory.png"))
+    from . import memory as experiment
+    experiment.run(write)
 
 
 EXPERIMENTS = {"optimisation": optimisation, "overfitting": overfitting, "memory": memory}

@@ -225,7 +225,8 @@ def c_header(layout: dict, prefix: str, source: str, dtype: str) -> str:
     for k, spec in enumerate(layout["outputs"]):
         name = re.sub(r"\W", "_", spec["name"]).upper()
         lines.append(f"#define {upper}_OUTPUT_{name.lstrip('_')} {k}  /* {spec['name']}: {spec['dtype']}{_shape(spec['shape'])} */")
-    lines += ["", "/* Workspace (the tape lives in it) in bytes, 64-byte aligned, one per kernel; the caller provides it. */",
+    lines += ["", "/* Peak workspace of one kernel call in bytes (the tape and every temporary, placed by liveness),",
+              "   64-byte aligned, one per kernel; the caller provides it. The tape: bytes kept per sample. */",
               f"#define {upper}_WORKSPACE_FORWARD {layout['forward']['workspace']}"]
     suffixes = {entry["symbol"].rsplit("_grad_", 1)[1]: entry for entry in layout["variants"].values()}
     for suffix, entry in suffixes.items():

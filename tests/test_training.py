@@ -203,8 +203,9 @@ def test_experiment_runs_are_reproducible():
         again, again_curve = experiments.minimise(model, make(), 0.01, seed=3)
         assert first == again and np.array_equal(curve, again_curve) and curve[-1] == first
         assert first != experiments.minimise(model, make(), 0.01, seed=4)[0]
-    data = experiments.pixel_sequences(4)
-    assert data["seq"].shape == (4, 784) and data["seq"].max() <= 1.0
+    from bench import memory
+    data = memory.digit_rows("test")
+    assert data["seq"].shape == (len(data["label"]), 28, 28) and 0.0 <= data["seq"].min() and data["seq"].max() <= 1.0
 
 
 def test_a_model_without_inputs_fits_for_steps():

@@ -97,6 +97,8 @@ def _pack_and_unpack(ctx, entry: SiteEntry, value: Value) -> Value:
         attrs = entry.attrs(state.sampling, kept=False, forward_scores=forward_scores)
         return ctx.op("gate_unpack", ctx.op("gate_pack", ctx.primal(value), **attrs), **attrs)
     attrs = entry.attrs(state.sampling, kept=True, forward_scores=forward_scores)
+    if ctx.op_of_region is not None and ctx.op_of_region.kind == "cond":
+        attrs["counted"] = False  # it goes into the branch's record, which the tape counts instead
     packed = Value(F64.with_shape((entry.k,)), f"{value.hint}.kept" if value.hint else "kept")
     ctx.inserts.append(Op("gate_pack", (value,), (packed,), attrs, entry.site.loc, entry.site.op.inlined_at))
     ctx.defined.add(packed.id)

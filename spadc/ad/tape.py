@@ -5,7 +5,8 @@ two agree exactly (ESTIMATORS.md section 6):
 - a forward `loop`'s kept values (its yields beyond the carried ones) count once per iteration,
   except those that are themselves stacks of an inner loop (counted there) or packs of a gate;
 - a kept `gate_pack` counts what it stores when it runs: k values, or for a Bernoulli draw the kept
-  count (statically, its expectation keep * d);
+  count (statically, its expectation keep * d); in a `cond` branch its values go into the branch's
+  record, which counts them instead;
 - values the adjoint reads at the top level count once per sample, except loops' stacked values
   and packs (a loop's final carried values do count: the adjoint reads them where they are);
 - a `cond`'s kept values are one record per branch in one shared result: the larger branch's.
@@ -60,7 +61,7 @@ def plan_tape(gradient: GradientProgram, float_bytes: int = 8) -> TapePlan:
     def visit(block: Block, multiplicity: int):
         for op in block.ops:
             trips = op.attrs["hi"] - op.attrs["lo"] if op.kind in ("loop", "tabulate") else 1
-            if op.kind == "gate_pack" and op.attrs["kept"]:
+            if op.kind == "gate_pack" and op.attrs["kept"] and op.attrs.get("counted", True):
                 kept = pack_bytes(op.attrs, float_bytes) * multiplicity
                 plan.static_bytes += kept
                 plan.site_bytes[op.attrs["site"]] = plan.site_bytes.get(op.attrs["site"], 0) + kept

@@ -101,6 +101,11 @@ def _float_bytes(e) -> int:
     return 8 if e.float == DOUBLE else 4
 
 
+def _counted(attrs) -> bool:
+    """Whether a pack counts its own bytes (not when a cond's record, counted as a whole, holds them)."""
+    return attrs["kept"] and attrs.get("counted", True)
+
+
 def _count(e, nbytes):
     counter = e.options["stored"]
     e.b.store(e.b.add(e.b.load(counter), nbytes), counter)
@@ -118,7 +123,7 @@ def _gate_pack(e, op):
     if attrs["draw"] == "with_replacement":
         with _draws(e, attrs, key) as (j, index, _):
             e.store(out, j, e.load(x, index))
-        if attrs["kept"]:
+        if _counted(attrs):
             _count(e, I64(_float_bytes(e) * attrs["k"]))
         return
     count = e.alloca(I64, "kept")
@@ -130,7 +135,7 @@ def _gate_pack(e, op):
             b.store(b.add(position, I64(1)), count)
     with e.loop(b.sub(I64(attrs["d"]), b.load(count)), "z", start=b.load(count)) as j:
         e.store(out, j, ir.Constant(e.float, 0.0))
-    if attrs["kept"]:
+    if _counted(attrs):
         _count(e, b.mul(b.load(count), I64(_float_bytes(e))))
 
 

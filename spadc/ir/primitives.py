@@ -492,7 +492,8 @@ def _gate_pack_evaluate(args, attrs, ctx):
     key = ctx.key(attrs)
     if attrs.get("scores", -1) >= 0:  # score="forward": accumulate |residual| where it is drawn
         ctx.add_scores(attrs["scores"], np.abs(args[0]).reshape(-1))
-    ctx.count_stored(8 * draws.stored_count(attrs, key, ctx.site_data))
+    if attrs["kept"] and attrs.get("counted", True):
+        ctx.count_stored(8 * draws.stored_count(attrs, key, ctx.site_data))
     return draws.pack(args[0], attrs, key, ctx.site_data)
 
 
