@@ -120,23 +120,30 @@ def _gate_pack(e, op):
         with e.loop(attrs["d"], "i") as i:
             at = b.gep(e.options["scores"], [b.add(I64(attrs["scores"]), i)], inbounds=True)
             b.store(b.fadd(b.load(at), _widen(e, call(e, "llvm.fabs", e.load(x, i)))), at)
+    count = _for_kept(e, attrs, key, lambda position, index, _: e.store(out, position, e.load(x, index)))
+    if attrs["draw"] != "with_replacement":
+        with e.loop(b.sub(I64(attrs["d"]), count), "z", start=count) as j:
+            e.store(out, j, ir.Constant(e.float, 0.0))
+    if _counted(attrs):
+        _count(e, b.mul(count, I64(_float_bytes(e))))
+
+
+def _for_kept(e, attrs, key, body):
+    """Call body(position among the kept, entry index, weight as a double) for each kept entry, in
+    order: the k draws with replacement, or the entries a Bernoulli draw kept. Returns the count."""
     if attrs["draw"] == "with_replacement":
-        with _draws(e, attrs, key) as (j, index, _):
-            e.store(out, j, e.load(x, index))
-        if _counted(attrs):
-            _count(e, I64(_float_bytes(e) * attrs["k"]))
-        return
+        with _draws(e, attrs, key) as (j, index, weight):
+            body(j, index, weight)
+        return I64(attrs["k"])
+    b = e.b
     count = e.alloca(I64, "kept")
     b.store(I64(0), count)
-    with _entries(e, attrs, key) as (i, kept, _):
+    with _entries(e, attrs, key) as (i, kept, weight):
         with b.if_then(kept):
             position = b.load(count)
-            e.store(out, position, e.load(x, i))
+            body(position, i, weight)
             b.store(b.add(position, I64(1)), count)
-    with e.loop(b.sub(I64(attrs["d"]), b.load(count)), "z", start=b.load(count)) as j:
-        e.store(out, j, ir.Constant(e.float, 0.0))
-    if _counted(attrs):
-        _count(e, b.mul(b.load(count), I64(_float_bytes(e))))
+    return b.load(count)
 
 
 def _gate_unpack(e, op):
@@ -184,22 +191,13 @@ def _gate_outer_add(e, op):
     m, n = out.type.shape
     key = _key(e, attrs)
 
-    def update(column, value):
+    def update(position, column, weight):
+        value = b.fmul(e.load(packed, position), _to_float(e, weight))
         with e.loop(m, "i") as i:
             at = b.add(b.mul(i, I64(n)), column)
             e.store(out, at, b.fadd(e.load(out, at), b.fmul(e.load(a, i), value)))
 
-    if attrs["draw"] == "with_replacement":
-        with _draws(e, attrs, key) as (j, index, weight):
-            update(index, b.fmul(e.load(packed, j), _to_float(e, weight)))
-        return
-    position = e.alloca(I64, "next")
-    b.store(I64(0), position)
-    with _entries(e, attrs, key) as (i, kept, weight):
-        with b.if_then(kept):
-            at = b.load(position)
-            update(i, b.fmul(e.load(packed, at), _to_float(e, weight)))
-            b.store(b.add(at, I64(1)), position)
+    _for_kept(e, attrs, key, update)
 
 
 def _score_add(e, op):

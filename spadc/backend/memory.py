@@ -171,6 +171,7 @@ class _Storage:
         self.float_bytes = float_bytes
         self.intervals: dict[int, list[int]] = {}  # owner id -> [first, last] time
         self.sizes: dict[int, int] = {}
+        self.viewed: dict[int, int] = {}  # owner id -> the last use of any view into its bytes
 
     def own(self, value: Value, during: Op | None = None):
         """Give `value` its own bytes; a loop's carried param (`during` the loop) keeps them for the
@@ -214,7 +215,9 @@ def _share_block(block: Block, schedule: _Schedule, plan_: MemoryPlan, storage: 
             _share_loop(op, schedule, plan_, storage)
         elif is_view(op):
             plan_.views[op.result.id] = op.args[0].id
-            storage.extend(plan_.storage_of(op.args[0].id), op.result)
+            owner = plan_.storage_of(op.args[0].id)
+            storage.extend(owner, op.result)
+            storage.viewed[owner] = max(storage.viewed.get(owner, 0), schedule.last[op.result.id])
         else:
             for result in op.results:
                 donor = _in_place_donor(op, result, owned, schedule, plan_, storage) if result.type.rank else None
@@ -282,10 +285,9 @@ def _in_place_donor(op: Op, result: Value, owned: set[int], schedule: _Schedule,
         return None
     time = schedule.start[id(op)]
     for arg in candidates:
-        interval = storage.intervals.get(plan_.storage_of(arg.id))
         if (arg.type == result.type and arg.id in owned and arg.id not in plan_.views
-                and schedule.last[arg.id] == time and (interval is None or interval[1] <= time)):
-            return arg  # nothing else (a view of it) reads these bytes later
+                and schedule.last[arg.id] == time and storage.viewed.get(plan_.storage_of(arg.id), -1) <= time):
+            return arg  # and no view reads these bytes later
     return None
 
 
