@@ -69,8 +69,8 @@ def diffusion_task() -> Task:
                 "Every residual of a step is an entry of the state u, or arithmetic on one, which the adjoint "
                 "recomputes from u: the exact tape is u at each step (10,000 x 64 x 8 B) and the loss's 520 B. "
                 "The only site of the `weights` policy, `rate * u[i]`, has its residual recomputed too, so RAD "
-                "gates it without keeping anything: the same tape, and a peak 448 B higher for the gate's "
-                "weights. Path sampling cannot save memory on this model; it only adds noise.")
+                "gates it without keeping anything: the same tape and the same peak. Path sampling cannot save "
+                "memory on this model; it only adds noise.")
 
 
 def tasks() -> list[Task]:

@@ -119,7 +119,7 @@ class Context:
 
     def _field(self, value: Value) -> Value:
         """Read `value` from this branch's record. The record's storage is known only once both
-        branches are built (`settle_record`): until then fields read a stand-in."""
+        branches are built (reverse.py, `_settle_record`): until then fields read a stand-in."""
         if self.record_view is None:
             self.record_view = Value(TensorType("i64", (1,)), "tape")
         offset = self.record_size
