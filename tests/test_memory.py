@@ -15,7 +15,7 @@ import spadc
 from spadc.ad.reverse import gradient
 from spadc.ir.core import walk_ops
 from spadrt.estimators import SamplingWarning
-from spadrt.model import Model
+from spadrt.calls import Scratch
 
 from conftest import EXAMPLES, example
 
@@ -69,11 +69,10 @@ def test_a_cond_keeps_one_record_for_both_branches():
     assert cond.results[-1].type.shape == (8,)  # one result, sized for the larger branch
 
 
-def _garbage_workspace(self, kernel):
+def _garbage_workspace(self, size):
     """A fresh workspace of all-ones bytes (NaN as doubles, -1 as integers) for every call."""
-    buffer = np.full(kernel["workspace"] + 64, 0xFF, dtype=np.uint8)
-    self._garbage = buffer  # alive for the call
-    return buffer.ctypes.data + (-buffer.ctypes.data) % 64
+    self._garbage = np.full(size + 64, 0xFF, dtype=np.uint8)  # alive until the next call with this scratch
+    return self._garbage.ctypes.data + (-self._garbage.ctypes.data) % 64
 
 
 @pytest.mark.parametrize("name", ["mlp_digits.spad", "irnn.spad", "reaction_diffusion.spad", "cond_in_loop"])
@@ -83,7 +82,7 @@ def test_no_value_reads_workspace_bytes_it_did_not_write(name, monkeypatch):
     results = []
     for poisoned in (False, True):
         if poisoned:
-            monkeypatch.setattr(Model, "_workspace_for", _garbage_workspace)
+            monkeypatch.setattr(Scratch, "workspace", _garbage_workspace)
         model.init_params(SEED)
         losses = model.loss(**inputs)
         exact = model.grad(**inputs)

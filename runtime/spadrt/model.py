@@ -8,15 +8,22 @@ Invariants:
   it, so `model.params["W"][...] = x` changes the model.
 - An input with one more leading dimension than declared is a batch. `forward` and `loss` then
   give one loss per sample; `grad` gives the mean loss and the mean gradient.
+- Safe to call from many threads at once (spadrt/calls.py: each call has its own workspace and
+  status). A batch runs in chunks on `threads` cores (default: all), with the same bits for any
+  thread count. What is not safe: changing params (or `init_params`, `load`) while another thread
+  calls, and one SPAD estimator object driven from several threads (its step counter and
+  ranking are shared state: give each thread its own).
 """
 
 from __future__ import annotations
 
 import ctypes
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import calls
 from .errors import SpadcError
 from .estimators import SPAD, resolve, variant_key
 from .files import read_npz, save_npz
@@ -31,7 +38,7 @@ GRAD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POIN
 _NUMPY = {"i64": np.int64, "bool": np.bool_}
 # Keywords of forward/loss/grad that are not inputs: an input of one of these names must be passed
 # in `inputs=` (the checker warns about such names).
-CALL_OPTIONS = ("params", "estimator", "training", "seed", "step", "sample_offset", "stats", "inputs")
+CALL_OPTIONS = ("params", "estimator", "training", "seed", "step", "sample_offset", "stats", "inputs", "threads")
 _U64 = (1 << 64) - 1
 
 
@@ -62,9 +69,8 @@ class Model:
         self._variants: dict[str, tuple] = {}
         self._float = np.float64 if layout["dtype"] == "f64" else np.float32
         self._flat = np.zeros(layout["param_count"], dtype=self._float)  # never reallocated: views stay valid
-        self._status = np.zeros(3, dtype=np.int64)
-        self._address = {"params": self._flat.ctypes.data, "status": self._status.ctypes.data}
-        self._workspace = {}
+        self._scratch = calls.ScratchPool()
+        self._compile_lock = threading.Lock()
         self.init_params(0)
 
     # ---- parameters ----------------------------------------------------------------
@@ -128,19 +134,30 @@ class Model:
     # ---- evaluation ------------------------------------------------------------------
 
     def forward(self, *, params=None, training: bool = False, seed: int = 0, step: int = 0, sample_offset: int = 0,
-                inputs: dict | None = None, **keyword_inputs) -> ForwardResult:
+                threads: int | None = None, inputs: dict | None = None, **keyword_inputs) -> ForwardResult:
         """One loss per sample and the outputs. Inputs come as keywords or in `inputs=` (which any
         input name fits, even one spelt like an option such as `seed`)."""
         options = _Options.check(training, seed, step, sample_offset)
+        threads = calls.check_threads(threads)
         prepared = self._inputs(_merge_inputs(inputs, keyword_inputs))
         n = prepared.n
         losses = np.empty(n, dtype=self._float)
         outputs = [np.empty((n, *o["shape"]), dtype=self._dtype(o["dtype"])) for o in self.layout["outputs"]]
-        output_addresses = (ctypes.c_void_p * max(len(outputs), 1))(*[o.ctypes.data for o in outputs])
-        code = self._forward(self._params_address(params), prepared.pointers, prepared.strides, n, options.offset,
-                             options.training, options.seed, options.step, losses.ctypes.data,
-                             output_addresses, self._workspace_for(self.layout["forward"]), self._address["status"])
-        self._raise_on_failure(code, prepared.batched, self.layout["forward"]["checks"])
+        params_buffer = self._params_buffer(params)
+        kernel = self.layout["forward"]
+
+        def chunk(start: int, stop: int):
+            addresses = (ctypes.c_void_p * max(len(outputs), 1))(*[o[start:].ctypes.data for o in outputs])
+            scratch = self._scratch.take()
+            try:
+                code = self._forward(params_buffer.ctypes.data, *prepared.chunk(start), stop - start, options.offset + start,
+                                     options.training, options.seed, options.step, losses[start:].ctypes.data,
+                                     addresses, scratch.workspace(kernel["workspace"]), scratch.status.ctypes.data)
+                self._raise_on_failure(code, prepared.batched, kernel["checks"], scratch.status)
+            finally:
+                self._scratch.give(scratch)
+
+        calls.run_chunks(chunk, n, threads)
         named = {o["name"]: (v if prepared.batched else v[0]) for o, v in zip(self.layout["outputs"], outputs)}
         visible = {name: value for name, value in named.items() if not name.startswith("_")}
         result = ForwardResult(losses.astype(np.float64) if prepared.batched else float(losses[0]), visible)
@@ -151,15 +168,17 @@ class Model:
         return self.forward(**kwargs).loss
 
     def grad(self, *, params=None, estimator=None, training: bool = False, seed: int = 0, step: int | None = None,
-             sample_offset: int = 0, stats: bool = False, inputs: dict | None = None, **keyword_inputs):
+             sample_offset: int = 0, stats: bool = False, threads: int | None = None, inputs: dict | None = None,
+             **keyword_inputs):
         """The mean loss and gradient over the batch: exact, or estimated (ESTIMATORS.md).
 
         `seed`, `step` and `sample_offset` key the random stream; exact gradients ignore them. A SPAD
-        estimator uses and advances its own step counter unless `step` is given."""
+        estimator uses and advances its own step counter unless `step` is given. `threads`: cores
+        the batch is spread over (default all; the result is the same for any number)."""
         if not isinstance(stats, bool):
             raise SpadcError(f"stats must be True or False, got {stats!r}")
         loss, flat, measured, entry, n = self._gradient(params, estimator, training, seed, step, sample_offset,
-                                                        _merge_inputs(inputs, keyword_inputs))
+                                                        threads, _merge_inputs(inputs, keyword_inputs))
         named = {p["name"]: flat[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"]).astype(np.float64, copy=False)
                  for p in self.layout["params"]}
         if stats:
@@ -168,10 +187,11 @@ class Model:
         return loss, named
 
     def flat_grad(self, *, params=None, estimator=None, training: bool = False, seed: int = 0,
-                  step: int | None = None, sample_offset: int = 0, inputs: dict | None = None, **keyword_inputs):
+                  step: int | None = None, sample_offset: int = 0, threads: int | None = None,
+                  inputs: dict | None = None, **keyword_inputs):
         """`grad` for optimisers: (mean loss, the gradient as one flat array, tape bytes per sample)."""
         loss, flat, measured, _, _ = self._gradient(params, estimator, training, seed, step, sample_offset,
-                                                    _merge_inputs(inputs, keyword_inputs))
+                                                    threads, _merge_inputs(inputs, keyword_inputs))
         return loss, flat, measured
 
     @property
@@ -185,12 +205,12 @@ class Model:
         from .training import fit
         return fit(self, data, **options)
 
-    def _gradient(self, params, estimator, training, seed, step, offset, inputs):
+    def _gradient(self, params, estimator, training, seed, step, offset, threads, inputs):
         estimator = resolve(estimator)
         options = _Options.check(training, seed, 0 if step is None else step, offset)
         prepared = self._inputs(inputs)
-        call = dict(prepared=prepared, params=params, training=options.training, seed=options.seed,
-                    offset=options.offset)
+        call = dict(prepared=prepared, flat=self._params_buffer(params), training=options.training,
+                    seed=options.seed, offset=options.offset, threads=calls.check_threads(threads))
         if isinstance(estimator, SPAD):
             loss, flat, measured, entry = spad_gradient(self, estimator, step, call)
         else:
@@ -200,45 +220,60 @@ class Model:
 
     def _variant(self, sampling, score=None, policy=None):
         key = variant_key(sampling, score, policy)
-        if key not in self._variants:
-            entry, address, owner = self._provider(sampling, score, policy)
-            self._variants[key] = (entry, GRAD_TYPE(address), owner)
-        entry, function, _ = self._variants[key]
+        with self._compile_lock:  # one thread compiles a variant; the others wait for it
+            if key not in self._variants:
+                entry, address, owner = self._provider(sampling, score, policy)
+                self._variants[key] = (entry, GRAD_TYPE(address), owner)
+            entry, function, _ = self._variants[key]
         return entry, function
 
-    def _run(self, entry, function, *, prepared, params, training, seed, step, offset, site_data=None, scores=None):
-        """Call one gradient kernel: (mean loss, flat gradient, tape bytes stored over the batch)."""
-        loss = np.empty(1, dtype=self._float)
-        grads = np.empty_like(self._flat)
-        stored = np.zeros(1, dtype=np.int64)
+    def _run(self, entry, function, *, prepared, flat, training, seed, step, offset, threads=1, site_data=None,
+             scores=None):
+        """Call one gradient kernel over the batch, in chunks: (mean loss, flat gradient, tape bytes
+        stored over the batch). Chunks' means are weighted by their sizes and summed in chunk order;
+        their scores are added to `scores` in chunk order."""
         data = site_data if site_data is not None else _NO_DATA
-        score_buffer = scores if scores is not None else _NO_DATA
-        code = function(self._params_address(params), prepared.pointers, prepared.strides, prepared.n, int(offset),
-                        int(bool(training)), int(seed) & _U64, int(step) & _U64, loss.ctypes.data,
-                        grads.ctypes.data, data.ctypes.data, score_buffer.ctypes.data, stored.ctypes.data,
-                        self._workspace_for(entry), self._address["status"])
-        self._raise_on_failure(code, prepared.batched, entry["checks"])
-        return float(loss[0]), grads, int(stored[0])
+        n = prepared.n
 
-    def _params_address(self, params) -> int:
-        if params is None:
-            return self._address["params"]
-        self._override = self._flat_params(params)  # kept alive until the next call
-        return self._override.ctypes.data
+        def chunk(start: int, stop: int):
+            loss = np.empty(1, dtype=self._float)
+            grads = np.empty_like(self._flat)
+            stored = np.zeros(1, dtype=np.int64)
+            score_buffer = np.zeros_like(scores) if scores is not None else _NO_DATA
+            scratch = self._scratch.take()
+            try:
+                code = function(flat.ctypes.data, *prepared.chunk(start), stop - start, int(offset) + start,
+                                int(bool(training)), int(seed) & _U64, int(step) & _U64, loss.ctypes.data,
+                                grads.ctypes.data, data.ctypes.data, score_buffer.ctypes.data, stored.ctypes.data,
+                                scratch.workspace(entry["workspace"]), scratch.status.ctypes.data)
+                self._raise_on_failure(code, prepared.batched, entry["checks"], scratch.status)
+            finally:
+                self._scratch.give(scratch)
+            return stop - start, float(loss[0]), grads, int(stored[0]), score_buffer
+
+        parts = calls.run_chunks(chunk, n, threads)
+        if scores is not None:
+            for part in parts:
+                scores += part[4]
+        if len(parts) == 1:
+            _, loss, grads, stored, _ = parts[0]
+            return loss, grads, stored
+        loss, grads, stored = 0.0, np.zeros_like(self._flat), 0
+        for size, part_loss, part_grads, part_stored, _ in parts:
+            loss += part_loss * size
+            grads += part_grads * self._float(size)
+            stored += part_stored
+        return loss / n, grads / self._float(n), stored
+
+    def _params_buffer(self, params) -> np.ndarray:
+        """The flat params a call reads: the model's own, or a `params=` override (the caller keeps
+        the returned array alive for the call)."""
+        return self._flat if params is None else self._flat_params(params)
 
     # ---- plumbing ----------------------------------------------------------------------
 
     def _dtype(self, dtype: str):
         return self._float if dtype == "f64" else _NUMPY[dtype]
-
-    def _workspace_for(self, kernel: dict) -> int:
-        """A 64-byte aligned workspace of the kernel's size (one buffer, grown as needed)."""
-        size = kernel["workspace"]
-        if self._workspace.get("size", -1) < size:
-            buffer = np.zeros(size + 64, dtype=np.uint8)
-            self._workspace = {"size": size, "buffer": buffer,
-                               "address": buffer.ctypes.data + (-buffer.ctypes.data) % 64}
-        return self._workspace["address"]
 
     def _inputs(self, values: dict) -> "_Prepared":
         declared = {i["name"]: i for i in self.layout["inputs"]}
@@ -271,13 +306,13 @@ class Model:
         pointers = (ctypes.c_void_p * max(len(arrays), 1))(*[a.ctypes.data for a, _ in arrays])
         return _Prepared(n, batch is not None, pointers, strides, arrays)
 
-    def _raise_on_failure(self, code: int, batched: bool, checks: list[dict]):
+    def _raise_on_failure(self, code: int, batched: bool, checks: list[dict], status: np.ndarray):
         if code == 0:
             return
         check = checks[code - 1]
         place = _Place(check["file"], check["line"], check["col"], check["source_line"])
-        where = f" (sample {self._status[2]})" if batched else ""
-        raise SpadcError(f"run-time error{where}: {check['message'].format(value=int(self._status[1]))}", place)
+        where = f" (sample {status[2]})" if batched else ""
+        raise SpadcError(f"run-time error{where}: {check['message'].format(value=int(status[1]))}", place)
 
 
 @dataclass
@@ -287,6 +322,13 @@ class _Prepared:
     pointers: object
     strides: object
     keepalive: object  # the arrays the pointers point into
+
+    def chunk(self, start: int) -> tuple:
+        """(input pointers, strides) for the samples from `start` on."""
+        if start == 0:
+            return self.pointers, self.strides
+        moved = (ctypes.c_void_p * len(self.pointers))(*[p + start * s for p, s in zip(self.pointers, self.strides)])
+        return moved, self.strides
 
 
 def _type_text(spec) -> str:

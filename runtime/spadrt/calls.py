@@ -1,0 +1,120 @@
+"""How kernels are called: scratch per call, batches in fixed chunks over threads.
+
+Invariants:
+- A call never shares what a kernel writes besides its results (the workspace, the status words,
+  a `params=` override) with another call: each takes a `Scratch` from its model's pool and gives
+  it back, so any number of Python threads may call one model at once.
+- A batch is cut into chunks of `CHUNK` samples whatever the thread count; each chunk is one kernel
+  call keyed by its samples' indices in the whole batch (`sample_offset`), into buffers of its own;
+  chunk results are combined in chunk order. So the result does not depend on the thread count,
+  bit for bit, and each sample's contribution is that of a single call on the whole batch.
+- ctypes releases the GIL during a kernel call, so chunks run on several cores at once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .errors import SpadcError
+
+CHUNK = 32  # samples per kernel call when a batch is split (a constant: results never depend on threads)
+
+
+def all_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_threads(threads) -> int:
+    """`threads=None` means every core this process may use."""
+    if threads is None:
+        return all_cores()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise SpadcError(f"threads must be a positive integer (or None for all cores), got {threads!r}")
+    return int(threads)
+
+
+class Scratch:
+    """What one kernel call writes besides its results: a 64-byte aligned workspace and the status words."""
+
+    def __init__(self):
+        self.status = np.zeros(3, dtype=np.int64)
+        self.override = None  # a `params=` buffer, alive for the call
+        self._buffer = np.zeros(0, dtype=np.uint8)
+        self._size = -1
+        self._address = 0
+
+    def workspace(self, size: int) -> int:
+        if self._size < size:
+            self._buffer = np.zeros(size + 64, dtype=np.uint8)
+            self._size = size
+            self._address = self._buffer.ctypes.data + (-self._buffer.ctypes.data) % 64
+        return self._address
+
+
+class ScratchPool:
+    """Free scratch sets; a call takes one (or a new one) and gives it back."""
+
+    def __init__(self):
+        self._free: list[Scratch] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> Scratch:
+        with self._lock:
+            return self._free.pop() if self._free else Scratch()
+
+    def give(self, scratch: Scratch):
+        scratch.override = None
+        with self._lock:
+            self._free.append(scratch)
+
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max(all_cores(), 1), thread_name_prefix="spadc")
+        return _executor
+
+
+def chunks(n: int) -> list[tuple[int, int]]:
+    return [(start, min(start + CHUNK, n)) for start in range(0, n, CHUNK)]
+
+
+def run_chunks(task, n: int, threads: int) -> list:
+    """[task(start, stop) for each chunk], on up to `threads` threads, in chunk order. The first
+    chunk (in order) that raised re-raises its error."""
+    spans = chunks(n)
+    if threads == 1 or len(spans) == 1:
+        return [task(start, stop) for start, stop in spans]
+    workers = min(threads, len(spans))
+    groups = [spans[k::workers] for k in range(workers)]  # each worker takes every workers-th chunk
+    futures = [_pool().submit(lambda group=group: [_attempt(task, *span) for span in group]) for group in groups]
+    done = [future.result() for future in futures]
+    results = [done[k % workers][k // workers] for k in range(len(spans))]
+    for outcome in results:
+        if isinstance(outcome, _Failure):
+            raise outcome.error
+    return results
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _attempt(task, start: int, stop: int):
+    try:
+        return task(start, stop)
+    except SpadcError as error:  # raised in chunk order by run_chunks
+        return _Failure(error)
