@@ -55,6 +55,8 @@ def _model_options(command, out_help: str, inputs: bool = True):
     command.add_argument("--params", metavar="P.npz", help="parameter values; default: the initialisers")
     command.add_argument("--init-seed", type=int, default=0, help="seed of the initialisers")
     command.add_argument("--out", metavar="OUT.npz", help=out_help)
+    command.add_argument("--threads", type=int, default=None, metavar="N",
+                         help="cores a batch is spread over (the result is the same for any N); default: all")
 
 
 def _estimator_options(command, default: str):

@@ -90,7 +90,7 @@ def _print_array(name: str, value: np.ndarray):
 
 def run(args) -> int:
     model = _model_with_params(args)
-    result = model.forward(inputs=_load_npz(args.inputs, "inputs", _input_names(model)))
+    result = model.forward(inputs=_load_npz(args.inputs, "inputs", _input_names(model)), threads=args.threads)
     _print_array("loss", np.asarray(result.loss))
     for name, value in result.outputs.items():
         _print_array(name, value)
@@ -115,7 +115,8 @@ def grad(args) -> int:
     estimator = _estimator(args)
     if args.draws:
         return _diagnose(model, estimator, args, inputs)
-    loss, grads, stats = model.grad(inputs=inputs, estimator=estimator, seed=args.seed, stats=True)
+    loss, grads, stats = model.grad(inputs=inputs, estimator=estimator, seed=args.seed, stats=True,
+                                    threads=args.threads)
     print(f"loss = {loss:.10g}")
     width = max((len(n) for n in grads), default=0)
     for name, value in grads.items():
@@ -187,7 +188,8 @@ def _fit(model, args, data, **options) -> int:
     checkpoint = (lambda epoch, history: model.save(args.out)) if args.out else None
     try:
         history = model.fit(data, optimizer=optimizer, estimator=_estimator(args), seed=args.seed,
-                            schedule=schedule[args.schedule], quiet=args.quiet, on_epoch=checkpoint, **options)
+                            schedule=schedule[args.schedule], quiet=args.quiet, on_epoch=checkpoint,
+                            threads=args.threads, **options)
     except Interrupted as interrupted:
         saved = f"; the last checkpoint is {args.out}" if args.out and interrupted.history.train_loss else ""
         print(f"spadc train: {interrupted.where}{saved}", file=sys.stderr)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .calls import check_threads
 from .errors import SpadcError
 from .estimators import SPAD, resolve
 from .model import check_seed
@@ -53,14 +54,17 @@ class History:
 
 def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimizer="adam", estimator=None,
         validation: dict | None = None, seed: int = 0, schedule=None, quiet: bool = True,
-        stream=None, on_epoch=None, steps: int | None = None) -> History:
+        stream=None, on_epoch=None, steps: int | None = None, threads: int | None = None) -> History:
     """Train on `data`; a model without inputs trains with `data=None` for `steps` steps (each step
-    is then an epoch of its own: its loss is recorded and `on_epoch` called)."""
+    is then an epoch of its own: its loss is recorded and `on_epoch` called). `threads`: cores each
+    minibatch is spread over (default all; the same result for any number)."""
     seed = check_seed(seed, "seed")
+    threads = check_threads(threads)
     estimator = resolve(estimator)
     optimizer = resolve_optimizer(optimizer)
     if data is None:
-        return _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quiet, stream, on_epoch)
+        return _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quiet, stream, on_epoch,
+                                   threads)
     if steps is not None:
         raise SpadcError("steps= is for models without inputs (data=None); with data, give epochs=")
     epochs, batch_size = _count("epochs", epochs), _count("batch_size", batch_size)
@@ -85,7 +89,8 @@ def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimi
                 loss = _take_step(model, optimizer, lr, history, bar,
                                   f"step {step} (epoch {epoch + 1}, minibatch {first // batch_size + 1})",
                                   estimator=estimator, training=True, seed=seed, sample_offset=first,
-                                  inputs={name: values[batch] for name, values in train.items()}, **options)
+                                  threads=threads, inputs={name: values[batch] for name, values in train.items()},
+                                  **options)
                 if loss is None:
                     return history
                 total += loss * len(batch)
@@ -94,11 +99,11 @@ def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimi
                 bar.update(epoch, epochs, seen / n, total / seen)
             history.train_loss.append(total / seen)
             if valid is not None:
-                history.val_loss.append(float(np.mean(model.loss(inputs=valid))))
+                history.val_loss.append(float(np.mean(model.loss(inputs=valid, threads=threads))))
                 if model.layout["classifier"]:
-                    history.val_accuracy.append(accuracy(model, valid))
+                    history.val_accuracy.append(accuracy(model, valid, threads))
             if model.layout["classifier"]:
-                history.train_accuracy.append(accuracy(model, train))
+                history.train_accuracy.append(accuracy(model, train, threads))
             history.steps = position["step"]
             bar.epoch_done(epoch, epochs, history)
             if on_epoch is not None:
@@ -106,7 +111,8 @@ def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimi
     return history
 
 
-def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quiet, stream, on_epoch) -> History:
+def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quiet, stream, on_epoch,
+                        threads) -> History:
     if model.layout["inputs"]:
         names = ", ".join(i["name"] for i in model.layout["inputs"])
         raise SpadcError(f"the model has inputs ({names}): fit needs data, a dict of arrays named after them")
@@ -120,7 +126,7 @@ def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quie
             lr = schedule(optimizer.lr, step, step, steps) if schedule else optimizer.lr
             options = {} if isinstance(estimator, SPAD) else {"step": step}
             loss = _take_step(model, optimizer, lr, history, bar, f"step {step}", estimator=estimator,
-                              training=True, seed=seed, **options)
+                              training=True, seed=seed, threads=threads, **options)
             if loss is None:
                 break
             history.train_loss.append(loss)
@@ -159,12 +165,12 @@ def _interruptible(history: History, bar, where):
         history.seconds = time.perf_counter() - start
 
 
-def accuracy(model, data: dict) -> float:
+def accuracy(model, data: dict, threads: int | None = None) -> float:
     """The share of samples whose largest logit is their label (the loss is cross_entropy(logits, label))."""
     classifier = model.layout["classifier"]
     if classifier is None:
         raise SpadcError("accuracy needs a classifier: a model whose loss is cross_entropy(logits, label)")
-    result = model.forward(inputs=data)
+    result = model.forward(inputs=data, threads=threads)
     logits = result.outputs.get(classifier["logits"], getattr(result, "hidden", {}).get(classifier["logits"]))
     return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(data[classifier["label"]])))
 
