@@ -46,6 +46,7 @@ F32_RTOL = 2e-3  # f32 against f64 losses, on smooth programs whose loss is not 
 DIRECTION_STEP = 1e-3  # step of the fourth-order central difference
 DIRECTION_RTOL = 1e-5
 BATCH = 3
+WORKER_TASKS = 5  # chunks of 100 seeds a worker process checks before it is replaced
 
 SMOOTH_UNARY = ["tanh({0})", "sin({0})", "cos({0})", "sigmoid({0})", "exp(tanh({0}))", "log({0} * {0} + 1)",
                 "log1p({0} * {0})", "sqrt({0} * {0} + 1)", "softplus({0})", "expm1(tanh({0}))",
@@ -469,7 +470,11 @@ def main(argv=None) -> int:
         chunks = [seeds[i:i + 100] for i in range(0, len(seeds), 100)]
         # Workers are separate processes, so a crash in compiled code (a segfault) breaks the pool
         # and is reported as a failure instead of ending the run silently.
-        pool = concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) \
+        # A worker is replaced after WORKER_TASKS chunks: each LLVM optimisation run keeps some memory
+        # in the process (llvmlite's pass pipeline, ~160 KB for a small kernel), which over thousands
+        # of programs would add up to gigabytes.
+        pool = concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                      max_tasks_per_child=WORKER_TASKS) \
             if args.workers > 1 else contextlib.nullcontext()
         with pool:
             results = (pool.map if args.workers > 1 else map)(_run_share, [kind] * len(chunks), chunks)
