@@ -5,6 +5,8 @@ gradient run as machine code compiled with LLVM. The front end alone is `check_f
 and `spadc.ir.interpret.evaluate` runs its IR with NumPy, the reference for everything compiled.
 """
 
+__version__ = "0.1.0"  # first: modules imported below read it
+
 from spadrt import SGD, Adagrad, Adam, AdamW, CosineLR, ForwardResult, History, Model, SpadcWarning, StepLR
 from spadrt.estimators import RAD, SPAD, Exact
 
@@ -16,4 +18,3 @@ from .init import initial_params
 __all__ = ["SpadcError", "SpadcWarning", "Model", "ForwardResult", "History", "Exact", "RAD", "SPAD", "SGD", "Adam", "AdamW",
            "Adagrad", "StepLR", "CosineLR", "compile_file", "compile_source", "check_file",
            "check_text", "initial_params"]
-__version__ = "0.1.0"

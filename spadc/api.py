@@ -4,6 +4,9 @@ Invariants:
 - Compilation is cached by source, name and options (and the checked IR, which captures imported
   files), so compiling the same model again in one process costs only the front end. The cache
   keeps the CACHE_SIZE most recently used models, so a long process does not grow without bound.
+- `compile_file` and `compile_source` also use the disk cache (spadc/cache.py): a model whose
+  kernels are there loads them without running the front end or LLVM; a gradient variant not
+  there is compiled (front end included) the first time it is asked for, and stored.
 - The forward kernel and the exact gradient are compiled at once; each other gradient variant (an
   estimator's sampled adjoint, SPAD's scoring adjoint) is compiled the first time it is asked for,
   and cached with the model.
@@ -11,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections import OrderedDict
@@ -21,7 +25,7 @@ from llvmlite import ir
 from spadrt import Model, limits
 from spadrt.estimators import SamplingWarning, variant_key
 
-from . import frontend, passes
+from . import cache, frontend, passes
 from .ad.paths import multi_factor_paths
 from .ad.reverse import GradientProgram, gradient
 from .backend import jit, kernels
@@ -42,6 +46,7 @@ class Compiled:
     machine: jit.Compiled
     dtype: str
     max_memory: int  # bytes: no kernel's workspace may need more
+    base_layout: dict  # the layout with the forward kernel and the exact gradient only (what the disk cache keeps)
     variants: dict[str, tuple[dict, jit.Compiled, GradientProgram]] = field(default_factory=dict)
 
     def gradient_program(self, sampling=None, score: str | None = None, policy: str | None = None) -> GradientProgram:
@@ -68,22 +73,22 @@ CACHE_SIZE = 32  # compiled models kept for reuse; older ones are freed once no 
 _CACHE: OrderedDict[tuple, Compiled] = OrderedDict()
 
 
-def compile_file(path: str, dtype: str = "f64", max_memory=None) -> Model:
-    """`max_memory`: bytes (or "4G") that params and a kernel's workspace may take (spadrt.limits)."""
-    return model_of(build_file(path, dtype, max_memory))
+def compile_file(path: str, dtype: str = "f64", max_memory=None, cache: bool = True) -> Model:
+    """`max_memory`: bytes (or "4G") that params and a kernel's workspace may take (spadrt.limits).
+    `cache`: use the on-disk cache of compiled kernels (spadc/cache.py)."""
+    return _model(frontend.read_source(path), os.path.dirname(os.path.abspath(path)), dtype, max_memory, cache)
 
 
 def build_file(path: str, dtype: str = "f64", max_memory=None) -> Compiled:
     return build(frontend.read_source(path), os.path.dirname(os.path.abspath(path)), dtype, max_memory)
 
 
-def compile_source(text: str, name: str = "m", dtype: str = "f64", max_memory=None) -> Model:
-    return model_of(build(Source(name, text), os.getcwd(), dtype, max_memory))
+def compile_source(text: str, name: str = "m", dtype: str = "f64", max_memory=None, cache: bool = True) -> Model:
+    return _model(Source(name, text), os.getcwd(), dtype, max_memory, cache)
 
 
 def build(source: Source, base_dir: str, dtype: str = "f64", max_memory=None) -> Compiled:
-    if dtype not in DTYPES:
-        raise SpadcError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    _check_dtype(dtype)
     from .check.program import check_source
     limit = limits.max_memory(max_memory)
     program = frontend.lower(check_source(source, base_dir, limit))
@@ -96,10 +101,11 @@ def build(source: Source, base_dir: str, dtype: str = "f64", max_memory=None) ->
         layout["forward"] = kernels.forward_kernel(module, program, layout, outputs, dtype, max_memory=limit)
         entry = kernels.grad_kernel(module, exact, layout, dtype, "grad", limit)
         layout["variants"]["exact"] = entry
+        base_layout = json.loads(json.dumps(layout))
         llvm_ir = str(module)
         functions = {name: str(module.get_global(name)) for name in ("forward", "grad")}
         machine = jit.compile_ir(llvm_ir, ("forward", "grad"))
-        compiled = Compiled(program, exact, llvm_ir, functions, layout, machine, dtype, limit)
+        compiled = Compiled(program, exact, llvm_ir, functions, layout, machine, dtype, limit, base_layout)
         compiled.variants["exact"] = (entry, machine, exact)
         _CACHE[key] = compiled
         while len(_CACHE) > CACHE_SIZE:
@@ -108,12 +114,65 @@ def build(source: Source, base_dir: str, dtype: str = "f64", max_memory=None) ->
     return _CACHE[key]
 
 
-def model_of(compiled: Compiled) -> Model:
+def _check_dtype(dtype: str):
+    if dtype not in DTYPES:
+        raise SpadcError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def _model(source: Source, base_dir: str, dtype: str, max_memory, use_cache: bool) -> Model:
+    """A model from the disk cache when it holds this source's kernels; else compiled (and stored)."""
+    _check_dtype(dtype)
+    limit = limits.max_memory(max_memory)
+    if not use_cache:
+        return model_of(build(source, base_dir, dtype, limit))
+    base_key = cache.key(source, base_dir, dtype, limit)
+    hit = cache.load(base_key)
+    if hit is None:
+        compiled = build(source, base_dir, dtype, limit)
+        cache.store(base_key, compiled.base_layout, compiled.machine.object_code, cache.file_digests(compiled.program.files))
+        return model_of(compiled, base_key)
+    layout, code = hit
+    built = []
+
+    def compiled_later() -> Compiled:  # only when a variant is not in the cache either
+        if not built:
+            built.append(build(source, base_dir, dtype, limit))
+        return built[0]
+
+    return _assemble(layout, jit.load_object(code, ("forward", "grad")), compiled_later, base_key)
+
+
+def model_of(compiled: Compiled, base_key: str | None = None) -> Model:
+    return _assemble(compiled.layout, compiled.machine, lambda: compiled, base_key)
+
+
+def _assemble(layout: dict, machine: jit.Compiled, compiled_of, base_key: str | None) -> Model:
+    """A Model over the base kernels in `machine`; gradient variants come from the disk cache (with a
+    `base_key`) or are compiled on first use."""
+
     def provide(sampling, score, policy):
         """Called once per model and variant: the place to warn about the variant."""
-        entry, machine, _ = compiled.variant(sampling, score, policy)
+        key = variant_key(sampling, score, policy)
+        if key == "exact":
+            entry, code = layout["variants"]["exact"], machine
+        else:
+            entry, code = _variant(compiled_of, base_key, key, sampling, score, policy)
+            layout["variants"][key] = entry
         for message in entry.get("warnings", ()):
             warnings.warn(message, SamplingWarning, stacklevel=5)
-        return entry, machine.addresses["grad"], machine
+        return entry, code.addresses["grad"], code
 
-    return Model(compiled.layout, compiled.machine.addresses["forward"], provide, keepalive=compiled)
+    return Model(layout, machine.addresses["forward"], provide, keepalive=machine)
+
+
+def _variant(compiled_of, base_key: str | None, key: str, sampling, score, policy) -> tuple[dict, jit.Compiled]:
+    entry_key = cache.variant_key(base_key, key) if base_key else None
+    hit = cache.load(entry_key) if entry_key else None
+    if hit is not None:
+        entry, code = hit
+        return entry, jit.load_object(code, ("grad",))
+    compiled = compiled_of()
+    entry, machine, _ = compiled.variant(sampling, score, policy)
+    if entry_key:
+        cache.store(entry_key, entry, machine.object_code, cache.file_digests(compiled.program.files))
+    return entry, machine

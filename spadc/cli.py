@@ -57,6 +57,9 @@ def _model_options(command, out_help: str, inputs: bool = True):
     command.add_argument("--out", metavar="OUT.npz", help=out_help)
     command.add_argument("--threads", type=int, default=None, metavar="N",
                          help="cores a batch is spread over (the result is the same for any N); default: all")
+    command.add_argument("--no-cache", action="store_true",
+                         help="compile afresh: neither read nor write the compile cache ($SPADC_CACHE_DIR, else "
+                              "~/.cache/spadc)")
 
 
 def _estimator_options(command, default: str):

@@ -76,7 +76,7 @@ def _input_names(model) -> list[str]:
 def _model_with_params(args):
     if args.out:
         check_writable(args.out)
-    model = api.compile_file(args.file)
+    model = api.compile_file(args.file, cache=not args.no_cache)
     model.init_params(args.init_seed)
     if args.params:
         model.load(args.params)

@@ -9,6 +9,13 @@ from spadc.errors import Source
 from spadc.ir.interpret import RunOptions, evaluate
 from spadc.syntax.parser import parse
 
+@pytest.fixture(autouse=True)
+def _private_compile_cache(tmp_path_factory, monkeypatch):
+    """Each test has a disk cache of its own (spadc/cache.py), empty at its start: tests that
+    patch the code generator get the code they patched, and nothing is written to ~/.cache."""
+    monkeypatch.setenv("SPADC_CACHE_DIR", str(tmp_path_factory.mktemp("spadc-cache")))
+
+
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 

@@ -52,11 +52,12 @@ def optimise(llvm_ir: str, target_machine, level: int = 3, context=None) -> "llv
 
 
 class Compiled:
-    """Machine code: the engine that owns it (and its module, target machine and context)."""
+    """Machine code: the engine that owns it (and its module, target machine and context), the
+    functions' addresses, and the object file it was made from (what the disk cache keeps)."""
 
-    def __init__(self, engine, context, addresses: dict[str, int], optimised_ir: str):
+    def __init__(self, engine, context, addresses: dict[str, int], optimised_ir: str | None, object_code: bytes):
         self.engine, self._context = engine, context
-        self.addresses, self.optimised_ir = addresses, optimised_ir
+        self.addresses, self.optimised_ir, self.object_code = addresses, optimised_ir, object_code
 
     def __del__(self):
         # The engine owns the module, whose types and constants live in the context: engine first.
@@ -68,8 +69,25 @@ class Compiled:
 
 def compile_ir(llvm_ir: str, functions: tuple[str, ...], level: int = 3) -> Compiled:
     target_machine = _native()
-    context = llvm.create_context()  # the module's own, freed with it: compiling many models leaks nothing
+    context = llvm.create_context()  # the module's own, freed with it
     module = optimise(llvm_ir, target_machine, level, context)
     engine = llvm.create_mcjit_compiler(module, target_machine)
+    emitted = []
+    engine.set_object_cache(lambda _module, code: emitted.append(bytes(code)), None)
     engine.finalize_object()
-    return Compiled(engine, context, {name: engine.get_function_address(name) for name in functions}, str(module))
+    return Compiled(engine, context, {name: engine.get_function_address(name) for name in functions}, str(module),
+                    emitted[0] if emitted else b"")
+
+
+def load_object(object_code: bytes, functions: tuple[str, ...]) -> Compiled:
+    """Machine code from an object file that `compile_ir` made on this machine (spadc/cache.py)."""
+    target_machine = _native()
+    context = llvm.create_context()
+    empty = llvm.parse_assembly("", context)
+    empty.triple = target_machine.triple
+    empty.data_layout = str(target_machine.target_data)
+    engine = llvm.create_mcjit_compiler(empty, target_machine)
+    engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
+    engine.finalize_object()
+    return Compiled(engine, context, {name: engine.get_function_address(name) for name in functions}, None,
+                    object_code)

@@ -50,14 +50,18 @@ class ModuleEnv:
     top_level_names: set[str] = field(default_factory=set)  # inputs, params, lets, outputs
 
 
-def load(source: Source, base_dir: str) -> tuple[ast.Module, ModuleEnv]:
-    return _Loader(base_dir).load(source, base_dir, ())
+def load(source: Source, base_dir: str) -> tuple[ast.Module, ModuleEnv, tuple[str, ...]]:
+    """The main module, its environment, and the absolute paths of the files it imports."""
+    loader = _Loader(base_dir)
+    module, env = loader.load(source, base_dir, ())
+    return module, env, tuple(loader.files)
 
 
 class _Loader:
     def __init__(self, main_dir: str):
         self._main_dir = main_dir  # imported modules are named relative to it in random keys
         self._loaded: dict[str, ModuleEnv] = {}
+        self.files: list[str] = []  # every imported file, in the order read
 
     def load(self, source: Source, base_dir: str, importing: tuple[str, ...]) -> tuple[ast.Module, ModuleEnv]:
         from .statements import StatementChecker  # consts are evaluated by the same checker as code
@@ -95,6 +99,7 @@ class _Loader:
             raise SpadcError(f"imports are chained more than {MAX_IMPORT_DEPTH} files deep", stmt.loc)
         if path not in self._loaded:
             text = _read_module(path, stmt)
+            self.files.append(path)
             name = os.path.relpath(path) if not os.path.isabs(stmt.path) else path
             module = os.path.relpath(path, self._main_dir).replace(os.sep, "/")
             _, imported = self.load(Source(name, text, module), os.path.dirname(path), importing)

@@ -33,8 +33,10 @@ def check_source(source: Source, base_dir: str | None = None, max_memory=None) -
     """`max_memory`: bytes (spadrt.limits); params together may not need more."""
     if base_dir is None:
         base_dir = os.path.dirname(os.path.abspath(source.name)) if os.path.exists(source.name) else os.getcwd()
-    module, env = modules.load(source, base_dir)
-    return _ProgramChecker(env, source, max_memory).run(module)
+    module, env, files = modules.load(source, base_dir)
+    program = _ProgramChecker(env, source, max_memory).run(module)
+    program.files = files
+    return program
 
 
 class _ProgramChecker(StatementChecker):

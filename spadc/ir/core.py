@@ -106,9 +106,10 @@ class Program:
     loss: Value
     # (logits, label) when the loss is `cross_entropy(logits, label)`: accuracy can then be reported.
     classifier: tuple[Value, Value] | None = None
+    files: tuple[str, ...] = ()  # absolute paths of the files it imports (what a compile cache checks)
 
     def with_body(self, body: Block, outputs: dict[str, Value], loss: Value, classifier) -> "Program":
-        return Program(self.name, self.params, self.inputs, body, outputs, loss, classifier)
+        return Program(self.name, self.params, self.inputs, body, outputs, loss, classifier, self.files)
 
 
 def walk_ops(block: Block):
