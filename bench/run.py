@@ -1,15 +1,18 @@
-"""Benchmark: forward pass and exact gradient, spadc against peers run side by side in one process.
+"""Benchmark: spadc against peers, side by side in one process, on one core.
 
     python bench/run.py [--out bench/results.md] [--quick]
 
-Cases: Rosenbrock in d = 1000 (one point), and the 64-256-256-10 MLP of examples/mlp_digits.spad
-(one sample, and a batch of 32 with the mean loss). Peers: a hand-written NumPy gradient always;
-JAX (`jit(value_and_grad)`) and PyTorch (eager autograd) when installed. Everything runs in float64
-on one thread, so that the comparison is of code generation, not of parallelism. Every system's
-loss and gradient are checked against spadc's before anything is timed.
+The process pins itself to one core before any system starts (`os.sched_setaffinity`), so every
+system runs on one core, thread pools included (XLA's Eigen pool, PyTorch's intra-op threads);
+only the "all cores" rows lift the pin. Arrays are converted to each system's type before timing,
+and every system's loss and gradient are checked against spadc's before anything is timed.
 
-Prints a Markdown table of times (median of repeated runs), the gradient/forward ratio of each
-system, spadc's time relative to each peer, and compile times, and writes it to --out.
+Cases: Rosenbrock in d = 1000; the 64-256-256-10 MLP of examples/mlp_digits.spad at batch 1, 32
+and 256; the IRNN of examples/irnn.spad with T = 100 (H = 64, 28 features) at batch 16. Peers: a
+hand-written NumPy gradient (Rosenbrock, MLP), JAX (`jit(value_and_grad)`) and PyTorch (eager),
+when installed (`pip install -e '.[peers]' jax`). Then spadc's RAD and SPAD at keep 0.1 against
+its exact gradient, spadc on all cores against one, and compile times: cold (a fresh process, the
+disk cache off), warm (a fresh process, the cache filled) and JAX's first call.
 """
 
 from __future__ import annotations
@@ -17,24 +20,27 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 
-for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-
-import numpy as np  # noqa: E402
-
-import spadc  # noqa: E402
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import spadc  # noqa: E402
+from bench import peers  # noqa: E402
+from bench.experiments import source  # noqa: E402
+
 AGREEMENT = 1e-9  # relative agreement of every system's loss and gradient with spadc's
 SEED = 0
+ALL_CORES = sorted(os.sched_getaffinity(0))
 
 
 def timed(fn, budget: float) -> float:
-    """Median seconds per call, over repeats of as many calls as fit in a slice of the budget."""
+    """Median seconds per call, over 7 repeats of as many calls as fit in a tenth of the budget."""
     fn()
     start, calls = time.perf_counter(), 0
     while time.perf_counter() - start < budget / 10:
@@ -50,178 +56,125 @@ def timed(fn, budget: float) -> float:
     return float(np.median(samples))
 
 
-# ---- the problems, in each system --------------------------------------------------------------
-
-def rosenbrock_numpy(x):
-    return float(np.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2))
-
-
-def rosenbrock_numpy_grad(x):
-    a = x[1:] - x[:-1] ** 2
-    g = np.zeros_like(x)
-    g[:-1] = -400 * x[:-1] * a - 2 * (1 - x[:-1])
-    g[1:] += 200 * a
-    return rosenbrock_numpy(x), {"x": g}
-
-
-def mlp_numpy(p, x, y):
-    h1 = np.maximum(x @ p["W1"].T + p["b1"], 0)
-    h2 = np.maximum(h1 @ p["W2"].T + p["b2"], 0)
-    z = h2 @ p["W3"].T + p["b3"]
-    z = z - z.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-logp[np.arange(len(y)), y].mean()), (x, h1, h2, logp)
-
-
-def mlp_numpy_grad(p, x, y):
-    loss, (x, h1, h2, logp) = mlp_numpy(p, x, y)
-    n = len(y)
-    g = np.exp(logp)
-    g[np.arange(n), y] -= 1
-    g /= n
-    d2 = (g @ p["W3"]) * (h2 > 0)
-    d1 = (d2 @ p["W2"]) * (h1 > 0)
-    return loss, {"W1": d1.T @ x, "b1": d1.sum(0), "W2": d2.T @ h1, "b2": d2.sum(0), "W3": g.T @ h2, "b3": g.sum(0)}
-
-
-def jax_systems():
-    try:
-        import jax
-        import jax.numpy as jnp
-    except ImportError:
-        return None
-    jax.config.update("jax_enable_x64", True)
-
-    def rosenbrock(p):
-        x = p["x"]
-        return jnp.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
-
-    def mlp(p, x, y):
-        h1 = jax.nn.relu(x @ p["W1"].T + p["b1"])
-        h2 = jax.nn.relu(h1 @ p["W2"].T + p["b2"])
-        z = h2 @ p["W3"].T + p["b3"]
-        return -jnp.mean(jax.nn.log_softmax(z)[jnp.arange(y.shape[0]), y])
-
-    return {"version": jax.__version__, "rosenbrock": rosenbrock, "mlp": mlp, "jit": jax.jit,
-            "value_and_grad": jax.value_and_grad, "asarray": jnp.asarray,
-            "block": lambda tree: jax.block_until_ready(tree)}
-
-
-def torch_systems():
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(1)
-
-    def rosenbrock(p):
-        x = p["x"]
-        return torch.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
-
-    def mlp(p, x, y):
-        h1 = torch.relu(x @ p["W1"].T + p["b1"])
-        h2 = torch.relu(h1 @ p["W2"].T + p["b2"])
-        z = h2 @ p["W3"].T + p["b3"]
-        return torch.nn.functional.cross_entropy(z, y)
-
-    return {"version": torch.__version__, "torch": torch, "rosenbrock": rosenbrock, "mlp": mlp}
-
-
-# ---- measuring one case ---------------------------------------------------------------------------
-
-def _check(name, loss, grads, reference_loss, reference_grads):
+def _check(name, result, reference):
+    loss, grads = result
+    reference_loss, reference_grads = reference
     assert abs(loss - reference_loss) <= AGREEMENT * max(1.0, abs(reference_loss)), (name, loss, reference_loss)
     for key, value in reference_grads.items():
         scale = max(1.0, float(np.abs(value).max()))
         assert float(np.abs(np.asarray(grads[key]) - value).max()) <= AGREEMENT * scale, (name, key)
 
 
-def measure_case(label, model, compile_seconds, params, inputs, numpy_fns, jax_fn, torch_fn, budget):
-    rows = []
-    reference_loss, reference_grads = model.grad(**inputs)
-    forward = timed(lambda: model.loss(**inputs), budget)
-    gradient = timed(lambda: model.grad(**inputs), budget)
-    rows.append(dict(case=label, system="spadc", compile=compile_seconds, forward=forward, gradient=gradient))
-
-    numpy_forward, numpy_grad = numpy_fns
-    loss, grads = numpy_grad()
-    _check(f"{label}/numpy", loss, grads, reference_loss, reference_grads)
-    rows.append(dict(case=label, system="NumPy (hand-written gradient)", compile=None,
-                     forward=timed(numpy_forward, budget), gradient=timed(numpy_grad, budget)))
-
-    if jax_fn is not None:
-        jx, fn, args = jax_fn
-        f = jx["jit"](fn)
-        g = jx["jit"](jx["value_and_grad"](fn))
-        start = time.perf_counter()
-        jx["block"](f(*args))
-        value, grads = g(*args)
-        jx["block"](grads)
-        jax_compile = time.perf_counter() - start
-        _check(f"{label}/jax", float(value), {k: np.asarray(v) for k, v in grads.items()}, reference_loss,
-               reference_grads)
-        rows.append(dict(case=label, system=f"JAX {jx['version']} jit", compile=jax_compile,
-                         forward=timed(lambda: jx["block"](f(*args)), budget),
-                         gradient=timed(lambda: jx["block"](g(*args)), budget)))
-
-    if torch_fn is not None:
-        tc, fn, make_args = torch_fn
-        torch = tc["torch"]
-
-        def torch_grad():
-            tparams, rest = make_args()
-            loss = fn(tparams, *rest)
-            loss.backward()
-            return float(loss.detach()), {k: v.grad.numpy() for k, v in tparams.items()}
-
-        def torch_forward():
-            with torch.no_grad():
-                tparams, rest = make_args()
-                return float(fn(tparams, *rest))
-
-        loss, grads = torch_grad()
-        _check(f"{label}/torch", loss, grads, reference_loss, reference_grads)
-        rows.append(dict(case=label, system=f"PyTorch {tc['version']} eager", compile=None,
-                         forward=timed(torch_forward, budget), gradient=timed(torch_grad, budget)))
-    return rows
-
-
-def run(budget: float) -> list[dict]:
-    jx, tc = jax_systems(), torch_systems()
-    rows = []
-
-    start = time.perf_counter()
-    rosenbrock = spadc.compile_file(os.path.join(ROOT, "bench", "rosenbrock_1000.spad"))
-    compile_seconds = time.perf_counter() - start
-    x = rosenbrock.params["x"].copy()
-    rows += measure_case(
-        "Rosenbrock d=1000", rosenbrock, compile_seconds, {"x": x}, {},
-        (lambda: rosenbrock_numpy(x), lambda: rosenbrock_numpy_grad(x)),
-        (jx, jx["rosenbrock"], ({"x": jx["asarray"](x)},)) if jx else None,
-        (tc, tc["rosenbrock"], lambda: ({"x": tc["torch"].tensor(x, requires_grad=True)}, ())) if tc else None,
-        budget)
-
-    start = time.perf_counter()
-    mlp = spadc.compile_file(os.path.join(ROOT, "examples", "mlp_digits.spad"))
-    compile_seconds = time.perf_counter() - start
-    mlp.init_params(SEED)
-    params = {k: v.copy() for k, v in mlp.params.items()}
+def cases():
+    """(label, peer model name, spadc model, params, inputs)."""
     rng = np.random.default_rng(SEED)
-    for batch in (1, 32):
-        xs, ys = rng.standard_normal((batch, 64)), rng.integers(0, 10, batch)
-        inputs = {"x": xs, "label": ys}
-        rows += measure_case(
-            f"MLP 64-256-256-10, batch {batch}", mlp, compile_seconds if batch == 1 else None, params, inputs,
-            (lambda xs=xs, ys=ys: mlp_numpy(params, xs, ys)[0], lambda xs=xs, ys=ys: mlp_numpy_grad(params, xs, ys)),
-            (jx, jx["mlp"], ({k: jx["asarray"](v) for k, v in params.items()}, jx["asarray"](xs),
-                             jx["asarray"](ys))) if jx else None,
-            (tc, tc["mlp"], lambda xs=xs, ys=ys: ({k: tc["torch"].tensor(v, requires_grad=True) for k, v in params.items()},
-                                                  (tc["torch"].tensor(xs), tc["torch"].tensor(ys)))) if tc else None,
-            budget)
+    rosenbrock = spadc.compile_file(os.path.join(ROOT, "bench", "rosenbrock_1000.spad"))
+    yield "Rosenbrock d=1000", "rosenbrock", rosenbrock, {"x": rosenbrock.params["x"].copy()}, {}
+    mlp = spadc.compile_file(os.path.join(ROOT, "examples", "mlp_digits.spad"))
+    mlp.init_params(SEED)
+    for batch in (1, 32, 256):
+        inputs = {"x": rng.standard_normal((batch, 64)), "label": rng.integers(0, 10, batch)}
+        yield f"MLP 64-256-256-10, batch {batch}", "mlp", mlp, {k: v.copy() for k, v in mlp.params.items()}, inputs
+    irnn = spadc.compile_source(source("irnn.spad", T=100), name="irnn_100.spad")
+    irnn.init_params(SEED)
+    inputs = {"seq": rng.uniform(0, 1, (16, 100, 28)), "label": rng.integers(0, 10, 16)}
+    yield "IRNN T=100 H=64, batch 16", "irnn", irnn, {k: v.copy() for k, v in irnn.params.items()}, inputs
+
+
+def peer_rows(budget: float) -> list[dict]:
+    rows = []
+    for label, name, model, params, inputs in cases():
+        reference = model.grad(**inputs, threads=1)
+        row = dict(case=label, system="spadc", forward=timed(lambda: model.loss(**inputs, threads=1), budget),
+                   gradient=timed(lambda: model.grad(**inputs, threads=1), budget))
+        rows.append(row)
+        systems = []
+        if name == "rosenbrock":
+            systems.append(("NumPy (hand-written gradient)", peers.numpy_rosenbrock(params)))
+        elif name == "mlp":
+            systems.append(("NumPy (hand-written gradient)", peers.numpy_mlp(params, inputs)))
+        jax_fns = peers.jax_case(name, params, inputs)
+        if jax_fns:
+            systems.append((f"JAX {peers.jax_version()} jit", jax_fns[:2]))
+        torch_fns = peers.torch_case(name, params, inputs)
+        if torch_fns:
+            systems.append((f"PyTorch {peers.torch_version()} eager", torch_fns))
+        for system, (grad, loss) in systems:
+            result = grad()
+            _check(f"{label}/{system}", (result[0], {k: np.asarray(v) for k, v in result[1].items()}), reference)
+            rows.append(dict(case=label, system=system, forward=timed(loss, budget), gradient=timed(grad, budget)))
     return rows
 
 
-# ---- the table --------------------------------------------------------------------------------------
+def spadc_rows(budget: float) -> list[str]:
+    """Estimators against exact, and all cores against one."""
+    mlp = spadc.compile_file(os.path.join(ROOT, "examples", "mlp_digits.spad"))
+    rng = np.random.default_rng(SEED)
+    lines = ["| case | spadc variant | gradient (µs) | against |", "|---|---|---:|---:|"]
+    inputs = {"x": rng.standard_normal((32, 64)), "label": rng.integers(0, 10, 32)}
+    exact = timed(lambda: mlp.grad(**inputs, threads=1), budget)
+    lines.append(f"| MLP, batch 32 | exact | {exact * 1e6:.1f} | 1 |")
+    for label, estimator in (("RAD keep 0.1", spadc.RAD(keep=0.1)), ("SPAD keep 0.1", spadc.SPAD(keep=0.1))):
+        seconds = timed(lambda: mlp.grad(**inputs, estimator=estimator, threads=1), budget)
+        lines.append(f"| MLP, batch 32 | {label} | {seconds * 1e6:.1f} | {seconds / exact:.2f}x exact |")
+    inputs = {"x": rng.standard_normal((256, 64)), "label": rng.integers(0, 10, 256)}
+    one = timed(lambda: mlp.grad(**inputs, threads=1), budget)
+    os.sched_setaffinity(0, ALL_CORES)
+    try:
+        every = timed(lambda: mlp.grad(**inputs, threads=len(ALL_CORES)), budget)
+    finally:
+        os.sched_setaffinity(0, ALL_CORES[:1])
+    lines.append(f"| MLP, batch 256 | exact, 1 core | {one * 1e6:.1f} | 1 |")
+    lines.append(f"| MLP, batch 256 | exact, {len(ALL_CORES)} cores | {every * 1e6:.1f} | "
+                 f"{one / every:.2f}x the throughput |")
+    return lines
+
+
+COMPILE_CHILD = """
+import sys, time
+import spadc
+start = time.perf_counter()
+spadc.compile_file(sys.argv[1], cache=sys.argv[2] == "cache")
+print(time.perf_counter() - start)
+"""
+
+
+def compile_rows(jax_first_calls: dict) -> list[str]:
+    """Every example compiled in a fresh process: cold (no cache) and warm (the cache filled)."""
+    lines = ["| example | cold compile (s) | warm compile (s) | JAX first call (s) |", "|---|---:|---:|---:|"]
+    examples = sorted(f for f in os.listdir(os.path.join(ROOT, "examples")) if f.endswith(".spad"))
+    with tempfile.TemporaryDirectory() as folder:
+        environment = {**os.environ, "SPADC_CACHE_DIR": folder}
+
+        def child(path, mode):
+            result = subprocess.run([sys.executable, "-c", COMPILE_CHILD, path, mode], capture_output=True, text=True,
+                                    env=environment, check=True)
+            return float(result.stdout.strip())
+
+        for name in examples:
+            path = os.path.join(ROOT, "examples", name)
+            cold = child(path, "no-cache")
+            child(path, "cache")  # fills the cache
+            warm = child(path, "cache")
+            first = jax_first_calls.get(name)
+            lines.append(f"| {name} | {cold:.2f} | {warm:.3f} | {f'{first:.2f}' if first else '–'} |")
+    return lines
+
+
+def jax_first_calls() -> dict:
+    """JAX's first call (trace and compile) of the models it has, per example they stand for."""
+    rng = np.random.default_rng(SEED)
+    calls = {}
+    mlp = spadc.compile_file(os.path.join(ROOT, "examples", "mlp_digits.spad"))
+    irnn = spadc.compile_file(os.path.join(ROOT, "examples", "irnn.spad"))
+    for name, case, model, inputs in (
+            ("mlp_digits.spad", "mlp", mlp, {"x": rng.standard_normal((32, 64)), "label": rng.integers(0, 10, 32)}),
+            ("irnn.spad", "irnn", irnn, {"seq": rng.uniform(0, 1, (16, 28, 28)), "label": rng.integers(0, 10, 16)})):
+        made = peers.jax_case(case, dict(model.params), inputs)
+        if made:
+            calls[name] = made[2]
+    return calls
+
 
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
@@ -230,22 +183,20 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {os.cpu_count()} cores (all systems on 1 thread), Python {platform.python_version()}, "
-            f"NumPy {np.__version__}, {platform.system()} {platform.machine()}")
+    return (f"{cpu}, {len(ALL_CORES)} cores (every system pinned to one, except the all-cores row), Python "
+            f"{platform.python_version()}, NumPy {np.__version__}, {platform.system()} {platform.machine()}")
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| case | system | compile (s) | forward (µs) | gradient (µs) | gradient / forward | "
-             "gradient time, spadc / this |", "|---|---|---:|---:|---:|---:|---:|"]
+def peer_table(rows: list[dict]) -> str:
+    lines = ["| case | system | forward (µs) | gradient (µs) | gradient / forward | gradient time, spadc / this |",
+             "|---|---|---:|---:|---:|---:|"]
     spadc_gradient = {}
     for row in rows:
         if row["system"] == "spadc":
             spadc_gradient[row["case"]] = row["gradient"]
-        compile_text = f"{row['compile']:.2f}" if row["compile"] is not None else "–"
-        relative = spadc_gradient[row["case"]] / row["gradient"]
-        lines.append(f"| {row['case']} | {row['system']} | {compile_text} | {row['forward'] * 1e6:.1f} | "
-                     f"{row['gradient'] * 1e6:.1f} | {row['gradient'] / row['forward']:.1f} | "
-                     f"{'1' if row['system'] == 'spadc' else f'{relative:.2f}'} |")
+        relative = "1" if row["system"] == "spadc" else f"{spadc_gradient[row['case']] / row['gradient']:.2f}"
+        lines.append(f"| {row['case']} | {row['system']} | {row['forward'] * 1e6:.1f} | {row['gradient'] * 1e6:.1f} | "
+                     f"{row['gradient'] / row['forward']:.1f} | {relative} |")
     return "\n".join(lines)
 
 
@@ -254,9 +205,20 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results.md"))
     parser.add_argument("--quick", action="store_true", help="a shorter time budget per measurement")
     args = parser.parse_args(argv)
-    rows = run(budget=0.2 if args.quick else 1.0)
-    text = (f"Machine: {machine()}\n\nTimes per call from Python (median of 7 repeats). Compile: spadc's "
-            f"whole pipeline to machine code; JAX's first call.\n\n{table(rows)}\n")
+    os.sched_setaffinity(0, ALL_CORES[:1])
+    budget = 0.2 if args.quick else 1.0
+    first_calls = jax_first_calls()
+    text = "\n\n".join([
+        f"Machine: {machine()}",
+        "Times per call from Python, median of 7 repeats, float64.",
+        peer_table(peer_rows(budget)),
+        "spadc's estimators and cores:",
+        "\n".join(spadc_rows(budget)),
+        "Compile times, each in a fresh process (imports excluded): spadc's whole pipeline to machine code with "
+        "the disk cache off (cold) and filled (warm); JAX's first call of `jit(value_and_grad)` on the same "
+        "model (tracing and XLA compilation).",
+        "\n".join(compile_rows(first_calls)),
+    ]) + "\n"
     print(text)
     with open(args.out, "w") as f:
         f.write(f"# Benchmark results\n\nProduced by `python bench/run.py`.\n\n{text}")
