@@ -208,7 +208,7 @@ def _share_block(block: Block, schedule: _Schedule, plan_: MemoryPlan, storage: 
             storage.own(param, loop)
     for op in block.ops:
         if op.kind == "loop":
-            _carry_in_place(op, owned, schedule, plan_)
+            _carry_in_place(op, owned, schedule, plan_, storage)
         for region in op.regions:
             _share_block(region, schedule, plan_, storage, external, set(), op if op.kind == "loop" else None)
         if op.kind == "loop":
@@ -238,8 +238,9 @@ def _share_loop(op: Op, schedule: _Schedule, plan_: MemoryPlan, storage: _Storag
     for result in op.results[n:]:
         storage.own(result)
     yields, params = body.yields[:n], body.params[1:]
-    param_owners = {plan_.owner(p) for p in params}
-    if any(plan_.owner(y) in param_owners and plan_.owner(y) != plan_.owner(p) for y, p in zip(yields, params)):
+    param_owners = {plan_.storage_of(p.id) for p in params}
+    if any(plan_.storage_of(y.id) in param_owners and plan_.storage_of(y.id) != plan_.storage_of(p.id)
+           for y, p in zip(yields, params)):  # (a view of a param counts as that param)
         keys = []
         for value in yields:  # scalars stage through a register
             if not value.type.rank:
@@ -262,15 +263,18 @@ def is_view(op: Op) -> bool:
                for (kind, *rest), n in zip(spec[first_slice + 1:], shape[first_slice + 1:]))
 
 
-def _carry_in_place(op: Op, owned: set[int], schedule: _Schedule, plan_: MemoryPlan):
+def _carry_in_place(op: Op, owned: set[int], schedule: _Schedule, plan_: MemoryPlan, storage: _Storage):
     """A carried param takes over the storage of its initial value when that value dies at the
-    loop (a gradient accumulator carried by a reversed loop then sums in the caller's buffer)."""
+    loop, and no view of it lives on (a gradient accumulator carried by a reversed loop then sums
+    in the caller's buffer)."""
     (body,) = op.regions
     taken = set()
+    start = schedule.start[id(op)]
     for arg, param in zip(op.args, body.params[1:]):
         owner = plan_.owner(arg)
         if (param.type.rank and arg.type == param.type and arg.id in owned and owner not in taken
-                and arg.id not in plan_.views and schedule.last[arg.id] == schedule.start[id(op)]):
+                and arg.id not in plan_.views and schedule.last[arg.id] == start
+                and storage.viewed.get(plan_.storage_of(arg.id), -1) <= start):
             plan_.shared[param.id] = arg.id
             taken.add(owner)
 
