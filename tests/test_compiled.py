@@ -53,6 +53,7 @@ PRIMITIVE_PROGRAMS = {
     "loop": "",  # written out in program_text
     "conditional": "sum(if k > 1 then x * x else exp(x)) + (if x[0] > 0 then x[1] else x[2] * A[0, 0])",
     "sampled_weights": "sum(tanh(A @ tanh(x)))",  # under RAD a gated residual: gate_outer_add
+    "shapes": "sum(reshape(A, 2, 6) * reshape(A, 12)[0:6]) + x[argmax(A, axis=1)[1]] * float(argmax(x))",
 }
 # stop_gradient is not the true derivative, so finite differences cannot check it: a hand value does.
 HAND_GRADIENTS = {"stop_gradient": lambda p: {"x": p["x"], "A": np.zeros_like(p["A"])}}

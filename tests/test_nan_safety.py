@@ -76,3 +76,24 @@ def test_a_nan_input_stops_training_naming_the_step():
     history = model.fit({"x": x, "label": np.zeros(20, dtype=np.int64)}, epochs=3, batch_size=5, seed=0)
     assert re.match(r"the loss became nan at step \d+ \(epoch 1, minibatch \d\)", history.stopped or "")
     assert history.train_loss == []  # nothing after the NaN was trained on
+
+
+ARGMAX_CASES = [
+    [1.0, 3.0, 3.0, 2.0],  # ties: the first
+    [np.nan, 1.0, 5.0, 2.0],  # NaN first: NaN wins, as np.argmax says
+    [1.0, 7.0, np.nan, np.nan],  # the first NaN
+    [-np.inf, -np.inf, -np.inf, -np.inf],
+]
+
+
+@pytest.mark.parametrize("values", ARGMAX_CASES)
+def test_argmax_follows_numpy_on_ties_and_nans(values):
+    model = spadc.compile_source("input v: f64[4]\ninput w: f64[2, 4]\noutput k = argmax(v)\n"
+                                 "output rows = argmax(w, axis=1)\noutput cols = argmax(w, axis=0)\nloss 0.0",
+                                 name="argmax.spad")
+    v = np.array(values)
+    w = np.stack([v, v[::-1]])
+    out = model.forward(v=v, w=w).outputs
+    assert out["k"] == np.argmax(v)
+    np.testing.assert_array_equal(out["rows"], np.argmax(w, axis=1))
+    np.testing.assert_array_equal(out["cols"], np.argmax(w, axis=0))

@@ -94,6 +94,31 @@ def _reduce(e, op):
                 e.store(out, target, _combine(e, op, e.load(out, target), e.load(x, b.add(at, i))))
 
 
+def _argmax(e, op):
+    # per line along the axis: best = x[0], at = 0; for j: take x[j] when it is larger, or NaN while
+    # best is not (NumPy: the first NaN, else the first maximum)
+    x, out = op.args[0], op.result
+    outer, n, inner = _split(x.type.shape, op.attrs["axis"])
+    b = e.b
+    best, position = e.alloca(e.storage_type(x.type.dtype), name="best"), e.alloca(I64, name="argmax")
+    floating = is_float(x)
+    with e.loop(outer, "o") as o:
+        with e.loop(inner, "i") as i:
+            start = b.add(b.mul(o, I64(n * inner)), i)
+            b.store(e.load(x, start), best)
+            b.store(I64(0), position)
+            with e.loop(n - 1, "j", start=1) as j:
+                value, current = e.load(x, b.add(start, b.mul(j, I64(inner)))), b.load(best)
+                if floating:
+                    larger = b.or_(b.fcmp_ordered(">", value, current), b.fcmp_unordered("uno", value, value))
+                    take = b.and_(larger, b.fcmp_ordered("ord", current, current))
+                else:
+                    take = b.icmp_signed(">", value, current)
+                b.store(b.select(take, value, current), best)
+                b.store(b.select(take, j, b.load(position)), position)
+            e.store(out, b.add(b.mul(o, I64(inner)), i) if out.type.rank else None, b.load(position))
+
+
 def _first_true(e, op):
     # per line along the axis: found = false; out[j] = x[j] and not found; found |= x[j]
     x, out = op.args[0], op.result
@@ -432,7 +457,7 @@ def _field(e, op):
 EMITTERS = {name: _elementwise for name in SCALAR}
 EMITTERS.update({
     "reduce_sum": _reduce, "reduce_prod": _reduce, "reduce_max": _reduce, "reduce_min": _reduce,
-    "first_true": _first_true, "matmul": _matmul, "outer": _outer, "outer_add": _outer_add, "transpose": _transpose, "reshape": _reshape,
+    "first_true": _first_true, "argmax": _argmax, "matmul": _matmul, "outer": _outer, "outer_add": _outer_add, "transpose": _transpose, "reshape": _reshape,
     "broadcast": _broadcast, "index": _index, "index_add": _index_add, "stack": _stack, "const": _const,
     "eye": _eye, "onehot": _onehot, "dropout_mask": _dropout_mask, "pack_bits": _pack_bits,
     "unpack_bits": _unpack_bits, "record": _record, "field": _field,

@@ -233,6 +233,26 @@ def _eye(chk, args, kw, node):
     return chk.prim("eye", [], node.loc, n=n)
 
 
+def _reshape(chk, args, kw, node):
+    x = args[0]
+    shape = _dims(chk, node.args[1:], "reshape")
+    size = 1
+    for d in shape:
+        size *= d
+    if size != x.type.size:
+        raise SpadcError(f"`reshape` cannot make {x.type.size} entries into shape "
+                         f"[{', '.join(map(str, shape))}] ({size} entries)", node.loc)
+    return chk.prim("reshape", [x], node.loc, shape=shape) if shape != x.type.shape else x
+
+
+def _argmax(chk, args, kw, node):
+    x = chk.numeric(args[0], "`argmax`", node.loc)
+    axis = _axis(chk, kw, x.type.rank, "argmax", node)
+    if x.type.rank == 0:
+        return chk.constant(0, node.loc)
+    return chk.prim("argmax", [x], node.loc, axis=axis)
+
+
 def _float(chk, args, kw, node):
     x = args[0]
     return x if x.type.dtype == "f64" else chk.prim("to_float", [x], node.loc)
@@ -262,7 +282,7 @@ def _stop_gradient(chk, args, kw, node):
 
 # Arguments that must be compile-time constants are read from the AST by the lowering itself, so
 # they are listed here as "lazy": they are not elaborated as run-time values first.
-_LAZY_TAIL = {"onehot": 1, "dropout": 1, "zeros": 0, "ones": 0, "fill": 1, "eye": 0}
+_LAZY_TAIL = {"onehot": 1, "dropout": 1, "zeros": 0, "ones": 0, "fill": 1, "eye": 0, "reshape": 1}
 
 BUILTINS: dict[str, Builtin] = {
     **{name: Builtin(1, 1, (), _float_unary(name)) for name in FLOAT_UNARY},
@@ -292,6 +312,8 @@ BUILTINS: dict[str, Builtin] = {
     "float": Builtin(1, 1, (), _float),
     "int": Builtin(1, 1, (), _int),
     "where": Builtin(3, 3, (), _where),
+    "reshape": Builtin(2, None, (), _reshape),
+    "argmax": Builtin(1, 1, ("axis",), _argmax),
 }
 
 

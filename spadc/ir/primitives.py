@@ -180,6 +180,22 @@ _reduce("reduce_max", np.max, "maximum over one axis or all; the derivative goes
 _reduce("reduce_min", np.min, "minimum over one axis or all; the derivative goes to the first minimal entry")
 
 
+def _argmax_infer(types, attrs):
+    (t,) = types
+    _require(t.dtype in ("f64", "i64"), f"argmax takes f64 or i64, got {t}")
+    axis = attrs["axis"]
+    if axis is None:
+        return TensorType("i64")
+    _require(0 <= axis < t.rank, f"argmax: axis {axis} out of range for {t}")
+    return TensorType("i64", t.shape[:axis] + t.shape[axis + 1:])
+
+
+_define("argmax", 1, _argmax_infer,
+        lambda args, attrs, ctx: np.asarray(np.argmax(args[0], axis=attrs["axis"]), dtype=np.int64), "reduce",
+        "the position of the first maximal entry (row-major, or along `axis`); a NaN counts as maximal, as "
+        "in NumPy; zero derivative")
+
+
 # ---- linear algebra and structure ---------------------------------------------
 
 def _matmul_infer(types, attrs):
