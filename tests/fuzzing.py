@@ -46,7 +46,7 @@ F32_RTOL = 2e-3  # f32 against f64 losses, on smooth programs whose loss is not 
 DIRECTION_STEP = 1e-3  # step of the fourth-order central difference
 DIRECTION_RTOL = 1e-5
 BATCH = 3
-WORKER_TASKS = 5  # chunks of 100 seeds a worker process checks before it is replaced
+WORKER_TASKS = 5  # chunks of 100 seeds each worker process checks before the pool is replaced
 
 SMOOTH_UNARY = ["tanh({0})", "sin({0})", "cos({0})", "sigmoid({0})", "exp(tanh({0}))", "log({0} * {0} + 1)",
                 "log1p({0} * {0})", "sqrt({0} * {0} + 1)", "softplus({0})", "expm1(tanh({0}))",
@@ -468,27 +468,30 @@ def main(argv=None) -> int:
     for kind, total in totals.items():
         seeds = list(range(args.first_seed, args.first_seed + total))
         chunks = [seeds[i:i + 100] for i in range(0, len(seeds), 100)]
+        # Workers are replaced after every group of WORKER_TASKS chunks each (a fresh pool per
+        # group): each LLVM optimisation run keeps some memory in the process (llvmlite's pass
+        # pipeline, ~160 KB for a small kernel), which over thousands of programs adds up to
+        # gigabytes. (ProcessPoolExecutor's own max_tasks_per_child hangs on Python 3.11.)
         # Workers are separate processes, so a crash in compiled code (a segfault) breaks the pool
         # and is reported as a failure instead of ending the run silently.
-        # A worker is replaced after WORKER_TASKS chunks: each LLVM optimisation run keeps some memory
-        # in the process (llvmlite's pass pipeline, ~160 KB for a small kernel), which over thousands
-        # of programs would add up to gigabytes.
-        pool = concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                      max_tasks_per_child=WORKER_TASKS) \
-            if args.workers > 1 else contextlib.nullcontext()
-        with pool:
-            results = (pool.map if args.workers > 1 else map)(_run_share, [kind] * len(chunks), chunks)
-            done = 0
-            try:
-                for chunk, chunk_failures in zip(chunks, results):
-                    failures += chunk_failures
-                    done += len(chunk)
-                    if done % 500 == 0 or done == total:
-                        print(f"{kind}: {done} done, {len(failures)} failures, "
-                              f"{time.perf_counter() - started:.0f} s", flush=True)
-            except concurrent.futures.process.BrokenProcessPool as error:
-                failures.append((kind, None, f"a worker crashed: {error}"))
-                print(f"FAIL {kind}: a worker crashed: {error}", flush=True)
+        group = WORKER_TASKS * max(args.workers, 1)
+        done = 0
+        for first in range(0, len(chunks), group):
+            part = chunks[first:first + group]
+            pool = concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) \
+                if args.workers > 1 else contextlib.nullcontext()
+            with pool:
+                results = (pool.map if args.workers > 1 else map)(_run_share, [kind] * len(part), part)
+                try:
+                    for chunk, chunk_failures in zip(part, results):
+                        failures += chunk_failures
+                        done += len(chunk)
+                        if done % 500 == 0 or done == total:
+                            print(f"{kind}: {done} done, {len(failures)} failures, "
+                                  f"{time.perf_counter() - started:.0f} s", flush=True)
+                except concurrent.futures.process.BrokenProcessPool as error:
+                    failures.append((kind, None, f"a worker crashed: {error}"))
+                    print(f"FAIL {kind}: a worker crashed: {error}", flush=True)
     print(f"{totals['programs']} programs and {totals['mutants']} mutants in {time.perf_counter() - started:.0f} s: "
           f"{len(failures)} failures")
     return 1 if failures else 0
