@@ -33,6 +33,7 @@ from .errors import Source, SpadcError
 from .ir.printer import format_program
 
 DTYPES = ("f64", "f32")
+PARTICLES = "particles"  # the variant key of the forward kernel with a parameter vector per particle
 
 
 @dataclass
@@ -48,6 +49,18 @@ class Compiled:
     max_memory: int  # bytes: no kernel's workspace may need more
     base_layout: dict  # the layout with the forward kernel and the exact gradient only (what the disk cache keeps)
     variants: dict[str, tuple[dict, jit.Compiled, GradientProgram]] = field(default_factory=dict)
+
+    def particles(self) -> tuple[dict, jit.Compiled]:
+        """(layout entry, machine code) of the forward kernel with a parameter vector per particle
+        (ES and PES), compiled on first use."""
+        if PARTICLES not in self.variants:
+            module = ir.Module(name=f"{self.program.name}.particles")
+            _, outputs = kernels.base_layout(self.program, self.dtype)
+            entry = kernels.forward_kernel(module, self.program, self.layout, outputs, self.dtype, "forward_particles",
+                                           self.max_memory, particles=True)
+            self.variants[PARTICLES] = (entry, jit.compile_ir(str(module), ("forward_particles",)), None)
+        entry, machine, _ = self.variants[PARTICLES]
+        return entry, machine
 
     def gradient_program(self, sampling=None, score: str | None = None, policy: str | None = None) -> GradientProgram:
         return self.variant(sampling, score, policy)[2]
@@ -162,7 +175,20 @@ def _assemble(layout: dict, machine: jit.Compiled, compiled_of, base_key: str | 
             warnings.warn(message, SamplingWarning, stacklevel=5)
         return entry, code.addresses["grad"], code
 
-    return Model(layout, machine.addresses["forward"], provide, keepalive=machine)
+    def provide_particles():
+        """The forward kernel with a parameter vector per particle: (layout entry, address, owner)."""
+        entry_key = cache.variant_key(base_key, PARTICLES) if base_key else None
+        hit = cache.load(entry_key) if entry_key else None
+        if hit is not None:
+            entry, code = hit[0], jit.load_object(hit[1], ("forward_particles",))
+        else:
+            compiled = compiled_of()
+            entry, code = compiled.particles()
+            if entry_key:
+                cache.store(entry_key, entry, code.object_code, cache.file_digests(compiled.program.files))
+        return entry, code.addresses["forward_particles"], code
+
+    return Model(layout, machine.addresses["forward"], provide, keepalive=machine, particle_provider=provide_particles)
 
 
 def _variant(compiled_of, base_key: str | None, key: str, sampling, score, policy) -> tuple[dict, jit.Compiled]:

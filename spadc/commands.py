@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 from spadrt.diagnostics import POOLED_BOUND, POWER_TARGET, diagnose
+from spadrt.es import ES
 from spadrt.estimators import RAD, SPAD, Exact
 from spadrt.files import check_writable, read_npz, save_npz
 from spadrt.optim import OPTIMIZERS, CosineLR, StepLR
@@ -33,6 +34,9 @@ def check(args) -> int:
 
 
 def ir(args) -> int:
+    if args.estimator == "es":
+        raise SpadcError("ES runs the forward program only (with perturbed params): it has no gradient program; "
+                         "`spadc ir FILE` prints the forward program")
     if args.grad or args.estimator != "exact":
         compiled = api.build_file(args.file)
         program = compiled.gradient_program(_estimator(args).sampling).program
@@ -105,6 +109,8 @@ def _estimator(args):
         return Exact()
     if args.estimator == "rad":
         return RAD(keep=args.keep, policy=args.sites, draw=args.draw, share=args.share)
+    if args.estimator == "es":
+        return ES(sigma=args.sigma, particles=args.particles)
     return SPAD(keep=args.keep, sites=args.sites, draw=args.draw, share=args.share, policy=args.rank,
                 score=args.score, refresh=args.refresh, candidates=args.candidates, floor=args.floor)
 
@@ -242,7 +248,7 @@ def mem(args) -> int:
     estimator = _estimator(args)
     if estimator.sampling is None:
         raise SpadcError("spadc mem compares the exact tape with an estimator's: give --estimator rad or spad "
-                         "with --keep below 1")
+                         "with --keep below 1 (ES keeps no tape at all)")
     label = f"{args.estimator} (keep {estimator.keep})"
     sys.stdout.write(memreport.report(compiled, estimator.sampling, label,
                                       estimator if isinstance(estimator, SPAD) else None))

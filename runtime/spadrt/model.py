@@ -25,6 +25,7 @@ import numpy as np
 
 from . import calls
 from .errors import SpadcError
+from .es import ES, estimate, perturbations
 from .estimators import SPAD, resolve, variant_key
 from .files import read_npz, save_npz
 from .init import initial_value
@@ -34,6 +35,7 @@ from .spad_steps import spad_gradient
 _POINTER, _I64, _U64_T = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64
 _COMMON = [_POINTER, _POINTER, _POINTER, _I64, _I64, _I64, _U64_T, _U64_T]
 FORWARD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER)
+PARTICLES_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER, _I64, _I64)
 GRAD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER)
 _NUMPY = {"i64": np.int64, "bool": np.bool_}
 # Keywords of forward/loss/grad that are not inputs: an input of one of these names must be passed
@@ -59,13 +61,16 @@ class _Place:
 class Model:
     """A compiled model: its parameters, and forward and gradient evaluation from NumPy values."""
 
-    def __init__(self, layout: dict, forward_address: int, gradient_provider, keepalive=None):
+    def __init__(self, layout: dict, forward_address: int, gradient_provider, keepalive=None,
+                 particle_provider=None):
         """`gradient_provider(sampling, score, policy)` gives (layout entry, address, owner) of a
-        gradient kernel variant (compiling it if it can)."""
+        gradient kernel variant (compiling it if it can); `particle_provider()` the same of the
+        forward kernel with a parameter vector per particle (ES), when there is one."""
         self.layout = layout
         self._keepalive = keepalive  # whatever owns the machine code (a JIT engine, a loaded library)
         self._forward = FORWARD_TYPE(forward_address)
         self._provider = gradient_provider
+        self._particle_provider = particle_provider
         self._variants: dict[str, tuple] = {}
         self._float = np.float64 if layout["dtype"] == "f64" else np.float32
         self._flat = np.zeros(layout["param_count"], dtype=self._float)  # never reallocated: views stay valid
@@ -211,12 +216,49 @@ class Model:
         prepared = self._inputs(inputs)
         call = dict(prepared=prepared, flat=self._params_buffer(params), training=options.training,
                     seed=options.seed, offset=options.offset, threads=calls.check_threads(threads))
-        if isinstance(estimator, SPAD):
+        if isinstance(estimator, ES):
+            loss, flat, entry = self._es_gradient(estimator, step or 0, **call)
+            measured = 0  # forward passes only: no tape
+        elif isinstance(estimator, SPAD):
             loss, flat, measured, entry = spad_gradient(self, estimator, step, call)
         else:
             entry, function = self._variant(estimator.sampling)
             loss, flat, measured = self._run(entry, function, step=step or 0, **call)
         return loss, flat, measured / prepared.n, entry, prepared.n
+
+    def _es_gradient(self, estimator: ES, step: int, *, prepared, flat, training, seed, offset, threads):
+        """(loss at the params, ES estimate of the smoothed loss's gradient, the kernel's entry)."""
+        with self._compile_lock:
+            if self._particle_provider is None:
+                raise SpadcError("ES needs the forward kernel with a parameter vector per particle, which this "
+                                 "library was built without")
+            if "particles" not in self._variants:
+                entry, address, owner = self._particle_provider()
+                self._variants["particles"] = (entry, PARTICLES_TYPE(address), owner)
+            entry, function, _ = self._variants["particles"]
+        eps = perturbations(estimator, seed, step, flat.size)
+        # Row 0 is the params themselves (the loss `grad` reports), then one row per particle.
+        thetas = np.ascontiguousarray(np.vstack([flat[None, :], flat[None, :] + eps]), dtype=self._float)
+        rows, count = prepared.n, estimator.particles + 1
+        losses = np.empty((count, rows), dtype=self._float)
+        outputs = [np.empty((count * rows, *o["shape"]), dtype=self._dtype(o["dtype"])) for o in self.layout["outputs"]]
+
+        def chunk(first: int, last: int):  # particles first..last-1, every data row each
+            addresses = (ctypes.c_void_p * max(len(outputs), 1))(*[o[first * rows:].ctypes.data for o in outputs])
+            scratch = self._scratch.take()
+            try:
+                code = function(thetas[first].ctypes.data, prepared.pointers, prepared.strides, (last - first) * rows,
+                                int(offset), int(bool(training)), int(seed) & _U64, int(step) & _U64,
+                                losses[first].ctypes.data, addresses, scratch.workspace(entry["workspace"]),
+                                scratch.status.ctypes.data, rows, flat.size)
+                self._raise_on_failure(code, prepared.batched, entry["checks"], scratch.status)
+            finally:
+                self._scratch.give(scratch)
+
+        calls.run_chunks(chunk, count, threads)
+        means = losses.astype(np.float64).mean(axis=1)
+        gradient = estimate(estimator, means[1:], eps).astype(self._float)
+        return float(means[0]), gradient, {**entry, "tape_bytes": 0}
 
     def _variant(self, sampling, score=None, policy=None):
         key = variant_key(sampling, score, policy)

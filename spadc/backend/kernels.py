@@ -98,13 +98,15 @@ def _signature(module, name, float_type_, tail):
     return {arg.name: arg for arg in function.args}, function
 
 
-def _bind_sample(e, program: Program, inputs, args, layout, s):
-    """Point the program's params and the given inputs at this sample's data."""
+def _bind_sample(e, program: Program, inputs, args, layout, s, params=None):
+    """Point the program's params (at `params`, default the shared ones) and the given inputs at
+    sample `s`'s data."""
     b = e.b
     e.sample = b.add(args["sample_offset"], s, name="sample")
+    params = args["params"] if params is None else params
     offsets = {p["name"]: p["offset"] for p in layout["params"]}
     for decl in program.params:
-        e.bind(decl.value, b.gep(args["params"], [I64(offsets[decl.name])], inbounds=True, name=decl.name))
+        e.bind(decl.value, b.gep(params, [I64(offsets[decl.name])], inbounds=True, name=decl.name))
     for k, decl in enumerate(inputs):
         base = b.load(b.gep(args["inputs"], [I64(k)]))
         stride = b.load(b.gep(args["input_strides"], [I64(k)]))
@@ -112,8 +114,12 @@ def _bind_sample(e, program: Program, inputs, args, layout, s):
 
 
 def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype: str, symbol: str = "forward",
-                   max_memory: int | None = None) -> dict:
-    """Add the forward kernel to the module, named `symbol`; returns its entry for the layout."""
+                   max_memory: int | None = None, particles: bool = False) -> dict:
+    """Add the forward kernel to the module, named `symbol`; returns its entry for the layout.
+
+    With `particles`, the kernel takes two more arguments, `rows` and `param_stride`: evaluation s
+    is data row s % rows (keyed as that row: every particle sees the same dropout keys) with the
+    params of particle s / rows, at `params + (s / rows) * param_stride` (ESTIMATORS.md section 8)."""
     float_type_ = float_type(dtype)
     float_bytes = 8 if dtype == "f64" else 4
     checks: list[Check] = []
@@ -121,12 +127,19 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
     check_limit(program, plan_, max_memory, "forward kernel", float_bytes)
     tail = [("losses", float_type_.as_pointer()), ("outputs", I8P.as_pointer()), ("workspace", I8P),
             ("status", I64.as_pointer())]
+    if particles:
+        tail += [("rows", I64), ("param_stride", I64)]
     args, function = _signature(module, symbol, float_type_, tail)
     e = FunctionEmitter(function, float_type_, plan_, args["workspace"], args["status"], checks)
     e.options = {"training": args["training"], "seed": args["seed"], "step": args["step"]}
     b = e.b
     with e.loop(args["n"], "s") as s:
-        _bind_sample(e, program, program.inputs, args, layout, s)
+        if particles:
+            row = b.urem(s, args["rows"], name="row")
+            own = b.gep(args["params"], [b.mul(b.udiv(s, args["rows"]), args["param_stride"])], name="particle")
+            _bind_sample(e, program, program.inputs, args, layout, row, own)
+        else:
+            _bind_sample(e, program, program.inputs, args, layout, s)
         e.block(program.body)
         b.store(e.load(program.loss), b.gep(args["losses"], [s]))
         for k, value in enumerate(outputs.values()):

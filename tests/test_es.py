@@ -1,0 +1,103 @@
+"""Evolution strategies (ESTIMATORS.md section 8): forward passes only.
+
+Oracles: the estimate recomputed from plain forward calls at the perturbed params (bit for bit);
+on a quadratic, whose smoothed gradient is its exact gradient, a statistical test of unbiasedness
+with power (it rejects the same estimator scaled by CONTROL_BIAS); training on a loss without a
+useful derivative.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import spadc
+from spadrt.diagnostics import diagnose, draws_for_power
+from spadrt.es import perturbations
+
+from conftest import example
+
+SEED = 11
+DRAWS = 400
+CONTROL_BIAS = 1.05
+QUADRATIC = "param x: f64[3] = 0.5\ninput a: f64[3]\nloss sum(a * (x - 1.0) ^ 2) + x[0] * x[1]"
+A = np.array([1.0, 2.0, 3.0])
+
+
+def _quadratic():
+    return spadc.compile_source(QUADRATIC, name="quadratic.spad")
+
+
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_the_estimate_is_made_of_plain_forward_losses_at_the_perturbed_params(antithetic):
+    model = spadc.compile_file(example("mlp.spad"))
+    model.init_params(SEED)
+    x = np.random.default_rng(1).standard_normal((5, 64))
+    label = np.arange(5)
+    estimator = spadc.ES(sigma=0.05, particles=6, antithetic=antithetic)
+    loss, grads = model.grad(x=x, label=label, estimator=estimator, seed=3, step=2)
+    eps = perturbations(estimator, 3, 2, model.flat_params.size)
+    losses = np.array([np.mean(model.loss(x=x, label=label, params=model.flat_params + e)) for e in eps])
+    if antithetic:
+        expected = ((losses[0::2] - losses[1::2])[:, None] * eps[0::2]).sum(0) / (6 * 0.05 ** 2)
+    else:
+        expected = (losses[:, None] * eps).sum(0) / (6 * 0.05 ** 2)
+    flat = np.concatenate([grads[p["name"]].ravel() for p in model.layout["params"]])
+    np.testing.assert_allclose(flat, expected, rtol=1e-12, atol=1e-12)
+    assert loss == pytest.approx(np.mean(model.loss(x=x, label=label)), rel=1e-15)
+
+
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_es_is_unbiased_on_a_quadratic_and_the_control_is_rejected(antithetic):
+    model = _quadratic()
+    estimator = spadc.ES(sigma=0.2, particles=8, antithetic=antithetic)
+    draws = max(DRAWS, draws_for_power(model, estimator, seed=SEED, a=A))
+    report = diagnose(model, estimator, draws=draws, seed=SEED, a=A)
+    assert report.unbiased, report
+    control = diagnose(model, estimator, draws=draws, seed=SEED, bias=CONTROL_BIAS, a=A)
+    assert not control.unbiased, control
+
+
+def test_the_same_seed_gives_the_same_bits_on_any_thread_count():
+    model = spadc.compile_file(example("mlp.spad"))
+    x = np.random.default_rng(2).standard_normal((40, 64))
+    label = np.arange(40) % 10
+    estimator = spadc.ES(sigma=0.1, particles=70)  # more particles than one chunk
+    results = [model.grad(x=x, label=label, estimator=estimator, seed=4, threads=t) for t in (1, 2, 3)]
+    for loss, grads in results[1:]:
+        assert loss == results[0][0]
+        for name in grads:
+            np.testing.assert_array_equal(grads[name], results[0][1][name])
+    assert not np.array_equal(model.grad(x=x, label=label, estimator=estimator, seed=5)[1]["W1"], results[0][1]["W1"])
+
+
+def test_es_trains_on_a_loss_without_a_useful_derivative():
+    # A step function of the params: its exact gradient is 0 almost everywhere, its smoothed one is not.
+    model = spadc.compile_source("param x: f64[2] = 2.0\nloss sum(floor(x * x))", name="steps.spad")
+    assert np.all(model.grad()[1]["x"] == 0.0)
+    start = model.loss()
+    model.fit(None, steps=60, optimizer=spadc.SGD(lr=0.05), estimator=spadc.ES(sigma=0.5, particles=32))
+    assert model.loss() < start - 4
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(sigma=0.0), "sigma must be a positive number"), (dict(sigma=float("nan")), "sigma must be"),
+    (dict(particles=0), "particles must be a positive integer"), (dict(particles=3), "must be even"),
+    (dict(antithetic=1), "antithetic must be True or False")])
+def test_bad_settings_are_refused(options, message):
+    with pytest.raises(spadc.SpadcError, match=message):
+        spadc.ES(**options)
+
+
+def test_the_command_line_trains_and_grads_with_es(tmp_path):
+    grad = subprocess.run([sys.executable, "-m", "spadc", "grad", example("rosenbrock.spad"), "--estimator", "es",
+                           "--sigma", "0.01", "--particles", "16"], capture_output=True, text=True)
+    assert grad.returncode == 0, grad.stderr
+    assert "tape: 0 bytes per sample" in grad.stdout
+    train = subprocess.run([sys.executable, "-m", "spadc", "train", example("rosenbrock.spad"), "--steps", "20",
+                            "--estimator", "es", "--quiet"], capture_output=True, text=True)
+    assert train.returncode == 0, train.stderr
+    refused = subprocess.run([sys.executable, "-m", "spadc", "ir", example("rosenbrock.spad"), "--estimator", "es"],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "no gradient program" in refused.stderr
