@@ -16,12 +16,14 @@ Invariants:
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import calls
 from .errors import SpadcError
 
 ES_SITE = int.from_bytes(hashlib.blake2b(b"spadc.ES", digest_size=8).digest(), "little")
@@ -89,3 +91,34 @@ def estimate(estimator: ES, losses: np.ndarray, eps: np.ndarray) -> np.ndarray:
         differences = losses[0::2] - losses[1::2]
         return (differences[:, None] * eps[0::2]).sum(axis=0) / (n * sigma2)
     return (losses[:, None] * eps).sum(axis=0) / (n * sigma2)
+
+
+def es_gradient(model, estimator: ES, step: int, *, prepared, flat, training, seed, offset, threads):
+    """(mean loss at the params, the ES estimate, the particle kernel's layout entry) for one call
+    of `Model.grad`: every particle on every data row, in one batched kernel call per chunk of
+    particles."""
+    entry, function = model._particles()
+    eps = perturbations(estimator, seed, step, flat.size)
+    # Row 0 is the params themselves (the loss `grad` reports), then one row per particle.
+    thetas = np.ascontiguousarray(np.vstack([flat[None, :], flat[None, :] + eps]), dtype=model._float)
+    rows, count = prepared.n, estimator.particles + 1
+    losses = np.empty((count, rows), dtype=model._float)
+    outputs = [np.empty((count * rows, *o["shape"]), dtype=model._dtype(o["dtype"])) for o in model.layout["outputs"]]
+
+    def chunk(first: int, last: int):  # particles first..last-1, every data row each
+        addresses = (ctypes.c_void_p * max(len(outputs), 1))(*[o[first * rows:].ctypes.data for o in outputs])
+        scratch = model._scratch.take()
+        try:
+            code = function(thetas[first].ctypes.data, prepared.pointers, prepared.strides, (last - first) * rows,
+                            int(offset), int(bool(training)), int(seed) & _MASK64, int(step) & _MASK64,
+                            losses[first].ctypes.data, addresses, scratch.workspace(entry["workspace"]),
+                            scratch.status.ctypes.data, rows, flat.size)
+            model._raise_on_failure(code, prepared.batched, entry["checks"], scratch.status)
+        finally:
+            model._scratch.give(scratch)
+
+    calls.run_chunks(chunk, count, threads)
+    means = losses.astype(np.float64).mean(axis=1)
+    gradient = estimate(estimator, means[1:], eps).astype(model._float)
+    return float(means[0]), gradient, {**entry, "tape_bytes": 0}
+

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import calls
+from .arguments import NO_DATA, Options, Prepared, check_seed, merge_inputs, numeric, prepare
 from .errors import SpadcError
-from .es import ES, estimate, perturbations
+from .es import ES, es_gradient
 from .estimators import SPAD, resolve, variant_key
 from .files import read_npz, save_npz
 from .init import initial_value
@@ -126,12 +127,12 @@ class Model:
             for p in self.layout["params"]:
                 if p["name"] not in values:
                     raise SpadcError(f"missing param `{p['name']}`")
-                value = _numeric(values[p["name"]], f"param `{p['name']}`")
+                value = numeric(values[p["name"]], f"param `{p['name']}`")
                 if list(value.shape) != p["shape"]:
                     raise SpadcError(f"param `{p['name']}` must have shape {p['shape']}, got {list(value.shape)}")
                 flat[p["offset"]:p["offset"] + p["size"]] = value.ravel()
             return flat
-        flat = _numeric(values, "params")
+        flat = numeric(values, "params")
         if flat.shape != self._flat.shape:
             raise SpadcError(f"a flat params array must have {self._flat.size} entries, got shape {list(flat.shape)}")
         return np.ascontiguousarray(flat, dtype=self._float)
@@ -142,9 +143,9 @@ class Model:
                 threads: int | None = None, inputs: dict | None = None, **keyword_inputs) -> ForwardResult:
         """One loss per sample and the outputs. Inputs come as keywords or in `inputs=` (which any
         input name fits, even one spelt like an option such as `seed`)."""
-        options = _Options.check(training, seed, step, sample_offset)
+        options = Options.check(training, seed, step, sample_offset)
         threads = calls.check_threads(threads)
-        prepared = self._inputs(_merge_inputs(inputs, keyword_inputs))
+        prepared = self._inputs(merge_inputs(inputs, keyword_inputs))
         n = prepared.n
         losses = np.empty(n, dtype=self._float)
         outputs = [np.empty((n, *o["shape"]), dtype=self._dtype(o["dtype"])) for o in self.layout["outputs"]]
@@ -183,7 +184,7 @@ class Model:
         if not isinstance(stats, bool):
             raise SpadcError(f"stats must be True or False, got {stats!r}")
         loss, flat, measured, entry, n = self._gradient(params, estimator, training, seed, step, sample_offset,
-                                                        threads, _merge_inputs(inputs, keyword_inputs))
+                                                        threads, merge_inputs(inputs, keyword_inputs))
         named = {p["name"]: flat[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"]).astype(np.float64, copy=False)
                  for p in self.layout["params"]}
         if stats:
@@ -196,7 +197,7 @@ class Model:
                   inputs: dict | None = None, **keyword_inputs):
         """`grad` for optimisers: (mean loss, the gradient as one flat array, tape bytes per sample)."""
         loss, flat, measured, _, _ = self._gradient(params, estimator, training, seed, step, sample_offset,
-                                                    threads, _merge_inputs(inputs, keyword_inputs))
+                                                    threads, merge_inputs(inputs, keyword_inputs))
         return loss, flat, measured
 
     @property
@@ -212,12 +213,12 @@ class Model:
 
     def _gradient(self, params, estimator, training, seed, step, offset, threads, inputs):
         estimator = resolve(estimator)
-        options = _Options.check(training, seed, 0 if step is None else step, offset)
+        options = Options.check(training, seed, 0 if step is None else step, offset)
         prepared = self._inputs(inputs)
         call = dict(prepared=prepared, flat=self._params_buffer(params), training=options.training,
                     seed=options.seed, offset=options.offset, threads=calls.check_threads(threads))
         if isinstance(estimator, ES):
-            loss, flat, entry = self._es_gradient(estimator, step or 0, **call)
+            loss, flat, entry = es_gradient(self, estimator, step or 0, **call)
             measured = 0  # forward passes only: no tape
         elif isinstance(estimator, SPAD):
             loss, flat, measured, entry = spad_gradient(self, estimator, step, call)
@@ -226,8 +227,8 @@ class Model:
             loss, flat, measured = self._run(entry, function, step=step or 0, **call)
         return loss, flat, measured / prepared.n, entry, prepared.n
 
-    def _es_gradient(self, estimator: ES, step: int, *, prepared, flat, training, seed, offset, threads):
-        """(loss at the params, ES estimate of the smoothed loss's gradient, the kernel's entry)."""
+    def _particles(self):
+        """(layout entry, function) of the forward kernel with a parameter vector per particle."""
         with self._compile_lock:
             if self._particle_provider is None:
                 raise SpadcError("ES needs the forward kernel with a parameter vector per particle, which this "
@@ -236,29 +237,7 @@ class Model:
                 entry, address, owner = self._particle_provider()
                 self._variants["particles"] = (entry, PARTICLES_TYPE(address), owner)
             entry, function, _ = self._variants["particles"]
-        eps = perturbations(estimator, seed, step, flat.size)
-        # Row 0 is the params themselves (the loss `grad` reports), then one row per particle.
-        thetas = np.ascontiguousarray(np.vstack([flat[None, :], flat[None, :] + eps]), dtype=self._float)
-        rows, count = prepared.n, estimator.particles + 1
-        losses = np.empty((count, rows), dtype=self._float)
-        outputs = [np.empty((count * rows, *o["shape"]), dtype=self._dtype(o["dtype"])) for o in self.layout["outputs"]]
-
-        def chunk(first: int, last: int):  # particles first..last-1, every data row each
-            addresses = (ctypes.c_void_p * max(len(outputs), 1))(*[o[first * rows:].ctypes.data for o in outputs])
-            scratch = self._scratch.take()
-            try:
-                code = function(thetas[first].ctypes.data, prepared.pointers, prepared.strides, (last - first) * rows,
-                                int(offset), int(bool(training)), int(seed) & _U64, int(step) & _U64,
-                                losses[first].ctypes.data, addresses, scratch.workspace(entry["workspace"]),
-                                scratch.status.ctypes.data, rows, flat.size)
-                self._raise_on_failure(code, prepared.batched, entry["checks"], scratch.status)
-            finally:
-                self._scratch.give(scratch)
-
-        calls.run_chunks(chunk, count, threads)
-        means = losses.astype(np.float64).mean(axis=1)
-        gradient = estimate(estimator, means[1:], eps).astype(self._float)
-        return float(means[0]), gradient, {**entry, "tape_bytes": 0}
+        return entry, function
 
     def _variant(self, sampling, score=None, policy=None):
         key = variant_key(sampling, score, policy)
@@ -274,14 +253,14 @@ class Model:
         """Call one gradient kernel over the batch, in chunks: (mean loss, flat gradient, tape bytes
         stored over the batch). Chunks' means are weighted by their sizes and summed in chunk order;
         their scores are added to `scores` in chunk order."""
-        data = site_data if site_data is not None else _NO_DATA
+        data = site_data if site_data is not None else NO_DATA
         n = prepared.n
 
         def chunk(start: int, stop: int):
             loss = np.empty(1, dtype=self._float)
             grads = np.empty_like(self._flat)
             stored = np.zeros(1, dtype=np.int64)
-            score_buffer = np.zeros_like(scores) if scores is not None else _NO_DATA
+            score_buffer = np.zeros_like(scores) if scores is not None else NO_DATA
             scratch = self._scratch.take()
             try:
                 code = function(flat.ctypes.data, *prepared.chunk(start), stop - start, int(offset) + start,
@@ -317,36 +296,8 @@ class Model:
     def _dtype(self, dtype: str):
         return self._float if dtype == "f64" else _NUMPY[dtype]
 
-    def _inputs(self, values: dict) -> "_Prepared":
-        declared = {i["name"]: i for i in self.layout["inputs"]}
-        unknown = set(values) - set(declared)
-        if unknown:
-            raise SpadcError(f"unknown input `{sorted(unknown)[0]}`; the model's inputs are "
-                             f"{', '.join(declared) or 'none'}")
-        arrays, batch = [], None
-        for name, spec in declared.items():
-            if name not in values:
-                raise SpadcError(f"missing input `{name}` ({_type_text(spec)})")
-            array = _convert(values[name], spec, self._dtype(spec["dtype"]))
-            rank = len(spec["shape"])
-            if list(array.shape) == spec["shape"]:
-                batched = False
-            elif array.ndim == rank + 1 and list(array.shape[1:]) == spec["shape"]:
-                batched = True
-                if batch is not None and batch[1] != array.shape[0]:
-                    raise SpadcError(f"input `{name}` has a batch of {array.shape[0]} samples but `{batch[0]}` "
-                                     f"has {batch[1]}")
-                batch = (name, array.shape[0])
-            else:
-                raise SpadcError(f"input `{name}` must have shape {spec['shape']} (or [batch, ...] of it), "
-                                 f"got {list(array.shape)}")
-            arrays.append((array, batched))
-        n = batch[1] if batch else 1
-        if n == 0:
-            raise SpadcError(f"input `{batch[0]}` is an empty batch")
-        strides = (ctypes.c_int64 * max(len(arrays), 1))(*[a.strides[0] if b else 0 for a, b in arrays])
-        pointers = (ctypes.c_void_p * max(len(arrays), 1))(*[a.ctypes.data for a, _ in arrays])
-        return _Prepared(n, batch is not None, pointers, strides, arrays)
+    def _inputs(self, values: dict) -> Prepared:
+        return prepare(self.layout, values, self._dtype)
 
     def _raise_on_failure(self, code: int, batched: bool, checks: list[dict], status: np.ndarray):
         if code == 0:
@@ -355,84 +306,3 @@ class Model:
         place = _Place(check["file"], check["line"], check["col"], check["source_line"])
         where = f" (sample {status[2]})" if batched else ""
         raise SpadcError(f"run-time error{where}: {check['message'].format(value=int(status[1]))}", place)
-
-
-@dataclass
-class _Prepared:
-    n: int
-    batched: bool
-    pointers: object
-    strides: object
-    keepalive: object  # the arrays the pointers point into
-
-    def chunk(self, start: int) -> tuple:
-        """(input pointers, strides) for the samples from `start` on."""
-        if start == 0:
-            return self.pointers, self.strides
-        moved = (ctypes.c_void_p * len(self.pointers))(*[p + start * s for p, s in zip(self.pointers, self.strides)])
-        return moved, self.strides
-
-
-def _type_text(spec) -> str:
-    return spec["dtype"] + (f"[{', '.join(map(str, spec['shape']))}]" if spec["shape"] else "")
-
-
-def _numeric(value, what: str) -> np.ndarray:
-    try:
-        array = np.asarray(value)
-    except (ValueError, TypeError) as error:
-        raise SpadcError(f"{what} is not an array of numbers: {error}") from None
-    if array.dtype.kind not in "biuf":
-        raise SpadcError(f"{what} must be numeric, got {array.dtype}")
-    return array
-
-
-def _convert(value, spec, numpy_dtype) -> np.ndarray:
-    array = _numeric(value, f"input `{spec['name']}`")
-    kind = array.dtype.kind
-    if spec["dtype"] == "i64" and kind not in "iu":
-        raise SpadcError(f"input `{spec['name']}` must be integers (i64), got {array.dtype}")
-    if spec["dtype"] == "bool" and kind != "b":
-        raise SpadcError(f"input `{spec['name']}` must be bool, got {array.dtype}")
-    if spec["dtype"] == "f64" and kind == "b":
-        raise SpadcError(f"input `{spec['name']}` must be numbers (f64), got bool")
-    return np.array(array, dtype=numpy_dtype, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
-
-
-_NO_DATA = np.zeros(1)  # stands for an unused buffer argument
-
-
-def check_seed(value, name: str, bound: int = 1 << 64) -> int:
-    """A seed-like option: an integer in [0, bound), never a silently truncated float or bool."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise SpadcError(f"{name} must be an integer in [0, 2^{bound.bit_length() - 1}), got {value!r}")
-    if not 0 <= int(value) < bound:
-        raise SpadcError(f"{name} must be in [0, 2^{bound.bit_length() - 1}), got {value}")
-    return int(value)
-
-
-@dataclass(frozen=True)
-class _Options:
-    """A call's options, validated: what keys the random stream, and whether dropout is on."""
-    training: int
-    seed: int
-    step: int
-    offset: int
-
-    @staticmethod
-    def check(training, seed, step, offset) -> "_Options":
-        if not isinstance(training, (bool, np.bool_)):
-            raise SpadcError(f"training must be True or False, got {training!r}")
-        return _Options(int(training), check_seed(seed, "seed"), check_seed(step, "step"),
-                        check_seed(offset, "sample_offset", 1 << 63))
-
-
-def _merge_inputs(inputs: dict | None, keyword_inputs: dict) -> dict:
-    if inputs is None:
-        return keyword_inputs
-    if not isinstance(inputs, dict):
-        raise SpadcError(f"inputs= must be a dict of input name to array, got {type(inputs).__name__}")
-    both = set(inputs) & set(keyword_inputs)
-    if both:
-        raise SpadcError(f"input `{sorted(both)[0]}` is given twice, in inputs= and as a keyword")
-    return {**inputs, **keyword_inputs}

@@ -27,7 +27,7 @@ import numpy as np
 from .calls import check_threads
 from .errors import SpadcError
 from .estimators import SPAD, resolve
-from .model import check_seed
+from .arguments import check_seed
 from .optim import resolve as resolve_optimizer
 
 

@@ -1,0 +1,133 @@
+"""What a call is given: inputs checked against the layout and made into kernel arguments, and
+options validated.
+
+Invariants:
+- Nothing a caller passes reaches a kernel unchecked: names, shapes, dtypes and batch sizes of
+  inputs are checked first, each mistake a `SpadcError` naming the input; options are never
+  silently coerced (`seed=1.5` is an error, not seed 1).
+- An input with one more leading dimension than declared is a batch; the others are shared by
+  every sample (stride 0).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import SpadcError
+
+
+def prepare(layout: dict, values: dict, dtype_of) -> "Prepared":
+    """The inputs as kernel arguments; `dtype_of(dtype)` is the NumPy type of a declared dtype."""
+    declared = {i["name"]: i for i in layout["inputs"]}
+    unknown = set(values) - set(declared)
+    if unknown:
+        raise SpadcError(f"unknown input `{sorted(unknown)[0]}`; the model's inputs are "
+                         f"{', '.join(declared) or 'none'}")
+    arrays, batch = [], None
+    for name, spec in declared.items():
+        if name not in values:
+            raise SpadcError(f"missing input `{name}` ({type_text(spec)})")
+        array = convert(values[name], spec, dtype_of(spec["dtype"]))
+        rank = len(spec["shape"])
+        if list(array.shape) == spec["shape"]:
+            batched = False
+        elif array.ndim == rank + 1 and list(array.shape[1:]) == spec["shape"]:
+            batched = True
+            if batch is not None and batch[1] != array.shape[0]:
+                raise SpadcError(f"input `{name}` has a batch of {array.shape[0]} samples but `{batch[0]}` "
+                                 f"has {batch[1]}")
+            batch = (name, array.shape[0])
+        else:
+            raise SpadcError(f"input `{name}` must have shape {spec['shape']} (or [batch, ...] of it), "
+                             f"got {list(array.shape)}")
+        arrays.append((array, batched))
+    n = batch[1] if batch else 1
+    if n == 0:
+        raise SpadcError(f"input `{batch[0]}` is an empty batch")
+    strides = (ctypes.c_int64 * max(len(arrays), 1))(*[a.strides[0] if b else 0 for a, b in arrays])
+    pointers = (ctypes.c_void_p * max(len(arrays), 1))(*[a.ctypes.data for a, _ in arrays])
+    return Prepared(n, batch is not None, pointers, strides, arrays)
+
+
+@dataclass
+class Prepared:
+    n: int
+    batched: bool
+    pointers: object
+    strides: object
+    keepalive: object  # the arrays the pointers point into
+
+    def chunk(self, start: int) -> tuple:
+        """(input pointers, strides) for the samples from `start` on."""
+        if start == 0:
+            return self.pointers, self.strides
+        moved = (ctypes.c_void_p * len(self.pointers))(*[p + start * s for p, s in zip(self.pointers, self.strides)])
+        return moved, self.strides
+
+
+def type_text(spec) -> str:
+    return spec["dtype"] + (f"[{', '.join(map(str, spec['shape']))}]" if spec["shape"] else "")
+
+
+def numeric(value, what: str) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as error:
+        raise SpadcError(f"{what} is not an array of numbers: {error}") from None
+    if array.dtype.kind not in "biuf":
+        raise SpadcError(f"{what} must be numeric, got {array.dtype}")
+    return array
+
+
+def convert(value, spec, numpy_dtype) -> np.ndarray:
+    array = numeric(value, f"input `{spec['name']}`")
+    kind = array.dtype.kind
+    if spec["dtype"] == "i64" and kind not in "iu":
+        raise SpadcError(f"input `{spec['name']}` must be integers (i64), got {array.dtype}")
+    if spec["dtype"] == "bool" and kind != "b":
+        raise SpadcError(f"input `{spec['name']}` must be bool, got {array.dtype}")
+    if spec["dtype"] == "f64" and kind == "b":
+        raise SpadcError(f"input `{spec['name']}` must be numbers (f64), got bool")
+    return np.array(array, dtype=numpy_dtype, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+
+
+NO_DATA = np.zeros(1)  # stands for an unused buffer argument
+
+
+def check_seed(value, name: str, bound: int = 1 << 64) -> int:
+    """A seed-like option: an integer in [0, bound), never a silently truncated float or bool."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise SpadcError(f"{name} must be an integer in [0, 2^{bound.bit_length() - 1}), got {value!r}")
+    if not 0 <= int(value) < bound:
+        raise SpadcError(f"{name} must be in [0, 2^{bound.bit_length() - 1}), got {value}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Options:
+    """A call's options, validated: what keys the random stream, and whether dropout is on."""
+    training: int
+    seed: int
+    step: int
+    offset: int
+
+    @staticmethod
+    def check(training, seed, step, offset) -> "Options":
+        if not isinstance(training, (bool, np.bool_)):
+            raise SpadcError(f"training must be True or False, got {training!r}")
+        return Options(int(training), check_seed(seed, "seed"), check_seed(step, "step"),
+                        check_seed(offset, "sample_offset", 1 << 63))
+
+
+def merge_inputs(inputs: dict | None, keyword_inputs: dict) -> dict:
+    if inputs is None:
+        return keyword_inputs
+    if not isinstance(inputs, dict):
+        raise SpadcError(f"inputs= must be a dict of input name to array, got {type(inputs).__name__}")
+    both = set(inputs) & set(keyword_inputs)
+    if both:
+        raise SpadcError(f"input `{sorted(both)[0]}` is given twice, in inputs= and as a keyword")
+    return {**inputs, **keyword_inputs}
