@@ -220,7 +220,9 @@ def c_header(layout: dict, prefix: str, source: str, dtype: str) -> str:
     lines += ["", "/* Inputs, in this order in `inputs` (one sample each; input_strides[k] bytes to the next). */"]
     for k, spec in enumerate(layout["inputs"]):
         name = re.sub(r"\W", "_", spec["name"]).upper()
-        lines.append(f"#define {upper}_INPUT_{name} {k}  /* {spec['name']}: {spec['dtype']}{_shape(spec['shape'])} */")
+        what = " (a state: pass the carried value, or its initial value on an episode's first call)" \
+            if spec.get("state") else ""
+        lines.append(f"#define {upper}_INPUT_{name} {k}  /* {spec['name']}: {spec['dtype']}{_shape(spec['shape'])}{what} */")
     lines += ["", "/* Outputs, in this order in `outputs` (each stacked over the samples). */"]
     for k, spec in enumerate(layout["outputs"]):
         name = re.sub(r"\W", "_", spec["name"]).upper()

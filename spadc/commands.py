@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 
+from spadrt.arguments import user_inputs
 from spadrt.diagnostics import POOLED_BOUND, POWER_TARGET, diagnose
 from spadrt.es import ES
 from spadrt.estimators import RAD, SPAD, Exact
@@ -63,7 +64,7 @@ def _load_data(path: str, what: str, model) -> dict:
     """A data file: arrays named after inputs (others are warned about and skipped), each of shape
     [samples, *the input's shape]; a mismatch names the file's shapes."""
     data = _load_npz(path, what, _input_names(model), unknown="warn")
-    for spec in model.layout["inputs"]:
+    for spec in user_inputs(model.layout):
         array = data.get(spec["name"])
         if array is not None and list(array.shape[1:]) != spec["shape"]:
             shapes = ", ".join(f"`{name}` {list(value.shape)}" for name, value in data.items())
@@ -74,7 +75,7 @@ def _load_data(path: str, what: str, model) -> dict:
 
 
 def _input_names(model) -> list[str]:
-    return [spec["name"] for spec in model.layout["inputs"]]
+    return [spec["name"] for spec in user_inputs(model.layout)]
 
 
 def _model_with_params(args):
@@ -162,7 +163,7 @@ def train(args) -> int:
         check_writable(args.plot, "plot")
         require_matplotlib(args.plot)
     model = _model_with_params(args)
-    if not model.layout["inputs"]:
+    if not user_inputs(model.layout):
         return _train_without_inputs(model, args)
     if args.data is None:
         raise SpadcError(f"{args.file} has inputs ({', '.join(_input_names(model))}): give the training data "

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import spadc
+from spadrt.arguments import user_inputs
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "language.md")
 BLOCKS = re.findall(r"```spad\n(.*?)```", open(DOC, encoding="utf-8").read(), flags=re.S)
@@ -20,7 +21,7 @@ def test_the_reference_has_examples():
 def test_every_example_compiles_and_differentiates(index):
     model = spadc.compile_source(BLOCKS[index], name=f"language{index}.spad")
     inputs = {}
-    for spec in model.layout["inputs"]:
+    for spec in user_inputs(model.layout):
         shape = tuple(spec["shape"])
         inputs[spec["name"]] = np.full(shape, 2, dtype=np.int64) if spec["dtype"] == "i64" else np.linspace(0.1, 0.9, max(int(np.prod(shape)), 1)).reshape(shape)
     loss, grads = model.grad(**inputs)

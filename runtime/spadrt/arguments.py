@@ -19,6 +19,11 @@ import numpy as np
 from .errors import SpadcError
 
 
+def user_inputs(layout: dict) -> list[dict]:
+    """The inputs a caller gives: all the kernel's inputs but the states (which `state=` gives)."""
+    return [spec for spec in layout["inputs"] if not spec.get("state")]
+
+
 def prepare(layout: dict, values: dict, dtype_of) -> "Prepared":
     """The inputs as kernel arguments; `dtype_of(dtype)` is the NumPy type of a declared dtype."""
     declared = {i["name"]: i for i in layout["inputs"]}
@@ -131,3 +136,23 @@ def merge_inputs(inputs: dict | None, keyword_inputs: dict) -> dict:
     if both:
         raise SpadcError(f"input `{sorted(both)[0]}` is given twice, in inputs= and as a keyword")
     return {**inputs, **keyword_inputs}
+
+
+def with_state(layout: dict, values: dict, state: dict | None) -> dict:
+    """The inputs with each `state` filled in: its value from `state`, else its initial value."""
+    declared = {s["name"]: s for s in layout.get("state", [])}
+    if state is not None and not isinstance(state, dict):
+        raise SpadcError(f"state= must be a dict of state name to array, got {type(state).__name__}")
+    given = state or {}
+    unknown = set(given) - set(declared)
+    if unknown:
+        raise SpadcError(f"unknown state `{sorted(unknown)[0]}`; the model's states are {', '.join(declared) or 'none'}")
+    clash = set(values) & set(declared)
+    if clash:
+        name = sorted(clash)[0]
+        raise SpadcError(f"`{name}` is a state, not an input: pass it as state={{\"{name}\": ...}}")
+    filled = dict(values)
+    for name, spec in declared.items():
+        filled[name] = given[name] if name in given else np.broadcast_to(np.asarray(spec["init"]), spec["shape"])
+    return filled
+

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import calls
-from .arguments import NO_DATA, Options, Prepared, check_seed, merge_inputs, numeric, prepare
+from .arguments import NO_DATA, Options, Prepared, check_seed, merge_inputs, numeric, prepare, with_state
 from .errors import SpadcError
 from .es import ES, es_gradient
 from .estimators import SPAD, resolve, variant_key
@@ -41,7 +41,9 @@ GRAD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POIN
 _NUMPY = {"i64": np.int64, "bool": np.bool_}
 # Keywords of forward/loss/grad that are not inputs: an input of one of these names must be passed
 # in `inputs=` (the checker warns about such names).
-CALL_OPTIONS = ("params", "estimator", "training", "seed", "step", "sample_offset", "stats", "inputs", "threads")
+CALL_OPTIONS = ("params", "estimator", "training", "seed", "step", "sample_offset", "stats", "inputs", "threads",
+                "state")
+STATE_OUTPUT = "_state."  # the hidden outputs that carry states out (spadc/ir/core.py)
 _U64 = (1 << 64) - 1
 
 
@@ -49,6 +51,7 @@ _U64 = (1 << 64) - 1
 class ForwardResult:
     loss: float | np.ndarray  # one float, or one per sample for a batch
     outputs: dict[str, np.ndarray]
+    state: dict[str, np.ndarray] = None  # each `state`'s value at the end of the call (LANGUAGE.md 1.1)
 
 
 @dataclass
@@ -140,12 +143,14 @@ class Model:
     # ---- evaluation ------------------------------------------------------------------
 
     def forward(self, *, params=None, training: bool = False, seed: int = 0, step: int = 0, sample_offset: int = 0,
-                threads: int | None = None, inputs: dict | None = None, **keyword_inputs) -> ForwardResult:
+                threads: int | None = None, state: dict | None = None, inputs: dict | None = None,
+                **keyword_inputs) -> ForwardResult:
         """One loss per sample and the outputs. Inputs come as keywords or in `inputs=` (which any
-        input name fits, even one spelt like an option such as `seed`)."""
+        input name fits, even one spelt like an option such as `seed`). `state`: the incoming value
+        of each `state` (default its initial value); `result.state` holds the values to carry on."""
         options = Options.check(training, seed, step, sample_offset)
         threads = calls.check_threads(threads)
-        prepared = self._inputs(merge_inputs(inputs, keyword_inputs))
+        prepared = self._inputs(merge_inputs(inputs, keyword_inputs), state)
         n = prepared.n
         losses = np.empty(n, dtype=self._float)
         outputs = [np.empty((n, *o["shape"]), dtype=self._dtype(o["dtype"])) for o in self.layout["outputs"]]
@@ -166,7 +171,8 @@ class Model:
         calls.run_chunks(chunk, n, threads)
         named = {o["name"]: (v if prepared.batched else v[0]) for o, v in zip(self.layout["outputs"], outputs)}
         visible = {name: value for name, value in named.items() if not name.startswith("_")}
-        result = ForwardResult(losses.astype(np.float64) if prepared.batched else float(losses[0]), visible)
+        result = ForwardResult(losses.astype(np.float64) if prepared.batched else float(losses[0]), visible,
+                               {s["name"]: named[STATE_OUTPUT + s["name"]] for s in self.layout.get("state", [])})
         result.hidden = {name: value for name, value in named.items() if name.startswith("_")}
         return result
 
@@ -174,17 +180,19 @@ class Model:
         return self.forward(**kwargs).loss
 
     def grad(self, *, params=None, estimator=None, training: bool = False, seed: int = 0, step: int | None = None,
-             sample_offset: int = 0, stats: bool = False, threads: int | None = None, inputs: dict | None = None,
-             **keyword_inputs):
+             sample_offset: int = 0, stats: bool = False, threads: int | None = None, state: dict | None = None,
+             inputs: dict | None = None, **keyword_inputs):
         """The mean loss and gradient over the batch: exact, or estimated (ESTIMATORS.md).
 
         `seed`, `step` and `sample_offset` key the random stream; exact gradients ignore them. A SPAD
         estimator uses and advances its own step counter unless `step` is given. `threads`: cores
-        the batch is spread over (default all; the result is the same for any number)."""
+        the batch is spread over (default all; the result is the same for any number). `state`: the
+        incoming value of each `state`, an input that is not differentiated (default its initial
+        value); `forward` gives the values to carry on."""
         if not isinstance(stats, bool):
             raise SpadcError(f"stats must be True or False, got {stats!r}")
         loss, flat, measured, entry, n = self._gradient(params, estimator, training, seed, step, sample_offset,
-                                                        threads, merge_inputs(inputs, keyword_inputs))
+                                                        threads, merge_inputs(inputs, keyword_inputs), state)
         named = {p["name"]: flat[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"]).astype(np.float64, copy=False)
                  for p in self.layout["params"]}
         if stats:
@@ -194,10 +202,10 @@ class Model:
 
     def flat_grad(self, *, params=None, estimator=None, training: bool = False, seed: int = 0,
                   step: int | None = None, sample_offset: int = 0, threads: int | None = None,
-                  inputs: dict | None = None, **keyword_inputs):
+                  state: dict | None = None, inputs: dict | None = None, **keyword_inputs):
         """`grad` for optimisers: (mean loss, the gradient as one flat array, tape bytes per sample)."""
         loss, flat, measured, _, _ = self._gradient(params, estimator, training, seed, step, sample_offset,
-                                                    threads, merge_inputs(inputs, keyword_inputs))
+                                                    threads, merge_inputs(inputs, keyword_inputs), state)
         return loss, flat, measured
 
     @property
@@ -211,10 +219,10 @@ class Model:
         from .training import fit
         return fit(self, data, **options)
 
-    def _gradient(self, params, estimator, training, seed, step, offset, threads, inputs):
+    def _gradient(self, params, estimator, training, seed, step, offset, threads, inputs, state=None):
         estimator = resolve(estimator)
         options = Options.check(training, seed, 0 if step is None else step, offset)
-        prepared = self._inputs(inputs)
+        prepared = self._inputs(inputs, state)
         call = dict(prepared=prepared, flat=self._params_buffer(params), training=options.training,
                     seed=options.seed, offset=options.offset, threads=calls.check_threads(threads))
         if isinstance(estimator, ES):
@@ -296,8 +304,8 @@ class Model:
     def _dtype(self, dtype: str):
         return self._float if dtype == "f64" else _NUMPY[dtype]
 
-    def _inputs(self, values: dict) -> Prepared:
-        return prepare(self.layout, values, self._dtype)
+    def _inputs(self, values: dict, state: dict | None = None) -> Prepared:
+        return prepare(self.layout, with_state(self.layout, values, state), self._dtype)
 
     def _raise_on_failure(self, code: int, batched: bool, checks: list[dict], status: np.ndarray):
         if code == 0:

@@ -27,7 +27,7 @@ import numpy as np
 from .calls import check_threads
 from .errors import SpadcError
 from .estimators import SPAD, resolve
-from .arguments import check_seed
+from .arguments import check_seed, user_inputs
 from .optim import resolve as resolve_optimizer
 
 
@@ -113,8 +113,8 @@ def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimi
 
 def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quiet, stream, on_epoch,
                         threads) -> History:
-    if model.layout["inputs"]:
-        names = ", ".join(i["name"] for i in model.layout["inputs"])
+    if user_inputs(model.layout):
+        names = ", ".join(i["name"] for i in user_inputs(model.layout))
         raise SpadcError(f"the model has inputs ({names}): fit needs data, a dict of arrays named after them")
     if steps is None:
         raise SpadcError("a model without inputs trains for a number of steps: fit(None, steps=N)")
@@ -185,13 +185,13 @@ def _dataset(model, data, what: str) -> dict:
     """The model's inputs from a dict of arrays whose first axis is the sample."""
     if not isinstance(data, dict):
         raise SpadcError(f"{what} must be a dict of arrays named after the model's inputs")
-    declared = [i["name"] for i in model.layout["inputs"]]
+    declared = [i["name"] for i in user_inputs(model.layout)]
     missing = [name for name in declared if name not in data]
     if missing:
         raise SpadcError(f"{what} has no array `{missing[0]}` (the model's inputs are {', '.join(declared)})")
     arrays = {name: np.asarray(data[name]) for name in declared}
     counts = {name: (a.shape[0] if a.ndim else None) for name, a in arrays.items()}
-    for spec in model.layout["inputs"]:
+    for spec in user_inputs(model.layout):
         array = arrays[spec["name"]]
         if array.ndim != len(spec["shape"]) + 1 or list(array.shape[1:]) != spec["shape"]:
             raise SpadcError(f"{what}: `{spec['name']}` must have shape [samples, {', '.join(map(str, spec['shape']))}]"

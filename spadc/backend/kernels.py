@@ -67,11 +67,13 @@ def base_layout(program: Program, dtype: str) -> tuple[dict, dict]:
         offset += decl.value.type.size
     layout = {
         "name": program.name, "abi": ABI_VERSION, "dtype": dtype, "params": params, "param_count": offset,
-        "inputs": [{"name": d.name, "shape": list(d.value.type.shape), "dtype": d.value.type.dtype}
-                   for d in program.inputs],
+        "inputs": [{"name": d.name, "shape": list(d.value.type.shape), "dtype": d.value.type.dtype,
+                    "state": any(st.value is d.value for st in program.states)} for d in program.inputs],
         "outputs": [{"name": n, "shape": list(v.type.shape), "dtype": v.type.dtype, "hidden": n.startswith("_")}
                     for n, v in outputs.items()],
         "classifier": classifier,
+        "state": [{"name": d.name, "shape": list(d.value.type.shape), "dtype": d.value.type.dtype,
+                   "init": d.init.tolist()} for d in program.states],
         "variants": {},
     }
     return layout, outputs

@@ -85,7 +85,7 @@ class _Loader:
                 _check_new_global(env, stmt.name, stmt.name_loc)
                 env.fns[stmt.name] = FnDef(stmt, env)
                 own_fns.append(env.fns[stmt.name])
-            elif isinstance(stmt, (ast.Input, ast.Param, ast.Let, ast.Output)):
+            elif isinstance(stmt, (ast.Input, ast.State, ast.Param, ast.Let, ast.Output)):
                 env.top_level_names.add(stmt.name)
         _reject_recursion(own_fns)
         return module, env

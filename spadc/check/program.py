@@ -2,6 +2,7 @@
 
 Invariants:
 - The returned program has exactly one loss, a scalar f64, and every param is f64.
+- A `state` is an input the runtime supplies and a hidden output (`_state.NAME`) of its final value.
 - Param initialisers are resolved to an `InitSpec`; a value (`= expr`) is kept as written and
   broadcast to the declared shape only when params are allocated, so checking allocates no
   parameter storage. Params together fit in the memory limit (spadrt.limits).
@@ -20,7 +21,8 @@ from spadrt.model import CALL_OPTIONS
 
 from ..errors import Source, SpadcError, render
 from ..ir.builder import Builder
-from ..ir.core import Block, InitSpec, InputDecl, ParamDecl, Program, Value
+from ..ir import primitives
+from ..ir.core import STATE_OUTPUT, Block, InitSpec, InputDecl, ParamDecl, Program, StateDecl, Value
 from ..syntax import ast
 from . import modules
 from .statements import StatementChecker
@@ -49,9 +51,10 @@ class _ProgramChecker(StatementChecker):
         self.outputs: dict[str, Value] = {}
         self.loss: tuple[Typed, ast.Loss] | None = None
         self.classifier = None
+        self.states: list[StateDecl] = []
 
     def run(self, module: ast.Module) -> Program:
-        handlers = {ast.Input: self.input, ast.Param: self.param, ast.Output: self.output, ast.Loss: self.loss_stmt,
+        handlers = {ast.Input: self.input, ast.State: self.state, ast.Param: self.param, ast.Output: self.output, ast.Loss: self.loss_stmt,
                     ast.Let: self.let, ast.Assign: self.assign, ast.For: self.for_loop}
         for stmt in module.statements:
             if isinstance(stmt, (ast.Const, ast.Fn, ast.Import)):
@@ -61,10 +64,38 @@ class _ProgramChecker(StatementChecker):
             handlers[type(stmt)](stmt)
         if self.loss is None:
             raise SpadcError("the model has no `loss` statement; it needs exactly one", self.source.end_loc())
+        for state in self.states:  # the final value of each state leaves as a hidden output
+            self.outputs[STATE_OUTPUT + state.name] = self.lookup(state.name).typed.value
         body = self.b.block
         body.params = [p.value for p in self.params] + [i.value for i in self.inputs]
         name = os.path.splitext(os.path.basename(self.source.name))[0]
-        return Program(name, self.params, self.inputs, body, self.outputs, self.loss[0].value, self.classifier)
+        return Program(name, self.params, self.inputs, body, self.outputs, self.loss[0].value, self.classifier,
+                       states=tuple(self.states))
+
+    def state(self, stmt: ast.State):
+        """An input that the runtime supplies (the carried value, or `init`), rebindable like a `let`."""
+        if stmt.name in CALL_OPTIONS:
+            raise SpadcError(f"a state may not be named `{stmt.name}`, like an option of `forward` and `grad`",
+                             stmt.name_loc)
+        type_ = self.resolve_type(stmt.type)
+        if type_.dtype == "bool":
+            raise SpadcError(f"a state must be f64 or i64, got {type_}", stmt.type.loc)
+        init = np.zeros((), dtype=primitives.NUMPY_DTYPES[type_.dtype])
+        if stmt.init is not None:
+            init = self.const_value(stmt.init, f"the initial value of state `{stmt.name}`")
+            if init.dtype.kind == "b" or (type_.dtype == "i64" and init.dtype.kind == "f"):
+                raise SpadcError(f"the initial value of `{stmt.name}` must be {type_.dtype}", ast.start_loc(stmt.init))
+            try:
+                np.broadcast_shapes(init.shape, type_.shape)
+            except ValueError:
+                raise SpadcError(f"the initial value has shape {list(init.shape)}, which does not broadcast to "
+                                 f"{type_}", ast.start_loc(stmt.init)) from None
+            if not np.all(np.isfinite(init)):
+                raise SpadcError(f"the initial value of `{stmt.name}` must be finite", ast.start_loc(stmt.init))
+        value = Value(type_, stmt.name)
+        self.declare(stmt.name, "state", Typed(value), stmt.name_loc)
+        self.inputs.append(InputDecl(stmt.name, value, stmt.loc))
+        self.states.append(StateDecl(stmt.name, value, init.astype(primitives.NUMPY_DTYPES[type_.dtype]), stmt.loc))
 
     def input(self, stmt: ast.Input):
         if stmt.name in CALL_OPTIONS:

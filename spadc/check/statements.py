@@ -23,8 +23,8 @@ from ..syntax import ast
 from .expressions import ExprChecker
 from .typed import Binding, Typed
 
-_DECLARATIONS = (ast.Const, ast.Input, ast.Param, ast.Fn, ast.Import)
-_KIND_WORDS = {"const": "a const", "input": "an input", "param": "a param", "output": "an output",
+_DECLARATIONS = (ast.Const, ast.Input, ast.State, ast.Param, ast.Fn, ast.Import)
+_KIND_WORDS = {"const": "a const", "input": "an input", "state": "a state", "param": "a param", "output": "an output",
                "loopvar": "a loop variable", "arg": "a function argument"}
 
 
@@ -159,7 +159,7 @@ class StatementChecker(ExprChecker):
 
 
 def _statement_word(stmt) -> str:
-    words = {ast.Const: "`const`", ast.Input: "`input`", ast.Param: "`param`", ast.Fn: "`fn`",
+    words = {ast.Const: "`const`", ast.Input: "`input`", ast.State: "`state`", ast.Param: "`param`", ast.Fn: "`fn`",
              ast.Import: "`import`", ast.Output: "`output`", ast.Loss: "`loss`", ast.Return: "`return`"}
     return words.get(type(stmt), "this statement")
 

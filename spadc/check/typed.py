@@ -79,4 +79,4 @@ class Binding:
 
     @property
     def assignable(self) -> bool:
-        return self.kind == "let"
+        return self.kind in ("let", "state")

@@ -96,6 +96,19 @@ class InputDecl:
 
 
 @dataclass(eq=False)
+class StateDecl:
+    """`state name: T = init` (1.1): `value` is the incoming state (an input of the program), its
+    final value is the output STATE_OUTPUT + name, and `init` (broadcast to the type) starts an episode."""
+    name: str
+    value: Value
+    init: Any
+    loc: Loc
+
+
+STATE_OUTPUT = "_state."  # prefix of the hidden outputs that carry states out
+
+
+@dataclass(eq=False)
 class Program:
     """A checked model. `body.params` are the param values then the input values, in declaration order."""
     name: str
@@ -107,9 +120,10 @@ class Program:
     # (logits, label) when the loss is `cross_entropy(logits, label)`: accuracy can then be reported.
     classifier: tuple[Value, Value] | None = None
     files: tuple[str, ...] = ()  # absolute paths of the files it imports (what a compile cache checks)
+    states: tuple[StateDecl, ...] = ()  # their incoming values are among the inputs
 
     def with_body(self, body: Block, outputs: dict[str, Value], loss: Value, classifier) -> "Program":
-        return Program(self.name, self.params, self.inputs, body, outputs, loss, classifier, self.files)
+        return Program(self.name, self.params, self.inputs, body, outputs, loss, classifier, self.files, self.states)
 
 
 def walk_ops(block: Block):

@@ -159,6 +159,16 @@ class Input:
 
 
 @dataclass(frozen=True)
+class State:
+    """`state s: T = init` (1.1): per-sample state carried from one call to the next."""
+    name: str
+    type: TypeExpr
+    init: "Expr | None"
+    loc: Loc
+    name_loc: Loc
+
+
+@dataclass(frozen=True)
 class InitValue:
     value: Expr
     loc: Loc
@@ -250,7 +260,7 @@ class Return:
     loc: Loc
 
 
-Stmt = Union[Const, Input, Param, Fn, Import, Let, Assign, For, Output, Loss, Return]
+Stmt = Union[Const, Input, State, Param, Fn, Import, Let, Assign, For, Output, Loss, Return]
 
 
 @dataclass(frozen=True)

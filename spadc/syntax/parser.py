@@ -23,7 +23,7 @@ MAX_NESTING = 200  # levels of the parse tree; deeper programs are refused befor
 I64_MAX = (1 << 63) - 1
 
 KEYWORDS = frozenset(
-    "const input param fn let output loss return for in if then else and or not import true false".split()
+    "const input param state fn let output loss return for in if then else and or not import true false".split()
 )
 
 
@@ -244,6 +244,10 @@ class _Builder(Transformer):
 
     def input_decl(self, meta, c):
         return ast.Input(str(c[0]), c[1], self._loc(meta), self._loc(c[0]))
+
+    def state_decl(self, meta, c):
+        name, type_, init = c
+        return ast.State(str(name), type_, init, self._loc(meta), self._loc(name))
 
     def param_decl(self, meta, c):
         name, type_, bounds, init = c
