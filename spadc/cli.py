@@ -132,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
                        "being the sample (required when the model has inputs)")
     train.add_argument("--steps", type=int, default=None, metavar="N",
                        help="for a model without inputs: N optimiser steps (instead of --data and --epochs)")
+    train.add_argument("--horizon", type=int, default=None, metavar="H",
+                       help="for a model with `state` and --steps: carry the state from call to call, resetting it "
+                            "every H calls (an episode); default: every call starts from the initial values")
     train.add_argument("--val", metavar="V.npz", help="validation data, as --data")
     train.add_argument("--val-split", type=float, default=0.0, metavar="F",
                        help="hold out this share of --data for validation (when --val is not given)")

@@ -176,7 +176,8 @@ def train(args) -> int:
         if not 0 < args.val_split < 1:
             raise SpadcError(f"--val-split must be in (0, 1), got {args.val_split}")
         data, validation = _split(data, args.val_split, args.seed)
-    return _fit(model, args, data, validation=validation, epochs=args.epochs, batch_size=args.batch)
+    return _fit(model, args, data, validation=validation, epochs=args.epochs, batch_size=args.batch,
+                horizon=args.horizon)
 
 
 def _train_without_inputs(model, args) -> int:
@@ -185,13 +186,13 @@ def _train_without_inputs(model, args) -> int:
         raise SpadcError(f"{args.file} has no inputs, so it takes no data: train it with --steps N")
     if args.steps is None:
         raise SpadcError(f"{args.file} has no inputs: give the number of optimiser steps with --steps N")
-    return _fit(model, args, None, steps=args.steps)
+    return _fit(model, args, None, steps=args.steps, horizon=args.horizon)
 
 
 def _fit(model, args, data, **options) -> int:
-    horizon = options.get("epochs", options.get("steps"))
+    length = options.get("epochs", options.get("steps"))
     optimizer = OPTIMIZERS[args.optimizer](lr=args.lr)
-    schedule = {"none": None, "cosine": CosineLR(), "step": StepLR(step_size=max(horizon // 3, 1), gamma=0.1)}
+    schedule = {"none": None, "cosine": CosineLR(), "step": StepLR(step_size=max(length // 3, 1), gamma=0.1)}
     checkpoint = (lambda epoch, history: model.save(args.out)) if args.out else None
     try:
         history = model.fit(data, optimizer=optimizer, estimator=_estimator(args), seed=args.seed,

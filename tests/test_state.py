@@ -72,3 +72,32 @@ def test_state_arguments_are_checked():
         model.forward(x=X, c=np.zeros(2))
     with pytest.raises(spadc.SpadcError, match="state `c` must have shape|input `c` must have shape"):
         model.forward(x=X, state={"c": np.zeros(3)})
+
+
+UNROLLED = ("state s: f64[3] = 1.0\nparam theta: f64 = 0.2\nfor k in 0..2 {\n  s = 0.5 * s + theta * [1.0, -1.0, 2.0]\n}\n"
+            "loss 0.5 * (s[0] - 1.0) ^ 2 + 0.1 * s[2] ^ 2")
+STEPS, HORIZON, LR = 7, 3, 0.1
+
+
+def test_fit_carries_state_through_an_episode_and_resets_it():
+    """Truncated backpropagation through time, against the same loop written out by hand."""
+    model = spadc.compile_source(UNROLLED, name="unrolled.spad")
+    model.fit(None, steps=STEPS, optimizer=spadc.SGD(lr=LR), horizon=HORIZON)
+    by_hand = spadc.compile_source(UNROLLED, name="unrolled.spad")
+    state = None
+    for step in range(STEPS):
+        if step % HORIZON == 0:
+            state = None
+        carried, state = state, by_hand.forward(state=state).state
+        _, grads = by_hand.grad(state=carried)
+        by_hand.set_params({"theta": by_hand.params["theta"] - LR * grads["theta"]})
+    assert model.params["theta"] == by_hand.params["theta"]
+    fresh = spadc.compile_source(UNROLLED, name="unrolled.spad")
+    fresh.fit(None, steps=STEPS, optimizer=spadc.SGD(lr=LR))  # every call from the initial state
+    assert fresh.params["theta"] != model.params["theta"]
+
+
+def test_horizon_needs_a_model_with_state():
+    model = spadc.compile_source("param x: f64 = 1.0\nloss x * x", name="plain.spad")
+    with pytest.raises(spadc.SpadcError, match="horizon= is for models with `state`"):
+        model.fit(None, steps=2, horizon=2)

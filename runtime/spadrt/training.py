@@ -54,17 +54,28 @@ class History:
 
 def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimizer="adam", estimator=None,
         validation: dict | None = None, seed: int = 0, schedule=None, quiet: bool = True,
-        stream=None, on_epoch=None, steps: int | None = None, threads: int | None = None) -> History:
+        stream=None, on_epoch=None, steps: int | None = None, threads: int | None = None,
+        horizon: int | None = None) -> History:
     """Train on `data`; a model without inputs trains with `data=None` for `steps` steps (each step
     is then an epoch of its own: its loss is recorded and `on_epoch` called). `threads`: cores each
-    minibatch is spread over (default all; the same result for any number)."""
+    minibatch is spread over (default all; the same result for any number). `horizon`: for a model
+    with `state` and no inputs, the calls in an episode: the state each call ends with is carried
+    to the next (truncated backpropagation through time with the exact gradient), and it is reset
+    to its initial value every `horizon` calls."""
     seed = check_seed(seed, "seed")
     threads = check_threads(threads)
+    if horizon is not None:
+        horizon = _count("horizon", horizon)
+        if not model.layout.get("state"):
+            raise SpadcError("horizon= is for models with `state`: this model has none")
+        if data is not None:
+            raise SpadcError("episodes of carried state (horizon=) are for models without inputs (data=None) so "
+                             "far: with data, every call starts from the states' initial values")
     estimator = resolve(estimator)
     optimizer = resolve_optimizer(optimizer)
     if data is None:
         return _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quiet, stream, on_epoch,
-                                   threads)
+                                   threads, horizon)
     if steps is not None:
         raise SpadcError("steps= is for models without inputs (data=None); with data, give epochs=")
     epochs, batch_size = _count("epochs", epochs), _count("batch_size", batch_size)
@@ -112,7 +123,7 @@ def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimi
 
 
 def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quiet, stream, on_epoch,
-                        threads) -> History:
+                        threads, horizon=None) -> History:
     if user_inputs(model.layout):
         names = ", ".join(i["name"] for i in user_inputs(model.layout))
         raise SpadcError(f"the model has inputs ({names}): fit needs data, a dict of arrays named after them")
@@ -122,9 +133,16 @@ def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quie
     bar = _Progress(None if quiet else (stream or sys.stderr))
     history = History()
     with _interruptible(history, bar, lambda: f"interrupted at step {history.steps} of {steps}"):
+        state = None  # None: the states' initial values
         for step in range(steps):
             lr = schedule(optimizer.lr, step, step, steps) if schedule else optimizer.lr
             options = {} if isinstance(estimator, SPAD) else {"step": step}
+            if horizon is not None:
+                if step % horizon == 0:
+                    state = None  # a new episode
+                carried = state  # this truncation starts where the last one ended, with the params it had
+                state = model.forward(state=carried, training=True, seed=seed, step=step, threads=threads).state
+                options["state"] = carried
             loss = _take_step(model, optimizer, lr, history, bar, f"step {step}", estimator=estimator,
                               training=True, seed=seed, threads=threads, **options)
             if loss is None:
