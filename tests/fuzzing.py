@@ -1,4 +1,4 @@
-"""A differential fuzzer: random valid .spad programs, compiled and checked against independent
+"""A differential fuzzer: random valid .spad programs (every construct and builtin but `state`), compiled and checked against independent
 oracles, and random mutants of them, which may only ever give located `SpadcError`s.
 
 Each generated program is checked for (`check_program`):
@@ -98,6 +98,8 @@ class ProgramGenerator:
         if dim == "N":
             options += [f"({i} + 1) % N" for i in self.indices] + [f"min({i}, N - 1)" for i in self.indices]
             options += ["k % N", "max(k // 2, 1) % N", "min(abs(k - 3), N - 1)"]  # inputs: checked at run time
+            if not self.smooth and self.variables[("N",)]:  # argmax jumps: never in smooth programs
+                options.append(f"argmax({self.choice(self.variables[('N',)])})")
         return self.choice(options)
 
     # ---- expressions of a given shape ---------------------------------------------------
@@ -151,9 +153,11 @@ class ProgramGenerator:
         if shape == ("M", "N"):
             return self.choice([f"outer({self.expr(('M',), depth)}, {self.expr(('N',), depth)})",
                                 f"transpose({self.expr(('N', 'M'), depth)})",
+                                f"reshape({self.expr(('N', 'M'), depth)}, M, N)",
                                 f"({self.expr(('M', 'N'), depth)} @ (eye(N) * 0.5))"])
         if shape == ("N", "M"):
-            return f"transpose({self.expr(('M', 'N'), depth)})"
+            return self.choice([f"transpose({self.expr(('M', 'N'), depth)})",
+                                f"reshape({self.expr(('M', 'N'), depth)}, N, M)"])
         return self.choice([f"dot({self.expr(('N',), depth)}, {self.expr(('N',), depth)})",
                             f"({self.expr(('M',), depth)} @ {self.expr(('M',), depth)})",
                             f"mse({self.expr(('N',), depth)}, {self.expr(('N',), depth)})"])
