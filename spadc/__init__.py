@@ -8,7 +8,7 @@ and `spadc.ir.interpret.evaluate` runs its IR with NumPy, the reference for ever
 __version__ = "0.1.0"  # first: modules imported below read it
 
 from spadrt import SGD, Adagrad, Adam, AdamW, CosineLR, ForwardResult, History, Model, SpadcWarning, StepLR
-from spadrt.es import ES
+from spadrt.es import ES, PES
 from spadrt.estimators import RAD, SPAD, Exact
 
 from .api import compile_file, compile_source
@@ -16,6 +16,6 @@ from .errors import SpadcError
 from .frontend import check_file, check_text
 from .init import initial_params
 
-__all__ = ["SpadcError", "SpadcWarning", "Model", "ForwardResult", "History", "Exact", "RAD", "SPAD", "ES", "SGD", "Adam", "AdamW",
+__all__ = ["SpadcError", "SpadcWarning", "Model", "ForwardResult", "History", "Exact", "RAD", "SPAD", "ES", "PES", "SGD", "Adam", "AdamW",
            "Adagrad", "StepLR", "CosineLR", "compile_file", "compile_source", "check_file",
            "check_text", "initial_params"]

@@ -65,8 +65,8 @@ def _model_options(command, out_help: str, inputs: bool = True):
 def _estimator_options(command, default: str):
     """The estimator and its settings, named as in the Python API (ESTIMATORS.md)."""
     group = command.add_argument_group("estimator (RAD and SPAD)")
-    group.add_argument("--estimator", choices=("exact", "rad", "spad", "es"), default=default,
-                       help="gradient estimator (es: evolution strategies, forward passes only)")
+    group.add_argument("--estimator", choices=("exact", "rad", "spad", "es", "pes"), default=default,
+                       help="gradient estimator (es, pes: evolution strategies, forward passes only)")
     group.add_argument("--keep", type=float, default=0.1, help="share of each site's entries kept")
     group.add_argument("--sites", choices=SITE_POLICIES, default="weights", help="site policy: which edges are gated")
     group.add_argument("--draw", choices=DRAWS, default="with_replacement", help="how entries are drawn")
@@ -77,7 +77,7 @@ def _estimator_options(command, default: str):
     spad.add_argument("--refresh", type=int, default=10, help="steps between evaluation steps")
     spad.add_argument("--candidates", type=int, default=8, help="RAD draws per paths evaluation (or best_of masks)")
     spad.add_argument("--floor", type=float, default=0.1, help="uniform share mixed into importance sampling")
-    es = command.add_argument_group("ES only")
+    es = command.add_argument_group("ES and PES only")
     es.add_argument("--sigma", type=float, default=0.1, help="standard deviation of the perturbations")
     es.add_argument("--particles", type=int, default=64, help="perturbed copies of the params per step")
     command.add_argument("--policy", action=_Renamed, hint="the site policy is --sites, and SPAD's ranking rule "

@@ -14,7 +14,7 @@ import numpy as np
 
 from spadrt.arguments import user_inputs
 from spadrt.diagnostics import POOLED_BOUND, POWER_TARGET, diagnose
-from spadrt.es import ES
+from spadrt.es import ES, PES
 from spadrt.estimators import RAD, SPAD, Exact
 from spadrt.files import check_writable, read_npz, save_npz
 from spadrt.optim import OPTIMIZERS, CosineLR, StepLR
@@ -35,8 +35,8 @@ def check(args) -> int:
 
 
 def ir(args) -> int:
-    if args.estimator == "es":
-        raise SpadcError("ES runs the forward program only (with perturbed params): it has no gradient program; "
+    if args.estimator in ("es", "pes"):
+        raise SpadcError("ES and PES run the forward program only (with perturbed params): it has no gradient program; "
                          "`spadc ir FILE` prints the forward program")
     if args.grad or args.estimator != "exact":
         compiled = api.build_file(args.file)
@@ -112,6 +112,8 @@ def _estimator(args):
         return RAD(keep=args.keep, policy=args.sites, draw=args.draw, share=args.share)
     if args.estimator == "es":
         return ES(sigma=args.sigma, particles=args.particles)
+    if args.estimator == "pes":
+        return PES(sigma=args.sigma, particles=args.particles)
     return SPAD(keep=args.keep, sites=args.sites, draw=args.draw, share=args.share, policy=args.rank,
                 score=args.score, refresh=args.refresh, candidates=args.candidates, floor=args.floor)
 

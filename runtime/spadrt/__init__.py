@@ -7,12 +7,12 @@ opens a library built by `spadc build`.
 
 from .abi import ABI_VERSION
 from .errors import SpadcError, SpadcWarning
-from .es import ES
+from .es import ES, PES
 from .estimators import RAD, SPAD, Exact
 from .model import ForwardResult, Model
 from .optim import SGD, Adagrad, Adam, AdamW, CosineLR, StepLR
 from .library import load
 from .training import History
 
-__all__ = ["load", "ABI_VERSION", "Model", "ForwardResult", "SpadcError", "SpadcWarning", "Exact", "RAD", "SPAD", "ES", "SGD", "Adam", "AdamW", "Adagrad",
+__all__ = ["load", "ABI_VERSION", "Model", "ForwardResult", "SpadcError", "SpadcWarning", "Exact", "RAD", "SPAD", "ES", "PES", "SGD", "Adam", "AdamW", "Adagrad",
            "StepLR", "CosineLR", "History"]

@@ -19,7 +19,8 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import math
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +29,19 @@ from .errors import SpadcError
 
 ES_SITE = int.from_bytes(hashlib.blake2b(b"spadc.ES", digest_size=8).digest(), "little")
 _MASK64 = (1 << 64) - 1
+
+
+def _check_settings(estimator):
+    if isinstance(estimator.sigma, bool) or not isinstance(estimator.sigma, (int, float)) or not (
+            math.isfinite(estimator.sigma) and estimator.sigma > 0):
+        raise SpadcError(f"sigma must be a positive number, got {estimator.sigma!r}")
+    if (isinstance(estimator.particles, bool) or not isinstance(estimator.particles, (int, np.integer))
+            or estimator.particles < 1):
+        raise SpadcError(f"particles must be a positive integer, got {estimator.particles!r}")
+    if not isinstance(estimator.antithetic, bool):
+        raise SpadcError(f"antithetic must be True or False, got {estimator.antithetic!r}")
+    if estimator.antithetic and estimator.particles % 2:
+        raise SpadcError(f"antithetic pairs its particles: particles must be even, got {estimator.particles}")
 
 
 @dataclass(frozen=True)
@@ -39,19 +53,33 @@ class ES:
     name: str = "es"
 
     def __post_init__(self):
-        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not (
-                math.isfinite(self.sigma) and self.sigma > 0):
-            raise SpadcError(f"sigma must be a positive number, got {self.sigma!r}")
-        if isinstance(self.particles, bool) or not isinstance(self.particles, (int, np.integer)) or self.particles < 1:
-            raise SpadcError(f"particles must be a positive integer, got {self.particles!r}")
-        if not isinstance(self.antithetic, bool):
-            raise SpadcError(f"antithetic must be True or False, got {self.antithetic!r}")
-        if self.antithetic and self.particles % 2:
-            raise SpadcError(f"antithetic ES pairs its particles: particles must be even, got {self.particles}")
+        _check_settings(self)
 
     @property
     def sampling(self):
         return None  # no gradient kernel: forward passes only
+
+
+@dataclass(eq=False)
+class PES:
+    """Persistent ES (Vicol, Metz, Sohl-Dickstein, ICML 2021) for a model with `state`: each particle
+    keeps its own state and the sum `xi` of its perturbations over the episode; the estimate is
+    `1/(N sigma^2) sum_i L_i xi_i`, unbiased for the smoothed loss when summed over an episode.
+
+    Stateful, like SPAD: per model, the particles' states and sums. A call with no incoming state
+    (`state=None`: an episode's first call, as `fit(..., horizon=H)` makes them) starts a new episode."""
+    sigma: float = 0.01
+    particles: int = 64
+    antithetic: bool = True
+    name: str = field(default="pes", init=False)
+    memory: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, init=False, repr=False)
+
+    def __post_init__(self):
+        _check_settings(self)
+
+    @property
+    def sampling(self):
+        return None
 
 
 def normals(seed: int, step: int, stream: int, size: int) -> np.ndarray:
@@ -93,32 +121,83 @@ def estimate(estimator: ES, losses: np.ndarray, eps: np.ndarray) -> np.ndarray:
     return (losses[:, None] * eps).sum(axis=0) / (n * sigma2)
 
 
-def es_gradient(model, estimator: ES, step: int, *, prepared, flat, training, seed, offset, threads):
-    """(mean loss at the params, the ES estimate, the particle kernel's layout entry) for one call
-    of `Model.grad`: every particle on every data row, in one batched kernel call per chunk of
-    particles."""
+def run_particles(model, thetas: np.ndarray, prepared, *, training, seed, step, offset, threads,
+                  own_inputs: dict | None = None) -> tuple[np.ndarray, dict, dict]:
+    """Every parameter vector (a row of `thetas`) on every data row: (losses [particles, rows],
+    outputs by name [particles * rows, ...], the kernel's layout entry). `own_inputs`: input index ->
+    an array of one entry per evaluation (particle-major), e.g. each particle's own state."""
     entry, function = model._particles()
-    eps = perturbations(estimator, seed, step, flat.size)
-    # Row 0 is the params themselves (the loss `grad` reports), then one row per particle.
-    thetas = np.ascontiguousarray(np.vstack([flat[None, :], flat[None, :] + eps]), dtype=model._float)
-    rows, count = prepared.n, estimator.particles + 1
+    rows, count = prepared.n, len(thetas)
     losses = np.empty((count, rows), dtype=model._float)
     outputs = [np.empty((count * rows, *o["shape"]), dtype=model._dtype(o["dtype"])) for o in model.layout["outputs"]]
+    pointers, strides = list(prepared.pointers), list(prepared.strides)
+    eval_strides = [0] * len(pointers)
+    for k, array in (own_inputs or {}).items():
+        pointers[k], strides[k], eval_strides[k] = array.ctypes.data, 0, array.strides[0]
+    pointer_array = (ctypes.c_void_p * len(pointers))(*pointers)
+    stride_array = (ctypes.c_int64 * len(strides))(*strides)
 
     def chunk(first: int, last: int):  # particles first..last-1, every data row each
+        moved = pointer_array if not own_inputs else (ctypes.c_void_p * len(pointers))(
+            *[(p or 0) + first * rows * e for p, e in zip(pointers, eval_strides)])
         addresses = (ctypes.c_void_p * max(len(outputs), 1))(*[o[first * rows:].ctypes.data for o in outputs])
+        evaluation_strides = (ctypes.c_int64 * len(eval_strides))(*eval_strides)
         scratch = model._scratch.take()
         try:
-            code = function(thetas[first].ctypes.data, prepared.pointers, prepared.strides, (last - first) * rows,
-                            int(offset), int(bool(training)), int(seed) & _MASK64, int(step) & _MASK64,
-                            losses[first].ctypes.data, addresses, scratch.workspace(entry["workspace"]),
-                            scratch.status.ctypes.data, rows, flat.size)
+            code = function(thetas[first].ctypes.data, moved, stride_array,
+                            (last - first) * rows, int(offset), int(bool(training)), int(seed) & _MASK64,
+                            int(step) & _MASK64, losses[first].ctypes.data, addresses,
+                            scratch.workspace(entry["workspace"]), scratch.status.ctypes.data, rows,
+                            thetas.shape[1], evaluation_strides)
             model._raise_on_failure(code, prepared.batched, entry["checks"], scratch.status)
         finally:
             model._scratch.give(scratch)
 
     calls.run_chunks(chunk, count, threads)
+    return losses, {o["name"]: v for o, v in zip(model.layout["outputs"], outputs)}, entry
+
+
+def es_gradient(model, estimator: ES, step: int, *, prepared, flat, training, seed, offset, threads):
+    """(mean loss at the params, the ES estimate, the particle kernel's layout entry) for one call
+    of `Model.grad`: every particle on every data row, in one batched kernel call per chunk of
+    particles. Row 0 of the parameter vectors is the params themselves (the loss `grad` reports)."""
+    eps = perturbations(estimator, seed, step, flat.size)
+    thetas = np.ascontiguousarray(np.vstack([flat[None, :], flat[None, :] + eps]), dtype=model._float)
+    losses, _, entry = run_particles(model, thetas, prepared, training=training, seed=seed, step=step,
+                                     offset=offset, threads=threads)
     means = losses.astype(np.float64).mean(axis=1)
-    gradient = estimate(estimator, means[1:], eps).astype(model._float)
-    return float(means[0]), gradient, {**entry, "tape_bytes": 0}
+    return float(means[0]), estimate(estimator, means[1:], eps).astype(model._float), {**entry, "tape_bytes": 0}
+
+
+def pes_gradient(model, estimator: PES, step: int, *, prepared, flat, training, seed, offset, threads,
+                 episode_start: bool):
+    """(mean loss at the params from the caller's state, the PES estimate, the kernel's entry)."""
+    states = [(k, spec) for k, spec in enumerate(model.layout["inputs"]) if spec.get("state")]
+    if not states:
+        raise SpadcError("PES unrolls a computation in truncations: it needs a model with `state`")
+    rows, count = prepared.n, estimator.particles
+    record = estimator.memory.get(model)
+    if episode_start or record is None or record["rows"] != rows:
+        record = {"rows": rows, "xi": np.zeros((count, flat.size)),
+                  "states": {k: _rows_of(prepared, k, rows, count) for k, _ in states}}
+        estimator.memory[model] = record
+    eps = perturbations(estimator, seed, step, flat.size)
+    record["xi"] += eps
+    thetas = np.ascontiguousarray(np.vstack([flat[None, :], flat[None, :] + eps]), dtype=model._float)
+    own = {k: np.ascontiguousarray(np.concatenate([_rows_of(prepared, k, rows, 1), record["states"][k]]))
+           for k, _ in states}
+    losses, outputs, entry = run_particles(model, thetas, prepared, training=training, seed=seed, step=step,
+                                           offset=offset, threads=threads, own_inputs=own)
+    for k, spec in states:
+        record["states"][k] = np.ascontiguousarray(outputs["_state." + spec["name"]][rows:])
+    means = losses.astype(np.float64).mean(axis=1)
+    gradient = (means[1:, None] * record["xi"]).sum(axis=0) / (count * float(estimator.sigma) ** 2)
+    return float(means[0]), gradient.astype(model._float), {**entry, "tape_bytes": 0}
+
+
+def _rows_of(prepared, k: int, rows: int, copies: int) -> np.ndarray:
+    """Input k of the call as `copies` x `rows` contiguous rows (a shared value repeated)."""
+    array, batched = prepared.keepalive[k]
+    one = array if batched else np.broadcast_to(array, (rows, *array.shape))
+    return np.ascontiguousarray(np.concatenate([one] * copies))
 

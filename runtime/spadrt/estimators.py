@@ -180,15 +180,15 @@ def variant_key(sampling: Sampling | None, score: str | None = None, policy: str
 
 def resolve(estimator):
     """An estimator object from an object, a string ("exact", "rad", "spad", "es") or None."""
-    from .es import ES  # es.py is the forward-only family: it needs none of this module
+    from .es import ES, PES  # es.py is the forward-only family: it needs none of this module
     if estimator is None:
         return Exact()
     if isinstance(estimator, str):
-        named = {"exact": Exact, "rad": RAD, "spad": SPAD, "es": ES}
+        named = {"exact": Exact, "rad": RAD, "spad": SPAD, "es": ES, "pes": PES}
         if estimator not in named:
-            raise SpadcError(f"unknown estimator {estimator!r}; expected exact, rad, spad or es")
+            raise SpadcError(f"unknown estimator {estimator!r}; expected exact, rad, spad, es or pes")
         return named[estimator]()
-    if isinstance(estimator, (Exact, RAD, SPAD, ES)):
+    if isinstance(estimator, (Exact, RAD, SPAD, ES, PES)):
         return estimator
-    raise SpadcError(f"an estimator must be spadc.Exact(), spadc.RAD(...), spadc.SPAD(...), spadc.ES(...) or a "
-                     f"name, got {estimator!r}")
+    raise SpadcError(f"an estimator must be spadc.Exact(), spadc.RAD(...), spadc.SPAD(...), spadc.ES(...), "
+                     f"spadc.PES(...) or a name, got {estimator!r}")

@@ -26,7 +26,7 @@ import numpy as np
 from . import calls
 from .arguments import NO_DATA, Options, Prepared, check_seed, merge_inputs, numeric, prepare, with_state
 from .errors import SpadcError
-from .es import ES, es_gradient
+from .es import ES, PES, es_gradient, pes_gradient
 from .estimators import SPAD, resolve, variant_key
 from .files import read_npz, save_npz
 from .init import initial_value
@@ -36,7 +36,7 @@ from .spad_steps import spad_gradient
 _POINTER, _I64, _U64_T = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64
 _COMMON = [_POINTER, _POINTER, _POINTER, _I64, _I64, _I64, _U64_T, _U64_T]
 FORWARD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER)
-PARTICLES_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER, _I64, _I64)
+PARTICLES_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER, _I64, _I64, _POINTER)
 GRAD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER)
 _NUMPY = {"i64": np.int64, "bool": np.bool_}
 # Keywords of forward/loss/grad that are not inputs: an input of one of these names must be passed
@@ -228,6 +228,9 @@ class Model:
         if isinstance(estimator, ES):
             loss, flat, entry = es_gradient(self, estimator, step or 0, **call)
             measured = 0  # forward passes only: no tape
+        elif isinstance(estimator, PES):
+            loss, flat, entry = pes_gradient(self, estimator, step or 0, episode_start=state is None, **call)
+            measured = 0
         elif isinstance(estimator, SPAD):
             loss, flat, measured, entry = spad_gradient(self, estimator, step, call)
         else:

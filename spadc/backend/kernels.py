@@ -100,9 +100,10 @@ def _signature(module, name, float_type_, tail):
     return {arg.name: arg for arg in function.args}, function
 
 
-def _bind_sample(e, program: Program, inputs, args, layout, s, params=None):
+def _bind_sample(e, program: Program, inputs, args, layout, s, params=None, evaluation=None):
     """Point the program's params (at `params`, default the shared ones) and the given inputs at
-    sample `s`'s data."""
+    sample `s`'s data; with `evaluation`, input k is also moved by `input_eval_strides[k]` bytes
+    per evaluation (a particle's own state)."""
     b = e.b
     e.sample = b.add(args["sample_offset"], s, name="sample")
     params = args["params"] if params is None else params
@@ -111,17 +112,21 @@ def _bind_sample(e, program: Program, inputs, args, layout, s, params=None):
         e.bind(decl.value, b.gep(params, [I64(offsets[decl.name])], inbounds=True, name=decl.name))
     for k, decl in enumerate(inputs):
         base = b.load(b.gep(args["inputs"], [I64(k)]))
-        stride = b.load(b.gep(args["input_strides"], [I64(k)]))
-        e.bind(decl.value, b.gep(base, [b.mul(s, stride)], name=decl.name))
+        offset = b.mul(s, b.load(b.gep(args["input_strides"], [I64(k)])))
+        if evaluation is not None:
+            offset = b.add(offset, b.mul(evaluation, b.load(b.gep(args["input_eval_strides"], [I64(k)]))))
+        e.bind(decl.value, b.gep(base, [offset], name=decl.name))
 
 
 def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype: str, symbol: str = "forward",
                    max_memory: int | None = None, particles: bool = False) -> dict:
     """Add the forward kernel to the module, named `symbol`; returns its entry for the layout.
 
-    With `particles`, the kernel takes two more arguments, `rows` and `param_stride`: evaluation s
-    is data row s % rows (keyed as that row: every particle sees the same dropout keys) with the
-    params of particle s / rows, at `params + (s / rows) * param_stride` (ESTIMATORS.md section 8)."""
+    With `particles`, the kernel takes three more arguments, `rows`, `param_stride` and
+    `input_eval_strides`: evaluation s is data row s % rows (keyed as that row: every particle sees
+    the same dropout keys) with the params of particle s / rows, at `params + (s / rows) *
+    param_stride`, and input k at `inputs[k] + (s % rows) * input_strides[k] + s *
+    input_eval_strides[k]` (a state of each particle's own; ESTIMATORS.md section 8)."""
     float_type_ = float_type(dtype)
     float_bytes = 8 if dtype == "f64" else 4
     checks: list[Check] = []
@@ -130,7 +135,7 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
     tail = [("losses", float_type_.as_pointer()), ("outputs", I8P.as_pointer()), ("workspace", I8P),
             ("status", I64.as_pointer())]
     if particles:
-        tail += [("rows", I64), ("param_stride", I64)]
+        tail += [("rows", I64), ("param_stride", I64), ("input_eval_strides", I64.as_pointer())]
     args, function = _signature(module, symbol, float_type_, tail)
     e = FunctionEmitter(function, float_type_, plan_, args["workspace"], args["status"], checks)
     e.options = {"training": args["training"], "seed": args["seed"], "step": args["step"]}
@@ -139,7 +144,7 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
         if particles:
             row = b.urem(s, args["rows"], name="row")
             own = b.gep(args["params"], [b.mul(b.udiv(s, args["rows"]), args["param_stride"])], name="particle")
-            _bind_sample(e, program, program.inputs, args, layout, row, own)
+            _bind_sample(e, program, program.inputs, args, layout, row, own, evaluation=s)
         else:
             _bind_sample(e, program, program.inputs, args, layout, s)
         e.block(program.body)

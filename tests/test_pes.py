@@ -1,0 +1,65 @@
+"""Persistent ES (ESTIMATORS.md section 8) on an unrolled computation split into truncations.
+
+Oracle: the total loss of the whole unroll is quadratic in theta, so the gradient of its smoothed
+version is its exact gradient, which one model unrolling every step gives. The sum of PES's
+estimates over an episode must match it within K_SIGMA standard errors, for truncations of K = 1
+and 2 steps; the same test rejects truncated ES, which is biased (the power of the test).
+"""
+
+import numpy as np
+import pytest
+
+import spadc
+
+EPISODES = 300
+K_SIGMA = 4.0
+STEPS = 4  # of the whole unroll
+SEED = 5
+
+TRUNCATION = """state s: f64[2] = 1.0
+param theta: f64 = 0.3
+let total = 0.0
+for k in 0..{k} {{
+  s = 0.5 * s + theta * [1.0, -1.0]
+  total = total + 0.5 * (s[0] - 1.0) ^ 2
+}}
+loss total"""
+WHOLE = TRUNCATION.replace("state s: f64[2] = 1.0", "let s = ones(2)").replace("{k}", str(STEPS))
+
+
+def _episode_sums(model, estimator, k: int) -> np.ndarray:
+    sums = []
+    for seed in range(EPISODES):
+        total, state = 0.0, None  # state=None: a new episode
+        for call in range(STEPS // k):
+            _, grads = model.grad(estimator=estimator, state=state, seed=SEED + seed, step=call)
+            total += grads["theta"]
+            state = model.forward(state=state).state
+        sums.append(total)
+    return np.array(sums)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_pes_summed_over_an_episode_is_unbiased_and_truncated_es_is_not(k):
+    truncation = spadc.compile_source(TRUNCATION.format(k=k), name=f"truncation{k}.spad")
+    exact = spadc.compile_source(WHOLE.format(), name="whole.spad").grad()[1]["theta"]
+    pes = _episode_sums(truncation, spadc.PES(sigma=0.1, particles=8), k)
+    z = abs(pes.mean() - exact) / (pes.std(ddof=1) / np.sqrt(EPISODES))
+    assert z < K_SIGMA, (pes.mean(), exact, z)
+    truncated = _episode_sums(truncation, spadc.ES(sigma=0.1, particles=8), k)
+    z_truncated = abs(truncated.mean() - exact) / (truncated.std(ddof=1) / np.sqrt(EPISODES))
+    assert z_truncated > K_SIGMA, (truncated.mean(), exact, z_truncated)
+
+
+def test_pes_needs_a_model_with_state():
+    model = spadc.compile_source("param x: f64 = 1.0\nloss x * x", name="plain.spad")
+    with pytest.raises(spadc.SpadcError, match="PES .* needs a model with `state`"):
+        model.grad(estimator=spadc.PES())
+
+
+def test_pes_trains_in_episodes():
+    model = spadc.compile_source(TRUNCATION.format(k=1), name="truncation1.spad")
+    start = model.forward().loss
+    history = model.fit(None, steps=200, optimizer=spadc.SGD(lr=0.05), estimator=spadc.PES(sigma=0.1, particles=8),
+                        horizon=STEPS)
+    assert history.steps == 200 and model.forward().loss < start
