@@ -63,3 +63,16 @@ def test_pes_trains_in_episodes():
     history = model.fit(None, steps=200, optimizer=spadc.SGD(lr=0.05), estimator=spadc.PES(sigma=0.1, particles=8),
                         horizon=STEPS)
     assert history.steps == 200 and model.forward().loss < start
+
+
+def test_influence_balancing_pes_finds_the_optimum_and_tbptt_goes_the_wrong_way():
+    """examples/influence_balancing.spad, shortened: theta* = -1/6; TBPTT with K = 1 sees only the
+    immediate (positive) influence of theta on s[0] and moves theta up, away from it."""
+    from conftest import example
+    model = spadc.compile_file(example("influence_balancing.spad"))
+    model.fit(None, steps=2500, optimizer=spadc.SGD(lr=1e-4), estimator=spadc.PES(sigma=0.1, particles=200),
+              horizon=2500)  # the issue's run: 1000 particles, 3000 steps (here about 7 s)
+    assert abs(model.params["theta"] + 1 / 6) < 1e-3
+    model.init_params(0)
+    model.fit(None, steps=600, optimizer=spadc.SGD(lr=1e-3), horizon=600)
+    assert model.params["theta"] > 1.0
