@@ -76,3 +76,24 @@ def test_influence_balancing_pes_finds_the_optimum_and_tbptt_goes_the_wrong_way(
     model.init_params(0)
     model.fit(None, steps=600, optimizer=spadc.SGD(lr=1e-3), horizon=600)
     assert model.params["theta"] > 1.0
+
+
+SCHEDULE_BOUND = 600.0  # the issue's bound on the meta-loss (it starts at 2,488 from theta = (-4, -4))
+
+
+def test_pes_learns_a_learning_rate_schedule():
+    """examples/lr_schedule.spad, with a fifth of the issue's 5,000 steps."""
+    from conftest import example
+    model = spadc.compile_file(example("lr_schedule.spad"))
+
+    def meta_loss():
+        total, state = 0.0, None
+        for _ in range(10):  # an episode: T / K calls
+            out = model.forward(state=state)
+            total, state = total + out.loss, out.state
+        return total
+
+    assert meta_loss() > 2000
+    model.fit(None, steps=1000, optimizer=spadc.Adam(lr=1e-2), estimator=spadc.PES(sigma=0.3, particles=100),
+              horizon=10)
+    assert meta_loss() < SCHEDULE_BOUND
