@@ -101,3 +101,17 @@ def test_the_command_line_trains_and_grads_with_es(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "spadc", "ir", example("rosenbrock.spad"), "--estimator", "es"],
                              capture_output=True, text=True)
     assert refused.returncode != 0 and "no gradient program" in refused.stderr
+
+
+ES_DIGITS_ACCURACY = 0.85  # after 12 epochs (20 give 95.8%); chance is 10%
+
+
+def test_es_trains_a_digits_classifier_on_its_error_rate():
+    """examples/es_digits.spad: the loss is 0 or 1 per sample, so the exact gradient is 0 everywhere."""
+    model = spadc.compile_file(example("es_digits.spad"))
+    train = {k: v for k, v in np.load(example("data/digits_train.npz")).items() if k in ("x", "label")}
+    test = {k: v for k, v in np.load(example("data/digits_test.npz")).items() if k in ("x", "label")}
+    assert all(np.all(g == 0) for g in model.grad(**{k: v[:16] for k, v in train.items()})[1].values())
+    model.fit(train, epochs=12, batch_size=128, optimizer=spadc.Adam(lr=0.03), estimator=spadc.ES(sigma=0.1, particles=200))
+    accuracy = np.mean(np.argmax(model.forward(**test).outputs["logits"], axis=1) == test["label"])
+    assert accuracy > ES_DIGITS_ACCURACY
