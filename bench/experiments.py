@@ -1,6 +1,6 @@
 """Experiments that test the SPAD paper's claims with our own numbers.
 
-    python -m bench.experiments optimisation | overfitting | memory | all
+    python -m bench.experiments optimisation | overfitting | memory | unrolled | all
 
 Each writes a Markdown table to docs/results/NAME.md. Tables hold no timings, only quantities that
 the seeds determine, so rerunning a command reproduces its table.
@@ -13,6 +13,8 @@ the seeds determine, so rerunning a command reproduces its table.
 3. memory (bench/memory.py): the digits MLP, an IRNN over rows of digits and reaction-diffusion
    over 10,000 steps, at keep 1, 0.3, 0.1, 0.03: tape per sample, peak workspace, and the loss and
    accuracy reached in a fixed budget; PyTorch's saved-tensor bytes beside them when installed.
+4. unrolled (bench/unrolled.py): TBPTT, truncated ES and PES on influence balancing and a
+   learning-rate schedule, and PES's unbiasedness over an episode.
 """
 
 from __future__ import annotations
@@ -203,7 +205,12 @@ def memory():
     experiment.run(write)
 
 
-EXPERIMENTS = {"optimisation": optimisation, "overfitting": overfitting, "memory": memory}
+def unrolled():
+    from . import unrolled as experiment
+    experiment.run(write)
+
+
+EXPERIMENTS = {"optimisation": optimisation, "overfitting": overfitting, "memory": memory, "unrolled": unrolled}
 
 
 def main(argv=None) -> int:

@@ -149,6 +149,5 @@ def run(write) -> None:
     else:
         sections.append("### Beside PyTorch\n\nPyTorch is not installed here: `pip install -e '.[peers]'` and "
                         "rerun to add its saved-tensor bytes.")
-    write("memory", "Experiment 3: memory", "python -m bench.experiments memory", __doc__.split("\n\n")[2]
-          .replace("\n", " "), "\n\n".join(sections))
+    write("memory", "Experiment 3: memory", "python -m bench.experiments memory", " ".join(__doc__.split("\n\n")[2].split()), "\n\n".join(sections))
     figures.memory_figure(points, os.path.join(ROOT, "docs", "results", "memory.png"))
