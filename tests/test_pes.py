@@ -2,8 +2,8 @@
 
 Oracle: the total loss of the whole unroll is quadratic in theta, so the gradient of its smoothed
 version is its exact gradient, which one model unrolling every step gives. The sum of PES's
-estimates over an episode must match it within K_SIGMA standard errors, for truncations of K = 1
-and 2 steps; the same test rejects truncated ES, which is biased (the power of the test).
+estimates over an episode must match it within K_SIGMA standard errors, for truncations of K = 1,
+2 and 4 steps; the same test rejects truncated ES, which is biased (the power of the test).
 """
 
 import numpy as np
@@ -12,7 +12,7 @@ import pytest
 import spadc
 
 EPISODES = 300
-K_SIGMA = 4.0
+K_SIGMA = 3.0  # the issue's bound; seeds are fixed, so the test is deterministic
 STEPS = 4  # of the whole unroll
 SEED = 5
 
@@ -39,13 +39,15 @@ def _episode_sums(model, estimator, k: int) -> np.ndarray:
     return np.array(sums)
 
 
-@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("k", [1, 2, 4])
 def test_pes_summed_over_an_episode_is_unbiased_and_truncated_es_is_not(k):
     truncation = spadc.compile_source(TRUNCATION.format(k=k), name=f"truncation{k}.spad")
     exact = spadc.compile_source(WHOLE.format(), name="whole.spad").grad()[1]["theta"]
     pes = _episode_sums(truncation, spadc.PES(sigma=0.1, particles=8), k)
     z = abs(pes.mean() - exact) / (pes.std(ddof=1) / np.sqrt(EPISODES))
     assert z < K_SIGMA, (pes.mean(), exact, z)
+    if k == STEPS:  # one truncation is the whole unroll: truncated ES is ES, unbiased too
+        return
     truncated = _episode_sums(truncation, spadc.ES(sigma=0.1, particles=8), k)
     z_truncated = abs(truncated.mean() - exact) / (truncated.std(ddof=1) / np.sqrt(EPISODES))
     assert z_truncated > K_SIGMA, (truncated.mean(), exact, z_truncated)
