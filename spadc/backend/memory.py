@@ -16,7 +16,8 @@ bytes only if their lifetimes do not overlap.
 Invariants:
 - The program's own params and inputs live in the caller's buffers, never in the workspace.
 - A loop's final carried values share the storage of its body's carried parameters, which live
-  for the whole loop; its stacked (kept) results live from the loop's start.
+  for the whole loop. Every result of a region op (stacked rows, a branch's value) lives from the
+  op's start to at least its end: it is written during the op, even if nothing reads it after.
 - An elementwise op, or `index_add`/`outer_add`/`gate_outer_add`, writes in place over an operand of the same type
   when that operand dies at the op and belongs to the op's own block: each output entry depends
   only on the same entry of its operands, so reading and writing one buffer is safe. This makes
@@ -174,8 +175,8 @@ class _Storage:
         self.viewed: dict[int, int] = {}  # owner id -> the last use of any view into its bytes
 
     def own(self, value: Value, during: Op | None = None):
-        """Give `value` its own bytes; a loop's carried param (`during` the loop) keeps them for the
-        whole loop: the next iteration's value is copied into them at each iteration's end."""
+        """Give `value` its own bytes; a value written `during` a region op (a loop's carried param,
+        copied into at each iteration's end; a stacked or branch result) keeps them to the op's end."""
         if value.type.rank == 0:
             return
         s = self.schedule
@@ -213,6 +214,9 @@ def _share_block(block: Block, schedule: _Schedule, plan_: MemoryPlan, storage: 
             _share_block(region, schedule, plan_, storage, external, set(), op if op.kind == "loop" else None)
         if op.kind == "loop":
             _share_loop(op, schedule, plan_, storage)
+        elif op.regions:  # written all through the op (row by row, or at a branch's end): alive to its end
+            for result in op.results:
+                storage.own(result, op)
         elif is_view(op):
             plan_.views[op.result.id] = op.args[0].id
             owner = plan_.storage_of(op.args[0].id)
@@ -236,7 +240,7 @@ def _share_loop(op: Op, schedule: _Schedule, plan_: MemoryPlan, storage: _Storag
         plan_.shared[result.id] = param.id
         storage.extend(plan_.owner(param), result)
     for result in op.results[n:]:
-        storage.own(result)
+        storage.own(result, op)  # a stack, written row by row: alive to the loop's end even if never read
     yields, params = body.yields[:n], body.params[1:]
     param_owners = {plan_.storage_of(p.id) for p in params}
     if any(plan_.storage_of(y.id) in param_owners and plan_.storage_of(y.id) != plan_.storage_of(p.id)
