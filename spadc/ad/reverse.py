@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from ..ir.core import REGION_OPS, Block, InputDecl, Op, Program, Value, walk_ops
 from ..ir.types import TensorType
 from . import sampling as gates
+from .activity import active_values
 from .context import Adjoints, Context, Primals, to_shape
 from .rules import ADJOINTS, Rule, restore_axis, times
 from .sites import find_sites
@@ -70,7 +71,7 @@ def gradient(program: Program, accumulate: bool = False, sampling=None, score: s
     ("gradient": the exact adjoint's contributions; "paths": the sampled adjoint's contributions
     through drawn entries, with their weights; "forward": residual magnitudes, with sampling);
     `policy`: the site policy when only scores are wanted."""
-    active = _activity(program)
+    active = active_values(program.body, {p.value.id for p in program.params})
     policy = sampling.sites if sampling is not None else policy
     sites = list(find_sites(program, policy, active).values()) if policy else []
     entries = gates.layout_sites(sites, sampling, score)
@@ -85,7 +86,7 @@ def gradient(program: Program, accumulate: bool = False, sampling=None, score: s
         for decl in program.params:
             accumulators[decl.name] = Value(decl.value.type, f"{decl.name}.grad")
             adjoints.set(decl.value, accumulators[decl.name])
-    top.at(*_place_of(program, program.loss))
+    top.at(*place_of(program, program.loss))
     adjoints.set(program.loss, top.op("const", value=1.0, dtype="f64"))
     _backward_block(top, program.body, adjoints)
     gradients = {}
@@ -103,7 +104,7 @@ def gradient(program: Program, accumulate: bool = False, sampling=None, score: s
     return GradientProgram(result, tape, accumulators, entries, sampling, score)
 
 
-def _place_of(program: Program, value: Value) -> tuple:
+def place_of(program: Program, value: Value) -> tuple:
     """(loc, inlined_at) of the op or declaration that defines a top-level value (`loss p` makes
     the loss a param itself)."""
     for op in program.body.ops:
@@ -111,42 +112,6 @@ def _place_of(program: Program, value: Value) -> tuple:
             return op.loc, op.inlined_at
     declaration = next(d for d in program.params + program.inputs if d.value is value)
     return declaration.loc, ()
-
-
-# ---- activity ----------------------------------------------------------------------------
-
-def _activity(program: Program) -> set[int]:
-    """Ids of f64 values that depend on a param (a fixpoint, for loop-carried dependence)."""
-    active = {p.value.id for p in program.params}
-    changed = True
-
-    def mark(value):
-        nonlocal changed
-        if value.type.dtype == "f64" and value.id not in active:
-            active.add(value.id)
-            changed = True
-
-    def visit(block: Block):
-        for op in block.ops:
-            if op.kind in REGION_OPS:
-                (body, *_) = op.regions
-                if op.kind == "loop":
-                    for k in range(len(op.args)):
-                        if op.args[k].id in active or body.yields[k].id in active:
-                            mark(body.params[1 + k])
-                for region in op.regions:
-                    visit(region)
-                for region in op.regions:
-                    for result, value in zip(op.results, region.yields):
-                        if value.id in active:
-                            mark(result)
-            elif any(a.id in active for a in op.args):
-                mark(op.result)
-
-    while changed:
-        changed = False
-        visit(program.body)
-    return active
 
 
 # ---- the reverse sweep ---------------------------------------------------------------------

@@ -237,20 +237,25 @@ ADJOINTS["reduce_max"] = Rule((0, "out"), _extremum)
 ADJOINTS["reduce_min"] = Rule((0, "out"), _extremum)
 
 
-@_rule("reduce_prod", saves=(0,))
-def _reduce_prod(c, op, g, wanted, P):
-    # d prod / d x_i is the product of the other entries; computed without dividing by x_i so that
-    # zeros are exact: with no zero it is P / x_i, with one zero it is P' at the zero (P' the product
-    # of the nonzero entries) and 0 elsewhere, with two or more zeros it is 0.
-    x, axis = P.arg(0), op.attrs["axis"]
-    shape = op.args[0].type.shape
+def product_partials(c, x, axis):
+    """d prod / d x_i, the product of the other entries, spread back to x's shape; computed without
+    dividing by x_i so that zeros are exact: with no zero it is P / x_i, with one zero it is P' at the
+    zero (P' the product of the nonzero entries) and 0 elsewhere, with two or more zeros it is 0.
+    (Also the tangent rule's partial: spadc/ad/tangents.py.)"""
+    shape = x.type.shape
     is_zero = c.op("eq", x, c.const(0.0))
     nonzero = c.op("select", is_zero, c.const(1.0), x)
     product = restore_axis(c, c.op("reduce_prod", nonzero, axis=axis), shape, axis)
     zeros = restore_axis(c, c.op("reduce_sum", c.op("to_float", is_zero), axis=axis), shape, axis)
     at_nonzero = c.op("select", c.op("eq", zeros, c.const(0.0)), c.op("div", product, nonzero), c.const(0.0))
     at_zero = c.op("select", c.op("eq", zeros, c.const(1.0)), product, c.const(0.0))
-    return [times(c, restore_axis(c, g, shape, axis), c.op("select", is_zero, at_zero, at_nonzero))]
+    return c.op("select", is_zero, at_zero, at_nonzero)
+
+
+@_rule("reduce_prod", saves=(0,))
+def _reduce_prod(c, op, g, wanted, P):
+    axis = op.attrs["axis"]
+    return [times(c, restore_axis(c, g, op.args[0].type.shape, axis), product_partials(c, P.arg(0), axis))]
 
 
 # ---- linear algebra and structure --------------------------------------------------------

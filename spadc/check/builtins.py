@@ -163,7 +163,8 @@ def _cross_entropy(chk, args, kw, node):
     label = _label(chk, args[1], "cross_entropy", node.args[1].loc)
     picked = indexing.index_value(chk, logits, [label], [node.args[1]], "label", node.args[1].loc)
     result = chk.prim("sub", [logsumexp(chk, logits, None, node.loc), picked], node.loc)
-    chk.last_cross_entropy = (logits, label, result)
+    chk.last_head = ("cross_entropy", logits, result)
+    chk.last_label = (logits, label)
     return result
 
 
@@ -171,7 +172,9 @@ def _mse(chk, args, kw, node):
     a, b = (chk.to_float(x, "`mse`", node.loc) for x in args)
     a, b = chk.broadcast_all([a, b], "`mse`", node.loc)
     d = chk.prim("sub", [a, b], node.loc)
-    return _mean(chk, [chk.prim("mul", [d, d], node.loc)], {}, node)
+    result = _mean(chk, [chk.prim("mul", [d, d], node.loc)], {}, node)
+    chk.last_head = ("mse", d, result)
+    return result
 
 
 def _dot(chk, args, kw, node):

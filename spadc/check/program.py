@@ -51,6 +51,7 @@ class _ProgramChecker(StatementChecker):
         self.outputs: dict[str, Value] = {}
         self.loss: tuple[Typed, ast.Loss] | None = None
         self.classifier = None
+        self.head = None
         self.states: list[StateDecl] = []
 
     def run(self, module: ast.Module) -> Program:
@@ -70,7 +71,7 @@ class _ProgramChecker(StatementChecker):
         body.params = [p.value for p in self.params] + [i.value for i in self.inputs]
         name = os.path.splitext(os.path.basename(self.source.name))[0]
         return Program(name, self.params, self.inputs, body, self.outputs, self.loss[0].value, self.classifier,
-                       states=tuple(self.states))
+                       states=tuple(self.states), head=self.head)
 
     def state(self, stmt: ast.State):
         """An input that the runtime supplies (the carried value, or `init`), rebindable like a `let`."""
@@ -170,12 +171,14 @@ class _ProgramChecker(StatementChecker):
         if self.loss is not None:
             raise SpadcError("a second `loss`: a model has exactly one", stmt.loc,
                              (("the first `loss` is here", self.loss[1].loc),))
-        self.last_cross_entropy = None
+        self.last_head = None
         typed = self.expr(stmt.value)
         if typed.type.rank != 0:
             raise SpadcError(f"the loss must be a scalar, got {typed.type}", ast.start_loc(stmt.value))
         typed = self.to_float(typed, "the loss", stmt.value.loc)
         self.loss = (typed, stmt)
-        if self.last_cross_entropy is not None and self.last_cross_entropy[2] is typed:
-            logits, label, _ = self.last_cross_entropy
-            self.classifier = (logits.value, label.value)
+        if self.last_head is not None and self.last_head[2] is typed:  # the loss is the head as a whole
+            kind, z, _ = self.last_head
+            self.head = (kind, z.value)
+            if kind == "cross_entropy":
+                self.classifier = tuple(x.value for x in self.last_label)

@@ -34,7 +34,8 @@ MAX_RANK = 32  # NumPy 1.x's limit on array dimensions (2.x allows 64)
 class StatementChecker(ExprChecker):
     def __init__(self, builder, env, max_memory: int | None = None):
         super().__init__(builder, env)
-        self.last_cross_entropy = None
+        self.last_head = None  # (kind, z, result) of the last cross_entropy or mse: a candidate loss head
+        self.last_label = None  # (logits, label) of the last cross_entropy
         self.max_memory = limits.max_memory(max_memory)  # bytes; no declared value may need more
 
     # ---- names -----------------------------------------------------------------

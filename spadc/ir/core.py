@@ -121,9 +121,13 @@ class Program:
     classifier: tuple[Value, Value] | None = None
     files: tuple[str, ...] = ()  # absolute paths of the files it imports (what a compile cache checks)
     states: tuple[StateDecl, ...] = ()  # their incoming values are among the inputs
+    # ("cross_entropy", logits) or ("mse", a - b) when the loss is one of them as a whole: the outer
+    # function whose Hessian a Gauss-Newton product uses (spadc/ad/forward.py).
+    head: tuple[str, Value] | None = None
 
     def with_body(self, body: Block, outputs: dict[str, Value], loss: Value, classifier) -> "Program":
-        return Program(self.name, self.params, self.inputs, body, outputs, loss, classifier, self.files, self.states)
+        return Program(self.name, self.params, self.inputs, body, outputs, loss, classifier, self.files, self.states,
+                       self.head)
 
 
 def walk_ops(block: Block):

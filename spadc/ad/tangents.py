@@ -1,0 +1,265 @@
+"""Tangent rules: one per primitive, keyed by the names of `spadc.ir.primitives`, beside the adjoint
+rules of spadc/ad/rules.py.
+
+A rule receives the builder `t`, the primal op (its operands and result are at hand: forward mode
+runs where the primal runs, so it keeps no tape) and `d`, one tangent per operand (None for an
+operand that does not depend on the seeds), and returns the result's tangent (None for zero). The
+driver (spadc/ad/forward.py) broadcasts a scalar tangent to the result's shape and handles regions.
+
+Conventions are the adjoint's (LANGUAGE.md section 7): relu'(0) = abs'(0) = 0, max/min and
+reductions pass the derivative of the selected operand (the first on ties), `select` the tangent of
+the chosen side only; a tangent that is exactly 0 times an infinite or NaN partial is 0 (`times`).
+Random and bookkeeping primitives are linear in their operand (a gate keeps the same entries of a
+tangent as of its value) and never repeat their effects (scores, stored bytes) for a tangent.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .rules import product_partials, restore_axis, times
+
+TANGENTS: dict[str, Callable | None] = {}  # None: the derivative is zero (or the operands are not differentiable)
+
+for _name in ("sign", "floor", "stop_gradient", "not", "to_float", "to_int", "floordiv", "lt", "le", "gt", "ge",
+              "eq", "ne", "and", "or", "const", "eye", "onehot", "dropout_mask", "first_true", "pack_bits",
+              "unpack_bits", "argmax", "gate_mask"):
+    TANGENTS[_name] = None
+
+
+def _tangent(name):
+    def register(fn):
+        TANGENTS[name] = fn
+        return fn
+    return register
+
+
+def _sum(t, terms):
+    present = [x for x in terms if x is not None]
+    if not present:
+        return None
+    total = present[0]
+    for x in present[1:]:
+        total = t.op("add", total, x)
+    return total
+
+
+def _or_zeros(t, tangent, value):
+    return tangent if tangent is not None else t.zeros(value.type)
+
+
+def _scaled(partial_of):
+    """A unary rule d(f(x)) = f'(x) dx, with f' from the operand and the result."""
+    def rule(t, op, d):
+        return times(t, d[0], partial_of(t, op.args[0], op.result))
+    return rule
+
+
+def _one_plus_square(t, x, out):
+    return t.op("add", t.const(1.0), t.op("mul", out, out))
+
+
+for _name, _partial in {
+    "abs": lambda t, x, out: t.op("sign", x),
+    "exp": lambda t, x, out: out,
+    "expm1": lambda t, x, out: t.op("add", out, t.const(1.0)),
+    "sin": lambda t, x, out: t.op("cos", x),
+    "cos": lambda t, x, out: t.op("neg", t.op("sin", x)),
+    "tan": _one_plus_square,
+    "tanh": lambda t, x, out: t.op("sub", t.const(1.0), t.op("mul", out, out)),
+    "sigmoid": lambda t, x, out: t.op("mul", out, t.op("sub", t.const(1.0), out)),
+    "softplus": lambda t, x, out: t.op("sigmoid", x),
+}.items():
+    TANGENTS[_name] = _scaled(_partial)
+
+
+@_tangent("neg")
+def _neg(t, op, d):
+    return t.op("neg", d[0])
+
+
+@_tangent("log")
+def _log(t, op, d):
+    return times(t, d[0], op.args[0], "div")
+
+
+@_tangent("log1p")
+def _log1p(t, op, d):
+    return times(t, d[0], t.op("add", t.const(1.0), op.args[0]), "div")
+
+
+@_tangent("sqrt")
+def _sqrt(t, op, d):
+    return times(t, d[0], t.op("mul", t.const(2.0), op.result), "div")
+
+
+@_tangent("relu")
+def _relu(t, op, d):
+    return t.op("select", t.op("gt", op.args[0], t.const(0.0)), d[0], t.const(0.0))
+
+
+# ---- binary elementwise ---------------------------------------------------------------
+
+@_tangent("add")
+def _add(t, op, d):
+    return _sum(t, d)
+
+
+@_tangent("sub")
+def _sub(t, op, d):
+    if d[1] is None:
+        return d[0]
+    return t.op("neg", d[1]) if d[0] is None else t.op("sub", d[0], d[1])
+
+
+@_tangent("mul")
+def _mul(t, op, d):
+    a, b = op.args
+    return _sum(t, [times(t, d[0], b) if d[0] is not None else None, times(t, d[1], a) if d[1] is not None else None])
+
+
+@_tangent("div")
+def _div(t, op, d):
+    b = op.args[1]
+    return _sum(t, [times(t, d[0], b, "div") if d[0] is not None else None,
+                    t.op("neg", times(t, times(t, d[1], op.result), b, "div")) if d[1] is not None else None])
+
+
+@_tangent("pow")
+def _pow(t, op, d):
+    a, b = op.args
+    terms = []
+    if d[0] is not None:  # b a^(b-1), 0 where b == 0 (the adjoint's convention)
+        slope = t.op("mul", b, t.op("pow", a, t.op("sub", b, t.const(1.0))))
+        terms.append(times(t, d[0], t.op("select", t.op("eq", b, t.const(0.0)), t.const(0.0), slope)))
+    if d[1] is not None:  # a^b log a, 0 where a == 0
+        slope = t.op("mul", op.result, t.op("log", a))
+        terms.append(times(t, d[1], t.op("select", t.op("eq", a, t.const(0.0)), t.const(0.0), slope)))
+    return _sum(t, terms)
+
+
+@_tangent("mod")
+def _mod(t, op, d):
+    # a % b = a - floor(a / b) * b, and floor has zero derivative.
+    a, b = op.args
+    drop = t.op("neg", times(t, d[1], t.op("floor", t.op("div", a, b)))) if d[1] is not None else None
+    return _sum(t, [d[0], drop])
+
+
+def _pick(compare):
+    def rule(t, op, d):
+        a, b = op.args
+        first = t.op("or", t.op(compare, a, b), t.op("ne", a, a))
+        return t.op("select", first, d[0] if d[0] is not None else t.const(0.0), d[1] if d[1] is not None else t.const(0.0))
+    return rule
+
+
+TANGENTS["max"] = _pick("ge")
+TANGENTS["min"] = _pick("le")
+
+
+@_tangent("select")
+def _select(t, op, d):
+    return t.op("select", op.args[0], d[1] if d[1] is not None else t.const(0.0), d[2] if d[2] is not None else t.const(0.0))
+
+
+# ---- reductions --------------------------------------------------------------------------
+
+@_tangent("reduce_sum")
+def _reduce_sum(t, op, d):
+    return t.op("reduce_sum", d[0], axis=op.attrs["axis"])
+
+
+def _extremum(t, op, d):
+    x, axis = op.args[0], op.attrs["axis"]
+    out = restore_axis(t, op.result, x.type.shape, axis)
+    first = t.op("first_true", t.op("or", t.op("eq", x, out), t.op("ne", x, x)), axis=axis)
+    return t.op("reduce_sum", t.op("select", first, d[0], t.const(0.0)), axis=axis)
+
+
+TANGENTS["reduce_max"] = _extremum
+TANGENTS["reduce_min"] = _extremum
+
+
+@_tangent("reduce_prod")
+def _reduce_prod(t, op, d):
+    axis = op.attrs["axis"]
+    return t.op("reduce_sum", times(t, d[0], product_partials(t, op.args[0], axis)), axis=axis)
+
+
+# ---- linear algebra and structure ---------------------------------------------------------
+
+def _bilinear(kind):
+    def rule(t, op, d):
+        a, b = op.args
+        return _sum(t, [t.op(kind, d[0], b) if d[0] is not None else None,
+                        t.op(kind, a, d[1]) if d[1] is not None else None])
+    return rule
+
+
+TANGENTS["matmul"] = _bilinear("matmul")
+TANGENTS["outer"] = _bilinear("outer")
+
+
+@_tangent("outer_add")
+def _outer_add(t, op, d):
+    acc, a, b = op.args
+    total = _or_zeros(t, d[0], acc)
+    if d[1] is not None:
+        total = t.op("outer_add", total, d[1], b)
+    if d[2] is not None:
+        total = t.op("outer_add", total, a, d[2])
+    return total
+
+
+def _same_op(t, op, d):
+    """A linear op of one operand: the tangent goes through the same op (and attrs)."""
+    return t.op(op.kind, d[0], *op.args[1:], **op.attrs)
+
+
+for _name in ("transpose", "reshape", "broadcast", "index", "field", "gate_unpack"):
+    TANGENTS[_name] = _same_op
+
+
+@_tangent("index_add")
+def _index_add(t, op, d):
+    acc, g, *indices = op.args
+    if d[1] is None:
+        return d[0]
+    return t.op("index_add", _or_zeros(t, d[0], acc), d[1], *indices, **op.attrs)
+
+
+@_tangent("stack")
+def _stack(t, op, d):
+    return t.op("stack", *[_or_zeros(t, dk, a) for dk, a in zip(d, op.args)])
+
+
+@_tangent("record")
+def _record(t, op, d):
+    # The same layout: words of an f64 value's tangent where the value is, a non-float value's own
+    # words elsewhere (no tangent field ever reads them).
+    return t.op("record", *[dk if dk is not None else t.zeros(a.type) if a.type.dtype == "f64" else a
+                            for dk, a in zip(d, op.args)], **op.attrs)
+
+
+# ---- path sampling: linear in their operands, without their effects -------------------------
+
+@_tangent("gate_pack")
+def _gate_pack(t, op, d):
+    return t.op("gate_pack", d[0], **{**op.attrs, "scores": -1, "counted": False})
+
+
+@_tangent("gate_outer_add")
+def _gate_outer_add(t, op, d):
+    acc, a, packed = op.args
+    total = _or_zeros(t, d[0], acc)
+    if d[1] is not None:
+        total = t.op("gate_outer_add", total, d[1], packed, **op.attrs)
+    if d[2] is not None:
+        total = t.op("gate_outer_add", total, a, d[2], **op.attrs)
+    return total
+
+
+@_tangent("score_add")
+def _score_add(t, op, d):
+    return d[0]  # the values pass through; their scores are the primal's business
