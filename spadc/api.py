@@ -27,13 +27,13 @@ from spadrt.estimators import SamplingWarning, variant_key
 
 from . import cache, frontend, passes
 from .ad.paths import multi_factor_paths
+from .ad.forward import HVP, ggn_program, hvp_program, jvp_program
 from .ad.reverse import GradientProgram, gradient
 from .backend import jit, kernels
 from .errors import Source, SpadcError
 from .ir.printer import format_program
 
 DTYPES = ("f64", "f32")
-PARTICLES = "particles"  # the variant key of the forward kernel with a parameter vector per particle
 
 
 @dataclass
@@ -50,16 +50,15 @@ class Compiled:
     base_layout: dict  # the layout with the forward kernel and the exact gradient only (what the disk cache keeps)
     variants: dict[str, tuple[dict, jit.Compiled, GradientProgram]] = field(default_factory=dict)
 
-    def particles(self) -> tuple[dict, jit.Compiled]:
-        """(layout entry, machine code) of the forward kernel with a parameter vector per particle
-        (ES and PES), compiled on first use."""
-        if PARTICLES not in self.variants:
-            module = ir.Module(name=f"{self.program.name}.particles")
-            _, outputs = kernels.base_layout(self.program, self.dtype)
-            entry = kernels.forward_kernel(module, self.program, self.layout, outputs, self.dtype, "forward_particles",
-                                           self.max_memory, particles=True)
-            self.variants[PARTICLES] = (entry, jit.compile_ir(str(module), ("forward_particles",)), None)
-        entry, machine, _ = self.variants[PARTICLES]
+    def kernel(self, kind: str) -> tuple[dict, jit.Compiled]:
+        """(layout entry, machine code) of one of the EXTRA_KERNELS, compiled on first use: the
+        forward kernel with a parameter vector per particle (ES and PES), or a product kernel
+        (CURVATURE.md section 1: `jvp`, `hvp`, `ggn`)."""
+        if kind not in self.variants:
+            module = ir.Module(name=f"{self.program.name}.{kind}")
+            entry = _EXTRA_KERNELS[kind](self, module)
+            self.variants[kind] = (entry, jit.compile_ir(str(module), (kind,)), None)
+        entry, machine, _ = self.variants[kind]
         return entry, machine
 
     def gradient_program(self, sampling=None, score: str | None = None, policy: str | None = None) -> GradientProgram:
@@ -81,6 +80,39 @@ class Compiled:
             self.layout["variants"][key] = entry
         return self.variants[key]
 
+
+def _particles_kernel(compiled: Compiled, module) -> dict:
+    _, outputs = kernels.base_layout(compiled.program, compiled.dtype)
+    return kernels.forward_kernel(module, compiled.program, compiled.layout, outputs, compiled.dtype, PARTICLES,
+                                  compiled.max_memory, particles=True)
+
+
+def _jvp_kernel(compiled: Compiled, module) -> dict:
+    """A forward kernel over the model with its tangents; the runtime gives the tangent inputs."""
+    program = passes.run(jvp_program(compiled.program))
+    entry = kernels.forward_kernel(module, program, compiled.layout, program.outputs, compiled.dtype, "jvp",
+                                   compiled.max_memory)
+    entry["outputs"] = [{"name": n, "shape": list(v.type.shape), "dtype": v.type.dtype} for n, v in program.outputs.items()]
+    return entry
+
+
+def _hvp_kernel(compiled: Compiled, module) -> dict:
+    """A gradient kernel summing the gradient (at the params' offsets) and H v (after it)."""
+    product = hvp_program(compiled.gradient)
+    product.program = passes.run(product.program)
+    offsets = {p["name"]: p["offset"] for p in compiled.layout["params"]}
+    offsets.update({HVP + name: compiled.layout["param_count"] + offset for name, offset in list(offsets.items())})
+    return kernels.grad_kernel(module, product, compiled.layout, compiled.dtype, "hvp", compiled.max_memory, offsets)
+
+
+def _ggn_kernel(compiled: Compiled, module) -> dict:
+    product = ggn_program(compiled.program)
+    product.program = passes.run(product.program)
+    return kernels.grad_kernel(module, product, compiled.layout, compiled.dtype, "ggn", compiled.max_memory)
+
+
+PARTICLES = "particles"  # the kernel key of the forward kernel with a parameter vector per particle
+_EXTRA_KERNELS = {PARTICLES: _particles_kernel, "jvp": _jvp_kernel, "hvp": _hvp_kernel, "ggn": _ggn_kernel}
 
 CACHE_SIZE = 32  # compiled models kept for reuse; older ones are freed once no Model holds them
 _CACHE: OrderedDict[tuple, Compiled] = OrderedDict()
@@ -175,20 +207,20 @@ def _assemble(layout: dict, machine: jit.Compiled, compiled_of, base_key: str | 
             warnings.warn(message, SamplingWarning, stacklevel=5)
         return entry, code.addresses["grad"], code
 
-    def provide_particles():
-        """The forward kernel with a parameter vector per particle: (layout entry, address, owner)."""
-        entry_key = cache.variant_key(base_key, PARTICLES) if base_key else None
+    def provide_kernel(kind: str):
+        """One of the extra kernels (particles, products): (layout entry, address, owner)."""
+        entry_key = cache.variant_key(base_key, kind) if base_key else None
         hit = cache.load(entry_key) if entry_key else None
         if hit is not None:
-            entry, code = hit[0], jit.load_object(hit[1], ("forward_particles",))
+            entry, code = hit[0], jit.load_object(hit[1], (kind,))
         else:
             compiled = compiled_of()
-            entry, code = compiled.particles()
+            entry, code = compiled.kernel(kind)
             if entry_key:
                 cache.store(entry_key, entry, code.object_code, cache.file_digests(compiled.program.files))
-        return entry, code.addresses["forward_particles"], code
+        return entry, code.addresses[kind], code
 
-    return Model(layout, machine.addresses["forward"], provide, keepalive=machine, particle_provider=provide_particles)
+    return Model(layout, machine.addresses["forward"], provide, keepalive=machine, kernel_provider=provide_kernel)
 
 
 def _variant(compiled_of, base_key: str | None, key: str, sampling, score, policy) -> tuple[dict, jit.Compiled]:

@@ -5,7 +5,8 @@ gradient variant) as an object file, and its layout, in `$SPADC_CACHE_DIR` (defa
 `$XDG_CACHE_HOME/spadc`, else `~/.cache/spadc`).
 
 Invariants:
-- The key hashes everything the code depends on: spadc's, llvmlite's and LLVM's versions, the host
+- The key hashes everything the code depends on: spadc's version and the text of its own modules
+  (so a changed compiler never loads kernels an older one made), llvmlite's and LLVM's versions, the host
   CPU and its features, the float type, the memory limit, the main file's name, directory and
   text, and the kernel set. Imported files are checked when an entry is used: the entry lists
   each file the program read with the SHA-256 of its text, and a file that changed (or is gone)
@@ -49,6 +50,21 @@ def directory() -> str:
 
 
 @lru_cache(maxsize=1)
+def _compiler_digest() -> str:
+    """SHA-256 over the compiler's own Python modules, in a fixed order."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith((".py", ".lark"))):
+            path = os.path.join(folder, name)
+            digest.update(os.path.relpath(path, root).encode("utf-8"))
+            with open(path, "rb") as f:
+                digest.update(hashlib.sha256(f.read()).digest())
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=1)
 def _machine() -> str:
     llvm.initialize_native_target()
     return f"{llvm.get_process_triple()} {llvm.get_host_cpu_name()} {llvm.get_host_cpu_features().flatten()}"
@@ -56,7 +72,7 @@ def _machine() -> str:
 
 def key(source: Source, base_dir: str, dtype: str, max_memory: int) -> str:
     """The key of a model's base kernels; `variant_key` derives a variant's from it."""
-    parts = [FORMAT, __version__, llvmlite.__version__, ".".join(map(str, llvm.llvm_version_info)), _machine(),
+    parts = [FORMAT, __version__, _compiler_digest(), llvmlite.__version__, ".".join(map(str, llvm.llvm_version_info)), _machine(),
              dtype, max_memory, source.name, os.path.abspath(base_dir), source.text]
     return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
 

@@ -11,7 +11,7 @@ Invariants:
   seed and step give the same bits, whatever the thread count.
 - All particles see the same data and the same random keys (dropout): only the parameters differ.
 - Particles run as one batched call of the forward kernel with a parameter vector per particle
-  (`forward_particles`), split across threads by particles.
+  (`particles`), split across threads by particles.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import calls
+from . import calls, products
 from .arguments import NO_DATA, Options, Prepared, check_seed, merge_inputs, numeric, prepare, with_state
 from .errors import SpadcError
 from .es import ES, PES, es_gradient, pes_gradient
@@ -38,6 +38,7 @@ _COMMON = [_POINTER, _POINTER, _POINTER, _I64, _I64, _I64, _U64_T, _U64_T]
 FORWARD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER)
 PARTICLES_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER, _I64, _I64, _POINTER)
 GRAD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER)
+KERNEL_TYPES = {"particles": PARTICLES_TYPE, "jvp": FORWARD_TYPE, "hvp": GRAD_TYPE, "ggn": GRAD_TYPE}
 _NUMPY = {"i64": np.int64, "bool": np.bool_}
 # Keywords of forward/loss/grad that are not inputs: an input of one of these names must be passed
 # in `inputs=` (the checker warns about such names).
@@ -66,15 +67,15 @@ class Model:
     """A compiled model: its parameters, and forward and gradient evaluation from NumPy values."""
 
     def __init__(self, layout: dict, forward_address: int, gradient_provider, keepalive=None,
-                 particle_provider=None):
+                 kernel_provider=None):
         """`gradient_provider(sampling, score, policy)` gives (layout entry, address, owner) of a
-        gradient kernel variant (compiling it if it can); `particle_provider()` the same of the
-        forward kernel with a parameter vector per particle (ES), when there is one."""
+        gradient kernel variant (compiling it if it can); `kernel_provider(kind)` the same of one of
+        the KERNEL_TYPES (ES's particles, the curvature products), when there are any."""
         self.layout = layout
         self._keepalive = keepalive  # whatever owns the machine code (a JIT engine, a loaded library)
         self._forward = FORWARD_TYPE(forward_address)
         self._provider = gradient_provider
-        self._particle_provider = particle_provider
+        self._kernel_provider = kernel_provider
         self._variants: dict[str, tuple] = {}
         self._float = np.float64 if layout["dtype"] == "f64" else np.float32
         self._flat = np.zeros(layout["param_count"], dtype=self._float)  # never reallocated: views stay valid
@@ -149,32 +150,37 @@ class Model:
         input name fits, even one spelt like an option such as `seed`). `state`: the incoming value
         of each `state` (default its initial value); `result.state` holds the values to carry on."""
         options = Options.check(training, seed, step, sample_offset)
-        threads = calls.check_threads(threads)
         prepared = self._inputs(merge_inputs(inputs, keyword_inputs), state)
-        n = prepared.n
-        losses = np.empty(n, dtype=self._float)
-        outputs = [np.empty((n, *o["shape"]), dtype=self._dtype(o["dtype"])) for o in self.layout["outputs"]]
-        params_buffer = self._params_buffer(params)
-        kernel = self.layout["forward"]
-
-        def chunk(start: int, stop: int):
-            addresses = (ctypes.c_void_p * max(len(outputs), 1))(*[o[start:].ctypes.data for o in outputs])
-            scratch = self._scratch.take()
-            try:
-                code = self._forward(params_buffer.ctypes.data, *prepared.chunk(start), stop - start, options.offset + start,
-                                     options.training, options.seed, options.step, losses[start:].ctypes.data,
-                                     addresses, scratch.workspace(kernel["workspace"]), scratch.status.ctypes.data)
-                self._raise_on_failure(code, prepared.batched, kernel["checks"], scratch.status)
-            finally:
-                self._scratch.give(scratch)
-
-        calls.run_chunks(chunk, n, threads)
+        losses, outputs = self._run_forward(self.layout["forward"], self._forward, self.layout["outputs"], prepared,
+                                            self._params_buffer(params), options, calls.check_threads(threads))
         named = {o["name"]: (v if prepared.batched else v[0]) for o, v in zip(self.layout["outputs"], outputs)}
         visible = {name: value for name, value in named.items() if not name.startswith("_")}
         result = ForwardResult(losses.astype(np.float64) if prepared.batched else float(losses[0]), visible,
                                {s["name"]: named[STATE_OUTPUT + s["name"]] for s in self.layout.get("state", [])})
         result.hidden = {name: value for name, value in named.items() if name.startswith("_")}
         return result
+
+    def _run_forward(self, kernel: dict, function, specs: list[dict], prepared: Prepared, params_buffer, options,
+                     threads: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Call a forward-type kernel over the batch, in chunks: (a loss per sample, each output of
+        `specs` stacked over the samples)."""
+        n = prepared.n
+        losses = np.empty(n, dtype=self._float)
+        outputs = [np.empty((n, *o["shape"]), dtype=self._dtype(o["dtype"])) for o in specs]
+
+        def chunk(start: int, stop: int):
+            addresses = (ctypes.c_void_p * max(len(outputs), 1))(*[o[start:].ctypes.data for o in outputs])
+            scratch = self._scratch.take()
+            try:
+                code = function(params_buffer.ctypes.data, *prepared.chunk(start), stop - start, options.offset + start,
+                                options.training, options.seed, options.step, losses[start:].ctypes.data,
+                                addresses, scratch.workspace(kernel["workspace"]), scratch.status.ctypes.data)
+                self._raise_on_failure(code, prepared.batched, kernel["checks"], scratch.status)
+            finally:
+                self._scratch.give(scratch)
+
+        calls.run_chunks(chunk, n, threads)
+        return losses, outputs
 
     def loss(self, **kwargs):
         return self.forward(**kwargs).loss
@@ -193,8 +199,7 @@ class Model:
             raise SpadcError(f"stats must be True or False, got {stats!r}")
         loss, flat, measured, entry, n = self._gradient(params, estimator, training, seed, step, sample_offset,
                                                         threads, merge_inputs(inputs, keyword_inputs), state)
-        named = {p["name"]: flat[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"]).astype(np.float64, copy=False)
-                 for p in self.layout["params"]}
+        named = self._named(flat)
         if stats:
             return loss, named, {"tape_bytes": measured, "tape_bytes_static": entry["tape_bytes"],
                                  "workspace_bytes": entry["workspace"], "samples": n}
@@ -207,6 +212,50 @@ class Model:
         loss, flat, measured, _, _ = self._gradient(params, estimator, training, seed, step, sample_offset,
                                                     threads, merge_inputs(inputs, keyword_inputs), state)
         return loss, flat, measured
+
+    # ---- curvature products (CURVATURE.md section 1; spadrt/products.py) --------------------
+
+    def jvp(self, v, *, params=None, training: bool = False, seed: int = 0, step: int = 0, sample_offset: int = 0,
+            threads: int | None = None, state: dict | None = None, inputs: dict | None = None,
+            **keyword_inputs) -> products.JVPResult:
+        """Forward mode: the loss, the outputs, and their directional derivatives along the param
+        direction `v` (a dict of param name to array, or a flat array), per sample as `forward`."""
+        return products.jvp(self, products.prepare_call(self, v, params, training, seed, step, sample_offset, threads,
+                                                        inputs, keyword_inputs, state))
+
+    def hvp(self, v, *, params=None, training: bool = False, seed: int = 0, step: int = 0, sample_offset: int = 0,
+            threads: int | None = None, state: dict | None = None, inputs: dict | None = None,
+            **keyword_inputs) -> dict[str, np.ndarray]:
+        """H v, H the Hessian of the mean loss over the batch (forward over reverse), by param name."""
+        return self._named(self.flat_hvp(v, params=params, training=training, seed=seed, step=step,
+                                         sample_offset=sample_offset, threads=threads, state=state, inputs=inputs,
+                                         **keyword_inputs)[2])
+
+    def flat_hvp(self, v, *, params=None, training: bool = False, seed: int = 0, step: int = 0,
+                 sample_offset: int = 0, threads: int | None = None, state: dict | None = None,
+                 inputs: dict | None = None, **keyword_inputs) -> tuple[float, np.ndarray, np.ndarray]:
+        """(mean loss, flat gradient, flat H v), from one pass over the batch."""
+        return products.hvp(self, products.prepare_call(self, v, params, training, seed, step, sample_offset, threads,
+                                                        inputs, keyword_inputs, state))
+
+    def ggn_vp(self, v, *, params=None, training: bool = False, seed: int = 0, step: int = 0, sample_offset: int = 0,
+               threads: int | None = None, state: dict | None = None, inputs: dict | None = None,
+               **keyword_inputs) -> dict[str, np.ndarray]:
+        """J^T H_out J v, the generalized Gauss-Newton product of the mean loss, by param name; the
+        loss must be `cross_entropy(...)` or `mse(...)` as a whole."""
+        return self._named(self.flat_ggn_vp(v, params=params, training=training, seed=seed, step=step,
+                                            sample_offset=sample_offset, threads=threads, state=state, inputs=inputs,
+                                            **keyword_inputs))
+
+    def flat_ggn_vp(self, v, *, params=None, training: bool = False, seed: int = 0, step: int = 0,
+                    sample_offset: int = 0, threads: int | None = None, state: dict | None = None,
+                    inputs: dict | None = None, **keyword_inputs) -> np.ndarray:
+        return products.ggn_vp(self, products.prepare_call(self, v, params, training, seed, step, sample_offset,
+                                                           threads, inputs, keyword_inputs, state))
+
+    def _named(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        return {p["name"]: flat[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"]).astype(np.float64, copy=False)
+                for p in self.layout["params"]}
 
     @property
     def flat_params(self) -> np.ndarray:
@@ -240,14 +289,17 @@ class Model:
 
     def _particles(self):
         """(layout entry, function) of the forward kernel with a parameter vector per particle."""
+        return self._kernel("particles", "ES needs the forward kernel with a parameter vector per particle")
+
+    def _kernel(self, kind: str, purpose: str):
+        """(layout entry, function) of an extra kernel, compiled (or loaded) on first use."""
         with self._compile_lock:
-            if self._particle_provider is None:
-                raise SpadcError("ES needs the forward kernel with a parameter vector per particle, which this "
-                                 "library was built without")
-            if "particles" not in self._variants:
-                entry, address, owner = self._particle_provider()
-                self._variants["particles"] = (entry, PARTICLES_TYPE(address), owner)
-            entry, function, _ = self._variants["particles"]
+            if self._kernel_provider is None:
+                raise SpadcError(f"{purpose}, which this library was built without")
+            if kind not in self._variants:
+                entry, address, owner = self._kernel_provider(kind)
+                self._variants[kind] = (entry, KERNEL_TYPES[kind](address), owner)
+            entry, function, _ = self._variants[kind]
         return entry, function
 
     def _variant(self, sampling, score=None, policy=None):
@@ -269,7 +321,7 @@ class Model:
 
         def chunk(start: int, stop: int):
             loss = np.empty(1, dtype=self._float)
-            grads = np.empty_like(self._flat)
+            grads = np.empty(entry.get("grad_size", self._flat.size), dtype=self._float)
             stored = np.zeros(1, dtype=np.int64)
             score_buffer = np.zeros_like(scores) if scores is not None else NO_DATA
             scratch = self._scratch.take()
@@ -290,7 +342,7 @@ class Model:
         if len(parts) == 1:
             _, loss, grads, stored, _ = parts[0]
             return loss, grads, stored
-        loss, grads, stored = 0.0, np.zeros_like(self._flat), 0
+        loss, grads, stored = 0.0, np.zeros_like(parts[0][2]), 0
         for size, part_loss, part_grads, part_stored, _ in parts:
             loss += part_loss * size
             grads += part_grads * self._float(size)

@@ -161,11 +161,13 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
 
 
 def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, symbol: str,
-                max_memory: int | None = None) -> dict:
+                max_memory: int | None = None, offsets: dict[str, int] | None = None) -> dict:
     """Add a gradient kernel named `symbol` to the module; returns its variant entry for the layout.
 
     grads = 0; for each sample: run the gradient program, whose gradients include the running sums
-    bound to `grads` (updated in place where the planner allowed); then grads /= n."""
+    bound to `grads` (updated in place where the planner allowed); then grads /= n. `offsets`: where
+    each running sum starts in `grads` (default: the params' layout); `grads` holds `grad_size`
+    floats, up to the end of the last sum (a Hessian product's kernel sums the gradient and H v)."""
     float_type_ = float_type(dtype)
     float_bytes = 8 if dtype == "f64" else 4
     checks: list[Check] = []
@@ -181,14 +183,15 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
     e.options = {name: args[name] for name in ("training", "seed", "step", "site_data", "scores", "stored")}
     e.tape_bytes = tape.loop_bytes
     b = e.b
-    total = layout["param_count"]
+    if offsets is None:
+        offsets = {p["name"]: p["offset"] for p in layout["params"]}
+    total = max((offsets[name] + v.type.size for name, v in gradient.accumulators.items()), default=0)
     zero = ir.Constant(float_type_, 0.0)
     with e.loop(total, "g") as j:
         b.store(zero, b.gep(args["grads"], [j]))
     loss_sum = e.alloca(float_type_, "loss.sum")
     b.store(zero, loss_sum)
     top_bytes = sum(value_bytes(v, float_bytes) for v in tape.top)
-    offsets = {p["name"]: p["offset"] for p in layout["params"]}
     with e.loop(args["n"], "s") as s:
         _bind_sample(e, program, user_inputs, args, layout, s)
         for name, accumulator in gradient.accumulators.items():
@@ -208,6 +211,7 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
     b.ret(I64(0))
     e.finish_entry()
     return {"symbol": symbol, "workspace": plan_.size, "tape_bytes": tape.static_bytes, "checks": _checks(checks),
+            "grad_size": total,
             "sites": [_site_entry(entry, float_bytes) for entry in gradient.sites],
             "site_data_size": sum(entry.data_size for entry in gradient.sites),
             "score_size": sum(entry.site.size for entry in gradient.sites) * score_width(gradient.score)}
