@@ -29,6 +29,7 @@ from . import cache, frontend, passes
 from .ad.paths import multi_factor_paths
 from .ad.forward import HVP, ggn_program, hvp_program, jvp_program
 from .ad.reverse import GradientProgram, gradient
+from .ad.taps import tap_program
 from .backend import jit, kernels
 from .errors import Source, SpadcError
 from .ir.printer import format_program
@@ -96,6 +97,17 @@ def _jvp_kernel(compiled: Compiled, module) -> dict:
     return entry
 
 
+def _taps_kernel(compiled: Compiled, module) -> dict:
+    """A forward kernel over the model's exact reverse mode, writing each sample's layer taps."""
+    program, layers = tap_program(compiled.program)
+    program = passes.run(program)
+    entry = kernels.forward_kernel(module, program, compiled.layout, program.outputs, compiled.dtype, "taps",
+                                   compiled.max_memory)
+    entry["outputs"] = [{"name": n, "shape": list(v.type.shape), "dtype": v.type.dtype} for n, v in program.outputs.items()]
+    entry["layers"] = [{"weight": layer.weight, "bias": layer.bias} for layer in layers]
+    return entry
+
+
 def _hvp_kernel(compiled: Compiled, module) -> dict:
     """A gradient kernel summing the gradient (at the params' offsets) and H v (after it)."""
     product = hvp_program(compiled.gradient)
@@ -112,7 +124,8 @@ def _ggn_kernel(compiled: Compiled, module) -> dict:
 
 
 PARTICLES = "particles"  # the kernel key of the forward kernel with a parameter vector per particle
-_EXTRA_KERNELS = {PARTICLES: _particles_kernel, "jvp": _jvp_kernel, "hvp": _hvp_kernel, "ggn": _ggn_kernel}
+_EXTRA_KERNELS = {PARTICLES: _particles_kernel, "jvp": _jvp_kernel, "hvp": _hvp_kernel, "ggn": _ggn_kernel,
+                  "taps": _taps_kernel}
 
 CACHE_SIZE = 32  # compiled models kept for reuse; older ones are freed once no Model holds them
 _CACHE: OrderedDict[tuple, Compiled] = OrderedDict()

@@ -13,6 +13,7 @@ from .model import ForwardResult, Model
 from .optim import SGD, Adagrad, Adam, AdamW, CosineLR, StepLR
 from .library import load
 from .training import History
+from . import curvature, precondition
 
 __all__ = ["load", "ABI_VERSION", "Model", "ForwardResult", "SpadcError", "SpadcWarning", "Exact", "RAD", "SPAD", "ES", "PES", "SGD", "Adam", "AdamW", "Adagrad",
            "StepLR", "CosineLR", "History"]

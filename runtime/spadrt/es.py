@@ -85,7 +85,7 @@ class PES:
 def normals(seed: int, step: int, stream: int, size: int) -> np.ndarray:
     """`size` standard normals of one perturbation (`stream`: its particle, or pair)."""
     pairs = (size + 1) // 2
-    words = _words(seed, step, stream, 2 * pairs)
+    words = stream_words(seed, step, stream, 2 * pairs)
     uniform = (words >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
     radius = np.sqrt(-2.0 * np.log1p(-uniform[0::2]))  # 1 - u is in (0, 1]: the log is finite
     angle = 2.0 * np.pi * uniform[1::2]
@@ -94,11 +94,11 @@ def normals(seed: int, step: int, stream: int, size: int) -> np.ndarray:
     return out[:size]
 
 
-def _words(seed: int, step: int, stream: int, count: int) -> np.ndarray:
-    """Entries 0..count-1 of the stream keyed (seed, ES_SITE), counter (block, 0, stream, step):
+def stream_words(seed: int, step: int, stream: int, count: int, site: int = ES_SITE) -> np.ndarray:
+    """Entries 0..count-1 of the stream keyed (seed, site), counter (block, 0, stream, step):
     NumPy's Philox increments its counter before each block, hence the - 1."""
     counter = ((stream & _MASK64) << 128 | (step & _MASK64) << 192) - 1
-    generator = np.random.Philox(counter=counter & ((1 << 256) - 1), key=(seed & _MASK64) | ES_SITE << 64)
+    generator = np.random.Philox(counter=counter & ((1 << 256) - 1), key=(seed & _MASK64) | site << 64)
     blocks = (count + 3) // 4
     return generator.random_raw(4 * blocks)[:count]
 

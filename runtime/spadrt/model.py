@@ -38,7 +38,8 @@ _COMMON = [_POINTER, _POINTER, _POINTER, _I64, _I64, _I64, _U64_T, _U64_T]
 FORWARD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER)
 PARTICLES_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER, _I64, _I64, _POINTER)
 GRAD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER)
-KERNEL_TYPES = {"particles": PARTICLES_TYPE, "jvp": FORWARD_TYPE, "hvp": GRAD_TYPE, "ggn": GRAD_TYPE}
+KERNEL_TYPES = {"particles": PARTICLES_TYPE, "jvp": FORWARD_TYPE, "hvp": GRAD_TYPE, "ggn": GRAD_TYPE,
+                "taps": FORWARD_TYPE}
 _NUMPY = {"i64": np.int64, "bool": np.bool_}
 # Keywords of forward/loss/grad that are not inputs: an input of one of these names must be passed
 # in `inputs=` (the checker warns about such names).

@@ -29,6 +29,7 @@ from .errors import SpadcError
 from .estimators import SPAD, resolve
 from .arguments import check_seed, user_inputs
 from .optim import resolve as resolve_optimizer
+from .precondition import resolve as resolve_preconditioner
 
 
 class Interrupted(KeyboardInterrupt):
@@ -55,13 +56,14 @@ class History:
 def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimizer="adam", estimator=None,
         validation: dict | None = None, seed: int = 0, schedule=None, quiet: bool = True,
         stream=None, on_epoch=None, steps: int | None = None, threads: int | None = None,
-        horizon: int | None = None) -> History:
+        horizon: int | None = None, precondition=None) -> History:
     """Train on `data`; a model without inputs trains with `data=None` for `steps` steps (each step
     is then an epoch of its own: its loss is recorded and `on_epoch` called). `threads`: cores each
     minibatch is spread over (default all; the same result for any number). `horizon`: for a model
     with `state` and no inputs, the calls in an episode: the state each call ends with is carried
     to the next (truncated backpropagation through time with the exact gradient), and it is reset
-    to its initial value every `horizon` calls."""
+    to its initial value every `horizon` calls. `precondition`: a spadc.precondition method (or its
+    name): the optimiser is given P g instead of g (CURVATURE.md section 3)."""
     seed = check_seed(seed, "seed")
     threads = check_threads(threads)
     if horizon is not None:
@@ -73,9 +75,12 @@ def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimi
                              "far: with data, every call starts from the states' initial values")
     estimator = resolve(estimator)
     optimizer = resolve_optimizer(optimizer)
+    precondition = resolve_preconditioner(precondition)
+    if precondition is not None:
+        precondition.start(model)
     if data is None:
         return _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quiet, stream, on_epoch,
-                                   threads, horizon)
+                                   threads, horizon, precondition)
     if steps is not None:
         raise SpadcError("steps= is for models without inputs (data=None); with data, give epochs=")
     epochs, batch_size = _count("epochs", epochs), _count("batch_size", batch_size)
@@ -99,7 +104,8 @@ def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimi
                 options = {} if isinstance(estimator, SPAD) else {"step": step}
                 loss = _take_step(model, optimizer, lr, history, bar,
                                   f"step {step} (epoch {epoch + 1}, minibatch {first // batch_size + 1})",
-                                  estimator=estimator, training=True, seed=seed, sample_offset=first,
+                                  precondition, step, estimator=estimator, training=True, seed=seed,
+                                  sample_offset=first,
                                   threads=threads, inputs={name: values[batch] for name, values in train.items()},
                                   **options)
                 if loss is None:
@@ -123,7 +129,7 @@ def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimi
 
 
 def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quiet, stream, on_epoch,
-                        threads, horizon=None) -> History:
+                        threads, horizon=None, precondition=None) -> History:
     if user_inputs(model.layout):
         names = ", ".join(i["name"] for i in user_inputs(model.layout))
         raise SpadcError(f"the model has inputs ({names}): fit needs data, a dict of arrays named after them")
@@ -143,7 +149,8 @@ def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quie
                 carried = state  # this truncation starts where the last one ended, with the params it had
                 state = model.forward(state=carried, training=True, seed=seed, step=step, threads=threads).state
                 options["state"] = carried
-            loss = _take_step(model, optimizer, lr, history, bar, f"step {step}", estimator=estimator,
+            loss = _take_step(model, optimizer, lr, history, bar, f"step {step}", precondition, step,
+                              estimator=estimator,
                               training=True, seed=seed, threads=threads, **options)
             if loss is None:
                 break
@@ -155,14 +162,17 @@ def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quie
     return history
 
 
-def _take_step(model, optimizer, lr: float, history: History, bar, where: str, **grad_options) -> float | None:
-    """One gradient and optimiser step (then the bounds); None, with `history.stopped` saying
-    where, when the loss is not finite."""
+def _take_step(model, optimizer, lr: float, history: History, bar, where: str, precondition, number: int,
+               **grad_options) -> float | None:
+    """Optimiser step `number` (from 0) with a gradient (preconditioned if asked), then the bounds;
+    None, with `history.stopped` saying where, when the loss is not finite."""
     loss, flat, measured = model.flat_grad(**grad_options)
     if not math.isfinite(loss):
         history.stopped = f"the loss became {loss} at {where}; training stopped"
         bar.message(history.stopped)
         return None
+    if precondition is not None:
+        flat = precondition.direction(model, flat, grad_options, number)
     optimizer.step(model.flat_params, flat, lr)
     model.project_params()
     history.tape_bytes = measured

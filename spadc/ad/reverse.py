@@ -66,11 +66,12 @@ class _State:
 
 
 def gradient(program: Program, accumulate: bool = False, sampling=None, score: str | None = None,
-             policy: str | None = None) -> GradientProgram:
+             policy: str | None = None, taps: dict[str, Value] | None = None) -> GradientProgram:
     """The gradient program. `sampling`: a path-sampled adjoint; `score`: add site scores
     ("gradient": the exact adjoint's contributions; "paths": the sampled adjoint's contributions
     through drawn entries, with their weights; "forward": residual magnitudes, with sampling);
-    `policy`: the site policy when only scores are wanted."""
+    `policy`: the site policy when only scores are wanted; `taps`: top-level values whose adjoints
+    are outputs too, under the given names (a dense layer's output gradient)."""
     active = active_values(program.body, {p.value.id for p in program.params})
     policy = sampling.sites if sampling is not None else policy
     sites = list(find_sites(program, policy, active).values()) if policy else []
@@ -93,6 +94,9 @@ def gradient(program: Program, accumulate: bool = False, sampling=None, score: s
     for decl in program.params:
         top.at(decl.loc, ())
         gradients[decl.name] = adjoints.get(decl.value) or top.zeros(decl.value.type)
+    for name, value in (taps or {}).items():
+        top.at(*place_of(program, value))
+        gradients[name] = adjoints.get(value) or top.zeros(value.type)
     forward = _augment(program.body, state.registry)
     inputs = program.inputs + [InputDecl(v.hint, v, loc) for v, loc in
                                zip(accumulators.values(), (d.loc for d in program.params))]
