@@ -146,6 +146,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="learning-rate schedule: step divides by 10 every third of the epochs")
     _estimator_options(train, default="exact")
     train.add_argument("--seed", type=int, default=0, help="seed of the shuffles and of the estimator")
+    group = train.add_argument_group("preconditioner (CURVATURE.md)")
+    group.add_argument("--precondition", choices=("identity", "newton", "newton_cg", "diag_fisher", "kfac", "shampoo"),
+                       default=None, help="precondition the gradient (the optimiser gets P g); default: none")
+    group.add_argument("--damping", type=float, default=1e-3, help="the preconditioner's damping")
+    group.add_argument("--interval", type=int, default=1, metavar="N", help="steps between curvature updates")
+    group.add_argument("--ema", type=float, default=None, help="decay of the running curvature; default: none "
+                       "(each update replaces it)")
+    group.add_argument("--warmup", type=int, default=0, metavar="N", help="steps of plain gradients first")
     train.add_argument("--plot", metavar="CURVE.png", help="write the loss curves to this PNG")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--inputs", action=_Renamed, hint="training data comes from --data (and --val)")
@@ -168,6 +176,13 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--draw", choices=DRAWS, default="with_replacement", help="how entries are drawn")
     build.add_argument("--policy", action=_Renamed, hint="the site policy is --sites")
     build.set_defaults(run=commands_.build)
+
+    curv = add("curv", help="curvature of the loss: the Hessian's top eigenvalue and its trace (Hutchinson)")
+    _model_options(curv, "write the estimates to this .npz file")
+    curv.add_argument("--samples", type=int, default=100, metavar="N", help="Rademacher probes of the trace")
+    curv.add_argument("--iters", type=int, default=100, metavar="N", help="power iterations at most")
+    curv.add_argument("--seed", type=int, default=0, help="seed of the probes and of the power iteration's start")
+    curv.set_defaults(run=commands_.curv)
 
     mem = add("mem", help="tape bytes per site, exact and under an estimator")
     mem.add_argument("file", metavar="FILE.spad")

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 
+from spadrt import curvature, precondition
 from spadrt.arguments import user_inputs
 from spadrt.diagnostics import POOLED_BOUND, POWER_TARGET, diagnose
 from spadrt.es import ES, PES
@@ -199,7 +200,7 @@ def _fit(model, args, data, **options) -> int:
     try:
         history = model.fit(data, optimizer=optimizer, estimator=_estimator(args), seed=args.seed,
                             schedule=schedule[args.schedule], quiet=args.quiet, on_epoch=checkpoint,
-                            threads=args.threads, **options)
+                            threads=args.threads, precondition=_preconditioner(args), **options)
     except Interrupted as interrupted:
         saved = f"; the last checkpoint is {args.out}" if args.out and interrupted.history.train_loss else ""
         print(f"spadc train: {interrupted.where}{saved}", file=sys.stderr)
@@ -221,6 +222,27 @@ def _fit(model, args, data, **options) -> int:
     if history.stopped:
         print(f"error: {history.stopped}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _preconditioner(args):
+    if args.precondition is None:
+        return None
+    return precondition.NAMES[args.precondition](damping=args.damping, interval=args.interval, ema=args.ema,
+                                                 warmup=args.warmup)
+
+
+def curv(args) -> int:
+    model = _model_with_params(args)
+    inputs = _load_npz(args.inputs, "inputs", _input_names(model))
+    top = curvature.top_eigenvalue(model, iters=args.iters, seed=args.seed, inputs=inputs, threads=args.threads)
+    trace, error = curvature.hutchinson_trace(model, args.samples, seed=args.seed, inputs=inputs, threads=args.threads)
+    print(f"parameters: {model.layout['param_count']:,}")
+    print(f"top Hessian eigenvalue (power iteration, {args.iters} iterations at most): {top:.6g}")
+    print(f"Hessian trace (Hutchinson, {args.samples} probes): {trace:.6g} +- {error:.2g} (one standard error)")
+    if args.out:
+        save_npz(args.out, {"top_eigenvalue": np.asarray(top), "trace": np.asarray(trace),
+                            "trace_stderr": np.asarray(error)}, "curvature estimates")
     return 0
 
 
