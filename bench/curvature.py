@@ -17,8 +17,12 @@ JAX and PyTorch with `asdfghjkl` are optional: a part whose peer is missing says
 
 from __future__ import annotations
 
-import argparse
 import os
+
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # one core: BLAS's threads too
+    os.environ.setdefault(_variable, "1")
+
+import argparse  # noqa: E402
 import platform
 import sys
 import time

@@ -17,6 +17,6 @@ from .frontend import check_file, check_text
 from .init import initial_params
 from . import curvature, precondition
 
-__all__ = ["SpadcError", "SpadcWarning", "Model", "ForwardResult", "History", "Exact", "RAD", "SPAD", "ES", "PES", "SGD", "Adam", "AdamW",
+__all__ = ["curvature", "precondition", "SpadcError", "SpadcWarning", "Model", "ForwardResult", "History", "Exact", "RAD", "SPAD", "ES", "PES", "SGD", "Adam", "AdamW",
            "Adagrad", "StepLR", "CosineLR", "compile_file", "compile_source", "check_file",
            "check_text", "initial_params"]

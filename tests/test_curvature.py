@@ -152,7 +152,7 @@ def test_shampoo_against_numpy_over_three_steps():
                 expected.append(root_l @ G @ inverse_root(right + DAMPING * np.eye(len(right)), 4))
             else:  # a vector: one factor, exponent -1/2
                 expected.append(inverse_root(left + DAMPING * np.eye(len(left)), 2) @ G)
-        np.testing.assert_allclose(direction, np.concatenate([e.ravel() for e in expected]), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(direction, np.concatenate([e.ravel() for e in expected]), rtol=EXACT_RTOL, atol=1e-12)
 
 
 def rosenbrock_hessian(x):

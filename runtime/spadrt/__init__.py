@@ -15,5 +15,5 @@ from .library import load
 from .training import History
 from . import curvature, precondition
 
-__all__ = ["load", "ABI_VERSION", "Model", "ForwardResult", "SpadcError", "SpadcWarning", "Exact", "RAD", "SPAD", "ES", "PES", "SGD", "Adam", "AdamW", "Adagrad",
+__all__ = ["curvature", "precondition", "load", "ABI_VERSION", "Model", "ForwardResult", "SpadcError", "SpadcWarning", "Exact", "RAD", "SPAD", "ES", "PES", "SGD", "Adam", "AdamW", "Adagrad",
            "StepLR", "CosineLR", "History"]

@@ -101,8 +101,9 @@ def per_example_gradients(model, tapped: Taps) -> dict[str, np.ndarray]:
     return grads
 
 
-def fisher_diagonal(model, tapped: Taps) -> np.ndarray:
-    """mean_s g_s^2, flat (the params' layout); for a layer from its taps, without forming g_s."""
+def fisher_diagonal(model, tapped: Taps, layers: bool = True) -> np.ndarray:
+    """mean_s g_s^2, flat (the params' layout); for a layer from its taps, without forming g_s.
+    With `layers=False`, the layers' entries are left at 0 (K-FAC has their factors)."""
     flat = np.zeros(model.layout["param_count"])
     where = {p["name"]: (p["offset"], p["size"]) for p in model.layout["params"]}
 
@@ -112,7 +113,7 @@ def fisher_diagonal(model, tapped: Taps) -> np.ndarray:
 
     for name, grads in tapped.others.items():
         put(name, np.mean(grads.reshape(tapped.n, -1) ** 2, axis=0))
-    for layer in tapped.layers:
+    for layer in tapped.layers if layers else ():
         squares = (layer.delta ** 2).T @ (layer.a ** 2) / tapped.n  # [out, in(+1)]
         if layer.bias:
             put(layer.bias, squares[:, -1])

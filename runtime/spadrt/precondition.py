@@ -35,6 +35,7 @@ from .errors import SpadcError
 
 NEWTON_LIMIT = 5000  # params: the dense Hessian has NEWTON_LIMIT^2 entries (200 MB)
 SHAMPOO_START = 1e-12  # Shampoo's statistics start at this times I
+FACTOR_DAMPING_FLOOR = 1e-7  # the least damping of a K-FAC factor (ASDL's)
 
 
 @dataclass(eq=False)
@@ -187,7 +188,7 @@ class KFAC(Preconditioner):
             inverses[weight] = kfac_inverses(a, b, self.damping)
         self.state["inverses"] = inverses
         self.state["layers"] = [(layer.weight, layer.bias) for layer in tapped.layers]
-        self._average("diagonal", curvature.fisher_diagonal(model, tapped))
+        self._average("diagonal", curvature.fisher_diagonal(model, tapped, layers=False))
         self.state["curvature"] = True
 
     def _apply(self, model, grad):
@@ -210,11 +211,19 @@ class KFAC(Preconditioner):
 
 def kfac_inverses(a: np.ndarray, b: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
     """(A + pi sqrt(damping) I)^-1 and (B + sqrt(damping) / pi I)^-1, pi = sqrt((tr A / dim A) /
-    (tr B / dim B)) (Martens and Grosse 2015, section 6.3); pi = 1 when a trace is zero."""
+    (tr B / dim B)) (Martens and Grosse 2015, section 6.3); pi = 1 when a trace is zero. Each
+    factor's damping is at least FACTOR_DAMPING_FLOOR (as ASDL's), so that a factor whose trace is
+    tiny beside the other's (a layer whose deltas vanish) still inverts."""
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise SpadcError("K-FAC: a Kronecker factor is not finite (the activations or gradients overflowed): "
+                         "lower the learning rate or raise the damping")
     mean_a, mean_b = np.trace(a) / len(a), np.trace(b) / len(b)
     pi = math.sqrt(mean_a / mean_b) if mean_a > 0 and mean_b > 0 else 1.0
+    if not math.isfinite(pi) or pi == 0:
+        pi = 1.0
     root = math.sqrt(damping)
-    return (np.linalg.inv(a + pi * root * np.eye(len(a))), np.linalg.inv(b + root / pi * np.eye(len(b))))
+    damping_a, damping_b = max(pi * root, FACTOR_DAMPING_FLOOR), max(root / pi, FACTOR_DAMPING_FLOOR)
+    return np.linalg.inv(a + damping_a * np.eye(len(a))), np.linalg.inv(b + damping_b * np.eye(len(b)))
 
 
 @dataclass(eq=False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ..ir import primitives
 from ..ir.core import Block, Op, Value
+from .builder import Builder
 from ..ir.types import TensorType
 from . import sampling as gates
 from .rules import Rule, Sparse
@@ -42,13 +43,13 @@ def as_bits(value: Value, state) -> bool:
     return value.type.dtype == "bool" and value.type.rank > 0 and value.id not in state.external
 
 
-class Context:
+class Context(Builder):
     """One block of adjoint code. At the top level primal values are at hand; inside the adjoint of
     a region they come from that region's tape, requested here and kept by the forward region."""
 
     def __init__(self, block: Block, parent: "Context | None", region: "tuple[Op, Block] | None", state,
                  index: Value | None = None):
-        self.block = block
+        super().__init__(block)
         self.parent = parent
         self.state = state
         self.op_of_region, self.forward = region if region else (None, None)
@@ -61,7 +62,6 @@ class Context:
             self.producers = {r.id: op for op in self.forward.ops for r in op.results}
             self.defined = {p.id for p in self.forward.params} | set(self.producers)
         self.memo: dict = {}
-        self.loc, self.inlined_at = None, ()
         self.read: dict[int, Value] = {}  # top level only: forward values the adjoint reads
         # A branch of a `cond` keeps its values in one record (spadc/ad/reverse.py, _cond_adjoint).
         self.record_values: list[Value] = []
@@ -75,9 +75,6 @@ class Context:
     @property
     def is_comprehension(self) -> bool:
         return self.op_of_region is not None and self.op_of_region.kind == "tabulate"
-
-    def at(self, loc, inlined_at):
-        self.loc, self.inlined_at = loc, inlined_at
 
     def primal(self, value: Value) -> Value:
         if value.id in self.memo:
@@ -202,18 +199,6 @@ class Context:
         if not self.is_comprehension:
             return []
         return self.parent.rows() + [self.position()]
-
-    def op(self, kind: str, *args: Value, **attrs) -> Value:
-        result = Value(primitives.infer(kind, [a.type for a in args], attrs))
-        self.block.ops.append(Op(kind, tuple(args), (result,), attrs, self.loc, self.inlined_at))
-        return result
-
-    def const(self, value: float) -> Value:
-        return self.op("const", value=float(value), dtype="f64")
-
-    def zeros(self, type_: TensorType) -> Value:
-        zero = self.op("const", value={"f64": 0.0, "i64": 0, "bool": False}[type_.dtype], dtype=type_.dtype)
-        return self.op("broadcast", zero, shape=type_.shape) if type_.shape else zero
 
 
 class Primals:

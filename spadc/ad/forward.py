@@ -30,38 +30,14 @@ Invariants:
 from __future__ import annotations
 
 from ..errors import SpadcError
-from ..ir import primitives
 from ..ir.core import REGION_OPS, Block, InputDecl, Op, Program, Value
-from ..ir.types import TensorType
 from .activity import active_values
+from .builder import Builder
 from .reverse import GradientProgram, place_of, gradient
 from .tangents import TANGENTS
 
 TANGENT = "_tangent."  # prefix of the tangent inputs (one per param) and outputs
 HVP = "_hvp."  # prefix of a Hessian product's running sums, beside the gradient's
-
-
-class Builder:
-    """Appends ops to one block, placed at the op being differentiated."""
-
-    def __init__(self, block: Block):
-        self.block = block
-        self.loc, self.inlined_at = None, ()
-
-    def at(self, op: Op):
-        self.loc, self.inlined_at = op.loc, op.inlined_at
-
-    def op(self, kind: str, *args: Value, **attrs) -> Value:
-        result = Value(primitives.infer(kind, [a.type for a in args], attrs))
-        self.block.ops.append(Op(kind, tuple(args), (result,), attrs, self.loc, self.inlined_at))
-        return result
-
-    def const(self, value: float) -> Value:
-        return self.op("const", value=float(value), dtype="f64")
-
-    def zeros(self, type_: TensorType) -> Value:
-        zero = self.op("const", value={"f64": 0.0, "i64": 0, "bool": False}[type_.dtype], dtype=type_.dtype)
-        return self.op("broadcast", zero, shape=type_.shape) if type_.shape else zero
 
 
 class _Linearizer:
@@ -77,7 +53,7 @@ class _Linearizer:
         for op in block.ops:
             if op.kind in REGION_OPS:
                 if any(r.id in self.active for r in op.results):
-                    t.at(op)
+                    t.at(op.loc, op.inlined_at)
                     getattr(self, "_" + op.kind)(op, t)
                 else:
                     t.block.ops.append(op)
@@ -89,7 +65,7 @@ class _Linearizer:
             rule = TANGENTS[op.kind]
             if rule is None or all(x is None for x in d):
                 continue
-            t.at(op)
+            t.at(op.loc, op.inlined_at)
             result = rule(t, op, d)
             if result is not None:
                 if result.type.shape != op.result.type.shape:  # a scalar standing for a tensor
