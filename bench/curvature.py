@@ -193,14 +193,18 @@ def shampoo_as_asdl(model, g, inputs):
 # ---- 3. the table ------------------------------------------------------------------------------------
 
 def methods():
+    """(name, optimiser, preconditioner): settings tuned on 5 epochs (K-FAC at damping 1e-2 and
+    interval 10 diverges in its first epoch; 0.1 with a running average does not)."""
+    kfac = dict(damping=0.1, ema=0.95)
+    newton_cg = dict(damping=0.1, ggn=True)
     return [("SGD", spadc.SGD(lr=0.1), None),
             ("Adam", spadc.Adam(lr=1e-3), None),
-            ("K-FAC, interval 1", spadc.SGD(lr=0.1), precondition.KFAC(damping=DAMPING, interval=1)),
-            ("K-FAC, interval 10", spadc.SGD(lr=0.1), precondition.KFAC(damping=DAMPING, interval=10)),
+            ("K-FAC, interval 1", spadc.SGD(lr=0.1), precondition.KFAC(interval=1, **kfac)),
+            ("K-FAC, interval 10", spadc.SGD(lr=0.1), precondition.KFAC(interval=10, **kfac)),
             ("Shampoo, interval 1", spadc.SGD(lr=0.1), precondition.Shampoo(damping=DAMPING, interval=1)),
             ("Shampoo, interval 10", spadc.SGD(lr=0.1), precondition.Shampoo(damping=DAMPING, interval=10)),
-            ("NewtonCG (GGN), interval 1", spadc.SGD(lr=0.5), precondition.NewtonCG(damping=DAMPING, ggn=True, interval=1)),
-            ("NewtonCG (GGN), interval 10", spadc.SGD(lr=0.5), precondition.NewtonCG(damping=DAMPING, ggn=True, interval=10))]
+            ("NewtonCG (GGN), interval 1", spadc.SGD(lr=0.3), precondition.NewtonCG(interval=1, **newton_cg)),
+            ("NewtonCG (GGN), interval 10", spadc.SGD(lr=0.3), precondition.NewtonCG(interval=10, **newton_cg))]
 
 
 def table_part(lines: list[str], epochs: int):
@@ -222,7 +226,10 @@ def table_part(lines: list[str], epochs: int):
         print(f"{name}: test accuracy {100 * accuracies[-1]:.1f}%, {1e3 * seconds / history.steps:.2f} ms per step")
     sgd = results[0]
     target = sgd[1][-1]
+    settings = "; ".join(f"{name}: {type(optimizer).__name__} lr {optimizer.lr}" + (f", {method!r}" if method else "")
+                         for name, optimizer, method in methods())
     lines += [f"## Training the digits MLP ({epochs} epochs, batch {BATCH}, one core)", "",
+              f"Settings: {settings}.", "",
               f"Target: SGD's test accuracy after {epochs} epochs, {100 * target:.1f}%.", "",
               "| method | test accuracy | epochs to the target | time to the target | time per step | peak memory vs SGD |",
               "|---|---|---|---|---|---|"]
