@@ -2,13 +2,15 @@
 2 to 4) against NumPy references written out here: the two-layer MLP's per-example gradients by
 hand, K-FAC's factors and pi-damped inverses, Shampoo's statistics and roots, Rosenbrock's Hessian."""
 
+import os
+
 import numpy as np
 import pytest
 
 import spadc
 from spadc import curvature, precondition
 
-from conftest import example
+from conftest import EXAMPLES, example
 
 SEED = 20261121
 EXACT_RTOL = 1e-10  # two computations of one exact quantity
@@ -218,3 +220,27 @@ def test_preconditioner_settings_are_checked():
         precondition.Shampoo(interval=0)
     with pytest.raises(spadc.SpadcError, match="unknown preconditioner 'lbfgs'"):
         spadc.compile_file(example("sphere.spad")).fit(None, steps=1, precondition="lbfgs")
+
+
+def test_the_command_line_trains_with_a_preconditioner_and_prints_curvature(tmp_path):
+    import subprocess
+    import sys
+
+    def spadc_command(*args):
+        return subprocess.run([sys.executable, "-m", "spadc", *args], capture_output=True, text=True)
+
+    result = spadc_command("curv", example("rosenbrock.spad"), "--samples", "400", "--iters", "2000",
+                           "--out", str(tmp_path / "c.npz"))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    saved = np.load(tmp_path / "c.npz")
+    hessian = rosenbrock_hessian(np.full(10, -1.2))
+    assert float(saved["top_eigenvalue"]) == pytest.approx(np.max(np.linalg.eigvalsh(hessian)), rel=1e-6)
+    assert abs(float(saved["trace"]) - np.trace(hessian)) < Z_BOUND * float(saved["trace_stderr"])
+    result = spadc_command("train", example("rosenbrock.spad"), "--steps", "20", "--optimizer", "sgd", "--lr", "1",
+                           "--precondition", "newton", "--damping", "1e-3", "--quiet")
+    assert result.returncode == 0 and "final train loss" in result.stdout, result.stderr
+    assert float(result.stdout.split("final train loss")[1].split()[0]) < 1.0  # from 6316 in 20 Newton steps
+    result = spadc_command("train", example("mlp_digits.spad"), "--data", os.path.join(EXAMPLES, "data",
+                           "digits_test.npz"), "--precondition", "newton", "--quiet")
+    assert result.returncode == 1 and "85,002 parameters, more than 5,000" in result.stderr
+    assert "Traceback" not in result.stderr
