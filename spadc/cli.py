@@ -186,6 +186,7 @@ def _parser() -> argparse.ArgumentParser:
 
     mem = add("mem", help="tape bytes per site, exact and under an estimator")
     mem.add_argument("file", metavar="FILE.spad")
+    mem.add_argument("--dtype", choices=api.DTYPES, default="f64", help="the float type the bytes are counted in")
     _estimator_options(mem, default="rad")
     mem.set_defaults(run=commands_.mem)
     return parser

@@ -270,7 +270,7 @@ def build(args) -> int:
 
 
 def mem(args) -> int:
-    compiled = api.build_file(args.file)
+    compiled = api.build_file(args.file, args.dtype)
     estimator = _estimator(args)
     if estimator.sampling is None:
         raise SpadcError("spadc mem compares the exact tape with an estimator's: give --estimator rad or spad "

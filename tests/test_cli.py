@@ -144,6 +144,9 @@ def test_mem_reports_sites_and_totals():
     assert "whole tape:    15,160 B exact, 1,936 B under the estimator" in result.stdout
     assert re.search(r"peak workspace: [\d,]+ B exact, [\d,]+ B under the estimator", result.stdout)
     assert spadc("mem", example("irnn.spad"), "--estimator", "exact").returncode == 1
+    # f32: floats take 4 bytes (14,336 / 2 + 256 of final h), masks the same bits, cross-entropy's 40 + 4.
+    f32 = spadc("mem", example("irnn.spad"), "--keep", "0.1", "--dtype", "f32")
+    assert "sampled sites: 7,424 B exact, 812 B under the estimator (10.9%)" in f32.stdout, f32.stdout
     spad = spadc("mem", example("irnn.spad"), "--estimator", "spad", "--keep", "0.1")
     assert ("score=paths keeps 1,936 B (RAD's tape, 8 candidates in turn); score=gradient runs the exact "
             "adjoint and keeps 15,160 B") in spad.stdout
