@@ -2,9 +2,9 @@
 
     python -m bench.curvature [--part hvp|asdl|table|all] [--epochs 20]
 
-1. hvp: the Hessian-vector product of the 64-256-256-10 digits MLP (examples/mlp_digits.spad) at
-   batch 32, spadc's compiled forward-over-reverse against `jax.jvp(jax.grad(f))` (jit): values
-   and times, and spadc's H v against its own gradient in time.
+1. hvp: the Hessian-vector products of the 64-64-10 MLP (examples/mlp.spad) and the 64-256-256-10
+   digits MLP (examples/mlp_digits.spad) at batch 32, spadc's compiled forward-over-reverse against
+   `jax.jvp(jax.grad(f))` (jit): values and times, and spadc's H v against its own gradient in time.
 2. asdl: K-FAC (empirical Fisher) and Shampoo preconditioned gradients on the same MLP, weights
    and batch, against ASDL's `KfacGradientMaker` and `ShampooGradientMaker` (PyTorch, float64).
 3. table: the digits MLP trained by SGD, Adam, K-FAC, Shampoo and NewtonCG (curvature interval 1
@@ -49,8 +49,8 @@ def digits(split: str) -> dict:
         return {"x": data["x"], "label": data["label"]}
 
 
-def mlp(seed: int = SEED):
-    model = spadc.compile_file(os.path.join(EXAMPLES, "mlp_digits.spad"))
+def mlp(seed: int = SEED, name: str = "mlp_digits.spad"):
+    model = spadc.compile_file(os.path.join(EXAMPLES, name))
     model.init_params(seed)
     return model
 
@@ -68,41 +68,47 @@ def relative(a, b) -> float:
 # ---- 1. hvp ----------------------------------------------------------------------------------------
 
 def hvp_part(lines: list[str]):
-    model, inputs = mlp(), batch()
-    v = np.random.default_rng(SEED).standard_normal(model.layout["param_count"])
-    _, _, hv = model.flat_hvp(v, threads=1, **inputs)
-    grad_time = timed(lambda: model.flat_grad(threads=1, **inputs), 2.0)
-    hvp_time = timed(lambda: model.flat_hvp(v, threads=1, **inputs), 2.0)
-    lines += ["## Hessian-vector product (digits MLP, batch 32, one core)", "",
-              "| system | time per product | vs spadc's gradient | max relative difference from spadc |",
-              "|---|---|---|---|",
-              f"| spadc gradient | {grad_time * 1e3:.3f} ms | 1.00 | |",
-              f"| spadc hvp (forward over reverse) | {hvp_time * 1e3:.3f} ms | {hvp_time / grad_time:.2f} | |"]
+    lines += ["## Hessian-vector products (batch 32 of the digits, one core)", "",
+              "| model | system | time per product | vs spadc's gradient | max relative difference from spadc |",
+              "|---|---|---|---|---|"]
     try:
         import jax
+        jax.config.update("jax_enable_x64", True)
     except ImportError:
-        lines += ["", "JAX is not installed: `pip install jax` for its row."]
-        return
-    jax.config.update("jax_enable_x64", True)
-    jnp = jax.numpy
-    names = model.param_names
+        jax = None
+    for example in ("mlp.spad", "mlp_digits.spad"):
+        model, inputs = mlp(name=example), batch()
+        v = np.random.default_rng(SEED).standard_normal(model.layout["param_count"])
+        _, _, hv = model.flat_hvp(v, threads=1, **inputs)
+        grad_time = timed(lambda: model.flat_grad(threads=1, **inputs), 2.0)
+        hvp_time = timed(lambda: model.flat_hvp(v, threads=1, **inputs), 2.0)
+        lines += [f"| {example} | spadc gradient | {grad_time * 1e3:.3f} ms | 1.00 | |",
+                  f"| {example} | spadc hvp (forward over reverse) | {hvp_time * 1e3:.3f} ms | "
+                  f"{hvp_time / grad_time:.2f} | |"]
+        if jax is None:
+            continue
+        product = jax.jit(lambda p, t, x, y: jax.jvp(lambda q: jax.grad(_jax_mlp_loss)(q, x, y), (p,), (t,))[1])
+        arguments = ({k: jax.numpy.asarray(x) for k, x in model.params.items()},
+                     {k: jax.numpy.asarray(x) for k, x in model._named(v).items()},
+                     jax.numpy.asarray(inputs["x"]), jax.numpy.asarray(inputs["label"]))
+        reference = jax.block_until_ready(product(*arguments))
+        difference = relative(hv, np.concatenate([np.ravel(reference[k]) for k in model.param_names]))
+        jax_time = timed(lambda: jax.block_until_ready(product(*arguments)), 2.0)
+        lines.append(f"| {example} | JAX {jax.__version__} `jit(jvp(grad))` | {jax_time * 1e3:.3f} ms | "
+                     f"{jax_time / grad_time:.2f} | {difference:.1e} |")
+    if jax is None:
+        lines += ["", "JAX is not installed: `pip install jax` for its rows."]
 
-    def loss(p, x, y):
-        h1 = jax.nn.relu(x @ p["W1"].T + p["b1"])
-        h2 = jax.nn.relu(h1 @ p["W2"].T + p["b2"])
-        z = h2 @ p["W3"].T + p["b3"]
-        return -jnp.mean(jax.nn.log_softmax(z)[jnp.arange(y.shape[0]), y])
 
-    params = {k: jnp.asarray(x) for k, x in model.params.items()}
-    tangent = {k: jnp.asarray(x) for k, x in model._named(v).items()}
-    x, y = jnp.asarray(inputs["x"]), jnp.asarray(inputs["label"])
-    product = jax.jit(lambda p, t, x, y: jax.jvp(lambda q: jax.grad(loss)(q, x, y), (p,), (t,))[1])
-    reference = jax.block_until_ready(product(params, tangent, x, y))
-    difference = relative(hv, np.concatenate([np.ravel(reference[k]) for k in names]))
-    jax_time = timed(lambda: jax.block_until_ready(product(params, tangent, x, y)), 2.0)
-    lines.append(f"| JAX {jax.__version__} `jit(jvp(grad))` | {jax_time * 1e3:.3f} ms | {jax_time / grad_time:.2f} "
-                 f"| {difference:.1e} |")
-    lines += ["", f"spadc's hvp takes {hvp_time / jax_time:.2f}x JAX's time."]
+def _jax_mlp_loss(p, x, y):
+    """The MLPs of examples/ (relu layers W_k, b_k, then cross-entropy), in JAX."""
+    import jax
+    count = len(p) // 2
+    h = x
+    for k in range(1, count):
+        h = jax.nn.relu(h @ p[f"W{k}"].T + p[f"b{k}"])
+    z = h @ p[f"W{count}"].T + p[f"b{count}"]
+    return -jax.numpy.mean(jax.nn.log_softmax(z)[jax.numpy.arange(y.shape[0]), y])
 
 
 # ---- 2. asdl ----------------------------------------------------------------------------------------
