@@ -43,3 +43,25 @@ def test_the_fuzzer_catches_a_wrong_compiled_primitive(monkeypatch):
             break
     spadc.api._CACHE.clear()
     assert caught is not None
+
+
+def test_the_direction_check_rejects_a_gradient_off_by_1e_4():
+    """The directional-derivative oracle tries finer steps where the loss curves fast (seed 7932: a
+    chaotic loop, second derivative 1e8 along the direction); a gradient 1e-4 off still fails it."""
+    import warnings
+
+    import spadc
+
+    seed = 7932
+    generator = fuzzing.ProgramGenerator(seed)
+    text = generator.program()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = spadc.compile_source(text, name=f"fuzz{seed}.spad")
+    model.init_params(seed=seed)
+    params = {k: v.copy() for k, v in model.params.items()}
+    inputs = fuzzing.inputs_for(seed, generator)
+    _, grads = model.grad(**inputs, training=True, seed=seed, step=3)
+    fuzzing._check_direction(model, inputs, params, grads, seed)  # the right gradient passes
+    with pytest.raises(fuzzing.Mismatch):
+        fuzzing._check_direction(model, inputs, params, {k: g * (1 + 1e-4) for k, g in grads.items()}, seed)
