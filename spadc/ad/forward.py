@@ -74,9 +74,8 @@ class _Linearizer:
 
     def _region(self, body: Block, params: list[Value], t: Builder) -> tuple[Block, Builder]:
         inner = Builder(Block(list(body.params) + params))
-        inner.loc, inner.inlined_at = t.loc, t.inlined_at
         self.block(body, inner)
-        inner.loc, inner.inlined_at = t.loc, t.inlined_at
+        inner.at(t.loc, t.inlined_at)  # zeros the region yields are placed at the region op
         return inner.block, inner
 
     def _new(self, value: Value) -> Value:
@@ -198,7 +197,7 @@ def ggn_program(program: Program) -> GradientProgram:
     seeds, decls = _tangent_inputs(program)
     body, tangents = linearize(program.body, seeds)
     t = Builder(body)
-    t.loc, t.inlined_at = place_of(program, program.loss)
+    t.at(*place_of(program, program.loss))
     dz = _output_of(body, tangents, z)
     if kind == "cross_entropy":  # H dz = p * dz - p (p . dz), p = softmax(z)
         shifted = t.op("exp", t.op("sub", z, t.op("broadcast", t.op("reduce_max", z, axis=None), shape=z.type.shape)))
