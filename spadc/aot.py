@@ -25,6 +25,7 @@ import tempfile
 import llvmlite.binding as llvm
 from llvmlite import ir
 
+from spadrt import limits
 from spadrt.abi import ABI_VERSION
 from spadrt.estimators import RAD, SPAD, variant_key
 from spadrt.files import atomic_write, check_writable
@@ -32,7 +33,9 @@ from spadrt.library import layout_digest
 
 from . import frontend, passes
 from .ad.reverse import gradient
-from .backend import jit, kernels
+from contextlib import nullcontext
+
+from .backend import gemm, jit, kernels
 from .backend.codegen import I64
 from .errors import SpadcError
 
@@ -75,7 +78,9 @@ def build(path: str, output: str, header: str | None = None, target: str | None 
         if target_path:
             check_writable(target_path, what)
     shared = output.endswith(".so")
-    module, layout, prefix = kernels_module(path, dtype, estimators, keep, policy, draw, share, shared)
+    with gemm.target_fma(False) if target is not None else nullcontext():  # (the host's FMA: the JIT's code)
+        module, layout, prefix = kernels_module(path, dtype, estimators, keep, policy, draw, share, shared,
+                                                native=target is None)
     machine = _target_machine(target, cpu)
     optimised = jit.optimise(str(module), machine)
     _write(output, machine.emit_object(optimised), shared, linker)
@@ -87,18 +92,26 @@ def build(path: str, output: str, header: str | None = None, target: str | None 
 
 def kernels_module(path: str, dtype: str = "f64", estimators=ESTIMATOR_NAMES, keep: float = 0.1,
                    policy: str = "weights", draw: str = "with_replacement", share: str = "sample",
-                   shared: bool = False) -> tuple[ir.Module, dict, str]:
-    """(the LLVM module of every kernel of a build, its layout, the symbols' prefix)."""
+                   shared: bool = False, native: bool = True) -> tuple[ir.Module, dict, str]:
+    """(the LLVM module of every kernel of a build, its layout, the symbols' prefix). For the host
+    (`native`), kernels run as many lanes as the JIT's, so that their results are the JIT's bit for
+    bit; for another target, one (the least memory)."""
     program = frontend.lower(frontend.check_file(path))
     prefix = _identifier(program.name)
     module = ir.Module(name=program.name)
     layout, outputs = kernels.base_layout(program, dtype)
-    layout["forward"] = kernels.forward_kernel(module, program, layout, outputs, dtype, f"{prefix}_forward")
+    lanes = 1
+    if native:
+        exact = gradient(program, accumulate=True)
+        exact.program = passes.run(exact.program)
+        lanes = kernels.choose_lanes(exact, dtype, limits.max_memory(None))
+    layout["forward"] = kernels.forward_kernel(module, program, layout, outputs, dtype, f"{prefix}_forward",
+                                               lanes=lanes)
     for suffix, sampling, score, site_policy in variants(estimators, keep, policy, draw, share):
         program_of_variant = gradient(program, accumulate=True, sampling=sampling, score=score, policy=site_policy)
         program_of_variant.program = passes.run(program_of_variant.program)
         symbol = f"{prefix}_grad_{suffix}"
-        entry = kernels.grad_kernel(module, program_of_variant, layout, dtype, symbol)
+        entry = kernels.grad_kernel(module, program_of_variant, layout, dtype, symbol, lanes=lanes)
         entry["train_step"] = _train_step(module, symbol, f"{prefix}_train_step_{suffix}", layout, dtype)
         layout["variants"][variant_key(sampling, score, site_policy)] = entry
     text = json.dumps(layout)

@@ -48,6 +48,7 @@ class Compiled:
     machine: jit.Compiled
     dtype: str
     max_memory: int  # bytes: no kernel's workspace may need more
+    lanes: int  # samples every kernel runs side by side (the particles kernel excepted)
     base_layout: dict  # the layout with the forward kernel and the exact gradient only (what the disk cache keeps)
     variants: dict[str, tuple[dict, jit.Compiled, GradientProgram]] = field(default_factory=dict)
 
@@ -72,7 +73,8 @@ class Compiled:
             program = gradient(self.program, accumulate=True, sampling=sampling, score=score, policy=policy)
             program.program = passes.run(program.program)
             module = ir.Module(name=f"{self.program.name}.{key}")
-            entry = kernels.grad_kernel(module, program, self.layout, self.dtype, "grad", self.max_memory)
+            entry = kernels.grad_kernel(module, program, self.layout, self.dtype, "grad", self.max_memory,
+                                        lanes=self.lanes)
             if sampling is not None:
                 entry["warnings"] = [f"param `{param}` has a path to the loss through {len(sites)} random factors "
                                      f"({'; '.join(sites)}): the variance of its estimate grows with depth"
@@ -92,7 +94,7 @@ def _jvp_kernel(compiled: Compiled, module) -> dict:
     """A forward kernel over the model with its tangents; the runtime gives the tangent inputs."""
     program = passes.run(jvp_program(compiled.program))
     entry = kernels.forward_kernel(module, program, compiled.layout, program.outputs, compiled.dtype, "jvp",
-                                   compiled.max_memory)
+                                   compiled.max_memory, lanes=compiled.lanes)
     entry["outputs"] = [{"name": n, "shape": list(v.type.shape), "dtype": v.type.dtype} for n, v in program.outputs.items()]
     return entry
 
@@ -102,7 +104,7 @@ def _taps_kernel(compiled: Compiled, module) -> dict:
     program, layers = tap_program(compiled.program)
     program = passes.run(program)
     entry = kernels.forward_kernel(module, program, compiled.layout, program.outputs, compiled.dtype, "taps",
-                                   compiled.max_memory)
+                                   compiled.max_memory, lanes=compiled.lanes)
     entry["outputs"] = [{"name": n, "shape": list(v.type.shape), "dtype": v.type.dtype} for n, v in program.outputs.items()]
     entry["layers"] = [{"weight": layer.weight, "bias": layer.bias} for layer in layers]
     return entry
@@ -114,13 +116,15 @@ def _hvp_kernel(compiled: Compiled, module) -> dict:
     product.program = passes.run(product.program)
     offsets = {p["name"]: p["offset"] for p in compiled.layout["params"]}
     offsets.update({HVP + name: compiled.layout["param_count"] + offset for name, offset in list(offsets.items())})
-    return kernels.grad_kernel(module, product, compiled.layout, compiled.dtype, "hvp", compiled.max_memory, offsets)
+    return kernels.grad_kernel(module, product, compiled.layout, compiled.dtype, "hvp", compiled.max_memory, offsets,
+                               compiled.lanes)
 
 
 def _ggn_kernel(compiled: Compiled, module) -> dict:
     product = ggn_program(compiled.program)
     product.program = passes.run(product.program)
-    return kernels.grad_kernel(module, product, compiled.layout, compiled.dtype, "ggn", compiled.max_memory)
+    return kernels.grad_kernel(module, product, compiled.layout, compiled.dtype, "ggn", compiled.max_memory,
+                               lanes=compiled.lanes)
 
 
 PARTICLES = "particles"  # the kernel key of the forward kernel with a parameter vector per particle
@@ -131,39 +135,44 @@ CACHE_SIZE = 32  # compiled models kept for reuse; older ones are freed once no 
 _CACHE: OrderedDict[tuple, Compiled] = OrderedDict()
 
 
-def compile_file(path: str, dtype: str = "f64", max_memory=None, cache: bool = True) -> Model:
+def compile_file(path: str, dtype: str = "f64", max_memory=None, cache: bool = True, lanes: int | None = None) -> Model:
     """`max_memory`: bytes (or "4G") that params and a kernel's workspace may take (spadrt.limits).
-    `cache`: use the on-disk cache of compiled kernels (spadc/cache.py)."""
-    return _model(frontend.read_source(path), os.path.dirname(os.path.abspath(path)), dtype, max_memory, cache)
+    `cache`: use the on-disk cache of compiled kernels (spadc/cache.py). `lanes`: samples each
+    kernel runs side by side (more: faster at batch, a workspace that many times larger; 1: the
+    least memory); default: up to 16, fewer when the workspace would pass 4 MB."""
+    return _model(frontend.read_source(path), os.path.dirname(os.path.abspath(path)), dtype, max_memory, cache, lanes)
 
 
-def build_file(path: str, dtype: str = "f64", max_memory=None) -> Compiled:
-    return build(frontend.read_source(path), os.path.dirname(os.path.abspath(path)), dtype, max_memory)
+def build_file(path: str, dtype: str = "f64", max_memory=None, lanes: int | None = None) -> Compiled:
+    return build(frontend.read_source(path), os.path.dirname(os.path.abspath(path)), dtype, max_memory, lanes)
 
 
-def compile_source(text: str, name: str = "m", dtype: str = "f64", max_memory=None, cache: bool = True) -> Model:
-    return _model(Source(name, text), os.getcwd(), dtype, max_memory, cache)
+def compile_source(text: str, name: str = "m", dtype: str = "f64", max_memory=None, cache: bool = True,
+                   lanes: int | None = None) -> Model:
+    return _model(Source(name, text), os.getcwd(), dtype, max_memory, cache, lanes)
 
 
-def build(source: Source, base_dir: str, dtype: str = "f64", max_memory=None) -> Compiled:
+def build(source: Source, base_dir: str, dtype: str = "f64", max_memory=None, lanes: int | None = None) -> Compiled:
     _check_dtype(dtype)
+    _check_lanes(lanes)
     from .check.program import check_source
     limit = limits.max_memory(max_memory)
     program = frontend.lower(check_source(source, base_dir, limit))
     exact = gradient(program, accumulate=True)
     exact.program = passes.run(exact.program)
-    key = (source.name, source.text, dtype, limit, format_program(program), format_program(exact.program))
+    key = (source.name, source.text, dtype, limit, lanes, format_program(program), format_program(exact.program))
     if key not in _CACHE:
         module = ir.Module(name=program.name)
         layout, outputs = kernels.base_layout(program, dtype)
-        layout["forward"] = kernels.forward_kernel(module, program, layout, outputs, dtype, max_memory=limit)
-        entry = kernels.grad_kernel(module, exact, layout, dtype, "grad", limit)
+        lanes = kernels.choose_lanes(exact, dtype, limit) if lanes is None else lanes
+        layout["forward"] = kernels.forward_kernel(module, program, layout, outputs, dtype, max_memory=limit, lanes=lanes)
+        entry = kernels.grad_kernel(module, exact, layout, dtype, "grad", limit, lanes=lanes)
         layout["variants"]["exact"] = entry
         base_layout = json.loads(json.dumps(layout))
         llvm_ir = str(module)
         functions = {name: str(module.get_global(name)) for name in ("forward", "grad")}
         machine = jit.compile_ir(llvm_ir, ("forward", "grad"))
-        compiled = Compiled(program, exact, llvm_ir, functions, layout, machine, dtype, limit, base_layout)
+        compiled = Compiled(program, exact, llvm_ir, functions, layout, machine, dtype, limit, lanes, base_layout)
         compiled.variants["exact"] = (entry, machine, exact)
         _CACHE[key] = compiled
         while len(_CACHE) > CACHE_SIZE:
@@ -177,16 +186,25 @@ def _check_dtype(dtype: str):
         raise SpadcError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
 
-def _model(source: Source, base_dir: str, dtype: str, max_memory, use_cache: bool) -> Model:
+LANES_LIMIT = 256  # what `lanes=` accepts
+
+
+def _check_lanes(lanes):
+    if lanes is not None and (isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= LANES_LIMIT):
+        raise SpadcError(f"lanes must be an integer from 1 to {LANES_LIMIT} (or None: chosen by size), got {lanes!r}")
+
+
+def _model(source: Source, base_dir: str, dtype: str, max_memory, use_cache: bool, lanes: int | None = None) -> Model:
     """A model from the disk cache when it holds this source's kernels; else compiled (and stored)."""
     _check_dtype(dtype)
+    _check_lanes(lanes)
     limit = limits.max_memory(max_memory)
     if not use_cache:
-        return model_of(build(source, base_dir, dtype, limit))
-    base_key = cache.key(source, base_dir, dtype, limit)
+        return model_of(build(source, base_dir, dtype, limit, lanes))
+    base_key = cache.key(source, base_dir, dtype, limit, lanes)
     hit = cache.load(base_key)
     if hit is None:
-        compiled = build(source, base_dir, dtype, limit)
+        compiled = build(source, base_dir, dtype, limit, lanes)
         cache.store(base_key, compiled.base_layout, compiled.machine.object_code, cache.file_digests(compiled.program.files))
         return model_of(compiled, base_key)
     layout, code = hit
@@ -194,7 +212,7 @@ def _model(source: Source, base_dir: str, dtype: str, max_memory, use_cache: boo
 
     def compiled_later() -> Compiled:  # only when a variant is not in the cache either
         if not built:
-            built.append(build(source, base_dir, dtype, limit))
+            built.append(build(source, base_dir, dtype, limit, lanes))
         return built[0]
 
     return _assemble(layout, jit.load_object(code, ("forward", "grad")), compiled_later, base_key)

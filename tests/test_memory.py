@@ -111,10 +111,15 @@ LARGE_SITES = ("mlp_digits.spad", "irnn.spad", "irnn_784.spad")
 
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".spad")))
 def test_rad_workspace_is_below_exact_where_it_gates_a_kept_residual(name):
-    compiled = spadc.api.build_file(example(name))
+    # One lane: the least memory a model's kernels can run in (with more lanes, the workspace holds
+    # every lane's values, and the values alive across a run of ops that goes lane by lane).
+    compiled = spadc.api.build_file(example(name), lanes=1)
     exact = compiled.variant(None)[0]
     rad = compiled.variant(spadc.RAD(keep=0.1).sampling)[0]
     assert rad["workspace"] <= exact["workspace"], name  # never above
+    if name in LARGE_SITES:  # and with lanes, where the sites are large enough to matter
+        lanes = spadc.api.build_file(example(name))
+        assert lanes.variant(spadc.RAD(keep=0.1).sampling)[0]["workspace"] < lanes.variant(None)[0]["workspace"]
     if name in SAVING:
         assert rad["workspace"] < exact["workspace"], name
         assert rad["tape_bytes"] <= TAPE_RATIO * exact["tape_bytes"] or name not in LARGE_SITES, name
@@ -129,8 +134,8 @@ def test_a_long_loops_workspace_is_its_tape_and_a_few_vectors(name):
     # gradient buffer): what the kernel needs beside the tape does not grow with the trip count.
     compiled = spadc.api.build_file(example(name))
     for sampling in (None, spadc.RAD(keep=0.1).sampling):
-        entry = compiled.variant(sampling)[0]
-        assert entry["workspace"] - entry["tape_bytes"] <= 4 * 512 + 64, (name, sampling)  # 4 state vectors
+        entry = compiled.variant(sampling)[0]  # (a kernel running several samples side by side keeps each's)
+        assert entry["workspace"] <= entry["lanes"] * (entry["tape_bytes"] + 4 * 512 + 64), (name, sampling)  # 4 state vectors
 
 
 def test_the_digits_mlp_keeps_its_two_activations_and_two_bit_masks():

@@ -11,6 +11,13 @@ Invariants:
   (`spadc llvm`) can be read against the source.
 - A failed run-time check stores (check id, offending value) into the status buffer and returns the
   check id from the kernel; nothing is read or written out of bounds first.
+
+Lanes: with a plan for L > 1 lanes, a kernel runs the samples of a batch L at a time, op by op
+(`lane_block`): each op of a lane block runs for every sample of the block (`samples`) before the
+next op starts, except where a lane emitter (spadc/backend/gemm.py) does the whole block at once
+(a matrix-matrix product). Loops and comprehensions run once for all lanes, their bodies op by op;
+a `cond` runs sample by sample. A value of a lane block is reached at the current lane (`local`);
+a param, a running sum or another shared value the same for every lane.
 """
 
 from __future__ import annotations
@@ -23,9 +30,14 @@ from llvmlite import ir
 from ..errors import Loc
 from ..ir.core import Block, Op, Value
 from .emitters import EMITTERS, llvm_name
-from .memory import MemoryPlan
+from .gemm import lane_product
+from .memory import MemoryPlan, lane_runs
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
+
+
+def element_bytes(element) -> int:
+    return {"double": 8, "float": 4, "i64": 8, "i8": 1}[str(element)]
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,10 @@ class FunctionEmitter:
         self.sample = None  # the sample's index in the whole batch (set by the kernel)
         self.options = {}  # run-time options and buffers (set by the kernel)
         self.tape_bytes: dict[int, int] = {}  # id(loop op) -> bytes it keeps per iteration, counted in *stored
+        self.local = None  # the current lane (an i64 register), where values of lane blocks are read
+        self.count = None  # how many lanes the current block of samples fills
+        self.first = None  # the key (index in the whole batch) of the block's first sample
+        self.lane_inputs: dict[int, tuple] = {}  # input id -> (the block's first sample's bytes, bytes per sample)
 
     def finish_entry(self):
         """Close the entry block (allocas only) by jumping to the first block of code."""
@@ -78,15 +94,33 @@ class FunctionEmitter:
         self._pointers[value.id] = self.b.gep(self.pointer(source), [offset], inbounds=True, name=llvm_name(value.hint))
 
     def pointer(self, value: Value):
+        return self.lane_pointer(value, self.local)
+
+    def lane_pointer(self, value: Value, local):
+        """The storage of `value` for lane `local` (ignored for a value every lane shares)."""
         vid = self.plan.owner(value)
+        element = self.storage_type(value.type.dtype)
+        if vid in self.lane_inputs:
+            base, stride = self.lane_inputs[vid]
+            at = self.b.gep(base, [self.b.mul(local, stride)], inbounds=True)
+            return self.b.bitcast(at, element.as_pointer())
         if vid not in self._pointers:
-            element = self.storage_type(value.type.dtype)
             if vid in self.plan.offsets:
                 raw = self._entry.gep(self.workspace, [I64(self.plan.offsets[vid])], inbounds=True)
                 self._pointers[vid] = self._entry.bitcast(raw, element.as_pointer(), name=llvm_name(value.hint))
-            else:  # a scalar: a register in disguise
-                self._pointers[vid] = self.alloca(element, llvm_name(value.hint))
-        return self._pointers[vid]
+            else:  # a scalar: a register in disguise (an array of them, one per lane)
+                lanes = self.plan.lanes if vid in self.plan.batched else None
+                self._pointers[vid] = self.alloca(element, llvm_name(value.hint), lanes)
+        if vid not in self.plan.batched:
+            return self._pointers[vid]
+        assert local is not None, f"lane value {value.hint} read outside a lane"
+        stride = self.plan.lane_stride.get(vid, element_bytes(element)) // element_bytes(element)
+        return self.b.gep(self._pointers[vid], [self.b.mul(local, I64(stride))], inbounds=True)
+
+    def shared(self, value: Value) -> bool:
+        """Whether every lane sees the same storage for `value` (a param, a running sum)."""
+        vid = self.plan.owner(value)
+        return vid not in self.plan.batched and vid not in self.lane_inputs
 
     def load(self, value: Value, index=None):
         pointer = self.pointer(value)
@@ -176,14 +210,73 @@ class FunctionEmitter:
 
     def block(self, block: Block):
         for op in block.ops:
-            if op.kind == "loop":
-                self._loop(op)
-            elif op.kind == "tabulate":
-                self._tabulate(op)
-            elif op.kind == "cond":
-                self._cond(op)
-            else:
-                EMITTERS[op.kind](self, op)
+            self._op(op)
+
+    def _op(self, op: Op):
+        if op.kind == "loop":
+            self._loop(op)
+        elif op.kind == "tabulate":
+            self._tabulate(op)
+        elif op.kind == "cond":
+            self._cond(op)
+        else:
+            EMITTERS[op.kind](self, op)
+
+    # ---- lanes ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def samples(self):
+        """for each lane of the block: the lane's sample is the current one."""
+        outer = self.local, self.sample
+        with self.loop(self.count, "lane") as local:
+            self.local, self.sample = local, self.b.add(self.first, local, name="sample")
+            try:
+                yield local
+            finally:
+                self.local, self.sample = outer
+
+    def lane_block(self, block: Block):
+        """Run `block` over the block's lanes (see the module's docstring): each of its runs
+        (spadc/backend/memory.py, `lane_runs`) in one loop over the lanes, sample by sample."""
+        runs = {id(run[0]): run for run in lane_runs(block, self.shared)}
+        in_run = {id(op) for run in runs.values() for op in run}
+        for op in block.ops:
+            if id(op) in runs:
+                with self.samples():
+                    for member in runs[id(op)]:
+                        self._op(member)
+            elif op.kind in ("loop", "tabulate"):
+                self._lane_region(op)
+            elif id(op) not in in_run:
+                lane_product(self, op)
+
+    def _lane_region(self, op: Op):
+        # a loop or a comprehension, once for all lanes: the body op by op; the copies lane by lane
+        (body,) = op.regions
+        lo, hi = op.attrs["lo"], op.attrs["hi"]
+        looping = op.kind == "loop"
+        n = len(op.args) if looping else 0
+        if looping:
+            with self.samples():
+                for arg, param in zip(op.args, body.params[1:]):
+                    self.copy(arg, param)
+        if hi <= lo:
+            return
+        with self.loop(hi - lo, op.attrs["var"]) as j:
+            t = self.b.sub(I64(hi - 1), j) if op.attrs.get("reverse") else self.b.add(I64(lo), j)
+            self.store(body.params[0], None, t)
+            row = self.b.sub(t, I64(lo))
+            with self._nested_iteration(hi - lo, row):
+                self.lane_block(body)
+            with self.samples():
+                for value, kept in zip(body.yields[n:], op.results[n:]):
+                    self.copy(value, kept, self.b.mul(row, I64(value.type.size)))
+                if looping:
+                    self._carry(op, body.yields[:n], body.params[1:])
+            if id(op) in self.tape_bytes:
+                counter = self.options["stored"]
+                kept = self.b.mul(self.count, I64(self.tape_bytes[id(op)]))
+                self.b.store(self.b.add(self.b.load(counter), kept), counter)
 
     def _loop(self, op: Op):
         # for t in lo..hi (or reversed): body; carried <- yields[:n]; row t-lo of each kept value <- yields[n:]

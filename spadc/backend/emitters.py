@@ -21,6 +21,7 @@ from llvmlite import ir
 
 from .. import rng
 from ..ir import primitives
+from . import gemm
 from .scalar import SCALAR, fconst, is_float
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
@@ -165,23 +166,9 @@ def _matmul(e, op):
                     at = b.add(b.mul(i, I64(n)), j)
                     e.store(C, at, _fmadd(e, e.load(C, at), a, e.load(B, b.add(b.mul(k, I64(n)), j))))
     elif A.type.rank == 2:
-        # C[i] = sum_k A[i, k] * v[k]
-        m, k_dim = A.type.shape
-        acc = e.alloca(e.float, name="dot")
-        with e.loop(m, "i") as i:
-            b.store(fconst(e, 0.0), acc)
-            with e.loop(k_dim, "k") as k:
-                b.store(_fmadd(e, b.load(acc), e.load(A, b.add(b.mul(i, I64(k_dim)), k)), e.load(B, k), True), acc)
-            e.store(C, i, b.load(acc))
+        gemm.matvec(e, op)  # C[i] = A[i] . v
     elif B.type.rank == 2:
-        # C[:] = 0; for k: C[:] += v[k] * B[k, :]
-        k_dim, n = B.type.shape
-        with e.loop(n, "j") as j:
-            e.store(C, j, fconst(e, 0.0))
-        with e.loop(k_dim, "k") as k:
-            a = e.load(A, k)
-            with e.loop(n, "j") as j:
-                e.store(C, j, _fmadd(e, e.load(C, j), a, e.load(B, b.add(b.mul(k, I64(n)), j))))
+        gemm.vecmat(e, op)  # C[:] = sum_k v[k] B[k, :]
     else:
         acc = e.alloca(e.float, name="dot")
         b.store(fconst(e, 0.0), acc)
@@ -198,18 +185,6 @@ def _outer(e, op):
         left = e.load(a, i)
         with e.loop(n, "j") as j:
             e.store(out, e.b.add(e.b.mul(i, I64(n)), j), e.b.fmul(left, e.load(b_vec, j)))
-
-
-def _outer_add(e, op):
-    # out = acc (in place when the planner shares their storage); out[i, j] += a[i] * b[j]
-    acc, a, b_vec, out = op.args[0], op.args[1], op.args[2], op.result
-    e.copy(acc, out)
-    m, n = out.type.shape
-    with e.loop(m, "i") as i:
-        left = e.load(a, i)
-        with e.loop(n, "j") as j:
-            at = e.b.add(e.b.mul(i, I64(n)), j)
-            e.store(out, at, e.b.fadd(e.load(out, at), e.b.fmul(left, e.load(b_vec, j))))
 
 
 def _strides(shape):
@@ -348,7 +323,7 @@ def _mulhilo(b, a, multiplier: int):
     return high, b.mul(a, I64(_signed(multiplier)))
 
 
-def _philox(b, counter, key):
+def _philox_rounds(b, counter, key):
     c0, c1, c2, c3 = counter
     k0, k1 = key
     for round_ in range(rng.ROUNDS):
@@ -358,6 +333,29 @@ def _philox(b, counter, key):
         high1, low1 = _mulhilo(b, c2, rng.MULTIPLIERS[1])
         c0, c1, c2, c3 = b.xor(b.xor(high1, c1), k0), low1, b.xor(b.xor(high0, c3), k1), low0
     return c0, c1, c2, c3
+
+
+PHILOX = "spadc.philox"
+_WORDS = ir.LiteralStructType([I64] * 4)
+
+
+def _philox(b, counter, key):
+    """Philox4x64-10 of (counter, key): a call of the module's one copy of the rounds (inlining ten
+    rounds at every random op made kernels with many of them slow to compile)."""
+    module = b.module
+    try:
+        function = module.get_global(PHILOX)
+    except KeyError:
+        function = ir.Function(module, ir.FunctionType(_WORDS, [I64] * 6), name=PHILOX)
+        function.linkage = "internal"
+        inner = ir.IRBuilder(function.append_basic_block("entry"))
+        words = _philox_rounds(inner, function.args[:4], function.args[4:])
+        packed = ir.Constant(_WORDS, ir.Undefined)
+        for k, word in enumerate(words):
+            packed = inner.insert_value(packed, word, k)
+        inner.ret(packed)
+    result = b.call(function, [*counter, *key])
+    return tuple(b.extract_value(result, k) for k in range(4))
 
 
 def stream_key(e, site: int, sample=None) -> tuple:
@@ -457,7 +455,7 @@ def _field(e, op):
 EMITTERS = {name: _elementwise for name in SCALAR}
 EMITTERS.update({
     "reduce_sum": _reduce, "reduce_prod": _reduce, "reduce_max": _reduce, "reduce_min": _reduce,
-    "first_true": _first_true, "argmax": _argmax, "matmul": _matmul, "outer": _outer, "outer_add": _outer_add, "transpose": _transpose, "reshape": _reshape,
+    "first_true": _first_true, "argmax": _argmax, "matmul": _matmul, "outer": _outer, "outer_add": gemm.outer_sum, "transpose": _transpose, "reshape": _reshape,
     "broadcast": _broadcast, "index": _index, "index_add": _index_add, "stack": _stack, "const": _const,
     "eye": _eye, "onehot": _onehot, "dropout_mask": _dropout_mask, "pack_bits": _pack_bits,
     "unpack_bits": _unpack_bits, "record": _record, "field": _field,

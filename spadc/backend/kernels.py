@@ -27,6 +27,8 @@ Invariants:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from llvmlite import ir
 
 from spadrt.abi import ABI_VERSION
@@ -118,8 +120,47 @@ def _bind_sample(e, program: Program, inputs, args, layout, s, params=None, eval
         e.bind(decl.value, b.gep(base, [offset], name=decl.name))
 
 
+def _bind_lanes(e, program: Program, inputs, args, layout) -> dict:
+    """Lane kernels: the params once for all samples; returns each input's (sample 0, stride)."""
+    b = e.b
+    offsets = {p["name"]: p["offset"] for p in layout["params"]}
+    for decl in program.params:
+        e.bind(decl.value, b.gep(args["params"], [I64(offsets[decl.name])], inbounds=True, name=decl.name))
+    return {decl.value.id: (b.load(b.gep(args["inputs"], [I64(k)]), name=decl.name),
+                            b.load(b.gep(args["input_strides"], [I64(k)])))
+            for k, decl in enumerate(inputs)}
+
+
+@contextmanager
+def _lane_blocks(e, args, inputs: dict):
+    """for each block of up to `e.plan.lanes` samples: the emitter's current block (its first
+    sample's key, its lane count, its inputs); yields the block's first sample in this call."""
+    b, lanes, n = e.b, e.plan.lanes, args["n"]
+    blocks = b.udiv(b.add(n, I64(lanes - 1)), I64(lanes))
+    with e.loop(blocks, "block") as block:
+        start = b.mul(block, I64(lanes), name="block.start")
+        left = b.sub(n, start)
+        e.count = b.select(b.icmp_signed("<", left, I64(lanes)), left, I64(lanes), name="lanes")
+        e.first = b.add(args["sample_offset"], start, name="block.sample")
+        e.lane_inputs = {vid: (b.gep(base, [b.mul(start, stride)]), stride) for vid, (base, stride) in inputs.items()}
+        yield start
+
+
+def choose_lanes(gradient: GradientProgram, dtype: str, max_memory: int) -> int:
+    """Lanes for a model's kernels, from its exact gradient kernel's one-lane workspace: MAX_LANES
+    unless the workspace would then pass LANE_BUDGET or the memory limit (a long loop's tape)."""
+    float_bytes = 8 if dtype == "f64" else 4
+    writable = frozenset(v.id for v in gradient.accumulators.values())
+    per_sample = plan(gradient.program, float_bytes, writable).size
+    return max(1, min(MAX_LANES, min(LANE_BUDGET, max_memory) // max(per_sample, 1)))
+
+
+MAX_LANES = 16  # samples a kernel runs side by side
+LANE_BUDGET = 4 << 20  # bytes of workspace beyond which a kernel runs fewer lanes
+
+
 def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype: str, symbol: str = "forward",
-                   max_memory: int | None = None, particles: bool = False) -> dict:
+                   max_memory: int | None = None, particles: bool = False, lanes: int = 1) -> dict:
     """Add the forward kernel to the module, named `symbol`; returns its entry for the layout.
 
     With `particles`, the kernel takes three more arguments, `rows`, `param_stride` and
@@ -130,7 +171,7 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
     float_type_ = float_type(dtype)
     float_bytes = 8 if dtype == "f64" else 4
     checks: list[Check] = []
-    plan_ = plan(program, float_bytes)
+    plan_ = plan(program, float_bytes, lanes=1 if particles else lanes)
     check_limit(program, plan_, max_memory, "forward kernel", float_bytes)
     tail = [("losses", float_type_.as_pointer()), ("outputs", I8P.as_pointer()), ("workspace", I8P),
             ("status", I64.as_pointer())]
@@ -140,6 +181,9 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
     e = FunctionEmitter(function, float_type_, plan_, args["workspace"], args["status"], checks)
     e.options = {"training": args["training"], "seed": args["seed"], "step": args["step"]}
     b = e.b
+    if plan_.lanes > 1:
+        _forward_lanes(e, program, args, layout, outputs, float_bytes)
+        return {"symbol": symbol, "workspace": plan_.size, "lanes": plan_.lanes, "checks": _checks(checks)}
     with e.loop(args["n"], "s") as s:
         if particles:
             row = b.urem(s, args["rows"], name="row")
@@ -148,32 +192,54 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
         else:
             _bind_sample(e, program, program.inputs, args, layout, s)
         e.block(program.body)
-        b.store(e.load(program.loss), b.gep(args["losses"], [s]))
-        for k, value in enumerate(outputs.values()):
-            size = value.type.size * element_size(value.type.dtype, float_bytes)
-            base = b.load(b.gep(args["outputs"], [I64(k)]))
-            target = Value(value.type)
-            e.bind(target, b.gep(base, [b.mul(s, I64(size))]))
-            e.copy(value, target)
+        _write_outputs(e, s, program, args, outputs, float_bytes)
     b.ret(I64(0))
     e.finish_entry()
-    return {"symbol": symbol, "workspace": plan_.size, "checks": _checks(checks)}
+    return {"symbol": symbol, "workspace": plan_.size, "lanes": 1, "checks": _checks(checks)}
+
+
+def _write_outputs(e, s, program, args, outputs, float_bytes):
+    b = e.b
+    b.store(e.load(program.loss), b.gep(args["losses"], [s]))
+    for k, value in enumerate(outputs.values()):
+        size = value.type.size * element_size(value.type.dtype, float_bytes)
+        base = b.load(b.gep(args["outputs"], [I64(k)]))
+        target = Value(value.type)
+        e.bind(target, b.gep(base, [b.mul(s, I64(size))]))
+        e.copy(value, target)
+
+
+def _forward_lanes(e, program, args, layout, outputs, float_bytes):
+    b = e.b
+    inputs = _bind_lanes(e, program, program.inputs, args, layout)
+    with _lane_blocks(e, args, inputs) as start:
+        e.lane_block(program.body)
+        with e.samples() as local:
+            _write_outputs(e, b.add(start, local), program, args, outputs, float_bytes)
+    b.ret(I64(0))
+    e.finish_entry()
 
 
 def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, symbol: str,
-                max_memory: int | None = None, offsets: dict[str, int] | None = None) -> dict:
+                max_memory: int | None = None, offsets: dict[str, int] | None = None, lanes: int = 1) -> dict:
     """Add a gradient kernel named `symbol` to the module; returns its variant entry for the layout.
 
     grads = 0; for each sample: run the gradient program, whose gradients include the running sums
     bound to `grads` (updated in place where the planner allowed); then grads /= n. `offsets`: where
     each running sum starts in `grads` (default: the params' layout); `grads` holds `grad_size`
-    floats, up to the end of the last sum (a Hessian product's kernel sums the gradient and H v)."""
+    floats, up to the end of the last sum (a Hessian product's kernel sums the gradient and H v).
+    With lanes, every running sum must be updated in place (else the lanes would each keep one):
+    a program where one is not runs one lane."""
     float_type_ = float_type(dtype)
     float_bytes = 8 if dtype == "f64" else 4
     checks: list[Check] = []
     program = gradient.program
     tape = plan_tape(gradient, float_bytes)
-    plan_ = plan(program, float_bytes, frozenset(v.id for v in gradient.accumulators.values()))
+    writable = frozenset(v.id for v in gradient.accumulators.values())
+    plan_ = plan(program, float_bytes, writable, lanes)
+    if lanes > 1 and any(plan_.storage_of(value.id) != gradient.accumulators[name].id
+                         for name, value in gradient.gradients.items()):
+        plan_ = plan(program, float_bytes, writable)
     check_limit(program, plan_, max_memory, "gradient kernel", float_bytes)
     tail = [("loss_mean", float_type_.as_pointer()), ("grads", float_type_.as_pointer()), ("site_data", DOUBLE_P),
             ("scores", DOUBLE_P), ("stored", I64.as_pointer()), ("workspace", I8P), ("status", I64.as_pointer())]
@@ -192,16 +258,31 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
     loss_sum = e.alloca(float_type_, "loss.sum")
     b.store(zero, loss_sum)
     top_bytes = sum(value_bytes(v, float_bytes) for v in tape.top)
-    with e.loop(args["n"], "s") as s:
-        _bind_sample(e, program, user_inputs, args, layout, s)
+
+    def bind_sums():
         for name, accumulator in gradient.accumulators.items():
             e.bind(accumulator, b.gep(args["grads"], [I64(offsets[name])], inbounds=True, name=llvm_name(accumulator.hint)))
-        e.block(program.body)
+
+    def add_sample():
         b.store(b.fadd(b.load(loss_sum), e.load(program.loss)), loss_sum)
         for name, value in gradient.gradients.items():
             e.copy(value, gradient.accumulators[name])  # nothing to do when it was updated in place
         if top_bytes:
             b.store(b.add(b.load(args["stored"]), I64(top_bytes)), args["stored"])
+
+    if plan_.lanes > 1:
+        inputs = _bind_lanes(e, program, user_inputs, args, layout)
+        bind_sums()
+        with _lane_blocks(e, args, inputs):
+            e.lane_block(program.body)
+            with e.samples():
+                add_sample()
+    else:
+        with e.loop(args["n"], "s") as s:
+            _bind_sample(e, program, user_inputs, args, layout, s)
+            bind_sums()
+            e.block(program.body)
+            add_sample()
     count = b.sitofp(args["n"], float_type_)
     b.store(b.fdiv(b.load(loss_sum), count), args["loss_mean"])
     with b.if_then(b.icmp_signed("!=", args["n"], I64(1))):  # x / 1 == x: skip the pass for one sample
@@ -210,8 +291,8 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
             b.store(b.fdiv(b.load(at), count), at)
     b.ret(I64(0))
     e.finish_entry()
-    return {"symbol": symbol, "workspace": plan_.size, "tape_bytes": tape.static_bytes, "checks": _checks(checks),
-            "grad_size": total,
+    return {"symbol": symbol, "workspace": plan_.size, "lanes": plan_.lanes, "tape_bytes": tape.static_bytes,
+            "checks": _checks(checks), "grad_size": total,
             "sites": [_site_entry(entry, float_bytes) for entry in gradient.sites],
             "site_data_size": sum(entry.data_size for entry in gradient.sites),
             "score_size": sum(entry.site.size for entry in gradient.sites) * score_width(gradient.score)}

@@ -19,7 +19,8 @@ Invariants:
   for the whole loop. Every result of a region op (stacked rows, a branch's value) lives from the
   op's start to at least its end: it is written during the op, even if nothing reads it after.
 - An elementwise op, or `index_add`/`outer_add`/`gate_outer_add`, writes in place over an operand of the same type
-  when that operand dies at the op and belongs to the op's own block: each output entry depends
+  when that operand dies at the op and belongs to the op's own block (for a scalar: only a running
+  sum's, which then lives in the caller's buffer like a tensor's): each output entry depends
   only on the same entry of its operands, so reading and writing one buffer is safe. This makes
   accumulating adjoints in loops O(1) per update instead of a copy of the whole accumulator.
 - A result never shares bytes with an operand it reads, other than such a donor, or than the
@@ -28,6 +29,14 @@ Invariants:
 - A loop whose carried yields would overwrite one another when copied back (`a, b = b, a`) gets
   staging slots in the workspace (`MemoryPlan.staging`), live only while the copy runs.
 - Every slot is aligned to 64 bytes.
+- With `lanes` L > 1 (a kernel running L samples side by side, spadc/backend/codegen.py), every
+  value of a *lane block* (the top level, and the bodies of loops and comprehensions in it, but not
+  a `cond`'s branches, which run sample by sample) has L copies, one per sample, `lane_stride`
+  bytes apart: its slot is L times as large; its scalars are arrays of L. A loop's or a
+  comprehension's index is shared by all samples. No value of a lane block is a view: a view's
+  pointer is made where it is defined, and lane blocks run op by op over the samples. In a run of
+  ops that goes lane by lane (`lane_runs`), every storage alive during the run is alive through all
+  of it.
 - A plan larger than the memory limit is refused before any code is emitted, with the place of
   the op whose result takes the most of it (for a long loop, its tape).
 """
@@ -55,6 +64,10 @@ class MemoryPlan:
     staging: dict[int, list[int]] = field(default_factory=dict)  # id(loop op) -> offset per carried yield
     views: dict[int, int] = field(default_factory=dict)  # value id -> id of the value it is a contiguous part of
     size: int = 0  # the peak: bytes the workspace needs
+    lanes: int = 1  # samples run side by side
+    batched: set[int] = field(default_factory=set)  # owner ids with one copy per lane (scalars included)
+    lane_stride: dict[int, int] = field(default_factory=dict)  # owner id -> bytes between lanes (slots only)
+    sums: frozenset[int] = frozenset()  # ids of the running sums in the caller's buffers (`writable`)
 
     def owner(self, value: Value) -> int:
         """The value whose storage `value` is (views excepted: they have their own pointer)."""
@@ -79,18 +92,85 @@ def slot_bytes(value: Value, float_bytes: int) -> int:
     return (size + ALIGN - 1) // ALIGN * ALIGN
 
 
-def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = frozenset()) -> MemoryPlan:
+def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = frozenset(), lanes: int = 1) -> MemoryPlan:
     """`writable`: ids of the program's own parameters whose caller buffers may be updated in place
-    (the running gradient sums of an accumulating gradient program)."""
+    (the running gradient sums of an accumulating gradient program). `lanes`: samples run side by
+    side."""
     # The kernel reads the loss and the outputs after the body: they live to its end, like yields.
     body = Block(program.body.params, program.body.ops, [program.loss, *program.outputs.values()])
     schedule = _Schedule(body)
-    result = MemoryPlan()
+    result = MemoryPlan(lanes=lanes, sums=frozenset(writable))
     external = {v.id for v in program.body.params}
     storage = _Storage(schedule, float_bytes)
-    _share_block(body, schedule, result, storage, external, set(writable))
+    lane_values = _lane_values(body) if lanes > 1 else {}
+    _share_block(body, schedule, result, storage, external, set(writable), no_views=set(lane_values))
+    if lanes > 1:  # every lane sees one storage for a param or a running sum (inputs: one per sample)
+        common = {d.value.id for d in program.params} | set(writable)
+        _span_runs(body, schedule, storage, lambda value: result.storage_of(value.id) in common)
+        _widen(lane_values, result, storage, external, lanes)
     _place(storage, result)
     return result
+
+
+def lane_blocks(body: Block):
+    """The blocks that run op by op over the lanes: `body`, and the bodies of loops and
+    comprehensions in a lane block (a `cond` runs sample by sample)."""
+    yield body
+    for op in body.ops:
+        if op.kind in ("loop", "tabulate"):
+            yield from lane_blocks(op.regions[0])
+
+
+def _lane_values(body: Block) -> dict[int, list[Value]]:
+    """id(block) -> the values defined in that lane block, indices of loops excepted."""
+    found = {}
+    for block in lane_blocks(body):
+        values = list(block.params) if block is body else []  # a body's own are added with its op
+        for op in block.ops:
+            if op.kind in ("loop", "tabulate"):
+                values.extend(op.regions[0].params[1:])
+            values.extend(op.results)
+        found[id(block)] = values
+    return found
+
+
+def lane_runs(block: Block, shared):
+    """The runs of a lane block: maximal sequences of ops that run lane by lane in one loop (not a
+    loop, a comprehension, or a product over all lanes, `spadc.backend.gemm.takes_lanes`)."""
+    from .gemm import takes_lanes
+    run = []
+    for op in block.ops:
+        if op.kind in ("loop", "tabulate") or takes_lanes(op, shared):
+            if run:
+                yield run
+            run = []
+        else:
+            run.append(op)
+    if run:
+        yield run
+
+
+def _span_runs(body: Block, schedule: _Schedule, storage: _Storage, shared):
+    """In a run, lane 0 runs all its ops before lane 1 starts: every storage alive at some point of
+    a run is alive through all of it (else lane 0 could overwrite what lane 1 has yet to read)."""
+    for block in lane_blocks(body):
+        for run in lane_runs(block, shared):
+            first, last = schedule.start[id(run[0])], schedule.end[id(run[-1])]
+            for interval in storage.intervals.values():
+                if interval[0] <= last and first <= interval[1]:
+                    interval[0], interval[1] = min(interval[0], first), max(interval[1], last)
+
+
+def _widen(lane_values, plan_: MemoryPlan, storage: _Storage, external: set[int], lanes: int):
+    for values in lane_values.values():
+        for value in values:
+            owner = plan_.storage_of(value.id)
+            if owner in external or owner in plan_.batched:
+                continue
+            plan_.batched.add(owner)
+            if owner in storage.sizes:
+                plan_.lane_stride[owner] = storage.sizes[owner]
+                storage.sizes[owner] *= lanes
 
 
 def check_limit(program: Program, plan_: MemoryPlan, max_memory: int | None, kernel: str, float_bytes: int):
@@ -200,7 +280,7 @@ class _Storage:
 
 
 def _share_block(block: Block, schedule: _Schedule, plan_: MemoryPlan, storage: _Storage, external: set[int],
-                 writable: set[int], loop: Op | None = None):
+                 writable: set[int], loop: Op | None = None, no_views: set[int] = frozenset()):
     owned = ({p.id for p in block.params} - external) | writable
     for param in block.params:
         if param.id in plan_.shared:  # a carried param in its initial value's storage
@@ -211,20 +291,21 @@ def _share_block(block: Block, schedule: _Schedule, plan_: MemoryPlan, storage: 
         if op.kind == "loop":
             _carry_in_place(op, owned, schedule, plan_, storage)
         for region in op.regions:
-            _share_block(region, schedule, plan_, storage, external, set(), op if op.kind == "loop" else None)
+            _share_block(region, schedule, plan_, storage, external, set(), op if op.kind == "loop" else None,
+                         no_views)
         if op.kind == "loop":
             _share_loop(op, schedule, plan_, storage)
         elif op.regions:  # written all through the op (row by row, or at a branch's end): alive to its end
             for result in op.results:
                 storage.own(result, op)
-        elif is_view(op):
+        elif is_view(op) and id(block) not in no_views:
             plan_.views[op.result.id] = op.args[0].id
             owner = plan_.storage_of(op.args[0].id)
             storage.extend(owner, op.result)
             storage.viewed[owner] = max(storage.viewed.get(owner, 0), schedule.last[op.result.id])
         else:
             for result in op.results:
-                donor = _in_place_donor(op, result, owned, schedule, plan_, storage) if result.type.rank else None
+                donor = _in_place_donor(op, result, owned, schedule, plan_, storage)
                 if donor is not None:
                     plan_.shared[result.id] = donor.id
                     storage.extend(plan_.owner(donor), result)
@@ -276,7 +357,7 @@ def _carry_in_place(op: Op, owned: set[int], schedule: _Schedule, plan_: MemoryP
     start = schedule.start[id(op)]
     for arg, param in zip(op.args, body.params[1:]):
         owner = plan_.owner(arg)
-        if (param.type.rank and arg.type == param.type and arg.id in owned and owner not in taken
+        if ((param.type.rank or owner in plan_.sums) and arg.type == param.type and arg.id in owned and owner not in taken
                 and arg.id not in plan_.views and schedule.last[arg.id] == start
                 and storage.viewed.get(plan_.storage_of(arg.id), -1) <= start):
             plan_.shared[param.id] = arg.id
@@ -293,6 +374,8 @@ def _in_place_donor(op: Op, result: Value, owned: set[int], schedule: _Schedule,
         return None
     time = schedule.start[id(op)]
     for arg in candidates:
+        if not result.type.rank and plan_.owner(arg) not in plan_.sums:
+            continue  # a scalar is a register; only a running sum's is updated where it lives
         if (arg.type == result.type and arg.id in owned and arg.id not in plan_.views
                 and schedule.last[arg.id] == time and storage.viewed.get(plan_.storage_of(arg.id), -1) <= time):
             return arg  # and no view reads these bytes later

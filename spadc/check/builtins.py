@@ -208,6 +208,8 @@ def _dropout(chk, args, kw, node):
     p = chk.const_float(node.args[1], "the rate of `dropout`")
     if not 0.0 <= p < 1.0:
         raise SpadcError(f"the rate of `dropout` must be in [0, 1), got {p}", node.args[1].loc)
+    if p == 0.0:  # every entry kept, scaled by 1 / (1 - 0): the identity, with no draws to make
+        return x
     mask = chk.prim("dropout_mask", [], node.loc, p=p, shape=x.type.shape)
     return chk.prim("mul", [x, mask], node.loc)
 

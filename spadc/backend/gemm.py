@@ -1,0 +1,322 @@
+"""Matrix products over a block of lanes (matrix-matrix), and the one-sample products in the same
+arithmetic.
+
+A lane kernel (spadc/backend/codegen.py) runs `W @ x` for all its lanes as one product of W with
+the matrix of their x's, `g @ W` likewise, and a weight gradient's running sum `outer_add(acc, g,
+x)` as acc += G^T X over the lanes: each matrix entry is read once per block instead of once per
+sample, and the loops are register tiles of explicit vectors (V entries of 32 bytes: 4 doubles
+or 8 floats).
+
+Invariants:
+- Each entry is computed in one fixed order whatever the tile it falls in, so a sample's results
+  do not depend on its lane, on how many lanes ran beside it, or on the kernel's lane count: the
+  one-sample emitters (`matvec`, `vecmat`, `outer_sum` with one lane) are the same code.
+  - a dot product `W[i] . x`: V partial sums (one vector) over the first K - K % V terms, added
+    pairwise, then the last K % V terms in order;
+  - `x @ W` and the outer products' running sum: each entry summed in order (of k; of the
+    samples).
+  Every term is one fused multiply-add (`llvm.fma`) when the target has FMA (`FUSED`), else a
+  multiply and an add: never left to the optimiser, which fuses a vectorised term and not the
+  same term in scalar code.
+- The products read their operands through the emitter's pointers and never past their shapes.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import lru_cache
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+
+I32, I64 = ir.IntType(32), ir.IntType(64)
+VECTOR_BYTES = 32
+DOT_ROWS, DOT_LANES = 3, 4  # a dot tile: 3 rows of W by 4 lanes (12 vector accumulators)
+PANEL_LANES, PANEL_VECTORS = 4, 2  # x @ W: 4 lanes by 2 vectors of columns
+SUM_ROWS = 4  # the running sum of outer products: 4 rows by 2 vectors of columns
+
+
+def _width(e) -> int:
+    return VECTOR_BYTES // (8 if e.float == ir.DoubleType() else 4)
+
+
+class _Target:
+    fused: bool | None = None  # None: the host's (what the JIT compiles for)
+
+
+FUSED = _Target()
+
+
+@contextmanager
+def target_fma(fused: bool):
+    """Emit for a target with (or without) FMA instructions, not the host (ahead-of-time builds)."""
+    outer, FUSED.fused = FUSED.fused, fused
+    try:
+        yield
+    finally:
+        FUSED.fused = outer
+
+
+@lru_cache(maxsize=1)
+def _host_fma() -> bool:
+    llvm.initialize_native_target()
+    return "+fma" in llvm.get_host_cpu_features().flatten().split(",")
+
+
+def _fma_intrinsic(module, type_):
+    scalar = type_.element if isinstance(type_, ir.VectorType) else type_
+    name = {"double": "f64", "float": "f32"}[str(scalar)]
+    if isinstance(type_, ir.VectorType):
+        name = f"v{type_.count}{name}"
+    try:
+        return module.get_global(f"llvm.fma.{name}")
+    except KeyError:
+        return ir.Function(module, ir.FunctionType(type_, [type_] * 3), name=f"llvm.fma.{name}")
+
+
+def _fused(e, acc, a, x):
+    """acc + a * x: one rounding on a target with FMA, two on one without (never left to chance)."""
+    if FUSED.fused if FUSED.fused is not None else _host_fma():
+        return e.b.call(_fma_intrinsic(e.b.module, acc.type), [a, x, acc])
+    return e.b.fadd(acc, e.b.fmul(a, x))
+
+
+class _Lanes:
+    """Loads and stores of `width` entries (a vector, or one scalar) at an element pointer."""
+
+    def __init__(self, e, width: int):
+        self.e, self.b, self.width = e, e.b, width
+        self.type = ir.VectorType(e.float, width) if width > 1 else e.float
+        self.align = 8 if e.float == ir.DoubleType() else 4
+
+    def zero(self):
+        return ir.Constant(self.type, [0.0] * self.width if self.width > 1 else 0.0)
+
+    def load(self, pointer, index):
+        at = self.b.gep(pointer, [index], inbounds=True)
+        if self.width == 1:
+            return self.b.load(at)
+        return self.b.load(self.b.bitcast(at, self.type.as_pointer()), align=self.align)
+
+    def store(self, value, pointer, index):
+        at = self.b.gep(pointer, [index], inbounds=True)
+        if self.width == 1:
+            self.b.store(value, at)
+        else:
+            self.b.store(value, self.b.bitcast(at, self.type.as_pointer()), align=self.align)
+
+    def splat(self, scalar):
+        if self.width == 1:
+            return scalar
+        undefined = ir.Constant(self.type, ir.Undefined)
+        single = self.b.insert_element(undefined, scalar, I32(0))
+        return self.b.shuffle_vector(single, undefined, ir.Constant(ir.VectorType(I32, self.width), [0] * self.width))
+
+    def total(self, vector):
+        """The sum of a vector's entries, pairwise: ((v0 + v1) + (v2 + v3)) + ..."""
+        terms = [self.b.extract_element(vector, I32(k)) for k in range(self.width)]
+        while len(terms) > 1:
+            terms = [self.b.fadd(terms[k], terms[k + 1]) for k in range(0, len(terms), 2)]
+        return terms[0]
+
+
+def _tiles(e, count, tile: int, body):
+    """body(first, size) over 0..count in tiles of `tile`, then the rest one at a time. `count` is
+    a Python int (static) or a register."""
+    b = e.b
+    if isinstance(count, int):
+        full, rest = divmod(count, tile)
+        if full:
+            with e.loop(full, "tile") as t:
+                body(b.mul(t, I64(tile)), tile)
+        if rest:
+            with e.loop(rest, "one", start=full * tile) as k:
+                body(k, 1)
+        return
+    full = b.udiv(count, I64(tile))
+    with e.loop(full, "tile") as t:
+        body(b.mul(t, I64(tile)), tile)
+    with e.loop(b.urem(count, I64(tile)), "one", start=b.mul(full, I64(tile))) as k:
+        body(k, 1)
+
+
+def _at(e, pointer, index):
+    return e.b.gep(pointer, [index], inbounds=True)
+
+
+# ---- y = W @ x ----------------------------------------------------------------------------
+
+def _dot_tile(e, rows, columns, k_dim: int) -> dict:
+    """{(r, c): rows[r] . columns[c]} over `k_dim` entries, rows and columns element pointers."""
+    b = e.b
+    vector, scalar = _Lanes(e, _width(e)), _Lanes(e, 1)
+    full = k_dim // vector.width
+    pairs = [(r, c) for r in range(len(rows)) for c in range(len(columns))]
+    accumulators = {pair: e.alloca(vector.type, "dot") for pair in pairs}
+    for accumulator in accumulators.values():
+        b.store(vector.zero(), accumulator)
+    if full:
+        with e.loop(full, "k") as block:
+            k = b.mul(block, I64(vector.width))
+            w = [vector.load(row, k) for row in rows]
+            x = [vector.load(column, k) for column in columns]
+            for (r, c), accumulator in accumulators.items():
+                b.store(_fused(e, b.load(accumulator), w[r], x[c]), accumulator)
+    results = {}
+    for (r, c), accumulator in accumulators.items():
+        total = vector.total(b.load(accumulator))
+        for k in range(full * vector.width, k_dim):
+            total = _fused(e, total, scalar.load(rows[r], I64(k)), scalar.load(columns[c], I64(k)))
+        results[(r, c)] = total
+    return results
+
+
+def _matvec(e, W, x, y, m: int, k_dim: int, count, at):
+    """y(s) = W @ x(s) for s in 0..count; `at(value, s)` is a value's pointer for lane s."""
+    b = e.b
+    matrix = e.pointer(W)
+
+    def row_tile(i0, height):
+        rows = [_at(e, matrix, b.mul(b.add(i0, I64(r)), I64(k_dim))) for r in range(height)]
+
+        def lane_tile(s0, width):
+            lanes = [b.add(s0, I64(c)) for c in range(width)]
+            results = _dot_tile(e, rows, [at(x, s) for s in lanes], k_dim)
+            for (r, c), value in results.items():
+                b.store(value, _at(e, at(y, lanes[c]), b.add(i0, I64(r))))
+
+        _tiles(e, count, DOT_LANES, lane_tile)
+
+    _tiles(e, m, DOT_ROWS, row_tile)
+
+
+# ---- y = x @ W ----------------------------------------------------------------------------
+
+def _vecmat(e, x, W, y, k_dim: int, n: int, count, at):
+    """y(s) = x(s) @ W for s in 0..count (W: k_dim x n), each entry summed in order of k."""
+    b = e.b
+    matrix = e.pointer(W)
+    width = _width(e)
+
+    def panel(j0, lanes_of: _Lanes, vectors: int, s0, lanes: int):
+        targets = [at(y, b.add(s0, I64(c))) for c in range(lanes)]
+        sources = [at(x, b.add(s0, I64(c))) for c in range(lanes)]
+        accumulators = {(c, u): e.alloca(lanes_of.type, "vecmat") for c in range(lanes) for u in range(vectors)}
+        for accumulator in accumulators.values():
+            b.store(lanes_of.zero(), accumulator)
+        with e.loop(k_dim, "k") as k:
+            row = b.add(b.mul(k, I64(n)), j0)
+            w = [lanes_of.load(matrix, b.add(row, I64(u * lanes_of.width))) for u in range(vectors)]
+            xs = [lanes_of.splat(b.load(_at(e, source, k))) for source in sources]
+            for (c, u), accumulator in accumulators.items():
+                b.store(_fused(e, b.load(accumulator), xs[c], w[u]), accumulator)
+        for (c, u), accumulator in accumulators.items():
+            lanes_of.store(b.load(accumulator), targets[c], b.add(j0, I64(u * lanes_of.width)))
+
+    def columns(s0, lanes):
+        for j0, lanes_of, vectors in _column_panels(e, n, width):
+            if isinstance(j0, tuple):  # a loop of full panels
+                steps, step = j0
+                with e.loop(steps, "panel") as p:
+                    panel(b.mul(p, I64(step)), lanes_of, vectors, s0, lanes)
+            else:
+                panel(I64(j0), lanes_of, vectors, s0, lanes)
+
+    _tiles(e, count, PANEL_LANES, columns)
+
+
+def _column_panels(e, n: int, width: int):
+    """How n columns are covered: (steps, step) of full panels of PANEL_VECTORS vectors, then single
+    vectors, then single columns (j0, lane type, vectors per panel)."""
+    step = PANEL_VECTORS * width
+    full = n // step
+    if full:
+        yield (full, step), _Lanes(e, width), PANEL_VECTORS
+    j = full * step
+    while j + width <= n:
+        yield j, _Lanes(e, width), 1
+        j += width
+    while j < n:
+        yield j, _Lanes(e, 1), 1
+        j += 1
+
+
+# ---- acc += sum over lanes of outer(g, x) ---------------------------------------------------
+
+def _outer_sum(e, g, x, out, m: int, n: int, count, at):
+    """out[i, j] += g(s)[i] * x(s)[j] for s in 0..count, in order of s; out shared by the lanes."""
+    b = e.b
+    target = e.pointer(out)
+    width = _width(e)
+
+    def row_tile(i0, height):
+        def panel(j0, lanes_of: _Lanes, vectors: int):
+            starts = [b.add(b.mul(b.add(i0, I64(r)), I64(n)), b.add(j0, I64(u * lanes_of.width)))
+                      for r in range(height) for u in range(vectors)]
+            accumulators = [e.alloca(lanes_of.type, "sum") for _ in starts]
+            for accumulator, start in zip(accumulators, starts):
+                b.store(lanes_of.load(target, start), accumulator)
+            with e.loop(count, "s") as s:
+                gs, xs = at(g, s), at(x, s)
+                columns = [lanes_of.load(xs, b.add(j0, I64(u * lanes_of.width))) for u in range(vectors)]
+                for r in range(height):
+                    scale = lanes_of.splat(b.load(_at(e, gs, b.add(i0, I64(r)))))
+                    for u in range(vectors):
+                        accumulator = accumulators[r * vectors + u]
+                        b.store(_fused(e, b.load(accumulator), scale, columns[u]), accumulator)
+            for accumulator, start in zip(accumulators, starts):
+                lanes_of.store(b.load(accumulator), target, start)
+
+        for j0, lanes_of, vectors in _column_panels(e, n, width):
+            if isinstance(j0, tuple):
+                steps, step = j0
+                with e.loop(steps, "panel") as p:
+                    panel(b.mul(p, I64(step)), lanes_of, vectors)
+            else:
+                panel(I64(j0), lanes_of, vectors)
+
+    _tiles(e, m, SUM_ROWS, row_tile)
+
+
+# ---- emitters: one sample (spadc/backend/emitters.py), a block of lanes (codegen) -------------
+
+def _one_sample(e):
+    return lambda value, _s: e.pointer(value)
+
+
+def matvec(e, op):
+    A, x, y = op.args[0], op.args[1], op.result
+    _matvec(e, A, x, y, *A.type.shape, 1, _one_sample(e))
+
+
+def vecmat(e, op):
+    x, B, y = op.args[0], op.args[1], op.result
+    _vecmat(e, x, B, y, *B.type.shape, 1, _one_sample(e))
+
+
+def outer_sum(e, op):
+    acc, g, x = op.args
+    e.copy(acc, op.result)
+    _outer_sum(e, g, x, op.result, *op.result.type.shape, 1, _one_sample(e))
+
+
+def takes_lanes(op, shared) -> bool:
+    """Whether `op` in a lane block runs as one product over all lanes; `shared(value)`: whether
+    every lane sees the same storage for it (a param, a running sum)."""
+    if op.kind == "matmul":
+        A, B = op.args
+        return (A.type.rank == 2 and B.type.rank == 1 and shared(A)) or (A.type.rank == 1 and B.type.rank == 2
+                                                                          and shared(B))
+    if op.kind == "outer_add":  # a running sum (not a per-sample value) updated in place
+        return shared(op.result) and shared(op.args[0])
+    return False
+
+
+def lane_product(e, op):
+    """Emit `op` (for which `takes_lanes` holds) over the block's lanes."""
+    if op.kind == "outer_add":
+        _outer_sum(e, op.args[1], op.args[2], op.result, *op.result.type.shape, e.count, e.lane_pointer)
+    elif op.args[0].type.rank == 2:
+        _matvec(e, *op.args, op.result, *op.args[0].type.shape, e.count, e.lane_pointer)
+    else:
+        _vecmat(e, *op.args, op.result, *op.args[1].type.shape, e.count, e.lane_pointer)

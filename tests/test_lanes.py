@@ -1,0 +1,109 @@
+"""Kernels that run several samples side by side (lanes) against one lane and the interpreter.
+
+Oracles: the same model compiled with one lane (every sample's forward values are the same
+arithmetic: bit for bit; gradient sums may add a param's contributions in another order: to
+rounding), and, for small programs, the NumPy interpreter's per-sample gradients averaged. Batches of BATCH samples
+fill two blocks of lanes and part of a third, and the runtime splits them into two calls.
+"""
+
+import numpy as np
+import pytest
+
+import spadc
+from spadc.frontend import check_text
+from spadc.ir.interpret import evaluate
+
+from conftest import example
+from gradcheck import interpreted_gradient
+
+SEED = 5
+BATCH = 37  # 16 + 16 + 5 lanes in the first call (32 samples), 5 in the second
+LANES = 16
+RTOL = 1e-11  # a gradient against one lane's, or the interpreter's
+
+RNG = np.random.default_rng(SEED)
+BATCHES = {
+    "mlp.spad": {"x": RNG.standard_normal((BATCH, 64)), "label": RNG.integers(0, 10, BATCH)},
+    "mlp_digits.spad": {"x": RNG.standard_normal((BATCH, 64)), "label": RNG.integers(0, 10, BATCH)},
+    "irnn.spad": {"seq": RNG.uniform(0, 1, (BATCH, 28, 28)), "label": RNG.integers(0, 10, BATCH)},
+    "reaction_diffusion.spad": {"u0": RNG.uniform(0, 1, (BATCH, 64)), "target": RNG.uniform(0, 1, (BATCH, 64))},
+}
+
+PROGRAMS = {
+    # a cond per sample inside a loop that runs in lockstep; views of an input row; a comprehension
+    "cond_in_loop": ("input seq: f64[6, 4]\nparam w: f64[4, 4] ~ normal(0, 0.5)\nparam u: f64[4] ~ normal(0, 1)\n"
+                     "let h = seq[0]\nfor t in 1..6 {\n  h = if h[0] > 0 then tanh(w @ h + seq[t]) else h * 0.5 - u\n}\n"
+                     "let sq = [h[i] * h[(i + 1) % 4] for i in 0..4]\nloss sum(sq) + sum(u @ w)"),
+    # a table lookup at a per-sample index, and a param used twice (two contributions per sample)
+    "lookup": ("input token: i64\ninput v: f64[3]\nparam emb: f64[5, 3] ~ normal(0, 1)\nparam m: f64[3, 3] ~ normal(0, 1)\n"
+               "let e = emb[token]\nlet h = m @ (e * v)\nloss sum(tanh(m @ h)) + e[1] * h[2]"),
+}
+PROGRAM_INPUTS = {
+    "cond_in_loop": {"seq": RNG.standard_normal((BATCH, 6, 4))},
+    "lookup": {"token": RNG.integers(0, 5, BATCH), "v": RNG.standard_normal((BATCH, 3))},
+}
+
+
+def _pair(build):
+    """The model with LANES lanes and with one, the same params."""
+    models = [build(LANES), build(1)]
+    for model in models:
+        model.init_params(seed=SEED)
+    return models
+
+
+def _check(models, program, inputs):
+    lanes, one = models
+    assert lanes.layout["variants"]["exact"]["lanes"] == LANES and one.layout["variants"]["exact"]["lanes"] == 1
+    forward, reference = lanes.forward(**inputs), one.forward(**inputs)
+    assert np.array_equal(forward.loss, reference.loss)
+    for key in reference.outputs:
+        assert np.array_equal(forward.outputs[key], reference.outputs[key]), key
+    loss, grads = lanes.grad(**inputs, seed=3, training=True)
+    one_loss, one_grads = one.grad(**inputs, seed=3, training=True)
+    assert loss == pytest.approx(one_loss, rel=RTOL)
+    for key in grads:
+        np.testing.assert_allclose(grads[key], one_grads[key], rtol=RTOL, atol=1e-14, err_msg=key)
+    if program is not None:  # the interpreter, sample by sample
+        params = {k: v.copy() for k, v in lanes.params.items()}
+        per_sample = [interpreted_gradient(program, params, {k: v[s] for k, v in inputs.items()})[1]
+                      for s in range(BATCH)]
+        for key in grads:
+            mean = np.mean([g[key] for g in per_sample], axis=0)
+            np.testing.assert_allclose(grads[key], mean, rtol=1e-9, atol=1e-12, err_msg=key)
+        first = evaluate(program, params, {k: v[BATCH - 1] for k, v in inputs.items()})
+        assert forward.loss[-1] == pytest.approx(first.loss, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(BATCHES))
+def test_examples_with_lanes(name):
+    models = _pair(lambda lanes: spadc.compile_file(example(name), lanes=lanes))
+    _check(models, None, BATCHES[name])  # (one lane against the interpreter: test_compiled.py)
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_programs_with_lanes(name):
+    models = _pair(lambda lanes: spadc.compile_source(PROGRAMS[name], name=f"{name}.spad", lanes=lanes))
+    _check(models, check_text(PROGRAMS[name], name=f"{name}.spad"), PROGRAM_INPUTS[name])
+
+
+ESTIMATORS = {"rad": lambda: spadc.RAD(keep=0.3), "rad-bernoulli": lambda: spadc.RAD(keep=0.3, draw="bernoulli"),
+              "spad": lambda: spadc.SPAD(keep=0.3, refresh=2)}
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_sampled_gradients_with_lanes_are_one_lanes_to_the_bit(name):
+    # Gates draw by sample, whatever the lane: the same estimate, and here (each weight gradient one
+    # running sum per sample, added in sample order) the same bits. SPAD: its scoring steps too.
+    lanes, one = _pair(lambda lanes: spadc.compile_file(example("mlp.spad"), lanes=lanes))
+    inputs = BATCHES["mlp.spad"]
+    ours, theirs = ESTIMATORS[name](), ESTIMATORS[name]()  # each its own step counter
+    for _ in range(3):
+        mine, other = lanes.grad(**inputs, estimator=ours, seed=4)[1], one.grad(**inputs, estimator=theirs, seed=4)[1]
+        assert all(np.array_equal(mine[k], other[k]) for k in mine)
+
+
+def test_lanes_option_is_checked():
+    for bad in (0, -1, 1.5, True, 1000):
+        with pytest.raises(spadc.SpadcError, match="lanes must be"):
+            spadc.compile_source("param x: f64[2]\nloss sum(x * x)", lanes=bad)
