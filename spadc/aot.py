@@ -78,7 +78,8 @@ def build(path: str, output: str, header: str | None = None, target: str | None 
         if target_path:
             check_writable(target_path, what)
     shared = output.endswith(".so")
-    with gemm.target_fma(False) if target is not None else nullcontext():  # (the host's FMA: the JIT's code)
+    # For the host: the JIT's code; for another target, no FMA and no 128-bit multiply assumed.
+    with gemm.for_target(fused=False, wide=False) if target is not None else nullcontext():
         module, layout, prefix = kernels_module(path, dtype, estimators, keep, policy, draw, share, shared,
                                                 native=target is None)
     machine = _target_machine(target, cpu)

@@ -92,15 +92,16 @@ ESTIMATORS = {"rad": lambda: spadc.RAD(keep=0.3), "rad-bernoulli": lambda: spadc
 
 
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
-def test_sampled_gradients_with_lanes_are_one_lanes_to_the_bit(name):
-    # Gates draw by sample, whatever the lane: the same estimate, and here (each weight gradient one
-    # running sum per sample, added in sample order) the same bits. SPAD: its scoring steps too.
+def test_sampled_gradients_with_lanes_are_one_lanes_to_rounding(name):
+    # Gates draw by sample, whatever the lane: the same draws, so the same estimate up to the order
+    # in which a block's kept columns are added (a wrong draw would be off by the gradient's size).
     lanes, one = _pair(lambda lanes: spadc.compile_file(example("mlp.spad"), lanes=lanes))
     inputs = BATCHES["mlp.spad"]
-    ours, theirs = ESTIMATORS[name](), ESTIMATORS[name]()  # each its own step counter
+    ours, theirs = ESTIMATORS[name](), ESTIMATORS[name]()  # each its own step counter (SPAD: scoring steps too)
     for _ in range(3):
         mine, other = lanes.grad(**inputs, estimator=ours, seed=4)[1], one.grad(**inputs, estimator=theirs, seed=4)[1]
-        assert all(np.array_equal(mine[k], other[k]) for k in mine)
+        for key in mine:
+            np.testing.assert_allclose(mine[key], other[key], rtol=RTOL, atol=1e-14, err_msg=key)
 
 
 def test_lanes_option_is_checked():

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import SpadcError
 
-CHUNK = 32  # samples per kernel call when a batch is split (a constant: results never depend on threads)
+CHUNK = 64  # samples per kernel call when a batch is split (a constant: results never depend on threads)
 
 
 def all_cores() -> int:
@@ -73,6 +73,24 @@ class ScratchPool:
         scratch.override = None
         with self._lock:
             self._free.append(scratch)
+
+
+class BufferPool:
+    """Free float buffers by size and type (the gradients of a call's chunks, until they are
+    combined): reused, so that a call does not page in fresh megabytes every time."""
+
+    def __init__(self):
+        self._free: dict[tuple, list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, size: int, dtype) -> np.ndarray:
+        with self._lock:
+            free = self._free.get((size, np.dtype(dtype)))
+            return free.pop() if free else np.empty(size, dtype=dtype)
+
+    def give(self, buffer: np.ndarray):
+        with self._lock:
+            self._free.setdefault((buffer.size, buffer.dtype), []).append(buffer)
 
 
 _executor: ThreadPoolExecutor | None = None

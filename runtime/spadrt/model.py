@@ -81,6 +81,7 @@ class Model:
         self._float = np.float64 if layout["dtype"] == "f64" else np.float32
         self._flat = np.zeros(layout["param_count"], dtype=self._float)  # never reallocated: views stay valid
         self._scratch = calls.ScratchPool()
+        self._buffers = calls.BufferPool()
         self._compile_lock = threading.Lock()
         self.init_params(0)
 
@@ -319,10 +320,12 @@ class Model:
         their scores are added to `scores` in chunk order."""
         data = site_data if site_data is not None else NO_DATA
         n = prepared.n
+        size = entry.get("grad_size", self._flat.size)
+        pooled = len(calls.chunks(n)) > 1  # each chunk's gradient is a buffer of the pool, reused
 
         def chunk(start: int, stop: int):
             loss = np.empty(1, dtype=self._float)
-            grads = np.empty(entry.get("grad_size", self._flat.size), dtype=self._float)
+            grads = self._buffers.take(size, self._float) if pooled else np.empty(size, dtype=self._float)
             stored = np.zeros(1, dtype=np.int64)
             score_buffer = np.zeros_like(scores) if scores is not None else NO_DATA
             scratch = self._scratch.take()
@@ -340,15 +343,20 @@ class Model:
         if scores is not None:
             for part in parts:
                 scores += part[4]
-        if len(parts) == 1:
+        if not pooled:
             _, loss, grads, stored, _ = parts[0]
             return loss, grads, stored
-        loss, grads, stored = 0.0, np.zeros_like(parts[0][2]), 0
-        for size, part_loss, part_grads, part_stored, _ in parts:
-            loss += part_loss * size
-            grads += part_grads * self._float(size)
+        loss, grads, stored = 0.0, np.empty(size, dtype=self._float), 0
+        for k, (count, part_loss, part_grads, part_stored, _) in enumerate(parts):
+            loss += part_loss * count
+            weighted = np.multiply(part_grads, self._float(count), out=part_grads)
+            if k:
+                np.add(grads, weighted, out=grads)
+            else:
+                grads[:] = weighted
             stored += part_stored
-        return loss / n, grads / self._float(n), stored
+            self._buffers.give(part_grads)
+        return loss / n, np.divide(grads, self._float(n), out=grads), stored
 
     def _params_buffer(self, params) -> np.ndarray:
         """The flat params a call reads: the model's own, or a `params=` override (the caller keeps

@@ -30,7 +30,7 @@ from llvmlite import ir
 from ..errors import Loc
 from ..ir.core import Block, Op, Value
 from .emitters import EMITTERS, llvm_name
-from .gemm import lane_product
+from . import lane_ops
 from .memory import MemoryPlan, lane_runs
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
@@ -248,7 +248,8 @@ class FunctionEmitter:
             elif op.kind in ("loop", "tabulate"):
                 self._lane_region(op)
             elif id(op) not in in_run:
-                lane_product(self, op)
+                scratch = self.plan.scratch.get(id(op))
+                lane_ops.emit(self, op, None if scratch is None else self.b.gep(self.workspace, [I64(scratch)]))
 
     def _lane_region(self, op: Op):
         # a loop or a comprehension, once for all lanes: the body op by op; the copies lane by lane

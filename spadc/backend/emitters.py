@@ -312,8 +312,12 @@ def _signed(word: int) -> int:
 
 
 def _mulhilo(b, a, multiplier: int):
-    """(high, low) words of a * multiplier, from 32-bit halves as in rng.mulhilo (no i128: on a
-    32-bit target a 128-bit multiply is a library call)."""
+    """(high, low) words of a * multiplier: one 128-bit multiply on a 64-bit machine, else from
+    32-bit halves as in rng.mulhilo (on a 32-bit target a 128-bit multiply is a library call)."""
+    if gemm.has_wide_multiply():
+        wide = ir.IntType(128)
+        product = b.mul(b.zext(a, wide), ir.Constant(wide, multiplier))
+        return b.trunc(b.lshr(product, ir.Constant(wide, 64)), I64), b.trunc(product, I64)
     low32 = I64(0xFFFFFFFF)
     m_lo, m_hi = I64(multiplier & 0xFFFFFFFF), I64(multiplier >> 32)
     a_lo, a_hi = b.and_(a, low32), b.lshr(a, I64(32))

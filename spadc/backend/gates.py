@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 from llvmlite import ir
 
+from . import gemm
 from .emitters import I64, stream_key, uniform_loop
 from .scalar import call
 
@@ -198,6 +199,87 @@ def _gate_outer_add(e, op):
             e.store(out, at, b.fadd(e.load(out, at), b.fmul(e.load(a, i), value)))
 
     _for_kept(e, attrs, key, update)
+
+
+# ---- gate_outer_add over the lanes of a block (spadc/backend/lane_ops.py) -------------------
+
+PANEL_VECTORS = 4  # rows of the running sum per transposed panel, in vectors
+
+
+def _panel_rows(float_bytes: int) -> int:
+    return PANEL_VECTORS * gemm.VECTOR_BYTES // float_bytes
+
+
+def _aligned(size: int) -> int:
+    return (size + 63) // 64 * 64
+
+
+def lane_scratch_bytes(op, lanes: int, float_bytes: int) -> int:
+    """Every lane's draws (column, scaled value), and one transposed panel of the running sum."""
+    k, n = op.attrs["k"], op.result.type.shape[1]
+    return _aligned(lanes * k * 8) + _aligned(lanes * k * float_bytes) + n * _panel_rows(float_bytes) * float_bytes
+
+
+def lane_outer_add(e, op, scratch):
+    """out[:, column] += a * value for every lane's draws (with replacement): the draws are listed
+    first; then, panel by panel of rows, added into a transposed panel T[column, row] (contiguous:
+    a vector per draw and row group) that is then added into the panel's rows. Rows below a whole
+    panel take the draws straight. Cost: the kept columns, plus a pass over the sum per block."""
+    _, a, packed = op.args
+    out, attrs = op.result, op.attrs
+    b = e.b
+    m, n = out.type.shape
+    k = attrs["k"]
+    float_bytes = _float_bytes(e)
+    columns = b.bitcast(scratch, I64.as_pointer())
+    values_at = b.gep(scratch, [I64(_aligned(e.plan.lanes * k * 8))])
+    values = b.bitcast(values_at, e.float.as_pointer())
+    panel_at = b.gep(values_at, [I64(_aligned(e.plan.lanes * k * float_bytes))])
+    panel = b.bitcast(panel_at, e.float.as_pointer())
+    target = e.pointer(out)
+    with e.samples() as local:
+        first = b.mul(local, I64(k))
+        with _draws(e, attrs, _key(e, attrs)) as (j, index, weight):
+            at = b.add(first, j)
+            b.store(index, b.gep(columns, [at], inbounds=True))
+            b.store(b.fmul(e.load(packed, j), _to_float(e, weight)), b.gep(values, [at], inbounds=True))
+    vector = gemm.Lanes(e, gemm.width(e))
+    rows = _panel_rows(float_bytes)
+    whole = m // rows
+
+    def draws(body):
+        with e.loop(e.count, "s") as s:
+            with e.loop(k, "j") as j:
+                at = b.add(b.mul(s, I64(k)), j)
+                body(s, b.load(b.gep(columns, [at], inbounds=True)), b.load(b.gep(values, [at], inbounds=True)))
+
+    if whole:
+        with e.loop(whole, "panel") as p:
+            top = b.mul(p, I64(rows))
+            with e.loop(n * PANEL_VECTORS, "z") as z:
+                vector.store(vector.zero(), panel, b.mul(z, I64(vector.width)))
+
+            def add(s, column, value):
+                g = e.lane_pointer(a, s)
+                scale = vector.splat(value)
+                for u in range(PANEL_VECTORS):
+                    at = b.add(b.mul(column, I64(rows)), I64(u * vector.width))
+                    row = vector.load(g, b.add(top, I64(u * vector.width)))
+                    vector.store(gemm.fused(e, vector.load(panel, at), scale, row), panel, at)
+
+            draws(add)
+            with e.loop(rows, "r") as r:
+                with e.loop(n, "c") as c:
+                    at = b.gep(target, [b.add(b.mul(b.add(top, r), I64(n)), c)], inbounds=True)
+                    b.store(b.fadd(b.load(at), b.load(b.gep(panel, [b.add(b.mul(c, I64(rows)), r)]))), at)
+    if m > whole * rows:
+        with e.loop(m - whole * rows, "r", start=whole * rows) as r:
+            def add_row(s, column, value):
+                at = b.gep(target, [b.add(b.mul(r, I64(n)), column)], inbounds=True)
+                g = b.load(b.gep(e.lane_pointer(a, s), [r], inbounds=True))
+                b.store(gemm.fused(e, b.load(at), g, value), at)
+
+            draws(add_row)
 
 
 def _score_add(e, op):

@@ -15,7 +15,7 @@ Invariants:
     pairwise, then the last K % V terms in order;
   - `x @ W` and the outer products' running sum: each entry summed in order (of k; of the
     samples).
-  Every term is one fused multiply-add (`llvm.fma`) when the target has FMA (`FUSED`), else a
+  Every term is one fused multiply-add (`llvm.fma`) when the target has FMA (`has_fma`), else a
   multiply and an add: never left to the optimiser, which fuses a vectorised term and not the
   same term in scalar code.
 - The products read their operands through the emitter's pointers and never past their shapes.
@@ -36,31 +36,44 @@ PANEL_LANES, PANEL_VECTORS = 4, 2  # x @ W: 4 lanes by 2 vectors of columns
 SUM_ROWS = 4  # the running sum of outer products: 4 rows by 2 vectors of columns
 
 
-def _width(e) -> int:
+def width(e) -> int:
     return VECTOR_BYTES // (8 if e.float == ir.DoubleType() else 4)
 
 
 class _Target:
-    fused: bool | None = None  # None: the host's (what the JIT compiles for)
+    """What the code is emitted for: None means the host's (what the JIT compiles for)."""
+    fused: bool | None = None  # FMA instructions
+    wide: bool | None = None  # a 64 x 64 -> 128-bit multiply in one instruction (a 64-bit machine)
 
 
-FUSED = _Target()
+TARGET = _Target()
 
 
 @contextmanager
-def target_fma(fused: bool):
-    """Emit for a target with (or without) FMA instructions, not the host (ahead-of-time builds)."""
-    outer, FUSED.fused = FUSED.fused, fused
+def for_target(fused: bool, wide: bool):
+    """Emit for another target than the host (ahead-of-time builds)."""
+    outer = TARGET.fused, TARGET.wide
+    TARGET.fused, TARGET.wide = fused, wide
     try:
         yield
     finally:
-        FUSED.fused = outer
+        TARGET.fused, TARGET.wide = outer
 
 
 @lru_cache(maxsize=1)
-def _host_fma() -> bool:
+def _host() -> tuple[bool, bool]:
     llvm.initialize_native_target()
-    return "+fma" in llvm.get_host_cpu_features().flatten().split(",")
+    triple = llvm.get_process_triple()
+    return ("+fma" in llvm.get_host_cpu_features().flatten().split(","),
+            triple.startswith(("x86_64", "aarch64", "arm64", "powerpc64", "riscv64", "s390x")))
+
+
+def has_fma() -> bool:
+    return TARGET.fused if TARGET.fused is not None else _host()[0]
+
+
+def has_wide_multiply() -> bool:
+    return TARGET.wide if TARGET.wide is not None else _host()[1]
 
 
 def _fma_intrinsic(module, type_):
@@ -74,14 +87,14 @@ def _fma_intrinsic(module, type_):
         return ir.Function(module, ir.FunctionType(type_, [type_] * 3), name=f"llvm.fma.{name}")
 
 
-def _fused(e, acc, a, x):
+def fused(e, acc, a, x):
     """acc + a * x: one rounding on a target with FMA, two on one without (never left to chance)."""
-    if FUSED.fused if FUSED.fused is not None else _host_fma():
+    if has_fma():
         return e.b.call(_fma_intrinsic(e.b.module, acc.type), [a, x, acc])
     return e.b.fadd(acc, e.b.fmul(a, x))
 
 
-class _Lanes:
+class Lanes:
     """Loads and stores of `width` entries (a vector, or one scalar) at an element pointer."""
 
     def __init__(self, e, width: int):
@@ -149,7 +162,7 @@ def _at(e, pointer, index):
 def _dot_tile(e, rows, columns, k_dim: int) -> dict:
     """{(r, c): rows[r] . columns[c]} over `k_dim` entries, rows and columns element pointers."""
     b = e.b
-    vector, scalar = _Lanes(e, _width(e)), _Lanes(e, 1)
+    vector, scalar = Lanes(e, width(e)), Lanes(e, 1)
     full = k_dim // vector.width
     pairs = [(r, c) for r in range(len(rows)) for c in range(len(columns))]
     accumulators = {pair: e.alloca(vector.type, "dot") for pair in pairs}
@@ -161,17 +174,17 @@ def _dot_tile(e, rows, columns, k_dim: int) -> dict:
             w = [vector.load(row, k) for row in rows]
             x = [vector.load(column, k) for column in columns]
             for (r, c), accumulator in accumulators.items():
-                b.store(_fused(e, b.load(accumulator), w[r], x[c]), accumulator)
+                b.store(fused(e, b.load(accumulator), w[r], x[c]), accumulator)
     results = {}
     for (r, c), accumulator in accumulators.items():
         total = vector.total(b.load(accumulator))
         for k in range(full * vector.width, k_dim):
-            total = _fused(e, total, scalar.load(rows[r], I64(k)), scalar.load(columns[c], I64(k)))
+            total = fused(e, total, scalar.load(rows[r], I64(k)), scalar.load(columns[c], I64(k)))
         results[(r, c)] = total
     return results
 
 
-def _matvec(e, W, x, y, m: int, k_dim: int, count, at):
+def matvec_over(e, W, x, y, m: int, k_dim: int, count, at):
     """y(s) = W @ x(s) for s in 0..count; `at(value, s)` is a value's pointer for lane s."""
     b = e.b
     matrix = e.pointer(W)
@@ -179,8 +192,8 @@ def _matvec(e, W, x, y, m: int, k_dim: int, count, at):
     def row_tile(i0, height):
         rows = [_at(e, matrix, b.mul(b.add(i0, I64(r)), I64(k_dim))) for r in range(height)]
 
-        def lane_tile(s0, width):
-            lanes = [b.add(s0, I64(c)) for c in range(width)]
+        def lane_tile(s0, count_):
+            lanes = [b.add(s0, I64(c)) for c in range(count_)]
             results = _dot_tile(e, rows, [at(x, s) for s in lanes], k_dim)
             for (r, c), value in results.items():
                 b.store(value, _at(e, at(y, lanes[c]), b.add(i0, I64(r))))
@@ -192,13 +205,13 @@ def _matvec(e, W, x, y, m: int, k_dim: int, count, at):
 
 # ---- y = x @ W ----------------------------------------------------------------------------
 
-def _vecmat(e, x, W, y, k_dim: int, n: int, count, at):
+def vecmat_over(e, x, W, y, k_dim: int, n: int, count, at):
     """y(s) = x(s) @ W for s in 0..count (W: k_dim x n), each entry summed in order of k."""
     b = e.b
     matrix = e.pointer(W)
-    width = _width(e)
+    vector_width = width(e)
 
-    def panel(j0, lanes_of: _Lanes, vectors: int, s0, lanes: int):
+    def panel(j0, lanes_of: Lanes, vectors: int, s0, lanes: int):
         targets = [at(y, b.add(s0, I64(c))) for c in range(lanes)]
         sources = [at(x, b.add(s0, I64(c))) for c in range(lanes)]
         accumulators = {(c, u): e.alloca(lanes_of.type, "vecmat") for c in range(lanes) for u in range(vectors)}
@@ -209,12 +222,12 @@ def _vecmat(e, x, W, y, k_dim: int, n: int, count, at):
             w = [lanes_of.load(matrix, b.add(row, I64(u * lanes_of.width))) for u in range(vectors)]
             xs = [lanes_of.splat(b.load(_at(e, source, k))) for source in sources]
             for (c, u), accumulator in accumulators.items():
-                b.store(_fused(e, b.load(accumulator), xs[c], w[u]), accumulator)
+                b.store(fused(e, b.load(accumulator), xs[c], w[u]), accumulator)
         for (c, u), accumulator in accumulators.items():
             lanes_of.store(b.load(accumulator), targets[c], b.add(j0, I64(u * lanes_of.width)))
 
     def columns(s0, lanes):
-        for j0, lanes_of, vectors in _column_panels(e, n, width):
+        for j0, lanes_of, vectors in _column_panels(e, n, vector_width):
             if isinstance(j0, tuple):  # a loop of full panels
                 steps, step = j0
                 with e.loop(steps, "panel") as p:
@@ -225,32 +238,32 @@ def _vecmat(e, x, W, y, k_dim: int, n: int, count, at):
     _tiles(e, count, PANEL_LANES, columns)
 
 
-def _column_panels(e, n: int, width: int):
+def _column_panels(e, n: int, vector_width: int):
     """How n columns are covered: (steps, step) of full panels of PANEL_VECTORS vectors, then single
     vectors, then single columns (j0, lane type, vectors per panel)."""
-    step = PANEL_VECTORS * width
+    step = PANEL_VECTORS * vector_width
     full = n // step
     if full:
-        yield (full, step), _Lanes(e, width), PANEL_VECTORS
+        yield (full, step), Lanes(e, vector_width), PANEL_VECTORS
     j = full * step
-    while j + width <= n:
-        yield j, _Lanes(e, width), 1
-        j += width
+    while j + vector_width <= n:
+        yield j, Lanes(e, vector_width), 1
+        j += vector_width
     while j < n:
-        yield j, _Lanes(e, 1), 1
+        yield j, Lanes(e, 1), 1
         j += 1
 
 
 # ---- acc += sum over lanes of outer(g, x) ---------------------------------------------------
 
-def _outer_sum(e, g, x, out, m: int, n: int, count, at):
+def outer_sum_over(e, g, x, out, m: int, n: int, count, at):
     """out[i, j] += g(s)[i] * x(s)[j] for s in 0..count, in order of s; out shared by the lanes."""
     b = e.b
     target = e.pointer(out)
-    width = _width(e)
+    vector_width = width(e)
 
     def row_tile(i0, height):
-        def panel(j0, lanes_of: _Lanes, vectors: int):
+        def panel(j0, lanes_of: Lanes, vectors: int):
             starts = [b.add(b.mul(b.add(i0, I64(r)), I64(n)), b.add(j0, I64(u * lanes_of.width)))
                       for r in range(height) for u in range(vectors)]
             accumulators = [e.alloca(lanes_of.type, "sum") for _ in starts]
@@ -263,11 +276,11 @@ def _outer_sum(e, g, x, out, m: int, n: int, count, at):
                     scale = lanes_of.splat(b.load(_at(e, gs, b.add(i0, I64(r)))))
                     for u in range(vectors):
                         accumulator = accumulators[r * vectors + u]
-                        b.store(_fused(e, b.load(accumulator), scale, columns[u]), accumulator)
+                        b.store(fused(e, b.load(accumulator), scale, columns[u]), accumulator)
             for accumulator, start in zip(accumulators, starts):
                 lanes_of.store(b.load(accumulator), target, start)
 
-        for j0, lanes_of, vectors in _column_panels(e, n, width):
+        for j0, lanes_of, vectors in _column_panels(e, n, vector_width):
             if isinstance(j0, tuple):
                 steps, step = j0
                 with e.loop(steps, "panel") as p:
@@ -278,7 +291,7 @@ def _outer_sum(e, g, x, out, m: int, n: int, count, at):
     _tiles(e, m, SUM_ROWS, row_tile)
 
 
-# ---- emitters: one sample (spadc/backend/emitters.py), a block of lanes (codegen) -------------
+# ---- emitters: one sample (spadc/backend/emitters.py); over lanes: spadc/backend/lane_ops.py ---
 
 def _one_sample(e):
     return lambda value, _s: e.pointer(value)
@@ -286,37 +299,15 @@ def _one_sample(e):
 
 def matvec(e, op):
     A, x, y = op.args[0], op.args[1], op.result
-    _matvec(e, A, x, y, *A.type.shape, 1, _one_sample(e))
+    matvec_over(e, A, x, y, *A.type.shape, 1, _one_sample(e))
 
 
 def vecmat(e, op):
     x, B, y = op.args[0], op.args[1], op.result
-    _vecmat(e, x, B, y, *B.type.shape, 1, _one_sample(e))
+    vecmat_over(e, x, B, y, *B.type.shape, 1, _one_sample(e))
 
 
 def outer_sum(e, op):
     acc, g, x = op.args
     e.copy(acc, op.result)
-    _outer_sum(e, g, x, op.result, *op.result.type.shape, 1, _one_sample(e))
-
-
-def takes_lanes(op, shared) -> bool:
-    """Whether `op` in a lane block runs as one product over all lanes; `shared(value)`: whether
-    every lane sees the same storage for it (a param, a running sum)."""
-    if op.kind == "matmul":
-        A, B = op.args
-        return (A.type.rank == 2 and B.type.rank == 1 and shared(A)) or (A.type.rank == 1 and B.type.rank == 2
-                                                                          and shared(B))
-    if op.kind == "outer_add":  # a running sum (not a per-sample value) updated in place
-        return shared(op.result) and shared(op.args[0])
-    return False
-
-
-def lane_product(e, op):
-    """Emit `op` (for which `takes_lanes` holds) over the block's lanes."""
-    if op.kind == "outer_add":
-        _outer_sum(e, op.args[1], op.args[2], op.result, *op.result.type.shape, e.count, e.lane_pointer)
-    elif op.args[0].type.rank == 2:
-        _matvec(e, *op.args, op.result, *op.args[0].type.shape, e.count, e.lane_pointer)
-    else:
-        _vecmat(e, *op.args, op.result, *op.args[1].type.shape, e.count, e.lane_pointer)
+    outer_sum_over(e, g, x, op.result, *op.result.type.shape, 1, _one_sample(e))

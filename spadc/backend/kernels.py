@@ -155,7 +155,7 @@ def choose_lanes(gradient: GradientProgram, dtype: str, max_memory: int) -> int:
     return max(1, min(MAX_LANES, min(LANE_BUDGET, max_memory) // max(per_sample, 1)))
 
 
-MAX_LANES = 16  # samples a kernel runs side by side
+MAX_LANES = 64  # samples a kernel runs side by side
 LANE_BUDGET = 4 << 20  # bytes of workspace beyond which a kernel runs fewer lanes
 
 

@@ -68,6 +68,7 @@ class MemoryPlan:
     batched: set[int] = field(default_factory=set)  # owner ids with one copy per lane (scalars included)
     lane_stride: dict[int, int] = field(default_factory=dict)  # owner id -> bytes between lanes (slots only)
     sums: frozenset[int] = frozenset()  # ids of the running sums in the caller's buffers (`writable`)
+    scratch: dict[int, int] = field(default_factory=dict)  # id(op) -> offset of what a lane op needs while it runs
 
     def owner(self, value: Value) -> int:
         """The value whose storage `value` is (views excepted: they have their own pointer)."""
@@ -106,7 +107,9 @@ def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = froz
     _share_block(body, schedule, result, storage, external, set(writable), no_views=set(lane_values))
     if lanes > 1:  # every lane sees one storage for a param or a running sum (inputs: one per sample)
         common = {d.value.id for d in program.params} | set(writable)
-        _span_runs(body, schedule, storage, lambda value: result.storage_of(value.id) in common)
+        shared = lambda value: result.storage_of(value.id) in common  # noqa: E731
+        _lane_scratch(body, schedule, result, storage, shared, lanes)
+        _span_runs(body, schedule, storage, shared)
         _widen(lane_values, result, storage, external, lanes)
     _place(storage, result)
     return result
@@ -136,8 +139,8 @@ def _lane_values(body: Block) -> dict[int, list[Value]]:
 
 def lane_runs(block: Block, shared):
     """The runs of a lane block: maximal sequences of ops that run lane by lane in one loop (not a
-    loop, a comprehension, or a product over all lanes, `spadc.backend.gemm.takes_lanes`)."""
-    from .gemm import takes_lanes
+    loop, a comprehension, or an op over all lanes, `spadc.backend.lane_ops.takes_lanes`)."""
+    from .lane_ops import takes_lanes
     run = []
     for op in block.ops:
         if op.kind in ("loop", "tabulate") or takes_lanes(op, shared):
@@ -148,6 +151,17 @@ def lane_runs(block: Block, shared):
             run.append(op)
     if run:
         yield run
+
+
+def _lane_scratch(body: Block, schedule: _Schedule, plan_: MemoryPlan, storage: _Storage, shared, lanes: int):
+    from .lane_ops import scratch_bytes, takes_lanes
+    for block in lane_blocks(body):
+        for op in block.ops:
+            size = scratch_bytes(op, lanes, storage.float_bytes) if takes_lanes(op, shared) else 0
+            if size:
+                key = -len(storage.sizes) - 1  # scratch keys never collide with value ids (which are >= 0)
+                storage.scratch(key, (size + ALIGN - 1) // ALIGN * ALIGN, schedule.start[id(op)])
+                plan_.scratch[id(op)] = key
 
 
 def _span_runs(body: Block, schedule: _Schedule, storage: _Storage, shared):
@@ -408,4 +422,6 @@ def _place(storage: _Storage, plan_: MemoryPlan):
             plan_.offsets[owner] = offset
     for loop_id, keys in plan_.staging.items():
         plan_.staging[loop_id] = [offsets[key] if key is not None else None for key in keys]
+    for op_id, key in plan_.scratch.items():
+        plan_.scratch[op_id] = offsets[key]
     plan_.size = max((o + s for o, s, _, _ in placed), default=0)

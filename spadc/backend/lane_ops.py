@@ -1,0 +1,51 @@
+"""The ops a lane kernel runs once for all its lanes, rather than lane by lane: one table for the
+memory planner (what breaks a run, what scratch an op needs) and the code generator.
+
+- `matmul` of a shared matrix (a param) with each lane's vector, either side: a matrix-matrix
+  product (spadc/backend/gemm.py);
+- `outer_add` into a running sum: acc += G^T X over the lanes (gemm.py);
+- `gate_outer_add` into a running sum, draws with replacement: the kept columns of all lanes
+  added through a transposed panel (spadc/backend/gates.py), so a sampled weight gradient costs
+  what it keeps.
+
+Invariant: `takes_lanes(op, shared)` depends only on the op and on which values every lane shares,
+so the planner and the code generator cut a block into the same runs.
+"""
+
+from __future__ import annotations
+
+from . import gates, gemm
+
+
+def takes_lanes(op, shared) -> bool:
+    """Whether `op` in a lane block runs once over all lanes; `shared(value)`: whether every lane
+    sees the same storage for it (a param, a running sum)."""
+    if op.kind == "matmul":
+        A, B = op.args
+        return (A.type.rank == 2 and B.type.rank == 1 and shared(A)) or (A.type.rank == 1 and B.type.rank == 2
+                                                                          and shared(B))
+    if op.kind == "outer_add":  # a running sum (not a per-sample value) updated in place
+        return shared(op.result) and shared(op.args[0])
+    if op.kind == "gate_outer_add":
+        return shared(op.result) and shared(op.args[0]) and op.attrs["draw"] == "with_replacement"
+    return False
+
+
+def scratch_bytes(op, lanes: int, float_bytes: int) -> int:
+    """Workspace bytes the op needs while it runs (beyond its operands and result)."""
+    if op.kind == "gate_outer_add":
+        return gates.lane_scratch_bytes(op, lanes, float_bytes)
+    return 0
+
+
+def emit(e, op, scratch=None):
+    """Emit `op` (for which `takes_lanes` holds) over the block's lanes; `scratch`: a pointer to its
+    scratch bytes."""
+    if op.kind == "gate_outer_add":
+        gates.lane_outer_add(e, op, scratch)
+    elif op.kind == "outer_add":
+        gemm.outer_sum_over(e, op.args[1], op.args[2], op.result, *op.result.type.shape, e.count, e.lane_pointer)
+    elif op.args[0].type.rank == 2:
+        gemm.matvec_over(e, *op.args, op.result, *op.args[0].type.shape, e.count, e.lane_pointer)
+    else:
+        gemm.vecmat_over(e, *op.args, op.result, *op.args[1].type.shape, e.count, e.lane_pointer)
