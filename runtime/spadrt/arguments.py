@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .calls import address
 from .errors import SpadcError
 
 
@@ -53,7 +54,7 @@ def prepare(layout: dict, values: dict, dtype_of) -> "Prepared":
     if n == 0:
         raise SpadcError(f"input `{batch[0]}` is an empty batch")
     strides = (ctypes.c_int64 * max(len(arrays), 1))(*[a.strides[0] if b else 0 for a, b in arrays])
-    pointers = (ctypes.c_void_p * max(len(arrays), 1))(*[a.ctypes.data for a, _ in arrays])
+    pointers = (ctypes.c_void_p * max(len(arrays), 1))(*[address(a) for a, _ in arrays])
     return Prepared(n, batch is not None, pointers, strides, arrays)
 
 
@@ -140,6 +141,8 @@ def merge_inputs(inputs: dict | None, keyword_inputs: dict) -> dict:
 
 def with_state(layout: dict, values: dict, state: dict | None) -> dict:
     """The inputs with each `state` filled in: its value from `state`, else its initial value."""
+    if state is None and not layout.get("state"):
+        return values
     declared = {s["name"]: s for s in layout.get("state", [])}
     if state is not None and not isinstance(state, dict):
         raise SpadcError(f"state= must be a dict of state name to array, got {type(state).__name__}")

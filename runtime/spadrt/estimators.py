@@ -178,11 +178,14 @@ def variant_key(sampling: Sampling | None, score: str | None = None, policy: str
     return "+".join(parts)
 
 
+EXACT = Exact()
+
+
 def resolve(estimator):
     """An estimator object from an object, a string ("exact", "rad", "spad", "es") or None."""
-    from .es import ES, PES  # es.py is the forward-only family: it needs none of this module
     if estimator is None:
-        return Exact()
+        return EXACT
+    from .es import ES, PES  # es.py is the forward-only family: it needs none of this module
     if isinstance(estimator, str):
         named = {"exact": Exact, "rad": RAD, "spad": SPAD, "es": ES, "pes": PES}
         if estimator not in named:

@@ -81,6 +81,8 @@ class Model:
         self._float = np.float64 if layout["dtype"] == "f64" else np.float32
         self._flat = np.zeros(layout["param_count"], dtype=self._float)  # never reallocated: views stay valid
         self._scratch = calls.ScratchPool()
+        self._param_slices = [(p["name"], p["offset"], p["offset"] + p["size"], tuple(p["shape"]))
+                              for p in layout["params"]]
         self._buffers = calls.BufferPool()
         self._compile_lock = threading.Lock()
         self.init_params(0)
@@ -171,12 +173,13 @@ class Model:
         outputs = [np.empty((n, *o["shape"]), dtype=self._dtype(o["dtype"])) for o in specs]
 
         def chunk(start: int, stop: int):
-            addresses = (ctypes.c_void_p * max(len(outputs), 1))(*[o[start:].ctypes.data for o in outputs])
+            addresses = (ctypes.c_void_p * max(len(outputs), 1))(*[calls.address(o[start:]) for o in outputs])
             scratch = self._scratch.take()
             try:
-                code = function(params_buffer.ctypes.data, *prepared.chunk(start), stop - start, options.offset + start,
-                                options.training, options.seed, options.step, losses[start:].ctypes.data,
-                                addresses, scratch.workspace(kernel["workspace"]), scratch.status.ctypes.data)
+                code = function(calls.address(params_buffer), *prepared.chunk(start), stop - start,
+                                options.offset + start, options.training, options.seed, options.step,
+                                calls.address(losses[start:]), addresses, scratch.workspace(kernel["workspace"]),
+                                scratch.status_address)
                 self._raise_on_failure(code, prepared.batched, kernel["checks"], scratch.status)
             finally:
                 self._scratch.give(scratch)
@@ -256,8 +259,8 @@ class Model:
                                                            threads, inputs, keyword_inputs, state))
 
     def _named(self, flat: np.ndarray) -> dict[str, np.ndarray]:
-        return {p["name"]: flat[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"]).astype(np.float64, copy=False)
-                for p in self.layout["params"]}
+        named = {name: flat[start:stop].reshape(shape) for name, start, stop, shape in self._param_slices}
+        return named if flat.dtype == np.float64 else {k: v.astype(np.float64) for k, v in named.items()}
 
     @property
     def flat_params(self) -> np.ndarray:
@@ -321,23 +324,26 @@ class Model:
         data = site_data if site_data is not None else NO_DATA
         n = prepared.n
         size = entry.get("grad_size", self._flat.size)
-        pooled = len(calls.chunks(n)) > 1  # each chunk's gradient is a buffer of the pool, reused
+        pooled = n > calls.CHUNK  # each chunk's gradient is a buffer of the pool, reused
+
+        flat_address, data_address, float_type = calls.address(flat), calls.address(data), self._float
 
         def chunk(start: int, stop: int):
-            loss = np.empty(1, dtype=self._float)
-            grads = self._buffers.take(size, self._float) if pooled else np.empty(size, dtype=self._float)
-            stored = np.zeros(1, dtype=np.int64)
+            grads = self._buffers.take(size, float_type) if pooled else np.empty(size, dtype=float_type)
             score_buffer = np.zeros_like(scores) if scores is not None else NO_DATA
             scratch = self._scratch.take()
             try:
-                code = function(flat.ctypes.data, *prepared.chunk(start), stop - start, int(offset) + start,
-                                int(bool(training)), int(seed) & _U64, int(step) & _U64, loss.ctypes.data,
-                                grads.ctypes.data, data.ctypes.data, score_buffer.ctypes.data, stored.ctypes.data,
-                                scratch.workspace(entry["workspace"]), scratch.status.ctypes.data)
+                scratch.words[1] = 0
+                code = function(flat_address, *prepared.chunk(start), stop - start, int(offset) + start,
+                                int(bool(training)), int(seed) & _U64, int(step) & _U64, scratch.loss_address,
+                                calls.address(grads), data_address, calls.address(score_buffer),
+                                scratch.stored_address, scratch.workspace(entry["workspace"]), scratch.status_address)
                 self._raise_on_failure(code, prepared.batched, entry["checks"], scratch.status)
+                loss = float(scratch.words[:1].view(np.float64)[0] if float_type == np.float64
+                             else scratch.words[:1].view(np.float32)[0])
+                return stop - start, loss, grads, int(scratch.words[1]), score_buffer
             finally:
                 self._scratch.give(scratch)
-            return stop - start, float(loss[0]), grads, int(stored[0]), score_buffer
 
         parts = calls.run_chunks(chunk, n, threads)
         if scores is not None:

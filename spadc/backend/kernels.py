@@ -39,7 +39,8 @@ from ..ad.tape import plan_tape, value_bytes
 from ..ir.core import Program, Value
 from .codegen import I64, Check, FunctionEmitter
 from .emitters import llvm_name
-from .memory import check_limit, element_size, plan
+from .lane_ops import takes_lanes
+from .memory import check_limit, element_size, lane_blocks, plan
 I8P = ir.IntType(8).as_pointer()
 DOUBLE_P = ir.DoubleType().as_pointer()
 
@@ -147,12 +148,17 @@ def _lane_blocks(e, args, inputs: dict):
 
 
 def choose_lanes(gradient: GradientProgram, dtype: str, max_memory: int) -> int:
-    """Lanes for a model's kernels, from its exact gradient kernel's one-lane workspace: MAX_LANES
-    unless the workspace would then pass LANE_BUDGET or the memory limit (a long loop's tape)."""
+    """Lanes for a model's kernels, from its exact gradient kernel: one when no op of it runs over
+    all lanes (lanes would only add loops), else MAX_LANES unless the workspace would then pass
+    LANE_BUDGET or the memory limit (a long loop's tape)."""
     float_bytes = 8 if dtype == "f64" else 4
     writable = frozenset(v.id for v in gradient.accumulators.values())
-    per_sample = plan(gradient.program, float_bytes, writable).size
-    return max(1, min(MAX_LANES, min(LANE_BUDGET, max_memory) // max(per_sample, 1)))
+    one_lane = plan(gradient.program, float_bytes, writable)
+    common = {d.value.id for d in gradient.program.params} | writable
+    shared = lambda value: one_lane.storage_of(value.id) in common  # noqa: E731
+    if not any(takes_lanes(op, shared) for block in lane_blocks(gradient.program.body) for op in block.ops):
+        return 1
+    return max(1, min(MAX_LANES, min(LANE_BUDGET, max_memory) // max(one_lane.size, 1)))
 
 
 MAX_LANES = 64  # samples a kernel runs side by side
