@@ -3,13 +3,15 @@
 Oracles: the same model compiled with one lane (every sample's forward values are the same
 arithmetic: bit for bit; gradient sums may add a param's contributions in another order: to
 rounding), and, for small programs, the NumPy interpreter's per-sample gradients averaged. Batches of BATCH samples
-fill two blocks of lanes and part of a third, and the runtime splits them into two calls.
+fill whole blocks of lanes and part of one, and the runtime splits them into calls of
+`calls.CHUNK` samples, two whole and one part.
 """
 
 import numpy as np
 import pytest
 
 import spadc
+from spadrt import calls
 from spadc.frontend import check_text
 from spadc.ir.interpret import evaluate
 
@@ -17,7 +19,7 @@ from conftest import example
 from gradcheck import interpreted_gradient
 
 SEED = 5
-BATCH = 37  # 16 + 16 + 5 lanes in the first call (32 samples), 5 in the second
+BATCH = 150  # calls of 64, 64 and 22 samples; blocks of 16 lanes, the last of each call partly filled
 LANES = 16
 RTOL = 1e-11  # a gradient against one lane's, or the interpreter's
 
@@ -102,6 +104,20 @@ def test_sampled_gradients_with_lanes_are_one_lanes_to_rounding(name):
         mine, other = lanes.grad(**inputs, estimator=ours, seed=4)[1], one.grad(**inputs, estimator=theirs, seed=4)[1]
         for key in mine:
             np.testing.assert_allclose(mine[key], other[key], rtol=RTOL, atol=1e-14, err_msg=key)
+
+
+def test_a_batch_over_several_calls_is_the_mean_of_its_samples():
+    # The runtime weighs each call's mean by its share of the batch: against each sample on its own.
+    assert calls.CHUNK < BATCH < 3 * calls.CHUNK and BATCH % calls.CHUNK
+    model = spadc.compile_file(example("mlp.spad"))
+    model.init_params(seed=SEED)
+    inputs = BATCHES["mlp.spad"]
+    loss, grads = model.grad(**inputs)
+    alone = [model.grad(**{k: v[s] for k, v in inputs.items()}) for s in range(BATCH)]
+    assert loss == pytest.approx(np.mean([a[0] for a in alone]), rel=1e-13)
+    for key in grads:
+        np.testing.assert_allclose(grads[key], np.mean([a[1][key] for a in alone], axis=0), rtol=1e-12,
+                                   atol=1e-15, err_msg=key)
 
 
 def test_lanes_option_is_checked():

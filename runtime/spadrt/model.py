@@ -352,17 +352,27 @@ class Model:
         if not pooled:
             _, loss, grads, stored, _ = parts[0]
             return loss, grads, stored
-        loss, grads, stored = 0.0, np.empty(size, dtype=self._float), 0
-        for k, (count, part_loss, part_grads, part_stored, _) in enumerate(parts):
-            loss += part_loss * count
-            weighted = np.multiply(part_grads, self._float(count), out=part_grads)
-            if k:
-                np.add(grads, weighted, out=grads)
+        # The batch's mean is the chunks' means weighted by count / n: the whole chunks' summed
+        # first (one pass each), then scaled once; a last, shorter chunk added with its own weight.
+        loss = sum(part_loss * count for count, part_loss, *_ in parts) / n
+        stored = sum(part[3] for part in parts)
+        whole = [part[2] for part in parts if part[0] == calls.CHUNK]
+        grads = np.empty(size, dtype=self._float)
+        if whole:
+            np.copyto(grads, whole[0])
+            for part_grads in whole[1:]:
+                np.add(grads, part_grads, out=grads)
+            np.multiply(grads, self._float(calls.CHUNK / n), out=grads)
+        if parts[-1][0] != calls.CHUNK:
+            count, last = parts[-1][0], parts[-1][2]
+            scaled = np.multiply(last, self._float(count / n), out=last)
+            if whole:
+                np.add(grads, scaled, out=grads)
             else:
-                grads[:] = weighted
-            stored += part_stored
-            self._buffers.give(part_grads)
-        return loss / n, np.divide(grads, self._float(n), out=grads), stored
+                np.copyto(grads, scaled)
+        for part in parts:
+            self._buffers.give(part[2])
+        return loss, grads, stored
 
     def _params_buffer(self, params) -> np.ndarray:
         """The flat params a call reads: the model's own, or a `params=` override (the caller keeps
