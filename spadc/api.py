@@ -42,14 +42,13 @@ class Compiled:
     """Everything compilation produced for one model, kept for inspection (`spadc llvm`, `spadc ir`)."""
     program: object
     gradient: GradientProgram  # the exact one
-    llvm_ir: str  # the module of the forward kernel and the exact gradient, before optimisation
-    functions: dict[str, str]  # kernel name -> its LLVM IR
+    llvm_ir: str  # the module of the exact gradient kernel, before optimisation
     layout: dict
     machine: jit.Compiled
     dtype: str
     max_memory: int  # bytes: no kernel's workspace may need more
     lanes: int  # samples every kernel runs side by side (the particles kernel excepted)
-    base_layout: dict  # the layout with the forward kernel and the exact gradient only (what the disk cache keeps)
+    base_layout: dict  # the layout with the exact gradient only (what the disk cache keeps)
     variants: dict[str, tuple[dict, jit.Compiled, GradientProgram]] = field(default_factory=dict)
 
     def kernel(self, kind: str) -> tuple[dict, jit.Compiled]:
@@ -62,6 +61,15 @@ class Compiled:
             self.variants[kind] = (entry, jit.compile_ir(str(module), (kind,)), None)
         entry, machine, _ = self.variants[kind]
         return entry, machine
+
+    def function_ir(self, kind: str) -> str:
+        """The LLVM IR, before optimisation, of the exact gradient kernel (`grad`) or of one of the
+        EXTRA_KERNELS (`forward`...), emitted for the asking (nothing is compiled)."""
+        if kind == "grad":
+            return self.llvm_ir
+        module = ir.Module(name=f"{self.program.name}.{kind}")
+        _EXTRA_KERNELS[kind](self, module)
+        return str(module)
 
     def gradient_program(self, sampling=None, score: str | None = None, policy: str | None = None) -> GradientProgram:
         return self.variant(sampling, score, policy)[2]
@@ -82,6 +90,14 @@ class Compiled:
             self.variants[key] = (entry, jit.compile_ir(str(module), ("grad",)), program)
             self.layout["variants"][key] = entry
         return self.variants[key]
+
+
+def _forward_kernel(compiled: Compiled, module) -> dict:
+    """The model's forward kernel: compiled the first time a loss or an output is asked for (a
+    first gradient, like JAX's first call of value_and_grad, compiles only what it needs)."""
+    _, outputs = kernels.base_layout(compiled.program, compiled.dtype)
+    return kernels.forward_kernel(module, compiled.program, compiled.layout, outputs, compiled.dtype, "forward",
+                                  compiled.max_memory, lanes=compiled.lanes)
 
 
 def _particles_kernel(compiled: Compiled, module) -> dict:
@@ -128,7 +144,7 @@ def _ggn_kernel(compiled: Compiled, module) -> dict:
 
 
 PARTICLES = "particles"  # the kernel key of the forward kernel with a parameter vector per particle
-_EXTRA_KERNELS = {PARTICLES: _particles_kernel, "jvp": _jvp_kernel, "hvp": _hvp_kernel, "ggn": _ggn_kernel,
+_EXTRA_KERNELS = {"forward": _forward_kernel, PARTICLES: _particles_kernel, "jvp": _jvp_kernel, "hvp": _hvp_kernel, "ggn": _ggn_kernel,
                   "taps": _taps_kernel}
 
 CACHE_SIZE = 32  # compiled models kept for reuse; older ones are freed once no Model holds them
@@ -165,14 +181,12 @@ def build(source: Source, base_dir: str, dtype: str = "f64", max_memory=None, la
         module = ir.Module(name=program.name)
         layout, outputs = kernels.base_layout(program, dtype)
         lanes = kernels.choose_lanes(exact, dtype, limit) if lanes is None else lanes
-        layout["forward"] = kernels.forward_kernel(module, program, layout, outputs, dtype, max_memory=limit, lanes=lanes)
         entry = kernels.grad_kernel(module, exact, layout, dtype, "grad", limit, lanes=lanes)
         layout["variants"]["exact"] = entry
         base_layout = json.loads(json.dumps(layout))
         llvm_ir = str(module)
-        functions = {name: str(module.get_global(name)) for name in ("forward", "grad")}
-        machine = jit.compile_ir(llvm_ir, ("forward", "grad"))
-        compiled = Compiled(program, exact, llvm_ir, functions, layout, machine, dtype, limit, lanes, base_layout)
+        machine = jit.compile_ir(llvm_ir, ("grad",))
+        compiled = Compiled(program, exact, llvm_ir, layout, machine, dtype, limit, lanes, base_layout)
         compiled.variants["exact"] = (entry, machine, exact)
         _CACHE[key] = compiled
         while len(_CACHE) > CACHE_SIZE:
@@ -215,7 +229,7 @@ def _model(source: Source, base_dir: str, dtype: str, max_memory, use_cache: boo
             built.append(build(source, base_dir, dtype, limit, lanes))
         return built[0]
 
-    return _assemble(layout, jit.load_object(code, ("forward", "grad")), compiled_later, base_key)
+    return _assemble(layout, jit.load_object(code, ("grad",)), compiled_later, base_key)
 
 
 def model_of(compiled: Compiled, base_key: str | None = None) -> Model:
@@ -251,7 +265,7 @@ def _assemble(layout: dict, machine: jit.Compiled, compiled_of, base_key: str | 
                 cache.store(entry_key, entry, code.object_code, cache.file_digests(compiled.program.files))
         return entry, code.addresses[kind], code
 
-    return Model(layout, machine.addresses["forward"], provide, keepalive=machine, kernel_provider=provide_kernel)
+    return Model(layout, None, provide, keepalive=machine, kernel_provider=provide_kernel)
 
 
 def _variant(compiled_of, base_key: str | None, key: str, sampling, score, policy) -> tuple[dict, jit.Compiled]:

@@ -1,7 +1,7 @@
 """The on-disk cache of compiled kernels: a model compiled once loads in milliseconds afterwards.
 
-An entry is the machine code of one kernel set (the forward kernel with the exact gradient, or one
-gradient variant) as an object file, and its layout, in `$SPADC_CACHE_DIR` (default
+An entry is the machine code of one kernel (the exact gradient, another gradient variant, the
+forward kernel, a product kernel) as an object file, and its layout, in `$SPADC_CACHE_DIR` (default
 `$XDG_CACHE_HOME/spadc`, else `~/.cache/spadc`).
 
 Invariants:
@@ -50,7 +50,7 @@ def directory() -> str:
 
 
 @lru_cache(maxsize=1)
-def _compiler_digest() -> str:
+def compiler_digest() -> str:
     """SHA-256 over the compiler's own Python modules, in a fixed order."""
     root = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256()
@@ -72,7 +72,7 @@ def _machine() -> str:
 
 def key(source: Source, base_dir: str, dtype: str, max_memory: int, lanes: int | None = None) -> str:
     """The key of a model's base kernels; `variant_key` derives a variant's from it."""
-    parts = [FORMAT, __version__, _compiler_digest(), llvmlite.__version__, ".".join(map(str, llvm.llvm_version_info)), _machine(),
+    parts = [FORMAT, __version__, compiler_digest(), llvmlite.__version__, ".".join(map(str, llvm.llvm_version_info)), _machine(),
              dtype, max_memory, lanes, source.name, os.path.abspath(base_dir), source.text]
     return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
 
@@ -87,7 +87,7 @@ def file_digests(paths) -> dict[str, str]:
 
 def load(entry_key: str) -> tuple[dict, bytes] | None:
     """(layout, object code) of an entry, or None: absent, torn, or built from files since changed."""
-    folder = _usable_directory(create=False)
+    folder = usable_directory(create=False)
     if folder is None:
         return None
     try:
@@ -106,7 +106,7 @@ def load(entry_key: str) -> tuple[dict, bytes] | None:
 
 def store(entry_key: str, layout: dict, code: bytes, files: dict[str, str]):
     """Write an entry; a cache that cannot be written is skipped (compiling still works)."""
-    folder = _usable_directory(create=True)
+    folder = usable_directory(create=True)
     if folder is None:
         return
     meta = {"layout": layout, "object_sha256": hashlib.sha256(code).hexdigest(), "files": files}
@@ -139,7 +139,7 @@ def _write(folder: str, name: str, data: bytes):
 _warned: set[str] = set()
 
 
-def _usable_directory(create: bool) -> str | None:
+def usable_directory(create: bool) -> str | None:
     folder = directory()
     try:
         if create:

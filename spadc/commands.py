@@ -53,7 +53,7 @@ def llvm(args) -> int:
     if args.optimised:
         sys.stdout.write(compiled.machine.optimised_ir)
     else:
-        sys.stdout.write(compiled.functions["grad" if args.grad else "forward"] + "\n")
+        sys.stdout.write(compiled.function_ir("grad" if args.grad else "forward") + "\n")
     return 0
 
 

@@ -38,7 +38,7 @@ _COMMON = [_POINTER, _POINTER, _POINTER, _I64, _I64, _I64, _U64_T, _U64_T]
 FORWARD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER)
 PARTICLES_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER, _I64, _I64, _POINTER)
 GRAD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER)
-KERNEL_TYPES = {"particles": PARTICLES_TYPE, "jvp": FORWARD_TYPE, "hvp": GRAD_TYPE, "ggn": GRAD_TYPE,
+KERNEL_TYPES = {"forward": FORWARD_TYPE, "particles": PARTICLES_TYPE, "jvp": FORWARD_TYPE, "hvp": GRAD_TYPE, "ggn": GRAD_TYPE,
                 "taps": FORWARD_TYPE}
 _NUMPY = {"i64": np.int64, "bool": np.bool_}
 # Keywords of forward/loss/grad that are not inputs: an input of one of these names must be passed
@@ -67,14 +67,15 @@ class _Place:
 class Model:
     """A compiled model: its parameters, and forward and gradient evaluation from NumPy values."""
 
-    def __init__(self, layout: dict, forward_address: int, gradient_provider, keepalive=None,
+    def __init__(self, layout: dict, forward_address: int | None, gradient_provider, keepalive=None,
                  kernel_provider=None):
         """`gradient_provider(sampling, score, policy)` gives (layout entry, address, owner) of a
         gradient kernel variant (compiling it if it can); `kernel_provider(kind)` the same of one of
-        the KERNEL_TYPES (ES's particles, the curvature products), when there are any."""
+        the KERNEL_TYPES (the forward kernel when `forward_address` is None, ES's particles, the
+        curvature products), when there are any."""
         self.layout = layout
         self._keepalive = keepalive  # whatever owns the machine code (a JIT engine, a loaded library)
-        self._forward = FORWARD_TYPE(forward_address)
+        self._forward = None if forward_address is None else (layout["forward"], FORWARD_TYPE(forward_address))
         self._provider = gradient_provider
         self._kernel_provider = kernel_provider
         self._variants: dict[str, tuple] = {}
@@ -155,7 +156,8 @@ class Model:
         of each `state` (default its initial value); `result.state` holds the values to carry on."""
         options = Options.check(training, seed, step, sample_offset)
         prepared = self._inputs(merge_inputs(inputs, keyword_inputs), state)
-        losses, outputs = self._run_forward(self.layout["forward"], self._forward, self.layout["outputs"], prepared,
+        entry, function = self._forward or self._kernel("forward", "the forward kernel")
+        losses, outputs = self._run_forward(entry, function, self.layout["outputs"], prepared,
                                             self._params_buffer(params), options, calls.check_threads(threads))
         named = {o["name"]: (v if prepared.batched else v[0]) for o, v in zip(self.layout["outputs"], outputs)}
         visible = {name: value for name, value in named.items() if not name.startswith("_")}

@@ -133,6 +133,28 @@ class Lanes:
         single = self.b.insert_element(undefined, scalar, I32(0))
         return self.b.shuffle_vector(single, undefined, ir.Constant(ir.VectorType(I32, self.width), [0] * self.width))
 
+    def totals(self, vectors):
+        """[total(v) for v in vectors] as one vector, for as many vectors as a vector has entries:
+        the same pairwise sums, of lanes brought side by side by shuffles."""
+        # Each vector's lanes hold partial sums (owner, index); a level adds the pairs (2i, 2i+1)
+        # of every owner, merging two vectors into one, until one holds every owner's total.
+        level = [(v, [(owner, k) for k in range(self.width)]) for owner, v in enumerate(vectors)]
+        while len(level) > 1:
+            merged = []
+            for (left, left_terms), (right, right_terms) in zip(level[0::2], level[1::2]):
+                position = {term: k for k, term in enumerate(left_terms + right_terms)}
+                owners = sorted({owner for owner, _ in left_terms + right_terms})
+                pairs = [(owner, i) for owner in owners for i in range(sum(1 for o, _ in left_terms + right_terms
+                                                                        if o == owner) // 2)]
+                first = [position[(owner, 2 * i)] for owner, i in pairs]
+                second = [position[(owner, 2 * i + 1)] for owner, i in pairs]
+                mask = lambda picks: ir.Constant(ir.VectorType(I32, self.width), picks)  # noqa: E731
+                total = self.b.fadd(self.b.shuffle_vector(left, right, mask(first)),
+                                    self.b.shuffle_vector(left, right, mask(second)))
+                merged.append((total, pairs))
+            level = merged
+        return level[0][0]
+
     def total(self, vector):
         """The sum of a vector's entries, pairwise: ((v0 + v1) + (v2 + v3)) + ..."""
         terms = [self.b.extract_element(vector, I32(k)) for k in range(self.width)]
@@ -161,6 +183,35 @@ def _tiles(e, count, tile: int, body):
         body(k, 1)
 
 
+def _covering(e, count, tile: int, body):
+    """body(indices) over tiles of `tile` indices covering 0..count, for a product that *writes*
+    each index's result (so computing one twice is harmless): the last tile moves back to end at
+    count, overlapping the one before; fewer than `tile` indices in all repeat the last. One tile
+    shape, so one copy of its code. A static count below `tile` gets a tile of its own size."""
+    b = e.b
+    if isinstance(count, int):
+        if count < tile:
+            body([I64(k) for k in range(count)])
+            return
+        full, rest = divmod(count, tile)
+        with e.loop(full, "tile") as t:
+            first = b.mul(t, I64(tile))
+            body([b.add(first, I64(k)) for k in range(tile)])
+        if rest:
+            body([I64(count - tile + k) for k in range(tile)])
+        return
+    last = b.sub(count, I64(1))
+    back = b.select(b.icmp_signed(">", count, I64(tile)), b.sub(count, I64(tile)), I64(0))
+    with e.loop(b.udiv(b.add(count, I64(tile - 1)), I64(tile)), "tile") as t:
+        first = b.mul(t, I64(tile))
+        first = b.select(b.icmp_signed("<", first, back), first, back)
+        indices = []
+        for k in range(tile):
+            index = b.add(first, I64(k))
+            indices.append(b.select(b.icmp_signed("<", index, last), index, last))
+        body(indices)
+
+
 def _at(e, pointer, index):
     return e.b.gep(pointer, [index], inbounds=True)
 
@@ -168,7 +219,8 @@ def _at(e, pointer, index):
 # ---- y = W @ x ----------------------------------------------------------------------------
 
 def _dot_tile(e, rows, columns, k_dim: int) -> dict:
-    """{(r, c): rows[r] . columns[c]} over `k_dim` entries, rows and columns element pointers."""
+    """{c: [rows[r] . columns[c] for each r]} over `k_dim` entries, rows and columns element
+    pointers; with as many rows as a vector has entries, each column's dots as one vector."""
     b = e.b
     vector, scalar = Lanes(e, width(e)), Lanes(e, 1)
     full = k_dim // vector.width
@@ -184,11 +236,18 @@ def _dot_tile(e, rows, columns, k_dim: int) -> dict:
             for (r, c), accumulator in accumulators.items():
                 b.store(fused(e, b.load(accumulator), w[r], x[c]), accumulator)
     results = {}
-    for (r, c), accumulator in accumulators.items():
-        total = vector.total(b.load(accumulator))
-        for k in range(full * vector.width, k_dim):
-            total = fused(e, total, scalar.load(rows[r], I64(k)), scalar.load(columns[c], I64(k)))
-        results[(r, c)] = total
+    for c in range(len(columns)):
+        partials = [b.load(accumulators[(r, c)]) for r in range(len(rows))]
+        if len(rows) == vector.width and full * vector.width == k_dim:
+            results[c] = vector.totals(partials)
+            continue
+        totals = []
+        for r, partial in enumerate(partials):
+            total = vector.total(partial)
+            for k in range(full * vector.width, k_dim):
+                total = fused(e, total, scalar.load(rows[r], I64(k)), scalar.load(columns[c], I64(k)))
+            totals.append(total)
+        results[c] = totals
     return results
 
 
@@ -196,19 +255,24 @@ def matvec_over(e, W, x, y, m: int, k_dim: int, count, at):
     """y(s) = W @ x(s) for s in 0..count; `at(value, s)` is a value's pointer for lane s."""
     b = e.b
     matrix = e.pointer(W)
+    vector = Lanes(e, width(e))
 
-    def row_tile(i0, height):
-        rows = [_at(e, matrix, b.mul(b.add(i0, I64(r)), I64(k_dim))) for r in range(height)]
+    def row_tile(row_indices):
+        rows = [_at(e, matrix, b.mul(i, I64(k_dim))) for i in row_indices]
 
-        def lane_tile(s0, count_):
-            lanes = [b.add(s0, I64(c)) for c in range(count_)]
+        def lane_tile(lanes):
             results = _dot_tile(e, rows, [at(x, s) for s in lanes], k_dim)
-            for (r, c), value in results.items():
-                b.store(value, _at(e, at(y, lanes[c]), b.add(i0, I64(r))))
+            for c, values in results.items():
+                target = at(y, lanes[c])
+                if isinstance(values, list):
+                    for i, value in zip(row_indices, values):
+                        b.store(value, _at(e, target, i))
+                else:  # one vector of the tile's rows, which are consecutive
+                    vector.store(values, target, row_indices[0])
 
-        _tiles(e, count, DOT_LANES, lane_tile)
+        _covering(e, count, DOT_LANES, lane_tile)
 
-    _tiles(e, m, DOT_ROWS, row_tile)
+    _covering(e, m, DOT_ROWS, row_tile)
 
 
 # ---- y = x @ W ----------------------------------------------------------------------------
@@ -219,10 +283,10 @@ def vecmat_over(e, x, W, y, k_dim: int, n: int, count, at):
     matrix = e.pointer(W)
     vector_width = width(e, wide=True)  # (64-byte vectors measured 12% faster here, and slower in the dot)
 
-    def panel(j0, lanes_of: Lanes, vectors: int, s0, lanes: int):
-        targets = [at(y, b.add(s0, I64(c))) for c in range(lanes)]
-        sources = [at(x, b.add(s0, I64(c))) for c in range(lanes)]
-        accumulators = {(c, u): e.alloca(lanes_of.type, "vecmat") for c in range(lanes) for u in range(vectors)}
+    def panel(j0, lanes_of: Lanes, vectors: int, lanes):
+        targets = [at(y, s) for s in lanes]
+        sources = [at(x, s) for s in lanes]
+        accumulators = {(c, u): e.alloca(lanes_of.type, "vecmat") for c in range(len(lanes)) for u in range(vectors)}
         for accumulator in accumulators.values():
             b.store(lanes_of.zero(), accumulator)
         with e.loop(k_dim, "k") as k:
@@ -234,16 +298,16 @@ def vecmat_over(e, x, W, y, k_dim: int, n: int, count, at):
         for (c, u), accumulator in accumulators.items():
             lanes_of.store(b.load(accumulator), targets[c], b.add(j0, I64(u * lanes_of.width)))
 
-    def columns(s0, lanes):
+    def columns(lanes):
         for j0, lanes_of, vectors in _column_panels(e, n, vector_width):
             if isinstance(j0, tuple):  # a loop of full panels
                 steps, step = j0
                 with e.loop(steps, "panel") as p:
-                    panel(b.mul(p, I64(step)), lanes_of, vectors, s0, lanes)
+                    panel(b.mul(p, I64(step)), lanes_of, vectors, lanes)
             else:
-                panel(I64(j0), lanes_of, vectors, s0, lanes)
+                panel(I64(j0), lanes_of, vectors, lanes)
 
-    _tiles(e, count, PANEL_LANES, columns)
+    _covering(e, count, PANEL_LANES, columns)
 
 
 def _column_panels(e, n: int, vector_width: int):

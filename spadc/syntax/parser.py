@@ -8,6 +8,7 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -67,6 +68,11 @@ class _DropBracketedNewlines:
 
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
+    """The parser; its tables (60 ms to build) are kept in the compile cache's private directory
+    (lark's own cache: keyed by the grammar, the options and lark's version; a torn or stale file
+    is rebuilt), so a process after the first loads them in a few milliseconds."""
+    from .. import cache
+    folder = cache.usable_directory(create=True)
     return Lark(
         _grammar_text(),
         parser="lalr",
@@ -74,6 +80,7 @@ def _parser() -> Lark:
         postlex=_DropBracketedNewlines(),
         propagate_positions=True,
         maybe_placeholders=True,
+        cache=os.path.join(folder, f"parser-{cache.compiler_digest()[:16]}.lark") if folder else False,
     )
 
 
