@@ -268,10 +268,7 @@ def lane_outer_add(e, op, scratch):
                     vector.store(gemm.fused(e, vector.load(panel, at), scale, row), panel, at)
 
             draws(add)
-            with e.loop(rows, "r") as r:
-                with e.loop(n, "c") as c:
-                    at = b.gep(target, [b.add(b.mul(b.add(top, r), I64(n)), c)], inbounds=True)
-                    b.store(b.fadd(b.load(at), b.load(b.gep(panel, [b.add(b.mul(c, I64(rows)), r)]))), at)
+            _add_transposed(e, vector, panel, rows, target, top, n)
     if m > whole * rows:
         with e.loop(m - whole * rows, "r", start=whole * rows) as r:
             def add_row(s, column, value):
@@ -280,6 +277,27 @@ def lane_outer_add(e, op, scratch):
                 b.store(gemm.fused(e, b.load(at), g, value), at)
 
             draws(add_row)
+
+
+def _add_transposed(e, vector, panel, rows: int, target, top, n: int):
+    """target[top + r, c] += panel[c, r] for r < rows, c < n: blocks of vector x vector entries
+    turned by shuffles (a vector a row of the target), the columns past the last block one by one."""
+    b, width = e.b, vector.width
+    blocks = n // width
+    if blocks:
+        with e.loop(blocks, "c") as block:
+            first = b.mul(block, I64(width))
+            for group in range(rows // width):
+                columns = [vector.load(panel, b.add(b.mul(b.add(first, I64(i)), I64(rows)), I64(group * width)))
+                           for i in range(width)]
+                for j, row in enumerate(vector.transpose(columns)):
+                    at = b.add(b.mul(b.add(top, I64(group * width + j)), I64(n)), first)
+                    vector.store(b.fadd(vector.load(target, at), row), target, at)
+    if n % width:
+        with e.loop(rows, "r") as r:
+            with e.loop(n % width, "c", start=blocks * width) as c:
+                at = b.gep(target, [b.add(b.mul(b.add(top, r), I64(n)), c)], inbounds=True)
+                b.store(b.fadd(b.load(at), b.load(b.gep(panel, [b.add(b.mul(c, I64(rows)), r)]))), at)
 
 
 def _score_add(e, op):

@@ -155,6 +155,17 @@ class Lanes:
             level = merged
         return level[0][0]
 
+    def transpose(self, vectors):
+        """As many vectors as a vector has entries, transposed: out[j][i] = vectors[i][j]."""
+        undefined = ir.Constant(self.type, ir.Undefined)
+        out = []
+        for j in range(self.width):
+            row = undefined
+            for i, v in enumerate(vectors):
+                row = self.b.insert_element(row, self.b.extract_element(v, I32(j)), I32(i))
+            out.append(row)
+        return out
+
     def total(self, vector):
         """The sum of a vector's entries, pairwise: ((v0 + v1) + (v2 + v3)) + ..."""
         terms = [self.b.extract_element(vector, I32(k)) for k in range(self.width)]
@@ -163,24 +174,17 @@ class Lanes:
         return terms[0]
 
 
-def _tiles(e, count, tile: int, body):
-    """body(first, size) over 0..count in tiles of `tile`, then the rest one at a time. `count` is
-    a Python int (static) or a register."""
+def _tiles(e, count: int, tile: int, body):
+    """body(first, size) over 0..count in tiles of `tile`, then the rest one at a time (for a
+    product that *adds* into its result, where no index may be done twice)."""
     b = e.b
-    if isinstance(count, int):
-        full, rest = divmod(count, tile)
-        if full:
-            with e.loop(full, "tile") as t:
-                body(b.mul(t, I64(tile)), tile)
-        if rest:
-            with e.loop(rest, "one", start=full * tile) as k:
-                body(k, 1)
-        return
-    full = b.udiv(count, I64(tile))
-    with e.loop(full, "tile") as t:
-        body(b.mul(t, I64(tile)), tile)
-    with e.loop(b.urem(count, I64(tile)), "one", start=b.mul(full, I64(tile))) as k:
-        body(k, 1)
+    full, rest = divmod(count, tile)
+    if full:
+        with e.loop(full, "tile") as t:
+            body(b.mul(t, I64(tile)), tile)
+    if rest:
+        with e.loop(rest, "one", start=full * tile) as k:
+            body(k, 1)
 
 
 def _covering(e, count, tile: int, body):
