@@ -361,8 +361,11 @@ class Model:
         whole = [part[2] for part in parts if part[0] == calls.CHUNK]
         grads = np.empty(size, dtype=self._float)
         if whole:
-            np.copyto(grads, whole[0])
-            for part_grads in whole[1:]:
+            if len(whole) == 1:
+                np.copyto(grads, whole[0])
+            else:
+                np.add(whole[0], whole[1], out=grads)
+            for part_grads in whole[2:]:
                 np.add(grads, part_grads, out=grads)
             np.multiply(grads, self._float(calls.CHUNK / n), out=grads)
         if parts[-1][0] != calls.CHUNK:
