@@ -60,6 +60,13 @@ def _model_options(command, out_help: str, inputs: bool = True):
     command.add_argument("--no-cache", action="store_true",
                          help="compile afresh: neither read nor write the compile cache ($SPADC_CACHE_DIR, else "
                               "~/.cache/spadc)")
+    _lanes_option(command)
+
+
+def _lanes_option(command):
+    command.add_argument("--lanes", type=int, default=None, metavar="N",
+                         help="samples each kernel runs side by side (1: the least memory); default: up to 64 for "
+                              "models with matrix products, fewer when the workspace would pass 4 MB")
 
 
 def _estimator_options(command, default: str):
@@ -187,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     mem = add("mem", help="tape bytes per site, exact and under an estimator")
     mem.add_argument("file", metavar="FILE.spad")
     mem.add_argument("--dtype", choices=api.DTYPES, default="f64", help="the float type the bytes are counted in")
+    _lanes_option(mem)
     _estimator_options(mem, default="rad")
     mem.set_defaults(run=commands_.mem)
     return parser

@@ -82,7 +82,7 @@ def _input_names(model) -> list[str]:
 def _model_with_params(args):
     if args.out:
         check_writable(args.out)
-    model = api.compile_file(args.file, cache=not args.no_cache)
+    model = api.compile_file(args.file, cache=not args.no_cache, lanes=args.lanes)
     model.init_params(args.init_seed)
     if args.params:
         model.load(args.params)
@@ -270,7 +270,7 @@ def build(args) -> int:
 
 
 def mem(args) -> int:
-    compiled = api.build_file(args.file, args.dtype)
+    compiled = api.build_file(args.file, args.dtype, lanes=args.lanes)
     estimator = _estimator(args)
     if estimator.sampling is None:
         raise SpadcError("spadc mem compares the exact tape with an estimator's: give --estimator rad or spad "

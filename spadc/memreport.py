@@ -67,8 +67,10 @@ def report(compiled: Compiled, sampling, label: str, spad=None) -> str:
     lines.append(f"whole tape:    {_bytes(exact_total)} exact, {_bytes(sampled_total)} under the estimator "
                  f"({100 * sampled_total / exact_total:.1f}%)" if exact_total else "whole tape: empty")
     exact_peak, sampled_peak = workspaces(compiled, sampling)
+    lanes = compiled.lanes
+    running = f"{lanes} samples side by side; --lanes 1 for the least" if lanes > 1 else "one sample at a time"
     lines.append(f"peak workspace: {_bytes(exact_peak)} exact, {_bytes(sampled_peak)} under the estimator, per "
-                 f"gradient kernel call (the tape and every temporary, reused as they die)")
+                 f"gradient kernel call ({running}; the tape and every temporary, reused as they die)")
     if spad is not None:
         paths = plan_tape(compiled.gradient_program(spad.evaluation_sampling, "paths"), float_bytes).static_bytes
         scored = plan_tape(compiled.gradient_program(None, "gradient", spad.sites), float_bytes).static_bytes

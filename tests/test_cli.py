@@ -144,6 +144,15 @@ def test_mem_reports_sites_and_totals():
     assert "whole tape:    15,160 B exact, 1,936 B under the estimator" in result.stdout
     assert re.search(r"peak workspace: [\d,]+ B exact, [\d,]+ B under the estimator", result.stdout)
     assert spadc("mem", example("irnn.spad"), "--estimator", "exact").returncode == 1
+    # Lanes: the workspace holds every lane's values; one lane is the least, and the tape is per sample.
+    lanes = re.search(r"peak workspace: ([\d,]+) B exact.*\((\d+) samples side by side", result.stdout)
+    one = spadc("mem", example("irnn.spad"), "--keep", "0.1", "--lanes", "1")
+    single = re.search(r"peak workspace: ([\d,]+) B exact.*one sample at a time", one.stdout)
+    assert lanes and single and int(lanes.group(2)) > 1, (result.stdout, one.stdout)
+    assert int(single.group(1).replace(",", "")) * 2 <= int(lanes.group(1).replace(",", ""))
+    assert "whole tape:    15,160 B exact, 1,936 B under the estimator" in one.stdout
+    refused = spadc("mem", example("irnn.spad"), "--lanes", "0")
+    assert refused.returncode == 1 and "lanes must be an integer from 1" in refused.stderr
     # f32: floats take 4 bytes (14,336 / 2 + 256 of final h), masks the same bits, cross-entropy's 40 + 4.
     f32 = spadc("mem", example("irnn.spad"), "--keep", "0.1", "--dtype", "f32")
     assert "sampled sites: 7,424 B exact, 812 B under the estimator (10.9%)" in f32.stdout, f32.stdout

@@ -1,0 +1,54 @@
+"""Benchmark: the matrix products of lane kernels, in GFLOP/s on one core, against NumPy's DGEMM.
+
+    python -m bench.products [--lanes 64]
+
+One spadc model per product, a 256 x 256 weight and one call of `lanes` samples (one block of
+lanes): `W @ x` (forward kernel), `x @ W` (forward kernel), and `W @ x` with its weight gradient
+(the gradient kernel: the product and the outer products' running sum). NumPy multiplies a
+256 x 256 matrix by a 256 x lanes one (OpenBLAS, one thread). Times from Python, median of 7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import spadc  # noqa: E402
+from bench.run import machine, timed  # noqa: E402
+
+N = 256
+PRODUCTS = {
+    "W @ x": ("sum(W @ x)", "loss", 1),
+    "x @ W": ("sum(x @ W)", "loss", 1),
+    "W @ x and its weight gradient": ("sum(W @ x)", "grad", 2),
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lanes", type=int, default=64)
+    args = parser.parse_args(argv)
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.lanes, N))
+    print(f"Machine: {machine()}\n\n| product | µs per call | GFLOP/s |\n|---|---:|---:|")
+    for label, (loss, kind, products) in PRODUCTS.items():
+        text = f"input x: f64[{N}]\nparam W: f64[{N}, {N}] ~ normal(0, 0.1)\nloss {loss}"
+        model = spadc.compile_source(text, name="products.spad", lanes=args.lanes)
+        call = (lambda: model.loss(x=x, threads=1)) if kind == "loss" else (lambda: model.grad(x=x, threads=1))
+        seconds = timed(call, 0.5)
+        print(f"| spadc {label} | {seconds * 1e6:.1f} | {products * 2 * N * N * args.lanes / seconds / 1e9:.1f} |")
+    a, b = rng.standard_normal((N, N)), rng.standard_normal((N, args.lanes))
+    seconds = timed(lambda: a @ b, 0.5)
+    print(f"| NumPy {N}x{N} @ {N}x{args.lanes} | {seconds * 1e6:.1f} | {2 * N * N * args.lanes / seconds / 1e9:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
