@@ -247,11 +247,13 @@ def lane_outer_add(e, op, scratch):
     rows = _panel_rows(float_bytes)
     whole = m // rows
 
-    def draws(body):
+    def draws(per_lane, body):
+        """For each lane s: what `per_lane(s)` reads once, then body(that, column, value) per draw."""
         with e.loop(e.count, "s") as s:
+            read = per_lane(s)
             with e.loop(k, "j") as j:
                 at = b.add(b.mul(s, I64(k)), j)
-                body(s, b.load(b.gep(columns, [at], inbounds=True)), b.load(b.gep(values, [at], inbounds=True)))
+                body(read, b.load(b.gep(columns, [at], inbounds=True)), b.load(b.gep(values, [at], inbounds=True)))
 
     if whole:
         with e.loop(whole, "panel") as p:
@@ -259,24 +261,25 @@ def lane_outer_add(e, op, scratch):
             with e.loop(n * PANEL_VECTORS, "z") as z:
                 vector.store(vector.zero(), panel, b.mul(z, I64(vector.width)))
 
-            def add(s, column, value):
+            def rows_of(s):  # the lane's a over the panel's rows: loaded once for all its draws
                 g = e.lane_pointer(a, s)
+                return [vector.load(g, b.add(top, I64(u * vector.width))) for u in range(PANEL_VECTORS)]
+
+            def add(row, column, value):
                 scale = vector.splat(value)
                 for u in range(PANEL_VECTORS):
                     at = b.add(b.mul(column, I64(rows)), I64(u * vector.width))
-                    row = vector.load(g, b.add(top, I64(u * vector.width)))
-                    vector.store(gemm.fused(e, vector.load(panel, at), scale, row), panel, at)
+                    vector.store(gemm.fused(e, vector.load(panel, at), scale, row[u]), panel, at)
 
-            draws(add)
+            draws(rows_of, add)
             _add_transposed(e, vector, panel, rows, target, top, n)
     if m > whole * rows:
         with e.loop(m - whole * rows, "r", start=whole * rows) as r:
-            def add_row(s, column, value):
+            def add_row(g, column, value):
                 at = b.gep(target, [b.add(b.mul(r, I64(n)), column)], inbounds=True)
-                g = b.load(b.gep(e.lane_pointer(a, s), [r], inbounds=True))
                 b.store(gemm.fused(e, b.load(at), g, value), at)
 
-            draws(add_row)
+            draws(lambda s: b.load(b.gep(e.lane_pointer(a, s), [r], inbounds=True)), add_row)
 
 
 def _add_transposed(e, vector, panel, rows: int, target, top, n: int):
