@@ -155,7 +155,8 @@ def compile_file(path: str, dtype: str = "f64", max_memory=None, cache: bool = T
     """`max_memory`: bytes (or "4G") that params and a kernel's workspace may take (spadrt.limits).
     `cache`: use the on-disk cache of compiled kernels (spadc/cache.py). `lanes`: samples each
     kernel runs side by side (more: faster at batch, a workspace that many times larger; 1: the
-    least memory); default: up to 16, fewer when the workspace would pass 4 MB."""
+    least memory); default: one for a model without matrix products, else up to 128, fewer when the
+    workspace would pass 4 MB."""
     return _model(frontend.read_source(path), os.path.dirname(os.path.abspath(path)), dtype, max_memory, cache, lanes)
 
 

@@ -205,7 +205,8 @@ def test_thumbv7em_kernels_keep_no_stack_array_above_256_bytes(name, tmp_path):
     from spadc.backend import jit
     if name == "swap":
         (tmp_path / "swap.spad").write_text(SWAP)
-    module, _, _ = aot.kernels_module(str(tmp_path / "swap.spad") if name == "swap" else example(name), dtype="f32")
+    module, _, _ = aot.kernels_module(str(tmp_path / "swap.spad") if name == "swap" else example(name), dtype="f32",
+                                      native=False)  # (as `spadc build --target` does: one lane)
     machine = aot._target_machine("thumbv7em-none-eabihf", None)
     optimised = str(jit.optimise(str(module), machine))
     arrays = []

@@ -19,7 +19,7 @@ from conftest import example
 from gradcheck import interpreted_gradient
 
 SEED = 5
-BATCH = 150  # calls of 64, 64 and 22 samples; blocks of 16 lanes, the last of each call partly filled
+BATCH = 150  # calls of 128 and 22 samples; blocks of 16 lanes, the last of each call partly filled
 LANES = 16
 RTOL = 1e-11  # a gradient against one lane's, or the interpreter's
 
@@ -118,6 +118,16 @@ def test_a_batch_over_several_calls_is_the_mean_of_its_samples():
     for key in grads:
         np.testing.assert_allclose(grads[key], np.mean([a[1][key] for a in alone], axis=0), rtol=1e-12,
                                    atol=1e-15, err_msg=key)
+
+
+def test_lanes_keep_no_stack_array_that_grows_with_them():
+    # A scalar has a workspace slot of one element per lane: the stack does not grow with lanes
+    # (a kernel may run on a thread whose stack is small).
+    from test_aot import _ALLOCA, _SCALAR_BYTES, STACK_ARRAY_LIMIT
+    compiled = spadc.api.build_file(example("mlp_digits.spad"), lanes=256)
+    optimised = compiled.machine.optimised_ir
+    sizes = [int(m.group(2)) * _SCALAR_BYTES[m.group(3)] for m in _ALLOCA.finditer(optimised) if m.group(2)]
+    assert max(sizes, default=0) <= STACK_ARRAY_LIMIT and "alloca" in optimised
 
 
 def test_lanes_option_is_checked():

@@ -101,4 +101,4 @@ def test_bad_thread_counts_are_refused(threads):
 
 
 def test_chunks_do_not_depend_on_the_thread_count():
-    assert calls.chunks(150) == [(0, 64), (64, 128), (128, 150)]
+    assert calls.chunks(300) == [(0, 128), (128, 256), (256, 300)]

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import SpadcError
 
-CHUNK = 64  # samples per kernel call when a batch is split (a constant: results never depend on threads)
+CHUNK = 128  # samples per kernel call when a batch is split (a constant: results never depend on threads)
 
 
 def all_cores() -> int:

@@ -108,9 +108,8 @@ class FunctionEmitter:
             if vid in self.plan.offsets:
                 raw = self._entry.gep(self.workspace, [I64(self.plan.offsets[vid])], inbounds=True)
                 self._pointers[vid] = self._entry.bitcast(raw, element.as_pointer(), name=llvm_name(value.hint))
-            else:  # a scalar: a register in disguise (an array of them, one per lane)
-                lanes = self.plan.lanes if vid in self.plan.batched else None
-                self._pointers[vid] = self.alloca(element, llvm_name(value.hint), lanes)
+            else:  # a scalar: a register in disguise (one per lane: a workspace slot, above)
+                self._pointers[vid] = self.alloca(element, llvm_name(value.hint))
         if vid not in self.plan.batched:
             return self._pointers[vid]
         assert local is not None, f"lane value {value.hint} read outside a lane"

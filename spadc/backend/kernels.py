@@ -161,7 +161,7 @@ def choose_lanes(gradient: GradientProgram, dtype: str, max_memory: int) -> int:
     return max(1, min(MAX_LANES, min(LANE_BUDGET, max_memory) // max(one_lane.size, 1)))
 
 
-MAX_LANES = 64  # samples a kernel runs side by side
+MAX_LANES = 128  # samples a kernel runs side by side (the runtime calls with up to 128: spadrt.calls.CHUNK)
 LANE_BUDGET = 4 << 20  # bytes of workspace beyond which a kernel runs fewer lanes
 
 

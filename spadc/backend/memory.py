@@ -32,8 +32,8 @@ Invariants:
 - With `lanes` L > 1 (a kernel running L samples side by side, spadc/backend/codegen.py), every
   value of a *lane block* (the top level, and the bodies of loops and comprehensions in it, but not
   a `cond`'s branches, which run sample by sample) has L copies, one per sample, `lane_stride`
-  bytes apart: its slot is L times as large; its scalars are arrays of L. A loop's or a
-  comprehension's index is shared by all samples. No value of a lane block is a view: a view's
+  bytes apart: its slot is L times as large; a scalar gets a slot of L elements (so no stack array
+  grows with L). A loop's or a comprehension's index is shared by all samples. No value of a lane block is a view: a view's
   pointer is made where it is defined, and lane blocks run op by op over the samples. In a run of
   ops that goes lane by lane (`lane_runs`), every storage alive during the run is alive through all
   of it.
@@ -104,6 +104,7 @@ def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = froz
     external = {v.id for v in program.body.params}
     storage = _Storage(schedule, float_bytes)
     lane_values = _lane_values(body) if lanes > 1 else {}
+    storage.lane_scalars = {v.id for values in lane_values.values() for v in values if not v.type.rank}
     _share_block(body, schedule, result, storage, external, set(writable), no_views=set(lane_values))
     if lanes > 1:  # every lane sees one storage for a param or a running sum (inputs: one per sample)
         common = {d.value.id for d in program.params} | set(writable)
@@ -182,9 +183,9 @@ def _widen(lane_values, plan_: MemoryPlan, storage: _Storage, external: set[int]
             if owner in external or owner in plan_.batched:
                 continue
             plan_.batched.add(owner)
-            if owner in storage.sizes:
+            if owner in storage.sizes:  # (a scalar's lanes are packed: one slot of `lanes` elements)
                 plan_.lane_stride[owner] = storage.sizes[owner]
-                storage.sizes[owner] *= lanes
+                storage.sizes[owner] = (storage.sizes[owner] * lanes + ALIGN - 1) // ALIGN * ALIGN
 
 
 def check_limit(program: Program, plan_: MemoryPlan, max_memory: int | None, kernel: str, float_bytes: int):
@@ -267,14 +268,17 @@ class _Storage:
         self.intervals: dict[int, list[int]] = {}  # owner id -> [first, last] time
         self.sizes: dict[int, int] = {}
         self.viewed: dict[int, int] = {}  # owner id -> the last use of any view into its bytes
+        self.lane_scalars: set[int] = set()  # ids of scalars with one copy per lane (in the workspace)
 
     def own(self, value: Value, during: Op | None = None):
         """Give `value` its own bytes; a value written `during` a region op (a loop's carried param,
-        copied into at each iteration's end; a stacked or branch result) keeps them to the op's end."""
-        if value.type.rank == 0:
+        copied into at each iteration's end; a stacked or branch result) keeps them to the op's end.
+        A scalar has none (a register), unless it has one per lane (`lane_scalars`): its element."""
+        if value.type.rank == 0 and value.id not in self.lane_scalars:
             return
         s = self.schedule
-        self.sizes[value.id] = slot_bytes(value, self.float_bytes)
+        self.sizes[value.id] = slot_bytes(value, self.float_bytes) if value.type.rank else \
+            element_size(value.type.dtype, self.float_bytes)
         if during is None:
             self.intervals[value.id] = [s.defined[value.id], s.last[value.id]]
         else:
