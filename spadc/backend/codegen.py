@@ -29,7 +29,7 @@ from llvmlite import ir
 
 from ..errors import Loc
 from ..ir.core import Block, Op, Value
-from .emitters import EMITTERS, llvm_name
+from .emitters import EMITTERS, elementwise_group, fusable, llvm_name
 from . import lane_ops
 from .memory import MemoryPlan, lane_runs
 
@@ -242,13 +242,27 @@ class FunctionEmitter:
         for op in block.ops:
             if id(op) in runs:
                 with self.samples():
-                    for member in runs[id(op)]:
-                        self._op(member)
+                    self._run(runs[id(op)])
             elif op.kind in ("loop", "tabulate"):
                 self._lane_region(op)
             elif id(op) not in in_run:
                 scratch = self.plan.scratch.get(id(op))
                 lane_ops.emit(self, op, None if scratch is None else self.b.gep(self.workspace, [I64(scratch)]))
+
+    def _run(self, run: list[Op]):
+        """A run's ops for the current lane; consecutive elementwise ops of one size in one loop
+        (a run keeps every storage it touches apart, which fusing needs)."""
+        k = 0
+        while k < len(run):
+            group = [run[k]]
+            while (fusable(group[0]) and k + len(group) < len(run) and fusable(run[k + len(group)])
+                   and run[k + len(group)].result.type.size == group[0].result.type.size):
+                group.append(run[k + len(group)])
+            if len(group) > 1:
+                elementwise_group(self, group)
+            else:
+                self._op(group[0])
+            k += len(group)
 
     def _lane_region(self, op: Op):
         # a loop or a comprehension, once for all lanes: the body op by op; the copies lane by lane

@@ -54,6 +54,29 @@ def _elementwise(e, op):
         e.store(out, j, _named(scalar(e, op, *values), out.hint))
 
 
+def fusable(op) -> bool:
+    """An elementwise op on tensors (scalar operands read once): one of a group in one loop."""
+    return op.kind in SCALAR and op.result.type.rank > 0 and all(
+        a.type.size == op.result.type.size for a in op.args if a.type.rank)
+
+
+def elementwise_group(e, ops):
+    """Consecutive `fusable` ops of one size in one loop over the entries: each entry of each
+    result computed, stored, and handed to the group's later ops as a register. Safe where no
+    storage alive during the group shares bytes with another unless they are one (a run of a lane
+    kernel, spadc/backend/memory.py): an op written in place over its operand reads each entry before
+    writing it, as alone."""
+    size = ops[0].result.type.size
+    scalars = {a.id: e.load(a) for op in ops for a in op.args if not a.type.rank}
+    with e.loop(size, "j") as j:
+        computed = {}
+        for op in ops:
+            values = [computed[a.id] if a.id in computed else scalars[a.id] if not a.type.rank else e.load(a, j)
+                      for a in op.args]
+            computed[op.result.id] = _named(SCALAR[op.kind](e, op, *values), op.result.hint)
+            e.store(op.result, j, computed[op.result.id])
+
+
 # ---- reductions ----------------------------------------------------------------------
 
 def _combine(e, op, acc, x):
