@@ -364,7 +364,9 @@ def outer_sum_over(e, g, x, out, m: int, n: int, count, at):
             else:
                 panel(I64(j0), lanes_of, vectors)
 
-    _tiles(e, m, SUM_ROWS, row_tile)
+    # The tallest tile that divides m: one shape of tile, so one copy of its code (a sum may not
+    # cover its edge twice, as the products that only write do).
+    _tiles(e, m, next(rows for rows in range(SUM_ROWS, 0, -1) if m % rows == 0), row_tile)
 
 
 # ---- emitters: one sample (spadc/backend/emitters.py); over lanes: spadc/backend/lane_ops.py ---
