@@ -22,7 +22,7 @@ a param, a running sum or another shared value the same for every lane.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from llvmlite import ir
@@ -212,10 +212,8 @@ class FunctionEmitter:
             self._op(op)
 
     def _op(self, op: Op):
-        if op.kind == "loop":
-            self._loop(op)
-        elif op.kind == "tabulate":
-            self._tabulate(op)
+        if op.kind in ("loop", "tabulate"):
+            self._counted(op, lanes=False)
         elif op.kind == "cond":
             self._cond(op)
         else:
@@ -244,7 +242,7 @@ class FunctionEmitter:
                 with self.samples():
                     self._run(runs[id(op)])
             elif op.kind in ("loop", "tabulate"):
-                self._lane_region(op)
+                self._counted(op, lanes=True)
             elif id(op) not in in_run:
                 scratch = self.plan.scratch.get(id(op))
                 lane_ops.emit(self, op, None if scratch is None else self.b.gep(self.workspace, [I64(scratch)]))
@@ -264,16 +262,18 @@ class FunctionEmitter:
                 self._op(group[0])
             k += len(group)
 
-    def _lane_region(self, op: Op):
-        # a loop or a comprehension, once for all lanes: the body op by op; the copies lane by lane
+    def _counted(self, op: Op, lanes: bool):
+        """A loop or a comprehension: for t in lo..hi (reversed: hi-1 down to lo): the body; row t-lo
+        of each stacked result <- its yield; a loop's carried params <- its first yields. With
+        `lanes`, once for all the block's lanes: the body op by op (`lane_block`), the copies lane
+        by lane."""
         (body,) = op.regions
         lo, hi = op.attrs["lo"], op.attrs["hi"]
-        looping = op.kind == "loop"
-        n = len(op.args) if looping else 0
-        if looping:
-            with self.samples():
-                for arg, param in zip(op.args, body.params[1:]):
-                    self.copy(arg, param)
+        n = len(op.args) if op.kind == "loop" else 0
+        each_lane = self.samples if lanes else nullcontext
+        with each_lane():
+            for arg, param in zip(op.args, body.params[1:]):
+                self.copy(arg, param)
         if hi <= lo:
             return
         with self.loop(hi - lo, op.attrs["var"]) as j:
@@ -281,38 +281,16 @@ class FunctionEmitter:
             self.store(body.params[0], None, t)
             row = self.b.sub(t, I64(lo))
             with self._nested_iteration(hi - lo, row):
-                self.lane_block(body)
-            with self.samples():
+                (self.lane_block if lanes else self.block)(body)
+            with each_lane():
                 for value, kept in zip(body.yields[n:], op.results[n:]):
                     self.copy(value, kept, self.b.mul(row, I64(value.type.size)))
-                if looping:
+                if n:
                     self._carry(op, body.yields[:n], body.params[1:])
-            if id(op) in self.tape_bytes:
+            if id(op) in self.tape_bytes:  # bytes kept per iteration and sample
                 counter = self.options["stored"]
-                kept = self.b.mul(self.count, I64(self.tape_bytes[id(op)]))
+                kept = self.b.mul(self.count, I64(self.tape_bytes[id(op)])) if lanes else I64(self.tape_bytes[id(op)])
                 self.b.store(self.b.add(self.b.load(counter), kept), counter)
-
-    def _loop(self, op: Op):
-        # for t in lo..hi (or reversed): body; carried <- yields[:n]; row t-lo of each kept value <- yields[n:]
-        (body,) = op.regions
-        n = len(op.args)
-        lo, hi = op.attrs["lo"], op.attrs["hi"]
-        for arg, param in zip(op.args, body.params[1:]):
-            self.copy(arg, param)
-        if hi <= lo:
-            return
-        with self.loop(hi - lo, op.attrs["var"]) as j:
-            t = self.b.sub(I64(hi - 1), j) if op.attrs.get("reverse") else self.b.add(I64(lo), j)
-            self.store(body.params[0], None, t)
-            row = self.b.sub(t, I64(lo))
-            with self._nested_iteration(hi - lo, row):
-                self.block(body)
-            for value, kept in zip(body.yields[n:], op.results[n:]):
-                self.copy(value, kept, self.b.mul(row, I64(value.type.size)))
-            if id(op) in self.tape_bytes:
-                counter = self.options["stored"]
-                self.b.store(self.b.add(self.b.load(counter), I64(self.tape_bytes[id(op)])), counter)
-            self._carry(op, body.yields[:n], body.params[1:])
 
     @contextmanager
     def _nested_iteration(self, trips: int, position):
@@ -344,18 +322,6 @@ class FunctionEmitter:
             staged.append(temp)
         for temp, param in zip(staged, params):
             self.copy(temp, param)
-
-    def _tabulate(self, op: Op):
-        # for i in lo..hi: body; row i-lo of each result <- the matching yield
-        (body,) = op.regions
-        lo, hi = op.attrs["lo"], op.attrs["hi"]
-        with self.loop(hi - lo, op.attrs["var"]) as j:
-            i = self.b.add(I64(lo), j)
-            self.store(body.params[0], None, i)
-            with self._nested_iteration(hi - lo, j):
-                self.block(body)
-            for value, result in zip(body.yields, op.results):
-                self.copy(value, result, self.b.mul(j, I64(value.type.size)))
 
     def _cond(self, op: Op):
         # br c, then, else; each branch copies its yields into the results
