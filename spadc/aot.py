@@ -35,7 +35,8 @@ from . import frontend, passes
 from .ad.reverse import gradient
 from contextlib import nullcontext
 
-from .backend import gemm, jit, kernels
+from .backend import jit, kernels
+from .backend.target import for_target
 from .backend.codegen import I64
 from .errors import SpadcError
 
@@ -79,7 +80,7 @@ def build(path: str, output: str, header: str | None = None, target: str | None 
             check_writable(target_path, what)
     shared = output.endswith(".so")
     # For the host: the JIT's code; for another target, no FMA and no 128-bit multiply assumed.
-    with gemm.for_target(fused=False, wide=False) if target is not None else nullcontext():
+    with for_target(fused=False, wide=False) if target is not None else nullcontext():
         module, layout, prefix = kernels_module(path, dtype, estimators, keep, policy, draw, share, shared,
                                                 native=target is None)
     machine = _target_machine(target, cpu)

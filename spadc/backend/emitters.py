@@ -22,6 +22,7 @@ from llvmlite import ir
 from .. import rng
 from ..ir import primitives
 from . import gemm
+from .target import has_wide_multiply
 from .scalar import SCALAR, fconst, is_float
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
@@ -337,7 +338,7 @@ def _signed(word: int) -> int:
 def _mulhilo(b, a, multiplier: int):
     """(high, low) words of a * multiplier: one 128-bit multiply on a 64-bit machine, else from
     32-bit halves as in rng.mulhilo (on a 32-bit target a 128-bit multiply is a library call)."""
-    if gemm.has_wide_multiply():
+    if has_wide_multiply():
         wide = ir.IntType(128)
         product = b.mul(b.zext(a, wide), ir.Constant(wide, multiplier))
         return b.trunc(b.lshr(product, ir.Constant(wide, 64)), I64), b.trunc(product, I64)

@@ -5,7 +5,7 @@ A lane kernel (spadc/backend/codegen.py) runs `W @ x` for all its lanes as one p
 the matrix of their x's, `g @ W` likewise, and a weight gradient's running sum `outer_add(acc, g,
 x)` as acc += G^T X over the lanes: each matrix entry is read once per block instead of once per
 sample, and the loops are register tiles of explicit vectors (V entries of 32 bytes: 4 doubles
-or 8 floats).
+or 8 floats; 64 bytes for `x @ W` and the sums where the target has AVX-512, measured faster).
 
 Invariants:
 - Each entry is computed in one fixed order whatever the tile it falls in, so a sample's results
@@ -23,11 +23,9 @@ Invariants:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from functools import lru_cache
-
-import llvmlite.binding as llvm
 from llvmlite import ir
+
+from .target import has_fma, has_wide_vectors
 
 I32, I64 = ir.IntType(32), ir.IntType(64)
 VECTOR_BYTES = 32
@@ -40,48 +38,6 @@ def width(e, wide: bool = False) -> int:
     """Entries per vector: 32 bytes, or (`wide`) the target's widest (64 bytes with AVX-512)."""
     vector_bytes = 64 if wide and has_wide_vectors() else VECTOR_BYTES
     return vector_bytes // (8 if e.float == ir.DoubleType() else 4)
-
-
-class _Target:
-    """What the code is emitted for: None means the host's (what the JIT compiles for)."""
-    fused: bool | None = None  # FMA instructions
-    wide: bool | None = None  # a 64 x 64 -> 128-bit multiply in one instruction (a 64-bit machine)
-    vectors: bool | None = None  # 64-byte vectors (AVX-512)
-
-
-TARGET = _Target()
-
-
-@contextmanager
-def for_target(fused: bool, wide: bool, vectors: bool = False):
-    """Emit for another target than the host (ahead-of-time builds)."""
-    outer = TARGET.fused, TARGET.wide, TARGET.vectors
-    TARGET.fused, TARGET.wide, TARGET.vectors = fused, wide, vectors
-    try:
-        yield
-    finally:
-        TARGET.fused, TARGET.wide, TARGET.vectors = outer
-
-
-@lru_cache(maxsize=1)
-def _host() -> tuple[bool, bool, bool]:
-    llvm.initialize_native_target()
-    triple = llvm.get_process_triple()
-    features = llvm.get_host_cpu_features().flatten().split(",")
-    return ("+fma" in features, triple.startswith(("x86_64", "aarch64", "arm64", "powerpc64", "riscv64", "s390x")),
-            "+avx512f" in features)
-
-
-def has_fma() -> bool:
-    return TARGET.fused if TARGET.fused is not None else _host()[0]
-
-
-def has_wide_multiply() -> bool:
-    return TARGET.wide if TARGET.wide is not None else _host()[1]
-
-
-def has_wide_vectors() -> bool:
-    return TARGET.vectors if TARGET.vectors is not None else _host()[2]
 
 
 def _fma_intrinsic(module, type_):
