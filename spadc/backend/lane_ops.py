@@ -5,8 +5,8 @@ memory planner (what breaks a run, what scratch an op needs) and the code genera
   product (spadc/backend/gemm.py);
 - `outer_add` into a running sum: acc += G^T X over the lanes (gemm.py);
 - `gate_outer_add` into a running sum, draws with replacement: the kept columns of all lanes
-  added through a transposed panel (spadc/backend/gates.py), so a sampled weight gradient costs
-  what it keeps.
+  added through a transposed panel (spadc/backend/gates.py): a sampled weight gradient costs
+  what it keeps, plus one pass over the sum per block of lanes.
 
 Invariant: `takes_lanes(op, shared)` depends only on the op and on which values every lane shares,
 so the planner and the code generator cut a block into the same runs.
