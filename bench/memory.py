@@ -5,7 +5,8 @@
 Three models: the 64-256-256-10 digits MLP, the IRNN reading upsampled digits row by row (28
 steps), and reaction-diffusion over 10,000 steps. For each estimator and keep: the tape per sample
 as the compiled code counted it on a training step, the peak workspace one gradient kernel call
-allocates (the memory plan: tape and every temporary), the final loss and, for the classifiers,
+allocates (the memory plan: tape and every temporary; models are compiled with one lane, the
+least memory, so that the workspace is one sample's), the final loss and, for the classifiers,
 the accuracy on the held-out digits (chance is 10%). When PyTorch is installed (the `peers`
 extra), its saved-activation bytes for the same MLP and IRNN stand beside spadc's tape.
 Every figure is determined by the seeds: rerunning the command reproduces the tables.
@@ -28,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 KEEPS = (1.0, 0.3, 0.1, 0.03)
 BATCH = 32
+LANES = 1  # one sample at a time: the workspace figures are one sample's (more lanes hold that many)
 SEED = 0
 
 
@@ -61,7 +63,7 @@ def digit_rows(split: str) -> dict:
 def diffusion_task() -> Task:
     grid = np.arange(64) / 64
     u0 = 0.5 + 0.1 * np.cos(2 * np.pi * grid)
-    model = spadc.compile_file(os.path.join(EXAMPLES, "reaction_diffusion_long.spad"))
+    model = spadc.compile_file(os.path.join(EXAMPLES, "reaction_diffusion_long.spad"), lanes=LANES)
     truth = {"source": 0.5 * np.sin(2 * np.pi * grid), "rate": 1.0}
     target = model.forward(u0=u0, target=np.zeros(64), params=truth).outputs["final"]
     return Task("Reaction-diffusion, 10,000 steps (fit the source to one trajectory)", model,
@@ -75,9 +77,10 @@ def diffusion_task() -> Task:
 
 def tasks() -> list[Task]:
     return [
-        Task("MLP 64-256-256-10 on the digits", spadc.compile_file(os.path.join(EXAMPLES, "mlp_digits.spad")),
+        Task("MLP 64-256-256-10 on the digits", spadc.compile_file(os.path.join(EXAMPLES, "mlp_digits.spad"),
+                                                                   lanes=LANES),
              digits("train"), digits("test"), 500, 1e-3, BATCH),
-        Task("IRNN, 28 rows of upsampled digits", spadc.compile_file(os.path.join(EXAMPLES, "irnn.spad")),
+        Task("IRNN, 28 rows of upsampled digits", spadc.compile_file(os.path.join(EXAMPLES, "irnn.spad"), lanes=LANES),
              digit_rows("train"), digit_rows("test"), 1000, 1e-3, BATCH),
         diffusion_task(),
     ]
