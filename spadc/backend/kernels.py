@@ -22,7 +22,11 @@ run-time check that failed, with status = [check, offending value, sample].
 
 Invariants:
 - `grad_*` writes the mean loss and the mean gradient over the n samples; `forward` one loss each.
-- Samples are keyed by `sample_offset + s`, so a batch split across calls gives the same bits.
+- Samples are keyed by `sample_offset + s`, so a batch split across calls gives the same draws.
+- A kernel with `lanes` > 1 (its entry says how many) runs the samples in blocks of that many,
+  side by side (spadc/backend/codegen.py, `lane_block`); its workspace holds every lane's values.
+  A sample's forward values are the same bits as with one lane; a running sum adds the block's
+  contributions in an order that depends on the lanes (to rounding).
 """
 
 from __future__ import annotations
