@@ -112,14 +112,20 @@ class Lanes:
         return level[0][0]
 
     def transpose(self, vectors):
-        """As many vectors as a vector has entries, transposed: out[j][i] = vectors[i][j]."""
-        undefined = ir.Constant(self.type, ir.Undefined)
-        out = []
-        for j in range(self.width):
-            row = undefined
-            for i, v in enumerate(vectors):
-                row = self.b.insert_element(row, self.b.extract_element(v, I32(j)), I32(i))
-            out.append(row)
+        """As many vectors as a vector has entries, transposed: out[j][i] = vectors[i][j]. Each
+        stage swaps one bit of the vector's index with the same bit of the entry's (two shuffles
+        per pair of vectors), so log2(width) stages transpose."""
+        out, w = list(vectors), self.width
+        bit = 1
+        while bit < w:
+            mask = lambda picks: ir.Constant(ir.VectorType(I32, w), picks)  # noqa: E731
+            for i in (i for i in range(w) if not i & bit):
+                j = i | bit
+                low = [l if not l & bit else w + (l ^ bit) for l in range(w)]
+                high = [l ^ bit if not l & bit else w + l for l in range(w)]
+                out[i], out[j] = (self.b.shuffle_vector(out[i], out[j], mask(low)),
+                                  self.b.shuffle_vector(out[i], out[j], mask(high)))
+            bit *= 2
         return out
 
     def total(self, vector):
