@@ -37,6 +37,12 @@ from .reverse import GradientProgram, place_of, gradient
 from .tangents import TANGENTS
 
 TANGENT = "_tangent."  # prefix of the tangent inputs (one per param) and outputs
+
+
+def is_direction(name: str) -> bool:
+    """Whether an input of a product program is the direction: the same for every sample (the
+    runtime passes it at stride 0), so kernels may read it as they read a param."""
+    return name.startswith(TANGENT)
 HVP = "_hvp."  # prefix of a Hessian product's running sums, beside the gradient's
 
 

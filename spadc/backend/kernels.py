@@ -37,6 +37,7 @@ from llvmlite import ir
 
 from spadrt.abi import ABI_VERSION
 
+from ..ad.forward import is_direction
 from ..ad.reverse import GradientProgram
 from ..ad.sampling import score_width
 from ..ad.tape import plan_tape, value_bytes
@@ -126,14 +127,20 @@ def _bind_sample(e, program: Program, inputs, args, layout, s, params=None, eval
 
 
 def _bind_lanes(e, program: Program, inputs, args, layout) -> dict:
-    """Lane kernels: the params once for all samples; returns each input's (sample 0, stride)."""
+    """Lane kernels: the params, and a product's direction (passed at stride 0), once for all
+    samples; returns each other input's (sample 0, stride)."""
     b = e.b
     offsets = {p["name"]: p["offset"] for p in layout["params"]}
     for decl in program.params:
         e.bind(decl.value, b.gep(args["params"], [I64(offsets[decl.name])], inbounds=True, name=decl.name))
-    return {decl.value.id: (b.load(b.gep(args["inputs"], [I64(k)]), name=decl.name),
-                            b.load(b.gep(args["input_strides"], [I64(k)])))
-            for k, decl in enumerate(inputs)}
+    per_sample = {}
+    for k, decl in enumerate(inputs):
+        base = b.load(b.gep(args["inputs"], [I64(k)]), name=decl.name)
+        if is_direction(decl.name):
+            e.bind(decl.value, base)
+        else:
+            per_sample[decl.value.id] = (base, b.load(b.gep(args["input_strides"], [I64(k)])))
+    return per_sample
 
 
 @contextmanager

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from spadrt import limits
 from spadrt.limits import format_bytes
 
+from ..ad.forward import is_direction
 from ..ad.tape import value_bytes
 from ..errors import SpadcError
 from ..ir import primitives
@@ -106,8 +107,9 @@ def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = froz
     lane_values = _lane_values(body) if lanes > 1 else {}
     storage.lane_scalars = {v.id for values in lane_values.values() for v in values if not v.type.rank}
     _share_block(body, schedule, result, storage, external, set(writable), no_views=set(lane_values))
-    if lanes > 1:  # every lane sees one storage for a param or a running sum (inputs: one per sample)
-        common = {d.value.id for d in program.params} | set(writable)
+    if lanes > 1:  # every lane sees one storage for a param, a running sum or a product's direction
+        common = ({d.value.id for d in program.params} | set(writable)
+                  | {d.value.id for d in program.inputs if is_direction(d.name)})
         shared = lambda value: result.storage_of(value.id) in common  # noqa: E731
         _lane_scratch(body, schedule, result, storage, shared, lanes)
         _span_runs(body, schedule, storage, shared)
