@@ -33,10 +33,10 @@ Invariants:
   value of a *lane block* (the top level, and the bodies of loops and comprehensions in it, but not
   a `cond`'s branches, which run sample by sample) has L copies, one per sample, `lane_stride`
   bytes apart: its slot is L times as large; a scalar gets a slot of L elements (so no stack array
-  grows with L). A loop's or a comprehension's index is shared by all samples. No value of a lane block is a view: a view's
-  pointer is made where it is defined, and lane blocks run op by op over the samples. In a run of
-  ops that goes lane by lane (`lane_runs`), every storage alive during the run is alive through all
-  of it.
+  grows with L). A loop's or a comprehension's index is shared by all samples. No value of a lane
+  block is a view: a view's pointer is made where it is defined, and lane blocks run op by op over
+  the samples. In a run of ops that goes lane by lane (`lane_runs`), every storage alive during
+  the run is alive through all of it.
 - A plan larger than the memory limit is refused before any code is emitted, with the place of
   the op whose result takes the most of it (for a long loop, its tape).
 """
