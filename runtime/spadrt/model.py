@@ -220,6 +220,14 @@ class Model:
                                                     threads, merge_inputs(inputs, keyword_inputs), state)
         return loss, flat, measured
 
+    def _flat_grad_into(self, out: np.ndarray, *, estimator=None, training=False, seed=0, step=None,
+                        sample_offset=0, threads=None, state=None, inputs=None):
+        """`flat_grad` writing the gradient into `out` when it can (a training loop's own buffer,
+        reused every step: a fresh array of a large model's size costs page faults each time)."""
+        loss, flat, measured, _, _ = self._gradient(None, estimator, training, seed, step, sample_offset, threads,
+                                                    inputs or {}, state, out=out)
+        return loss, flat, measured
+
     # ---- curvature products (CURVATURE.md section 1; spadrt/products.py) --------------------
 
     def jvp(self, v, *, params=None, training: bool = False, seed: int = 0, step: int = 0, sample_offset: int = 0,
@@ -275,7 +283,7 @@ class Model:
         from .training import fit
         return fit(self, data, **options)
 
-    def _gradient(self, params, estimator, training, seed, step, offset, threads, inputs, state=None):
+    def _gradient(self, params, estimator, training, seed, step, offset, threads, inputs, state=None, out=None):
         estimator = resolve(estimator)
         options = Options.check(training, seed, 0 if step is None else step, offset)
         prepared = self._inputs(inputs, state)
@@ -291,7 +299,7 @@ class Model:
             loss, flat, measured, entry = spad_gradient(self, estimator, step, call)
         else:
             entry, function = self._variant(estimator.sampling)
-            loss, flat, measured = self._run(entry, function, step=step or 0, **call)
+            loss, flat, measured = self._run(entry, function, step=step or 0, out=out, **call)
         return loss, flat, measured / prepared.n, entry, prepared.n
 
     def _particles(self):
@@ -319,7 +327,7 @@ class Model:
         return entry, function
 
     def _run(self, entry, function, *, prepared, flat, training, seed, step, offset, threads=1, site_data=None,
-             scores=None):
+             scores=None, out=None):
         """Call one gradient kernel over the batch, in chunks: (mean loss, flat gradient, tape bytes
         stored over the batch). Chunks' means are weighted by their sizes and summed in chunk order;
         their scores are added to `scores` in chunk order."""
@@ -327,11 +335,14 @@ class Model:
         n = prepared.n
         size = entry.get("grad_size", self._flat.size)
         pooled = n > calls.CHUNK  # each chunk's gradient is a buffer of the pool, reused
+        if out is not None and (out.size != size or out.dtype != self._float):
+            out = None
 
         flat_address, data_address, float_type = calls.address(flat), calls.address(data), self._float
 
         def chunk(start: int, stop: int):
-            grads = self._buffers.take(size, float_type) if pooled else np.empty(size, dtype=float_type)
+            grads = (self._buffers.take(size, float_type) if pooled else
+                     out if out is not None else np.empty(size, dtype=float_type))
             score_buffer = np.zeros_like(scores) if scores is not None else NO_DATA
             scratch = self._scratch.take()
             try:
@@ -359,7 +370,7 @@ class Model:
         loss = sum(part_loss * count for count, part_loss, *_ in parts) / n
         stored = sum(part[3] for part in parts)
         whole = [part[2] for part in parts if part[0] == calls.CHUNK]
-        grads = np.empty(size, dtype=self._float)
+        grads = out if out is not None else np.empty(size, dtype=self._float)
         if whole:
             if len(whole) == 1:
                 np.copyto(grads, whole[0])

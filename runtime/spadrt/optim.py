@@ -38,6 +38,7 @@ class SGD:
     weight_decay: float = 0.0
     dampening: float = 0.0
     _buffer: np.ndarray | None = field(default=None, init=False, repr=False)
+    _copy: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         self.lr = _positive("lr", self.lr)
@@ -47,7 +48,13 @@ class SGD:
             raise SpadcError("nesterov momentum needs momentum > 0 and no dampening")
 
     def step(self, params: np.ndarray, grads: np.ndarray, lr: float):
-        g = grads + self.weight_decay * params if self.weight_decay else grads.copy()
+        if self.weight_decay:
+            g = grads + self.weight_decay * params
+        else:  # a copy into a buffer of its own (a fresh one would page in the model's size each step)
+            if self._copy is None or self._copy.shape != grads.shape:
+                self._copy = np.empty_like(grads)
+            g = self._copy
+            np.copyto(g, grads)
         if self.momentum:
             if self._buffer is None:
                 self._buffer = g.copy()
@@ -55,7 +62,11 @@ class SGD:
                 self._buffer *= self.momentum
                 self._buffer += (1 - self.dampening) * g
             g = g + self.momentum * self._buffer if self.nesterov else self._buffer
-        params -= lr * g
+        if g is self._buffer:
+            params -= lr * g
+        else:  # g is this step's own array: scaled where it is (the same bits as lr * g)
+            g *= lr
+            params -= g
 
 
 @dataclass
@@ -68,6 +79,7 @@ class Adam:
     _m: np.ndarray | None = field(default=None, init=False, repr=False)
     _v: np.ndarray | None = field(default=None, init=False, repr=False)
     _t: int = field(default=0, init=False, repr=False)
+    _work: tuple = field(default=(), init=False, repr=False)
 
     def __post_init__(self):
         self.lr = _positive("lr", self.lr)
@@ -81,6 +93,7 @@ class Adam:
         b1, b2 = self.betas
         if self._m is None:
             self._m, self._v = np.zeros_like(params), np.zeros_like(params)
+            self._work = (np.empty_like(params), np.empty_like(params))
         self._t += 1
         g = grads
         if self.weight_decay:
@@ -88,13 +101,24 @@ class Adam:
                 params *= 1 - lr * self.weight_decay
             else:
                 g = grads + self.weight_decay * params
-        self._m += (1 - b1) * (g - self._m)  # torch's lerp
+        # The same operations in the same order as the plain expressions (the same bits), into two
+        # work buffers: temporaries of a large model's size cost more than the arithmetic.
+        work, other = self._work
+        np.subtract(g, self._m, out=work)
+        work *= 1 - b1
+        self._m += work  # torch's lerp: m + (1 - b1) (g - m)
         self._v *= b2
-        self._v += (1 - b2) * (g * g)
+        np.multiply(g, g, out=work)
+        work *= 1 - b2
+        self._v += work
         bias1 = 1 - b1 ** self._t
         bias2 = 1 - b2 ** self._t
-        denominator = np.sqrt(self._v) / math.sqrt(bias2) + self.eps
-        params -= (lr / bias1) * (self._m / denominator)  # torch's addcdiv
+        np.sqrt(self._v, out=other)
+        other /= math.sqrt(bias2)
+        other += self.eps  # the denominator
+        np.divide(self._m, other, out=work)
+        work *= lr / bias1
+        params -= work  # torch's addcdiv
 
 
 def AdamW(lr: float = 0.001, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01) -> Adam:

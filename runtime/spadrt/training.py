@@ -90,6 +90,7 @@ def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimi
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 0x5EED])))
     bar = _Progress(None if quiet else (stream or sys.stderr))
     history = History()
+    gradient = np.empty_like(model.flat_params)  # every step's gradient, written here
     position = {"step": 0, "epoch": 0}
     with _interruptible(history, bar, lambda: f"interrupted at step {position['step']} "
                                               f"(epoch {position['epoch'] + 1} of {epochs})"):
@@ -104,7 +105,7 @@ def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimi
                 options = {} if isinstance(estimator, SPAD) else {"step": step}
                 loss = _take_step(model, optimizer, lr, history, bar,
                                   f"step {step} (epoch {epoch + 1}, minibatch {first // batch_size + 1})",
-                                  precondition, step, estimator=estimator, training=True, seed=seed,
+                                  precondition, step, gradient, estimator=estimator, training=True, seed=seed,
                                   sample_offset=first,
                                   threads=threads, inputs={name: values[batch] for name, values in train.items()},
                                   **options)
@@ -138,6 +139,7 @@ def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quie
     steps = _count("steps", steps)
     bar = _Progress(None if quiet else (stream or sys.stderr))
     history = History()
+    gradient = np.empty_like(model.flat_params)  # every step's gradient, written here
     with _interruptible(history, bar, lambda: f"interrupted at step {history.steps} of {steps}"):
         state = None  # None: the states' initial values
         for step in range(steps):
@@ -149,7 +151,7 @@ def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quie
                 carried = state  # this truncation starts where the last one ended, with the params it had
                 state = model.forward(state=carried, training=True, seed=seed, step=step, threads=threads).state
                 options["state"] = carried
-            loss = _take_step(model, optimizer, lr, history, bar, f"step {step}", precondition, step,
+            loss = _take_step(model, optimizer, lr, history, bar, f"step {step}", precondition, step, gradient,
                               estimator=estimator,
                               training=True, seed=seed, threads=threads, **options)
             if loss is None:
@@ -163,10 +165,12 @@ def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quie
 
 
 def _take_step(model, optimizer, lr: float, history: History, bar, where: str, precondition, number: int,
-               **grad_options) -> float | None:
+               out: np.ndarray, **grad_options) -> float | None:
     """Optimiser step `number` (from 0) with a gradient (preconditioned if asked), then the bounds;
-    None, with `history.stopped` saying where, when the loss is not finite."""
-    loss, flat, measured = model.flat_grad(**grad_options)
+    None, with `history.stopped` saying where, when the loss is not finite. The gradient is written
+    into `out`, the run's own buffer (consumed by this step: a fresh array of a large model's size
+    costs page faults every step)."""
+    loss, flat, measured = model._flat_grad_into(out, **grad_options)
     if not math.isfinite(loss):
         history.stopped = f"the loss became {loss} at {where}; training stopped"
         bar.message(history.stopped)
