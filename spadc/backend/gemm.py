@@ -264,31 +264,24 @@ def vecmat_over(e, x, W, y, k_dim: int, n: int, count, at):
         for (c, u), accumulator in accumulators.items():
             lanes_of.store(b.load(accumulator), targets[c], b.add(j0, I64(u * lanes_of.width)))
 
-    def columns(lanes):
-        for j0, lanes_of, vectors in _column_panels(e, n, vector_width):
-            if isinstance(j0, tuple):  # a loop of full panels
-                steps, step = j0
-                with e.loop(steps, "panel") as p:
-                    panel(b.mul(p, I64(step)), lanes_of, vectors, lanes)
-            else:
-                panel(I64(j0), lanes_of, vectors, lanes)
-
-    _covering(e, count, PANEL_LANES, columns)
+    _covering(e, count, PANEL_LANES,
+              lambda lanes: _over_columns(e, n, vector_width, lambda *where: panel(*where, lanes)))
 
 
-def _column_panels(e, n: int, vector_width: int):
-    """How n columns are covered: (steps, step) of full panels of PANEL_VECTORS vectors, then single
-    vectors, then single columns (j0, lane type, vectors per panel)."""
+def _over_columns(e, n: int, vector_width: int, panel):
+    """panel(first column, lane type, vectors) over n columns: a loop of full panels of
+    PANEL_VECTORS vectors, then single vectors, then single columns."""
     step = PANEL_VECTORS * vector_width
     full = n // step
     if full:
-        yield (full, step), Lanes(e, vector_width), PANEL_VECTORS
+        with e.loop(full, "panel") as p:
+            panel(e.b.mul(p, I64(step)), Lanes(e, vector_width), PANEL_VECTORS)
     j = full * step
     while j + vector_width <= n:
-        yield j, Lanes(e, vector_width), 1
+        panel(I64(j), Lanes(e, vector_width), 1)
         j += vector_width
     while j < n:
-        yield j, Lanes(e, 1), 1
+        panel(I64(j), Lanes(e, 1), 1)
         j += 1
 
 
@@ -318,13 +311,7 @@ def outer_sum_over(e, g, x, out, m: int, n: int, count, at):
             for accumulator, start in zip(accumulators, starts):
                 lanes_of.store(b.load(accumulator), target, start)
 
-        for j0, lanes_of, vectors in _column_panels(e, n, vector_width):
-            if isinstance(j0, tuple):
-                steps, step = j0
-                with e.loop(steps, "panel") as p:
-                    panel(b.mul(p, I64(step)), lanes_of, vectors)
-            else:
-                panel(I64(j0), lanes_of, vectors)
+        _over_columns(e, n, vector_width, panel)
 
     # The tallest tile that divides m: one shape of tile, so one copy of its code (a sum may not
     # cover its edge twice, as the products that only write do).
