@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     llvm = add("llvm", help="print the LLVM IR that is compiled")
     llvm.add_argument("file", metavar="FILE.spad")
     llvm.add_argument("--grad", action="store_true", help="the gradient kernel, not the forward kernel")
-    llvm.add_argument("--optimised", action="store_true", help="the whole module after LLVM's optimisation")
+    llvm.add_argument("--optimised", action="store_true", help="the kernel's module after LLVM's optimisation")
     llvm.add_argument("--dtype", choices=api.DTYPES, default="f64", help="the float type of the whole program")
     llvm.set_defaults(run=commands_.llvm)
 

@@ -50,10 +50,12 @@ def ir(args) -> int:
 
 def llvm(args) -> int:
     compiled = api.build_file(args.file, args.dtype)
+    kind = "grad" if args.grad else "forward"
     if args.optimised:
-        sys.stdout.write(compiled.machine.optimised_ir)
+        machine = compiled.machine if args.grad else compiled.kernel(kind)[1]
+        sys.stdout.write(machine.optimised_ir)
     else:
-        sys.stdout.write(compiled.function_ir("grad" if args.grad else "forward") + "\n")
+        sys.stdout.write(compiled.function_ir(kind) + "\n")
     return 0
 
 
