@@ -428,25 +428,44 @@ def _dropout_mask(e, op):
                 e.store(out, j if out.type.rank else None, fconst(e, 1.0))
 
 
+BYTES_PER_WORD = ir.VectorType(I8, 64)  # a word's 64 bools, one byte each as stored
+BITS_PER_WORD = ir.VectorType(I1, 64)
+
+
+def _word_bytes(e, value, w):
+    """The 64 bools of word w of `value` (whole words only) as one <64 x i8>."""
+    at = e.b.gep(e.pointer(value), [e.b.mul(w, I64(64))], inbounds=True)
+    return e.b.bitcast(at, BYTES_PER_WORD.as_pointer())
+
+
 def _pack_bits(e, op):
-    # words = 0; for j: words[j / 64] |= x[j] << (j % 64)
+    # words[w] = bit j % 64 set where x[64 w + j]: a whole word is one compare of 64 bytes (a mask
+    # move on x86), the bits past the last whole word one by one
     x, out = op.args[0], op.result
     b = e.b
-    with e.loop(out.type.size, "w") as w:
-        e.store(out, w, I64(0))
-    with e.loop(x.type.size, "j") as j:
-        word = b.lshr(j, I64(6))
-        bit = b.shl(b.zext(e.load(x, j), I64), b.and_(j, I64(63)))
-        e.store(out, word, b.or_(e.load(out, word), bit))
+    whole, rest = divmod(x.type.size, 64)
+    with e.loop(whole, "w") as w:
+        loaded = b.load(_word_bytes(e, x, w), align=1)
+        e.store(out, w, b.bitcast(b.icmp_unsigned("!=", loaded, ir.Constant(BYTES_PER_WORD, None)), I64))
+    if rest:
+        e.store(out, I64(whole), I64(0))
+        with e.loop(rest, "j") as j:
+            bit = b.shl(b.zext(e.load(x, b.add(j, I64(whole * 64))), I64), j)
+            e.store(out, I64(whole), b.or_(e.load(out, I64(whole)), bit))
 
 
 def _unpack_bits(e, op):
-    # out[j] = (words[j / 64] >> (j % 64)) & 1
+    # out[64 w + j] = bit j of words[w]
     words, out = op.args[0], op.result
     b = e.b
-    with e.loop(out.type.size, "j") as j:
-        word = e.load(words, b.lshr(j, I64(6)))
-        e.store(out, j, b.trunc(b.lshr(word, b.and_(j, I64(63))), I1))
+    whole, rest = divmod(out.type.size, 64)
+    with e.loop(whole, "w") as w:
+        bits = b.bitcast(e.load(words, w), BITS_PER_WORD)
+        b.store(b.zext(bits, BYTES_PER_WORD), _word_bytes(e, out, w), align=1)
+    if rest:
+        word = e.load(words, I64(whole))
+        with e.loop(rest, "j") as j:
+            e.store(out, b.add(j, I64(whole * 64)), b.trunc(b.lshr(word, j), I1))
 
 
 def _record(e, op):
