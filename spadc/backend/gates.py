@@ -17,6 +17,8 @@ from . import gemm
 from .emitters import I64, stream_key, uniform_loop
 from .scalar import call
 
+I32 = ir.IntType(32)
+
 DOUBLE = ir.DoubleType()
 
 
@@ -203,104 +205,132 @@ def _gate_outer_add(e, op):
 
 # ---- gate_outer_add over the lanes of a block (spadc/backend/lane_ops.py) -------------------
 
-PANEL_VECTORS = 4  # rows of the running sum per transposed panel, in vectors
-
-
-def _panel_rows(float_bytes: int) -> int:
-    return PANEL_VECTORS * gemm.VECTOR_BYTES // float_bytes
+TILE_ACCUMULATORS = 16  # vector accumulators of a tile: its rows (vectors) times its columns (a vector's width)
 
 
 def _aligned(size: int) -> int:
     return (size + 63) // 64 * 64
 
 
+def _scratch_layout(op, lanes: int, float_bytes: int):
+    """Byte offsets in the scratch of: the draws (column, scaled value) in lane order, the column
+    counts, and the draws sorted by column (lane, scaled value); and the total size."""
+    draws, n = lanes * op.attrs["k"], op.result.type.shape[1]
+    sizes = dict(columns=draws * 8, values=draws * float_bytes, counts=(n + 2) * 8, lanes=draws * 8,
+                 sorted_values=draws * float_bytes)
+    offsets, total = {}, 0
+    for name, size in sizes.items():
+        offsets[name] = total
+        total += _aligned(size)
+    return offsets, total
+
+
 def lane_scratch_bytes(op, lanes: int, float_bytes: int) -> int:
-    """Every lane's draws (column, scaled value), and one transposed panel of the running sum."""
-    k, n = op.attrs["k"], op.result.type.shape[1]
-    return _aligned(lanes * k * 8) + _aligned(lanes * k * float_bytes) + n * _panel_rows(float_bytes) * float_bytes
+    return _scratch_layout(op, lanes, float_bytes)[1]
 
 
 def lane_outer_add(e, op, scratch):
-    """out[:, column] += a * value for every lane's draws (with replacement): the draws are listed
-    first; then, panel by panel of rows, added into a transposed panel T[column, row] (contiguous:
-    a vector per draw and row group) that is then added into the panel's rows. Rows below a whole
-    panel take the draws straight. Cost: the kept columns, plus a pass over the sum per block."""
+    """out[:, column] += a * value for every lane's draws (with replacement). The draws are listed,
+    sorted by column (a counting sort, stable: lane order within a column), then for each tile of
+    rows and block of columns summed in registers, one vector of rows per column, turned by shuffles
+    into rows and added into the sum. Each entry: out + (its draws' terms summed in lane order), as
+    through a zeroed transposed panel. Cost: the kept columns' terms, a pass over the sum, and a
+    branch per column and tile."""
     _, a, packed = op.args
     out, attrs = op.result, op.attrs
     b = e.b
     m, n = out.type.shape
     k = attrs["k"]
-    float_bytes = _float_bytes(e)
-    columns = b.bitcast(scratch, I64.as_pointer())
-    values_at = b.gep(scratch, [I64(_aligned(e.plan.lanes * k * 8))])
-    values = b.bitcast(values_at, e.float.as_pointer())
-    panel_at = b.gep(values_at, [I64(_aligned(e.plan.lanes * k * float_bytes))])
-    panel = b.bitcast(panel_at, e.float.as_pointer())
-    target = e.pointer(out)
+    offsets, _ = _scratch_layout(op, e.plan.lanes, _float_bytes(e))
+
+    def array(name, element):
+        return b.bitcast(b.gep(scratch, [I64(offsets[name])]), element.as_pointer())
+
+    columns, values, counts = array("columns", I64), array("values", e.float), array("counts", I64)
+    lanes, sorted_values = array("lanes", I64), array("sorted_values", e.float)
     with e.samples() as local:
         first = b.mul(local, I64(k))
         with _draws(e, attrs, _key(e, attrs)) as (j, index, weight):
             at = b.add(first, j)
             b.store(index, b.gep(columns, [at], inbounds=True))
             b.store(b.fmul(e.load(packed, j), _to_float(e, weight)), b.gep(values, [at], inbounds=True))
-    vector = gemm.Lanes(e, gemm.width(e))
-    rows = _panel_rows(float_bytes)
-    whole = m // rows
+    _sort_by_column(e, columns, values, counts, lanes, sorted_values, b.mul(e.count, I64(k)), k, n)
 
-    def draws(per_lane, body):
-        """For each lane s: what `per_lane(s)` reads once, then body(that, column, value) per draw."""
-        with e.loop(e.count, "s") as s:
-            read = per_lane(s)
-            with e.loop(k, "j") as j:
-                at = b.add(b.mul(s, I64(k)), j)
-                body(read, b.load(b.gep(columns, [at], inbounds=True)), b.load(b.gep(values, [at], inbounds=True)))
+    def column_sum(vector, top, vectors, column):
+        """The draws of `column` summed over `vectors` vectors of rows from `top`: accumulators."""
+        accumulators = [e.alloca(vector.type, "sum") for _ in range(vectors)]
+        for accumulator in accumulators:
+            b.store(vector.zero(), accumulator)
+        begin, end = (b.load(b.gep(counts, [b.add(column, I64(shift))], inbounds=True)) for shift in (0, 1))
+        with e.loop(b.sub(end, begin), "draw", start=begin) as d:
+            lane = b.load(b.gep(lanes, [d], inbounds=True))
+            scale = vector.splat(b.load(b.gep(sorted_values, [d], inbounds=True)))
+            g = e.lane_pointer(a, lane)
+            for u, accumulator in enumerate(accumulators):
+                row = vector.load(g, b.add(top, I64(u * vector.width)))
+                b.store(gemm.fused(e, b.load(accumulator), scale, row), accumulator)
+        return [b.load(accumulator) for accumulator in accumulators]
 
-    if whole:
-        with e.loop(whole, "panel") as p:
-            top = b.mul(p, I64(rows))
-            with e.loop(n * PANEL_VECTORS, "z") as z:
-                vector.store(vector.zero(), panel, b.mul(z, I64(vector.width)))
+    target = e.pointer(out)
 
-            def rows_of(s):  # the lane's a over the panel's rows: loaded once for all its draws
-                g = e.lane_pointer(a, s)
-                return [vector.load(g, b.add(top, I64(u * vector.width))) for u in range(PANEL_VECTORS)]
+    def add(row, column, value):
+        at = b.gep(target, [b.add(b.mul(row, I64(n)), column)], inbounds=True)
+        b.store(b.fadd(b.load(at), value), at)
 
-            def add(row, column, value):
-                scale = vector.splat(value)
-                for u in range(PANEL_VECTORS):
-                    at = b.add(b.mul(column, I64(rows)), I64(u * vector.width))
-                    vector.store(gemm.fused(e, vector.load(panel, at), scale, row[u]), panel, at)
-
-            draws(rows_of, add)
-            _add_transposed(e, vector, panel, rows, target, top, n)
-    if m > whole * rows:
-        with e.loop(m - whole * rows, "r", start=whole * rows) as r:
-            def add_row(g, column, value):
-                at = b.gep(target, [b.add(b.mul(r, I64(n)), column)], inbounds=True)
-                b.store(gemm.fused(e, b.load(at), g, value), at)
-
-            draws(lambda s: b.load(b.gep(e.lane_pointer(a, s), [r], inbounds=True)), add_row)
-
-
-def _add_transposed(e, vector, panel, rows: int, target, top, n: int):
-    """target[top + r, c] += panel[c, r] for r < rows, c < n: blocks of vector x vector entries
-    turned by shuffles (a vector a row of the target), the columns past the last block one by one."""
-    b, width = e.b, vector.width
-    blocks = n // width
-    if blocks:
-        with e.loop(blocks, "c") as block:
-            first = b.mul(block, I64(width))
-            for group in range(rows // width):
-                columns = [vector.load(panel, b.add(b.mul(b.add(first, I64(i)), I64(rows)), I64(group * width)))
-                           for i in range(width)]
-                for j, row in enumerate(vector.transpose(columns)):
-                    at = b.add(b.mul(b.add(top, I64(group * width + j)), I64(n)), first)
+    def tile(vector, top, vectors):
+        """Rows top .. top + vectors * width, all columns."""
+        width = vector.width
+        with e.loop(n // width, "block") as block:
+            left = b.mul(block, I64(width))
+            sums = [column_sum(vector, top, vectors, b.add(left, I64(c))) for c in range(width)]
+            for u in range(vectors):
+                turned = vector.transpose([sums[c][u] for c in range(width)]) if width > 1 else [sums[0][u]]
+                for r, row in enumerate(turned):
+                    at = b.add(b.mul(b.add(top, I64(u * width + r)), I64(n)), left)
                     vector.store(b.fadd(vector.load(target, at), row), target, at)
-    if n % width:
-        with e.loop(rows, "r") as r:
-            with e.loop(n % width, "c", start=blocks * width) as c:
-                at = b.gep(target, [b.add(b.mul(b.add(top, r), I64(n)), c)], inbounds=True)
-                b.store(b.fadd(b.load(at), b.load(b.gep(panel, [b.add(b.mul(c, I64(rows)), r)]))), at)
+        if n % width:
+            with e.loop(n % width, "c", start=n - n % width) as c:
+                for u, total in enumerate(column_sum(vector, top, vectors, c)):
+                    for r in range(width):
+                        add(b.add(top, I64(u * width + r)), c, b.extract_element(total, I32(r)))
+
+    vector = gemm.Lanes(e, gemm.width(e, wide=True))
+    per_tile = max(1, TILE_ACCUMULATORS // vector.width)
+    whole = m // (per_tile * vector.width)
+    if whole:
+        with e.loop(whole, "tile") as t:
+            tile(vector, b.mul(t, I64(per_tile * vector.width)), per_tile)
+    top = whole * per_tile * vector.width
+    if m - top >= vector.width:
+        vectors = (m - top) // vector.width
+        tile(vector, I64(top), vectors)
+        top += vectors * vector.width
+    if m > top:  # the last rows, fewer than a vector: one scalar per row and column
+        tile(gemm.Lanes(e, 1), I64(top), m - top)
+
+
+def _sort_by_column(e, columns, values, counts, lanes, sorted_values, draws, k: int, n: int):
+    """Counting sort of the draws by column, stable. Afterwards column c's draws are
+    counts[c] .. counts[c + 1] of (lanes, sorted_values)."""
+    b = e.b
+    with e.loop(n + 2, "c") as c:
+        b.store(I64(0), b.gep(counts, [c], inbounds=True))
+
+    def slot(d, shift):
+        return b.gep(counts, [b.add(b.load(b.gep(columns, [d], inbounds=True)), I64(shift))], inbounds=True)
+
+    with e.loop(draws, "d") as d:  # counts[c + 2] = draws of column c
+        at = slot(d, 2)
+        b.store(b.add(b.load(at), I64(1)), at)
+    with e.loop(n, "c", start=2) as c:  # counts[c + 1] = draws of the columns before c
+        at = b.gep(counts, [c], inbounds=True)
+        b.store(b.add(b.load(at), b.load(b.gep(counts, [b.sub(c, I64(1))], inbounds=True))), at)
+    with e.loop(draws, "d") as d:  # counts[c + 1] advances to the end of c's draws
+        at = slot(d, 1)
+        position = b.load(at)
+        b.store(b.add(position, I64(1)), at)
+        b.store(b.sdiv(d, I64(k)), b.gep(lanes, [position], inbounds=True))
+        b.store(b.load(b.gep(values, [d], inbounds=True)), b.gep(sorted_values, [position], inbounds=True))
 
 
 def _score_add(e, op):
