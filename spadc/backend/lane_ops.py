@@ -4,9 +4,9 @@ memory planner (what breaks a run, what scratch an op needs) and the code genera
 - `matmul` of a shared matrix (a param) with each lane's vector, either side: a matrix-matrix
   product (spadc/backend/gemm.py);
 - `outer_add` into a running sum: acc += G^T X over the lanes (gemm.py);
-- `gate_outer_add` into a running sum, draws with replacement: the kept columns of all lanes
-  added through a transposed panel (spadc/backend/gates.py): a sampled weight gradient costs
-  what it keeps, plus one pass over the sum per block of lanes.
+- `gate_outer_add` into a running sum, draws with replacement: all lanes' draws sorted by
+  column and summed in registers (spadc/backend/gates.py): a sampled weight gradient costs what
+  it keeps, plus one pass over the sum per block of lanes.
 
 Invariant: `takes_lanes(op, shared)` depends only on the op and on which values every lane shares,
 so the planner and the code generator cut a block into the same runs.
