@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -97,14 +98,18 @@ def convert(value, spec, numpy_dtype) -> np.ndarray:
         raise SpadcError(f"input `{spec['name']}` must be bool, got {array.dtype}")
     if spec["dtype"] == "f64" and kind == "b":
         raise SpadcError(f"input `{spec['name']}` must be numbers (f64), got bool")
-    return np.array(array, dtype=numpy_dtype, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+    # no copy when the array is already what the kernel reads (ascontiguousarray would make 0-d arrays 1-d)
+    return np.asarray(array, dtype=numpy_dtype, order="C")
 
 
 NO_DATA = np.zeros(1)  # stands for an unused buffer argument
+NO_DATA_ADDRESS = address(NO_DATA)
 
 
 def check_seed(value, name: str, bound: int = 1 << 64) -> int:
     """A seed-like option: an integer in [0, bound), never a silently truncated float or bool."""
+    if type(value) is int and 0 <= value < bound:  # the common case, first: a call costs microseconds
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise SpadcError(f"{name} must be an integer in [0, 2^{bound.bit_length() - 1}), got {value!r}")
     if not 0 <= int(value) < bound:
@@ -112,8 +117,7 @@ def check_seed(value, name: str, bound: int = 1 << 64) -> int:
     return int(value)
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(NamedTuple):
     """A call's options, validated: what keys the random stream, and whether dropout is on."""
     training: int
     seed: int

@@ -59,10 +59,15 @@ class Scratch:
         self.words = np.zeros(2, dtype=np.int64)  # [mean loss (its bytes), stored bytes]
         self.status_address, self.loss_address = address(self.status), address(self.words)
         self.stored_address = self.loss_address + 8
+        self._loss_views = {np.dtype(np.float64): self.words.view(np.float64), np.dtype(np.float32): self.words.view(np.float32)}
         self.override = None  # a `params=` buffer, alive for the call
         self._buffer = np.zeros(0, dtype=np.uint8)
         self._size = -1
         self._address = 0
+
+    def loss(self, float_type) -> float:
+        """The mean loss the last call wrote, a `float_type` in the first word."""
+        return float(self._loss_views[np.dtype(float_type)][0])
 
     def workspace(self, size: int) -> int:
         if self._size < size:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import calls, products
-from .arguments import NO_DATA, Options, Prepared, check_seed, merge_inputs, numeric, prepare, with_state
+from .arguments import NO_DATA, NO_DATA_ADDRESS, Options, Prepared, check_seed, merge_inputs, numeric, prepare, with_state
 from .errors import SpadcError
 from .es import ES, PES, es_gradient, pes_gradient
 from .estimators import SPAD, resolve, variant_key
@@ -81,6 +81,7 @@ class Model:
         self._variants: dict[str, tuple] = {}
         self._float = np.float64 if layout["dtype"] == "f64" else np.float32
         self._flat = np.zeros(layout["param_count"], dtype=self._float)  # never reallocated: views stay valid
+        self._flat_address = calls.address(self._flat)
         self._scratch = calls.ScratchPool()
         self._param_slices = [(p["name"], p["offset"], p["offset"] + p["size"], tuple(p["shape"]))
                               for p in layout["params"]]
@@ -338,23 +339,24 @@ class Model:
         if out is not None and (out.size != size or out.dtype != self._float):
             out = None
 
-        flat_address, data_address, float_type = calls.address(flat), calls.address(data), self._float
+        flat_address = self._flat_address if flat is self._flat else calls.address(flat)
+        data_address = NO_DATA_ADDRESS if data is NO_DATA else calls.address(data)
+        float_type = self._float
 
         def chunk(start: int, stop: int):
             grads = (self._buffers.take(size, float_type) if pooled else
                      out if out is not None else np.empty(size, dtype=float_type))
-            score_buffer = np.zeros_like(scores) if scores is not None else NO_DATA
+            score_buffer = NO_DATA if scores is None else np.zeros_like(scores)
+            score_address = NO_DATA_ADDRESS if scores is None else calls.address(score_buffer)
             scratch = self._scratch.take()
             try:
                 scratch.words[1] = 0
                 code = function(flat_address, *prepared.chunk(start), stop - start, int(offset) + start,
                                 int(bool(training)), int(seed) & _U64, int(step) & _U64, scratch.loss_address,
-                                calls.address(grads), data_address, calls.address(score_buffer),
-                                scratch.stored_address, scratch.workspace(entry["workspace"]), scratch.status_address)
+                                calls.address(grads), data_address, score_address, scratch.stored_address,
+                                scratch.workspace(entry["workspace"]), scratch.status_address)
                 self._raise_on_failure(code, prepared.batched, entry["checks"], scratch.status)
-                loss = float(scratch.words[:1].view(np.float64)[0] if float_type == np.float64
-                             else scratch.words[:1].view(np.float32)[0])
-                return stop - start, loss, grads, int(scratch.words[1]), score_buffer
+                return stop - start, scratch.loss(float_type), grads, int(scratch.words[1]), score_buffer
             finally:
                 self._scratch.give(scratch)
 
