@@ -35,7 +35,7 @@ from bench import peers  # noqa: E402
 from bench.experiments import source  # noqa: E402
 
 AGREEMENT = 1e-9  # relative agreement of every system's loss and gradient with spadc's
-ROUNDS = 5  # one core and all cores are timed in turn this many times (medians reported)
+ROUNDS = 5  # the systems of a case (one core and all cores, the estimators) are timed in turn this many times
 COMPILES = 3  # fresh processes per compile figure (the median reported)
 SEED = 0
 ALL_CORES = sorted(os.sched_getaffinity(0))
@@ -83,14 +83,22 @@ def cases():
     yield "IRNN T=100 H=64, batch 16", "irnn", irnn, {k: v.copy() for k, v in irnn.params.items()}, inputs
 
 
+def interleaved(functions: dict, budget: float) -> dict:
+    """Median seconds per call of each function, timed in turn ROUNDS times (`timed` with a
+    ROUNDS-th of the budget each): a neighbour's load on this shared machine, which comes and goes,
+    then hits every function alike instead of the one that happened to run at the time."""
+    samples = {key: [] for key in functions}
+    for _ in range(ROUNDS):
+        for key, function in functions.items():
+            samples[key].append(timed(function, budget / ROUNDS))
+    return {key: float(np.median(values)) for key, values in samples.items()}
+
+
 def peer_rows(budget: float) -> list[dict]:
     rows = []
     for label, name, model, params, inputs in cases():
         reference = model.grad(**inputs, threads=1)
-        row = dict(case=label, system="spadc", forward=timed(lambda: model.loss(**inputs, threads=1), budget),
-                   gradient=timed(lambda: model.grad(**inputs, threads=1), budget))
-        rows.append(row)
-        systems = []
+        systems = [("spadc", (lambda: model.grad(**inputs, threads=1), lambda: model.loss(**inputs, threads=1)))]
         if name == "rosenbrock":
             systems.append(("NumPy (hand-written gradient)", peers.numpy_rosenbrock(params)))
         elif name == "mlp":
@@ -101,27 +109,37 @@ def peer_rows(budget: float) -> list[dict]:
         torch_fns = peers.torch_case(name, params, inputs)
         if torch_fns:
             systems.append((f"PyTorch {peers.torch_version()} eager", torch_fns))
-        for system, (grad, loss) in systems:
+        for system, (grad, _) in systems[1:]:
             result = grad()
             _check(f"{label}/{system}", (result[0], {k: np.asarray(v) for k, v in result[1].items()}), reference)
-            rows.append(dict(case=label, system=system, forward=timed(loss, budget), gradient=timed(grad, budget)))
+        times = interleaved({(system, kind): function for system, functions in systems
+                             for kind, function in zip(("gradient", "forward"), functions)}, budget)
+        rows += [dict(case=label, system=system, forward=times[system, "forward"], gradient=times[system, "gradient"])
+                 for system, _ in systems]
     return rows
 
 
-def spadc_rows(budget: float) -> list[str]:
-    """Estimators against exact, and all cores against one."""
+def cores_figures(budget: float) -> tuple[float, float]:
+    """Seconds per MLP batch-256 gradient on one core and on all, measured by a child process
+    before any peer is loaded here (see `cores_child`)."""
+    return tuple(float(t) for t in subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--cores-child", str(budget), ",".join(map(str, ALL_CORES))],
+        capture_output=True, text=True, check=True).stdout.split())
+
+
+def spadc_rows(budget: float, one: float, every: float) -> list[str]:
+    """Estimators against exact, and all cores against one (`cores_figures`)."""
     mlp = spadc.compile_file(os.path.join(ROOT, "examples", "mlp_digits.spad"))
     rng = np.random.default_rng(SEED)
     lines = ["| case | spadc variant | gradient (µs) | against |", "|---|---|---:|---:|"]
     inputs = {"x": rng.standard_normal((32, 64)), "label": rng.integers(0, 10, 32)}
-    exact = timed(lambda: mlp.grad(**inputs, threads=1), budget)
+    estimators = {"exact": None, "RAD keep 0.1": spadc.RAD(keep=0.1), "SPAD keep 0.1": spadc.SPAD(keep=0.1)}
+    times = interleaved({label: (lambda estimator=estimator: mlp.grad(**inputs, estimator=estimator, threads=1))
+                         for label, estimator in estimators.items()}, budget)
+    exact = times["exact"]
     lines.append(f"| MLP, batch 32 | exact | {exact * 1e6:.1f} | 1 |")
-    for label, estimator in (("RAD keep 0.1", spadc.RAD(keep=0.1)), ("SPAD keep 0.1", spadc.SPAD(keep=0.1))):
-        seconds = timed(lambda: mlp.grad(**inputs, estimator=estimator, threads=1), budget)
-        lines.append(f"| MLP, batch 32 | {label} | {seconds * 1e6:.1f} | {seconds / exact:.2f}x exact |")
-    one, every = (float(t) for t in subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--cores-child", str(budget), ",".join(map(str, ALL_CORES))],
-        capture_output=True, text=True, check=True).stdout.split())
+    for label in list(estimators)[1:]:
+        lines.append(f"| MLP, batch 32 | {label} | {times[label] * 1e6:.1f} | {times[label] / exact:.2f}x exact |")
     lines.append(f"| MLP, batch 256 | exact, 1 core | {one * 1e6:.1f} | 1 |")
     lines.append(f"| MLP, batch 256 | exact, {len(ALL_CORES)} cores | {every * 1e6:.1f} | "
                  f"{one / every:.2f}x the throughput |")
@@ -129,9 +147,10 @@ def spadc_rows(budget: float) -> list[str]:
 
 
 def cores_child(budget: float, cores: list[int]):
-    """One core against all, in a process of its own: the peers' thread pools (XLA's, PyTorch's),
-    idle in the parent, took a third of the second core there (1.46x against 1.8x alone). Timed in
-    turn ROUNDS times; prints the two medians."""
+    """One core against all, in a process of its own, run before the parent loads any peer: the
+    peers' thread pools (XLA's, PyTorch's), idle, took a third of the second core (1.46x against
+    1.8x alone; 1.56x still with the child started after them). Timed in turn ROUNDS times; prints
+    the two medians."""
     mlp = spadc.compile_file(os.path.join(ROOT, "examples", "mlp_digits.spad"))
     rng = np.random.default_rng(SEED)
     inputs = {"x": rng.standard_normal((256, 64)), "label": rng.integers(0, 10, 256)}
@@ -226,13 +245,15 @@ def main(argv=None) -> int:
         return 0
     os.sched_setaffinity(0, ALL_CORES[:1])
     budget = 0.2 if args.quick else 1.0
+    cores = cores_figures(budget)
     first_calls = jax_first_calls()
     text = "\n\n".join([
         f"Machine: {machine()}",
-        "Times per call from Python, median of 7 repeats, float64.",
+        f"Times per call from Python, float64: the systems of a case timed in turn {ROUNDS} times, each time the "
+        "median of 7 repeats; the median of those reported.",
         peer_table(peer_rows(budget)),
         "spadc's estimators and cores:",
-        "\n".join(spadc_rows(budget)),
+        "\n".join(spadc_rows(budget, *cores)),
         f"Compile times, each in a fresh process, median of {COMPILES} (imports excluded): `compile_file`, spadc's "
         "whole pipeline to the gradient kernel's machine code (the forward kernel is compiled when first used), "
         "with the kernel cache off (cold; the parser's tables, built once per spadc version, are loaded) and "
