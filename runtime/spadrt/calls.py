@@ -59,7 +59,7 @@ class Scratch:
         self.words = np.zeros(2, dtype=np.int64)  # [mean loss (its bytes), stored bytes]
         self.status_address, self.loss_address = address(self.status), address(self.words)
         self.stored_address = self.loss_address + 8
-        self._loss_views = {np.dtype(np.float64): self.words.view(np.float64), np.dtype(np.float32): self.words.view(np.float32)}
+        self._loss_views = {np.dtype(t): self.words.view(t) for t in (np.float64, np.float32)}
         self.override = None  # a `params=` buffer, alive for the call
         self._buffer = np.zeros(0, dtype=np.uint8)
         self._size = -1

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import calls, products
-from .arguments import NO_DATA, NO_DATA_ADDRESS, Options, Prepared, check_seed, merge_inputs, numeric, prepare, with_state
+from .arguments import (NO_DATA, NO_DATA_ADDRESS, Options, Prepared, check_seed, merge_inputs, numeric, prepare,
+                        with_state)
 from .errors import SpadcError
 from .es import ES, PES, es_gradient, pes_gradient
 from .estimators import SPAD, resolve, variant_key
