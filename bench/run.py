@@ -122,15 +122,15 @@ def peer_rows(budget: float) -> list[dict]:
     return rows
 
 
-def cores_figures(budget: float) -> tuple[float, float, float]:
-    """Seconds per MLP batch-256 gradient on one core and on all, and the throughput ratio,
-    measured by a child process before any peer is loaded here (see `cores_child`)."""
+def cores_figures(budget: float) -> tuple[float, float]:
+    """Seconds per MLP batch-256 gradient on one core and on all, measured by a child process
+    before any peer is loaded here (see `cores_child`)."""
     return tuple(float(t) for t in subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--cores-child", str(3 * budget), ",".join(map(str, ALL_CORES))],
         capture_output=True, text=True, check=True).stdout.split())
 
 
-def spadc_rows(budget: float, one: float, every: float, ratio: float) -> list[str]:
+def spadc_rows(budget: float, one: float, every: float) -> list[str]:
     """Estimators against exact, and all cores against one (`cores_figures`)."""
     mlp = spadc.compile_file(os.path.join(ROOT, "examples", "mlp_digits.spad"))
     rng = np.random.default_rng(SEED)
@@ -150,7 +150,7 @@ def spadc_rows(budget: float, one: float, every: float, ratio: float) -> list[st
         lines.append(f"| MLP, batch 32 | {label} | {times[label] * 1e6:.1f} | {times[label] / exact:.2f}x exact |")
     lines.append(f"| MLP, batch 256 | exact, 1 core | {one * 1e6:.1f} | 1 |")
     lines.append(f"| MLP, batch 256 | exact, {len(ALL_CORES)} cores | {every * 1e6:.1f} | "
-                 f"{ratio:.2f}x the throughput |")
+                 f"{one / every:.2f}x the throughput |")
     return lines
 
 
@@ -158,8 +158,8 @@ def cores_child(budget: float, cores: list[int]):
     """One core against all, in a process of its own, run before the parent loads any peer: the
     peers' thread pools (XLA's, PyTorch's), idle, took a third of the second core (1.46x against
     1.8x alone). Timed in turn CORE_ROUNDS times; prints the fastest round's time on one core and
-    on all, and their ratio: a neighbour on this shared machine takes the second core now and then
-    (single rounds of 0.95x and 1.2x among rounds of 1.8x), and only ever slows a round down."""
+    on all: a neighbour on this shared machine takes the second core now and then (single rounds
+    of 0.95x and 1.2x among rounds of 1.8x), and only ever slows a round down."""
     mlp = spadc.compile_file(os.path.join(ROOT, "examples", "mlp_digits.spad"))
     rng = np.random.default_rng(SEED)
     inputs = {"x": rng.standard_normal((256, 64)), "label": rng.integers(0, 10, 256)}
@@ -169,8 +169,7 @@ def cores_child(budget: float, cores: list[int]):
         ones.append(timed(lambda: mlp.grad(**inputs, threads=1), budget / CORE_ROUNDS))
         os.sched_setaffinity(0, cores)
         everys.append(timed(lambda: mlp.grad(**inputs, threads=len(cores)), budget / CORE_ROUNDS))
-    one, every = min(ones), min(everys)
-    print(one, every, one / every)
+    print(min(ones), min(everys))
 
 
 COMPILE_CHILD = """
