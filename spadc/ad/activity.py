@@ -5,17 +5,27 @@ which values get tangents (seeds: the params, and in a Hessian product the gradi
 
 Invariants:
 - A result is active when one of its operands is and it can carry a derivative: an f64 value, or
-  the 8-byte words a `record` lays f64 values into (a cond's tape in a gradient program), and an
-  `index` row of such words (a record stacked over a loop's iterations). Bools and integers computed
+  the 8-byte words a `record` lays f64 values into (a cond's tape in a gradient program), an
+  `index` row of such words (a record stacked over a loop's iterations), and a `field` of such words
+  (the record of a cond nested in a cond's branch). Bools and integers computed
   from active values (a comparison, `argmax`, `to_int`) are never active.
-- Loops are a fixpoint: a carried param is active when its initial value or its yield is.
+- Loops are a fixpoint: a carried param is active when its initial value or its yield is. A loop's
+  result is active when its yield is, or when the loop may run zero times and its initial value is
+  (the result is then the initial value itself).
 """
 
 from __future__ import annotations
 
 from ..ir.core import REGION_OPS, Block
 
-WORD_CARRIERS = ("record", "index")  # ops whose i64 result carries an active operand's f64 bits
+# Ops whose i64 result carries an active operand's f64 bits: a record, a row of a stacked record, and
+# a field of a record holding a nested cond's record.
+WORD_CARRIERS = ("record", "index", "field")
+
+
+def may_skip(loop) -> bool:
+    """Whether a loop may run zero times, so that its results may be its initial values."""
+    return loop.attrs["hi"] <= loop.attrs["lo"]
 
 
 def active_values(body: Block, seeds: set[int]) -> set[int]:
@@ -39,6 +49,10 @@ def active_values(body: Block, seeds: set[int]) -> set[int]:
                             mark(body.params[1 + k])
                 for region in op.regions:
                     visit(region)
+                if op.kind == "loop" and may_skip(op):
+                    for k in range(len(op.args)):
+                        if op.args[k].id in active:
+                            mark(op.results[k])
                 for region in op.regions:
                     for result, value in zip(op.results, region.yields):
                         if value.id in active:
