@@ -11,7 +11,17 @@ Each generated program is checked for (`check_program`):
 - f32 against f64, on smooth programs;
 - on smooth programs, the gradient against a fourth-order central difference along a random
   direction (an oracle independent of the adjoint), at steps from 1e-3 down to 1e-6 until one
-  agrees (a loss that curves fast needs a fine step; a wrong gradient fails at every step).
+  agrees (a loss that curves fast needs a fine step; a wrong gradient fails at every step);
+- forward mode's loss tangent against reverse mode's gradient along the same direction, and on
+  smooth programs the Hessian product against central differences of the compiled gradient.
+
+The generator reaches loops that run zero times or once (`0..0`, `T..T`, `1..T` with T = 1) and
+conds nested in conds' branches in every position, in smooth programs too (their conditions read
+inputs only, so the loss stays smooth in the params). Until issue 29 it did neither, and it checked
+no forward mode: it never built a zero-trip loop, its conds appeared only in rough programs (where
+no central difference runs), and the gradient was compared with the interpreter running the same
+gradient program, whose activity analysis shared the bug. So both silently wrong derivatives
+(a zero-trip loop's dropped gradient, a nested cond's lost curvature) were out of its reach.
 
 Run as a script for the long profile (`python tests/fuzzing.py --programs 10000 --workers 2`: about
 1.4 s per program on one core here, as each compiles up to three kernels at O3); the suite runs a
@@ -48,6 +58,7 @@ F32_RTOL = 2e-3  # f32 against f64 losses, on smooth programs whose loss is not 
 # have a second derivative of 1e8 along the direction (seed 7932), where 1e-3 is far too coarse.
 DIRECTION_STEPS = (1e-3, 1e-4, 1e-5, 1e-6)
 DIRECTION_RTOL = 1e-5
+TANGENT_RTOL = 1e-9  # forward against reverse mode: both exact up to rounding
 BATCH = 3
 WORKER_TASKS = 5  # chunks of 100 seeds each worker process checks before the pool is replaced
 
@@ -71,7 +82,8 @@ class ProgramGenerator:
     def __init__(self, seed: int, smooth: bool | None = None):
         self.rng = np.random.default_rng(seed)
         self.smooth = bool(self.rng.random() < 0.5) if smooth is None else smooth
-        self.n, self.m, self.t = (int(v) for v in self.rng.integers(2, 5, 3))
+        self.n, self.m = (int(v) for v in self.rng.integers(2, 5, 2))
+        self.t = int(self.rng.integers(1, 5))
         self.shapes = {(): "s", ("N",): "v", ("M",): "w", ("M", "N"): "A", ("N", "M"): "B"}
         self.variables: dict[tuple, list[str]] = {shape: [] for shape in self.shapes}
         self.indices: list[str] = []  # i64 names valid as an index below N (loop variables)
@@ -200,11 +212,27 @@ class ProgramGenerator:
     def _fn(self, shape, depth):
         return f"f{self.choice([0, 1])}({self.expr(shape, depth)}, {self.expr((), depth)})"
 
+    def condition(self, depth) -> str:
+        """A bool. In smooth programs it reads inputs, constants and loop variables only, so the loss
+        stays smooth in the params; elsewhere it may compare param-dependent values."""
+        options = ["true", "false", f"x[{self.index('N')}] > {self.rng.uniform(-0.5, 0.5):.2f}", "k % 2 == 0",
+                   "k > 25 and not (x[0] > 0.5)"]
+        options += [f"{i} > 0" for i in self.indices]
+        if not self.smooth:
+            options += [f"{self.expr((), depth)} > {self.expr((), depth)}"] * 3
+        return self.choice(options)
+
     def _cond(self, shape, depth):
-        if self.smooth:
+        """`if`, its branches often conds themselves (a cond in a cond's branch keeps its record in
+        the outer one's: forward over reverse once lost its tangent there)."""
+        def branch():
+            roll = self.rng.random()
+            if roll < 0.35 and depth > 0:
+                return self._cond(shape, depth - 1)
+            if roll < 0.6:  # a nonlinear branch: its adjoint keeps a value in the cond's record
+                return self._unary(shape, max(depth, 1))
             return self.expr(shape, depth)
-        return (f"(if {self.expr((), depth)} > {self.expr((), depth)} then {self.expr(shape, depth)} "
-                f"else {self.expr(shape, depth)})")
+        return f"(if {self.condition(depth)} then {branch()} else {branch()})"
 
     # ---- the program ---------------------------------------------------------------------
 
@@ -239,16 +267,24 @@ class ProgramGenerator:
         self.variables[shape].append(name)
         return lines
 
+    def loop_range(self) -> str:
+        """Mostly all of 0..T; often a range of one step or none (with T = 1, `1..T` is empty too): a
+        loop that never runs returns its initial values, derivatives included."""
+        if self.rng.random() < 0.5:
+            return "0..T"
+        return self.choice(["0..0", "T..T", "1..1", "T - 1..T", "1..T"])
+
     def loop(self, carried: str, shape: tuple, depth: int) -> list[str]:
         t = self.fresh("t")
         self.variables[shape].append(carried)
         self.indices.append(t)
         self.variables[("N",)].append(f"seq[{t}]")
-        body = [f"for {t} in 0..T {{"]
+        body = [f"for {t} in {self.loop_range()} {{"]
         if self.rng.random() < 0.3:
             inner = self.fresh("u")
             self.indices.append(inner)
-            body += [f"  for {inner} in 0..2 {{", f"    {carried} = {self.expr(shape, depth - 1)}", "  }"]
+            body += [f"  for {inner} in {self.choice(['0..2', '0..2', '0..0', '1..1'])} {{",
+                     f"    {carried} = {self.expr(shape, depth - 1)}", "  }"]
             self.indices.pop()
         body.append(f"  {carried} = {self.expr(shape, depth - 1)}")
         if self.rng.random() < 0.3:
@@ -306,8 +342,10 @@ def check_program(seed: int) -> str:
         _close(f"d loss / d {name}", grads[name], interpreted.outputs[name], COMPILED_RTOL)
     _check_batch(model, generator, seed)
     _check_sampled(model, inputs, model.grad(**inputs)[1], seed)
+    _check_tangent(model, inputs, params, seed)
     if generator.smooth and np.isfinite(loss):
         _check_direction(model, inputs, params, grads, seed)
+        _check_hessian_product(model, inputs, params, seed)
         _check_f32(text, seed, inputs, model.loss(**inputs))
     return text
 
@@ -339,8 +377,7 @@ def _check_sampled(model, inputs, grads, seed):
 
 
 def _check_direction(model, inputs, params, grads, seed):
-    rng = np.random.default_rng(seed + 2)
-    direction = {k: rng.standard_normal(v.shape) for k, v in params.items()}
+    direction = _direction(params, seed)
 
     def at(scale):  # training mode with one seed: dropout masks are fixed, so the loss is smooth
         return model.loss(params={k: v + scale * direction[k] for k, v in params.items()}, **inputs,
@@ -356,6 +393,48 @@ def _check_direction(model, inputs, params, grads, seed):
             return
         differences.append(f"{numeric} at step {h:g}")
     raise Mismatch(f"directional derivative {analytic} against central differences {', '.join(differences)}")
+
+
+def _direction(params, seed) -> dict:
+    rng = np.random.default_rng(seed + 2)
+    return {k: rng.standard_normal(v.shape) for k, v in params.items()}
+
+
+def _check_tangent(model, inputs, params, seed):
+    """Forward mode's directional derivative of the loss against reverse mode's gradient: two
+    transforms that share nothing but the activity analysis and the primal program."""
+    direction = _direction(params, seed)
+    exact = model.grad(**inputs)[1]
+    dot = sum(float(np.sum(direction[k] * exact[k])) for k in params)
+    tangent = model.jvp(direction, **inputs).loss_tangent
+    if not (np.isfinite(dot) and np.isfinite(tangent)):
+        return
+    if abs(tangent - dot) > TANGENT_RTOL * (1 + abs(dot)):
+        raise Mismatch(f"jvp's loss tangent {tangent} against <v, gradient> {dot}")
+
+
+def _check_hessian_product(model, inputs, params, seed):
+    """H v against a fourth-order central difference of the compiled gradient along v, at steps from
+    coarse to fine until one agrees (as _check_direction)."""
+    direction = _direction(params, seed)
+    product = model.hvp(direction, **inputs)
+    names = sorted(params)
+    analytic = np.concatenate([np.ravel(product[k]) for k in names])
+
+    def gradient_at(scale):
+        grads = model.grad(params={k: v + scale * direction[k] for k, v in params.items()}, **inputs)[1]
+        return np.concatenate([np.ravel(grads[k]) for k in names])
+
+    differences = []
+    for h in DIRECTION_STEPS:
+        numeric = (-gradient_at(2 * h) + 8 * gradient_at(h) - 8 * gradient_at(-h) + gradient_at(-2 * h)) / (12 * h)
+        if not np.all(np.isfinite(numeric)):
+            return
+        scale = 1 + np.max(np.abs(numeric)) + np.max(np.abs(analytic))
+        if np.max(np.abs(numeric - analytic)) <= DIRECTION_RTOL * scale:
+            return
+        differences.append(f"{numeric} at step {h:g}")
+    raise Mismatch(f"Hessian product {analytic} against central differences of the gradient {', '.join(differences)}")
 
 
 def _check_f32(text, seed, inputs, loss64):
