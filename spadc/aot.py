@@ -28,7 +28,7 @@ from llvmlite import ir
 from spadrt import limits
 from spadrt.abi import ABI_VERSION
 from spadrt.estimators import RAD, SPAD, variant_key
-from spadrt.files import atomic_write, check_writable
+from spadrt.files import atomic_write, check_writable, path_argument
 from spadrt.library import layout_digest
 
 from . import frontend, passes
@@ -66,6 +66,8 @@ def build(path: str, output: str, header: str | None = None, target: str | None 
           draw: str = "with_replacement", share: str = "sample", linker: str | None = None) -> dict:
     """Build `output` (.so or .o) and optionally a C header; returns the layout. A shared library for
     another target needs that target's linker (`linker`, a C compiler driver)."""
+    path, output = path_argument(path, "the source file"), path_argument(output, "the output path")
+    header = None if header is None else path_argument(header, "the header path")
     if not output.endswith((".so", ".o")):
         raise SpadcError(f"-o must name a shared library (.so) or an object file (.o), got {output!r}")
     if output.endswith(".so") and target is not None and linker is None:

@@ -159,16 +159,18 @@ def compile_file(path: str, dtype: str = "f64", max_memory=None, cache: bool = T
     kernel runs side by side (more: faster at batch, a workspace that many times larger; 1: the
     least memory); default: one for a model without matrix products, else up to 128, fewer when the
     workspace would pass 4 MB."""
-    return _model(frontend.read_source(path), os.path.dirname(os.path.abspath(path)), dtype, max_memory, cache, lanes)
+    source = frontend.read_source(path)
+    return _model(source, frontend.source_directory(source), dtype, max_memory, cache, lanes)
 
 
 def build_file(path: str, dtype: str = "f64", max_memory=None, lanes: int | None = None) -> Compiled:
-    return build(frontend.read_source(path), os.path.dirname(os.path.abspath(path)), dtype, max_memory, lanes)
+    source = frontend.read_source(path)
+    return build(source, frontend.source_directory(source), dtype, max_memory, lanes)
 
 
 def compile_source(text: str, name: str = "m", dtype: str = "f64", max_memory=None, cache: bool = True,
                    lanes: int | None = None) -> Model:
-    return _model(Source(name, text), os.getcwd(), dtype, max_memory, cache, lanes)
+    return _model(frontend.text_source(text, name), os.getcwd(), dtype, max_memory, cache, lanes)
 
 
 def build(source: Source, base_dir: str, dtype: str = "f64", max_memory=None, lanes: int | None = None) -> Compiled:

@@ -11,11 +11,15 @@ import os
 
 from . import passes
 from .check.program import check_source
+from spadrt.files import path_argument
+
 from .errors import Source, SpadcError, read_text
 from .ir.core import Program
 
 
-def read_source(path: str) -> Source:
+def read_source(path) -> Source:
+    """A file's text as a Source named by its path (a str or os.PathLike)."""
+    path = path_argument(path, "the source file")
     try:
         return Source(path, read_text(path))
     except SpadcError as error:
@@ -24,12 +28,28 @@ def read_source(path: str) -> Source:
 
 def check_file(path: str) -> Program:
     """Parse and check a file; imports are relative to its directory."""
-    return check_source(read_source(path), os.path.dirname(os.path.abspath(path)))
+    source = read_source(path)
+    return check_source(source, source_directory(source))
+
+
+def source_directory(source: Source) -> str:
+    """Where a file's imports are found: its own directory."""
+    return os.path.dirname(os.path.abspath(source.name))
 
 
 def check_text(text: str, name: str = "<source>") -> Program:
     """Parse and check source text; imports are relative to the working directory."""
-    return check_source(Source(name, text), os.getcwd())
+    return check_source(text_source(text, name), os.getcwd())
+
+
+def text_source(text, name) -> Source:
+    """Source text given from Python, its types checked: `text` a str, `name` a str."""
+    if not isinstance(text, str):
+        hint = " (decode bytes first: text.decode())" if isinstance(text, (bytes, bytearray)) else ""
+        raise SpadcError(f"the source text must be a str, got {type(text).__name__}{hint}")
+    if not isinstance(name, str):
+        raise SpadcError(f"name= must be a str (the file name shown in messages), got {type(name).__name__}")
+    return Source(name, text)
 
 
 def lower(program: Program, dump_after: str | None = None, verify_each: bool = False) -> Program:

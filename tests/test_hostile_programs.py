@@ -193,3 +193,78 @@ def test_run_time_index_overflow_is_caught_by_the_bounds_check():
     assert model.loss(k=0) == 2.0
     with pytest.raises(spadc.SpadcError, match=r"index -4611686018427387903 is out of range for axis 0 of length 4"):
         model.loss(k=3)
+
+
+# ---- found by a fuzzer with JAX as its oracle (issue 29) -----------------------------------------
+
+def test_a_huge_constant_constructor_is_refused_before_anything_is_allocated():
+    tracemalloc.start()
+    try:
+        error = located("param p: f64\nlet z = zeros(4294967296, 4294967296)\nloss p + sum(z)\n")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "memory limit" in str(error) and (error.loc.line, error.loc.col) == (2, 9)
+    assert peak < CHECK_PEAK_BYTES
+    # Under the limit but large, a constant is computed at run time rather than by the compiler.
+    model = spadc.compile_source("param p: f64\nloss p * sum(ones(2048, 1024))\n", name="h.spad", max_memory="1G")
+    assert model.grad(params={"p": 1.0}) == (2048.0 * 1024, {"p": 2048.0 * 1024})
+    error = located("param p: f64\nloss p * sum(ones(2048, 1024))\n", max_memory="8M")
+    assert "16.0 MiB" in str(error) and error.loc.col == 14
+
+
+def test_a_param_name_longer_than_llvm_keeps_compiles_to_every_kernel():
+    name = "w" * 1100
+    text = f"param {name}: f64[2]\ninput x: f64[2]\nloss sum({name} * {name} * x)\n"
+    model = spadc.compile_source(text, name="h.spad")
+    model.set_params({name: np.array([1.0, 2.0])})
+    x = np.array([3.0, 4.0])
+    assert model.grad(x=x)[1][name].tolist() == [6.0, 16.0]  # 2 w x
+    assert model.hvp(np.ones(2), x=x)[name].tolist() == [6.0, 8.0]  # 2 x
+
+
+def test_an_empty_fn_body_is_located():
+    error = located("fn f(a) {}\nparam p: f64\nloss f(p)\n")
+    assert "empty body" in str(error) and (error.loc.line, error.loc.col) == (1, 4)
+
+
+@pytest.mark.parametrize("text", ["const pi = 3\nparam p: f64\nloss p * pi\n", "fn e(a) = a\nparam p: f64\nloss e(p)\n"])
+def test_a_const_or_fn_may_not_redefine_a_builtin_constant(text):
+    assert "builtin constant" in str(located(text))
+
+
+def test_a_variable_may_still_shadow_a_builtin_constant():  # docs/language-choices.md
+    assert spadc.compile_source("param p: f64 = 1.0\nlet e = 2.0\nloss p * e\n").loss() == 2.0
+
+
+def test_a_diamond_import_loads_its_base_once(tmp_path):
+    (tmp_path / "base.spad").write_text("const K = 2\nfn base(a) = a * K\n")
+    (tmp_path / "left.spad").write_text('import "base.spad"\nfn left(a) = base(a) + 1\n')
+    (tmp_path / "right.spad").write_text('import "base.spad"\nfn right(a) = base(a) - 1\n')
+    (tmp_path / "main.spad").write_text('import "left.spad"\nimport "right.spad"\nparam p: f64 = 3.0\n'
+                                        'loss left(p) * right(p) * K\n')
+    assert spadc.compile_file(tmp_path / "main.spad").loss() == 7.0 * 5.0 * 2.0
+    (tmp_path / "other.spad").write_text("const K = 3\n")  # a different K: still a duplicate
+    (tmp_path / "clash.spad").write_text('import "left.spad"\nimport "other.spad"\nparam p: f64\nloss left(p)\n')
+    with pytest.raises(spadc.SpadcError, match="duplicate name `K` imported from \"other.spad\"") as info:
+        spadc.compile_file(tmp_path / "clash.spad")
+    assert (info.value.loc.line, info.value.loc.col) == (2, 1)
+
+
+INFINITE_ROWS = np.array([[np.inf, 1.0, 2.0], [-np.inf, -np.inf, -np.inf], [np.inf, np.inf, 0.0],
+                          [-np.inf, 1.0, 2.0], [np.nan, 1.0, 2.0], [1000.0, 1.0, -1000.0]])
+
+
+def test_logsumexp_and_log_softmax_of_infinities_are_the_limits():
+    """As SciPy: logsumexp is the max when the max is infinite; log_softmax is x - logsumexp (NaN for
+    an entry inf - inf); softmax is exp(log_softmax). Worked out by hand."""
+    model = spadc.compile_source("input x: f64[3]\nparam p: f64\noutput l = logsumexp(x)\noutput s = softmax(x)\n"
+                                 "output q = log_softmax(x)\nloss p\n", name="h.spad")
+    with np.errstate(all="ignore"):
+        out = model.forward(x=INFINITE_ROWS).outputs
+        big = 1000.0 + np.log1p(np.exp(-999.0) + np.exp(-2000.0))
+        want = np.array([np.inf, -np.inf, np.inf, 2.0 + np.log1p(np.exp(-1.0)), np.nan, big])
+        np.testing.assert_allclose(out["l"], want, rtol=1e-15)  # infinities and NaN where they are, exactly
+        np.testing.assert_allclose(out["q"], INFINITE_ROWS - want[:, None], rtol=1e-15)
+        np.testing.assert_allclose(out["s"], np.exp(INFINITE_ROWS - want[:, None]), rtol=1e-15)
+    assert out["s"][0].tolist()[1:] == [0.0, 0.0] and out["q"][3][0] == -np.inf

@@ -253,3 +253,48 @@ def test_a_spad_state_whose_sites_do_not_match_the_model_is_refused():
     state["sites"] = state["sites"][:0]  # as if it had been made for another model
     with pytest.raises(spadc.SpadcError, match="does not match the model's sites"):
         model.grad(x=np.ones(8), estimator=spad)
+
+
+# ---- wrong argument types from Python (issue 29): a SpadcError naming the argument ---------------
+
+SMALL = "input k: i64\ninput x: f64[2]\nparam w: f64[2]\nloss sum(w * x) * float(k)\n"
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: spadc.compile_source(None), "source text must be a str, got NoneType"),
+    (lambda: spadc.compile_source(SMALL.encode()), r"got bytes \(decode bytes first"),
+    (lambda: spadc.compile_source(SMALL, name=None), "name= must be a str"),
+    (lambda: spadc.check_text(SMALL, name=3), "name= must be a str"),
+    (lambda: spadc.compile_file(None), "source file must be a path"),
+    (lambda: spadc.RAD(keep="0.5"), "keep must be a number"),
+    (lambda: spadc.SPAD(keep="0.5"), "keep must be a number"),
+])
+def test_python_arguments_of_the_wrong_type(call, message):
+    with pytest.raises(spadc.SpadcError, match=message):
+        call()
+
+
+def test_paths_may_be_path_like_and_nothing_else(tmp_path):
+    import pathlib
+    model = spadc.compile_file(pathlib.Path(example("mlp.spad")))
+    model.init_params(seed=0)
+    model.save(tmp_path / "w.npz")
+    model.load(tmp_path / "w.npz")
+    for bad in (None, 3, b"w.npz"):
+        with pytest.raises(spadc.SpadcError, match="parameters path must be a path"):
+            model.save(bad)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(spadc.SpadcError, match="does not exist"):
+        model.save(tmp_path / "file" / "w.npz")  # a file where a directory should be
+
+
+def test_no_silent_coercion_of_inputs_or_params():
+    model = spadc.compile_source(SMALL, name="small.spad")
+    x = np.ones(2)
+    with pytest.raises(spadc.SpadcError, match="input `k` holds 9223372036854775808, more than i64"):
+        model.loss(k=np.array(2 ** 63, dtype=np.uint64), x=x)
+    assert model.loss(k=np.array([2, 2 ** 63 - 1], dtype=np.uint64), x=x)[0] == 0.0  # within i64: accepted
+    with pytest.raises(spadc.SpadcError, match="param `w` must be numbers, got bool"):
+        model.set_params({"w": np.array([True, False])})
+    with pytest.raises(spadc.SpadcError, match="params must be numbers, got bool"):
+        model.set_params(np.array([True, False]))

@@ -89,6 +89,22 @@ def numeric(value, what: str) -> np.ndarray:
     return array
 
 
+def is_real(value) -> bool:
+    """A real number as an option: an int or float (NumPy's too), never a bool or a string."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def float_array(value, what: str) -> np.ndarray:
+    """Numbers for a float buffer (params, directions): bools are a mistake, not 0 and 1."""
+    array = numeric(value, what)
+    if array.dtype.kind == "b":
+        raise SpadcError(f"{what} must be numbers, got bool")
+    return array
+
+
+I64_MAX = np.iinfo(np.int64).max
+
+
 def convert(value, spec, numpy_dtype) -> np.ndarray:
     array = numeric(value, f"input `{spec['name']}`")
     kind = array.dtype.kind
@@ -98,6 +114,8 @@ def convert(value, spec, numpy_dtype) -> np.ndarray:
         raise SpadcError(f"input `{spec['name']}` must be bool, got {array.dtype}")
     if spec["dtype"] == "f64" and kind == "b":
         raise SpadcError(f"input `{spec['name']}` must be numbers (f64), got bool")
+    if spec["dtype"] == "i64" and kind == "u" and array.size and array.max() > I64_MAX:
+        raise SpadcError(f"input `{spec['name']}` holds {array.max()}, more than i64 holds (at most {I64_MAX})")
     # no copy when the array is already what the kernel reads (ascontiguousarray would make 0-d arrays 1-d)
     return np.asarray(array, dtype=numpy_dtype, order="C")
 

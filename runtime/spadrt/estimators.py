@@ -14,6 +14,7 @@ import math
 import weakref
 from dataclasses import dataclass, field
 
+from .arguments import is_real
 from .errors import SpadcError
 
 
@@ -42,12 +43,9 @@ class Sampling:
 
 
 def _check_keep(keep) -> float:
-    if isinstance(keep, bool):
+    if not is_real(keep):
         raise SpadcError(f"keep must be a number in (0, 1], got {keep!r}")
-    try:
-        keep = float(keep)
-    except (TypeError, ValueError):
-        raise SpadcError(f"keep must be a number in (0, 1], got {keep!r}") from None
+    keep = float(keep)
     if not 0.0 < keep <= 1.0:
         raise SpadcError(f"keep must be in (0, 1], got {keep}")
     return keep

@@ -25,9 +25,18 @@ from .errors import SpadcError
 from .limits import format_bytes, limit_text, max_memory
 
 
+def path_argument(value, what: str) -> str:
+    """`value` as a path string: a str or any os.PathLike of one; anything else is a SpadcError."""
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if isinstance(path, str):
+            return path
+    raise SpadcError(f"{what} must be a path (a str or os.PathLike), got {type(value).__name__}")
+
+
 def check_writable(path: str, what: str = "output"):
     """Raise now if `path` cannot be written: a missing directory, a directory in its place, no permission."""
-    path = os.fspath(path)
+    path = path_argument(path, f"the {what} path")
     if not path:
         raise SpadcError(f"the {what} path is empty")
     if os.path.isdir(path):
@@ -42,7 +51,7 @@ def check_writable(path: str, what: str = "output"):
 @contextlib.contextmanager
 def atomic_write(path: str, what: str = "output"):
     """A binary file object; on success its bytes replace `path` in one rename."""
-    path = os.fspath(path)
+    path = path_argument(path, f"the {what} path")
     check_writable(path, what)
     directory = os.path.dirname(os.path.abspath(path))
     descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
@@ -77,6 +86,7 @@ def read_npz(path: str, what: str, names=None, limit: int | None = None, unknown
     """The arrays of an .npz file. `names`: the allowed member names; another is an error naming it
     before anything is decompressed, or with `unknown="warn"` a warning naming it, and it is never
     read. `limit`: the bytes all arrays may take together (default: the memory limit)."""
+    path = path_argument(path, f"the {what} path")
     limit = max_memory() if limit is None else limit
     try:
         archive = zipfile.ZipFile(path)

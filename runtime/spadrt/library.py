@@ -19,6 +19,7 @@ import warnings
 
 from .abi import ABI_VERSION
 from .errors import SpadcError
+from .files import path_argument
 from .estimators import SamplingWarning, variant_key
 from .model import Model
 
@@ -29,6 +30,7 @@ def layout_digest(layout_json: bytes) -> int:
 
 
 def load(path: str) -> Model:
+    path = path_argument(path, "the library path")
     try:
         library = ctypes.CDLL(os.path.abspath(path))
     except OSError as error:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import calls, products
-from .arguments import (NO_DATA, NO_DATA_ADDRESS, Options, Prepared, check_seed, merge_inputs, numeric, prepare,
+from .arguments import (NO_DATA, NO_DATA_ADDRESS, Options, Prepared, check_seed, float_array, merge_inputs, prepare,
                         with_state)
 from .errors import SpadcError
 from .es import ES, PES, es_gradient, pes_gradient
@@ -138,12 +138,12 @@ class Model:
             for p in self.layout["params"]:
                 if p["name"] not in values:
                     raise SpadcError(f"missing param `{p['name']}`")
-                value = numeric(values[p["name"]], f"param `{p['name']}`")
+                value = float_array(values[p["name"]], f"param `{p['name']}`")
                 if list(value.shape) != p["shape"]:
                     raise SpadcError(f"param `{p['name']}` must have shape {p['shape']}, got {list(value.shape)}")
                 flat[p["offset"]:p["offset"] + p["size"]] = value.ravel()
             return flat
-        flat = numeric(values, "params")
+        flat = float_array(values, "params")
         if flat.shape != self._flat.shape:
             raise SpadcError(f"a flat params array must have {self._flat.size} entries, got shape {list(flat.shape)}")
         return np.ascontiguousarray(flat, dtype=self._float)

@@ -117,13 +117,13 @@ def _bind_sample(e, program: Program, inputs, args, layout, s, params=None, eval
     params = args["params"] if params is None else params
     offsets = {p["name"]: p["offset"] for p in layout["params"]}
     for decl in program.params:
-        e.bind(decl.value, b.gep(params, [I64(offsets[decl.name])], inbounds=True, name=decl.name))
+        e.bind(decl.value, b.gep(params, [I64(offsets[decl.name])], inbounds=True, name=llvm_name(decl.name)))
     for k, decl in enumerate(inputs):
         base = b.load(b.gep(args["inputs"], [I64(k)]))
         offset = b.mul(s, b.load(b.gep(args["input_strides"], [I64(k)])))
         if evaluation is not None:
             offset = b.add(offset, b.mul(evaluation, b.load(b.gep(args["input_eval_strides"], [I64(k)]))))
-        e.bind(decl.value, b.gep(base, [offset], name=decl.name))
+        e.bind(decl.value, b.gep(base, [offset], name=llvm_name(decl.name)))
 
 
 def _bind_lanes(e, program: Program, inputs, args, layout) -> dict:
@@ -132,10 +132,10 @@ def _bind_lanes(e, program: Program, inputs, args, layout) -> dict:
     b = e.b
     offsets = {p["name"]: p["offset"] for p in layout["params"]}
     for decl in program.params:
-        e.bind(decl.value, b.gep(args["params"], [I64(offsets[decl.name])], inbounds=True, name=decl.name))
+        e.bind(decl.value, b.gep(args["params"], [I64(offsets[decl.name])], inbounds=True, name=llvm_name(decl.name)))
     per_sample = {}
     for k, decl in enumerate(inputs):
-        base = b.load(b.gep(args["inputs"], [I64(k)]), name=decl.name)
+        base = b.load(b.gep(args["inputs"], [I64(k)]), name=llvm_name(decl.name))
         if is_direction(decl.name):
             e.bind(decl.value, base)
         else:

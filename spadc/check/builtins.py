@@ -58,8 +58,12 @@ def _restore_axis(chk, reduced, like, axis, loc):
 
 
 def logsumexp(chk, x, axis, loc):
-    # The max is shifted out for stability; stop_gradient keeps the derivative exactly softmax.
-    m = chk.prim("stop_gradient", [chk.prim("reduce_max", [x], loc, axis=axis)], loc)
+    # The max is shifted out for stability; stop_gradient keeps the derivative exactly softmax. An
+    # infinite max is not shifted (inf - inf is NaN): the sum of exps is then inf or 0 and its log the
+    # max itself, as in SciPy (logsumexp([inf, 1]) = inf, logsumexp([-inf, -inf]) = -inf).
+    top = chk.prim("reduce_max", [x], loc, axis=axis)
+    finite = chk.prim("eq", [chk.prim("sub", [top, top], loc), chk.constant(0.0, loc)], loc)
+    m = chk.prim("stop_gradient", [chk.prim("select", [finite, top, chk.constant(0.0, loc)], loc)], loc)
     shifted = chk.prim("sub", [x, _restore_axis(chk, m, x, axis, loc)], loc)
     total = chk.prim("reduce_sum", [chk.prim("exp", [shifted], loc)], loc, axis=axis)
     return chk.prim("add", [m, chk.prim("log", [total], loc)], loc)

@@ -19,6 +19,9 @@ from typing import Callable
 
 import numpy as np
 
+from spadrt import limits
+from spadrt.limits import format_bytes, limit_text
+
 from ..errors import Loc, SpadcError, did_you_mean
 from ..ir import primitives
 from ..ir.builder import Builder
@@ -33,6 +36,7 @@ BUILTIN_CONSTANTS = {"pi": np.pi, "e": np.e}
 ARITHMETIC = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", "%": "mod", "^": "pow"}
 COMPARISONS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
 _NOT_FOLDED = {"dropout_mask"}
+FOLDED_ENTRIES = 1 << 20  # larger constant tensors are computed at run time, not held by the compiler
 _INTEGER_OVERFLOWS = ("add", "sub", "mul", "neg", "abs", "floordiv", "reduce_sum", "reduce_prod")
 
 
@@ -49,7 +53,8 @@ def _check_no_overflow(kind: str, args, attrs, folded: np.ndarray, loc: Loc):
 
 
 class ExprChecker:
-    def __init__(self, builder: Builder, env):
+    def __init__(self, builder: Builder, env, max_memory: int | None = None):
+        self.max_memory = limits.max_memory(max_memory)  # bytes; no value may need more
         self.b = builder
         self.env = env  # the ModuleEnv whose consts and fns are visible (the callee's, inside a fn)
         self.scopes: list[dict[str, Binding]] = [{}]
@@ -108,9 +113,18 @@ class ExprChecker:
         elements = [self.constant(v, loc) for v in value]
         return self.prim("stack", elements, loc)
 
+    def check_fits(self, type_: TensorType, loc: Loc):
+        needed = type_.size * 8
+        if needed > self.max_memory:
+            raise SpadcError(f"{type_} has {type_.size:,} entries ({format_bytes(needed)}): more than "
+                             f"{limit_text(self.max_memory)}", loc)
+
     def prim(self, kind: str, args: list[Typed], loc: Loc, hint: str | None = None, **attrs) -> Typed:
+        result_type = primitives.infer(kind, [a.type for a in args], attrs)
+        self.check_fits(result_type, loc)
         const = None
-        if kind not in _NOT_FOLDED and all(a.is_const for a in args):
+        if (kind not in _NOT_FOLDED and all(a.is_const for a in args)
+                and result_type.size <= FOLDED_ENTRIES):
             try:
                 with np.errstate(all="ignore"):  # inf and NaN are values, as at run time
                     const = primitives.PRIMITIVES[kind].evaluate([a.const for a in args], attrs, None)
@@ -119,7 +133,7 @@ class ExprChecker:
             if kind in _INTEGER_OVERFLOWS and const.dtype == np.int64:
                 _check_no_overflow(kind, args, attrs, const, loc)
         if const is not None and np.ndim(const) == 0 and kind != "const":
-            out = self.b.const(const.item(), primitives.infer(kind, [a.type for a in args], attrs).dtype, loc)
+            out = self.b.const(const.item(), result_type.dtype, loc)
         else:
             out = self.b.emit(kind, [a.value for a in args], loc, hint, **attrs)
         affine, interval = _index_facts(kind, args, const, self.loop_ranges)

@@ -24,6 +24,7 @@ from ..ir.core import Block
 from ..syntax import ast
 from ..syntax.parser import parse
 from .builtins import BUILTINS
+from .expressions import BUILTIN_CONSTANTS
 
 
 MAX_IMPORT_DEPTH = 32  # files in one chain of imports
@@ -105,12 +106,16 @@ class _Loader:
             _, imported = self.load(Source(name, text, module), os.path.dirname(path), importing)
             self._loaded[path] = imported
         imported = self._loaded[path]
+        # A definition reached along two paths (a diamond: two imported files import one base) is
+        # the same object both times, loaded once: only a different definition is a duplicate.
         for name, const in imported.consts.items():
-            _check_new_global(env, name, stmt.loc, imported_from=stmt.path)
-            env.consts[name] = const
+            if env.consts.get(name) is not const:
+                _check_new_global(env, name, stmt.loc, imported_from=stmt.path)
+                env.consts[name] = const
         for name, fn in imported.fns.items():
-            _check_new_global(env, name, stmt.loc, imported_from=stmt.path)
-            env.fns[name] = fn
+            if env.fns.get(name) is not fn:
+                _check_new_global(env, name, stmt.loc, imported_from=stmt.path)
+                env.fns[name] = fn
 
 
 def _read_module(path: str, stmt: ast.Import) -> str:
@@ -121,6 +126,8 @@ def _read_module(path: str, stmt: ast.Import) -> str:
 
 
 def _check_new_global(env: ModuleEnv, name: str, loc: Loc, imported_from: str | None = None):
+    if name in BUILTIN_CONSTANTS:
+        raise SpadcError(f"duplicate name `{name}`: it is a builtin constant", loc)
     previous = env.consts.get(name) or env.fns.get(name)
     if previous is None:
         return

@@ -33,10 +33,9 @@ MAX_RANK = 32  # NumPy 1.x's limit on array dimensions (2.x allows 64)
 
 class StatementChecker(ExprChecker):
     def __init__(self, builder, env, max_memory: int | None = None):
-        super().__init__(builder, env)
+        super().__init__(builder, env, max_memory)
         self.last_head = None  # (kind, z, result) of the last cross_entropy or mse: a candidate loss head
         self.last_label = None  # (logits, label) of the last cross_entropy
-        self.max_memory = limits.max_memory(max_memory)  # bytes; no declared value may need more
 
     # ---- names -----------------------------------------------------------------
 
@@ -56,10 +55,7 @@ class StatementChecker(ExprChecker):
         if len(t.dims) > MAX_RANK:
             raise SpadcError(f"a type may have at most {MAX_RANK} dimensions, got {len(t.dims)}", t.loc)
         type_ = TensorType(t.elem, tuple(self.const_int(d, "a dimension", minimum=1) for d in t.dims))
-        needed = type_.size * 8
-        if needed > self.max_memory:
-            raise SpadcError(f"{type_} has {type_.size:,} entries ({format_bytes(needed)}): more than "
-                             f"{limit_text(self.max_memory)}", t.loc)
+        self.check_fits(type_, t.loc)
         return type_
 
     # ---- statements inside blocks ----------------------------------------------
@@ -138,6 +134,8 @@ class StatementChecker(ExprChecker):
                     arg = self._conform_annotation(param.type, arg, f"argument `{param.name}` of `{fn.name}`",
                                                    arg_node.loc)
                     self.declare(param.name, "arg", Typed(arg.value, arg.const, arg.affine, arg.interval), param.loc)
+                if not fn.body:
+                    raise SpadcError(f"fn `{fn.name}` has an empty body: it must end with `return`", fn.name_loc)
                 *body, last = fn.body
                 if not isinstance(last, ast.Return):
                     raise SpadcError(f"fn `{fn.name}` must end with `return`", last.loc)
