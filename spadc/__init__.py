@@ -3,20 +3,46 @@
 `compile_file` / `compile_source` give a `Model` (INTERFACE.md) whose forward pass and exact
 gradient run as machine code compiled with LLVM. The front end alone is `check_file` / `check_text`,
 and `spadc.ir.interpret.evaluate` runs its IR with NumPy, the reference for everything compiled.
+
+The public names are imported on first use (PEP 562), so that `import spadc.entry` (the command
+line's first step) loads nothing heavy: a Ctrl-C while NumPy and LLVM load is then the command's
+own one-line message, not a traceback.
 """
 
-__version__ = "0.1.0"  # first: modules imported below read it
+from __future__ import annotations
 
-from spadrt import SGD, Adagrad, Adam, AdamW, CosineLR, ForwardResult, History, Model, SpadcWarning, StepLR
-from spadrt.es import ES, PES
-from spadrt.estimators import RAD, SPAD, Exact
+import importlib
 
-from .api import compile_file, compile_source
-from .errors import SpadcError
-from .frontend import check_file, check_text
-from .init import initial_params
-from . import curvature, precondition
+__version__ = "0.1.0"
 
-__all__ = ["curvature", "precondition", "SpadcError", "SpadcWarning", "Model", "ForwardResult", "History", "Exact", "RAD", "SPAD", "ES", "PES", "SGD", "Adam", "AdamW",
-           "Adagrad", "StepLR", "CosineLR", "compile_file", "compile_source", "check_file",
-           "check_text", "initial_params"]
+_EXPORTS = {
+    "spadrt": ["SGD", "Adagrad", "Adam", "AdamW", "CosineLR", "ForwardResult", "History", "Model", "SpadcWarning",
+               "StepLR"],
+    "spadrt.es": ["ES", "PES"],
+    "spadrt.estimators": ["RAD", "SPAD", "Exact"],
+    "spadc.api": ["compile_file", "compile_source"],
+    "spadc.errors": ["SpadcError"],
+    "spadc.frontend": ["check_file", "check_text"],
+    "spadc.init": ["initial_params"],
+}
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+_SUBMODULES = ("curvature", "precondition")
+
+__all__ = ["curvature", "precondition", "SpadcError", "SpadcWarning", "Model", "ForwardResult", "History", "Exact",
+           "RAD", "SPAD", "ES", "PES", "SGD", "Adam", "AdamW", "Adagrad", "StepLR", "CosineLR", "compile_file",
+           "compile_source", "check_file", "check_text", "initial_params"]
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        value = getattr(importlib.import_module(_HOME[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module 'spadc' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

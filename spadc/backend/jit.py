@@ -4,6 +4,9 @@ Invariants:
 - Optimisation uses LLVM's default pipeline at the given level (O2 or O3), with loop and SLP
   vectorisation on and loop unrolling off, tuned for the host CPU.
 - A `Compiled` keeps its execution engine alive as long as anyone holds the function addresses.
+- A Ctrl-C while MCJIT emits code is held until the engine is done, then raised: MCJIT calls back
+  into Python (the object cache), where a KeyboardInterrupt would be swallowed by ctypes ("Exception
+  ignored on calling ctypes callback") and the program would run on as if nothing had happened.
 - Each engine gets a target machine and an LLVM context of its own (it owns and frees both with
   itself), so freeing compiled models in any order is safe and a long process that compiles many
   models does not grow: the process-wide context would keep every type and constant forever.
@@ -11,6 +14,9 @@ Invariants:
 
 from __future__ import annotations
 
+import signal
+import threading
+from contextlib import contextmanager
 from functools import lru_cache
 
 import llvmlite.binding as llvm
@@ -55,6 +61,24 @@ def optimise(llvm_ir: str, target_machine, level: int = 3, context=None) -> "llv
     return module
 
 
+@contextmanager
+def interrupts_deferred():
+    """SIGINT inside the block is remembered, not raised, and raised as KeyboardInterrupt at its end.
+    Only the main thread receives Python's signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not \
+            signal.default_int_handler:
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 class Compiled:
     """Machine code: the engine that owns it (and its module, target machine and context), the
     functions' addresses, and the object file it was made from (what the disk cache keeps)."""
@@ -78,7 +102,8 @@ def compile_ir(llvm_ir: str, functions: tuple[str, ...], level: int = 3) -> Comp
     engine = llvm.create_mcjit_compiler(module, target_machine)
     emitted = []
     engine.set_object_cache(lambda _module, code: emitted.append(bytes(code)), None)
-    engine.finalize_object()
+    with interrupts_deferred():
+        engine.finalize_object()
     return Compiled(engine, context, {name: engine.get_function_address(name) for name in functions}, str(module),
                     emitted[0] if emitted else b"")
 

@@ -1,0 +1,32 @@
+"""The `spadc` command's entry point: the command line (spadc/cli.py) loaded and run so that a Ctrl-C
+at any moment, while NumPy and LLVM load too, ends the command with one line and exit status 130.
+
+Invariant: this module imports nothing but the standard library's `os` and `sys` before its try
+block (spadc/__init__.py loads its public names lazily, for this).
+"""
+
+import os
+import sys
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader went away
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        from .cli import main as run_command
+        return run_command(argv)
+    except KeyboardInterrupt:  # cli.main reports an interrupt during a command itself
+        print("spadc: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of stdout went away (`spadc run ... | head -1`): stop quietly
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _silence_stdout():
+    """Point stdout at /dev/null so that Python's final flush of it does not fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
