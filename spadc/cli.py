@@ -9,7 +9,6 @@ Invariants:
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import warnings
@@ -18,10 +17,9 @@ import numpy as np
 
 from spadrt import limits
 from spadrt.errors import SpadcWarning
-from spadrt.estimators import DRAWS, SCORES, SHARES, SITE_POLICIES, SPAD_POLICIES
-from spadrt.optim import OPTIMIZERS
-
-from . import api, passes
+from spadrt.estimators import DRAWS, SITE_POLICIES
+from spadrt.training import TrainingStopped
+from . import api, options, passes
 from . import commands as commands_
 from .commands import EXIT_INTERRUPTED
 from .errors import SpadcError
@@ -57,6 +55,7 @@ def _model_options(command, out_help: str, inputs: bool = True):
     command.add_argument("--out", metavar="OUT.npz", help=out_help)
     command.add_argument("--threads", type=int, default=None, metavar="N",
                          help="cores a batch is spread over (the result is the same for any N); default: all")
+    command.add_argument("--dtype", choices=api.DTYPES, default="f64", help="the float type of the whole program")
     command.add_argument("--no-cache", action="store_true",
                          help="compile afresh: neither read nor write the compile cache ($SPADC_CACHE_DIR, else "
                               "~/.cache/spadc)")
@@ -70,23 +69,7 @@ def _lanes_option(command):
 
 
 def _estimator_options(command, default: str):
-    """The estimator and its settings, named as in the Python API (ESTIMATORS.md)."""
-    group = command.add_argument_group("estimator (RAD and SPAD)")
-    group.add_argument("--estimator", choices=("exact", "rad", "spad", "es", "pes"), default=default,
-                       help="gradient estimator (es, pes: evolution strategies, forward passes only)")
-    group.add_argument("--keep", type=float, default=0.1, help="share of each site's entries kept")
-    group.add_argument("--sites", choices=SITE_POLICIES, default="weights", help="site policy: which edges are gated")
-    group.add_argument("--draw", choices=DRAWS, default="with_replacement", help="how entries are drawn")
-    group.add_argument("--share", choices=SHARES, default="sample", help="one mask per sample, or per batch")
-    spad = command.add_argument_group("SPAD only")
-    spad.add_argument("--rank", choices=SPAD_POLICIES, default="importance", help="how ranked entries are followed")
-    spad.add_argument("--score", choices=SCORES, default="paths", help="what ranks entries at evaluation steps")
-    spad.add_argument("--refresh", type=int, default=10, help="steps between evaluation steps")
-    spad.add_argument("--candidates", type=int, default=8, help="RAD draws per paths evaluation (or best_of masks)")
-    spad.add_argument("--floor", type=float, default=0.1, help="uniform share mixed into importance sampling")
-    es = command.add_argument_group("ES and PES only")
-    es.add_argument("--sigma", type=float, default=0.1, help="standard deviation of the perturbations")
-    es.add_argument("--particles", type=int, default=64, help="perturbed copies of the params per step")
+    options.add_estimator_options(command, default)
     command.add_argument("--policy", action=_Renamed, hint="the site policy is --sites, and SPAD's ranking rule "
                          "is --rank (as `sites=` and `policy=` in Python)")
 
@@ -100,7 +83,10 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"bytes params and a kernel's workspace may take, e.g. 4G; default: "
                              f"${limits.ENVIRONMENT_VARIABLE}, else the machine's memory")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add = functools.partial(commands.add_parser, parents=[common], formatter_class=_Formatter)
+    def add(name, **kwargs):
+        command = commands.add_parser(name, parents=[common], formatter_class=_Formatter, **kwargs)
+        command.set_defaults(command_parser=command)  # usage errors found after parsing name the command
+        return command
 
     check = add("check", help="parse and type-check a file: prints ok, or diagnostics and exits 1")
     check.add_argument("file", metavar="FILE.spad")
@@ -143,24 +129,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="for a model with `state` and --steps: carry the state from call to call, resetting it "
                             "every H calls (an episode); default: every call starts from the initial values")
     train.add_argument("--val", metavar="V.npz", help="validation data, as --data")
-    train.add_argument("--val-split", type=float, default=0.0, metavar="F",
-                       help="hold out this share of --data for validation (when --val is not given)")
-    train.add_argument("--epochs", type=int, default=20, help="passes over the data")
-    train.add_argument("--batch", type=int, default=32, help="samples per minibatch")
-    train.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam", help="the update rule")
-    train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-    train.add_argument("--schedule", choices=("none", "step", "cosine"), default="none",
-                       help="learning-rate schedule: step divides by 10 every third of the epochs")
     _estimator_options(train, default="exact")
-    train.add_argument("--seed", type=int, default=0, help="seed of the shuffles and of the estimator")
-    group = train.add_argument_group("preconditioner (CURVATURE.md)")
-    group.add_argument("--precondition", choices=("identity", "newton", "newton_cg", "diag_fisher", "kfac", "shampoo"),
-                       default=None, help="precondition the gradient (the optimiser gets P g); default: none")
-    group.add_argument("--damping", type=float, default=1e-3, help="the preconditioner's damping")
-    group.add_argument("--interval", type=int, default=1, metavar="N", help="steps between curvature updates")
-    group.add_argument("--ema", type=float, default=None, help="decay of the running curvature; default: none "
-                       "(each update replaces it)")
-    group.add_argument("--warmup", type=int, default=0, metavar="N", help="steps of plain gradients first")
+    options.add_training_options(train)
     train.add_argument("--plot", metavar="CURVE.png", help="write the loss curves to this PNG")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--inputs", action=_Renamed, hint="training data comes from --data (and --val)")
@@ -219,7 +189,9 @@ def _plain_warning(message, category, filename, lineno, line=None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _plain_warning
+    warnings.filterwarnings("ignore", category=TrainingStopped)  # `spadc train` reports it as its error
     args = _parser().parse_args(argv)
+    options.reject_ignored(args.command_parser, args)
     try:
         if args.max_memory is not None:  # every later check reads the limit from the environment
             os.environ[limits.ENVIRONMENT_VARIABLE] = str(limits.parse_bytes(args.max_memory, "--max-memory"))

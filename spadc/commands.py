@@ -12,17 +12,16 @@ import sys
 
 import numpy as np
 
-from spadrt import curvature, precondition
+from spadrt import curvature
 from spadrt.arguments import user_inputs
 from spadrt.diagnostics import POOLED_BOUND, POWER_TARGET, diagnose
-from spadrt.es import ES, PES
-from spadrt.estimators import RAD, SPAD, Exact
+from spadrt.estimators import SPAD
 from spadrt.files import check_writable, read_npz, save_npz
-from spadrt.optim import OPTIMIZERS, CosineLR, StepLR
 from spadrt.plot import loss_curve, require_matplotlib
-from spadrt.training import Interrupted
+from spadrt.training import Interrupted, fit
 
 from . import api, frontend, memreport
+from . import options as options_
 from .errors import SpadcError
 from .ir.printer import format_program
 
@@ -41,7 +40,7 @@ def ir(args) -> int:
                          "`spadc ir FILE` prints the forward program")
     if args.grad or args.estimator != "exact":
         compiled = api.build_file(args.file)
-        program = compiled.gradient_program(_estimator(args).sampling).program
+        program = compiled.gradient_program(options_.estimator(args).sampling).program
     else:
         program = frontend.lower(frontend.check_file(args.file), dump_after=args.dump_after)
     sys.stdout.write(format_program(program))
@@ -84,7 +83,7 @@ def _input_names(model) -> list[str]:
 def _model_with_params(args):
     if args.out:
         check_writable(args.out)
-    model = api.compile_file(args.file, cache=not args.no_cache, lanes=args.lanes)
+    model = api.compile_file(args.file, dtype=args.dtype, cache=not args.no_cache, lanes=args.lanes)
     model.init_params(args.init_seed)
     if args.params:
         model.load(args.params)
@@ -107,24 +106,10 @@ def run(args) -> int:
     return 0
 
 
-def _estimator(args):
-    """The estimator the command line describes (defaults as in the Python API)."""
-    if args.estimator == "exact":
-        return Exact()
-    if args.estimator == "rad":
-        return RAD(keep=args.keep, policy=args.sites, draw=args.draw, share=args.share)
-    if args.estimator == "es":
-        return ES(sigma=args.sigma, particles=args.particles)
-    if args.estimator == "pes":
-        return PES(sigma=args.sigma, particles=args.particles)
-    return SPAD(keep=args.keep, sites=args.sites, draw=args.draw, share=args.share, policy=args.rank,
-                score=args.score, refresh=args.refresh, candidates=args.candidates, floor=args.floor)
-
-
 def grad(args) -> int:
     model = _model_with_params(args)
     inputs = _load_npz(args.inputs, "inputs", _input_names(model))
-    estimator = _estimator(args)
+    estimator = options_.estimator(args)
     if args.draws:
         return _diagnose(model, estimator, args, inputs)
     loss, grads, stats = model.grad(inputs=inputs, estimator=estimator, seed=args.seed, stats=True,
@@ -174,15 +159,10 @@ def train(args) -> int:
         raise SpadcError(f"{args.file} has inputs ({', '.join(_input_names(model))}): give the training data "
                          f"with --data D.npz")
     data = _load_data(args.data, "data", model)
-    validation = None
-    if args.val:
-        validation = _load_data(args.val, "validation data", model)
-    elif args.val_split:
-        if not 0 < args.val_split < 1:
-            raise SpadcError(f"--val-split must be in (0, 1), got {args.val_split}")
-        data, validation = _split(data, args.val_split, args.seed)
-    return _fit(model, args, data, validation=validation, epochs=args.epochs, batch_size=args.batch,
-                horizon=args.horizon)
+    if args.val and "validation_split" in vars(args):
+        raise SpadcError("give validation data by --val or --validation-split, not both")
+    validation = _load_data(args.val, "validation data", model) if args.val else None
+    return _fit(model, args, data, validation=validation, horizon=args.horizon)
 
 
 def _train_without_inputs(model, args) -> int:
@@ -191,18 +171,21 @@ def _train_without_inputs(model, args) -> int:
         raise SpadcError(f"{args.file} has no inputs, so it takes no data: train it with --steps N")
     if args.steps is None:
         raise SpadcError(f"{args.file} has no inputs: give the number of optimiser steps with --steps N")
+    for option in ("epochs", "batch_size", "validation_split"):
+        if option in vars(args):
+            raise SpadcError(f"{args.file} has no inputs, so --{option.replace('_', '-')} means nothing: it trains "
+                             f"for --steps N")
     return _fit(model, args, None, steps=args.steps, horizon=args.horizon)
 
 
 def _fit(model, args, data, **options) -> int:
-    length = options.get("epochs", options.get("steps"))
-    optimizer = OPTIMIZERS[args.optimizer](lr=args.lr)
-    schedule = {"none": None, "cosine": CosineLR(), "step": StepLR(step_size=max(length // 3, 1), gamma=0.1)}
+    given = {**options_.fit_options(args), **options}
+    length = given.get("steps") or given.get("epochs") or options_.python_default(fit, "epochs")
     checkpoint = (lambda epoch, history: model.save(args.out)) if args.out else None
     try:
-        history = model.fit(data, optimizer=optimizer, estimator=_estimator(args), seed=args.seed,
-                            schedule=schedule[args.schedule], quiet=args.quiet, on_epoch=checkpoint,
-                            threads=args.threads, precondition=_preconditioner(args), **options)
+        history = model.fit(data, optimizer=options_.optimizer(args), estimator=options_.estimator(args),
+                            schedule=options_.schedule(args, length), quiet=args.quiet, on_epoch=checkpoint,
+                            threads=args.threads, precondition=options_.preconditioner(args), **given)
     except Interrupted as interrupted:
         saved = f"; the last checkpoint is {args.out}" if args.out and interrupted.history.train_loss else ""
         print(f"spadc train: {interrupted.where}{saved}", file=sys.stderr)
@@ -218,20 +201,13 @@ def _fit(model, args, data, **options) -> int:
     if history.val_loss:
         print(f"validation loss {history.val_loss[-1]:.4f}")
     if history.val_accuracy:
-        print(f"test accuracy {100 * history.val_accuracy[-1]:.2f}%")
+        print(f"validation accuracy {100 * history.val_accuracy[-1]:.2f}%")
     if history.tape_bytes is not None:
         print(f"tape: {history.tape_bytes:,.0f} bytes per sample")
     if history.stopped:
         print(f"error: {history.stopped}", file=sys.stderr)
         return 1
     return 0
-
-
-def _preconditioner(args):
-    if args.precondition is None:
-        return None
-    return precondition.NAMES[args.precondition](damping=args.damping, interval=args.interval, ema=args.ema,
-                                                 warmup=args.warmup)
 
 
 def curv(args) -> int:
@@ -246,16 +222,6 @@ def curv(args) -> int:
         save_npz(args.out, {"top_eigenvalue": np.asarray(top), "trace": np.asarray(trace),
                             "trace_stderr": np.asarray(error)}, "curvature estimates")
     return 0
-
-
-def _split(data: dict, share: float, seed: int) -> tuple[dict, dict]:
-    counts = {len(v) for v in data.values()}
-    if len(counts) != 1:
-        raise SpadcError("the data's arrays have different numbers of samples")
-    n = counts.pop()
-    order = np.random.default_rng(seed).permutation(n)
-    cut = int(round(n * (1 - share)))
-    return ({k: v[order[:cut]] for k, v in data.items()}, {k: v[order[cut:]] for k, v in data.items()})
 
 
 def build(args) -> int:
@@ -273,7 +239,7 @@ def build(args) -> int:
 
 def mem(args) -> int:
     compiled = api.build_file(args.file, args.dtype, lanes=args.lanes)
-    estimator = _estimator(args)
+    estimator = options_.estimator(args)
     if estimator.sampling is None:
         raise SpadcError("spadc mem compares the exact tape with an estimator's: give --estimator rad or spad "
                          "with --keep below 1 (ES keeps no tape at all)")

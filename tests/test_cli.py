@@ -251,3 +251,50 @@ def test_a_shared_library_for_another_target_needs_its_linker(tmp_path):
     result = spadc("build", example("mlp.spad"), "-o", str(tmp_path / "x.so"), "--target", "aarch64-linux-gnu")
     assert result.returncode == 1 and "build an object instead" in result.stderr and "--linker" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---- one set of options with the Python API (issue 29) --------------------------------------------
+
+@pytest.mark.parametrize("options, needed", [
+    (["--keep", "0.3"], "--estimator rad or spad"), (["--estimator", "rad", "--refresh", "5"], "--estimator spad"),
+    (["--sigma", "0.1"], "--estimator es or pes"), (["--damping", "0.1"], "--precondition"),
+    (["--interval", "3"], "--precondition"), (["--momentum", "0.9"], "--optimizer sgd"),
+    (["--optimizer", "sgd", "--betas", "0.8,0.9"], "--optimizer adam or adamw"),
+    (["--gamma", "0.5"], "--schedule step"), (["--schedule", "step", "--eta-min", "0.1"], "--schedule cosine"),
+])
+def test_an_option_that_would_be_ignored_is_a_usage_error(options, needed):
+    result = spadc("train", example("rosenbrock.spad"), "--steps", "2", *options)
+    flag = options[-2]
+    assert result.returncode == 2 and f"{flag} applies only with {needed}" in result.stderr
+
+
+def test_grad_refuses_keep_without_a_sampled_estimator():
+    result = spadc("grad", example("rosenbrock.spad"), "--keep", "0.5")
+    assert result.returncode == 2 and "--keep applies only with --estimator rad or spad" in result.stderr
+
+
+def test_every_optimizer_setting_reaches_python_with_python_defaults():
+    """The command line and `fit` give the same bits: SGD with Nesterov momentum, weight decay and a
+    step schedule, in f32, against the same run in Python."""
+    import numpy as np
+    import spadc as api
+    out_dir = os.path.dirname(example("rosenbrock.spad"))
+    args = ["--steps", "30", "--optimizer", "sgd", "--lr", "1e-4", "--momentum", "0.9", "--nesterov",
+            "--weight-decay", "0.01", "--schedule", "step", "--step-size", "10", "--gamma", "0.5", "--dtype", "f32",
+            "--quiet"]
+    result = spadc("train", example("rosenbrock.spad"), *args)
+    assert result.returncode == 0, result.stderr
+    model = api.compile_file(example("rosenbrock.spad"), dtype="f32")
+    model.init_params(0)
+    history = model.fit(None, steps=30, optimizer=api.SGD(lr=1e-4, momentum=0.9, nesterov=True, weight_decay=0.01),
+                        schedule=api.StepLR(step_size=10, gamma=0.5))
+    assert f"final train loss {history.train_loss[-1]:.4f}" in result.stdout
+    assert out_dir  # the example exists
+    assert api.SGD().lr == 0.01 and "sgd 0.01" in spadc("train", "--help").stdout
+
+
+def test_old_spellings_are_aliases(tmp_path):
+    data = os.path.join(os.path.dirname(example("x")), "data", "digits_test.npz")
+    for flags in (["--batch", "64", "--val-split", "0.25"], ["--batch-size", "64", "--validation-split", "0.25"]):
+        result = spadc("train", example("mlp.spad"), "--data", data, "--epochs", "1", "--quiet", *flags)
+        assert result.returncode == 0 and "trained 5 steps" in result.stdout, result.stderr  # 270 samples / 64

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import spadc
+import spadrt.training
 
 from conftest import EXAMPLES, example
 
@@ -175,7 +176,7 @@ def test_spadc_train_with_validation_checkpoint_and_plot(tmp_path, estimator):
                              "--keep", "0.3", "--out", str(out), "--plot", str(plot), "--quiet"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    accuracy = float(result.stdout.split("test accuracy ")[1].split("%")[0])
+    accuracy = float(result.stdout.split("validation accuracy ")[1].split("%")[0])
     assert accuracy > 85 and result.stderr == ""
     with np.load(out) as params:
         assert set(params.files) == {"W1", "b1", "W2", "b2", "W3", "b3"}
@@ -186,7 +187,7 @@ def test_spadc_train_with_a_validation_split_and_a_bad_file(tmp_path):
     result = subprocess.run([sys.executable, "-m", "spadc", "train", example("mlp.spad"), "--data",
                              os.path.join(DATA, "digits_test.npz"), "--val-split", "0.25", "--epochs", "1", "--quiet"],
                             capture_output=True, text=True)
-    assert result.returncode == 0 and "test accuracy" in result.stdout
+    assert result.returncode == 0 and "validation accuracy" in result.stdout
     result = subprocess.run([sys.executable, "-m", "spadc", "train", example("mlp.spad"), "--data",
                              str(tmp_path / "none.npz")], capture_output=True, text=True)
     assert result.returncode == 1 and "cannot read data" in result.stderr
@@ -258,3 +259,44 @@ def test_a_loss_curve_is_a_png_with_the_series(tmp_path):
     loss_curve(str(path), {"train": [3.0, 1.0, 0.1, 0.01], "val": [3.1, 1.2, 0.3, 0.2]})
     text = path.read_text()
     assert "<svg" in text and "train" in text and "val" in text and "epoch" in text
+
+
+# ---- what fit says (issue 29) --------------------------------------------------------------------
+
+def test_fit_checks_its_arguments_at_the_call():
+    model = spadc.compile_file(example("rosenbrock.spad"))
+    for bad, name in ((spadc.Adam, "optimizer"), (spadc.RAD, "estimator"), (spadc.precondition.KFAC, "precondition")):
+        with pytest.raises(spadc.SpadcError, match=f"{name}= got the class {bad.__name__}: give an instance"):
+            model.fit(None, steps=3, **{name: bad})
+
+
+def test_a_non_finite_loss_stops_training_with_a_warning_naming_the_step():
+    model = spadc.compile_source("param p: f64 = 1.0\nloss -p\n", name="blowup.spad")
+    with pytest.warns(spadrt.training.TrainingStopped, match=r"the loss became -inf at step 2;"):
+        history = model.fit(None, steps=50, optimizer=spadc.SGD(lr=1e308))  # p: 1, 1e308, inf
+    assert history.stopped and history.steps == 2 and len(history.train_loss) == 2
+
+
+def test_divergence_is_warned_about_once():
+    """SGD with too large a step on a quadratic: the loss grows by 81x per step (|1 - 2 lr| = 9)."""
+    model = spadc.compile_source("param p: f64 = 1.0\nloss p * p\n", name="quadratic.spad")
+    with pytest.warns(spadrt.training.Diverging, match="training is diverging") as caught:
+        model.fit(None, steps=20, optimizer=spadc.SGD(lr=5.0))
+    assert len([w for w in caught if issubclass(w.category, spadrt.training.Diverging)]) == 1
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.set_params({"p": np.array(1.0)})
+        model.fit(None, steps=20, optimizer=spadc.SGD(lr=0.1))  # converging: no warning
+
+
+def test_validation_split_in_python_as_on_the_command_line():
+    model = spadc.compile_file(example("mlp.spad"))
+    model.init_params(0)
+    data = digits("test")
+    history = model.fit(data, epochs=1, validation_split=0.25, seed=3)
+    assert len(history.val_loss) == 1 and len(history.val_accuracy) == 1
+    with pytest.raises(spadc.SpadcError, match="validation_split must be a share in"):
+        model.fit(data, epochs=1, validation_split=1.5)
+    with pytest.raises(spadc.SpadcError, match="not both"):
+        model.fit(data, epochs=1, validation_split=0.2, validation=data)

@@ -8,7 +8,10 @@ Invariants:
   minibatch's position as `sample_offset`); a SPAD estimator instead advances its own counter,
   once per step, so its evaluation steps fall every `refresh` steps of training.
 - Training steps run in training mode (dropout on); validation runs in evaluation mode.
-- A non-finite loss stops training; `History.stopped` says at which step.
+- A non-finite loss stops training; `History.stopped` says at which step, and a `TrainingStopped`
+  warning says it too.
+- A train loss that rises above DIVERGENCE_FACTOR times its best (an epoch's mean; without data, a
+  step's loss) is warned about once per run (`Diverging`): training goes on, as asked.
 - Ctrl-C (KeyboardInterrupt) raises `Interrupted`, still a KeyboardInterrupt, carrying the history
   so far and one line saying where training stopped; `on_epoch` checkpoints are never half-written
   (Model.save writes atomically).
@@ -19,17 +22,46 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .calls import check_threads
-from .errors import SpadcError
+from .errors import SpadcError, SpadcWarning
 from .estimators import SPAD, resolve
 from .arguments import check_seed, user_inputs
 from .optim import resolve as resolve_optimizer
 from .precondition import resolve as resolve_preconditioner
+
+
+DIVERGENCE_FACTOR = 10  # a train loss this many times its best (above it by 9 times its magnitude)
+
+
+class TrainingStopped(SpadcWarning):
+    """Training stopped early: the loss became NaN or infinite."""
+
+
+class Diverging(SpadcWarning):
+    """The train loss rose far above its best: the step size is probably too large."""
+
+
+class _DivergenceWatch:
+    def __init__(self):
+        self.best: tuple[float, str] | None = None
+        self.warned = False
+
+    def see(self, loss: float, where: str):
+        if self.best is None or loss < self.best[0]:
+            self.best = (loss, where)
+            return
+        best, at = self.best
+        if not self.warned and loss - best > (DIVERGENCE_FACTOR - 1) * abs(best) and loss - best > 1e-12:
+            self.warned = True
+            warnings.warn(Diverging(f"training is diverging: the train loss rose from {best:.4g} ({at}) to {loss:.4g} "
+                                    f"({where}), more than {DIVERGENCE_FACTOR} times its best; lower the learning "
+                                    f"rate (or raise the preconditioner's damping)"), stacklevel=4)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -53,17 +85,19 @@ class History:
     stopped: str | None = None  # why training stopped early, if it did
 
 
-def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimizer="adam", estimator=None,
+def fit(model, data: dict | None, epochs: int = 20, batch_size: int = 32, optimizer="adam", estimator=None,
         validation: dict | None = None, seed: int = 0, schedule=None, quiet: bool = True,
         stream=None, on_epoch=None, steps: int | None = None, threads: int | None = None,
-        horizon: int | None = None, precondition=None) -> History:
+        horizon: int | None = None, precondition=None, validation_split: float | None = None) -> History:
     """Train on `data`; a model without inputs trains with `data=None` for `steps` steps (each step
     is then an epoch of its own: its loss is recorded and `on_epoch` called). `threads`: cores each
     minibatch is spread over (default all; the same result for any number). `horizon`: for a model
     with `state` and no inputs, the calls in an episode: the state each call ends with is carried
     to the next (truncated backpropagation through time with the exact gradient), and it is reset
     to its initial value every `horizon` calls. `precondition`: a spadc.precondition method (or its
-    name): the optimiser is given P g instead of g (CURVATURE.md section 3)."""
+    name): the optimiser is given P g instead of g (CURVATURE.md section 3). `validation_split`: a
+    share in (0, 1) of `data` held out (drawn with `seed`) as the validation set, when
+    `validation` is not given."""
     seed = check_seed(seed, "seed")
     threads = check_threads(threads)
     if horizon is not None:
@@ -73,6 +107,10 @@ def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimi
         if data is not None:
             raise SpadcError("episodes of carried state (horizon=) are for models without inputs (data=None) so "
                              "far: with data, every call starts from the states' initial values")
+    for name, value in (("optimizer", optimizer), ("estimator", estimator), ("precondition", precondition),
+                        ("schedule", schedule)):
+        if isinstance(value, type):
+            raise SpadcError(f"{name}= got the class {value.__name__}: give an instance, such as {value.__name__}()")
     estimator = resolve(estimator)
     optimizer = resolve_optimizer(optimizer)
     precondition = resolve_preconditioner(precondition)
@@ -86,12 +124,17 @@ def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimi
     epochs, batch_size = _count("epochs", epochs), _count("batch_size", batch_size)
     train = _dataset(model, data, "data")
     valid = _dataset(model, validation, "validation") if validation is not None else None
+    if validation_split is not None:
+        if valid is not None:
+            raise SpadcError("give validation= or validation_split=, not both")
+        train, valid = _split(train, validation_split, seed)
     n = len(next(iter(train.values())))
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 0x5EED])))
     bar = _Progress(None if quiet else (stream or sys.stderr))
     history = History()
     gradient = np.empty_like(model.flat_params)  # every step's gradient, written here
     position = {"step": 0, "epoch": 0}
+    watch = _DivergenceWatch()
     with _interruptible(history, bar, lambda: f"interrupted at step {position['step']} "
                                               f"(epoch {position['epoch'] + 1} of {epochs})"):
         for epoch in range(epochs):
@@ -116,6 +159,7 @@ def fit(model, data: dict | None, epochs: int = 10, batch_size: int = 32, optimi
                 position["step"] = step + 1
                 bar.update(epoch, epochs, seen / n, total / seen)
             history.train_loss.append(total / seen)
+            watch.see(total / seen, f"epoch {epoch + 1}")
             if valid is not None:
                 history.val_loss.append(float(np.mean(model.loss(inputs=valid, threads=threads))))
                 if model.layout["classifier"]:
@@ -140,6 +184,7 @@ def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quie
     bar = _Progress(None if quiet else (stream or sys.stderr))
     history = History()
     gradient = np.empty_like(model.flat_params)  # every step's gradient, written here
+    watch = _DivergenceWatch()
     with _interruptible(history, bar, lambda: f"interrupted at step {history.steps} of {steps}"):
         state = None  # None: the states' initial values
         for step in range(steps):
@@ -157,6 +202,7 @@ def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quie
             if loss is None:
                 break
             history.train_loss.append(loss)
+            watch.see(loss, f"step {step}")
             history.steps = step + 1
             bar.update(0, 1, (step + 1) / steps, loss)
             if on_epoch is not None:
@@ -173,7 +219,7 @@ def _take_step(model, optimizer, lr: float, history: History, bar, where: str, p
     loss, flat, measured = model._flat_grad_into(out, **grad_options)
     if not math.isfinite(loss):
         history.stopped = f"the loss became {loss} at {where}; training stopped"
-        bar.message(history.stopped)
+        warnings.warn(TrainingStopped(history.stopped), stacklevel=4)
         return None
     if precondition is not None:
         flat = precondition.direction(model, flat, grad_options, number)
@@ -205,6 +251,18 @@ def accuracy(model, data: dict, threads: int | None = None) -> float:
     result = model.forward(inputs=data, threads=threads)
     logits = result.outputs.get(classifier["logits"], getattr(result, "hidden", {}).get(classifier["logits"]))
     return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(data[classifier["label"]])))
+
+
+def _split(data: dict, share, seed: int) -> tuple[dict, dict]:
+    """(train, validation): `share` of the samples, drawn with `seed`, held out."""
+    if isinstance(share, bool) or not isinstance(share, (int, float, np.integer, np.floating)) or not 0 < share < 1:
+        raise SpadcError(f"validation_split must be a share in (0, 1), got {share!r}")
+    n = len(next(iter(data.values())))
+    order = np.random.default_rng(seed).permutation(n)
+    cut = int(round(n * (1 - share)))
+    if cut in (0, n):
+        raise SpadcError(f"validation_split={share} of {n} samples leaves one of the two sets empty")
+    return ({k: v[order[:cut]] for k, v in data.items()}, {k: v[order[cut:]] for k, v in data.items()})
 
 
 def _count(name: str, value) -> int:

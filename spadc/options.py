@@ -1,0 +1,187 @@
+"""Command-line options that configure the Python API's objects: estimators, optimisers, schedules,
+preconditioners and `fit` itself.
+
+Invariants:
+- One set of defaults: an option the user did not give is not passed on, so the Python constructor
+  or `fit` applies its own default; the help shows that default, read from the Python signature.
+- One set of names: each option is the Python keyword with dashes (`--batch-size` for
+  `batch_size=`); older spellings stay as aliases.
+- An option that would be ignored (`--keep` with the exact gradient, `--damping` without
+  `--precondition`, `--momentum` with Adam) is a usage error naming what it needs, never silently
+  dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+
+from spadrt import precondition as preconditioners
+from spadrt.es import ES, PES
+from spadrt.estimators import DRAWS, RAD, SCORES, SHARES, SITE_POLICIES, SPAD, SPAD_POLICIES, Exact
+from spadrt.optim import OPTIMIZERS, CosineLR, StepLR
+from spadrt.training import fit
+
+PRECONDITIONERS = ("identity", "newton", "newton_cg", "diag_fisher", "kfac", "shampoo")
+
+
+def python_default(function, keyword: str):
+    """The default of `keyword` in `function`'s signature (a class: its constructor)."""
+    return inspect.signature(function).parameters[keyword].default
+
+
+def _option(group, flags, function, keyword, help_text, dest=None, **kwargs):
+    """An option passed on as `keyword=` to `function`, absent from the namespace unless given
+    (`dest`: its name there, when not the keyword's)."""
+    default = python_default(function, keyword)
+    shown = "none" if default is None else default
+    group.add_argument(*flags, dest=dest or keyword, default=argparse.SUPPRESS, help=f"{help_text} (default: {shown})",
+                       **kwargs)
+
+
+def _pair(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected two numbers separated by a comma, got {text!r}")
+    return float(parts[0]), float(parts[1])
+
+
+# ---- estimators --------------------------------------------------------------------------------
+
+def add_estimator_options(command, default: str):
+    """The estimator and its settings, named as in the Python API (ESTIMATORS.md)."""
+    group = command.add_argument_group("estimator (RAD and SPAD)")
+    group.add_argument("--estimator", choices=("exact", "rad", "spad", "es", "pes"), default=default,
+                       help="gradient estimator (es, pes: evolution strategies, forward passes only)")
+    _option(group, ["--keep"], RAD, "keep", "share of each site's entries kept", type=float)
+    _option(group, ["--sites"], SPAD, "sites", "site policy: which edges are gated", choices=SITE_POLICIES)
+    _option(group, ["--draw"], RAD, "draw", "how entries are drawn", choices=DRAWS)
+    _option(group, ["--share"], RAD, "share", "one mask per sample, or per batch", choices=SHARES)
+    spad = command.add_argument_group("SPAD only")
+    _option(spad, ["--rank"], SPAD, "policy", "how ranked entries are followed", choices=SPAD_POLICIES, dest="rank")
+    _option(spad, ["--score"], SPAD, "score", "what ranks entries at evaluation steps", choices=SCORES)
+    _option(spad, ["--refresh"], SPAD, "refresh", "steps between evaluation steps", type=int)
+    _option(spad, ["--candidates"], SPAD, "candidates", "RAD draws per paths evaluation (or best_of masks)", type=int)
+    _option(spad, ["--floor"], SPAD, "floor", "uniform share mixed into importance sampling", type=float)
+    es = command.add_argument_group("ES and PES only")
+    es.add_argument("--sigma", type=float, default=argparse.SUPPRESS, help="standard deviation of the perturbations "
+                    f"(default: {python_default(ES, 'sigma')} for es, {python_default(PES, 'sigma')} for pes)")
+    _option(es, ["--particles"], ES, "particles", "perturbed copies of the params per step", type=int)
+
+
+def estimator(args):
+    """The estimator the options describe; options not given take the Python defaults."""
+    given = vars(args)
+    sampled = {k: given[k] for k in ("keep", "draw", "share") if k in given}
+    if args.estimator == "exact":
+        return Exact()
+    if args.estimator == "rad":
+        return RAD(**sampled, **({"policy": given["sites"]} if "sites" in given else {}))
+    if args.estimator in ("es", "pes"):
+        return (ES if args.estimator == "es" else PES)(**{k: given[k] for k in ("sigma", "particles") if k in given})
+    spad = {k: given[k] for k in ("sites", "score", "refresh", "candidates", "floor") if k in given}
+    return SPAD(**sampled, **spad, **({"policy": given["rank"]} if "rank" in given else {}))
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+def add_training_options(train):
+    _option(train, ["--epochs"], fit, "epochs", "passes over the data", type=int)
+    _option(train, ["--batch-size", "--batch"], fit, "batch_size", "samples per minibatch", type=int)
+    _option(train, ["--validation-split", "--val-split"], fit, "validation_split",
+            "hold out this share of --data for validation (when --val is not given)", type=float, metavar="F")
+    _option(train, ["--seed"], fit, "seed", "seed of the shuffles and of the estimator", type=int)
+    group = train.add_argument_group("optimiser (defaults: the optimiser's own, as in Python)")
+    _option(group, ["--optimizer"], fit, "optimizer", "the update rule", choices=sorted(OPTIMIZERS))
+    group.add_argument("--lr", type=float, default=argparse.SUPPRESS,
+                       help="learning rate (default: the optimiser's: " + ", ".join(
+                           f"{name} {python_default(OPTIMIZERS[name], 'lr')}" for name in sorted(OPTIMIZERS)) + ")")
+    _option(group, ["--momentum"], OPTIMIZERS["sgd"], "momentum", "sgd: momentum", type=float)
+    group.add_argument("--nesterov", action="store_true", default=argparse.SUPPRESS, help="sgd: Nesterov momentum")
+    group.add_argument("--weight-decay", dest="weight_decay", type=float, default=argparse.SUPPRESS,
+                       help="L2 penalty (adamw: decoupled); default: the optimiser's (adamw 0.01, others 0)")
+    _option(group, ["--betas"], OPTIMIZERS["adam"], "betas", "adam, adamw: B1,B2", type=_pair)
+    group.add_argument("--eps", type=float, default=argparse.SUPPRESS, help="adam, adamw, adagrad: the "
+                       "denominator's epsilon; default: the optimiser's")
+    group.add_argument("--schedule", choices=("none", "step", "cosine"), default="none",
+                       help="learning-rate schedule, stepped per epoch (per step without data)")
+    _option(group, ["--step-size"], StepLR, "step_size", "step: epochs between divisions; default here: a third "
+            "of the run", type=int)
+    _option(group, ["--gamma"], StepLR, "gamma", "step: the factor", type=float)
+    _option(group, ["--t-max"], CosineLR, "t_max", "cosine: the period in epochs; none: the run's length", type=int)
+    _option(group, ["--eta-min"], CosineLR, "eta_min", "cosine: the smallest learning rate", type=float)
+    group = train.add_argument_group("preconditioner (CURVATURE.md)")
+    group.add_argument("--precondition", choices=PRECONDITIONERS, default=None,
+                       help="precondition the gradient (the optimiser gets P g); default: none")
+    base = preconditioners.Preconditioner
+    _option(group, ["--damping"], base, "damping", "the preconditioner's damping", type=float)
+    _option(group, ["--interval"], base, "interval", "steps between curvature updates", type=int, metavar="N")
+    _option(group, ["--ema"], base, "ema", "decay of the running curvature (none: each update replaces it)",
+            type=float)
+    _option(group, ["--warmup"], base, "warmup", "steps of plain gradients first", type=int, metavar="N")
+
+
+_OPTIMIZER_KEYWORDS = {"sgd": ("lr", "momentum", "nesterov", "weight_decay"), "adam": ("lr", "betas", "eps", "weight_decay"),
+                       "adamw": ("lr", "betas", "eps", "weight_decay"), "adagrad": ("lr", "eps", "weight_decay")}
+
+
+def optimizer(args):
+    name = getattr(args, "optimizer", python_default(fit, "optimizer"))
+    given = vars(args)
+    return OPTIMIZERS[name](**{k: given[k] for k in _OPTIMIZER_KEYWORDS[name] if k in given})
+
+
+def schedule(args, length: int):
+    given = vars(args)
+    if args.schedule == "step":
+        return StepLR(step_size=given.get("step_size", max(length // 3, 1)), **{k: given[k] for k in ("gamma",) if k in given})
+    if args.schedule == "cosine":
+        return CosineLR(**{k: given[k] for k in ("t_max", "eta_min") if k in given})
+    return None
+
+
+def preconditioner(args):
+    if args.precondition is None:
+        return None
+    given = vars(args)
+    return preconditioners.NAMES[args.precondition](**{k: given[k] for k in ("damping", "interval", "ema", "warmup")
+                                                      if k in given})
+
+
+def fit_options(args) -> dict:
+    """`fit`'s own keywords that the user gave."""
+    given = vars(args)
+    return {k: given[k] for k in ("epochs", "batch_size", "seed", "validation_split") if k in given}
+
+
+# ---- options that would be ignored -------------------------------------------------------------
+
+def _applies(args, option: str) -> str | None:
+    """None when `option` means something with the others given, else what it needs."""
+    if not hasattr(args, "estimator"):  # `spadc build`: its --keep and --sites shape the kernels it builds
+        return None
+    estimator_name = args.estimator
+    optimizer_name = getattr(args, "optimizer", python_default(fit, "optimizer"))
+    needs = {
+        ("keep", "sites", "draw", "share"): (estimator_name in ("rad", "spad"), "--estimator rad or spad"),
+        ("rank", "score", "refresh", "candidates", "floor"): (estimator_name == "spad", "--estimator spad"),
+        ("sigma", "particles"): (estimator_name in ("es", "pes"), "--estimator es or pes"),
+        ("damping", "interval", "ema", "warmup"): (getattr(args, "precondition", None) is not None, "--precondition"),
+        ("momentum", "nesterov"): (optimizer_name == "sgd", "--optimizer sgd"),
+        ("betas",): (optimizer_name in ("adam", "adamw"), "--optimizer adam or adamw"),
+        ("eps",): (optimizer_name != "sgd", "--optimizer adam, adamw or adagrad"),
+        ("step_size", "gamma"): (getattr(args, "schedule", None) == "step", "--schedule step"),
+        ("t_max", "eta_min"): (getattr(args, "schedule", None) == "cosine", "--schedule cosine"),
+    }
+    for options, (meaningful, needed) in needs.items():
+        if option in options and not meaningful:
+            return needed
+    return None
+
+
+def reject_ignored(parser: argparse.ArgumentParser, args):
+    """A usage error for the first option given that the others make meaningless."""
+    for option in vars(args):
+        needed = _applies(args, option)
+        if needed is not None:
+            parser.error(f"--{option.replace('_', '-')} applies only with {needed}: here it would be ignored")
