@@ -94,8 +94,12 @@ def test_loading_refuses_other_abi_versions_and_other_libraries(tmp_path, monkey
         spadrt.load(str(tmp_path / "missing.so"))
     model = spadrt.load(str(library))
     assert model.loss() == pytest.approx(6316.2, rel=1e-12)
-    with pytest.raises(spadc.SpadcError, match="has no gradient kernel for this estimator"):
+    with pytest.raises(spadc.SpadcError, match="has no gradient kernel for this estimator") as info:
         model.grad(estimator=spadrt.RAD(keep=0.1))
+    # The message names real options only, never internal keys (issue 29).
+    assert "(it holds: the exact gradient)" in str(info.value)
+    assert "--keep 0.1 --sites weights --draw with_replacement`" in str(info.value)
+    assert "--policy" not in str(info.value) and "keep0.1" not in str(info.value)
 
 
 def test_the_c_example_trains(tmp_path):

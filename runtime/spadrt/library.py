@@ -15,6 +15,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import warnings
 
 from .abi import ABI_VERSION
@@ -27,6 +28,18 @@ from .model import Model
 def layout_digest(layout_json: bytes) -> int:
     """The first 8 bytes of the layout's SHA-256, as an unsigned 64-bit integer."""
     return int.from_bytes(hashlib.sha256(layout_json).digest()[:8], "little")
+
+
+_VARIANT = re.compile(r"^(\w+)\.keep([^.]+(?:\.\d+)?(?:e-?\d+)?)\.(\w+)\.(\w+)\.")
+
+
+def _described(key: str) -> str:
+    """A built variant (estimators.variant_key) in the command line's words."""
+    found = _VARIANT.match(key)
+    if found is None:
+        return "the exact gradient" if key == "exact" else "SPAD's scoring kernel"
+    sites, keep, draw, _ = found.groups()
+    return f"rad and spad at --keep {keep} --sites {sites} --draw {draw}"
 
 
 def load(path: str) -> Model:
@@ -62,9 +75,12 @@ def load(path: str) -> Model:
         key = variant_key(sampling, score, policy)
         entry = layout["variants"].get(key)
         if entry is None:
-            built = ", ".join(layout["variants"])
-            raise SpadcError(f"{path} has no gradient kernel for this estimator ({key}); it was built with: {built}. "
-                             f"Rebuild with `spadc build --estimators ... --keep ... --policy ...` to include it")
+            built = "; ".join(sorted({_described(k) for k in layout["variants"]}))
+            rebuild = "spadc build FILE.spad -o ... --estimators exact,rad,spad"
+            if sampling is not None:
+                rebuild += f" --keep {sampling.keep} --sites {sampling.sites} --draw {sampling.draw}"
+            raise SpadcError(f"{path} has no gradient kernel for this estimator (it holds: {built}); rebuild it "
+                             f"with `{rebuild}`")
         for message in entry.get("warnings", ()):
             warnings.warn(message, SamplingWarning, stacklevel=5)
         return entry, address(entry["symbol"]), library

@@ -37,6 +37,7 @@ from .precondition import resolve as resolve_preconditioner
 
 
 DIVERGENCE_FACTOR = 10  # a train loss this many times its best (above it by 9 times its magnitude)
+DIVERGENCE_FLOOR = 1e-6  # ... and above it by this share of the first loss's magnitude (or of 1): not noise near 0
 
 
 class TrainingStopped(SpadcWarning):
@@ -48,16 +49,22 @@ class Diverging(SpadcWarning):
 
 
 class _DivergenceWatch:
-    def __init__(self):
+    """Warns once when a loss rises past DIVERGENCE_FACTOR times the best one seen (`active`: False
+    where successive losses are not comparable, as in episodes of carried state)."""
+
+    def __init__(self, active: bool = True):
         self.best: tuple[float, str] | None = None
-        self.warned = False
+        self.scale: float | None = None
+        self.warned = not active
 
     def see(self, loss: float, where: str):
+        if self.scale is None:
+            self.scale = DIVERGENCE_FLOOR * max(abs(loss), 1.0)
         if self.best is None or loss < self.best[0]:
             self.best = (loss, where)
             return
         best, at = self.best
-        if not self.warned and loss - best > (DIVERGENCE_FACTOR - 1) * abs(best) and loss - best > 1e-12:
+        if not self.warned and loss - best > max((DIVERGENCE_FACTOR - 1) * abs(best), self.scale):
             self.warned = True
             warnings.warn(Diverging(f"training is diverging: the train loss rose from {best:.4g} ({at}) to {loss:.4g} "
                                     f"({where}), more than {DIVERGENCE_FACTOR} times its best; lower the learning "
@@ -184,7 +191,7 @@ def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quie
     bar = _Progress(None if quiet else (stream or sys.stderr))
     history = History()
     gradient = np.empty_like(model.flat_params)  # every step's gradient, written here
-    watch = _DivergenceWatch()
+    watch = _DivergenceWatch(active=horizon is None)  # each episode's steps see other losses
     with _interruptible(history, bar, lambda: f"interrupted at step {history.steps} of {steps}"):
         state = None  # None: the states' initial values
         for step in range(steps):
