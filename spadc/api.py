@@ -89,6 +89,10 @@ class Compiled:
                 entry["warnings"] = [f"param `{param}` has a path to the loss through {len(sites)} random factors "
                                      f"({'; '.join(sites)}): the variance of its estimate grows with depth"
                                      for param, sites in multi_factor_paths(self.program, program.sites)]
+                if not program.sites:
+                    entry["warnings"].append(
+                        f"this model has no site to gate under the `{sampling.sites}` site policy: the estimate is "
+                        f"the exact gradient, with its memory (try the `products` or `edges` policy)")
             self.variants[key] = (entry, jit.compile_ir(str(module), ("grad",)), program)
             self.layout["variants"][key] = entry
         return self.variants[key]

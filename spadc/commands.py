@@ -137,7 +137,9 @@ def _diagnose(model, estimator, args, inputs) -> int:
     print(f"pooled z along the exact gradient: {report.pooled_z:.2f} (99.9% bound {POOLED_BOUND:.2f}); "
           f"a 5% bias would add {report.power:.1f}")
     verdict = "no evidence of bias" if report.unbiased else "BIASED: a statistic is past its bound"
-    if report.unbiased and report.power < POWER_TARGET:
+    if not np.isfinite(report.power):
+        verdict = "every draw is the exact gradient (the estimator gates nothing here): there is no bias to test"
+    elif report.unbiased and report.power < POWER_TARGET:
         verdict += f" (but too few draws to see a 5% bias reliably: try --draws {draws_needed(report)})"
     print(verdict)
     return 0

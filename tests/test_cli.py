@@ -171,6 +171,10 @@ def test_grad_with_an_estimator_and_draws():
     assert "pooled z along the exact gradient" in result.stdout and "a 5% bias would add" in result.stdout
     result = spadc("grad", example("rosenbrock.spad"), "--estimator", "rad", "--sites", "products", "--keep", "0.3")
     assert result.returncode == 0 and "warning: param `x` has a path to the loss through 2 random factors" in result.stderr
+    # Under the default `weights` policy Rosenbrock has no site: said, not a power of inf (issue 29).
+    result = spadc("grad", example("rosenbrock.spad"), "--estimator", "rad", "--draws", "20")
+    assert result.returncode == 0 and "no site to gate under the `weights` site policy" in result.stderr
+    assert "there is no bias to test" in result.stdout and "no evidence of bias" not in result.stdout
 
 
 def _mlp_inputs():
