@@ -10,22 +10,28 @@ import pytest
 
 import spadc as spadc_package
 
-from conftest import example
+from conftest import example, run_cli
 
 
 def spadc(*args, cwd=None):
+    """The command, run in this process (conftest.run_cli)."""
+    return run_cli(*args, cwd=cwd)
+
+
+def spadc_process(*args, cwd=None):
+    """`python -m spadc ARGS` in a process of its own: the entry point as a user meets it."""
     return subprocess.run([sys.executable, "-m", "spadc", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_check_ok():
-    result = spadc("check", example("mlp.spad"))
+    result = spadc_process("check", example("mlp.spad"))
     assert result.returncode == 0 and result.stdout.strip() == "ok" and result.stderr == ""
 
 
 def test_check_reports_an_error_with_place_and_exit_1(tmp_path):
     bad = tmp_path / "bad.spad"
     bad.write_text("param w: f64[3]\nlet y = w @ zeros(4)\nloss sum(y)\n")
-    result = spadc("check", str(bad))
+    result = spadc_process("check", str(bad))
     assert result.returncode == 1 and result.stdout == ""
     assert f"{bad}:2:11: error: cannot multiply f64[3] `@` f64[4]" in result.stderr
     assert "    let y = w @ zeros(4)\n" in result.stderr and "              ^" in result.stderr

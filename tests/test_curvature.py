@@ -223,11 +223,7 @@ def test_preconditioner_settings_are_checked():
 
 
 def test_the_command_line_trains_with_a_preconditioner_and_prints_curvature(tmp_path):
-    import subprocess
-    import sys
-
-    def spadc_command(*args):
-        return subprocess.run([sys.executable, "-m", "spadc", *args], capture_output=True, text=True)
+    from conftest import run_cli as spadc_command
 
     result = spadc_command("curv", example("rosenbrock.spad"), "--samples", "400", "--iters", "2000",
                            "--out", str(tmp_path / "c.npz"))

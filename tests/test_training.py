@@ -4,7 +4,6 @@ bundled digits, reproducibility, bounds, a non-finite loss) and `spadc train`.""
 import io
 import math
 import os
-import subprocess
 import sys
 import time
 
@@ -14,7 +13,7 @@ import pytest
 import spadc
 import spadrt.training
 
-from conftest import EXAMPLES, example
+from conftest import EXAMPLES, example, run_cli
 
 DATA = os.path.join(EXAMPLES, "data")
 RTOL = 1e-15  # one optimiser step against its hand-worked value
@@ -170,11 +169,9 @@ def test_fit_checks_its_data():
 @pytest.mark.parametrize("estimator", ["rad", "spad"])
 def test_spadc_train_with_validation_checkpoint_and_plot(tmp_path, estimator):
     out, plot = tmp_path / "p.npz", tmp_path / "curve.png"
-    result = subprocess.run([sys.executable, "-m", "spadc", "train", example("mlp_digits.spad"),
-                             "--data", os.path.join(DATA, "digits_train.npz"), "--val",
-                             os.path.join(DATA, "digits_test.npz"), "--epochs", "4", "--estimator", estimator,
-                             "--keep", "0.3", "--out", str(out), "--plot", str(plot), "--quiet"],
-                            capture_output=True, text=True)
+    result = run_cli("train", example("mlp_digits.spad"), "--data", os.path.join(DATA, "digits_train.npz"), "--val",
+                     os.path.join(DATA, "digits_test.npz"), "--epochs", "4", "--estimator", estimator,
+                     "--keep", "0.3", "--out", str(out), "--plot", str(plot), "--quiet")
     assert result.returncode == 0, result.stderr
     accuracy = float(result.stdout.split("validation accuracy ")[1].split("%")[0])
     assert accuracy > 85 and result.stderr == ""
@@ -184,12 +181,10 @@ def test_spadc_train_with_validation_checkpoint_and_plot(tmp_path, estimator):
 
 
 def test_spadc_train_with_a_validation_split_and_a_bad_file(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "spadc", "train", example("mlp.spad"), "--data",
-                             os.path.join(DATA, "digits_test.npz"), "--val-split", "0.25", "--epochs", "1", "--quiet"],
-                            capture_output=True, text=True)
+    result = run_cli("train", example("mlp.spad"), "--data", os.path.join(DATA, "digits_test.npz"),
+                     "--val-split", "0.25", "--epochs", "1", "--quiet")
     assert result.returncode == 0 and "validation accuracy" in result.stdout
-    result = subprocess.run([sys.executable, "-m", "spadc", "train", example("mlp.spad"), "--data",
-                             str(tmp_path / "none.npz")], capture_output=True, text=True)
+    result = run_cli("train", example("mlp.spad"), "--data", str(tmp_path / "none.npz"))
     assert result.returncode == 1 and "cannot read data" in result.stderr
 
 
