@@ -4,6 +4,8 @@ Every primitive appears in at least one program here, and a test fails naming an
 without an emitter, an adjoint rule or a test program.
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -129,6 +131,11 @@ EXAMPLE_INPUTS = {
 }
 
 
+# The interpreter runs reaction-diffusion's 400-step adjoint in 6 s: in the quick profile its gradient
+# meets central differences and the dot-product test only.
+INTERPRETED_IN_LONG_PROFILE_ONLY = () if os.environ.get("SPADC_LONG") == "1" else ("reaction_diffusion.spad",)
+
+
 @pytest.mark.parametrize("name", sorted(EXAMPLE_INPUTS))
 def test_examples_forward_and_gradient(name):
     inputs = EXAMPLE_INPUTS[name]
@@ -142,10 +149,11 @@ def test_examples_forward_and_gradient(name):
     for key, value in reference.outputs.items():
         np.testing.assert_allclose(result.outputs[key], value, rtol=RTOL, atol=ATOL, err_msg=key)
     loss, grads = model.grad(**inputs)
-    reference_loss, reference_grads = interpreted_gradient(program, params, inputs)
-    assert loss == pytest.approx(reference_loss, rel=RTOL, abs=ATOL)
-    for key in grads:
-        np.testing.assert_allclose(grads[key], reference_grads[key], rtol=1e-10, atol=1e-13, err_msg=key)
+    if name not in INTERPRETED_IN_LONG_PROFILE_ONLY:
+        reference_loss, reference_grads = interpreted_gradient(program, params, inputs)
+        assert loss == pytest.approx(reference_loss, rel=RTOL, abs=ATOL)
+        for key in grads:
+            np.testing.assert_allclose(grads[key], reference_grads[key], rtol=1e-10, atol=1e-13, err_msg=key)
     rng = np.random.default_rng(SEED)
     check_finite_differences(lambda p: model.loss(params=p, **inputs), params, grads, rng)
     check_dot_product(lambda p: model.loss(params=p, **inputs), params, grads, rng)
