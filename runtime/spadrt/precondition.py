@@ -26,6 +26,8 @@ Invariants:
 from __future__ import annotations
 
 import math
+import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +35,7 @@ import numpy as np
 from . import curvature
 from .errors import SpadcError
 
+PROGRESS_SECONDS = 60.0  # between progress lines of a long curvature update
 NEWTON_LIMIT = 5000  # params: the dense Hessian has NEWTON_LIMIT^2 entries (200 MB)
 SHAMPOO_START = 1e-12  # Shampoo's statistics start at this times I
 FACTOR_DAMPING_FLOOR = 1e-7  # the least damping of a K-FAC factor (ASDL's)
@@ -98,6 +101,7 @@ class Identity(Preconditioner):
 
 @dataclass(eq=False)
 class Newton(Preconditioner):
+    """The full Hessian (damped) solved against the gradient: `count` Hessian products per update."""
     name = "newton"
 
     def start(self, model):
@@ -108,8 +112,18 @@ class Newton(Preconditioner):
                              f"{NEWTON_LIMIT:,}: use NewtonCG (matrix-free) or a structured preconditioner")
 
     def _update(self, model, call):
+        """One Hessian product per parameter (seconds on thousands of params): a line on stderr every
+        PROGRESS_SECONDS while it lasts, so that a long update, even under --quiet, is not taken for a hang."""
         count = model.layout["param_count"]
-        columns = [model.flat_hvp(np.eye(1, count, j)[0], **call)[2] for j in range(count)]
+        started = last = time.perf_counter()
+        columns = []
+        for j in range(count):
+            columns.append(model.flat_hvp(np.eye(1, count, j)[0], **call)[2])
+            now = time.perf_counter()
+            if now - last >= PROGRESS_SECONDS:
+                last = now
+                print(f"newton: building the Hessian, {j + 1:,} of {count:,} products ({now - started:.0f} s)",
+                      file=sys.stderr, flush=True)
         hessian = self._average("hessian", np.array(columns, dtype=np.float64).T)
         self.state["system"] = hessian + self.damping * np.eye(count)
         self.state["curvature"] = True
