@@ -103,9 +103,12 @@ def test_a_dynamic_index_out_of_range_never_reads_out_of_bounds():
             model.grad(k=k)
 
 
-def test_bad_params_raise_spadc_error(mlp):
+def test_bad_params_raise_spadc_error(mlp, tmp_path):
     with pytest.raises(spadc.SpadcError, match="missing param `b2`"):
         mlp.loss(x=X, label=1, params={k: v for k, v in mlp.params.items() if k != "b2"})
+    np.savez(tmp_path / "partial.npz", **{k: v for k, v in mlp.params.items() if k != "b2"})
+    with pytest.raises(spadc.SpadcError, match=r"partial\.npz: missing param `b2`"):  # which file (issue 29)
+        mlp.load(tmp_path / "partial.npz")
     with pytest.raises(spadc.SpadcError, match="param `W1` must have shape"):
         mlp.loss(x=X, label=1, params={**mlp.params, "W1": np.zeros(3)})
     with pytest.raises(spadc.SpadcError, match="unknown param `W3`"):

@@ -21,6 +21,8 @@ import ctypes
 import threading
 from dataclasses import dataclass
 
+import os
+
 import numpy as np
 
 from . import calls, products
@@ -124,7 +126,11 @@ class Model:
         save_npz(path, {name: np.asarray(v, dtype=np.float64) for name, v in self.params.items()}, "parameters")
 
     def load(self, path: str):
-        self.set_params(read_npz(path, "parameters", names=self.param_names, limit=16 * self._flat.nbytes + 4096))
+        values = read_npz(path, "parameters", names=self.param_names, limit=16 * self._flat.nbytes + 4096)
+        try:
+            self.set_params(values)
+        except SpadcError as error:  # a missing or misshapen param: say which file
+            raise SpadcError(f"{os.fspath(path)}: {error}") from None
 
     def _flat_params(self, values) -> np.ndarray:
         if values is None:
