@@ -71,7 +71,9 @@ SMOOTH_BINARY = ["{0} + {1}", "{0} - {1}", "{0} * {1}", "{0} / ({1} * {1} + 1)"]
 ROUGH_BINARY = ["max({0}, {1})", "min({0}, {1})", "where({0} > {1}, {0}, {1} * 2)", "({0}) // 0.7 + {1}",
                 "({0}) % 0.7 + {1}", "where({0} < 0.1 and not ({1} >= 1) or {0} == {1}, {0}, -{1})",
                 "where({0} <= {1} or {0} != {1} * 2, {0}, {1})"]
-REDUCTIONS = ["sum({0})", "mean({0})", "prod(tanh({0}))", "norm({0})", "logsumexp({0})"]
+# norm is not differentiable at 0 (its gradient is NaN there, as JAX's): shifted, its operand is
+# never the zero vector that a constant operand can be.
+REDUCTIONS = ["sum({0})", "mean({0})", "prod(tanh({0}))", "norm({0} + 0.5)", "logsumexp({0})"]
 ROUGH_REDUCTIONS = ["max({0})", "min({0})"]
 
 

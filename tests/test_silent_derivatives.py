@@ -7,6 +7,9 @@ compiled gradient (Hessian product), and values worked out by hand.
   gradient, the JVP and the Hessian product were all zero.
 - A `cond` nested in a `cond`'s branch keeps its record as a field of the outer record: forward mode
   over the gradient program lost the tangent there, so the Hessian product was zero.
+- An adjoint's guard against 0 * inf made every product with a zero cotangent exactly 0, and so
+  did its tangent: where a cotangent is exactly 0 (tied logits), forward over reverse lost the term
+  dg * partial (found by the extended fuzzer, seed 100242).
 """
 
 import numpy as np
@@ -51,6 +54,14 @@ NESTED_COND |= {
                                 "onehot(label, 4))) else 0.5 * cross_entropy(tanh(z), label)\n"),
 }
 
+ZERO_COTANGENT = {  # every param initialised to one value: the logits tie, and d loss / d z sums to 0
+    "tied logits": ("param p1: f64 = 0.3\nparam p4: f64[3, 2] = 0.3\ninput label: i64\n"
+                    "loss cross_entropy((p4[0] + p1) * tanh(p1), label % 2)\n"),
+    "tied logits, reduced over a comprehension": (
+        "param p1: f64 = 0.3\nparam p4: f64[3, 2] = 0.3\ninput label: i64\n"
+        "loss cross_entropy(mean(p4 + p1, axis=0) * sum(tanh(p1) for i in 0..2), label % 2)\n"),
+}
+
 X = np.array([[0.7, 0.4, -0.2], [-0.3, 0.8, 0.5], [0.6, -0.9, -0.4]])
 LABEL = np.array([0, 1, 3])
 
@@ -74,11 +85,12 @@ def _unflat(model, flat: np.ndarray) -> dict:
     return params
 
 
-def _check_derivatives(text: str):
+def _check_derivatives(text: str, at_initial: bool = False):
+    """`at_initial`: at the initial params themselves (else a random point near them)."""
     model = spadc.compile_source(text, name="silent.spad", cache=False)
     model.init_params(seed=SEED)
     rng = np.random.default_rng(SEED)
-    theta = _flat(model, model.params) + 0.2 * rng.standard_normal(model.layout["param_count"])
+    theta = _flat(model, model.params) + (0.0 if at_initial else 0.2) * rng.standard_normal(model.layout["param_count"])
     v = rng.standard_normal(theta.size)
     v /= np.linalg.norm(v)
     inputs = _inputs(model)
@@ -105,6 +117,11 @@ def _check_derivatives(text: str):
 @pytest.mark.parametrize("case", sorted(ZERO_TRIP))
 def test_a_loop_that_runs_zero_times_passes_its_initial_derivative_through(case):
     _check_derivatives(ZERO_TRIP[case])
+
+
+@pytest.mark.parametrize("case", sorted(ZERO_COTANGENT))
+def test_curvature_where_a_cotangent_is_exactly_zero(case):
+    _check_derivatives(ZERO_COTANGENT[case], at_initial=True)
 
 
 @pytest.mark.parametrize("case", sorted(NESTED_COND))
