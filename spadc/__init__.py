@@ -26,7 +26,6 @@ _EXPORTS = {
     "spadc.init": ["initial_params"],
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
-_SUBMODULES = ("curvature", "precondition")
 
 __all__ = ["curvature", "precondition", "SpadcError", "SpadcWarning", "Model", "ForwardResult", "History", "Exact",
            "RAD", "SPAD", "ES", "PES", "SGD", "Adam", "AdamW", "Adagrad", "StepLR", "CosineLR", "compile_file",
@@ -36,10 +35,13 @@ __all__ = ["curvature", "precondition", "SpadcError", "SpadcWarning", "Model", "
 def __getattr__(name: str):
     if name in _HOME:
         value = getattr(importlib.import_module(_HOME[name]), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f"{__name__}.{name}")
-    else:
-        raise AttributeError(f"module 'spadc' has no attribute {name!r}")
+    else:  # a submodule (`spadc.api`, `spadc.curvature`), as if the package had imported it
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'spadc' has no attribute {name!r}") from None
     globals()[name] = value
     return value
 

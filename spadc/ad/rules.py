@@ -56,13 +56,10 @@ def times(c, g, partial, kind: str = "mul"):
     there (log at 0, sqrt below 0, a product with an infinite operand): so the side of a `where`
     that was not selected, whose g is 0, cannot leak NaN into gradients (LANGUAGE.md section 6).
 
-    Only a NaN product is replaced (g = 0 makes a finite partial's product 0 already), so wherever
-    the partial is finite the result is the product itself, and forward mode over it keeps the
-    term dg * partial at g = 0: guarding every g = 0 lost that curvature where a cotangent is
-    exactly 0 (tied logits: a Hessian product was off)."""
-    product = c.op(kind, g, partial)
-    undefined = c.op("and", c.op("ne", product, product), c.op("eq", g, c.const(0.0)))
-    return c.op("select", undefined, c.const(0.0), product)
+    The select is marked `guard`: its tangent is the product's, guarded the same way (tangents.py),
+    not 0 where g is 0. Forward over reverse needs the term dg * partial there: where a cotangent
+    is exactly 0 (tied logits) a Hessian product lost it once."""
+    return c.op("select", c.op("eq", g, c.const(0.0)), c.const(0.0), c.op(kind, g, partial), guard=True)
 
 
 def restore_axis(c, g, shape, axis):

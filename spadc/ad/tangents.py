@@ -160,6 +160,13 @@ TANGENTS["min"] = _pick("le")
 
 @_tangent("select")
 def _select(t, op, d):
+    if op.attrs.get("guard"):  # rules.times: select(g == 0, 0, g * partial), 0 * inf taken as 0
+        if d[2] is None:
+            return None
+        # g * partial is smooth in g at g = 0 (when the partial is finite): its tangent there is
+        # dg * partial, not 0. Only a NaN tangent (0 * inf) is taken as 0, under the same condition.
+        undefined = t.op("and", op.args[0], t.op("ne", d[2], d[2]))
+        return t.op("select", undefined, t.const(0.0), d[2], guard=True)
     return t.op("select", op.args[0], d[1] if d[1] is not None else t.const(0.0), d[2] if d[2] is not None else t.const(0.0))
 
 
