@@ -295,3 +295,35 @@ def test_validation_split_in_python_as_on_the_command_line():
         model.fit(data, epochs=1, validation_split=1.5)
     with pytest.raises(spadc.SpadcError, match="not both"):
         model.fit(data, epochs=1, validation_split=0.2, validation=data)
+
+
+MSE_CLASSIFIER = """input x: f64[64]
+input label: i64
+param W: f64[10, 64] ~ normal(0, 0.05)
+param b: f64[10]
+let scores = sigmoid(W @ x + b)
+loss mse(scores, onehot(label, 10))
+"""
+
+
+def test_accuracy_is_reported_for_an_mse_classifier_against_onehot_labels():
+    """The documented rule: cross_entropy(logits, label), or mse(scores, onehot(label, n)), whole as
+    the loss; accuracy is argmax(scores) == label. The oracle: the scores recomputed in NumPy (the
+    compiled scores once came from a buffer the loss had overwritten)."""
+    model = spadc.compile_source(MSE_CLASSIFIER, name="mse_classifier.spad")
+    assert model.layout["classifier"] == {"logits": "_logits", "label": "label", "loss": "mse"}
+    model.init_params(0)
+    train, test = digits("train"), digits("test")
+    history = model.fit(train, epochs=2, optimizer=spadc.Adam(lr=1e-2), validation=test)
+    scores = 1 / (1 + np.exp(-(test["x"] @ model.params["W"].T + model.params["b"])))
+    assert history.val_accuracy[-1] == np.mean(np.argmax(scores, axis=1) == test["label"]) > 0.5
+    assert len(history.train_accuracy) == 2
+    not_a_classifier = spadc.compile_source(MSE_CLASSIFIER.replace("onehot(label, 10)", "ones(10) * float(label)"),
+                                            name="regression.spad")
+    assert not_a_classifier.layout["classifier"] is None
+
+
+def test_the_mc_fisher_needs_a_softmax_classifier():
+    model = spadc.compile_source(MSE_CLASSIFIER, name="mse_classifier.spad")
+    with pytest.raises(spadc.SpadcError, match="draws labels from the model's softmax"):
+        spadc.curvature.taps(model, fisher="mc", **{k: v[:4] for k, v in digits("test").items()})

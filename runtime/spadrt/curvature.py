@@ -73,7 +73,7 @@ def taps(model, *, fisher: str = "empirical", params=None, training: bool = Fals
 
 def _sampled_labels(model, values: dict, params, options: Options, threads) -> dict:
     classifier = model.layout["classifier"]
-    if classifier is None:
+    if classifier is None or classifier.get("loss", "cross_entropy") != "cross_entropy":
         raise SpadcError('fisher="mc" draws labels from the model\'s softmax: the loss must be '
                          "cross_entropy(logits, label)")
     result = model.forward(params=params, training=bool(options.training), seed=options.seed, step=options.step,

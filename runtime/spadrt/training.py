@@ -254,7 +254,8 @@ def accuracy(model, data: dict, threads: int | None = None) -> float:
     """The share of samples whose largest logit is their label (the loss is cross_entropy(logits, label))."""
     classifier = model.layout["classifier"]
     if classifier is None:
-        raise SpadcError("accuracy needs a classifier: a model whose loss is cross_entropy(logits, label)")
+        raise SpadcError("accuracy needs a classifier: a model whose loss is cross_entropy(logits, label) or "
+                         "mse(scores, onehot(label, n))")
     result = model.forward(inputs=data, threads=threads)
     logits = result.outputs.get(classifier["logits"], getattr(result, "hidden", {}).get(classifier["logits"]))
     return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(data[classifier["label"]])))

@@ -66,7 +66,8 @@ def base_layout(program: Program, dtype: str) -> tuple[dict, dict]:
             if logits_name is None:
                 logits_name = "_logits"
                 outputs[logits_name] = logits
-            classifier = {"logits": logits_name, "label": label_input}
+            # `loss`: which head (cross_entropy: the scores are logits; mse: against onehot(label, n))
+            classifier = {"logits": logits_name, "label": label_input, "loss": program.head[0]}
     params, offset = [], 0
     for decl in program.params:
         params.append({"name": decl.name, "shape": list(decl.value.type.shape), "offset": offset,

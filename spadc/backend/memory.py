@@ -98,8 +98,10 @@ def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = froz
     """`writable`: ids of the program's own parameters whose caller buffers may be updated in place
     (the running gradient sums of an accumulating gradient program). `lanes`: samples run side by
     side."""
-    # The kernel reads the loss and the outputs after the body: they live to its end, like yields.
-    body = Block(program.body.params, program.body.ops, [program.loss, *program.outputs.values()])
+    # The kernel reads the loss and the outputs after the body: they live to its end, like yields; so
+    # do a classifier's scores, a hidden output (`_logits`) when no output names them.
+    read_after = [program.loss, *program.outputs.values(), *(program.classifier or ())]
+    body = Block(program.body.params, program.body.ops, read_after)
     schedule = _Schedule(body)
     result = MemoryPlan(lanes=lanes, sums=frozenset(writable))
     external = {v.id for v in program.body.params}

@@ -178,6 +178,10 @@ def _mse(chk, args, kw, node):
     d = chk.prim("sub", [a, b], node.loc)
     result = _mean(chk, [chk.prim("mul", [d, d], node.loc)], {}, node)
     chk.last_head = ("mse", d, result)
+    chk.last_label = None
+    for scores, target in ((a, b), (b, a)):  # mse of scores against onehot(label, n): a classifier
+        if target.value.id in chk.onehot_labels and scores.type.rank == 1:
+            chk.last_label = (scores, chk.onehot_labels[target.value.id])
     return result
 
 
@@ -204,7 +208,9 @@ def _transpose(chk, args, kw, node):
 def _onehot(chk, args, kw, node):
     label = _label(chk, args[0], "onehot", node.args[0].loc)
     n = chk.const_int(node.args[1], "the class count of `onehot`", minimum=1)
-    return chk.prim("onehot", [label], node.loc, n=n)
+    result = chk.prim("onehot", [label], node.loc, n=n)
+    chk.onehot_labels[result.value.id] = label  # mse(scores, onehot(label, n)) is a classifier's loss
+    return result
 
 
 def _dropout(chk, args, kw, node):

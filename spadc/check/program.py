@@ -180,5 +180,5 @@ class _ProgramChecker(StatementChecker):
         if self.last_head is not None and self.last_head[2] is typed:  # the loss is the head as a whole
             kind, z, _ = self.last_head
             self.head = (kind, z.value)
-            if kind == "cross_entropy":
+            if self.last_label is not None:  # set by the same head: its scores and label
                 self.classifier = tuple(x.value for x in self.last_label)

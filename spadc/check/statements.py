@@ -35,7 +35,8 @@ class StatementChecker(ExprChecker):
     def __init__(self, builder, env, max_memory: int | None = None):
         super().__init__(builder, env, max_memory)
         self.last_head = None  # (kind, z, result) of the last cross_entropy or mse: a candidate loss head
-        self.last_label = None  # (logits, label) of the last cross_entropy
+        self.last_label = None  # (scores, label) of the last cross_entropy, or mse against a onehot label
+        self.onehot_labels: dict[int, Typed] = {}  # value id of onehot(label, n) -> label
 
     # ---- names -----------------------------------------------------------------
 
