@@ -86,8 +86,17 @@ NESTED = {
     "power": lambda n: "param p: f64 = 1.0\nloss " + "p^" * n + "p\n",
     "tanh": lambda n: "param p: f64 = 1.0\nloss " + "tanh(" * n + "p" + ")" * n + "\n",
     "negation": lambda n: "param p: f64 = 1.0\nloss " + "-" * n + "p\n",
-    "sum": lambda n: "param p: f64 = 1.0\nloss " + " + ".join(["p"] * n) + "\n",
+    "parenthesised sum": lambda n: "param p: f64 = 1.0\nloss " + "(" * n + "p" + " + p)" * n + "\n",
 }
+FLAT_TERMS = 1000  # a flat sum is one level of nesting however long (199 terms were refused once)
+
+
+def test_a_long_flat_sum_and_product_compile_and_differentiate():
+    text = ("param p: f64 = 1.0\nparam q: f64 = 1.01\nloss " + " + ".join(f"p * {k}.0" for k in range(FLAT_TERMS))
+            + " - " + " * ".join(["q"] * 300) + "\n")
+    loss, grads = spadc.compile_source(text, name="h.spad").grad()
+    assert grads["p"] == sum(range(FLAT_TERMS)) and grads["q"] == pytest.approx(-300 * 1.01 ** 299, rel=1e-12)
+    assert loss == pytest.approx(sum(range(FLAT_TERMS)) - 1.01 ** 300, rel=1e-12)
 
 
 @pytest.mark.parametrize("kind", sorted(NESTED))

@@ -36,6 +36,7 @@ BUILTIN_CONSTANTS = {"pi": np.pi, "e": np.e}
 ARITHMETIC = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", "%": "mod", "^": "pow"}
 COMPARISONS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
 _NOT_FOLDED = {"dropout_mask"}
+_LEFT_CHAINED = ("+", "-", "*", "/", "//", "%", "@")  # the operators of the grammar's flat chains
 FOLDED_ENTRIES = 1 << 20  # larger constant tensors are computed at run time, not held by the compiler
 _INTEGER_OVERFLOWS = ("add", "sub", "mul", "neg", "abs", "floordiv", "reduce_sum", "reduce_prod")
 
@@ -195,8 +196,18 @@ class ExprChecker:
         return self.prim("neg", [operand], node.loc) if node.op == "-" else operand
 
     def _binary(self, node: ast.Binary) -> Typed:
-        lhs, rhs = self.expr(node.lhs), self.expr(node.rhs)
-        return self.binary(node.op, lhs, rhs, node.loc)
+        # A left-associative chain (`a + b + c + ...`, any length) is walked down its left spine in a
+        # loop, not by recursion; its operands are still checked left to right.
+        spine = []
+        while isinstance(node, ast.Binary) and node.op in _LEFT_CHAINED:
+            spine.append(node)
+            node = node.lhs
+        if not spine:  # `^`, comparisons, and, or
+            return self.binary(node.op, self.expr(node.lhs), self.expr(node.rhs), node.loc)
+        value = self.expr(node)
+        for link in reversed(spine):
+            value = self.binary(link.op, value, self.expr(link.rhs), link.loc)
+        return value
 
     def binary(self, op: str, lhs: Typed, rhs: Typed, loc: Loc) -> Typed:
         what = f"`{op}`"

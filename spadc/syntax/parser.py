@@ -343,8 +343,12 @@ class _Builder(Transformer):
     def compare(self, meta, c):
         return ast.Binary(str(c[1]), c[0], c[2], self._loc(c[1]))
 
-    def binary(self, meta, c):
-        return ast.Binary(str(c[1]), c[0], c[2], self._loc(c[1]))
+    def chain(self, meta, c):
+        """`a + b - c`: operands and operators alternate; folded to the left, without recursion."""
+        value = c[0]
+        for k in range(1, len(c), 2):
+            value = ast.Binary(str(c[k]), value, c[k + 1], self._loc(c[k]))
+        return value
 
     def unary(self, meta, c):
         return ast.Unary(str(c[0]), c[1], self._loc(c[0]))
