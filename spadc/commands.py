@@ -20,7 +20,9 @@ from spadrt.files import check_writable, read_npz, save_npz
 from spadrt.plot import loss_curve, require_matplotlib
 from spadrt.training import Interrupted, fit
 
-from . import api, frontend, memreport
+from spadrt.errors import SpadcWarning, render
+
+from . import api, frontend, memreport, passes
 from . import options as options_
 from .errors import SpadcError
 from .ir.printer import format_program
@@ -29,9 +31,27 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 def check(args) -> int:
-    frontend.lower(frontend.check_file(args.file))
+    program = frontend.lower(frontend.check_file(args.file))
+    _warn_if_the_gradient_cannot_fit(program)
     print("ok")
     return 0
+
+
+def _warn_if_the_gradient_cannot_fit(program):
+    """The exact gradient's workspace, one sample at a time (its least), against the memory limit:
+    the program is valid, but `spadc grad` and `train` would refuse it. No LLVM is run."""
+    import warnings
+
+    from .ad.reverse import gradient
+    from .backend.memory import check_limit, plan
+    exact = gradient(program, accumulate=True)
+    exact.program = passes.run(exact.program)
+    try:
+        check_limit(exact.program, plan(exact.program, 8, frozenset(v.id for v in exact.accumulators.values())),
+                    None, "exact gradient kernel (one sample at a time)", 8)
+    except SpadcError as error:
+        warnings.warn(SpadcWarning(render(f"the program is valid, but {error.bare_message}", error.loc,
+                                          kind="warning")))
 
 
 def ir(args) -> int:

@@ -308,3 +308,13 @@ def test_old_spellings_are_aliases(tmp_path):
     for flags in (["--batch", "64", "--val-split", "0.25"], ["--batch-size", "64", "--validation-split", "0.25"]):
         result = spadc("train", example("mlp.spad"), "--data", data, "--epochs", "1", "--quiet", *flags)
         assert result.returncode == 0 and "trained 5 steps" in result.stdout, result.stderr  # 270 samples / 64
+
+
+def test_check_warns_when_the_gradient_cannot_fit_in_the_memory_limit():
+    """The program is valid (ok, exit 0), but its exact gradient's tape would not fit (issue 29)."""
+    result = spadc("check", example("reaction_diffusion_long.spad"), "--max-memory", "1M")
+    assert result.returncode == 0 and result.stdout.strip() == "ok"
+    assert "reaction_diffusion_long.spad:17:1: warning: the program is valid, but the exact gradient kernel" in result.stderr
+    assert "loop's tape (10,000 iterations)" in result.stderr
+    quiet = spadc("check", example("reaction_diffusion_long.spad"))
+    assert quiet.returncode == 0 and quiet.stderr == ""
