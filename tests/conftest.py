@@ -22,6 +22,17 @@ def _private_compile_cache(tmp_path_factory, monkeypatch):
 
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+LONG = os.environ.get("SPADC_LONG") == "1"  # the long profile
+# Examples that together reach every construct the examples use: a scalar test function, dense
+# layers with dropout, imported fns, a recurrent loop, a stencil loop, and `state` carried between
+# calls. Tests that run "on every example" run on these in the quick profile, on all in the long.
+QUICK_EXAMPLES = ("rosenbrock.spad", "mlp_digits.spad", "mlp_import.spad", "irnn.spad", "reaction_diffusion.spad",
+                  "influence_balancing.spad", "lr_schedule.spad")
+
+
+def profile_examples(names) -> list[str]:
+    """`names` in the long profile; those of them in QUICK_EXAMPLES in the quick one."""
+    return sorted(names) if LONG else sorted(n for n in names if n in QUICK_EXAMPLES)
 
 
 def parse_text(text: str):

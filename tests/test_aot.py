@@ -16,7 +16,7 @@ import spadc
 import spadrt
 from spadc import aot
 
-from conftest import EXAMPLES, example
+from conftest import EXAMPLES, example, profile_examples
 
 F32_RTOL = 1e-5  # f32 losses against f64
 ELF_MACHINES = {"x86_64-linux-gnu": 62, "aarch64-linux-gnu": 183, "thumbv7em-none-eabihf": 40,
@@ -157,9 +157,9 @@ F32_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("name", ["rosenbrock.spad", "rastrigin.spad", "ackley.spad", "styblinski_tang.spad",
-                                  "sphere.spad", "mlp.spad", "mlp_import.spad", "mlp_digits.spad", "irnn.spad",
-                                  "reaction_diffusion.spad"])
+@pytest.mark.parametrize("name", profile_examples(["rosenbrock.spad", "rastrigin.spad", "ackley.spad",
+                                                   "styblinski_tang.spad", "sphere.spad", "mlp.spad", "mlp_import.spad",
+                                                   "mlp_digits.spad", "irnn.spad", "reaction_diffusion.spad"]))
 def test_f32_losses_are_within_tolerance_of_f64(name):
     inputs = F32_INPUTS.get(name, F32_INPUTS["mlp.spad"] if "mlp" in name else {})
     single, double = spadc.compile_file(example(name), dtype="f32"), spadc.compile_file(example(name))

@@ -18,7 +18,7 @@ from spadc.ir.core import walk_ops
 from spadc.ir.interpret import evaluate
 from spadc.ir.verify import verify
 
-from conftest import EXAMPLES, example
+from conftest import EXAMPLES, example, profile_examples
 from test_compiled import INPUTS, PRIMITIVE_PROGRAMS, program_text
 
 SEED = 20261121
@@ -77,7 +77,7 @@ def test_every_primitive_has_a_tangent_rule():
     assert not missing, f"no tangent rule for: {', '.join(missing)}"
 
 
-EVERY_EXAMPLE = sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".spad"))
+EVERY_EXAMPLE = profile_examples(f for f in os.listdir(EXAMPLES) if f.endswith(".spad"))
 
 
 @pytest.mark.parametrize("name", EVERY_EXAMPLE)

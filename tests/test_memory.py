@@ -17,7 +17,7 @@ from spadc.ir.core import walk_ops
 from spadrt.estimators import SamplingWarning
 from spadrt.calls import Scratch
 
-from conftest import EXAMPLES, example
+from conftest import EXAMPLES, example, profile_examples
 
 SEED = 3
 KEEP = 0.5
@@ -109,7 +109,7 @@ TAPE_RATIO = 0.15
 LARGE_SITES = ("mlp_digits.spad", "irnn.spad", "irnn_784.spad")
 
 
-@pytest.mark.parametrize("name", sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".spad")))
+@pytest.mark.parametrize("name", profile_examples(f for f in os.listdir(EXAMPLES) if f.endswith(".spad")))
 def test_rad_workspace_is_below_exact_where_it_gates_a_kept_residual(name):
     # One lane: the least memory a model's kernels can run in (with more lanes, the workspace holds
     # every lane's values, and the values alive across a run of ops that goes lane by lane).

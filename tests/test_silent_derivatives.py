@@ -87,7 +87,7 @@ def _unflat(model, flat: np.ndarray) -> dict:
 
 def _check_derivatives(text: str, at_initial: bool = False):
     """`at_initial`: at the initial params themselves (else a random point near them)."""
-    model = spadc.compile_source(text, name="silent.spad", cache=False)
+    model = spadc.compile_source(text, name="silent.spad")
     model.init_params(seed=SEED)
     rng = np.random.default_rng(SEED)
     theta = _flat(model, model.params) + (0.0 if at_initial else 0.2) * rng.standard_normal(model.layout["param_count"])
@@ -130,12 +130,12 @@ def test_curvature_inside_a_nested_cond(case):
 
 
 def test_the_issue_examples_by_hand():
-    model = spadc.compile_source(ZERO_TRIP["scalar"], name="scalar.spad", cache=False)
+    model = spadc.compile_source(ZERO_TRIP["scalar"], name="scalar.spad")
     model.set_params({"p": np.array(0.3)})
     loss, grads = model.grad()
     assert loss == pytest.approx(np.exp(0.3) + 0.3) and grads["p"] == pytest.approx(np.exp(0.3) + 1)
     assert model.hvp({"p": np.array(1.0)})["p"] == pytest.approx(np.exp(0.3))
     model = spadc.compile_source("param v: f64 = 0.3\nloss if true then (if true then exp(v) else 0.0) else 0.0\n",
-                                 name="nested.spad", cache=False)
+                                 name="nested.spad")
     assert model.hvp({"v": np.array(2.0)})["v"] == pytest.approx(2 * np.exp(0.3))
     assert model.jvp({"v": np.array(2.0)}).loss_tangent == pytest.approx(2 * np.exp(0.3))
