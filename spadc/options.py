@@ -105,8 +105,8 @@ def add_training_options(train):
                        "denominator's epsilon; default: the optimiser's")
     group.add_argument("--schedule", choices=("none", "step", "cosine"), default="none",
                        help="learning-rate schedule, stepped per epoch (per step without data)")
-    _option(group, ["--step-size"], StepLR, "step_size", "step: epochs between divisions; default here: a third "
-            "of the run", type=int)
+    group.add_argument("--step-size", dest="step_size", type=int, default=argparse.SUPPRESS,
+                       help="step: epochs between divisions (default: a third of the run; StepLR needs it in Python)")
     _option(group, ["--gamma"], StepLR, "gamma", "step: the factor", type=float)
     _option(group, ["--t-max"], CosineLR, "t_max", "cosine: the period in epochs; none: the run's length", type=int)
     _option(group, ["--eta-min"], CosineLR, "eta_min", "cosine: the smallest learning rate", type=float)
