@@ -199,3 +199,14 @@ def test_a_stack_written_during_a_region_keeps_its_bytes_to_the_region_end():
     assert loss == pytest.approx(reference_loss, rel=1e-12)
     for key in grads:
         np.testing.assert_allclose(grads[key], reference[key], rtol=1e-12, atol=1e-14, err_msg=key)
+
+
+def test_default_lanes_fit_a_small_memory_limit():
+    """A limit between one lane's workspace and 128 lanes' is met with fewer lanes, never refused
+    (100 KiB once failed by 0.4 KiB: the lanes' workspace was estimated, not planned)."""
+    limit = 100 << 10
+    model = spadc.compile_file(example("mlp.spad"), max_memory=limit)
+    loss, grads = model.grad(x=np.zeros((32, 64)), label=np.zeros(32, dtype=np.int64))
+    entry = model.layout["variants"]["exact"]
+    assert 1 < entry["lanes"] < 128 and entry["workspace"] <= limit
+    assert loss == pytest.approx(np.log(10))

@@ -162,7 +162,9 @@ def _lane_blocks(e, args, inputs: dict):
 def choose_lanes(gradient: GradientProgram, dtype: str, max_memory: int) -> int:
     """Lanes for a model's kernels, from its exact gradient kernel: one when no op of it runs over
     all lanes (lanes would only add loops), else MAX_LANES unless the workspace would then pass
-    LANE_BUDGET or the memory limit (a long loop's tape)."""
+    LANE_BUDGET or the memory limit (a long loop's tape). The lanes' workspace is planned, not
+    estimated: one lane's size times the lanes misses what the lanes share, and a limit just above
+    the estimate once refused a model that one lane fewer would have fitted."""
     float_bytes = 8 if dtype == "f64" else 4
     writable = frozenset(v.id for v in gradient.accumulators.values())
     one_lane = plan(gradient.program, float_bytes, writable)
@@ -170,7 +172,14 @@ def choose_lanes(gradient: GradientProgram, dtype: str, max_memory: int) -> int:
     shared = lambda value: one_lane.storage_of(value.id) in common  # noqa: E731
     if not any(takes_lanes(op, shared) for block in lane_blocks(gradient.program.body) for op in block.ops):
         return 1
-    return max(1, min(MAX_LANES, min(LANE_BUDGET, max_memory) // max(one_lane.size, 1)))
+    cap = min(LANE_BUDGET, max_memory)
+    lanes = max(1, min(MAX_LANES, cap // max(one_lane.size, 1)))
+    while lanes > 1:
+        size = plan(gradient.program, float_bytes, writable, lanes).size
+        if size <= cap:
+            break
+        lanes = max(1, min(lanes - 1, lanes * cap // size))
+    return lanes
 
 
 MAX_LANES = 128  # samples a kernel runs side by side (the runtime calls with up to 128: spadrt.calls.CHUNK)
