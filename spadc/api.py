@@ -90,9 +90,11 @@ class Compiled:
                                      f"({'; '.join(sites)}): the variance of its estimate grows with depth"
                                      for param, sites in multi_factor_paths(self.program, program.sites)]
                 if not program.sites:
+                    wider = {"weights": "the `products` or `edges` policy", "products": "the `edges` policy"}
+                    hint = f"try {wider[sampling.sites]}" if sampling.sites in wider else "no policy gates more"
                     entry["warnings"].append(
                         f"this model has no site to gate under the `{sampling.sites}` site policy: the estimate is "
-                        f"the exact gradient, with its memory (try the `products` or `edges` policy)")
+                        f"the exact gradient, with its memory ({hint})")
             self.variants[key] = (entry, jit.compile_ir(str(module), ("grad",)), program)
             self.layout["variants"][key] = entry
         return self.variants[key]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import spadc
+import spadrt.training
 from spadc.ir.interpret import evaluate
 
 from gradcheck import interpreted_gradient
@@ -73,7 +74,8 @@ def test_a_nan_input_stops_training_naming_the_step():
                                  "loss cross_entropy(relu(W @ x), label)", name="n.spad")
     x = np.ones((20, 4))
     x[13, 2] = math.nan
-    history = model.fit({"x": x, "label": np.zeros(20, dtype=np.int64)}, epochs=3, batch_size=5, seed=0)
+    with pytest.warns(spadrt.training.TrainingStopped, match="the loss became nan"):
+        history = model.fit({"x": x, "label": np.zeros(20, dtype=np.int64)}, epochs=3, batch_size=5, seed=0)
     assert re.match(r"the loss became nan at step \d+ \(epoch 1, minibatch \d\)", history.stopped or "")
     assert history.train_loss == []  # nothing after the NaN was trained on
 
