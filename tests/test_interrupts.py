@@ -38,7 +38,9 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(moment):
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, (moment, process.returncode, stderr)
+    # 130, or (rarely, when the interrupt lands as Python shuts down) death by SIGINT itself: a shell
+    # reports both as 130.
+    assert process.returncode in (130, -signal.SIGINT), (moment, process.returncode, stderr)
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "interrupted" in lines[0] and lines[0].startswith("spadc"), (moment, stderr)
 
