@@ -38,8 +38,8 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(moment):
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    # 130, or (rarely, when the interrupt lands as Python shuts down) death by SIGINT itself: a shell
-    # reports both as 130.
+    # 130, or death by SIGINT itself (seen once in five runs on a loaded machine, after the one line
+    # was printed; its cause is not understood): a shell reports both as 130.
     assert process.returncode in (130, -signal.SIGINT), (moment, process.returncode, stderr)
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "interrupted" in lines[0] and lines[0].startswith("spadc"), (moment, stderr)
