@@ -14,11 +14,26 @@ from spadc.errors import Source
 from spadc.ir.interpret import RunOptions, evaluate
 from spadc.syntax.parser import parse
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "private_cache: the test gets an empty compile cache of its own (it patches "
+                            "the code generator, or tests the cache itself)")
+
+
+@pytest.fixture(scope="session")
+def _shared_cache_directory(tmp_path_factory):
+    return tmp_path_factory.mktemp("spadc-cache-shared")
+
+
 @pytest.fixture(autouse=True)
-def _private_compile_cache(tmp_path_factory, monkeypatch):
-    """Each test has a disk cache of its own (spadc/cache.py), empty at its start: tests that
-    patch the code generator get the code they patched, and nothing is written to ~/.cache."""
-    monkeypatch.setenv("SPADC_CACHE_DIR", str(tmp_path_factory.mktemp("spadc-cache")))
+def _compile_cache(request, tmp_path_factory, _shared_cache_directory, monkeypatch):
+    """The disk cache of compiled kernels (spadc/cache.py): one per test process, so that a model
+    compiled by an earlier test loads its machine code instead of running LLVM again (each LLVM
+    optimisation keeps ~160 KB in the process: llvmlite's pass pipeline). A test marked
+    `private_cache` (one that patches the code generator, whose kernels must reach no other test,
+    or one that tests the cache) gets an empty one of its own. Nothing is written to ~/.cache."""
+    private = request.node.get_closest_marker("private_cache") is not None
+    directory = tmp_path_factory.mktemp("spadc-cache") if private else _shared_cache_directory
+    monkeypatch.setenv("SPADC_CACHE_DIR", str(directory))
 
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
@@ -85,3 +100,21 @@ def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
         os.environ.update(saved_environment)
         warnings.formatwarning = saved_format
     return subprocess.CompletedProcess(["spadc", *map(str, args)], status, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_models():
+    """Compiled models are kept for reuse (spadc.api._CACHE, 32 of them) and each holds its machine
+    code and LLVM engine: a test process would keep 32 at all times. Each module's are freed at
+    its end, so that two test processes stay well within the suite's memory budget."""
+    yield
+    import ctypes
+    import gc
+
+    import spadc.api
+    spadc.api._CACHE.clear()
+    gc.collect()
+    try:  # glibc keeps freed memory for reuse; give it back (the next module's compiles differ in size)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass

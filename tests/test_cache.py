@@ -19,6 +19,7 @@ from spadc import cache
 from conftest import EXAMPLES, example
 
 INPUTS = {"x": np.linspace(-1, 1, 64), "label": 3}
+pytestmark = pytest.mark.private_cache  # these tests count and damage cache entries
 
 
 def _results(model):

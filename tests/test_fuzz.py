@@ -27,6 +27,7 @@ def test_mutants_give_results_or_located_errors():
             raise AssertionError(f"mutant seed {seed}: {type(error).__name__}: {error}") from error
 
 
+@pytest.mark.private_cache  # its wrong tanh must reach no other test
 def test_the_fuzzer_catches_a_wrong_compiled_primitive(monkeypatch):
     """A negative control: compiled tanh made 1e-6 too large must fail some generated program."""
     original = scalar.SCALAR["tanh"]
