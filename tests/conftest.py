@@ -14,6 +14,7 @@ from spadc.errors import Source
 from spadc.ir.interpret import RunOptions, evaluate
 from spadc.syntax.parser import parse
 
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "private_cache: the test gets an empty compile cache of its own (it patches "
                             "the code generator, or tests the cache itself)")
@@ -28,7 +29,7 @@ def _shared_cache_directory(tmp_path_factory):
 def _compile_cache(request, tmp_path_factory, _shared_cache_directory, monkeypatch):
     """The disk cache of compiled kernels (spadc/cache.py): one per test process, so that a model
     compiled by an earlier test loads its machine code instead of running LLVM again (each LLVM
-    optimisation keeps ~160 KB in the process: llvmlite's pass pipeline). A test marked
+    optimisation run leaves memory in the process: about 1 MB for mlp_digits' kernels). A test marked
     `private_cache` (one that patches the code generator, whose kernels must reach no other test,
     or one that tests the cache) gets an empty one of its own. Nothing is written to ~/.cache."""
     private = request.node.get_closest_marker("private_cache") is not None
