@@ -103,6 +103,15 @@ def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["spadc", *map(str, args)], status, out.getvalue(), err.getvalue())
 
 
+TEST_CACHE_SIZE = 8  # compiled models a test process keeps for reuse (spadc keeps 32); the rest load from disk
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fewer_compiled_models():
+    import spadc.api
+    spadc.api.CACHE_SIZE = TEST_CACHE_SIZE
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _free_compiled_models():
     """Compiled models are kept for reuse (spadc.api._CACHE, 32 of them) and each holds its machine
