@@ -22,12 +22,17 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def _shared_cache_directory(tmp_path_factory):
-    return tmp_path_factory.mktemp("spadc-cache-shared")
+    """One for the whole run: under xdist, the workers' temporary folders share a parent (the cache
+    is made for processes sharing it: entries are written atomically)."""
+    root = tmp_path_factory.getbasetemp()
+    directory = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "spadc-cache-shared"
+    directory.mkdir(exist_ok=True)
+    return directory
 
 
 @pytest.fixture(autouse=True)
 def _compile_cache(request, tmp_path_factory, _shared_cache_directory, monkeypatch):
-    """The disk cache of compiled kernels (spadc/cache.py): one per test process, so that a model
+    """The disk cache of compiled kernels (spadc/cache.py): one for the run, so that a model
     compiled by an earlier test loads its machine code instead of running LLVM again (each LLVM
     optimisation run leaves memory in the process: about 1 MB for mlp_digits' kernels). A test marked
     `private_cache` (one that patches the code generator, whose kernels must reach no other test,
