@@ -164,7 +164,7 @@ def compile_file(path: str, dtype: str = "f64", max_memory=None, cache: bool = T
     `cache`: use the on-disk cache of compiled kernels (spadc/cache.py). `lanes`: samples each
     kernel runs side by side (more: faster at batch, a workspace that many times larger; 1: the
     least memory); default: one for a model without matrix products, else up to 128, fewer when the
-    workspace would pass 4 MB."""
+    workspace would pass 4 MB or the memory limit."""
     source = frontend.read_source(path)
     return _model(source, frontend.source_directory(source), dtype, max_memory, cache, lanes)
 
