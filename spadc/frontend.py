@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 
-from . import passes
-from .check.program import check_source
 from spadrt.files import path_argument
 
+from . import passes
+from .check.program import check_source
 from .errors import Source, SpadcError, read_text
 from .ir.core import Program
 

@@ -136,7 +136,7 @@ class ExprChecker:
         if const is not None and np.ndim(const) == 0 and kind != "const":
             out = self.b.const(const.item(), result_type.dtype, loc)
         else:
-            out = self.b.emit(kind, [a.value for a in args], loc, hint, **attrs)
+            out = self.b.emit_typed(result_type, kind, [a.value for a in args], loc, hint, **attrs)
         affine, interval = _index_facts(kind, args, const, self.loop_ranges)
         return Typed(out, const, affine, interval)
 

@@ -13,8 +13,6 @@ Invariants:
 
 from __future__ import annotations
 
-from spadrt import limits
-from spadrt.limits import format_bytes, limit_text
 
 from ..errors import Loc, SpadcError
 from ..ir.core import Value

@@ -26,7 +26,11 @@ class Builder:
         return self._blocks[-1]
 
     def emit(self, kind: str, args, loc: Loc, hint: str | None = None, **attrs) -> Value:
-        result = Value(primitives.infer(kind, [a.type for a in args], attrs), hint)
+        return self.emit_typed(primitives.infer(kind, [a.type for a in args], attrs), kind, args, loc, hint, **attrs)
+
+    def emit_typed(self, result_type, kind: str, args, loc: Loc, hint: str | None = None, **attrs) -> Value:
+        """`emit` when the caller has already inferred the result's type."""
+        result = Value(result_type, hint)
         self.block.ops.append(Op(kind, tuple(args), (result,), attrs, loc, self.inlined_at))
         return result
 
