@@ -19,6 +19,7 @@ from spadrt import limits
 from spadrt.errors import SpadcWarning
 from spadrt.estimators import DRAWS, SITE_POLICIES
 from spadrt.training import TrainingStopped
+
 from . import api, options, passes
 from . import commands as commands_
 from .commands import EXIT_INTERRUPTED
@@ -83,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"bytes params and a kernel's workspace may take, e.g. 4G; default: "
                              f"${limits.ENVIRONMENT_VARIABLE}, else the machine's memory")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     def add(name, **kwargs):
         command = commands.add_parser(name, parents=[common], formatter_class=_Formatter, **kwargs)
         command.set_defaults(command_parser=command)  # usage errors found after parsing name the command

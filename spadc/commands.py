@@ -15,12 +15,11 @@ import numpy as np
 from spadrt import curvature
 from spadrt.arguments import user_inputs
 from spadrt.diagnostics import POOLED_BOUND, POWER_TARGET, diagnose
+from spadrt.errors import SpadcWarning, render
 from spadrt.estimators import SPAD
 from spadrt.files import check_writable, read_npz, save_npz
 from spadrt.plot import loss_curve, require_matplotlib
 from spadrt.training import Interrupted, fit
-
-from spadrt.errors import SpadcWarning, render
 
 from . import api, frontend, memreport, passes
 from . import options as options_

@@ -24,6 +24,15 @@ from spadrt.training import fit
 
 PRECONDITIONERS = ("identity", "newton", "newton_cg", "diag_fisher", "kfac", "shampoo")
 
+# The options of each group, by the Python keyword they are passed on as (their dest).
+SAMPLED = ("keep", "draw", "share")  # RAD and SPAD; and `--sites`: SPAD's `sites=`, RAD's `policy=`
+SPAD_ONLY = ("score", "refresh", "candidates", "floor")  # and `--rank`: SPAD's `policy=`
+FORWARD_ONLY = ("sigma", "particles")
+OPTIMIZER = ("lr", "momentum", "nesterov", "weight_decay", "betas", "eps")  # each optimiser takes some
+SCHEDULES = {"step": ("gamma",), "cosine": ("t_max", "eta_min")}  # and `--step-size`, derived when absent
+PRECONDITIONER = ("damping", "interval", "ema", "warmup")
+FIT = ("epochs", "batch_size", "seed", "validation_split")
+
 
 def python_default(function, keyword: str):
     """The default of `keyword` in `function`'s signature (a class: its constructor)."""
@@ -71,16 +80,15 @@ def add_estimator_options(command, default: str):
 
 def estimator(args):
     """The estimator the options describe; options not given take the Python defaults."""
-    given = vars(args)
-    sampled = {k: given[k] for k in ("keep", "draw", "share") if k in given}
     if args.estimator == "exact":
         return Exact()
     if args.estimator == "rad":
-        return RAD(**sampled, **({"policy": given["sites"]} if "sites" in given else {}))
+        renamed = {"policy": args.sites} if "sites" in vars(args) else {}
+        return RAD(**_given(args, SAMPLED), **renamed)
     if args.estimator in ("es", "pes"):
-        return (ES if args.estimator == "es" else PES)(**{k: given[k] for k in ("sigma", "particles") if k in given})
-    spad = {k: given[k] for k in ("sites", "score", "refresh", "candidates", "floor") if k in given}
-    return SPAD(**sampled, **spad, **({"policy": given["rank"]} if "rank" in given else {}))
+        return (ES if args.estimator == "es" else PES)(**_given(args, FORWARD_ONLY))
+    renamed = {"policy": args.rank} if "rank" in vars(args) else {}
+    return SPAD(**_given(args, SAMPLED + ("sites",) + SPAD_ONLY), **renamed)
 
 
 # ---- training ----------------------------------------------------------------------------------
@@ -121,37 +129,37 @@ def add_training_options(train):
     _option(group, ["--warmup"], base, "warmup", "steps of plain gradients first", type=int, metavar="N")
 
 
-_OPTIMIZER_KEYWORDS = {"sgd": ("lr", "momentum", "nesterov", "weight_decay"), "adam": ("lr", "betas", "eps", "weight_decay"),
-                       "adamw": ("lr", "betas", "eps", "weight_decay"), "adagrad": ("lr", "eps", "weight_decay")}
+def _given(args, names) -> dict:
+    given = vars(args)
+    return {name: given[name] for name in names if name in given}
+
+
+def _takes(function, keyword: str) -> bool:
+    return keyword in inspect.signature(function).parameters
 
 
 def optimizer(args):
-    name = getattr(args, "optimizer", python_default(fit, "optimizer"))
-    given = vars(args)
-    return OPTIMIZERS[name](**{k: given[k] for k in _OPTIMIZER_KEYWORDS[name] if k in given})
+    optimizer_class = OPTIMIZERS[getattr(args, "optimizer", python_default(fit, "optimizer"))]
+    return optimizer_class(**{k: v for k, v in _given(args, OPTIMIZER).items() if _takes(optimizer_class, k)})
 
 
 def schedule(args, length: int):
-    given = vars(args)
     if args.schedule == "step":
-        return StepLR(step_size=given.get("step_size", max(length // 3, 1)), **{k: given[k] for k in ("gamma",) if k in given})
+        return StepLR(**{"step_size": max(length // 3, 1), **_given(args, ("step_size",) + SCHEDULES["step"])})
     if args.schedule == "cosine":
-        return CosineLR(**{k: given[k] for k in ("t_max", "eta_min") if k in given})
+        return CosineLR(**_given(args, SCHEDULES["cosine"]))
     return None
 
 
 def preconditioner(args):
     if args.precondition is None:
         return None
-    given = vars(args)
-    return preconditioners.NAMES[args.precondition](**{k: given[k] for k in ("damping", "interval", "ema", "warmup")
-                                                      if k in given})
+    return preconditioners.NAMES[args.precondition](**_given(args, PRECONDITIONER))
 
 
 def fit_options(args) -> dict:
     """`fit`'s own keywords that the user gave."""
-    given = vars(args)
-    return {k: given[k] for k in ("epochs", "batch_size", "seed", "validation_split") if k in given}
+    return _given(args, FIT)
 
 
 # ---- options that would be ignored -------------------------------------------------------------
@@ -160,20 +168,22 @@ def _applies(args, option: str) -> str | None:
     """None when `option` means something with the others given, else what it needs."""
     if not hasattr(args, "estimator"):  # `spadc build`: its --keep and --sites shape the kernels it builds
         return None
-    estimator_name = args.estimator
-    optimizer_name = getattr(args, "optimizer", python_default(fit, "optimizer"))
-    needs = {
-        ("keep", "sites", "draw", "share"): (estimator_name in ("rad", "spad"), "--estimator rad or spad"),
-        ("rank", "score", "refresh", "candidates", "floor"): (estimator_name == "spad", "--estimator spad"),
-        ("sigma", "particles"): (estimator_name in ("es", "pes"), "--estimator es or pes"),
-        ("damping", "interval", "ema", "warmup"): (getattr(args, "precondition", None) is not None, "--precondition"),
-        ("momentum", "nesterov"): (optimizer_name == "sgd", "--optimizer sgd"),
-        ("betas",): (optimizer_name in ("adam", "adamw"), "--optimizer adam or adamw"),
-        ("eps",): (optimizer_name != "sgd", "--optimizer adam, adamw or adagrad"),
-        ("step_size", "gamma"): (getattr(args, "schedule", None) == "step", "--schedule step"),
-        ("t_max", "eta_min"): (getattr(args, "schedule", None) == "cosine", "--schedule cosine"),
-    }
-    for options, (meaningful, needed) in needs.items():
+    if option in OPTIMIZER:  # an optimiser's option applies when its constructor takes it
+        takers = [name for name in sorted(OPTIMIZERS) if _takes(OPTIMIZERS[name], option)]
+        chosen = getattr(args, "optimizer", python_default(fit, "optimizer"))
+        return None if chosen in takers else "--optimizer " + " or ".join(takers)
+    schedule_options = {option: kind for kind, options in SCHEDULES.items() for option in options}
+    schedule_options["step_size"] = "step"
+    if option in schedule_options:
+        kind = schedule_options[option]
+        return None if args.schedule == kind else f"--schedule {kind}"
+    needs = [
+        (SAMPLED + ("sites",), args.estimator in ("rad", "spad"), "--estimator rad or spad"),
+        (SPAD_ONLY + ("rank",), args.estimator == "spad", "--estimator spad"),
+        (FORWARD_ONLY, args.estimator in ("es", "pes"), "--estimator es or pes"),
+        (PRECONDITIONER, getattr(args, "precondition", None) is not None, "--precondition"),
+    ]
+    for options, meaningful, needed in needs:
         if option in options and not meaningful:
             return needed
     return None

@@ -18,10 +18,9 @@ Invariants:
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from dataclasses import dataclass
-
-import os
 
 import numpy as np
 
