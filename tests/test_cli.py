@@ -283,23 +283,26 @@ def test_grad_refuses_keep_without_a_sampled_estimator():
     assert result.returncode == 2 and "--keep applies only with --estimator rad or spad" in result.stderr
 
 
-def test_every_optimizer_setting_reaches_python_with_python_defaults():
-    """The command line and `fit` give the same bits: SGD with Nesterov momentum, weight decay and a
-    step schedule, in f32, against the same run in Python."""
+def test_every_optimizer_setting_reaches_python_with_python_defaults(tmp_path):
+    """The command line and `fit` give the same final params, bit for bit: SGD with Nesterov momentum,
+    weight decay and a step schedule, in f32; and plain SGD with no --lr, which takes SGD()'s own lr."""
     import numpy as np
     import spadc as api
-    out_dir = os.path.dirname(example("rosenbrock.spad"))
-    args = ["--steps", "30", "--optimizer", "sgd", "--lr", "1e-4", "--momentum", "0.9", "--nesterov",
-            "--weight-decay", "0.01", "--schedule", "step", "--step-size", "10", "--gamma", "0.5", "--dtype", "f32",
-            "--quiet"]
-    result = spadc("train", example("rosenbrock.spad"), *args)
-    assert result.returncode == 0, result.stderr
-    model = api.compile_file(example("rosenbrock.spad"), dtype="f32")
-    model.init_params(0)
-    history = model.fit(None, steps=30, optimizer=api.SGD(lr=1e-4, momentum=0.9, nesterov=True, weight_decay=0.01),
-                        schedule=api.StepLR(step_size=10, gamma=0.5))
-    assert f"final train loss {history.train_loss[-1]:.4f}" in result.stdout
-    assert out_dir  # the example exists
+    runs = [("rosenbrock.spad", ["--optimizer", "sgd", "--lr", "1e-4", "--momentum", "0.9", "--nesterov",
+                                  "--weight-decay", "0.01", "--schedule", "step", "--step-size", "10", "--gamma", "0.5",
+                                  "--dtype", "f32"],
+             dict(optimizer=api.SGD(lr=1e-4, momentum=0.9, nesterov=True, weight_decay=0.01),
+                  schedule=api.StepLR(step_size=10, gamma=0.5)), "f32"),
+            ("sphere.spad", ["--optimizer", "sgd"], dict(optimizer=api.SGD()), "f64")]
+    for k, (name, flags, python, dtype) in enumerate(runs):
+        out = tmp_path / f"p{k}.npz"
+        result = spadc("train", example(name), "--steps", "30", "--quiet", "--out", str(out), *flags)
+        assert result.returncode == 0, result.stderr
+        model = api.compile_file(example(name), dtype=dtype)
+        model.init_params(0)
+        model.fit(None, steps=30, **python)
+        with np.load(out) as saved:
+            np.testing.assert_array_equal(saved["x"], np.asarray(model.params["x"], dtype=np.float64))
     assert api.SGD().lr == 0.01 and "sgd 0.01" in spadc("train", "--help").stdout
 
 
