@@ -33,8 +33,8 @@ def _shared_cache_directory(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _compile_cache(request, tmp_path_factory, _shared_cache_directory, monkeypatch):
     """The disk cache of compiled kernels (spadc/cache.py): one for the run, so that a model
-    compiled by an earlier test loads its machine code instead of running LLVM again (each LLVM
-    optimisation run leaves memory in the process: about 1 MB for mlp_digits' kernels). A test marked
+    compiled by an earlier test loads its machine code instead of running LLVM again (half of the
+    suite's CPU time is LLVM's). A test marked
     `private_cache` (one that patches the code generator, whose kernels must reach no other test,
     or one that tests the cache) gets an empty one of its own. Nothing is written to ~/.cache."""
     private = request.node.get_closest_marker("private_cache") is not None
