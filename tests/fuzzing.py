@@ -64,9 +64,11 @@ WORKER_TASKS = 5  # chunks of 100 seeds each worker process checks before the po
 
 SMOOTH_UNARY = ["tanh({0})", "sin({0})", "cos({0})", "sigmoid({0})", "exp(tanh({0}))", "log({0} * {0} + 1)",
                 "log1p({0} * {0})", "sqrt({0} * {0} + 1)", "softplus({0})", "expm1(tanh({0}))",
-                "tan(0.3 * tanh({0}))", "-{0}", "sin(pi * {0}) * e", "(({0}) * ({0}) + 1) ^ 0.5", "2 ^ tanh({0})"]
+                "tan(0.3 * tanh({0}))", "-{0}", "sin(pi * {0}) * e", "(({0}) * ({0}) + 1) ^ 0.5", "2 ^ tanh({0})",
+                "atan({0})", "sinh(tanh({0}))", "cosh(tanh({0}))", "asin(0.5 * tanh({0}))", "acos(0.5 * tanh({0}))",
+                "erf({0})", "gelu({0})", "silu({0})"]
 ROUGH_UNARY = ["abs({0})", "relu({0})", "sign({0})", "floor({0})", "stop_gradient({0})", "float(int({0} * 3))",
-               "abs({0}) ^ 1.5"]
+               "abs({0}) ^ 1.5", "round({0} * 2)", "elu({0})", "leaky_relu({0}, a=0.1)", "clip({0}, -0.5, 0.8)"]
 SMOOTH_BINARY = ["{0} + {1}", "{0} - {1}", "{0} * {1}", "{0} / ({1} * {1} + 1)"]
 ROUGH_BINARY = ["max({0}, {1})", "min({0}, {1})", "where({0} > {1}, {0}, {1} * 2)", "({0}) // 0.7 + {1}",
                 "({0}) % 0.7 + {1}", "where({0} < 0.1 and not ({1} >= 1) or {0} == {1}, {0}, -{1})",

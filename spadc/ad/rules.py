@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ..ir import elementwise
+
 
 @dataclass(frozen=True)
 class Sparse:
@@ -43,7 +45,7 @@ def _rule(name, saves=()):
     return register
 
 
-for _name in ("sign", "floor", "stop_gradient", "not", "to_float", "to_int", "floordiv", "lt", "le", "gt", "ge",
+for _name in ("stop_gradient", "not", "to_float", "to_int", "floordiv", "lt", "le", "gt", "ge",
               "eq", "ne", "and", "or", "const", "eye", "onehot", "dropout_mask", "first_true",
               "gate_pack", "gate_unpack", "gate_mask", "score_add", "pack_bits", "unpack_bits", "record", "field", "gate_outer_add", "argmax"):
     ADJOINTS[_name] = ZERO
@@ -87,73 +89,27 @@ def _neg(c, op, g, wanted, P):
     return [c.op("neg", g)]
 
 
-@_rule("abs", saves=(0,))
-def _abs(c, op, g, wanted, P):
-    return [times(c, g, c.op("sign", P.arg(0)))]
-
-
-@_rule("exp", saves=("out",))
-def _exp(c, op, g, wanted, P):
-    return [times(c, g, P.out())]
-
-
-@_rule("log", saves=(0,))
-def _log(c, op, g, wanted, P):
-    return [times(c, g, P.arg(0), "div")]
-
-
-@_rule("log1p", saves=(0,))
-def _log1p(c, op, g, wanted, P):
-    return [times(c, g, c.op("add", c.const(1.0), P.arg(0)), "div")]
-
-
-@_rule("expm1", saves=("out",))
-def _expm1(c, op, g, wanted, P):
-    return [times(c, g, c.op("add", P.out(), c.const(1.0)))]
-
-
-@_rule("sqrt", saves=("out",))
-def _sqrt(c, op, g, wanted, P):
-    return [times(c, g, c.op("mul", c.const(2.0), P.out()), "div")]
-
-
-@_rule("sin", saves=(0,))
-def _sin(c, op, g, wanted, P):
-    return [times(c, g, c.op("cos", P.arg(0)))]
-
-
-@_rule("cos", saves=(0,))
-def _cos(c, op, g, wanted, P):
-    return [c.op("neg", times(c, g, c.op("sin", P.arg(0))))]
-
-
-@_rule("tan", saves=("out",))
-def _tan(c, op, g, wanted, P):
-    out = P.out()
-    return [times(c, g, c.op("add", c.const(1.0), c.op("mul", out, out)))]
-
-
-@_rule("tanh", saves=("out",))
-def _tanh(c, op, g, wanted, P):
-    out = P.out()
-    return [times(c, g, c.op("sub", c.const(1.0), c.op("mul", out, out)))]
-
-
-@_rule("sigmoid", saves=("out",))
-def _sigmoid(c, op, g, wanted, P):
-    out = P.out()
-    return [times(c, g, c.op("mul", out, c.op("sub", c.const(1.0), out)))]
-
-
 @_rule("relu", saves=("positive",))
 def _relu(c, op, g, wanted, P):
     positive = P.derived("positive", lambda f: f.op("gt", f.arg(0), f.const(0.0)))  # 1 byte a value on the tape
     return [c.op("select", positive, g, c.const(0.0))]
 
 
-@_rule("softplus", saves=(0,))
-def _softplus(c, op, g, wanted, P):
-    return [times(c, g, c.op("sigmoid", P.arg(0)))]
+def _chain_rule(function):
+    """g f'(x) for a function of spadc/ir/elementwise.py, from its record's derivative."""
+    kind = "div" if function.divides else "mul"
+
+    def rule(c, op, g, wanted, P):
+        return [times(c, g, function.derivative(c, P.arg(0) if "x" in function.reads else None,
+                                                P.out() if "out" in function.reads else None), kind)]
+    return rule
+
+
+for _record in elementwise.UNARY:
+    if _record.zero_derivative:
+        ADJOINTS[_record.name] = ZERO
+    elif _record.derivative is not None:
+        ADJOINTS[_record.name] = Rule(tuple(0 if r == "x" else r for r in _record.reads), _chain_rule(_record))
 
 
 @_rule("add")

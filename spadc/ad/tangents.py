@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..ir import elementwise
 from .rules import product_partials, restore_axis, times
 
 TANGENTS: dict[str, Callable | None] = {}  # None: the derivative is zero (or the operands are not differentiable)
 
-for _name in ("sign", "floor", "stop_gradient", "not", "to_float", "to_int", "floordiv", "lt", "le", "gt", "ge",
+for _name in ("stop_gradient", "not", "to_float", "to_int", "floordiv", "lt", "le", "gt", "ge",
               "eq", "ne", "and", "or", "const", "eye", "onehot", "dropout_mask", "first_true", "pack_bits",
               "unpack_bits", "argmax", "gate_mask"):
     TANGENTS[_name] = None
@@ -48,49 +49,22 @@ def _or_zeros(t, tangent, value):
     return tangent if tangent is not None else t.zeros(value.type)
 
 
-def _scaled(partial_of):
-    """A unary rule d(f(x)) = f'(x) dx, with f' from the operand and the result."""
-    def rule(t, op, d):
-        return times(t, d[0], partial_of(t, op.args[0], op.result))
-    return rule
+def _chain_rule(function):
+    """f'(x) dx for a function of spadc/ir/elementwise.py, from its record's derivative."""
+    kind = "div" if function.divides else "mul"
+    return lambda t, op, d: times(t, d[0], function.derivative(t, op.args[0], op.result), kind)
 
 
-def _one_plus_square(t, x, out):
-    return t.op("add", t.const(1.0), t.op("mul", out, out))
-
-
-for _name, _partial in {
-    "abs": lambda t, x, out: t.op("sign", x),
-    "exp": lambda t, x, out: out,
-    "expm1": lambda t, x, out: t.op("add", out, t.const(1.0)),
-    "sin": lambda t, x, out: t.op("cos", x),
-    "cos": lambda t, x, out: t.op("neg", t.op("sin", x)),
-    "tan": _one_plus_square,
-    "tanh": lambda t, x, out: t.op("sub", t.const(1.0), t.op("mul", out, out)),
-    "sigmoid": lambda t, x, out: t.op("mul", out, t.op("sub", t.const(1.0), out)),
-    "softplus": lambda t, x, out: t.op("sigmoid", x),
-}.items():
-    TANGENTS[_name] = _scaled(_partial)
+for _record in elementwise.UNARY:
+    if _record.zero_derivative:
+        TANGENTS[_record.name] = None
+    elif _record.derivative is not None:
+        TANGENTS[_record.name] = _chain_rule(_record)
 
 
 @_tangent("neg")
 def _neg(t, op, d):
     return t.op("neg", d[0])
-
-
-@_tangent("log")
-def _log(t, op, d):
-    return times(t, d[0], op.args[0], "div")
-
-
-@_tangent("log1p")
-def _log1p(t, op, d):
-    return times(t, d[0], t.op("add", t.const(1.0), op.args[0]), "div")
-
-
-@_tangent("sqrt")
-def _sqrt(t, op, d):
-    return times(t, d[0], t.op("mul", t.const(2.0), op.result), "div")
 
 
 @_tangent("relu")

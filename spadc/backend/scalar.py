@@ -15,6 +15,8 @@ import math
 
 from llvmlite import ir
 
+from ..ir import elementwise
+
 I1, I64 = ir.IntType(1), ir.IntType(64)
 
 
@@ -162,19 +164,9 @@ SCALAR = {
     "neg": lambda e, op, x: e.b.fneg(x) if is_float(op.args[0]) else e.b.neg(x),
     "abs": _abs,
     "sign": _sign,
-    "exp": _libm("llvm.exp"),
-    "log": _libm("llvm.log"),
-    "log1p": _libm("log1p"),
-    "expm1": _libm("expm1"),
-    "sqrt": _libm("llvm.sqrt"),
-    "sin": _libm("llvm.sin"),
-    "cos": _libm("llvm.cos"),
-    "tan": _libm("tan"),
-    "tanh": _libm("tanh"),
     "sigmoid": _sigmoid,
     "relu": lambda e, op, x: e.b.select(e.b.fcmp_unordered(">", x, fconst(e, 0.0)), x, fconst(e, 0.0)),  # NaN kept
     "softplus": _softplus,
-    "floor": _libm("llvm.floor"),
     "stop_gradient": lambda e, op, x: x,
     "not": lambda e, op, x: e.b.xor(x, I1(1)),
     "to_float": _to_float,
@@ -194,3 +186,6 @@ SCALAR = {
     "or": lambda e, op, a, b_: e.b.or_(a, b_),
     "select": lambda e, op, c, a, b_: e.b.select(c, a, b_),
 }
+for _record in elementwise.UNARY:  # a function with a `lowering` is one call; the others are emitted above
+    if _record.lowering is not None:
+        SCALAR[_record.name] = _libm(_record.lowering)

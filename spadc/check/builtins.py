@@ -11,16 +11,18 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import SpadcError, did_you_mean
+from ..ir import elementwise
 from ..syntax import ast
 from . import indexing
 from .typed import Typed
 
-FLOAT_UNARY = ("exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid", "relu",
-               "softplus", "floor")
+FLOAT_UNARY = tuple(f.name for f in elementwise.UNARY if f.builtin and f.dtypes == ("f64",))
+NUMERIC_UNARY = tuple(f.name for f in elementwise.UNARY if f.builtin and f.dtypes == ("f64", "i64"))
 REDUCTIONS = {"sum": "reduce_sum", "prod": "reduce_prod", "max": "reduce_max", "min": "reduce_min"}
 GENERATOR_REDUCTIONS = ("sum", "prod", "mean", "max", "min")
 
@@ -295,14 +297,61 @@ def _stop_gradient(chk, args, kw, node):
     return chk.prim("stop_gradient", [x], node.loc) if x.type.dtype == "f64" else x
 
 
+# ---- activations composed of primitives (LANGUAGE.md section 10; PyTorch's definitions) -------
+
+def _slope(chk, kw, name, default):
+    """The constant keyword `a` of elu and leaky_relu."""
+    return chk.const_float(kw["a"], f"the `a` of `{name}`") if "a" in kw else default
+
+
+def _gelu(chk, args, kw, node):
+    # The exact form, PyTorch's default: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)).
+    x, loc = chk.to_float(args[0], "`gelu`", node.loc), node.loc
+    scaled = chk.prim("mul", [x, chk.constant(1.0 / math.sqrt(2.0), loc)], loc)
+    cdf = chk.prim("mul", [chk.constant(0.5, loc), chk.prim("add", [chk.constant(1.0, loc), chk.prim(
+        "erf", [scaled], loc)], loc)], loc)
+    return chk.prim("mul", [x, cdf], loc)
+
+
+def _silu(chk, args, kw, node):
+    x = chk.to_float(args[0], "`silu`", node.loc)
+    return chk.prim("mul", [x, chk.prim("sigmoid", [x], node.loc)], node.loc)
+
+
+def _negative_part(chk, x, below, node):
+    """x where x > 0, else `below` (the derivative at 0 is below's, as PyTorch's)."""
+    positive = chk.prim("gt", [x, chk.constant(0.0, node.loc)], node.loc)
+    return chk.prim("select", [positive, x, below], node.loc)
+
+
+def _elu(chk, args, kw, node):
+    x = chk.to_float(args[0], "`elu`", node.loc)
+    below = chk.prim("mul", [chk.constant(_slope(chk, kw, "elu", 1.0), node.loc), chk.prim("expm1", [x], node.loc)],
+                     node.loc)
+    return _negative_part(chk, x, below, node)
+
+
+def _leaky_relu(chk, args, kw, node):
+    x = chk.to_float(args[0], "`leaky_relu`", node.loc)
+    below = chk.prim("mul", [chk.constant(_slope(chk, kw, "leaky_relu", 0.01), node.loc), x], node.loc)
+    return _negative_part(chk, x, below, node)
+
+
+def _clip(chk, args, kw, node):
+    """torch.clamp, min(max(x, lo), hi): NaN kept; the derivative is 1 for x where lo <= x <= hi, and
+    goes to the bound where it is taken; with lo > hi every entry is hi, as in PyTorch."""
+    x, lo, hi = chk.broadcast_all([chk.to_float(a, "`clip`", node.loc) for a in args], "`clip`", node.loc)
+    raised = chk.prim("select", [chk.prim("lt", [x, lo], node.loc), lo, x], node.loc)
+    return chk.prim("select", [chk.prim("gt", [raised, hi], node.loc), hi, raised], node.loc)
+
+
 # Arguments that must be compile-time constants are read from the AST by the lowering itself, so
 # they are listed here as "lazy": they are not elaborated as run-time values first.
 _LAZY_TAIL = {"onehot": 1, "dropout": 1, "zeros": 0, "ones": 0, "fill": 1, "eye": 0, "reshape": 1}
 
 BUILTINS: dict[str, Builtin] = {
     **{name: Builtin(1, 1, (), _float_unary(name)) for name in FLOAT_UNARY},
-    "abs": Builtin(1, 1, (), _numeric_unary("abs")),
-    "sign": Builtin(1, 1, (), _numeric_unary("sign")),
+    **{name: Builtin(1, 1, (), _numeric_unary(name)) for name in NUMERIC_UNARY},
     "sum": Builtin(1, 1, ("axis",), _reduction("sum")),
     "prod": Builtin(1, 1, ("axis",), _reduction("prod")),
     "max": Builtin(1, 2, ("axis",), _reduction("max")),
@@ -329,7 +378,18 @@ BUILTINS: dict[str, Builtin] = {
     "where": Builtin(3, 3, (), _where),
     "reshape": Builtin(2, None, (), _reshape),
     "argmax": Builtin(1, 1, ("axis",), _argmax),
+    "gelu": Builtin(1, 1, (), _gelu),
+    "silu": Builtin(1, 1, (), _silu),
+    "elu": Builtin(1, 1, ("a",), _elu),
+    "leaky_relu": Builtin(1, 1, ("a",), _leaky_relu),
+    "clip": Builtin(3, 3, (), _clip),
 }
+
+
+# Builtins added in version 2.0: a program written for 1.1 may define a fn of one of these names,
+# which keeps its meaning there (a program's own fn is called before a builtin of its name).
+REDEFINABLE = frozenset({f.name for f in elementwise.UNARY if f.since == "2.0"}
+                        | {"gelu", "silu", "elu", "leaky_relu", "clip"})
 
 
 def _arity_text(b: Builtin) -> str:

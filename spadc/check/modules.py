@@ -23,7 +23,7 @@ from ..ir.builder import Builder
 from ..ir.core import Block
 from ..syntax import ast
 from ..syntax.parser import parse
-from .builtins import BUILTINS
+from .builtins import BUILTINS, REDEFINABLE
 from .expressions import BUILTIN_CONSTANTS
 
 
@@ -81,7 +81,7 @@ class _Loader:
                     raise SpadcError(f"const `{stmt.name}` must be an integer or a float", stmt.value.loc)
                 env.consts[stmt.name] = ConstDef(value, stmt.name_loc)
             elif isinstance(stmt, ast.Fn):
-                if stmt.name in BUILTINS:
+                if stmt.name in BUILTINS and stmt.name not in REDEFINABLE:
                     raise SpadcError(f"`{stmt.name}` is a builtin function and cannot be redefined", stmt.name_loc)
                 _check_new_global(env, stmt.name, stmt.name_loc)
                 env.fns[stmt.name] = FnDef(stmt, env)

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import draws
+from . import draws, elementwise
 from .types import BOOL, F64, TensorType
 
 
@@ -72,34 +72,15 @@ def _unary(name, fn, doc, dtypes=("f64",), out=None):
     _define(name, 1, infer, lambda args, attrs, ctx: np.asarray(fn(args[0])), "unary", doc)
 
 
-def _sigmoid(x):
-    # Two branches so that neither exp overflows.
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
 def _to_int(x):
     if not np.all(np.isfinite(x)) or np.any(np.abs(x) >= 2.0**63):
         raise Fault("int() of a value that is not finite or does not fit in i64")
     return np.trunc(x).astype(np.int64)
 
 
+for _record in elementwise.UNARY:  # the functions of spadc/ir/elementwise.py, with all their rules
+    _unary(_record.name, _record.numpy, _record.doc, _record.dtypes)
 _unary("neg", np.negative, "-x", ("f64", "i64"))
-_unary("abs", np.abs, "|x|; abs'(0) = 0", ("f64", "i64"))
-_unary("sign", np.sign, "sign of x; zero derivative", ("f64", "i64"))
-_unary("exp", np.exp, "e^x")
-_unary("log", np.log, "natural logarithm")
-_unary("log1p", np.log1p, "log(1 + x)")
-_unary("expm1", np.expm1, "e^x - 1")
-_unary("sqrt", np.sqrt, "square root")
-_unary("sin", np.sin, "sine")
-_unary("cos", np.cos, "cosine")
-_unary("tan", np.tan, "tangent")
-_unary("tanh", np.tanh, "hyperbolic tangent")
-_unary("sigmoid", _sigmoid, "1 / (1 + e^-x)")
-_unary("relu", lambda x: np.where((x > 0) | (x != x), x, 0.0), "max(x, 0), NaN kept as in NumPy; relu'(0) = 0")
-_unary("softplus", lambda x: np.logaddexp(0.0, x), "log(1 + e^x)")
-_unary("floor", np.floor, "largest integer <= x; zero derivative")
 _unary("stop_gradient", lambda x: x.copy(), "identity with zero derivative")
 _unary("not", np.logical_not, "logical negation", ("bool",))
 _unary("to_float", lambda x: x.astype(np.float64), "float(x)", ("i64", "bool"), out="f64")
