@@ -48,6 +48,10 @@ NESTED_COND |= {
                             "else h + exp(v)) else h + sum(tanh(W @ x))\n}\nloss h * h\n"),
     "in a comprehension": _PARAMS + ("let s = [if x[i] > -5.0 then (if i > 0 then tanh(v * x[i]) * sum(W[1] * W[0]) "
                                      "else exp(v)) else 0.0 for i in 0..3]\nloss sum(s * s)\n"),
+    # The record of the taken branch keeps an i64 index (for its adjoint): found by the fuzzer (seed
+    # 500332), the Hessian product gave that index a "tangent" and failed to compile.
+    "an index kept in the record": _PARAMS + ("input label: i64\nloss sum(if label < 5 then sigmoid(W[0] * x[min(abs(label - 3), "
+                                              "2)]) else sin(-W[1])) * v\n"),
     "a per-sample classifier": ("input x: f64[3]\ninput label: i64\nparam W: f64[4, 3] ~ normal(0, 0.5)\n"
                                 "param b: f64[4]\nlet z = W @ x + b\n"
                                 "loss if label < 2 then (if x[0] > 0.0 then cross_entropy(z, label) else mse(softmax(z), "

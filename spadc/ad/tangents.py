@@ -198,8 +198,15 @@ def _same_op(t, op, d):
     return t.op(op.kind, d[0], *op.args[1:], **op.attrs)
 
 
-for _name in ("transpose", "reshape", "broadcast", "index", "field", "gate_unpack"):
+for _name in ("transpose", "reshape", "broadcast", "index", "gate_unpack"):
     TANGENTS[_name] = _same_op
+
+
+@_tangent("field")
+def _field(t, op, d):
+    # Only a float field has a tangent: an i64 or bool one (an index kept by a `cond`) is constant,
+    # and its words in the tangent record are its own value, not a tangent (`_record` below).
+    return _same_op(t, op, d) if op.attrs["dtype"] == "f64" else None
 
 
 @_tangent("index_add")
