@@ -21,8 +21,6 @@ from ..syntax import ast
 from . import indexing
 from .typed import Typed
 
-FLOAT_UNARY = tuple(f.name for f in elementwise.UNARY if f.builtin and f.dtypes == ("f64",))
-NUMERIC_UNARY = tuple(f.name for f in elementwise.UNARY if f.builtin and f.dtypes == ("f64", "i64"))
 REDUCTIONS = {"sum": "reduce_sum", "prod": "reduce_prod", "max": "reduce_max", "min": "reduce_min"}
 GENERATOR_REDUCTIONS = ("sum", "prod", "mean", "max", "min")
 
@@ -33,6 +31,7 @@ class Builtin:
     max_args: int | None  # None: any number
     keywords: tuple[str, ...]
     lower: Callable  # (chk, args: list[Typed], kwargs: dict[str, ast.Expr], node) -> Typed
+    since: str = "1.1"  # the language version that added it: a 1.1 program's own fn of a 2.0 name wins
 
 
 # ---- helpers -------------------------------------------------------------------
@@ -92,12 +91,13 @@ def _dims(chk, nodes, name) -> tuple[int, ...]:
 
 # ---- lowerings -----------------------------------------------------------------
 
-def _float_unary(name):
-    return lambda chk, args, kw, node: chk.prim(name, [chk.to_float(args[0], f"`{name}`", node.loc)], node.loc)
-
-
-def _numeric_unary(name):
-    return lambda chk, args, kw, node: chk.prim(name, [chk.numeric(args[0], f"`{name}`", node.loc)], node.loc)
+def _elementwise(function):
+    """A function of spadc/ir/elementwise.py on its operand, an i64 one made float unless it takes i64."""
+    name = function.name
+    operand = (lambda chk, x, loc: chk.numeric(x, f"`{name}`", loc)) if "i64" in function.dtypes else \
+        (lambda chk, x, loc: chk.to_float(x, f"`{name}`", loc))
+    return Builtin(1, 1, (), lambda chk, args, kw, node: chk.prim(name, [operand(chk, args[0], node.loc)], node.loc),
+                   function.since)
 
 
 def _reduction(name):
@@ -350,8 +350,7 @@ def _clip(chk, args, kw, node):
 _LAZY_TAIL = {"onehot": 1, "dropout": 1, "zeros": 0, "ones": 0, "fill": 1, "eye": 0, "reshape": 1}
 
 BUILTINS: dict[str, Builtin] = {
-    **{name: Builtin(1, 1, (), _float_unary(name)) for name in FLOAT_UNARY},
-    **{name: Builtin(1, 1, (), _numeric_unary(name)) for name in NUMERIC_UNARY},
+    **{function.name: _elementwise(function) for function in elementwise.UNARY},
     "sum": Builtin(1, 1, ("axis",), _reduction("sum")),
     "prod": Builtin(1, 1, ("axis",), _reduction("prod")),
     "max": Builtin(1, 2, ("axis",), _reduction("max")),
@@ -378,18 +377,17 @@ BUILTINS: dict[str, Builtin] = {
     "where": Builtin(3, 3, (), _where),
     "reshape": Builtin(2, None, (), _reshape),
     "argmax": Builtin(1, 1, ("axis",), _argmax),
-    "gelu": Builtin(1, 1, (), _gelu),
-    "silu": Builtin(1, 1, (), _silu),
-    "elu": Builtin(1, 1, ("a",), _elu),
-    "leaky_relu": Builtin(1, 1, ("a",), _leaky_relu),
-    "clip": Builtin(3, 3, (), _clip),
+    "gelu": Builtin(1, 1, (), _gelu, "2.0"),
+    "silu": Builtin(1, 1, (), _silu, "2.0"),
+    "elu": Builtin(1, 1, ("a",), _elu, "2.0"),
+    "leaky_relu": Builtin(1, 1, ("a",), _leaky_relu, "2.0"),
+    "clip": Builtin(3, 3, (), _clip, "2.0"),
 }
 
 
 # Builtins added in version 2.0: a program written for 1.1 may define a fn of one of these names,
 # which keeps its meaning there (a program's own fn is called before a builtin of its name).
-REDEFINABLE = frozenset({f.name for f in elementwise.UNARY if f.since == "2.0"}
-                        | {"gelu", "silu", "elu", "leaky_relu", "clip"})
+REDEFINABLE = frozenset(name for name, builtin in BUILTINS.items() if builtin.since != "1.1")
 
 
 def _arity_text(b: Builtin) -> str:

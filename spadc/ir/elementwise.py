@@ -3,7 +3,8 @@
 A record gives, side by side, what every stage needs (JAX's lax keeps a primitive's rules together
 in the same way): the NumPy reference (the interpreter's rule and the tests' oracle), the LLVM
 lowering, the derivative (from which both the adjoint and the tangent rule are made), what the tape
-keeps for it, its line in the reference, and whether it is a builtin of the same name. The stages
+keeps for it, its line in the reference, and the language version that added it. Each is also a
+builtin function of the same name (LANGUAGE.md section 7 or 10). The stages
 read these records (spadc/ir/primitives.py, spadc/ad/rules.py, spadc/ad/tangents.py,
 spadc/backend/scalar.py, spadc/check/builtins.py); adding a function is adding a record here and
 a line to the tests' table of functions (tests/test_elementwise.py).
@@ -45,7 +46,6 @@ class Unary:
     divides: bool = False
     zero_derivative: bool = False
     dtypes: tuple[str, ...] = ("f64",)
-    builtin: bool = True  # a builtin function of the same name (LANGUAGE.md section 7 or 10)
     since: str = "1.1"  # the language version that added it (a 1.1 program's own fn of a 2.0 name wins)
 
 
