@@ -33,7 +33,7 @@ from ..ir.types import TensorType
 from . import sampling as gates
 from .activity import active_values
 from .context import Adjoints, Context, Primals, to_shape
-from .rules import ADJOINTS, Rule, restore_axis, times
+from .rules import ADJOINTS, Rule, Sparse, restore_axis, times
 from .sites import find_sites
 
 
@@ -281,23 +281,101 @@ def _cond_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
     captured = []
     for region in op.regions:
         captured += [v for v in _free_active(ctx, region) if all(v is not c for c in captured)]
-    branches, contexts = [], []
+    outer = {v.id for v in captured}
+    blocks, contexts, branch_adjoints = [], [], []
     for region in op.regions:
         block = Block()
         inner = Context(block, ctx, (op, region), ctx.state)
-        local = Adjoints(inner)
+        local = _BranchAdjoints(inner, outer)
         inner.at(op.loc, op.inlined_at)
         local.add(region.yields[0], g)
         _backward_block(inner, region, local)
         inner.at(op.loc, op.inlined_at)
-        block.yields = [local.get(v) or inner.zeros(v.type) for v in captured]
-        branches.append(block)
+        blocks.append(block)
         contexts.append(inner)
-    record = _settle_record(ctx, contexts, branches)
-    results = _emit_region(ctx, "cond", [condition], tuple(branches), op)
-    for value, result in zip(captured, results):
+        branch_adjoints.append(local)
+    dense = [v for v in captured if any(local.is_dense(v) for local in branch_adjoints)]
+    dense_ids = {v.id for v in dense}
+    slots = _sparse_slots([v for v in captured if v.id not in dense_ids], branch_adjoints)
+    for block, local in zip(blocks, branch_adjoints):
+        block.yields = ([local.get(v) or local.ctx.zeros(v.type) for v in dense]
+                        + [part for slot in slots for part in local.slot_yields(*slot)])
+    record = _settle_record(ctx, contexts, blocks)
+    results = _emit_region(ctx, "cond", [condition], tuple(blocks), op)
+    for value, result in zip(dense, results):
         adjoints.add(value, result)
+    position = len(dense)
+    for value, spec, _, _ in slots:
+        width = 1 + sum(1 for kind, *_ in spec if kind == "dyn")
+        g_slot, *indices = results[position:position + width]
+        adjoints.add(value, Sparse(g_slot, spec, tuple(indices)))
+        position += width
     ctx.state.registry[id(op)] = (contexts, record)
+
+
+class _BranchAdjoints(Adjoints):
+    """A cond branch's adjoints. A value from outside the cond that the branch reads by index (a
+    param's entry `P[k, j]`) gets sparse contributions; they are kept as they come, not summed into
+    a tensor of the value's size, so that the cond yields the entries and their indices and the
+    outer adjoint adds them where they belong (in place, in a loop): a branch's adjoint costs what
+    the branch reads, as `where`'s does, not the size of the param (issue 22: 570x before)."""
+
+    def __init__(self, ctx: Context, outer: set[int]):
+        super().__init__(ctx)
+        self._outer = outer
+        self._sparse: dict[int, list[Sparse]] = {}
+
+    def add(self, value: Value, contribution):
+        if value.id in self._outer and isinstance(contribution, Sparse) and super().get(value) is None:
+            self._sparse.setdefault(value.id, []).append(contribution)
+            return
+        self._densify(value)
+        super().add(value, contribution)
+
+    def get(self, value: Value) -> Value | None:
+        self._densify(value)
+        return super().get(value)
+
+    def set(self, value: Value, adjoint: Value):
+        self._sparse.pop(value.id, None)  # a nested region's result already includes what get() gave it
+        super().set(value, adjoint)
+
+    def is_dense(self, value: Value) -> bool:
+        return super().get(value) is not None
+
+    def specs(self, value: Value) -> list[tuple]:
+        return [s.spec for s in self._sparse.get(value.id, ())]
+
+    def parts(self, value: Value, spec) -> list[Sparse]:
+        return [s for s in self._sparse.get(value.id, ()) if s.spec == spec]
+
+    def slot_yields(self, value: Value, spec, position: int, g_type) -> list[Value]:
+        """The entries and indices of this branch's `position`-th contribution of `spec` to `value`;
+        zeros at index 0 where it has fewer (adding zeros changes nothing)."""
+        parts = self.parts(value, spec)
+        if position < len(parts):
+            return [parts[position].g, *parts[position].indices]
+        index = TensorType("i64", ())
+        return [self.ctx.zeros(g_type)] + [self.ctx.zeros(index) for kind, *_ in spec if kind == "dyn"]
+
+    def _densify(self, value: Value):
+        for contribution in self._sparse.pop(value.id, ()):
+            super().add(value, contribution)
+
+
+def _sparse_slots(values: list[Value], branch_adjoints: list[_BranchAdjoints]) -> list[tuple]:
+    """(value, spec, position, entries' type) for each sparse contribution some branch makes: as
+    many per value and spec as the branch that makes the most."""
+    slots = []
+    for value in values:
+        specs = []
+        for local in branch_adjoints:
+            specs += [spec for spec in local.specs(value) if spec not in specs]
+        for spec in specs:
+            parts = [local.parts(value, spec) for local in branch_adjoints]
+            g_type = next(p[0].g.type for p in parts if p)
+            slots += [(value, spec, k, g_type) for k in range(max(len(p) for p in parts))]
+    return slots
 
 
 def _settle_record(ctx: Context, contexts: list[Context], branches: list[Block]) -> Value | None:
