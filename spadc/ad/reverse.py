@@ -368,9 +368,7 @@ def _sparse_slots(values: list[Value], branch_adjoints: list[_BranchAdjoints]) -
     many per value and spec as the branch that makes the most."""
     slots = []
     for value in values:
-        specs = []
-        for local in branch_adjoints:
-            specs += [spec for spec in local.specs(value) if spec not in specs]
+        specs = list(dict.fromkeys(spec for local in branch_adjoints for spec in local.specs(value)))
         for spec in specs:
             parts = [local.parts(value, spec) for local in branch_adjoints]
             g_type = next(p[0].g.type for p in parts if p)
