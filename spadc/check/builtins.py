@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from ..errors import SpadcError, did_you_mean
 from ..ir import elementwise
 from ..syntax import ast
@@ -345,9 +347,98 @@ def _clip(chk, args, kw, node):
     return chk.prim("select", [chk.prim("gt", [raised, hi], node.loc), hi, raised], node.loc)
 
 
+# ---- statistics, losses and matrices composed of primitives (LANGUAGE.md section 10) ----------
+
+def _variance(chk, x, axis, loc):
+    """NumPy's var (ddof=0): the mean square deviation from the mean, over `axis` or everything."""
+    total = chk.prim("reduce_sum", [x], loc, axis=axis)
+    mean = chk.prim("div", [total, chk.constant(float(_count(x, axis)), loc)], loc)
+    deviation = chk.prim("sub", [x, _restore_axis(chk, mean, x, axis, loc)], loc)
+    squares = chk.prim("reduce_sum", [chk.prim("mul", [deviation, deviation], loc)], loc, axis=axis)
+    return chk.prim("div", [squares, chk.constant(float(_count(x, axis)), loc)], loc)
+
+
+def _var(chk, args, kw, node):
+    x = chk.to_float(args[0], "`var`", node.loc)
+    if x.type.rank == 0:
+        return chk.constant(0.0, node.loc)
+    return _variance(chk, x, _axis(chk, kw, x.type.rank, "var", node), node.loc)
+
+
+def _std(chk, args, kw, node):
+    return chk.prim("sqrt", [_var(chk, args, kw, node)], node.loc)
+
+
+def _bce(chk, args, kw, node):
+    """Binary cross-entropy on logits, averaged (PyTorch's binary_cross_entropy_with_logits):
+    softplus(z) - z t, stable for any z, with derivative sigmoid(z) - t everywhere."""
+    z, t = chk.broadcast_all([chk.to_float(a, "`bce`", node.loc) for a in args], "`bce`", node.loc)
+    losses = chk.prim("sub", [chk.prim("softplus", [z], node.loc), chk.prim("mul", [z, t], node.loc)], node.loc)
+    return _mean(chk, [losses], {}, node)
+
+
+def _huber(chk, args, kw, node):
+    """PyTorch's huber_loss, averaged: d^2 / 2 where |d| < delta, else delta (|d| - delta / 2)."""
+    delta = chk.const_float(kw["delta"], "the `delta` of `huber`") if "delta" in kw else 1.0
+    if delta <= 0.0:
+        raise SpadcError(f"the `delta` of `huber` must be positive, got {delta}", kw["delta"].loc)
+    a, b = chk.broadcast_all([chk.to_float(x, "`huber`", node.loc) for x in args], "`huber`", node.loc)
+    d = chk.prim("sub", [a, b], node.loc)
+    size = chk.prim("abs", [d], node.loc)
+    inside = chk.prim("mul", [chk.constant(0.5, node.loc), chk.prim("mul", [d, d], node.loc)], node.loc)
+    outside = chk.prim("mul", [chk.constant(delta, node.loc), chk.prim(
+        "sub", [size, chk.constant(0.5 * delta, node.loc)], node.loc)], node.loc)
+    near = chk.prim("lt", [size, chk.constant(delta, node.loc)], node.loc)
+    return _mean(chk, [chk.prim("select", [near, inside, outside], node.loc)], {}, node)
+
+
+def _square_matrix(chk, x, name, loc):
+    x = chk.to_float(x, f"`{name}`", loc)
+    if x.type.rank != 2 or x.type.shape[0] != x.type.shape[1]:
+        raise SpadcError(f"`{name}` needs a square matrix, got {x.type}", loc)
+    return x
+
+
+def _diagonal(chk, x, loc):
+    entries = [chk.prim("index", [x], loc, spec=(("const", i), ("const", i)), what="the matrix")
+               for i in range(x.type.shape[0])]
+    return chk.prim("stack", entries, loc)
+
+
+def _diag(chk, args, kw, node):
+    """A vector's diagonal matrix, or a square matrix's diagonal (NumPy's diag)."""
+    x = chk.to_float(args[0], "`diag`", node.loc)
+    if x.type.rank == 1:
+        n = x.type.shape[0]
+        column = chk.broadcast_to(chk.prim("reshape", [x], node.loc, shape=(n, 1)), (n, n), node.loc)
+        return chk.prim("mul", [chk.prim("eye", [], node.loc, n=n), column], node.loc)
+    return _diagonal(chk, _square_matrix(chk, x, "diag", node.loc), node.loc)
+
+
+def _trace(chk, args, kw, node):
+    x = _square_matrix(chk, args[0], "trace", node.loc)
+    return chk.prim("reduce_sum", [_diagonal(chk, x, node.loc)], node.loc, axis=None)
+
+
+def _triangle(name, keep):
+    """tril and triu (NumPy's): the entries on and below (above) diagonal k, zeros elsewhere."""
+    def lower(chk, args, kw, node):
+        x = _square_matrix(chk, args[0], name, node.loc)
+        if len(node.args) == 2 and "k" in kw:
+            raise SpadcError(f"the offset of `{name}` is given twice", node.loc)
+        offset_node = node.args[1] if len(node.args) == 2 else kw.get("k")
+        k = 0 if offset_node is None else chk.const_int(offset_node, f"the offset of `{name}`")
+        n = x.type.shape[0]
+        rows, columns = np.indices((n, n))
+        mask = chk.constant(keep(columns - rows, k), node.loc)
+        return chk.prim("select", [mask, x, chk.constant(0.0, node.loc)], node.loc)
+    return lower
+
+
 # Arguments that must be compile-time constants are read from the AST by the lowering itself, so
 # they are listed here as "lazy": they are not elaborated as run-time values first.
-_LAZY_TAIL = {"onehot": 1, "dropout": 1, "zeros": 0, "ones": 0, "fill": 1, "eye": 0, "reshape": 1}
+_LAZY_TAIL = {"onehot": 1, "dropout": 1, "zeros": 0, "ones": 0, "fill": 1, "eye": 0, "reshape": 1, "tril": 1,
+              "triu": 1}
 
 BUILTINS: dict[str, Builtin] = {
     **{function.name: _elementwise(function) for function in elementwise.UNARY},
@@ -382,6 +473,14 @@ BUILTINS: dict[str, Builtin] = {
     "elu": Builtin(1, 1, ("a",), _elu, "2.0"),
     "leaky_relu": Builtin(1, 1, ("a",), _leaky_relu, "2.0"),
     "clip": Builtin(3, 3, (), _clip, "2.0"),
+    "var": Builtin(1, 1, ("axis",), _var, "2.0"),
+    "std": Builtin(1, 1, ("axis",), _std, "2.0"),
+    "bce": Builtin(2, 2, (), _bce, "2.0"),
+    "huber": Builtin(2, 2, ("delta",), _huber, "2.0"),
+    "diag": Builtin(1, 1, (), _diag, "2.0"),
+    "trace": Builtin(1, 1, (), _trace, "2.0"),
+    "tril": Builtin(1, 2, ("k",), _triangle("tril", lambda above, k: above <= k), "2.0"),
+    "triu": Builtin(1, 2, ("k",), _triangle("triu", lambda above, k: above >= k), "2.0"),
 }
 
 
