@@ -169,3 +169,43 @@ def test_a_program_of_version_1_1_keeps_its_own_fn_of_a_new_builtins_name():
 def test_a_slope_that_is_not_a_constant_is_a_located_error():
     with pytest.raises(spadc.SpadcError, match=r"m:3:15: error: the `a` of `elu` must be known at compile time"):
         spadc.compile_source("param p: f64\nparam q: f64\nloss elu(p, a=q + p)\n")
+
+
+def test_atan2_against_numpy_with_derivatives_by_hand_and_central_differences():
+    y, x = np.array([1.0, -0.5, 2.0, -1.5, 0.3]), np.array([0.5, 2.0, -1.0, -0.2, -3.0])  # all four quadrants
+    model = spadc.compile_source("param y: f64[5]\nparam x: f64[5]\ninput w: f64[5]\nloss sum(w * atan2(y, x))\n")
+    model.set_params({"y": y, "x": x})
+    np.testing.assert_allclose(_values(model, 5), np.arctan2(y, x), rtol=VALUE_RTOL)
+    _, grads = model.grad(w=np.ones(5))
+    np.testing.assert_allclose(grads["y"], x / (x * x + y * y), rtol=DERIVATIVE_RTOL)
+    np.testing.assert_allclose(grads["x"], -y / (x * x + y * y), rtol=DERIVATIVE_RTOL)
+    ones = {"y": np.ones(5), "x": np.ones(5)}
+    r2 = x * x + y * y  # the Hessian's rows summed: d2/dy2 + d2/dxdy and d2/dydx + d2/dx2
+    hessian_y = -2 * x * y / r2 ** 2 + (y * y - x * x) / r2 ** 2
+    hessian_x = (y * y - x * x) / r2 ** 2 + 2 * x * y / r2 ** 2
+    product = model.hvp(ones, w=np.ones(5))
+    np.testing.assert_allclose(product["y"], hessian_y, rtol=DERIVATIVE_RTOL)
+    np.testing.assert_allclose(product["x"], hessian_x, rtol=DERIVATIVE_RTOL)
+    assert model.jvp(ones, w=np.ones(5)).loss_tangent == pytest.approx(float(np.sum((x - y) / r2)), rel=DERIVATIVE_RTOL)
+    f32 = spadc.compile_source("param y: f64[5]\nparam x: f64[5]\ninput w: f64[5]\nloss sum(w * atan2(y, x))\n",
+                               dtype="f32")
+    f32.set_params({"y": y, "x": x})
+    np.testing.assert_allclose(_values(f32, 5), np.arctan2(y, x), rtol=F32_RTOL)
+
+
+@pytest.mark.parametrize("dtype", ["f64", "f32"])
+def test_an_ahead_of_time_library_computes_every_function_as_the_jit(tmp_path, dtype):
+    import spadrt
+    from spadc import aot
+    terms = [f"{f.name}(0.3 + 0.2 * tanh(p))" for f in elementwise.UNARY]  # in every domain + ["atan2(p, q)"] + list(COMPOSED)
+    source = tmp_path / "functions.spad"
+    # Scalars: a sum of 30 functions of 4-vectors takes LLVM 3 s (a loop per op; issue 23), of scalars 0.2 s.
+    source.write_text("param p: f64\nparam q: f64\nloss " + " + ".join(terms) + "\n")
+    aot.build(str(source), str(tmp_path / "functions.so"), dtype=dtype, estimators=("exact",))
+    loaded, jit = spadrt.load(str(tmp_path / "functions.so")), spadc.compile_file(str(source), dtype=dtype)
+    params = {"p": np.array(-0.2), "q": np.array(-1.1)}
+    loaded.set_params(params)
+    jit.set_params(params)
+    assert loaded.loss() == jit.loss()
+    for name, value in jit.grad()[1].items():
+        np.testing.assert_array_equal(loaded.grad()[1][name], value)

@@ -135,6 +135,14 @@ def _div(c, op, g, wanted, P):
             c.op("neg", times(c, times(c, g, P.out()), b, "div")) if wanted[1] else None]
 
 
+@_rule("atan2", saves=(0, 1))
+def _atan2(c, op, g, wanted, P):
+    y, x = P.arg(0), P.arg(1)
+    radius = c.op("add", c.op("mul", x, x), c.op("mul", y, y))  # d/dy = x / r^2, d/dx = -y / r^2
+    return [times(c, g, c.op("div", x, radius)) if wanted[0] else None,
+            times(c, g, c.op("neg", c.op("div", y, radius))) if wanted[1] else None]
+
+
 @_rule("pow", saves=(0, 1, "out"))
 def _pow(c, op, g, wanted, P):
     a, b = P.arg(0), P.arg(1)

@@ -99,6 +99,14 @@ def _div(t, op, d):
                     t.op("neg", times(t, times(t, d[1], op.result), b, "div")) if d[1] is not None else None])
 
 
+@_tangent("atan2")
+def _atan2(t, op, d):
+    y, x = op.args
+    radius = t.op("add", t.op("mul", x, x), t.op("mul", y, y))
+    return _sum(t, [times(t, d[0], t.op("div", x, radius)) if d[0] is not None else None,
+                    times(t, d[1], t.op("neg", t.op("div", y, radius))) if d[1] is not None else None])
+
+
 @_tangent("pow")
 def _pow(t, op, d):
     a, b = op.args

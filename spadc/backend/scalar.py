@@ -178,6 +178,7 @@ SCALAR = {
     "floordiv": _floordiv,
     "mod": _mod,
     "pow": lambda e, op, a, b_: call(e, "llvm.pow", a, b_),
+    "atan2": lambda e, op, y, x: call(e, "atan2", y, x),
     "max": _extremum(">="),
     "min": _extremum("<="),
     "lt": _comparison("<"), "le": _comparison("<="), "gt": _comparison(">"), "ge": _comparison(">="),

@@ -299,6 +299,11 @@ def _stop_gradient(chk, args, kw, node):
     return chk.prim("stop_gradient", [x], node.loc) if x.type.dtype == "f64" else x
 
 
+def _atan2(chk, args, kw, node):
+    y, x = chk.broadcast_all([chk.to_float(a, "`atan2`", node.loc) for a in args], "`atan2`", node.loc)
+    return chk.prim("atan2", [y, x], node.loc)
+
+
 # ---- activations composed of primitives (LANGUAGE.md section 10; PyTorch's definitions) -------
 
 def _slope(chk, kw, name, default):
@@ -468,6 +473,7 @@ BUILTINS: dict[str, Builtin] = {
     "where": Builtin(3, 3, (), _where),
     "reshape": Builtin(2, None, (), _reshape),
     "argmax": Builtin(1, 1, ("axis",), _argmax),
+    "atan2": Builtin(2, 2, (), _atan2, "2.0"),
     "gelu": Builtin(1, 1, (), _gelu, "2.0"),
     "silu": Builtin(1, 1, (), _silu, "2.0"),
     "elu": Builtin(1, 1, ("a",), _elu, "2.0"),

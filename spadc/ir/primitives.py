@@ -121,6 +121,7 @@ _binary("div", np.divide, "a / b (true division)", ("f64",))
 _binary("floordiv", _int_checked(np.floor_divide), "a // b, rounding down as in Python")
 _binary("mod", _int_checked(np.mod), "a % b, with the sign of b as in Python")
 _binary("pow", np.power, "a ^ b", ("f64",))
+_binary("atan2", np.arctan2, "atan2(y, x): the angle of the point (x, y), in [-pi, pi], as NumPy's arctan2", ("f64",))
 _binary("max", _max, "elementwise max; ties and the derivative go to a")
 _binary("min", _min, "elementwise min; ties and the derivative go to a")
 for _name, _fn in [("lt", np.less), ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal),
