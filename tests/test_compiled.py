@@ -57,6 +57,8 @@ PRIMITIVE_PROGRAMS = {
     "loop": "",  # written out in program_text
     "conditional": "sum(if k > 1 then x * x else exp(x)) + (if x[0] > 0 then x[1] else x[2] * A[0, 0])",
     "sampled_weights": "sum(tanh(A @ tanh(x)))",  # under RAD a gated residual: gate_outer_add
+    "tensors": ("sum(concat(A, reshape(x, 1, 4), axis=0) * concat(A, A[0:1] * 2.0, axis=0)) + sum(stack(x, x * x, axis=1)"
+                " @ [1.0, 2.0]) + sum(transpose(reshape(A, 3, 2, 2), 1, 2, 0)[0] * A[0:2, 0:3]) + sum(reshape(A, -1, 6)[1])"),
     "shapes": "sum(reshape(A, 2, 6) * reshape(A, 12)[0:6]) + x[argmax(A, axis=1)[1]] * float(argmax(x))",
 }
 # stop_gradient is not the true derivative, so finite differences cannot check it: a hand value does.

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..ir import elementwise
+from ..ir.primitives import permutation
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,20 @@ def _outer_add(c, op, g, wanted, P):
 
 @_rule("transpose")
 def _transpose(c, op, g, wanted, P):
-    return [c.op("transpose", g)]
+    perm = permutation(op.args[0].type.rank, op.attrs)
+    return [c.op("transpose", g, perm=tuple(perm.index(axis) for axis in range(len(perm))))]
+
+
+@_rule("concat")
+def _concat(c, op, g, wanted, P):
+    """Each operand's adjoint is its slice of g along the axis."""
+    axis, start, parts = op.attrs["axis"], 0, []
+    for a, w in zip(op.args, wanted):
+        n = a.type.shape[axis]
+        spec = tuple(("slice", start, start + n) if k == axis else ("slice", 0, d) for k, d in enumerate(g.type.shape))
+        parts.append(c.op("index", g, spec=spec, what="concat") if w else None)
+        start += n
+    return parts
 
 
 @_rule("reshape")

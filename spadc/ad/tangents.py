@@ -225,6 +225,11 @@ def _stack(t, op, d):
     return t.op("stack", *[_or_zeros(t, dk, a) for dk, a in zip(d, op.args)])
 
 
+@_tangent("concat")
+def _concat(t, op, d):
+    return t.op("concat", *[_or_zeros(t, dk, a) for dk, a in zip(d, op.args)], **op.attrs)
+
+
 @_tangent("record")
 def _record(t, op, d):
     # The same layout: words of an f64 value's tangent where the value is, a non-float value's own

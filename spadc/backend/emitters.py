@@ -220,10 +220,22 @@ def _strides(shape):
 
 
 def _transpose(e, op):
+    # out[i] = x[i read back through the permutation]: result axis k is operand axis perm[k]
     x, out = op.args[0], op.result
-    m, n = x.type.shape
-    with e.nest((m, n)) as (i, j):
-        e.store(out, e.linear([j, i], [m, 1]), e.load(x, e.linear([i, j], [n, 1])))
+    perm = primitives.permutation(x.type.rank, op.attrs)
+    source = _strides(x.type.shape)
+    with e.nest(out.type.shape) as index:
+        e.store(out, e.linear(index, _strides(out.type.shape)), e.load(x, e.linear(index, [source[a] for a in perm])))
+
+
+def _concat(e, op):
+    out, axis, start = op.result, op.attrs["axis"], 0
+    strides = _strides(out.type.shape)
+    for part in op.args:
+        with e.nest(part.type.shape) as index:
+            at = e.linear([e.b.add(i, I64(start)) if k == axis else i for k, i in enumerate(index)], strides)
+            e.store(out, at, e.load(part, e.linear(index, _strides(part.type.shape))))
+        start += part.type.shape[axis]
 
 
 def _reshape(e, op):
@@ -503,7 +515,7 @@ EMITTERS = {name: _elementwise for name in SCALAR}
 EMITTERS.update({
     "reduce_sum": _reduce, "reduce_prod": _reduce, "reduce_max": _reduce, "reduce_min": _reduce,
     "first_true": _first_true, "argmax": _argmax, "matmul": _matmul, "outer": _outer, "outer_add": gemm.outer_sum, "transpose": _transpose, "reshape": _reshape,
-    "broadcast": _broadcast, "index": _index, "index_add": _index_add, "stack": _stack, "const": _const,
+    "broadcast": _broadcast, "index": _index, "index_add": _index_add, "stack": _stack, "concat": _concat, "const": _const,
     "eye": _eye, "onehot": _onehot, "dropout_mask": _dropout_mask, "pack_bits": _pack_bits,
     "unpack_bits": _unpack_bits, "record": _record, "field": _field,
 })

@@ -201,12 +201,52 @@ def _outer(chk, args, kw, node):
 
 
 def _transpose(chk, args, kw, node):
-    x = args[0]
-    if x.type.rank == 1:
-        return x
-    if x.type.rank != 2:
-        raise SpadcError(f"`transpose` needs a vector or a matrix, got {x.type}", node.loc)
-    return chk.prim("transpose", [x], node.loc)
+    """transpose(x): the axes reversed (a vector as it is); transpose(x, p0, ..., pk): permuted, as NumPy's."""
+    x = chk.expr(node.args[0])
+    if len(node.args) == 1:
+        return chk.prim("transpose", [x], node.loc) if x.type.rank >= 2 else x
+    perm = tuple(chk.const_int(a, "an axis of `transpose`") for a in node.args[1:])
+    if sorted(a % x.type.rank if -x.type.rank <= a < x.type.rank else a for a in perm) != list(range(x.type.rank)):
+        raise SpadcError(f"the axes of `transpose` must be a permutation of 0..{x.type.rank - 1} for {x.type}, got "
+                         f"{', '.join(map(str, perm))}", node.loc)
+    perm = tuple(a % x.type.rank for a in perm)
+    return chk.prim("transpose", [x], node.loc, perm=perm) if perm != tuple(range(x.type.rank)) else x
+
+
+def _joined(chk, args, kw, node, name):
+    """The operands of concat or stack, in one dtype, and the axis (default 0) checked against `rank`."""
+    if any(a.type.dtype == "bool" for a in args) and not all(a.type.dtype == "bool" for a in args):
+        raise SpadcError(f"`{name}` cannot mix bool with numbers", node.loc)
+    if any(a.type.dtype == "f64" for a in args):
+        args = [chk.to_float(a, f"`{name}`", node.loc) for a in args]
+    return args
+
+
+def _concat(chk, args, kw, node):
+    args = _joined(chk, args, kw, node, "concat")
+    first = args[0]
+    if first.type.rank == 0:
+        raise SpadcError("`concat` joins tensors along an axis; got a scalar (use `stack`)", node.args[0].loc)
+    axis = _axis(chk, kw, first.type.rank, "concat", node) or 0
+    for a, a_node in zip(args[1:], node.args[1:]):
+        if a.type.rank != first.type.rank or any(d != e for k, (d, e) in enumerate(zip(a.type.shape, first.type.shape))
+                                                 if k != axis):
+            raise SpadcError(f"`concat` along axis {axis} needs the other axes equal: {first.type} and {a.type}",
+                             a_node.loc)
+    return chk.prim("concat", args, node.loc, axis=axis) if len(args) > 1 else first
+
+
+def _stack(chk, args, kw, node):
+    args = _joined(chk, args, kw, node, "stack")
+    first = args[0]
+    for a, a_node in zip(args[1:], node.args[1:]):
+        if a.type.shape != first.type.shape:
+            raise SpadcError(f"`stack` needs operands of one shape: {first.type} and {a.type}", a_node.loc)
+    axis = _axis(chk, kw, first.type.rank + 1, "stack", node) or 0
+    if axis == 0:
+        return chk.prim("stack", args, node.loc)
+    shape = first.type.shape[:axis] + (1,) + first.type.shape[axis:]
+    return chk.prim("concat", [chk.prim("reshape", [a], node.loc, shape=shape) for a in args], node.loc, axis=axis)
 
 
 def _onehot(chk, args, kw, node):
@@ -253,11 +293,15 @@ def _eye(chk, args, kw, node):
 
 
 def _reshape(chk, args, kw, node):
+    """reshape(x, d1, ..., dk); one dimension may be -1, the entries left over (NumPy's)."""
     x = args[0]
-    shape = _dims(chk, node.args[1:], "reshape")
-    size = 1
-    for d in shape:
-        size *= d
+    given = tuple(chk.const_int(n, "a dimension of `reshape`") for n in node.args[1:])
+    for n, d in zip(node.args[1:], given):
+        if d < 1 and d != -1 or given.count(-1) > 1 and d == -1:
+            raise SpadcError(f"a dimension of `reshape` must be at least 1, or one of them -1, got {d}", n.loc)
+    known = math.prod(d for d in given if d != -1)
+    shape = tuple(x.type.size // known if d == -1 else d for d in given)
+    size = math.prod(shape)
     if size != x.type.size:
         raise SpadcError(f"`reshape` cannot make {x.type.size} entries into shape "
                          f"[{', '.join(map(str, shape))}] ({size} entries)", node.loc)
@@ -442,7 +486,7 @@ def _triangle(name, keep):
 
 # Arguments that must be compile-time constants are read from the AST by the lowering itself, so
 # they are listed here as "lazy": they are not elaborated as run-time values first.
-_LAZY_TAIL = {"onehot": 1, "dropout": 1, "zeros": 0, "ones": 0, "fill": 1, "eye": 0, "reshape": 1, "tril": 1,
+_LAZY_TAIL = {"onehot": 1, "dropout": 1, "zeros": 0, "ones": 0, "fill": 1, "eye": 0, "reshape": 1, "tril": 1, "transpose": 0,
               "triu": 1}
 
 BUILTINS: dict[str, Builtin] = {
@@ -456,7 +500,7 @@ BUILTINS: dict[str, Builtin] = {
     "logsumexp": Builtin(1, 1, ("axis",), _logsumexp),
     "dot": Builtin(2, 2, (), _dot),
     "outer": Builtin(2, 2, (), _outer),
-    "transpose": Builtin(1, 1, (), _transpose),
+    "transpose": Builtin(1, None, (), _transpose),
     "softmax": Builtin(1, 1, (), _softmax),
     "log_softmax": Builtin(1, 1, (), _log_softmax),
     "cross_entropy": Builtin(2, 2, (), _cross_entropy),
@@ -474,6 +518,8 @@ BUILTINS: dict[str, Builtin] = {
     "reshape": Builtin(2, None, (), _reshape),
     "argmax": Builtin(1, 1, ("axis",), _argmax),
     "atan2": Builtin(2, 2, (), _atan2, "2.0"),
+    "concat": Builtin(1, None, ("axis",), _concat, "2.0"),
+    "stack": Builtin(1, None, ("axis",), _stack, "2.0"),
     "gelu": Builtin(1, 1, (), _gelu, "2.0"),
     "silu": Builtin(1, 1, (), _silu, "2.0"),
     "elu": Builtin(1, 1, ("a",), _elu, "2.0"),

@@ -211,14 +211,34 @@ _define("outer_add", 3, _outer_add_infer, lambda args, attrs, ctx: args[0] + np.
         "acc + outer(a, b) in one pass, in place over acc when it dies here (made by the fusion pass)")
 
 
+def permutation(rank: int, attrs: dict) -> tuple[int, ...]:
+    """transpose's `perm` for an operand of `rank` (default: the axes reversed, as NumPy's)."""
+    return tuple(attrs.get("perm") or range(rank)[::-1])
+
+
 def _transpose_infer(types, attrs):
     (t,) = types
-    _require(t.rank == 2, f"transpose of {t}")
-    return t.with_shape(t.shape[::-1])
+    perm = permutation(t.rank, attrs)
+    _require(sorted(perm) == list(range(t.rank)) and t.rank >= 2, f"transpose of {t} by {perm}")
+    return t.with_shape(tuple(t.shape[axis] for axis in perm))
 
 
-_define("transpose", 1, _transpose_infer, lambda args, attrs, ctx: np.ascontiguousarray(args[0].T), "structure",
-        "matrix transpose")
+_define("transpose", 1, _transpose_infer,
+        lambda args, attrs, ctx: np.ascontiguousarray(np.transpose(args[0], permutation(args[0].ndim, attrs))), "structure",
+        "the axes permuted: result axis k is operand axis perm[k] (default: reversed); attrs: perm (optional)")
+
+
+def _concat_infer(types, attrs):
+    axis, first = attrs["axis"], types[0]
+    _require(0 <= axis < first.rank and all(t.dtype == first.dtype and t.rank == first.rank and all(
+        d == e for k, (d, e) in enumerate(zip(t.shape, first.shape)) if k != axis) for t in types), f"concat of {types}")
+    shape = list(first.shape)
+    shape[axis] = sum(t.shape[axis] for t in types)
+    return first.with_shape(tuple(shape))
+
+
+_define("concat", None, _concat_infer, lambda args, attrs, ctx: np.concatenate(args, axis=attrs["axis"]), "structure",
+        "the operands joined along `axis` (NumPy's concatenate); attrs: axis")
 
 
 def _reshape_infer(types, attrs):
