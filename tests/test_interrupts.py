@@ -21,6 +21,7 @@ from conftest import example
 # part, two in the compile (0.8 s swallowed the Ctrl-C once in two tries before the fix).
 # The first is late enough for a loaded machine's slower start.
 INTERRUPT_MOMENTS = (0.2, 0.5, 0.8, 1.4)
+HANG_SECONDS = 30  # a child that has not exited by then hangs (it takes about a second)
 TRAIN = ["train", example("mlp_digits.spad"), "--data", os.path.join(os.path.dirname(example("x")), "data", "digits_train.npz"),
          "--epochs", "50", "--no-cache", "--quiet"]
 
@@ -102,3 +103,34 @@ def test_an_interrupt_while_numpy_loads_is_still_an_interrupt(monkeypatch):
             entry._load_command_line()
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+POOL_START_INTERRUPTED = """
+import os, signal, sys, threading
+import numpy as np
+import spadc
+model = spadc.compile_file(sys.argv[1])
+model.init_params(0)
+real_start = threading.Thread.start
+def start(self):  # a Ctrl-C lands while the runtime's pool starts a worker thread
+    real_start(self)
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(1000):  # Python's handler runs between bytecodes: give it many chances
+        pass
+threading.Thread.start = start
+try:
+    model.loss(x=np.zeros((300, 64)), label=np.zeros(300, dtype=np.int64), threads=2)  # 3 chunks: the pool
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+threading.Thread.start = real_start
+sys.exit(130)
+"""
+
+
+def test_an_interrupt_while_the_pool_starts_a_thread_still_lets_the_process_exit():
+    """Found by sending SIGINT at many moments under load: `spadc train` printed its one line at
+    the end of an epoch (the pool's first use) and never exited, waiting for a worker thread that
+    the interrupted `Thread.start` left unregistered."""
+    child = subprocess.run([sys.executable, "-c", POOL_START_INTERRUPTED, example("mlp.spad")], capture_output=True,
+                           text=True, timeout=HANG_SECONDS)
+    assert child.returncode == 130 and child.stdout.strip() == "interrupted", (child.returncode, child.stderr)

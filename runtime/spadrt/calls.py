@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import interrupts
 from .errors import SpadcError
 
 CHUNK = 128  # samples per kernel call when a batch is split (a constant: results never depend on threads)
@@ -138,7 +139,8 @@ def run_chunks(task, n: int, threads: int) -> list:
         return [task(start, stop) for start, stop in spans]
     workers = min(threads, len(spans))
     groups = [spans[k::workers] for k in range(workers)]  # each worker takes every workers-th chunk
-    futures = [_pool().submit(lambda group=group: [_attempt(task, *span) for span in group]) for group in groups]
+    with interrupts.deferred():  # the pool starts its threads here (spadrt/interrupts.py says why)
+        futures = [_pool().submit(lambda group=group: [_attempt(task, *span) for span in group]) for group in groups]
     done = [future.result() for future in futures]
     results = [done[k % workers][k // workers] for k in range(len(spans))]
     for outcome in results:

@@ -14,13 +14,11 @@ Invariants:
 
 from __future__ import annotations
 
-import signal
-import threading
-from contextlib import contextmanager
 from functools import lru_cache
 
 import llvmlite.binding as llvm
 from llvmlite.binding import ffi
+from spadrt.interrupts import deferred as interrupts_deferred
 
 
 @lru_cache(maxsize=1)
@@ -72,24 +70,6 @@ def _dispose_pass_manager(manager) -> None:
         manager.detach()
     else:  # a fixed llvmlite
         manager.close()
-
-
-@contextmanager
-def interrupts_deferred():
-    """SIGINT inside the block is remembered, not raised, and raised as KeyboardInterrupt at its end.
-    Only the main thread receives Python's signals; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not \
-            signal.default_int_handler:
-        yield
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
 
 
 class Compiled:
