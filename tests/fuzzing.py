@@ -69,14 +69,15 @@ SMOOTH_UNARY = ["tanh({0})", "sin({0})", "cos({0})", "sigmoid({0})", "exp(tanh({
                 "erf({0})", "gelu({0})", "silu({0})"]
 ROUGH_UNARY = ["abs({0})", "relu({0})", "sign({0})", "floor({0})", "stop_gradient({0})", "float(int({0} * 3))",
                "abs({0}) ^ 1.5", "round({0} * 2)", "elu({0})", "leaky_relu({0}, a=0.1)", "clip({0}, -0.5, 0.8)"]
-SMOOTH_BINARY = ["{0} + {1}", "{0} - {1}", "{0} * {1}", "{0} / ({1} * {1} + 1)"]
+SMOOTH_BINARY = ["{0} + {1}", "{0} - {1}", "{0} * {1}", "{0} / ({1} * {1} + 1)", "atan2({0}, {1} * {1} + 1)"]
 ROUGH_BINARY = ["max({0}, {1})", "min({0}, {1})", "where({0} > {1}, {0}, {1} * 2)", "({0}) // 0.7 + {1}",
                 "({0}) % 0.7 + {1}", "where({0} < 0.1 and not ({1} >= 1) or {0} == {1}, {0}, -{1})",
                 "where({0} <= {1} or {0} != {1} * 2, {0}, {1})"]
 # norm is not differentiable at 0 (its gradient is NaN there, as JAX's): shifted, its operand is
 # never the zero vector that a constant operand can be.
-REDUCTIONS = ["sum({0})", "mean({0})", "prod(tanh({0}))", "norm({0} + 0.5)", "logsumexp({0})"]
-ROUGH_REDUCTIONS = ["max({0})", "min({0})"]
+REDUCTIONS = ["sum({0})", "mean({0})", "prod(tanh({0}))", "norm({0} + 0.5)", "logsumexp({0})", "var({0})",
+              "bce({0}, 0.3)"]
+ROUGH_REDUCTIONS = ["max({0})", "min({0})", "huber({0}, 0.2)"]
 
 
 class ProgramGenerator:
@@ -173,10 +174,14 @@ class ProgramGenerator:
             return self.choice([f"outer({self.expr(('M',), depth)}, {self.expr(('N',), depth)})",
                                 f"transpose({self.expr(('N', 'M'), depth)})",
                                 f"reshape({self.expr(('N', 'M'), depth)}, M, N)",
-                                f"({self.expr(('M', 'N'), depth)} @ (eye(N) * 0.5))"])
+                                f"({self.expr(('M', 'N'), depth)} @ (eye(N) * 0.5))",
+                                f"concat(reshape({self.expr(('N',), depth)}, 1, N), ({self.expr(('M', 'N'), depth)})[1:M])",
+                                "stack(" + ", ".join(self.expr(("N",), depth) for _ in range(self.m)) + ")"])
         if shape == ("N", "M"):
             return self.choice([f"transpose({self.expr(('M', 'N'), depth)})",
-                                f"reshape({self.expr(('M', 'N'), depth)}, N, M)"])
+                                f"transpose({self.expr(('M', 'N'), depth)}, 1, 0)",
+                                f"reshape({self.expr(('M', 'N'), depth)}, -1, M)",
+                                "stack(" + ", ".join(self.expr(("N",), depth) for _ in range(self.m)) + ", axis=-1)"])
         return self.choice([f"dot({self.expr(('N',), depth)}, {self.expr(('N',), depth)})",
                             f"({self.expr(('M',), depth)} @ {self.expr(('M',), depth)})",
                             f"mse({self.expr(('N',), depth)}, {self.expr(('N',), depth)})"])

@@ -360,6 +360,20 @@ def test_mutated_programs_give_spadc_errors_never_other_exceptions():
     ("param w: f64\nloss w ** 2", "powers are written `^`"),
     ("param W: f64[2, 2]\nloss sum(W.T)", "a transpose is written `transpose(W)`"),
     ("param W: f64[2, 2]\nloss W.sum()", "values have no attributes or methods"),
+    # Python's constructs (LANGUAGE.md section 10: hints, not silence)
+    ("param w: f64\nprint(w)\nloss w", "there is no `print`: declare the value an `output`"),
+    ("param w: f64\nwhile w > 0 { w = w - 1 }\nloss w", "loops are `for i in lo..hi { ... }`"),
+    ("class Model:\nparam w: f64\nloss w", "there are no classes"),
+    ("import numpy as np\nparam w: f64\nloss w", "`import` takes a .spad file"),
+    ("from math import exp\nparam w: f64\nloss w", "`import` takes a .spad file"),
+    ("param w: f64\nlet v = w\nv += 1\nloss v", "there is no `+=`: write `x = x + e`"),
+    ("param w: f64\nlet v = w\nfor i in range(3) { v = v * w }\nloss v", "ranges are written `lo..hi`"),
+    ("param w: f64\nloss w if w > 0 else 0.0", "a conditional expression is written `if c then a else b`"),
+    ("param w: f64\nlet f = lambda z: z\nloss w", "there are no lambdas"),
+    ("param w: f64\nloss where(True, w, 0.0)", "undefined name `True`; booleans are written `true` and `false`"),
+    ("param w: f64\nloss None", "there is no `None`"),
+    ("param w: f64\nloss np", "NumPy's functions are builtins"),
+    ("param w: f64\nreturn w", "`return` is only allowed at the end of a function"),
 ])
 def test_common_mistakes_get_a_hint(text, message):
     err = error(text)

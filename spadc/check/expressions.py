@@ -33,6 +33,13 @@ from .typed import Affine, Binding, Typed
 
 BUILTIN_CONSTANTS = {"pi": np.pi, "e": np.e}
 
+# Names a Python or NumPy programmer writes, and what the language offers instead.
+_PYTHON_NAMES = {
+    "True": "; booleans are written `true` and `false`", "False": "; booleans are written `true` and `false`",
+    "None": "; there is no `None`: every value is a number, a bool or a tensor of them",
+    **{module: "; there are no modules here: NumPy's functions are builtins, as in `exp(x)` and `sum(x, axis=0)`"
+       for module in ("np", "numpy", "math", "torch", "jnp")},
+}
 ARITHMETIC = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", "%": "mod", "^": "pow"}
 COMPARISONS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
 _NOT_FOLDED = {"dropout_mask"}
@@ -96,7 +103,8 @@ class ExprChecker:
                                  f"only their arguments, consts and fns; pass it as an argument", node.loc)
             raise SpadcError(f"`{node.name}` is not a constant: only consts and literals are known at compile time",
                              node.loc)
-        raise SpadcError(f"undefined name `{node.name}`{did_you_mean(node.name, self.visible_names())}", node.loc)
+        hint = _PYTHON_NAMES.get(node.name) or did_you_mean(node.name, self.visible_names())
+        raise SpadcError(f"undefined name `{node.name}`{hint}", node.loc)
 
     def visible_names(self) -> list[str]:
         return [n for scope in self.scopes for n in scope] + list(self.env.consts) + list(BUILTIN_CONSTANTS)

@@ -163,12 +163,38 @@ def _describe_token(token: Token) -> str:
     return f"'{token.value}'"
 
 
+# A statement that starts with one of these is Python's: what the language offers instead.
+_PYTHON_STATEMENTS = {
+    "def ": "functions are declared with `fn`, as in `fn f(x) = x * x`",
+    "print(": "there is no `print`: declare the value an `output` (`spadc run` shows it), as in `output y = x`",
+    "print ": "there is no `print`: declare the value an `output` (`spadc run` shows it), as in `output y = x`",
+    "while ": "loops are `for i in lo..hi { ... }`, with bounds known at compile time (`while` is not there yet)",
+    "class ": "there are no classes: a model is a file of `param`, `input`, `let`, `output` and `loss` "
+              "statements and `fn`s, and may `import \"other.spad\"`",
+    "lambda ": "there are no lambdas: declare a `fn`, as in `fn f(z) = z * z`",
+    "from ": "`import` takes a .spad file, as in `import \"lib/layers.spad\"`; NumPy's functions are builtins, as "
+             "in `exp(x)`",
+}
+
+
 def _hint(source: Source, loc: Loc) -> str:
     """What a programmer coming from Python or NumPy probably meant."""
     line = source.line_text(loc.line)
     before, here = line[:loc.col - 1], line[loc.col - 1:]
-    if line.lstrip().startswith("def "):
-        return "; functions are declared with `fn`, as in `fn f(x) = x * x`"
+    statement = line.lstrip()
+    for start, hint in _PYTHON_STATEMENTS.items():
+        if statement.startswith(start):
+            return "; " + hint
+    if statement.startswith("import ") and not statement[len("import "):].lstrip().startswith('"'):
+        return "; " + _PYTHON_STATEMENTS["from "]
+    if here[:2] in ("+=", "-=", "*=", "/="):
+        return f"; there is no `{here[:2]}`: write `x = x {here[0]} e`"
+    if "range(" in line:
+        return "; ranges are written `lo..hi`, as in `for i in 0..3`"
+    if here.startswith("if ") and before.strip() and not before.rstrip().endswith(("=", "(", ",", "then", "else")):
+        return "; a conditional expression is written `if c then a else b`"
+    if "lambda " in before + here[:7]:
+        return "; " + _PYTHON_STATEMENTS["lambda "]
     if here.startswith("*") and before.endswith("*") or here.startswith("**"):
         return "; powers are written `^`, as in `x ^ 2`"
     if here.startswith(".T"):
