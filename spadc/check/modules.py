@@ -88,6 +88,8 @@ class _Loader:
                 own_fns.append(env.fns[stmt.name])
             elif isinstance(stmt, (ast.Input, ast.State, ast.Param, ast.Let, ast.Output)):
                 env.top_level_names.add(stmt.name)
+            elif isinstance(stmt, ast.Unpack) and stmt.declare:
+                env.top_level_names.update(stmt.names)
         _reject_recursion(own_fns)
         return module, env
 

@@ -71,23 +71,38 @@ class StatementChecker(ExprChecker):
         self.declare(stmt.name, "let", self.expr(stmt.value), stmt.name_loc)
 
     def assign(self, stmt: ast.Assign):
-        binding = self.lookup(stmt.name)
+        self._rebind(stmt.name, stmt.name_loc, self.expr(stmt.value), stmt.loc)
+
+    def unpack(self, stmt: ast.Unpack):
+        """`let h, c = cell(...)` or `h, c = cell(...)`: a fn's several values, one name each."""
+        call = stmt.value
+        if not isinstance(call, ast.Call) or call.name not in self.env.fns:
+            raise SpadcError(f"only the call of a fn that returns several values can be unpacked into "
+                             f"{len(stmt.names)} names", ast.start_loc(call))
+        values = self.inline_call(self.env.fns[call.name], call, len(stmt.names))
+        for name, name_loc, value in zip(stmt.names, stmt.name_locs, values):
+            if stmt.declare:
+                self.declare(name, "let", value, name_loc)
+            else:
+                self._rebind(name, name_loc, value, stmt.loc)
+
+    def _rebind(self, name: str, name_loc: Loc, new: Typed, loc: Loc):
+        binding = self.lookup(name)
         if binding is None:
-            if stmt.name in self.env.consts:
-                raise SpadcError(f"cannot assign to const `{stmt.name}`", stmt.name_loc)
-            raise SpadcError(f"`{stmt.name}` is not declared; declare it with `let {stmt.name} = ...`", stmt.name_loc)
+            if name in self.env.consts:
+                raise SpadcError(f"cannot assign to const `{name}`", name_loc)
+            raise SpadcError(f"`{name}` is not declared; declare it with `let {name} = ...`", name_loc)
         if not binding.assignable:
-            raise SpadcError(f"cannot assign to `{stmt.name}`: it is {_KIND_WORDS[binding.kind]}", stmt.name_loc)
-        new = self.expr(stmt.value)
+            raise SpadcError(f"cannot assign to `{name}`: it is {_KIND_WORDS[binding.kind]}", name_loc)
         old_type = binding.typed.type
         if old_type.dtype == "f64" and new.type.dtype == "i64" and new.type.shape == old_type.shape:
-            new = self.prim("to_float", [new], stmt.loc)
+            new = self.prim("to_float", [new], loc)
         if new.type != old_type:
-            hint = f"; declare it as `let {stmt.name} = 0.0`" if (old_type.dtype, new.type.dtype) == ("i64", "f64") else ""
-            raise SpadcError(f"`{stmt.name}` is {old_type} but the new value is {new.type}: a rebinding keeps its "
-                             f"type and shape{hint}", stmt.loc)
+            hint = f"; declare it as `let {name} = 0.0`" if (old_type.dtype, new.type.dtype) == ("i64", "f64") else ""
+            raise SpadcError(f"`{name}` is {old_type} but the new value is {new.type}: a rebinding keeps its "
+                             f"type and shape{hint}", loc)
         if new.value.hint is None:
-            new.value.hint = stmt.name
+            new.value.hint = name
         binding.typed = new
 
     def for_loop(self, stmt: ast.For):
@@ -114,7 +129,8 @@ class StatementChecker(ExprChecker):
 
     # ---- functions ---------------------------------------------------------------
 
-    def inline_call(self, fn_def, node: ast.Call) -> Typed:
+    def inline_call(self, fn_def, node: ast.Call, count: int | None = None):
+        """The fn's value inlined at the call; with `count`, its `count` values (a list), for unpacking."""
         fn = fn_def.node
         if node.kwargs:
             raise SpadcError(f"`{fn.name}` takes no keyword arguments", node.kwargs[0].loc)
@@ -139,8 +155,16 @@ class StatementChecker(ExprChecker):
                 if not isinstance(last, ast.Return):
                     raise SpadcError(f"fn `{fn.name}` must end with `return`", last.loc)
                 self.block_statements(body, f"fn `{fn.name}`")
-                result = self.expr(last.value)
-                return self._conform_annotation(fn.ret, result, f"the result of `{fn.name}`", last.loc)
+                items = last.value.items if isinstance(last.value, ast.TupleExpr) else (last.value,)
+                annotations = fn.ret if isinstance(fn.ret, tuple) else (fn.ret,) if fn.ret else (None,) * len(items)
+                if len(annotations) != len(items):
+                    raise SpadcError(f"`{fn.name}` is declared to return {len(annotations)} value"
+                                     f"{'s' * (len(annotations) != 1)} but returns {len(items)}", last.loc)
+                if len(items) != (count or 1):
+                    raise SpadcError(_arity_mismatch(fn.name, len(items), count), node.loc)
+                results = [self._conform_annotation(annotation, self.expr(item), f"the result of `{fn.name}`",
+                                                    ast.start_loc(item)) for annotation, item in zip(annotations, items)]
+                return results if count is not None else results[0]
         finally:
             self.fn_stack.pop()
             self.env, self.scopes = saved_env, saved_scopes
@@ -156,6 +180,14 @@ class StatementChecker(ExprChecker):
         return value
 
 
+def _arity_mismatch(name: str, returned: int, wanted: int | None) -> str:
+    if wanted is None:
+        return (f"`{name}` returns {returned} values: bind them to names, as in "
+                f"`let {', '.join(f'v{k}' for k in range(returned))} = {name}(...)`")
+    values = "one value" if returned == 1 else f"{returned} values"
+    return f"`{name}` returns {values}, but {wanted} names are bound to it"
+
+
 def _statement_word(stmt) -> str:
     words = {ast.Const: "`const`", ast.Input: "`input`", ast.State: "`state`", ast.Param: "`param`", ast.Fn: "`fn`",
              ast.Import: "`import`", ast.Output: "`output`", ast.Loss: "`loss`", ast.Return: "`return`"}
@@ -168,6 +200,8 @@ def _assigned_names(statements) -> list[str]:
     for stmt in statements:
         if isinstance(stmt, ast.Assign) and stmt.name not in names:
             names.append(stmt.name)
+        elif isinstance(stmt, ast.Unpack) and not stmt.declare:
+            names += [n for n in stmt.names if n not in names]
         elif isinstance(stmt, ast.For):
             names += [n for n in _assigned_names(stmt.body) if n not in names]
     return names
@@ -176,5 +210,6 @@ def _assigned_names(statements) -> list[str]:
 _BLOCK_HANDLERS = {
     ast.Let: StatementChecker.let,
     ast.Assign: StatementChecker.assign,
+    ast.Unpack: StatementChecker.unpack,
     ast.For: StatementChecker.for_loop,
 }

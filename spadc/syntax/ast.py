@@ -203,7 +203,7 @@ class FnParam:
 class Fn:
     name: str
     params: tuple[FnParam, ...]
-    ret: TypeExpr | None
+    ret: TypeExpr | tuple[TypeExpr, ...] | None  # a tuple for a fn that returns several values
     body: tuple["Stmt", ...]  # for `= expr` functions: a single Return
     loc: Loc
     name_loc: Loc
@@ -256,11 +256,28 @@ class Loss:
 
 @dataclass(frozen=True)
 class Return:
-    value: Expr
+    value: Expr  # several values (`return h, c`): a TupleExpr
     loc: Loc
 
 
-Stmt = Union[Const, Input, State, Param, Fn, Import, Let, Assign, For, Output, Loss, Return]
+@dataclass(frozen=True)
+class TupleExpr:
+    """`h, c` after `return`: the values of a fn that returns several. Tuples exist only to be unpacked."""
+    items: tuple[Expr, ...]
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Unpack:
+    """`let h, c = cell(...)` (declare) or `h, c = cell(...)` (rebinding): one name per value."""
+    names: tuple[str, ...]
+    value: Expr
+    loc: Loc
+    name_locs: tuple[Loc, ...]
+    declare: bool
+
+
+Stmt = Union[Const, Input, State, Param, Fn, Import, Let, Assign, Unpack, For, Output, Loss, Return]
 
 
 @dataclass(frozen=True)

@@ -325,6 +325,17 @@ class _Builder(Transformer):
     def assign_stmt(self, meta, c):
         return ast.Assign(str(c[0]), c[1], self._loc(meta), self._loc(c[0]))
 
+    def let_unpack(self, meta, c):
+        *names, value = c
+        return ast.Unpack(tuple(map(str, names)), value, self._loc(meta), tuple(map(self._loc, names)), True)
+
+    def assign_unpack(self, meta, c):
+        *names, value = c
+        return ast.Unpack(tuple(map(str, names)), value, self._loc(meta), tuple(map(self._loc, names)), False)
+
+    def tuple_type(self, meta, c):
+        return tuple(c)
+
     def for_stmt(self, meta, c):
         var, range_, body = c
         return ast.For(str(var), range_, body, self._loc(meta), self._loc(var))
@@ -336,7 +347,8 @@ class _Builder(Transformer):
         return ast.Loss(c[0], self._loc(meta))
 
     def return_stmt(self, meta, c):
-        return ast.Return(c[0], self._loc(meta))
+        value = c[0] if len(c) == 1 else ast.TupleExpr(tuple(c), self._loc(meta))
+        return ast.Return(value, self._loc(meta))
 
     def range(self, meta, c):
         return ast.Range(c[0], c[1], self._loc(meta))
