@@ -362,7 +362,7 @@ def test_mutated_programs_give_spadc_errors_never_other_exceptions():
     ("param W: f64[2, 2]\nloss W.sum()", "values have no attributes or methods"),
     # Python's constructs (LANGUAGE.md section 10: hints, not silence)
     ("param w: f64\nprint(w)\nloss w", "there is no `print`: declare the value an `output`"),
-    ("param w: f64\nwhile w > 0 { w = w - 1 }\nloss w", "loops are `for i in lo..hi { ... }`"),
+    ("param w: f64\nwhile w > 0 { w = w - 1 }\nloss w", "a `while` loop needs a bound, as in `while err > 1e-9 max 50"),
     ("class Model:\nparam w: f64\nloss w", "there are no classes"),
     ("import numpy as np\nparam w: f64\nloss w", "`import` takes a .spad file"),
     ("from math import exp\nparam w: f64\nloss w", "`import` takes a .spad file"),

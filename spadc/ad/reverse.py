@@ -273,8 +273,8 @@ def _tabulate_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
 
 
 def _cond_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
-    g = adjoints.get(op.results[0])
-    if g is None:
+    seeds = [adjoints.get(result) for result in op.results]  # several: the state a `while` carries
+    if all(g is None for g in seeds):
         return
     ctx.at(op.loc, op.inlined_at)
     condition = ctx.primal(op.args[0])
@@ -288,7 +288,9 @@ def _cond_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
         inner = Context(block, ctx, (op, region), ctx.state)
         local = _BranchAdjoints(inner, outer)
         inner.at(op.loc, op.inlined_at)
-        local.add(region.yields[0], g)
+        for value, g in zip(region.yields, seeds):
+            if g is not None and value.id in ctx.state.active:
+                local.add(value, g)
         _backward_block(inner, region, local)
         inner.at(op.loc, op.inlined_at)
         blocks.append(block)

@@ -47,7 +47,7 @@ def _rule(name, saves=()):
 
 
 for _name in ("stop_gradient", "not", "to_float", "to_int", "floordiv", "lt", "le", "gt", "ge",
-              "eq", "ne", "and", "or", "const", "eye", "onehot", "dropout_mask", "first_true",
+              "eq", "ne", "and", "or", "const", "eye", "onehot", "fail_if", "dropout_mask", "first_true",
               "gate_pack", "gate_unpack", "gate_mask", "score_add", "pack_bits", "unpack_bits", "record", "field", "gate_outer_add", "argmax"):
     ADJOINTS[_name] = ZERO
 

@@ -23,7 +23,7 @@ from .rules import product_partials, restore_axis, times
 TANGENTS: dict[str, Callable | None] = {}  # None: the derivative is zero (or the operands are not differentiable)
 
 for _name in ("stop_gradient", "not", "to_float", "to_int", "floordiv", "lt", "le", "gt", "ge",
-              "eq", "ne", "and", "or", "const", "eye", "onehot", "dropout_mask", "first_true", "pack_bits",
+              "eq", "ne", "and", "or", "const", "eye", "onehot", "fail_if", "dropout_mask", "first_true", "pack_bits",
               "unpack_bits", "argmax", "gate_mask"):
     TANGENTS[_name] = None
 

@@ -333,6 +333,12 @@ def _eye(e, op):
         e.store(op.result, e.linear([i, j], [n, 1]), one)
 
 
+def _fail_if(e, op):
+    flag = e.load(op.args[0])
+    e.check(e.b.not_(flag), op.attrs["message"], op.loc, I64(0))
+    e.store(op.result, None, flag)
+
+
 def _onehot(e, op):
     n = op.attrs["n"]
     label = e.load(op.args[0])
@@ -516,7 +522,7 @@ EMITTERS.update({
     "reduce_sum": _reduce, "reduce_prod": _reduce, "reduce_max": _reduce, "reduce_min": _reduce,
     "first_true": _first_true, "argmax": _argmax, "matmul": _matmul, "outer": _outer, "outer_add": gemm.outer_sum, "transpose": _transpose, "reshape": _reshape,
     "broadcast": _broadcast, "index": _index, "index_add": _index_add, "stack": _stack, "concat": _concat, "const": _const,
-    "eye": _eye, "onehot": _onehot, "dropout_mask": _dropout_mask, "pack_bits": _pack_bits,
+    "eye": _eye, "onehot": _onehot, "fail_if": _fail_if, "dropout_mask": _dropout_mask, "pack_bits": _pack_bits,
     "unpack_bits": _unpack_bits, "record": _record, "field": _field,
 })
 

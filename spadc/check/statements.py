@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..errors import Loc, SpadcError
 from ..ir.core import Value
-from ..ir.types import DTYPES, TensorType
+from ..ir.types import BOOL, DTYPES, I64, TensorType
 from ..syntax import ast
 from .expressions import ExprChecker
 from .typed import Binding, Typed
@@ -127,6 +127,54 @@ class StatementChecker(ExprChecker):
         for binding, result in zip(outer, results):
             binding.typed = Typed(result)
 
+    def while_loop(self, stmt: ast.While):
+        """`while cond max N { body }` as a loop of N trips carrying the body's names and a `running`
+        flag: each trip runs the body in a `cond` on `running and cond` (so only the trips that ran
+        compute anything, and gradients flow through them alone), and after the loop a `fail_if`
+        stops the program if the condition still holds (never a silent truncation)."""
+        limit = self.const_int(stmt.limit, "the `max` of `while`", minimum=1)
+        carried = [name for name in _assigned_names(stmt.body)
+                   if (b := self.lookup(name)) is not None and b.assignable]
+        outer = [self.lookup(name) for name in carried]
+        index = Value(I64, "while")
+        params = [Value(b.typed.type, name) for name, b in zip(carried, outer)]
+        running = Value(BOOL, "running")
+        with self.b.region([index, *params, running]) as body:
+            scope = {name: Binding("let", Typed(p), b.loc) for name, p, b in zip(carried, params, outer)}
+            self.scopes.append(scope)
+            try:
+                go = self.prim("and", [Typed(running), self._while_condition(stmt)], stmt.loc)
+                with self.b.region([]) as then_block:
+                    self.conditional_depth += 1
+                    self.scopes.append({})
+                    try:
+                        self.block_statements(stmt.body, "a `while` loop")
+                    finally:
+                        self.scopes.pop()
+                        self.conditional_depth -= 1
+                    then_block.yields = [scope[name].typed.value for name in carried]
+                with self.b.region([]) as else_block:
+                    else_block.yields = list(params)
+                stepped = self.b.region_op("cond", [go.value], (then_block, else_block), [p.type for p in params],
+                                           stmt.loc, hints=carried) if carried else ()
+            finally:
+                self.scopes.pop()
+            body.yields = [*stepped, go.value]
+        *results, still_running = self.b.region_op(
+            "loop", [b.typed.value for b in outer] + [self.constant(True, stmt.loc).value], (body,),
+            [b.typed.type for b in outer] + [BOOL], stmt.loc, hints=carried + ["running"], lo=0, hi=limit, var="while")
+        for binding, result in zip(outer, results):
+            binding.typed = Typed(result)
+        unfinished = self.prim("and", [Typed(still_running), self._while_condition(stmt)], stmt.loc)
+        self.prim("fail_if", [unfinished], stmt.loc,
+                  message=f"`while` reached its max of {limit} iterations with its condition still true")
+
+    def _while_condition(self, stmt: ast.While) -> Typed:
+        cond = self.expr(stmt.cond)
+        if cond.type != BOOL:
+            raise SpadcError(f"the condition of `while` must be a scalar bool, got {cond.type}", ast.start_loc(stmt.cond))
+        return cond
+
     # ---- functions ---------------------------------------------------------------
 
     def inline_call(self, fn_def, node: ast.Call, count: int | None = None):
@@ -202,7 +250,7 @@ def _assigned_names(statements) -> list[str]:
             names.append(stmt.name)
         elif isinstance(stmt, ast.Unpack) and not stmt.declare:
             names += [n for n in stmt.names if n not in names]
-        elif isinstance(stmt, ast.For):
+        elif isinstance(stmt, (ast.For, ast.While)):
             names += [n for n in _assigned_names(stmt.body) if n not in names]
     return names
 
@@ -212,4 +260,5 @@ _BLOCK_HANDLERS = {
     ast.Assign: StatementChecker.assign,
     ast.Unpack: StatementChecker.unpack,
     ast.For: StatementChecker.for_loop,
+    ast.While: StatementChecker.while_loop,
 }

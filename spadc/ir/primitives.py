@@ -410,6 +410,23 @@ _define("index_add", None, _index_add_infer, _index_add_evaluate, "structure",
         "attrs: spec")
 
 
+def _fail_if_infer(types, attrs):
+    (t,) = types
+    _require(t == BOOL, f"fail_if of {t}")
+    return t
+
+
+def _fail_if_evaluate(args, attrs, ctx):
+    if bool(args[0]):
+        raise Fault(attrs["message"])
+    return args[0].copy()
+
+
+_define("fail_if", 1, _fail_if_infer, _fail_if_evaluate, "structure",
+        "a run-time error with `message` when its bool operand is true; else passes it on (a `while` that "
+        "reaches its max). Never removed as dead code. attrs: message")
+
+
 # ---- the tape's packed forms ---------------------------------------------------------------
 
 BITS_PER_WORD = 64

@@ -1,7 +1,7 @@
 """Dead-code elimination.
 
 An op is kept when a result is used (by a kept op, a yield, an output or the loss) or when it can
-fail at run time: a range-checked index, `onehot` of a label, integer division, `int()`. Those
+fail at run time: a range-checked index, `onehot` of a label, integer division, `int()`, `fail_if`. Those
 errors are part of the program's meaning, so they are not removed with an unused result.
 """
 
@@ -18,7 +18,7 @@ def _can_fail(op: Op) -> bool:
         return any(kind == "dyn" and rest[0] for kind, *rest in op.attrs["spec"])
     if op.kind in ("floordiv", "mod"):
         return op.result.type.dtype == "i64"
-    return op.kind in ("onehot", "to_int")
+    return op.kind in ("onehot", "to_int", "fail_if")
 
 
 def eliminate_dead_code(program: Program) -> Program:

@@ -241,6 +241,15 @@ class For:
 
 
 @dataclass(frozen=True)
+class While:
+    """`while cond max N { body }`: the body while `cond` holds, at most N times (an error if it still holds)."""
+    cond: Expr
+    limit: Expr
+    body: tuple["Stmt", ...]
+    loc: Loc
+
+
+@dataclass(frozen=True)
 class Output:
     name: str
     value: Expr
@@ -277,7 +286,7 @@ class Unpack:
     declare: bool
 
 
-Stmt = Union[Const, Input, State, Param, Fn, Import, Let, Assign, Unpack, For, Output, Loss, Return]
+Stmt = Union[Const, Input, State, Param, Fn, Import, Let, Assign, Unpack, For, While, Output, Loss, Return]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ MAX_NESTING = 200  # levels of the parse tree; deeper programs are refused befor
 I64_MAX = (1 << 63) - 1
 
 KEYWORDS = frozenset(
-    "const input param state fn let output loss return for in if then else and or not import true false".split()
+    "const input param state fn let output loss return for while in if then else and or not import true false"
+    .split()
 )
 
 
@@ -168,7 +169,8 @@ _PYTHON_STATEMENTS = {
     "def ": "functions are declared with `fn`, as in `fn f(x) = x * x`",
     "print(": "there is no `print`: declare the value an `output` (`spadc run` shows it), as in `output y = x`",
     "print ": "there is no `print`: declare the value an `output` (`spadc run` shows it), as in `output y = x`",
-    "while ": "loops are `for i in lo..hi { ... }`, with bounds known at compile time (`while` is not there yet)",
+    "while ": "a `while` loop needs a bound, as in `while err > 1e-9 max 50 { ... }`: it stops with an error if "
+              "its condition still holds after that many iterations",
     "class ": "there are no classes: a model is a file of `param`, `input`, `let`, `output` and `loss` "
               "statements and `fn`s, and may `import \"other.spad\"`",
     "lambda ": "there are no lambdas: declare a `fn`, as in `fn f(z) = z * z`",
@@ -339,6 +341,10 @@ class _Builder(Transformer):
     def for_stmt(self, meta, c):
         var, range_, body = c
         return ast.For(str(var), range_, body, self._loc(meta), self._loc(var))
+
+    def while_stmt(self, meta, c):
+        cond, limit, body = c
+        return ast.While(cond, limit, body, self._loc(meta))
 
     def output_stmt(self, meta, c):
         return ast.Output(str(c[0]), c[1], self._loc(meta), self._loc(c[0]))
