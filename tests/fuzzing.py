@@ -248,7 +248,7 @@ class ProgramGenerator:
     def program(self) -> str:
         lines = [f"const N = {self.n}", f"const M = {self.m}", f"const T = {self.t}",
                  "fn f0(a, b) = tanh(a) * b + a", "fn f1(a, b) {", "  let c = a * 0.5", "  return sigmoid(c) + b",
-                 "}", "input x: f64[N]", "input seq: f64[T, N]", "input k: i64", "input label: i64"]
+                 "}", "fn f2(a, b) {", "  return a * b, tanh(a) - b", "}", "input x: f64[N]", "input seq: f64[T, N]", "input k: i64", "input label: i64"]
         self.variables[("N",)] += ["x"]
         inits = ["~ normal(0, 0.5)", "~ uniform(-1, 1)", "= 0.3", "~ glorot()", "in [-2, 2] ~ normal(0, 0.5)"]
         for shape in self.shapes:
@@ -270,11 +270,34 @@ class ProgramGenerator:
     def statement(self, depth: int) -> list[str]:
         shape = self.choice(list(self.shapes))
         name = self.fresh("h")
-        lines = [f"let {name} = {self.expr(shape, depth)}"]
-        if self.rng.random() < 0.6:
+        roll = self.rng.random()
+        if roll < 0.15:  # a fn's two values, unpacked
+            other = self.fresh("g")
+            lines = [f"let {name}, {other} = f2({self.expr(shape, depth)}, {self.expr(shape, depth)})"]
+            self.variables[shape].append(other)
+        else:
+            lines = [f"let {name} = {self.expr(shape, depth)}"]
+        if roll > 0.5:
             lines += self.loop(name, shape, depth)
+        elif roll > 0.3:
+            lines += self.while_loop(name, shape, depth)
         self.variables[shape].append(name)
         return lines
+
+    def while_loop(self, carried: str, shape: tuple, depth: int) -> list[str]:
+        """A `while` whose trip count is bounded by a counter below its max (never an error). In
+        smooth programs its condition reads the counter and inputs only: the trip count then does not
+        move with the params, so central differences see a smooth loss."""
+        count, bound = self.fresh("c"), int(self.rng.integers(0, 4))
+        extra = [f"x[{self.index('N')}] + 0.2 * float({count}) < 0.9", "k % 3 != 1"]
+        if not self.smooth:
+            extra.append(f"{self.expr((), depth - 1)} < 0.5")
+        condition = f"{count} < {bound}" + (f" and {self.choice(extra)}" if self.rng.random() < 0.6 else "")
+        self.variables[shape].append(carried)
+        body = [f"let {count} = 0", f"while {condition} max {bound + int(self.rng.integers(1, 3))} {{",
+                f"  {carried} = {self.expr(shape, depth - 1)}", f"  {count} = {count} + 1", "}"]
+        self.variables[shape].remove(carried)
+        return body
 
     def loop_range(self) -> str:
         """Mostly all of 0..T; often a range of one step or none (with T = 1, `1..T` is empty too): a
@@ -460,7 +483,7 @@ def _check_f32(text, seed, inputs, loss64):
 
 MUTATION_TOKENS = ["+", "-", "*", "@", "^", "/", "//", "%", "(", ")", "[", "]", ",", ":", "..", "=", "{", "}", "\n",
                    ";", "0", "1", "-1", "2.5", "99999999999999999999", "1e308", "1e999", "9223372036854775807",
-                   "N", "M", "T", "x", "k", "seq", "label", "p1", "h1", "i", "t", "sum", "max", "tanh", "eye",
+                   "N", "M", "T", "x", "k", "seq", "label", "p1", "h1", "i", "t", "sum", "max", "tanh", "eye", "while",
                    "zeros", "onehot", "dropout", "where", "transpose", "for", "in", "let", "if", "then", "else",
                    "and", "not", "true", "fn", "return", "loss", "output", "param", "input", "const", "import",
                    "axis=", "axis=5", "\"x.spad\"", "#", "f64[3]", "i64", "bool", "\t", "é", "\x00"]
