@@ -1,6 +1,8 @@
-"""Builtin functions of the language (LANGUAGE.md section 7), lowered to IR primitives.
+"""Builtin functions of the language (LANGUAGE.md sections 7 and 10), lowered to IR primitives.
 
-One table, `BUILTINS`, maps each name to its argument counts, keywords and lowering. Builtins that
+One table, `BUILTINS`, maps each name to its argument counts, keywords, lowering and the language
+version that added it; the lowerings of the tensor-arranging builtins are in tensor_builtins.py,
+those of the network and statistics builtins of 2.0 in nn_builtins.py. Builtins that
 are not primitives (`mean`, `norm`, `logsumexp`, `softmax`, `cross_entropy`, `mse`, `outer`, ...)
 are compositions of primitives, so they need no adjoint rules or code generators of their own.
 
@@ -11,16 +13,13 @@ Invariants:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
-
-import numpy as np
 
 from ..errors import SpadcError, did_you_mean
 from ..ir import elementwise
 from ..syntax import ast
-from . import indexing
+from . import axes, indexing, nn_builtins, tensor_builtins
 from .typed import Typed
 
 REDUCTIONS = {"sum": "reduce_sum", "prod": "reduce_prod", "max": "reduce_max", "min": "reduce_min"}
@@ -37,40 +36,6 @@ class Builtin:
 
 
 # ---- helpers -------------------------------------------------------------------
-
-def _axis(chk, kwargs, rank: int, name: str, node) -> int | None:
-    if "axis" not in kwargs:
-        return None
-    axis = chk.const_int(kwargs["axis"], f"the `axis` of {name}")
-    if not -rank <= axis < rank:
-        raise SpadcError(f"axis {axis} is out of range for a tensor of rank {rank}", kwargs["axis"].loc)
-    return axis % rank
-
-
-def _count(t, axis) -> int:
-    return t.type.size if axis is None else t.type.shape[axis]
-
-
-def _restore_axis(chk, reduced, like, axis, loc):
-    """Broadcast a reduction's result back over the reduced axis (NumPy's keepdims then broadcast)."""
-    if axis is None:
-        return reduced  # a scalar: elementwise primitives take it as it is
-    kept = like.type.shape[:axis] + (1,) + like.type.shape[axis + 1:]
-    reshaped = chk.prim("reshape", [reduced], loc, shape=kept)
-    return chk.broadcast_to(reshaped, like.type.shape, loc)
-
-
-def logsumexp(chk, x, axis, loc):
-    # The max is shifted out for stability; stop_gradient keeps the derivative exactly softmax. An
-    # infinite max is not shifted (inf - inf is NaN): the sum of exps is then inf or 0 and its log the
-    # max itself, as in SciPy (logsumexp([inf, 1]) = inf, logsumexp([-inf, -inf]) = -inf).
-    top = chk.prim("reduce_max", [x], loc, axis=axis)
-    finite = chk.prim("eq", [chk.prim("sub", [top, top], loc), chk.constant(0.0, loc)], loc)
-    m = chk.prim("stop_gradient", [chk.prim("select", [finite, top, chk.constant(0.0, loc)], loc)], loc)
-    shifted = chk.prim("sub", [x, _restore_axis(chk, m, x, axis, loc)], loc)
-    total = chk.prim("reduce_sum", [chk.prim("exp", [shifted], loc)], loc, axis=axis)
-    return chk.prim("add", [m, chk.prim("log", [total], loc)], loc)
-
 
 def _vector_or_matrix(t, what, loc):
     if t.type.rank not in (1, 2):
@@ -112,7 +77,7 @@ def _reduction(name):
             a, b = chk.broadcast_all([a, b], f"`{name}`", node.loc)
             return chk.prim(name, [a, b], node.loc)
         x = chk.numeric(args[0], f"`{name}`", node.loc)
-        axis = _axis(chk, kw, x.type.rank, name, node)
+        axis = axes.axis_keyword(chk, kw, x.type.rank, name, node)
         if x.type.rank == 0:
             return x
         return chk.prim(REDUCTIONS[name], [x], node.loc, axis=axis)
@@ -121,14 +86,12 @@ def _reduction(name):
 
 def _mean(chk, args, kw, node):
     x = chk.to_float(args[0], "`mean`", node.loc)
-    axis = _axis(chk, kw, x.type.rank, "mean", node)
-    total = chk.prim("reduce_sum", [x], node.loc, axis=axis) if x.type.rank else x
-    return chk.prim("div", [total, chk.constant(float(_count(x, axis)), node.loc)], node.loc)
+    return axes.mean(chk, x, axes.axis_keyword(chk, kw, x.type.rank, "mean", node), node.loc)
 
 
 def _norm(chk, args, kw, node):
     x = chk.to_float(args[0], "`norm`", node.loc)
-    axis = _axis(chk, kw, x.type.rank, "norm", node)
+    axis = axes.axis_keyword(chk, kw, x.type.rank, "norm", node)
     squares = chk.prim("mul", [x, x], node.loc)
     total = chk.prim("reduce_sum", [squares], node.loc, axis=axis) if x.type.rank else squares
     return chk.prim("sqrt", [total], node.loc)
@@ -138,14 +101,14 @@ def _logsumexp(chk, args, kw, node):
     x = chk.to_float(args[0], "`logsumexp`", node.loc)
     if x.type.rank == 0:
         return x
-    return logsumexp(chk, x, _axis(chk, kw, x.type.rank, "logsumexp", node), node.loc)
+    return axes.logsumexp(chk, x, axes.axis_keyword(chk, kw, x.type.rank, "logsumexp", node), node.loc)
 
 
 def _log_softmax_parts(chk, x, node):
     if x.type.rank == 0:
         raise SpadcError("softmax needs at least one axis, got a scalar", node.loc)
     axis = x.type.rank - 1
-    return _restore_axis(chk, logsumexp(chk, x, axis, node.loc), x, axis, node.loc)
+    return axes.restore_axis(chk, axes.logsumexp(chk, x, axis, node.loc), x, axis, node.loc)
 
 
 def _softmax(chk, args, kw, node):
@@ -170,7 +133,7 @@ def _cross_entropy(chk, args, kw, node):
         raise SpadcError(f"`cross_entropy` needs a vector of logits, got {logits.type}", node.args[0].loc)
     label = _label(chk, args[1], "cross_entropy", node.args[1].loc)
     picked = indexing.index_value(chk, logits, [label], [node.args[1]], "label", node.args[1].loc)
-    result = chk.prim("sub", [logsumexp(chk, logits, None, node.loc), picked], node.loc)
+    result = chk.prim("sub", [axes.logsumexp(chk, logits, None, node.loc), picked], node.loc)
     chk.last_head = ("cross_entropy", logits, result)
     chk.last_label = (logits, label)
     return result
@@ -180,7 +143,7 @@ def _mse(chk, args, kw, node):
     a, b = (chk.to_float(x, "`mse`", node.loc) for x in args)
     a, b = chk.broadcast_all([a, b], "`mse`", node.loc)
     d = chk.prim("sub", [a, b], node.loc)
-    result = _mean(chk, [chk.prim("mul", [d, d], node.loc)], {}, node)
+    result = axes.mean(chk, chk.prim("mul", [d, d], node.loc), None, node.loc)
     chk.last_head = ("mse", d, result)
     chk.last_label = None
     for scores, target in ((a, b), (b, a)):  # mse of scores against onehot(label, n): a classifier
@@ -198,55 +161,6 @@ def _outer(chk, args, kw, node):
     if a.type.rank != 1 or b.type.rank != 1:
         raise SpadcError(f"`outer` needs two vectors, got {a.type} and {b.type}", node.loc)
     return chk.prim("outer", [a, b], node.loc)
-
-
-def _transpose(chk, args, kw, node):
-    """transpose(x): the axes reversed (a vector as it is); transpose(x, p0, ..., pk): permuted, as NumPy's."""
-    x = chk.expr(node.args[0])
-    if len(node.args) == 1:
-        return chk.prim("transpose", [x], node.loc) if x.type.rank >= 2 else x
-    perm = tuple(chk.const_int(a, "an axis of `transpose`") for a in node.args[1:])
-    if sorted(a % x.type.rank if -x.type.rank <= a < x.type.rank else a for a in perm) != list(range(x.type.rank)):
-        raise SpadcError(f"the axes of `transpose` must be a permutation of 0..{x.type.rank - 1} for {x.type}, got "
-                         f"{', '.join(map(str, perm))}", node.loc)
-    perm = tuple(a % x.type.rank for a in perm)
-    return chk.prim("transpose", [x], node.loc, perm=perm) if perm != tuple(range(x.type.rank)) else x
-
-
-def _joined(chk, args, kw, node, name):
-    """The operands of concat or stack, in one dtype, and the axis (default 0) checked against `rank`."""
-    if any(a.type.dtype == "bool" for a in args) and not all(a.type.dtype == "bool" for a in args):
-        raise SpadcError(f"`{name}` cannot mix bool with numbers", node.loc)
-    if any(a.type.dtype == "f64" for a in args):
-        args = [chk.to_float(a, f"`{name}`", node.loc) for a in args]
-    return args
-
-
-def _concat(chk, args, kw, node):
-    args = _joined(chk, args, kw, node, "concat")
-    first = args[0]
-    if first.type.rank == 0:
-        raise SpadcError("`concat` joins tensors along an axis; got a scalar (use `stack`)", node.args[0].loc)
-    axis = _axis(chk, kw, first.type.rank, "concat", node) or 0
-    for a, a_node in zip(args[1:], node.args[1:]):
-        if a.type.rank != first.type.rank or any(d != e for k, (d, e) in enumerate(zip(a.type.shape, first.type.shape))
-                                                 if k != axis):
-            raise SpadcError(f"`concat` along axis {axis} needs the other axes equal: {first.type} and {a.type}",
-                             a_node.loc)
-    return chk.prim("concat", args, node.loc, axis=axis) if len(args) > 1 else first
-
-
-def _stack(chk, args, kw, node):
-    args = _joined(chk, args, kw, node, "stack")
-    first = args[0]
-    for a, a_node in zip(args[1:], node.args[1:]):
-        if a.type.shape != first.type.shape:
-            raise SpadcError(f"`stack` needs operands of one shape: {first.type} and {a.type}", a_node.loc)
-    axis = _axis(chk, kw, first.type.rank + 1, "stack", node) or 0
-    if axis == 0:
-        return chk.prim("stack", args, node.loc)
-    shape = first.type.shape[:axis] + (1,) + first.type.shape[axis:]
-    return chk.prim("concat", [chk.prim("reshape", [a], node.loc, shape=shape) for a in args], node.loc, axis=axis)
 
 
 def _onehot(chk, args, kw, node):
@@ -292,25 +206,9 @@ def _eye(chk, args, kw, node):
     return chk.prim("eye", [], node.loc, n=n)
 
 
-def _reshape(chk, args, kw, node):
-    """reshape(x, d1, ..., dk); one dimension may be -1, the entries left over (NumPy's)."""
-    x = args[0]
-    given = tuple(chk.const_int(n, "a dimension of `reshape`") for n in node.args[1:])
-    for n, d in zip(node.args[1:], given):
-        if d < 1 and d != -1 or given.count(-1) > 1 and d == -1:
-            raise SpadcError(f"a dimension of `reshape` must be at least 1, or one of them -1, got {d}", n.loc)
-    known = math.prod(d for d in given if d != -1)
-    shape = tuple(x.type.size // known if d == -1 else d for d in given)
-    size = math.prod(shape)
-    if size != x.type.size:
-        raise SpadcError(f"`reshape` cannot make {x.type.size} entries into shape "
-                         f"[{', '.join(map(str, shape))}] ({size} entries)", node.loc)
-    return chk.prim("reshape", [x], node.loc, shape=shape) if shape != x.type.shape else x
-
-
 def _argmax(chk, args, kw, node):
     x = chk.numeric(args[0], "`argmax`", node.loc)
-    axis = _axis(chk, kw, x.type.rank, "argmax", node)
+    axis = axes.axis_keyword(chk, kw, x.type.rank, "argmax", node)
     if x.type.rank == 0:
         return chk.constant(0, node.loc)
     return chk.prim("argmax", [x], node.loc, axis=axis)
@@ -343,147 +241,6 @@ def _stop_gradient(chk, args, kw, node):
     return chk.prim("stop_gradient", [x], node.loc) if x.type.dtype == "f64" else x
 
 
-def _atan2(chk, args, kw, node):
-    y, x = chk.broadcast_all([chk.to_float(a, "`atan2`", node.loc) for a in args], "`atan2`", node.loc)
-    return chk.prim("atan2", [y, x], node.loc)
-
-
-# ---- activations composed of primitives (LANGUAGE.md section 10; PyTorch's definitions) -------
-
-def _slope(chk, kw, name, default):
-    """The constant keyword `a` of elu and leaky_relu."""
-    return chk.const_float(kw["a"], f"the `a` of `{name}`") if "a" in kw else default
-
-
-def _gelu(chk, args, kw, node):
-    # The exact form, PyTorch's default: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)).
-    x, loc = chk.to_float(args[0], "`gelu`", node.loc), node.loc
-    scaled = chk.prim("mul", [x, chk.constant(1.0 / math.sqrt(2.0), loc)], loc)
-    cdf = chk.prim("mul", [chk.constant(0.5, loc), chk.prim("add", [chk.constant(1.0, loc), chk.prim(
-        "erf", [scaled], loc)], loc)], loc)
-    return chk.prim("mul", [x, cdf], loc)
-
-
-def _silu(chk, args, kw, node):
-    x = chk.to_float(args[0], "`silu`", node.loc)
-    return chk.prim("mul", [x, chk.prim("sigmoid", [x], node.loc)], node.loc)
-
-
-def _negative_part(chk, x, below, node):
-    """x where x > 0, else `below` (the derivative at 0 is below's, as PyTorch's)."""
-    positive = chk.prim("gt", [x, chk.constant(0.0, node.loc)], node.loc)
-    return chk.prim("select", [positive, x, below], node.loc)
-
-
-def _elu(chk, args, kw, node):
-    x = chk.to_float(args[0], "`elu`", node.loc)
-    below = chk.prim("mul", [chk.constant(_slope(chk, kw, "elu", 1.0), node.loc), chk.prim("expm1", [x], node.loc)],
-                     node.loc)
-    return _negative_part(chk, x, below, node)
-
-
-def _leaky_relu(chk, args, kw, node):
-    x = chk.to_float(args[0], "`leaky_relu`", node.loc)
-    below = chk.prim("mul", [chk.constant(_slope(chk, kw, "leaky_relu", 0.01), node.loc), x], node.loc)
-    return _negative_part(chk, x, below, node)
-
-
-def _clip(chk, args, kw, node):
-    """torch.clamp, min(max(x, lo), hi): NaN kept; the derivative is 1 for x where lo <= x <= hi, and
-    goes to the bound where it is taken; with lo > hi every entry is hi, as in PyTorch."""
-    x, lo, hi = chk.broadcast_all([chk.to_float(a, "`clip`", node.loc) for a in args], "`clip`", node.loc)
-    raised = chk.prim("select", [chk.prim("lt", [x, lo], node.loc), lo, x], node.loc)
-    return chk.prim("select", [chk.prim("gt", [raised, hi], node.loc), hi, raised], node.loc)
-
-
-# ---- statistics, losses and matrices composed of primitives (LANGUAGE.md section 10) ----------
-
-def _variance(chk, x, axis, loc):
-    """NumPy's var (ddof=0): the mean square deviation from the mean, over `axis` or everything."""
-    total = chk.prim("reduce_sum", [x], loc, axis=axis)
-    mean = chk.prim("div", [total, chk.constant(float(_count(x, axis)), loc)], loc)
-    deviation = chk.prim("sub", [x, _restore_axis(chk, mean, x, axis, loc)], loc)
-    squares = chk.prim("reduce_sum", [chk.prim("mul", [deviation, deviation], loc)], loc, axis=axis)
-    return chk.prim("div", [squares, chk.constant(float(_count(x, axis)), loc)], loc)
-
-
-def _var(chk, args, kw, node):
-    x = chk.to_float(args[0], "`var`", node.loc)
-    if x.type.rank == 0:
-        return chk.constant(0.0, node.loc)
-    return _variance(chk, x, _axis(chk, kw, x.type.rank, "var", node), node.loc)
-
-
-def _std(chk, args, kw, node):
-    return chk.prim("sqrt", [_var(chk, args, kw, node)], node.loc)
-
-
-def _bce(chk, args, kw, node):
-    """Binary cross-entropy on logits, averaged (PyTorch's binary_cross_entropy_with_logits):
-    softplus(z) - z t, stable for any z, with derivative sigmoid(z) - t everywhere."""
-    z, t = chk.broadcast_all([chk.to_float(a, "`bce`", node.loc) for a in args], "`bce`", node.loc)
-    losses = chk.prim("sub", [chk.prim("softplus", [z], node.loc), chk.prim("mul", [z, t], node.loc)], node.loc)
-    return _mean(chk, [losses], {}, node)
-
-
-def _huber(chk, args, kw, node):
-    """PyTorch's huber_loss, averaged: d^2 / 2 where |d| < delta, else delta (|d| - delta / 2)."""
-    delta = chk.const_float(kw["delta"], "the `delta` of `huber`") if "delta" in kw else 1.0
-    if delta <= 0.0:
-        raise SpadcError(f"the `delta` of `huber` must be positive, got {delta}", kw["delta"].loc)
-    a, b = chk.broadcast_all([chk.to_float(x, "`huber`", node.loc) for x in args], "`huber`", node.loc)
-    d = chk.prim("sub", [a, b], node.loc)
-    size = chk.prim("abs", [d], node.loc)
-    inside = chk.prim("mul", [chk.constant(0.5, node.loc), chk.prim("mul", [d, d], node.loc)], node.loc)
-    outside = chk.prim("mul", [chk.constant(delta, node.loc), chk.prim(
-        "sub", [size, chk.constant(0.5 * delta, node.loc)], node.loc)], node.loc)
-    near = chk.prim("lt", [size, chk.constant(delta, node.loc)], node.loc)
-    return _mean(chk, [chk.prim("select", [near, inside, outside], node.loc)], {}, node)
-
-
-def _square_matrix(chk, x, name, loc):
-    x = chk.to_float(x, f"`{name}`", loc)
-    if x.type.rank != 2 or x.type.shape[0] != x.type.shape[1]:
-        raise SpadcError(f"`{name}` needs a square matrix, got {x.type}", loc)
-    return x
-
-
-def _diagonal(chk, x, loc):
-    entries = [chk.prim("index", [x], loc, spec=(("const", i), ("const", i)), what="the matrix")
-               for i in range(x.type.shape[0])]
-    return chk.prim("stack", entries, loc)
-
-
-def _diag(chk, args, kw, node):
-    """A vector's diagonal matrix, or a square matrix's diagonal (NumPy's diag)."""
-    x = chk.to_float(args[0], "`diag`", node.loc)
-    if x.type.rank == 1:
-        n = x.type.shape[0]
-        column = chk.broadcast_to(chk.prim("reshape", [x], node.loc, shape=(n, 1)), (n, n), node.loc)
-        return chk.prim("mul", [chk.prim("eye", [], node.loc, n=n), column], node.loc)
-    return _diagonal(chk, _square_matrix(chk, x, "diag", node.loc), node.loc)
-
-
-def _trace(chk, args, kw, node):
-    x = _square_matrix(chk, args[0], "trace", node.loc)
-    return chk.prim("reduce_sum", [_diagonal(chk, x, node.loc)], node.loc, axis=None)
-
-
-def _triangle(name, keep):
-    """tril and triu (NumPy's): the entries on and below (above) diagonal k, zeros elsewhere."""
-    def lower(chk, args, kw, node):
-        x = _square_matrix(chk, args[0], name, node.loc)
-        if len(node.args) == 2 and "k" in kw:
-            raise SpadcError(f"the offset of `{name}` is given twice", node.loc)
-        offset_node = node.args[1] if len(node.args) == 2 else kw.get("k")
-        k = 0 if offset_node is None else chk.const_int(offset_node, f"the offset of `{name}`")
-        n = x.type.shape[0]
-        rows, columns = np.indices((n, n))
-        mask = chk.constant(keep(columns - rows, k), node.loc)
-        return chk.prim("select", [mask, x, chk.constant(0.0, node.loc)], node.loc)
-    return lower
-
-
 # Arguments that must be compile-time constants are read from the AST by the lowering itself, so
 # they are listed here as "lazy": they are not elaborated as run-time values first.
 _LAZY_TAIL = {"onehot": 1, "dropout": 1, "zeros": 0, "ones": 0, "fill": 1, "eye": 0, "reshape": 1, "tril": 1, "transpose": 0,
@@ -500,7 +257,7 @@ BUILTINS: dict[str, Builtin] = {
     "logsumexp": Builtin(1, 1, ("axis",), _logsumexp),
     "dot": Builtin(2, 2, (), _dot),
     "outer": Builtin(2, 2, (), _outer),
-    "transpose": Builtin(1, None, (), _transpose),
+    "transpose": Builtin(1, None, (), tensor_builtins.transpose),
     "softmax": Builtin(1, 1, (), _softmax),
     "log_softmax": Builtin(1, 1, (), _log_softmax),
     "cross_entropy": Builtin(2, 2, (), _cross_entropy),
@@ -515,24 +272,24 @@ BUILTINS: dict[str, Builtin] = {
     "float": Builtin(1, 1, (), _float),
     "int": Builtin(1, 1, (), _int),
     "where": Builtin(3, 3, (), _where),
-    "reshape": Builtin(2, None, (), _reshape),
+    "reshape": Builtin(2, None, (), tensor_builtins.reshape),
     "argmax": Builtin(1, 1, ("axis",), _argmax),
-    "atan2": Builtin(2, 2, (), _atan2, "2.0"),
-    "concat": Builtin(1, None, ("axis",), _concat, "2.0"),
-    "stack": Builtin(1, None, ("axis",), _stack, "2.0"),
-    "gelu": Builtin(1, 1, (), _gelu, "2.0"),
-    "silu": Builtin(1, 1, (), _silu, "2.0"),
-    "elu": Builtin(1, 1, ("a",), _elu, "2.0"),
-    "leaky_relu": Builtin(1, 1, ("a",), _leaky_relu, "2.0"),
-    "clip": Builtin(3, 3, (), _clip, "2.0"),
-    "var": Builtin(1, 1, ("axis",), _var, "2.0"),
-    "std": Builtin(1, 1, ("axis",), _std, "2.0"),
-    "bce": Builtin(2, 2, (), _bce, "2.0"),
-    "huber": Builtin(2, 2, ("delta",), _huber, "2.0"),
-    "diag": Builtin(1, 1, (), _diag, "2.0"),
-    "trace": Builtin(1, 1, (), _trace, "2.0"),
-    "tril": Builtin(1, 2, ("k",), _triangle("tril", lambda above, k: above <= k), "2.0"),
-    "triu": Builtin(1, 2, ("k",), _triangle("triu", lambda above, k: above >= k), "2.0"),
+    "atan2": Builtin(2, 2, (), nn_builtins.atan2, "2.0"),
+    "concat": Builtin(1, None, ("axis",), tensor_builtins.concat, "2.0"),
+    "stack": Builtin(1, None, ("axis",), tensor_builtins.stack, "2.0"),
+    "gelu": Builtin(1, 1, (), nn_builtins.gelu, "2.0"),
+    "silu": Builtin(1, 1, (), nn_builtins.silu, "2.0"),
+    "elu": Builtin(1, 1, ("a",), nn_builtins.elu, "2.0"),
+    "leaky_relu": Builtin(1, 1, ("a",), nn_builtins.leaky_relu, "2.0"),
+    "clip": Builtin(3, 3, (), nn_builtins.clip, "2.0"),
+    "var": Builtin(1, 1, ("axis",), nn_builtins.var, "2.0"),
+    "std": Builtin(1, 1, ("axis",), nn_builtins.std, "2.0"),
+    "bce": Builtin(2, 2, (), nn_builtins.bce, "2.0"),
+    "huber": Builtin(2, 2, ("delta",), nn_builtins.huber, "2.0"),
+    "diag": Builtin(1, 1, (), tensor_builtins.diag, "2.0"),
+    "trace": Builtin(1, 1, (), tensor_builtins.trace, "2.0"),
+    "tril": Builtin(1, 2, ("k",), tensor_builtins.triangle("tril", lambda above, k: above <= k), "2.0"),
+    "triu": Builtin(1, 2, ("k",), tensor_builtins.triangle("triu", lambda above, k: above >= k), "2.0"),
 }
 
 

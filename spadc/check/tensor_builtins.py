@@ -1,0 +1,124 @@
+"""Builtins that arrange tensors (LANGUAGE.md sections 7 and 10): `transpose` with a permutation,
+`concat`, `stack` along any axis, `reshape` with -1, and the square-matrix ones `diag`, `trace`,
+`tril`, `triu`, all lowered to primitives (so they need no adjoint or code generator of their own).
+
+Invariants: axes and compile-time arguments are checked here, each mistake a located SpadcError;
+the primitives they emit take only shapes that their shape rules accept.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import SpadcError
+from . import axes
+
+
+def transpose(chk, args, kw, node):
+    """transpose(x): the axes reversed (a vector as it is); transpose(x, p0, ..., pk): permuted, as NumPy's."""
+    x = chk.expr(node.args[0])
+    if len(node.args) == 1:
+        return chk.prim("transpose", [x], node.loc) if x.type.rank >= 2 else x
+    perm = tuple(chk.const_int(a, "an axis of `transpose`") for a in node.args[1:])
+    if sorted(a % x.type.rank if -x.type.rank <= a < x.type.rank else a for a in perm) != list(range(x.type.rank)):
+        raise SpadcError(f"the axes of `transpose` must be a permutation of 0..{x.type.rank - 1} for {x.type}, got "
+                         f"{', '.join(map(str, perm))}", node.loc)
+    perm = tuple(a % x.type.rank for a in perm)
+    return chk.prim("transpose", [x], node.loc, perm=perm) if perm != tuple(range(x.type.rank)) else x
+
+
+def joined(chk, args, kw, node, name):
+    """The operands of concat or stack, in one dtype, and the axis (default 0) checked against `rank`."""
+    if any(a.type.dtype == "bool" for a in args) and not all(a.type.dtype == "bool" for a in args):
+        raise SpadcError(f"`{name}` cannot mix bool with numbers", node.loc)
+    if any(a.type.dtype == "f64" for a in args):
+        args = [chk.to_float(a, f"`{name}`", node.loc) for a in args]
+    return args
+
+
+def concat(chk, args, kw, node):
+    args = joined(chk, args, kw, node, "concat")
+    first = args[0]
+    if first.type.rank == 0:
+        raise SpadcError("`concat` joins tensors along an axis; got a scalar (use `stack`)", node.args[0].loc)
+    axis = axes.axis_keyword(chk, kw, first.type.rank, "concat", node) or 0
+    for a, a_node in zip(args[1:], node.args[1:]):
+        if a.type.rank != first.type.rank or any(d != e for k, (d, e) in enumerate(zip(a.type.shape, first.type.shape))
+                                                 if k != axis):
+            raise SpadcError(f"`concat` along axis {axis} needs the other axes equal: {first.type} and {a.type}",
+                             a_node.loc)
+    return chk.prim("concat", args, node.loc, axis=axis) if len(args) > 1 else first
+
+
+def stack(chk, args, kw, node):
+    args = joined(chk, args, kw, node, "stack")
+    first = args[0]
+    for a, a_node in zip(args[1:], node.args[1:]):
+        if a.type.shape != first.type.shape:
+            raise SpadcError(f"`stack` needs operands of one shape: {first.type} and {a.type}", a_node.loc)
+    axis = axes.axis_keyword(chk, kw, first.type.rank + 1, "stack", node) or 0
+    if axis == 0:
+        return chk.prim("stack", args, node.loc)
+    shape = first.type.shape[:axis] + (1,) + first.type.shape[axis:]
+    return chk.prim("concat", [chk.prim("reshape", [a], node.loc, shape=shape) for a in args], node.loc, axis=axis)
+
+
+def reshape(chk, args, kw, node):
+    """reshape(x, d1, ..., dk); one dimension may be -1, the entries left over (NumPy's)."""
+    x = args[0]
+    given = tuple(chk.const_int(n, "a dimension of `reshape`") for n in node.args[1:])
+    for n, d in zip(node.args[1:], given):
+        if d < 1 and d != -1 or given.count(-1) > 1 and d == -1:
+            raise SpadcError(f"a dimension of `reshape` must be at least 1, or one of them -1, got {d}", n.loc)
+    known = math.prod(d for d in given if d != -1)
+    shape = tuple(x.type.size // known if d == -1 else d for d in given)
+    size = math.prod(shape)
+    if size != x.type.size:
+        raise SpadcError(f"`reshape` cannot make {x.type.size} entries into shape "
+                         f"[{', '.join(map(str, shape))}] ({size} entries)", node.loc)
+    return chk.prim("reshape", [x], node.loc, shape=shape) if shape != x.type.shape else x
+
+
+def square_matrix(chk, x, name, loc):
+    x = chk.to_float(x, f"`{name}`", loc)
+    if x.type.rank != 2 or x.type.shape[0] != x.type.shape[1]:
+        raise SpadcError(f"`{name}` needs a square matrix, got {x.type}", loc)
+    return x
+
+
+def diagonal(chk, x, loc):
+    entries = [chk.prim("index", [x], loc, spec=(("const", i), ("const", i)), what="the matrix")
+               for i in range(x.type.shape[0])]
+    return chk.prim("stack", entries, loc)
+
+
+def diag(chk, args, kw, node):
+    """A vector's diagonal matrix, or a square matrix's diagonal (NumPy's diag)."""
+    x = chk.to_float(args[0], "`diag`", node.loc)
+    if x.type.rank == 1:
+        n = x.type.shape[0]
+        column = chk.broadcast_to(chk.prim("reshape", [x], node.loc, shape=(n, 1)), (n, n), node.loc)
+        return chk.prim("mul", [chk.prim("eye", [], node.loc, n=n), column], node.loc)
+    return diagonal(chk, square_matrix(chk, x, "diag", node.loc), node.loc)
+
+
+def trace(chk, args, kw, node):
+    x = square_matrix(chk, args[0], "trace", node.loc)
+    return chk.prim("reduce_sum", [diagonal(chk, x, node.loc)], node.loc, axis=None)
+
+
+def triangle(name, keep):
+    """tril and triu (NumPy's): the entries on and below (above) diagonal k, zeros elsewhere."""
+    def lower(chk, args, kw, node):
+        x = square_matrix(chk, args[0], name, node.loc)
+        if len(node.args) == 2 and "k" in kw:
+            raise SpadcError(f"the offset of `{name}` is given twice", node.loc)
+        offset_node = node.args[1] if len(node.args) == 2 else kw.get("k")
+        k = 0 if offset_node is None else chk.const_int(offset_node, f"the offset of `{name}`")
+        n = x.type.shape[0]
+        rows, columns = np.indices((n, n))
+        mask = chk.constant(keep(columns - rows, k), node.loc)
+        return chk.prim("select", [mask, x, chk.constant(0.0, node.loc)], node.loc)
+    return lower
