@@ -1,5 +1,5 @@
-"""Tensors of any rank (LANGUAGE.md section 10): `transpose` with a permutation, `reshape` with -1,
-`concat` and `stack` along any axis. Values against NumPy; gradients against central differences
+"""Tensors of any rank (LANGUAGE.md section 10): `@` with NumPy's broadcasting of leading axes,
+`transpose` with a permutation, `reshape` with -1, `concat` and `stack` along any axis. Values against NumPy; gradients against central differences
 and a dot-product test against the interpreter's; mistakes give located errors."""
 
 import numpy as np
@@ -26,6 +26,11 @@ CASES = {  # expression: its value in NumPy, from (A, B, v)
         lambda A, B, v: np.sum(np.stack([v, 2 * v], axis=1) @ [1.0, -1.0]) + np.sum(np.stack([A, A], axis=2)[1] * A[0, 2]),
     "sum(stack(A[0], A[1], axis=-1)[2] * stack(v, v, axis=1))":
         lambda A, B, v: np.sum(np.stack([A[0], A[1]], axis=-1)[2] * np.stack([v, v], axis=1)),
+    "sum((A @ transpose(B, 0, 2, 1)) ^ 2)": lambda A, B, v: np.sum((A @ np.transpose(B, (0, 2, 1))) ** 2),
+    "sum(A @ transpose(A[0]) * A[1, 0:3, 0:3])": lambda A, B, v: np.sum(A @ A[0].T * A[1, 0:3, 0:3]),
+    "sum((A @ v) * A[:, :, 0]) + sum(v @ transpose(B, 0, 2, 1))":
+        lambda A, B, v: np.sum((A @ v) * A[:, :, 0]) + np.sum(v @ np.transpose(B, (0, 2, 1))),
+    "sum(transpose(A, 0, 2, 1)[0] @ A)": lambda A, B, v: np.sum(np.transpose(A, (0, 2, 1))[0] @ A),
     "sum(reshape(A, -1) * reshape(A, 24)) + sum(reshape(B, 5, -1)[2] * reshape(v, 2, -1)[1, 0])":
         lambda A, B, v: np.sum(A * A) + np.sum(B.reshape(5, -1)[2] * v.reshape(2, -1)[1, 0]),
 }
@@ -57,6 +62,8 @@ def test_values_against_numpy_and_gradients_against_central_differences(expressi
     ("sum(reshape(A, -1, -1))", "a dimension of `reshape` must be at least 1, or one of them -1, got -1"),
     ("sum(reshape(A, 5, -1))", "`reshape` cannot make 24 entries into shape"),
     ("sum(reshape(A, 0, 24))", "a dimension of `reshape` must be at least 1, or one of them -1, got 0"),
+    ("sum(A @ B)", "cannot multiply f64[2, 3, 4] `@` f64[2, 5, 4]: inner dimensions differ (4 vs 5)"),
+    ("sum(A @ reshape(B, 5, 4, 2))", "the leading axes of f64[2, 3, 4] and f64[5, 4, 2] do not broadcast in `@`"),
 ])
 def test_mistakes_are_located_errors(expression, message):
     with pytest.raises(spadc.SpadcError, match=r"m:4:\d+: error: ") as info:

@@ -44,6 +44,8 @@ def _vector_or_matrix(t, what, loc):
 
 def matmul(chk, a, b, loc, what="`@`"):
     a, b = chk.to_float(a, what, loc), chk.to_float(b, what, loc)
+    if max(a.type.rank, b.type.rank) >= 3 and what == "`@`":
+        return tensor_builtins.batched_matmul(chk, a, b, loc)
     _vector_or_matrix(a, what, loc)
     _vector_or_matrix(b, what, loc)
     if a.type.shape[-1] != b.type.shape[0]:

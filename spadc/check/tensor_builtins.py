@@ -13,7 +13,9 @@ import math
 import numpy as np
 
 from ..errors import SpadcError
+from ..ir.types import TensorType, broadcast_shapes
 from . import axes
+from .typed import Typed
 
 
 def transpose(chk, args, kw, node):
@@ -122,3 +124,43 @@ def triangle(name, keep):
         mask = chk.constant(keep(columns - rows, k), node.loc)
         return chk.prim("select", [mask, x, chk.constant(0.0, node.loc)], node.loc)
     return lower
+
+
+def batched_matmul(chk, a, b, loc):
+    """`a @ b` with an operand of rank 3 or more: NumPy's matmul, the leading axes broadcast (a vector
+    operand gains an axis of 1 that the result drops). With a matrix on the right it is one matrix
+    product over all rows; otherwise a comprehension of matrix products over the leading axes."""
+    if a.type.rank == 0 or b.type.rank == 0:
+        raise SpadcError(f"`@` needs tensors of rank 1 or more, got {a.type} and {b.type}", loc)
+    a_vector, b_vector = a.type.rank == 1, b.type.rank == 1
+    if a_vector:
+        a = chk.prim("reshape", [a], loc, shape=(1,) + a.type.shape)
+    if b_vector:
+        b = chk.prim("reshape", [b], loc, shape=b.type.shape + (1,))
+    (m, k), (k2, n) = a.type.shape[-2:], b.type.shape[-2:]
+    if k != k2:
+        raise SpadcError(f"cannot multiply {a.type} `@` {b.type}: inner dimensions differ ({k} vs {k2})", loc)
+    lead = broadcast_shapes(a.type.shape[:-2], b.type.shape[:-2])
+    if lead is None:
+        raise SpadcError(f"the leading axes of {a.type} and {b.type} do not broadcast in `@`", loc)
+    rows = math.prod(lead)
+    if b.type.rank == 2:  # weights on the right: one product of all rows
+        flat = chk.prim("reshape", [a], loc, shape=(rows * m, k))
+        product = chk.prim("matmul", [flat, b], loc)
+    else:
+        a = chk.broadcast_to(a, lead + (m, k), loc)
+        b = chk.broadcast_to(b, lead + (k, n), loc)
+        a = chk.prim("reshape", [a], loc, shape=(rows, m, k))
+        b = chk.prim("reshape", [b], loc, shape=(rows, k, n))
+        index = chk.loop_variable("batch", 0, rows)
+        with chk.b.region([index.value]) as block:
+            pick = (("dyn", False), ("slice", 0, m), ("slice", 0, k))
+            left = chk.prim("index", [a, index], loc, spec=pick, what="the left operand of `@`")
+            right = chk.prim("index", [b, index], loc, spec=(("dyn", False), ("slice", 0, k), ("slice", 0, n)),
+                             what="the right operand of `@`")
+            block.yields = [chk.prim("matmul", [left, right], loc).value]
+        (product,) = chk.b.region_op("tabulate", [], (block,), [TensorType("f64", (rows, m, n))], loc, lo=0, hi=rows,
+                                     var="batch")
+        product = Typed(product)
+    shape = lead + ((m,) if not a_vector else ()) + ((n,) if not b_vector else ())
+    return chk.prim("reshape", [product], loc, shape=shape)
