@@ -196,6 +196,9 @@ class ProgramGenerator:
             reduction = self.choice(["sum", "mean", "prod"] + ([] if self.smooth else ["max", "min"]))
             if self.variables[("M", "N")] and self.rng.random() < 0.3:
                 return f"{self.choice(self.variables[('M', 'N')])}[{self.index('M')}, {self.index('N')}]"
+            if self.rng.random() < 0.15:  # a slice from a start known at run time (in range: k % 2 <= N - (N - 1))
+                start = self.choice(["k % 2", "min(abs(k - 3), 1)", "label % 2"])
+                return f"sum(({self.expr(('N',), depth)})[{start}:{start} + N - 1])"
             return f"{reduction}(tanh({body}) for {i} in 0..N)"
         if shape == ("N",):
             i = self.fresh("i")

@@ -291,7 +291,7 @@ def _broadcast(c, op, g, wanted, P):
 @_rule("index", saves=("indices",))
 def _index(c, op, g, wanted, P):
     # The forward pass already checked these indices, so the accumulation does not check them again.
-    spec = tuple(("dyn", False) if kind == "dyn" else (kind, *rest) for kind, *rest in op.attrs["spec"])
+    spec = tuple(("dyn", False, *rest[1:]) if kind == "dyn" else (kind, *rest) for kind, *rest in op.attrs["spec"])
     return [Sparse(g, spec, tuple(P.arg(k) for k in range(1, len(op.args))))] + [None] * (len(op.args) - 1)
 
 

@@ -269,6 +269,9 @@ def _index_offsets(e, op, dynamic):
             base = e.b.add(base, I64(rest[0] * stride))
         elif kind == "dyn":
             base = e.b.add(base, e.b.mul(next(dynamic), I64(stride)))
+            if len(rest) == 2:  # a slice of constant length from this start
+                loops.append(rest[1])
+                loop_strides.append(stride)
         else:
             base = e.b.add(base, I64(rest[0] * stride))
             loops.append(rest[1] - rest[0])
@@ -286,8 +289,9 @@ def _dynamic_indices(e, op, first: int):
             continue
         index = e.load(next(values))
         if rest[0]:
-            inside = e.b.icmp_unsigned("<", index, I64(n))  # unsigned: negatives are huge
-            e.check(inside, primitives.index_error(op.attrs["what"], axis, n), op.loc, index)
+            length = rest[1] if len(rest) == 2 else None
+            inside = e.b.icmp_unsigned("<", index, I64(n - (length or 1) + 1))  # unsigned: negatives are huge
+            e.check(inside, primitives.index_error(op.attrs["what"], axis, n, length), op.loc, index)
         loaded.append(index)
     return loaded
 

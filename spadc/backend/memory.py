@@ -365,7 +365,9 @@ def is_view(op: Op) -> bool:
     if op.kind != "index" or not op.result.type.rank:
         return False
     spec, shape = op.attrs["spec"], op.args[0].type.shape
-    first_slice = next(axis for axis, (kind, *_) in enumerate(spec) if kind == "slice")
+    first_slice = next((axis for axis, (kind, *_) in enumerate(spec) if kind == "slice"), None)
+    if first_slice is None or any(kind == "dyn" and len(rest) == 2 for kind, *rest in spec):
+        return False  # a dynamic slice is copied (its start is known only at run time)
     return all(kind == "slice" and tuple(rest) == (0, n)
                for (kind, *rest), n in zip(spec[first_slice + 1:], shape[first_slice + 1:]))
 

@@ -1,7 +1,9 @@
 """Indexing and slicing: `v[i]`, `A[i, j]`, `A[i]`, `A[:, j]`, `v[a:b]`.
 
 Invariants:
-- Indices are i64 scalars; slice bounds are compile-time integers with 0 <= lo < hi <= n.
+- Indices are i64 scalars; slice bounds are compile-time integers with 0 <= lo < hi <= n, or (a
+  dynamic slice) `s : s + L` with L known at compile time and the start s checked at run time to
+  lie in 0..n-L (unless proved there).
 - No negative-index wraparound: `v[-1]` is out of range (a wrapped `x[i - 1]` at `i = 0` is a bug
   far more often than an intent). Write `v[N - 1]`.
 - An index proved out of range is a compile error. An affine index of loop variables, evaluated
@@ -13,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 from ..errors import Loc, SpadcError
+from ..ir.types import TensorType
 from ..syntax import ast
 
 
@@ -25,7 +28,11 @@ def index(chk, node: ast.Index):
     spec, dynamic = [], []
     for axis, item in enumerate(node.items):
         n = shape[axis]
-        if isinstance(item, ast.Slice):
+        if isinstance(item, ast.Slice) and _is_dynamic(chk, item):
+            entry, start = _dynamic_slice(chk, item, n, axis, what)
+            spec.append(entry)
+            dynamic.append(start)
+        elif isinstance(item, ast.Slice):
             lo = 0 if item.lo is None else chk.const_int(item.lo, "a slice bound")
             hi = n if item.hi is None else chk.const_int(item.hi, "a slice bound")
             if not 0 <= lo < hi <= n:
@@ -68,3 +75,66 @@ def _index_entry(chk, typed, n: int, axis: int, what: str, loc: Loc):
         if 0 <= lo and hi < n:
             return ("dyn", False), [typed]
     return ("dyn", True), [typed]
+
+
+# ---- dynamic slices: x[s : s + L], L known at compile time, s at run time (LANGUAGE.md section 10) ----
+
+def _constant(chk, node) -> int | None:
+    """The node's integer value when it is known at compile time, else None."""
+    try:
+        value = chk.const_value(node, "a slice bound")
+    except SpadcError:
+        return None
+    return int(value) if value.dtype.kind in "iu" and value.ndim == 0 else None
+
+
+def _is_dynamic(chk, item: ast.Slice) -> bool:
+    return any(bound is not None and _constant(chk, bound) is None for bound in (item.lo, item.hi))
+
+
+def _linear(chk, node) -> tuple[dict, int] | None:
+    """`node` as sum(coefficient * name) + offset over the names it reads (each a value), or None."""
+    constant = _constant(chk, node)
+    if constant is not None:
+        return {}, constant
+    if isinstance(node, ast.Var) and (binding := chk.lookup(node.name)) is not None:
+        return {binding.typed.value.id: 1}, 0
+    if isinstance(node, ast.Unary) and node.op in "+-" and (inner := _linear(chk, node.operand)) is not None:
+        sign = -1 if node.op == "-" else 1
+        return {k: sign * c for k, c in inner[0].items()}, sign * inner[1]
+    if isinstance(node, ast.Binary) and node.op in ("+", "-"):
+        left, right = _linear(chk, node.lhs), _linear(chk, node.rhs)
+        if left is None or right is None:
+            return None
+        sign = 1 if node.op == "+" else -1
+        terms = dict(left[0])
+        for k, c in right[0].items():
+            terms[k] = terms.get(k, 0) + sign * c
+        return terms, left[1] + sign * right[1]
+    if isinstance(node, ast.Binary) and node.op == "*":
+        left, right = _linear(chk, node.lhs), _linear(chk, node.rhs)
+        if left is not None and right is not None and (not left[0] or not right[0]):
+            scale, form = (left[1], right) if not left[0] else (right[1], left)
+            return {k: scale * c for k, c in form[0].items()}, scale * form[1]
+    return None
+
+
+def _dynamic_slice(chk, item: ast.Slice, n: int, axis: int, what: str):
+    """The spec entry ("dyn", checked, L) and the start of `x[lo : hi]` where hi - lo = L is known at
+    compile time and lo is not."""
+    if item.lo is None or item.hi is None:
+        raise SpadcError("a slice with a start known only at run time needs both bounds, as in `x[s : s + 3]`",
+                         item.loc)
+    start = chk.expr(item.lo)
+    if start.type != TensorType("i64"):
+        raise SpadcError(f"the start of a slice must be an i64 scalar, got {start.type}", ast.start_loc(item.lo))
+    lo, hi = _linear(chk, item.lo), _linear(chk, item.hi)
+    difference = None if lo is None or hi is None else {k: hi[0].get(k, 0) - lo[0].get(k, 0) for k in {*lo[0], *hi[0]}}
+    if difference is None or any(difference.values()):
+        raise SpadcError("the length of a slice must be known at compile time: write it as `x[s : s + L]` with "
+                         "L a constant", item.loc)
+    length = hi[1] - lo[1]
+    if not 1 <= length <= n:
+        raise SpadcError(f"a slice of {length} does not fit axis {axis} of {what} (length {n})", item.loc)
+    proven = start.interval is not None and 0 <= start.interval[0] and start.interval[1] <= n - length
+    return ("dyn", not proven, length), start

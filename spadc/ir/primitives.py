@@ -278,36 +278,48 @@ def _index_infer(types, attrs):
             shape.append(hi - lo)
         elif kind == "const":
             _require(0 <= rest[0] < n, f"index {rest[0]} of axis {n}")
+        elif len(rest) == 2:  # a dynamic slice: ("dyn", checked, length)
+            _require(1 <= rest[1] <= n, f"a dynamic slice of {rest[1]} of axis {n}")
+            shape.append(rest[1])
     return t.with_shape(shape)
 
 
-def index_error(what: str, axis: int, n: int) -> str:
-    """The run-time message of a bad index, with `{value}` for the index (interpreter and compiled code)."""
+def index_error(what: str, axis: int, n: int, length: int | None = None) -> str:
+    """The run-time message of a bad index (or dynamic slice start), with `{value}` for it
+    (interpreter and compiled code)."""
     if what == "label":
         return f"label {{value}} is out of range for {n} classes"
+    if length is not None:
+        return (f"{what}: a slice of {length} from {{value}} is out of range for axis {axis} of length {n} "
+                f"(its start must be in 0..{n - length})")
     return f"{what}: index {{value}} is out of range for axis {axis} of length {n}"
 
 
-def _index_evaluate(args, attrs, ctx):
-    x, *indices = args
-    dynamic = iter(indices)
-    key = []
-    for axis, ((kind, *rest), n) in enumerate(zip(attrs["spec"], x.shape)):
+def index_key(spec, dynamic, shape, what: str) -> tuple:
+    """The NumPy key of an `index` spec with its dynamic operands' values, range-checked (`Fault`)."""
+    dynamic, key = iter(dynamic), []
+    for axis, ((kind, *rest), n) in enumerate(zip(spec, shape)):
         if kind == "slice":
             key.append(slice(rest[0], rest[1]))
         elif kind == "const":
             key.append(rest[0])
         else:
-            i = int(next(dynamic))
-            if not 0 <= i < n:
-                raise Fault(index_error(attrs["what"], axis, n).format(value=i))
-            key.append(i)
-    return np.array(x[tuple(key)])
+            i, length = int(next(dynamic)), rest[1] if len(rest) == 2 else None
+            if not 0 <= i <= n - (length or 1):
+                raise Fault(index_error(what, axis, n, length).format(value=i))
+            key.append(i if length is None else slice(i, i + length))
+    return tuple(key)
+
+
+def _index_evaluate(args, attrs, ctx):
+    x, *indices = args
+    return np.array(x[index_key(attrs["spec"], indices, x.shape, attrs["what"])])
 
 
 _define("index", None, _index_infer, _index_evaluate, "structure",
-        "x[...]: per axis a constant index, a constant slice, or a dynamic i64 operand (range-checked "
-        "at run time unless the checker proved it in range); attrs: spec, what")
+        "x[...]: per axis a constant index, a constant slice, a dynamic i64 operand, or a slice of constant "
+        "length from a dynamic start (range-checked at run time unless the checker proved it in range); attrs: "
+        "spec (('slice', lo, hi), ('const', i), ('dyn', checked) or ('dyn', checked, length)), what")
 
 
 def _stack_infer(types, attrs):
@@ -397,9 +409,7 @@ def _index_add_infer(types, attrs):
 
 def _index_add_evaluate(args, attrs, ctx):
     acc, g, *indices = args
-    dynamic = iter(indices)
-    key = tuple(slice(rest[0], rest[1]) if kind == "slice" else rest[0] if kind == "const" else int(next(dynamic))
-                for kind, *rest in attrs["spec"])
+    key = index_key(attrs["spec"], indices, acc.shape, "index_add")
     out = acc.copy()
     out[key] += g
     return out

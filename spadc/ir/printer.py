@@ -70,7 +70,8 @@ def _op_text(op: Op, names: _Names) -> str:
             elif kind == "const":
                 items.append(str(rest[0]))
             else:
-                items.append(next(dynamic) + ("!" if rest[0] else ""))
+                start = next(dynamic) + ("!" if rest[0] else "")
+                items.append(f"{start}:+{rest[1]}" if len(rest) == 2 else start)
         return f"{args[0]}[{', '.join(items)}]"
     if op.kind.startswith("gate_"):  # the draw, briefly; the full attributes are in the IR itself
         a = op.attrs
