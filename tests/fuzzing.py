@@ -280,6 +280,9 @@ class ProgramGenerator:
             self.variables[shape].append(other)
         else:
             lines = [f"let {name} = {self.expr(shape, depth)}"]
+        if shape == ("N",) and self.rng.random() < 0.3:  # a functional update of an entry or a slice
+            target = self.choice([self.index("N"), "0:N - 1", "k % 2:k % 2 + 1"])
+            lines.append(f"{name}[{target}] {self.choice(['=', '+='])} {self.expr((), depth - 1)}")  # broadcast
         if roll > 0.5:
             lines += self.loop(name, shape, depth)
         elif roll > 0.3:

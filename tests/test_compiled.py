@@ -56,6 +56,7 @@ PRIMITIVE_PROGRAMS = {
     "comprehension": "sum([x[i] * x[(i + 1) % 4] for i in 0..4]) + sum(x[i] ^ 2 for i in 0..4)",
     "loop": "",  # written out in program_text
     "while": "",  # written out in program_text
+    "updates": "",  # written out in program_text
     "conditional": "sum(if k > 1 then x * x else exp(x)) + (if x[0] > 0 then x[1] else x[2] * A[0, 0])",
     "sampled_weights": "sum(tanh(A @ tanh(x)))",  # under RAD a gated residual: gate_outer_add
     "tensors": ("sum(concat(A, reshape(x, 1, 4), axis=0) * concat(A, A[0:1] * 2.0, axis=0)) + sum(stack(x, x * x, axis=1)"
@@ -72,6 +73,8 @@ def program_text(name):
     body = PRIMITIVE_PROGRAMS[name]
     if name == "loop":  # a loop whose body reads a param captured from outside the loop
         return PRELUDE + "let h = x\nfor t in 0..5 {\n  h = tanh(A[0:3, 0:3] @ h[0:3] * 0.5 + x[0:3])[0] + h\n}\nloss sum(h * x)"
+    if name == "updates":
+        return PRELUDE + "let y = x\ny[k] = x[0] * x[1]\ny[1:3] += A[0, 0:2]\nloss sum(y * y)"
     if name == "while":  # trips set by an input (k = 2 of at most 5): central differences see a smooth loss
         return PRELUDE + "let h = x\nlet n = 0\nwhile n < k max 5 {\n  h = tanh(h * 1.5 + A[n])\n  n = n + 1\n}\nloss sum(h * x)"
     return PRELUDE + f"loss {body}"

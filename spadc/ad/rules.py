@@ -288,17 +288,31 @@ def _broadcast(c, op, g, wanted, P):
     return [unbroadcast(c, g, op.args[0].type.shape)]
 
 
+def _unchecked(spec) -> tuple:
+    """An index spec whose dynamic entries the forward pass already checked: not checked again."""
+    return tuple(("dyn", False, *rest[1:]) if kind == "dyn" else (kind, *rest) for kind, *rest in spec)
+
+
 @_rule("index", saves=("indices",))
 def _index(c, op, g, wanted, P):
-    # The forward pass already checked these indices, so the accumulation does not check them again.
-    spec = tuple(("dyn", False, *rest[1:]) if kind == "dyn" else (kind, *rest) for kind, *rest in op.attrs["spec"])
-    return [Sparse(g, spec, tuple(P.arg(k) for k in range(1, len(op.args))))] + [None] * (len(op.args) - 1)
+    indices = tuple(P.arg(k) for k in range(1, len(op.args)))
+    return [Sparse(g, _unchecked(op.attrs["spec"]), indices)] + [None] * len(indices)
 
 
 @_rule("index_add", saves=("indices",))
 def _index_add(c, op, g, wanted, P):
     indices = [P.arg(k) for k in range(2, len(op.args))]
-    return [g, c.op("index", g, *indices, spec=op.attrs["spec"], what="index_add")] + [None] * len(indices)
+    return [g, c.op("index", g, *indices, spec=_unchecked(op.attrs["spec"]), what="index_add")] + [None] * len(indices)
+
+
+@_rule("index_set", saves=("indices",))
+def _index_set(c, op, g, wanted, P):
+    """The old entries that were replaced get no gradient; the value gets theirs."""
+    indices = [P.arg(k) for k in range(2, len(op.args))]
+    spec = _unchecked(op.attrs["spec"])
+    kept = c.op("index_set", g, c.zeros(op.args[1].type), *indices, spec=spec) if wanted[0] else None
+    replaced = c.op("index", g, *indices, spec=spec, what="index_set") if wanted[1] else None
+    return [kept, replaced] + [None] * len(indices)
 
 
 @_rule("stack")

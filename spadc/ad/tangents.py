@@ -220,6 +220,12 @@ def _index_add(t, op, d):
     return t.op("index_add", _or_zeros(t, d[0], acc), d[1], *indices, **op.attrs)
 
 
+@_tangent("index_set")
+def _index_set(t, op, d):
+    acc, value, *indices = op.args
+    return t.op("index_set", _or_zeros(t, d[0], acc), _or_zeros(t, d[1], value), *indices, **op.attrs)
+
+
 @_tangent("stack")
 def _stack(t, op, d):
     return t.op("stack", *[_or_zeros(t, dk, a) for dk, a in zip(d, op.args)])

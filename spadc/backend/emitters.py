@@ -291,7 +291,7 @@ def _dynamic_indices(e, op, first: int):
         if rest[0]:
             length = rest[1] if len(rest) == 2 else None
             inside = e.b.icmp_unsigned("<", index, I64(n - (length or 1) + 1))  # unsigned: negatives are huge
-            e.check(inside, primitives.index_error(op.attrs["what"], axis, n, length), op.loc, index)
+            e.check(inside, primitives.index_error(op.attrs.get("what", op.kind), axis, n, length), op.loc, index)
         loaded.append(index)
     return loaded
 
@@ -314,6 +314,15 @@ def _index_add(e, op):
     with e.nest(shape) as index:
         at = offset(index)
         e.store(out, at, e.b.fadd(e.load(out, at), e.load(g, e.linear(index, _strides(shape)))))
+
+
+def _index_set(e, op):
+    # out = acc (in place when the planner shares their storage); out[region] = value
+    acc, value, out = op.args[0], op.args[1], op.result
+    e.copy(acc, out)
+    shape, offset = _index_offsets(e, op, _dynamic_indices(e, op, 2))
+    with e.nest(shape) as index:
+        e.store(out, offset(index), e.load(value, e.linear(index, _strides(shape))))
 
 
 def _stack(e, op):
@@ -525,7 +534,7 @@ EMITTERS = {name: _elementwise for name in SCALAR}
 EMITTERS.update({
     "reduce_sum": _reduce, "reduce_prod": _reduce, "reduce_max": _reduce, "reduce_min": _reduce,
     "first_true": _first_true, "argmax": _argmax, "matmul": _matmul, "outer": _outer, "outer_add": gemm.outer_sum, "transpose": _transpose, "reshape": _reshape,
-    "broadcast": _broadcast, "index": _index, "index_add": _index_add, "stack": _stack, "concat": _concat, "const": _const,
+    "broadcast": _broadcast, "index": _index, "index_add": _index_add, "index_set": _index_set, "stack": _stack, "concat": _concat, "const": _const,
     "eye": _eye, "onehot": _onehot, "fail_if": _fail_if, "dropout_mask": _dropout_mask, "pack_bits": _pack_bits,
     "unpack_bits": _unpack_bits, "record": _record, "field": _field,
 })

@@ -18,7 +18,7 @@ Invariants:
 - A loop's final carried values share the storage of its body's carried parameters, which live
   for the whole loop. Every result of a region op (stacked rows, a branch's value) lives from the
   op's start to at least its end: it is written during the op, even if nothing reads it after.
-- An elementwise op, or `index_add`/`outer_add`/`gate_outer_add`, writes in place over an operand of the same type
+- An elementwise op, or `index_add`/`index_set`/`outer_add`/`gate_outer_add`, writes in place over an operand of the same type
   when that operand dies at the op and belongs to the op's own block (for a scalar: only a running
   sum's, which then lives in the caller's buffer like a tensor's): each output entry depends
   only on the same entry of its operands, so reading and writing one buffer is safe. This makes
@@ -390,7 +390,7 @@ def _carry_in_place(op: Op, owned: set[int], schedule: _Schedule, plan_: MemoryP
 
 def _in_place_donor(op: Op, result: Value, owned: set[int], schedule: _Schedule, plan_: MemoryPlan,
                     storage: _Storage) -> Value | None:
-    if op.kind in ("index_add", "outer_add", "gate_outer_add"):  # they update their first operand entry by entry
+    if op.kind in ("index_add", "index_set", "outer_add", "gate_outer_add"):  # they update their first operand entry by entry
         candidates = op.args[:1]
     elif op.kind in primitives.PRIMITIVES and primitives.PRIMITIVES[op.kind].family in _IN_PLACE_FAMILIES:
         candidates = op.args

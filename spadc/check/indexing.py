@@ -21,12 +21,18 @@ from ..syntax import ast
 
 def index(chk, node: ast.Index):
     base = chk.expr(node.base)
-    shape = base.type.shape
-    if len(node.items) > len(shape):
-        raise SpadcError(f"too many indices: {base.type} has rank {len(shape)}, got {len(node.items)}", node.loc)
     what = f"`{node.base.name}`" if isinstance(node.base, ast.Var) else "the indexed tensor"
+    spec, dynamic = index_spec(chk, base, node.items, what, node.loc)
+    return chk.prim("index", [base, *dynamic], node.loc, spec=spec, what=what)
+
+
+def index_spec(chk, base, items, what: str, loc: Loc) -> tuple[tuple, list]:
+    """The `index` spec of `base[items]` and its dynamic operands (indices, slice starts)."""
+    shape = base.type.shape
+    if len(items) > len(shape):
+        raise SpadcError(f"too many indices: {base.type} has rank {len(shape)}, got {len(items)}", loc)
     spec, dynamic = [], []
-    for axis, item in enumerate(node.items):
+    for axis, item in enumerate(items):
         n = shape[axis]
         if isinstance(item, ast.Slice) and _is_dynamic(chk, item):
             entry, start = _dynamic_slice(chk, item, n, axis, what)
@@ -42,8 +48,8 @@ def index(chk, node: ast.Index):
             entry = _index_entry(chk, chk.expr(item), n, axis, what, ast.start_loc(item))
             spec.append(entry[0])
             dynamic += entry[1]
-    spec += [("slice", 0, n) for n in shape[len(node.items):]]
-    return chk.prim("index", [base, *dynamic], node.loc, spec=tuple(spec), what=what)
+    spec += [("slice", 0, n) for n in shape[len(items):]]
+    return tuple(spec), dynamic
 
 
 def index_value(chk, base, indices, nodes, what: str, loc: Loc):

@@ -56,7 +56,7 @@ class _ProgramChecker(StatementChecker):
 
     def run(self, module: ast.Module) -> Program:
         handlers = {ast.Input: self.input, ast.State: self.state, ast.Param: self.param, ast.Output: self.output, ast.Loss: self.loss_stmt,
-                    ast.Let: self.let, ast.Assign: self.assign, ast.Unpack: self.unpack, ast.For: self.for_loop,
+                    ast.Let: self.let, ast.Assign: self.assign, ast.Unpack: self.unpack, ast.Update: self.update, ast.For: self.for_loop,
                     ast.While: self.while_loop}
         for stmt in module.statements:
             if isinstance(stmt, (ast.Const, ast.Fn, ast.Import)):

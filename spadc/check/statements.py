@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from ..errors import Loc, SpadcError
 from ..ir.core import Value
-from ..ir.types import BOOL, DTYPES, I64, TensorType
+from ..ir import primitives
+from ..ir.types import BOOL, DTYPES, I64, TensorType, broadcast_shapes
 from ..syntax import ast
+from . import indexing
 from .expressions import ExprChecker
 from .typed import Binding, Typed
 
@@ -85,6 +87,28 @@ class StatementChecker(ExprChecker):
                 self.declare(name, "let", value, name_loc)
             else:
                 self._rebind(name, name_loc, value, stmt.loc)
+
+    def update(self, stmt: ast.Update):
+        """`x[i, a:b] = e` and `x[...] += e`: x rebound to a new value (value semantics: whatever else
+        holds the old one keeps it); `e` is broadcast to the entries it replaces (or increases)."""
+        binding = self.lookup(stmt.name)
+        if binding is None or not binding.assignable:
+            self._rebind(stmt.name, stmt.name_loc, None, stmt.loc)  # the message says why not
+        old = binding.typed
+        if old.type.rank == 0:
+            raise SpadcError(f"`{stmt.name}` is a scalar: rebind it with `{stmt.name} = ...`", stmt.name_loc)
+        spec, dynamic = indexing.index_spec(self, old, stmt.items, f"`{stmt.name}`", stmt.loc)
+        region = primitives.infer("index", [old.type] + [d.type for d in dynamic], {"spec": spec})
+        value = self.expr(stmt.value)
+        if old.type.dtype == "f64":
+            value = self.to_float(value, f"the new entries of `{stmt.name}`", ast.start_loc(stmt.value))
+        if value.type.dtype != old.type.dtype or broadcast_shapes(value.type.shape, region.shape) != region.shape:
+            raise SpadcError(f"the entries of `{stmt.name}` updated are {region} but the new value is {value.type}",
+                             ast.start_loc(stmt.value))
+        value = self.broadcast_to(value, region.shape, stmt.loc)
+        kind = "index_add" if stmt.add else "index_set"
+        self._rebind(stmt.name, stmt.name_loc, self.prim(kind, [old, value, *dynamic], stmt.loc, spec=spec,
+                                                          what=f"`{stmt.name}`"), stmt.loc)
 
     def _rebind(self, name: str, name_loc: Loc, new: Typed, loc: Loc):
         binding = self.lookup(name)
@@ -246,7 +270,7 @@ def _assigned_names(statements) -> list[str]:
     """Names rebound anywhere in these statements (nested loops included), in first-seen order."""
     names: list[str] = []
     for stmt in statements:
-        if isinstance(stmt, ast.Assign) and stmt.name not in names:
+        if isinstance(stmt, (ast.Assign, ast.Update)) and stmt.name not in names:
             names.append(stmt.name)
         elif isinstance(stmt, ast.Unpack) and not stmt.declare:
             names += [n for n in stmt.names if n not in names]
@@ -259,6 +283,7 @@ _BLOCK_HANDLERS = {
     ast.Let: StatementChecker.let,
     ast.Assign: StatementChecker.assign,
     ast.Unpack: StatementChecker.unpack,
+    ast.Update: StatementChecker.update,
     ast.For: StatementChecker.for_loop,
     ast.While: StatementChecker.while_loop,
 }

@@ -409,12 +409,23 @@ def _index_add_infer(types, attrs):
 
 def _index_add_evaluate(args, attrs, ctx):
     acc, g, *indices = args
-    key = index_key(attrs["spec"], indices, acc.shape, "index_add")
+    key = index_key(attrs["spec"], indices, acc.shape, attrs.get("what", "index_add"))
     out = acc.copy()
     out[key] += g
     return out
 
 
+def _index_set_evaluate(args, attrs, ctx):
+    acc, value, *indices = args
+    key = index_key(attrs["spec"], indices, acc.shape, attrs.get("what", "index_set"))
+    out = acc.copy()
+    out[key] = value
+    return out
+
+
+_define("index_set", None, _index_add_infer, _index_set_evaluate, "structure",
+        "acc with acc[...] (the spec of `index`) replaced by a value: `x[i] = e`, a new value (nothing "
+        "aliased changes), written in place over acc when acc dies here. attrs: spec, what (optional)")
 _define("index_add", None, _index_add_infer, _index_add_evaluate, "structure",
         "acc with g added at acc[...] (the spec of `index`): the adjoint of `index`, accumulated in place. "
         "attrs: spec")

@@ -232,6 +232,17 @@ class Assign:
 
 
 @dataclass(frozen=True)
+class Update:
+    """`x[i, a:b] = e` (or `+= e`): `x` rebound to a copy with those entries replaced (increased)."""
+    name: str
+    items: tuple["Expr | Slice", ...]
+    value: Expr
+    add: bool
+    loc: Loc
+    name_loc: Loc
+
+
+@dataclass(frozen=True)
 class For:
     var: str
     range: Range
@@ -286,7 +297,7 @@ class Unpack:
     declare: bool
 
 
-Stmt = Union[Const, Input, State, Param, Fn, Import, Let, Assign, Unpack, For, While, Output, Loss, Return]
+Stmt = Union[Const, Input, State, Param, Fn, Import, Let, Assign, Unpack, Update, For, While, Output, Loss, Return]
 
 
 @dataclass(frozen=True)

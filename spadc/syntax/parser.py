@@ -335,6 +335,11 @@ class _Builder(Transformer):
         *names, value = c
         return ast.Unpack(tuple(map(str, names)), value, self._loc(meta), tuple(map(self._loc, names)), False)
 
+    def update_stmt(self, meta, c):
+        name, *items, operator, value = c
+        return ast.Update(str(name), tuple(i for i in items if i is not None), value, str(operator) == "+=",
+                          self._loc(meta), self._loc(name))
+
     def tuple_type(self, meta, c):
         return tuple(c)
 
