@@ -60,7 +60,8 @@ PRIMITIVE_PROGRAMS = {
     "conditional": "sum(if k > 1 then x * x else exp(x)) + (if x[0] > 0 then x[1] else x[2] * A[0, 0])",
     "sampled_weights": "sum(tanh(A @ tanh(x)))",  # under RAD a gated residual: gate_outer_add
     "tensors": ("sum(concat(A, reshape(x, 1, 4), axis=0) * concat(A, A[0:1] * 2.0, axis=0)) + sum(stack(x, x * x, axis=1)"
-                " @ [1.0, 2.0]) + sum(transpose(reshape(A, 3, 2, 2), 1, 2, 0)[0] * A[0:2, 0:3]) + sum(reshape(A, -1, 6)[1])"),
+                " @ [1.0, 2.0]) + sum(transpose(reshape(A, 3, 2, 2), 1, 2, 0)[0] * A[0:2, 0:3]) + sum(reshape(A, -1, 6)[1])"
+                " + sum(cumsum(A, axis=1)[1] * x)"),
     "dynamic_slices": "sum(x[k - 1:k + 1] * A[0, k:k + 2]) + sum([sum(A[i, 0:4][i:i + 2]) for i in 0..3])",
     "shapes": "sum(reshape(A, 2, 6) * reshape(A, 12)[0:6]) + x[argmax(A, axis=1)[1]] * float(argmax(x))",
 }

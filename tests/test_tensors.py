@@ -1,5 +1,5 @@
 """Tensors of any rank (LANGUAGE.md section 10): `@` with NumPy's broadcasting of leading axes,
-`transpose` with a permutation, `reshape` with -1, `concat` and `stack` along any axis. Values against NumPy; gradients against central differences
+`transpose` with a permutation, `reshape` with -1, `concat` and `stack` along any axis, `cumsum`. Values against NumPy; gradients against central differences
 and a dot-product test against the interpreter's; mistakes give located errors."""
 
 import numpy as np
@@ -31,6 +31,8 @@ CASES = {  # expression: its value in NumPy, from (A, B, v)
     "sum((A @ v) * A[:, :, 0]) + sum(v @ transpose(B, 0, 2, 1))":
         lambda A, B, v: np.sum((A @ v) * A[:, :, 0]) + np.sum(v @ np.transpose(B, (0, 2, 1))),
     "sum(transpose(A, 0, 2, 1)[0] @ A)": lambda A, B, v: np.sum(np.transpose(A, (0, 2, 1))[0] @ A),
+    "sum(cumsum(A, axis=1) * A) + sum(cumsum(B, axis=-1) ^ 2) + sum(cumsum(v) * v)":
+        lambda A, B, v: np.sum(np.cumsum(A, 1) * A) + np.sum(np.cumsum(B, -1) ** 2) + np.sum(np.cumsum(v) * v),
     "sum(reshape(A, -1) * reshape(A, 24)) + sum(reshape(B, 5, -1)[2] * reshape(v, 2, -1)[1, 0])":
         lambda A, B, v: np.sum(A * A) + np.sum(B.reshape(5, -1)[2] * v.reshape(2, -1)[1, 0]),
 }
@@ -62,6 +64,8 @@ def test_values_against_numpy_and_gradients_against_central_differences(expressi
     ("sum(reshape(A, -1, -1))", "a dimension of `reshape` must be at least 1, or one of them -1, got -1"),
     ("sum(reshape(A, 5, -1))", "`reshape` cannot make 24 entries into shape"),
     ("sum(reshape(A, 0, 24))", "a dimension of `reshape` must be at least 1, or one of them -1, got 0"),
+    ("sum(cumsum(A))", "`cumsum` of f64[2, 3, 4] needs an `axis`"),
+    ("sum(cumsum(v[0]))", "`cumsum` needs a tensor, got f64"),
     ("sum(A @ B)", "cannot multiply f64[2, 3, 4] `@` f64[2, 5, 4]: inner dimensions differ (4 vs 5)"),
     ("sum(A @ reshape(B, 5, 4, 2))", "the leading axes of f64[2, 3, 4] and f64[5, 4, 2] do not broadcast in `@`"),
 ])

@@ -260,6 +260,12 @@ def _outer_add(c, op, g, wanted, P):
             c.op("matmul", P.arg(1), g) if wanted[2] else None]
 
 
+@_rule("cumsum")
+def _cumsum(c, op, g, wanted, P):
+    """Each entry feeds every later running sum: its adjoint is the sum of g from it to the end."""
+    return [c.op("cumsum", g, axis=op.attrs["axis"], reverse=not op.attrs.get("reverse", False))]
+
+
 @_rule("transpose")
 def _transpose(c, op, g, wanted, P):
     perm = permutation(op.args[0].type.rank, op.attrs)

@@ -208,7 +208,7 @@ def _same_op(t, op, d):
     return t.op(op.kind, d[0], *op.args[1:], **op.attrs) if d[0] is not None else None
 
 
-for _name in ("transpose", "reshape", "broadcast", "index", "field", "gate_unpack"):
+for _name in ("transpose", "reshape", "broadcast", "index", "field", "gate_unpack", "cumsum"):
     TANGENTS[_name] = _same_op
 
 

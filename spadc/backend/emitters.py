@@ -119,6 +119,25 @@ def _reduce(e, op):
                 e.store(out, target, _combine(e, op, e.load(out, target), e.load(x, b.add(at, i))))
 
 
+def _cumsum(e, op):
+    # out[o, 0, i] = x[o, 0, i]; out[o, j, i] = out[o, j - 1, i] + x[o, j, i] (from the end with `reverse`)
+    x, out = op.args[0], op.result
+    outer, n, inner = _split(x.type.shape, op.attrs["axis"])
+    b, reverse = e.b, op.attrs.get("reverse", False)
+    add = b.fadd if is_float(x) else b.add
+    with e.loop(outer, "o") as o:
+        base = b.mul(o, I64(n * inner))
+        first = b.add(base, I64((n - 1) * inner if reverse else 0))
+        with e.loop(inner, "i") as i:
+            e.store(out, b.add(first, i), e.load(x, b.add(first, i)))
+        with e.loop(n - 1, "j", start=1) as j:
+            position = b.sub(I64(n - 1), j) if reverse else j
+            at = b.add(base, b.mul(position, I64(inner)))
+            before = b.add(base, b.mul(b.add(position, I64(1 if reverse else -1)), I64(inner)))
+            with e.loop(inner, "i") as i:
+                e.store(out, b.add(at, i), add(e.load(out, b.add(before, i)), e.load(x, b.add(at, i))))
+
+
 def _argmax(e, op):
     # per line along the axis: best = x[0], at = 0; for j: take x[j] when it is larger, or NaN while
     # best is not (NumPy: the first NaN, else the first maximum)
@@ -533,7 +552,7 @@ def _field(e, op):
 EMITTERS = {name: _elementwise for name in SCALAR}
 EMITTERS.update({
     "reduce_sum": _reduce, "reduce_prod": _reduce, "reduce_max": _reduce, "reduce_min": _reduce,
-    "first_true": _first_true, "argmax": _argmax, "matmul": _matmul, "outer": _outer, "outer_add": gemm.outer_sum, "transpose": _transpose, "reshape": _reshape,
+    "first_true": _first_true, "argmax": _argmax, "cumsum": _cumsum, "matmul": _matmul, "outer": _outer, "outer_add": gemm.outer_sum, "transpose": _transpose, "reshape": _reshape,
     "broadcast": _broadcast, "index": _index, "index_add": _index_add, "index_set": _index_set, "stack": _stack, "concat": _concat, "const": _const,
     "eye": _eye, "onehot": _onehot, "fail_if": _fail_if, "dropout_mask": _dropout_mask, "pack_bits": _pack_bits,
     "unpack_bits": _unpack_bits, "record": _record, "field": _field,

@@ -164,3 +164,15 @@ def batched_matmul(chk, a, b, loc):
         product = Typed(product)
     shape = lead + ((m,) if not a_vector else ()) + ((n,) if not b_vector else ())
     return chk.prim("reshape", [product], loc, shape=shape)
+
+
+def cumsum(chk, args, kw, node):
+    """NumPy's cumsum; `axis` required for a tensor of rank 2 or more (NumPy would flatten it first)."""
+    x = chk.numeric(args[0], "`cumsum`", node.loc)
+    if x.type.rank == 0:
+        raise SpadcError(f"`cumsum` needs a tensor, got {x.type}", node.loc)
+    axis = axes.axis_keyword(chk, kw, x.type.rank, "cumsum", node)
+    if axis is None and x.type.rank > 1:
+        raise SpadcError(f"`cumsum` of {x.type} needs an `axis` (NumPy would flatten it first; write "
+                         f"`cumsum(reshape(x, -1))` for that)", node.loc)
+    return chk.prim("cumsum", [x], node.loc, axis=axis or 0)

@@ -162,6 +162,24 @@ _reduce("reduce_max", np.max, "maximum over one axis or all; the derivative goes
 _reduce("reduce_min", np.min, "minimum over one axis or all; the derivative goes to the first minimal entry")
 
 
+def _cumsum_infer(types, attrs):
+    (t,) = types
+    _require(t.dtype in ("f64", "i64") and 0 <= attrs["axis"] < t.rank, f"cumsum of {t} along {attrs['axis']}")
+    return t
+
+
+def _cumsum_evaluate(args, attrs, ctx):
+    x, axis = args[0], attrs["axis"]
+    if attrs.get("reverse"):
+        return np.flip(np.cumsum(np.flip(x, axis), axis=axis), axis).copy()
+    return np.cumsum(x, axis=axis)
+
+
+_define("cumsum", 1, _cumsum_infer, _cumsum_evaluate, "structure",
+        "running sums along `axis` (NumPy's cumsum); with `reverse`, from the end: the adjoint of cumsum. "
+        "attrs: axis, reverse (optional)")
+
+
 def _argmax_infer(types, attrs):
     (t,) = types
     _require(t.dtype in ("f64", "i64"), f"argmax takes f64 or i64, got {t}")
