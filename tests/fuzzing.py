@@ -66,7 +66,7 @@ SMOOTH_UNARY = ["tanh({0})", "sin({0})", "cos({0})", "sigmoid({0})", "exp(tanh({
                 "log1p({0} * {0})", "sqrt({0} * {0} + 1)", "softplus({0})", "expm1(tanh({0}))",
                 "tan(0.3 * tanh({0}))", "-{0}", "sin(pi * {0}) * e", "(({0}) * ({0}) + 1) ^ 0.5", "2 ^ tanh({0})",
                 "atan({0})", "sinh(tanh({0}))", "cosh(tanh({0}))", "asin(0.5 * tanh({0}))", "acos(0.5 * tanh({0}))",
-                "erf({0})", "gelu({0})", "silu({0})"]
+                "erf({0})", "gelu({0})", "silu({0})", "lgamma({0} * {0} + 0.5)", "digamma({0} * {0} + 1)"]
 ROUGH_UNARY = ["abs({0})", "relu({0})", "sign({0})", "floor({0})", "stop_gradient({0})", "float(int({0} * 3))",
                "abs({0}) ^ 1.5", "round({0} * 2)", "elu({0})", "leaky_relu({0}, a=0.1)", "clip({0}, -0.5, 0.8)"]
 SMOOTH_BINARY = ["{0} + {1}", "{0} - {1}", "{0} * {1}", "{0} / ({1} * {1} + 1)", "atan2({0}, {1} * {1} + 1)"]

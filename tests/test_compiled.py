@@ -40,7 +40,7 @@ PRIMITIVE_PROGRAMS = {
     "trigonometric": "sum(sin(x) + cos(x) + tan(0.3 * x) + tanh(x))",
     "activations": "sum(sigmoid(x) + relu(x) + softplus(x) + floor(x * 3))",
     "inverse_hyperbolic_erf": "sum(asin(0.4 * tanh(x)) + acos(0.3 * tanh(x)) + atan(x) + atan2(x, v + 2.0)"
-                              " + sinh(x) * cosh(x) + erf(x) + round(x * 3))",
+                              " + sinh(x) * cosh(x) + erf(x) + round(x * 3) + lgamma(x * x + 0.5) + digamma(x * x + 1.0))",
     "conversions": "float(k) * x[0] + float(int(x[1] * 10)) * x[2]",
     "stop_gradient": "sum(stop_gradient(x) * x) + sum(stop_gradient(A))",
     "division": "sum(x / (x * x + 1)) + sum(x // 0.7) + sum(x % 0.7) + sum(abs(x) ^ 1.5) + sum(2 ^ x)",

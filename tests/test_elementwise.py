@@ -49,10 +49,19 @@ FUNCTIONS = {
     "asin": ([-0.9, -0.2, 0.3, 0.8], np.arcsin, lambda x: (1 - x * x) ** -0.5, lambda x: x * (1 - x * x) ** -1.5),
     "acos": ([-0.9, -0.2, 0.3, 0.8], np.arccos, lambda x: -(1 - x * x) ** -0.5, lambda x: -x * (1 - x * x) ** -1.5),
     "atan": ([-3.0, -0.2, 0.5, 2.0], np.arctan, lambda x: 1 / (1 + x * x), lambda x: -2 * x / (1 + x * x) ** 2),
+    "lgamma": ([0.3, 1.0, 2.5, 7.9], np.vectorize(math.lgamma), lambda x: _scipy().digamma(x),
+               lambda x: _scipy().polygamma(1, x)),
     "erf": ([-2.0, -0.3, 0.1, 1.5], _erf, lambda x: 2 / np.sqrt(np.pi) * np.exp(-x * x),
             lambda x: -4 * x / np.sqrt(np.pi) * np.exp(-x * x)),
 }
-ROUNDING = {"round", "floor", "sign"}  # piecewise constant: halves are checked by value below
+ROUNDING = {"round", "floor", "sign"}
+
+
+def _scipy():
+    """SciPy, the oracle of the polygamma functions (it comes with the jax extra; the tests that need
+    it skip without it)."""
+    return pytest.importorskip("scipy.special", reason="SciPy is the oracle of digamma and its derivatives "
+                                                        "(installed with the jax extra)")  # piecewise constant: halves are checked by value below
 
 
 def _model(name, dtype="f64"):
@@ -197,7 +206,7 @@ def test_atan2_against_numpy_with_derivatives_by_hand_and_central_differences():
 def test_an_ahead_of_time_library_computes_every_function_as_the_jit(tmp_path, dtype):
     import spadrt
     from spadc import aot
-    terms = [f"{f.name}(0.3 + 0.2 * tanh(p))" for f in elementwise.UNARY]  # in every domain + ["atan2(p, q)"] + list(COMPOSED)
+    terms = [f"{f.name}(0.3 + 0.2 * tanh(p))" for f in elementwise.UNARY]  # in every domain + ["atan2(p, q)", "digamma(p + 2.0)"] + list(COMPOSED)
     source = tmp_path / "functions.spad"
     # Scalars: a sum of 30 functions of 4-vectors takes LLVM 3 s (a loop per op; issue 23), of scalars 0.2 s.
     source.write_text("param p: f64\nparam q: f64\nloss " + " + ".join(terms) + "\n")
@@ -209,3 +218,48 @@ def test_an_ahead_of_time_library_computes_every_function_as_the_jit(tmp_path, d
     assert loaded.loss() == jit.loss()
     for name, value in jit.grad()[1].items():
         np.testing.assert_array_equal(loaded.grad()[1][name], value)
+
+
+DIGAMMA_POINTS = [0.3, 1.0, 2.5, 7.9, 33.3, 1e4, -0.5, -2.7]  # both sides of the poles too
+POLYGAMMA_RTOL = 1e-12  # against SciPy: both exact to a few ulps (measured 5e-15)
+LGAMMA_DIFFERENCE_RTOL = 1e-8  # against a central difference of Python's lgamma (step 1e-5)
+
+
+def _digamma_model():
+    model = spadc.compile_source(f"param p: f64[{len(DIGAMMA_POINTS)}]\ninput w: f64[{len(DIGAMMA_POINTS)}]\n"
+                                 "loss sum(w * digamma(p))\n")
+    model.params["p"][:] = DIGAMMA_POINTS
+    return model, np.array(DIGAMMA_POINTS)
+
+
+def test_digamma_is_the_derivative_of_pythons_lgamma_and_lgammas_gradient_is_it():
+    model, x = _digamma_model()
+    values = _values(model, len(x))
+    step = 1e-5 * np.maximum(1.0, np.abs(x))
+    lgamma = np.vectorize(math.lgamma)
+    np.testing.assert_allclose(values, (lgamma(x + step) - lgamma(x - step)) / (2 * step), rtol=LGAMMA_DIFFERENCE_RTOL)
+    lgamma_model = spadc.compile_source(f"param p: f64[{len(x)}]\nloss sum(lgamma(p))\n")
+    lgamma_model.params["p"][:] = x
+    np.testing.assert_array_equal(lgamma_model.grad()[1]["p"], values)
+
+
+def test_digamma_and_its_derivatives_against_scipy():
+    special = _scipy()
+    model, x = _digamma_model()
+    ones = np.ones(len(x))
+    np.testing.assert_allclose(_values(model, len(x)), special.digamma(x), rtol=POLYGAMMA_RTOL)
+    np.testing.assert_allclose(model.grad(w=ones)[1]["p"], special.polygamma(1, x), rtol=POLYGAMMA_RTOL)
+    np.testing.assert_allclose(model.hvp({"p": ones}, w=ones)["p"], special.polygamma(2, x), rtol=POLYGAMMA_RTOL)
+    f32 = spadc.compile_source(f"param p: f64[{len(x)}]\ninput w: f64[{len(x)}]\nloss sum(w * digamma(p))\n",
+                               dtype="f32")
+    f32.params["p"][:] = x
+    np.testing.assert_allclose(_values(f32, len(x)), special.digamma(x), rtol=F32_RTOL)
+
+
+def test_the_poles_of_digamma_are_nan_and_lgamma_is_infinite_there():
+    model = spadc.compile_source("param p: f64[3]\ninput w: f64[3]\nloss sum(w * (digamma(p) + 0.0 * lgamma(p)))\n")
+    model.params["p"][:] = [0.0, -1.0, -4.0]
+    assert all(math.isnan(v) for v in _values(model, 3))
+    lgamma = spadc.compile_source("param p: f64\nloss lgamma(p)\n")
+    lgamma.params["p"][...] = -2.0
+    assert lgamma.loss() == math.inf

@@ -260,6 +260,11 @@ def _outer_add(c, op, g, wanted, P):
             c.op("matmul", P.arg(1), g) if wanted[2] else None]
 
 
+@_rule("polygamma", saves=(0,))
+def _polygamma(c, op, g, wanted, P):
+    return [times(c, g, c.op("polygamma", P.arg(0), n=op.attrs["n"] + 1))]
+
+
 @_rule("cumsum")
 def _cumsum(c, op, g, wanted, P):
     """Each entry feeds every later running sum: its adjoint is the sum of g from it to the end."""

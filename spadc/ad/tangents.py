@@ -62,6 +62,11 @@ for _record in elementwise.UNARY:
         TANGENTS[_record.name] = _chain_rule(_record)
 
 
+@_tangent("polygamma")
+def _polygamma(t, op, d):
+    return times(t, d[0], t.op("polygamma", op.args[0], n=op.attrs["n"] + 1))
+
+
 @_tangent("neg")
 def _neg(t, op, d):
     return t.op("neg", d[0])

@@ -15,7 +15,7 @@ import math
 
 from llvmlite import ir
 
-from ..ir import elementwise
+from ..ir import elementwise, special
 
 I1, I64 = ir.IntType(1), ir.IntType(64)
 
@@ -78,6 +78,56 @@ def _softplus(e, op, x):
     above = b.fadd(x, call(e, "log1p", call(e, "llvm.exp", b.fneg(x))))
     at_zero = b.select(b.fcmp_ordered("==", x, fconst(e, 0.0)), fconst(e, math.log(2.0)), x)
     return b.select(b.fcmp_ordered("<", x, fconst(e, 0.0)), below, b.select(b.fcmp_ordered(">", x, fconst(e, 0.0)), above, at_zero))
+
+
+def _polygamma(e, op, x):
+    """psi^(n)(x) as spadc/ir/special.py computes it: reflect x < 0, shift past SHIFT_TO (unrolled,
+    branch-free), then the asymptotic series."""
+    n, b = op.attrs["n"], e.b
+    one, zero = fconst(e, 1.0), fconst(e, 0.0)
+    pole = b.and_(b.fcmp_ordered("<=", x, zero), b.fcmp_ordered("==", x, call(e, "llvm.floor", x)))
+    reflected = b.and_(b.fcmp_ordered("<", x, zero), b.not_(pole))
+    shifted = b.select(reflected, b.fsub(one, x), b.select(pole, one, x))
+    total = zero
+    for _ in range(special.SHIFT_STEPS):
+        small = b.fcmp_ordered("<", shifted, fconst(e, special.SHIFT_TO))
+        term = b.fdiv(one, shifted) if n == 0 else b.fdiv(fconst(e, math.factorial(n)), _power(e, shifted, n + 1))
+        total = b.select(small, b.fadd(total, term), total)
+        shifted = b.select(small, b.fadd(shifted, one), shifted)
+    inverse = b.fdiv(one, shifted)
+    square, power = b.fmul(inverse, inverse), _power(e, inverse, n + 2)
+    series = zero
+    for coefficient in special.series_coefficients(n):
+        series = b.fadd(series, b.fmul(fconst(e, coefficient), power))
+        power = b.fmul(power, square)
+    if n == 0:
+        value = b.fsub(b.fsub(b.fsub(call(e, "llvm.log", shifted), b.fmul(fconst(e, 0.5), inverse)), series), total)
+        angle = b.fmul(fconst(e, math.pi), x)
+        value = b.select(reflected, b.fsub(value, b.fdiv(fconst(e, math.pi), call(e, "tan", angle))), value)
+    else:
+        lead = b.fadd(b.fmul(fconst(e, math.factorial(n - 1)), _power(e, inverse, n)),
+                      b.fmul(fconst(e, math.factorial(n) / 2), _power(e, inverse, n + 1)))
+        value = b.fadd(b.fadd(lead, series), total)
+        value = value if n % 2 else b.fneg(value)
+        if n in (1, 2):
+            angle = b.fmul(fconst(e, math.pi), x)
+            sine = call(e, "llvm.sin", angle)
+            if n == 1:
+                reflection = b.fsub(b.fdiv(fconst(e, math.pi ** 2), b.fmul(sine, sine)), value)
+            else:
+                cube = b.fmul(b.fmul(sine, sine), sine)
+                reflection = b.fsub(value, b.fdiv(b.fmul(fconst(e, 2 * math.pi ** 3), call(e, "llvm.cos", angle)), cube))
+            value = b.select(reflected, reflection, value)
+        else:
+            value = b.select(reflected, fconst(e, math.nan), value)
+    return b.select(b.or_(pole, b.fcmp_unordered("uno", x, x)), fconst(e, math.nan), value)
+
+
+def _power(e, x, k: int):
+    result = x
+    for _ in range(k - 1):
+        result = e.b.fmul(result, x)
+    return result
 
 
 def _to_float(e, op, x):
@@ -167,6 +217,7 @@ SCALAR = {
     "sigmoid": _sigmoid,
     "relu": lambda e, op, x: e.b.select(e.b.fcmp_unordered(">", x, fconst(e, 0.0)), x, fconst(e, 0.0)),  # NaN kept
     "softplus": _softplus,
+    "polygamma": _polygamma,
     "stop_gradient": lambda e, op, x: x,
     "not": lambda e, op, x: e.b.xor(x, I1(1)),
     "to_float": _to_float,

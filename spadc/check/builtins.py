@@ -277,6 +277,7 @@ BUILTINS: dict[str, Builtin] = {
     "reshape": Builtin(2, None, (), tensor_builtins.reshape),
     "argmax": Builtin(1, 1, ("axis",), _argmax),
     "atan2": Builtin(2, 2, (), nn_builtins.atan2, "2.0"),
+    "digamma": Builtin(1, 1, (), nn_builtins.digamma, "2.0"),
     "concat": Builtin(1, None, ("axis",), tensor_builtins.concat, "2.0"),
     "cumsum": Builtin(1, 1, ("axis",), tensor_builtins.cumsum, "2.0"),
     "stack": Builtin(1, None, ("axis",), tensor_builtins.stack, "2.0"),

@@ -107,3 +107,8 @@ def huber(chk, args, kw, node):
         "sub", [size, chk.constant(0.5 * delta, node.loc)], node.loc)], node.loc)
     near = chk.prim("lt", [size, chk.constant(delta, node.loc)], node.loc)
     return axes.mean(chk, chk.prim("select", [near, inside, outside], node.loc), None, node.loc)
+
+
+def digamma(chk, args, kw, node):
+    """The derivative of lgamma (psi), as SciPy's; NaN at the poles 0, -1, -2, ..."""
+    return chk.prim("polygamma", [chk.to_float(args[0], "`digamma`", node.loc)], node.loc, n=0)

@@ -57,6 +57,12 @@ def _sigmoid(x):
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
+def _lgamma(x):
+    # math.lgamma raises at the poles, where C's lgamma (the compiled code's) returns +inf
+    return np.vectorize(lambda v: math.lgamma(v) if not (v <= 0 and v == math.floor(v)) else math.inf,
+                        otypes=[np.float64])(x)
+
+
 def _one_minus_square_root(b, x):
     return b.op("sqrt", b.op("sub", b.const(1.0), b.op("mul", x, x)))
 
@@ -95,6 +101,8 @@ UNARY: tuple[Unary, ...] = (
           "inverse cosine, in [0, pi]; NaN outside [-1, 1]", divides=True, since="2.0"),
     Unary("atan", np.arctan, "atan", lambda b, x, out: b.op("add", b.const(1.0), b.op("mul", x, x)), ("x",),
           "inverse tangent, in (-pi/2, pi/2)", divides=True, since="2.0"),
+    Unary("lgamma", _lgamma, "lgamma", lambda b, x, out: b.op("polygamma", x, n=0), ("x",),
+          "log |Gamma(x)|; its derivative is digamma", since="2.0"),
     Unary("erf", _erf, "erf", lambda b, x, out: b.op("mul", b.const(_TWO_OVER_SQRT_PI), b.op("exp", b.op(
         "neg", b.op("mul", x, x)))), ("x",), "the error function: 2/sqrt(pi) times the integral of e^-t^2 over [0, x]",
           since="2.0"),

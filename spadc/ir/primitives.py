@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import draws, elementwise
+from . import draws, elementwise, special
 from .types import BOOL, F64, TensorType
 
 
@@ -70,6 +70,17 @@ def _unary(name, fn, doc, dtypes=("f64",), out=None):
         return t.with_dtype(out or t.dtype)
 
     _define(name, 1, infer, lambda args, attrs, ctx: np.asarray(fn(args[0])), "unary", doc)
+
+
+def _polygamma_infer(types, attrs):
+    (t,) = types
+    _require(t.dtype == "f64" and isinstance(attrs["n"], int) and attrs["n"] >= 0, f"polygamma of {t}")
+    return t
+
+
+_define("polygamma", 1, _polygamma_infer, lambda args, attrs, ctx: special.polygamma(args[0], attrs["n"]), "unary",
+        "the n-th derivative of digamma (n = 0: digamma itself, the derivative of lgamma); NaN at the poles "
+        "(x a non-positive integer) and, for n >= 3, at negative x (spadc/ir/special.py). attrs: n")
 
 
 def _to_int(x):
