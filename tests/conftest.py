@@ -77,6 +77,15 @@ def error(text: str) -> spadc.SpadcError:
     return info.value
 
 
+def located_error(text: str, message: str, line: int | None = None) -> spadc.SpadcError:
+    """The error that compiling `text` (named m) gives: placed (at `line` when given, with a column,
+    the source line and a caret follow), and containing `message`."""
+    with pytest.raises(spadc.SpadcError, match=rf"^m:{line or '[0-9]+'}:[0-9]+: error: ") as info:
+        spadc.compile_source(text)
+    assert message in str(info.value) and "^" in str(info.value), str(info.value)
+    return info.value
+
+
 def example(name: str) -> str:
     return os.path.join(EXAMPLES, name)
 

@@ -8,6 +8,7 @@ import pytest
 
 import spadc
 
+from conftest import located_error
 from gradcheck import check_finite_differences
 
 VALUE_RTOL = 1e-12
@@ -75,6 +76,4 @@ def test_a_triangle_keeps_no_gradient_for_what_it_drops():
     ("var(A, axis=2)", "axis 2 is out of range for a tensor of rank 2"),
 ])
 def test_mistakes_are_located_errors(expression, message):
-    with pytest.raises(spadc.SpadcError, match=r"m:5:\d+: error: ") as info:
-        spadc.compile_source(PARAMS + f"loss {expression}\n")
-    assert message in str(info.value)
+    located_error(PARAMS + f"loss {expression}\n", message, line=5)

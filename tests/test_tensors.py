@@ -8,6 +8,7 @@ import pytest
 import spadc
 from spadc.ir.interpret import evaluate
 
+from conftest import located_error
 from gradcheck import check_dot_product, check_finite_differences
 
 SEED = 20261205
@@ -70,6 +71,4 @@ def test_values_against_numpy_and_gradients_against_central_differences(expressi
     ("sum(A @ reshape(B, 5, 4, 2))", "the leading axes of f64[2, 3, 4] and f64[5, 4, 2] do not broadcast in `@`"),
 ])
 def test_mistakes_are_located_errors(expression, message):
-    with pytest.raises(spadc.SpadcError, match=r"m:4:\d+: error: ") as info:
-        spadc.compile_source(PARAMS + f"loss {expression}\n")
-    assert message in str(info.value)
+    located_error(PARAMS + f"loss {expression}\n", message, line=4)
