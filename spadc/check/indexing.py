@@ -98,20 +98,20 @@ def _is_dynamic(chk, item: ast.Slice) -> bool:
     return any(bound is not None and _constant(chk, bound) is None for bound in (item.lo, item.hi))
 
 
-def _linear(chk, node) -> tuple[dict, int] | None:
-    """`node` as sum(coefficient * name) + offset over the names it reads (each a value), or None."""
+def _linear(chk, node) -> tuple[dict, int]:
+    """`node` as sum(coefficient * unknown) + offset: the unknowns are the values names are bound to
+    and the other expressions (by their structure)."""
     constant = _constant(chk, node)
     if constant is not None:
         return {}, constant
     if isinstance(node, ast.Var) and (binding := chk.lookup(node.name)) is not None:
         return {binding.typed.value.id: 1}, 0
-    if isinstance(node, ast.Unary) and node.op in "+-" and (inner := _linear(chk, node.operand)) is not None:
+    if isinstance(node, ast.Unary) and node.op in "+-":
+        inner = _linear(chk, node.operand)
         sign = -1 if node.op == "-" else 1
         return {k: sign * c for k, c in inner[0].items()}, sign * inner[1]
     if isinstance(node, ast.Binary) and node.op in ("+", "-"):
         left, right = _linear(chk, node.lhs), _linear(chk, node.rhs)
-        if left is None or right is None:
-            return None
         sign = 1 if node.op == "+" else -1
         terms = dict(left[0])
         for k, c in right[0].items():
@@ -119,10 +119,25 @@ def _linear(chk, node) -> tuple[dict, int] | None:
         return terms, left[1] + sign * right[1]
     if isinstance(node, ast.Binary) and node.op == "*":
         left, right = _linear(chk, node.lhs), _linear(chk, node.rhs)
-        if left is not None and right is not None and (not left[0] or not right[0]):
+        if not left[0] or not right[0]:
             scale, form = (left[1], right) if not left[0] else (right[1], left)
             return {k: scale * c for k, c in form[0].items()}, scale * form[1]
-    return None
+    # Any other expression (`k % 2`, `min(i, 3)`) is one unknown: equal where it is written the same
+    # (index expressions are pure, and both bounds see the same bindings).
+    return {_structure(chk, node): 1}, 0
+
+
+def _structure(chk, node):
+    """`node` without its source positions, names replaced by the values they are bound to."""
+    if isinstance(node, ast.Var):
+        binding = chk.lookup(node.name)
+        return ("value", binding.typed.value.id) if binding is not None else ("name", node.name)
+    if isinstance(node, tuple):
+        return tuple(_structure(chk, item) for item in node)
+    if not hasattr(node, "__dataclass_fields__"):
+        return node
+    return (type(node).__name__,) + tuple(_structure(chk, getattr(node, field)) for field in node.__dataclass_fields__
+                                           if field not in ("loc", "name_loc"))
 
 
 def _dynamic_slice(chk, item: ast.Slice, n: int, axis: int, what: str):
@@ -135,8 +150,7 @@ def _dynamic_slice(chk, item: ast.Slice, n: int, axis: int, what: str):
     if start.type != TensorType("i64"):
         raise SpadcError(f"the start of a slice must be an i64 scalar, got {start.type}", ast.start_loc(item.lo))
     lo, hi = _linear(chk, item.lo), _linear(chk, item.hi)
-    difference = None if lo is None or hi is None else {k: hi[0].get(k, 0) - lo[0].get(k, 0) for k in {*lo[0], *hi[0]}}
-    if difference is None or any(difference.values()):
+    if any(hi[0].get(k, 0) != lo[0].get(k, 0) for k in {*lo[0], *hi[0]}):
         raise SpadcError("the length of a slice must be known at compile time: write it as `x[s : s + L]` with "
                          "L a constant", item.loc)
     length = hi[1] - lo[1]
