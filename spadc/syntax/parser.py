@@ -167,8 +167,8 @@ def _describe_token(token: Token) -> str:
 # A statement that starts with one of these is Python's: what the language offers instead.
 _PYTHON_STATEMENTS = {
     "def ": "functions are declared with `fn`, as in `fn f(x) = x * x`",
-    "print(": "there is no `print`: declare the value an `output` (`spadc run` shows it), as in `output y = x`",
-    "print ": "there is no `print`: declare the value an `output` (`spadc run` shows it), as in `output y = x`",
+    **dict.fromkeys(("print(", "print "), "there is no `print`: declare the value an `output` (`spadc run` shows "
+                                          "it), as in `output y = x`"),
     "while ": "a `while` loop needs a bound, as in `while err > 1e-9 max 50 { ... }`: it stops with an error if "
               "its condition still holds after that many iterations",
     "class ": "there are no classes: a model is a file of `param`, `input`, `let`, `output` and `loss` "
