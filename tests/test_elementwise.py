@@ -58,10 +58,10 @@ ROUNDING = {"round", "floor", "sign"}
 
 
 def _scipy():
-    """SciPy, the oracle of the polygamma functions (it comes with the jax extra; the tests that need
-    it skip without it)."""
+    """SciPy, the oracle of the polygamma functions (in the test extra; the tests that need it skip
+    without it)."""
     return pytest.importorskip("scipy.special", reason="SciPy is the oracle of digamma and its derivatives "
-                                                        "(installed with the jax extra)")  # piecewise constant: halves are checked by value below
+                                                        "(pip install '.[test]' installs it)")  # piecewise constant: halves are checked by value below
 
 
 def _model(name, dtype="f64"):
