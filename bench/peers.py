@@ -95,7 +95,21 @@ def jax_case(case: str, params, inputs):
         z = h @ p["Wo"].T
         return -jnp.mean(jax.nn.log_softmax(z)[jnp.arange(y.shape[0]), y])
 
-    model = {"rosenbrock": rosenbrock, "mlp": mlp, "irnn": irnn}[case]
+    def lstm(p, seq, target):  # examples/lstm.spad: gates from one product with [x; h]
+        n = p["b"].shape[0] // 4
+
+        def step(state, row):
+            h, c = state
+            z = jnp.concatenate([row, h], axis=1) @ p["W"].T + p["b"]
+            i, f, g, o = (jax.nn.sigmoid(z[:, :n]), jax.nn.sigmoid(z[:, n:2 * n]), jnp.tanh(z[:, 2 * n:3 * n]),
+                          jax.nn.sigmoid(z[:, 3 * n:]))
+            c = f * c + i * g
+            return (o * jnp.tanh(c), c), None
+        zeros = jnp.zeros((seq.shape[0], n))
+        (h, _), _ = jax.lax.scan(step, (zeros, zeros), jnp.swapaxes(seq, 0, 1))
+        return jnp.mean((h @ p["w_out"] - target) ** 2)
+
+    model = {"rosenbrock": rosenbrock, "mlp": mlp, "irnn": irnn, "lstm": lstm}[case]
     args = [{k: jnp.asarray(v) for k, v in params.items()}] + [jnp.asarray(v) for v in inputs.values()]
     value_and_grad = jax.jit(jax.value_and_grad(model))
     loss_only = jax.jit(model)
@@ -144,6 +158,17 @@ def torch_case(case: str, params, inputs):
             h1 = torch.relu(x @ p["W1"].T + p["b1"])
             h2 = torch.relu(h1 @ p["W2"].T + p["b2"])
             return F.cross_entropy(h2 @ p["W3"].T + p["b3"], y)
+        if case == "lstm":
+            seq, target = rest
+            n = p["b"].shape[0] // 4
+            h = c = torch.zeros(seq.shape[0], n, dtype=torch.float64)
+            for t in range(seq.shape[1]):
+                z = torch.cat([seq[:, t], h], dim=1) @ p["W"].T + p["b"]
+                i, f, g, o = torch.sigmoid(z[:, :n]), torch.sigmoid(z[:, n:2 * n]), torch.tanh(z[:, 2 * n:3 * n]), \
+                    torch.sigmoid(z[:, 3 * n:])
+                c = f * c + i * g
+                h = o * torch.tanh(c)
+            return torch.mean((h @ p["w_out"] - target) ** 2)
         seq, y = rest
         h = torch.zeros(seq.shape[0], p["Wh"].shape[0], dtype=torch.float64)
         for t in range(seq.shape[1]):

@@ -8,7 +8,8 @@ only the "all cores" rows lift the pin. Arrays are converted to each system's ty
 and every system's loss and gradient are checked against spadc's before anything is timed.
 
 Cases: Rosenbrock in d = 1000; the 64-256-256-10 MLP of examples/mlp_digits.spad at batch 1, 32
-and 256; the IRNN of examples/irnn.spad with T = 100 (H = 64, 28 features) at batch 16. Peers: a
+and 256; the IRNN of examples/irnn.spad with T = 100 (H = 64, 28 features) at batch 16; the LSTM
+of examples/lstm.spad (T = 12, H = 16) at batch 32. Peers: a
 hand-written NumPy gradient (Rosenbrock, MLP), JAX (`jit(value_and_grad)`) and PyTorch (eager),
 when installed (`pip install -e '.[peers]' jax`). Then spadc's RAD and SPAD at keep 0.1 against
 its exact gradient, spadc on all cores against one, and compile times: cold (a fresh process, the
@@ -82,6 +83,10 @@ def cases():
     irnn.init_params(SEED)
     inputs = {"seq": rng.uniform(0, 1, (16, 100, 28)), "label": rng.integers(0, 10, 16)}
     yield "IRNN T=100 H=64, batch 16", "irnn", irnn, {k: v.copy() for k, v in irnn.params.items()}, inputs
+    lstm = spadc.compile_file(os.path.join(ROOT, "examples", "lstm.spad"))
+    lstm.init_params(SEED)
+    inputs = {"seq": rng.standard_normal((32, 12, 4)), "target": rng.standard_normal(32)}
+    yield "LSTM T=12 H=16 (tuples, concat), batch 32", "lstm", lstm, {k: v.copy() for k, v in lstm.params.items()}, inputs
 
 
 def interleaved(functions: dict, budget: float) -> dict:
