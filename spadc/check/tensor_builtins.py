@@ -31,8 +31,8 @@ def transpose(chk, args, kw, node):
     return chk.prim("transpose", [x], node.loc, perm=perm) if perm != tuple(range(x.type.rank)) else x
 
 
-def joined(chk, args, kw, node, name):
-    """The operands of concat or stack, in one dtype, and the axis (default 0) checked against `rank`."""
+def joined(chk, args, node, name):
+    """The operands of concat or stack in one dtype (i64 with f64 becomes f64; bool only with bool)."""
     if any(a.type.dtype == "bool" for a in args) and not all(a.type.dtype == "bool" for a in args):
         raise SpadcError(f"`{name}` cannot mix bool with numbers", node.loc)
     if any(a.type.dtype == "f64" for a in args):
@@ -41,7 +41,7 @@ def joined(chk, args, kw, node, name):
 
 
 def concat(chk, args, kw, node):
-    args = joined(chk, args, kw, node, "concat")
+    args = joined(chk, args, node, "concat")
     first = args[0]
     if first.type.rank == 0:
         raise SpadcError("`concat` joins tensors along an axis; got a scalar (use `stack`)", node.args[0].loc)
@@ -55,7 +55,7 @@ def concat(chk, args, kw, node):
 
 
 def stack(chk, args, kw, node):
-    args = joined(chk, args, kw, node, "stack")
+    args = joined(chk, args, node, "stack")
     first = args[0]
     for a, a_node in zip(args[1:], node.args[1:]):
         if a.type.shape != first.type.shape:
