@@ -161,30 +161,44 @@ class ProgramGenerator:
             return f"{reduction}({self.expr(('M', 'N'), depth)}, axis={axis})"
         return self.expr(shape, depth)
 
+    def pick(self, *makers) -> str:
+        """One of the options, generated only once chosen (so unchosen ones draw no randomness)."""
+        return self.choice(makers)()
+
     def _linear(self, shape, depth):
+        e = lambda *dims: self.expr(dims, depth)  # noqa: E731
         if shape == ("M",):
-            return f"({self.expr(('M', 'N'), depth)} @ {self.expr(('N',), depth)})"
+            return f"({e('M', 'N')} @ {e('N')})"
         if shape == ("N",):
-            return self.choice([f"({self.expr(('M',), depth)} @ {self.expr(('M', 'N'), depth)})",
-                                f"(eye(N) @ {self.expr(('N',), depth)})",
-                                f"softmax({self.expr(('N',), depth)})",
-                                f"log_softmax({self.expr(('N',), depth)})",
-                                f"(onehot(k % N, N) * {self.expr(('N',), depth)})"])
+            return self.pick(lambda: f"({e('M')} @ {e('M', 'N')})", lambda: f"(eye(N) @ {e('N')})",
+                             lambda: f"softmax({e('N')})", lambda: f"log_softmax({e('N')})",
+                             lambda: f"(onehot(k % N, N) * {e('N')})",
+                             lambda: f"solve(eye(N) * 4.0 + tanh({self.square(depth)}), {e('N')})",
+                             lambda: f"(cholesky({self.positive_definite(depth)}) @ {e('N')})",
+                             lambda: f"(tril({self.square(depth)}, -1) @ {e('N')})",
+                             lambda: f"(triu({self.square(depth)}) @ {e('N')})")
         if shape == ("M", "N"):
-            return self.choice([f"outer({self.expr(('M',), depth)}, {self.expr(('N',), depth)})",
-                                f"transpose({self.expr(('N', 'M'), depth)})",
-                                f"reshape({self.expr(('N', 'M'), depth)}, M, N)",
-                                f"({self.expr(('M', 'N'), depth)} @ (eye(N) * 0.5))",
-                                f"concat(reshape({self.expr(('N',), depth)}, 1, N), ({self.expr(('M', 'N'), depth)})[1:M])",
-                                "stack(" + ", ".join(self.expr(("N",), depth) for _ in range(self.m)) + ")"])
+            return self.pick(lambda: f"outer({e('M')}, {e('N')})", lambda: f"transpose({e('N', 'M')})",
+                             lambda: f"reshape({e('N', 'M')}, M, N)", lambda: f"({e('M', 'N')} @ (eye(N) * 0.5))",
+                             lambda: f"concat(reshape({e('N')}, 1, N), ({e('M', 'N')})[1:M])",
+                             lambda: "stack(" + ", ".join(e("N") for _ in range(self.m)) + ")")
         if shape == ("N", "M"):
-            return self.choice([f"transpose({self.expr(('M', 'N'), depth)})",
-                                f"transpose({self.expr(('M', 'N'), depth)}, 1, 0)",
-                                f"reshape({self.expr(('M', 'N'), depth)}, -1, M)",
-                                "stack(" + ", ".join(self.expr(("N",), depth) for _ in range(self.m)) + ", axis=-1)"])
-        return self.choice([f"dot({self.expr(('N',), depth)}, {self.expr(('N',), depth)})",
-                            f"({self.expr(('M',), depth)} @ {self.expr(('M',), depth)})",
-                            f"mse({self.expr(('N',), depth)}, {self.expr(('N',), depth)})"])
+            return self.pick(lambda: f"transpose({e('M', 'N')})", lambda: f"transpose({e('M', 'N')}, 1, 0)",
+                             lambda: f"reshape({e('M', 'N')}, -1, M)",
+                             lambda: "stack(" + ", ".join(e("N") for _ in range(self.m)) + ", axis=-1)")
+        return self.pick(lambda: f"dot({e('N')}, {e('N')})", lambda: f"({e('M')} @ {e('M')})",
+                         lambda: f"mse({e('N')}, {e('N')})", lambda: f"logdet({self.positive_definite(depth)})")
+
+    def square(self, depth) -> str:
+        return f"({self.expr(('N', 'M'), depth)} @ {self.expr(('M', 'N'), depth)})"
+
+    def positive_definite(self, depth) -> str:
+        """G G^T + I, G with entries in (-1, 1): condition number below 1 + N M. G is written twice,
+        so it must not draw (dropout): the two would differ."""
+        factor = f"tanh({self.expr(('N', 'M'), depth)})"
+        if "dropout" in factor:
+            factor = f"tanh({self.constant(('N', 'M'))})"
+        return f"({factor} @ transpose({factor}) + eye(N))"
 
     def _structure(self, shape, depth):
         """Indexing, slices, comprehensions, generator reductions, literals, dropout."""

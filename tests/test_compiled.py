@@ -63,6 +63,10 @@ PRIMITIVE_PROGRAMS = {
                 " @ [1.0, 2.0]) + sum(transpose(reshape(A, 3, 2, 2), 1, 2, 0)[0] * A[0:2, 0:3]) + sum(reshape(A, -1, 6)[1])"
                 " + sum(cumsum(A, axis=1)[1] * x)"),
     "dynamic_slices": "sum(x[k - 1:k + 1] * A[0, k:k + 2]) + sum([sum(A[i, 0:4][i:i + 2]) for i in 0..3])",
+    "linear_algebra": ("sum(solve(A[0:3, 0:3] + 3.0 * eye(3), x[0:3] + v[0:3])) + sum(solve(A[0:3, 1:4] @ transpose(A[0:3, 1:4])"
+                       " + eye(3), A[0:3, 0:2] * x[0]) * A[0:3, 2:4]) + logdet(A @ transpose(A) + eye(3))"
+                       " + sum(cholesky(A[0:3, 0:3] @ transpose(A[0:3, 0:3]) + 2.0 * eye(3)) * A[0:3, 1:4])"
+                       " + sum(triu(A[0:3, 1:4], 1) * tril(A[0:3, 0:3], k=-1))"),
     "shapes": "sum(reshape(A, 2, 6) * reshape(A, 12)[0:6]) + x[argmax(A, axis=1)[1]] * float(argmax(x))",
 }
 # stop_gradient is not the true derivative, so finite differences cannot check it: a hand value does.

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..ir import elementwise
+from ..ir import elementwise, linalg
 from ..ir.primitives import permutation
 
 
@@ -246,6 +246,10 @@ def _matmul(c, op, g, wanted, P):
         da = c.op("mul", g, P.arg(1)) if wanted[0] else None
         db = c.op("mul", g, P.arg(0)) if wanted[1] else None
     return [da, db]
+
+
+for _matrix_op in linalg.MATRIX_OPS:
+    ADJOINTS[_matrix_op.name] = Rule(_matrix_op.saves, _matrix_op.adjoint)
 
 
 @_rule("outer", saves=(0, 1))

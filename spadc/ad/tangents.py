@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..ir import elementwise
+from ..ir import elementwise, linalg
 from .rules import product_partials, restore_axis, times
 
 TANGENTS: dict[str, Callable | None] = {}  # None: the derivative is zero (or the operands are not differentiable)
@@ -192,6 +192,8 @@ def _bilinear(kind):
 
 
 TANGENTS["matmul"] = _bilinear("matmul")
+for _matrix_op in linalg.MATRIX_OPS:
+    TANGENTS[_matrix_op.name] = _matrix_op.tangent
 TANGENTS["outer"] = _bilinear("outer")
 
 

@@ -78,6 +78,10 @@ class FunctionEmitter:
         """Stack storage, always placed in the entry block so that mem2reg can promote it."""
         return self._entry.alloca(type_, I64(count) if count else None, name=name)
 
+    def scratch(self, op):
+        """The workspace bytes planned for `op` to work in while it runs (spadc/backend/memory.py)."""
+        return self.b.gep(self.workspace, [I64(self.plan.scratch[id(op)])], inbounds=True)
+
     def storage_type(self, dtype: str):
         return {"f64": self.float, "i64": I64, "bool": I8}[dtype]
 

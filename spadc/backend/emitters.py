@@ -559,6 +559,8 @@ EMITTERS.update({
 })
 
 from .gates import GATE_EMITTERS  # noqa: E402  (gates use this module's helpers)
+from .linalg import EMITTERS as LINALG_EMITTERS  # noqa: E402
 
 EMITTERS.update(GATE_EMITTERS)
+EMITTERS.update(LINALG_EMITTERS)
 assert set(EMITTERS) == set(primitives.PRIMITIVES), set(primitives.PRIMITIVES) ^ set(EMITTERS)

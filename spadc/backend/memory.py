@@ -109,6 +109,7 @@ def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = froz
     lane_values = _lane_values(body) if lanes > 1 else {}
     storage.lane_scalars = {v.id for values in lane_values.values() for v in values if not v.type.rank}
     _share_block(body, schedule, result, storage, external, set(writable), no_views=set(lane_values))
+    _op_scratch(body, schedule, result, storage)
     if lanes > 1:  # every lane sees one storage for a param, a running sum or a product's direction
         common = ({d.value.id for d in program.params} | set(writable)
                   | {d.value.id for d in program.inputs if is_direction(d.name)})
@@ -156,6 +157,18 @@ def lane_runs(block: Block, shared):
             run.append(op)
     if run:
         yield run
+
+
+def _op_scratch(block: Block, schedule: _Schedule, plan_: MemoryPlan, storage: _Storage):
+    """Workspace for the ops that work in a scratch copy (`solve`), alive while the op runs. (Lanes
+    run such an op one after the other: one scratch serves them all.)"""
+    from .linalg import scratch_bytes
+    for op in walk_ops(block):
+        size = scratch_bytes(op, storage.float_bytes)
+        if size:
+            key = -len(storage.sizes) - 1  # scratch keys never collide with value ids (which are >= 0)
+            storage.scratch(key, (size + ALIGN - 1) // ALIGN * ALIGN, schedule.start[id(op)])
+            plan_.scratch[id(op)] = key
 
 
 def _lane_scratch(body: Block, schedule: _Schedule, plan_: MemoryPlan, storage: _Storage, shared, lanes: int):

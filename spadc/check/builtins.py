@@ -292,8 +292,11 @@ BUILTINS: dict[str, Builtin] = {
     "huber": Builtin(2, 2, ("delta",), nn_builtins.huber, "2.0"),
     "diag": Builtin(1, 1, (), tensor_builtins.diag, "2.0"),
     "trace": Builtin(1, 1, (), tensor_builtins.trace, "2.0"),
-    "tril": Builtin(1, 2, ("k",), tensor_builtins.triangle("tril", lambda above, k: above <= k), "2.0"),
-    "triu": Builtin(1, 2, ("k",), tensor_builtins.triangle("triu", lambda above, k: above >= k), "2.0"),
+    "tril": Builtin(1, 2, ("k",), tensor_builtins.triangle("tril", upper=False), "2.0"),
+    "triu": Builtin(1, 2, ("k",), tensor_builtins.triangle("triu", upper=True), "2.0"),
+    "solve": Builtin(2, 2, (), tensor_builtins.solve, "2.0"),
+    "cholesky": Builtin(1, 1, (), tensor_builtins.cholesky, "2.0"),
+    "logdet": Builtin(1, 1, (), tensor_builtins.logdet, "2.0"),
 }
 
 

@@ -1,6 +1,7 @@
 """Builtins that arrange tensors (LANGUAGE.md sections 7 and 10): `transpose` with a permutation,
 `concat`, `stack` along any axis, `reshape` with -1, and the square-matrix ones `diag`, `trace`,
-`tril`, `triu`, all lowered to primitives (so they need no adjoint or code generator of their own).
+`tril`, `triu`, `solve`, `cholesky`, `logdet`, all lowered to primitives (the linear algebra ones to
+those of spadc/ir/linalg.py).
 
 Invariants: axes and compile-time arguments are checked here, each mistake a located SpadcError;
 the primitives they emit take only shapes that their shape rules accept.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 
 from ..errors import SpadcError
 from ..ir.types import TensorType, broadcast_shapes
@@ -111,7 +111,7 @@ def trace(chk, args, kw, node):
     return chk.prim("reduce_sum", [diagonal(chk, x, node.loc)], node.loc, axis=None)
 
 
-def triangle(name, keep):
+def triangle(name, upper):
     """tril and triu (NumPy's): the entries on and below (above) diagonal k, zeros elsewhere."""
     def lower(chk, args, kw, node):
         x = square_matrix(chk, args[0], name, node.loc)
@@ -119,11 +119,40 @@ def triangle(name, keep):
             raise SpadcError(f"the offset of `{name}` is given twice", node.loc)
         offset_node = node.args[1] if len(node.args) == 2 else kw.get("k")
         k = 0 if offset_node is None else chk.const_int(offset_node, f"the offset of `{name}`")
-        n = x.type.shape[0]
-        rows, columns = np.indices((n, n))
-        mask = chk.constant(keep(columns - rows, k), node.loc)
-        return chk.prim("select", [mask, x, chk.constant(0.0, node.loc)], node.loc)
+        return chk.prim("triangle", [x], node.loc, k=k, upper=upper)
     return lower
+
+
+def solve(chk, args, kw, node):
+    """A^-1 b, b a vector or a matrix of right-hand sides (NumPy's solve)."""
+    a = square_matrix(chk, args[0], "solve", node.loc)
+    b = chk.to_float(args[1], "`solve`", node.loc)
+    n = a.type.shape[0]
+    if b.type.rank not in (1, 2) or b.type.shape[0] != n:
+        raise SpadcError(f"`solve(A, b)` with A of {a.type} needs b of {n} rows (a vector or a matrix), "
+                         f"got {b.type}", node.loc)
+    return chk.prim("solve", [a, b], node.loc)
+
+
+def _factor_of_symmetric_part(chk, x, name, loc):
+    """The lower Cholesky factor of (A + A^T) / 2: JAX's choice, so that the gradient is symmetric
+    (spadc/ir/linalg.py)."""
+    a = square_matrix(chk, x, name, loc)
+    both = chk.prim("add", [a, chk.prim("transpose", [a], loc)], loc)
+    return chk.prim("cholesky", [chk.prim("mul", [chk.constant(0.5, loc), both], loc)], loc)
+
+
+def cholesky(chk, args, kw, node):
+    return _factor_of_symmetric_part(chk, args[0], "cholesky", node.loc)
+
+
+def logdet(chk, args, kw, node):
+    """log det A of a symmetric positive definite A: twice the sum of the logs of its Cholesky
+    factor's diagonal (a matrix that is not positive definite is the factor's run-time error)."""
+    factor = _factor_of_symmetric_part(chk, args[0], "logdet", node.loc)
+    logs = chk.prim("log", [diagonal(chk, factor, node.loc)], node.loc)
+    total = chk.prim("reduce_sum", [logs], node.loc, axis=None)
+    return chk.prim("mul", [chk.constant(2.0, node.loc), total], node.loc)
 
 
 def batched_matmul(chk, a, b, loc):

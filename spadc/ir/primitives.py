@@ -22,15 +22,11 @@ from typing import Callable
 
 import numpy as np
 
-from . import draws, elementwise, special
-from .types import BOOL, F64, TensorType
+from . import draws, elementwise, linalg, special
+from .types import BOOL, F64, Fault, TensorType
 
 
 NUMPY_DTYPES = {"f64": np.float64, "i64": np.int64, "bool": np.bool_}
-
-
-class Fault(Exception):
-    """A run-time error of the program being evaluated (not of the compiler)."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +35,7 @@ class Primitive:
     arity: int | None  # None: any number of operands
     infer: Callable[[list[TensorType], dict], TensorType]
     evaluate: Callable[..., np.ndarray]
-    family: str  # 'unary' | 'binary' | 'compare' | 'logic' | 'select' | 'reduce' | 'structure' | 'random' | 'effect'
+    family: str  # 'unary' | 'binary' | 'compare' | 'logic' | 'select' | 'reduce' | 'structure' | 'linalg' | 'random' | 'effect'
     doc: str
 
 
@@ -218,6 +214,11 @@ def _matmul_infer(types, attrs):
 
 _define("matmul", 2, _matmul_infer, lambda args, attrs, ctx: np.asarray(np.matmul(*args)), "structure",
         "A @ B for matrix-matrix, matrix-vector, vector-matrix and vector-vector (dot)")
+
+
+for _matrix_op in linalg.MATRIX_OPS:  # solve, cholesky, ...: spadc/ir/linalg.py, with all their rules
+    _define(_matrix_op.name, _matrix_op.arity, _matrix_op.infer,
+            lambda args, attrs, ctx, rule=_matrix_op.numpy: rule(args, attrs), "linalg", _matrix_op.doc)
 
 
 def _outer_infer(types, attrs):

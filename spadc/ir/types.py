@@ -4,6 +4,8 @@ Invariants:
 - `dtype` is one of `f64`, `i64`, `bool`. `f64` means "the program's float type"; the f32 compile
   option changes only how code generation stores it, never the IR.
 - Every dimension is a positive Python int; scalars have shape ().
+- `Fault` is the one exception a primitive's NumPy rule raises for a run-time error of the program
+  (defined here, below every rule that raises it).
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import math
 from dataclasses import dataclass
 
 DTYPES = ("f64", "i64", "bool")
+
+
+class Fault(Exception):
+    """A run-time error of the program being evaluated (not of the compiler)."""
 
 
 @dataclass(frozen=True)
