@@ -28,6 +28,7 @@ from spadrt import Model, limits
 from spadrt.estimators import SamplingWarning, variant_key
 
 from . import cache, frontend, passes
+from .passes import hoist
 from .ad.paths import multi_factor_paths
 from .ad.forward import HVP, ggn_program, hvp_program, jvp_program
 from .ad.reverse import GradientProgram, gradient
@@ -51,6 +52,7 @@ class Compiled:
     max_memory: int  # bytes: no kernel's workspace may need more
     lanes: int  # samples every kernel runs side by side (the particles kernel excepted)
     base_layout: dict  # the layout with the exact gradient only (what the disk cache keeps)
+    split: object = None  # what the forward and exact kernels compute once per call (spadc/passes/hoist.py)
     variants: dict[str, tuple[dict, jit.Compiled, GradientProgram]] = field(default_factory=dict)
 
     def kernel(self, kind: str) -> tuple[dict, jit.Compiled]:
@@ -105,7 +107,7 @@ def _forward_kernel(compiled: Compiled, module) -> dict:
     first gradient, like JAX's first call of value_and_grad, compiles only what it needs)."""
     _, outputs = kernels.base_layout(compiled.program, compiled.dtype)
     return kernels.forward_kernel(module, compiled.program, compiled.layout, outputs, compiled.dtype, "forward",
-                                  compiled.max_memory, lanes=compiled.lanes)
+                                  compiled.max_memory, lanes=compiled.lanes, split=compiled.split)
 
 
 def _particles_kernel(compiled: Compiled, module) -> dict:
@@ -207,15 +209,20 @@ def _build(source: Source, base_dir: str, dtype: str, max_memory, lanes: int | N
     exact.program = passes.run(exact.program)
     key = (source.name, source.text, dtype, limit, lanes, format_program(program), format_program(exact.program))
     if key not in _CACHE:
+        split = hoist.split(program)
+        per_sample = exact
+        if split is not None:  # the kernel's: what depends on params alone runs once per call
+            per_sample = gradient(split.per_sample, accumulate=True)
+            per_sample.program = passes.run(per_sample.program)
         module = ir.Module(name=program.name)
         layout, outputs = kernels.base_layout(program, dtype)
-        lanes = kernels.choose_lanes(exact, dtype, limit) if lanes is None else lanes
-        entry = kernels.grad_kernel(module, exact, layout, dtype, "grad", limit, lanes=lanes)
+        lanes = kernels.choose_lanes(per_sample, dtype, limit) if lanes is None else lanes
+        entry = kernels.grad_kernel(module, per_sample, layout, dtype, "grad", limit, lanes=lanes, split=split)
         layout["variants"]["exact"] = entry
         base_layout = json.loads(json.dumps(layout))
         llvm_ir = str(module)
         machine = jit.compile_ir(llvm_ir, ("grad",))
-        compiled = Compiled(program, exact, llvm_ir, layout, machine, dtype, limit, lanes, base_layout)
+        compiled = Compiled(program, exact, llvm_ir, layout, machine, dtype, limit, lanes, base_layout, split)
         compiled.variants["exact"] = (entry, machine, exact)
         _CACHE[key] = compiled
         while len(_CACHE) > CACHE_SIZE:

@@ -143,3 +143,11 @@ def test_the_issue_examples_by_hand():
                                  name="nested.spad")
     assert model.hvp({"v": np.array(2.0)})["v"] == pytest.approx(2 * np.exp(0.3))
     assert model.jvp({"v": np.array(2.0)}).loss_tangent == pytest.approx(2 * np.exp(0.3))
+
+
+def test_a_loss_that_is_a_param_itself_has_gradient_one_at_any_batch_size():
+    # The loss's adjoint was set to 1, replacing the running sum that a param's adjoint starts
+    # from: the mean over n samples came out as 1 / n.
+    model = spadc.compile_source("param p: f64\ninput x: f64\nloss p\n")
+    for batch in (1, 3, 130):
+        assert model.grad(params={"p": np.array(2.0)}, x=np.ones(batch))[1]["p"] == 1.0

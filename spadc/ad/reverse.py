@@ -88,7 +88,8 @@ def gradient(program: Program, accumulate: bool = False, sampling=None, score: s
             accumulators[decl.name] = Value(decl.value.type, f"{decl.name}.grad")
             adjoints.set(decl.value, accumulators[decl.name])
     top.at(*place_of(program, program.loss))
-    adjoints.set(program.loss, top.op("const", value=1.0, dtype="f64"))
+    # add, not set: when the loss is a param itself, its adjoint already holds the running sum
+    adjoints.add(program.loss, top.op("const", value=1.0, dtype="f64"))
     _backward_block(top, program.body, adjoints)
     gradients = {}
     for decl in program.params:

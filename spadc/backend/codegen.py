@@ -78,6 +78,11 @@ class FunctionEmitter:
         """Stack storage, always placed in the entry block so that mem2reg can promote it."""
         return self._entry.alloca(type_, I64(count) if count else None, name=name)
 
+    def zero(self, value: Value):
+        """Fill `value`'s storage with zeros."""
+        with self.loop(value.type.size, "zero") as j:
+            self.store(value, j if value.type.rank else None, ir.Constant(self.storage_type(value.type.dtype), 0))
+
     def scratch(self, op):
         """The workspace bytes planned for `op` to work in while it runs (spadc/backend/memory.py)."""
         return self.b.gep(self.workspace, [I64(self.plan.scratch[id(op)])], inbounds=True)

@@ -45,6 +45,8 @@ from ..ir.core import Program, Value
 from .codegen import I64, Check, FunctionEmitter
 from .emitters import llvm_name
 from .lane_ops import takes_lanes
+from ..passes.hoist import HOISTED_PREFIX, Split
+from . import hoisting as hoisting_
 from .memory import check_limit, element_size, lane_blocks, plan
 I8P = ir.IntType(8).as_pointer()
 DOUBLE_P = ir.DoubleType().as_pointer()
@@ -109,6 +111,15 @@ def _signature(module, name, float_type_, tail):
     return {arg.name: arg for arg in function.args}, function
 
 
+def user_params(program: Program):
+    """The params in the caller's buffer: all but the hoisted values (spadc/passes/hoist.py)."""
+    return [decl for decl in program.params if not decl.name.startswith(HOISTED_PREFIX)]
+
+
+def _param_offsets(layout) -> dict[str, int]:
+    return {p["name"]: p["offset"] for p in layout["params"]}
+
+
 def _bind_sample(e, program: Program, inputs, args, layout, s, params=None, evaluation=None):
     """Point the program's params (at `params`, default the shared ones) and the given inputs at
     sample `s`'s data; with `evaluation`, input k is also moved by `input_eval_strides[k]` bytes
@@ -117,7 +128,7 @@ def _bind_sample(e, program: Program, inputs, args, layout, s, params=None, eval
     e.sample = b.add(args["sample_offset"], s, name="sample")
     params = args["params"] if params is None else params
     offsets = {p["name"]: p["offset"] for p in layout["params"]}
-    for decl in program.params:
+    for decl in user_params(program):
         e.bind(decl.value, b.gep(params, [I64(offsets[decl.name])], inbounds=True, name=llvm_name(decl.name)))
     for k, decl in enumerate(inputs):
         base = b.load(b.gep(args["inputs"], [I64(k)]))
@@ -132,7 +143,7 @@ def _bind_lanes(e, program: Program, inputs, args, layout) -> dict:
     samples; returns each other input's (sample 0, stride)."""
     b = e.b
     offsets = {p["name"]: p["offset"] for p in layout["params"]}
-    for decl in program.params:
+    for decl in user_params(program):
         e.bind(decl.value, b.gep(args["params"], [I64(offsets[decl.name])], inbounds=True, name=llvm_name(decl.name)))
     per_sample = {}
     for k, decl in enumerate(inputs):
@@ -187,17 +198,25 @@ LANE_BUDGET = 4 << 20  # bytes of workspace beyond which a kernel runs fewer lan
 
 
 def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype: str, symbol: str = "forward",
-                   max_memory: int | None = None, particles: bool = False, lanes: int = 1) -> dict:
+                   max_memory: int | None = None, particles: bool = False, lanes: int = 1,
+                   split: Split | None = None) -> dict:
     """Add the forward kernel to the module, named `symbol`; returns its entry for the layout.
 
     With `particles`, the kernel takes three more arguments, `rows`, `param_stride` and
     `input_eval_strides`: evaluation s is data row s % rows (keyed as that row: every particle sees
     the same dropout keys) with the params of particle s / rows, at `params + (s / rows) *
     param_stride`, and input k at `inputs[k] + (s % rows) * input_strides[k] + s *
-    input_eval_strides[k]` (a state of each particle's own; ESTIMATORS.md section 8)."""
+    input_eval_strides[k]` (a state of each particle's own; ESTIMATORS.md section 8).
+
+    With `split` (not for particles, whose params differ by evaluation), what depends on params
+    alone runs once per call, before the samples (spadc/backend/hoisting.py)."""
     float_type_ = float_type(dtype)
     float_bytes = 8 if dtype == "f64" else 4
     checks: list[Check] = []
+    if split is not None and not particles:
+        program = split.per_sample
+    else:
+        split = None
     plan_ = plan(program, float_bytes, lanes=1 if particles else lanes)
     check_limit(program, plan_, max_memory, "forward kernel", float_bytes)
     tail = [("losses", float_type_.as_pointer()), ("outputs", I8P.as_pointer()), ("workspace", I8P),
@@ -205,12 +224,22 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
     if particles:
         tail += [("rows", I64), ("param_stride", I64), ("input_eval_strides", I64.as_pointer())]
     args, function = _signature(module, symbol, float_type_, tail)
+    workspace = plan_.size
+    if split is not None:
+        prologue, prologue_size, finish = hoisting_.prologue(module, symbol, split, float_type_, float_bytes, checks,
+                                                             _param_offsets(layout))
+        hoisted = hoisting_.lay_out(split, plan_.size, float_bytes, prologue_size, 0, with_adjoints=False)
+        finish(hoisted.values)
+        workspace = hoisted.workspace
     e = FunctionEmitter(function, float_type_, plan_, args["workspace"], args["status"], checks)
     e.options = {"training": args["training"], "seed": args["seed"], "step": args["step"]}
     b = e.b
+    if split is not None:
+        hoisting_.call(e, prologue, args)
+        hoisting_.bind_values(e, hoisted, args["workspace"])
     if plan_.lanes > 1:
         _forward_lanes(e, program, args, layout, outputs, float_bytes)
-        return {"symbol": symbol, "workspace": plan_.size, "lanes": plan_.lanes, "checks": _checks(checks)}
+        return {"symbol": symbol, "workspace": workspace, "lanes": plan_.lanes, "checks": _checks(checks)}
     with e.loop(args["n"], "s") as s:
         if particles:
             row = b.urem(s, args["rows"], name="row")
@@ -222,7 +251,7 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
         _write_outputs(e, s, program, args, outputs, float_bytes)
     b.ret(I64(0))
     e.finish_entry()
-    return {"symbol": symbol, "workspace": plan_.size, "lanes": 1, "checks": _checks(checks)}
+    return {"symbol": symbol, "workspace": workspace, "lanes": 1, "checks": _checks(checks)}
 
 
 def _write_outputs(e, s, program, args, outputs, float_bytes):
@@ -248,7 +277,8 @@ def _forward_lanes(e, program, args, layout, outputs, float_bytes):
 
 
 def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, symbol: str,
-                max_memory: int | None = None, offsets: dict[str, int] | None = None, lanes: int = 1) -> dict:
+                max_memory: int | None = None, offsets: dict[str, int] | None = None, lanes: int = 1,
+                split: Split | None = None) -> dict:
     """Add a gradient kernel named `symbol` to the module; returns its variant entry for the layout.
 
     grads = 0; for each sample: run the gradient program, whose gradients include the running sums
@@ -256,7 +286,11 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
     each running sum starts in `grads` (default: the params' layout); `grads` holds `grad_size`
     floats, up to the end of the last sum (a Hessian product's kernel sums the gradient and H v).
     With lanes, every running sum must be updated in place (else the lanes would each keep one):
-    a program where one is not runs one lane."""
+    a program where one is not runs one lane.
+
+    With `split`, `gradient` is the gradient of `split.per_sample`: the hoisted values are computed
+    once before the samples, their adjoints summed over them, and the prologue's adjoint applied
+    once after them (spadc/backend/hoisting.py)."""
     float_type_ = float_type(dtype)
     float_bytes = 8 if dtype == "f64" else 4
     checks: list[Check] = []
@@ -271,23 +305,39 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
     tail = [("loss_mean", float_type_.as_pointer()), ("grads", float_type_.as_pointer()), ("site_data", DOUBLE_P),
             ("scores", DOUBLE_P), ("stored", I64.as_pointer()), ("workspace", I8P), ("status", I64.as_pointer())]
     args, function = _signature(module, symbol, float_type_, tail)
+    if offsets is None:
+        offsets = _param_offsets(layout)
+    workspace = plan_.size
+    if split is not None:
+        prologue, prologue_size, finish_prologue = hoisting_.prologue(module, symbol, split, float_type_, float_bytes,
+                                                                      checks, offsets)
+        epilogue, epilogue_size, finish_epilogue = hoisting_.epilogue(module, symbol, split, float_type_, float_bytes,
+                                                                      checks, offsets)
+        hoisted = hoisting_.lay_out(split, plan_.size, float_bytes, prologue_size, epilogue_size, with_adjoints=True)
+        finish_prologue(hoisted.values)
+        finish_epilogue(hoisted.adjoints)
+        workspace = hoisted.workspace
     user_inputs = [d for d in program.inputs if d.value not in gradient.accumulators.values()]
     e = FunctionEmitter(function, float_type_, plan_, args["workspace"], args["status"], checks)
     e.options = {name: args[name] for name in ("training", "seed", "step", "site_data", "scores", "stored")}
     e.tape_bytes = tape.loop_bytes
     b = e.b
-    if offsets is None:
-        offsets = {p["name"]: p["offset"] for p in layout["params"]}
-    total = max((offsets[name] + v.type.size for name, v in gradient.accumulators.items()), default=0)
+    sums = {name: v for name, v in gradient.accumulators.items() if not name.startswith(HOISTED_PREFIX)}
+    total = max((offsets[name] + v.type.size for name, v in sums.items()), default=0)
     zero = ir.Constant(float_type_, 0.0)
     with e.loop(total, "g") as j:
         b.store(zero, b.gep(args["grads"], [j]))
+    if split is not None:
+        hoisting_.call(e, prologue, args)
+        hoisting_.bind_values(e, hoisted, args["workspace"], gradient.accumulators)
+        for decl in split.hoisted:  # the hoisted values' adjoints start from 0 too
+            e.zero(gradient.accumulators[decl.name])
     loss_sum = e.alloca(float_type_, "loss.sum")
     b.store(zero, loss_sum)
     top_bytes = sum(value_bytes(v, float_bytes) for v in tape.top)
 
     def bind_sums():
-        for name, accumulator in gradient.accumulators.items():
+        for name, accumulator in sums.items():
             e.bind(accumulator, b.gep(args["grads"], [I64(offsets[name])], inbounds=True, name=llvm_name(accumulator.hint)))
 
     def add_sample():
@@ -310,6 +360,8 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
             bind_sums()
             e.block(program.body)
             add_sample()
+    if split is not None:
+        hoisting_.call(e, epilogue, args, (args["grads"],))
     count = b.sitofp(args["n"], float_type_)
     b.store(b.fdiv(b.load(loss_sum), count), args["loss_mean"])
     n = args["n"]
@@ -327,7 +379,7 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
                 b.store(b.fdiv(b.load(at), count), at)
     b.ret(I64(0))
     e.finish_entry()
-    return {"symbol": symbol, "workspace": plan_.size, "lanes": plan_.lanes, "tape_bytes": tape.static_bytes,
+    return {"symbol": symbol, "workspace": workspace, "lanes": plan_.lanes, "tape_bytes": tape.static_bytes,
             "checks": _checks(checks), "grad_size": total,
             "sites": [_site_entry(entry, float_bytes) for entry in gradient.sites],
             "site_data_size": sum(entry.data_size for entry in gradient.sites),

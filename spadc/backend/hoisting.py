@@ -1,0 +1,137 @@
+"""The once-per-call parts of a split kernel (spadc/passes/hoist.py): the prologue computes the
+hoisted values before the samples; the epilogue, after them, turns their summed adjoints into the
+params' gradients. Each is an internal function of the kernel's module, with a memory plan of its own.
+
+Workspace of a split kernel: [ per-sample plan | prologue's and epilogue's own (overlapping it: they
+never run with the samples) | hoisted values | their adjoints (gradient kernels) ]. The hoisted
+values and adjoints sit above every plan, so no plan ever reuses their bytes.
+
+Invariants:
+- The prologue and the epilogue report a failed check as the kernel does (one `checks` list, one
+  numbering), naming the first sample of the call.
+- A hoisted value is bound as a param every lane shares; its adjoint as a running sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from ..ad.reverse import gradient
+from ..ir.core import Value
+from ..passes import run as run_passes
+from ..passes.hoist import Split
+from .codegen import I64, FunctionEmitter
+from .emitters import llvm_name
+from .memory import ALIGN, plan, slot_bytes
+
+I8P = ir.IntType(8).as_pointer()
+
+
+@dataclass
+class Hoisting:
+    split: Split
+    values: dict[str, int]  # hoisted name -> byte offset in the workspace
+    adjoints: dict[str, int]  # hoisted name -> byte offset of its adjoint's running sum (gradient kernels)
+    workspace: int  # bytes of the whole workspace
+
+
+def _aligned(size: int) -> int:
+    return (size + ALIGN - 1) // ALIGN * ALIGN
+
+
+def lay_out(split: Split, kernel_plan_size: int, float_bytes: int, prologue_size: int, epilogue_size: int,
+            with_adjoints: bool) -> Hoisting:
+    offset = _aligned(max(kernel_plan_size, prologue_size, epilogue_size))
+    values, adjoints = {}, {}
+    for decl in split.hoisted:
+        values[decl.name] = offset
+        offset += slot_bytes(decl.value, float_bytes)
+    if with_adjoints:
+        for decl in split.hoisted:
+            adjoints[decl.name] = offset
+            offset += slot_bytes(decl.value, float_bytes)
+    return Hoisting(split, values, adjoints, offset)
+
+
+def _function(module, name: str, float_type, extra: list[tuple[str, object]]):
+    arguments = [("params", float_type.as_pointer()), ("workspace", I8P), ("status", I64.as_pointer()),
+                 ("sample", I64)] + extra
+    function = ir.Function(module, ir.FunctionType(I64, [t for _, t in arguments]), name=name)
+    function.linkage = "internal"
+    for arg, (arg_name, _) in zip(function.args, arguments):
+        arg.name = arg_name
+    return {arg.name: arg for arg in function.args}, function
+
+
+def _bind_params(e, program, args, param_offsets: dict[str, int]):
+    for decl in program.params:
+        e.bind(decl.value, e.b.gep(args["params"], [I64(param_offsets[decl.name])], inbounds=True,
+                                   name=llvm_name(decl.name)))
+
+
+def prologue(module, symbol: str, split: Split, float_type, float_bytes: int, checks, param_offsets):
+    """(the prologue function, its plan's size): computes every hoisted value into the workspace
+    at the offsets it is given by the caller (`values` below, as byte offsets)."""
+    program = split.prologue
+    plan_ = plan(program, float_bytes)
+    args, function = _function(module, f"{symbol}.prologue", float_type, [])
+    e = FunctionEmitter(function, float_type, plan_, args["workspace"], args["status"], checks)
+    e.sample, e.options = args["sample"], {}
+    _bind_params(e, program, args, param_offsets)
+
+    def finish(values: dict[str, int]):
+        e.block(program.body)
+        for decl in split.hoisted:
+            target = Value(decl.value.type)
+            e.bind(target, e.b.gep(args["workspace"], [I64(values[decl.name])], inbounds=True))
+            e.copy(decl.value, target)
+        e.b.ret(I64(0))
+        e.finish_entry()
+    return function, plan_.size, finish
+
+
+def epilogue(module, symbol: str, split: Split, float_type, float_bytes: int, checks, param_offsets):
+    """(the epilogue function, its plan's size): adds the prologue's vector-Jacobian product with
+    the hoisted values' summed adjoints to the params' gradients (`grads`, at `param_offsets`)."""
+    product = gradient(split.product, accumulate=True)
+    product.program = run_passes(product.program)
+    program = product.program
+    writable = frozenset(v.id for v in product.accumulators.values())
+    plan_ = plan(program, float_bytes, writable)
+    args, function = _function(module, f"{symbol}.epilogue", float_type, [("grads", float_type.as_pointer())])
+    e = FunctionEmitter(function, float_type, plan_, args["workspace"], args["status"], checks)
+    e.sample, e.options = args["sample"], {}
+    _bind_params(e, program, args, param_offsets)
+    for name, accumulator in product.accumulators.items():
+        e.bind(accumulator, e.b.gep(args["grads"], [I64(param_offsets[name])], inbounds=True))
+
+    def finish(adjoints: dict[str, int]):
+        for decl in split.product.inputs:
+            e.bind(decl.value, e.b.gep(args["workspace"], [I64(adjoints[decl.name.removesuffix(".adjoint")])],
+                                       inbounds=True))
+        e.block(program.body)
+        for name, value in product.gradients.items():
+            e.copy(value, product.accumulators[name])  # nothing to do when it was updated in place
+        e.b.ret(I64(0))
+        e.finish_entry()
+    return function, plan_.size, finish
+
+
+def call(e, function, args: dict, extra=()):
+    """Call a prologue or epilogue from the kernel; return its failed check, if any, at once."""
+    b = e.b
+    failed = b.call(function, [args["params"], args["workspace"], args["status"], args["sample_offset"], *extra])
+    with b.if_then(b.icmp_signed("!=", failed, I64(0)), likely=False):
+        b.ret(failed)
+
+
+def bind_values(e, hoisting: Hoisting, workspace, adjoints_of: dict | None = None):
+    """Bind each hoisted value (a param of the per-sample program) to its bytes; with
+    `adjoints_of` (hoisted name -> the gradient program's accumulator), bind those too."""
+    for decl in hoisting.split.hoisted:
+        e.bind(decl.value, e.b.gep(workspace, [I64(hoisting.values[decl.name])], inbounds=True,
+                                   name=llvm_name(decl.name)))
+        if adjoints_of is not None:
+            e.bind(adjoints_of[decl.name], e.b.gep(workspace, [I64(hoisting.adjoints[decl.name])], inbounds=True))
