@@ -32,6 +32,7 @@ from spadrt.files import atomic_write, check_writable, path_argument
 from spadrt.library import layout_digest
 
 from . import frontend, passes
+from .passes import hoist
 from .ad.reverse import gradient
 from contextlib import nullcontext
 
@@ -104,18 +105,21 @@ def kernels_module(path: str, dtype: str = "f64", estimators=ESTIMATOR_NAMES, ke
     prefix = _identifier(program.name)
     module = ir.Module(name=program.name)
     layout, outputs = kernels.base_layout(program, dtype)
-    lanes = 1
-    if native:
-        exact = gradient(program, accumulate=True)
+    lanes, split = 1, None
+    if native:  # as the JIT: lanes, and what depends on params alone once per call (memory for time)
+        split = hoist.split(program)
+        exact = gradient(split.per_sample if split else program, accumulate=True)
         exact.program = passes.run(exact.program)
         lanes = kernels.choose_lanes(exact, dtype, limits.max_memory(None))
     layout["forward"] = kernels.forward_kernel(module, program, layout, outputs, dtype, f"{prefix}_forward",
-                                               lanes=lanes)
+                                               lanes=lanes, split=split)
     for suffix, sampling, score, site_policy in variants(estimators, keep, policy, draw, share):
-        program_of_variant = gradient(program, accumulate=True, sampling=sampling, score=score, policy=site_policy)
+        hoisted = split if sampling is None and score is None else None  # sampled paths: the program as written
+        program_of_variant = gradient(hoisted.per_sample if hoisted else program, accumulate=True, sampling=sampling,
+                                      score=score, policy=site_policy)
         program_of_variant.program = passes.run(program_of_variant.program)
         symbol = f"{prefix}_grad_{suffix}"
-        entry = kernels.grad_kernel(module, program_of_variant, layout, dtype, symbol, lanes=lanes)
+        entry = kernels.grad_kernel(module, program_of_variant, layout, dtype, symbol, lanes=lanes, split=hoisted)
         entry["train_step"] = _train_step(module, symbol, f"{prefix}_train_step_{suffix}", layout, dtype)
         layout["variants"][variant_key(sampling, score, site_policy)] = entry
     text = json.dumps(layout)

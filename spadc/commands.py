@@ -22,6 +22,8 @@ from spadrt.plot import loss_curve, require_matplotlib
 from spadrt.training import Interrupted, fit
 
 from . import api, frontend, memreport, passes
+from .ad.reverse import gradient
+from .passes import PASS_NAMES, hoist
 from . import options as options_
 from .errors import SpadcError
 from .ir.printer import format_program
@@ -57,12 +59,28 @@ def ir(args) -> int:
     if args.estimator in ("es", "pes"):
         raise SpadcError("ES and PES run the forward program only (with perturbed params): it has no gradient program; "
                          "`spadc ir FILE` prints the forward program")
-    if args.grad or args.estimator != "exact":
+    if args.estimator != "exact":  # a sampled adjoint: of the program as written
         compiled = api.build_file(args.file)
-        program = compiled.gradient_program(options_.estimator(args).sampling).program
+        sys.stdout.write(format_program(compiled.gradient_program(options_.estimator(args).sampling).program))
+        return 0
+    program = frontend.lower(frontend.check_file(args.file), dump_after=None if args.grad else args.dump_after)
+    split = hoist.split(program) if args.grad or args.dump_after in (None, PASS_NAMES[-1]) else None
+    if split is None:
+        if args.grad:
+            program = api.build_file(args.file).gradient_program(None).program
+        sys.stdout.write(format_program(program))
+        return 0
+    # The kernels' view: what depends on params alone once per call, then the samples (and, for
+    # the gradient, the hoisted values' adjoint once after them).
+    parts = [("once per call, before the samples (hoisted: depends on params alone)", split.prologue)]
+    if args.grad:
+        parts += [("per sample; the adjoints of the hoisted values are summed over the samples",
+                   passes.run(gradient(split.per_sample, accumulate=True).program)),
+                  ("once per call, after the samples: the hoisted values' adjoint, to the params",
+                   passes.run(gradient(split.product, accumulate=True).program))]
     else:
-        program = frontend.lower(frontend.check_file(args.file), dump_after=args.dump_after)
-    sys.stdout.write(format_program(program))
+        parts.append(("per sample; its params after the user's are the prologue's outputs ^0, ^1, ..., in order", split.per_sample))
+    sys.stdout.write("\n".join(f"# {title}\n{format_program(part)}" for title, part in parts))
     return 0
 
 

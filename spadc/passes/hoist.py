@@ -107,6 +107,24 @@ class _Cut:
         return crossing, recomputed
 
 
+def _copy(ops: list[Op], copies: dict[int, Value]) -> list[Op]:
+    """The ops again, with values of their own (a value is defined once in a program), reading
+    `copies[v]` for each value v copied so far."""
+    copied = []
+    for op in ops:
+        regions = []
+        for region in op.regions:
+            params = [Value(p.type, p.hint) for p in region.params]
+            copies.update({p.id: q for p, q in zip(region.params, params)})
+            inner = _copy(region.ops, copies)
+            regions.append(Block(params, inner, [copies.get(y.id, y) for y in region.yields]))
+        results = tuple(Value(r.type, r.hint) for r in op.results)
+        copied.append(Op(op.kind, tuple(copies.get(a.id, a) for a in op.args), results, op.attrs, op.loc,
+                         op.inlined_at, tuple(regions)))
+        copies.update({r.id: q for r, q in zip(op.results, results)})
+    return copied
+
+
 def _needed(ops: list[Op], value: Value) -> list[Op]:
     """The ops of `ops` that computing `value` needs, in order."""
     wanted, needed = {value.id}, []
@@ -131,8 +149,10 @@ def _fission(op: Op, available: set[int], prologue: list[Op]) -> Op:
     lo, hi = op.attrs["lo"], op.attrs["hi"]
     stacked = tuple(Value(v.type.with_shape((hi - lo,) + v.type.shape), v.hint) for v in crossing)
     for value, rows in zip(crossing, stacked):  # one comprehension each: only a first yield has an adjoint
+        copies = {index.id: Value(index.type, index.hint)}
+        body_ops = _copy(_needed(cut.hoisted, value), copies)
         prologue.append(Op("tabulate", (), (rows,), {"lo": lo, "hi": hi, "var": op.attrs.get("var", "i")}, op.loc,
-                           op.inlined_at, (Block([index], _needed(cut.hoisted, value), [value]),)))
+                           op.inlined_at, (Block([copies[index.id]], body_ops, [copies[value.id]]),)))
     available.update(v.id for v in stacked)
     row, reads = index, []
     if lo:
