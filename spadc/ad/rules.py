@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..ir import elementwise, linalg
+from ..ir import binary, elementwise, linalg
 from ..ir.primitives import permutation
 
 
@@ -46,8 +46,7 @@ def _rule(name, saves=()):
     return register
 
 
-for _name in ("stop_gradient", "not", "to_float", "to_int", "floordiv", "lt", "le", "gt", "ge",
-              "eq", "ne", "and", "or", "const", "eye", "onehot", "fail_if", "dropout_mask", "first_true",
+for _name in ("stop_gradient", "not", "to_float", "to_int", "const", "eye", "onehot", "fail_if", "dropout_mask", "first_true",
               "gate_pack", "gate_unpack", "gate_mask", "score_add", "pack_bits", "unpack_bits", "record", "field", "gate_outer_add", "argmax"):
     ADJOINTS[_name] = ZERO
 
@@ -113,56 +112,26 @@ for _record in elementwise.UNARY:
         ADJOINTS[_record.name] = Rule(tuple(0 if r == "x" else r for r in _record.reads), _chain_rule(_record))
 
 
-@_rule("add")
-def _add(c, op, g, wanted, P):
-    return [g, g]
+def chain(c, g, sign, factors):
+    """sign * g op1 v1 op2 v2 ...: a partial of spadc/ir/binary.py applied to g (or to a tangent)."""
+    for kind, value in factors:
+        g = times(c, g, value, kind)
+    return c.op("neg", g) if sign < 0 else g
 
 
-@_rule("sub")
-def _sub(c, op, g, wanted, P):
-    return [g, c.op("neg", g) if wanted[1] else None]
+def _binary_rule(function):
+    def rule(c, op, g, wanted, P):
+        x, y = (P.arg(k) if k in function.reads else None for k in (0, 1))
+        out = P.out() if "out" in function.reads else None
+        return [chain(c, g, *partial(c, x, y, out)) if w else None for partial, w in zip(function.partials, wanted)]
+    return rule
 
 
-@_rule("mul", saves=(0, 1))
-def _mul(c, op, g, wanted, P):
-    return [times(c, g, P.arg(1)) if wanted[0] else None,
-            times(c, g, P.arg(0)) if wanted[1] else None]
-
-
-@_rule("div", saves=(1, "out"))
-def _div(c, op, g, wanted, P):
-    b = P.arg(1)
-    return [times(c, g, b, "div") if wanted[0] else None,
-            c.op("neg", times(c, times(c, g, P.out()), b, "div")) if wanted[1] else None]
-
-
-@_rule("atan2", saves=(0, 1))
-def _atan2(c, op, g, wanted, P):
-    y, x = P.arg(0), P.arg(1)
-    radius = c.op("add", c.op("mul", x, x), c.op("mul", y, y))  # d/dy = x / r^2, d/dx = -y / r^2
-    return [times(c, g, c.op("div", x, radius)) if wanted[0] else None,
-            times(c, g, c.op("neg", c.op("div", y, radius))) if wanted[1] else None]
-
-
-@_rule("pow", saves=(0, 1, "out"))
-def _pow(c, op, g, wanted, P):
-    a, b = P.arg(0), P.arg(1)
-    da = db = None
-    if wanted[0]:
-        # b * a^(b-1), defined as 0 where b == 0 (as JAX does) so that a^0 has no NaN derivative at a = 0.
-        slope = c.op("mul", b, c.op("pow", a, c.op("sub", b, c.const(1.0))))
-        da = times(c, g, c.op("select", c.op("eq", b, c.const(0.0)), c.const(0.0), slope))
-    if wanted[1]:
-        # out * log(a), defined as 0 where a == 0.
-        slope = c.op("mul", P.out(), c.op("log", a))
-        db = times(c, g, c.op("select", c.op("eq", a, c.const(0.0)), c.const(0.0), slope))
-    return [da, db]
-
-
-@_rule("mod", saves=(0, 1))
-def _mod(c, op, g, wanted, P):
-    # a % b = a - floor(a / b) * b, and floor has zero derivative.
-    return [g, c.op("neg", times(c, g, c.op("floor", c.op("div", P.arg(0), P.arg(1))))) if wanted[1] else None]
+for _record in binary.BINARY:
+    if _record.zero_derivative:
+        ADJOINTS[_record.name] = ZERO
+    elif _record.partials is not None:
+        ADJOINTS[_record.name] = Rule(_record.reads, _binary_rule(_record))
 
 
 def _pick(compare):

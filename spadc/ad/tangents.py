@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..ir import elementwise, linalg
-from .rules import product_partials, restore_axis, times
+from ..ir import binary, elementwise, linalg
+from .rules import chain, product_partials, restore_axis, times
 
 TANGENTS: dict[str, Callable | None] = {}  # None: the derivative is zero (or the operands are not differentiable)
 
-for _name in ("stop_gradient", "not", "to_float", "to_int", "floordiv", "lt", "le", "gt", "ge",
-              "eq", "ne", "and", "or", "const", "eye", "onehot", "fail_if", "dropout_mask", "first_true", "pack_bits",
+for _name in ("stop_gradient", "not", "to_float", "to_int", "const", "eye", "onehot", "fail_if", "dropout_mask", "first_true", "pack_bits",
               "unpack_bits", "argmax", "gate_mask"):
     TANGENTS[_name] = None
 
@@ -79,58 +78,28 @@ def _relu(t, op, d):
 
 # ---- binary elementwise ---------------------------------------------------------------
 
-@_tangent("add")
-def _add(t, op, d):
-    return _sum(t, d)
+def _binary_tangent(function):
+    def rule(t, op, d):
+        x, y = op.args
+        total = None
+        for partial, dk in zip(function.partials, d):
+            if dk is None:
+                continue
+            sign, factors = partial(t, x, y, op.result)
+            term = chain(t, dk, 1, factors)
+            if total is None:
+                total = t.op("neg", term) if sign < 0 else term
+            else:
+                total = t.op("sub" if sign < 0 else "add", total, term)
+        return total
+    return rule
 
 
-@_tangent("sub")
-def _sub(t, op, d):
-    if d[1] is None:
-        return d[0]
-    return t.op("neg", d[1]) if d[0] is None else t.op("sub", d[0], d[1])
-
-
-@_tangent("mul")
-def _mul(t, op, d):
-    a, b = op.args
-    return _sum(t, [times(t, d[0], b) if d[0] is not None else None, times(t, d[1], a) if d[1] is not None else None])
-
-
-@_tangent("div")
-def _div(t, op, d):
-    b = op.args[1]
-    return _sum(t, [times(t, d[0], b, "div") if d[0] is not None else None,
-                    t.op("neg", times(t, times(t, d[1], op.result), b, "div")) if d[1] is not None else None])
-
-
-@_tangent("atan2")
-def _atan2(t, op, d):
-    y, x = op.args
-    radius = t.op("add", t.op("mul", x, x), t.op("mul", y, y))
-    return _sum(t, [times(t, d[0], t.op("div", x, radius)) if d[0] is not None else None,
-                    times(t, d[1], t.op("neg", t.op("div", y, radius))) if d[1] is not None else None])
-
-
-@_tangent("pow")
-def _pow(t, op, d):
-    a, b = op.args
-    terms = []
-    if d[0] is not None:  # b a^(b-1), 0 where b == 0 (the adjoint's convention)
-        slope = t.op("mul", b, t.op("pow", a, t.op("sub", b, t.const(1.0))))
-        terms.append(times(t, d[0], t.op("select", t.op("eq", b, t.const(0.0)), t.const(0.0), slope)))
-    if d[1] is not None:  # a^b log a, 0 where a == 0
-        slope = t.op("mul", op.result, t.op("log", a))
-        terms.append(times(t, d[1], t.op("select", t.op("eq", a, t.const(0.0)), t.const(0.0), slope)))
-    return _sum(t, terms)
-
-
-@_tangent("mod")
-def _mod(t, op, d):
-    # a % b = a - floor(a / b) * b, and floor has zero derivative.
-    a, b = op.args
-    drop = t.op("neg", times(t, d[1], t.op("floor", t.op("div", a, b)))) if d[1] is not None else None
-    return _sum(t, [d[0], drop])
+for _record in binary.BINARY:
+    if _record.zero_derivative:
+        TANGENTS[_record.name] = None
+    elif _record.partials is not None:
+        TANGENTS[_record.name] = _binary_tangent(_record)
 
 
 def _pick(compare):

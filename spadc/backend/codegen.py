@@ -47,6 +47,9 @@ class Check:
     loc: Loc
 
 
+UNROLLED = 4  # entries up to which an elementwise op or a copy is straight-line code (`each`)
+
+
 class FunctionEmitter:
     def __init__(self, function: ir.Function, float_type, plan: MemoryPlan, workspace, status, checks: list[Check]):
         self.function = function
@@ -153,7 +156,7 @@ class FunctionEmitter:
             index = target_offset if target_offset is not None else None
             self.store(target, index, self.load(source))
             return
-        with self.loop(source.type.size, "copy") as j:
+        for j in self.each(source.type.size, "copy"):
             at = self.b.add(target_offset, j) if target_offset is not None else j
             self.store(target, at, self.load(source, j))
 
@@ -182,6 +185,18 @@ class FunctionEmitter:
         index.add_incoming(b.add(index, I64(1), name=f"{name}.next"), b.block)
         b.branch(head)
         b.position_at_end(exit_)
+
+    def each(self, count, name: str = "j"):
+        """The indices 0..count, for a body that does not depend on being in a loop: a loop, or,
+        for a count of at most UNROLLED (a known int), the body once per index. LLVM's loop passes
+        and vectoriser cost time per loop, and a program of small vectors has hundreds of loops of
+        two to four trips (a fuzzer's grad kernel: 351), which then cost more to compile than to run."""
+        if isinstance(count, int) and count <= UNROLLED:
+            for k in range(count):
+                yield I64(k)
+        else:
+            with self.loop(count, name) as index:
+                yield index
 
     @contextmanager
     def nest(self, shape: tuple[int, ...], name: str = "i"):

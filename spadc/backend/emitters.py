@@ -50,7 +50,7 @@ def _elementwise(e, op):
     if out.type.rank == 0:
         e.store(out, None, _named(scalar(e, op, *[e.load(a) for a in op.args]), out.hint))
         return
-    with e.loop(out.type.size, "j") as j:
+    for j in e.each(out.type.size, "j"):
         values = [e.load(a, j if a.type.rank else None) for a in op.args]
         e.store(out, j, _named(scalar(e, op, *values), out.hint))
 
@@ -69,7 +69,7 @@ def elementwise_group(e, ops):
     writing it, as alone."""
     size = ops[0].result.type.size
     scalars = {a.id: e.load(a) for op in ops for a in op.args if not a.type.rank}
-    with e.loop(size, "j") as j:
+    for j in e.each(size, "j"):
         computed = {}
         for op in ops:
             values = [computed[a.id] if a.id in computed else scalars[a.id] if not a.type.rank else e.load(a, j)

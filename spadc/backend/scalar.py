@@ -15,7 +15,7 @@ import math
 
 from llvmlite import ir
 
-from ..ir import elementwise, special
+from ..ir import binary, elementwise, special
 
 I1, I64 = ir.IntType(1), ir.IntType(64)
 
@@ -222,22 +222,19 @@ SCALAR = {
     "not": lambda e, op, x: e.b.xor(x, I1(1)),
     "to_float": _to_float,
     "to_int": _to_int,
-    "add": _arithmetic("fadd", "add"),
-    "sub": _arithmetic("fsub", "sub"),
-    "mul": _arithmetic("fmul", "mul"),
-    "div": lambda e, op, a, b_: e.b.fdiv(a, b_),
     "floordiv": _floordiv,
     "mod": _mod,
-    "pow": lambda e, op, a, b_: call(e, "llvm.pow", a, b_),
-    "atan2": lambda e, op, y, x: call(e, "atan2", y, x),
     "max": _extremum(">="),
     "min": _extremum("<="),
     "lt": _comparison("<"), "le": _comparison("<="), "gt": _comparison(">"), "ge": _comparison(">="),
     "eq": _comparison("=="), "ne": _comparison("!="),
-    "and": lambda e, op, a, b_: e.b.and_(a, b_),
-    "or": lambda e, op, a, b_: e.b.or_(a, b_),
     "select": lambda e, op, c, a, b_: e.b.select(c, a, b_),
 }
 for _record in elementwise.UNARY:  # a function with a `lowering` is one call; the others are emitted above
     if _record.lowering is not None:
         SCALAR[_record.name] = _libm(_record.lowering)
+for _record in binary.BINARY:  # an instruction (float, integer) or a call; the others are emitted above
+    if isinstance(_record.lowering, tuple):
+        SCALAR[_record.name] = _arithmetic(*_record.lowering)
+    elif _record.lowering is not None:
+        SCALAR[_record.name] = (lambda name: lambda e, op, a, b_: call(e, name, a, b_))(_record.lowering)

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import draws, elementwise, linalg, special
+from . import binary, draws, elementwise, linalg, special
 from .types import BOOL, F64, Fault, TensorType
 
 
@@ -105,37 +105,9 @@ def _binary(name, fn, doc, dtypes=("f64", "i64"), family="binary", out=None):
     _define(name, 2, infer, lambda args, attrs, ctx: np.asarray(fn(*args)), family, doc)
 
 
-def _int_checked(fn):
-    def apply(a, b):
-        if a.dtype == np.int64 and np.any(b == 0):
-            raise Fault("integer division by zero")
-        return fn(a, b)
-    return apply
-
-
-def _max(a, b):
-    return np.where((a >= b) | (a != a), a, b)
-
-
-def _min(a, b):
-    return np.where((a <= b) | (a != a), a, b)
-
-
-_binary("add", np.add, "a + b")
-_binary("sub", np.subtract, "a - b")
-_binary("mul", np.multiply, "a * b")
-_binary("div", np.divide, "a / b (true division)", ("f64",))
-_binary("floordiv", _int_checked(np.floor_divide), "a // b, rounding down as in Python")
-_binary("mod", _int_checked(np.mod), "a % b, with the sign of b as in Python")
-_binary("pow", np.power, "a ^ b", ("f64",))
-_binary("atan2", np.arctan2, "atan2(y, x): the angle of the point (x, y), in [-pi, pi], as NumPy's arctan2", ("f64",))
-_binary("max", _max, "elementwise max; ties and the derivative go to a")
-_binary("min", _min, "elementwise min; ties and the derivative go to a")
-for _name, _fn in [("lt", np.less), ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal),
-                   ("eq", np.equal), ("ne", np.not_equal)]:
-    _binary(_name, _fn, f"comparison {_name}", ("f64", "i64", "bool"), family="compare", out="bool")
-_binary("and", np.logical_and, "logical and", ("bool",), family="logic")
-_binary("or", np.logical_or, "logical or", ("bool",), family="logic")
+for _binary_record in binary.BINARY:  # the functions of spadc/ir/binary.py, with all their rules
+    _binary(_binary_record.name, _binary_record.numpy, _binary_record.doc, _binary_record.dtypes,
+            _binary_record.family, _binary_record.out)
 
 
 def _select_infer(types, attrs):
