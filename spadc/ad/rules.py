@@ -121,9 +121,14 @@ def chain(c, g, sign, factors):
 
 def _binary_rule(function):
     def rule(c, op, g, wanted, P):
-        x, y = (P.arg(k) if k in function.reads else None for k in (0, 1))
-        out = P.out() if "out" in function.reads else None
-        return [chain(c, g, *partial(c, x, y, out)) if w else None for partial, w in zip(function.partials, wanted)]
+        contributions = []
+        for partial, reads, w in zip(function.partials, function.reads, wanted):
+            if not w:  # read nothing for it: what a partial reads is what the tape keeps
+                contributions.append(None)
+                continue
+            x, y = (P.arg(k) if k in reads else None for k in (0, 1))
+            contributions.append(chain(c, g, *partial(c, x, y, P.out() if "out" in reads else None)))
+        return contributions
     return rule
 
 
@@ -131,7 +136,7 @@ for _record in binary.BINARY:
     if _record.zero_derivative:
         ADJOINTS[_record.name] = ZERO
     elif _record.partials is not None:
-        ADJOINTS[_record.name] = Rule(_record.reads, _binary_rule(_record))
+        ADJOINTS[_record.name] = Rule(tuple(dict.fromkeys(_record.reads[0] + _record.reads[1])), _binary_rule(_record))
 
 
 def _pick(compare):

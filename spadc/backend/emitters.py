@@ -107,14 +107,14 @@ def _reduce(e, op):
     x, out = op.args[0], op.result
     outer, n, inner = _split(x.type.shape, op.attrs["axis"])
     b = e.b
-    with e.loop(outer, "o") as o:
+    for o in e.each(outer, "o"):
         base = b.mul(o, I64(n * inner))
         row = b.mul(o, I64(inner))
-        with e.loop(inner, "i") as i:
+        for i in e.each(inner, "i"):
             e.store(out, b.add(row, i), e.load(x, b.add(base, i)))
-        with e.loop(n - 1, "j", start=1) as j:
+        for j in e.each(n - 1, "j", start=1):
             at = b.add(base, b.mul(j, I64(inner)))
-            with e.loop(inner, "i") as i:
+            for i in e.each(inner, "i"):
                 target = b.add(row, i)
                 e.store(out, target, _combine(e, op, e.load(out, target), e.load(x, b.add(at, i))))
 
@@ -125,16 +125,16 @@ def _cumsum(e, op):
     outer, n, inner = _split(x.type.shape, op.attrs["axis"])
     b, reverse = e.b, op.attrs.get("reverse", False)
     add = b.fadd if is_float(x) else b.add
-    with e.loop(outer, "o") as o:
+    for o in e.each(outer, "o"):
         base = b.mul(o, I64(n * inner))
         first = b.add(base, I64((n - 1) * inner if reverse else 0))
-        with e.loop(inner, "i") as i:
+        for i in e.each(inner, "i"):
             e.store(out, b.add(first, i), e.load(x, b.add(first, i)))
-        with e.loop(n - 1, "j", start=1) as j:
+        for j in e.each(n - 1, "j", start=1):
             position = b.sub(I64(n - 1), j) if reverse else j
             at = b.add(base, b.mul(position, I64(inner)))
             before = b.add(base, b.mul(b.add(position, I64(1 if reverse else -1)), I64(inner)))
-            with e.loop(inner, "i") as i:
+            for i in e.each(inner, "i"):
                 e.store(out, b.add(at, i), add(e.load(out, b.add(before, i)), e.load(x, b.add(at, i))))
 
 
@@ -146,12 +146,12 @@ def _argmax(e, op):
     b = e.b
     best, position = e.alloca(e.storage_type(x.type.dtype), name="best"), e.alloca(I64, name="argmax")
     floating = is_float(x)
-    with e.loop(outer, "o") as o:
-        with e.loop(inner, "i") as i:
+    for o in e.each(outer, "o"):
+        for i in e.each(inner, "i"):
             start = b.add(b.mul(o, I64(n * inner)), i)
             b.store(e.load(x, start), best)
             b.store(I64(0), position)
-            with e.loop(n - 1, "j", start=1) as j:
+            for j in e.each(n - 1, "j", start=1):
                 value, current = e.load(x, b.add(start, b.mul(j, I64(inner)))), b.load(best)
                 if floating:
                     larger = b.or_(b.fcmp_ordered(">", value, current), b.fcmp_unordered("uno", value, value))
@@ -169,11 +169,11 @@ def _first_true(e, op):
     outer, n, inner = _split(x.type.shape, op.attrs["axis"])
     b = e.b
     found = e.alloca(I1, name="found")
-    with e.loop(outer, "o") as o:
-        with e.loop(inner, "i") as i:
+    for o in e.each(outer, "o"):
+        for i in e.each(inner, "i"):
             b.store(I1(0), found)
             start = b.add(b.mul(o, I64(n * inner)), i)
-            with e.loop(n, "j") as j:
+            for j in e.each(n, "j"):
                 at = b.add(start, b.mul(j, I64(inner)))
                 value, seen = e.load(x, at), b.load(found)
                 e.store(out, at, b.and_(value, b.xor(seen, I1(1))))
@@ -200,12 +200,12 @@ def _matmul(e, op):
         # C[i, :] = 0; for k: C[i, :] += A[i, k] * B[k, :]  (the inner loop vectorises)
         m, k_dim = A.type.shape
         n = B.type.shape[1]
-        with e.loop(m, "i") as i:
-            with e.loop(n, "j") as j:
+        for i in e.each(m, "i"):
+            for j in e.each(n, "j"):
                 e.store(C, b.add(b.mul(i, I64(n)), j), fconst(e, 0.0))
-            with e.loop(k_dim, "k") as k:
+            for k in e.each(k_dim, "k"):
                 a = e.load(A, b.add(b.mul(i, I64(k_dim)), k))
-                with e.loop(n, "j") as j:
+                for j in e.each(n, "j"):
                     at = b.add(b.mul(i, I64(n)), j)
                     e.store(C, at, _fmadd(e, e.load(C, at), a, e.load(B, b.add(b.mul(k, I64(n)), j))))
     elif A.type.rank == 2:
@@ -215,7 +215,7 @@ def _matmul(e, op):
     else:
         acc = e.alloca(e.float, name="dot")
         b.store(fconst(e, 0.0), acc)
-        with e.loop(A.type.shape[0], "k") as k:
+        for k in e.each(A.type.shape[0], "k"):
             b.store(_fmadd(e, b.load(acc), e.load(A, k), e.load(B, k), True), acc)
         e.store(C, None, b.load(acc))
 
@@ -224,9 +224,9 @@ def _outer(e, op):
     # out[i, j] = a[i] * b[j]  (the inner loop vectorises)
     a, b_vec, out = op.args[0], op.args[1], op.result
     m, n = out.type.shape
-    with e.loop(m, "i") as i:
+    for i in e.each(m, "i"):
         left = e.load(a, i)
-        with e.loop(n, "j") as j:
+        for j in e.each(n, "j"):
             e.store(out, e.b.add(e.b.mul(i, I64(n)), j), e.b.fmul(left, e.load(b_vec, j)))
 
 
@@ -243,7 +243,7 @@ def _transpose(e, op):
     x, out = op.args[0], op.result
     perm = primitives.permutation(x.type.rank, op.attrs)
     source = _strides(x.type.shape)
-    with e.nest(out.type.shape) as index:
+    for index in e.indices(out.type.shape):
         e.store(out, e.linear(index, _strides(out.type.shape)), e.load(x, e.linear(index, [source[a] for a in perm])))
 
 
@@ -251,7 +251,7 @@ def _concat(e, op):
     out, axis, start = op.result, op.attrs["axis"], 0
     strides = _strides(out.type.shape)
     for part in op.args:
-        with e.nest(part.type.shape) as index:
+        for index in e.indices(part.type.shape):
             at = e.linear([e.b.add(i, I64(start)) if k == axis else i for k, i in enumerate(index)], strides)
             e.store(out, at, e.load(part, e.linear(index, _strides(part.type.shape))))
         start += part.type.shape[axis]
@@ -269,10 +269,10 @@ def _broadcast(e, op):
     strides = [0 if d == 1 else s for d, s in zip(aligned, _strides(aligned))]
     if x.type.rank == 0:
         value = e.load(x)
-        with e.loop(out.type.size, "j") as j:
+        for j in e.each(out.type.size, "j"):
             e.store(out, j, value)
         return
-    with e.nest(shape) as index:
+    for index in e.indices(shape):
         e.store(out, e.linear(index, _strides(shape)), e.load(x, e.linear(index, strides)))
 
 
@@ -321,7 +321,7 @@ def _index(e, op):
     if out.id in e.plan.views:  # a contiguous run: a pointer into the operand (spadc/backend/memory.py)
         e.bind_view(out, op.args[0], offset([I64(0)] * len(shape)))
         return
-    with e.nest(shape) as index:
+    for index in e.indices(shape):
         e.store(out, e.linear(index, _strides(shape)), e.load(op.args[0], offset(index)))
 
 
@@ -330,7 +330,7 @@ def _index_add(e, op):
     acc, g, out = op.args[0], op.args[1], op.result
     e.copy(acc, out)
     shape, offset = _index_offsets(e, op, _dynamic_indices(e, op, 2))
-    with e.nest(shape) as index:
+    for index in e.indices(shape):
         at = offset(index)
         e.store(out, at, e.b.fadd(e.load(out, at), e.load(g, e.linear(index, _strides(shape)))))
 
@@ -340,7 +340,7 @@ def _index_set(e, op):
     acc, value, out = op.args[0], op.args[1], op.result
     e.copy(acc, out)
     shape, offset = _index_offsets(e, op, _dynamic_indices(e, op, 2))
-    with e.nest(shape) as index:
+    for index in e.indices(shape):
         e.store(out, offset(index), e.load(value, e.linear(index, _strides(shape))))
 
 
@@ -360,7 +360,7 @@ def _const(e, op):
 
 def _eye(e, op):
     n = op.attrs["n"]
-    with e.nest((n, n)) as (i, j):
+    for (i, j) in e.indices((n, n)):
         one = e.b.select(e.b.icmp_signed("==", i, j), fconst(e, 1.0), fconst(e, 0.0))
         e.store(op.result, e.linear([i, j], [n, 1]), one)
 
@@ -375,7 +375,7 @@ def _onehot(e, op):
     n = op.attrs["n"]
     label = e.load(op.args[0])
     e.check(e.b.icmp_unsigned("<", label, I64(n)), f"label {{value}} is out of range for {n} classes", op.loc, label)
-    with e.loop(n, "j") as j:
+    for j in e.each(n, "j"):
         e.store(op.result, j, e.b.select(e.b.icmp_signed("==", j, label), fconst(e, 1.0), fconst(e, 0.0)))
 
 
@@ -450,7 +450,7 @@ def uniform_loop(e, stream: tuple, count: int, name: str = "j"):
     seed, site, iteration, sample, step = stream
     lanes = e.alloca(I64, "philox.lanes", 4)
     blocks = (count + 3) // 4
-    with e.loop(blocks, f"{name}.block") as block:
+    with e.loop(blocks, f"{name}.block") as block:  # (a context manager yields once: loops, never unrolled)
         out = _philox(b, (block, iteration, sample, step), (seed, site))
         for lane, word in enumerate(out):
             b.store(word, b.gep(lanes, [I64(lane)], inbounds=True))
@@ -474,7 +474,7 @@ def _dropout_mask(e, op):
                 kept = b.fcmp_ordered(">=", u, ir.Constant(ir.DoubleType(), p))
                 e.store(out, j if out.type.rank else None, b.select(kept, fconst(e, 1.0 / (1.0 - p)), fconst(e, 0.0)))
         with otherwise:
-            with e.loop(size, "j") as j:
+            for j in e.each(size, "j"):
                 e.store(out, j if out.type.rank else None, fconst(e, 1.0))
 
 
@@ -494,12 +494,12 @@ def _pack_bits(e, op):
     x, out = op.args[0], op.result
     b = e.b
     whole, rest = divmod(x.type.size, 64)
-    with e.loop(whole, "w") as w:
+    for w in e.each(whole, "w"):
         loaded = b.load(_word_bytes(e, x, w), align=1)
         e.store(out, w, b.bitcast(b.icmp_unsigned("!=", loaded, ir.Constant(BYTES_PER_WORD, None)), I64))
     if rest:
         e.store(out, I64(whole), I64(0))
-        with e.loop(rest, "j") as j:
+        for j in e.each(rest, "j"):
             bit = b.shl(b.zext(e.load(x, b.add(j, I64(whole * 64))), I64), j)
             e.store(out, I64(whole), b.or_(e.load(out, I64(whole)), bit))
 
@@ -509,12 +509,12 @@ def _unpack_bits(e, op):
     words, out = op.args[0], op.result
     b = e.b
     whole, rest = divmod(out.type.size, 64)
-    with e.loop(whole, "w") as w:
+    for w in e.each(whole, "w"):
         bits = b.bitcast(e.load(words, w), BITS_PER_WORD)
         b.store(b.zext(bits, BYTES_PER_WORD), _word_bytes(e, out, w), align=1)
     if rest:
         word = e.load(words, I64(whole))
-        with e.loop(rest, "j") as j:
+        for j in e.each(rest, "j"):
             e.store(out, b.add(j, I64(whole * 64)), b.trunc(b.lshr(word, j), I1))
 
 
@@ -524,7 +524,7 @@ def _record(e, op):
     b = e.b
     offset = 0
     for value in op.args:
-        with e.loop(value.type.size, "j") as j:
+        for j in e.each(value.type.size, "j"):
             x = e.load(value, j if value.type.rank else None)
             if is_float(value):
                 word = b.bitcast(x if e.float == ir.DoubleType() else b.fpext(x, ir.DoubleType()), I64)
@@ -532,14 +532,14 @@ def _record(e, op):
                 word = x if x.type == I64 else b.zext(x, I64)
             e.store(out, b.add(j, I64(offset)), word)
         offset += value.type.size
-    with e.loop(out.type.size - offset, "pad", start=offset) as j:
+    for j in e.each(out.type.size - offset, "pad", start=offset):
         e.store(out, j, I64(0))
 
 
 def _field(e, op):
     out, offset = op.result, op.attrs["offset"]
     b = e.b
-    with e.loop(out.type.size, "j") as j:
+    for j in e.each(out.type.size, "j"):
         word = e.load(op.args[0], b.add(j, I64(offset)))
         if out.type.dtype == "f64":
             x = b.bitcast(word, ir.DoubleType())

@@ -13,7 +13,8 @@ Invariants:
   step guarded to exactly 0 where its left side is 0 (spadc/ad/rules.py, `times`), so that the side
   of a `where` that was not taken never turns an infinite partial into NaN. No factor: g itself (an
   add or a subtraction costs no multiply). A division is one rounding, as `g / b` for `a / b`.
-- `reads` names what the partials read (operand positions, "out"): that is what the tape keeps.
+- `reads[k]` names what operand k's partial reads (operand positions, "out"): what the tape keeps
+  for it, when that operand has an adjoint (`rate * u` keeps `u` only for `rate`'s gradient).
 - `lowering`: ("fadd", "add") for one LLVM instruction on floats and on integers, "llvm.pow" or
   "atan2" for an intrinsic or a C math function of the program's float type, None for an emitter
   of the same name in spadc/backend/scalar.py (functions with branches: floor division, max).
@@ -39,7 +40,7 @@ class Binary:
     doc: str
     lowering: tuple[str, str] | str | None
     partials: tuple[Callable, Callable] | None = None
-    reads: tuple = ()
+    reads: tuple[tuple, tuple] = ((), ())
     zero_derivative: bool = False
     dtypes: tuple[str, ...] = ("f64", "i64")
     family: str = "binary"  # binary | compare | logic
@@ -92,18 +93,19 @@ BINARY: tuple[Binary, ...] = (
     Binary("add", np.add, "a + b", ("fadd", "add"), (_ONE, _ONE)),
     Binary("sub", np.subtract, "a - b", ("fsub", "sub"), (_ONE, _MINUS_ONE)),
     Binary("mul", np.multiply, "a * b", ("fmul", "mul"),
-           (lambda b, x, y, out: (1, [("mul", y)]), lambda b, x, y, out: (1, [("mul", x)])), (0, 1)),
+           (lambda b, x, y, out: (1, [("mul", y)]), lambda b, x, y, out: (1, [("mul", x)])), ((1,), (0,))),
     Binary("div", np.divide, "a / b (true division)", ("fdiv", "fdiv"),
            (lambda b, x, y, out: (1, [("div", y)]), lambda b, x, y, out: (-1, [("mul", out), ("div", y)])),
-           (1, "out"), dtypes=("f64",)),
+           ((1,), (1, "out")), dtypes=("f64",)),
     Binary("floordiv", _int_checked(np.floor_divide), "a // b, rounding down as in Python", None,
            zero_derivative=True),
     # a % b = a - floor(a / b) * b, and floor has zero derivative
     Binary("mod", _int_checked(np.mod), "a % b, with the sign of b as in Python", None,
-           (_ONE, lambda b, x, y, out: (-1, [("mul", b.op("floor", b.op("div", x, y)))])), (0, 1)),
-    Binary("pow", np.power, "a ^ b", "llvm.pow", (_pow_base, _pow_exponent), (0, 1, "out"), dtypes=("f64",)),
+           (_ONE, lambda b, x, y, out: (-1, [("mul", b.op("floor", b.op("div", x, y)))])), ((), (0, 1))),
+    Binary("pow", np.power, "a ^ b", "llvm.pow", (_pow_base, _pow_exponent), ((0, 1), (0, "out")),
+           dtypes=("f64",)),
     Binary("atan2", np.arctan2, "atan2(y, x): the angle of the point (x, y), in [-pi, pi], as NumPy's arctan2",
-           "atan2", _atan2_partials(), (0, 1), dtypes=("f64",), since="2.0"),
+           "atan2", _atan2_partials(), ((0, 1), (0, 1)), dtypes=("f64",), since="2.0"),
     Binary("max", _max, "elementwise max; ties and the derivative go to a", None),
     Binary("min", _min, "elementwise min; ties and the derivative go to a", None),
     *(Binary(name, fn, f"comparison {name}", None, zero_derivative=True, dtypes=("f64", "i64", "bool"),
