@@ -16,6 +16,7 @@ import math
 from llvmlite import ir
 
 from ..ir import binary, elementwise, special
+from . import exponential
 
 I1, I64 = ir.IntType(1), ir.IntType(64)
 
@@ -66,7 +67,7 @@ def _abs(e, op, x):
 
 def _sigmoid(e, op, x):
     b = e.b
-    decay = call(e, "llvm.exp", b.fneg(call(e, "llvm.fabs", x)))
+    decay = exponential.exp(e, b.fneg(call(e, "llvm.fabs", x)))
     denominator = b.fadd(fconst(e, 1.0), decay)
     return b.select(b.fcmp_ordered(">=", x, fconst(e, 0.0)), b.fdiv(fconst(e, 1.0), denominator), b.fdiv(decay, denominator))
 
@@ -74,8 +75,8 @@ def _sigmoid(e, op, x):
 def _softplus(e, op, x):
     # NumPy's logaddexp(0, x), branch for branch.
     b = e.b
-    below = call(e, "log1p", call(e, "llvm.exp", x))
-    above = b.fadd(x, call(e, "log1p", call(e, "llvm.exp", b.fneg(x))))
+    below = call(e, "log1p", exponential.exp(e, x))
+    above = b.fadd(x, call(e, "log1p", exponential.exp(e, b.fneg(x))))
     at_zero = b.select(b.fcmp_ordered("==", x, fconst(e, 0.0)), fconst(e, math.log(2.0)), x)
     return b.select(b.fcmp_ordered("<", x, fconst(e, 0.0)), below, b.select(b.fcmp_ordered(">", x, fconst(e, 0.0)), above, at_zero))
 
@@ -215,6 +216,9 @@ SCALAR = {
     "abs": _abs,
     "sign": _sign,
     "sigmoid": _sigmoid,
+    "exp": lambda e, op, x: exponential.exp(e, x),
+    "expm1": lambda e, op, x: exponential.expm1(e, x),
+    "tanh": lambda e, op, x: exponential.tanh(e, x),
     "relu": lambda e, op, x: e.b.select(e.b.fcmp_unordered(">", x, fconst(e, 0.0)), x, fconst(e, 0.0)),  # NaN kept
     "softplus": _softplus,
     "polygamma": _polygamma,

@@ -17,8 +17,9 @@ Invariants:
 - The chain rule is `g * f'(x)` guarded to exactly 0 where `g` is 0 (spadc/ad/rules.py, `times`), so
   an infinite derivative on the side of a `where` not taken never becomes NaN.
 - `lowering` is an LLVM intrinsic (`llvm.exp`) or a C math library function (`tanh`), called for
-  the program's float type (`tanhf` in f32 builds); None means an emitter of the same name in
-  spadc/backend/scalar.py (for functions with branches, such as a stable sigmoid).
+  the program's float type (`sinhf` in f32 builds); None means an emitter of the same name in
+  spadc/backend/scalar.py (for functions with branches, such as a stable sigmoid, and for exp,
+  expm1 and tanh, which are arithmetic the vectoriser can run: spadc/backend/exponential.py).
 - `derivative` None means the function has a zero derivative when `zero_derivative`, and a rule of
   its own in spadc/ad/rules.py and spadc/ad/tangents.py otherwise (relu: it keeps one byte, not
   eight, on the tape).
@@ -70,18 +71,18 @@ def _one_minus_square_root(b, x):
 UNARY: tuple[Unary, ...] = (
     Unary("abs", np.abs, None, lambda b, x, out: b.op("sign", x), ("x",), "|x|; abs'(0) = 0", dtypes=("f64", "i64")),
     Unary("sign", np.sign, None, None, (), "-1, 0 or 1; zero derivative", zero_derivative=True, dtypes=("f64", "i64")),
-    Unary("exp", np.exp, "llvm.exp", lambda b, x, out: out, ("out",), "e^x"),
+    Unary("exp", np.exp, None, lambda b, x, out: out, ("out",), "e^x"),
     Unary("log", np.log, "llvm.log", lambda b, x, out: x, ("x",), "natural logarithm", divides=True),
     Unary("log1p", np.log1p, "log1p", lambda b, x, out: b.op("add", b.const(1.0), x), ("x",), "log(1 + x)",
           divides=True),
-    Unary("expm1", np.expm1, "expm1", lambda b, x, out: b.op("add", out, b.const(1.0)), ("out",), "e^x - 1"),
+    Unary("expm1", np.expm1, None, lambda b, x, out: b.op("add", out, b.const(1.0)), ("out",), "e^x - 1"),
     Unary("sqrt", np.sqrt, "llvm.sqrt", lambda b, x, out: b.op("mul", b.const(2.0), out), ("out",), "square root",
           divides=True),
     Unary("sin", np.sin, "llvm.sin", lambda b, x, out: b.op("cos", x), ("x",), "sine"),
     Unary("cos", np.cos, "llvm.cos", lambda b, x, out: b.op("neg", b.op("sin", x)), ("x",), "cosine"),
     Unary("tan", np.tan, "tan", lambda b, x, out: b.op("add", b.const(1.0), b.op("mul", out, out)), ("out",),
           "tangent"),
-    Unary("tanh", np.tanh, "tanh", lambda b, x, out: b.op("sub", b.const(1.0), b.op("mul", out, out)), ("out",),
+    Unary("tanh", np.tanh, None, lambda b, x, out: b.op("sub", b.const(1.0), b.op("mul", out, out)), ("out",),
           "hyperbolic tangent"),
     Unary("sigmoid", _sigmoid, None, lambda b, x, out: b.op("mul", out, b.op("sub", b.const(1.0), out)), ("out",),
           "1 / (1 + e^-x)"),
