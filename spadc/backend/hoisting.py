@@ -72,8 +72,9 @@ def _bind_params(e, program, args, param_offsets: dict[str, int]):
 
 
 def prologue(module, symbol: str, split: Split, float_type, float_bytes: int, checks, param_offsets):
-    """(the prologue function, its plan's size): computes every hoisted value into the workspace
-    at the offsets it is given by the caller (`values` below, as byte offsets)."""
+    """(the prologue function, its plan's size, `finish`): the function computes every hoisted
+    value into the workspace; `finish(values)` emits its body once the caller has placed them
+    (`values`: hoisted name -> byte offset, which depends on the plans' sizes)."""
     program = split.prologue
     plan_ = plan(program, float_bytes)
     args, function = _function(module, f"{symbol}.prologue", float_type, [])
@@ -93,8 +94,9 @@ def prologue(module, symbol: str, split: Split, float_type, float_bytes: int, ch
 
 
 def epilogue(module, symbol: str, split: Split, float_type, float_bytes: int, checks, param_offsets):
-    """(the epilogue function, its plan's size): adds the prologue's vector-Jacobian product with
-    the hoisted values' summed adjoints to the params' gradients (`grads`, at `param_offsets`)."""
+    """(the epilogue function, its plan's size, `finish`): the function adds the prologue's
+    vector-Jacobian product with the hoisted values' summed adjoints to the params' gradients
+    (`grads`, at `param_offsets`); `finish(adjoints)` emits its body once the adjoints are placed."""
     product = gradient(split.product, accumulate=True)
     product.program = run_passes(product.program)
     program = product.program

@@ -168,6 +168,7 @@ def _fission(op: Op, available: set[int], prologue: list[Op]) -> Op:
 
 
 def split(program: Program) -> Split | None:
+    """The split of `program` (the module's docstring), or None when it would not pay."""
     if not program.inputs:
         return None
     available = {p.value.id for p in program.params}
@@ -193,9 +194,10 @@ def split(program: Program) -> Split | None:
     per_sample = replace(program, params=list(program.params) + list(hoisted),
                          body=Block(user_values + list(crossing) + inputs, recomputed + kept, []))
     nothing = Value(program.loss.type)  # a prologue has no loss of its own
+    zero = Op("const", (), (nothing,), {"value": 0.0, "dtype": "f64"}, loc)
     prologue_program = Program(f"{program.name}.prologue", list(program.params), [],
-                               Block(list(user_values), prologue + [Op("const", (), (nothing,), {"value": 0.0, "dtype": "f64"}, loc)], []),
-                               {d.name: d.value for d in hoisted}, nothing)
+                               Block(list(user_values), prologue + [zero], []), {d.name: d.value for d in hoisted},
+                               nothing)
     return Split(prologue_program, per_sample, _product(prologue_program, hoisted, loc), hoisted)
 
 
