@@ -10,6 +10,8 @@ Invariants:
 - The prologue and the epilogue report a failed check as the kernel does (one `checks` list, one
   numbering), naming the first sample of the call.
 - A hoisted value is bound as a param every lane shares; its adjoint as a running sum.
+- The prologue's and epilogue's plans meet the memory limit as the kernel's does; the hoisted
+  values add at most twice spadc.passes.hoist.HOIST_BYTES.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ..passes import run as run_passes
 from ..passes.hoist import Split
 from .codegen import I64, FunctionEmitter
 from .emitters import llvm_name
-from .memory import ALIGN, plan, slot_bytes
+from .memory import ALIGN, check_limit, plan, slot_bytes
 
 I8P = ir.IntType(8).as_pointer()
 
@@ -71,12 +73,13 @@ def _bind_params(e, program, args, param_offsets: dict[str, int]):
                                    name=llvm_name(decl.name)))
 
 
-def prologue(module, symbol: str, split: Split, float_type, float_bytes: int, checks, param_offsets):
+def prologue(module, symbol: str, split: Split, float_type, float_bytes: int, checks, param_offsets, max_memory=None):
     """(the prologue function, its plan's size, `finish`): the function computes every hoisted
     value into the workspace; `finish(values)` emits its body once the caller has placed them
     (`values`: hoisted name -> byte offset, which depends on the plans' sizes)."""
     program = split.prologue
     plan_ = plan(program, float_bytes)
+    check_limit(program, plan_, max_memory, "kernel's once-per-call part", float_bytes)
     args, function = _function(module, f"{symbol}.prologue", float_type, [])
     e = FunctionEmitter(function, float_type, plan_, args["workspace"], args["status"], checks)
     e.sample, e.options = args["sample"], {}
@@ -93,7 +96,7 @@ def prologue(module, symbol: str, split: Split, float_type, float_bytes: int, ch
     return function, plan_.size, finish
 
 
-def epilogue(module, symbol: str, split: Split, float_type, float_bytes: int, checks, param_offsets):
+def epilogue(module, symbol: str, split: Split, float_type, float_bytes: int, checks, param_offsets, max_memory=None):
     """(the epilogue function, its plan's size, `finish`): the function adds the prologue's
     vector-Jacobian product with the hoisted values' summed adjoints to the params' gradients
     (`grads`, at `param_offsets`); `finish(adjoints)` emits its body once the adjoints are placed."""
@@ -102,6 +105,7 @@ def epilogue(module, symbol: str, split: Split, float_type, float_bytes: int, ch
     program = product.program
     writable = frozenset(v.id for v in product.accumulators.values())
     plan_ = plan(program, float_bytes, writable)
+    check_limit(program, plan_, max_memory, "gradient kernel's once-per-call adjoint", float_bytes)
     args, function = _function(module, f"{symbol}.epilogue", float_type, [("grads", float_type.as_pointer())])
     e = FunctionEmitter(function, float_type, plan_, args["workspace"], args["status"], checks)
     e.sample, e.options = args["sample"], {}

@@ -227,7 +227,7 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
     workspace = plan_.size
     if split is not None:
         prologue, prologue_size, finish = hoisting_.prologue(module, symbol, split, float_type_, float_bytes, checks,
-                                                             _param_offsets(layout))
+                                                             _param_offsets(layout), max_memory)
         hoisted = hoisting_.lay_out(split, plan_.size, float_bytes, prologue_size, 0, with_adjoints=False)
         finish(hoisted.values)
         workspace = hoisted.workspace
@@ -310,9 +310,9 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
     workspace = plan_.size
     if split is not None:
         prologue, prologue_size, finish_prologue = hoisting_.prologue(module, symbol, split, float_type_, float_bytes,
-                                                                      checks, offsets)
+                                                                      checks, offsets, max_memory)
         epilogue, epilogue_size, finish_epilogue = hoisting_.epilogue(module, symbol, split, float_type_, float_bytes,
-                                                                      checks, offsets)
+                                                                      checks, offsets, max_memory)
         hoisted = hoisting_.lay_out(split, plan_.size, float_bytes, prologue_size, epilogue_size, with_adjoints=True)
         finish_prologue(hoisted.values)
         finish_epilogue(hoisted.adjoints)

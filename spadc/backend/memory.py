@@ -210,8 +210,10 @@ def check_limit(program: Program, plan_: MemoryPlan, max_memory: int | None, ker
     limit = limits.max_memory(max_memory)
     if plan_.size <= limit:
         return
+    from .linalg import scratch_bytes
     sized = [(value_bytes(r, float_bytes), op) for op in walk_ops(program.body) for r in op.results
              if r.id in plan_.offsets]
+    sized += [(scratch_bytes(op, float_bytes), op) for op in walk_ops(program.body) if id(op) in plan_.scratch]
     biggest, op = max(sized, key=lambda pair: pair[0])
     what = f"a loop's tape ({op.attrs['hi'] - op.attrs['lo']:,} iterations)" if op.kind == "loop" else f"`{op.kind}`"
     raise SpadcError(f"the {kernel} needs a workspace of {format_bytes(plan_.size)}, "
