@@ -33,7 +33,8 @@ from ..ir.types import TensorType
 from . import sampling as gates
 from .activity import active_values
 from .context import Adjoints, Context, Primals, to_shape
-from .rules import ADJOINTS, Rule, Sparse, restore_axis, times
+from ..ir.reductions import restore_axis
+from .rules import ADJOINTS, Rule, Sparse, times
 from .sites import find_sites
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..ir import binary, elementwise, linalg
+from ..ir import binary, elementwise, linalg, reductions
+from ..ir.reductions import restore_axis
 from ..ir.primitives import permutation
 
 
@@ -62,14 +63,6 @@ def times(c, g, partial, kind: str = "mul"):
     not 0 where g is 0. Forward over reverse needs the term dg * partial there: where a cotangent
     is exactly 0 (tied logits) a Hessian product lost it once."""
     return c.op("select", c.op("eq", g, c.const(0.0)), c.const(0.0), c.op(kind, g, partial), guard=True)
-
-
-def restore_axis(c, g, shape, axis):
-    """Spread the adjoint of a reduction over the reduced axis (or over everything)."""
-    if axis is not None:
-        kept = shape[:axis] + (1,) + shape[axis + 1:]
-        g = c.op("reshape", g, shape=kept)
-    return c.op("broadcast", g, shape=shape) if g.type.shape != shape else g
 
 
 def unbroadcast(c, g, shape):
@@ -162,43 +155,21 @@ def _select(c, op, g, wanted, P):
 
 # ---- reductions ----------------------------------------------------------------------
 
-@_rule("reduce_sum")
-def _reduce_sum(c, op, g, wanted, P):
-    return [restore_axis(c, g, op.args[0].type.shape, op.attrs["axis"])]
+def _reduction_rule(reduction):
+    def rule(c, op, g, wanted, P):
+        axis, shape = op.attrs["axis"], op.args[0].type.shape
+        weight = reduction.weight(c, P.arg(0) if 0 in reduction.saves else None,
+                                  P.out() if "out" in reduction.saves else None, axis) if reduction.weight else None
+        spread = restore_axis(c, g, shape, axis)
+        if weight is None:
+            return [spread]
+        kind, w = weight
+        return [times(c, spread, w) if kind == "mul" else c.op("select", w, spread, c.const(0.0))]
+    return rule
 
 
-def _extremum(c, op, g, wanted, P):
-    x, axis = P.arg(0), op.attrs["axis"]
-    shape = op.args[0].type.shape
-    out = restore_axis(c, P.out(), shape, axis)
-    hit = c.op("or", c.op("eq", x, out), c.op("ne", x, x))
-    first = c.op("first_true", hit, axis=axis)
-    return [c.op("select", first, restore_axis(c, g, shape, axis), c.const(0.0))]
-
-
-ADJOINTS["reduce_max"] = Rule((0, "out"), _extremum)
-ADJOINTS["reduce_min"] = Rule((0, "out"), _extremum)
-
-
-def product_partials(c, x, axis):
-    """d prod / d x_i, the product of the other entries, spread back to x's shape; computed without
-    dividing by x_i so that zeros are exact: with no zero it is P / x_i, with one zero it is P' at the
-    zero (P' the product of the nonzero entries) and 0 elsewhere, with two or more zeros it is 0.
-    (Also the tangent rule's partial: spadc/ad/tangents.py.)"""
-    shape = x.type.shape
-    is_zero = c.op("eq", x, c.const(0.0))
-    nonzero = c.op("select", is_zero, c.const(1.0), x)
-    product = restore_axis(c, c.op("reduce_prod", nonzero, axis=axis), shape, axis)
-    zeros = restore_axis(c, c.op("reduce_sum", c.op("to_float", is_zero), axis=axis), shape, axis)
-    at_nonzero = c.op("select", c.op("eq", zeros, c.const(0.0)), c.op("div", product, nonzero), c.const(0.0))
-    at_zero = c.op("select", c.op("eq", zeros, c.const(1.0)), product, c.const(0.0))
-    return c.op("select", is_zero, at_zero, at_nonzero)
-
-
-@_rule("reduce_prod", saves=(0,))
-def _reduce_prod(c, op, g, wanted, P):
-    axis = op.attrs["axis"]
-    return [times(c, restore_axis(c, g, op.args[0].type.shape, axis), product_partials(c, P.arg(0), axis))]
+for _reduction in reductions.REDUCTIONS:
+    ADJOINTS[_reduction.name] = Rule(_reduction.saves, _reduction_rule(_reduction))
 
 
 # ---- linear algebra and structure --------------------------------------------------------

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..ir import binary, elementwise, linalg
-from .rules import chain, product_partials, restore_axis, times
+from ..ir import binary, elementwise, linalg, reductions
+from .rules import chain, times
 
 TANGENTS: dict[str, Callable | None] = {}  # None: the derivative is zero (or the operands are not differentiable)
 
@@ -128,26 +128,20 @@ def _select(t, op, d):
 
 # ---- reductions --------------------------------------------------------------------------
 
-@_tangent("reduce_sum")
-def _reduce_sum(t, op, d):
-    return t.op("reduce_sum", d[0], axis=op.attrs["axis"])
+def _reduction_tangent(reduction):
+    def rule(t, op, d):
+        axis = op.attrs["axis"]
+        weight = reduction.weight(t, op.args[0], op.result, axis) if reduction.weight else None
+        if weight is None:
+            return t.op(op.kind, d[0], axis=axis)
+        kind, w = weight
+        weighted = times(t, d[0], w) if kind == "mul" else t.op("select", w, d[0], t.const(0.0))
+        return t.op("reduce_sum", weighted, axis=axis)
+    return rule
 
 
-def _extremum(t, op, d):
-    x, axis = op.args[0], op.attrs["axis"]
-    out = restore_axis(t, op.result, x.type.shape, axis)
-    first = t.op("first_true", t.op("or", t.op("eq", x, out), t.op("ne", x, x)), axis=axis)
-    return t.op("reduce_sum", t.op("select", first, d[0], t.const(0.0)), axis=axis)
-
-
-TANGENTS["reduce_max"] = _extremum
-TANGENTS["reduce_min"] = _extremum
-
-
-@_tangent("reduce_prod")
-def _reduce_prod(t, op, d):
-    axis = op.attrs["axis"]
-    return t.op("reduce_sum", times(t, d[0], product_partials(t, op.args[0], axis)), axis=axis)
+for _reduction in reductions.REDUCTIONS:
+    TANGENTS[_reduction.name] = _reduction_tangent(_reduction)
 
 
 # ---- linear algebra and structure ---------------------------------------------------------

@@ -20,7 +20,7 @@ import math
 from llvmlite import ir
 
 from .. import rng
-from ..ir import primitives
+from ..ir import primitives, reductions
 from . import gemm
 from .target import has_wide_multiply
 from .scalar import SCALAR, fconst, is_float
@@ -80,14 +80,15 @@ def elementwise_group(e, ops):
 
 # ---- reductions ----------------------------------------------------------------------
 
+_COMBINE = {r.name: r.combine for r in reductions.REDUCTIONS}
+
+
 def _combine(e, op, acc, x):
     b = e.b
-    kind, floating = op.kind, is_float(op.args[0])
-    if kind == "reduce_sum":
-        return b.fadd(acc, x) if floating else b.add(acc, x)
-    if kind == "reduce_prod":
-        return b.fmul(acc, x) if floating else b.mul(acc, x)
-    compare = ">" if kind == "reduce_max" else "<"
+    combine, floating = _COMBINE[op.kind], is_float(op.args[0])
+    if isinstance(combine, tuple):  # one instruction (on floats, on integers)
+        return getattr(b, combine[0] if floating else combine[1])(acc, x)
+    compare = combine
     if floating:  # NaN propagates: once the accumulator is NaN no comparison replaces it
         better = b.or_(b.fcmp_ordered(compare, x, acc), b.fcmp_unordered("!=", x, x))
     else:
@@ -551,7 +552,7 @@ def _field(e, op):
 
 EMITTERS = {name: _elementwise for name in SCALAR}
 EMITTERS.update({
-    "reduce_sum": _reduce, "reduce_prod": _reduce, "reduce_max": _reduce, "reduce_min": _reduce,
+    **{r.name: _reduce for r in reductions.REDUCTIONS},
     "first_true": _first_true, "argmax": _argmax, "cumsum": _cumsum, "matmul": _matmul, "outer": _outer, "outer_add": gemm.outer_sum, "transpose": _transpose, "reshape": _reshape,
     "broadcast": _broadcast, "index": _index, "index_add": _index_add, "index_set": _index_set, "stack": _stack, "concat": _concat, "const": _const,
     "eye": _eye, "onehot": _onehot, "fail_if": _fail_if, "dropout_mask": _dropout_mask, "pack_bits": _pack_bits,

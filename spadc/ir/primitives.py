@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import binary, draws, elementwise, linalg, special
+from . import binary, draws, elementwise, linalg, reductions, special
 from .types import BOOL, F64, Fault, TensorType
 
 
@@ -135,10 +135,8 @@ def _reduce(name, fn, doc, dtypes=("f64", "i64")):
     _define(name, 1, infer, lambda args, attrs, ctx: np.asarray(fn(args[0], axis=attrs["axis"])), "reduce", doc)
 
 
-_reduce("reduce_sum", np.sum, "sum over one axis or all")
-_reduce("reduce_prod", np.prod, "product over one axis or all")
-_reduce("reduce_max", np.max, "maximum over one axis or all; the derivative goes to the first maximal entry")
-_reduce("reduce_min", np.min, "minimum over one axis or all; the derivative goes to the first minimal entry")
+for _reduction in reductions.REDUCTIONS:  # spadc/ir/reductions.py, with all their rules
+    _reduce(_reduction.name, _reduction.numpy, _reduction.doc, _reduction.dtypes)
 
 
 def _cumsum_infer(types, attrs):
