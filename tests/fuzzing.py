@@ -193,11 +193,13 @@ class ProgramGenerator:
         return f"({self.expr(('N', 'M'), depth)} @ {self.expr(('M', 'N'), depth)})"
 
     def positive_definite(self, depth) -> str:
-        """G G^T + I, G with entries in (-1, 1): condition number below 1 + N M. G is written twice,
-        so it must not draw (dropout): the two would differ."""
+        """G G^T + I, G with entries in [-1, 1] (NaN, from an overflow upstream, taken as 0: NaN is
+        no positive definite matrix, and would stop the program): condition number at most 1 + N M.
+        G is written twice, so it must not draw (dropout): the two would differ."""
         factor = f"tanh({self.expr(('N', 'M'), depth)})"
         if "dropout" in factor:
             factor = f"tanh({self.constant(('N', 'M'))})"
+        factor = f"where(abs({factor}) <= 1.0, {factor}, 0.0)"
         return f"({factor} @ transpose({factor}) + eye(N))"
 
     def _structure(self, shape, depth):
