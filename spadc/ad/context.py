@@ -20,7 +20,8 @@ from ..ir.core import Block, Op, Value
 from .builder import Builder
 from ..ir.types import TensorType
 from . import sampling as gates
-from .rules import Rule, Sparse
+from ..ir.structure import Sparse
+from .rules import Rule
 
 RECOMPUTABLE = ("const", "add", "sub", "mul", "neg", "floordiv", "mod", "max", "min", "to_float")
 # Random ops without operands: the adjoint draws them again from the same key (seed, site, iteration,

@@ -34,7 +34,8 @@ from . import sampling as gates
 from .activity import active_values
 from .context import Adjoints, Context, Primals, to_shape
 from ..ir.reductions import restore_axis
-from .rules import ADJOINTS, Rule, Sparse, times
+from ..ir.structure import Sparse
+from .rules import ADJOINTS, Rule, times
 from .sites import find_sites
 
 

@@ -17,17 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..ir import binary, elementwise, linalg, reductions
+from ..ir import binary, elementwise, linalg, reductions, structure
 from ..ir.reductions import restore_axis
-from ..ir.primitives import permutation
-
-
-@dataclass(frozen=True)
-class Sparse:
-    """A contribution `g` to the entries of an operand picked by an `index` spec."""
-    g: object
-    spec: tuple
-    indices: tuple
 
 
 @dataclass(frozen=True)
@@ -65,16 +56,6 @@ def times(c, g, partial, kind: str = "mul"):
     return c.op("select", c.op("eq", g, c.const(0.0)), c.const(0.0), c.op(kind, g, partial), guard=True)
 
 
-def unbroadcast(c, g, shape):
-    """Sum `g` over the axes that broadcasting stretched, back to `shape`."""
-    while g.type.rank > len(shape):
-        g = c.op("reduce_sum", g, axis=0)
-    for axis in reversed(range(len(shape))):
-        if shape[axis] == 1 and g.type.shape[axis] != 1:
-            g = c.op("reduce_sum", g, axis=axis)
-    return c.op("reshape", g, shape=shape) if g.type.shape != shape else g
-
-
 # ---- elementwise -------------------------------------------------------------------
 
 @_rule("neg")
@@ -103,6 +84,11 @@ for _record in elementwise.UNARY:
         ADJOINTS[_record.name] = ZERO
     elif _record.derivative is not None:
         ADJOINTS[_record.name] = Rule(tuple(0 if r == "x" else r for r in _record.reads), _chain_rule(_record))
+
+
+@_rule("polygamma", saves=(0,))
+def _polygamma(c, op, g, wanted, P):
+    return [times(c, g, c.op("polygamma", P.arg(0), n=op.attrs["n"] + 1))]
 
 
 def chain(c, g, sign, factors):
@@ -172,110 +158,7 @@ for _reduction in reductions.REDUCTIONS:
     ADJOINTS[_reduction.name] = Rule(_reduction.saves, _reduction_rule(_reduction))
 
 
-# ---- linear algebra and structure --------------------------------------------------------
+# ---- linear algebra and structure: their records (spadc/ir/linalg.py, spadc/ir/structure.py) ---
 
-@_rule("matmul", saves=(0, 1))
-def _matmul(c, op, g, wanted, P):
-    a_type, b_type = op.args[0].type, op.args[1].type
-    da = db = None
-    if a_type.rank == 2 and b_type.rank == 2:
-        da = c.op("matmul", g, c.op("transpose", P.arg(1))) if wanted[0] else None
-        db = c.op("matmul", c.op("transpose", P.arg(0)), g) if wanted[1] else None
-    elif a_type.rank == 2:  # matrix @ vector
-        da = c.op("outer", g, P.arg(1)) if wanted[0] else None
-        db = c.op("matmul", g, P.arg(0)) if wanted[1] else None
-    elif b_type.rank == 2:  # vector @ matrix
-        da = c.op("matmul", P.arg(1), g) if wanted[0] else None
-        db = c.op("outer", P.arg(0), g) if wanted[1] else None
-    else:  # vector . vector
-        da = c.op("mul", g, P.arg(1)) if wanted[0] else None
-        db = c.op("mul", g, P.arg(0)) if wanted[1] else None
-    return [da, db]
-
-
-for _matrix_op in linalg.MATRIX_OPS:
-    ADJOINTS[_matrix_op.name] = Rule(_matrix_op.saves, _matrix_op.adjoint)
-
-
-@_rule("outer", saves=(0, 1))
-def _outer(c, op, g, wanted, P):
-    return [c.op("matmul", g, P.arg(1)) if wanted[0] else None,
-            c.op("matmul", P.arg(0), g) if wanted[1] else None]
-
-
-@_rule("outer_add", saves=(1, 2))
-def _outer_add(c, op, g, wanted, P):
-    return [g, c.op("matmul", g, P.arg(2)) if wanted[1] else None,
-            c.op("matmul", P.arg(1), g) if wanted[2] else None]
-
-
-@_rule("polygamma", saves=(0,))
-def _polygamma(c, op, g, wanted, P):
-    return [times(c, g, c.op("polygamma", P.arg(0), n=op.attrs["n"] + 1))]
-
-
-@_rule("cumsum")
-def _cumsum(c, op, g, wanted, P):
-    """Each entry feeds every later running sum: its adjoint is the sum of g from it to the end."""
-    return [c.op("cumsum", g, axis=op.attrs["axis"], reverse=not op.attrs.get("reverse", False))]
-
-
-@_rule("transpose")
-def _transpose(c, op, g, wanted, P):
-    perm = permutation(op.args[0].type.rank, op.attrs)
-    return [c.op("transpose", g, perm=tuple(perm.index(axis) for axis in range(len(perm))))]
-
-
-@_rule("concat")
-def _concat(c, op, g, wanted, P):
-    """Each operand's adjoint is its slice of g along the axis."""
-    axis, start, parts = op.attrs["axis"], 0, []
-    for a, w in zip(op.args, wanted):
-        n = a.type.shape[axis]
-        spec = tuple(("slice", start, start + n) if k == axis else ("slice", 0, d) for k, d in enumerate(g.type.shape))
-        parts.append(c.op("index", g, spec=spec, what="concat") if w else None)
-        start += n
-    return parts
-
-
-@_rule("reshape")
-def _reshape(c, op, g, wanted, P):
-    return [c.op("reshape", g, shape=op.args[0].type.shape)]
-
-
-@_rule("broadcast")
-def _broadcast(c, op, g, wanted, P):
-    return [unbroadcast(c, g, op.args[0].type.shape)]
-
-
-def _unchecked(spec) -> tuple:
-    """An index spec whose dynamic entries the forward pass already checked: not checked again."""
-    return tuple(("dyn", False, *rest[1:]) if kind == "dyn" else (kind, *rest) for kind, *rest in spec)
-
-
-@_rule("index", saves=("indices",))
-def _index(c, op, g, wanted, P):
-    indices = tuple(P.arg(k) for k in range(1, len(op.args)))
-    return [Sparse(g, _unchecked(op.attrs["spec"]), indices)] + [None] * len(indices)
-
-
-@_rule("index_add", saves=("indices",))
-def _index_add(c, op, g, wanted, P):
-    indices = [P.arg(k) for k in range(2, len(op.args))]
-    return [g, c.op("index", g, *indices, spec=_unchecked(op.attrs["spec"]), what="index_add")] + [None] * len(indices)
-
-
-@_rule("index_set", saves=("indices",))
-def _index_set(c, op, g, wanted, P):
-    """The old entries that were replaced get no gradient; the value gets theirs."""
-    indices = [P.arg(k) for k in range(2, len(op.args))]
-    spec = _unchecked(op.attrs["spec"])
-    kept = c.op("index_set", g, c.zeros(op.args[1].type), *indices, spec=spec) if wanted[0] else None
-    replaced = c.op("index", g, *indices, spec=spec, what="index_set") if wanted[1] else None
-    return [kept, replaced] + [None] * len(indices)
-
-
-@_rule("stack")
-def _stack(c, op, g, wanted, P):
-    rest = tuple(("slice", 0, n) for n in op.result.type.shape[1:])
-    return [c.op("index", g, spec=(("const", k),) + rest, what="stack") if w else None for k, w in enumerate(wanted)]
+for _record in linalg.MATRIX_OPS + structure.STRUCTURE:
+    ADJOINTS[_record.name] = Rule(_record.saves, _record.adjoint)

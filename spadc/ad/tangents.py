@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..ir import binary, elementwise, linalg, reductions
+from ..ir import binary, elementwise, linalg, reductions, structure
+from ..ir.record import or_zeros
+from ..ir.structure import linear_in_first
 from .rules import chain, times
 
 TANGENTS: dict[str, Callable | None] = {}  # None: the derivative is zero (or the operands are not differentiable)
@@ -32,20 +34,6 @@ def _tangent(name):
         TANGENTS[name] = fn
         return fn
     return register
-
-
-def _sum(t, terms):
-    present = [x for x in terms if x is not None]
-    if not present:
-        return None
-    total = present[0]
-    for x in present[1:]:
-        total = t.op("add", total, x)
-    return total
-
-
-def _or_zeros(t, tangent, value):
-    return tangent if tangent is not None else t.zeros(value.type)
 
 
 def _chain_rule(function):
@@ -144,66 +132,14 @@ for _reduction in reductions.REDUCTIONS:
     TANGENTS[_reduction.name] = _reduction_tangent(_reduction)
 
 
-# ---- linear algebra and structure ---------------------------------------------------------
+# ---- linear algebra and structure: their records (spadc/ir/linalg.py, spadc/ir/structure.py) ---
 
-def _bilinear(kind):
-    def rule(t, op, d):
-        a, b = op.args
-        return _sum(t, [t.op(kind, d[0], b) if d[0] is not None else None,
-                        t.op(kind, a, d[1]) if d[1] is not None else None])
-    return rule
-
-
-TANGENTS["matmul"] = _bilinear("matmul")
-for _matrix_op in linalg.MATRIX_OPS:
-    TANGENTS[_matrix_op.name] = _matrix_op.tangent
-TANGENTS["outer"] = _bilinear("outer")
-
-
-@_tangent("outer_add")
-def _outer_add(t, op, d):
-    acc, a, b = op.args
-    total = _or_zeros(t, d[0], acc)
-    if d[1] is not None:
-        total = t.op("outer_add", total, d[1], b)
-    if d[2] is not None:
-        total = t.op("outer_add", total, a, d[2])
-    return total
-
-
-def _same_op(t, op, d):
-    """An op linear in its first operand: the tangent goes through the same op (and attrs). The
-    other operands (indices) have none: one read from a cond's record as a field of an active
-    record may carry words that are no tangent (the fuzzer's seed 500332), and is ignored."""
-    return t.op(op.kind, d[0], *op.args[1:], **op.attrs) if d[0] is not None else None
-
-
-for _name in ("transpose", "reshape", "broadcast", "index", "field", "gate_unpack", "cumsum"):
-    TANGENTS[_name] = _same_op
-
-
-@_tangent("index_add")
-def _index_add(t, op, d):
-    acc, g, *indices = op.args
-    if d[1] is None:
-        return d[0]
-    return t.op("index_add", _or_zeros(t, d[0], acc), d[1], *indices, **op.attrs)
-
-
-@_tangent("index_set")
-def _index_set(t, op, d):
-    acc, value, *indices = op.args
-    return t.op("index_set", _or_zeros(t, d[0], acc), _or_zeros(t, d[1], value), *indices, **op.attrs)
-
-
-@_tangent("stack")
-def _stack(t, op, d):
-    return t.op("stack", *[_or_zeros(t, dk, a) for dk, a in zip(d, op.args)])
-
-
-@_tangent("concat")
-def _concat(t, op, d):
-    return t.op("concat", *[_or_zeros(t, dk, a) for dk, a in zip(d, op.args)], **op.attrs)
+for _record in linalg.MATRIX_OPS + structure.STRUCTURE:
+    TANGENTS[_record.name] = _record.tangent
+# Linear in the record or the packed words they read; a field's other operands carry no tangent, even
+# when a cond's record holds words that are none (the fuzzer's seed 500332).
+for _name in ("field", "gate_unpack"):
+    TANGENTS[_name] = linear_in_first
 
 
 @_tangent("record")
@@ -224,7 +160,7 @@ def _gate_pack(t, op, d):
 @_tangent("gate_outer_add")
 def _gate_outer_add(t, op, d):
     acc, a, packed = op.args
-    total = _or_zeros(t, d[0], acc)
+    total = or_zeros(t, d[0], acc)
     if d[1] is not None:
         total = t.op("gate_outer_add", total, d[1], packed, **op.attrs)
     if d[2] is not None:

@@ -20,7 +20,7 @@ import math
 from llvmlite import ir
 
 from .. import rng
-from ..ir import primitives, reductions
+from ..ir import primitives, reductions, structure
 from . import gemm
 from .target import has_wide_multiply
 from .scalar import SCALAR, fconst, is_float
@@ -242,7 +242,7 @@ def _strides(shape):
 def _transpose(e, op):
     # out[i] = x[i read back through the permutation]: result axis k is operand axis perm[k]
     x, out = op.args[0], op.result
-    perm = primitives.permutation(x.type.rank, op.attrs)
+    perm = structure.permutation(x.type.rank, op.attrs)
     source = _strides(x.type.shape)
     for index in e.indices(out.type.shape):
         e.store(out, e.linear(index, _strides(out.type.shape)), e.load(x, e.linear(index, [source[a] for a in perm])))
@@ -311,7 +311,7 @@ def _dynamic_indices(e, op, first: int):
         if rest[0]:
             length = rest[1] if len(rest) == 2 else None
             inside = e.b.icmp_unsigned("<", index, I64(n - (length or 1) + 1))  # unsigned: negatives are huge
-            e.check(inside, primitives.index_error(op.attrs.get("what", op.kind), axis, n, length), op.loc, index)
+            e.check(inside, structure.index_error(op.attrs.get("what", op.kind), axis, n, length), op.loc, index)
         loaded.append(index)
     return loaded
 

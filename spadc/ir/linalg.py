@@ -1,10 +1,5 @@
-"""Linear algebra on square matrices: one record per primitive, holding everything but the LLVM code.
-
-A record gives, side by side, the shape rule, the NumPy reference (the interpreter's rule and the
-tests' oracle), the adjoint and the tangent (built in IR from other primitives, so that forward over
-reverse, Hessian products, needs nothing more), what the adjoint reads from the tape, and its line
-in the reference. The stages read these records (spadc/ir/primitives.py, spadc/ad/rules.py,
-spadc/ad/tangents.py); the emitters of the same names are in spadc/backend/linalg.py.
+"""Linear algebra on square matrices: one `OpRecord` (spadc/ir/record.py) per primitive, holding
+everything but the LLVM code, which is in spadc/backend/linalg.py.
 
 - `solve(A, B)`: A^-1 B by LU with partial pivoting (the first largest |entry| of a column is its
   pivot, as LAPACK's getrf); B a vector or a matrix of right-hand sides. A column without a nonzero
@@ -25,43 +20,24 @@ The formulas are Murray's (2016) for Cholesky and the textbook ones for solves.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 
+from .record import OpRecord, add_all, require
 from .types import Fault, TensorType
 
 SINGULAR = "`solve`: the matrix is singular (no nonzero pivot in column {value})"
 NOT_POSITIVE_DEFINITE = "`cholesky`: the matrix is not positive definite (its pivot {value} is not positive)"
 
 
-@dataclass(frozen=True)
-class MatrixOp:
-    name: str
-    arity: int
-    infer: Callable[[list[TensorType], dict], TensorType]
-    numpy: Callable[[list[np.ndarray], dict], np.ndarray]
-    saves: tuple  # what the adjoint reads: operand positions and/or "out"
-    adjoint: Callable  # (c, op, g, wanted, P) -> one contribution per operand (spadc/ad/rules.py)
-    tangent: Callable  # (t, op, d) -> the result's tangent (spadc/ad/tangents.py)
-    doc: str
-
-
-def _require(condition: bool, message: str):
-    if not condition:
-        raise ValueError(message)
-
-
 def _square(t: TensorType, name: str) -> int:
-    _require(t.dtype == "f64" and t.rank == 2 and t.shape[0] == t.shape[1], f"{name} of {t}")
+    require(t.dtype == "f64" and t.rank == 2 and t.shape[0] == t.shape[1], f"{name} of {t}")
     return t.shape[0]
 
 
 def _right_hand_side(types, name):
     a, b = types
     n = _square(a, name)
-    _require(b.dtype == "f64" and b.rank in (1, 2) and b.shape[0] == n, f"{name} of {a} and {b}")
+    require(b.dtype == "f64" and b.rank in (1, 2) and b.shape[0] == n, f"{name} of {a} and {b}")
     return b
 
 
@@ -145,14 +121,6 @@ def _right_solve(b, x, lower, transpose):
     return b.op("transpose", b.op("trisolve", lower, b.op("transpose", x), transpose=not transpose))
 
 
-def _sum(b, terms):
-    present = [t for t in terms if t is not None]
-    total = present[0]
-    for term in present[1:]:
-        total = b.op("add", total, term)
-    return total
-
-
 def _solve_adjoint(c, op, g, wanted, P):
     a, x = P.arg(0), P.out()
     g_b = c.op("solve", c.op("transpose", a), g)
@@ -161,7 +129,7 @@ def _solve_adjoint(c, op, g, wanted, P):
 
 def _solve_tangent(t, op, d):
     a, x = op.args[0], op.result
-    rhs = _sum(t, [d[1], t.op("neg", t.op("matmul", d[0], x)) if d[0] is not None else None])
+    rhs = add_all(t, [d[1], t.op("neg", t.op("matmul", d[0], x)) if d[0] is not None else None])
     return t.op("solve", a, rhs)
 
 
@@ -199,7 +167,7 @@ def _trisolve_tangent(t, op, d):
     if d[0] is not None:
         d_lower = t.op("triangle", d[0], k=0, upper=False)
         terms.append(t.op("neg", t.op("matmul", t.op("transpose", d_lower) if transpose else d_lower, x)))
-    return _left_solve(t, lower, _sum(t, terms), transpose)
+    return _left_solve(t, lower, add_all(t, terms), transpose)
 
 
 def _triangle_adjoint(c, op, g, wanted, P):
@@ -218,22 +186,22 @@ def _cholesky_infer(types, attrs):
 def _triangle_infer(types, attrs):
     (t,) = types
     _square(t, "triangle")
-    _require(isinstance(attrs["k"], int) and isinstance(attrs["upper"], bool), f"triangle attrs {attrs}")
+    require(isinstance(attrs["k"], int) and isinstance(attrs["upper"], bool), f"triangle attrs {attrs}")
     return t
 
 
-MATRIX_OPS: tuple[MatrixOp, ...] = (
-    MatrixOp("solve", 2, lambda types, attrs: _right_hand_side(types, "solve"), _solve, (0, "out"),
+MATRIX_OPS: tuple[OpRecord, ...] = (
+    OpRecord("solve", 2, lambda types, attrs: _right_hand_side(types, "solve"), _solve, (0, "out"),
              _solve_adjoint, _solve_tangent,
-             "A^-1 B by LU with partial pivoting; B a vector or a matrix; a zero pivot is a run-time error"),
-    MatrixOp("cholesky", 1, _cholesky_infer, _cholesky,
+             "A^-1 B by LU with partial pivoting; B a vector or a matrix; a zero pivot is a run-time error", "linalg"),
+    OpRecord("cholesky", 1, _cholesky_infer, _cholesky,
              ("out",), _cholesky_adjoint, _cholesky_tangent,
              "the lower Cholesky factor of the matrix whose lower triangle is the operand's; a pivot that is "
-             "not positive is a run-time error"),
-    MatrixOp("trisolve", 2, lambda types, attrs: _right_hand_side(types, "trisolve"), _trisolve, (0, "out"),
+             "not positive is a run-time error", "linalg"),
+    OpRecord("trisolve", 2, lambda types, attrs: _right_hand_side(types, "trisolve"), _trisolve, (0, "out"),
              _trisolve_adjoint, _trisolve_tangent,
-             "L^-1 B (L^-T B with `transpose`) by substitution, from L's lower triangle. attrs: transpose"),
-    MatrixOp("triangle", 1, _triangle_infer, _triangle, (), _triangle_adjoint, _triangle_tangent,
+             "L^-1 B (L^-T B with `transpose`) by substitution, from L's lower triangle. attrs: transpose", "linalg"),
+    OpRecord("triangle", 1, _triangle_infer, _triangle, (), _triangle_adjoint, _triangle_tangent,
              "the entries on and below diagonal k (NumPy's tril), or on and above it with `upper` (triu), "
-             "zeros elsewhere. attrs: k, upper"),
+             "zeros elsewhere. attrs: k, upper", "linalg"),
 )

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import binary, draws, elementwise, linalg, reductions, special
+from . import binary, draws, elementwise, linalg, reductions, special, structure
 from .types import BOOL, F64, Fault, TensorType
 
 
@@ -139,24 +139,6 @@ for _reduction in reductions.REDUCTIONS:  # spadc/ir/reductions.py, with all the
     _reduce(_reduction.name, _reduction.numpy, _reduction.doc, _reduction.dtypes)
 
 
-def _cumsum_infer(types, attrs):
-    (t,) = types
-    _require(t.dtype in ("f64", "i64") and 0 <= attrs["axis"] < t.rank, f"cumsum of {t} along {attrs['axis']}")
-    return t
-
-
-def _cumsum_evaluate(args, attrs, ctx):
-    x, axis = args[0], attrs["axis"]
-    if attrs.get("reverse"):
-        return np.flip(np.cumsum(np.flip(x, axis), axis=axis), axis).copy()
-    return np.cumsum(x, axis=axis)
-
-
-_define("cumsum", 1, _cumsum_infer, _cumsum_evaluate, "structure",
-        "running sums along `axis` (NumPy's cumsum); with `reverse`, from the end: the adjoint of cumsum. "
-        "attrs: axis, reverse (optional)")
-
-
 def _argmax_infer(types, attrs):
     (t,) = types
     _require(t.dtype in ("f64", "i64"), f"argmax takes f64 or i64, got {t}")
@@ -173,162 +155,11 @@ _define("argmax", 1, _argmax_infer,
         "in NumPy; zero derivative")
 
 
-# ---- linear algebra and structure ---------------------------------------------
+# ---- linear algebra and structure: spadc/ir/linalg.py and spadc/ir/structure.py, with all their rules
 
-def _matmul_infer(types, attrs):
-    a, b = types
-    _require(a.dtype == b.dtype == "f64" and 1 <= a.rank <= 2 and 1 <= b.rank <= 2, f"matmul of {a}, {b}")
-    _require(a.shape[-1] == b.shape[0], f"matmul inner dimensions of {a}, {b}")
-    return F64.with_shape(a.shape[:-1] + b.shape[1:])
-
-
-_define("matmul", 2, _matmul_infer, lambda args, attrs, ctx: np.asarray(np.matmul(*args)), "structure",
-        "A @ B for matrix-matrix, matrix-vector, vector-matrix and vector-vector (dot)")
-
-
-for _matrix_op in linalg.MATRIX_OPS:  # solve, cholesky, ...: spadc/ir/linalg.py, with all their rules
-    _define(_matrix_op.name, _matrix_op.arity, _matrix_op.infer,
-            lambda args, attrs, ctx, rule=_matrix_op.numpy: rule(args, attrs), "linalg", _matrix_op.doc)
-
-
-def _outer_infer(types, attrs):
-    a, b = types
-    _require(a.dtype == b.dtype == "f64" and a.rank == 1 and b.rank == 1, f"outer of {a}, {b}")
-    return F64.with_shape(a.shape + b.shape)
-
-
-_define("outer", 2, _outer_infer, lambda args, attrs, ctx: np.outer(*args), "structure",
-        "outer(a, b)[i, j] = a[i] * b[j]: also the weight gradient of a matrix-vector product")
-
-
-def _outer_add_infer(types, attrs):
-    acc, a, b = types
-    _require(acc == _outer_infer([a, b], attrs), f"outer_add of {a}, {b} into {acc}")
-    return acc
-
-
-_define("outer_add", 3, _outer_add_infer, lambda args, attrs, ctx: args[0] + np.outer(args[1], args[2]), "structure",
-        "acc + outer(a, b) in one pass, in place over acc when it dies here (made by the fusion pass)")
-
-
-def permutation(rank: int, attrs: dict) -> tuple[int, ...]:
-    """transpose's `perm` for an operand of `rank` (default: the axes reversed, as NumPy's)."""
-    return tuple(attrs.get("perm") or range(rank)[::-1])
-
-
-def _transpose_infer(types, attrs):
-    (t,) = types
-    perm = permutation(t.rank, attrs)
-    _require(sorted(perm) == list(range(t.rank)) and t.rank >= 2, f"transpose of {t} by {perm}")
-    return t.with_shape(tuple(t.shape[axis] for axis in perm))
-
-
-_define("transpose", 1, _transpose_infer,
-        lambda args, attrs, ctx: np.ascontiguousarray(np.transpose(args[0], permutation(args[0].ndim, attrs))), "structure",
-        "the axes permuted: result axis k is operand axis perm[k] (default: reversed); attrs: perm (optional)")
-
-
-def _concat_infer(types, attrs):
-    axis, first = attrs["axis"], types[0]
-    _require(0 <= axis < first.rank and all(t.dtype == first.dtype and t.rank == first.rank and all(
-        d == e for k, (d, e) in enumerate(zip(t.shape, first.shape)) if k != axis) for t in types), f"concat of {types}")
-    shape = list(first.shape)
-    shape[axis] = sum(t.shape[axis] for t in types)
-    return first.with_shape(tuple(shape))
-
-
-_define("concat", None, _concat_infer, lambda args, attrs, ctx: np.concatenate(args, axis=attrs["axis"]), "structure",
-        "the operands joined along `axis` (NumPy's concatenate); attrs: axis")
-
-
-def _reshape_infer(types, attrs):
-    (t,) = types
-    shape = tuple(attrs["shape"])
-    _require(t.with_shape(shape).size == t.size, f"reshape {t} to {shape}")
-    return t.with_shape(shape)
-
-
-_define("reshape", 1, _reshape_infer, lambda args, attrs, ctx: args[0].reshape(attrs["shape"]), "structure",
-        "same elements in row-major order, another shape")
-
-
-def _broadcast_infer(types, attrs):
-    (t,) = types
-    shape = tuple(attrs["shape"])
-    _require(len(shape) >= t.rank and all(d in (1, s) for d, s in zip(t.shape[::-1], shape[::-1])),
-             f"broadcast {t} to {shape}")
-    return t.with_shape(shape)
-
-
-_define("broadcast", 1, _broadcast_infer, lambda args, attrs, ctx: np.broadcast_to(args[0], attrs["shape"]).copy(),
-        "structure", "NumPy broadcasting to a larger shape")
-
-
-def _index_infer(types, attrs):
-    t, *indices = types
-    spec = attrs["spec"]
-    _require(len(spec) == t.rank, f"index spec {spec} for {t}")
-    _require(all(i.dtype == "i64" and i.rank == 0 for i in indices), "indices must be i64 scalars")
-    _require(sum(1 for s in spec if s[0] == "dyn") == len(indices), "one operand per dynamic index")
-    shape = []
-    for (kind, *rest), n in zip(spec, t.shape):
-        if kind == "slice":
-            lo, hi = rest
-            _require(0 <= lo < hi <= n, f"slice {lo}:{hi} of axis {n}")
-            shape.append(hi - lo)
-        elif kind == "const":
-            _require(0 <= rest[0] < n, f"index {rest[0]} of axis {n}")
-        elif len(rest) == 2:  # a dynamic slice: ("dyn", checked, length)
-            _require(1 <= rest[1] <= n, f"a dynamic slice of {rest[1]} of axis {n}")
-            shape.append(rest[1])
-    return t.with_shape(shape)
-
-
-def index_error(what: str, axis: int, n: int, length: int | None = None) -> str:
-    """The run-time message of a bad index (or dynamic slice start), with `{value}` for it
-    (interpreter and compiled code)."""
-    if what == "label":
-        return f"label {{value}} is out of range for {n} classes"
-    if length is not None:
-        return (f"{what}: a slice of {length} from {{value}} is out of range for axis {axis} of length {n} "
-                f"(its start must be in 0..{n - length})")
-    return f"{what}: index {{value}} is out of range for axis {axis} of length {n}"
-
-
-def index_key(spec, dynamic, shape, what: str) -> tuple:
-    """The NumPy key of an `index` spec with its dynamic operands' values, range-checked (`Fault`)."""
-    dynamic, key = iter(dynamic), []
-    for axis, ((kind, *rest), n) in enumerate(zip(spec, shape)):
-        if kind == "slice":
-            key.append(slice(rest[0], rest[1]))
-        elif kind == "const":
-            key.append(rest[0])
-        else:
-            i, length = int(next(dynamic)), rest[1] if len(rest) == 2 else None
-            if not 0 <= i <= n - (length or 1):
-                raise Fault(index_error(what, axis, n, length).format(value=i))
-            key.append(i if length is None else slice(i, i + length))
-    return tuple(key)
-
-
-def _index_evaluate(args, attrs, ctx):
-    x, *indices = args
-    return np.array(x[index_key(attrs["spec"], indices, x.shape, attrs["what"])])
-
-
-_define("index", None, _index_infer, _index_evaluate, "structure",
-        "x[...]: per axis a constant index, a constant slice, a dynamic i64 operand, or a slice of constant "
-        "length from a dynamic start (range-checked at run time unless the checker proved it in range); attrs: "
-        "spec (('slice', lo, hi), ('const', i), ('dyn', checked) or ('dyn', checked, length)), what")
-
-
-def _stack_infer(types, attrs):
-    _require(len(types) >= 1 and len(set(types)) == 1, f"stack of {[str(t) for t in types]}")
-    return types[0].with_shape((len(types),) + types[0].shape)
-
-
-_define("stack", None, _stack_infer, lambda args, attrs, ctx: np.stack(args), "structure",
-        "[a, b, ...]: equal-typed elements along a new leading axis")
+for _record in linalg.MATRIX_OPS + structure.STRUCTURE:
+    _define(_record.name, _record.arity, _record.infer,
+            lambda args, attrs, ctx, rule=_record.numpy: rule(args, attrs), _record.family, _record.doc)
 
 
 def _const_infer(types, attrs):
@@ -399,36 +230,6 @@ def _first_true_evaluate(args, attrs, ctx):
 
 _define("first_true", 1, _first_true_infer, _first_true_evaluate, "structure",
         "keeps only the first true entry (row-major, or along `axis`): the adjoint of max and min. attrs: axis")
-
-
-def _index_add_infer(types, attrs):
-    acc, g, *indices = types
-    _require(_index_infer([acc, *indices], attrs) == g, f"index_add of {g} into {acc}")
-    return acc
-
-
-def _index_add_evaluate(args, attrs, ctx):
-    acc, g, *indices = args
-    key = index_key(attrs["spec"], indices, acc.shape, attrs.get("what", "index_add"))
-    out = acc.copy()
-    out[key] += g
-    return out
-
-
-def _index_set_evaluate(args, attrs, ctx):
-    acc, value, *indices = args
-    key = index_key(attrs["spec"], indices, acc.shape, attrs.get("what", "index_set"))
-    out = acc.copy()
-    out[key] = value
-    return out
-
-
-_define("index_set", None, _index_add_infer, _index_set_evaluate, "structure",
-        "acc with acc[...] (the spec of `index`) replaced by a value: `x[i] = e`, a new value (nothing "
-        "aliased changes), written in place over acc when acc dies here. attrs: spec, what (optional)")
-_define("index_add", None, _index_add_infer, _index_add_evaluate, "structure",
-        "acc with g added at acc[...] (the spec of `index`): the adjoint of `index`, accumulated in place. "
-        "attrs: spec")
 
 
 def _fail_if_infer(types, attrs):
