@@ -1,5 +1,6 @@
 """Linear algebra of version 2.0 (LANGUAGE.md section 10): `solve`, `cholesky`, `logdet`, on the
-primitives of spadc/ir/linalg.py. Values against NumPy (f64, f32, interpreted, ahead of time);
+primitives of spadc/ir/linalg.py. Values against NumPy (f64, f32, interpreted; ahead of time: every
+linalg builtin is in the program of tests/test_language_2_builds.py);
 gradients against JAX (an optional extra) to 1e-10 and central differences; run-time errors of a
 singular or indefinite matrix named at the line, compiled and interpreted; mistakes located.
 (Tangents and Hessian products of every primitive: tests/test_forward_mode.py, whose programs of
@@ -11,6 +12,7 @@ import pytest
 import spadc
 from spadc.ir.interpret import evaluate
 
+import isolated
 from conftest import located_error
 from gradcheck import check_finite_differences
 
@@ -64,17 +66,30 @@ def test_values_against_numpy_compiled_interpreted_and_f32(expression):
     check_finite_differences(lambda p: model.loss(params=p, **inputs), params, grads, rng)
 
 
-@pytest.mark.parametrize("expression", sorted(CASES))
-def test_gradients_against_jax(expression):
-    jax = pytest.importorskip("jax", reason="JAX (the `jax` extra) is the oracle of these gradients")
+def _jax_gradients(params, inputs):
+    """Every case's gradient by JAX (jit: 70 MB less than op by op), in a child process."""
+    import jax
     jax.config.update("jax_enable_x64", True)
-    rng = np.random.default_rng(SEED)
-    params, inputs = _point(rng)
-    loss = lambda A, B: CASES[expression](jax.numpy, A, B, inputs["b"])  # noqa: E731
-    expected = jax.jit(jax.grad(loss, argnums=(0, 1)))(params["A"], params["B"])  # (jit: 70 MB less than op by op)
+    gradients = {}
+    for expression, case in CASES.items():
+        loss = lambda A, B, case=case: case(jax.numpy, A, B, inputs["b"])  # noqa: E731
+        gradients[expression] = [np.asarray(g) for g in jax.jit(jax.grad(loss, argnums=(0, 1)))(params["A"], params["B"])]
+    return gradients
+
+
+@pytest.fixture(scope="module")
+def jax_gradients():
+    isolated.require("jax", "JAX (the `jax` extra) is the oracle of these gradients")
+    params, inputs = _point(np.random.default_rng(SEED))
+    return isolated.in_child(_jax_gradients, params, inputs)
+
+
+@pytest.mark.parametrize("expression", sorted(CASES))
+def test_gradients_against_jax(expression, jax_gradients):
+    params, inputs = _point(np.random.default_rng(SEED))
     _, grads = _model(expression).grad(params=params, **inputs)
-    for name, reference in zip("AB", expected):
-        np.testing.assert_allclose(grads[name], np.asarray(reference), rtol=JAX_RTOL, atol=JAX_RTOL, err_msg=name)
+    for name, reference in zip("AB", jax_gradients[expression]):
+        np.testing.assert_allclose(grads[name], reference, rtol=JAX_RTOL, atol=JAX_RTOL, err_msg=name)
 
 
 def test_the_logdet_gradient_is_the_inverse():
@@ -89,22 +104,6 @@ def test_solve_pivots_rows_and_takes_several_right_hand_sides():
     B = np.arange(6.0).reshape(3, 2)
     model = spadc.compile_source("input A: f64[3, 3]\ninput B: f64[3, 2]\noutput X = solve(A, B)\nloss 0.0\n")
     np.testing.assert_allclose(model.forward(A=A, B=B).outputs["X"], np.linalg.solve(A, B), rtol=VALUE_RTOL)
-
-
-@pytest.mark.parametrize("dtype", ["f64", "f32"])
-def test_an_ahead_of_time_library_computes_what_the_jit_does(tmp_path, dtype):
-    import spadrt
-    from spadc import aot
-    source = tmp_path / "linalg.spad"
-    source.write_text(PARAMS + "loss " + " + ".join(CASES) + "\n")
-    aot.build(str(source), str(tmp_path / "linalg.so"), dtype=dtype, estimators=("exact",))
-    loaded, jit = spadrt.load(str(tmp_path / "linalg.so")), spadc.compile_file(str(source), dtype=dtype)
-    params, inputs = _point(np.random.default_rng(SEED))
-    loaded.set_params(params)
-    jit.set_params(params)
-    assert loaded.loss(**inputs) == jit.loss(**inputs)
-    for name, value in jit.grad(**inputs)[1].items():
-        np.testing.assert_array_equal(loaded.grad(**inputs)[1][name], value)
 
 
 RUN_TIME_ERRORS = [

@@ -13,6 +13,7 @@ import pytest
 import spadc
 import spadrt.training
 
+import isolated
 from conftest import EXAMPLES, example, run_cli
 
 DATA = os.path.join(EXAMPLES, "data")
@@ -77,20 +78,34 @@ def test_adagrad_two_steps_by_hand():
     assert np.allclose(steps(spadc.Adagrad(lr=0.1), G0, G1), p2, rtol=RTOL)
 
 
-def test_optimizers_match_pytorch_when_it_is_installed():
-    torch = pytest.importorskip("torch")
-    pairs = [(spadc.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
-              lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
-             (spadc.Adam(lr=0.01, weight_decay=0.1), lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1)),
-             (spadc.AdamW(lr=0.01), lambda p: torch.optim.AdamW(p, lr=0.01)),
-             (spadc.Adagrad(lr=0.1), lambda p: torch.optim.Adagrad(p, lr=0.1))]
-    for ours, make in pairs:
+TORCH_OPTIMIZERS = [  # (ours, PyTorch's class name and settings)
+    (spadc.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+     ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01})),
+    (spadc.Adam(lr=0.01, weight_decay=0.1), ("Adam", {"lr": 0.01, "weight_decay": 0.1})),
+    (spadc.AdamW(lr=0.01), ("AdamW", {"lr": 0.01})),
+    (spadc.Adagrad(lr=0.1), ("Adagrad", {"lr": 0.1})),
+]
+
+
+def _torch_steps(settings, gradients):
+    """Where each PyTorch optimizer takes P0 by these gradients (in a child process: tests/isolated.py)."""
+    import torch
+    ends = []
+    for name, options in settings:
         parameter = torch.tensor(P0.copy(), requires_grad=True)
-        theirs = make([parameter])
-        for g in (G0, G1, G0):
+        optimizer = getattr(torch.optim, name)([parameter], **options)
+        for g in gradients:
             parameter.grad = torch.tensor(g)
-            theirs.step()
-        np.testing.assert_allclose(steps(ours, G0, G1, G0), parameter.detach().numpy(), rtol=1e-14)
+            optimizer.step()
+        ends.append(parameter.detach().numpy().copy())
+    return ends
+
+
+def test_optimizers_match_pytorch_when_it_is_installed():
+    isolated.require("torch", "PyTorch is the oracle of the optimizers' steps")
+    theirs = isolated.in_child(_torch_steps, [settings for _, settings in TORCH_OPTIMIZERS], [G0, G1, G0])
+    for (ours, _), end in zip(TORCH_OPTIMIZERS, theirs):
+        np.testing.assert_allclose(steps(ours, G0, G1, G0), end, rtol=1e-14)
 
 
 def test_schedules():
