@@ -114,7 +114,9 @@ model.init_params(0)
 real_start = threading.Thread.start
 def start(self):  # a Ctrl-C lands while the runtime's pool starts a worker thread
     real_start(self)
-    os.kill(os.getpid(), signal.SIGINT)
+    # To this thread, not the process: the kernel may hand a process-wide signal to the new thread,
+    # and under load the main thread then finished its call before Python saw it (flaky once).
+    signal.pthread_kill(threading.get_ident(), signal.SIGINT)
     for _ in range(1000):  # Python's handler runs between bytecodes: give it many chances
         pass
 threading.Thread.start = start
