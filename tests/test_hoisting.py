@@ -32,6 +32,11 @@ PROGRAMS = {
     "param-only loss term": "param p: f64[2]\ninput x: f64\nloss sum(exp(p)) + x * p[0]\n",
     "while": "param a: f64\ninput y: f64\nlet z = y\nlet n = 0\nwhile z * z > 1.0 and n < 20 max 30 {\n  z = z * sigmoid(a)\n  n = n + 1\n}\n"
              "loss z * exp(a)\n",
+    # A loop of params alone whose count the samples read: it runs again per sample, with the hoisted
+    # value its body captures crossing (the fuzzer's seed 1103793 read it undefined: NaN).
+    "param-only while read per sample": "param a: f64[3]\nparam c: f64\ninput x: f64[3]\nlet s = a * 0.5\n"
+                                        "let z = tanh(a)\nlet n = 0\nwhile n < 2 and c < 5.0 max 4 {\n  z = z - sum(s)\n"
+                                        "  n = n + 1\n}\nloss sum(z * x) + float(n) * x[0]\n",
 }
 
 

@@ -66,10 +66,11 @@ def _reads(op: Op) -> set[int]:
     return read
 
 
-def _recomputed(op: Op) -> bool:
+def _recomputed(op: Op, wanted: set[int]) -> bool:
     """Ops the samples compute again rather than read from the prologue: views and immediates
-    (copying them would cost what it saves), integers and bools."""
-    return op.kind in _FREE or any(r.type.dtype != "f64" for r in op.results)
+    (copying them would cost what it saves), and ops of which the samples want an integer or a bool
+    (a `while` loop's trip count and flag, read by its `fail_if`)."""
+    return op.kind in _FREE or any(r.type.dtype != "f64" and r.id in wanted for r in op.results)
 
 
 def _uses(ops: list[Op], yields: list[Value]) -> set[int]:
@@ -97,9 +98,9 @@ class _Cut:
         for op in reversed(self.hoisted):  # a recomputed op wants its own operands
             if not any(r.id in wanted for r in op.results):
                 continue
-            if _recomputed(op):
+            if _recomputed(op, wanted):
                 recomputed.append(op)
-                wanted.update(a.id for a in op.args)
+                wanted |= _reads(op)  # with what its regions capture: a loop body's hoisted operands
             else:
                 crossing.extend(r for r in op.results if r.id in wanted)
         recomputed.reverse()
