@@ -38,6 +38,19 @@ from .memory import MemoryPlan, lane_runs
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
 
 
+def name_arguments(function, names):
+    """Name a kernel's arguments and return them by name. `params` is declared `noalias`: kernels
+    only read it, and the ABI forbids a buffer the kernel writes overlapping it (docs/interface.md).
+    LLVM may then move a param's loads and what is computed from them out of loops: a chain of
+    transcendental functions of a param, left inside a lane loop, sent LLVM 22's loop vectoriser
+    into a search that never ended (the fuzzer's seed 1103586)."""
+    for arg, name in zip(function.args, names):
+        arg.name = name
+        if name == "params":
+            arg.add_attribute("noalias")
+    return {arg.name: arg for arg in function.args}
+
+
 def element_bytes(element) -> int:
     return {"double": 8, "float": 4, "i64": 8, "i8": 1}[str(element)]
 

@@ -24,7 +24,7 @@ from ..ad.reverse import gradient
 from ..ir.core import Value
 from ..passes import run as run_passes
 from ..passes.hoist import Split
-from .codegen import I64, FunctionEmitter
+from .codegen import I64, FunctionEmitter, name_arguments
 from .emitters import llvm_name
 from .memory import ALIGN, check_limit, plan, slot_bytes
 
@@ -62,9 +62,7 @@ def _function(module, name: str, float_type, extra: list[tuple[str, object]]):
                  ("sample", I64)] + extra
     function = ir.Function(module, ir.FunctionType(I64, [t for _, t in arguments]), name=name)
     function.linkage = "internal"
-    for arg, (arg_name, _) in zip(function.args, arguments):
-        arg.name = arg_name
-    return {arg.name: arg for arg in function.args}, function
+    return name_arguments(function, [n for n, _ in arguments]), function
 
 
 def _bind_params(e, program, args, param_offsets: dict[str, int]):

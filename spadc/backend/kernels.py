@@ -42,7 +42,7 @@ from ..ad.reverse import GradientProgram
 from ..ad.sampling import score_width
 from ..ad.tape import plan_tape, value_bytes
 from ..ir.core import Program, Value
-from .codegen import I64, Check, FunctionEmitter
+from .codegen import I64, Check, FunctionEmitter, name_arguments
 from .emitters import llvm_name
 from .lane_ops import takes_lanes
 from ..passes.hoist import HOISTED_PREFIX, Split
@@ -106,9 +106,7 @@ _COMMON = [("params", None), ("inputs", I8P.as_pointer()), ("input_strides", I64
 def _signature(module, name, float_type_, tail):
     arguments = [(n, float_type_.as_pointer() if t is None else t) for n, t in _COMMON] + tail
     function = ir.Function(module, ir.FunctionType(I64, [t for _, t in arguments]), name=name)
-    for arg, (arg_name, _) in zip(function.args, arguments):
-        arg.name = arg_name
-    return {arg.name: arg for arg in function.args}, function
+    return name_arguments(function, [n for n, _ in arguments]), function
 
 
 def user_params(program: Program):
