@@ -109,14 +109,15 @@ POOL_START_INTERRUPTED = """
 import os, signal, sys, threading
 import numpy as np
 import spadc
+# Python's own handler, as in a terminal: a shell that starts a job in the background (pytest
+# included) hands it SIGINT ignored, and then no Ctrl-C would ever arrive.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 model = spadc.compile_file(sys.argv[1])
 model.init_params(0)
 real_start = threading.Thread.start
 def start(self):  # a Ctrl-C lands while the runtime's pool starts a worker thread
     real_start(self)
-    # To this thread, not the process: the kernel may hand a process-wide signal to the new thread,
-    # and under load the main thread then finished its call before Python saw it (flaky once).
-    signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGINT)
     for _ in range(1000):  # Python's handler runs between bytecodes: give it many chances
         pass
 threading.Thread.start = start
