@@ -86,7 +86,7 @@ def test_installed_console_script_and_grammar_resource(tmp_path):
 
 def test_llvm_prints_the_forward_or_gradient_kernel():
     forward = spadc("llvm", example("rosenbrock.spad"))
-    assert forward.returncode == 0 and 'define i64 @"forward"(double* %"params"' in forward.stdout
+    assert forward.returncode == 0 and 'define i64 @"forward"(double* noalias %"params"' in forward.stdout
     assert '@"grad"' not in forward.stdout
     gradient = spadc("llvm", example("rosenbrock.spad"), "--grad")
     assert gradient.returncode == 0 and 'define i64 @"grad"(' in gradient.stdout
