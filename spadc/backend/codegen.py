@@ -181,24 +181,28 @@ class FunctionEmitter:
     def loop(self, count, name: str = "i", start=0):
         """A counted loop `for i in start..start+count`; yields the index (an i64 register).
 
-        LLVM shape: pre -> head(phi i; i < end ? body : exit) -> body ... -> head; exit."""
+        LLVM shape, already rotated: pre(start < end ? body : exit; no test for a known positive
+        count) -> body(phi i) ... -> latch(i + 1 < end ? body : exit); exit. LLVM's LoopRotate would
+        make this shape of the head-tested loop, and its time grows with the function's size for
+        every loop it rotates: a 64-layer MLP's kernel spent 2.9 s of its 13 s of passes there."""
         b = self.b
         name = llvm_name(name)
         start = I64(start) if isinstance(start, int) else start
         end = b.add(start, I64(count)) if not isinstance(count, ir.Value) else b.add(start, count)
         pre = b.block
-        head = b.append_basic_block(f"{name}.head")
         body = b.append_basic_block(f"{name}.body")
         exit_ = b.append_basic_block(f"{name}.exit")
-        b.branch(head)
-        b.position_at_end(head)
+        if isinstance(count, int) and count > 0:
+            b.branch(body)
+        else:
+            b.cbranch(b.icmp_signed("<", start, end), body, exit_)
+        b.position_at_end(body)
         index = b.phi(I64, name=name)
         index.add_incoming(start, pre)
-        b.cbranch(b.icmp_signed("<", index, end), body, exit_)
-        b.position_at_end(body)
         yield index
-        index.add_incoming(b.add(index, I64(1), name=f"{name}.next"), b.block)
-        b.branch(head)
+        following = b.add(index, I64(1), name=f"{name}.next")
+        index.add_incoming(following, b.block)
+        b.cbranch(b.icmp_signed("<", following, end), body, exit_)
         b.position_at_end(exit_)
 
     def each(self, count, name: str = "j", start=0):
