@@ -100,6 +100,29 @@ def test_a_long_flat_sum_and_product_compile_and_differentiate():
     assert loss == pytest.approx(sum(range(FLAT_TERMS)) - 1.01 ** 300, rel=1e-12)
 
 
+PARAM_CHAIN_IN_LANES = """
+import sys, warnings
+import numpy as np
+import spadc
+warnings.simplefilter("ignore")
+model = spadc.compile_source(sys.argv[1], name="h.spad")
+model.init_params(seed=0)
+loss, grads = model.grad(x=np.ones((4, 3)), estimator=spadc.RAD(keep=0.5, policy="edges"), seed=1)
+print(loss)
+"""
+COMPILE_SECONDS = 60  # it compiles in under a second; LLVM 22 once searched for ever
+
+
+def test_a_chain_of_functions_of_a_param_in_a_lane_loop_compiles():
+    """The fuzzer's seed 1103586: without `params` declared noalias, the chain stayed in a lane
+    loop of the sampled gradient, and LLVM's loop vectoriser never finished with it."""
+    text = ("input x: f64[3]\nparam p1: f64\nparam p7: f64[3, 3]\n"
+            "let h9 = prod(tanh(exp(tanh(p1))) for i11 in 0..3)\nloss h9 + sum(p7 @ x)\n")
+    child = subprocess.run([sys.executable, "-c", PARAM_CHAIN_IN_LANES, text], capture_output=True, text=True,
+                           timeout=COMPILE_SECONDS)
+    assert child.returncode == 0 and np.isfinite(float(child.stdout)), child.stderr
+
+
 @pytest.mark.parametrize("kind", sorted(NESTED))
 def test_deep_nesting_is_a_located_error(kind):
     assert "nested too deeply" in str(located(NESTED[kind](NESTING)))
