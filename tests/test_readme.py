@@ -9,8 +9,6 @@ import subprocess
 import sys
 import warnings
 
-import pytest
-
 import spadc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
