@@ -67,11 +67,8 @@ def rows(budget: float) -> list[str]:
 
 
 def main() -> int:
-    from bench.run import ALL_CORES, machine
-    os.sched_setaffinity(0, ALL_CORES[:1])
-    print(f"Machine: {machine()}\n")
-    print("\n".join(rows(1.0)))
-    return 0
+    from bench.run import print_rows_on_one_core
+    return print_rows_on_one_core(rows, 1.0)
 
 
 if __name__ == "__main__":

@@ -225,6 +225,14 @@ def jax_first_calls() -> dict:
     return calls
 
 
+def print_rows_on_one_core(rows, budget: float) -> int:
+    """A benchmark's `main`: pinned to the first core, the machine named, then `rows(budget)`."""
+    os.sched_setaffinity(0, ALL_CORES[:1])
+    print(f"Machine: {machine()}\n")
+    print("\n".join(rows(budget)))
+    return 0
+
+
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
