@@ -72,11 +72,10 @@ def _check(steps: int, snapshots: int):
 
 def _first_part(steps: int, snapshots: int) -> int:
     """How many steps the first part of a split takes, for the fewest advances in all. With r
-    replays needed, the first part (reversed later with the same snapshots) must leave the second
-    reversible with one snapshot fewer, and be at least what one replay fewer than its own r - 1
-    reverses: the smallest length that does both. (Every length from it up to
-    min(reversible(S, r - 1), steps - reversible(S - 1, r - 1)) is as good; tests/test_checkpoints.py
-    checks the choice against a search over all splits.)"""
+    replays needed, the smallest length that (a) leaves the second part reversible with one snapshot
+    fewer, reversible(S - 1, r), and (b) is at least reversible(S, r - 2). Every length from there up
+    to min(reversible(S, r - 1), steps - reversible(S - 1, r - 1)) is as good; tests/test_checkpoints.py
+    checks the choice against a search over all splits."""
     replays = replays_for(steps, snapshots)
     below = reversible(snapshots, replays - 2) if replays >= 2 else 1
     return max(1, below, steps - reversible(snapshots - 1, replays))
