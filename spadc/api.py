@@ -33,7 +33,7 @@ from .ad.paths import multi_factor_paths
 from .ad.forward import HVP, ggn_program, hvp_program, jvp_program
 from .ad.reverse import GradientProgram, gradient
 from .ad.taps import tap_program
-from .backend import jit, kernels
+from .backend import budget, jit, kernels
 from .errors import Source, SpadcError
 from .ir.printer import format_program
 
@@ -53,6 +53,7 @@ class Compiled:
     lanes: int  # samples every kernel runs side by side (the particles kernel excepted)
     base_layout: dict  # the layout with the exact gradient only (what the disk cache keeps)
     split: object = None  # what the forward and exact kernels compute once per call (spadc/passes/hoist.py)
+    checkpoint: object = "auto"  # "auto" | "none" | snapshots: how gradient kernels meet max_memory (budget.py)
     variants: dict[str, tuple[dict, jit.Compiled, GradientProgram]] = field(default_factory=dict)
 
     def kernel(self, kind: str) -> tuple[dict, jit.Compiled]:
@@ -82,11 +83,14 @@ class Compiled:
         """(layout entry, machine code, gradient program) of a gradient variant, compiled on first use."""
         key = variant_key(sampling, score, policy)
         if key not in self.variants:
-            program = gradient(self.program, accumulate=True, sampling=sampling, score=score, policy=policy)
-            program.program = passes.run(program.program)
+            def differentiate(program):
+                return _ready(gradient(program, accumulate=True, sampling=sampling, score=score, policy=policy))
+            program, plan = budget.plan_gradient(self.program, self.max_memory, self.checkpoint, differentiate,
+                                                 _float_bytes(self.dtype))
+            lanes = min(self.lanes, kernels.choose_lanes(program, self.dtype, self.max_memory)) if plan.cuts else self.lanes
             module = ir.Module(name=f"{self.program.name}.{key}")
-            entry = kernels.grad_kernel(module, program, self.layout, self.dtype, "grad", self.max_memory,
-                                        lanes=self.lanes)
+            entry = kernels.grad_kernel(module, program, self.layout, self.dtype, "grad", self.max_memory, lanes=lanes)
+            entry.update(plan.as_layout())
             if sampling is not None:
                 entry["warnings"] = [f"param `{param}` has a path to the loss through {len(sites)} random factors "
                                      f"({'; '.join(sites)}): the variance of its estimate grows with depth"
@@ -161,29 +165,34 @@ CACHE_SIZE = 32  # compiled models kept for reuse; older ones are freed once no 
 _CACHE: OrderedDict[tuple, Compiled] = OrderedDict()
 
 
-def compile_file(path: str, dtype: str = "f64", max_memory=None, cache: bool = True, lanes: int | None = None) -> Model:
+def compile_file(path: str, dtype: str = "f64", max_memory=None, cache: bool = True, lanes: int | None = None,
+                 checkpoint="auto") -> Model:
     """`max_memory`: bytes (or "4G") that params and a kernel's workspace may take (spadrt.limits).
     `cache`: use the on-disk cache of compiled kernels (spadc/cache.py). `lanes`: samples each
     kernel runs side by side (more: faster at batch, a workspace that many times larger; 1: the
     least memory); default: one for a model without matrix products, else up to 128, fewer when the
-    workspace would pass 4 MB or the memory limit."""
+    workspace would pass 4 MB or the memory limit. `checkpoint`: how a gradient whose tape passes
+    `max_memory` is made to fit (spadc/backend/budget.py): "auto" (replay loop segments, as few
+    times as fits), "none" (refuse), or a number of snapshots per long loop."""
     source = frontend.read_source(path)
-    return _model(source, frontend.source_directory(source), dtype, max_memory, cache, lanes)
+    return _model(source, frontend.source_directory(source), dtype, max_memory, cache, lanes, checkpoint)
 
 
-def build_file(path: str, dtype: str = "f64", max_memory=None, lanes: int | None = None) -> Compiled:
+def build_file(path: str, dtype: str = "f64", max_memory=None, lanes: int | None = None,
+               checkpoint="auto") -> Compiled:
     source = frontend.read_source(path)
-    return build(source, frontend.source_directory(source), dtype, max_memory, lanes)
+    return build(source, frontend.source_directory(source), dtype, max_memory, lanes, checkpoint)
 
 
 def compile_source(text: str, name: str = "m", dtype: str = "f64", max_memory=None, cache: bool = True,
-                   lanes: int | None = None) -> Model:
-    return _model(frontend.text_source(text, name), os.getcwd(), dtype, max_memory, cache, lanes)
+                   lanes: int | None = None, checkpoint="auto") -> Model:
+    return _model(frontend.text_source(text, name), os.getcwd(), dtype, max_memory, cache, lanes, checkpoint)
 
 
-def build(source: Source, base_dir: str, dtype: str = "f64", max_memory=None, lanes: int | None = None) -> Compiled:
+def build(source: Source, base_dir: str, dtype: str = "f64", max_memory=None, lanes: int | None = None,
+          checkpoint="auto") -> Compiled:
     with _collector_paused():
-        return _build(source, base_dir, dtype, max_memory, lanes)
+        return _build(source, base_dir, dtype, max_memory, lanes, budget.check_option(checkpoint))
 
 
 @contextmanager
@@ -199,30 +208,44 @@ def _collector_paused():
             gc.enable()
 
 
-def _build(source: Source, base_dir: str, dtype: str, max_memory, lanes: int | None) -> Compiled:
+def _ready(program: GradientProgram) -> GradientProgram:
+    """A gradient program after the pass pipeline, as the kernels compile it."""
+    program.program = passes.run(program.program)
+    return program
+
+
+def _float_bytes(dtype: str) -> int:
+    return 8 if dtype == "f64" else 4
+
+
+def _build(source: Source, base_dir: str, dtype: str, max_memory, lanes: int | None, checkpoint) -> Compiled:
     _check_dtype(dtype)
     _check_lanes(lanes)
     from .check.program import check_source
     limit = limits.max_memory(max_memory)
     program = frontend.lower(check_source(source, base_dir, limit))
-    exact = gradient(program, accumulate=True)
-    exact.program = passes.run(exact.program)
-    key = (source.name, source.text, dtype, limit, lanes, format_program(program), format_program(exact.program))
+    exact = _ready(gradient(program, accumulate=True))
+    key = (source.name, source.text, dtype, limit, lanes, checkpoint, format_program(program),
+           format_program(exact.program))
     if key not in _CACHE:
-        split = hoist.split(program)
-        per_sample = exact
+        def differentiate(cut_program):
+            return exact if cut_program is program else _ready(gradient(cut_program, accumulate=True))
+        per_sample, plan = budget.plan_gradient(program, limit, checkpoint, differentiate, _float_bytes(dtype))
+        # Hoisting trades memory for time: a model that needs checkpointing to fit has none to spare.
+        split = hoist.split(program) if not plan.cuts else None
         if split is not None:  # the kernel's: what depends on params alone runs once per call
-            per_sample = gradient(split.per_sample, accumulate=True)
-            per_sample.program = passes.run(per_sample.program)
+            per_sample = _ready(gradient(split.per_sample, accumulate=True))
         module = ir.Module(name=program.name)
         layout, outputs = kernels.base_layout(program, dtype)
         lanes = kernels.choose_lanes(per_sample, dtype, limit) if lanes is None else lanes
         entry = kernels.grad_kernel(module, per_sample, layout, dtype, "grad", limit, lanes=lanes, split=split)
+        entry.update(plan.as_layout())
         layout["variants"]["exact"] = entry
         base_layout = json.loads(json.dumps(layout))
         llvm_ir = str(module)
         machine = jit.compile_ir(llvm_ir, ("grad",))
-        compiled = Compiled(program, exact, llvm_ir, layout, machine, dtype, limit, lanes, base_layout, split)
+        compiled = Compiled(program, exact, llvm_ir, layout, machine, dtype, limit, lanes, base_layout, split,
+                            checkpoint)
         compiled.variants["exact"] = (entry, machine, exact)
         _CACHE[key] = compiled
         while len(_CACHE) > CACHE_SIZE:
@@ -244,17 +267,19 @@ def _check_lanes(lanes):
         raise SpadcError(f"lanes must be an integer from 1 to {LANES_LIMIT} (or None: chosen by size), got {lanes!r}")
 
 
-def _model(source: Source, base_dir: str, dtype: str, max_memory, use_cache: bool, lanes: int | None = None) -> Model:
+def _model(source: Source, base_dir: str, dtype: str, max_memory, use_cache: bool, lanes: int | None = None,
+           checkpoint="auto") -> Model:
     """A model from the disk cache when it holds this source's kernels; else compiled (and stored)."""
     _check_dtype(dtype)
     _check_lanes(lanes)
+    checkpoint = budget.check_option(checkpoint)
     limit = limits.max_memory(max_memory)
     if not use_cache:
-        return model_of(build(source, base_dir, dtype, limit, lanes))
-    base_key = cache.key(source, base_dir, dtype, limit, lanes)
+        return model_of(build(source, base_dir, dtype, limit, lanes, checkpoint))
+    base_key = cache.key(source, base_dir, dtype, limit, lanes, checkpoint)
     hit = cache.load(base_key)
     if hit is None:
-        compiled = build(source, base_dir, dtype, limit, lanes)
+        compiled = build(source, base_dir, dtype, limit, lanes, checkpoint)
         cache.store(base_key, compiled.base_layout, compiled.machine.object_code, cache.file_digests(compiled.program.files))
         return model_of(compiled, base_key)
     layout, code = hit
@@ -262,7 +287,7 @@ def _model(source: Source, base_dir: str, dtype: str, max_memory, use_cache: boo
 
     def compiled_later() -> Compiled:  # only when a variant is not in the cache either
         if not built:
-            built.append(build(source, base_dir, dtype, limit, lanes))
+            built.append(build(source, base_dir, dtype, limit, lanes, checkpoint))
         return built[0]
 
     return _assemble(layout, jit.load_object(code, ("grad",)), compiled_later, base_key)

@@ -70,10 +70,10 @@ def _machine() -> str:
     return f"{llvm.get_process_triple()} {llvm.get_host_cpu_name()} {llvm.get_host_cpu_features().flatten()}"
 
 
-def key(source: Source, base_dir: str, dtype: str, max_memory: int, lanes: int | None = None) -> str:
+def key(source: Source, base_dir: str, dtype: str, max_memory: int, lanes: int | None = None, checkpoint="auto") -> str:
     """The key of a model's base kernels; `variant_key` derives a variant's from it."""
     parts = [FORMAT, __version__, compiler_digest(), llvmlite.__version__, ".".join(map(str, llvm.llvm_version_info)), _machine(),
-             dtype, max_memory, lanes, source.name, os.path.abspath(base_dir), source.text]
+             dtype, max_memory, lanes, checkpoint, source.name, os.path.abspath(base_dir), source.text]
     return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
 
 

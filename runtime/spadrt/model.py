@@ -215,8 +215,12 @@ class Model:
                                                         threads, merge_inputs(inputs, keyword_inputs), state)
         named = self._named(flat)
         if stats:
+            # Each concurrent kernel call has a workspace of its own (spadrt/calls.py).
+            concurrent = min(calls.check_threads(threads), len(calls.chunks(n))) if n else 1
             return loss, named, {"tape_bytes": measured, "tape_bytes_static": entry["tape_bytes"],
-                                 "workspace_bytes": entry["workspace"], "samples": n}
+                                 "workspace_bytes": entry["workspace"], "samples": n,
+                                 "peak_workspace_bytes": entry["workspace"] * concurrent,
+                                 "forward_replays": entry.get("forward_replays", 0)}
         return loss, named
 
     def flat_grad(self, *, params=None, estimator=None, training: bool = False, seed: int = 0,

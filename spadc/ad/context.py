@@ -3,7 +3,8 @@
 Invariants:
 - A `Context` is one block of adjoint code. At the top level primal values are at hand; inside the
   adjoint of a region they come from that region's tape (`keep` asks the forward region to yield
-  them, stacked over iterations), unless they are cheaper to recompute (`recomputable`).
+  them, stacked over iterations), unless they are cheaper to recompute (`recomputable`). In the
+  adjoint of a checkpointed (`remat`) loop they are at hand too: its iterations are replayed there.
 - A `cond`'s branches keep their values in one record each, both in the same storage: the tape
   holds the larger branch's record, not both.
 - What the tape keeps is what cannot be had again: rows of inputs and params are read again
@@ -77,9 +78,17 @@ class Context(Builder):
     def is_comprehension(self) -> bool:
         return self.op_of_region is not None and self.op_of_region.kind == "tabulate"
 
+    @property
+    def replays(self) -> bool:
+        """A checkpointed loop's adjoint: each iteration runs its body again (reverse.py, `_replay`),
+        so every value of the body is at hand, as at the top level."""
+        return self.op_of_region is not None and self.op_of_region.attrs.get("remat", False)
+
     def primal(self, value: Value) -> Value:
         if value.id in self.memo:
             return self.memo[value.id]
+        if self.replays and value.id in self.defined:
+            return value
         op = self.producers.get(value.id)
         if op is not None and op.kind in REGENERATED:  # drawn again from its key: never on the tape
             result = Value(value.type, value.hint)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..ir.core import REGION_OPS, Block, InputDecl, Op, Program, Value, walk_ops
+from ..ir.core import REGION_OPS, Block, InputDecl, Op, Program, Value, copy_block, walk_ops
 from ..ir.types import TensorType
 from . import sampling as gates
 from .activity import active_values
@@ -217,7 +217,9 @@ def _loop_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
         return
     seeds = [s if s is not None else ctx.zeros(op.results[k].type) for s, k in zip(seeds, carried)]
     captured = _free_active(ctx, body)
-    index = Value(body.params[0].type, body.params[0].hint)
+    replays = op.attrs.get("remat", False)
+    # A replayed iteration runs the body itself in the adjoint: the body's own index is the region's.
+    index = body.params[0] if replays else Value(body.params[0].type, body.params[0].hint)
     carried_adjoints = [Value(op.results[k].type, _adjoint_hint(op.results[k])) for k in carried]
     accumulators = [Value(v.type, _adjoint_hint(v)) for v in captured]
     region = Block([index, *carried_adjoints, *accumulators])
@@ -233,6 +235,8 @@ def _loop_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
     inner.at(op.loc, op.inlined_at)
     region.yields = ([local.get(body.params[1 + k]) or inner.zeros(body.params[1 + k].type) for k in carried]
                      + [local.get(v) for v in captured])
+    if replays:
+        region.ops = _replay(inner, body, ctx.state.registry) + region.ops
     initial = seeds + [adjoints.get(v) or ctx.zeros(v.type) for v in captured]
     results = _emit_region(ctx, "loop", initial, (region,), op, reverse=True)
     # The accumulators already include the outer adjoints they started from, so they replace them;
@@ -406,11 +410,32 @@ def _adjoint_hint(value: Value) -> str | None:
 
 def _emit_region(ctx: Context, kind: str, args, regions, primal: Op, **extra) -> list[Value]:
     attrs = dict(lo=primal.attrs["lo"], hi=primal.attrs["hi"], var=primal.attrs["var"], **extra) if kind == "loop" else {}
+    if "flat" in primal.attrs and kind == "loop":  # the same iterations, so the same random keys
+        attrs["flat"] = primal.attrs["flat"]
     # A reversed loop's results are the final adjoints it carries: name them as its carried params.
     hints = [p.hint for p in regions[0].params[1:]] if kind == "loop" else [None] * len(regions[0].yields)
     results = [Value(y.type, hint) for y, hint in zip(regions[0].yields, hints)]
     ctx.block.ops.append(Op(kind, tuple(args), tuple(results), attrs, primal.loc, primal.inlined_at, tuple(regions)))
     return results
+
+
+def _replay(inner: Context, body: Block, registry: dict) -> list[Op]:
+    """The ops that rebuild one iteration of a checkpointed loop at the start of its adjoint: its
+    carried values read from their snapshot (what the forward loop kept of them), then the body as
+    a taped forward pass runs it (nested loops keeping their tapes, the adjoint's forward inserts).
+    They define the body's own values, which the adjoint reads (Context.primal)."""
+    replay = _interleave(_augment(body, registry).ops, inner.inserts)
+    read = {v.id for op in replay for nested in walk_ops(Block(ops=[op]))
+            for v in (*nested.args, *(y for region in nested.regions for y in region.yields))}
+    outer_block, inner.block = inner.block, Block()
+    for param in body.params[1:]:
+        if param.id in read:
+            snapshots = inner.parent.primal(inner.keep(param))
+            spec = (("dyn", False),) + tuple(("slice", 0, n) for n in param.type.shape)
+            inner.block.ops.append(Op("index", (snapshots, inner.position()), (param,), {"spec": spec, "what": "tape"},
+                                      inner.loc, inner.inlined_at))
+    prefix, inner.block = inner.block.ops, outer_block
+    return prefix + replay
 
 
 # ---- the forward pass, keeping what the adjoint reads ------------------------------------------
@@ -427,6 +452,9 @@ def _augment(block: Block, registry: dict) -> Block:
             ops.append(_augment_cond(op, registry.get(id(op)), registry))
             continue
         contexts = registry.get(id(op), [])
+        if op.attrs.get("remat") and contexts:
+            ops.append(_snapshotting(op, contexts[0]))
+            continue
         (body,) = op.regions
         new_body = _augment(body, registry)
         kept = list(contexts[0].requests.values()) if contexts else []
@@ -435,6 +463,18 @@ def _augment(block: Block, registry: dict) -> Block:
         ops.append(Op(op.kind, op.args, op.results + tuple(t for _, t in kept), op.attrs, op.loc, op.inlined_at,
                       (new_body,)))
     return Block(list(block.params), ops, list(block.yields))
+
+
+def _snapshotting(op: Op, inner: Context) -> Op:
+    """A checkpointed loop's forward pass: its body untaped (a copy: the adjoint's replay runs the
+    original), yielding the carried values its replay reads as they were at each iteration's start."""
+    (body,) = op.regions
+    copies = {}
+    new_body = copy_block(body, copies)
+    snapshots = list(inner.requests.values())
+    new_body.yields += [copies[param.id] for param, _ in snapshots]
+    return Op(op.kind, op.args, op.results + tuple(kept for _, kept in snapshots), op.attrs, op.loc, op.inlined_at,
+              (new_body,))
 
 
 def _augment_cond(op: Op, settled, registry: dict) -> Op:

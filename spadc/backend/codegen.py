@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from ..errors import Loc
-from ..ir.core import Block, Op, Value
+from ..ir.core import Block, Op, Value, flat_iteration
 from .emitters import EMITTERS, elementwise_group, fusable, llvm_name
 from . import lane_ops
 from .memory import MemoryPlan, lane_runs
@@ -334,7 +334,7 @@ class FunctionEmitter:
             t = self.b.sub(I64(hi - 1), j) if op.attrs.get("reverse") else self.b.add(I64(lo), j)
             self.store(body.params[0], None, t)
             row = self.b.sub(t, I64(lo))
-            with self._nested_iteration(hi - lo, row):
+            with self._nested_iteration(flat_iteration(op), row):
                 (self.lane_block if lanes else self.block)(body)
             with each_lane():
                 for value, kept in zip(body.yields[n:], op.results[n:]):
@@ -347,10 +347,13 @@ class FunctionEmitter:
                 self.b.store(self.b.add(self.b.load(counter), kept), counter)
 
     @contextmanager
-    def _nested_iteration(self, trips: int, position):
-        """Inside a loop of `trips` iterations, at `position` (0-based): flat = flat * trips + position."""
+    def _nested_iteration(self, flat: tuple[int, int, int], position):
+        """Inside a loop at `position` (0-based): flat = flat * multiplier + offset + position * stride."""
+        multiplier, stride, offset = flat
         outer = self.iteration
-        self.iteration = self.b.add(self.b.mul(outer, I64(trips)), position, name="iteration")
+        step = position if stride == 1 else self.b.mul(position, I64(stride))
+        start = self.b.mul(outer, I64(multiplier)) if offset == 0 else self.b.add(self.b.mul(outer, I64(multiplier)), I64(offset))
+        self.iteration = self.b.add(start, step, name="iteration")
         try:
             yield
         finally:

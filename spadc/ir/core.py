@@ -10,8 +10,10 @@ Invariants (checked by `spadc.ir.verify`):
               values (n of them). Region params: [index (i64), *carried]. Yields: the next carried
               values, then any per-iteration values to keep; results: the final carried values,
               then each kept value stacked over iterations (shape [hi - lo, ...]): the tape of the
-              adjoint. attrs: lo, hi, var, reverse (iterate hi-1 down to lo; stacked row t - lo).
-              A loop stays a loop: IR size does not depend on the trip count.
+              adjoint. attrs: lo, hi, var, reverse (iterate hi-1 down to lo; stacked row t - lo);
+              optionally `flat` (see `flat_iteration`) and `remat` (a checkpointed loop:
+              spadc/passes/checkpoint.py). A loop stays a loop: IR size does not depend on the
+              trip count.
     tabulate  `[body for var in lo..hi]`. No args; region params: [index]; each yield is stacked
               along a new leading axis of length hi - lo (the first is the comprehension's value,
               any others are tapes). attrs: lo, hi, var.
@@ -128,6 +130,40 @@ class Program:
     def with_body(self, body: Block, outputs: dict[str, Value], loss: Value, classifier) -> "Program":
         return Program(self.name, self.params, self.inputs, body, outputs, loss, classifier, self.files, self.states,
                        self.head)
+
+
+def flat_iteration(op: Op) -> tuple[int, int, int]:
+    """(multiplier, stride, offset): inside `op` at row `r` (0-based), the flat iteration that keys
+    random draws (spadc/rng.py) is `outer * multiplier + offset + r * stride`. By default
+    (trips, 1, 0): the flat index of the enclosing loop and comprehension indices. A checkpointed
+    loop cut into segments sets it so that every step keeps the key it had uncut."""
+    return op.attrs.get("flat") or (op.attrs["hi"] - op.attrs["lo"], 1, 0)
+
+
+def copy_block(block: Block, mapping: dict[int, Value] | None = None) -> Block:
+    """A copy of `block` with fresh values for everything it defines, nested regions included;
+    values it reads from outside stay as they are unless `mapping` (value id -> value) renames
+    them. `mapping` is filled with the copies (original id -> copy)."""
+    mapping = {} if mapping is None else mapping
+
+    def fresh(value: Value) -> Value:
+        mapping[value.id] = Value(value.type, value.hint)
+        return mapping[value.id]
+
+    def read(value: Value) -> Value:
+        return mapping.get(value.id, value)
+
+    def copy(b: Block) -> Block:
+        params = [fresh(p) for p in b.params]
+        ops = []
+        for op in b.ops:
+            args = tuple(read(a) for a in op.args)
+            regions = tuple(copy(region) for region in op.regions)
+            ops.append(Op(op.kind, args, tuple(fresh(r) for r in op.results), dict(op.attrs), op.loc,
+                          op.inlined_at, regions))
+        return Block(params, ops, [read(y) for y in b.yields])
+
+    return copy(block)
 
 
 def walk_ops(block: Block):

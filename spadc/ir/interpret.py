@@ -20,7 +20,7 @@ import numpy as np
 from .. import rng
 from ..errors import SpadcError
 from . import primitives
-from .core import Block, Op, Program
+from .core import Block, Op, Program, flat_iteration
 from .primitives import NUMPY_DTYPES
 
 
@@ -135,7 +135,8 @@ def _loop(op: Op, env, iteration, options):
         env[body.params[0]] = np.int64(t)
         for param, value in zip(body.params[1:], carried):
             env[param] = value
-        _run_block(body, env, iteration * (hi - lo) + (t - lo), options)
+        multiplier, stride, offset = flat_iteration(op)
+        _run_block(body, env, iteration * multiplier + offset + (t - lo) * stride, options)
         carried = [env[y] for y in body.yields[:n]]
         for stack, value in zip(kept, body.yields[n:]):
             stack[t - lo] = env[value]

@@ -1,0 +1,181 @@
+"""The memory budget of a gradient kernel: tape when it fits, else checkpoint loops (ESTIMATORS.md section 9).
+
+`plan_gradient(program, limit, checkpoint, differentiate)` returns the gradient program a kernel
+compiles, and the plan behind it:
+- `checkpoint="auto"`: the taped gradient when its workspace fits `limit`; else the top-level loops
+  are cut into segments (spadc/passes/checkpoint.py) with the fewest replay levels whose workspace
+  fits, one level more at a time; refused, naming the least workspace found, when none up to
+  MAX_LEVELS fits.
+- `checkpoint="none"`: the taped gradient (the kernel refuses it if it does not fit).
+- `checkpoint=K`: one level with K segments per long loop (the nearest divisor of its trip count).
+
+Invariants:
+- A plan's workspace is the memory planner's (spadc/backend/memory.py) for the program as it will be
+  compiled, never an estimate: the estimate below only orders the candidates, and the planner's size
+  decides. So the kernel's workspace is within the budget whenever a plan is returned.
+- More budget never means more replays: levels are tried in increasing order and the first that fits
+  is taken, so a plan found at a budget is found at any larger one.
+- The cut changes where values live, not their bits (spadc/passes/checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from spadrt.limits import format_bytes, limit_text
+
+from ..ad.reverse import GradientProgram
+from ..ad.tape import value_bytes
+from ..errors import SpadcError
+from ..ir.core import Op, Program
+from ..passes.checkpoint import cut, divisors, top_level_loops, trips
+from .memory import plan as memory_plan
+
+MAX_LEVELS = 4  # replay levels tried under "auto" (each replays every step once more)
+MIN_TRIPS = 4  # a loop shorter than this is never cut: one segment of it costs as much as its tape
+
+
+@dataclass
+class BudgetPlan:
+    """What a gradient kernel was planned to: the cut (loop position -> segment counts, outermost
+    first), the replay levels (0: taped), the workspace and the taped workspace."""
+    cuts: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    workspace: int = 0
+    taped_workspace: int = 0
+
+    @property
+    def replays(self) -> int:
+        """Forward replays of each step beyond the first forward pass (the deepest cut's levels)."""
+        return max((len(counts) for counts in self.cuts.values()), default=0)
+
+    def describe(self, program: Program) -> list[str]:
+        loops = top_level_loops(program)
+        lines = []
+        for position, counts in sorted(self.cuts.items()):
+            loop = loops[position]
+            steps = trips(loop) // math.prod(counts)
+            snapshots = " + ".join(f"{n:,}" for n in counts)
+            lines.append(f"loop at line {loop.loc.line} ({trips(loop):,} steps): {snapshots} snapshots, segments of "
+                         f"{steps:,} steps taped, {len(counts)} replay{'s' if len(counts) > 1 else ''} of each step")
+        return lines
+
+    def as_layout(self) -> dict:
+        return {"cuts": {str(k): list(v) for k, v in self.cuts.items()}, "forward_replays": self.replays,
+                "taped_workspace": self.taped_workspace}
+
+
+def check_option(checkpoint) -> object:
+    if checkpoint in ("auto", "none"):
+        return checkpoint
+    if isinstance(checkpoint, str) and checkpoint.isdigit():
+        checkpoint = int(checkpoint)
+    if isinstance(checkpoint, int) and not isinstance(checkpoint, bool) and checkpoint >= 1:
+        return checkpoint
+    raise SpadcError(f'checkpoint must be "auto", "none" or a number of snapshots (a positive integer), '
+                     f'got {checkpoint!r}')
+
+
+def plan_gradient(program: Program, limit: int, checkpoint, differentiate: Callable[[Program], GradientProgram],
+                  float_bytes: int = 8) -> tuple[GradientProgram, BudgetPlan]:
+    """The gradient program to compile under `limit` bytes of workspace, and its plan.
+    `differentiate(program)` makes a gradient program ready for code generation."""
+    checkpoint = check_option(checkpoint)
+    taped = differentiate(program)
+    taped_size = workspace_of(taped, float_bytes)
+    if checkpoint == "none" or (checkpoint == "auto" and taped_size <= limit):
+        return taped, BudgetPlan({}, taped_size, taped_size)
+    loops = [(k, op) for k, op in enumerate(top_level_loops(program)) if trips(op) >= MIN_TRIPS]
+    if not loops:
+        return taped, BudgetPlan({}, taped_size, taped_size)  # nothing to cut: the kernel's own check refuses
+    sizes = _loop_sizes(taped, program, loops, float_bytes)
+    if checkpoint != "auto":
+        cuts = {k: (_nearest_divisor(trips(op), checkpoint),) for k, op in loops}
+        gradient = differentiate(cut(program, cuts))
+        return gradient, BudgetPlan(cuts, workspace_of(gradient, float_bytes), taped_size)
+    least = None
+    for levels in range(1, MAX_LEVELS + 1):
+        for cuts in _candidates(loops, sizes, levels, limit, taped_size):
+            gradient = differentiate(cut(program, cuts))
+            size = workspace_of(gradient, float_bytes)
+            if size <= limit:
+                return gradient, BudgetPlan(cuts, size, taped_size)
+            least = size if least is None else min(least, size)
+    raise SpadcError(f"the gradient needs a workspace of {format_bytes(taped_size)} taped, and at least "
+                     f"{format_bytes(least)} checkpointed with up to {MAX_LEVELS} replays of each step: more than "
+                     f"{limit_text(limit)}. A budget of {format_bytes(least)} would do", loops[0][1].loc)
+
+
+def workspace_of(gradient: GradientProgram, float_bytes: int) -> int:
+    writable = frozenset(v.id for v in gradient.accumulators.values())
+    return memory_plan(gradient.program, float_bytes, writable).size
+
+
+@dataclass(frozen=True)
+class _LoopSize:
+    steps: int
+    snapshot: int  # bytes of the carried values (one snapshot)
+    step_tape: int  # bytes the taped loop keeps per step
+
+
+def _loop_sizes(taped: GradientProgram, program: Program, loops: list[tuple[int, Op]],
+                float_bytes: int) -> dict[int, _LoopSize]:
+    """Per loop: its snapshot and per-step tape bytes, read from the taped gradient program, whose
+    forward pass has the program's top-level loops in order (with their tapes as extra results)."""
+    forward = [op for op in taped.program.body.ops if op.kind == "loop" and not op.attrs.get("reverse")]
+    sizes = {}
+    for k, op in loops:
+        carried = len(op.args)
+        snapshot = sum(value_bytes(v, float_bytes) for v in op.args)
+        match = forward[k] if k < len(forward) and forward[k].loc == op.loc else None
+        tape = sum(value_bytes(v, float_bytes) for v in match.results[carried:]) if match is not None else snapshot * trips(op)
+        sizes[k] = _LoopSize(trips(op), snapshot, max(tape // max(trips(op), 1), 1))
+    return sizes
+
+
+def _candidates(loops, sizes: dict[int, _LoopSize], levels: int, limit: int, taped_size: int):
+    """Cuts with `levels` replay levels, the likeliest to fit first: the loops with the largest tapes
+    are cut until the estimated workspace fits (loops whose tape is small are left taped: cutting
+    them would replay them for little), each by its factorisations in order of estimated peak
+    (snapshots of every level, one segment's tape); then runners-up, in case the planner's size
+    differs from the estimate."""
+    ranked = {k: sorted(_factorisations(sizes[k].steps, levels), key=lambda counts: _estimate(sizes[k], counts))
+              for k, _ in loops}
+    by_tape = sorted((k for k, _ in loops if ranked[k]), key=lambda k: -sizes[k].steps * sizes[k].step_tape)
+    for rank in range(3):
+        cuts, estimate = {}, taped_size
+        for k in by_tape:
+            counts = ranked[k][min(rank, len(ranked[k]) - 1)]
+            cuts[k] = counts
+            estimate += _estimate(sizes[k], counts) - sizes[k].steps * sizes[k].step_tape
+            if estimate <= limit:
+                break
+        if cuts:
+            yield cuts
+
+
+def _estimate(size: _LoopSize, counts: tuple[int, ...]) -> int:
+    return sum(counts) * size.snapshot + (size.steps // math.prod(counts)) * size.step_tape
+
+
+def _factorisations(steps: int, levels: int) -> list[tuple[int, ...]]:
+    """Segment counts (N1, ..., N_levels), each at least 2, whose product divides `steps` and leaves
+    segments of at least one step."""
+    options = [d for d in divisors(steps) if d >= 2]
+    found = []
+
+    def extend(prefix: tuple[int, ...], remaining: int):
+        if len(prefix) == levels:
+            found.append(prefix)
+            return
+        for d in options:
+            if remaining % d == 0:
+                extend(prefix + (d,), remaining // d)
+
+    extend((), steps)
+    return found
+
+
+def _nearest_divisor(steps: int, wanted: int) -> int:
+    return min(divisors(steps), key=lambda d: (abs(d - wanted), d))
