@@ -228,18 +228,7 @@ def _build(source: Source, base_dir: str, dtype: str, max_memory, lanes: int | N
     key = (source.name, source.text, dtype, limit, lanes, checkpoint, format_program(program),
            format_program(exact.program))
     if key not in _CACHE:
-        def differentiate(cut_program):
-            return exact if cut_program is program else _ready(gradient(cut_program, accumulate=True))
-        per_sample, plan = budget.plan_gradient(program, limit, checkpoint, differentiate, _float_bytes(dtype))
-        # Hoisting trades memory for time: a model that needs checkpointing to fit has none to spare.
-        split = hoist.split(program) if not plan.cuts else None
-        if split is not None:  # the kernel's: what depends on params alone runs once per call
-            per_sample = _ready(gradient(split.per_sample, accumulate=True))
-        module = ir.Module(name=program.name)
-        layout, outputs = kernels.base_layout(program, dtype)
-        lanes = kernels.choose_lanes(per_sample, dtype, limit) if lanes is None else lanes
-        entry = kernels.grad_kernel(module, per_sample, layout, dtype, "grad", limit, lanes=lanes, split=split)
-        entry.update(plan.as_layout())
+        module, layout, entry, split, lanes = _exact_kernel(program, exact, dtype, limit, lanes, checkpoint)
         layout["variants"]["exact"] = entry
         base_layout = json.loads(json.dumps(layout))
         llvm_ir = str(module)
@@ -252,6 +241,42 @@ def _build(source: Source, base_dir: str, dtype: str, max_memory, lanes: int | N
             _CACHE.popitem(last=False)
     _CACHE.move_to_end(key)
     return _CACHE[key]
+
+
+def _exact_kernel(program, exact: GradientProgram, dtype: str, limit: int, lanes: int | None, checkpoint):
+    """The exact gradient kernel within the budget: (module, layout, entry, split, lanes). What
+    depends on params alone is hoisted (spadc/passes/hoist.py) and the per-sample part's loops are
+    cut when its tape does not fit (spadc/backend/budget.py). The hoisted part's workspace comes on
+    top of the per-sample plan, so the per-sample part gets what it leaves; when it leaves too
+    little, the kernel is built unsplit. Checkpointing never changes whether a kernel is split, so
+    a checkpointed gradient rounds as the taped one does, bit for bit."""
+    hoisted = hoist.split(program)
+    for split in ([hoisted, None] if hoisted is not None else [None]):
+        target = program if split is None else split.per_sample
+
+        def differentiate(cut_program):
+            return exact if cut_program is program else _ready(gradient(cut_program, accumulate=True))
+
+        room = limit
+        for _ in range(SPLIT_ATTEMPTS):
+            try:
+                per_sample, plan = budget.plan_gradient(target, room, checkpoint, differentiate, _float_bytes(dtype))
+                module = ir.Module(name=program.name)
+                layout, _ = kernels.base_layout(program, dtype)
+                chosen = kernels.choose_lanes(per_sample, dtype, limit) if lanes is None else lanes
+                entry = kernels.grad_kernel(module, per_sample, layout, dtype, "grad", limit, lanes=chosen, split=split)
+            except SpadcError:
+                if split is None:
+                    raise
+                break
+            if entry["workspace"] <= limit:
+                entry.update(plan.as_layout())
+                return module, layout, entry, split, chosen
+            room -= entry["workspace"] - limit  # the hoisted part's share, taken from the per-sample plan
+    raise AssertionError("an unsplit kernel either fits or is refused")
+
+
+SPLIT_ATTEMPTS = 2  # plans of a hoisted kernel's per-sample part before building it unsplit
 
 
 def _check_dtype(dtype: str):

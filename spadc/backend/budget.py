@@ -34,7 +34,7 @@ from ..passes.checkpoint import cut, divisors, top_level_loops, trips
 from .memory import plan as memory_plan
 
 MAX_LEVELS = 4  # replay levels tried under "auto" (each replays every step once more)
-MIN_TRIPS = 4  # a loop shorter than this is never cut: one segment of it costs as much as its tape
+MIN_TRIPS = 2  # a loop of one step has nothing to cut
 
 
 @dataclass
@@ -104,7 +104,7 @@ def plan_gradient(program: Program, limit: int, checkpoint, differentiate: Calla
             least = size if least is None else min(least, size)
     raise SpadcError(f"the gradient needs a workspace of {format_bytes(taped_size)} taped, and at least "
                      f"{format_bytes(least)} checkpointed with up to {MAX_LEVELS} replays of each step: more than "
-                     f"{limit_text(limit)}. A budget of {format_bytes(least)} would do", loops[0][1].loc)
+                     f"{limit_text(limit)}. A budget of {least:,} bytes would do", loops[0][1].loc)
 
 
 def workspace_of(gradient: GradientProgram, float_bytes: int) -> int:

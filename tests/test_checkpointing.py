@@ -1,0 +1,192 @@
+"""Loop checkpointing under a memory budget (ESTIMATORS.md section 9; spadc/passes/checkpoint.py,
+spadc/backend/budget.py).
+
+Oracles: the taped gradient of the same program, bit for bit (a plan moves bytes, never a result),
+under exact, RAD, SPAD and dropout; the memory planner's workspace against the budget; the NumPy
+interpreter on the cut program; a workspace full of garbage against a clean one.
+"""
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import spadc
+from spadc.ad.reverse import gradient
+from spadc.backend import budget
+from spadc.ir.interpret import RunOptions, evaluate
+from spadc.ir.verify import verify
+from spadc.passes.checkpoint import cut
+from spadrt.calls import Scratch
+from spadrt.estimators import SamplingWarning
+
+import fuzzing
+from test_memory import _garbage_workspace
+
+SEED = 5
+BATCH = 3
+BUDGETS = 20  # budgets swept from the smallest that works to the taped workspace
+REFUSED = 1000  # bytes: above any one tensor of the programs below, below any plan of them
+
+REACTION = """
+const N = 32
+const T = 240
+input u0: f64[N]
+param rate: f64 = 0.5
+param w: f64[N] = 0.1
+let u = u0
+for t in 0..T {
+  u = [u[i] + 0.01 * (rate * u[i] * (1 - u[i]) + w[i] * u[(i + 1) % N]) for i in 0..N]
+}
+loss sum(u * u)
+"""
+# A recurrent net with dropout on its state, a nested loop and a branch in its body, and a `while`.
+RECURRENT = """
+const H = 8
+const T = 36
+input x: f64[H]
+param W: f64[H, H] ~ normal(0, 0.4)
+param b: f64[H]
+let h = zeros(H)
+let c = 0
+for t in 0..T {
+  h = tanh(W @ dropout(h, 0.25) + x * (0.1 * float(t)) + b)
+  for s in 0..2 {
+    h = if h[0] > 0 then h * 0.9 else h + 0.1 * b
+  }
+}
+while c < 5 and h[1] < 3.0 max 8 {
+  h = sigmoid(W @ h) + h
+  c = c + 1
+}
+loss sum(h * h)
+"""
+PROGRAMS = {"reaction": REACTION, "recurrent": RECURRENT}
+
+
+def _inputs(name, batch=BATCH):
+    rng = np.random.default_rng(SEED)
+    if name == "reaction":
+        return {"u0": rng.uniform(0, 1, (batch, 32))}
+    return {"x": rng.normal(0, 1, (batch, 8))}
+
+
+def _gradients(model, name, sampled=True):
+    """Every estimator's gradient on one batch: exact (with dropout), RAD, SPAD."""
+    model.init_params(SEED)
+    inputs = _inputs(name)
+    estimators = [None] + ([spadc.RAD(keep=0.3, policy="edges"), spadc.SPAD(keep=0.3)] if sampled else [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SamplingWarning)
+        return [model.grad(**inputs, estimator=estimator, training=True, seed=SEED, step=2) for estimator in estimators]
+
+
+def _assert_same_bits(got, want):
+    for (loss, grads), (loss_want, grads_want) in zip(got, want):
+        assert np.float64(loss).tobytes() == np.float64(loss_want).tobytes()
+        for key in grads_want:
+            assert grads[key].tobytes() == grads_want[key].tobytes(), key
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+@pytest.mark.parametrize("checkpoint", [1, 3, 12])
+def test_checkpointed_gradients_equal_taped_ones_to_the_bit(name, checkpoint):
+    taped = _gradients(spadc.compile_source(PROGRAMS[name], name=f"{name}.spad", checkpoint="none"), name)
+    model = spadc.compile_source(PROGRAMS[name], name=f"{name}.spad", checkpoint=checkpoint)
+    _, _, stats = model.grad(**_inputs(name), stats=True)
+    assert stats["forward_replays"] == 1
+    _assert_same_bits(_gradients(model, name), taped)
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_every_budget_is_kept_and_more_budget_never_means_more_replays(name):
+    taped = spadc.api.build(spadc.frontend.text_source(PROGRAMS[name], f"{name}.spad"), ".", lanes=1, checkpoint="none")
+    taped_workspace = taped.variant(None)[0]["workspace"]
+    want = _gradients(spadc.api.model_of(taped), name)
+    smallest = _smallest_budget(name, taped_workspace)
+    budgets = np.unique(np.geomspace(smallest, taped_workspace, BUDGETS).astype(int))
+    replays = []
+    for limit in budgets:
+        model = spadc.compile_source(PROGRAMS[name], name=f"{name}.spad", max_memory=int(limit), lanes=1)
+        _, _, stats = model.grad(**_inputs(name), threads=1, stats=True)
+        assert stats["peak_workspace_bytes"] <= limit
+        replays.append(stats["forward_replays"])
+        if limit in (budgets[0], budgets[len(budgets) // 2], budgets[-1]):
+            # At the smallest budget only the exact adjoint fits: a sampled one has gates of its own.
+            _assert_same_bits(_gradients(model, name, sampled=limit != budgets[0]), want)
+    assert replays == sorted(replays, reverse=True), replays
+    assert replays[0] >= 2 and replays[-1] == 0, replays
+
+
+def _smallest_budget(name, taped_workspace):
+    """The least workspace the planner finds, as its refusal names it; a budget of it must work."""
+    with pytest.raises(spadc.SpadcError) as refusal:
+        spadc.compile_source(PROGRAMS[name], name=f"{name}.spad", max_memory=REFUSED, lanes=1)
+    message = str(refusal.value)
+    assert f"{name}.spad:" in message and "would do" in message, message
+    smallest = int(re.search(r"A budget of ([0-9,]+) bytes would do", message).group(1).replace(",", ""))
+    assert REFUSED < smallest < taped_workspace
+    return smallest
+
+
+def test_none_refuses_what_auto_checkpoints():
+    with pytest.raises(spadc.SpadcError, match="loop's tape"):
+        spadc.compile_source(REACTION, name="r.spad", max_memory="40K", checkpoint="none", lanes=1)
+    model = spadc.compile_source(REACTION, name="r.spad", max_memory="40K", lanes=1)
+    assert model.grad(**_inputs("reaction"), threads=1, stats=True)[2]["peak_workspace_bytes"] <= 40 << 10
+
+
+@pytest.mark.parametrize("bad", ["some", 0, -2, 1.5, True])
+def test_a_bad_checkpoint_option_is_named(bad):
+    with pytest.raises(spadc.SpadcError, match="checkpoint must be"):
+        spadc.compile_source(REACTION, checkpoint=bad)
+
+
+@pytest.mark.parametrize("counts", [(2,), (4, 3), (2, 2, 3), (24,)])
+def test_the_interpreter_gives_the_cut_program_the_taped_gradient(counts):
+    """The NumPy reference on the cut program's gradient, under RAD: the same bits as uncut."""
+    program = spadc.frontend.lower(spadc.check_text(REACTION.replace("const T = 240", "const T = 24"), "r.spad"))
+    inputs = {"u0": _inputs("reaction", 1)["u0"][0]}
+    params = {"rate": np.float64(0.5), "w": np.linspace(0, 0.2, 32)}
+    sampling = spadc.RAD(keep=0.3, policy="edges").sampling
+    options = RunOptions(training=True, seed=SEED, step=1, sample=0)
+    results = []
+    for plan in ({}, {0: counts}):
+        cut_program = cut(program, plan)
+        verify(cut_program)
+        result = evaluate(gradient(cut_program, sampling=sampling).program, params, inputs, options)
+        results.append((result.loss, result.outputs["rate"].tobytes(), result.outputs["w"].tobytes()))
+    assert results[0] == results[1]
+
+
+def test_a_poisoned_workspace_changes_no_checkpointed_result(monkeypatch):
+    model = spadc.compile_source(RECURRENT, name="recurrent.spad", checkpoint=6)
+    clean = _gradients(model, "recurrent")
+    monkeypatch.setattr(Scratch, "workspace", _garbage_workspace)
+    _assert_same_bits(_gradients(model, "recurrent"), clean)
+
+
+GENERATED = range(300, 316)  # generator seeds; those with a top-level loop of 2 or more steps are checked
+
+
+def test_generated_loop_programs_checkpoint_to_the_same_bits():
+    checked = 0
+    for seed in GENERATED:
+        generator = fuzzing.ProgramGenerator(seed)
+        text = generator.program()
+        program = spadc.frontend.lower(spadc.check_text(text, f"fuzz{seed}.spad"))
+        if not any(op.attrs["hi"] - op.attrs["lo"] >= budget.MIN_TRIPS for op in budget.top_level_loops(program)):
+            continue
+        inputs = fuzzing.inputs_for(seed, generator, BATCH)
+        results = []
+        for checkpoint in ("none", 2):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = spadc.compile_source(text, name=f"fuzz{seed}.spad", checkpoint=checkpoint)
+                model.init_params(seed=seed)
+                # Dropout in training mode: the replays draw its masks again (RAD and SPAD: above).
+                results.append([model.grad(**inputs, training=True, seed=seed, step=1)])
+        _assert_same_bits(results[1], results[0])
+        checked += 1
+    assert checked >= 4, checked
