@@ -31,12 +31,10 @@ from spadrt.estimators import RAD, SPAD, variant_key
 from spadrt.files import atomic_write, check_writable, path_argument
 from spadrt.library import layout_digest
 
-from . import frontend, passes
-from .passes import hoist
-from .ad.reverse import gradient
+from . import frontend
 from contextlib import nullcontext
 
-from .backend import jit, kernels
+from .backend import budget, jit, kernels
 from .backend.target import for_target
 from .backend.codegen import I64
 from .errors import SpadcError
@@ -64,9 +62,11 @@ def variants(estimators, keep: float, policy: str, draw: str, share: str) -> lis
 
 def build(path: str, output: str, header: str | None = None, target: str | None = None, cpu: str | None = None,
           dtype: str = "f64", estimators=ESTIMATOR_NAMES, keep: float = 0.1, policy: str = "weights",
-          draw: str = "with_replacement", share: str = "sample", linker: str | None = None) -> dict:
+          draw: str = "with_replacement", share: str = "sample", linker: str | None = None, max_memory=None,
+          checkpoint="auto") -> dict:
     """Build `output` (.so or .o) and optionally a C header; returns the layout. A shared library for
-    another target needs that target's linker (`linker`, a C compiler driver)."""
+    another target needs that target's linker (`linker`, a C compiler driver). `max_memory` and
+    `checkpoint`: the gradient kernels' budget, as for compile_file."""
     path, output = path_argument(path, "the source file"), path_argument(output, "the output path")
     header = None if header is None else path_argument(header, "the header path")
     if not output.endswith((".so", ".o")):
@@ -85,7 +85,7 @@ def build(path: str, output: str, header: str | None = None, target: str | None 
     # For the host: the JIT's code; for another target, no FMA and no 128-bit multiply assumed.
     with for_target(fused=False, wide=False) if target is not None else nullcontext():
         module, layout, prefix = kernels_module(path, dtype, estimators, keep, policy, draw, share, shared,
-                                                native=target is None)
+                                                native=target is None, max_memory=max_memory, checkpoint=checkpoint)
     machine = _target_machine(target, cpu)
     optimised = jit.optimise(str(module), machine)
     _write(output, machine.emit_object(optimised), shared, linker)
@@ -97,29 +97,36 @@ def build(path: str, output: str, header: str | None = None, target: str | None 
 
 def kernels_module(path: str, dtype: str = "f64", estimators=ESTIMATOR_NAMES, keep: float = 0.1,
                    policy: str = "weights", draw: str = "with_replacement", share: str = "sample",
-                   shared: bool = False, native: bool = True) -> tuple[ir.Module, dict, str]:
+                   shared: bool = False, native: bool = True, max_memory=None,
+                   checkpoint="auto") -> tuple[ir.Module, dict, str]:
     """(the LLVM module of every kernel of a build, its layout, the symbols' prefix). For the host
-    (`native`), kernels run as many lanes as the JIT's, so that their results are the JIT's bit for
-    bit; for another target, one (the least memory)."""
+    (`native`), kernels run as many lanes as the JIT's and hoist what it hoists, so that their results
+    are the JIT's bit for bit; for another target, one lane (the least memory) and nothing hoisted.
+    Every gradient kernel is planned to the budget as the JIT's are (spadc/backend/budget.py)."""
+    checkpoint = budget.check_option(checkpoint)
+    limit = limits.max_memory(max_memory)
     program = frontend.lower(frontend.check_file(path))
     prefix = _identifier(program.name)
     module = ir.Module(name=program.name)
     layout, outputs = kernels.base_layout(program, dtype)
-    lanes, split = 1, None
+    lanes, split, exact_plan = 1, None, None
     if native:  # as the JIT: lanes, and what depends on params alone once per call (memory for time)
-        split = hoist.split(program)
-        exact = gradient(split.per_sample if split else program, accumulate=True)
-        exact.program = passes.run(exact.program)
-        lanes = kernels.choose_lanes(exact, dtype, limits.max_memory(None))
+        exact_plan = budget.plan_exact(program, budget.differentiated(program), dtype, limit, None, checkpoint)
+        split, lanes = exact_plan[1], exact_plan[3]
     layout["forward"] = kernels.forward_kernel(module, program, layout, outputs, dtype, f"{prefix}_forward",
-                                               lanes=lanes, split=split)
+                                               limit, lanes=lanes, split=split)
     for suffix, sampling, score, site_policy in variants(estimators, keep, policy, draw, share):
-        hoisted = split if sampling is None and score is None else None  # sampled paths: the program as written
-        program_of_variant = gradient(hoisted.per_sample if hoisted else program, accumulate=True, sampling=sampling,
-                                      score=score, policy=site_policy)
-        program_of_variant.program = passes.run(program_of_variant.program)
+        if sampling is None and score is None and exact_plan is not None:
+            program_of_variant, hoisted, plan, _ = exact_plan
+        else:  # sampled paths: the program as written
+            hoisted = None
+            program_of_variant, plan = budget.plan_gradient(
+                program, limit, checkpoint,
+                lambda p: budget.differentiated(p, sampling=sampling, score=score, policy=site_policy),
+                8 if dtype == "f64" else 4)
         symbol = f"{prefix}_grad_{suffix}"
-        entry = kernels.grad_kernel(module, program_of_variant, layout, dtype, symbol, lanes=lanes, split=hoisted)
+        entry = kernels.grad_kernel(module, program_of_variant, layout, dtype, symbol, limit, lanes=lanes, split=hoisted)
+        entry.update(plan.as_layout())
         entry["train_step"] = _train_step(module, symbol, f"{prefix}_train_step_{suffix}", layout, dtype)
         layout["variants"][variant_key(sampling, score, site_policy)] = entry
     text = json.dumps(layout)

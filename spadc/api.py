@@ -28,10 +28,9 @@ from spadrt import Model, limits
 from spadrt.estimators import SamplingWarning, variant_key
 
 from . import cache, frontend, passes
-from .passes import hoist
 from .ad.paths import multi_factor_paths
 from .ad.forward import HVP, ggn_program, hvp_program, jvp_program
-from .ad.reverse import GradientProgram, gradient
+from .ad.reverse import GradientProgram
 from .ad.taps import tap_program
 from .backend import budget, jit, kernels
 from .errors import Source, SpadcError
@@ -84,7 +83,7 @@ class Compiled:
         key = variant_key(sampling, score, policy)
         if key not in self.variants:
             def differentiate(program):
-                return _ready(gradient(program, accumulate=True, sampling=sampling, score=score, policy=policy))
+                return budget.differentiated(program, sampling=sampling, score=score, policy=policy)
             program, plan = budget.plan_gradient(self.program, self.max_memory, self.checkpoint, differentiate,
                                                  _float_bytes(self.dtype))
             lanes = min(self.lanes, kernels.choose_lanes(program, self.dtype, self.max_memory)) if plan.cuts else self.lanes
@@ -208,12 +207,6 @@ def _collector_paused():
             gc.enable()
 
 
-def _ready(program: GradientProgram) -> GradientProgram:
-    """A gradient program after the pass pipeline, as the kernels compile it."""
-    program.program = passes.run(program.program)
-    return program
-
-
 def _float_bytes(dtype: str) -> int:
     return 8 if dtype == "f64" else 4
 
@@ -224,11 +217,15 @@ def _build(source: Source, base_dir: str, dtype: str, max_memory, lanes: int | N
     from .check.program import check_source
     limit = limits.max_memory(max_memory)
     program = frontend.lower(check_source(source, base_dir, limit))
-    exact = _ready(gradient(program, accumulate=True))
+    exact = budget.differentiated(program)
     key = (source.name, source.text, dtype, limit, lanes, checkpoint, format_program(program),
            format_program(exact.program))
     if key not in _CACHE:
-        module, layout, entry, split, lanes = _exact_kernel(program, exact, dtype, limit, lanes, checkpoint)
+        per_sample, split, plan, lanes = budget.plan_exact(program, exact, dtype, limit, lanes, checkpoint)
+        module = ir.Module(name=program.name)
+        layout, _ = kernels.base_layout(program, dtype)
+        entry = kernels.grad_kernel(module, per_sample, layout, dtype, "grad", limit, lanes=lanes, split=split)
+        entry.update(plan.as_layout())
         layout["variants"]["exact"] = entry
         base_layout = json.loads(json.dumps(layout))
         llvm_ir = str(module)
@@ -241,42 +238,6 @@ def _build(source: Source, base_dir: str, dtype: str, max_memory, lanes: int | N
             _CACHE.popitem(last=False)
     _CACHE.move_to_end(key)
     return _CACHE[key]
-
-
-def _exact_kernel(program, exact: GradientProgram, dtype: str, limit: int, lanes: int | None, checkpoint):
-    """The exact gradient kernel within the budget: (module, layout, entry, split, lanes). What
-    depends on params alone is hoisted (spadc/passes/hoist.py) and the per-sample part's loops are
-    cut when its tape does not fit (spadc/backend/budget.py). The hoisted part's workspace comes on
-    top of the per-sample plan, so the per-sample part gets what it leaves; when it leaves too
-    little, the kernel is built unsplit. Checkpointing never changes whether a kernel is split, so
-    a checkpointed gradient rounds as the taped one does, bit for bit."""
-    hoisted = hoist.split(program)
-    for split in ([hoisted, None] if hoisted is not None else [None]):
-        target = program if split is None else split.per_sample
-
-        def differentiate(cut_program):
-            return exact if cut_program is program else _ready(gradient(cut_program, accumulate=True))
-
-        room = limit
-        for _ in range(SPLIT_ATTEMPTS):
-            try:
-                per_sample, plan = budget.plan_gradient(target, room, checkpoint, differentiate, _float_bytes(dtype))
-                module = ir.Module(name=program.name)
-                layout, _ = kernels.base_layout(program, dtype)
-                chosen = kernels.choose_lanes(per_sample, dtype, limit) if lanes is None else lanes
-                entry = kernels.grad_kernel(module, per_sample, layout, dtype, "grad", limit, lanes=chosen, split=split)
-            except SpadcError:
-                if split is None:
-                    raise
-                break
-            if entry["workspace"] <= limit:
-                entry.update(plan.as_layout())
-                return module, layout, entry, split, chosen
-            room -= entry["workspace"] - limit  # the hoisted part's share, taken from the per-sample plan
-    raise AssertionError("an unsplit kernel either fits or is refused")
-
-
-SPLIT_ATTEMPTS = 2  # plans of a hoisted kernel's per-sample part before building it unsplit
 
 
 def _check_dtype(dtype: str):

@@ -69,6 +69,12 @@ def _lanes_option(command):
                               "models with matrix products, fewer when the workspace would pass 4 MB or --max-memory")
 
 
+def _checkpoint_option(command):
+    command.add_argument("--checkpoint", default="auto", metavar="auto|none|K",
+                         help="when a gradient's tape would pass --max-memory: auto replays loop segments as few times "
+                              "as fits; none refuses; K keeps K snapshots of each long loop")
+
+
 def _estimator_options(command, default: str):
     options.add_estimator_options(command, default)
     command.add_argument("--policy", action=_Renamed, hint="the site policy is --sites, and SPAD's ranking rule "
@@ -119,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     grad.add_argument("--seed", type=int, default=0, help="seed of the estimator's random stream")
     grad.add_argument("--draws", type=int, default=0, metavar="N",
                       help="draw N estimates and test them against the exact gradient (0: one estimate)")
+    _checkpoint_option(grad)
     grad.set_defaults(run=commands_.grad)
 
     train = add("train", help="train a model on data from a .npz file")
@@ -136,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--plot", metavar="CURVE.png", help="write the loss curves to this PNG")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--inputs", action=_Renamed, hint="training data comes from --data (and --val)")
+    _checkpoint_option(train)
     train.set_defaults(run=commands_.train)
 
     build = add("build", help="compile ahead of time to a shared library or an object file")
@@ -154,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--sites", choices=SITE_POLICIES, default="weights", help="site policy")
     build.add_argument("--draw", choices=DRAWS, default="with_replacement", help="how entries are drawn")
     build.add_argument("--policy", action=_Renamed, hint="the site policy is --sites")
+    _checkpoint_option(build)
     build.set_defaults(run=commands_.build)
 
     curv = add("curv", help="curvature of the loss: the Hessian's top eigenvalue and its trace (Hutchinson)")
@@ -168,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     mem.add_argument("--dtype", choices=api.DTYPES, default="f64", help="the float type the bytes are counted in")
     _lanes_option(mem)
     _estimator_options(mem, default="rad")
+    _checkpoint_option(mem)
     mem.set_defaults(run=commands_.mem)
     return parser
 

@@ -40,19 +40,24 @@ def check(args) -> int:
 
 def _warn_if_the_gradient_cannot_fit(program):
     """The exact gradient's workspace, one sample at a time (its least), against the memory limit:
-    the program is valid, but `spadc grad` and `train` would refuse it. No LLVM is run."""
+    the program is valid, but `spadc grad` and `train` would checkpoint its loops, or refuse it
+    (spadc/backend/budget.py). No LLVM is run."""
     import warnings
 
-    from .ad.reverse import gradient
-    from .backend.memory import check_limit, plan
-    exact = gradient(program, accumulate=True)
-    exact.program = passes.run(exact.program)
+    from spadrt import limits
+    from .backend import budget
+    limit = limits.max_memory(None)
     try:
-        check_limit(exact.program, plan(exact.program, 8, frozenset(v.id for v in exact.accumulators.values())),
-                    None, "exact gradient kernel (one sample at a time)", 8)
+        _, plan = budget.plan_gradient(program, limit, "auto", budget.differentiated)
     except SpadcError as error:
-        warnings.warn(SpadcWarning(render(f"the program is valid, but {error.bare_message}", error.loc,
-                                          kind="warning")))
+        warnings.warn(SpadcWarning(render(f"the program is valid, but {error.bare_message}", error.loc, kind="warning")))
+        return
+    if plan.cuts:
+        loop = budget.top_level_loops(program)[min(plan.cuts)]
+        warnings.warn(SpadcWarning(render(
+            f"the exact gradient's tape needs a workspace of {limits.format_bytes(plan.taped_workspace)}, more than "
+            f"{limits.limit_text(limit)}: gradients will be checkpointed ({'; '.join(plan.describe(program))})",
+            loop.loc, kind="warning")))
 
 
 def ir(args) -> int:
@@ -120,7 +125,8 @@ def _input_names(model) -> list[str]:
 def _model_with_params(args):
     if args.out:
         check_writable(args.out)
-    model = api.compile_file(args.file, dtype=args.dtype, cache=not args.no_cache, lanes=args.lanes)
+    model = api.compile_file(args.file, dtype=args.dtype, cache=not args.no_cache, lanes=args.lanes,
+                             checkpoint=getattr(args, "checkpoint", "auto"))
     model.init_params(args.init_seed)
     if args.params:
         model.load(args.params)
@@ -277,7 +283,7 @@ def build(args) -> int:
 
 
 def mem(args) -> int:
-    compiled = api.build_file(args.file, args.dtype, lanes=args.lanes)
+    compiled = api.build_file(args.file, args.dtype, lanes=args.lanes, checkpoint=args.checkpoint)
     estimator = options_.estimator(args)
     if estimator.sampling is None:
         raise SpadcError("spadc mem compares the exact tape with an estimator's: give --estimator rad or spad "

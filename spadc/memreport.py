@@ -7,6 +7,8 @@ Invariants:
   nor are edge sites' tensors (they only gate). Totals are the whole tape of the exact and the
   sampled gradient programs, per sample, as the compiled code counts it, and the peak workspace
   of one gradient kernel call (from the memory plan: what the caller allocates).
+- The memory plan of each kernel: taped, or its long loops checkpointed under the budget
+  (spadc/backend/budget.py), with the taped workspace beside it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from types import SimpleNamespace
 from .ad.context import rereadable
 from .ad.tape import plan_tape
 from .api import Compiled
+from .backend.budget import BudgetPlan
 from .ir.core import walk_ops
 
 _KEPT = ("operand", "partial")
@@ -73,6 +76,7 @@ def report(compiled: Compiled, sampling, label: str, spad=None) -> str:
     running = f"{lanes} samples side by side; --lanes 1 for the least" if lanes > 1 else "one sample at a time"
     lines.append(f"peak workspace: {_bytes(exact_peak)} exact, {_bytes(sampled_peak)} under the estimator, per "
                  f"gradient kernel call ({running}; the tape and every temporary, reused as they die)")
+    lines += ["", *plan_lines(compiled, sampling, label.split("(")[0].strip())]
     if spad is not None:
         paths = plan_tape(compiled.gradient_program(spad.evaluation_sampling, "paths"), float_bytes).static_bytes
         scored = plan_tape(compiled.gradient_program(None, "gradient", spad.sites), float_bytes).static_bytes
@@ -80,6 +84,23 @@ def report(compiled: Compiled, sampling, label: str, spad=None) -> str:
                       f"tape, {spad.candidates} candidates in turn); score=gradient runs the exact adjoint and keeps "
                       f"{_bytes(scored)}"]
     return "\n".join(lines) + "\n"
+
+
+def plan_lines(compiled: Compiled, sampling, label: str) -> list[str]:
+    """The memory plan of each gradient kernel (ESTIMATORS.md section 9): taped, or its loops cut
+    into segments (snapshots, replays, forward work), with its peak next to the taped figure."""
+    limit = f"{compiled.max_memory:,} B" if compiled.max_memory < (1 << 62) else "no limit"
+    lines = [f"memory plan (budget {limit}, checkpoint {compiled.checkpoint}):"]
+    for name, entry in (("exact", compiled.variant(None)[0]), (label, compiled.variant(sampling)[0])):
+        plan = BudgetPlan({int(k): tuple(v) for k, v in entry.get("cuts", {}).items()}, entry["workspace"],
+                          entry.get("taped_workspace", entry["workspace"]))
+        if not plan.cuts:
+            lines.append(f"  {name}: taped, peak workspace {_bytes(plan.workspace)}")
+            continue
+        lines.append(f"  {name}: peak workspace {_bytes(plan.workspace)} checkpointed, {_bytes(plan.taped_workspace)} "
+                     f"taped; forward work up to {1 + plan.replays}x one forward pass")
+        lines += [f"    {line}" for line in plan.describe(compiled.program)]
+    return lines
 
 
 def _bytes(count: float) -> str:

@@ -22,6 +22,7 @@ from spadrt.calls import Scratch
 from spadrt.estimators import SamplingWarning
 
 import fuzzing
+from conftest import example, run_cli
 from test_memory import _garbage_workspace
 
 SEED = 5
@@ -190,3 +191,23 @@ def test_generated_loop_programs_checkpoint_to_the_same_bits():
         _assert_same_bits(results[1], results[0])
         checked += 1
     assert checked >= 4, checked
+
+
+def test_the_command_line_plans_to_max_memory(tmp_path):
+    long_loop = example("reaction_diffusion_long.spad")
+    out, inputs = tmp_path / "g.npz", tmp_path / "in.npz"
+    rng = np.random.default_rng(SEED)
+    np.savez(inputs, u0=rng.uniform(0, 1, 64), target=rng.uniform(0, 1, 64))
+    taped = run_cli("grad", long_loop, "--inputs", inputs, "--out", out)
+    assert taped.returncode == 0, taped.stderr
+    want = dict(np.load(out))
+    refused = run_cli("grad", long_loop, "--inputs", inputs, "--max-memory", "1M", "--checkpoint", "none")
+    assert refused.returncode == 1 and "loop's tape (10,000 iterations)" in refused.stderr
+    planned = run_cli("grad", long_loop, "--inputs", inputs, "--max-memory", "1M", "--checkpoint", "auto", "--out", out)
+    assert planned.returncode == 0, planned.stderr
+    assert all(np.load(out)[name].tobytes() == value.tobytes() for name, value in want.items())
+    report = run_cli("mem", long_loop, "--max-memory", "1M", "--lanes", "1")
+    assert "exact: peak workspace 103,936 B checkpointed, 5,121,600 B taped; forward work up to 2x" in report.stdout
+    assert "loop at line 17 (10,000 steps): 100 snapshots, segments of 100 steps taped, 1 replay" in report.stdout
+    bad = run_cli("grad", long_loop, "--inputs", inputs, "--checkpoint", "often")
+    assert bad.returncode == 1 and "checkpoint must be" in bad.stderr

@@ -314,10 +314,16 @@ def test_old_spellings_are_aliases(tmp_path):
 
 
 def test_check_warns_when_the_gradient_cannot_fit_in_the_memory_limit():
-    """The program is valid (ok, exit 0), but its exact gradient's tape would not fit (issue 29)."""
+    """The program is valid (ok, exit 0), but its exact gradient's tape would not fit (issue 29): it
+    will be checkpointed (issue 24), or, below the least any plan needs, refused."""
     result = spadc("check", example("reaction_diffusion_long.spad"), "--max-memory", "1M")
     assert result.returncode == 0 and result.stdout.strip() == "ok"
-    assert "reaction_diffusion_long.spad:17:1: warning: the program is valid, but the exact gradient kernel" in result.stderr
-    assert "loop's tape (10,000 iterations)" in result.stderr
+    assert "reaction_diffusion_long.spad:17:1: warning: the exact gradient's tape needs a workspace of 4.9 MiB" in result.stderr
+    assert ("gradients will be checkpointed (loop at line 17 (10,000 steps): 100 snapshots, segments of 100 steps "
+            "taped, 1 replay of each step)") in result.stderr
+    refused = spadc("check", example("reaction_diffusion_long.spad"), "--max-memory", "4K")
+    assert refused.returncode == 0 and refused.stdout.strip() == "ok"
+    assert "reaction_diffusion_long.spad:17:1: warning: the program is valid, but the gradient needs" in refused.stderr
+    assert "bytes would do" in refused.stderr
     quiet = spadc("check", example("reaction_diffusion_long.spad"))
     assert quiet.returncode == 0 and quiet.stderr == ""

@@ -24,13 +24,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+from llvmlite import ir
 from spadrt.limits import format_bytes, limit_text
 
-from ..ad.reverse import GradientProgram
+from .. import passes
+from ..ad.reverse import GradientProgram, gradient
 from ..ad.tape import value_bytes
 from ..errors import SpadcError
 from ..ir.core import Op, Program
+from ..passes import hoist
 from ..passes.checkpoint import cut, divisors, top_level_loops, trips
+from . import kernels
 from .memory import plan as memory_plan
 
 MAX_LEVELS = 4  # replay levels tried under "auto" (each replays every step once more)
@@ -66,6 +70,45 @@ class BudgetPlan:
                 "taped_workspace": self.taped_workspace}
 
 
+def plan_exact(program: Program, exact: GradientProgram, dtype: str, limit: int, lanes: int | None, checkpoint):
+    """The exact gradient kernel's plan within the budget: (per-sample gradient program, split,
+    BudgetPlan, lanes). What depends on params alone is hoisted (spadc/passes/hoist.py) and the
+    per-sample part's loops are cut when its tape does not fit. The hoisted part's workspace comes
+    on top of the per-sample plan, so the per-sample part gets what it leaves; when it leaves too
+    little, the kernel is unsplit. Checkpointing never decides whether a kernel is split, so a
+    checkpointed gradient rounds as the taped one does, bit for bit. `exact`: the taped gradient of
+    `program`, already made."""
+    float_bytes = 8 if dtype == "f64" else 4
+    hoisted = hoist.split(program)
+    for split in ([hoisted, None] if hoisted is not None else [None]):
+        target = program if split is None else split.per_sample
+
+        def differentiate(cut_program):
+            return exact if cut_program is program else differentiated(cut_program)
+
+        room = limit
+        for _ in range(SPLIT_ATTEMPTS):
+            try:
+                per_sample, plan = plan_gradient(target, room, checkpoint, differentiate, float_bytes)
+                chosen = kernels.choose_lanes(per_sample, dtype, limit) if lanes is None else lanes
+                layout, _ = kernels.base_layout(program, dtype)
+                # Emitted once to learn the whole kernel's workspace (per-sample part and hoisted part).
+                entry = kernels.grad_kernel(ir.Module(), per_sample, layout, dtype, "grad", limit, lanes=chosen,
+                                            split=split)
+            except SpadcError:
+                if split is None:
+                    raise
+                break
+            if entry["workspace"] <= limit:
+                plan.workspace = entry["workspace"]
+                return per_sample, split, plan, chosen
+            room -= entry["workspace"] - limit  # the hoisted part's share, taken from the per-sample plan
+    raise AssertionError("an unsplit kernel either fits or is refused")
+
+
+SPLIT_ATTEMPTS = 2  # plans of a hoisted kernel's per-sample part before building it unsplit
+
+
 def check_option(checkpoint) -> object:
     if checkpoint in ("auto", "none"):
         return checkpoint
@@ -92,24 +135,32 @@ def plan_gradient(program: Program, limit: int, checkpoint, differentiate: Calla
     sizes = _loop_sizes(taped, program, loops, float_bytes)
     if checkpoint != "auto":
         cuts = {k: (_nearest_divisor(trips(op), checkpoint),) for k, op in loops}
-        gradient = differentiate(cut(program, cuts))
-        return gradient, BudgetPlan(cuts, workspace_of(gradient, float_bytes), taped_size)
+        planned = differentiate(cut(program, cuts))
+        return planned, BudgetPlan(cuts, workspace_of(planned, float_bytes), taped_size)
     least = None
     for levels in range(1, MAX_LEVELS + 1):
         for cuts in _candidates(loops, sizes, levels, limit, taped_size):
-            gradient = differentiate(cut(program, cuts))
-            size = workspace_of(gradient, float_bytes)
+            planned = differentiate(cut(program, cuts))
+            size = workspace_of(planned, float_bytes)
             if size <= limit:
-                return gradient, BudgetPlan(cuts, size, taped_size)
+                return planned, BudgetPlan(cuts, size, taped_size)
             least = size if least is None else min(least, size)
     raise SpadcError(f"the gradient needs a workspace of {format_bytes(taped_size)} taped, and at least "
                      f"{format_bytes(least)} checkpointed with up to {MAX_LEVELS} replays of each step: more than "
                      f"{limit_text(limit)}. A budget of {least:,} bytes would do", loops[0][1].loc)
 
 
-def workspace_of(gradient: GradientProgram, float_bytes: int) -> int:
-    writable = frozenset(v.id for v in gradient.accumulators.values())
-    return memory_plan(gradient.program, float_bytes, writable).size
+def differentiated(program: Program, **options) -> GradientProgram:
+    """The accumulating gradient program of `program` after the pass pipeline, as kernels compile it
+    (`options`: those of spadc.ad.reverse.gradient: sampling, score, policy)."""
+    result = gradient(program, accumulate=True, **options)
+    result.program = passes.run(result.program)
+    return result
+
+
+def workspace_of(planned: GradientProgram, float_bytes: int) -> int:
+    writable = frozenset(v.id for v in planned.accumulators.values())
+    return memory_plan(planned.program, float_bytes, writable).size
 
 
 @dataclass(frozen=True)
