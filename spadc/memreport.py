@@ -63,6 +63,11 @@ def report(compiled: Compiled, sampling, label: str, spad=None) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         lines.append("  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    ungated = compiled.gradient_program(sampling).ungated
+    if ungated:
+        lines += ["", "not gated, as gating them would save nothing (ESTIMATORS.md section 9):"]
+        lines += [f"  {os.path.basename(site.loc.source.name)}:{site.loc.line}  {site.describe()}: {why}"
+                  for site, why in ungated]
     site_exact = sum(r["exact"] for r in rows)
     site_estimated = sum(r["estimated"] for r in rows)
     lines.append("")

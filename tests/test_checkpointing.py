@@ -207,7 +207,7 @@ def test_the_command_line_plans_to_max_memory(tmp_path):
     assert planned.returncode == 0, planned.stderr
     assert all(np.load(out)[name].tobytes() == value.tobytes() for name, value in want.items())
     report = run_cli("mem", long_loop, "--max-memory", "1M", "--lanes", "1")
-    assert "exact: peak workspace 103,936 B checkpointed, 5,121,600 B taped; forward work up to 2x" in report.stdout
+    assert "exact: peak workspace 105,472 B checkpointed, 5,123,072 B taped; forward work up to 2x" in report.stdout
     assert "loop at line 17 (10,000 steps): 100 snapshots, segments of 100 steps taped, 1 replay" in report.stdout
     bad = run_cli("grad", long_loop, "--inputs", inputs, "--checkpoint", "often")
     assert bad.returncode == 1 and "checkpoint must be" in bad.stderr

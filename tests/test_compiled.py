@@ -58,7 +58,9 @@ PRIMITIVE_PROGRAMS = {
     "while": "",  # written out in program_text
     "updates": "",  # written out in program_text
     "conditional": "sum(if k > 1 then x * x else exp(x)) + (if x[0] > 0 then x[1] else x[2] * A[0, 0])",
-    "sampled_weights": "sum(tanh(A @ tanh(x)))",  # under RAD a gated residual: gate_outer_add
+    # Under RAD a gated residual (gate_outer_add): `x * x` is kept for A's gradient alone (tanh(x) would be
+    # kept anyway for tanh's own adjoint, and is not gated: ESTIMATORS.md section 9).
+    "sampled_weights": "sum(tanh(A @ (x * x)))",
     "tensors": ("sum(concat(A, reshape(x, 1, 4), axis=0) * concat(A, A[0:1] * 2.0, axis=0)) + sum(stack(x, x * x, axis=1)"
                 " @ [1.0, 2.0]) + sum(transpose(reshape(A, 3, 2, 2), 1, 2, 0)[0] * A[0:2, 0:3]) + sum(reshape(A, -1, 6)[1])"
                 " + sum(cumsum(A, axis=1)[1] * x)"),

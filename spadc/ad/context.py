@@ -96,6 +96,8 @@ class Context(Builder):
         elif rereadable(value, self.state) and value.id not in self.state.external:
             result = self._recompute(self.state.producers[value.id])  # a row of an input: read it again
         elif self.parent is None:
+            if value.id not in self.state.external:
+                self.state.taped.add(value.id)
             if not as_bits(value, self.state):
                 self.read[value.id] = value  # the top level reads the forward's own values: they are the tape
                 return value
@@ -112,6 +114,7 @@ class Context(Builder):
             row = self._kept(self._pack_bits(value))
             result = self.op("unpack_bits", row, shape=value.type.shape)
         else:
+            self.state.taped.add(value.id)
             result = self._kept(value)
         self.memo[value.id] = result
         return result
@@ -220,6 +223,7 @@ class Primals:
 
     def arg(self, k: int) -> Value:
         value = self._op.args[k]
+        self._ctx.state.readers.setdefault(value.id, set()).add(id(self._op))
         allowed = k in self._saves or ("indices" in self._saves and value.type.dtype == "i64")
         assert allowed, f"the adjoint of {self._op.kind} reads operand {k}, which it does not declare in saves"
         if k in self._gated:
@@ -228,6 +232,7 @@ class Primals:
 
     def out(self) -> Value:
         assert "out" in self._saves, f"the adjoint of {self._op.kind} reads its output without declaring it"
+        self._ctx.state.readers.setdefault(self._op.result.id, set()).add(id(self._op))
         return self._ctx.primal(self._op.result)
 
     def derived(self, name: str, compute) -> Value:

@@ -31,12 +31,14 @@ from dataclasses import dataclass, field
 from ..ir.core import REGION_OPS, Block, InputDecl, Op, Program, Value, copy_block, walk_ops
 from ..ir.types import TensorType
 from . import sampling as gates
+from . import comprehension
 from .activity import active_values
-from .context import Adjoints, Context, Primals, to_shape
+from .context import Adjoints, Context, Primals, rereadable, to_shape
 from ..ir.reductions import restore_axis
 from ..ir.structure import Sparse
 from .rules import ADJOINTS, Rule, times
-from .sites import find_sites
+from .sites import find_sites, saving
+from .sparse import SparseAdjoints, sparse_slots
 
 
 @dataclass
@@ -49,6 +51,7 @@ class GradientProgram:
     sites: list[gates.SiteEntry] = field(default_factory=list)  # with sampling or scores: the sites
     sampling: object = None
     score: str | None = None
+    ungated: list = field(default_factory=list)  # (site, why) for sites of the policy that would save nothing
 
     @property
     def gradients(self) -> dict[str, Value]:
@@ -65,6 +68,10 @@ class _State:
     entries: dict[tuple[int, int], gates.SiteEntry]  # (id(op), operand) -> site
     producers: dict[int, Op]  # value id -> its defining op, anywhere in the program
     registry: dict[int, list[Context]] = field(default_factory=dict)  # region op id -> its adjoint contexts
+    # What the adjoint reads, for `sites.saving`: value id -> ids of the ops whose rules read it, and
+    # the ids of the values it keeps on the tape (read at the top level, or kept by a region).
+    readers: dict[int, set[int]] = field(default_factory=dict)
+    taped: set[int] = field(default_factory=set)
 
 
 def gradient(program: Program, accumulate: bool = False, sampling=None, score: str | None = None,
@@ -76,18 +83,38 @@ def gradient(program: Program, accumulate: bool = False, sampling=None, score: s
     are outputs too, under the given names (a dense layer's output gradient)."""
     active = active_values(program.body, {p.value.id for p in program.params})
     policy = sampling.sites if sampling is not None else policy
-    sites = list(find_sites(program, policy, active).values()) if policy else []
+    sites, ungated = [], []
+    if policy:  # only sites whose gating saves bytes of the exact tape (ESTIMATORS.md section 9)
+        exact = _State(active, {v.id for v in program.body.params}, None, None, {},
+                       {r.id: op for op in walk_ops(program.body) for r in op.results})
+        _differentiate(program, exact, {})
+        sites, ungated = saving(find_sites(program, policy, active).values(), exact.readers, exact.taped,
+                                lambda value: rereadable(value, exact))
     entries = gates.layout_sites(sites, sampling, score)
     state = _State(active, {v.id for v in program.body.params}, sampling, score,
                    {(id(e.site.op), e.site.operand): e for e in entries},
                    {r.id: op for op in walk_ops(program.body) for r in op.results})
+    accumulators = ({decl.name: Value(decl.value.type, f"{decl.name}.grad") for decl in program.params}
+                    if accumulate else {})
+    top, gradients = _differentiate(program, state, accumulators, taps)
+    forward = _augment(program.body, state.registry)
+    inputs = program.inputs + [InputDecl(v.hint, v, loc) for v, loc in
+                               zip(accumulators.values(), (d.loc for d in program.params))]
+    body = Block(list(program.body.params) + list(accumulators.values()),
+                 _interleave(forward.ops, top.inserts) + top.block.ops, [])
+    result = Program(program.name, program.params, inputs, body, gradients, program.loss, None)
+    parameters = {p.value.id for p in program.params} | {i.value.id for i in inputs}
+    tape = [v for v in top.read.values() if v.id not in parameters]
+    return GradientProgram(result, tape, accumulators, entries, sampling, score, ungated)
+
+
+def _differentiate(program: Program, state: _State, accumulators: dict[str, Value], taps=None):
+    """The adjoint of `program` in a top-level context: (that context, the gradients by name)."""
     top = Context(Block(), None, None, state)
     top.producers = {r.id: op for op in program.body.ops for r in op.results}
     adjoints = Adjoints(top)
-    accumulators = {}
-    if accumulate:
-        for decl in program.params:
-            accumulators[decl.name] = Value(decl.value.type, f"{decl.name}.grad")
+    for decl in program.params:
+        if decl.name in accumulators:
             adjoints.set(decl.value, accumulators[decl.name])
     top.at(*place_of(program, program.loss))
     # add, not set: when the loss is a param itself, its adjoint already holds the running sum
@@ -100,15 +127,7 @@ def gradient(program: Program, accumulate: bool = False, sampling=None, score: s
     for name, value in (taps or {}).items():
         top.at(*place_of(program, value))
         gradients[name] = adjoints.get(value) or top.zeros(value.type)
-    forward = _augment(program.body, state.registry)
-    inputs = program.inputs + [InputDecl(v.hint, v, loc) for v, loc in
-                               zip(accumulators.values(), (d.loc for d in program.params))]
-    body = Block(list(program.body.params) + list(accumulators.values()),
-                 _interleave(forward.ops, top.inserts) + top.block.ops, [])
-    result = Program(program.name, program.params, inputs, body, gradients, program.loss, None)
-    parameters = {p.value.id for p in program.params} | {i.value.id for i in inputs}
-    tape = [v for v in top.read.values() if v.id not in parameters]
-    return GradientProgram(result, tape, accumulators, entries, sampling, score)
+    return top, gradients
 
 
 def place_of(program: Program, value: Value) -> tuple:
@@ -261,6 +280,9 @@ def _tabulate_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
         if ctx.state.score in ("gradient", "paths"):
             gates.scores_of(ctx, entry, g, ctx.state.score)
     captured = _free_active(ctx, body)
+    if comprehension.eligible(op, captured):
+        ctx.state.registry[id(op)] = [comprehension.parallel_adjoint(ctx, op, adjoints, captured, g, _backward_block)]
+        return
     index = Value(body.params[0].type, body.params[0].hint)
     accumulators = [Value(v.type, _adjoint_hint(v)) for v in captured]
     region = Block([index, *accumulators])
@@ -293,7 +315,7 @@ def _cond_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
     for region in op.regions:
         block = Block()
         inner = Context(block, ctx, (op, region), ctx.state)
-        local = _BranchAdjoints(inner, outer)
+        local = SparseAdjoints(inner, outer)
         inner.at(op.loc, op.inlined_at)
         for value, g in zip(region.yields, seeds):
             if g is not None and value.id in ctx.state.active:
@@ -305,7 +327,7 @@ def _cond_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
         branch_adjoints.append(local)
     dense = [v for v in captured if any(local.is_dense(v) for local in branch_adjoints)]
     dense_ids = {v.id for v in dense}
-    slots = _sparse_slots([v for v in captured if v.id not in dense_ids], branch_adjoints)
+    slots = sparse_slots([v for v in captured if v.id not in dense_ids], branch_adjoints)
     for block, local in zip(blocks, branch_adjoints):
         block.yields = ([local.get(v) or local.ctx.zeros(v.type) for v in dense]
                         + [part for slot in slots for part in local.slot_yields(*slot)])
@@ -320,69 +342,6 @@ def _cond_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
         adjoints.add(value, Sparse(g_slot, spec, tuple(indices)))
         position += width
     ctx.state.registry[id(op)] = (contexts, record)
-
-
-class _BranchAdjoints(Adjoints):
-    """A cond branch's adjoints. A value from outside the cond that the branch reads by index (a
-    param's entry `P[k, j]`) gets sparse contributions; they are kept as they come, not summed into
-    a tensor of the value's size, so that the cond yields the entries and their indices and the
-    outer adjoint adds them where they belong (in place, in a loop): a branch's adjoint costs what
-    the branch reads, as `where`'s does, not the size of the param (issue 22: 570x before)."""
-
-    def __init__(self, ctx: Context, outer: set[int]):
-        super().__init__(ctx)
-        self._outer = outer
-        self._sparse: dict[int, list[Sparse]] = {}
-
-    def add(self, value: Value, contribution):
-        if value.id in self._outer and isinstance(contribution, Sparse) and super().get(value) is None:
-            self._sparse.setdefault(value.id, []).append(contribution)
-            return
-        self._densify(value)
-        super().add(value, contribution)
-
-    def get(self, value: Value) -> Value | None:
-        self._densify(value)
-        return super().get(value)
-
-    def set(self, value: Value, adjoint: Value):
-        self._sparse.pop(value.id, None)  # a nested region's result already includes what get() gave it
-        super().set(value, adjoint)
-
-    def is_dense(self, value: Value) -> bool:
-        return super().get(value) is not None
-
-    def specs(self, value: Value) -> list[tuple]:
-        return [s.spec for s in self._sparse.get(value.id, ())]
-
-    def parts(self, value: Value, spec) -> list[Sparse]:
-        return [s for s in self._sparse.get(value.id, ()) if s.spec == spec]
-
-    def slot_yields(self, value: Value, spec, position: int, g_type) -> list[Value]:
-        """The entries and indices of this branch's `position`-th contribution of `spec` to `value`;
-        zeros at index 0 where it has fewer (adding zeros changes nothing)."""
-        parts = self.parts(value, spec)
-        if position < len(parts):
-            return [parts[position].g, *parts[position].indices]
-        index = TensorType("i64", ())
-        return [self.ctx.zeros(g_type)] + [self.ctx.zeros(index) for kind, *_ in spec if kind == "dyn"]
-
-    def _densify(self, value: Value):
-        for contribution in self._sparse.pop(value.id, ()):
-            super().add(value, contribution)
-
-
-def _sparse_slots(values: list[Value], branch_adjoints: list[_BranchAdjoints]) -> list[tuple]:
-    """(value, spec, position, entries' type) for each sparse contribution some branch makes: as
-    many per value and spec as the branch that makes the most."""
-    slots = []
-    for value in values:
-        specs = list(dict.fromkeys(spec for local in branch_adjoints for spec in local.specs(value)))
-        for spec in specs:
-            parts = [local.parts(value, spec) for local in branch_adjoints]
-            g_type = next(p[0].g.type for p in parts if p)
-            slots += [(value, spec, k, g_type) for k in range(max(len(p) for p in parts))]
-    return slots
 
 
 def _settle_record(ctx: Context, contexts: list[Context], branches: list[Block]) -> Value | None:

@@ -105,6 +105,30 @@ def find_sites(program: Program, policy: str, active: set[int]) -> dict[tuple[in
     return sites
 
 
+def saving(sites, readers: dict[int, set[int]], taped: set[int], rereadable) -> tuple[list[Site], list[tuple[Site, str]]]:
+    """(the sites to gate, [(site, why not)] for the others). Gating an operand site saves bytes
+    when its stored operand is on the exact tape for its own rule alone. One that another op's
+    adjoint reads (`tanh`'s output, a gate) is kept anyway, and one the adjoint recomputes (an
+    element of a kept state) is had from what is kept anyway: gating either adds noise and saves
+    nothing, so it stays exact (ESTIMATORS.md section 9). An input's row is read again, never kept,
+    and is gated all the same so that the noise is RAD's (section 2). `readers` and `taped`: what
+    the exact adjoint's rules read and what it keeps (spadc/ad/reverse.py); `rereadable(value)`:
+    an input or param, or a row of one. Edge, partial and comprehension sites gate adjoints or
+    values of their own, and are all kept."""
+    kept, ungated = [], []
+    for site in sites:
+        stored = site.op.args[site.stored] if site.kind == "operand" else None
+        if stored is None or rereadable(stored):
+            kept.append(site)
+        elif readers.get(stored.id, set()) - {id(site.op)}:
+            ungated.append((site, "its residual is kept anyway for another adjoint"))
+        elif stored.id not in taped:
+            ungated.append((site, "its residual is recomputed from values kept anyway"))
+        else:
+            kept.append(site)
+    return kept, ungated
+
+
 def _ordinals(block: Block) -> dict[int, int]:
     """For each op, how many ops of its kind came before it from the same place (program order):
     one source location lowers to several ops, and each must have its own random stream."""
