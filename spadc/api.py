@@ -29,6 +29,7 @@ from spadrt.estimators import SamplingWarning, variant_key
 
 from . import cache, frontend, passes
 from .ad.paths import multi_factor_paths
+from .ad.tape import plan_tape
 from .ad.forward import HVP, ggn_program, hvp_program, jvp_program
 from .ad.reverse import GradientProgram
 from .ad.taps import tap_program
@@ -91,18 +92,35 @@ class Compiled:
             entry = kernels.grad_kernel(module, program, self.layout, self.dtype, "grad", self.max_memory, lanes=lanes)
             entry.update(plan.as_layout())
             if sampling is not None:
-                entry["warnings"] = [f"param `{param}` has a path to the loss through {len(sites)} random factors "
-                                     f"({'; '.join(sites)}): the variance of its estimate grows with depth"
-                                     for param, sites in multi_factor_paths(self.program, program.sites)]
-                if not program.sites:
-                    wider = {"weights": "the `products` or `edges` policy", "products": "the `edges` policy"}
-                    hint = f"try {wider[sampling.sites]}" if sampling.sites in wider else "no policy gates more"
-                    entry["warnings"].append(
-                        f"this model has no site to gate under the `{sampling.sites}` site policy: the estimate is "
-                        f"the exact gradient, with its memory ({hint})")
+                entry["warnings"] = _sampling_warnings(self.program, program, sampling, plan.taped_tape,
+                                                       plan_tape(self.gradient).static_bytes)
             self.variants[key] = (entry, jit.compile_ir(str(module), ("grad",)), program)
             self.layout["variants"][key] = entry
         return self.variants[key]
+
+
+KEEPS_MOST = 0.9  # of the exact tape: an estimator keeping more is warned about (ESTIMATORS.md section 9)
+
+
+def _sampling_warnings(source, program: GradientProgram, sampling, sampled_tape: float, exact_tape: float) -> list[str]:
+    """What a user of a sampled gradient should know: params whose paths cross several random
+    factors; a policy with no site worth gating; an estimator keeping most of the exact tape."""
+    warnings_ = [f"param `{param}` has a path to the loss through {len(sites)} random factors "
+                 f"({'; '.join(sites)}): the variance of its estimate grows with depth"
+                 for param, sites in multi_factor_paths(source, program.sites)]
+    left = (f"; {len(program.ungated)} of its sites are left exact because gating them would save nothing "
+            f"(`spadc mem` says why)") if program.ungated else ""
+    if not program.sites:
+        wider = {"weights": "the `products` or `edges` policy", "products": "the `edges` policy"}
+        hint = f"try {wider[sampling.sites]}" if sampling.sites in wider else "no policy gates more"
+        warnings_.append(f"this model has no site to gate under the `{sampling.sites}` site policy{left}: the estimate "
+                         f"is the exact gradient, with its memory ({hint})")
+    elif exact_tape and sampled_tape > KEEPS_MOST * exact_tape:
+        warnings_.append(f"under the `{sampling.sites}` site policy this estimator keeps "
+                         f"{100 * sampled_tape / exact_tape:.0f}% of the exact tape ({sampled_tape:,.0f} of "
+                         f"{exact_tape:,.0f} bytes per sample): its sites keep a share {sampling.keep} of their "
+                         f"residuals, and the rest of the tape holds values that no site gates{left}")
+    return warnings_
 
 
 def _forward_kernel(compiled: Compiled, module) -> dict:

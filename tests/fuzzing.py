@@ -8,6 +8,7 @@ Each generated program is checked for (`check_program`):
   the interpreter running the gradient program;
 - a batch against the same samples one by one (`sample_offset`), to the bit;
 - RAD at keep 1 against the exact gradient, to the bit, and a sampled RAD twice with one seed;
+- RAD's tape under every site policy against the exact tape: never larger;
 - f32 against f64, on smooth programs;
 - on smooth programs, the gradient against a fourth-order central difference along a random
   direction (an oracle independent of the adjoint), at steps from 1e-3 down to 1e-6 until one
@@ -50,6 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import spadc  # noqa: E402
 from spadc.ad.reverse import gradient  # noqa: E402
+from spadc.ad.tape import plan_tape  # noqa: E402
 from spadc.ir.interpret import RunOptions, evaluate  # noqa: E402
 
 COMPILED_RTOL = 1e-9  # compiled against interpreted values (LLVM may reorder sums)
@@ -394,6 +396,7 @@ def check_program(seed: int) -> str:
     _close("gradient loss", loss, interpreted.loss, COMPILED_RTOL)
     for name in grads:
         _close(f"d loss / d {name}", grads[name], interpreted.outputs[name], COMPILED_RTOL)
+    _check_tape(program)
     _check_batch(model, generator, seed)
     _check_sampled(model, inputs, model.grad(**inputs)[1], seed)
     _check_tangent(model, inputs, params, seed)
@@ -402,6 +405,16 @@ def check_program(seed: int) -> str:
         _check_hessian_product(model, inputs, params, seed)
         _check_f32(text, seed, inputs, model.loss(**inputs))
     return text
+
+
+def _check_tape(program):
+    """No estimator keeps more than the exact adjoint (ESTIMATORS.md section 9), by the static count
+    that the compiled code's own count equals (tests/test_memory.py)."""
+    exact = plan_tape(gradient(program, accumulate=True)).static_bytes
+    for policy in ("weights", "products", "edges"):
+        sampled = plan_tape(gradient(program, accumulate=True, sampling=spadc.RAD(keep=0.5, policy=policy).sampling))
+        if sampled.static_bytes > exact:
+            raise Mismatch(f"RAD under `{policy}` keeps {sampled.static_bytes} bytes, exact {exact}")
 
 
 def _check_batch(model, generator, seed):

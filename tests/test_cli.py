@@ -175,8 +175,8 @@ def test_grad_with_an_estimator_and_draws():
     lines = [line.split() for line in result.stdout.splitlines()[2:6]]
     assert [line[0] for line in lines] == ["W1", "b1", "W2", "b2"]
     assert "pooled z along the exact gradient" in result.stdout and "a 5% bias would add" in result.stdout
-    result = spadc("grad", example("rosenbrock.spad"), "--estimator", "rad", "--sites", "products", "--keep", "0.3")
-    assert result.returncode == 0 and "warning: param `x` has a path to the loss through 2 random factors" in result.stderr
+    result = spadc("grad", example("rosenbrock.spad"), "--estimator", "rad", "--sites", "edges", "--keep", "0.3")
+    assert result.returncode == 0 and "warning: param `x` has a path to the loss through 5 random factors" in result.stderr
     # Under the default `weights` policy Rosenbrock has no site: said, not a power of inf (issue 29).
     result = spadc("grad", example("rosenbrock.spad"), "--estimator", "rad", "--draws", "20")
     assert result.returncode == 0 and "no site to gate under the `weights` site policy" in result.stderr

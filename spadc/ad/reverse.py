@@ -89,7 +89,7 @@ def gradient(program: Program, accumulate: bool = False, sampling=None, score: s
                        {r.id: op for op in walk_ops(program.body) for r in op.results})
         _differentiate(program, exact, {})
         sites, ungated = saving(find_sites(program, policy, active).values(), exact.readers, exact.taped,
-                                lambda value: rereadable(value, exact))
+                                lambda value: rereadable(value, exact), active)
     entries = gates.layout_sites(sites, sampling, score)
     state = _State(active, {v.id for v in program.body.params}, sampling, score,
                    {(id(e.site.op), e.site.operand): e for e in entries},

@@ -78,8 +78,8 @@ def gated(ctx, entry: SiteEntry, value: Value) -> Value:
     key = ("gated", entry.site.id)
     if key in ctx.memo:
         return ctx.memo[key]
-    if ctx.is_comprehension and ctx.cheap(value) and ctx.state.score != "forward":
-        # recomputed in the adjoint: gated there, entry by entry, with nothing kept
+    if ctx.is_comprehension and (ctx.cheap(value) or rereadable(value, ctx.state)) and ctx.state.score != "forward":
+        # recomputed or read again in the adjoint: gated there, entry by entry, with nothing kept
         result = ctx.op("mul", ctx.primal(value), mask(ctx, entry))
     elif ctx.is_comprehension:
         whole = gated(ctx.parent, entry, ctx.keep(value))  # stacked, not read by the adjoint

@@ -105,7 +105,8 @@ def find_sites(program: Program, policy: str, active: set[int]) -> dict[tuple[in
     return sites
 
 
-def saving(sites, readers: dict[int, set[int]], taped: set[int], rereadable) -> tuple[list[Site], list[tuple[Site, str]]]:
+def saving(sites, readers: dict[int, set[int]], taped: set[int], rereadable,
+           active: set[int]) -> tuple[list[Site], list[tuple[Site, str]]]:
     """(the sites to gate, [(site, why not)] for the others). Gating an operand site saves bytes
     when its stored operand is on the exact tape for its own rule alone. One that another op's
     adjoint reads (`tanh`'s output, a gate) is kept anyway, and one the adjoint recomputes (an
@@ -113,13 +114,37 @@ def saving(sites, readers: dict[int, set[int]], taped: set[int], rereadable) -> 
     nothing, so it stays exact (ESTIMATORS.md section 9). An input's row is read again, never kept,
     and is gated all the same so that the noise is RAD's (section 2). `readers` and `taped`: what
     the exact adjoint's rules read and what it keeps (spadc/ad/reverse.py); `rereadable(value)`:
-    an input or param, or a row of one. Edge, partial and comprehension sites gate adjoints or
-    values of their own, and are all kept."""
+    an input or param, or a row of one. Edge and comprehension sites gate adjoints and keep
+    nothing; a partial site is kept when what its op's rule reads is on the tape for that edge
+    alone (else the partial is kept beside it). `active`: the values that have adjoints."""
+    sites = list(sites)
     kept, ungated = [], []
+    storing = {}  # value id -> how many operand sites would store it
     for site in sites:
+        if site.kind == "operand":
+            stored = site.op.args[site.stored].id
+            storing[stored] = storing.get(stored, 0) + 1
+    for site in sites:
+        if site.kind == "partial":  # it keeps the partial instead of what the rule reads for it
+            read = [v for v in (*site.op.args, *site.op.results) if id(site.op) in readers.get(v.id, ())]
+            if site.size == 1:
+                ungated.append((site, "its partial is one number: a draw of it keeps as much"))
+            elif any(a.id in active for k, a in enumerate(site.op.args) if k != site.operand):
+                ungated.append((site, "the adjoint of its op's other operand reads what its partial replaces"))
+            elif any(v.id in taped and readers[v.id] - {id(site.op)} for v in read):
+                ungated.append((site, "what its partial is computed from is kept anyway"))
+            elif sum(v.type.size for v in read if v.id in taped) < math.prod(_element_shape(site.op, site.operand, site.kind)):
+                ungated.append((site, "its partial has more entries than the kept values it replaces"))
+            else:
+                kept.append(site)
+            continue
         stored = site.op.args[site.stored] if site.kind == "operand" else None
         if stored is None or rereadable(stored):
             kept.append(site)
+        elif site.size == 1:  # (the site's tensor as a whole: stacked over the comprehensions around it)
+            ungated.append((site, "its residual is one number: a draw of it keeps as much"))
+        elif storing[stored.id] > 1:
+            ungated.append((site, "its residual is stored for another site too: one exact copy costs less"))
         elif readers.get(stored.id, set()) - {id(site.op)}:
             ungated.append((site, "its residual is kept anyway for another adjoint"))
         elif stored.id not in taped:

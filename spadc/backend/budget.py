@@ -29,7 +29,7 @@ from spadrt.limits import format_bytes, limit_text
 
 from .. import passes
 from ..ad.reverse import GradientProgram, gradient
-from ..ad.tape import value_bytes
+from ..ad.tape import plan_tape, value_bytes
 from ..errors import SpadcError
 from ..ir.core import Op, Program
 from ..passes import hoist
@@ -48,6 +48,7 @@ class BudgetPlan:
     cuts: dict[int, tuple[int, ...]] = field(default_factory=dict)
     workspace: int = 0
     taped_workspace: int = 0
+    taped_tape: float = 0.0  # bytes the taped program keeps per sample (spadc/ad/tape.py)
 
     @property
     def replays(self) -> int:
@@ -127,23 +128,24 @@ def plan_gradient(program: Program, limit: int, checkpoint, differentiate: Calla
     checkpoint = check_option(checkpoint)
     taped = differentiate(program)
     taped_size = workspace_of(taped, float_bytes)
+    taped_tape = plan_tape(taped, float_bytes).static_bytes
     if checkpoint == "none" or (checkpoint == "auto" and taped_size <= limit):
-        return taped, BudgetPlan({}, taped_size, taped_size)
+        return taped, BudgetPlan({}, taped_size, taped_size, taped_tape)
     loops = [(k, op) for k, op in enumerate(top_level_loops(program)) if trips(op) >= MIN_TRIPS]
     if not loops:
-        return taped, BudgetPlan({}, taped_size, taped_size)  # nothing to cut: the kernel's own check refuses
+        return taped, BudgetPlan({}, taped_size, taped_size, taped_tape)  # nothing to cut: the kernel's own check refuses
     sizes = _loop_sizes(taped, program, loops, float_bytes)
     if checkpoint != "auto":
         cuts = {k: (_nearest_divisor(trips(op), checkpoint),) for k, op in loops}
         planned = differentiate(cut(program, cuts))
-        return planned, BudgetPlan(cuts, workspace_of(planned, float_bytes), taped_size)
+        return planned, BudgetPlan(cuts, workspace_of(planned, float_bytes), taped_size, taped_tape)
     least = None
     for levels in range(1, MAX_LEVELS + 1):
         for cuts in _candidates(loops, sizes, levels, limit, taped_size):
             planned = differentiate(cut(program, cuts))
             size = workspace_of(planned, float_bytes)
             if size <= limit:
-                return planned, BudgetPlan(cuts, size, taped_size)
+                return planned, BudgetPlan(cuts, size, taped_size, taped_tape)
             least = size if least is None else min(least, size)
     raise SpadcError(f"the gradient needs a workspace of {format_bytes(taped_size)} taped, and at least "
                      f"{format_bytes(least)} checkpointed with up to {MAX_LEVELS} replays of each step: more than "
