@@ -5,15 +5,20 @@ model's loss and its outputs are the gradients, one per param, under the param's
 become regions:
 - a `loop` becomes a reversed `loop` carrying the adjoints of its carried values and of the outer
   values its body reads; the forward loop keeps, per iteration, the values the adjoint reads (its
-  tape), as extra stacked results, and the reversed loop reads row `t` of them;
-- a `tabulate` becomes a `loop` over its elements, reading its per-element tape the same way;
+  tape), as extra stacked results, and the reversed loop reads row `t` of them. A checkpointed
+  (`remat`) loop keeps only its carried values (snapshots), and each reversed iteration first
+  replays the body from them (`_replay`);
+- a `tabulate` becomes a `tabulate` of its elements' adjoints whose contributions to outer values
+  are added after it (spadc/ad/comprehension.py), or, when that would take more memory, a `loop`
+  over its elements; either reads its per-element tape the same way;
 - a `cond` becomes a `cond` on the same condition, each branch the adjoint of its own; what a
   branch's adjoint reads, the forward branch lays into a record, one result shared by both
   branches (only one runs), sized for the larger.
 
 With a `Sampling`, the adjoint is path-sampled: at each site of the policy (spadc/ad/sites.py) the
 driver, not the rule, inserts the gate (spadc/ad/sampling.py), so every primitive gets RAD and
-SPAD for free. With `score`, it also adds each site's scores to a buffer (SPAD evaluation steps).
+SPAD for free. Sites whose gating would save nothing are left exact (`sites.saving`), which an
+exact pass over the program, run first, tells. With `score`, it also adds each site's scores to a buffer (SPAD evaluation steps).
 
 Invariants:
 - Adjoint rules (spadc/ad/rules.py) see the primal values they declare in `saves`, through the
