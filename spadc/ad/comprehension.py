@@ -75,7 +75,7 @@ def parallel_adjoint(ctx: Context, op: Op, adjoints: Adjoints, captured: list[Va
     backward_block(inner, body, local)
     inner.at(op.loc, op.inlined_at)
     dense = [v for v in captured if local.is_dense(v)]
-    slots = []  # (value, spec, entries in the element, indices in the element, their rows if static)
+    slots = []  # (value, spec, entries in the element, indices in the element, their runs if known now)
     for value, spec, position, g_type in sparse_slots([v for v in captured if not local.is_dense(v)], [local]):
         entries, *indices = local.slot_yields(value, spec, position, g_type)
         slots.append((value, spec, entries, indices, _runs(spec, _static_rows(region, indices, lo, hi))))
