@@ -118,8 +118,9 @@ def _sampling_warnings(source, program: GradientProgram, sampling, sampled_tape:
     elif exact_tape and sampled_tape > KEEPS_MOST * exact_tape:
         warnings_.append(f"under the `{sampling.sites}` site policy this estimator keeps "
                          f"{100 * sampled_tape / exact_tape:.0f}% of the exact tape ({sampled_tape:,.0f} of "
-                         f"{exact_tape:,.0f} bytes per sample): its sites keep a share {sampling.keep} of their "
-                         f"residuals, and the rest of the tape holds values that no site gates{left}")
+                         f"{exact_tape:,.0f} bytes per sample), so it adds noise for little memory: its sites "
+                         f"hold little of the tape (a gated input costs none either way), or keep {sampling.keep} "
+                         f"is near 1 (`spadc mem` shows each site's bytes){left}")
     return warnings_
 
 
