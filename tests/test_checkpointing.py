@@ -107,17 +107,22 @@ def test_every_budget_is_kept_and_more_budget_never_means_more_replays(name):
     want = _gradients(spadc.api.model_of(taped), name)
     smallest = _smallest_budget(name, taped_workspace)
     budgets = np.unique(np.geomspace(smallest, taped_workspace, BUDGETS).astype(int))
-    replays = []
-    for limit in budgets:
-        model = spadc.compile_source(PROGRAMS[name], name=f"{name}.spad", max_memory=int(limit), lanes=1)
-        _, _, stats = model.grad(**_inputs(name), threads=1, stats=True)
-        assert stats["peak_workspace_bytes"] <= limit
-        replays.append(stats["forward_replays"])
-        if limit in (budgets[0], budgets[len(budgets) // 2], budgets[-1]):
-            # At the smallest budget only the exact adjoint fits: a sampled one has gates of its own.
-            _assert_same_bits(_gradients(model, name, sampled=limit != budgets[0]), want)
+    # Every budget planned as compiling plans it (the kernel emitted, not optimised): its workspace.
+    program = spadc.frontend.lower(spadc.check_text(PROGRAMS[name], f"{name}.spad"))
+    exact = budget.differentiated(program)
+    plans = {int(limit): budget.plan_exact(program, exact, "f64", int(limit), 1, "auto")[2] for limit in budgets}
+    assert all(plan.workspace <= limit for limit, plan in plans.items())
+    replays = [plans[int(limit)].replays for limit in budgets]
     assert replays == sorted(replays, reverse=True), replays
     assert replays[0] >= 2 and replays[-1] == 0, replays
+    # Three of them compiled and run: the kernel's own figures, and the taped gradient's bits.
+    for limit in (budgets[0], budgets[len(budgets) // 2], budgets[-1]):
+        model = spadc.compile_source(PROGRAMS[name], name=f"{name}.spad", max_memory=int(limit), lanes=1)
+        _, _, stats = model.grad(**_inputs(name), threads=1, stats=True)
+        assert stats["peak_workspace_bytes"] == plans[int(limit)].workspace <= limit
+        assert stats["forward_replays"] == plans[int(limit)].replays
+        # At the smallest budget only the exact adjoint fits: a sampled one has gates of its own.
+        _assert_same_bits(_gradients(model, name, sampled=limit != budgets[0]), want)
 
 
 def _smallest_budget(name, taped_workspace):
