@@ -10,7 +10,9 @@ cells, fitting a source term: its state and its tape per step are 8 KB) and a Re
 mask); the loss reads the final state. Each row runs in a process of its own, so
 that its peak resident memory (`ru_maxrss`, measured, never computed) is its own: the interpreter,
 the libraries, the compiled code and the gradient. Time is one gradient call after a warm-up
-call (JAX's compile excluded). The gradient error is relative (L2) to spadc's exact gradient,
+call (JAX's compile excluded). A `+cache` row loads kernels that a first process compiled into
+the disk cache, as a training process does after `spadc build` or an earlier run: its peak memory
+has no compiler in it. The gradient error is relative (L2) to spadc's exact gradient,
 taped or checkpointed (the same bits). All rows of one model and length run on the first core,
 one after the other. T = 1e8 takes about 15 minutes per spadc row: give it with --steps.
 """
@@ -36,6 +38,7 @@ BUDGETS = ("64M", "16M")
 TAPED_LIMIT = 4 << 30  # bytes of tape beyond which the taped rows are skipped (they would swap)
 PYTHON_LOOP_LIMIT = 10**5  # steps beyond which PyTorch's Python loop is skipped (minutes per row)
 SPAD_LIMIT = 10**6  # steps beyond which SPAD's rows are skipped
+CACHED = "+cache"  # a row whose kernels a previous process compiled into the disk cache
 
 
 def reaction_source(steps: int) -> str:
@@ -89,10 +92,12 @@ def spadc_row(model: str, steps: int, method: str) -> dict:
     import spadc
     source = (reaction_source if model == "reaction" else rnn_source)(steps)
     estimator, budget = None, None
+    cached = method.endswith(CACHED)  # kernels loaded from the disk cache: no compiler run in the process
+    method = method.removesuffix(CACHED)
     if method != "taped":
         kind, budget = method.split("@")
         estimator = {"exact": None, "rad": spadc.RAD(keep=0.1), "spad": spadc.SPAD(keep=0.1)}[kind]
-    compiled = spadc.compile_source(source, name=f"{model}.spad", max_memory=budget, lanes=1, cache=False,
+    compiled = spadc.compile_source(source, name=f"{model}.spad", max_memory=budget, lanes=1, cache=cached,
                                     checkpoint="none" if method == "taped" else "auto")
     compiled.set_params(params(model))
     call = lambda: compiled.grad(**inputs(model), estimator=estimator, seed=SEED, threads=1, stats=True)  # noqa: E731
@@ -190,6 +195,7 @@ def methods(model: str, steps: int, systems: set[str]) -> list[tuple[str, str]]:
     # SPAD's evaluation steps run several adjoints: past SPAD_LIMIT steps its rows take many minutes.
     kinds = ("exact", "rad", "spad") if steps <= SPAD_LIMIT else ("exact", "rad")
     rows += [("spadc", f"{kind}@{budget}") for budget in BUDGETS for kind in kinds]
+    rows.append(("spadc", f"exact@{BUDGETS[0]}{CACHED}"))
     if "jax" in systems:
         rows += ([("jax", "scan")] if steps * tape_per_step <= TAPED_LIMIT else []) + [("jax", "sqrt")]
     if "torch" in systems and steps <= PYTHON_LOOP_LIMIT:
@@ -198,10 +204,13 @@ def methods(model: str, steps: int, systems: set[str]) -> list[tuple[str, str]]:
 
 
 def run_row(system: str, model: str, steps: int, method: str) -> dict | None:
-    with tempfile.TemporaryFile("w+") as out:
-        done = subprocess.run([sys.executable, "-m", "bench.long_loops", "--child",
-                               json.dumps([system, model, steps, method])], stdout=out, stderr=subprocess.PIPE,
-                              text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryDirectory() as cache:
+        command = [sys.executable, "-m", "bench.long_loops", "--child", json.dumps([system, model, steps, method])]
+        where = dict(text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     env={**os.environ, "SPADC_CACHE_DIR": cache})
+        if method.endswith(CACHED):  # a first process compiles the kernels into the cache
+            subprocess.run(command, capture_output=True, **where)
+        done = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, **where)
         out.seek(0)
         if done.returncode != 0:
             print(f"{system} {method} on {model} T={steps:.0e}: failed: {done.stderr.strip().splitlines()[-1:]}",
