@@ -13,8 +13,10 @@ Invariants:
 - A plan's workspace is the memory planner's (spadc/backend/memory.py) for the program as it will be
   compiled, never an estimate: the estimate below only orders the candidates, and the planner's size
   decides. So the kernel's workspace is within the budget whenever a plan is returned.
-- More budget never means more replays: levels are tried in increasing order and the first that fits
-  is taken, so a plan found at a budget is found at any larger one.
+- More budget never means more replays: levels are tried in increasing order, the first that fits
+  is taken, and each level's candidates end with ones that do not depend on the budget (every long
+  loop cut), so a level that fits at one budget fits at any larger one, so long as cutting one more
+  loop never raises the workspace.
 - The cut changes where values live, not their bits (spadc/passes/checkpoint.py).
 """
 
@@ -192,20 +194,20 @@ def _candidates(loops, sizes: dict[int, _LoopSize], levels: int, limit: int, tap
     are cut until the estimated workspace fits (loops whose tape is small are left taped: cutting
     them would replay them for little), each by its factorisations in order of estimated peak
     (snapshots of every level, one segment's tape); then runners-up, in case the planner's size
-    differs from the estimate."""
+    differs from the estimate. Each rank ends with every long loop cut: a candidate that does not
+    depend on the budget, so what fits at one budget is tried, and fits, at any larger one."""
     ranked = {k: sorted(_factorisations(sizes[k].steps, levels), key=lambda counts: _estimate(sizes[k], counts))
               for k, _ in loops}
     by_tape = sorted((k for k, _ in loops if ranked[k]), key=lambda k: -sizes[k].steps * sizes[k].step_tape)
     for rank in range(3):
         cuts, estimate = {}, taped_size
         for k in by_tape:
-            counts = ranked[k][min(rank, len(ranked[k]) - 1)]
-            cuts[k] = counts
-            estimate += _estimate(sizes[k], counts) - sizes[k].steps * sizes[k].step_tape
+            cuts[k] = ranked[k][min(rank, len(ranked[k]) - 1)]
+            estimate += _estimate(sizes[k], cuts[k]) - sizes[k].steps * sizes[k].step_tape
             if estimate <= limit:
                 break
-        if cuts:
-            yield cuts
+        every = {k: ranked[k][min(rank, len(ranked[k]) - 1)] for k in by_tape}
+        yield from ([cuts, every] if cuts != every else [every]) if every else []
 
 
 def _estimate(size: _LoopSize, counts: tuple[int, ...]) -> int:
