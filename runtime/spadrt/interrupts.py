@@ -1,7 +1,8 @@
 """Ctrl-C held back while a step runs that must not be cut in half, then raised at its end.
 
-Two such steps: MCJIT emitting code (it calls back into Python, where a KeyboardInterrupt would be
-swallowed by ctypes and the program would run on; spadc/backend/jit.py), and starting a thread of
+Two such steps: compiling or loading a kernel (MCJIT calls back into Python while emitting, where a
+KeyboardInterrupt would be swallowed by ctypes and the program would run on, and llvmlite's
+wrappers leave half-made objects when cut; spadc/backend/jit.py), and starting a thread of
 the runtime's pool (spadrt/calls.py): an interrupt inside `Thread.start` leaves a worker thread
 running that the pool never registered, so nothing tells it to stop and Python's exit waits for
 it forever.

@@ -98,27 +98,32 @@ class Compiled:
 
 
 def compile_ir(llvm_ir: str, functions: tuple[str, ...], level: int = 3) -> Compiled:
-    target_machine = _native()
-    context = llvm.create_context()  # the module's own, freed with it
-    module = optimise(llvm_ir, target_machine, level, context)
-    engine = llvm.create_mcjit_compiler(module, target_machine)
-    emitted = []
-    engine.set_object_cache(lambda _module, code: emitted.append(bytes(code)), None)
+    # Ctrl-C is held to the end: llvmlite's wrappers are Python between C calls, and an interrupt
+    # there leaves half-made objects whose finalisers print tracebacks at exit (seen in a kernel
+    # compiled while training: `spadc train` must say one line); the optimiser itself, in C++, would
+    # not see Ctrl-C before its end anyway.
     with interrupts_deferred():
+        target_machine = _native()
+        context = llvm.create_context()  # the module's own, freed with it
+        module = optimise(llvm_ir, target_machine, level, context)
+        engine = llvm.create_mcjit_compiler(module, target_machine)
+        emitted = []
+        engine.set_object_cache(lambda _module, code: emitted.append(bytes(code)), None)
         engine.finalize_object()
-    return Compiled(engine, context, {name: engine.get_function_address(name) for name in functions}, str(module),
-                    emitted[0] if emitted else b"")
+        return Compiled(engine, context, {name: engine.get_function_address(name) for name in functions},
+                        str(module), emitted[0] if emitted else b"")
 
 
 def load_object(object_code: bytes, functions: tuple[str, ...]) -> Compiled:
     """Machine code from an object file that `compile_ir` made on this machine (spadc/cache.py)."""
-    target_machine = _native()
-    context = llvm.create_context()
-    empty = llvm.parse_assembly("", context)
-    empty.triple = target_machine.triple
-    empty.data_layout = str(target_machine.target_data)
-    engine = llvm.create_mcjit_compiler(empty, target_machine)
-    engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
-    engine.finalize_object()
-    return Compiled(engine, context, {name: engine.get_function_address(name) for name in functions}, None,
-                    object_code)
+    with interrupts_deferred():  # as compile_ir
+        target_machine = _native()
+        context = llvm.create_context()
+        empty = llvm.parse_assembly("", context)
+        empty.triple = target_machine.triple
+        empty.data_layout = str(target_machine.target_data)
+        engine = llvm.create_mcjit_compiler(empty, target_machine)
+        engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
+        engine.finalize_object()
+        return Compiled(engine, context, {name: engine.get_function_address(name) for name in functions}, None,
+                        object_code)
