@@ -76,10 +76,10 @@ class Compiled:
         _EXTRA_KERNELS[kind](self, module)
         return str(module)
 
-    def gradient_program(self, sampling=None, score: str | None = None, policy: str | None = None) -> GradientProgram:
+    def gradient_program(self, sampling=None, score: str | None = None, policy=None) -> GradientProgram:
         return self.variant(sampling, score, policy)[2]
 
-    def variant(self, sampling=None, score: str | None = None, policy: str | None = None):
+    def variant(self, sampling=None, score: str | None = None, policy=None):
         """(layout entry, machine code, gradient program) of a gradient variant, compiled on first use."""
         key = variant_key(sampling, score, policy)
         if key not in self.variants:

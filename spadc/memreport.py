@@ -84,7 +84,7 @@ def report(compiled: Compiled, sampling, label: str, spad=None) -> str:
     lines += ["", *plan_lines(compiled, sampling, label.split("(")[0].strip())]
     if spad is not None:
         paths = plan_tape(compiled.gradient_program(spad.evaluation_sampling, "paths"), float_bytes).static_bytes
-        scored = plan_tape(compiled.gradient_program(None, "gradient", spad.sites), float_bytes).static_bytes
+        scored = plan_tape(compiled.gradient_program(None, "gradient", spad.sampling), float_bytes).static_bytes
         lines += ["", f"SPAD evaluation steps (every {spad.refresh} steps): score=paths keeps {_bytes(paths)} (RAD's "
                       f"tape, {spad.candidates} candidates in turn); score=gradient runs the exact adjoint and keeps "
                       f"{_bytes(scored)}"]

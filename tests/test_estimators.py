@@ -11,7 +11,7 @@ import pytest
 
 import spadc
 from spadc.api import build_file
-from spadrt.estimators import SamplingWarning
+from spadrt.estimators import SamplingWarning, variant_key
 from spadrt.diagnostics import POOLED_BOUND, diagnose, draws_for_power
 
 from conftest import example
@@ -387,13 +387,13 @@ def test_compiled_estimates_match_the_interpreter():
             model.grad(estimator=spad, **inputs)  # the evaluation step ranks the sites
             ((key, state),) = spad.state[model].items()
             # The same ranking from the interpreter's scores:
-            scoring = compiled.gradient_program(None, "gradient", "products")
+            scoring = compiled.gradient_program(None, "gradient", spad.sampling)
             scores = np.zeros(sum(e.site.size for e in scoring.sites))
-            _interpreted(compiled, None, params, inputs, RunOptions(scores=scores), "gradient", "products")
+            _interpreted(compiled, None, params, inputs, RunOptions(scores=scores), "gradient", spad.sampling)
             entry = model.layout["variants"][key]
             data = spad_state.initial_data(entry["sites"], entry["site_data_size"], spad.draw, spad.sampling.scheme)
-            spad_state.update(data, entry["sites"], model.layout["variants"]["score.gradient.products"]["sites"],
-                              scores, spad.draw, spad.sampling.scheme, spad.floor, spad.keep)
+            scored_sites = model.layout["variants"][variant_key(None, "gradient", spad.sampling)]["sites"]
+            spad_state.update(data, entry["sites"], scored_sites, scores, spad.draw, spad.sampling.scheme, spad.floor, spad.keep)
             np.testing.assert_allclose(state["data"], data, rtol=COMPILED_RTOL, atol=1e-15)
             _, grads = model.grad(estimator=spad, seed=8, **inputs)
             options = RunOptions(seed=8, step=1, site_data=state["data"])

@@ -41,6 +41,10 @@ class Sampling:
         """k = ceil(keep * d): the draws of a site of d entries."""
         return min(d, max(1, math.ceil(self.keep * d - 1e-12))) if self.draw == "with_replacement" else d
 
+    def share_kept(self, d: int) -> float:
+        """The share of a site's d entries its draws keep on the tape (Bernoulli: in expectation)."""
+        return self.count(d) / d if self.draw == "with_replacement" else self.keep
+
 
 def _check_keep(keep) -> float:
     if not is_real(keep):
@@ -168,12 +172,15 @@ def variant_key(sampling: Sampling | None, score: str | None = None, policy: str
     """The name of a gradient kernel variant: the same on the compiler's and the runtime's side."""
     if sampling is None and score is None:
         return "exact"
-    parts = []
-    if sampling is not None:
-        parts.append(f"{sampling.sites}.keep{sampling.keep!r}.{sampling.draw}.{sampling.share}.{sampling.scheme}")
-    if score is not None:
-        parts.append(f"score.{score}" + (f".{policy}" if sampling is None else ""))
+    parts = [] if sampling is None else [_sampling_key(sampling)]
+    if score is not None:  # scores alone: at the sites of `policy`, a site policy or the Sampling drawing them
+        sites = "" if sampling is not None else f".{_sampling_key(policy) if isinstance(policy, Sampling) else policy}"
+        parts.append(f"score.{score}{sites}")
     return "+".join(parts)
+
+
+def _sampling_key(sampling: Sampling) -> str:
+    return f"{sampling.sites}.keep{sampling.keep!r}.{sampling.draw}.{sampling.share}.{sampling.scheme}"
 
 
 EXACT = Exact()

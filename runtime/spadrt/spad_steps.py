@@ -43,7 +43,7 @@ def spad_gradient(model, spad: SPAD, step, call) -> tuple:
         return _paths_evaluation(model, spad, state, entry, step, call)
     if evaluation and spad.score in ("gradient", "forward"):
         if spad.score == "gradient":  # the exact adjoint, with scores: the exact tape
-            scoring, scorer = model._variant(None, "gradient", spad.sites)
+            scoring, scorer = model._variant(None, "gradient", sampling)  # at the sites it draws
             extra = {}
         else:  # the sampled adjoint following the current ranking, adding |residual| where drawn
             scoring, scorer = model._variant(sampling, "forward")

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from spadrt.estimators import Sampling
+
 from ..ir.core import REGION_OPS, Block, InputDecl, Op, Program, Value, copy_block, walk_ops
 from ..ir.types import TensorType
 from . import sampling as gates
@@ -42,7 +44,7 @@ from .context import Adjoints, Context, Primals, rereadable, to_shape
 from ..ir.reductions import restore_axis
 from ..ir.structure import Sparse
 from .rules import ADJOINTS, Rule, times
-from .sites import find_sites, saving
+from .sites import find_sites, saving, value_copies
 from .sparse import SparseAdjoints, sparse_slots
 
 
@@ -80,21 +82,24 @@ class _State:
 
 
 def gradient(program: Program, accumulate: bool = False, sampling=None, score: str | None = None,
-             policy: str | None = None, taps: dict[str, Value] | None = None) -> GradientProgram:
+             policy=None, taps: dict[str, Value] | None = None) -> GradientProgram:
     """The gradient program. `sampling`: a path-sampled adjoint; `score`: add site scores
     ("gradient": the exact adjoint's contributions; "paths": the sampled adjoint's contributions
     through drawn entries, with their weights; "forward": residual magnitudes, with sampling);
-    `policy`: the site policy when only scores are wanted; `taps`: top-level values whose adjoints
+    `policy`: the sites when only scores are wanted: those a `Sampling`'s adjoint would draw, or
+    those of a site policy by name (then every site that could save bytes at some keep); `taps`: top-level values whose adjoints
     are outputs too, under the given names (a dense layer's output gradient)."""
     active = active_values(program.body, {p.value.id for p in program.params})
-    policy = sampling.sites if sampling is not None else policy
+    drawn_as = sampling if sampling is not None else policy if isinstance(policy, Sampling) else None
+    policy = drawn_as.sites if drawn_as is not None else policy
     sites, ungated = [], []
     if policy:  # only sites whose gating saves bytes of the exact tape (ESTIMATORS.md section 9)
         exact = _State(active, {v.id for v in program.body.params}, None, None, {},
                        {r.id: op for op in walk_ops(program.body) for r in op.results})
         _differentiate(program, exact, {})
         sites, ungated = saving(find_sites(program, policy, active).values(), exact.readers, exact.taped,
-                                lambda value: rereadable(value, exact), active)
+                                lambda value: rereadable(value, exact), active, value_copies(program.body),
+                                lambda site: drawn_as.share_kept(site.size) if drawn_as is not None else 0.0)
     entries = gates.layout_sites(sites, sampling, score)
     state = _State(active, {v.id for v in program.body.params}, sampling, score,
                    {(id(e.site.op), e.site.operand): e for e in entries},

@@ -105,8 +105,8 @@ def find_sites(program: Program, policy: str, active: set[int]) -> dict[tuple[in
     return sites
 
 
-def saving(sites, readers: dict[int, set[int]], taped: set[int], rereadable,
-           active: set[int]) -> tuple[list[Site], list[tuple[Site, str]]]:
+def saving(sites, readers: dict[int, set[int]], taped: set[int], rereadable, active: set[int],
+           copies: dict[int, int], kept_share) -> tuple[list[Site], list[tuple[Site, str]]]:
     """(the sites to gate, [(site, why not)] for the others). Gating an operand site saves bytes
     when its stored operand is on the exact tape for its own rule alone. One that another op's
     adjoint reads (`tanh`'s output, a gate) is kept anyway, and one the adjoint recomputes (an
@@ -116,7 +116,11 @@ def saving(sites, readers: dict[int, set[int]], taped: set[int], rereadable,
     the exact adjoint's rules read and what it keeps (spadc/ad/reverse.py); `rereadable(value)`:
     an input or param, or a row of one. Edge and comprehension sites gate adjoints and keep
     nothing; a partial site is kept when what its op's rule reads is on the tape for that edge
-    alone (else the partial is kept beside it). `active`: the values that have adjoints."""
+    alone (else the partial is kept beside it). `active`: the values that have adjoints.
+    `copies`: value id -> how many copies of it a sample's exact tape holds (`value_copies`). A gate
+    draws anew wherever its op runs: inside a loop or comprehension that its residual is defined
+    outside of, the draws can keep more than the one exact copy. `kept_share(site)`: the share of a
+    site's entries its draws keep (0 when no keep is known: then that comparison gates)."""
     sites = list(sites)
     kept, ungated = [], []
     storing = {}  # value id -> how many operand sites would store it
@@ -133,7 +137,7 @@ def saving(sites, readers: dict[int, set[int]], taped: set[int], rereadable,
                 ungated.append((site, "the adjoint of its op's other operand reads what its partial replaces"))
             elif any(v.id in taped and readers[v.id] - {id(site.op)} for v in read):
                 ungated.append((site, "what its partial is computed from is kept anyway"))
-            elif sum(v.type.size for v in read if v.id in taped) < math.prod(_element_shape(site.op, site.operand, site.kind)):
+            elif sum(v.type.size * copies[v.id] for v in read if v.id in taped) < _drawn_entries(site, 1.0):
                 ungated.append((site, "its partial has more entries than the kept values it replaces"))
             else:
                 kept.append(site)
@@ -149,9 +153,33 @@ def saving(sites, readers: dict[int, set[int]], taped: set[int], rereadable,
             ungated.append((site, "its residual is kept anyway for another adjoint"))
         elif stored.id not in taped:
             ungated.append((site, "its residual is recomputed from values kept anyway"))
+        elif 0 < _drawn_entries(site, kept_share(site)) >= stored.type.size * copies[stored.id]:
+            ungated.append((site, "its residual is kept once, and drawn again in every iteration around its op"
+                            if _drawn_entries(site, 1.0) > stored.type.size * copies[stored.id]
+                            else "its draws keep every entry of its residual"))
         else:
             kept.append(site)
     return kept, ungated
+
+
+def _drawn_entries(site: Site, share: float) -> float:
+    """Entries a sample's draws of `site` keep, at `share` of each draw."""
+    return share * site.size * site.trips
+
+
+def value_copies(block: Block, copies: dict[int, int] | None = None, times: int = 1) -> dict[int, int]:
+    """Value id -> how many times a sample computes it (the product of the extents of the loops and
+    comprehensions around its definition): the copies of it that a tape keeping it holds."""
+    copies = {} if copies is None else copies
+    for value in block.params:
+        copies[value.id] = times
+    for op in block.ops:
+        extent = max(op.attrs["hi"] - op.attrs["lo"], 0) if op.kind in ("loop", "tabulate") else 1
+        for region in op.regions:
+            value_copies(region, copies, times * extent)
+        for result in op.results:
+            copies[result.id] = times
+    return copies
 
 
 def _ordinals(block: Block) -> dict[int, int]:
