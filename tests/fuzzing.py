@@ -52,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import spadc  # noqa: E402
 from spadc.ad.reverse import gradient  # noqa: E402
 from spadc.ad.tape import plan_tape  # noqa: E402
+from spadc.backend import budget  # noqa: E402
 from spadc.ir.interpret import RunOptions, evaluate  # noqa: E402
 
 COMPILED_RTOL = 1e-9  # compiled against interpreted values (LLVM may reorder sums)
@@ -62,6 +63,7 @@ DIRECTION_STEPS = (1e-3, 1e-4, 1e-5, 1e-6)
 DIRECTION_RTOL = 1e-5
 TANGENT_RTOL = 1e-9  # forward against reverse mode: both exact up to rounding
 BATCH = 3
+RAD_EDGES = spadc.RAD(keep=0.5, policy="edges")  # every kind of site at once
 WORKER_TASKS = 5  # chunks of 100 seeds each worker process checks before the pool is replaced
 
 SMOOTH_UNARY = ["tanh({0})", "sin({0})", "cos({0})", "sigmoid({0})", "exp(tanh({0}))", "log({0} * {0} + 1)",
@@ -398,7 +400,9 @@ def check_program(seed: int) -> str:
         _close(f"d loss / d {name}", grads[name], interpreted.outputs[name], COMPILED_RTOL)
     _check_tape(program)
     _check_batch(model, generator, seed)
-    _check_sampled(model, inputs, model.grad(**inputs)[1], seed)
+    sampled = _check_sampled(model, inputs, model.grad(**inputs)[1], seed)
+    _check_checkpointed(text, seed, inputs, [(dict(training=True, step=3), (loss, grads)),
+                                             (dict(estimator=RAD_EDGES, step=1), sampled)])
     _check_tangent(model, inputs, params, seed)
     if generator.smooth and np.isfinite(loss):
         _check_direction(model, inputs, params, grads, seed)
@@ -431,16 +435,37 @@ def _check_batch(model, generator, seed):
 
 
 def _check_sampled(model, inputs, grads, seed):
+    """RAD at keep 1 is the exact gradient; RAD with one seed gives one answer (returned)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, kept = model.grad(**inputs, estimator=spadc.RAD(keep=1.0), seed=seed)
-        first = model.grad(**inputs, estimator=spadc.RAD(keep=0.5, policy="edges"), seed=seed, step=1)[1]
-        again = model.grad(**inputs, estimator=spadc.RAD(keep=0.5, policy="edges"), seed=seed, step=1)[1]
+        first = model.grad(**inputs, estimator=RAD_EDGES, seed=seed, step=1)
+        again = model.grad(**inputs, estimator=RAD_EDGES, seed=seed, step=1)[1]
     for name in grads:
         if not np.array_equal(kept[name], grads[name], equal_nan=True):
             raise Mismatch(f"RAD keep 1 differs from exact for {name}")
-        if not np.array_equal(first[name], again[name], equal_nan=True):
+        if not np.array_equal(first[1][name], again[name], equal_nan=True):
             raise Mismatch(f"RAD with one seed gave two answers for {name}")
+    return first
+
+
+def _check_checkpointed(text, seed, inputs, calls):
+    """With its long top-level loops checkpointed (2 snapshots), a program's gradients keep every
+    bit of the taped ones, dropout masks and RAD draws replayed from their keys (ESTIMATORS.md
+    section 9). `calls`: [(grad's options, the taped (loss, grads))]. Whether it had such a loop."""
+    program = spadc.frontend.lower(spadc.check_text(text, f"fuzz{seed}.spad"))
+    if not any(op.attrs["hi"] - op.attrs["lo"] >= budget.MIN_TRIPS for op in budget.top_level_loops(program)):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = spadc.compile_source(text, name=f"fuzz{seed}.spad", checkpoint=2)
+        model.init_params(seed=seed)
+        for options, (loss, grads) in calls:
+            got_loss, got = model.grad(**inputs, seed=seed, **options)
+            if np.float64(got_loss).tobytes() != np.float64(loss).tobytes() or any(
+                    got[name].tobytes() != grads[name].tobytes() for name in grads):
+                raise Mismatch(f"checkpointed gradient ({options}) differs from the taped one")
+    return True
 
 
 def _check_direction(model, inputs, params, grads, seed):
