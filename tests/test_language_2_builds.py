@@ -59,10 +59,18 @@ def _params(model, rng):
     return {k: v.copy() for k, v in model.params.items()}
 
 
-def test_f64_against_the_interpreter_and_f32_against_f64():
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """One file for every test here: the JIT compiles each type once (the in-process cache)."""
+    path = tmp_path_factory.mktemp("language_2") / "all.spad"
+    path.write_text(PROGRAM)
+    return path
+
+
+def test_f64_against_the_interpreter_and_f32_against_f64(source):
     rng = np.random.default_rng(SEED)
-    f64 = spadc.compile_source(PROGRAM, name="all.spad")
-    f32 = spadc.compile_source(PROGRAM, name="all.spad", dtype="f32")
+    f64 = spadc.compile_file(source)
+    f32 = spadc.compile_file(source, dtype="f32")
     params, data = _params(f64, rng), _data(rng)
     loss, grads = f64.grad(params=params, **data)
     program = spadc.check_text(PROGRAM, "all.spad")
@@ -80,11 +88,9 @@ def test_f64_against_the_interpreter_and_f32_against_f64():
 
 
 @pytest.mark.parametrize("dtype", ["f64", "f32"])
-def test_an_ahead_of_time_library_computes_what_the_jit_does_bit_for_bit(tmp_path, dtype):
+def test_an_ahead_of_time_library_computes_what_the_jit_does_bit_for_bit(tmp_path, source, dtype):
     import spadrt
     from spadc import aot
-    source = tmp_path / "all.spad"
-    source.write_text(PROGRAM)
     aot.build(str(source), str(tmp_path / "all.so"), dtype=dtype, estimators=("exact",))
     loaded, jit = spadrt.load(str(tmp_path / "all.so")), spadc.compile_file(str(source), dtype=dtype)
     rng = np.random.default_rng(SEED)
