@@ -322,7 +322,7 @@ def test_no_user_mistake_in_the_examples_corpus_gives_a_traceback():
 
 
 FUZZ_SEED = 2026
-FUZZ_MUTATIONS = 1500
+FUZZ_MUTATIONS = 1500 if os.environ.get("SPADC_LONG") == "1" else 500  # (tests/fuzzing.py mutates far more)
 FUZZ_TOKENS = ["+", "-", "*", "@", "^", "(", ")", "[", "]", ",", ":", "..", "0", "1", "2.5", "x", "i", "N", "sum",
                "for", "in", "{", "}", "\n", "let", "=", "if", "then", "else", "[i for i in 0..3]", "max", "zeros(3)",
                "-1", "//", "%", "<", "and", "not", "true", "fn", "loss", "output", "param", "h"]
