@@ -56,6 +56,24 @@ def profile_examples(names) -> list[str]:
     return sorted(names) if LONG else sorted(n for n in names if n in QUICK_EXAMPLES)
 
 
+def example_inputs(layout: dict, rng, batch: int = 3) -> dict:
+    """A batch of inputs for any model: floats from a normal, integers 0 and 1 (valid labels and
+    indices of any size above one)."""
+    import numpy as np
+    values = {}
+    for spec in layout["inputs"]:
+        if spec.get("state"):
+            continue
+        shape = (batch, *spec["shape"])
+        if spec["dtype"] == "f64":
+            values[spec["name"]] = 0.5 * rng.standard_normal(shape)
+        elif spec["dtype"] == "i64":
+            values[spec["name"]] = (np.arange(np.prod(shape, dtype=int)) % 2).reshape(shape)
+        else:
+            values[spec["name"]] = np.zeros(shape, dtype=bool)
+    return values
+
+
 def parse_text(text: str):
     return parse(Source("t.spad", text)).statements
 

@@ -6,6 +6,7 @@ under exact, RAD, SPAD and dropout; the memory planner's workspace against the b
 interpreter on the cut program; a workspace full of garbage against a clean one.
 """
 
+import os
 import re
 import warnings
 
@@ -22,12 +23,12 @@ from spadrt.calls import Scratch
 from spadrt.estimators import SamplingWarning
 
 import fuzzing
-from conftest import LONG, example, run_cli
+from conftest import EXAMPLES, LONG, example, example_inputs, profile_examples, run_cli
 from test_memory import _garbage_workspace
 
 SEED = 5
 BATCH = 3
-BUDGETS = 20 if LONG else 8  # budgets swept from the smallest that works to the taped workspace
+BUDGETS = 20  # budgets swept from the smallest that works to the taped workspace
 REFUSED = 1000  # bytes: above any one tensor of the programs below, below any plan of them
 
 REACTION = """
@@ -102,6 +103,31 @@ def test_checkpointed_gradients_equal_taped_ones_to_the_bit(name, checkpoint):
     _, _, stats = model.grad(**_inputs(name), stats=True)
     assert stats["forward_replays"] == 1
     _assert_same_bits(_gradients(model, name, estimators), taped)
+
+
+def _has_long_loop(program) -> bool:
+    return any(op.attrs["hi"] - op.attrs["lo"] >= budget.MIN_TRIPS for op in budget.top_level_loops(program))
+
+
+LOOP_EXAMPLES = [name for name in sorted(os.listdir(EXAMPLES)) if name.endswith(".spad")
+                 and _has_long_loop(spadc.frontend.lower(spadc.frontend.check_file(example(name))))]
+
+
+@pytest.mark.parametrize("name", profile_examples(LOOP_EXAMPLES))
+def test_every_example_with_a_loop_checkpoints_to_the_same_bits(name):
+    """Two snapshots per long loop; SPAD (checked on the programs above) in the long profile."""
+    estimators = (EXACT, RAD, SPAD) if LONG else (EXACT, RAD)
+    results = []
+    for checkpoint in ("none", 2):
+        model = spadc.compile_file(example(name), checkpoint=checkpoint)
+        model.init_params(SEED)
+        inputs = example_inputs(model.layout, np.random.default_rng(SEED))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SamplingWarning)
+            results.append([model.grad(**inputs, estimator=estimator, training=True, seed=SEED, step=2)
+                            for estimator in estimators])
+    assert model.grad(**inputs, stats=True)[2]["forward_replays"] >= 1
+    _assert_same_bits(results[1], results[0])
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))

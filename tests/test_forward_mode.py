@@ -18,7 +18,7 @@ from spadc.ir.core import walk_ops
 from spadc.ir.interpret import evaluate
 from spadc.ir.verify import verify
 
-from conftest import EXAMPLES, example, profile_examples
+from conftest import EXAMPLES, example, example_inputs, profile_examples
 from test_compiled import INPUTS, PRIMITIVE_PROGRAMS, program_text
 
 SEED = 20261121
@@ -28,23 +28,6 @@ HVP_RTOL = 1e-6  # |H v - central difference| <= HVP_RTOL * max |central differe
 DOT_RTOL = 1e-12  # forward mode's <grad, v> against reverse mode's: both exact up to rounding
 PRODUCT_RTOL = 1e-10  # two exact computations of one product (different orders of summation)
 BATCH = 3
-
-
-def example_inputs(layout: dict, rng, batch: int = BATCH) -> dict:
-    """A batch of inputs for any model: floats from a normal, integers 0 and 1 (valid labels and
-    indices of any size above one)."""
-    values = {}
-    for spec in layout["inputs"]:
-        if spec.get("state"):
-            continue
-        shape = (batch, *spec["shape"])
-        if spec["dtype"] == "f64":
-            values[spec["name"]] = 0.5 * rng.standard_normal(shape)
-        elif spec["dtype"] == "i64":
-            values[spec["name"]] = (np.arange(np.prod(shape, dtype=int)) % 2).reshape(shape)
-        else:
-            values[spec["name"]] = np.zeros(shape, dtype=bool)
-    return values
 
 
 def perturbed(model, rng):
