@@ -279,14 +279,19 @@ def _model(source: Source, base_dir: str, dtype: str, max_memory, use_cache: boo
     _check_lanes(lanes)
     checkpoint = budget.check_option(checkpoint)
     limit = limits.max_memory(max_memory)
+
+    def replan(max_memory_, checkpoint_) -> Model:  # `grad(max_memory=, checkpoint=)`: the model under another plan
+        return _model(source, base_dir, dtype, limit if max_memory_ is None else max_memory_, use_cache, lanes,
+                      checkpoint if checkpoint_ is None else checkpoint_)
+
     if not use_cache:
-        return model_of(build(source, base_dir, dtype, limit, lanes, checkpoint))
+        return model_of(build(source, base_dir, dtype, limit, lanes, checkpoint), replan=replan)
     base_key = cache.key(source, base_dir, dtype, limit, lanes, checkpoint)
     hit = cache.load(base_key)
     if hit is None:
         compiled = build(source, base_dir, dtype, limit, lanes, checkpoint)
         cache.store(base_key, compiled.base_layout, compiled.machine.object_code, cache.file_digests(compiled.program.files))
-        return model_of(compiled, base_key)
+        return model_of(compiled, base_key, replan)
     layout, code = hit
     built = []
 
@@ -295,14 +300,14 @@ def _model(source: Source, base_dir: str, dtype: str, max_memory, use_cache: boo
             built.append(build(source, base_dir, dtype, limit, lanes, checkpoint))
         return built[0]
 
-    return _assemble(layout, jit.load_object(code, ("grad",)), compiled_later, base_key)
+    return _assemble(layout, jit.load_object(code, ("grad",)), compiled_later, base_key, replan)
 
 
-def model_of(compiled: Compiled, base_key: str | None = None) -> Model:
-    return _assemble(compiled.layout, compiled.machine, lambda: compiled, base_key)
+def model_of(compiled: Compiled, base_key: str | None = None, replan=None) -> Model:
+    return _assemble(compiled.layout, compiled.machine, lambda: compiled, base_key, replan)
 
 
-def _assemble(layout: dict, machine: jit.Compiled, compiled_of, base_key: str | None) -> Model:
+def _assemble(layout: dict, machine: jit.Compiled, compiled_of, base_key: str | None, replan=None) -> Model:
     """A Model over the base kernels in `machine`; gradient variants come from the disk cache (with a
     `base_key`) or are compiled on first use."""
 
@@ -331,7 +336,7 @@ def _assemble(layout: dict, machine: jit.Compiled, compiled_of, base_key: str | 
                 cache.store(entry_key, entry, code.object_code, cache.file_digests(compiled.program.files))
         return entry, code.addresses[kind], code
 
-    return Model(layout, None, provide, keepalive=machine, kernel_provider=provide_kernel)
+    return Model(layout, None, provide, keepalive=machine, kernel_provider=provide_kernel, replan=replan)
 
 
 def _variant(compiled_of, base_key: str | None, key: str, sampling, score, policy) -> tuple[dict, jit.Compiled]:

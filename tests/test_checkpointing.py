@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import spadc
+import spadrt
 from spadc.ad.reverse import gradient
 from spadc.backend import budget
 from spadc.ir.interpret import RunOptions, evaluate
@@ -223,6 +224,30 @@ def test_generated_loop_programs_checkpoint_to_the_same_bits(seed):
     # The control: the draws of another step are not the checkpointed gradient's.
     with pytest.raises(fuzzing.Mismatch):
         fuzzing._check_checkpointed(text, seed, inputs, [({**calls[1], "step": 2}, taped[1][1])])
+
+
+def test_grad_takes_a_plan_of_its_own_per_call(tmp_path):
+    """INTERFACE.md: `max_memory` and `checkpoint` on `grad` as on `compile_file`; the same bits."""
+    model = spadc.compile_file(example("reaction_diffusion_long.spad"))
+    model.init_params(SEED)
+    rng = np.random.default_rng(SEED)
+    inputs = {"u0": rng.uniform(0, 1, (2, 64)), "target": rng.uniform(0, 1, (2, 64))}
+    loss, grads, taped = model.grad(**inputs, stats=True)
+    assert taped["forward_replays"] == 0 and taped["peak_workspace_bytes"] > 1 << 20
+    for _ in range(2):  # the second call reuses the first's kernels
+        planned_loss, planned, stats = model.grad(**inputs, stats=True, threads=1, max_memory="1M")
+        assert stats["forward_replays"] == 1 and stats["peak_workspace_bytes"] <= 1 << 20
+        assert planned_loss == loss and all(planned[k].tobytes() == grads[k].tobytes() for k in grads)
+    assert model.grad(**inputs, stats=True, checkpoint=4)[2]["forward_replays"] == 1
+    with pytest.raises(spadc.SpadcError, match="loop's tape"):
+        model.grad(**inputs, max_memory="1M", checkpoint="none")
+    with pytest.raises(spadc.SpadcError, match="checkpoint must be"):
+        model.grad(**inputs, checkpoint="often")
+    assert model.grad(**inputs)[0] == loss  # the model's own plan is unchanged
+    from spadc import aot
+    aot.build(example("rosenbrock.spad"), str(tmp_path / "r.so"), estimators=("exact",))
+    with pytest.raises(spadc.SpadcError, match="fixed when it was built ahead of time"):
+        spadrt.load(str(tmp_path / "r.so")).grad(max_memory="1M")
 
 
 def test_the_command_line_plans_to_max_memory(tmp_path):

@@ -70,12 +70,15 @@ class Model:
     """A compiled model: its parameters, and forward and gradient evaluation from NumPy values."""
 
     def __init__(self, layout: dict, forward_address: int | None, gradient_provider, keepalive=None,
-                 kernel_provider=None):
+                 kernel_provider=None, replan=None):
         """`gradient_provider(sampling, score, policy)` gives (layout entry, address, owner) of a
         gradient kernel variant (compiling it if it can); `kernel_provider(kind)` the same of one of
         the KERNEL_TYPES (the forward kernel when `forward_address` is None, ES's particles, the
-        curvature products), when there are any."""
+        curvature products), when there are any. `replan(max_memory, checkpoint)`: the same model
+        compiled under another memory plan (None where there is no compiler: a loaded library)."""
         self.layout = layout
+        self._replan = replan
+        self._plans: dict[tuple, "Model"] = {}  # (max_memory, checkpoint) -> the model under that plan
         self._keepalive = keepalive  # whatever owns the machine code (a JIT engine, a loaded library)
         self._forward = None if forward_address is None else (layout["forward"], FORWARD_TYPE(forward_address))
         self._provider = gradient_provider
@@ -201,16 +204,23 @@ class Model:
 
     def grad(self, *, params=None, estimator=None, training: bool = False, seed: int = 0, step: int | None = None,
              sample_offset: int = 0, stats: bool = False, threads: int | None = None, state: dict | None = None,
-             inputs: dict | None = None, **keyword_inputs):
+             inputs: dict | None = None, max_memory=None, checkpoint=None, **keyword_inputs):
         """The mean loss and gradient over the batch: exact, or estimated (ESTIMATORS.md).
 
         `seed`, `step` and `sample_offset` key the random stream; exact gradients ignore them. A SPAD
         estimator uses and advances its own step counter unless `step` is given. `threads`: cores
         the batch is spread over (default all; the result is the same for any number). `state`: the
         incoming value of each `state`, an input that is not differentiated (default its initial
-        value); `forward` gives the values to carry on."""
+        value); `forward` gives the values to carry on. `max_memory`, `checkpoint`: a memory plan
+        for this call other than the one the model was compiled with (ESTIMATORS.md section 9; the
+        kernels are compiled once per plan, and the gradient's bits do not depend on it)."""
         if not isinstance(stats, bool):
             raise SpadcError(f"stats must be True or False, got {stats!r}")
+        if max_memory is not None or checkpoint is not None:
+            planned = self._planned(max_memory, checkpoint)
+            return planned.grad(params=self.params if params is None else params, estimator=estimator,
+                                training=training, seed=seed, step=step, sample_offset=sample_offset, stats=stats,
+                                threads=threads, state=state, inputs=inputs, **keyword_inputs)
         loss, flat, measured, entry, n = self._gradient(params, estimator, training, seed, step, sample_offset,
                                                         threads, merge_inputs(inputs, keyword_inputs), state)
         named = self._named(flat)
@@ -222,6 +232,18 @@ class Model:
                                  "peak_workspace_bytes": entry["workspace"] * concurrent,
                                  "forward_replays": entry.get("forward_replays", 0)}
         return loss, named
+
+    def _planned(self, max_memory, checkpoint) -> "Model":
+        """This model compiled under another memory plan (once per plan)."""
+        if self._replan is None:
+            raise SpadcError("this model has one memory plan, fixed when it was built ahead of time: build it again "
+                             "with `spadc build --max-memory ... --checkpoint ...` (or aot.build's keywords) instead "
+                             "of passing max_memory or checkpoint to grad")
+        key = (str(max_memory), str(checkpoint))
+        with self._compile_lock:
+            if key not in self._plans:
+                self._plans[key] = self._replan(max_memory, checkpoint)
+            return self._plans[key]
 
     def flat_grad(self, *, params=None, estimator=None, training: bool = False, seed: int = 0,
                   step: int | None = None, sample_offset: int = 0, threads: int | None = None,
