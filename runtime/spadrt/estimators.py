@@ -168,7 +168,7 @@ def is_evaluation_step(spad: SPAD, step: int) -> bool:
     return spad.score != "uniform" and step % spad.refresh == 0
 
 
-def variant_key(sampling: Sampling | None, score: str | None = None, policy: str | None = None) -> str:
+def variant_key(sampling: Sampling | None, score: str | None = None, policy: str | Sampling | None = None) -> str:
     """The name of a gradient kernel variant: the same on the compiler's and the runtime's side."""
     if sampling is None and score is None:
         return "exact"

@@ -87,8 +87,9 @@ def gradient(program: Program, accumulate: bool = False, sampling=None, score: s
     ("gradient": the exact adjoint's contributions; "paths": the sampled adjoint's contributions
     through drawn entries, with their weights; "forward": residual magnitudes, with sampling);
     `policy`: the sites when only scores are wanted: those a `Sampling`'s adjoint would draw, or
-    those of a site policy by name (then every site that could save bytes at some keep); `taps`: top-level values whose adjoints
-    are outputs too, under the given names (a dense layer's output gradient)."""
+    those of a site policy by name (then every site that could save bytes at some keep); `taps`:
+    top-level values whose adjoints are outputs too, under the given names (a dense layer's output
+    gradient)."""
     active = active_values(program.body, {p.value.id for p in program.params})
     drawn_as = sampling if sampling is not None else policy if isinstance(policy, Sampling) else None
     policy = drawn_as.sites if drawn_as is not None else policy
