@@ -141,3 +141,24 @@ def test_the_cli_can_skip_the_cache(tmp_path):
     result = subprocess.run([sys.executable, "-m", "spadc", "run", example("mlp.spad"), "--inputs", str(data)],
                             capture_output=True, text=True)
     assert result.returncode == 0 and _entries()
+
+
+def test_a_module_compiled_again_in_one_process_is_loaded_not_optimised_again(monkeypatch):
+    """spadc/backend/jit.py keeps recent object code by the module's text: the same bits, no LLVM."""
+    from spadc.backend import jit
+    text = "param w: f64[3] = 0.25\ninput x: f64[3]\nloss sum(tanh(w * x)) * 1.4142"
+    compiled = spadc.api.build(spadc.frontend.text_source(text, "again.spad"), ".")
+    optimised = []
+    real = jit.optimise
+    monkeypatch.setattr(jit, "optimise", lambda *args, **kwargs: optimised.append(1) or real(*args, **kwargs))
+    again = jit.compile_ir(compiled.llvm_ir, ("grad",))
+    assert optimised == [] and again.object_code == compiled.machine.object_code
+    assert again.optimised_ir == compiled.machine.optimised_ir  # (what `spadc llvm --optimised` prints)
+    model = spadc.api.model_of(compiled)
+    reference = model.grad(x=np.ones(3))
+    loaded = spadc.api._assemble(compiled.layout, again, lambda: compiled, None).grad(x=np.ones(3))
+    assert loaded[0] == reference[0] and loaded[1]["w"].tobytes() == reference[1]["w"].tobytes()
+    # The control: forgotten, the module is optimised again.
+    monkeypatch.setattr(jit, "_recent", type(jit._recent)())
+    jit.compile_ir(compiled.llvm_ir, ("grad",))
+    assert optimised == [1]

@@ -7,6 +7,8 @@ Invariants:
 - A Ctrl-C while MCJIT emits code is held until the engine is done, then raised: MCJIT calls back
   into Python (the object cache), where a KeyboardInterrupt would be swallowed by ctypes ("Exception
   ignored on calling ctypes callback") and the program would run on as if nothing had happened.
+- `compile_ir` of a module it compiled recently (same text, functions and level) loads the object
+  code it kept (64 MB at most, this process only) instead of optimising again: the same bits.
 - Each engine gets a target machine and an LLVM context of its own (it owns and frees both with
   itself), so freeing compiled models in any order is safe and a long process that compiles many
   models does not grow: the process-wide context would keep every type and constant forever.
@@ -14,6 +16,9 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -97,7 +102,33 @@ class Compiled:
         self._context.close()
 
 
+# Object code of recent compiles, by their input: a module compiled again (the same program under
+# another name, a model freed and made again, two estimators with one kernel) is loaded, not
+# optimised again. In this process only, so `cache=False` still means nothing read from disk.
+RECENT_OBJECT_BYTES = 64 << 20
+_recent: OrderedDict[bytes, tuple[bytes, str]] = OrderedDict()  # digest -> (object code, optimised IR)
+_recent_lock = threading.Lock()
+
+
 def compile_ir(llvm_ir: str, functions: tuple[str, ...], level: int = 3) -> Compiled:
+    digest = hashlib.sha256(f"{level}|{','.join(functions)}|".encode() + llvm_ir.encode()).digest()
+    with _recent_lock:
+        hit = _recent.get(digest)
+        if hit is not None:
+            _recent.move_to_end(digest)
+    if hit is not None:
+        compiled = load_object(hit[0], functions)
+        compiled.optimised_ir = hit[1]
+        return compiled
+    compiled = _compile(llvm_ir, functions, level)
+    with _recent_lock:
+        _recent[digest] = (compiled.object_code, compiled.optimised_ir)
+        while sum(len(code) + len(text) for code, text in _recent.values()) > RECENT_OBJECT_BYTES:
+            _recent.popitem(last=False)
+    return compiled
+
+
+def _compile(llvm_ir: str, functions: tuple[str, ...], level: int) -> Compiled:
     # Ctrl-C is held to the end: llvmlite's wrappers are Python between C calls, and an interrupt
     # there leaves half-made objects whose finalisers print tracebacks at exit (seen in a kernel
     # compiled while training: `spadc train` must say one line); the optimiser itself, in C++, would
