@@ -266,7 +266,8 @@ def c_header(layout: dict, prefix: str, source: str, dtype: str) -> str:
         lines.append(f"#define {upper}_SITE_DATA_GRAD_{tag} {max(entry['site_data_size'], 1)}  /* doubles */")
         lines.append(f"#define {upper}_SCORES_GRAD_{tag} {max(entry['score_size'], 1)}  /* doubles */")
     lines += ["", "/* Each kernel returns 0, or the number of the run-time check that failed (see the layout), with",
-              "   status = {check, offending value, sample}. Gradients are the batch mean. */",
+              "   status = {check, offending value, sample (-1: in the part computed once per call)}. Gradients are",
+              "   the batch mean. */",
               f"int64_t {prefix}_forward({common}, {upper}_real *losses, void *const *outputs, void *workspace, "
               f"int64_t *status);"]
     for suffix in suffixes:

@@ -96,6 +96,23 @@ def test_reaching_the_max_is_a_run_time_error_naming_the_line():
     assert model.loss(y=np.array(0.0)) == pytest.approx(0.25)  # already solved: no trip at all
 
 
+def test_a_while_of_params_alone_fails_once_per_call_naming_no_sample():
+    """A `while` on params alone is computed once per call (spadc/passes/hoist.py): its failure is
+    no sample's, so the message names none (it said "(sample 0)")."""
+    text = "param p: f64 = 40.0\ninput y: f64\nlet x = p\nwhile x > 1.0 max 3 {\n  x = x * 0.5\n}\nloss x * y\n"
+    model = spadc.compile_source(text, name="once.spad")
+    for call in (model.loss, lambda **inputs: model.grad(**inputs)):
+        with pytest.raises(spadc.SpadcError) as info:
+            call(y=np.array([1.0, 2.0]))
+        message = str(info.value)
+        assert "once.spad:4:1:" in message and "(in the part computed once per call)" in message, message
+        assert "(sample" not in message
+    # Per sample, the failure still names its sample.
+    per_sample = text.replace("let x = p", "let x = p * y")
+    with pytest.raises(spadc.SpadcError, match=r"\(sample 1\)"):
+        spadc.compile_source(per_sample, name="each.spad").loss(y=np.array([0.01, 1.0]))
+
+
 @pytest.mark.parametrize("text, message", [
     ("param p: f64\nlet x = p\nwhile x > 1.0 { x = x * 0.5 }\nloss x\n", "a `while` loop needs a bound"),
     ("param p: f64\nlet x = p\nwhile x > 1.0 max p { x = x * 0.5 }\nloss x\n",

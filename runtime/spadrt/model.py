@@ -442,5 +442,6 @@ class Model:
             return
         check = checks[code - 1]
         place = _Place(check["file"], check["line"], check["col"], check["source_line"])
-        where = f" (sample {status[2]})" if batched else ""
+        # A check of the part computed once per call (spadc/backend/hoisting.py) names no sample.
+        where = "" if not batched else f" (sample {status[2]})" if status[2] >= 0 else " (in the part computed once per call)"
         raise SpadcError(f"run-time error{where}: {check['message'].format(value=int(status[1]))}", place)

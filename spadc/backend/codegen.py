@@ -79,6 +79,7 @@ class FunctionEmitter:
         self._pointers: dict[int, ir.Value] = {}
         self.iteration = I64(0)  # the flat index of the enclosing loop and tabulate indices (spadc/rng.py)
         self.sample = None  # the sample's index in the whole batch (set by the kernel)
+        self.names_sample = True  # a failed check names its sample (not in a once-per-call part: -1)
         self.options = {}  # run-time options and buffers (set by the kernel)
         self.tape_bytes: dict[int, int] = {}  # id(loop op) -> bytes it keeps per iteration, counted in *stored
         self.local = None  # the current lane (an i64 register), where values of lane blocks are read
@@ -255,7 +256,7 @@ class FunctionEmitter:
         self.b.position_at_end(fail)
         self.b.store(I64(check_id), self.status)
         self.b.store(value, self.b.gep(self.status, [I64(1)]))
-        self.b.store(self.sample, self.b.gep(self.status, [I64(2)]))
+        self.b.store(self.sample if self.names_sample else I64(-1), self.b.gep(self.status, [I64(2)]))
         self.b.ret(I64(check_id))
         self.b.position_at_end(cont)
 

@@ -8,7 +8,7 @@ values and adjoints sit above every plan, so no plan ever reuses their bytes.
 
 Invariants:
 - The prologue and the epilogue report a failed check as the kernel does (one `checks` list, one
-  numbering), naming the first sample of the call.
+  numbering), with no sample (-1): what they compute is every sample's.
 - A hoisted value is bound as a param every lane shares; its adjoint as a running sum.
 - The prologue's and epilogue's plans meet the memory limit as the kernel's does; the hoisted
   values add at most twice spadc.passes.hoist.HOIST_BYTES.
@@ -80,7 +80,7 @@ def prologue(module, symbol: str, split: Split, float_type, float_bytes: int, ch
     check_limit(program, plan_, max_memory, "kernel's once-per-call part", float_bytes)
     args, function = _function(module, f"{symbol}.prologue", float_type, [])
     e = FunctionEmitter(function, float_type, plan_, args["workspace"], args["status"], checks)
-    e.sample, e.options = args["sample"], {}
+    e.sample, e.options, e.names_sample = args["sample"], {}, False
     _bind_params(e, program, args, param_offsets)
 
     def finish(values: dict[str, int]):
@@ -106,7 +106,7 @@ def epilogue(module, symbol: str, split: Split, float_type, float_bytes: int, ch
     check_limit(program, plan_, max_memory, "gradient kernel's once-per-call adjoint", float_bytes)
     args, function = _function(module, f"{symbol}.epilogue", float_type, [("grads", float_type.as_pointer())])
     e = FunctionEmitter(function, float_type, plan_, args["workspace"], args["status"], checks)
-    e.sample, e.options = args["sample"], {}
+    e.sample, e.options, e.names_sample = args["sample"], {}, False
     _bind_params(e, program, args, param_offsets)
     for name, accumulator in product.accumulators.items():
         e.bind(accumulator, e.b.gep(args["grads"], [I64(param_offsets[name])], inbounds=True))
