@@ -70,9 +70,9 @@ def diffusion_task() -> Task:
                 {"u0": u0[None], "target": target[None]}, None, 40, 0.05, None,
                 "Every residual of a step is an entry of the state u, or arithmetic on one, which the adjoint "
                 "recomputes from u: the exact tape is u at each step (10,000 x 64 x 8 B) and the loss's 520 B. "
-                "The only site of the `weights` policy, `rate * u[i]`, has its residual recomputed too, so RAD "
-                "gates it without keeping anything: the same tape and the same peak. Path sampling cannot save "
-                "memory on this model; it only adds noise.")
+                "The only site of the `weights` policy, `rate * u[i]`, has its residual recomputed too: gating "
+                "it would save nothing, so it is left exact (ESTIMATORS.md section 9) and RAD and SPAD are the "
+                "exact gradient here, with its tape and its peak. Path sampling cannot save memory on this model.")
 
 
 def tasks() -> list[Task]:
