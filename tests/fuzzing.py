@@ -449,12 +449,16 @@ def _check_sampled(model, inputs, grads, seed):
     return first
 
 
+def has_long_loop(program) -> bool:
+    """A top-level loop that checkpointing would cut (spadc/backend/budget.py)."""
+    return any(op.attrs["hi"] - op.attrs["lo"] >= budget.MIN_TRIPS for op in budget.top_level_loops(program))
+
+
 def _check_checkpointed(text, seed, inputs, calls):
     """With its long top-level loops checkpointed (2 snapshots), a program's gradients keep every
     bit of the taped ones, dropout masks and RAD draws replayed from their keys (ESTIMATORS.md
     section 9). `calls`: [(grad's options, the taped (loss, grads))]. Whether it had such a loop."""
-    program = spadc.frontend.lower(spadc.check_text(text, f"fuzz{seed}.spad"))
-    if not any(op.attrs["hi"] - op.attrs["lo"] >= budget.MIN_TRIPS for op in budget.top_level_loops(program)):
+    if not has_long_loop(spadc.frontend.lower(spadc.check_text(text, f"fuzz{seed}.spad"))):
         return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

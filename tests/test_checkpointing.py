@@ -106,12 +106,8 @@ def test_checkpointed_gradients_equal_taped_ones_to_the_bit(name, checkpoint):
     _assert_same_bits(_gradients(model, name, estimators), taped)
 
 
-def _has_long_loop(program) -> bool:
-    return any(op.attrs["hi"] - op.attrs["lo"] >= budget.MIN_TRIPS for op in budget.top_level_loops(program))
-
-
 LOOP_EXAMPLES = [name for name in sorted(os.listdir(EXAMPLES)) if name.endswith(".spad")
-                 and _has_long_loop(spadc.frontend.lower(spadc.frontend.check_file(example(name))))]
+                 and fuzzing.has_long_loop(spadc.frontend.lower(spadc.frontend.check_file(example(name))))]
 
 
 @pytest.mark.parametrize("name", profile_examples(LOOP_EXAMPLES))
