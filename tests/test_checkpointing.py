@@ -222,6 +222,19 @@ def test_generated_loop_programs_checkpoint_to_the_same_bits(seed):
         fuzzing._check_checkpointed(text, seed, inputs, [({**calls[1], "step": 2}, taped[1][1])])
 
 
+def test_a_budget_is_planned_for_the_lanes_asked_for():
+    """With `lanes` given, every lane holds a sample's tape: the plan is made for all of them (a
+    budget between one lane's taped workspace and eight lanes' was refused)."""
+    taped = spadc.compile_source(REACTION, name="reaction.spad", lanes=8, checkpoint="none")
+    _, want, taped_stats = taped.grad(**_inputs("reaction"), stats=True, threads=1)
+    limit = taped_stats["peak_workspace_bytes"] // 3
+    model = spadc.compile_source(REACTION, name="reaction.spad", lanes=8, max_memory=limit)
+    _, got, stats = model.grad(**_inputs("reaction"), stats=True, threads=1)
+    assert model.layout["variants"]["exact"]["lanes"] == 8
+    assert stats["forward_replays"] >= 1 and stats["peak_workspace_bytes"] <= limit
+    assert all(got[k].tobytes() == want[k].tobytes() for k in want)
+
+
 def test_grad_takes_a_plan_of_its_own_per_call(tmp_path):
     """INTERFACE.md: `max_memory` and `checkpoint` on `grad` as on `compile_file`; the same bits."""
     model = spadc.compile_file(example("reaction_diffusion_long.spad"))

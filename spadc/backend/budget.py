@@ -90,14 +90,15 @@ def plan_exact(program: Program, exact: GradientProgram, dtype: str, limit: int,
             return exact if cut_program is program else differentiated(cut_program)
 
         room = limit
-        for _ in range(SPLIT_ATTEMPTS):
+        for attempt in range(PLAN_ATTEMPTS):
             try:
                 per_sample, plan = plan_gradient(target, room, checkpoint, differentiate, float_bytes)
                 chosen = kernels.choose_lanes(per_sample, dtype, limit) if lanes is None else lanes
                 layout, _ = kernels.base_layout(program, dtype)
-                # Emitted once to learn the whole kernel's workspace (per-sample part and hoisted part).
-                entry = kernels.grad_kernel(ir.Module(), per_sample, layout, dtype, "grad", limit, lanes=chosen,
-                                            split=split)
+                # Emitted once to learn the whole kernel's workspace (per-sample part, every lane's
+                # copy of it, and the hoisted part); the last attempt reports what does not fit.
+                entry = kernels.grad_kernel(ir.Module(), per_sample, layout, dtype, "grad",
+                                            limit if attempt == PLAN_ATTEMPTS - 1 else None, lanes=chosen, split=split)
             except SpadcError:
                 if split is None:
                     raise
@@ -105,11 +106,13 @@ def plan_exact(program: Program, exact: GradientProgram, dtype: str, limit: int,
             if entry["workspace"] <= limit:
                 plan.workspace = entry["workspace"]
                 return per_sample, split, plan, chosen
-            room -= entry["workspace"] - limit  # the hoisted part's share, taken from the per-sample plan
+            # Over by the hoisted part's share, or by `chosen` lanes each holding a sample's values:
+            # the per-sample plan gets that much less.
+            room -= -(-(entry["workspace"] - limit) // chosen)
     raise AssertionError("an unsplit kernel either fits or is refused")
 
 
-SPLIT_ATTEMPTS = 2  # plans of a hoisted kernel's per-sample part before building it unsplit
+PLAN_ATTEMPTS = 4  # plans of a kernel's per-sample part (a hoisted kernel's: then unsplit) before refusing
 
 
 def check_option(checkpoint) -> object:
