@@ -78,7 +78,8 @@ def plan_exact(program: Program, exact: GradientProgram, dtype: str, limit: int,
     BudgetPlan, lanes). What depends on params alone is hoisted (spadc/passes/hoist.py) and the
     per-sample part's loops are cut when its tape does not fit. The hoisted part's workspace comes
     on top of the per-sample plan, so the per-sample part gets what it leaves; when it leaves too
-    little, the kernel is unsplit. Checkpointing never decides whether a kernel is split, so a
+    little, the kernel is unsplit. With lanes given, each lane holds a sample's values: the
+    per-sample part is planned to what they leave. Checkpointing never decides whether a kernel is split, so a
     checkpointed gradient rounds as the taped one does, bit for bit. `exact`: the taped gradient of
     `program`, already made."""
     float_bytes = 8 if dtype == "f64" else 4
@@ -89,16 +90,19 @@ def plan_exact(program: Program, exact: GradientProgram, dtype: str, limit: int,
         def differentiate(cut_program):
             return exact if cut_program is program else differentiated(cut_program)
 
-        room = limit
-        for attempt in range(PLAN_ATTEMPTS):
+        room, attempts = limit, SPLIT_ATTEMPTS if split is not None else PLAN_ATTEMPTS
+        for attempt in range(attempts):
             try:
                 per_sample, plan = plan_gradient(target, room, checkpoint, differentiate, float_bytes)
                 chosen = kernels.choose_lanes(per_sample, dtype, limit) if lanes is None else lanes
                 layout, _ = kernels.base_layout(program, dtype)
-                # Emitted once to learn the whole kernel's workspace (per-sample part, every lane's
-                # copy of it, and the hoisted part); the last attempt reports what does not fit.
+                # Emitted once to learn the whole kernel's workspace; over the budget (by the hoisted
+                # part's share, or because its `chosen` lanes each hold a sample's values), the
+                # per-sample part is planned again with that much less, and a split kernel is at
+                # last built unsplit. The last unsplit attempt reports what does not fit.
+                checked = split is not None or attempt == attempts - 1
                 entry = kernels.grad_kernel(ir.Module(), per_sample, layout, dtype, "grad",
-                                            limit if attempt == PLAN_ATTEMPTS - 1 else None, lanes=chosen, split=split)
+                                            limit if checked else None, lanes=chosen, split=split)
             except SpadcError:
                 if split is None:
                     raise
@@ -106,13 +110,12 @@ def plan_exact(program: Program, exact: GradientProgram, dtype: str, limit: int,
             if entry["workspace"] <= limit:
                 plan.workspace = entry["workspace"]
                 return per_sample, split, plan, chosen
-            # Over by the hoisted part's share, or by `chosen` lanes each holding a sample's values:
-            # the per-sample plan gets that much less.
             room -= -(-(entry["workspace"] - limit) // chosen)
     raise AssertionError("an unsplit kernel either fits or is refused")
 
 
-PLAN_ATTEMPTS = 4  # plans of a kernel's per-sample part (a hoisted kernel's: then unsplit) before refusing
+SPLIT_ATTEMPTS = 2  # plans of a hoisted kernel's per-sample part before building it unsplit
+PLAN_ATTEMPTS = 4  # plans of an unsplit kernel's per-sample part (lanes given) before refusing
 
 
 def check_option(checkpoint) -> object:
