@@ -110,7 +110,10 @@ def plan_exact(program: Program, exact: GradientProgram, dtype: str, limit: int,
             if entry["workspace"] <= limit:
                 plan.workspace = entry["workspace"]
                 return per_sample, split, plan, chosen
-            room -= -(-(entry["workspace"] - limit) // chosen)
+            excess = entry["workspace"] - limit
+            # One lane: the hoisted part's share comes off the room. Lanes: each holds a sample's
+            # plan, so what one lane keeps must shrink by its share of the excess.
+            room = room - excess if chosen == 1 else plan.workspace - -(-excess // chosen)
     raise AssertionError("an unsplit kernel either fits or is refused")
 
 
