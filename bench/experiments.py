@@ -1,9 +1,9 @@
 """Experiments that test the SPAD paper's claims with our own numbers.
 
-    python -m bench.experiments optimisation | overfitting | memory | unrolled | all
+    python -m bench.experiments optimisation | overfitting | memory | unrolled | budget | all
 
 Each writes a Markdown table to docs/results/NAME.md. Tables hold no timings, only quantities that
-the seeds determine, so rerunning a command reproduces its table.
+the seeds determine, so rerunning a command reproduces its table (budget: given its step counts).
 
 1. optimisation: Rosenbrock, Rastrigin, Ackley, Styblinski-Tang and sphere in d = 10, 100, 1000;
    the same Adam steps for every estimator: exact, RAD, SPAD importance and SPAD topk, at keep
@@ -15,6 +15,9 @@ the seeds determine, so rerunning a command reproduces its table.
    accuracy reached in a fixed budget; PyTorch's saved-tensor bytes beside them when installed.
 4. unrolled (bench/unrolled.py): TBPTT, truncated ES and PES on influence balancing and a
    learning-rate schedule, and PES's unbiasedness over an episode.
+5. budget (bench/budget.py): at one memory budget, a long-sequence IRNN trained for the same wall
+   time by exact gradients with replays, RAD and SPAD without, and exact with fewer samples in
+   flight. Its step counts are measured on the machine (the one column that is not reproduced).
 """
 
 from __future__ import annotations
@@ -210,17 +213,24 @@ def unrolled():
     experiment.run(write)
 
 
-EXPERIMENTS = {"optimisation": optimisation, "overfitting": overfitting, "memory": memory, "unrolled": unrolled}
+def budget(seconds: float | None = None):
+    from . import budget as experiment
+    experiment.run(write, mean_std, **({} if seconds is None else {"seconds": seconds}))
+
+
+EXPERIMENTS = {"optimisation": optimisation, "overfitting": overfitting, "memory": memory, "unrolled": unrolled,
+               "budget": budget}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=[*EXPERIMENTS, "all"])
+    parser.add_argument("--seconds", type=float, help="budget: the wall time each arm trains for")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", SamplingWarning)  # the tables are about these estimators as they are
     for name, run in EXPERIMENTS.items():
         if args.name in (name, "all"):
-            run()
+            run(args.seconds) if name == "budget" else run()
     return 0
 
 
