@@ -117,7 +117,7 @@ def kernels_module(path: str, dtype: str = "f64", estimators=ESTIMATOR_NAMES, ke
                                                limit, lanes=lanes, split=split)
     for suffix, sampling, score, site_policy in variants(estimators, keep, policy, draw, share):
         if sampling is None and score is None and exact_plan is not None:
-            program_of_variant, hoisted, plan, _ = exact_plan
+            program_of_variant, hoisted, plan = exact_plan[:3]
         else:  # sampled paths: the program as written
             hoisted = None
             program_of_variant, plan = budget.plan_gradient(

@@ -240,10 +240,9 @@ def _build(source: Source, base_dir: str, dtype: str, max_memory, lanes: int | N
     key = (source.name, source.text, dtype, limit, lanes, checkpoint, format_program(program),
            format_program(exact.program))
     if key not in _CACHE:
-        per_sample, split, plan, lanes = budget.plan_exact(program, exact, dtype, limit, lanes, checkpoint)
-        module = ir.Module(name=program.name)
+        _, split, plan, lanes, module, entry = budget.plan_exact(program, exact, dtype, limit, lanes, checkpoint,
+                                                                 program.name)
         layout, _ = kernels.base_layout(program, dtype)
-        entry = kernels.grad_kernel(module, per_sample, layout, dtype, "grad", limit, lanes=lanes, split=split)
         entry.update(plan.as_layout())
         layout["variants"]["exact"] = entry
         base_layout = json.loads(json.dumps(layout))

@@ -73,9 +73,10 @@ class BudgetPlan:
                 "taped_workspace": self.taped_workspace}
 
 
-def plan_exact(program: Program, exact: GradientProgram, dtype: str, limit: int, lanes: int | None, checkpoint):
+def plan_exact(program: Program, exact: GradientProgram, dtype: str, limit: int, lanes: int | None, checkpoint,
+               module_name: str = ""):
     """The exact gradient kernel's plan within the budget: (per-sample gradient program, split,
-    BudgetPlan, lanes). What depends on params alone is hoisted (spadc/passes/hoist.py) and the
+    BudgetPlan, lanes, the kernel `grad` emitted into a module named `module_name`, its layout entry). What depends on params alone is hoisted (spadc/passes/hoist.py) and the
     per-sample part's loops are cut when its tape does not fit. The hoisted part's workspace comes
     on top of the per-sample plan, so the per-sample part gets what it leaves; when it leaves too
     little, the kernel is unsplit. With lanes given, each lane holds a sample's values: the
@@ -101,7 +102,8 @@ def plan_exact(program: Program, exact: GradientProgram, dtype: str, limit: int,
                 # per-sample part is planned again with that much less, and a split kernel is at
                 # last built unsplit. The last unsplit attempt reports what does not fit.
                 checked = split is not None or attempt == attempts - 1
-                entry = kernels.grad_kernel(ir.Module(), per_sample, layout, dtype, "grad",
+                module = ir.Module(name=module_name)
+                entry = kernels.grad_kernel(module, per_sample, layout, dtype, "grad",
                                             limit if checked else None, lanes=chosen, split=split)
             except SpadcError:
                 if split is None:
@@ -109,7 +111,7 @@ def plan_exact(program: Program, exact: GradientProgram, dtype: str, limit: int,
                 break
             if entry["workspace"] <= limit:
                 plan.workspace = entry["workspace"]
-                return per_sample, split, plan, chosen
+                return per_sample, split, plan, chosen, module, entry
             excess = entry["workspace"] - limit
             # One lane: the hoisted part's share comes off the room. Lanes: each holds a sample's
             # plan, so what one lane keeps must shrink by its share of the excess.
