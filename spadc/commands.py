@@ -25,6 +25,7 @@ from . import api, frontend, memreport, passes
 from .ad.reverse import gradient
 from .passes import PASS_NAMES, hoist
 from . import options as options_
+from .backend import jit
 from .errors import SpadcError
 from .ir.printer import format_program
 
@@ -93,8 +94,7 @@ def llvm(args) -> int:
     compiled = api.build_file(args.file, args.dtype)
     kind = "grad" if args.grad else "forward"
     if args.optimised:
-        machine = compiled.machine if args.grad else compiled.kernel(kind)[1]
-        sys.stdout.write(machine.optimised_ir)
+        sys.stdout.write(str(jit.optimise(compiled.function_ir(kind), jit.native_target())))
     else:
         sys.stdout.write(compiled.function_ir(kind) + "\n")
     return 0

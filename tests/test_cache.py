@@ -153,7 +153,6 @@ def test_a_module_compiled_again_in_one_process_is_loaded_not_optimised_again(mo
     monkeypatch.setattr(jit, "optimise", lambda *args, **kwargs: optimised.append(1) or real(*args, **kwargs))
     again = jit.compile_ir(compiled.llvm_ir, ("grad",))
     assert optimised == [] and again.object_code == compiled.machine.object_code
-    assert again.optimised_ir == compiled.machine.optimised_ir  # (what `spadc llvm --optimised` prints)
     model = spadc.api.model_of(compiled)
     reference = model.grad(x=np.ones(3))
     loaded = spadc.api._assemble(compiled.layout, again, lambda: compiled, None).grad(x=np.ones(3))

@@ -42,10 +42,10 @@ def test_optimising_again_and_again_leaves_almost_nothing_behind(monkeypatch):
     model.init_params(0)
     model.loss(x=[0.0] * 32, label=1)
     llvm_ir = captured[0]
-    jit.optimise(llvm_ir, jit._native()).close()  # LLVM's one-time tables are not a leak: filled first
+    jit.optimise(llvm_ir, jit.native_target()).close()  # LLVM's one-time tables are not a leak: filled first
     before = _resident_bytes()
     for _ in range(OPTIMISATIONS):
-        target_machine = jit._native()
+        target_machine = jit.native_target()
         context = jit.llvm.create_context()
         module = jit.optimise(llvm_ir, target_machine, context=context)
         module.close()

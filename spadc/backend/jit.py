@@ -8,7 +8,7 @@ Invariants:
   into Python (the object cache), where a KeyboardInterrupt would be swallowed by ctypes ("Exception
   ignored on calling ctypes callback") and the program would run on as if nothing had happened.
 - `compile_ir` of a module it compiled recently (same text, functions and level) loads the object
-  code it kept (64 MB at most, this process only) instead of optimising again: the same bits.
+  code it kept (32 MB at most, this process only) instead of optimising again: the same bits.
 - Each engine gets a target machine and an LLVM context of its own (it owns and frees both with
   itself), so freeing compiled models in any order is safe and a long process that compiles many
   models does not grow: the process-wide context would keep every type and constant forever.
@@ -34,7 +34,7 @@ def _host() -> tuple:
     return llvm.Target.from_default_triple(), llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
 
 
-def _native():
+def native_target():
     """A new target machine for the host. Never shared: an MCJIT engine owns the target machine it
     is given and disposes of it with itself, so two engines sharing one crash when both are freed."""
     target, cpu, features = _host()
@@ -90,9 +90,9 @@ class Compiled:
     """Machine code: the engine that owns it (and its module, target machine and context), the
     functions' addresses, and the object file it was made from (what the disk cache keeps)."""
 
-    def __init__(self, engine, context, addresses: dict[str, int], optimised_ir: str | None, object_code: bytes):
+    def __init__(self, engine, context, addresses: dict[str, int], object_code: bytes):
         self.engine, self._context = engine, context
-        self.addresses, self.optimised_ir, self.object_code = addresses, optimised_ir, object_code
+        self.addresses, self.object_code = addresses, object_code
 
     def __del__(self):
         # The engine owns the module, whose types and constants live in the context: engine first.
@@ -105,8 +105,8 @@ class Compiled:
 # Object code of recent compiles, by their input: a module compiled again (the same program under
 # another name, a model freed and made again, two estimators with one kernel) is loaded, not
 # optimised again. In this process only, so `cache=False` still means nothing read from disk.
-RECENT_OBJECT_BYTES = 64 << 20
-_recent: OrderedDict[bytes, tuple[bytes, str]] = OrderedDict()  # digest -> (object code, optimised IR)
+RECENT_OBJECT_BYTES = 32 << 20
+_recent: OrderedDict[bytes, bytes] = OrderedDict()  # digest -> object code
 _recent_lock = threading.Lock()
 
 
@@ -117,13 +117,11 @@ def compile_ir(llvm_ir: str, functions: tuple[str, ...], level: int = 3) -> Comp
         if hit is not None:
             _recent.move_to_end(digest)
     if hit is not None:
-        compiled = load_object(hit[0], functions)
-        compiled.optimised_ir = hit[1]
-        return compiled
+        return load_object(hit, functions)
     compiled = _compile(llvm_ir, functions, level)
     with _recent_lock:
-        _recent[digest] = (compiled.object_code, compiled.optimised_ir)
-        while sum(len(code) + len(text) for code, text in _recent.values()) > RECENT_OBJECT_BYTES:
+        _recent[digest] = compiled.object_code
+        while sum(map(len, _recent.values())) > RECENT_OBJECT_BYTES:
             _recent.popitem(last=False)
     return compiled
 
@@ -134,7 +132,7 @@ def _compile(llvm_ir: str, functions: tuple[str, ...], level: int) -> Compiled:
     # compiled while training: `spadc train` must say one line); the optimiser itself, in C++, would
     # not see Ctrl-C before its end anyway.
     with interrupts_deferred():
-        target_machine = _native()
+        target_machine = native_target()
         context = llvm.create_context()  # the module's own, freed with it
         module = optimise(llvm_ir, target_machine, level, context)
         engine = llvm.create_mcjit_compiler(module, target_machine)
@@ -142,13 +140,13 @@ def _compile(llvm_ir: str, functions: tuple[str, ...], level: int) -> Compiled:
         engine.set_object_cache(lambda _module, code: emitted.append(bytes(code)), None)
         engine.finalize_object()
         return Compiled(engine, context, {name: engine.get_function_address(name) for name in functions},
-                        str(module), emitted[0] if emitted else b"")
+                        emitted[0] if emitted else b"")
 
 
 def load_object(object_code: bytes, functions: tuple[str, ...]) -> Compiled:
     """Machine code from an object file that `compile_ir` made on this machine (spadc/cache.py)."""
     with interrupts_deferred():  # as compile_ir
-        target_machine = _native()
+        target_machine = native_target()
         context = llvm.create_context()
         empty = llvm.parse_assembly("", context)
         empty.triple = target_machine.triple
@@ -156,5 +154,5 @@ def load_object(object_code: bytes, functions: tuple[str, ...]) -> Compiled:
         engine = llvm.create_mcjit_compiler(empty, target_machine)
         engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
         engine.finalize_object()
-        return Compiled(engine, context, {name: engine.get_function_address(name) for name in functions}, None,
+        return Compiled(engine, context, {name: engine.get_function_address(name) for name in functions},
                         object_code)
