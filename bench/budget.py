@@ -120,8 +120,8 @@ def train(model, estimator, train_data, test, steps: int, seed: int) -> tuple[fl
 
 def run(write, mean_std, seconds: float = SECONDS):
     train_data, test = pixels("train"), pixels("test")
-    rows = ["| arm | lanes | replays | peak workspace | ms per step | steps | test loss | test accuracy |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| arm | lanes | replays | peak workspace | ms per step | steps | test loss | test accuracy | per seed |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, estimator, options in arms():
         model = spadc.compile_source(MODEL, name="irnn_112.spad", max_memory=BUDGET, **options)
         model.init_params(0)
@@ -134,7 +134,8 @@ def run(write, mean_std, seconds: float = SECONDS):
         lanes = model.layout["variants"]["exact"]["lanes"]
         rows.append(f"| {name} | {lanes} | {stats['forward_replays']} | {stats['peak_workspace_bytes']:,} B | "
                     f"{1000 * per_step:.1f} | {steps:,} | {mean_std([r[0] for r in results])} | "
-                    f"{mean_std([100 * r[1] for r in results])}% |")
+                    f"{mean_std([100 * r[1] for r in results])}% | "
+                    f"{', '.join(f'{100 * r[1]:.1f}%' for r in results)} |")
         print(f"  {name}: {steps} steps done", file=sys.stderr)
     description = (
         f"An IRNN (examples/irnn_784.spad's) reading 28x28 digits (upsampled from 8x8) {PIXELS} pixels at a "
