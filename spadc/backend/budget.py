@@ -76,11 +76,12 @@ class BudgetPlan:
 def plan_exact(program: Program, exact: GradientProgram, dtype: str, limit: int, lanes: int | None, checkpoint,
                module_name: str = ""):
     """The exact gradient kernel's plan within the budget: (per-sample gradient program, split,
-    BudgetPlan, lanes, the kernel `grad` emitted into a module named `module_name`, its layout entry). What depends on params alone is hoisted (spadc/passes/hoist.py) and the
-    per-sample part's loops are cut when its tape does not fit. The hoisted part's workspace comes
-    on top of the per-sample plan, so the per-sample part gets what it leaves; when it leaves too
-    little, the kernel is unsplit. With lanes given, each lane holds a sample's values: the
-    per-sample part is planned to what they leave. Checkpointing never decides whether a kernel is split, so a
+    BudgetPlan, lanes, the kernel `grad` emitted into a module named `module_name`, its layout
+    entry). What depends on params alone is hoisted (spadc/passes/hoist.py) and the per-sample
+    part's loops are cut when its tape does not fit. The hoisted part's workspace comes on top of
+    the per-sample plan, so the per-sample part gets what it leaves; when it leaves too little, the
+    kernel is unsplit. With lanes given, each lane holds a sample's values: the per-sample part is
+    planned to what they leave. Checkpointing never decides whether a kernel is split, so a
     checkpointed gradient rounds as the taped one does, bit for bit. `exact`: the taped gradient of
     `program`, already made."""
     float_bytes = 8 if dtype == "f64" else 4

@@ -102,9 +102,9 @@ class Compiled:
         self._context.close()
 
 
-# Object code of recent compiles, by their input: a module compiled again (the same program under
-# another name, a model freed and made again, two estimators with one kernel) is loaded, not
-# optimised again. In this process only, so `cache=False` still means nothing read from disk.
+# Object code of recent compiles, by their input: a module compiled again (a model freed and made
+# again, a variant that lowers to a kernel already made) is loaded, not optimised again. In this
+# process only, so `cache=False` still means nothing read from disk.
 RECENT_OBJECT_BYTES = 32 << 20
 _recent: OrderedDict[bytes, bytes] = OrderedDict()  # digest -> object code
 _recent_lock = threading.Lock()
