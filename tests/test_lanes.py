@@ -14,6 +14,7 @@ import pytest
 
 import spadc
 from spadrt import calls
+from spadc import frontend
 from spadc.frontend import check_text
 from spadc.ir.interpret import evaluate
 
@@ -141,6 +142,27 @@ def test_lanes_keep_no_stack_array_that_grows_with_them():
     arrays = [int(m.group(2)) * _SCALAR_BYTES[m.group(1)] for m in re.finditer(r"= alloca (\w+), i64 (\d+)", emitted)]
     arrays += [int(m.group(1)) * _SCALAR_BYTES[m.group(2)] for m in re.finditer(r"= alloca \[(\d+) x (\w+)\]", emitted)]
     assert max(arrays, default=0) <= STACK_ARRAY_LIMIT
+
+
+def _mlp_source(depth: int, width: int = 8) -> str:
+    lines = [f"input x: f64[{width}]", "input label: i64"]
+    for layer in range(depth):
+        lines += [f"param W{layer}: f64[{width}, {width}] ~ glorot()", f"param b{layer}: f64[{width}]"]
+    lines.append("let h0 = x")
+    lines += [f"let h{layer + 1} = relu(W{layer} @ h{layer} + b{layer})" for layer in range(depth)]
+    lines.append(f"loss cross_entropy(h{depth}, label)")
+    return "\n".join(lines)
+
+
+def test_products_of_one_shape_share_one_routine_each():
+    # spadc/backend/routines.py: W @ h, g @ W and the weight gradient's sum, each emitted once
+    # for all the layers of one shape and called from each; a layer adds calls, not products.
+    for depth in (2, 5):
+        emitted = spadc.api.build(frontend.text_source(_mlp_source(depth), "deep.spad"), ".", lanes=4).llvm_ir
+        routines = re.findall(r"^define internal void @\"spadc\.(\w+)\.double\.8x8\.n\"", emitted, re.M)
+        assert sorted(routines) == ["matvec", "outer_sum", "vecmat"]
+        assert len(re.findall(r"call void @\"spadc\.matvec\.", emitted)) == depth
+        assert len(re.findall(r"call void @\"spadc\.outer_sum\.", emitted)) == depth
 
 
 def test_lanes_option_is_checked():

@@ -144,6 +144,18 @@ class FunctionEmitter:
         stride = self.plan.lane_stride.get(vid, element_bytes(element)) // element_bytes(element)
         return self.b.gep(self._pointers[vid], [self.b.mul(local, I64(stride))], inbounds=True)
 
+    def lane_layout(self, value: Value):
+        """(the storage of `value` for lane 0, bytes from one lane's storage to the next: an i64,
+        0 for a value every lane shares)."""
+        vid = self.plan.owner(value)
+        pointer = self.lane_pointer(value, I64(0))
+        if vid in self.lane_inputs:
+            return pointer, self.lane_inputs[vid][1]
+        if vid in self.plan.batched:
+            element = self.storage_type(value.type.dtype)
+            return pointer, I64(self.plan.lane_stride.get(vid, element_bytes(element)))
+        return pointer, I64(0)
+
     def shared(self, value: Value) -> bool:
         """Whether every lane sees the same storage for `value` (a param, a running sum)."""
         vid = self.plan.owner(value)

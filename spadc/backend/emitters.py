@@ -21,7 +21,7 @@ from llvmlite import ir
 
 from .. import rng
 from ..ir import primitives, reductions, structure
-from . import gemm
+from . import routines
 from .target import has_wide_multiply
 from .scalar import SCALAR, fconst, is_float
 
@@ -210,9 +210,9 @@ def _matmul(e, op):
                     at = b.add(b.mul(i, I64(n)), j)
                     e.store(C, at, _fmadd(e, e.load(C, at), a, e.load(B, b.add(b.mul(k, I64(n)), j))))
     elif A.type.rank == 2:
-        gemm.matvec(e, op)  # C[i] = A[i] . v
+        routines.matvec(e, op)  # C[i] = A[i] . v
     elif B.type.rank == 2:
-        gemm.vecmat(e, op)  # C[:] = sum_k v[k] B[k, :]
+        routines.vecmat(e, op)  # C[:] = sum_k v[k] B[k, :]
     else:
         acc = e.alloca(e.float, name="dot")
         b.store(fconst(e, 0.0), acc)
@@ -553,7 +553,7 @@ def _field(e, op):
 EMITTERS = {name: _elementwise for name in SCALAR}
 EMITTERS.update({
     **{r.name: _reduce for r in reductions.REDUCTIONS},
-    "first_true": _first_true, "argmax": _argmax, "cumsum": _cumsum, "matmul": _matmul, "outer": _outer, "outer_add": gemm.outer_sum, "transpose": _transpose, "reshape": _reshape,
+    "first_true": _first_true, "argmax": _argmax, "cumsum": _cumsum, "matmul": _matmul, "outer": _outer, "outer_add": routines.outer_sum, "transpose": _transpose, "reshape": _reshape,
     "broadcast": _broadcast, "index": _index, "index_add": _index_add, "index_set": _index_set, "stack": _stack, "concat": _concat, "const": _const,
     "eye": _eye, "onehot": _onehot, "fail_if": _fail_if, "dropout_mask": _dropout_mask, "pack_bits": _pack_bits,
     "unpack_bits": _unpack_bits, "record": _record, "field": _field,

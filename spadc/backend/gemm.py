@@ -220,7 +220,7 @@ def _dot_tile(e, rows, columns, k_dim: int) -> dict:
 def matvec_over(e, W, x, y, m: int, k_dim: int, count, at):
     """y(s) = W @ x(s) for s in 0..count; `at(value, s)` is a value's pointer for lane s."""
     b = e.b
-    matrix = e.pointer(W)
+    matrix = at(W, I64(0))
     vector = Lanes(e, width(e))
 
     def row_tile(row_indices):
@@ -246,7 +246,7 @@ def matvec_over(e, W, x, y, m: int, k_dim: int, count, at):
 def vecmat_over(e, x, W, y, k_dim: int, n: int, count, at):
     """y(s) = x(s) @ W for s in 0..count (W: k_dim x n), each entry summed in order of k."""
     b = e.b
-    matrix = e.pointer(W)
+    matrix = at(W, I64(0))
     vector_width = width(e, wide=True)  # (64-byte vectors measured 12% faster here, and slower in the dot)
 
     def panel(j0, lanes_of: Lanes, vectors: int, lanes):
@@ -290,7 +290,7 @@ def _over_columns(e, n: int, vector_width: int, panel):
 def outer_sum_over(e, g, x, out, m: int, n: int, count, at):
     """out[i, j] += g(s)[i] * x(s)[j] for s in 0..count, in order of s; out shared by the lanes."""
     b = e.b
-    target = e.pointer(out)
+    target = at(out, I64(0))
     vector_width = width(e, wide=True)  # (measured: 7% faster than 32 bytes)
 
     def row_tile(i0, height):
@@ -316,25 +316,3 @@ def outer_sum_over(e, g, x, out, m: int, n: int, count, at):
     # The tallest tile that divides m: one shape of tile, so one copy of its code (a sum may not
     # cover its edge twice, as the products that only write do).
     _tiles(e, m, next(rows for rows in range(SUM_ROWS, 0, -1) if m % rows == 0), row_tile)
-
-
-# ---- emitters: one sample (spadc/backend/emitters.py); over lanes: spadc/backend/lane_ops.py ---
-
-def _one_sample(e):
-    return lambda value, _s: e.pointer(value)
-
-
-def matvec(e, op):
-    A, x, y = op.args[0], op.args[1], op.result
-    matvec_over(e, A, x, y, *A.type.shape, 1, _one_sample(e))
-
-
-def vecmat(e, op):
-    x, B, y = op.args[0], op.args[1], op.result
-    vecmat_over(e, x, B, y, *B.type.shape, 1, _one_sample(e))
-
-
-def outer_sum(e, op):
-    acc, g, x = op.args
-    e.copy(acc, op.result)
-    outer_sum_over(e, g, x, op.result, *op.result.type.shape, 1, _one_sample(e))

@@ -14,7 +14,7 @@ so the planner and the code generator cut a block into the same runs.
 
 from __future__ import annotations
 
-from . import gates, gemm
+from . import gates, routines
 
 
 def takes_lanes(op, shared) -> bool:
@@ -44,8 +44,6 @@ def emit(e, op, scratch=None):
     if op.kind == "gate_outer_add":
         gates.lane_outer_add(e, op, scratch)
     elif op.kind == "outer_add":
-        gemm.outer_sum_over(e, op.args[1], op.args[2], op.result, *op.result.type.shape, e.count, e.lane_pointer)
-    elif op.args[0].type.rank == 2:
-        gemm.matvec_over(e, *op.args, op.result, *op.args[0].type.shape, e.count, e.lane_pointer)
+        routines.call(e, "outer_sum", [op.args[1], op.args[2], op.result], e.count, lanes=True)
     else:
-        gemm.vecmat_over(e, *op.args, op.result, *op.args[1].type.shape, e.count, e.lane_pointer)
+        routines.call(e, "matvec" if op.args[0].type.rank == 2 else "vecmat", [*op.args, op.result], e.count, lanes=True)

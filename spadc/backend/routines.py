@@ -1,0 +1,92 @@
+"""Matrix products as functions of their own: each (product, element type, shape, lane count)
+emitted once per module and called wherever such a product is, one sample or a block of lanes.
+
+Why: a product's register-tiled code (spadc/backend/gemm.py) is hundreds of LLVM instructions,
+and LLVM's O3 time grows faster than a function's size. Inline, a 64-wide MLP's gradient kernel
+was 78% products (8 layers: 6,232 of its 8,026 lines) and its compile time grew with depth as
+depth^1.3; called, the same-shaped layers of a network share three routines, optimised once,
+and the kernel itself keeps only the calls.
+
+Invariants:
+- A routine runs the emitter's own code (gemm.py), so a product's bits do not depend on whether
+  it was called or inline, nor on where it is called from.
+- Each operand is passed as (its storage for lane 0, bytes from one lane's storage to the
+  next): 0 for an operand every lane shares, and for the one-sample products.
+- A routine for a known lane count (1: the one-sample products) is made for that count, so its
+  tiles are the one-sample shapes; a block of lanes passes its count.
+- Routines are `internal` and `noinline`: inlined back, they would cost LLVM what they save.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from . import gemm
+
+I8, I64 = ir.IntType(8), ir.IntType(64)
+BYTES = I8.as_pointer()
+
+# name -> (the gemm emitter, whose shape its two dims are): the emitter's arguments are
+# (e, first, second, result, dim0, dim1, count, at(operand, lane) -> pointer).
+PRODUCTS = {"matvec": (gemm.matvec_over, 0), "vecmat": (gemm.vecmat_over, 1), "outer_sum": (gemm.outer_sum_over, 2)}
+
+
+def call(e, product: str, operands, count, lanes: bool):
+    """`product` on `operands` (Values, in the gemm emitter's order) for `count` lanes (an int,
+    or an i64 register); with `lanes`, each operand at the current block's lanes
+    (`e.lane_layout`), else at the current sample."""
+    function = _routine(e, product, tuple(v.type.shape for v in operands), count)
+    arguments = []
+    for value in operands:
+        pointer, stride = e.lane_layout(value) if lanes else (e.pointer(value), I64(0))
+        arguments += [e.b.bitcast(pointer, BYTES), stride]
+    if not isinstance(count, int):
+        arguments.append(count)
+    e.b.call(function, arguments)
+
+
+def _routine(e, product: str, shapes: tuple, count) -> ir.Function:
+    module = e.b.module
+    emitter, shaped = PRODUCTS[product]
+    dims = shapes[shaped]
+    name = f"spadc.{product}.{e.float}.{'x'.join(map(str, dims))}.{count if isinstance(count, int) else 'n'}"
+    try:
+        return module.get_global(name)
+    except KeyError:
+        pass
+    parameters = [BYTES, I64] * 3 + ([] if isinstance(count, int) else [I64])
+    function = ir.Function(module, ir.FunctionType(ir.VoidType(), parameters), name=name)
+    function.linkage = "internal"
+    function.attributes.add("noinline")
+    function.attributes.add("nounwind")
+    # The routine's own emitter (of the caller's class: codegen imports this module), with no
+    # workspace: a product keeps its partial sums in registers.
+    r = type(e)(function, e.float, plan=None, workspace=None, status=None, checks=[])
+    bases = function.args[0:6:2]
+    strides = function.args[1:6:2]
+    lane_count = count if isinstance(count, int) else function.args[6]
+    element = e.float.as_pointer()
+
+    def at(key: int, s):
+        return r.b.bitcast(r.b.gep(bases[key], [r.b.mul(s, strides[key])], inbounds=True), element)
+
+    emitter(r, 0, 1, 2, *dims, lane_count, at)
+    r.b.ret_void()
+    r.finish_entry()
+    return function
+
+
+# ---- the one-sample emitters (spadc/backend/emitters.py); over lanes: spadc/backend/lane_ops.py --
+
+def matvec(e, op):
+    call(e, "matvec", [*op.args, op.result], 1, lanes=False)
+
+
+def vecmat(e, op):
+    call(e, "vecmat", [*op.args, op.result], 1, lanes=False)
+
+
+def outer_sum(e, op):
+    acc, g, x = op.args
+    e.copy(acc, op.result)
+    call(e, "outer_sum", [g, x, op.result], 1, lanes=False)
