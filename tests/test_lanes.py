@@ -34,6 +34,16 @@ BATCHES = {
     "reaction_diffusion.spad": {"u0": RNG.uniform(0, 1, (BATCH, 64)), "target": RNG.uniform(0, 1, (BATCH, 64))},
 }
 
+def _mlp_source(depth: int, width: int = 8) -> str:
+    lines = [f"input x: f64[{width}]", "input label: i64"]
+    for layer in range(depth):
+        lines += [f"param W{layer}: f64[{width}, {width}] ~ glorot()", f"param b{layer}: f64[{width}]"]
+    lines.append("let h0 = x")
+    lines += [f"let h{layer + 1} = relu(W{layer} @ h{layer} + b{layer})" for layer in range(depth)]
+    lines.append(f"loss cross_entropy(h{depth}, label)")
+    return "\n".join(lines)
+
+
 PROGRAMS = {
     # a cond per sample inside a loop that runs in lockstep; views of an input row; a comprehension
     "cond_in_loop": ("input seq: f64[6, 4]\nparam w: f64[4, 4] ~ normal(0, 0.5)\nparam u: f64[4] ~ normal(0, 1)\n"
@@ -42,10 +52,13 @@ PROGRAMS = {
     # a table lookup at a per-sample index, and a param used twice (two contributions per sample)
     "lookup": ("input token: i64\ninput v: f64[3]\nparam emb: f64[5, 3] ~ normal(0, 1)\nparam m: f64[3, 3] ~ normal(0, 1)\n"
                "let e = emb[token]\nlet h = m @ (e * v)\nloss sum(tanh(m @ h)) + e[1] * h[2]"),
+    # layers of one shape: their products and their runs are functions shared by the layers
+    "deep": _mlp_source(5),
 }
 PROGRAM_INPUTS = {
     "cond_in_loop": {"seq": RNG.standard_normal((BATCH, 6, 4))},
     "lookup": {"token": RNG.integers(0, 5, BATCH), "v": RNG.standard_normal((BATCH, 3))},
+    "deep": {"x": RNG.standard_normal((BATCH, 8)), "label": RNG.integers(0, 8, BATCH)},
 }
 
 
@@ -144,25 +157,19 @@ def test_lanes_keep_no_stack_array_that_grows_with_them():
     assert max(arrays, default=0) <= STACK_ARRAY_LIMIT
 
 
-def _mlp_source(depth: int, width: int = 8) -> str:
-    lines = [f"input x: f64[{width}]", "input label: i64"]
-    for layer in range(depth):
-        lines += [f"param W{layer}: f64[{width}, {width}] ~ glorot()", f"param b{layer}: f64[{width}]"]
-    lines.append("let h0 = x")
-    lines += [f"let h{layer + 1} = relu(W{layer} @ h{layer} + b{layer})" for layer in range(depth)]
-    lines.append(f"loss cross_entropy(h{depth}, label)")
-    return "\n".join(lines)
-
-
-def test_products_of_one_shape_share_one_routine_each():
-    # spadc/backend/routines.py: W @ h, g @ W and the weight gradient's sum, each emitted once
-    # for all the layers of one shape and called from each; a layer adds calls, not products.
-    for depth in (2, 5):
+def test_layers_of_one_shape_share_their_code():
+    # spadc/backend/routines.py: W @ h, g @ W and the weight gradient's sum, each emitted once for
+    # all the layers of one shape; spadc/backend/outline.py: the runs between them likewise (the
+    # first and last layers' differ: an input, the loss). A layer adds calls, not code.
+    runs = {}
+    for depth in (4, 7):
         emitted = spadc.api.build(frontend.text_source(_mlp_source(depth), "deep.spad"), ".", lanes=4).llvm_ir
-        routines = re.findall(r"^define internal void @\"spadc\.(\w+)\.double\.8x8\.n\"", emitted, re.M)
+        routines = re.findall(r'^define internal void @"spadc\.(\w+)\.double\.8x8\.n"', emitted, re.M)
         assert sorted(routines) == ["matvec", "outer_sum", "vecmat"]
-        assert len(re.findall(r"call void @\"spadc\.matvec\.", emitted)) == depth
-        assert len(re.findall(r"call void @\"spadc\.outer_sum\.", emitted)) == depth
+        assert len(re.findall(r'call void @"spadc\.matvec\.', emitted)) == depth
+        assert len(re.findall(r'call void @"spadc\.outer_sum\.', emitted)) == depth
+        runs[depth] = len(re.findall(r'^define internal void @"spadc\.run', emitted, re.M))
+    assert 0 < runs[4] == runs[7]
 
 
 def test_lanes_option_is_checked():

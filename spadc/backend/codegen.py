@@ -306,8 +306,10 @@ class FunctionEmitter:
         in_run = {id(op) for run in runs.values() for op in run}
         for op in block.ops:
             if id(op) in runs:
-                with self.samples():
-                    self._run(runs[id(op)])
+                from . import outline  # (it builds on this module)
+                if not outline.emit_run(self, runs[id(op)]):
+                    with self.samples():
+                        self._run(runs[id(op)])
             elif op.kind in ("loop", "tabulate"):
                 self._counted(op, lanes=True)
             elif id(op) not in in_run:

@@ -1,0 +1,162 @@
+"""A lane kernel's runs as functions of their own: a run (ops that go lane by lane in one loop,
+spadc/backend/memory.py `lane_runs`) is emitted as a function of its storages and lane count, and
+runs whose functions come out the same (up to names) share one, called from each.
+
+Why: with the products called (spadc/backend/routines.py), what grew with a deep network's depth
+was the runs between them (a layer's bias, activation and its mask, and their adjoints), one
+loop nest per layer in one function, and LLVM's loop passes take time that grows faster than the
+function (LoopVectorize: 0.12 s at 16 layers, 1.34 s at 64). The layers of one shape now share
+their runs' code as they share their products'.
+
+Invariants:
+- A run's function is the code the kernel would have had inline (the emitters of
+  spadc/backend/codegen.py, with its storages reached through the parameters): the same bits.
+- Each storage the run touches is one parameter (its storage for lane 0) and, unless every lane
+  shares it, a second (bytes between lanes); then the lane count. The storages are `noalias`: a
+  run's workspace storages are alive through all of it (memory.py `_span_runs`), so none shares
+  bytes with another, and the caller's buffers are apart (docs/interface.md). Without it a chain
+  of functions of a param stayed in the lane loop and LLVM's loop vectoriser never finished
+  (tests/test_hostile_programs.py; as codegen.py's `name_arguments` says of the kernels). Two runs share a function only
+  if their functions' texts are equal once local names are numbered in order of appearance, so a
+  shared function is the one each run would have had.
+- A run that needs what only the kernel has (a run-time check and its status buffer, the random
+  streams' options, the sample or loop iteration, scratch space, a view's pointer) stays inline:
+  the run's emitter raises `NeedsKernel` where it would read them, and the half-made function is
+  dropped.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+
+from llvmlite import ir
+
+from .codegen import FunctionEmitter
+
+I8, I64 = ir.IntType(8), ir.IntType(64)
+BYTES = I8.as_pointer()
+
+_shared_runs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {normal text: function}
+
+
+class NeedsKernel(Exception):
+    """The run reads something only its kernel has: it is emitted inline."""
+
+
+def _kernel_only(name: str):
+    def read(self):
+        raise NeedsKernel(name)
+
+    def write(self, value):  # FunctionEmitter.__init__ sets it; a run's function has none
+        pass
+
+    return property(read, write)
+
+
+class _RunEmitter(FunctionEmitter):
+    """Emits a run into its own function: every storage the run touches through `lane_inputs`
+    (its lane-0 pointer and stride), nothing of the kernel's."""
+    status = _kernel_only("status")
+    workspace = _kernel_only("workspace")
+    options = _kernel_only("options")
+    sample = _kernel_only("sample")
+    iteration = _kernel_only("iteration")
+    first = _kernel_only("first")
+
+    def check(self, ok, message, loc, value):
+        raise NeedsKernel("a run-time check")
+
+    def scratch(self, op):
+        raise NeedsKernel("scratch space")
+
+    def bind_view(self, value, source, offset):
+        raise NeedsKernel("a view")
+
+    def lanes(self, run):
+        with self.loop(self.count, "lane") as local:
+            self.local = local
+            self._run(run)
+
+
+def touched(plan, run) -> list | None:
+    """One value per storage the run's ops (and their regions) read or write, in order of first
+    appearance; None if one is a view (its pointer is made per lane, in the kernel)."""
+    values, seen = [], set()
+
+    def visit(ops):
+        for op in ops:
+            for value in (*op.args, *op.results):
+                yield value
+            for region in op.regions:
+                yield from region.params
+                yield from visit(region.ops)
+                yield from region.yields
+
+    for value in visit(run):
+        if value.id in plan.views:
+            return None
+        owner = plan.owner(value)
+        if owner not in seen:
+            seen.add(owner)
+            values.append(value)
+    return values
+
+
+def emit_run(e, run) -> bool:
+    """Emit `run` over the block's lanes as a call of its function; False (nothing emitted) if the
+    run needs its kernel (see the module's docstring)."""
+    storages = touched(e.plan, run)
+    if storages is None:
+        return False
+    shared = [e.shared(value) for value in storages]
+    parameters = [t for lane_shared in shared for t in ([BYTES] if lane_shared else [BYTES, I64])] + [I64]
+    module = e.b.module
+    function = ir.Function(module, ir.FunctionType(ir.VoidType(), parameters), name=module.get_unique_name("spadc.run"))
+    function.linkage = "internal"
+    function.attributes.add("noinline")
+    function.attributes.add("nounwind")
+    r = _RunEmitter(function, e.float, e.plan, None, None, [])
+    arguments = iter(function.args)
+    for value, lane_shared in zip(storages, shared):
+        base = next(arguments)
+        base.add_attribute("noalias")
+        r.lane_inputs[e.plan.owner(value)] = (base, I64(0) if lane_shared else next(arguments))
+    r.count = next(arguments)
+    try:
+        r.lanes(run)
+    except NeedsKernel:
+        del module.globals[function.name]
+        return False
+    r.b.ret_void()
+    r.finish_entry()
+    made = function
+    function = _shared_runs.setdefault(module, {}).setdefault(_normal_text(made), made)
+    if function is not made:  # an earlier run's function is the same: this one's copy goes
+        del module.globals[made.name]
+    call_arguments = []
+    for value, lane_shared in zip(storages, shared):
+        pointer, stride = e.lane_layout(value)
+        call_arguments.append(e.b.bitcast(pointer, BYTES))
+        if not lane_shared:
+            call_arguments.append(stride)
+    e.b.call(function, call_arguments + [e.count])
+    return True
+
+
+_LOCAL = re.compile(r'%"[^"]*"|%[-\w$.]+|^"[^"]*":|^[-\w$.]+:', re.M)
+
+
+def _normal_text(function) -> str:
+    """The function's text with its own name dropped and its local names (values, blocks) numbered
+    in order of appearance: equal for two functions that differ only in names."""
+    numbers: dict[str, str] = {}
+
+    def number(match):
+        token = match.group(0)
+        name = token.lstrip("%").rstrip(":").strip('"')
+        label = numbers.setdefault(name, f"n{len(numbers)}")
+        return f"{label}:" if token.endswith(":") and not token.startswith("%") else f"%{label}"
+
+    text = re.sub(rf'@"?{re.escape(function.name)}"?\(', "@self(", str(function), count=1)
+    return _LOCAL.sub(number, text)
