@@ -52,3 +52,28 @@ def test_optimising_again_and_again_leaves_almost_nothing_behind(monkeypatch):
         context.close()
         target_machine.close()
     assert _resident_bytes() - before < OPTIMISATIONS * LEFT_PER_OPTIMISATION
+
+
+FREED_IN_ANY_ORDER = """
+import gc
+from spadc.backend import jit
+compiled = jit._compile(open(0).read(), ("f",), 3)
+# What the cycle collector may do to a cycle holding a Compiled: finalize its context's wrapper
+# first, then the Compiled (whose engine's module lives in that context).
+compiled._context.__del__()
+compiled.engine.__del__() if {engine_first} else None
+del compiled
+gc.collect()
+print("freed")
+"""
+
+
+@pytest.mark.parametrize("engine_first", [False, True])
+def test_a_compiled_kernel_is_freed_safely_whatever_its_parts_finalization_order(engine_first):
+    # A segfault in ~MCJIT at the end of a test module once: the context had gone before the engine.
+    import subprocess
+    import sys
+    module = 'define i64 @f() {\nentry:\n  ret i64 7\n}\n'
+    child = subprocess.run([sys.executable, "-c", FREED_IN_ANY_ORDER.format(engine_first=engine_first)],
+                           input=module, capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0 and child.stdout.strip() == "freed", child.stderr[-2000:]

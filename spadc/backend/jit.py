@@ -91,15 +91,22 @@ class Compiled:
     functions' addresses, and the object file it was made from (what the disk cache keeps)."""
 
     def __init__(self, engine, context, addresses: dict[str, int], object_code: bytes):
-        self.engine, self._context = engine, context
+        # The engine owns the module, whose types and constants live in the context: the context
+        # must go after the engine. Freed by its own finalizer, it could go first: the cycle
+        # collector finalizes a cycle's objects in any order, and a context freed first frees the
+        # engine's module with it (a segfault in ~MCJIT when the engine goes, seen in the suite).
+        # So this object alone frees it, through the raw pointer (a finalized ContextRef forgets it).
+        context._owned = True
+        self.engine, self._context, self._context_pointer = engine, context, context._ptr
         self.addresses, self.object_code = addresses, object_code
 
     def __del__(self):
-        # The engine owns the module, whose types and constants live in the context: engine first.
         engine, self.engine = self.engine, None
         if engine is not None:
-            engine.close()
-        self._context.close()
+            engine.close()  # (nothing if the collector finalized it first: it is then gone already)
+        pointer, self._context_pointer = self._context_pointer, None
+        if pointer is not None:
+            ffi.lib.LLVMPY_ContextDispose(pointer)
 
 
 # Object code of recent compiles, by their input: a module compiled again (a model freed and made
