@@ -86,6 +86,7 @@ class FunctionEmitter:
         self.count = None  # how many lanes the current block of samples fills
         self.first = None  # the key (index in the whole batch) of the block's first sample
         self.lane_inputs: dict[int, tuple] = {}  # input id -> (the block's first sample's bytes, bytes per sample)
+        self.shared_runs: dict[str, ir.Function] = {}  # a run's function by its text (spadc/backend/outline.py)
 
     def finish_entry(self):
         """Close the entry block (allocas only) by jumping to the first block of code."""

@@ -28,7 +28,6 @@ Invariants:
 from __future__ import annotations
 
 import re
-import weakref
 
 from llvmlite import ir
 
@@ -36,9 +35,6 @@ from .codegen import FunctionEmitter
 
 I8, I64 = ir.IntType(8), ir.IntType(64)
 BYTES = I8.as_pointer()
-
-_shared_runs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {normal text: function}
-
 
 class NeedsKernel(Exception):
     """The run reads something only its kernel has: it is emitted inline."""
@@ -131,7 +127,7 @@ def emit_run(e, run) -> bool:
     r.b.ret_void()
     r.finish_entry()
     made = function
-    function = _shared_runs.setdefault(module, {}).setdefault(_normal_text(made), made)
+    function = e.shared_runs.setdefault(_normal_text(made), made)
     if function is not made:  # an earlier run's function is the same: this one's copy goes
         del module.globals[made.name]
     call_arguments = []
