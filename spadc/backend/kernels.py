@@ -181,8 +181,16 @@ def choose_lanes(gradient: GradientProgram, dtype: str, max_memory: int) -> int:
     shared = lambda value: one_lane.storage_of(value.id) in common  # noqa: E731
     if not any(takes_lanes(op, shared) for block in lane_blocks(gradient.program.body) for op in block.ops):
         return 1
-    cap = min(LANE_BUDGET, max_memory)
-    lanes = max(1, min(MAX_LANES, cap // max(one_lane.size, 1)))
+    return lanes_within(gradient, dtype, min(LANE_BUDGET, max_memory), MAX_LANES, one_lane.size)
+
+
+def lanes_within(gradient: GradientProgram, dtype: str, cap: int, most: int, one_lane: int | None = None) -> int:
+    """The most lanes, up to `most`, whose planned workspace is at most `cap` bytes (at least one)."""
+    float_bytes = 8 if dtype == "f64" else 4
+    writable = frozenset(v.id for v in gradient.accumulators.values())
+    if one_lane is None:
+        one_lane = plan(gradient.program, float_bytes, writable).size
+    lanes = max(1, min(most, cap // max(one_lane, 1)))
     while lanes > 1:
         size = plan(gradient.program, float_bytes, writable, lanes).size
         if size <= cap:
