@@ -36,6 +36,7 @@ from .codegen import FunctionEmitter
 I8, I64 = ir.IntType(8), ir.IntType(64)
 BYTES = I8.as_pointer()
 
+
 class NeedsKernel(Exception):
     """The run reads something only its kernel has: it is emitted inline."""
 
