@@ -1,6 +1,6 @@
 """Every construct of language 2.0 (LANGUAGE.md section 10) in f32 builds and ahead-of-time
 libraries: one program that uses them all, its f32 build against its f64 build, and libraries built
-ahead of time (f64 and f32) against the JIT of the same type, bit for bit. (Each construct's values
+ahead of time (f64; f32 in the long profile) against the JIT of the same type, bit for bit. (Each construct's values
 and derivatives against NumPy, JAX and central differences: the tests of its own file.)"""
 
 import numpy as np
@@ -9,6 +9,8 @@ import pytest
 import spadc
 from spadc.ad.reverse import gradient
 from spadc.ir.interpret import evaluate
+
+from conftest import LONG
 
 SEED = 20261205
 RTOL = 1e-12  # f64 JIT against the interpreter
@@ -87,7 +89,9 @@ def test_f64_against_the_interpreter_and_f32_against_f64(source):
         assert np.max(np.abs(grads32[name] - grads[name])) <= F32_RTOL * max(scale, 1.0), name
 
 
-@pytest.mark.parametrize("dtype", ["f64", "f32"])
+# f32 libraries in the long profile: test_aot.py checks one against its JIT in the quick one, and
+# the f32 JIT runs this program above.
+@pytest.mark.parametrize("dtype", ["f64", "f32"] if LONG else ["f64"])
 def test_an_ahead_of_time_library_computes_what_the_jit_does_bit_for_bit(tmp_path, source, dtype):
     import spadrt
     from spadc import aot
