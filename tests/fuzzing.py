@@ -7,6 +7,8 @@ Each generated program is checked for (`check_program`):
 - the exact gradient in training mode (dropout masks drawn again by the adjoint), compiled against
   the interpreter running the gradient program;
 - a batch against the same samples one by one (`sample_offset`), to the bit;
+- a build that runs four samples side by side against the default one: forward values to the
+  bit, the batch's mean gradient to rounding;
 - RAD at keep 1 against the exact gradient, to the bit, and a sampled RAD twice with one seed;
 - RAD's tape under every site policy against the exact tape: never larger;
 - f32 against f64, on smooth programs;
@@ -25,7 +27,7 @@ gradient program, whose activity analysis shared the bug. So both silently wrong
 (a zero-trip loop's dropped gradient, a nested cond's lost curvature) were out of its reach.
 
 Run as a script for the long profile (`python tests/fuzzing.py --programs 10000 --workers 2`: about
-1.4 s per program on one core here, as each compiles up to three kernels at O3); the suite runs a
+4 s per program on one core here, 2026-12-06, as each compiles up to seven kernels at O3); the suite runs a
 seeded short profile (tests/test_fuzz.py). Every failure prints its seed, which regenerates the
 program; a check that takes over PROGRAM_TIMEOUT seconds counts as a hang, a crashed worker as a
 crash.
@@ -63,6 +65,8 @@ DIRECTION_STEPS = (1e-3, 1e-4, 1e-5, 1e-6)
 DIRECTION_RTOL = 1e-5
 TANGENT_RTOL = 1e-9  # forward against reverse mode: both exact up to rounding
 BATCH = 3
+LANES = 4  # a block of lanes that BATCH samples fill in part
+LANES_RTOL = 1e-11  # a batch's mean gradient with lanes against the default build's (sums reordered)
 RAD_EDGES = spadc.RAD(keep=0.5, policy="edges")  # every kind of site at once
 WORKER_TASKS = 5  # chunks of 100 seeds each worker process checks before the pool is replaced
 
@@ -400,6 +404,7 @@ def check_program(seed: int) -> str:
         _close(f"d loss / d {name}", grads[name], interpreted.outputs[name], COMPILED_RTOL)
     _check_tape(program)
     _check_batch(model, generator, seed)
+    _check_lanes(text, model, generator, seed)
     sampled = _check_sampled(model, inputs, model.grad(**inputs)[1], seed)
     _check_checkpointed(text, seed, inputs, [(dict(training=True, step=3), (loss, grads)),
                                              (dict(estimator=RAD_EDGES, step=1), sampled)])
@@ -432,6 +437,26 @@ def _check_batch(model, generator, seed):
     one_by_one = [model.grad(**{k: v[s] for k, v in batch.items()})[1] for s in range(BATCH)]
     for name in mean_grads:
         _close(f"batch mean d loss / d {name}", mean_grads[name], np.mean([g[name] for g in one_by_one], axis=0), 1e-12)
+
+
+def _check_lanes(text, model, generator, seed):
+    """Built to run LANES samples side by side, whatever its ops (its runs then go lane by lane,
+    as functions of their own: spadc/backend/outline.py), a program gives each sample's forward
+    values to the bit, and the batch's mean gradient to rounding (sums over lanes go in another
+    order), against the model as compiled by default."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lanes = spadc.compile_source(text, name=f"fuzz{seed}.spad", lanes=LANES)
+    lanes.init_params(seed=seed)
+    batch = inputs_for(seed, generator, BATCH)
+    got, want = lanes.loss(**batch, training=True, seed=seed), model.loss(**batch, training=True, seed=seed)
+    if not np.array_equal(got, want, equal_nan=True):
+        raise Mismatch(f"losses with {LANES} lanes {got} against {want}")
+    mean_loss, mean_grads = lanes.grad(**batch, training=True, seed=seed)
+    want_loss, want_grads = model.grad(**batch, training=True, seed=seed)
+    _close(f"batch loss with {LANES} lanes", mean_loss, want_loss, LANES_RTOL)
+    for name in want_grads:
+        _close(f"batch mean d loss / d {name} with {LANES} lanes", mean_grads[name], want_grads[name], LANES_RTOL)
 
 
 def _check_sampled(model, inputs, grads, seed):

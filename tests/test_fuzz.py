@@ -46,6 +46,30 @@ def test_the_fuzzer_catches_a_wrong_compiled_primitive(monkeypatch):
     assert caught is not None
 
 
+@pytest.mark.private_cache  # its wrong kernels must reach no other test
+def test_the_lanes_check_catches_runs_that_lose_their_lanes(monkeypatch):
+    """A negative control for `_check_lanes`: runs called with every storage shared by the lanes
+    (stride 0, as if a run's function lost its lanes) fail generated program 900003."""
+    import spadc
+    from llvmlite import ir
+
+    from spadc.backend import codegen
+    real = codegen.FunctionEmitter.lane_layout
+
+    def shared_by_all(self, value):
+        pointer, _ = real(self, value)
+        return pointer, ir.Constant(ir.IntType(64), 0)
+
+    monkeypatch.setattr(codegen.FunctionEmitter, "lane_layout", shared_by_all)
+    seed = 900003
+    generator = fuzzing.ProgramGenerator(seed)
+    text = generator.program()
+    model = spadc.compile_source(text, name=f"fuzz{seed}.spad")
+    model.init_params(seed=seed)
+    with pytest.raises((fuzzing.Mismatch, spadc.SpadcError)):
+        fuzzing._check_lanes(text, model, generator, seed)
+
+
 def test_the_direction_check_rejects_a_gradient_off_by_1e_4():
     """The directional-derivative oracle tries finer steps where the loss curves fast (seed 7932: a
     chaotic loop, second derivative 1e8 along the direction); a gradient 1e-4 off still fails it."""
