@@ -18,6 +18,7 @@ from spadc import frontend
 from spadc.frontend import check_text
 from spadc.ir.interpret import evaluate
 
+from bench.compile_depth import network
 from conftest import example
 from gradcheck import interpreted_gradient
 
@@ -34,16 +35,6 @@ BATCHES = {
     "reaction_diffusion.spad": {"u0": RNG.uniform(0, 1, (BATCH, 64)), "target": RNG.uniform(0, 1, (BATCH, 64))},
 }
 
-def _mlp_source(depth: int, width: int = 8) -> str:
-    lines = [f"input x: f64[{width}]", "input label: i64"]
-    for layer in range(depth):
-        lines += [f"param W{layer}: f64[{width}, {width}] ~ glorot()", f"param b{layer}: f64[{width}]"]
-    lines.append("let h0 = x")
-    lines += [f"let h{layer + 1} = relu(W{layer} @ h{layer} + b{layer})" for layer in range(depth)]
-    lines.append(f"loss cross_entropy(h{depth}, label)")
-    return "\n".join(lines)
-
-
 PROGRAMS = {
     # a cond per sample inside a loop that runs in lockstep; views of an input row; a comprehension
     "cond_in_loop": ("input seq: f64[6, 4]\nparam w: f64[4, 4] ~ normal(0, 0.5)\nparam u: f64[4] ~ normal(0, 1)\n"
@@ -53,7 +44,7 @@ PROGRAMS = {
     "lookup": ("input token: i64\ninput v: f64[3]\nparam emb: f64[5, 3] ~ normal(0, 1)\nparam m: f64[3, 3] ~ normal(0, 1)\n"
                "let e = emb[token]\nlet h = m @ (e * v)\nloss sum(tanh(m @ h)) + e[1] * h[2]"),
     # layers of one shape: their products and their runs are functions shared by the layers
-    "deep": _mlp_source(5),
+    "deep": network(5, width=8),
 }
 PROGRAM_INPUTS = {
     "cond_in_loop": {"seq": RNG.standard_normal((BATCH, 6, 4))},
@@ -163,7 +154,7 @@ def test_layers_of_one_shape_share_their_code():
     # first and last layers' differ: an input, the loss). A layer adds calls, not code.
     runs = {}
     for depth in (4, 7):
-        emitted = spadc.api.build(frontend.text_source(_mlp_source(depth), "deep.spad"), ".", lanes=4).llvm_ir
+        emitted = spadc.api.build(frontend.text_source(network(depth, width=8), "deep.spad"), ".", lanes=4).llvm_ir
         routines = re.findall(r'^define internal void @"spadc\.(\w+)\.double\.8x8\.n"', emitted, re.M)
         assert sorted(routines) == ["matvec", "outer_sum", "vecmat"]
         assert len(re.findall(r'call void @"spadc\.matvec\.', emitted)) == depth
