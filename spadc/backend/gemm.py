@@ -10,7 +10,7 @@ or 8 floats; 64 bytes for `x @ W` and the sums where the target has AVX-512, mea
 Invariants:
 - Each entry is computed in one fixed order whatever the tile it falls in, so a sample's results
   do not depend on its lane, on how many lanes ran beside it, or on the kernel's lane count: the
-  one-sample emitters (`matvec`, `vecmat`, `outer_sum` with one lane) are the same code.
+  one-sample products (spadc/backend/routines.py: `matvec`, `vecmat`, `outer_sum`, one lane) are the same code.
   - a dot product `W[i] . x`: V partial sums (one vector) over the first K - K % V terms, added
     pairwise, then the last K % V terms in order;
   - `x @ W` and the outer products' running sum: each entry summed in order (of k; of the
