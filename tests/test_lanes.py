@@ -35,6 +35,8 @@ BATCHES = {
     "reaction_diffusion.spad": {"u0": RNG.uniform(0, 1, (BATCH, 64)), "target": RNG.uniform(0, 1, (BATCH, 64))},
 }
 
+STACKED = ("input x: f64[8]\ninput label: i64\nparam W: f64[3, 8, 8] ~ normal(0, 0.4)\nparam b: f64[3, 8]\n"
+           "let h = x\nfor l in 0..3 {\n  h = relu(W[l] @ h + b[l])\n}\nloss cross_entropy(h, label)")
 PROGRAMS = {
     # a cond per sample inside a loop that runs in lockstep; views of an input row; a comprehension
     "cond_in_loop": ("input seq: f64[6, 4]\nparam w: f64[4, 4] ~ normal(0, 0.5)\nparam u: f64[4] ~ normal(0, 1)\n"
@@ -45,11 +47,14 @@ PROGRAMS = {
                "let e = emb[token]\nlet h = m @ (e * v)\nloss sum(tanh(m @ h)) + e[1] * h[2]"),
     # layers of one shape: their products and their runs are functions shared by the layers
     "deep": network(5, width=8),
+    # layers in a loop over stacked weights: W[l] is one pointer for all lanes (lane_ops.py)
+    "stacked": STACKED,
 }
 PROGRAM_INPUTS = {
     "cond_in_loop": {"seq": RNG.standard_normal((BATCH, 6, 4))},
     "lookup": {"token": RNG.integers(0, 5, BATCH), "v": RNG.standard_normal((BATCH, 3))},
     "deep": {"x": RNG.standard_normal((BATCH, 8)), "label": RNG.integers(0, 8, BATCH)},
+    "stacked": {"x": RNG.standard_normal((BATCH, 8)), "label": RNG.integers(0, 8, BATCH)},
 }
 
 
@@ -161,6 +166,14 @@ def test_layers_of_one_shape_share_their_code():
         assert len(re.findall(r'call void @"spadc\.outer_sum\.', emitted)) == depth
         runs[depth] = len(re.findall(r'^define internal void @"spadc\.run', emitted, re.M))
     assert 0 < runs[4] == runs[7]
+
+
+def test_a_slice_of_a_stacked_weight_is_a_product_over_lanes():
+    # W[l] @ h and g @ W[l] in the loops over l are matrix-matrix products over the lanes (the
+    # routines for a block's count, `.n`), not one product per lane (`.1`): W[l] is one pointer.
+    emitted = spadc.api.build(frontend.text_source(STACKED, "stacked.spad"), ".", lanes=4).llvm_ir
+    routines = set(re.findall(r'^define internal void @"spadc\.(\w+)\.double\.8x8\.(\w+)"', emitted, re.M))
+    assert {("matvec", "n"), ("vecmat", "n")} <= routines and not any(count == "1" for _, count in routines)
 
 
 def test_lanes_option_is_checked():

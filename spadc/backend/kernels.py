@@ -47,7 +47,7 @@ from .emitters import llvm_name
 from .lane_ops import takes_lanes
 from ..passes.hoist import HOISTED_PREFIX, Split
 from . import hoisting as hoisting_
-from .memory import check_limit, element_size, lane_blocks, plan
+from .memory import check_limit, element_size, lane_blocks, lane_common, plan
 I8P = ir.IntType(8).as_pointer()
 DOUBLE_P = ir.DoubleType().as_pointer()
 
@@ -177,7 +177,7 @@ def choose_lanes(gradient: GradientProgram, dtype: str, max_memory: int) -> int:
     float_bytes = 8 if dtype == "f64" else 4
     writable = frozenset(v.id for v in gradient.accumulators.values())
     one_lane = plan(gradient.program, float_bytes, writable)
-    common = {d.value.id for d in gradient.program.params} | writable
+    common = lane_common(gradient.program, writable)
     shared = lambda value: one_lane.storage_of(value.id) in common  # noqa: E731
     if not any(takes_lanes(op, shared) for block in lane_blocks(gradient.program.body) for op in block.ops):
         return 1

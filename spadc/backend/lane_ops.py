@@ -6,7 +6,10 @@ memory planner (what breaks a run, what scratch an op needs) and the code genera
 - `outer_add` into a running sum: acc += G^T X over the lanes (gemm.py);
 - `gate_outer_add` into a running sum, draws with replacement: all lanes' draws sorted by
   column and summed in registers (spadc/backend/gates.py): a sampled weight gradient costs what
-  it keeps, plus one pass over the sum per block of lanes.
+  it keeps, plus one pass over the sum per block of lanes;
+- an `index` that is a view (spadc/backend/memory.py `is_view`) of a shared value at indices the
+  lanes share, needing no run-time check (`W[l]` of a stacked param in a loop over l): one pointer
+  for all lanes, so the products that read it are the matrix-matrix ones above.
 
 Invariant: `takes_lanes(op, shared)` depends only on the op and on which values every lane shares,
 so the planner and the code generator cut a block into the same runs.
@@ -15,6 +18,7 @@ so the planner and the code generator cut a block into the same runs.
 from __future__ import annotations
 
 from . import gates, routines
+from .memory import is_view
 
 
 def takes_lanes(op, shared) -> bool:
@@ -28,6 +32,9 @@ def takes_lanes(op, shared) -> bool:
         return shared(op.result) and shared(op.args[0])
     if op.kind == "gate_outer_add":
         return shared(op.result) and shared(op.args[0]) and op.attrs["draw"] == "with_replacement"
+    if op.kind == "index" and is_view(op):  # a slice of a shared value at a shared place: W[l] in a loop
+        checked = any(kind == "dyn" and rest[0] for kind, *rest in op.attrs["spec"])
+        return shared(op.args[0]) and all(shared(index) for index in op.args[1:]) and not checked
     return False
 
 
@@ -43,6 +50,8 @@ def emit(e, op, scratch=None):
     scratch bytes."""
     if op.kind == "gate_outer_add":
         gates.lane_outer_add(e, op, scratch)
+    elif op.kind == "index":  # a shared view: its pointer, once (spadc/backend/emitters.py)
+        e._op(op)
     elif op.kind == "outer_add":
         routines.call(e, "outer_sum", [op.args[1], op.args[2], op.result], e.count, lanes=True)
     else:

@@ -33,9 +33,10 @@ Invariants:
   value of a *lane block* (the top level, and the bodies of loops and comprehensions in it, but not
   a `cond`'s branches, which run sample by sample) has L copies, one per sample, `lane_stride`
   bytes apart: its slot is L times as large; a scalar gets a slot of L elements (so no stack array
-  grows with L). A loop's or a comprehension's index is shared by all samples. No value of a lane
-  block is a view: a view's pointer is made where it is defined, and lane blocks run op by op over
-  the samples. In a run of ops that goes lane by lane (`lane_runs`), every storage alive during
+  grows with L). A loop's or a comprehension's index is shared by all samples. A value of a lane
+  block is a view only if every lane shares it (a slice of a param at a loop's index, `W[l]`:
+  spadc/backend/lane_ops.py), its pointer then made once for all lanes; any other view's pointer
+  would be made per lane where it is defined, so it is a copy. In a run of ops that goes lane by lane (`lane_runs`), every storage alive during
   the run is alive through all of it.
 - A plan larger than the memory limit is refused before any code is emitted, with the place of
   the op whose result takes the most of it (for a long loop, its tape).
@@ -108,17 +109,26 @@ def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = froz
     storage = _Storage(schedule, float_bytes)
     lane_values = _lane_values(body) if lanes > 1 else {}
     storage.lane_scalars = {v.id for values in lane_values.values() for v in values if not v.type.rank}
-    _share_block(body, schedule, result, storage, external, set(writable), no_views=set(lane_values))
+    common = lane_common(program, writable)
+    shared = lambda value: result.storage_of(value.id) in common  # noqa: E731
+    _share_block(body, schedule, result, storage, external, set(writable), no_views=set(lane_values), shared=shared)
     _op_scratch(body, schedule, result, storage)
-    if lanes > 1:  # every lane sees one storage for a param, a running sum or a product's direction
-        common = ({d.value.id for d in program.params} | set(writable)
-                  | {d.value.id for d in program.inputs if is_direction(d.name)})
-        shared = lambda value: result.storage_of(value.id) in common  # noqa: E731
+    if lanes > 1:
         _lane_scratch(body, schedule, result, storage, shared, lanes)
         _span_runs(body, schedule, storage, shared)
         _widen(lane_values, result, storage, external, lanes)
     _place(storage, result)
     return result
+
+
+def lane_common(program: Program, writable) -> set[int]:
+    """Ids of the values every lane sees one storage of: the params, the running sums (`writable`),
+    a product's direction, and the indices of the loops and comprehensions of lane blocks (the
+    lanes step through them together)."""
+    indices = {op.regions[0].params[0].id for block in lane_blocks(program.body) for op in block.ops
+               if op.kind in ("loop", "tabulate")}
+    return ({d.value.id for d in program.params} | set(writable)
+            | {d.value.id for d in program.inputs if is_direction(d.name)} | indices)
 
 
 def lane_blocks(body: Block):
@@ -317,7 +327,10 @@ class _Storage:
 
 
 def _share_block(block: Block, schedule: _Schedule, plan_: MemoryPlan, storage: _Storage, external: set[int],
-                 writable: set[int], loop: Op | None = None, no_views: set[int] = frozenset()):
+                 writable: set[int], loop: Op | None = None, no_views: set[int] = frozenset(), shared=None):
+    """`no_views`: ids of lane blocks, whose views (a pointer per lane, made in a run) are copied,
+    except a view every lane shares (`shared`: lane_ops.takes_lanes), made once for all lanes."""
+    from .lane_ops import takes_lanes
     owned = ({p.id for p in block.params} - external) | writable
     for param in block.params:
         if param.id in plan_.shared:  # a carried param in its initial value's storage
@@ -329,13 +342,13 @@ def _share_block(block: Block, schedule: _Schedule, plan_: MemoryPlan, storage: 
             _carry_in_place(op, owned, schedule, plan_, storage)
         for region in op.regions:
             _share_block(region, schedule, plan_, storage, external, set(), op if op.kind == "loop" else None,
-                         no_views)
+                         no_views, shared)
         if op.kind == "loop":
             _share_loop(op, schedule, plan_, storage)
         elif op.regions:  # written all through the op (row by row, or at a branch's end): alive to its end
             for result in op.results:
                 storage.own(result, op)
-        elif is_view(op) and id(block) not in no_views:
+        elif is_view(op) and (id(block) not in no_views or takes_lanes(op, shared)):
             plan_.views[op.result.id] = op.args[0].id
             owner = plan_.storage_of(op.args[0].id)
             storage.extend(owner, op.result)
