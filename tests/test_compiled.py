@@ -70,6 +70,8 @@ PRIMITIVE_PROGRAMS = {
                        " + sum(cholesky(A[0:3, 0:3] @ transpose(A[0:3, 0:3]) + 2.0 * eye(3)) * A[0:3, 1:4])"
                        " + sum(triu(A[0:3, 1:4], 1) * tril(A[0:3, 0:3], k=-1))"),
     "shapes": "sum(reshape(A, 2, 6) * reshape(A, 12)[0:6]) + x[argmax(A, axis=1)[1]] * float(argmax(x))",
+    # a stacked weight in a loop: its gradient's index_add(acc, outer(g, h), t) is fused (outer_add_at)
+    "stacked": "",  # written out in program_text
 }
 # stop_gradient is not the true derivative, so finite differences cannot check it: a hand value does.
 HAND_GRADIENTS = {"stop_gradient": lambda p: {"x": p["x"], "A": np.zeros_like(p["A"])}}
@@ -80,6 +82,9 @@ def program_text(name):
     body = PRIMITIVE_PROGRAMS[name]
     if name == "loop":  # a loop whose body reads a param captured from outside the loop
         return PRELUDE + "let h = x\nfor t in 0..5 {\n  h = tanh(A[0:3, 0:3] @ h[0:3] * 0.5 + x[0:3])[0] + h\n}\nloss sum(h * x)"
+    if name == "stacked":
+        return PRELUDE + ("let S = reshape(A, 3, 2, 2)\nlet h = x[0:2]\nfor t in 0..3 {\n  h = tanh(S[t] @ h + v[0:2])\n}\n"
+                          "loss sum(h * x[2:4])")
     if name == "updates":
         return PRELUDE + "let y = x\ny[k] = x[0] * x[1]\ny[1:3] += A[0, 0:2]\nloss sum(y * y)"
     if name == "while":  # trips set by an input (k = 2 of at most 5): central differences see a smooth loss

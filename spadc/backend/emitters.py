@@ -326,6 +326,22 @@ def _index(e, op):
         e.store(out, e.linear(index, _strides(shape)), e.load(op.args[0], offset(index)))
 
 
+def outer_add_at_layouts(e, op, lanes: bool):
+    """(the region acc[...] of `outer_add_at`, a, b) as routine operands (routines.invoke), the
+    result first made acc when it is not acc's storage."""
+    acc, a, b, result = op.args[0], op.args[1], op.args[2], op.result
+    e.copy(acc, result)
+    _, offset = _index_offsets(e, op, _dynamic_indices(e, op, 3))
+    region = e.b.gep(e.pointer(result), [offset([I64(0), I64(0)])], inbounds=True)
+    operands = [e.lane_layout(v) if lanes else (e.pointer(v), I64(0)) for v in (a, b)]
+    return [*operands, (region, I64(0))]
+
+
+def _outer_add_at(e, op):
+    routines.invoke(e, "outer_sum", op.args[1].type.shape + op.args[2].type.shape,
+                    outer_add_at_layouts(e, op, lanes=False), 1)
+
+
 def _index_add(e, op):
     # out = acc (in place when the planner shares their storage); out[region] += g
     acc, g, out = op.args[0], op.args[1], op.result
@@ -553,7 +569,7 @@ def _field(e, op):
 EMITTERS = {name: _elementwise for name in SCALAR}
 EMITTERS.update({
     **{r.name: _reduce for r in reductions.REDUCTIONS},
-    "first_true": _first_true, "argmax": _argmax, "cumsum": _cumsum, "matmul": _matmul, "outer": _outer, "outer_add": routines.outer_sum, "transpose": _transpose, "reshape": _reshape,
+    "first_true": _first_true, "argmax": _argmax, "cumsum": _cumsum, "matmul": _matmul, "outer": _outer, "outer_add": routines.outer_sum, "outer_add_at": _outer_add_at, "transpose": _transpose, "reshape": _reshape,
     "broadcast": _broadcast, "index": _index, "index_add": _index_add, "index_set": _index_set, "stack": _stack, "concat": _concat, "const": _const,
     "eye": _eye, "onehot": _onehot, "fail_if": _fail_if, "dropout_mask": _dropout_mask, "pack_bits": _pack_bits,
     "unpack_bits": _unpack_bits, "record": _record, "field": _field,

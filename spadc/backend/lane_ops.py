@@ -18,6 +18,7 @@ so the planner and the code generator cut a block into the same runs.
 from __future__ import annotations
 
 from . import gates, routines
+from .emitters import outer_add_at_layouts
 from .memory import is_view
 
 
@@ -32,6 +33,9 @@ def takes_lanes(op, shared) -> bool:
         return shared(op.result) and shared(op.args[0])
     if op.kind == "gate_outer_add":
         return shared(op.result) and shared(op.args[0]) and op.attrs["draw"] == "with_replacement"
+    if op.kind == "outer_add_at":  # a stacked weight's gradient: its slice at a shared place, a running sum
+        checked = any(kind == "dyn" and rest[0] for kind, *rest in op.attrs["spec"])
+        return shared(op.result) and shared(op.args[0]) and all(shared(i) for i in op.args[3:]) and not checked
     if op.kind == "index" and is_view(op):  # a slice of a shared value at a shared place: W[l] in a loop
         checked = any(kind == "dyn" and rest[0] for kind, *rest in op.attrs["spec"])
         return shared(op.args[0]) and all(shared(index) for index in op.args[1:]) and not checked
@@ -52,6 +56,9 @@ def emit(e, op, scratch=None):
         gates.lane_outer_add(e, op, scratch)
     elif op.kind == "index":  # a shared view: its pointer, once (spadc/backend/emitters.py)
         e._op(op)
+    elif op.kind == "outer_add_at":
+        routines.invoke(e, "outer_sum", op.args[1].type.shape + op.args[2].type.shape,
+                        outer_add_at_layouts(e, op, lanes=True), e.count)
     elif op.kind == "outer_add":
         routines.call(e, "outer_sum", [op.args[1], op.args[2], op.result], e.count, lanes=True)
     else:

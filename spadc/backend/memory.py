@@ -54,6 +54,7 @@ from ..ad.tape import value_bytes
 from ..errors import SpadcError
 from ..ir import primitives
 from ..ir.core import Block, Op, Program, Value, walk_ops
+from ..ir.structure import contiguous
 
 ALIGN = 64
 _IN_PLACE_FAMILIES = ("unary", "binary", "select")
@@ -390,14 +391,8 @@ def _share_loop(op: Op, schedule: _Schedule, plan_: MemoryPlan, storage: _Storag
 def is_view(op: Op) -> bool:
     """An `index` whose result is one contiguous run of its operand (`x[t]`, `x[t, 2:5]`, `x[1:3, :]`):
     it needs no bytes of its own, only a pointer into the operand's."""
-    if op.kind != "index" or not op.result.type.rank:
-        return False
-    spec, shape = op.attrs["spec"], op.args[0].type.shape
-    first_slice = next((axis for axis, (kind, *_) in enumerate(spec) if kind == "slice"), None)
-    if first_slice is None or any(kind == "dyn" and len(rest) == 2 for kind, *rest in spec):
-        return False  # a dynamic slice is copied (its start is known only at run time)
-    return all(kind == "slice" and tuple(rest) == (0, n)
-               for (kind, *rest), n in zip(spec[first_slice + 1:], shape[first_slice + 1:]))
+    # (a slice from a dynamic start is copied: its start is known only at run time)
+    return op.kind == "index" and bool(op.result.type.rank) and contiguous(op.attrs["spec"], op.args[0].type.shape)
 
 
 def _carry_in_place(op: Op, owned: set[int], schedule: _Schedule, plan_: MemoryPlan, storage: _Storage):
@@ -418,7 +413,7 @@ def _carry_in_place(op: Op, owned: set[int], schedule: _Schedule, plan_: MemoryP
 
 def _in_place_donor(op: Op, result: Value, owned: set[int], schedule: _Schedule, plan_: MemoryPlan,
                     storage: _Storage) -> Value | None:
-    if op.kind in ("index_add", "index_set", "outer_add", "gate_outer_add"):  # they update their first operand entry by entry
+    if op.kind in ("index_add", "index_set", "outer_add", "outer_add_at", "gate_outer_add"):  # they update their first operand entry by entry
         candidates = op.args[:1]
     elif op.kind in primitives.PRIMITIVES and primitives.PRIMITIVES[op.kind].family in _IN_PLACE_FAMILIES:
         candidates = op.args

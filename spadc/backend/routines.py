@@ -35,20 +35,24 @@ def call(e, product: str, operands, count, lanes: bool):
     """`product` on `operands` (Values, in the gemm emitter's order) for `count` lanes (an int,
     or an i64 register); with `lanes`, each operand at the current block's lanes
     (`e.lane_layout`), else at the current sample."""
-    function = _routine(e, product, tuple(v.type.shape for v in operands), count)
+    layouts = [e.lane_layout(value) if lanes else (e.pointer(value), I64(0)) for value in operands]
+    invoke(e, product, operands[PRODUCTS[product][1]].type.shape, layouts, count)
+
+
+def invoke(e, product: str, dims: tuple, layouts, count):
+    """`product` of shape `dims` (see PRODUCTS) on operands given as (storage for lane 0, bytes
+    between lanes) for `count` lanes."""
     arguments = []
-    for value in operands:
-        pointer, stride = e.lane_layout(value) if lanes else (e.pointer(value), I64(0))
+    for pointer, stride in layouts:
         arguments += [e.b.bitcast(pointer, BYTES), stride]
     if not isinstance(count, int):
         arguments.append(count)
-    e.b.call(function, arguments)
+    e.b.call(_routine(e, product, tuple(dims), count), arguments)
 
 
-def _routine(e, product: str, shapes: tuple, count) -> ir.Function:
+def _routine(e, product: str, dims: tuple, count) -> ir.Function:
     module = e.b.module
-    emitter, shaped = PRODUCTS[product]
-    dims = shapes[shaped]
+    emitter, _ = PRODUCTS[product]
     name = f"spadc.{product}.{e.float}.{'x'.join(map(str, dims))}.{count if isinstance(count, int) else 'n'}"
     try:
         return module.get_global(name)

@@ -134,6 +134,47 @@ def _outer_add_tangent(t, op, d):
     return total
 
 
+def contiguous(spec, shape) -> bool:
+    """Whether x[spec] of an x of `shape` is one contiguous run of x (row-major): after its first
+    slice, every axis is whole, and no slice starts at a dynamic place."""
+    first_slice = next((axis for axis, (kind, *_) in enumerate(spec) if kind == "slice"), None)
+    if first_slice is None or any(kind == "dyn" and len(rest) == 2 for kind, *rest in spec):
+        return False
+    return all(kind == "slice" and tuple(rest) == (0, n) for (kind, *rest), n in zip(spec[first_slice + 1:],
+                                                                                       shape[first_slice + 1:]))
+
+
+def _outer_add_at_infer(types, attrs):
+    acc, a, b, *indices = types
+    require(_index_infer([acc, *indices], attrs) == _outer_infer([a, b], attrs), f"outer_add_at of {a}, {b} into {acc}")
+    return acc
+
+
+def _outer_add_at(args, attrs):
+    acc, a, b, *indices = args
+    out = acc.copy()
+    out[index_key(attrs["spec"], indices, acc.shape, "outer_add_at")] += np.outer(a, b)
+    return out
+
+
+def _outer_add_at_adjoint(c, op, g, wanted, P):
+    indices = [P.arg(k) for k in range(3, len(op.args))]
+    part = c.op("index", g, *indices, spec=unchecked(op.attrs["spec"]), what="outer_add_at") \
+        if wanted[1] or wanted[2] else None
+    return [g, c.op("matmul", part, P.arg(2)) if wanted[1] else None,
+            c.op("matmul", P.arg(1), part) if wanted[2] else None] + [None] * len(indices)
+
+
+def _outer_add_at_tangent(t, op, d):
+    acc, a, b, *indices = op.args
+    total = or_zeros(t, d[0], acc)
+    if d[1] is not None:
+        total = t.op("outer_add_at", total, d[1], b, *indices, **op.attrs)
+    if d[2] is not None:
+        total = t.op("outer_add_at", total, a, d[2], *indices, **op.attrs)
+    return total
+
+
 # ---- arrangement ---------------------------------------------------------------------------
 
 def _cumsum_infer(types, attrs):
@@ -312,6 +353,11 @@ STRUCTURE: tuple[OpRecord, ...] = (
     OpRecord("outer_add", 3, _outer_add_infer, lambda args, attrs: args[0] + np.outer(args[1], args[2]), (1, 2),
              _outer_add_adjoint, _outer_add_tangent,
              "acc + outer(a, b) in one pass, in place over acc when it dies here (made by the fusion pass)", "structure"),
+    OpRecord("outer_add_at", None, _outer_add_at_infer, _outer_add_at, (1, 2, "indices"),
+             _outer_add_at_adjoint, _outer_add_at_tangent,
+             "acc with outer(a, b) added at acc[...] (the spec of `index`, one contiguous run), in one pass, in place "
+             "over acc when it dies here: a stacked weight's gradient, `index_add(acc, outer(a, b), l)` fused by the "
+             "fusion pass. attrs: spec", "structure"),
     OpRecord("cumsum", 1, _cumsum_infer, _cumsum, (), _cumsum_adjoint, linear_in_first,
              "running sums along `axis` (NumPy's cumsum); with `reverse`, from the end: the adjoint of cumsum. "
              "attrs: axis, reverse (optional)", "structure"),

@@ -1,5 +1,7 @@
-"""Fusion of `add(acc, outer(a, b))` into `outer_add(acc, a, b)`, and of
-`outer_add(acc, a, gate_unpack(p))` into `gate_outer_add(acc, a, p)`.
+"""Fusion of `add(acc, outer(a, b))` into `outer_add(acc, a, b)`, of `index_add(acc, outer(a, b),
+i...)` into `outer_add_at(acc, a, b, i...)` where acc[i...] is one contiguous run (a stacked
+weight's slice, `W.adj[l]`), and of `outer_add(acc, a, gate_unpack(p))` into
+`gate_outer_add(acc, a, p)`.
 
 Weight gradients of matrix-vector products are outer products summed into an accumulator; fused,
 each is one pass over the matrix, in place, instead of a temporary matrix written and read again.
@@ -12,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..ir.core import Block, Op, Program
+from ..ir.structure import contiguous
 
 
 def fuse_outer_accumulation(program: Program) -> Program:
@@ -48,6 +51,12 @@ def _fuse(block: Block, uses: Counter) -> Block:
                     break
             else:
                 ops.append(op)
+            continue
+        if op.kind == "index_add" and op.args[1].id in outers and contiguous(op.attrs["spec"], op.result.type.shape):
+            source = outers[op.args[1].id]
+            fused_outers.add(source.result.id)
+            ops.append(Op("outer_add_at", (op.args[0], *source.args, *op.args[2:]), op.results,
+                          {"spec": op.attrs["spec"]}, op.loc, op.inlined_at))
             continue
         ops.append(Op(op.kind, op.args, op.results, op.attrs, op.loc, op.inlined_at, regions) if regions else op)
     ops = [op for op in ops if not (op.kind == "outer" and op.result.id in fused_outers)]
