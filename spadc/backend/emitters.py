@@ -21,7 +21,7 @@ from llvmlite import ir
 
 from .. import rng
 from ..ir import primitives, reductions, structure
-from . import routines
+from . import gemm, routines
 from .target import has_wide_multiply
 from .scalar import SCALAR, fconst, is_float
 
@@ -183,15 +183,9 @@ def _first_true(e, op):
 
 # ---- linear algebra and structure ---------------------------------------------------------
 
-def _fmadd(e, acc, a, b_, reduction=False):
-    """acc + a * b. In a dot product (`reduction`) the sum may be reassociated and fused, which lets
-    LLVM vectorise it; the result stays deterministic (the same code for every sample)."""
-    product = e.b.fmul(a, b_)
-    total = e.b.fadd(acc, product)
-    if reduction:
-        for instruction in (product, total):
-            instruction.flags += ["reassoc", "contract"]
-    return total
+def _fmadd(e, acc, a, b_):
+    """acc + a * b, rounded twice (as the interpreter does)."""
+    return e.b.fadd(acc, e.b.fmul(a, b_))
 
 
 def _matmul(e, op):
@@ -214,11 +208,11 @@ def _matmul(e, op):
     elif B.type.rank == 2:
         routines.vecmat(e, op)  # C[:] = sum_k v[k] B[k, :]
     else:
-        acc = e.alloca(e.float, name="dot")
-        b.store(fconst(e, 0.0), acc)
-        for k in e.each(A.type.shape[0], "k"):
-            b.store(_fmadd(e, b.load(acc), e.load(A, k), e.load(B, k), True), acc)
-        e.store(C, None, b.load(acc))
+        # A dot product in the products' fixed order (spadc/backend/gemm.py): the sum was once
+        # left to LLVM to reassociate, and its bits then hung on the context the code landed in
+        # (a sample's loss moved by an ulp with the kernel's lane count: the fuzzer's seed 1400123).
+        (total,) = gemm.dot_tile(e, [e.pointer(A)], [e.pointer(B)], A.type.shape[0])[0]
+        e.store(C, None, total)
 
 
 def _outer(e, op):

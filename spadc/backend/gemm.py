@@ -184,7 +184,7 @@ def _at(e, pointer, index):
 
 # ---- y = W @ x ----------------------------------------------------------------------------
 
-def _dot_tile(e, rows, columns, k_dim: int) -> dict:
+def dot_tile(e, rows, columns, k_dim: int) -> dict:
     """{c: [rows[r] . columns[c] for each r]} over `k_dim` entries, rows and columns element
     pointers; with as many rows as a vector has entries, each column's dots as one vector."""
     b = e.b
@@ -227,7 +227,7 @@ def matvec_over(e, W, x, y, m: int, k_dim: int, count, at):
         rows = [_at(e, matrix, b.mul(i, I64(k_dim))) for i in row_indices]
 
         def lane_tile(lanes):
-            results = _dot_tile(e, rows, [at(x, s) for s in lanes], k_dim)
+            results = dot_tile(e, rows, [at(x, s) for s in lanes], k_dim)
             for c, values in results.items():
                 target = at(y, lanes[c])
                 if isinstance(values, list):
