@@ -44,7 +44,7 @@ from ..ad.tape import plan_tape, value_bytes
 from ..ir.core import Program, Value
 from .codegen import I64, Check, FunctionEmitter, name_arguments
 from .emitters import llvm_name
-from .lane_ops import takes_lanes
+from .lane_ops import is_product
 from ..passes.hoist import HOISTED_PREFIX, Split
 from . import hoisting as hoisting_
 from .memory import check_limit, element_size, lane_blocks, lane_common, plan
@@ -169,7 +169,7 @@ def _lane_blocks(e, args, inputs: dict):
 
 
 def choose_lanes(gradient: GradientProgram, dtype: str, max_memory: int) -> int:
-    """Lanes for a model's kernels, from its exact gradient kernel: one when no op of it runs over
+    """Lanes for a model's kernels, from its exact gradient kernel: one when no product of it runs over
     all lanes (lanes would only add loops), else MAX_LANES unless the workspace would then pass
     LANE_BUDGET or the memory limit (a long loop's tape). The lanes' workspace is planned, not
     estimated: one lane's size times the lanes misses what the lanes share, and a limit just above
@@ -179,7 +179,7 @@ def choose_lanes(gradient: GradientProgram, dtype: str, max_memory: int) -> int:
     one_lane = plan(gradient.program, float_bytes, writable)
     common = lane_common(gradient.program, writable)
     shared = lambda value: one_lane.storage_of(value.id) in common  # noqa: E731
-    if not any(takes_lanes(op, shared) for block in lane_blocks(gradient.program.body) for op in block.ops):
+    if not any(is_product(op, shared) for block in lane_blocks(gradient.program.body) for op in block.ops):
         return 1
     return lanes_within(gradient, dtype, min(LANE_BUDGET, max_memory), MAX_LANES, one_lane.size)
 

@@ -42,6 +42,12 @@ def takes_lanes(op, shared) -> bool:
     return False
 
 
+def is_product(op, shared) -> bool:
+    """An op over all lanes that does the lanes' work at once (a product): what lanes are for. A
+    shared view alone gains nothing from them (spadc/backend/kernels.py, choose_lanes)."""
+    return op.kind != "index" and takes_lanes(op, shared)
+
+
 def scratch_bytes(op, lanes: int, float_bytes: int) -> int:
     """Workspace bytes the op needs while it runs (beyond its operands and result)."""
     if op.kind == "gate_outer_add":
