@@ -378,15 +378,23 @@ def inputs_for(seed: int, generator: ProgramGenerator, batch: int | None = None)
             "k": rng.integers(0, 50, lead), "label": rng.integers(0, generator.n, lead)}
 
 
-def check_program(seed: int) -> str:
-    """Generate program `seed` and check it against every oracle; returns its text."""
+def compiled_program(seed: int):
+    """(generator, text, model with its params initialised) of generated program `seed`."""
     generator = ProgramGenerator(seed)
     text = generator.program()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = spadc.compile_source(text, name=f"fuzz{seed}.spad")
-        program = spadc.check_text(text, f"fuzz{seed}.spad")
     model.init_params(seed=seed)
+    return generator, text, model
+
+
+def check_program(seed: int) -> str:
+    """Generate program `seed` and check it against every oracle; returns its text."""
+    generator, text, model = compiled_program(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = spadc.check_text(text, f"fuzz{seed}.spad")
     params = {k: v.copy() for k, v in model.params.items()}
     inputs = inputs_for(seed, generator)
     for training in (False, True):

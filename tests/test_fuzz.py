@@ -61,29 +61,16 @@ def test_the_lanes_check_catches_runs_that_lose_their_lanes(monkeypatch):
         return pointer, ir.Constant(ir.IntType(64), 0)
 
     monkeypatch.setattr(codegen.FunctionEmitter, "lane_layout", shared_by_all)
-    seed = 900003
-    generator = fuzzing.ProgramGenerator(seed)
-    text = generator.program()
-    model = spadc.compile_source(text, name=f"fuzz{seed}.spad")
-    model.init_params(seed=seed)
+    generator, text, model = fuzzing.compiled_program(900003)
     with pytest.raises((fuzzing.Mismatch, spadc.SpadcError)):
-        fuzzing._check_lanes(text, model, generator, seed)
+        fuzzing._check_lanes(text, model, generator, 900003)
 
 
 def test_the_direction_check_rejects_a_gradient_off_by_1e_4():
     """The directional-derivative oracle tries finer steps where the loss curves fast (seed 7932: a
     chaotic loop, second derivative 1e8 along the direction); a gradient 1e-4 off still fails it."""
-    import warnings
-
-    import spadc
-
     seed = 7932
-    generator = fuzzing.ProgramGenerator(seed)
-    text = generator.program()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = spadc.compile_source(text, name=f"fuzz{seed}.spad")
-    model.init_params(seed=seed)
+    generator, text, model = fuzzing.compiled_program(seed)
     params = {k: v.copy() for k, v in model.params.items()}
     inputs = fuzzing.inputs_for(seed, generator)
     _, grads = model.grad(**inputs, training=True, seed=seed, step=3)

@@ -179,17 +179,9 @@ def test_a_slice_of_a_stacked_weight_is_a_product_over_lanes():
 def test_a_dot_product_rounds_the_same_with_any_lane_count():
     # The fuzzer's seed 1400123: `dot(...)` was a sum LLVM could reassociate, and a sample's loss
     # moved by an ulp between a one-lane and a four-lane build. It now sums in the products' order.
-    import warnings
-
     import fuzzing
-    seed = 1400123
-    generator = fuzzing.ProgramGenerator(seed)
-    text = generator.program()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = spadc.compile_source(text, name=f"fuzz{seed}.spad")
-    model.init_params(seed=seed)
-    fuzzing._check_lanes(text, model, generator, seed)
+    generator, text, model = fuzzing.compiled_program(1400123)
+    fuzzing._check_lanes(text, model, generator, 1400123)
 
 
 def test_lanes_option_is_checked():
