@@ -7,7 +7,9 @@ fill whole blocks of lanes and part of one, and the runtime splits them into cal
 `calls.CHUNK` samples, two whole and one part.
 """
 
+import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -18,9 +20,11 @@ from spadc import frontend
 from spadc.frontend import check_text
 from spadc.ir.interpret import evaluate
 
-from bench.compile_depth import network
-from conftest import example
+from conftest import EXAMPLES, example
 from gradcheck import interpreted_gradient
+
+sys.path.append(os.path.dirname(EXAMPLES))  # the checkout's bench/ (after the installed spadc)
+from bench.compile_depth import network  # noqa: E402
 
 SEED = 5
 BATCH = 150  # calls of 128 and 22 samples; blocks of 16 lanes, the last of each call partly filled
