@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import multiprocessing
 import os
 import re
@@ -696,10 +695,11 @@ def main(argv=None) -> int:
         done = 0
         for first in range(0, len(chunks), group):
             part = chunks[first:first + group]
-            pool = concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) \
-                if args.workers > 1 else contextlib.nullcontext()
+            # (One worker too: in this process, a crash would end the run and memory would grow.)
+            pool = concurrent.futures.ProcessPoolExecutor(max(args.workers, 1),
+                                                          mp_context=multiprocessing.get_context("spawn"))
             with pool:
-                results = (pool.map if args.workers > 1 else map)(_run_share, [kind] * len(part), part)
+                results = pool.map(_run_share, [kind] * len(part), part)
                 try:
                     for chunk, chunk_failures in zip(part, results):
                         failures += chunk_failures
