@@ -34,12 +34,17 @@ def takes_lanes(op, shared) -> bool:
     if op.kind == "gate_outer_add":
         return shared(op.result) and shared(op.args[0]) and op.attrs["draw"] == "with_replacement"
     if op.kind == "outer_add_at":  # a stacked weight's gradient: its slice at a shared place, a running sum
-        checked = any(kind == "dyn" and rest[0] for kind, *rest in op.attrs["spec"])
-        return shared(op.result) and shared(op.args[0]) and all(shared(i) for i in op.args[3:]) and not checked
+        return shared(op.result) and _at_shared_place(op, shared, 3)
     if op.kind == "index" and is_view(op):  # a slice of a shared value at a shared place: W[l] in a loop
-        checked = any(kind == "dyn" and rest[0] for kind, *rest in op.attrs["spec"])
-        return shared(op.args[0]) and all(shared(index) for index in op.args[1:]) and not checked
+        return _at_shared_place(op, shared, 1)
     return False
+
+
+def _at_shared_place(op, shared, first_index: int) -> bool:
+    """Whether `op`'s first operand is shared and its indices (operands from `first_index` on) are
+    too, none needing a run-time check (which names a sample)."""
+    checked = any(kind == "dyn" and rest[0] for kind, *rest in op.attrs["spec"])
+    return shared(op.args[0]) and all(shared(index) for index in op.args[first_index:]) and not checked
 
 
 def is_product(op, shared) -> bool:

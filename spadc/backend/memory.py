@@ -36,8 +36,8 @@ Invariants:
   grows with L). A loop's or a comprehension's index is shared by all samples. A value of a lane
   block is a view only if every lane shares it (a slice of a param at a loop's index, `W[l]`:
   spadc/backend/lane_ops.py), its pointer then made once for all lanes; any other view's pointer
-  would be made per lane where it is defined, so it is a copy. In a run of ops that goes lane by lane (`lane_runs`), every storage alive during
-  the run is alive through all of it.
+  would be made per lane where it is defined, so it is a copy. In a run of ops that goes lane by
+  lane (`lane_runs`), every storage alive during the run is alive through all of it.
 - A plan larger than the memory limit is refused before any code is emitted, with the place of
   the op whose result takes the most of it (for a long loop, its tape).
 """
@@ -110,7 +110,7 @@ def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = froz
     storage = _Storage(schedule, float_bytes)
     lane_values = _lane_values(body) if lanes > 1 else {}
     storage.lane_scalars = {v.id for values in lane_values.values() for v in values if not v.type.rank}
-    common = lane_common(program, writable)
+    common = lane_common(program, writable) if lanes > 1 else frozenset()  # (one lane: no lane block)
     shared = lambda value: result.storage_of(value.id) in common  # noqa: E731
     _share_block(body, schedule, result, storage, external, set(writable), no_views=set(lane_values), shared=shared)
     _op_scratch(body, schedule, result, storage)
