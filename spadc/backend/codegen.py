@@ -13,9 +13,10 @@ Invariants:
   check id from the kernel; nothing is read or written out of bounds first.
 
 Lanes: with a plan for L > 1 lanes, a kernel runs the samples of a batch L at a time, op by op
-(`lane_block`): each op of a lane block runs for every sample of the block (`samples`) before the
-next op starts, except where a lane emitter (spadc/backend/gemm.py) does the whole block at once
-(a matrix-matrix product). Loops and comprehensions run once for all lanes, their bodies op by op;
+(`lane_block`): each run of ops of a lane block (memory.py `lane_runs`) runs for every sample of
+the block (`samples`; a function of its own where it can be, spadc/backend/outline.py) before the
+next starts, except where a lane emitter (spadc/backend/gemm.py) does the whole block at once
+(a matrix-matrix product). A plan in `lockstep` with one lane (a big program) runs so too. Loops and comprehensions run once for all lanes, their bodies op by op;
 a `cond` runs sample by sample. A value of a lane block is reached at the current lane (`local`);
 a param, a running sum or another shared value the same for every lane.
 """
@@ -65,6 +66,53 @@ class Check:
 UNROLLED = 4  # entries up to which an elementwise op or a copy is straight-line code (`each`)
 
 
+def _known(value) -> int | None:
+    """The integer a value is known to be when it is an integer constant, else None."""
+    if isinstance(value, ir.Constant) and isinstance(value.type, ir.IntType) and isinstance(value.constant, int):
+        return value.constant
+    return None
+
+
+class FoldingBuilder(ir.IRBuilder):
+    """An IRBuilder that folds integer `add`, `sub` and `mul` of known operands (and x + 0, x * 1,
+    x * 0) as it builds. Index arithmetic of straight-line code is mostly of constants: unfolded, a
+    fuzzer's Hessian-product kernel was 164,000 lines of LLVM, a third of them `mul i64 2, 4` and
+    the like, each of which every pass then visits before InstCombine folds it."""
+
+    def _fold(self, lhs, rhs, compute, identity, absorbing, name, flags, build):
+        a, b = _known(lhs), _known(rhs)
+        if a is not None and b is not None and lhs.type == rhs.type:
+            bits = lhs.type.width
+            value = compute(a, b) & ((1 << bits) - 1)
+            return ir.Constant(lhs.type, value - (1 << bits) if bits > 1 and value >> (bits - 1) else value)
+        if b == identity or (a == identity and compute is not _sub):
+            return lhs if b == identity else rhs
+        if absorbing is not None and absorbing in (a, b):
+            return ir.Constant(lhs.type, absorbing)
+        return build(lhs, rhs, name, flags)
+
+    def add(self, lhs, rhs, name="", flags=()):
+        return self._fold(lhs, rhs, _add, 0, None, name, flags, super().add)
+
+    def sub(self, lhs, rhs, name="", flags=()):
+        return self._fold(lhs, rhs, _sub, 0, None, name, flags, super().sub)
+
+    def mul(self, lhs, rhs, name="", flags=()):
+        return self._fold(lhs, rhs, _mul, 1, 0, name, flags, super().mul)
+
+
+def _add(a, b):
+    return a + b
+
+
+def _sub(a, b):
+    return a - b
+
+
+def _mul(a, b):
+    return a * b
+
+
 class FunctionEmitter:
     def __init__(self, function: ir.Function, float_type, plan: MemoryPlan, workspace, status, checks: list[Check]):
         self.function = function
@@ -75,8 +123,9 @@ class FunctionEmitter:
         self.checks = checks
         entry = function.append_basic_block("entry")
         self._entry = ir.IRBuilder(entry)
-        self.b = ir.IRBuilder(function.append_basic_block("start"))
+        self.b = FoldingBuilder(function.append_basic_block("start"))
         self._pointers: dict[int, ir.Value] = {}
+        self._lane_pointers: dict[tuple, tuple] = {}  # (value, lane) -> (basic block, base, lane, pointer)
         self.iteration = I64(0)  # the flat index of the enclosing loop and tabulate indices (spadc/rng.py)
         self.sample = None  # the sample's index in the whole batch (set by the kernel)
         self.names_sample = True  # a failed check names its sample (not in a once-per-call part: -1)
@@ -128,6 +177,23 @@ class FunctionEmitter:
     def lane_pointer(self, value: Value, local):
         """The storage of `value` for lane `local` (ignored for a value every lane shares)."""
         vid = self.plan.owner(value)
+        if vid in self.lane_inputs or vid in self.plan.batched:
+            # Computed once per basic block: straight-line code reads a value's lane element by
+            # element, and every read would otherwise repeat the multiply and the offset. Valid
+            # while the value's base pointer (a view's is bound anew) and the lane are the same.
+            known = _known(local)
+            key = (vid, ("lane", known) if known is not None else ("register", id(local)))
+            base = self.lane_inputs[vid][0] if vid in self.lane_inputs else self._pointers.get(vid)
+            found = self._lane_pointers.get(key)
+            if (found is not None and found[0] is self.b.block and found[1] is base
+                    and (known is not None or found[2] is local)):
+                return found[3]
+            pointer = self._lane_pointer(value, vid, local)
+            self._lane_pointers[key] = (self.b.block, base, local, pointer)
+            return pointer
+        return self._lane_pointer(value, vid, local)
+
+    def _lane_pointer(self, value: Value, vid: int, local):
         element = self.storage_type(value.type.dtype)
         if vid in self.lane_inputs:
             base, stride = self.lane_inputs[vid]

@@ -183,26 +183,10 @@ def _first_true(e, op):
 
 # ---- linear algebra and structure ---------------------------------------------------------
 
-def _fmadd(e, acc, a, b_):
-    """acc + a * b, rounded twice (as the interpreter does)."""
-    return e.b.fadd(acc, e.b.fmul(a, b_))
-
-
 def _matmul(e, op):
     A, B, C = op.args[0], op.args[1], op.result
-    b = e.b
     if A.type.rank == 2 and B.type.rank == 2:
-        # C[i, :] = 0; for k: C[i, :] += A[i, k] * B[k, :]  (the inner loop vectorises)
-        m, k_dim = A.type.shape
-        n = B.type.shape[1]
-        for i in e.each(m, "i"):
-            for j in e.each(n, "j"):
-                e.store(C, b.add(b.mul(i, I64(n)), j), fconst(e, 0.0))
-            for k in e.each(k_dim, "k"):
-                a = e.load(A, b.add(b.mul(i, I64(k_dim)), k))
-                for j in e.each(n, "j"):
-                    at = b.add(b.mul(i, I64(n)), j)
-                    e.store(C, at, _fmadd(e, e.load(C, at), a, e.load(B, b.add(b.mul(k, I64(n)), j))))
+        routines.matmul(e, op)  # C[i, :] = 0; for k: C[i, :] += A[i, k] * B[k, :]
     elif A.type.rank == 2:
         routines.matvec(e, op)  # C[i] = A[i] . v
     elif B.type.rank == 2:

@@ -23,6 +23,8 @@ Invariants:
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
+
 from llvmlite import ir
 
 from .target import has_fma, has_wide_vectors
@@ -283,6 +285,34 @@ def _over_columns(e, n: int, vector_width: int, panel):
     while j < n:
         panel(I64(j), Lanes(e, 1), 1)
         j += 1
+
+
+# ---- C = A @ B, matrices of each sample ----------------------------------------------------
+
+def matmul_over(e, A, B, C, m: int, k_dim: int, n: int, count, at):
+    """C = A @ B for each of `count` lanes, each entry summed in order of k from zero, every term
+    a multiply and an add rounded apart (as the interpreter does): row i of C accumulates A[i, k]
+    times row k of B, an inner loop over C's columns that LLVM vectorises."""
+    b = e.b
+    lanes = [I64(0)] if count == 1 else None
+    with (nullcontext(lanes) if lanes else _lane_indices(e, count)) as lanes:
+        for s in lanes:
+            a, x, c = at(A, s), at(B, s), at(C, s)
+            for i in e.each(m, "i"):
+                for j in e.each(n, "j"):
+                    b.store(ir.Constant(e.float, 0.0), _at(e, c, b.add(b.mul(i, I64(n)), j)))
+                for k in e.each(k_dim, "k"):
+                    left = b.load(_at(e, a, b.add(b.mul(i, I64(k_dim)), k)))
+                    for j in e.each(n, "j"):
+                        entry = _at(e, c, b.add(b.mul(i, I64(n)), j))
+                        term = b.fmul(left, b.load(_at(e, x, b.add(b.mul(k, I64(n)), j))))
+                        b.store(b.fadd(b.load(entry), term), entry)
+
+
+@contextmanager
+def _lane_indices(e, count):
+    with e.loop(count, "lane") as s:
+        yield [s]
 
 
 # ---- acc += sum over lanes of outer(g, x) ---------------------------------------------------

@@ -47,7 +47,7 @@ from .emitters import llvm_name
 from .lane_ops import is_product
 from ..passes.hoist import HOISTED_PREFIX, Split
 from . import hoisting as hoisting_
-from .memory import check_limit, element_size, lane_blocks, lane_common, plan
+from .memory import check_limit, element_size, in_lockstep, lane_blocks, lane_common, plan
 I8P = ir.IntType(8).as_pointer()
 DOUBLE_P = ir.DoubleType().as_pointer()
 
@@ -223,7 +223,7 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
         program = split.per_sample
     else:
         split = None
-    plan_ = plan(program, float_bytes, lanes=1 if particles else lanes)
+    plan_ = plan(program, float_bytes, lanes=1 if particles else lanes, lockstep=not particles and in_lockstep(program))
     check_limit(program, plan_, max_memory, "forward kernel", float_bytes)
     tail = [("losses", float_type_.as_pointer()), ("outputs", I8P.as_pointer()), ("workspace", I8P),
             ("status", I64.as_pointer())]
@@ -243,7 +243,7 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
     if split is not None:
         hoisting_.call(e, prologue, args)
         hoisting_.bind_values(e, hoisted, args["workspace"])
-    if plan_.lanes > 1:
+    if plan_.lockstep:
         _forward_lanes(e, program, args, layout, outputs, float_bytes)
         return {"symbol": symbol, "workspace": workspace, "lanes": plan_.lanes, "checks": _checks(checks)}
     with e.loop(args["n"], "s") as s:
@@ -303,9 +303,9 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
     program = gradient.program
     tape = plan_tape(gradient, float_bytes)
     writable = frozenset(v.id for v in gradient.accumulators.values())
-    plan_ = plan(program, float_bytes, writable, lanes)
-    if lanes > 1 and any(plan_.storage_of(value.id) != gradient.accumulators[name].id
-                         for name, value in gradient.gradients.items()):
+    plan_ = plan(program, float_bytes, writable, lanes, in_lockstep(program))
+    if plan_.lockstep and any(plan_.storage_of(value.id) != gradient.accumulators[name].id
+                                  for name, value in gradient.gradients.items()):
         plan_ = plan(program, float_bytes, writable)
     check_limit(program, plan_, max_memory, "gradient kernel", float_bytes)
     tail = [("loss_mean", float_type_.as_pointer()), ("grads", float_type_.as_pointer()), ("site_data", DOUBLE_P),
@@ -353,7 +353,7 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
         if top_bytes:
             b.store(b.add(b.load(args["stored"]), I64(top_bytes)), args["stored"])
 
-    if plan_.lanes > 1:
+    if plan_.lockstep:
         inputs = _bind_lanes(e, program, user_inputs, args, layout)
         bind_sums()
         with _lane_blocks(e, args, inputs):

@@ -29,7 +29,8 @@ Invariants:
 - A loop whose carried yields would overwrite one another when copied back (`a, b = b, a`) gets
   staging slots in the workspace (`MemoryPlan.staging`), live only while the copy runs.
 - Every slot is aligned to 64 bytes.
-- With `lanes` L > 1 (a kernel running L samples side by side, spadc/backend/codegen.py), every
+- With `lanes` L > 1 (a kernel running L samples side by side, spadc/backend/codegen.py), or with
+  `lockstep` (a big program's one-lane kernel, run as a lane kernel of one lane: `in_lockstep`), every
   value of a *lane block* (the top level, and the bodies of loops and comprehensions in it, but not
   a `cond`'s branches, which run sample by sample) has L copies, one per sample, `lane_stride`
   bytes apart: its slot is L times as large; a scalar gets a slot of L elements (so no stack array
@@ -53,7 +54,7 @@ from ..ad.forward import is_direction
 from ..ad.tape import value_bytes
 from ..errors import SpadcError
 from ..ir import primitives
-from ..ir.core import Block, Op, Program, Value, walk_ops
+from ..ir.core import Block, Op, Program, Value, count_ops, walk_ops
 from ..ir.structure import contiguous
 
 ALIGN = 64
@@ -68,6 +69,7 @@ class MemoryPlan:
     views: dict[int, int] = field(default_factory=dict)  # value id -> id of the value it is a contiguous part of
     size: int = 0  # the peak: bytes the workspace needs
     lanes: int = 1  # samples run side by side
+    lockstep: bool = False  # ops run over blocks of lanes (codegen.py `lane_block`), if only of one
     batched: set[int] = field(default_factory=set)  # owner ids with one copy per lane (scalars included)
     lane_stride: dict[int, int] = field(default_factory=dict)  # owner id -> bytes between lanes (slots only)
     sums: frozenset[int] = frozenset()  # ids of the running sums in the caller's buffers (`writable`)
@@ -96,30 +98,44 @@ def slot_bytes(value: Value, float_bytes: int) -> int:
     return (size + ALIGN - 1) // ALIGN * ALIGN
 
 
-def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = frozenset(), lanes: int = 1) -> MemoryPlan:
+def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = frozenset(), lanes: int = 1,
+         lockstep: bool = False) -> MemoryPlan:
     """`writable`: ids of the program's own parameters whose caller buffers may be updated in place
     (the running gradient sums of an accumulating gradient program). `lanes`: samples run side by
-    side."""
+    side. `lockstep` (implied by lanes > 1): planned for a kernel that runs its ops over blocks of
+    lanes (`lane_runs`), even blocks of one (a big program: see `in_lockstep`)."""
+    lockstep = lockstep or lanes > 1
     # The kernel reads the loss and the outputs after the body: they live to its end, like yields; so
     # do a classifier's scores, a hidden output (`_logits`) when no output names them.
     read_after = [program.loss, *program.outputs.values(), *(program.classifier or ())]
     body = Block(program.body.params, program.body.ops, read_after)
     schedule = _Schedule(body)
-    result = MemoryPlan(lanes=lanes, sums=frozenset(writable))
+    result = MemoryPlan(lanes=lanes, lockstep=lockstep, sums=frozenset(writable))
     external = {v.id for v in program.body.params}
     storage = _Storage(schedule, float_bytes)
-    lane_values = _lane_values(body) if lanes > 1 else {}
+    lane_values = _lane_values(body) if lockstep else {}
     storage.lane_scalars = {v.id for values in lane_values.values() for v in values if not v.type.rank}
-    common = lane_common(program, writable) if lanes > 1 else frozenset()  # (one lane: no lane block)
+    common = lane_common(program, writable) if lockstep else frozenset()  # (else: no lane block)
     shared = lambda value: result.storage_of(value.id) in common  # noqa: E731
     _share_block(body, schedule, result, storage, external, set(writable), no_views=set(lane_values), shared=shared)
     _op_scratch(body, schedule, result, storage)
-    if lanes > 1:
+    if lockstep:
         _lane_scratch(body, schedule, result, storage, shared, lanes)
         _span_runs(body, schedule, storage, shared)
         _widen(lane_values, result, storage, external, lanes)
     _place(storage, result)
     return result
+
+
+LOCKSTEP_OPS = 512  # ops beyond which a program's one-lane kernels run as lane kernels of one lane
+
+
+def in_lockstep(program: Program) -> bool:
+    """Whether a one-lane kernel of `program` runs its ops as a lane kernel of one lane does: in
+    runs, each a function of its own (spadc/backend/outline.py). In one function, a big program's
+    loops cost LLVM time that grows with their square: a chain of 30 statements on vectors of 6,
+    750 ops, took 4.7 s to compile as one function and 1.9 s in runs."""
+    return count_ops(program.body) > LOCKSTEP_OPS
 
 
 def lane_common(program: Program, writable) -> set[int]:
@@ -154,18 +170,29 @@ def _lane_values(body: Block) -> dict[int, list[Value]]:
     return found
 
 
+RUN_OPS = 64  # ops (counting those in a `cond`'s branches) beyond which a run is cut in two
+
+
 def lane_runs(block: Block, shared):
-    """The runs of a lane block: maximal sequences of ops that run lane by lane in one loop (not a
-    loop, a comprehension, or an op over all lanes, `spadc.backend.lane_ops.takes_lanes`)."""
+    """The runs of a lane block: sequences of ops that run lane by lane in one loop (not a loop, a
+    comprehension, or an op over all lanes, `spadc.backend.lane_ops.takes_lanes`), each cut after
+    RUN_OPS ops. A run is emitted as a function of its own (spadc/backend/outline.py), and LLVM's
+    loop passes take time that grows with the square of a function's loops: a fuzzer's Hessian
+    product, one run of 1,528 ops, spent 7 s of its 15 s compile in the loop vectoriser."""
     from .lane_ops import takes_lanes
-    run = []
+    run, size = [], 0
     for op in block.ops:
         if op.kind in ("loop", "tabulate") or takes_lanes(op, shared):
             if run:
                 yield run
-            run = []
-        else:
-            run.append(op)
+            run, size = [], 0
+            continue
+        weight = 1 + sum(count_ops(region) for region in op.regions)
+        if run and size + weight > RUN_OPS:
+            yield run
+            run, size = [], 0
+        run.append(op)
+        size += weight
     if run:
         yield run
 

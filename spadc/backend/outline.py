@@ -19,8 +19,10 @@ Invariants:
   (tests/test_hostile_programs.py; as codegen.py's `name_arguments` says of the kernels). Two runs share a function only
   if their functions' texts are equal once local names are numbered in order of appearance, so a
   shared function is the one each run would have had.
-- A run that needs what only the kernel has (a run-time check and its status buffer, the random
-  streams' options, the sample or loop iteration, scratch space, a view's pointer) stays inline:
+- A run's failed run-time check writes the kernel's status buffer and returns its id, which the
+  kernel then returns: as the check inline would.
+- A run that needs what only the kernel has (the random streams' options, the loop iteration,
+  scratch space, a view's pointer) stays inline:
   the run's emitter raises `NeedsKernel` where it would read them, and the half-made function is
   dropped.
 """
@@ -53,16 +55,11 @@ def _kernel_only(name: str):
 
 class _RunEmitter(FunctionEmitter):
     """Emits a run into its own function: every storage the run touches through `lane_inputs`
-    (its lane-0 pointer and stride), nothing of the kernel's."""
-    status = _kernel_only("status")
+    (its lane-0 pointer and stride), the kernel's status buffer and the block's first sample (for
+    a failed check, which returns its id), and nothing else of the kernel's."""
     workspace = _kernel_only("workspace")
     options = _kernel_only("options")
-    sample = _kernel_only("sample")
     iteration = _kernel_only("iteration")
-    first = _kernel_only("first")
-
-    def check(self, ok, message, loc, value):
-        raise NeedsKernel("a run-time check")
 
     def scratch(self, op):
         raise NeedsKernel("scratch space")
@@ -72,7 +69,7 @@ class _RunEmitter(FunctionEmitter):
 
     def lanes(self, run):
         with self.loop(self.count, "lane") as local:
-            self.local = local
+            self.local, self.sample = local, self.b.add(self.first, local, name="sample")
             self._run(run)
 
 
@@ -107,26 +104,31 @@ def emit_run(e, run) -> bool:
     if storages is None:
         return False
     shared = [e.shared(value) for value in storages]
-    parameters = [t for lane_shared in shared for t in ([BYTES] if lane_shared else [BYTES, I64])] + [I64]
+    parameters = [t for lane_shared in shared for t in ([BYTES] if lane_shared else [BYTES, I64])]
+    parameters += [I64, I64.as_pointer(), I64]  # lanes, status, first sample
     module = e.b.module
-    function = ir.Function(module, ir.FunctionType(ir.VoidType(), parameters), name=module.get_unique_name("spadc.run"))
+    function = ir.Function(module, ir.FunctionType(I64, parameters), name=module.get_unique_name("spadc.run"))
     function.linkage = "internal"
     function.attributes.add("noinline")
     function.attributes.add("nounwind")
-    r = _RunEmitter(function, e.float, e.plan, None, None, [])
+    checks_before = len(e.checks)
+    r = _RunEmitter(function, e.float, e.plan, None, None, e.checks)
+    r.names_sample = e.names_sample
     arguments = iter(function.args)
     for value, lane_shared in zip(storages, shared):
         base = next(arguments)
         base.add_attribute("noalias")
         r.lane_inputs[e.plan.owner(value)] = (base, I64(0) if lane_shared else next(arguments))
-    r.count = next(arguments)
+    r.count, r.status, r.first = next(arguments), next(arguments), next(arguments)
     try:
         r.lanes(run)
     except NeedsKernel:
         del module.globals[function.name]
+        del e.checks[checks_before:]
         return False
-    r.b.ret_void()
+    r.b.ret(I64(0))
     r.finish_entry()
+    checked = len(e.checks) > checks_before
     made = function
     function = e.shared_runs.setdefault(_normal_text(made), made)
     if function is not made:  # an earlier run's function is the same: this one's copy goes
@@ -137,7 +139,14 @@ def emit_run(e, run) -> bool:
         call_arguments.append(e.b.bitcast(pointer, BYTES))
         if not lane_shared:
             call_arguments.append(stride)
-    e.b.call(function, call_arguments + [e.count])
+    failed = e.b.call(function, call_arguments + [e.count, e.status, e.first])
+    if checked:  # a failed check's id, its status already written: the kernel returns it
+        fail = e.b.append_basic_block("run.fail")
+        done = e.b.append_basic_block("run.ok")
+        e.b.cbranch(e.b.icmp_signed("!=", failed, I64(0)), fail, done)
+        e.b.position_at_end(fail)
+        e.b.ret(failed)
+        e.b.position_at_end(done)
     return True
 
 

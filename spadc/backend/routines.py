@@ -28,7 +28,8 @@ BYTES = I8.as_pointer()
 
 # name -> (the gemm emitter, whose shape its two dims are): the emitter's arguments are
 # (e, first, second, result, dim0, dim1, count, at(operand, lane) -> pointer).
-PRODUCTS = {"matvec": (gemm.matvec_over, 0), "vecmat": (gemm.vecmat_over, 1), "outer_sum": (gemm.outer_sum_over, 2)}
+PRODUCTS = {"matvec": (gemm.matvec_over, 0), "vecmat": (gemm.vecmat_over, 1), "outer_sum": (gemm.outer_sum_over, 2),
+            "matmul": (gemm.matmul_over, None)}
 
 
 def call(e, product: str, operands, count, lanes: bool):
@@ -67,6 +68,9 @@ def _routine(e, product: str, dims: tuple, count) -> ir.Function:
     # workspace: a product keeps its partial sums in registers.
     r = type(e)(function, e.float, plan=None, workspace=None, status=None, checks=[])
     bases = function.args[0:6:2]
+    if product == "matmul":  # its result is never its operand's storage (memory.py: not done in place)
+        for base in bases:
+            base.add_attribute("noalias")
     strides = function.args[1:6:2]
     lane_count = count if isinstance(count, int) else function.args[6]
     element = e.float.as_pointer()
@@ -88,6 +92,12 @@ def matvec(e, op):
 
 def vecmat(e, op):
     call(e, "vecmat", [*op.args, op.result], 1, lanes=False)
+
+
+def matmul(e, op):
+    """A matrix-matrix product of one sample (m x k times k x n: the routine's three dims)."""
+    (m, k_dim), n = op.args[0].type.shape, op.args[1].type.shape[1]
+    invoke(e, "matmul", (m, k_dim, n), [(e.pointer(value), I64(0)) for value in (*op.args, op.result)], 1)
 
 
 def outer_sum(e, op):
