@@ -12,10 +12,13 @@ Invariants:
 - A hoisted value is bound as a param every lane shares; its adjoint as a running sum.
 - The prologue's and epilogue's plans meet the memory limit as the kernel's does; the hoisted
   values add at most twice spadc.passes.hoist.HOIST_BYTES.
+- A big prologue or epilogue (memory.py `in_lockstep`) runs as a lane kernel of one lane does: in
+  runs, each a function of its own, for LLVM's sake (as the kernels).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from llvmlite import ir
@@ -26,7 +29,7 @@ from ..passes import run as run_passes
 from ..passes.hoist import Split
 from .codegen import I64, FunctionEmitter, name_arguments
 from .emitters import llvm_name
-from .memory import ALIGN, check_limit, plan, slot_bytes
+from .memory import ALIGN, check_limit, in_lockstep, plan, slot_bytes
 
 I8P = ir.IntType(8).as_pointer()
 
@@ -71,12 +74,26 @@ def _bind_params(e, program, args, param_offsets: dict[str, int]):
                                    name=llvm_name(decl.name)))
 
 
+def _emit_body(e, body):
+    """The body's ops, in runs if the plan is in lockstep (a block of one lane, named no sample)."""
+    if e.plan.lockstep:
+        e.count, e.first = I64(1), e.sample
+        e.lane_block(body)
+    else:
+        e.block(body)
+
+
+def _at_the_lane(e):
+    """Where the body's values are read after it: its one lane, in lockstep."""
+    return e.samples() if e.plan.lockstep else nullcontext()
+
+
 def prologue(module, symbol: str, split: Split, float_type, float_bytes: int, checks, param_offsets, max_memory=None):
     """(the prologue function, its plan's size, `finish`): the function computes every hoisted
     value into the workspace; `finish(values)` emits its body once the caller has placed them
     (`values`: hoisted name -> byte offset, which depends on the plans' sizes)."""
     program = split.prologue
-    plan_ = plan(program, float_bytes)
+    plan_ = plan(program, float_bytes, lockstep=in_lockstep(program))
     check_limit(program, plan_, max_memory, "kernel's once-per-call part", float_bytes)
     args, function = _function(module, f"{symbol}.prologue", float_type, [])
     e = FunctionEmitter(function, float_type, plan_, args["workspace"], args["status"], checks)
@@ -84,11 +101,12 @@ def prologue(module, symbol: str, split: Split, float_type, float_bytes: int, ch
     _bind_params(e, program, args, param_offsets)
 
     def finish(values: dict[str, int]):
-        e.block(program.body)
-        for decl in split.hoisted:
-            target = Value(decl.value.type)
-            e.bind(target, e.b.gep(args["workspace"], [I64(values[decl.name])], inbounds=True))
-            e.copy(decl.value, target)
+        _emit_body(e, program.body)
+        with _at_the_lane(e):
+            for decl in split.hoisted:
+                target = Value(decl.value.type)
+                e.bind(target, e.b.gep(args["workspace"], [I64(values[decl.name])], inbounds=True))
+                e.copy(decl.value, target)
         e.b.ret(I64(0))
         e.finish_entry()
     return function, plan_.size, finish
@@ -102,7 +120,10 @@ def epilogue(module, symbol: str, split: Split, float_type, float_bytes: int, ch
     product.program = run_passes(product.program)
     program = product.program
     writable = frozenset(v.id for v in product.accumulators.values())
-    plan_ = plan(program, float_bytes, writable)
+    plan_ = plan(program, float_bytes, writable, lockstep=in_lockstep(program))
+    if plan_.lockstep and any(plan_.storage_of(value.id) != product.accumulators[name].id
+                              for name, value in product.gradients.items()):
+        plan_ = plan(program, float_bytes, writable)  # (a sum not updated in place: as kernels.grad_kernel)
     check_limit(program, plan_, max_memory, "gradient kernel's once-per-call adjoint", float_bytes)
     args, function = _function(module, f"{symbol}.epilogue", float_type, [("grads", float_type.as_pointer())])
     e = FunctionEmitter(function, float_type, plan_, args["workspace"], args["status"], checks)
@@ -115,9 +136,10 @@ def epilogue(module, symbol: str, split: Split, float_type, float_bytes: int, ch
         for decl in split.product.inputs:
             e.bind(decl.value, e.b.gep(args["workspace"], [I64(adjoints[decl.name.removesuffix(".adjoint")])],
                                        inbounds=True))
-        e.block(program.body)
-        for name, value in product.gradients.items():
-            e.copy(value, product.accumulators[name])  # nothing to do when it was updated in place
+        _emit_body(e, program.body)
+        with _at_the_lane(e):
+            for name, value in product.gradients.items():
+                e.copy(value, product.accumulators[name])  # nothing to do when it was updated in place
         e.b.ret(I64(0))
         e.finish_entry()
     return function, plan_.size, finish

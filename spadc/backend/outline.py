@@ -12,7 +12,8 @@ Invariants:
 - A run's function is the code the kernel would have had inline (the emitters of
   spadc/backend/codegen.py, with its storages reached through the parameters): the same bits.
 - Each storage the run touches is one parameter (its storage for lane 0) and, unless every lane
-  shares it, a second (bytes between lanes); then the lane count. The storages are `noalias`: a
+  shares it, a second (bytes between lanes); then the lane count and the kernel's context (see
+  `_RunEmitter`). The storages are `noalias`: a
   run's workspace storages are alive through all of it (memory.py `_span_runs`), so none shares
   bytes with another, and the caller's buffers are apart (docs/interface.md). Without it a chain
   of functions of a param stayed in the lane loop and LLVM's loop vectoriser never finished
@@ -21,10 +22,9 @@ Invariants:
   shared function is the one each run would have had.
 - A run's failed run-time check writes the kernel's status buffer and returns its id, which the
   kernel then returns: as the check inline would.
-- A run that needs what only the kernel has (the random streams' options, the loop iteration,
-  scratch space, a view's pointer) stays inline:
-  the run's emitter raises `NeedsKernel` where it would read them, and the half-made function is
-  dropped.
+- A run that reads a view (whose pointer is made per lane, in the kernel) stays inline: `touched`
+  says so, or the run's emitter raises `NeedsKernel` where it would make one, and the half-made
+  function is dropped.
 """
 
 from __future__ import annotations
@@ -43,26 +43,11 @@ class NeedsKernel(Exception):
     """The run reads something only its kernel has: it is emitted inline."""
 
 
-def _kernel_only(name: str):
-    def read(self):
-        raise NeedsKernel(name)
-
-    def write(self, value):  # FunctionEmitter.__init__ sets it; a run's function has none
-        pass
-
-    return property(read, write)
-
-
 class _RunEmitter(FunctionEmitter):
     """Emits a run into its own function: every storage the run touches through `lane_inputs`
-    (its lane-0 pointer and stride), the kernel's status buffer and the block's first sample (for
-    a failed check, which returns its id), and nothing else of the kernel's."""
-    workspace = _kernel_only("workspace")
-    options = _kernel_only("options")
-    iteration = _kernel_only("iteration")
-
-    def scratch(self, op):
-        raise NeedsKernel("scratch space")
+    (its lane-0 pointer and stride); of the kernel's, its status buffer and the block's first
+    sample (for a failed check, which returns its id), its run-time options, the loop iteration,
+    and the workspace (for an op's scratch space, which no storage of the run overlaps)."""
 
     def bind_view(self, value, source, offset):
         raise NeedsKernel("a view")
@@ -105,7 +90,8 @@ def emit_run(e, run) -> bool:
         return False
     shared = [e.shared(value) for value in storages]
     parameters = [t for lane_shared in shared for t in ([BYTES] if lane_shared else [BYTES, I64])]
-    parameters += [I64, I64.as_pointer(), I64]  # lanes, status, first sample
+    options = sorted(e.options)
+    parameters += [I64, I64.as_pointer(), I64, I64, BYTES] + [e.options[name].type for name in options]
     module = e.b.module
     function = ir.Function(module, ir.FunctionType(I64, parameters), name=module.get_unique_name("spadc.run"))
     function.linkage = "internal"
@@ -119,7 +105,8 @@ def emit_run(e, run) -> bool:
         base = next(arguments)
         base.add_attribute("noalias")
         r.lane_inputs[e.plan.owner(value)] = (base, I64(0) if lane_shared else next(arguments))
-    r.count, r.status, r.first = next(arguments), next(arguments), next(arguments)
+    r.count, r.status, r.first, r.iteration, r.workspace = (next(arguments) for _ in range(5))
+    r.options = {name: next(arguments) for name in options}
     try:
         r.lanes(run)
     except NeedsKernel:
@@ -139,7 +126,8 @@ def emit_run(e, run) -> bool:
         call_arguments.append(e.b.bitcast(pointer, BYTES))
         if not lane_shared:
             call_arguments.append(stride)
-    failed = e.b.call(function, call_arguments + [e.count, e.status, e.first])
+    kernel = [e.count, e.status, e.first, e.iteration, e.workspace] + [e.options[name] for name in options]
+    failed = e.b.call(function, call_arguments + kernel)
     if checked:  # a failed check's id, its status already written: the kernel returns it
         fail = e.b.append_basic_block("run.fail")
         done = e.b.append_basic_block("run.ok")
