@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from ..errors import Loc
-from ..ir.core import Block, Op, Value, flat_iteration
+from ..ir.core import Block, Op, Value, flat_iteration, walk_ops
 from .emitters import EMITTERS, elementwise_group, fusable, llvm_name
 from . import lane_ops
 from .memory import MemoryPlan, lane_runs
@@ -64,6 +64,20 @@ class Check:
 
 
 UNROLLED = 4  # entries up to which an elementwise op or a copy is straight-line code (`each`)
+
+
+LOCKSTEP_LOOPS = 128  # loops beyond which a program's one-lane kernels run as lane kernels of one lane
+
+
+def in_lockstep(program) -> bool:
+    """Whether a one-lane kernel of `program` runs its ops as a lane kernel of one lane does: in
+    runs, each a function of its own (spadc/backend/outline.py). LLVM's loop passes take time that
+    grows with the square of a function's loops: a chain of 30 statements on vectors of 6 (750
+    ops, nearly all loops) took 4.7 s to compile as one function and 1.8 s in runs. A program of
+    scalars has no loops (a sum of 1,000 terms: no faster in runs, and its plan much slower)."""
+    loops = sum(1 for op in walk_ops(program.body)
+                if op.regions or any(result.type.size > UNROLLED for result in op.results))
+    return loops > LOCKSTEP_LOOPS
 
 
 def _known(value) -> int | None:

@@ -27,9 +27,9 @@ from ..ad.reverse import gradient
 from ..ir.core import Value
 from ..passes import run as run_passes
 from ..passes.hoist import Split
-from .codegen import I64, FunctionEmitter, name_arguments
+from .codegen import I64, FunctionEmitter, in_lockstep, name_arguments
 from .emitters import llvm_name
-from .memory import ALIGN, check_limit, in_lockstep, plan, slot_bytes
+from .memory import ALIGN, check_limit, plan, slot_bytes
 
 I8P = ir.IntType(8).as_pointer()
 

@@ -42,12 +42,12 @@ from ..ad.reverse import GradientProgram
 from ..ad.sampling import score_width
 from ..ad.tape import plan_tape, value_bytes
 from ..ir.core import Program, Value
-from .codegen import I64, Check, FunctionEmitter, name_arguments
+from .codegen import I64, Check, FunctionEmitter, in_lockstep, name_arguments
 from .emitters import llvm_name
 from .lane_ops import is_product
 from ..passes.hoist import HOISTED_PREFIX, Split
 from . import hoisting as hoisting_
-from .memory import check_limit, element_size, in_lockstep, lane_blocks, lane_common, plan
+from .memory import check_limit, element_size, lane_blocks, lane_common, plan
 I8P = ir.IntType(8).as_pointer()
 DOUBLE_P = ir.DoubleType().as_pointer()
 

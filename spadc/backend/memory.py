@@ -30,7 +30,8 @@ Invariants:
   staging slots in the workspace (`MemoryPlan.staging`), live only while the copy runs.
 - Every slot is aligned to 64 bytes.
 - With `lanes` L > 1 (a kernel running L samples side by side, spadc/backend/codegen.py), or with
-  `lockstep` (a big program's one-lane kernel, run as a lane kernel of one lane: `in_lockstep`), every
+  `lockstep` (a big program's one-lane kernel, run as a lane kernel of one lane: codegen.py
+  `in_lockstep`), every
   value of a *lane block* (the top level, and the bodies of loops and comprehensions in it, but not
   a `cond`'s branches, which run sample by sample) has L copies, one per sample, `lane_stride`
   bytes apart: its slot is L times as large; a scalar gets a slot of L elements (so no stack array
@@ -103,7 +104,7 @@ def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = froz
     """`writable`: ids of the program's own parameters whose caller buffers may be updated in place
     (the running gradient sums of an accumulating gradient program). `lanes`: samples run side by
     side. `lockstep` (implied by lanes > 1): planned for a kernel that runs its ops over blocks of
-    lanes (`lane_runs`), even blocks of one (a big program: see `in_lockstep`)."""
+    lanes (`lane_runs`), even blocks of one (a big program: codegen.py `in_lockstep`)."""
     lockstep = lockstep or lanes > 1
     # The kernel reads the loss and the outputs after the body: they live to its end, like yields; so
     # do a classifier's scores, a hidden output (`_logits`) when no output names them.
@@ -125,17 +126,6 @@ def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = froz
         _widen(lane_values, result, storage, external, lanes)
     _place(storage, result)
     return result
-
-
-LOCKSTEP_OPS = 512  # ops beyond which a program's one-lane kernels run as lane kernels of one lane
-
-
-def in_lockstep(program: Program) -> bool:
-    """Whether a one-lane kernel of `program` runs its ops as a lane kernel of one lane does: in
-    runs, each a function of its own (spadc/backend/outline.py). In one function, a big program's
-    loops cost LLVM time that grows with their square: a chain of 30 statements on vectors of 6,
-    750 ops, took 4.7 s to compile as one function and 1.9 s in runs."""
-    return count_ops(program.body) > LOCKSTEP_OPS
 
 
 def lane_common(program: Program, writable) -> set[int]:
