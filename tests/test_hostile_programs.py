@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import spadc
+from spadc.syntax.parser import MAX_NESTING
 
 from conftest import check
 
@@ -89,7 +90,7 @@ NESTED = {
     "negation": lambda n: "param p: f64 = 1.0\nloss " + "-" * n + "p\n",
     "parenthesised sum": lambda n: "param p: f64 = 1.0\nloss " + "(" * n + "p" + " + p)" * n + "\n",
 }
-FLAT_TERMS = 1000  # a flat sum is one level of nesting however long (199 terms were refused once)
+FLAT_TERMS = 2 * MAX_NESTING  # a flat sum is one level of nesting however long (199 terms were refused once)
 
 
 def test_a_long_flat_sum_and_product_compile_and_differentiate():

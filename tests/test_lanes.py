@@ -54,10 +54,10 @@ PROGRAMS = {
     # layers in a loop over stacked weights: W[l] is one pointer for all lanes (lane_ops.py)
     "stacked": STACKED,
 }
-# A run of ~150 ops between the product and the loss (a gradient of 580 ops), cut into runs of at
-# most RUN_OPS (memory.py), the last holding the loss's check of the label.
+# A run of ~40 ops between the product and the loss (a gradient of 170), cut into runs of at most
+# RUN_OPS (memory.py; patched to 16 by the test), the last holding the loss's check of the label.
 LONG_RUN = ("input x: f64[6]\ninput label: i64\nparam W: f64[6, 6] ~ normal(0, 0.5)\nlet h = W @ x\n"
-            + "h = h * 0.9 + tanh(h) * 0.1\n" * 22 + "loss cross_entropy(h, label)")
+            + "h = h * 0.9 + tanh(h) * 0.1\n" * 6 + "loss cross_entropy(h, label)")
 PROGRAM_INPUTS = {
     "cond_in_loop": {"seq": RNG.standard_normal((BATCH, 6, 4))},
     "lookup": {"token": RNG.integers(0, 5, BATCH), "v": RNG.standard_normal((BATCH, 3))},
@@ -176,16 +176,22 @@ def test_layers_of_one_shape_share_their_code():
     assert 0 < runs[4] == runs[7]
 
 
-def test_a_long_run_is_cut_and_a_failed_check_in_it_names_its_sample():
+@pytest.mark.private_cache  # (kernels made with patched limits)
+def test_a_long_run_is_cut_and_a_failed_check_in_it_names_its_sample(monkeypatch):
     # The fuzzer's seed 1600496: one run of 1,528 ops, one function with 573 loops, whose LLVM
     # passes took time growing with the square of its loops. Runs are cut, and a run with a check
     # is a function too: a failed check returns its id through the kernel, naming the sample. A
-    # program this big runs in runs with one lane too (memory.py `in_lockstep`).
-    for lanes in (4, 1):
-        emitted = spadc.api.build(frontend.text_source(LONG_RUN, "long_run.spad"), ".", lanes=lanes).llvm_ir
-        assert len(re.findall(r'^define internal i64 @"spadc\.run', emitted, re.M)) >= 4
-        assert '"run.fail' in emitted
-    models = _pair(lambda lanes: spadc.compile_source(LONG_RUN, name="long_run.spad", lanes=lanes))
+    # program with many loops runs in runs with one lane too (codegen.py `in_lockstep`). The
+    # limits are lowered so that a small program reaches them.
+    monkeypatch.setattr(spadc.backend.memory, "RUN_OPS", 16)
+    monkeypatch.setattr(spadc.backend.codegen, "LOCKSTEP_LOOPS", 16)
+    models = []
+    for lanes in (LANES, 1):
+        compiled = spadc.api.build(frontend.text_source(LONG_RUN, "long_run.spad"), ".", lanes=lanes)
+        assert len(re.findall(r'^define internal i64 @"spadc\.run', compiled.llvm_ir, re.M)) >= 4
+        assert '"run.fail' in compiled.llvm_ir
+        models.append(spadc.api.model_of(compiled))
+        models[-1].init_params(seed=SEED)
     x, labels = RNG.standard_normal((42, 6)), RNG.integers(0, 6, 42)
     (loss, grads), (one_loss, one_grads) = (model.grad(x=x, label=labels) for model in models)
     assert loss == pytest.approx(one_loss, rel=RTOL)
