@@ -75,9 +75,14 @@ def in_lockstep(program) -> bool:
     grows with the square of a function's loops: a chain of 30 statements on vectors of 6 (750
     ops, nearly all loops) took 4.7 s to compile as one function and 1.8 s in runs. A program of
     scalars has no loops (a sum of 1,000 terms: no faster in runs, and its plan much slower)."""
-    loops = sum(1 for op in walk_ops(program.body)
-                if op.regions or any(result.type.size > UNROLLED for result in op.results))
-    return loops > LOCKSTEP_LOOPS
+    return loops_estimate(program.body) > LOCKSTEP_LOOPS
+
+
+def loops_estimate(block: Block) -> int:
+    """About how many loops a block's code has: one per region op, one per axis of a result too big
+    to be straight-line code (`indices`)."""
+    return sum(1 if op.regions else sum(result.type.rank for result in op.results if result.type.size > UNROLLED)
+               for op in walk_ops(block))
 
 
 def _known(value) -> int | None:

@@ -120,10 +120,7 @@ def epilogue(module, symbol: str, split: Split, float_type, float_bytes: int, ch
     product.program = run_passes(product.program)
     program = product.program
     writable = frozenset(v.id for v in product.accumulators.values())
-    plan_ = plan(program, float_bytes, writable, lockstep=in_lockstep(program))
-    if plan_.lockstep and any(plan_.storage_of(value.id) != product.accumulators[name].id
-                              for name, value in product.gradients.items()):
-        plan_ = plan(program, float_bytes, writable)  # (a sum not updated in place: as kernels.grad_kernel)
+    plan_ = plan(program, float_bytes, writable, lockstep=in_lockstep(program))  # (one lane: a sum need not be in place)
     check_limit(program, plan_, max_memory, "gradient kernel's once-per-call adjoint", float_bytes)
     args, function = _function(module, f"{symbol}.epilogue", float_type, [("grads", float_type.as_pointer())])
     e = FunctionEmitter(function, float_type, plan_, args["workspace"], args["status"], checks)

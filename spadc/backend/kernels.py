@@ -304,8 +304,8 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
     tape = plan_tape(gradient, float_bytes)
     writable = frozenset(v.id for v in gradient.accumulators.values())
     plan_ = plan(program, float_bytes, writable, lanes, in_lockstep(program))
-    if plan_.lockstep and any(plan_.storage_of(value.id) != gradient.accumulators[name].id
-                                  for name, value in gradient.gradients.items()):
+    if lanes > 1 and any(plan_.storage_of(value.id) != gradient.accumulators[name].id
+                         for name, value in gradient.gradients.items()):
         plan_ = plan(program, float_bytes, writable)
     check_limit(program, plan_, max_memory, "gradient kernel", float_bytes)
     tail = [("loss_mean", float_type_.as_pointer()), ("grads", float_type_.as_pointer()), ("site_data", DOUBLE_P),
