@@ -30,6 +30,7 @@ from spadrt.estimators import SamplingWarning, variant_key
 from . import cache, frontend, passes
 from .ad.paths import multi_factor_paths
 from .ad.tape import plan_tape
+from .ad import vjp
 from .ad.forward import HVP, ggn_program, hvp_program, jvp_program
 from .ad.reverse import GradientProgram
 from .ad.taps import tap_program
@@ -62,7 +63,7 @@ class Compiled:
         (CURVATURE.md section 1: `jvp`, `hvp`, `ggn`)."""
         if kind not in self.variants:
             module = ir.Module(name=f"{self.program.name}.{kind}")
-            entry = _EXTRA_KERNELS[kind](self, module)
+            entry = _extra_kernel(kind)(self, module)
             self.variants[kind] = (entry, jit.compile_ir(str(module), (kind,)), None)
         entry, machine, _ = self.variants[kind]
         return entry, machine
@@ -73,7 +74,7 @@ class Compiled:
         if kind == "grad":
             return self.llvm_ir
         module = ir.Module(name=f"{self.program.name}.{kind}")
-        _EXTRA_KERNELS[kind](self, module)
+        _extra_kernel(kind)(self, module)
         return str(module)
 
     def gradient_program(self, sampling=None, score: str | None = None, policy=None) -> GradientProgram:
@@ -176,6 +177,25 @@ def _ggn_kernel(compiled: Compiled, module) -> dict:
     product.program = passes.run(product.program)
     return kernels.grad_kernel(module, product, compiled.layout, compiled.dtype, "ggn", compiled.max_memory,
                                lanes=compiled.lanes)
+
+
+def _vjp_kernel(compiled: Compiled, module, kind: str) -> dict:
+    """A forward kernel over a VJP program (spadc/ad/vjp.py): per sample, the outputs, the float
+    inputs' cotangents and (`.params`) the params', for the cotangents given as inputs."""
+    seeded, with_params = vjp.parse_kind(kind)
+    program = passes.run(vjp.vjp_program(compiled.program, seeded, with_params))
+    entry = kernels.forward_kernel(module, program, compiled.layout, program.outputs, compiled.dtype, kind,
+                                   compiled.max_memory, lanes=compiled.lanes)
+    entry["outputs"] = [{"name": n, "shape": list(v.type.shape), "dtype": v.type.dtype} for n, v in program.outputs.items()]
+    return entry
+
+
+def _extra_kernel(kind: str):
+    if kind.startswith(vjp.VJP):
+        return lambda compiled, module: _vjp_kernel(compiled, module, kind)
+    if kind not in _EXTRA_KERNELS:
+        raise SpadcError(f"no kernel `{kind}`; the kernels are grad, {', '.join(_EXTRA_KERNELS)} and vjp.OUTPUTS")
+    return _EXTRA_KERNELS[kind]
 
 
 PARTICLES = "particles"  # the kernel key of the forward kernel with a parameter vector per particle

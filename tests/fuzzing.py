@@ -416,6 +416,7 @@ def check_program(seed: int) -> str:
     _check_checkpointed(text, seed, inputs, [(dict(training=True, step=3), (loss, grads)),
                                              (dict(estimator=RAD_EDGES, step=1), sampled)])
     _check_tangent(model, inputs, params, seed)
+    _check_vjp(model, inputs, params, seed, smooth=generator.smooth and np.isfinite(loss))
     if generator.smooth and np.isfinite(loss):
         _check_direction(model, inputs, params, grads, seed)
         _check_hessian_product(model, inputs, params, seed)
@@ -539,6 +540,38 @@ def _check_tangent(model, inputs, params, seed):
         return
     if abs(tangent - dot) > TANGENT_RTOL * (1 + abs(dot)):
         raise Mismatch(f"jvp's loss tangent {tangent} against <v, gradient> {dot}")
+
+
+def _check_vjp(model, inputs, params, seed, smooth: bool):
+    """`vjp` seeded on the loss and the output: its params' cotangents against forward mode (a
+    dot-product test), its float inputs' against central differences of the forward pass."""
+    rng = np.random.default_rng(seed + 3)
+    cotangents = {"loss": rng.standard_normal(), "out": rng.standard_normal(np.shape(model.forward(**inputs).outputs["out"]))}
+    result = model.vjp(cotangents, **inputs)
+    direction = _direction(params, seed)
+    product = model.jvp(direction, **inputs)
+    forward = cotangents["loss"] * product.loss_tangent + float(np.sum(cotangents["out"] * product.tangents["out"]))
+    reverse = sum(float(np.sum(direction[k] * result.params[k])) for k in params)
+    if np.isfinite(forward) and np.isfinite(reverse) and abs(forward - reverse) > TANGENT_RTOL * (1 + abs(forward)):
+        raise Mismatch(f"vjp's <params' cotangent, v> {reverse} against jvp's <cotangent, J v> {forward}")
+    if not smooth:
+        return
+    moves = {k: rng.standard_normal(np.shape(v)) for k, v in inputs.items() if k in result.inputs}
+
+    def at(scale):
+        out = model.forward(**dict(inputs, **{k: inputs[k] + scale * u for k, u in moves.items()}))
+        return cotangents["loss"] * out.loss + float(np.sum(cotangents["out"] * out.outputs["out"]))
+
+    analytic = sum(float(np.sum(result.inputs[k] * u)) for k, u in moves.items())
+    differences = []
+    for h in DIRECTION_STEPS:
+        numeric = (-at(2 * h) + 8 * at(h) - 8 * at(-h) + at(-2 * h)) / (12 * h)
+        if not np.isfinite(numeric):
+            return
+        if abs(numeric - analytic) <= DIRECTION_RTOL * (1 + abs(numeric) + abs(analytic)):
+            return
+        differences.append(f"{numeric} at step {h:g}")
+    raise Mismatch(f"vjp's <inputs' cotangent, u> {analytic} against central differences {', '.join(differences)}")
 
 
 def _check_hessian_product(model, inputs, params, seed):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import calls, products
+from . import calls, derivatives, products
 from .arguments import (NO_DATA, NO_DATA_ADDRESS, Options, Prepared, check_seed, float_array, merge_inputs, prepare,
                         with_state)
 from .errors import SpadcError
@@ -271,6 +271,27 @@ class Model:
         return products.jvp(self, products.prepare_call(self, v, params, training, seed, step, sample_offset, threads,
                                                         inputs, keyword_inputs, state))
 
+    # ---- derivatives of anything (INTERFACE.md; spadrt/derivatives.py) ----------------------------
+
+    def vjp(self, cotangents: dict, *, params=None, training: bool = False, seed: int = 0, step: int = 0,
+            sample_offset: int = 0, threads: int | None = None, state: dict | None = None, inputs: dict | None = None,
+            **keyword_inputs) -> derivatives.VJPResult:
+        """The vector-Jacobian product seeded by `cotangents` (output name, or "loss", to an array of
+        its shape, or [n, ...] of it): the outputs, the params' cotangents summed over the batch, and
+        every float input's cotangent per sample."""
+        return derivatives.vjp(self, cotangents, True, params=params, training=training, seed=seed, step=step,
+                               sample_offset=sample_offset, threads=threads, state=state, inputs=inputs,
+                               keyword_inputs=keyword_inputs)
+
+    def input_grad(self, *, params=None, training: bool = False, seed: int = 0, step: int = 0, sample_offset: int = 0,
+                   threads: int | None = None, state: dict | None = None, inputs: dict | None = None,
+                   **keyword_inputs) -> tuple:
+        """(each sample's loss, each float input's gradient of the sample's own loss, per sample)."""
+        result = derivatives.vjp(self, {"loss": 1.0}, False, params=params, training=training, seed=seed, step=step,
+                                 sample_offset=sample_offset, threads=threads, state=state, inputs=inputs,
+                                 keyword_inputs=keyword_inputs)
+        return result.loss, result.inputs
+
     def hvp(self, v, *, params=None, training: bool = False, seed: int = 0, step: int = 0, sample_offset: int = 0,
             threads: int | None = None, state: dict | None = None, inputs: dict | None = None,
             **keyword_inputs) -> dict[str, np.ndarray]:
@@ -346,7 +367,8 @@ class Model:
                 raise SpadcError(f"{purpose}, which this library was built without")
             if kind not in self._variants:
                 entry, address, owner = self._kernel_provider(kind)
-                self._variants[kind] = (entry, KERNEL_TYPES[kind](address), owner)
+                kernel_type = FORWARD_TYPE if kind.startswith(derivatives.VJP) else KERNEL_TYPES[kind]
+                self._variants[kind] = (entry, kernel_type(address), owner)
             entry, function, _ = self._variants[kind]
         return entry, function
 
@@ -434,8 +456,10 @@ class Model:
     def _dtype(self, dtype: str):
         return self._float if dtype == "f64" else _NUMPY[dtype]
 
-    def _inputs(self, values: dict, state: dict | None = None) -> Prepared:
-        return prepare(self.layout, with_state(self.layout, values, state), self._dtype)
+    def _inputs(self, values: dict, state: dict | None = None, extra: list[dict] = ()) -> Prepared:
+        """The inputs as kernel arguments; `extra`: specs of a kernel's own inputs after the model's."""
+        layout = dict(self.layout, inputs=self.layout["inputs"] + list(extra)) if extra else self.layout
+        return prepare(layout, with_state(self.layout, values, state), self._dtype)
 
     def _raise_on_failure(self, code: int, batched: bool, checks: list[dict], status: np.ndarray):
         if code == 0:

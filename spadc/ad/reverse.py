@@ -82,15 +82,17 @@ class _State:
 
 
 def gradient(program: Program, accumulate: bool = False, sampling=None, score: str | None = None,
-             policy=None, taps: dict[str, Value] | None = None) -> GradientProgram:
+             policy=None, taps: dict[str, Value] | None = None, wrt_inputs: frozenset[str] = frozenset()
+             ) -> GradientProgram:
     """The gradient program. `sampling`: a path-sampled adjoint; `score`: add site scores
     ("gradient": the exact adjoint's contributions; "paths": the sampled adjoint's contributions
     through drawn entries, with their weights; "forward": residual magnitudes, with sampling);
     `policy`: the sites when only scores are wanted: those a `Sampling`'s adjoint would draw, or
     those of a site policy by name (then every site that could save bytes at some keep); `taps`:
     top-level values whose adjoints are outputs too, under the given names (a dense layer's output
-    gradient)."""
-    active = active_values(program.body, {p.value.id for p in program.params})
+    gradient); `wrt_inputs`: inputs differentiated too (their adjoints are read through `taps`)."""
+    seeds = {p.value.id for p in program.params} | {d.value.id for d in program.inputs if d.name in wrt_inputs}
+    active = active_values(program.body, seeds)
     drawn_as = sampling if sampling is not None else policy if isinstance(policy, Sampling) else None
     policy = drawn_as.sites if drawn_as is not None else policy
     sites, ungated = [], []

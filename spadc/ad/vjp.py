@@ -1,0 +1,89 @@
+"""Vector-Jacobian products of any outputs (INTERFACE.md, "Derivatives of anything").
+
+`vjp_program(program, seeded, with_params)` is a per-sample program whose outputs are the model's
+own, each float input's cotangent (`_input.NAME`) and, with `with_params`, each param's
+(`_grad.NAME`, summed over the batch by the runtime), for cotangents given as inputs
+(`_cotangent.NAME`, shaped like the output they seed; `_cotangent.loss` a scalar): the reverse
+sweep of the surrogate `sum_k <ct_k, out_k>`, whose gradient is exactly the VJP because the
+cotangents are inputs, never differentiated.
+
+Invariants:
+- The model's program is not changed: the surrogate is built on a copy of its body.
+- The vjp program's loss is the model's own loss (a forward kernel writes it per sample).
+- Seeded names are sorted and unique, and the kernel's name says them (`vjp_kind`), so each set
+  of seeded outputs is one kernel, compiled once and cached like the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..errors import SpadcError
+from ..ir.core import Block, InputDecl, Program, Value, copy_block
+from .builder import Builder
+from .reverse import gradient, place_of
+
+VJP = "vjp."  # kernel names: vjp.<seeded outputs joined by '+'>[.params]
+COTANGENT = "_cotangent."  # the vjp kernel's extra inputs
+INPUT_COTANGENT = "_input."  # its outputs: a float input's cotangent, per sample
+PARAM_COTANGENT = "_grad."  # its outputs: a param's cotangent, per sample (spadrt/curvature.py's SAMPLE_GRADIENT)
+WITH_PARAMS = ".params"
+
+
+def vjp_kind(seeded, with_params: bool) -> str:
+    return VJP + "+".join(sorted(set(seeded))) + (WITH_PARAMS if with_params else "")
+
+
+def parse_kind(kind: str) -> tuple[tuple[str, ...], bool]:
+    body = kind[len(VJP):]
+    with_params = body.endswith(WITH_PARAMS)
+    return tuple(body.removesuffix(WITH_PARAMS).split("+")), with_params
+
+
+def differentiable_inputs(program: Program) -> list[InputDecl]:
+    return [d for d in program.inputs if d.value.type.dtype == "f64" and not d.name.startswith("_")]
+
+
+def seedable(program: Program) -> dict[str, Value]:
+    """The values a cotangent may seed: the loss and every float output."""
+    found = {name: value for name, value in program.outputs.items()
+             if value.type.dtype == "f64" and not name.startswith("_")}
+    found["loss"] = program.loss
+    return found
+
+
+def vjp_program(program: Program, seeded: tuple[str, ...], with_params: bool) -> Program:
+    targets = seedable(program)
+    unknown = [name for name in seeded if name not in targets]
+    if unknown:
+        raise SpadcError(f"no float output `{unknown[0]}` to seed a cotangent for; the model's are "
+                         f"{', '.join(sorted(targets))}")
+    mapping: dict[int, Value] = {}
+    body = copy_block(program.body, mapping)
+    params = [replace(d, value=mapping[d.value.id]) for d in program.params]
+    inputs = [replace(d, value=mapping[d.value.id]) for d in program.inputs]
+    outputs = {name: mapping.get(value.id, value) for name, value in program.outputs.items()}
+    loss = mapping.get(program.loss.id, program.loss)
+    cotangents = []
+    for name in seeded:
+        value = mapping.get(targets[name].id, targets[name])
+        cotangents.append(InputDecl(COTANGENT + name, Value(value.type, f"{name}.cotangent"), place_of(program, targets[name])[0]))
+    t = Builder(body)
+    t.at(*place_of(program, program.loss))
+    surrogate = None
+    for name, decl in zip(seeded, cotangents):
+        value = mapping.get(targets[name].id, targets[name])
+        term = t.op("mul", decl.value, value)
+        term = t.op("reduce_sum", term, axis=None) if value.type.rank else term
+        surrogate = term if surrogate is None else t.op("add", surrogate, term)
+    body = Block(list(body.params) + [d.value for d in cotangents], body.ops, body.yields)
+    linear = Program(program.name, params, inputs + cotangents, body, outputs, surrogate, None, program.files,
+                     program.states)
+    differentiable = differentiable_inputs(program)
+    taps = {INPUT_COTANGENT + d.name: mapping[d.value.id] for d in differentiable}
+    reverse = gradient(linear, taps=taps, wrt_inputs=frozenset(d.name for d in differentiable)).program
+    result = dict(outputs)
+    result.update({name: reverse.outputs[name] for name in taps})
+    if with_params:
+        result.update({PARAM_COTANGENT + d.name: reverse.outputs[d.name] for d in params})
+    return reverse.with_body(reverse.body, result, loss, None)

@@ -1,0 +1,178 @@
+"""Derivatives of anything (INTERFACE.md): `Model.vjp` seeded by cotangents of any float outputs
+and of the loss, and `Model.input_grad`. Oracles independent of the reverse sweep under test:
+forward mode (a dot-product test against `jvp` for the params' cotangents) and central differences
+of the compiled forward pass (for the inputs'); a negative control shows the tests reject a VJP
+off by a little."""
+
+import os
+
+import numpy as np
+import pytest
+
+import spadc
+
+from conftest import EXAMPLES as EXAMPLES_DIRECTORY, LONG, example, example_inputs
+
+SEED = 11
+BATCH = 3
+DOT_RTOL = 1e-10  # <J^T ct, v> against <ct, J v>: two exact sweeps, rounding apart
+STEP = 1e-5  # central differences of the compiled forward pass along an input direction
+DIFFERENCE_RTOL = 1e-6  # their truncation (h^2 ~ 1e-10 times third derivatives) and rounding (eps / h)
+# Quick profile: dense layers with dropout, a recurrent loop and a stencil loop (the generated
+# programs of tests/test_fuzz.py check `vjp` too); the long one: every example.
+EXAMPLES = sorted(os.listdir(EXAMPLES_DIRECTORY)) if LONG else ["irnn.spad", "mlp_digits.spad", "reaction_diffusion.spad"]
+EXAMPLES = [name for name in EXAMPLES if name.endswith(".spad")]
+
+
+def _model(name):
+    model = spadc.compile_file(example(name))
+    model.init_params(seed=SEED)
+    return model
+
+
+def _cotangents(model, rng, n):
+    found = {o["name"]: rng.standard_normal((n, *o["shape"])) for o in model.layout["outputs"]
+             if o["dtype"] == "f64" and not o.get("hidden")}
+    found["loss"] = rng.standard_normal(n)
+    return found
+
+
+def _pairing(model, cotangents, forward_result, tangents):
+    """sum over samples of <ct, tangent> over the loss and the seeded outputs."""
+    total = float(np.sum(cotangents["loss"] * tangents[0]))
+    for name, ct in cotangents.items():
+        if name != "loss":
+            total += float(np.sum(ct * tangents[1][name]))
+    return total
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_vjp_params_against_forward_mode(name):
+    model = _model(name)
+    rng = np.random.default_rng(SEED)
+    inputs = example_inputs(model.layout, rng, BATCH)
+    cotangents = _cotangents(model, rng, BATCH)
+    v = {p["name"]: rng.standard_normal(p["shape"]) for p in model.layout["params"]}
+    result = model.vjp(cotangents, **inputs)
+    product = model.jvp(v, **inputs)
+    expected = _pairing(model, cotangents, None, (product.loss_tangent, product.tangents))
+    got = sum(float(np.sum(result.params[k] * v[k])) for k in v)
+    assert got == pytest.approx(expected, rel=DOT_RTOL, abs=DOT_RTOL)
+    forward = model.forward(**inputs)
+    np.testing.assert_array_equal(result.loss, forward.loss)
+    for key, value in forward.outputs.items():
+        np.testing.assert_array_equal(result.outputs[key], value)
+
+
+def _float_inputs(model):
+    return [spec for spec in model.layout["inputs"] if spec["dtype"] == "f64" and not spec.get("state")]
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_vjp_inputs_against_central_differences(name):
+    model = _model(name)
+    rng = np.random.default_rng(SEED + 1)
+    inputs = example_inputs(model.layout, rng, BATCH)
+    cotangents = _cotangents(model, rng, BATCH)
+    floats = _float_inputs(model)
+    if not floats:
+        pytest.skip(f"{name} has no float input")
+    u = {spec["name"]: rng.standard_normal((BATCH, *spec["shape"])) for spec in floats}
+    result = model.vjp(cotangents, **inputs)
+    assert set(result.inputs) == set(u)
+
+    def paired(scale):
+        moved = dict(inputs, **{k: inputs[k] + scale * u[k] for k in u})
+        out = model.forward(**moved)
+        return _pairing(model, cotangents, None, (out.loss, out.outputs))
+
+    numeric = (paired(STEP) - paired(-STEP)) / (2 * STEP)
+    analytic = sum(float(np.sum(result.inputs[k] * u[k])) for k in u)
+    assert analytic == pytest.approx(numeric, rel=DIFFERENCE_RTOL, abs=DIFFERENCE_RTOL)
+
+
+def test_input_grad_is_each_samples_own_loss_differentiated():
+    model = _model("mlp.spad")
+    rng = np.random.default_rng(SEED)
+    x, label = rng.standard_normal((4, 64)), np.arange(4)
+    losses, grads = model.input_grad(x=x, label=label)
+    np.testing.assert_array_equal(losses, model.forward(x=x, label=label).loss)
+    for s in (0, 3):  # sample s's loss moves with its own x only
+        for j in (5, 40):
+            up, down = x.copy(), x.copy()
+            up[s, j] += STEP
+            down[s, j] -= STEP
+            numeric = (model.forward(x=up, label=label).loss - model.forward(x=down, label=label).loss) / (2 * STEP)
+            expected = np.zeros(4)
+            expected[s] = grads["x"][s, j]
+            np.testing.assert_allclose(numeric, expected, rtol=DIFFERENCE_RTOL, atol=DIFFERENCE_RTOL)
+    single_loss, single = model.input_grad(x=x[2], label=2)  # one sample: no batch axis
+    assert single_loss == losses[2] and single["x"].shape == (64,)
+    np.testing.assert_array_equal(single["x"], grads["x"][2])
+
+
+def test_the_params_cotangent_of_the_mean_loss_is_the_gradient_and_threads_change_no_bit():
+    model = _model("mlp.spad")
+    rng = np.random.default_rng(SEED)
+    x, label = rng.standard_normal((300, 64)), rng.integers(0, 10, 300)  # three chunks
+    results = [model.vjp({"loss": np.full(300, 1 / 300)}, x=x, label=label, threads=t) for t in (1, 2)]
+    _, grads = model.grad(x=x, label=label)
+    for key in grads:
+        np.testing.assert_allclose(results[0].params[key], grads[key], rtol=1e-12, atol=1e-15)
+        np.testing.assert_array_equal(results[0].params[key], results[1].params[key])
+    np.testing.assert_array_equal(results[0].inputs["x"], results[1].inputs["x"])
+
+
+def test_a_cotangent_given_once_seeds_every_sample():
+    model = _model("mlp.spad")
+    rng = np.random.default_rng(SEED)
+    x, label, ct = rng.standard_normal((3, 64)), np.arange(3), rng.standard_normal(10)
+    once = model.vjp({"logits": ct}, x=x, label=label)
+    each = model.vjp({"logits": np.tile(ct, (3, 1))}, x=x, label=label)
+    np.testing.assert_array_equal(once.inputs["x"], each.inputs["x"])
+    for key in once.params:
+        np.testing.assert_array_equal(once.params[key], each.params[key])
+
+
+@pytest.mark.parametrize("part, check, skew", [("inputs", "test_vjp_inputs_against_central_differences", 1e-5),
+                                               ("params", "test_vjp_params_against_forward_mode", 1e-8)])
+def test_the_checks_reject_a_vjp_off_by_a_little(monkeypatch, part, check, skew):
+    # A negative control: each test, given cotangents `skew` (relative) too large.
+    from spadrt import derivatives
+    real = derivatives.vjp
+
+    def skewed(*args, **kwargs):
+        result = real(*args, **kwargs)
+        setattr(result, part, {k: v * (1 + skew) for k, v in getattr(result, part).items()})
+        return result
+
+    monkeypatch.setattr(derivatives, "vjp", skewed)
+    with pytest.raises(AssertionError):
+        globals()[check]("mlp_digits.spad")
+
+
+@pytest.mark.parametrize("cotangents, message", [
+    ({}, "at least one entry"),
+    ([1.0], "must be a dict"),
+    ({"nope": 1.0}, "a cotangent for `nope`, which is no float output"),
+    ({"logits": np.ones(3)}, "must have shape [10]"),
+    ({"logits": "a"}, "the cotangent of `logits` must be numeric"),
+    ({"loss": np.ones(4)}, "has a batch of 4 samples"),
+])
+def test_bad_cotangents_are_spadc_errors(cotangents, message):
+    model = _model("mlp.spad")
+    with pytest.raises(spadc.SpadcError) as info:
+        model.vjp(cotangents, x=np.zeros((3, 64)), label=np.arange(3))
+    assert message in str(info.value)
+
+
+def test_an_f32_build_agrees_with_the_f64_one():
+    f64, f32 = _model("mlp.spad"), spadc.compile_file(example("mlp.spad"), dtype="f32")
+    f32.set_params(f64.params)
+    rng = np.random.default_rng(SEED)
+    x, label = rng.standard_normal((3, 64)), np.arange(3)
+    ct = {"loss": rng.standard_normal(3), "logits": rng.standard_normal((3, 10))}
+    a, b = f64.vjp(ct, x=x, label=label), f32.vjp(ct, x=x, label=label)
+    np.testing.assert_allclose(b.inputs["x"], a.inputs["x"], rtol=1e-4, atol=1e-5)
+    for key in a.params:
+        np.testing.assert_allclose(b.params[key], a.params[key], rtol=1e-4, atol=1e-5)
