@@ -176,3 +176,75 @@ def test_an_f32_build_agrees_with_the_f64_one():
     np.testing.assert_allclose(b.inputs["x"], a.inputs["x"], rtol=1e-4, atol=1e-5)
     for key in a.params:
         np.testing.assert_allclose(b.params[key], a.params[key], rtol=1e-4, atol=1e-5)
+
+
+# A camera (angle, shift x, y, focal length) seeing a point, with radial distortion `k` and per-axis
+# scales `s`: bundle adjustment's residual in miniature, written again in JAX for its Jacobians.
+PROJECTION = """input cam: f64[4]
+input pt: f64[3]
+input obs: f64[2]
+param k: f64 = 0.1
+param s: f64[2] = 1.0
+let X = pt[0] * cos(cam[0]) - pt[1] * sin(cam[0]) + cam[1]
+let Y = pt[0] * sin(cam[0]) + pt[1] * cos(cam[0]) + cam[2]
+let Z = pt[2] + 3.0
+let r2 = (X * X + Y * Y) / (Z * Z)
+let d = 1.0 + k * r2
+output residual = s * cam[3] * d * stack(X / Z, Y / Z) - obs
+loss sum(residual * residual)
+"""
+JAX_RTOL = 1e-10
+
+
+def _projection_in_jax(jnp, k, s, cam, pt, obs):
+    X = pt[0] * jnp.cos(cam[0]) - pt[1] * jnp.sin(cam[0]) + cam[1]
+    Y = pt[0] * jnp.sin(cam[0]) + pt[1] * jnp.cos(cam[0]) + cam[2]
+    Z = pt[2] + 3.0
+    d = 1.0 + k * (X * X + Y * Y) / (Z * Z)
+    return s * cam[3] * d * jnp.stack([X / Z, Y / Z]) - obs
+
+
+def test_jacobians_of_a_projection_against_jax():
+    jax = pytest.importorskip("jax", reason="JAX is the oracle (optional extra: pip install .[jax])")
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+    model = spadc.compile_source(PROJECTION, name="projection.spad")
+    model.set_params({"k": np.array(0.3), "s": np.array([1.1, 0.9])})
+    rng = np.random.default_rng(SEED)
+    cam, pt, obs = rng.uniform(0.5, 1.5, (5, 4)), rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    inputs_jacobian = model.jacobian("residual", "inputs", cam=cam, pt=pt, obs=obs)
+    params_jacobian = model.jacobian("residual", "params", cam=cam, pt=pt, obs=obs)
+    assert params_jacobian.shape == (5, 2, 3) and inputs_jacobian["cam"].shape == (5, 2, 4)
+    residual = lambda k, s, c, p, o: _projection_in_jax(jnp, k, s, c, p, o)  # noqa: E731
+    k, s = jnp.asarray(0.3), jnp.asarray([1.1, 0.9])
+    for sample in range(5):
+        args = (k, s, cam[sample], pt[sample], obs[sample])
+        jk, js, jc, jp, jo = jax.jacrev(residual, argnums=(0, 1, 2, 3, 4))(*args)
+        np.testing.assert_allclose(params_jacobian[sample], np.column_stack([jk, js]), rtol=JAX_RTOL, atol=1e-13)
+        for name, expected in (("cam", jc), ("pt", jp), ("obs", jo)):
+            np.testing.assert_allclose(inputs_jacobian[name][sample], expected, rtol=JAX_RTOL, atol=1e-13)
+    one = model.jacobian("residual", "pt", cam=cam[2], pt=pt[2], obs=obs[2])  # one sample: no batch axis
+    np.testing.assert_array_equal(one, inputs_jacobian["pt"][2])
+
+
+def test_the_loss_jacobian_of_each_sample_averages_to_the_gradient():
+    model = _model("mlp.spad")
+    rng = np.random.default_rng(SEED)
+    x, label = rng.standard_normal((4, 64)), np.arange(4)
+    rows = model.jacobian("loss", "params", x=x, label=label)
+    assert rows.shape == (4, model.layout["param_count"])
+    np.testing.assert_allclose(rows.mean(axis=0), model.flat_grad(x=x, label=label)[1], rtol=1e-12, atol=1e-16)
+    _, grads = model.input_grad(x=x, label=label)
+    np.testing.assert_array_equal(model.jacobian("loss", "x", x=x, label=label), grads["x"])
+
+
+@pytest.mark.parametrize("output, wrt, message", [
+    ("nope", "inputs", "no float output `nope`"),
+    ("logits", "label", 'wrt must be "params", "inputs" or the name of a float input (x)'),
+    ("logits", 3, 'wrt must be "params"'),
+])
+def test_bad_jacobian_requests_are_spadc_errors(output, wrt, message):
+    model = _model("mlp.spad")
+    with pytest.raises(spadc.SpadcError) as info:
+        model.jacobian(output, wrt, x=np.zeros((2, 64)), label=np.arange(2))
+    assert message in str(info.value)

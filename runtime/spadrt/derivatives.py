@@ -72,3 +72,61 @@ def vjp(model, cotangents, with_params: bool, *, params, training, seed, step, s
                         if name.startswith(PARAM_COTANGENT)}
     losses = losses.astype(np.float64)
     return VJPResult(losses if batched else float(losses[0]), visible, param_cotangents, input_cotangents)
+
+
+def jacobian(model, output: str, wrt, *, params, training, seed, step, sample_offset, threads, state, inputs,
+             keyword_inputs):
+    """Each sample's Jacobian of `output` (a float output or "loss") by reverse mode, one sweep per
+    entry of the output: with respect to "params", [n, *output_shape, param_count] (the params'
+    flat layout); to "inputs", a dict by float input of [n, *output_shape, *input_shape]; to one
+    input's name, that array. One sample (no batch): without the leading axis."""
+    targets = seedable(model.layout)
+    if output not in targets:
+        raise SpadcError(f"no float output `{output}` to differentiate; the model's are {', '.join(sorted(targets))}")
+    floats = [spec for spec in model.layout["inputs"] if spec["dtype"] == "f64" and not spec.get("state")]
+    if wrt not in ("params", "inputs") and wrt not in {spec["name"] for spec in floats}:
+        raise SpadcError(f'wrt must be "params", "inputs" or the name of a float input '
+                         f"({', '.join(spec['name'] for spec in floats) or 'the model has none'}), got {wrt!r}")
+    shape = targets[output]
+    size = int(np.prod(shape, dtype=np.int64))
+    with_params = wrt == "params"
+    rows = []
+    for k in range(size):  # one reverse sweep per entry, its cotangent one-hot for every sample
+        seed_vector = np.zeros(size)
+        seed_vector[k] = 1.0
+        rows.append(_sweep(model, output, seed_vector.reshape(shape), with_params, params, training, seed, step,
+                           sample_offset, threads, state, inputs, keyword_inputs))
+    batched = rows[0][0]
+
+    def stacked(parts):  # rows of [n, *tail] (or [*tail]) -> [n, *shape, *tail]
+        array = np.stack(parts, axis=1 if batched else 0)
+        lead = (array.shape[0],) if batched else ()
+        return array.reshape(*lead, *shape, *array.shape[len(lead) + 1:])
+
+    if with_params:
+        return stacked([row[1] for row in rows])
+    named = {name: stacked([row[2][name] for row in rows]) for name in rows[0][2]}
+    return named if wrt == "inputs" else named[wrt]
+
+
+def _sweep(model, output, cotangent, with_params, params, training, seed, step, sample_offset, threads, state,
+           inputs, keyword_inputs):
+    """(batched, per-sample flat params' cotangents or None, inputs' cotangents) of one VJP."""
+    options = Options.check(training, seed, step, sample_offset)
+    values = merge_inputs(inputs, keyword_inputs)
+    values[COTANGENT + output] = cotangent
+    extra = [{"name": COTANGENT + output, "shape": list(np.shape(cotangent)), "dtype": "f64"}]
+    prepared = model._inputs(values, state, extra)
+    kind = VJP + output + (WITH_PARAMS if with_params else "")
+    entry, function = model._kernel(kind, "jacobian needs its kernel")
+    _, outputs = model._run_forward(entry, function, entry["outputs"], prepared, model._params_buffer(params),
+                                    options, check_threads(threads))
+    named = {o["name"]: value.astype(np.float64, copy=False) for o, value in zip(entry["outputs"], outputs)}
+    one = (lambda x: x) if prepared.batched else (lambda x: x[0])
+    flat = None
+    if with_params:
+        flat = np.concatenate([named[PARAM_COTANGENT + p["name"]].reshape(prepared.n, -1)
+                               for p in model.layout["params"]], axis=1)
+        flat = one(flat)
+    return prepared.batched, flat, {name[len(INPUT_COTANGENT):]: one(value) for name, value in named.items()
+                                    if name.startswith(INPUT_COTANGENT)}

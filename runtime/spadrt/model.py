@@ -292,6 +292,16 @@ class Model:
                                  keyword_inputs=keyword_inputs)
         return result.loss, result.inputs
 
+    def jacobian(self, output: str, wrt="inputs", *, params=None, training: bool = False, seed: int = 0, step: int = 0,
+                 sample_offset: int = 0, threads: int | None = None, state: dict | None = None,
+                 inputs: dict | None = None, **keyword_inputs):
+        """Each sample's Jacobian of `output` (or "loss"), by reverse mode: with respect to "params",
+        [n, *output_shape, param_count]; to "inputs", a dict by float input of [n, *output_shape,
+        *input_shape]; to one input's name, that array (spadrt/derivatives.py)."""
+        return derivatives.jacobian(self, output, wrt, params=params, training=training, seed=seed, step=step,
+                                    sample_offset=sample_offset, threads=threads, state=state, inputs=inputs,
+                                    keyword_inputs=keyword_inputs)
+
     def hvp(self, v, *, params=None, training: bool = False, seed: int = 0, step: int = 0, sample_offset: int = 0,
             threads: int | None = None, state: dict | None = None, inputs: dict | None = None,
             **keyword_inputs) -> dict[str, np.ndarray]:
