@@ -1,0 +1,98 @@
+"""spadc inside PyTorch (spadc/torch.py): `torch.autograd.gradcheck` passes through the module on
+three examples (and rejects a VJP off by a little), a `torch.optim` loop reaches `Model.fit`'s
+params, mistakes are `SpadcError`s. Skipped without PyTorch (the optional extra `pip install
+.[torch]`; CI installs it)."""
+
+import numpy as np
+import pytest
+
+import spadc
+
+from conftest import example, example_inputs
+
+torch = pytest.importorskip("torch", reason="spadc.torch needs PyTorch (optional extra: pip install .[torch])")
+import spadc.torch  # noqa: E402
+
+SEED = 17
+FIT_RTOL = 1e-8  # a torch.optim SGD loop against Model.fit's: the same steps, sums in another order
+CHECK_EXAMPLES = ("mlp.spad", "irnn.spad", "reaction_diffusion.spad")
+
+
+def _layer(name, **options):
+    model = spadc.compile_file(example(name), **options)
+    model.init_params(seed=SEED)
+    return spadc.torch.Module(model)
+
+
+def _through_the_module(layer, inputs):
+    """(a function of the params' and the float inputs' tensors, those tensors) for gradcheck."""
+    floats = [k for k in inputs if k in layer.float_inputs]
+    others = {k: v for k, v in inputs.items() if k not in layer.float_inputs}
+
+    def f(*tensors):
+        params = dict(zip((f"params.{n}" for n in layer.param_names), tensors))
+        xs = dict(zip(floats, tensors[len(layer.param_names):]))
+        out = torch.func.functional_call(layer, params, kwargs={**xs, **others})
+        return (out.loss, *out.outputs.values())
+
+    tensors = [layer.params[n].detach().clone().requires_grad_(True) for n in layer.param_names]
+    tensors += [torch.tensor(inputs[k], dtype=torch.float64, requires_grad=True) for k in floats]
+    return f, tuple(tensors)
+
+
+@pytest.mark.parametrize("name", CHECK_EXAMPLES)
+def test_gradcheck_passes_through_the_module(name):
+    layer = _layer(name)
+    inputs = example_inputs(layer.model.layout, np.random.default_rng(SEED), batch=2)
+    f, tensors = _through_the_module(layer, inputs)
+    assert torch.autograd.gradcheck(f, tensors, fast_mode=True)
+    out = layer(**inputs)
+    forward = layer.model.forward(**inputs)
+    np.testing.assert_array_equal(out.loss.detach().numpy(), forward.loss)
+
+
+def test_gradcheck_rejects_a_wrong_vjp(monkeypatch):
+    # A negative control: cotangents 1% too large (gradcheck: 1e-5 absolute and 1e-3 relative).
+    from spadrt import derivatives
+    real = derivatives.vjp
+
+    def skewed(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.params = {k: v * (1 + 1e-2) for k, v in result.params.items()}
+        result.inputs = {k: v * (1 + 1e-2) for k, v in result.inputs.items()}
+        return result
+
+    monkeypatch.setattr(derivatives, "vjp", skewed)
+    layer = _layer("mlp.spad")
+    f, tensors = _through_the_module(layer, example_inputs(layer.model.layout, np.random.default_rng(SEED), batch=2))
+    assert not torch.autograd.gradcheck(f, tensors, fast_mode=True, raise_exception=False)
+
+
+def test_a_torch_training_loop_reaches_fits_params():
+    layer = _layer("mlp.spad")
+    model = layer.model
+    rng = np.random.default_rng(SEED)
+    data = {"x": rng.standard_normal((40, 64)), "label": rng.integers(0, 10, 40)}
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    for _ in range(5):
+        optimizer.zero_grad()
+        layer(**data).loss.mean().backward()
+        optimizer.step()
+    model.fit(data, epochs=5, batch_size=40, optimizer=spadc.SGD(lr=0.1))  # full batches: five SGD steps
+    for name in layer.param_names:
+        np.testing.assert_allclose(layer.params[name].detach().numpy(), model.params[name], rtol=FIT_RTOL, atol=1e-12)
+
+
+def test_an_f32_build_has_float32_params_and_converts_its_inputs():
+    layer = _layer("mlp.spad", dtype="f32")
+    assert all(p.dtype == torch.float32 for p in layer.parameters())
+    out = layer(x=np.zeros((2, 64)), label=[1, 2])  # float64 and a list: converted
+    assert out.loss.dtype == torch.float32 and out.outputs["logits"].shape == (2, 10)
+
+
+def test_mistakes_are_spadc_errors():
+    layer = _layer("mlp.spad")
+    with pytest.raises(spadc.SpadcError, match="is on meta: spadc runs on the CPU"):
+        layer(x=torch.zeros(64, device="meta"), label=1)
+    with pytest.raises(spadc.SpadcError, match="unknown input `y`"):
+        layer(x=torch.zeros(64), label=1, y=torch.zeros(1))
