@@ -190,7 +190,19 @@ def _vjp_kernel(compiled: Compiled, module, kind: str) -> dict:
     return entry
 
 
+def _summed_vjp_kernel(compiled: Compiled, module, kind: str) -> dict:
+    """A gradient kernel summing the params' cotangents of a VJP over the samples (divided by
+    their count, as a gradient kernel does)."""
+    seeded, _ = vjp.parse_kind(kind)
+    product = vjp.summed_vjp(compiled.program, seeded)
+    product.program = passes.run(product.program)
+    return kernels.grad_kernel(module, product, compiled.layout, compiled.dtype, kind, compiled.max_memory,
+                               lanes=compiled.lanes)
+
+
 def _extra_kernel(kind: str):
+    if kind.startswith(vjp.VJP_SUM):
+        return lambda compiled, module: _summed_vjp_kernel(compiled, module, kind)
     if kind.startswith(vjp.VJP):
         return lambda compiled, module: _vjp_kernel(compiled, module, kind)
     if kind not in _EXTRA_KERNELS:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from spadrt import derivatives
+
 from .errors import SpadcError
 
 try:
@@ -36,6 +38,7 @@ def function(model):
     params_spec = {p["name"]: tuple(p["shape"]) for p in model.layout["params"]}
     inputs_spec = {i["name"]: i for i in model.layout["inputs"] if not i.get("state")}
     float_outputs = [o for o in model.layout["outputs"] if o["dtype"] == "f64" and not o.get("hidden")]
+    differentiable_inputs = {name for name, spec in inputs_spec.items() if spec["dtype"] == "f64"}
 
     def batch_of(inputs) -> tuple:
         for name, value in inputs.items():
@@ -70,8 +73,10 @@ def function(model):
     def vjp_on_host(params, inputs, loss_cotangent, output_cotangents):
         cotangents = {"loss": host(loss_cotangent)}
         cotangents.update({k: host(v) for k, v in output_cotangents.items()})
-        result = model.vjp(cotangents, params={k: host(v) for k, v in params.items()},
-                           inputs={k: host(v) for k, v in inputs.items()})
+        result = derivatives.vjp(model, cotangents, True, params={k: host(v) for k, v in params.items()},
+                                 training=False, seed=0, step=0, sample_offset=0, threads=None, state=None,
+                                 inputs={k: host(v) for k, v in inputs.items()}, keyword_inputs={},
+                                 outputs=bool(differentiable_inputs))
         params_bar = {k: np.asarray(result.params[k], dtype=float_type).reshape(params_spec[k]) for k in params}
         inputs_bar = {k: np.asarray(result.inputs[k], dtype=float_type) for k in inputs if k in result.inputs}
         return params_bar, inputs_bar
@@ -79,7 +84,7 @@ def function(model):
     def f_backward(residuals, cotangents):
         params, inputs = residuals
         loss_cotangent, output_cotangents = cotangents
-        differentiable = {k for k in inputs if inputs_spec[k]["dtype"] == "f64"}
+        differentiable = set(inputs) & differentiable_inputs
         shapes = ({k: jax.ShapeDtypeStruct(np.shape(v), float_type) for k, v in params.items()},
                   {k: jax.ShapeDtypeStruct(np.shape(v), float_type) for k, v in inputs.items() if k in differentiable})
         params_bar, inputs_bar = jax.pure_callback(vjp_on_host, shapes, params, inputs, loss_cotangent,

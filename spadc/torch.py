@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spadrt import derivatives
+
 from .errors import SpadcError
 
 try:
@@ -81,8 +83,15 @@ class _Apply(torch.autograd.Function):
         layer, (params, inputs) = ctx.layer, ctx.host
         cotangents = {"loss": _host(loss_cotangent)}
         cotangents.update({name: _host(c) for name, c in zip(layer.float_outputs, output_cotangents) if c is not None})
-        result = layer.model.vjp(cotangents, params=params, inputs=inputs)
-        grads = [torch.as_tensor(np.asarray(result.params[name]), dtype=layer.float_type) for name in layer.param_names]
+        count = len(layer.param_names)
+        wanted = ctx.needs_input_grad[2:]
+        with_params, with_inputs = any(wanted[:count]), any(wanted[count:])
+        # Only what autograd asks for: the params' cotangents alone are one gradient kernel's call.
+        result = derivatives.vjp(layer.model, cotangents, with_params, params=params, training=False, seed=0, step=0,
+                                 sample_offset=0, threads=None, state=None, inputs=inputs, keyword_inputs={},
+                                 outputs=with_inputs)
+        grads = [torch.as_tensor(np.asarray(result.params[name]), dtype=layer.float_type) if with_params else None
+                 for name in layer.param_names]
         for name in ctx.names:
             found = result.inputs.get(name)
             grads.append(None if found is None else torch.as_tensor(np.asarray(found), dtype=layer.float_type))

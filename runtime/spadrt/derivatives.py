@@ -5,7 +5,9 @@ inputs. One call of a compiled kernel (spadc/ad/vjp.py): a forward kernel over t
 
 Invariants:
 - Per sample, as `forward`: a batch gives stacked outputs and input cotangents; the params'
-  cotangents are summed over the batch (in sample order, so the thread count changes no bit).
+  cotangents are summed over the batch by a gradient kernel (in place, chunks combined in order, so
+  the thread count changes no bit), which divides by the count as for a gradient: the sum is that
+  mean times the count (to rounding).
 - A cotangent is given per sample ([n, *shape]) or once for every sample (the output's shape).
 - Exact reverse mode (estimators do not apply yet); `training=True` keys dropout as `grad` does.
 """
@@ -20,7 +22,7 @@ from .arguments import Options, merge_inputs, numeric
 from .calls import check_threads
 from .errors import SpadcError
 
-VJP, WITH_PARAMS = "vjp.", ".params"  # kernel names (spadc/ad/vjp.py `vjp_kind`)
+VJP, VJP_SUM, WITH_PARAMS = "vjp.", "vjpsum.", ".params"  # kernel names (spadc/ad/vjp.py `parse_kind`)
 COTANGENT, INPUT_COTANGENT, PARAM_COTANGENT = "_cotangent.", "_input.", "_grad."
 
 
@@ -40,8 +42,35 @@ def seedable(layout: dict) -> dict[str, list[int]]:
 
 
 def vjp(model, cotangents, with_params: bool, *, params, training, seed, step, sample_offset, threads, state,
-        inputs, keyword_inputs) -> VJPResult:
+        inputs, keyword_inputs, outputs: bool = True) -> VJPResult:
+    """With `with_params`, the params' cotangents (a gradient kernel sums them in place); with
+    `outputs`, the loss, the outputs and the inputs' cotangents (a forward kernel, per sample)."""
     options = Options.check(training, seed, step, sample_offset)
+    seeded, prepared = _prepare(model, cotangents, state, inputs, keyword_inputs)
+    flat = model._params_buffer(params)
+    threads = check_threads(threads)
+    param_cotangents = {}
+    if with_params:
+        entry, function = model._kernel(VJP_SUM + "+".join(seeded), "vjp needs its kernel")
+        _, mean, _ = model._run(entry, function, prepared=prepared, flat=flat, training=options.training,
+                                seed=options.seed, step=options.step, offset=options.offset, threads=threads)
+        param_cotangents = model._named(mean.astype(np.float64) * prepared.n)  # the kernel divides by the count
+    if not outputs:
+        return VJPResult(None, {}, param_cotangents, {})
+    entry, function = model._kernel(VJP + "+".join(seeded), "vjp needs its kernel")
+    losses, values = model._run_forward(entry, function, entry["outputs"], prepared, flat, options, threads)
+    batched = prepared.batched
+    named = {o["name"]: value.astype(np.float64, copy=False) for o, value in zip(entry["outputs"], values)}
+    one = (lambda x: x) if batched else (lambda x: x[0])
+    visible = {name: one(value) for name, value in named.items() if not name.startswith("_")}
+    input_cotangents = {name[len(INPUT_COTANGENT):]: one(value) for name, value in named.items()
+                        if name.startswith(INPUT_COTANGENT)}
+    losses = losses.astype(np.float64)
+    return VJPResult(losses if batched else float(losses[0]), visible, param_cotangents, input_cotangents)
+
+
+def _prepare(model, cotangents, state, inputs, keyword_inputs):
+    """(the seeded names, sorted; the inputs with the cotangents after them, as kernel arguments)."""
     targets = seedable(model.layout)
     if not isinstance(cotangents, dict) or not cotangents:
         raise SpadcError("cotangents must be a dict of output name (or \"loss\") to array, with at least one entry; "
@@ -51,27 +80,13 @@ def vjp(model, cotangents, with_params: bool, *, params, training, seed, step, s
             raise SpadcError(f"a cotangent for `{name}`, which is no float output of the model; its are "
                              f"{', '.join(sorted(targets))}")
     seeded = sorted(cotangents)
-    values = merge_inputs(inputs, keyword_inputs)
+    values = dict(merge_inputs(inputs, keyword_inputs))  # (a copy: the caller's dict may be reused)
     taken = [name for name in values if name.startswith(COTANGENT)]
     if taken:
         raise SpadcError(f"unknown input `{taken[0]}`")
     values.update({COTANGENT + name: numeric(cotangents[name], f"the cotangent of `{name}`") for name in seeded})
     extra = [{"name": COTANGENT + name, "shape": targets[name], "dtype": "f64"} for name in seeded]
-    prepared = model._inputs(values, state, extra)
-    kind = VJP + "+".join(seeded) + (WITH_PARAMS if with_params else "")
-    entry, function = model._kernel(kind, "vjp needs its kernel")
-    losses, outputs = model._run_forward(entry, function, entry["outputs"], prepared, model._params_buffer(params),
-                                         options, check_threads(threads))
-    batched = prepared.batched
-    named = {o["name"]: value.astype(np.float64, copy=False) for o, value in zip(entry["outputs"], outputs)}
-    one = (lambda x: x) if batched else (lambda x: x[0])
-    visible = {name: one(value) for name, value in named.items() if not name.startswith("_")}
-    input_cotangents = {name[len(INPUT_COTANGENT):]: one(value) for name, value in named.items()
-                        if name.startswith(INPUT_COTANGENT)}
-    param_cotangents = {name[len(PARAM_COTANGENT):]: value.sum(axis=0) for name, value in named.items()
-                        if name.startswith(PARAM_COTANGENT)}
-    losses = losses.astype(np.float64)
-    return VJPResult(losses if batched else float(losses[0]), visible, param_cotangents, input_cotangents)
+    return seeded, model._inputs(values, state, extra)
 
 
 def jacobian(model, output: str, wrt, *, params, training, seed, step, sample_offset, threads, state, inputs,
@@ -113,10 +128,7 @@ def _sweep(model, output, cotangent, with_params, params, training, seed, step, 
            inputs, keyword_inputs):
     """(batched, per-sample flat params' cotangents or None, inputs' cotangents) of one VJP."""
     options = Options.check(training, seed, step, sample_offset)
-    values = merge_inputs(inputs, keyword_inputs)
-    values[COTANGENT + output] = cotangent
-    extra = [{"name": COTANGENT + output, "shape": list(np.shape(cotangent)), "dtype": "f64"}]
-    prepared = model._inputs(values, state, extra)
+    _, prepared = _prepare(model, {output: cotangent}, state, inputs, keyword_inputs)
     kind = VJP + output + (WITH_PARAMS if with_params else "")
     entry, function = model._kernel(kind, "jacobian needs its kernel")
     _, outputs = model._run_forward(entry, function, entry["outputs"], prepared, model._params_buffer(params),

@@ -377,7 +377,8 @@ class Model:
                 raise SpadcError(f"{purpose}, which this library was built without")
             if kind not in self._variants:
                 entry, address, owner = self._kernel_provider(kind)
-                kernel_type = FORWARD_TYPE if kind.startswith(derivatives.VJP) else KERNEL_TYPES[kind]
+                kernel_type = (GRAD_TYPE if kind.startswith(derivatives.VJP_SUM) else
+                               FORWARD_TYPE if kind.startswith(derivatives.VJP) else KERNEL_TYPES[kind])
                 self._variants[kind] = (entry, kernel_type(address), owner)
             entry, function, _ = self._variants[kind]
         return entry, function

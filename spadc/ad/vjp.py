@@ -10,7 +10,7 @@ cotangents are inputs, never differentiated.
 Invariants:
 - The model's program is not changed: the surrogate is built on a copy of its body.
 - The vjp program's loss is the model's own loss (a forward kernel writes it per sample).
-- Seeded names are sorted and unique, and the kernel's name says them (`vjp_kind`), so each set
+- Seeded names are sorted and unique, and the kernel's name says them (`parse_kind`), so each set
   of seeded outputs is one kernel, compiled once and cached like the others.
 """
 
@@ -21,21 +21,18 @@ from dataclasses import replace
 from ..errors import SpadcError
 from ..ir.core import Block, InputDecl, Program, Value, copy_block
 from .builder import Builder
-from .reverse import gradient, place_of
+from .reverse import GradientProgram, gradient, place_of
 
 VJP = "vjp."  # kernel names: vjp.<seeded outputs joined by '+'>[.params]
+VJP_SUM = "vjpsum."  # the params' cotangents summed over the batch: vjpsum.<seeded outputs>
 COTANGENT = "_cotangent."  # the vjp kernel's extra inputs
 INPUT_COTANGENT = "_input."  # its outputs: a float input's cotangent, per sample
 PARAM_COTANGENT = "_grad."  # its outputs: a param's cotangent, per sample (spadrt/curvature.py's SAMPLE_GRADIENT)
 WITH_PARAMS = ".params"
 
 
-def vjp_kind(seeded, with_params: bool) -> str:
-    return VJP + "+".join(sorted(set(seeded))) + (WITH_PARAMS if with_params else "")
-
-
 def parse_kind(kind: str) -> tuple[tuple[str, ...], bool]:
-    body = kind[len(VJP):]
+    body = kind[len(VJP_SUM if kind.startswith(VJP_SUM) else VJP):]
     with_params = body.endswith(WITH_PARAMS)
     return tuple(body.removesuffix(WITH_PARAMS).split("+")), with_params
 
@@ -52,7 +49,9 @@ def seedable(program: Program) -> dict[str, Value]:
     return found
 
 
-def vjp_program(program: Program, seeded: tuple[str, ...], with_params: bool) -> Program:
+def _surrogate(program: Program, seeded: tuple[str, ...]):
+    """(a copy of the program with the cotangents as inputs after its own and the loss
+    `sum_k <ct_k, out_k>`, the copy's values by original id)."""
     targets = seedable(program)
     unknown = [name for name in seeded if name not in targets]
     if unknown:
@@ -63,27 +62,35 @@ def vjp_program(program: Program, seeded: tuple[str, ...], with_params: bool) ->
     params = [replace(d, value=mapping[d.value.id]) for d in program.params]
     inputs = [replace(d, value=mapping[d.value.id]) for d in program.inputs]
     outputs = {name: mapping.get(value.id, value) for name, value in program.outputs.items()}
-    loss = mapping.get(program.loss.id, program.loss)
-    cotangents = []
-    for name in seeded:
-        value = mapping.get(targets[name].id, targets[name])
-        cotangents.append(InputDecl(COTANGENT + name, Value(value.type, f"{name}.cotangent"), place_of(program, targets[name])[0]))
     t = Builder(body)
     t.at(*place_of(program, program.loss))
-    surrogate = None
-    for name, decl in zip(seeded, cotangents):
+    cotangents, surrogate = [], None
+    for name in seeded:
         value = mapping.get(targets[name].id, targets[name])
+        decl = InputDecl(COTANGENT + name, Value(value.type, f"{name}.cotangent"), place_of(program, targets[name])[0])
+        cotangents.append(decl)
         term = t.op("mul", decl.value, value)
         term = t.op("reduce_sum", term, axis=None) if value.type.rank else term
         surrogate = term if surrogate is None else t.op("add", surrogate, term)
     body = Block(list(body.params) + [d.value for d in cotangents], body.ops, body.yields)
     linear = Program(program.name, params, inputs + cotangents, body, outputs, surrogate, None, program.files,
                      program.states)
+    return linear, mapping
+
+
+def vjp_program(program: Program, seeded: tuple[str, ...], with_params: bool) -> Program:
+    linear, mapping = _surrogate(program, seeded)
     differentiable = differentiable_inputs(program)
     taps = {INPUT_COTANGENT + d.name: mapping[d.value.id] for d in differentiable}
     reverse = gradient(linear, taps=taps, wrt_inputs=frozenset(d.name for d in differentiable)).program
-    result = dict(outputs)
+    result = dict(linear.outputs)
     result.update({name: reverse.outputs[name] for name in taps})
     if with_params:
-        result.update({PARAM_COTANGENT + d.name: reverse.outputs[d.name] for d in params})
-    return reverse.with_body(reverse.body, result, loss, None)
+        result.update({PARAM_COTANGENT + d.name: reverse.outputs[d.name] for d in linear.params})
+    return reverse.with_body(reverse.body, result, mapping.get(program.loss.id, program.loss), None)
+
+
+def summed_vjp(program: Program, seeded: tuple[str, ...]) -> GradientProgram:
+    """The params' cotangents as an accumulating gradient program (kernels.grad_kernel sums them
+    over the samples in place, as it sums a gradient, and divides by the count)."""
+    return gradient(_surrogate(program, seeded)[0], accumulate=True)
