@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import spadc  # noqa: E402
-from bench.bundle_adjustment import SEED, problem  # noqa: E402
+from bench.bundle_adjustment import SEED, jax_residual, problem  # noqa: E402
 
 AGREEMENT = 1e-10  # spadc's Jacobian against JAX's, relative to the largest entry
 
@@ -33,25 +33,8 @@ def jax_jacobian():
     if importlib.util.find_spec("jax") is None:
         return None
     import jax
-    import jax.numpy as jnp
     jax.config.update("jax_enable_x64", True)
-
-    def rotate(r, x):
-        theta2 = jnp.sum(r * r)
-        theta = jnp.sqrt(theta2 + 1e-300)
-        axis = r / theta
-        turned = (x * jnp.cos(theta) + jnp.cross(axis, x) * jnp.sin(theta)
-                  + axis * (jnp.sum(axis * x) * (1.0 - jnp.cos(theta))))
-        return jnp.where(theta2 > 1e-20, turned, x + jnp.cross(r, x))
-
-    def residual(camera, point, weight, feature):
-        p = rotate(camera[0:3], point - camera[3:6])
-        q = p[0:2] / p[2]
-        s = jnp.sum(q * q)
-        projected = camera[6] * (1.0 + camera[9] * s + camera[10] * s * s) * q + camera[7:9]
-        return weight * (projected - feature)
-
-    return jax.jit(jax.vmap(jax.jacrev(residual, argnums=(0, 1, 2))))
+    return jax.jit(jax.vmap(jax.jacrev(jax_residual(jax), argnums=(0, 1, 2))))
 
 
 def rows(budget: float) -> list[str]:

@@ -47,13 +47,9 @@ def problem(rng):
             {"cam": cam, "point": point, "obs": np.arange(N_OBS), "feature": feature})
 
 
-def jax_objective():
-    """value_and_grad of the same mean loss in JAX (jit), or None without JAX."""
-    if importlib.util.find_spec("jax") is None:
-        return None
-    import jax
-    import jax.numpy as jnp
-    jax.config.update("jax_enable_x64", True)
+def jax_residual(jax):
+    """The weighted reprojection error of one observation in JAX, (camera, point, weight, feature) -> e."""
+    jnp = jax.numpy
 
     def rotate(r, x):
         theta2 = jnp.sum(r * r)
@@ -63,12 +59,27 @@ def jax_objective():
                   + axis * (jnp.sum(axis * x) * (1.0 - jnp.cos(theta))))
         return jnp.where(theta2 > 1e-20, turned, x + jnp.cross(r, x))
 
-    def one(camera, point, weight, feature):
+    def residual(camera, point, weight, feature):
         p = rotate(camera[0:3], point - camera[3:6])
         q = p[0:2] / p[2]
         s = jnp.sum(q * q)
         projected = camera[6] * (1.0 + camera[9] * s + camera[10] * s * s) * q + camera[7:9]
-        e = weight * (projected - feature)
+        return weight * (projected - feature)
+
+    return residual
+
+
+def jax_objective():
+    """value_and_grad of the same mean loss in JAX (jit), or None without JAX."""
+    if importlib.util.find_spec("jax") is None:
+        return None
+    import jax
+    import jax.numpy as jnp
+    jax.config.update("jax_enable_x64", True)
+    residual = jax_residual(jax)
+
+    def one(camera, point, weight, feature):
+        e = residual(camera, point, weight, feature)
         return jnp.sum(e * e) + (1.0 - weight * weight) ** 2
 
     def loss(params, cam, point, obs, feature):

@@ -160,3 +160,18 @@ def _free_compiled_models():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
+
+
+def skew_vjp(monkeypatch, skew: float, parts=("params", "inputs")):
+    """A negative control's planted bug: `spadrt.derivatives.vjp` returns the cotangents of `parts`
+    `skew` (relative) too large."""
+    from spadrt import derivatives
+    real = derivatives.vjp
+
+    def skewed(*args, **kwargs):
+        result = real(*args, **kwargs)
+        for part in parts:
+            setattr(result, part, {k: v * (1 + skew) for k, v in getattr(result, part).items()})
+        return result
+
+    monkeypatch.setattr(derivatives, "vjp", skewed)

@@ -513,15 +513,22 @@ def _check_direction(model, inputs, params, grads, seed):
                           training=True, seed=seed, step=3)
 
     analytic = sum(float(np.sum(direction[k] * grads[k])) for k in params)
+    _against_differences(at, analytic, "directional derivative")
+
+
+def _against_differences(at, analytic: float, what: str):
+    """`analytic` against fourth-order central differences of `at(scale)`, at steps from coarse to
+    fine until one agrees: a wrong derivative disagrees at every step; truncation error shrinks
+    with the step (a non-finite difference ends the check)."""
     differences = []
-    for h in DIRECTION_STEPS:  # a wrong gradient disagrees at every step; truncation error shrinks with h
+    for h in DIRECTION_STEPS:
         numeric = (-at(2 * h) + 8 * at(h) - 8 * at(-h) + at(-2 * h)) / (12 * h)
         if not np.isfinite(numeric):
             return
         if abs(numeric - analytic) <= DIRECTION_RTOL * (1 + abs(numeric) + abs(analytic)):
             return
         differences.append(f"{numeric} at step {h:g}")
-    raise Mismatch(f"directional derivative {analytic} against central differences {', '.join(differences)}")
+    raise Mismatch(f"{what} {analytic} against central differences {', '.join(differences)}")
 
 
 def _direction(params, seed) -> dict:
@@ -562,16 +569,8 @@ def _check_vjp(model, inputs, params, seed, smooth: bool):
         out = model.forward(**dict(inputs, **{k: inputs[k] + scale * u for k, u in moves.items()}))
         return cotangents["loss"] * out.loss + float(np.sum(cotangents["out"] * out.outputs["out"]))
 
-    analytic = sum(float(np.sum(result.inputs[k] * u)) for k, u in moves.items())
-    differences = []
-    for h in DIRECTION_STEPS:
-        numeric = (-at(2 * h) + 8 * at(h) - 8 * at(-h) + at(-2 * h)) / (12 * h)
-        if not np.isfinite(numeric):
-            return
-        if abs(numeric - analytic) <= DIRECTION_RTOL * (1 + abs(numeric) + abs(analytic)):
-            return
-        differences.append(f"{numeric} at step {h:g}")
-    raise Mismatch(f"vjp's <inputs' cotangent, u> {analytic} against central differences {', '.join(differences)}")
+    _against_differences(at, sum(float(np.sum(result.inputs[k] * u)) for k, u in moves.items()),
+                         "vjp's <inputs' cotangent, u>")
 
 
 def _check_hessian_product(model, inputs, params, seed):

@@ -11,7 +11,7 @@ import pytest
 
 import spadc
 
-from conftest import EXAMPLES as EXAMPLES_DIRECTORY, LONG, example, example_inputs
+from conftest import EXAMPLES as EXAMPLES_DIRECTORY, LONG, example, example_inputs, skew_vjp
 
 SEED = 11
 BATCH = 3
@@ -138,15 +138,7 @@ def test_a_cotangent_given_once_seeds_every_sample():
                                                ("params", "test_vjp_params_against_forward_mode", 1e-8)])
 def test_the_checks_reject_a_vjp_off_by_a_little(monkeypatch, part, check, skew):
     # A negative control: each test, given cotangents `skew` (relative) too large.
-    from spadrt import derivatives
-    real = derivatives.vjp
-
-    def skewed(*args, **kwargs):
-        result = real(*args, **kwargs)
-        setattr(result, part, {k: v * (1 + skew) for k, v in getattr(result, part).items()})
-        return result
-
-    monkeypatch.setattr(derivatives, "vjp", skewed)
+    skew_vjp(monkeypatch, skew, (part,))
     with pytest.raises(AssertionError):
         globals()[check]("mlp_digits.spad")
 

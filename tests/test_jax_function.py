@@ -7,7 +7,7 @@ import pytest
 
 import spadc
 
-from conftest import example, example_inputs
+from conftest import example, example_inputs, skew_vjp
 
 jax = pytest.importorskip("jax", reason="spadc.jax needs JAX (optional extra: pip install .[jax])")
 jax.config.update("jax_enable_x64", True)
@@ -58,16 +58,7 @@ def test_values_and_gradients_are_the_models_and_pass_jaxs_check(name):
 
 def test_the_check_rejects_a_wrong_vjp(monkeypatch):
     # A negative control: cotangents 1e-3 too large fail JAX's numerical check (its tolerance: 1e-5).
-    from spadrt import derivatives
-    real = derivatives.vjp
-
-    def skewed(*args, **kwargs):
-        result = real(*args, **kwargs)
-        result.inputs = {k: v * (1 + 1e-3) for k, v in result.inputs.items()}
-        result.params = {k: v * (1 + 1e-3) for k, v in result.params.items()}
-        return result
-
-    monkeypatch.setattr(derivatives, "vjp", skewed)
+    skew_vjp(monkeypatch, 1e-3)
     with pytest.raises(AssertionError):
         test_values_and_gradients_are_the_models_and_pass_jaxs_check("mlp.spad")
 

@@ -8,7 +8,7 @@ import pytest
 
 import spadc
 
-from conftest import example, example_inputs
+from conftest import example, example_inputs, skew_vjp
 
 torch = pytest.importorskip("torch", reason="spadc.torch needs PyTorch (optional extra: pip install .[torch])")
 import spadc.torch  # noqa: E402
@@ -53,16 +53,7 @@ def test_gradcheck_passes_through_the_module(name):
 
 def test_gradcheck_rejects_a_wrong_vjp(monkeypatch):
     # A negative control: cotangents 1% too large (gradcheck: 1e-5 absolute and 1e-3 relative).
-    from spadrt import derivatives
-    real = derivatives.vjp
-
-    def skewed(*args, **kwargs):
-        result = real(*args, **kwargs)
-        result.params = {k: v * (1 + 1e-2) for k, v in result.params.items()}
-        result.inputs = {k: v * (1 + 1e-2) for k, v in result.inputs.items()}
-        return result
-
-    monkeypatch.setattr(derivatives, "vjp", skewed)
+    skew_vjp(monkeypatch, 1e-2)
     layer = _layer("mlp.spad")
     f, tensors = _through_the_module(layer, example_inputs(layer.model.layout, np.random.default_rng(SEED), batch=2))
     assert not torch.autograd.gradcheck(f, tensors, fast_mode=True, raise_exception=False)
