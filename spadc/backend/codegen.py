@@ -16,9 +16,10 @@ Lanes: with a plan for L > 1 lanes, a kernel runs the samples of a batch L at a 
 (`lane_block`): each run of ops of a lane block (memory.py `lane_runs`) runs for every sample of
 the block (`samples`; a function of its own where it can be, spadc/backend/outline.py) before the
 next starts, except where a lane emitter (spadc/backend/gemm.py) does the whole block at once
-(a matrix-matrix product). A plan in `lockstep` with one lane (a big program) runs so too. Loops and comprehensions run once for all lanes, their bodies op by op;
-a `cond` runs sample by sample. A value of a lane block is reached at the current lane (`local`);
-a param, a running sum or another shared value the same for every lane.
+(a matrix-matrix product). A plan in `lockstep` with one lane (a big program) runs so too. Loops
+and comprehensions run once for all lanes, their bodies op by op; a `cond` runs sample by sample.
+A value of a lane block is reached at the current lane (`local`); a param, a running sum or
+another shared value the same for every lane.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Invariants:
 - A hoisted value is bound as a param every lane shares; its adjoint as a running sum.
 - The prologue's and epilogue's plans meet the memory limit as the kernel's does; the hoisted
   values add at most twice spadc.passes.hoist.HOIST_BYTES.
-- A big prologue or epilogue (memory.py `in_lockstep`) runs as a lane kernel of one lane does: in
+- A big prologue or epilogue (codegen.py `in_lockstep`) runs as a lane kernel of one lane does: in
   runs, each a function of its own, for LLVM's sake (as the kernels).
 """
 
@@ -120,7 +120,8 @@ def epilogue(module, symbol: str, split: Split, float_type, float_bytes: int, ch
     product.program = run_passes(product.program)
     program = product.program
     writable = frozenset(v.id for v in product.accumulators.values())
-    plan_ = plan(program, float_bytes, writable, lockstep=in_lockstep(program))  # (one lane: a sum need not be in place)
+    # (In lockstep with one lane, a running sum need not be updated in place: kernels.grad_kernel.)
+    plan_ = plan(program, float_bytes, writable, lockstep=in_lockstep(program))
     check_limit(program, plan_, max_memory, "gradient kernel's once-per-call adjoint", float_bytes)
     args, function = _function(module, f"{symbol}.epilogue", float_type, [("grads", float_type.as_pointer())])
     e = FunctionEmitter(function, float_type, plan_, args["workspace"], args["status"], checks)

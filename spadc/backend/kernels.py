@@ -223,7 +223,8 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
         program = split.per_sample
     else:
         split = None
-    plan_ = plan(program, float_bytes, lanes=1 if particles else lanes, lockstep=not particles and in_lockstep(program))
+    plan_ = plan(program, float_bytes, lanes=1 if particles else lanes,
+                 lockstep=not particles and in_lockstep(program))
     check_limit(program, plan_, max_memory, "forward kernel", float_bytes)
     tail = [("losses", float_type_.as_pointer()), ("outputs", I8P.as_pointer()), ("workspace", I8P),
             ("status", I64.as_pointer())]
