@@ -46,6 +46,8 @@ def _load_command_line():
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+    if interrupted:  # an import that caught the KeyboardInterrupt and went on (a bare `except:`)
+        raise KeyboardInterrupt
     return run_command
 
 
