@@ -47,6 +47,26 @@ def test_the_estimate_is_made_of_plain_forward_losses_at_the_perturbed_params(an
     assert loss == pytest.approx(np.mean(model.loss(x=x, label=label)), rel=1e-15)
 
 
+@pytest.mark.parametrize("antithetic, size", [(True, 7), (False, 8), (True, 1)])
+def test_perturbations_are_the_documented_philox_streams(antithetic, size):
+    """ESTIMATORS.md section 8: particle (or pair) j's normals come from Philox4x64-10 keyed
+    (seed, ES_SITE) at counter (entry block, 0, j, step), by Box-Muller on consecutive uniforms.
+    The oracle is NumPy's own Philox, one generator per stream."""
+    from spadrt.es import ES_SITE
+    seed, step, sigma, particles = 2**64 - 3, 5, 0.3, 6
+    streams = particles // 2 if antithetic else particles
+    rows = []
+    for stream in range(streams):
+        counter = (stream << 128 | step << 192) - 1  # NumPy adds one before each block
+        words = np.random.Philox(counter=counter, key=seed | ES_SITE << 64).random_raw(2 * size + 4)
+        u = (words >> np.uint64(11)) * 2.0 ** -53
+        pairs = [(np.sqrt(-2 * np.log1p(-u[2 * k])), 2 * np.pi * u[2 * k + 1]) for k in range((size + 1) // 2)]
+        rows.append(np.array([r * f(t) for r, t in pairs for f in (np.cos, np.sin)])[:size] * sigma)
+    expected = np.stack([sign * row for row in rows for sign in (1, -1)]) if antithetic else np.stack(rows)
+    got = perturbations(spadc.ES(sigma=sigma, particles=particles, antithetic=antithetic), seed, step, size)
+    np.testing.assert_array_equal(got, expected)
+
+
 LONG = os.environ.get("SPADC_LONG") == "1"
 # Plain (not antithetic) ES's variance grows with the loss's value: the quick profile tests it where
 # the loss is 0 (the quadratic shifted by a constant, which leaves its gradient alone), 5,000 draws

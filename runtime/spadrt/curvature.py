@@ -82,8 +82,9 @@ def _sampled_labels(model, values: dict, params, options: Options, threads) -> d
     logits = logits.reshape(-1, logits.shape[-1])
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     cumulative = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
-    uniforms = np.array([(stream_words(options.seed, options.step, options.offset + s, 1, MC_FISHER_SITE)[0] >> 11)
-                         * (1.0 / (1 << 53)) for s in range(len(logits))])
+    words = stream_words(options.seed, options.step, range(options.offset, options.offset + len(logits)), 1,
+                         MC_FISHER_SITE)[:, 0]
+    uniforms = (words >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
     labels = np.minimum((cumulative < uniforms[:, None]).sum(axis=1), logits.shape[1] - 1).astype(np.int64)
     return {classifier["label"]: labels if np.ndim(result.loss) else labels[0]}  # a batch, or one sample
 
