@@ -47,5 +47,19 @@ def check_dot_product(loss, params: dict, grads: dict, rng):
 
 def interpreted_gradient(program, params: dict, inputs: dict, options=RunOptions()):
     """The loss and gradient from the interpreter running the gradient program."""
-    result = evaluate(gradient(program).program, params, inputs, options)
+    result = evaluate(differentiated(program), params, inputs, options)
     return result.loss, result.outputs
+
+
+_DIFFERENTIATED: dict[int, tuple] = {}  # id -> (program, its gradient program): tests ask sample by sample
+
+
+def differentiated(program):
+    """The gradient program of `program`, made once for the last few programs asked about (the
+    entry keeps the program alive, so its id is not reused while it is there)."""
+    hit = _DIFFERENTIATED.get(id(program))
+    if hit is None:
+        if len(_DIFFERENTIATED) >= 4:
+            del _DIFFERENTIATED[next(iter(_DIFFERENTIATED))]
+        hit = _DIFFERENTIATED[id(program)] = (program, gradient(program).program)
+    return hit[1]

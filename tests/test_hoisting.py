@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 
 import spadc
-from spadc.ad.reverse import gradient
 from spadc.ir.core import walk_ops
 from spadc.ir.interpret import RunOptions, evaluate
 from spadc.ir.verify import verify
 from spadc.passes import hoist
 
 from conftest import example, run_cli
-from gradcheck import check_finite_differences
+from gradcheck import check_finite_differences, differentiated
 
 SEED = 20261205
 RTOL = 1e-12  # compiled (hoisted) against interpreted (as written): the same ops, summed in another order
@@ -49,7 +48,7 @@ def _reference(program, params, inputs, batch):
     grads, losses = None, []
     for s in range(batch):
         sample = {k: v[s] for k, v in inputs.items()}
-        result = evaluate(gradient(program).program, params, sample, RunOptions(sample=s))
+        result = evaluate(differentiated(program), params, sample, RunOptions(sample=s))
         losses.append(result.loss)
         part = {k: result.outputs[k] for k in params}
         grads = part if grads is None else {k: grads[k] + part[k] for k in grads}
