@@ -182,7 +182,8 @@ COMPILE_CHILD = """
 import sys, time
 import spadc, spadc.api  # (spadc loads its names lazily: the import is done here, not timed)
 start = time.perf_counter()
-spadc.compile_file(sys.argv[1], cache=sys.argv[2] == "cache")
+model = spadc.compile_file(sys.argv[1], cache=sys.argv[2] == "cache")
+model._variant(None)  # the exact gradient kernel, which its first `grad` would compile (or load)
 print(time.perf_counter() - start)
 """
 

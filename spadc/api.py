@@ -7,9 +7,10 @@ Invariants:
 - `compile_file` and `compile_source` also use the disk cache (spadc/cache.py): a model whose
   kernels are there loads them without running the front end or LLVM; a gradient variant not
   there is compiled (front end included) the first time it is asked for, and stored.
-- The forward kernel and the exact gradient are compiled at once; each other gradient variant (an
-  estimator's sampled adjoint, SPAD's scoring adjoint) is compiled the first time it is asked for,
-  and cached with the model.
+- Building plans the exact gradient (its tape and memory plan, which the layout reports) and emits
+  its LLVM IR, but compiles no kernel: each kernel, the exact gradient as much as an estimator's
+  sampled adjoint or the forward kernel, is compiled the first time it is run, and cached with the
+  model. A gradient program asked for itself (`spadc ir`, `spadc mem`) is planned, not compiled.
 """
 
 from __future__ import annotations
@@ -48,14 +49,14 @@ class Compiled:
     gradient: GradientProgram  # the exact one
     llvm_ir: str  # the module of the exact gradient kernel, before optimisation
     layout: dict
-    machine: jit.Compiled
     dtype: str
     max_memory: int  # bytes: no kernel's workspace may need more
     lanes: int  # samples every kernel runs side by side (the particles kernel excepted)
     base_layout: dict  # the layout with the exact gradient only (what the disk cache keeps)
     split: object = None  # what the forward and exact kernels compute once per call (spadc/passes/hoist.py)
     checkpoint: object = "auto"  # "auto" | "none" | snapshots: how gradient kernels meet max_memory (budget.py)
-    variants: dict[str, tuple[dict, jit.Compiled, GradientProgram]] = field(default_factory=dict)
+    variants: dict[str, tuple[dict, jit.Compiled, GradientProgram]] = field(default_factory=dict)  # compiled
+    emitted: dict[str, tuple[dict, str, GradientProgram]] = field(default_factory=dict)  # planned, LLVM IR
 
     def kernel(self, kind: str) -> tuple[dict, jit.Compiled]:
         """(layout entry, machine code) of one of the EXTRA_KERNELS, compiled on first use: the
@@ -78,12 +79,21 @@ class Compiled:
         return str(module)
 
     def gradient_program(self, sampling=None, score: str | None = None, policy=None) -> GradientProgram:
-        return self.variant(sampling, score, policy)[2]
+        return self.emit(sampling, score, policy)[2]
 
     def variant(self, sampling=None, score: str | None = None, policy=None):
         """(layout entry, machine code, gradient program) of a gradient variant, compiled on first use."""
         key = variant_key(sampling, score, policy)
         if key not in self.variants:
+            entry, llvm_ir, program = self.emit(sampling, score, policy)
+            self.variants[key] = (entry, jit.compile_ir(llvm_ir, ("grad",)), program)
+        return self.variants[key]
+
+    def emit(self, sampling=None, score: str | None = None, policy=None) -> tuple[dict, str, GradientProgram]:
+        """(layout entry, LLVM IR, gradient program) of a gradient variant: planned and emitted, not
+        compiled."""
+        key = variant_key(sampling, score, policy)
+        if key not in self.emitted:
             def differentiate(program):
                 return budget.differentiated(program, sampling=sampling, score=score, policy=policy)
             program, plan = budget.plan_gradient(self.program, self.max_memory, self.checkpoint, differentiate,
@@ -98,9 +108,9 @@ class Compiled:
             if sampling is not None:
                 entry["warnings"] = _sampling_warnings(self.program, program, sampling, plan.taped_tape,
                                                        plan_tape(self.gradient).static_bytes)
-            self.variants[key] = (entry, jit.compile_ir(str(module), ("grad",)), program)
+            self.emitted[key] = (entry, str(module), program)
             self.layout["variants"][key] = entry
-        return self.variants[key]
+        return self.emitted[key]
 
 
 KEEPS_MOST = 0.9  # of the exact tape: an estimator keeping more is warned about (ESTIMATORS.md section 9)
@@ -282,10 +292,8 @@ def _build(source: Source, base_dir: str, dtype: str, max_memory, lanes: int | N
         layout["variants"]["exact"] = entry
         base_layout = json.loads(json.dumps(layout))
         llvm_ir = str(module)
-        machine = jit.compile_ir(llvm_ir, ("grad",))
-        compiled = Compiled(program, exact, llvm_ir, layout, machine, dtype, limit, lanes, base_layout, split,
-                            checkpoint)
-        compiled.variants["exact"] = (entry, machine, exact)
+        compiled = Compiled(program, exact, llvm_ir, layout, dtype, limit, lanes, base_layout, split, checkpoint)
+        compiled.emitted["exact"] = (entry, llvm_ir, exact)
         _CACHE[key] = compiled
         while len(_CACHE) > CACHE_SIZE:
             _CACHE.popitem(last=False)
@@ -324,35 +332,31 @@ def _model(source: Source, base_dir: str, dtype: str, max_memory, use_cache: boo
     hit = cache.load(base_key)
     if hit is None:
         compiled = build(source, base_dir, dtype, limit, lanes, checkpoint)
-        cache.store(base_key, compiled.base_layout, compiled.machine.object_code, cache.file_digests(compiled.program.files))
+        cache.store(base_key, compiled.base_layout, b"", cache.file_digests(compiled.program.files))
         return model_of(compiled, base_key, replan)
-    layout, code = hit
+    layout, _ = hit  # the model's layout; each kernel is an entry of its own
     built = []
 
-    def compiled_later() -> Compiled:  # only when a variant is not in the cache either
+    def compiled_later() -> Compiled:  # only when a kernel is not in the cache either
         if not built:
             built.append(build(source, base_dir, dtype, limit, lanes, checkpoint))
         return built[0]
 
-    return _assemble(layout, jit.load_object(code, ("grad",)), compiled_later, base_key, replan)
+    return _assemble(layout, compiled_later, base_key, replan)
 
 
 def model_of(compiled: Compiled, base_key: str | None = None, replan=None) -> Model:
-    return _assemble(compiled.layout, compiled.machine, lambda: compiled, base_key, replan)
+    return _assemble(compiled.layout, lambda: compiled, base_key, replan)
 
 
-def _assemble(layout: dict, machine: jit.Compiled, compiled_of, base_key: str | None, replan=None) -> Model:
-    """A Model over the base kernels in `machine`; gradient variants come from the disk cache (with a
-    `base_key`) or are compiled on first use."""
+def _assemble(layout: dict, compiled_of, base_key: str | None, replan=None) -> Model:
+    """A Model whose kernels come from the disk cache (with a `base_key`) or are compiled on first use."""
 
     def provide(sampling, score, policy):
         """Called once per model and variant: the place to warn about the variant."""
         key = variant_key(sampling, score, policy)
-        if key == "exact":
-            entry, code = layout["variants"]["exact"], machine
-        else:
-            entry, code = _variant(compiled_of, base_key, key, sampling, score, policy)
-            layout["variants"][key] = entry
+        entry, code = _variant(compiled_of, base_key, key, sampling, score, policy)
+        layout["variants"][key] = entry
         for message in entry.get("warnings", ()):
             warnings.warn(message, SamplingWarning, stacklevel=5)
         return entry, code.addresses["grad"], code
@@ -370,7 +374,7 @@ def _assemble(layout: dict, machine: jit.Compiled, compiled_of, base_key: str | 
                 cache.store(entry_key, entry, code.object_code, cache.file_digests(compiled.program.files))
         return entry, code.addresses[kind], code
 
-    return Model(layout, None, provide, keepalive=machine, kernel_provider=provide_kernel, replan=replan)
+    return Model(layout, None, provide, kernel_provider=provide_kernel, replan=replan)
 
 
 def _variant(compiled_of, base_key: str | None, key: str, sampling, score, policy) -> tuple[dict, jit.Compiled]:

@@ -1,8 +1,9 @@
 """The on-disk cache of compiled kernels: a model compiled once loads in milliseconds afterwards.
 
 An entry is the machine code of one kernel (the exact gradient, another gradient variant, the
-forward kernel, a product kernel) as an object file, and its layout, in `$SPADC_CACHE_DIR` (default
-`$XDG_CACHE_HOME/spadc`, else `~/.cache/spadc`).
+forward kernel, a product kernel) as an object file, and its layout entry; a model's base entry is
+its layout alone (an empty object). In `$SPADC_CACHE_DIR` (default `$XDG_CACHE_HOME/spadc`, else
+`~/.cache/spadc`).
 
 Invariants:
 - The key hashes everything the code depends on: spadc's version and the text of its own modules
@@ -38,7 +39,7 @@ from . import __version__
 from .errors import Source
 
 ENVIRONMENT_VARIABLE = "SPADC_CACHE_DIR"
-FORMAT = 1  # of the entries; part of the key
+FORMAT = 2  # of the entries; part of the key (2: the base entry is the layout alone, each kernel an entry)
 
 
 def directory() -> str:

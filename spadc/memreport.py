@@ -45,7 +45,7 @@ def site_rows(compiled: Compiled, sampling) -> list[dict]:
 
 def workspaces(compiled: Compiled, sampling) -> tuple[int, int]:
     """Peak workspace bytes of one gradient kernel call, exact and under `sampling`."""
-    return compiled.variant(None)[0]["workspace"], compiled.variant(sampling)[0]["workspace"]
+    return compiled.emit(None)[0]["workspace"], compiled.emit(sampling)[0]["workspace"]
 
 
 def report(compiled: Compiled, sampling, label: str, spad=None) -> str:
@@ -54,7 +54,7 @@ def report(compiled: Compiled, sampling, label: str, spad=None) -> str:
     float_bytes = 8 if compiled.dtype == "f64" else 4
     # what the exact kernel keeps: its program computes what depends on params alone once per call
     # (spadc/passes/hoist.py), so it may keep less than the adjoint of the program as written
-    exact_total = compiled.variant(None)[0]["tape_bytes"]
+    exact_total = compiled.emit(None)[0]["tape_bytes"]
     sampled_total = plan_tape(compiled.gradient_program(sampling), float_bytes).static_bytes
     lines = [f"tape bytes per sample, exact and under {label}", ""]
     header = ("site", "kind", "shape", "draws", "exact", label.split("(")[0].strip())
@@ -96,7 +96,7 @@ def plan_lines(compiled: Compiled, sampling, label: str) -> list[str]:
     into segments (snapshots, replays, forward work), with its peak next to the taped figure."""
     limit = f"{compiled.max_memory:,} B" if compiled.max_memory < (1 << 62) else "no limit"
     lines = [f"memory plan (budget {limit}, checkpoint {compiled.checkpoint}):"]
-    for name, entry in (("exact", compiled.variant(None)[0]), (label, compiled.variant(sampling)[0])):
+    for name, entry in (("exact", compiled.emit(None)[0]), (label, compiled.emit(sampling)[0])):
         plan = BudgetPlan({int(k): tuple(v) for k, v in entry.get("cuts", {}).items()}, entry["workspace"],
                           entry.get("taped_workspace", entry["workspace"]))
         if not plan.cuts:

@@ -135,7 +135,7 @@ def test_every_example_with_a_loop_checkpoints_to_the_same_bits(name):
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_every_budget_is_kept_and_more_budget_never_means_more_replays(name):
     taped = spadc.api.build(spadc.frontend.text_source(PROGRAMS[name], f"{name}.spad"), ".", lanes=1, checkpoint="none")
-    taped_workspace = taped.variant(None)[0]["workspace"]
+    taped_workspace = taped.emit(None)[0]["workspace"]
     want = _gradients(spadc.api.model_of(taped), name, (EXACT, RAD))  # (SPAD under plans: above)
     smallest = _smallest_budget(name, taped_workspace)
     budgets = np.unique(np.geomspace(smallest, taped_workspace, BUDGETS).astype(int))

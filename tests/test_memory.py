@@ -115,12 +115,12 @@ def test_rad_workspace_is_below_exact_where_it_gates_a_kept_residual(name):
     # One lane: the least memory a model's kernels can run in (with more lanes, the workspace holds
     # every lane's values, and the values alive across a run of ops that goes lane by lane).
     compiled = spadc.api.build_file(example(name), lanes=1)
-    exact = compiled.variant(None)[0]
-    rad = compiled.variant(spadc.RAD(keep=0.1).sampling)[0]
+    exact = compiled.emit(None)[0]
+    rad = compiled.emit(spadc.RAD(keep=0.1).sampling)[0]
     assert rad["workspace"] <= exact["workspace"], name  # never above
     if name in LARGE_SITES:  # and with lanes, where the sites are large enough to matter
         lanes = spadc.api.build_file(example(name))
-        assert lanes.variant(spadc.RAD(keep=0.1).sampling)[0]["workspace"] < lanes.variant(None)[0]["workspace"]
+        assert lanes.emit(spadc.RAD(keep=0.1).sampling)[0]["workspace"] < lanes.emit(None)[0]["workspace"]
     if name in SAVING:
         assert rad["workspace"] < exact["workspace"], name
         assert rad["tape_bytes"] <= TAPE_RATIO * exact["tape_bytes"] or name not in LARGE_SITES, name
@@ -139,7 +139,7 @@ def test_a_long_loops_workspace_is_its_tape_and_a_few_vectors(name):
     # elements add into it, stacked (spadc/ad/comprehension.py).
     compiled = spadc.api.build_file(example(name))
     for sampling in (None, spadc.RAD(keep=0.1).sampling):
-        entry = compiled.variant(sampling)[0]  # (a kernel running several samples side by side keeps each's)
+        entry = compiled.emit(sampling)[0]  # (a kernel running several samples side by side keeps each's)
         assert entry["workspace"] <= entry["lanes"] * (entry["tape_bytes"] + 5 * 512 + 64), (name, sampling)
 
 
@@ -147,7 +147,7 @@ def test_the_digits_mlp_keeps_its_two_activations_and_two_bit_masks():
     # 2 x 256 floats (the residuals of W2 @ h1 and W3 @ h2), 2 x 256 bits of relu masks, and
     # cross-entropy's exp(logits - max) (10 floats) and its sum: 4,096 + 64 + 80 + 8 bytes.
     compiled = spadc.api.build_file(example("mlp_digits.spad"))
-    assert compiled.variant(None)[0]["tape_bytes"] == 4096 + 64 + 80 + 8 <= 4300
+    assert compiled.emit(None)[0]["tape_bytes"] == 4096 + 64 + 80 + 8 <= 4300
 
 
 VIEW_HAZARDS = {
