@@ -44,11 +44,18 @@ def _compile_cache(request, tmp_path_factory, _shared_cache_directory, monkeypat
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 LONG = os.environ.get("SPADC_LONG") == "1"  # the long profile
-# Examples that together reach every construct the examples use: a scalar test function, dense
-# layers with dropout, imported fns, a recurrent loop, a stencil loop, and `state` carried between
-# calls. Tests that run "on every example" run on these in the quick profile, on all in the long.
-QUICK_EXAMPLES = ("rosenbrock.spad", "mlp_digits.spad", "mlp_import.spad", "irnn.spad", "reaction_diffusion.spad",
-                  "influence_balancing.spad", "lr_schedule.spad")
+# Examples that together reach the constructs the examples use: a scalar test function, dense
+# layers with dropout, a recurrent loop, a stencil loop, and `state` carried between calls (imported
+# fns: tests/test_cache.py, test_examples.py). Tests that run "on every example" run on these in
+# the quick profile, on all in the long one (SPADC_LONG=1, which CI runs).
+QUICK_EXAMPLES = ("rosenbrock.spad", "mlp_digits.spad", "irnn.spad", "reaction_diffusion.spad",
+                  "influence_balancing.spad")
+
+
+def quick(cases, keep):
+    """`cases` in the long profile; in the quick one those in `keep` (a case per code path: the rest
+    repeat them on other programs or settings)."""
+    return list(cases) if LONG else [case for case in cases if case in keep]
 
 
 def profile_examples(names) -> list[str]:

@@ -16,7 +16,7 @@ import spadc
 import spadrt
 from spadc import aot
 
-from conftest import EXAMPLES, example, profile_examples
+from conftest import EXAMPLES, example, profile_examples, quick
 
 F32_RTOL = 1e-5  # f32 losses against f64
 ELF_MACHINES = {"x86_64-linux-gnu": 62, "aarch64-linux-gnu": 183, "thumbv7em-none-eabihf": 40,
@@ -203,7 +203,8 @@ loss sum(a * b)
 """  # the carried values trade places: the copy back is staged (once through a 400-byte stack array)
 
 
-@pytest.mark.parametrize("name", ["mlp_digits.spad", "irnn.spad", "reaction_diffusion.spad", "swap"])
+@pytest.mark.parametrize("name", quick(["mlp_digits.spad", "irnn.spad", "reaction_diffusion.spad", "swap"],
+                                      ["irnn.spad", "swap"]))  # (a loop over products; the staged copy)
 def test_thumbv7em_kernels_keep_no_stack_array_above_256_bytes(name, tmp_path):
     # Every tensor lives in the workspace; the stack holds scalars and Philox's 32-byte lane buffer.
     from spadc.backend import jit

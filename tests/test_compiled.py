@@ -20,7 +20,7 @@ from spadc.ir import primitives
 from spadc.ir.core import walk_ops
 from spadc.ir.interpret import RunOptions, evaluate
 
-from conftest import example
+from conftest import example, quick
 from gradcheck import SEED, check_dot_product, check_finite_differences, interpreted_gradient
 
 RTOL = 1e-12  # compiled against interpreted values
@@ -159,7 +159,11 @@ EXAMPLE_INPUTS = {
 INTERPRETED_IN_LONG_PROFILE_ONLY = () if os.environ.get("SPADC_LONG") == "1" else ("reaction_diffusion.spad",)
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLE_INPUTS))
+# Quick: one of the five scalar test functions besides Rosenbrock; the dense layers come imported.
+QUICK_EXAMPLES = ("rosenbrock.spad", "ackley.spad", "mlp_import.spad", "irnn.spad", "reaction_diffusion.spad")
+
+
+@pytest.mark.parametrize("name", quick(sorted(EXAMPLE_INPUTS), QUICK_EXAMPLES))
 def test_examples_forward_and_gradient(name):
     inputs = EXAMPLE_INPUTS[name]
     model = spadc.compile_file(example(name))
@@ -239,7 +243,7 @@ def test_compiles_are_cached():
     text = PRELUDE + "loss sum(x * x)"
     first = compiled(text)
     second = compiled(text)
-    assert first.machine is second.machine
+    assert first is second and first.variant(None)[1] is second.variant(None)[1]
 
 
 def test_loop_carried_values_that_swap_places():

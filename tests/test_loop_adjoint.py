@@ -10,6 +10,7 @@ import pytest
 
 import spadc
 
+from conftest import LONG
 from gradcheck import SEED, check_finite_differences, interpreted_gradient
 
 CONSTANT_UPDATE = """
@@ -70,7 +71,7 @@ HAND_CASES = {"constant_update": (CONSTANT_UPDATE, {}),
               "overwritten_by_input": (OVERWRITTEN_BY_INPUT, {"x": np.array([0.3, -0.7, 1.1])}),
               "nested": (NESTED, {})}
 
-GENERATED_PROGRAMS = 40  # size of the generated family
+GENERATED_PROGRAMS = 40 if LONG else 12  # size of the generated family (the fuzzer makes loops too)
 LOOP_VARIABLES = ("a", "b", "c")
 
 

@@ -18,7 +18,7 @@ from spadc.ir.core import walk_ops
 from spadrt.estimators import SamplingWarning
 from spadrt.calls import Scratch
 
-from conftest import EXAMPLES, example, profile_examples
+from conftest import EXAMPLES, example, profile_examples, quick
 
 SEED = 3
 KEEP = 0.5
@@ -44,8 +44,9 @@ def _model(name, dtype):
     return spadc.compile_source(PROGRAMS[name][0], name=f"{name}.spad", dtype=dtype)
 
 
-@pytest.mark.parametrize("dtype", ["f64", "f32"])
-@pytest.mark.parametrize("name", sorted(PROGRAMS))
+# Quick: f32 on the cond in a loop (records of either branch, floats and masks of both widths).
+@pytest.mark.parametrize("name, dtype", quick([(n, d) for n in sorted(PROGRAMS) for d in ("f64", "f32")],
+                                              [(n, "f64") for n in PROGRAMS] + [("cond_in_loop", "f32")]))
 def test_static_and_measured_tape_agree_to_the_byte(name, dtype):
     model = _model(name, dtype)
     model.init_params(SEED)
