@@ -99,7 +99,8 @@ def _assert_same_bits(got, want):
 SNAPSHOTS = (1, 3, 12) if LONG else (3,)
 
 
-@pytest.mark.parametrize("name", sorted(PROGRAMS))
+# Quick: the recurrence (the stencil's checkpointed bits are compared with the taped ones below).
+@pytest.mark.parametrize("name", quick(sorted(PROGRAMS), ("recurrent",)))
 @pytest.mark.parametrize("checkpoint", SNAPSHOTS)
 def test_checkpointed_gradients_equal_taped_ones_to_the_bit(name, checkpoint):
     # SPAD draws from the same keys as RAD, through distributions of its own: checked at two counts.

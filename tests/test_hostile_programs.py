@@ -11,7 +11,7 @@ import pytest
 import spadc
 from spadc.syntax.parser import MAX_NESTING
 
-from conftest import check
+from conftest import check, quick
 
 NESTING = 300  # deeper than the parser's limit (200 levels)
 SHALLOW = 60  # well within it: must compile, differentiate and run
@@ -129,7 +129,8 @@ def test_deep_nesting_is_a_located_error(kind):
     assert "nested too deeply" in str(located(NESTED[kind](NESTING)))
 
 
-@pytest.mark.parametrize("kind", sorted(NESTED))
+# Quick: nested statements, nested expressions, nested calls (the others nest as these do).
+@pytest.mark.parametrize("kind", quick(sorted(NESTED), ("for", "if", "tanh")))
 def test_nesting_within_the_limit_compiles_and_differentiates(kind):
     model = spadc.compile_source(NESTED[kind](SHALLOW // 2 if kind == "for" else SHALLOW), name="h.spad")
     loss, grads = model.grad()

@@ -97,13 +97,13 @@ def _check(models, program, inputs):
         assert forward.loss[-1] == pytest.approx(first.loss, rel=1e-12)
 
 
-@pytest.mark.parametrize("name", sorted(BATCHES))
+@pytest.mark.parametrize("name", quick(sorted(BATCHES), ("mlp_digits.spad", "irnn.spad")))  # (products; a loop of them)
 def test_examples_with_lanes(name):
     models = _pair(lambda lanes: spadc.compile_file(example(name), lanes=lanes))
     _check(models, None, BATCHES[name])  # (one lane against the interpreter: test_compiled.py)
 
 
-@pytest.mark.parametrize("name", sorted(PROGRAMS))
+@pytest.mark.parametrize("name", quick(sorted(PROGRAMS), ("cond_in_loop", "lookup", "stacked")))  # ("deep": the examples)
 def test_programs_with_lanes(name):
     models = _pair(lambda lanes: spadc.compile_source(PROGRAMS[name], name=f"{name}.spad", lanes=lanes))
     _check(models, check_text(PROGRAMS[name], name=f"{name}.spad"), PROGRAM_INPUTS[name])

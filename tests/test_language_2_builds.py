@@ -89,9 +89,11 @@ def test_f64_against_the_interpreter_and_f32_against_f64(source):
         assert np.max(np.abs(grads32[name] - grads[name])) <= F32_RTOL * max(scale, 1.0), name
 
 
-# f32 libraries in the long profile: test_aot.py checks one against its JIT in the quick one, and
-# the f32 JIT runs this program above.
-@pytest.mark.parametrize("dtype", ["f64", "f32"] if LONG else ["f64"])
+# In the long profile: test_aot.py checks a library against its JIT in the quick one, and
+# test_elementwise.py every function's; the JIT runs this program above, in f64 and f32.
+@pytest.mark.skipif(not LONG, reason="the long profile (SPADC_LONG=1, which CI runs): the quick one checks "
+                    "libraries against the JIT on other programs")
+@pytest.mark.parametrize("dtype", ["f64", "f32"])
 def test_an_ahead_of_time_library_computes_what_the_jit_does_bit_for_bit(tmp_path, source, dtype):
     import spadrt
     from spadc import aot
