@@ -183,7 +183,7 @@ def test_a_bad_checkpoint_option_is_named(bad):
         spadc.compile_source(REACTION, checkpoint=bad)
 
 
-@pytest.mark.parametrize("counts", [(2,), (4, 3), (2, 2, 3), (24,)])
+@pytest.mark.parametrize("counts", quick([(2,), (4, 3), (2, 2, 3), (24,)], [(2,), (2, 2, 3)]))  # (one cut; nested cuts)
 def test_the_interpreter_gives_the_cut_program_the_taped_gradient(counts):
     """The NumPy reference on the cut program's gradient, under RAD: the same bits as uncut."""
     program = spadc.frontend.lower(spadc.check_text(REACTION.replace("const T = 240", "const T = 24"), "r.spad"))

@@ -159,8 +159,8 @@ EXAMPLE_INPUTS = {
 INTERPRETED_IN_LONG_PROFILE_ONLY = () if os.environ.get("SPADC_LONG") == "1" else ("reaction_diffusion.spad",)
 
 
-# Quick: one of the five scalar test functions besides Rosenbrock; the dense layers come imported.
-QUICK_EXAMPLES = ("rosenbrock.spad", "ackley.spad", "mlp_import.spad", "irnn.spad", "reaction_diffusion.spad")
+# Quick: one of the five scalar test functions, dense layers imported, a recurrent and a stencil loop.
+QUICK_EXAMPLES = ("ackley.spad", "mlp_import.spad", "irnn.spad", "reaction_diffusion.spad")
 
 
 @pytest.mark.parametrize("name", quick(sorted(EXAMPLE_INPUTS), QUICK_EXAMPLES))

@@ -77,7 +77,8 @@ def _garbage_workspace(self, size):
     return self._garbage.ctypes.data + (-self._garbage.ctypes.data) % 64
 
 
-@pytest.mark.parametrize("name", ["mlp_digits.spad", "irnn.spad", "reaction_diffusion.spad", "cond_in_loop"])
+@pytest.mark.parametrize("name", quick(["mlp_digits.spad", "irnn.spad", "reaction_diffusion.spad", "cond_in_loop"],
+                                      ["irnn.spad", "cond_in_loop"]))  # (quick: a loop of products; conds in a loop)
 def test_no_value_reads_workspace_bytes_it_did_not_write(name, monkeypatch):
     model = _model(name, "f64") if name in PROGRAMS else spadc.compile_file(example(name))
     inputs = {k: v for k, v in EXAMPLE_INPUTS.get(name, {}).items()}
