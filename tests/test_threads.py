@@ -102,3 +102,32 @@ def test_bad_thread_counts_are_refused(threads):
 
 def test_chunks_do_not_depend_on_the_thread_count():
     assert calls.chunks(300) == [(0, 128), (128, 256), (256, 300)]
+
+
+# A gather of one row of a large table per sample: little work per sample beside a gradient of
+# 60,000 entries, so each kernel call takes more samples than calls.CHUNK (spadc/backend/kernels.py).
+GATHER = ("param table: f64[20000, 3] ~ normal(0, 1)\nparam scale: f64 = 1.5\ninput row: i64\ninput y: f64[3]\n"
+          "loss sum((tanh(table[row]) * scale - y) ^ 2)")
+
+
+def test_a_gather_model_takes_larger_chunks_with_the_same_bits_on_any_thread_count():
+    model = spadc.compile_source(GATHER, name="gather.spad")
+    model.init_params(3)
+    rng = np.random.default_rng(5)
+    n = 20000  # two whole chunks and a shorter one
+    rows, y = rng.integers(0, 20000, n), rng.standard_normal((n, 3))
+    results = [model.grad(row=rows, y=y, threads=t) for t in (1, 2, 3)]
+    chunk = model._variant(None)[0]["chunk"]
+    assert calls.CHUNK < chunk < n and chunk % calls.CHUNK == 0
+    for loss, grads in results[1:]:
+        assert loss == results[0][0] and all(np.array_equal(grads[k], results[0][1][k]) for k in grads)
+    # NumPy, by hand: d/dtable[r] = 2 (tanh(t) s - y) s (1 - tanh(t)^2), summed per row, over n.
+    table, scale = model.params["table"], model.params["scale"]
+    h = np.tanh(table[rows])
+    residual = h * scale - y
+    expected_table = np.zeros_like(table)
+    np.add.at(expected_table, rows, 2 * residual * scale * (1 - h * h) / n)
+    loss, grads = results[0]
+    assert loss == pytest.approx(np.mean(np.sum(residual ** 2, axis=1)), rel=1e-13)
+    np.testing.assert_allclose(grads["table"], expected_table, rtol=1e-12, atol=1e-18)
+    assert grads["scale"] == pytest.approx(np.mean(np.sum(2 * residual * h, axis=1)), rel=1e-12)

@@ -4,10 +4,11 @@ Invariants:
 - A call never shares what a kernel writes besides its results (the workspace, the status words,
   a `params=` override) with another call: each takes a `Scratch` from its model's pool and gives
   it back, so any number of Python threads may call one model at once.
-- A batch is cut into chunks of `CHUNK` samples whatever the thread count; each chunk is one kernel
-  call keyed by its samples' indices in the whole batch (`sample_offset`), into buffers of its own;
-  chunk results are combined in chunk order. So the result does not depend on the thread count,
-  bit for bit, and each sample's contribution is that of a single call on the whole batch.
+- A batch is cut into chunks of `CHUNK` samples (a gradient kernel may ask for more: its layout's
+  `chunk`, a constant of the kernel) whatever the thread count; each chunk is one kernel call keyed
+  by its samples' indices in the whole batch (`sample_offset`), into buffers of its own; chunk
+  results are combined in chunk order. So the result does not depend on the thread count, bit for
+  bit, and each sample's contribution is that of a single call on the whole batch.
 - ctypes releases the GIL during a kernel call, so chunks run on several cores at once.
 """
 
@@ -125,16 +126,16 @@ def _pool() -> ThreadPoolExecutor:
         return _executor
 
 
-def chunks(n: int) -> list[tuple[int, int]]:
-    return [(start, min(start + CHUNK, n)) for start in range(0, n, CHUNK)]
+def chunks(n: int, size: int = CHUNK) -> list[tuple[int, int]]:
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def run_chunks(task, n: int, threads: int) -> list:
-    """[task(start, stop) for each chunk], on up to `threads` threads, in chunk order. The first
-    chunk (in order) that raised re-raises its error."""
-    if n <= CHUNK:
+def run_chunks(task, n: int, threads: int, size: int = CHUNK) -> list:
+    """[task(start, stop) for each chunk of `size` samples], on up to `threads` threads, in chunk
+    order. The first chunk (in order) that raised re-raises its error."""
+    if n <= size:
         return [task(0, n)]
-    spans = chunks(n)
+    spans = chunks(n, size)
     if threads == 1:
         return [task(start, stop) for start, stop in spans]
     workers = min(threads, len(spans))

@@ -226,7 +226,7 @@ class Model:
         named = self._named(flat)
         if stats:
             # Each concurrent kernel call has a workspace of its own (spadrt/calls.py).
-            concurrent = min(calls.check_threads(threads), len(calls.chunks(n))) if n else 1
+            concurrent = min(calls.check_threads(threads), len(calls.chunks(n, entry.get("chunk", calls.CHUNK)))) if n else 1
             return loss, named, {"tape_bytes": measured, "tape_bytes_static": entry["tape_bytes"],
                                  "workspace_bytes": entry["workspace"], "samples": n,
                                  "peak_workspace_bytes": entry["workspace"] * concurrent,
@@ -400,7 +400,8 @@ class Model:
         data = site_data if site_data is not None else NO_DATA
         n = prepared.n
         size = entry.get("grad_size", self._flat.size)
-        pooled = n > calls.CHUNK  # each chunk's gradient is a buffer of the pool, reused
+        per_call = entry.get("chunk", calls.CHUNK)  # (libraries built before `chunk`: CHUNK)
+        pooled = n > per_call  # each chunk's gradient is a buffer of the pool, reused
         if out is not None and (out.size != size or out.dtype != self._float):
             out = None
 
@@ -425,7 +426,7 @@ class Model:
             finally:
                 self._scratch.give(scratch)
 
-        parts = calls.run_chunks(chunk, n, threads)
+        parts = calls.run_chunks(chunk, n, threads, per_call)
         if scores is not None:
             for part in parts:
                 scores += part[4]
@@ -436,7 +437,7 @@ class Model:
         # first (one pass each), then scaled once; a last, shorter chunk added with its own weight.
         loss = sum(part_loss * count for count, part_loss, *_ in parts) / n
         stored = sum(part[3] for part in parts)
-        whole = [part[2] for part in parts if part[0] == calls.CHUNK]
+        whole = [part[2] for part in parts if part[0] == per_call]
         grads = out if out is not None else np.empty(size, dtype=self._float)
         if whole:
             if len(whole) == 1:
@@ -445,8 +446,8 @@ class Model:
                 np.add(whole[0], whole[1], out=grads)
             for part_grads in whole[2:]:
                 np.add(grads, part_grads, out=grads)
-            np.multiply(grads, self._float(calls.CHUNK / n), out=grads)
-        if parts[-1][0] != calls.CHUNK:
+            np.multiply(grads, self._float(per_call / n), out=grads)
+        if parts[-1][0] != per_call:
             count, last = parts[-1][0], parts[-1][2]
             scaled = np.multiply(last, self._float(count / n), out=last)
             if whole:
