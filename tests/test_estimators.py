@@ -159,13 +159,13 @@ def test_the_control_computed_from_the_draws_is_a_real_biased_estimator():
 def test_diagnose_never_ties_the_seed_to_the_step(monkeypatch):
     model = model_for("mlp.spad")
     calls = []
-    original = model.grad
+    original = model.flat_grad
 
     def spy(**options):
         calls.append((options.get("seed"), options.get("step")))
         return original(**options)
 
-    monkeypatch.setattr(model, "grad", spy)
+    monkeypatch.setattr(model, "flat_grad", spy)
     diagnose(model, spadc.RAD(keep=KEEP), draws=20, seed=0, inputs=EXAMPLES["mlp.spad"][1])
     seeds = [seed for seed, _ in calls[1:]]
     assert len(set(seeds)) == 20 and all(seed != step for seed, step in calls[1:])
