@@ -156,6 +156,10 @@ class FunctionEmitter:
         self.first = None  # the key (index in the whole batch) of the block's first sample
         self.lane_inputs: dict[int, tuple] = {}  # input id -> (the block's first sample's bytes, bytes per sample)
         self.shared_runs: dict[str, ir.Function] = {}  # a run's function by its text (spadc/backend/outline.py)
+        # Scalars known at compile time, by value id: read as LLVM constants rather than from their
+        # slots (which still hold them), so that LLVM folds them: `x ^ 2` becomes one multiply
+        # instead of a call of libm's pow, and its adjoint's `x ^ (2 - 1)` plain `x`.
+        self.constants: dict[int, ir.Constant] = {}
 
     def finish_entry(self):
         """Close the entry block (allocas only) by jumping to the first block of code."""
@@ -249,6 +253,8 @@ class FunctionEmitter:
         return vid not in self.plan.batched and vid not in self.lane_inputs
 
     def load(self, value: Value, index=None):
+        if value.id in self.constants:
+            return self.constants[value.id]
         pointer = self.pointer(value)
         if index is not None and value.type.rank:
             pointer = self.b.gep(pointer, [index], inbounds=True)

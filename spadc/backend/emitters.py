@@ -48,11 +48,27 @@ def _elementwise(e, op):
     scalar = SCALAR[op.kind]
     out = op.result
     if out.type.rank == 0:
-        e.store(out, None, _named(scalar(e, op, *[e.load(a) for a in op.args]), out.hint))
+        operands = [e.load(a) for a in op.args]
+        folded = _folded(e, op.kind, operands)
+        if folded is not None:
+            e.constants[out.id] = folded
+        e.store(out, None, folded if folded is not None else _named(scalar(e, op, *operands), out.hint))
         return
     for j in e.each(out.type.size, "j"):
         values = [e.load(a, j if a.type.rank else None) for a in op.args]
         e.store(out, j, _named(scalar(e, op, *values), out.hint))
+
+
+_FOLDED = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b}
+
+
+def _folded(e, kind: str, operands):
+    """`kind` of double constants as a constant (Python's float arithmetic is IEEE double's, rounded
+    to nearest as LLVM's), or None. The adjoints of `pow` and others compute such scalars (`y - 1`)."""
+    if kind not in _FOLDED or e.float != ir.DoubleType() or not all(
+            isinstance(x, ir.Constant) and x.type == ir.DoubleType() and isinstance(x.constant, float) for x in operands):
+        return None
+    return ir.Constant(ir.DoubleType(), _FOLDED[kind](*(x.constant for x in operands)))
 
 
 def fusable(op) -> bool:
@@ -351,6 +367,7 @@ def _const(e, op):
     value = op.attrs["value"]
     constant = fconst(e, value) if dtype == "f64" else I64(value) if dtype == "i64" else I1(int(value))
     e.store(op.result, None, constant)
+    e.constants[op.result.id] = constant
 
 
 def _eye(e, op):

@@ -99,7 +99,7 @@ def emit_run(e, run) -> bool:
     function.attributes.add("nounwind")
     checks_before = len(e.checks)
     r = _RunEmitter(function, e.float, e.plan, None, None, e.checks)
-    r.names_sample = e.names_sample
+    r.names_sample, r.constants = e.names_sample, e.constants  # (a constant is one in any function)
     arguments = iter(function.args)
     for value, lane_shared in zip(storages, shared):
         base = next(arguments)
