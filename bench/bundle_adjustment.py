@@ -89,32 +89,11 @@ def jax_objective():
 
 
 def rows(budget: float) -> list[str]:
-    from bench.run import interleaved
+    from bench import objective
     params, inputs = problem(np.random.default_rng(SEED))
     model = spadc.compile_file(os.path.join(ROOT, "bench", "bundle_adjustment.spad"))
-    model.set_params(params)
-    loss, grads = model.grad(**inputs, threads=1)
-    direction = {k: np.random.default_rng(SEED + 1).standard_normal(v.shape) for k, v in params.items()}
-    step = 1e-6
-    shifted = [model.loss(params={k: v + sign * step * direction[k] for k, v in params.items()}, **inputs, threads=1)
-               for sign in (1, -1)]
-    central = float(np.mean(shifted[0]) - np.mean(shifted[1])) / (2 * step)
-    analytic = sum(float(np.sum(grads[k] * direction[k])) for k in params)
-    assert abs(central - analytic) <= DIRECTION_RTOL * max(1.0, abs(analytic)), (central, analytic)
-    calls = {"spadc": lambda: model.grad(**inputs, threads=1)}
-    theirs = jax_objective()
-    if theirs is not None:
-        jax_loss, jax_grads = theirs(params, **inputs)
-        assert abs(float(jax_loss) - loss) <= AGREEMENT * max(1.0, abs(loss))
-        for key, value in grads.items():
-            reference = np.asarray(jax_grads[key])
-            assert np.max(np.abs(value - reference)) <= AGREEMENT * max(1.0, np.max(np.abs(reference))), key
-        calls["JAX (jit, vmap)"] = lambda: [x.block_until_ready() for x in theirs(params, **inputs)[1].values()]
-    times = interleaved(calls, budget)
-    lines = [f"| bundle adjustment, {N_CAMS} cameras, {N_POINTS} points, {N_OBS} observations | gradient (ms) "
-             f"| spadc / this |", "|---|---:|---:|"]
-    lines += [f"| {name} | {seconds * 1e3:.2f} | {times['spadc'] / seconds:.2f} |" for name, seconds in times.items()]
-    return lines
+    title = f"bundle adjustment, {N_CAMS} cameras, {N_POINTS} points, {N_OBS} observations"
+    return objective.rows(title, model, params, inputs, jax_objective(), budget, AGREEMENT, DIRECTION_RTOL, SEED)
 
 
 def main() -> int:

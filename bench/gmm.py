@@ -6,9 +6,7 @@ the AD benchmark's GMM) at D = 10, K = 25 and 1,000 points, against JAX (optiona
 examples/gmm.spad's text with its constants set to these sizes, one sample per data point; the value
 and gradient of the mean over the points in one call. JAX's version is the same formula, written
 here from the published definition (Srajer, Kukelova and Fitzgibbon 2018), under `vmap` and
-`jit(value_and_grad)`, float64. The gradients are checked against each other (and against a
-central difference along a random direction) before timing; one core, timed in turn (bench/run.py's
-`interleaved`).
+`jit(value_and_grad)`, float64. Checked and timed by bench/objective.py.
 """
 
 from __future__ import annotations
@@ -77,33 +75,13 @@ def jax_objective():
 
 
 def rows(budget: float) -> list[str]:
-    from bench.run import interleaved
+    from bench import objective
     model = spadc.compile_source(source(), name="gmm_bench.spad")
     model.init_params(SEED)
     params = {k: v.copy() for k, v in model.params.items()}
     x = np.random.default_rng(SEED).standard_normal((SIZES["N_DATA"], SIZES["D"]))
-    loss, grads = model.grad(x=x, threads=1)
-    direction = {k: np.random.default_rng(SEED + 1).standard_normal(v.shape) for k, v in params.items()}
-    step = 1e-6
-    shifted = [model.loss(params={k: v + sign * step * direction[k] for k, v in params.items()}, x=x, threads=1)
-               for sign in (1, -1)]
-    central = float(np.mean(shifted[0]) - np.mean(shifted[1])) / (2 * step)
-    analytic = sum(float(np.sum(grads[k] * direction[k])) for k in params)
-    assert abs(central - analytic) <= DIRECTION_RTOL * max(1.0, abs(analytic)), (central, analytic)
-    calls = {"spadc": lambda: model.grad(x=x, threads=1)}
-    theirs = jax_objective()
-    if theirs is not None:
-        jax_loss, jax_grads = theirs(params, x)
-        assert abs(float(jax_loss) - loss) <= AGREEMENT * max(1.0, abs(loss)), (float(jax_loss), loss)
-        for key, value in grads.items():
-            reference = np.asarray(jax_grads[key])
-            assert np.max(np.abs(value - reference)) <= AGREEMENT * max(1.0, np.max(np.abs(reference))), key
-        calls["JAX (jit, vmap)"] = lambda: [v.block_until_ready() for v in theirs(params, x)[1].values()]
-    times = interleaved(calls, budget)
-    lines = [f"| Gaussian mixture, D = {SIZES['D']}, K = {SIZES['K']}, {SIZES['N_DATA']} points | gradient (ms) "
-             f"| spadc / this |", "|---|---:|---:|"]
-    lines += [f"| {name} | {seconds * 1e3:.2f} | {times['spadc'] / seconds:.2f} |" for name, seconds in times.items()]
-    return lines
+    title = f"Gaussian mixture, D = {SIZES['D']}, K = {SIZES['K']}, {SIZES['N_DATA']} points"
+    return objective.rows(title, model, params, {"x": x}, jax_objective(), budget, AGREEMENT, DIRECTION_RTOL, SEED)
 
 
 def main() -> int:
