@@ -226,7 +226,8 @@ class Model:
         named = self._named(flat)
         if stats:
             # Each concurrent kernel call has a workspace of its own (spadrt/calls.py).
-            concurrent = min(calls.check_threads(threads), len(calls.chunks(n, entry.get("chunk", calls.CHUNK)))) if n else 1
+            spans = calls.chunks(n, entry.get("chunk", calls.CHUNK))
+            concurrent = min(calls.check_threads(threads), len(spans)) if n else 1
             return loss, named, {"tape_bytes": measured, "tape_bytes_static": entry["tape_bytes"],
                                  "workspace_bytes": entry["workspace"], "samples": n,
                                  "peak_workspace_bytes": entry["workspace"] * concurrent,
