@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from llvmlite import ir
 
 from spadrt.abi import ABI_VERSION
+from spadrt.calls import CHUNK
 
 from ..ad.forward import is_direction
 from ..ad.reverse import GradientProgram
@@ -393,8 +394,7 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
             "score_size": sum(entry.site.size for entry in gradient.sites) * score_width(gradient.score)}
 
 
-CHUNK = 128  # samples per gradient kernel call at the least (spadrt.calls.CHUNK)
-MAX_CHUNK = 64 * CHUNK
+MAX_CHUNK = 64 * CHUNK  # samples per gradient kernel call at the most (CHUNK: the least)
 CHUNK_WORK = 64  # a call's samples do at least this many times the work of its gradient buffer
 
 
