@@ -154,8 +154,13 @@ def _particles_kernel(compiled: Compiled, module) -> dict:
 
 def _jvp_kernel(compiled: Compiled, module) -> dict:
     """A forward kernel over the model with its tangents; the runtime gives the tangent inputs."""
-    program = passes.run(jvp_program(compiled.program))
-    entry = kernels.forward_kernel(module, program, compiled.layout, program.outputs, compiled.dtype, "jvp",
+    return _derived_forward_kernel(compiled, module, passes.run(jvp_program(compiled.program)), "jvp")
+
+
+def _derived_forward_kernel(compiled: Compiled, module, program, kind: str) -> dict:
+    """A forward kernel over a program derived from the model's (its outputs in the entry: they are
+    not the model's)."""
+    entry = kernels.forward_kernel(module, program, compiled.layout, program.outputs, compiled.dtype, kind,
                                    compiled.max_memory, lanes=compiled.lanes)
     entry["outputs"] = [{"name": n, "shape": list(v.type.shape), "dtype": v.type.dtype} for n, v in program.outputs.items()]
     return entry
@@ -164,10 +169,7 @@ def _jvp_kernel(compiled: Compiled, module) -> dict:
 def _taps_kernel(compiled: Compiled, module) -> dict:
     """A forward kernel over the model's exact reverse mode, writing each sample's layer taps."""
     program, layers = tap_program(compiled.program)
-    program = passes.run(program)
-    entry = kernels.forward_kernel(module, program, compiled.layout, program.outputs, compiled.dtype, "taps",
-                                   compiled.max_memory, lanes=compiled.lanes)
-    entry["outputs"] = [{"name": n, "shape": list(v.type.shape), "dtype": v.type.dtype} for n, v in program.outputs.items()]
+    entry = _derived_forward_kernel(compiled, module, passes.run(program), "taps")
     entry["layers"] = [{"weight": layer.weight, "bias": layer.bias} for layer in layers]
     return entry
 
@@ -193,11 +195,8 @@ def _vjp_kernel(compiled: Compiled, module, kind: str) -> dict:
     """A forward kernel over a VJP program (spadc/ad/vjp.py): per sample, the outputs, the float
     inputs' cotangents and (`.params`) the params', for the cotangents given as inputs."""
     seeded, with_params = vjp.parse_kind(kind)
-    program = passes.run(vjp.vjp_program(compiled.program, seeded, with_params))
-    entry = kernels.forward_kernel(module, program, compiled.layout, program.outputs, compiled.dtype, kind,
-                                   compiled.max_memory, lanes=compiled.lanes)
-    entry["outputs"] = [{"name": n, "shape": list(v.type.shape), "dtype": v.type.dtype} for n, v in program.outputs.items()]
-    return entry
+    return _derived_forward_kernel(compiled, module, passes.run(vjp.vjp_program(compiled.program, seeded, with_params)),
+                                   kind)
 
 
 def _summed_vjp_kernel(compiled: Compiled, module, kind: str) -> dict:
