@@ -57,16 +57,22 @@ def vjp(model, cotangents, with_params: bool, *, params, training, seed, step, s
         param_cotangents = model._named(mean.astype(np.float64) * prepared.n)  # the kernel divides by the count
     if not outputs:
         return VJPResult(None, {}, param_cotangents, {})
-    entry, function = model._kernel(VJP + "+".join(seeded), "vjp needs its kernel")
-    losses, values = model._run_forward(entry, function, entry["outputs"], prepared, flat, options, threads)
+    losses, named, one = _per_sample(model, VJP + "+".join(seeded), prepared, flat, options, threads, "vjp")
     batched = prepared.batched
-    named = {o["name"]: value.astype(np.float64, copy=False) for o, value in zip(entry["outputs"], values)}
-    one = (lambda x: x) if batched else (lambda x: x[0])
     visible = {name: one(value) for name, value in named.items() if not name.startswith("_")}
     input_cotangents = {name[len(INPUT_COTANGENT):]: one(value) for name, value in named.items()
                         if name.startswith(INPUT_COTANGENT)}
     losses = losses.astype(np.float64)
     return VJPResult(losses if batched else float(losses[0]), visible, param_cotangents, input_cotangents)
+
+
+def _per_sample(model, kind: str, prepared, flat, options, threads, purpose: str):
+    """(losses, outputs by name as float64, the function that takes a sample's value or the batch's)
+    of a forward-type VJP kernel's call."""
+    entry, function = model._kernel(kind, f"{purpose} needs its kernel")
+    losses, values = model._run_forward(entry, function, entry["outputs"], prepared, flat, options, threads)
+    named = {o["name"]: value.astype(np.float64, copy=False) for o, value in zip(entry["outputs"], values)}
+    return losses, named, (lambda x: x) if prepared.batched else (lambda x: x[0])
 
 
 def _prepare(model, cotangents, state, inputs, keyword_inputs):
@@ -130,11 +136,8 @@ def _sweep(model, output, cotangent, with_params, params, training, seed, step, 
     options = Options.check(training, seed, step, sample_offset)
     _, prepared = _prepare(model, {output: cotangent}, state, inputs, keyword_inputs)
     kind = VJP + output + (WITH_PARAMS if with_params else "")
-    entry, function = model._kernel(kind, "jacobian needs its kernel")
-    _, outputs = model._run_forward(entry, function, entry["outputs"], prepared, model._params_buffer(params),
-                                    options, check_threads(threads))
-    named = {o["name"]: value.astype(np.float64, copy=False) for o, value in zip(entry["outputs"], outputs)}
-    one = (lambda x: x) if prepared.batched else (lambda x: x[0])
+    _, named, one = _per_sample(model, kind, prepared, model._params_buffer(params), options, check_threads(threads),
+                                "jacobian")
     flat = None
     if with_params:
         flat = np.concatenate([named[PARAM_COTANGENT + p["name"]].reshape(prepared.n, -1)
