@@ -10,7 +10,8 @@ and every system's loss and gradient are checked against spadc's before anything
 Cases: Rosenbrock in d = 1000; the 64-256-256-10 MLP of examples/mlp_digits.spad at batch 1, 32
 and 256; the IRNN of examples/irnn.spad with T = 100 (H = 64, 28 features) at batch 16; the LSTM
 of examples/lstm.spad (T = 12, H = 16) at batch 32; the Gaussian mixture of examples/gmm.spad per data
-point against bench/gmm_whole.spad (bench/hoisting.py). Peers: a
+point against bench/gmm_whole.spad (bench/hoisting.py); bundle adjustment's objective and the
+Gaussian mixture at D = 10, K = 25 against JAX (bench/bundle_adjustment.py, bench/gmm.py). Peers: a
 hand-written NumPy gradient (Rosenbrock, MLP), JAX (`jit(value_and_grad)`) and PyTorch (eager),
 when installed (`pip install -e '.[peers]' jax`). Then spadc's RAD and SPAD at keep 0.1 against
 its exact gradient, spadc on all cores against one, and compile times: cold (a fresh process, the
@@ -33,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import spadc  # noqa: E402
-from bench import hoisting, peers  # noqa: E402
+from bench import bundle_adjustment, gmm, hoisting, peers  # noqa: E402
 from bench.experiments import source  # noqa: E402
 
 AGREEMENT = 1e-9  # relative agreement of every system's loss and gradient with spadc's
@@ -282,6 +283,10 @@ def main(argv=None) -> int:
         "A model written per data point against the same model over the whole data set (`bench/hoisting.py`: "
         "what depends on params alone is computed once per call):",
         "\n".join(hoisting.rows(budget)),
+        "Hand-written objectives, one sample per observation or point (`bench/bundle_adjustment.py`, "
+        "`bench/gmm.py`: each checked against JAX and a central difference first):",
+        "\n".join(bundle_adjustment.rows(budget)),
+        "\n".join(gmm.rows(budget)),
         f"Compile times, each in a fresh process, median of {COMPILES} (imports excluded): `compile_file`, spadc's "
         "whole pipeline to the gradient kernel's machine code (the forward kernel is compiled when first used), "
         "with the kernel cache off (cold; the parser's tables, built once per spadc version, are loaded) and "
