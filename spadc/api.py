@@ -35,7 +35,7 @@ from .ad import vjp
 from .ad.forward import HVP, ggn_program, hvp_program, jvp_program
 from .ad.reverse import GradientProgram
 from .ad.taps import tap_program
-from .backend import budget, jit, kernels
+from .backend import budget, jit, kernels, tiers
 from .errors import Source, SpadcError
 from .ir.printer import format_program
 
@@ -58,14 +58,15 @@ class Compiled:
     variants: dict[str, tuple[dict, jit.Compiled, GradientProgram]] = field(default_factory=dict)  # compiled
     emitted: dict[str, tuple[dict, str, GradientProgram]] = field(default_factory=dict)  # planned, LLVM IR
 
-    def kernel(self, kind: str) -> tuple[dict, jit.Compiled]:
-        """(layout entry, machine code) of one of the EXTRA_KERNELS, compiled on first use: the
-        forward kernel with a parameter vector per particle (ES and PES), or a product kernel
-        (CURVATURE.md section 1: `jvp`, `hvp`, `ggn`)."""
+    def kernel(self, kind: str, on_optimised=None) -> tuple[dict, object]:
+        """(layout entry, machine code: see `tiers.compile_kernel`) of one of the EXTRA_KERNELS,
+        compiled on first use: the forward kernel with a parameter vector per particle (ES and
+        PES), or a product kernel (CURVATURE.md section 1: `jvp`, `hvp`, `ggn`)."""
         if kind not in self.variants:
             module = ir.Module(name=f"{self.program.name}.{kind}")
             entry = _extra_kernel(kind)(self, module)
-            self.variants[kind] = (entry, jit.compile_ir(str(module), (kind,)), None)
+            code = tiers.compile_kernel(str(module), kind, entry["sample_work"], on_optimised)
+            self.variants[kind] = (entry, code, None)
         entry, machine, _ = self.variants[kind]
         return entry, machine
 
@@ -81,12 +82,14 @@ class Compiled:
     def gradient_program(self, sampling=None, score: str | None = None, policy=None) -> GradientProgram:
         return self.emit(sampling, score, policy)[2]
 
-    def variant(self, sampling=None, score: str | None = None, policy=None):
-        """(layout entry, machine code, gradient program) of a gradient variant, compiled on first use."""
+    def variant(self, sampling=None, score: str | None = None, policy=None, on_optimised=None):
+        """(layout entry, machine code, gradient program) of a gradient variant, compiled on first
+        use (`tiers.compile_kernel`: `on_optimised` is told of its optimised code)."""
         key = variant_key(sampling, score, policy)
         if key not in self.variants:
             entry, llvm_ir, program = self.emit(sampling, score, policy)
-            self.variants[key] = (entry, jit.compile_ir(llvm_ir, ("grad",)), program)
+            self.variants[key] = (entry, tiers.compile_kernel(llvm_ir, "grad", entry["sample_work"], on_optimised),
+                                  program)
         return self.variants[key]
 
     def emit(self, sampling=None, score: str | None = None, policy=None) -> tuple[dict, str, GradientProgram]:
@@ -354,7 +357,12 @@ def _assemble(layout: dict, compiled_of, base_key: str | None, replan=None) -> M
     def provide(sampling, score, policy):
         """Called once per model and variant: the place to warn about the variant."""
         key = variant_key(sampling, score, policy)
-        entry, code = _variant(compiled_of, base_key, key, sampling, score, policy)
+
+        def made(compiled, on_optimised):
+            return compiled.variant(sampling, score, policy, on_optimised)[:2]
+
+        entry, code = _kernel_code(cache.variant_key(base_key, key) if base_key else None, "grad", compiled_of,
+                                   made, lambda compiled: compiled.emit(sampling, score, policy)[1])
         layout["variants"][key] = entry
         for message in entry.get("warnings", ()):
             warnings.warn(message, SamplingWarning, stacklevel=5)
@@ -362,28 +370,38 @@ def _assemble(layout: dict, compiled_of, base_key: str | None, replan=None) -> M
 
     def provide_kernel(kind: str):
         """One of the extra kernels (particles, products): (layout entry, address, owner)."""
-        entry_key = cache.variant_key(base_key, kind) if base_key else None
-        hit = cache.load(entry_key) if entry_key else None
-        if hit is not None:
-            entry, code = hit[0], jit.load_object(hit[1], (kind,))
-        else:
-            compiled = compiled_of()
-            entry, code = compiled.kernel(kind)
-            if entry_key:
-                cache.store(entry_key, entry, code.object_code, cache.file_digests(compiled.program.files))
+        entry, code = _kernel_code(cache.variant_key(base_key, kind) if base_key else None, kind, compiled_of,
+                                   lambda compiled, on_optimised: compiled.kernel(kind, on_optimised),
+                                   lambda compiled: compiled.function_ir(kind))
         return entry, code.addresses[kind], code
 
     return Model(layout, None, provide, kernel_provider=provide_kernel, replan=replan)
 
 
-def _variant(compiled_of, base_key: str | None, key: str, sampling, score, policy) -> tuple[dict, jit.Compiled]:
-    entry_key = cache.variant_key(base_key, key) if base_key else None
+QUICK_ENTRY = "~quick"  # a cache entry's key with this after it: the kernel's quick code (spadc/backend/tiers.py)
+
+
+def _kernel_code(entry_key: str | None, function: str, compiled_of, made, emitted) -> tuple[dict, object]:
+    """(layout entry, machine code) of one kernel: its optimised code from the disk cache; else, unless
+    the policy is `optimised`, its quick code from there (under `tiered`, optimised and stored once
+    it has run enough); else made by `made(compiled, on_optimised)` and stored. `emitted(compiled)`:
+    its LLVM IR."""
+    def store(key, entry, code):
+        cache.store(key, entry, code.object_code, cache.file_digests(compiled_of().program.files))
+
     hit = cache.load(entry_key) if entry_key else None
     if hit is not None:
-        entry, code = hit
-        return entry, jit.load_object(code, ("grad",))
-    compiled = compiled_of()
-    entry, machine, _ = compiled.variant(sampling, score, policy)
-    if entry_key:
-        cache.store(entry_key, entry, machine.object_code, cache.file_digests(compiled.program.files))
-    return entry, machine
+        return hit[0], jit.load_object(hit[1], (function,))
+    policy = tiers.policy()
+    hit = cache.load(entry_key + QUICK_ENTRY) if entry_key and policy != "optimised" else None
+    if hit is not None:
+        entry, quick = hit[0], jit.load_object(hit[1], (function,))
+        if policy == "quick":
+            return entry, quick
+        return entry, tiers.Tiered(quick, function, entry["sample_work"], lambda: emitted(compiled_of()),
+                                   lambda optimised: store(entry_key, entry, optimised))
+    if not entry_key:
+        return made(compiled_of(), None)
+    entry, code = made(compiled_of(), lambda optimised: store(entry_key, entry, optimised))
+    store(entry_key if policy == "optimised" else entry_key + QUICK_ENTRY, entry, code)
+    return entry, code

@@ -148,11 +148,11 @@ def test_a_module_compiled_again_in_one_process_is_loaded_not_optimised_again(mo
     from spadc.backend import jit
     text = "param w: f64[3] = 0.25\ninput x: f64[3]\nloss sum(tanh(w * x)) * 1.4142"
     compiled = spadc.api.build(spadc.frontend.text_source(text, "again.spad"), ".")
-    first = compiled.variant(None)[1]
+    first = compiled.variant(None)[1]  # (its quick code: spadc/backend/tiers.py)
     optimised = []
     real = jit.optimise
     monkeypatch.setattr(jit, "optimise", lambda *args, **kwargs: optimised.append(1) or real(*args, **kwargs))
-    again = jit.compile_ir(compiled.llvm_ir, ("grad",))
+    again = jit.compile_ir(compiled.llvm_ir, ("grad",), jit.QUICK)
     assert optimised == [] and again.object_code == first.object_code
     grad = spadc.api.model_of(compiled).grad(x=np.ones(3))
     loaded = spadc.api.model_of(spadc.api.build(spadc.frontend.text_source(text, "again.spad"), ".", max_memory="1G"))
@@ -160,5 +160,5 @@ def test_a_module_compiled_again_in_one_process_is_loaded_not_optimised_again(mo
     assert loaded.grad(x=np.ones(3))[1]["w"].tobytes() == grad[1]["w"].tobytes()
     # The control: forgotten, the module is optimised again.
     monkeypatch.setattr(jit, "_recent", type(jit._recent)())
-    jit.compile_ir(compiled.llvm_ir, ("grad",))
+    jit.compile_ir(compiled.llvm_ir, ("grad",), jit.QUICK)
     assert optimised == [1]

@@ -79,6 +79,28 @@ class Scratch:
         return self._address
 
 
+SAMPLES_ARGUMENT = 3  # every kernel's arguments begin (params, inputs, strides, samples, ...): model.py
+
+
+class Promoting:
+    """A kernel's quick machine code, whose owner may compile it optimised (spadc/backend/tiers.py):
+    each call first tells the owner how many samples it runs, and once the owner gives the optimised
+    function's address, that function runs this call and every later one, and `install` puts it in
+    the caller's table so that later calls skip this wrapper."""
+
+    def __init__(self, function, owner, kernel_type, install):
+        self._function, self._owner, self._kernel_type, self._install = function, owner, kernel_type, install
+        self._promoted = False
+
+    def __call__(self, *arguments):
+        if not self._promoted:
+            address = self._owner.ran(arguments[SAMPLES_ARGUMENT])
+            if address is not None:
+                self._function, self._promoted = self._kernel_type(address), True
+                self._install(self._function)
+        return self._function(*arguments)
+
+
 class ScratchPool:
     """Free scratch sets; a call takes one (or a new one) and gives it back."""
 

@@ -380,7 +380,7 @@ class Model:
                 entry, address, owner = self._kernel_provider(kind)
                 kernel_type = (GRAD_TYPE if kind.startswith(derivatives.VJP_SUM) else
                                FORWARD_TYPE if kind.startswith(derivatives.VJP) else KERNEL_TYPES[kind])
-                self._variants[kind] = (entry, kernel_type(address), owner)
+                self._install(kind, entry, address, owner, kernel_type)
             entry, function, _ = self._variants[kind]
         return entry, function
 
@@ -389,9 +389,19 @@ class Model:
         with self._compile_lock:  # one thread compiles a variant; the others wait for it
             if key not in self._variants:
                 entry, address, owner = self._provider(sampling, score, policy)
-                self._variants[key] = (entry, GRAD_TYPE(address), owner)
+                self._install(key, entry, address, owner, GRAD_TYPE)
             entry, function, _ = self._variants[key]
         return entry, function
+
+    def _install(self, key: str, entry: dict, address: int, owner, kernel_type):
+        """A kernel in the table; quick code whose owner may optimise it (spadc/backend/tiers.py) is
+        wrapped so that its calls count its work, and replaced by the optimised code when made."""
+        function = kernel_type(address)
+        if hasattr(owner, "ran"):
+            def promoted(optimised):
+                self._variants[key] = (entry, optimised, owner)
+            function = calls.Promoting(function, owner, kernel_type, promoted)
+        self._variants[key] = (entry, function, owner)
 
     def _run(self, entry, function, *, prepared, flat, training, seed, step, offset, threads=1, site_data=None,
              scores=None, out=None):

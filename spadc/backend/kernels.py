@@ -247,7 +247,8 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
         hoisting_.bind_values(e, hoisted, args["workspace"])
     if plan_.lockstep:
         _forward_lanes(e, program, args, layout, outputs, float_bytes)
-        return {"symbol": symbol, "workspace": workspace, "lanes": plan_.lanes, "checks": _checks(checks)}
+        return {"symbol": symbol, "workspace": workspace, "lanes": plan_.lanes, "checks": _checks(checks),
+                "sample_work": sample_work(program.body)}
     with e.loop(args["n"], "s") as s:
         if particles:
             row = b.urem(s, args["rows"], name="row")
@@ -259,7 +260,8 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
         _write_outputs(e, s, program, args, outputs, float_bytes)
     b.ret(I64(0))
     e.finish_entry()
-    return {"symbol": symbol, "workspace": workspace, "lanes": 1, "checks": _checks(checks)}
+    return {"symbol": symbol, "workspace": workspace, "lanes": 1, "checks": _checks(checks),
+            "sample_work": sample_work(program.body)}
 
 
 def _write_outputs(e, s, program, args, outputs, float_bytes):
@@ -387,8 +389,9 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
                 b.store(b.fdiv(b.load(at), count), at)
     b.ret(I64(0))
     e.finish_entry()
+    work = sample_work(program.body)
     return {"symbol": symbol, "workspace": workspace, "lanes": plan_.lanes, "tape_bytes": tape.static_bytes,
-            "checks": _checks(checks), "grad_size": total, "chunk": samples_per_call(program, total),
+            "checks": _checks(checks), "grad_size": total, "chunk": samples_per_call(work, total), "sample_work": work,
             "sites": [_site_entry(entry, float_bytes) for entry in gradient.sites],
             "site_data_size": sum(entry.data_size for entry in gradient.sites),
             "score_size": sum(entry.site.size for entry in gradient.sites) * score_width(gradient.score)}
@@ -398,13 +401,14 @@ MAX_CHUNK = 64 * CHUNK  # samples per gradient kernel call at the most (CHUNK: t
 CHUNK_WORK = 64  # a call's samples do at least this many times the work of its gradient buffer
 
 
-def samples_per_call(program: Program, grad_size: int) -> int:
-    """How many samples the runtime gives each call of a gradient kernel (a multiple of CHUNK, a
-    constant of the kernel: results never depend on the thread count). Each call zeroes, scales and
-    returns a whole gradient buffer, which the runtime adds to the others: where a sample's work is
-    small beside the gradient (bundle adjustment gathers a few rows of 55,710 params per
-    observation), 128 samples a call spent three quarters of the time on those buffers."""
-    wanted = CHUNK_WORK * grad_size / max(sample_work(program.body), 1)
+def samples_per_call(work: int, grad_size: int) -> int:
+    """How many samples (each doing `work`, its `sample_work`) the runtime gives each call of a
+    gradient kernel (a multiple of CHUNK, a constant of the kernel: results never depend on the
+    thread count). Each call zeroes, scales and returns a whole gradient buffer, which the runtime
+    adds to the others: where a sample's work is small beside the gradient (bundle adjustment
+    gathers a few rows of 55,710 params per observation), 128 samples a call spent three quarters
+    of the time on those buffers."""
+    wanted = CHUNK_WORK * grad_size / max(work, 1)
     return min(CHUNK * max(1, -(-int(wanted) // CHUNK)), MAX_CHUNK)
 
 
