@@ -67,4 +67,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    import bench
+    bench.time_optimised_code()
     sys.exit(main())

@@ -235,4 +235,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    import bench
+    bench.time_optimised_code()
     sys.exit(main())

@@ -288,4 +288,6 @@ def _plot(points: dict, path: str):
 
 
 if __name__ == "__main__":
+    import bench
+    bench.time_optimised_code()
     sys.exit(main())

@@ -51,4 +51,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    import bench
+    bench.time_optimised_code()
     sys.exit(main())

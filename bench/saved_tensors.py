@@ -105,4 +105,6 @@ def table() -> str:
 
 
 if __name__ == "__main__":
+    import bench
+    bench.time_optimised_code()
     print(table() if available() else "PyTorch is not installed (pip install -e '.[peers]')")

@@ -12,6 +12,8 @@ Each generated program is checked for (`check_program`):
 - RAD at keep 1 against the exact gradient, to the bit, and a sampled RAD twice with one seed;
 - RAD's tape under every site policy against the exact tape: never larger;
 - f32 against f64, on smooth programs;
+- the quick tier's code (what the checks above ran) against O3's (spadc/backend/tiers.py): forward
+  values in training mode and the exact gradient, to the bit;
 - on smooth programs, the gradient against a fourth-order central difference along a random
   direction (an oracle independent of the adjoint), at steps from 1e-3 down to 1e-6 until one
   agrees (a loss that curves fast needs a fine step; a wrong gradient fails at every step);
@@ -45,6 +47,7 @@ import sys
 import time
 import traceback
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -53,7 +56,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import spadc  # noqa: E402
 from spadc.ad.reverse import gradient  # noqa: E402
 from spadc.ad.tape import plan_tape  # noqa: E402
-from spadc.backend import budget  # noqa: E402
+from spadc.backend import budget, tiers  # noqa: E402
 from spadc.ir.interpret import RunOptions, evaluate  # noqa: E402
 
 COMPILED_RTOL = 1e-9  # compiled against interpreted values (LLVM may reorder sums)
@@ -415,6 +418,7 @@ def check_program(seed: int) -> str:
     sampled = _check_sampled(model, inputs, model.grad(**inputs)[1], seed)
     _check_checkpointed(text, seed, inputs, [(dict(training=True, step=3), (loss, grads)),
                                              (dict(estimator=RAD_EDGES, step=1), sampled)])
+    _check_tiers(text, seed, inputs, model)
     _check_tangent(model, inputs, params, seed)
     _check_vjp(model, inputs, params, seed, smooth=generator.smooth and np.isfinite(loss))
     if generator.smooth and np.isfinite(loss):
@@ -422,6 +426,35 @@ def check_program(seed: int) -> str:
         _check_hessian_product(model, inputs, params, seed)
         _check_f32(text, seed, inputs, model.loss(**inputs))
     return text
+
+
+def _check_tiers(text, seed, inputs, model):
+    """The program's quick code against its O3 code, each compiled under its policy, to the bit."""
+    results = []
+    for policy in ("quick", "optimised"):
+        with _jit_policy(policy), warnings.catch_warnings():  # (kernels compile at their first call)
+            warnings.simplefilter("ignore")
+            compiled = spadc.compile_source(text, name=f"fuzz{seed}-{policy}.spad")
+            compiled.set_params(model.params)
+            forward = compiled.forward(**inputs, training=True, seed=seed, step=3)
+            loss, grads = compiled.grad(**inputs, training=True, seed=seed, step=3)
+        results.append([np.asarray(v).tobytes() for v in (forward.loss, *forward.outputs.values(), loss,
+                                                           *grads.values())])
+    if results[0] != results[1]:
+        raise Mismatch("the quick tier's forward values or gradient differ from O3's in their bits")
+
+
+@contextmanager
+def _jit_policy(policy: str):
+    saved = os.environ.get(tiers.ENVIRONMENT_VARIABLE)
+    os.environ[tiers.ENVIRONMENT_VARIABLE] = policy
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[tiers.ENVIRONMENT_VARIABLE]
+        else:
+            os.environ[tiers.ENVIRONMENT_VARIABLE] = saved
 
 
 def _check_tape(program):
