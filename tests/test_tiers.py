@@ -22,6 +22,7 @@ SEED = 3
 BATCH = 5
 RAD_ESTIMATOR = spadc.RAD(keep=0.5)
 TIER_EXAMPLES = ("mlp_digits.spad", "reaction_diffusion.spad")  # products and dropout; a stencil loop
+PROMOTED = "mlp.spad"  # the model whose promotion is followed
 
 
 def _fresh(monkeypatch, policy: str, name: str):
@@ -87,7 +88,7 @@ def test_the_bits_comparison_sees_an_optimiser_allowed_to_reassociate(monkeypatc
 def _promotion_case(monkeypatch):
     monkeypatch.setenv(tiers.ENVIRONMENT_VARIABLE, "tiered")
     monkeypatch.setattr(spadc.api, "_CACHE", type(spadc.api._CACHE)())
-    model = spadc.compile_file(example("mlp_digits.spad"), cache=False)
+    model = spadc.compile_file(example(PROMOTED), cache=False)
     inputs = example_inputs(model.layout, np.random.default_rng(SEED), 16)
     return model, inputs
 
@@ -117,7 +118,7 @@ def test_one_call_too_large_for_the_quick_code_runs_optimised(monkeypatch):
 
 
 def test_threads_calling_through_a_promotion_get_the_sequential_bits(monkeypatch):
-    expected_model = _fresh(monkeypatch, "quick", "mlp_digits.spad")
+    expected_model = _fresh(monkeypatch, "quick", PROMOTED)
     inputs = example_inputs(expected_model.layout, np.random.default_rng(SEED), 16)
     expected = [g.tobytes() for g in expected_model.grad(**inputs, threads=1)[1].values()]
     model, _ = _promotion_case(monkeypatch)
@@ -146,7 +147,7 @@ def test_threads_calling_through_a_promotion_get_the_sequential_bits(monkeypatch
 @pytest.mark.private_cache
 def test_optimised_code_is_cached_and_a_later_process_loads_it(monkeypatch):
     model, inputs = _promotion_case(monkeypatch)
-    cached = spadc.compile_file(example("mlp_digits.spad"))
+    cached = spadc.compile_file(example(PROMOTED))
     cached.grad(**inputs)
     owner = cached._variants["exact"][2]
     owner.work = owner.budget  # (as if it had run long enough)
@@ -157,7 +158,7 @@ def test_optimised_code_is_cached_and_a_later_process_loads_it(monkeypatch):
     monkeypatch.setattr(jit, "optimise", lambda *args, **kwargs: optimised.append(1) or real(*args, **kwargs))
     monkeypatch.setattr(spadc.api, "_CACHE", type(spadc.api._CACHE)())  # a new process: nothing in memory
     monkeypatch.setattr(jit, "_recent", type(jit._recent)())
-    again = spadc.compile_file(example("mlp_digits.spad"))
+    again = spadc.compile_file(example(PROMOTED))
     assert [g.tobytes() for g in again.grad(**inputs)[1].values()] == want
     assert optimised == [] and not isinstance(again._variants["exact"][1], Promoting)
 
