@@ -23,6 +23,7 @@ BATCH = 5
 RAD_ESTIMATOR = spadc.RAD(keep=0.5)
 TIER_EXAMPLES = ("mlp_digits.spad", "reaction_diffusion.spad")  # products and dropout; a stencil loop
 PROMOTED = "mlp.spad"  # the model whose promotion is followed
+THREADS, THREADED_CALLS_TO_PROMOTION = 4, 25  # each thread's calls: promotion comes in the middle
 
 
 def _fresh(monkeypatch, policy: str, name: str):
@@ -125,23 +126,24 @@ def test_threads_calling_through_a_promotion_get_the_sequential_bits(monkeypatch
     model.init_params(seed=SEED)
     model.grad(**inputs, threads=1)
     owner = model._variants["exact"][2]
-    calls_per_thread = math.ceil(owner.budget / (16 * model.layout["variants"]["exact"]["sample_work"])) // 4 + 2
-    got, errors = [], []
+    per_call = 16 * model.layout["variants"]["exact"]["sample_work"]
+    owner.work = owner.budget - THREADED_CALLS_TO_PROMOTION * per_call  # (as if it had run that much already)
+    outcomes, errors = [], []
 
     def worker():
         try:
-            for _ in range(calls_per_thread):
-                got.append([g.tobytes() for g in model.grad(**inputs, threads=1)[1].values()])
+            for _ in range(THREADED_CALLS_TO_PROMOTION):
+                outcomes.append([g.tobytes() for g in model.grad(**inputs, threads=1)[1].values()] == expected)
         except Exception as error:  # noqa: BLE001 (reported below)
             errors.append(error)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
+    threads = [threading.Thread(target=worker) for _ in range(THREADS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert not errors and owner.optimised is not None
-    assert len(got) == 4 * calls_per_thread and all(result == expected for result in got)
+    assert outcomes == [True] * THREADS * THREADED_CALLS_TO_PROMOTION
 
 
 @pytest.mark.private_cache

@@ -21,6 +21,7 @@ import zipfile
 
 import numpy as np
 
+from . import interrupts
 from .errors import SpadcError
 from .limits import format_bytes, limit_text, max_memory
 
@@ -50,28 +51,31 @@ def check_writable(path: str, what: str = "output"):
 
 @contextlib.contextmanager
 def atomic_write(path: str, what: str = "output"):
-    """A binary file object; on success its bytes replace `path` in one rename."""
+    """A binary file object; on success its bytes replace `path` in one rename. Ctrl-C is held to
+    the end (spadrt/interrupts.py): landing between the temporary file's creation and the `try`
+    that removes it, it left the file behind (a checkpoint written as training was interrupted)."""
     path = path_argument(path, f"the {what} path")
     check_writable(path, what)
     directory = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        if os.path.exists(path):
-            os.chmod(temporary, os.stat(path).st_mode & 0o7777)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except OSError as error:
-        raise SpadcError(f"cannot write the {what} to {path}: {error.strerror or error}") from None
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    with interrupts.deferred():
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                yield file
+                file.flush()
+                os.fsync(file.fileno())
+            if os.path.exists(path):
+                os.chmod(temporary, os.stat(path).st_mode & 0o7777)
+            else:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(temporary, 0o666 & ~umask)
+            os.replace(temporary, path)
+        except OSError as error:
+            raise SpadcError(f"cannot write the {what} to {path}: {error.strerror or error}") from None
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
 
 
 def save_npz(path: str, arrays: dict, what: str = "arrays"):
