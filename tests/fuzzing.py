@@ -434,7 +434,9 @@ def _check_tiers(text, seed, inputs, model):
     for policy in ("quick", "optimised"):
         with _jit_policy(policy), warnings.catch_warnings():  # (kernels compile at their first call)
             warnings.simplefilter("ignore")
-            compiled = spadc.compile_source(text, name=f"fuzz{seed}-{policy}.spad")
+            # The same name (random streams are keyed by it), and a comment after the program: a
+            # text of its own, so that neither build is the other's from the compiled-model cache.
+            compiled = spadc.compile_source(f"{text}\n# {policy}\n", name=f"fuzz{seed}.spad", cache=False)
             compiled.set_params(model.params)
             forward = compiled.forward(**inputs, training=True, seed=seed, step=3)
             loss, grads = compiled.grad(**inputs, training=True, seed=seed, step=3)
