@@ -290,7 +290,8 @@ def main(argv=None) -> int:
         "\n".join(gmm.rows(budget)),
         f"Compile times, each in a fresh process, median of {COMPILES} (imports excluded): `compile_file`, spadc's "
         "whole pipeline to the gradient kernel's machine code (the forward kernel is compiled when first used), "
-        "with the kernel cache off (cold; the parser's tables, built once per spadc version, are loaded) and "
+        "with the kernel cache off (cold; the parser's tables, built once per spadc version, are loaded), at O3 "
+        "and at the quick tier that a first call gets by default (`spadc/backend/tiers.py`), and with the cache "
         "filled (warm); JAX's first call of `jit(value_and_grad)` on the same model (tracing and XLA "
         "compilation), in this process after JAX's backend is up.",
         "\n".join(compile_rows(first_calls)),
