@@ -55,7 +55,8 @@ class Compiled:
     base_layout: dict  # the layout with the exact gradient only (what the disk cache keeps)
     split: object = None  # what the forward and exact kernels compute once per call (spadc/passes/hoist.py)
     checkpoint: object = "auto"  # "auto" | "none" | snapshots: how gradient kernels meet max_memory (budget.py)
-    variants: dict[str, tuple[dict, jit.Compiled, GradientProgram]] = field(default_factory=dict)  # compiled
+    # compiled: (entry, machine code: a jit.Compiled or a tiers.Tiered, gradient program)
+    variants: dict[str, tuple[dict, object, GradientProgram]] = field(default_factory=dict)
     emitted: dict[str, tuple[dict, str, GradientProgram]] = field(default_factory=dict)  # planned, LLVM IR
 
     def kernel(self, kind: str, on_optimised=None) -> tuple[dict, object]:

@@ -4,7 +4,7 @@ Invariants:
 - Optimisation uses LLVM's default pipeline at the given level (O2 or O3), with loop and SLP
   vectorisation on and loop unrolling off, tuned for the host CPU; at level QUICK (the first tier,
   spadc/backend/tiers.py) three cleanup passes and LLVM's fast instruction selector, about 5 times
-  less compile time for code 1 to 4.5 times slower. No level changes a result: the IR carries no
+  less compile time for code 1 to 4.6 times slower. No level changes a result: the IR carries no
   fast-math flag and its fused multiply-adds are explicit, so every level computes the same IEEE
   operations in the same order.
 - A `Compiled` keeps its execution engine alive as long as anyone holds the function addresses.
@@ -67,7 +67,7 @@ def optimise(llvm_ir: str, target_machine, level: int = 3, context=None) -> "llv
 def _quick_passes(module, target_machine) -> None:
     """Values out of memory into registers, then instruction combining and CFG simplification:
     what makes the emitter's code fit for a fast instruction selector (without them a kernel ran
-    up to 10 times slower than at O3; with them 1 to 4.5 times, for a fifth of the compile time)."""
+    up to 10 times slower than at O3; with them 1 to 4.6 times, for a fifth of the compile time)."""
     options = llvm.PipelineTuningOptions(speed_level=0)
     builder = llvm.create_pass_builder(target_machine, options)
     manager = llvm.create_new_module_pass_manager()
