@@ -243,8 +243,18 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {len(ALL_CORES)} cores (every system pinned to one, except the all-cores row), Python "
-            f"{platform.python_version()}, NumPy {np.__version__}, {platform.system()} {platform.machine()}")
+    return (f"{cpu} ({_vector_unit()}), {len(ALL_CORES)} cores (every system pinned to one, except the all-cores "
+            f"row), Python {platform.python_version()}, NumPy {np.__version__}, {platform.system()} {platform.machine()}")
+
+
+def _vector_unit() -> str:
+    """LLVM's name for the host core and its widest vectors: "AMD EPYC" has named cores with and
+    without AVX-512 on this machine's host, and spadc's register tiles differ between them."""
+    import llvmlite.binding as llvm
+    llvm.initialize_native_target()
+    features = llvm.get_host_cpu_features()
+    widest = "AVX-512" if features.get("avx512f") else "AVX2" if features.get("avx2") else "no AVX2"
+    return f"{llvm.get_host_cpu_name()}, {widest}"
 
 
 def peer_table(rows: list[dict]) -> str:
