@@ -38,19 +38,21 @@ VECTOR_BYTES = 32
 class Tiles:
     """Register tiles, in vector accumulators: a dot tile of `dot_rows` rows of W by `dot_lanes`
     lanes; `x @ W` in panels of `panel_lanes` lanes by `panel_vectors` vectors of columns; the
-    running sum of outer products in tiles of `sum_rows` rows by `panel_vectors` vectors."""
+    running sum of outer products in tiles of `sum_rows` rows by `sum_vectors` vectors."""
     dot_rows: int
     dot_lanes: int
     panel_lanes: int
     panel_vectors: int
     sum_rows: int
+    sum_vectors: int
 
 
-# 16 accumulators where the target has 32 vector registers (AVX-512: measured best there); 8
-# where it has 16 (AVX2): 16 accumulators and their operands spilled, and on a Zen 3 core the
-# digits MLP's gradient took 1,068 us at batch 32 against 645 us with these (forward 378 -> 179).
-WIDE_TILES = Tiles(dot_rows=4, dot_lanes=4, panel_lanes=4, panel_vectors=4, sum_rows=4)
-NARROW_TILES = Tiles(dot_rows=4, dot_lanes=2, panel_lanes=2, panel_vectors=4, sum_rows=2)
+# 16 accumulators where the target has 32 vector registers (AVX-512: measured best there); 8 to
+# 12 where it has 16 (AVX2), leaving room for the operands: with 16 they spilled, and on a Zen 3
+# core the digits MLP's gradient took 1,068 us at batch 32 against 530 us with these (forward
+# 378 -> 179 us; batch 256: 8,198 -> about 4,000 us). Searched over 20 shapes on that core.
+WIDE_TILES = Tiles(dot_rows=4, dot_lanes=4, panel_lanes=4, panel_vectors=4, sum_rows=4, sum_vectors=4)
+NARROW_TILES = Tiles(dot_rows=4, dot_lanes=2, panel_lanes=4, panel_vectors=3, sum_rows=4, sum_vectors=3)
 
 
 def tiles() -> Tiles:
@@ -288,13 +290,13 @@ def vecmat_over(e, x, W, y, k_dim: int, n: int, count, at):
             lanes_of.store(b.load(accumulator), targets[c], b.add(j0, I64(u * lanes_of.width)))
 
     _covering(e, count, tiles().panel_lanes,
-              lambda lanes: _over_columns(e, n, vector_width, lambda *where: panel(*where, lanes)))
+              lambda lanes: _over_columns(e, n, vector_width, lambda *where: panel(*where, lanes),
+                                          tiles().panel_vectors))
 
 
-def _over_columns(e, n: int, vector_width: int, panel):
-    """panel(first column, lane type, vectors) over n columns: a loop of full panels of
-    `panel_vectors` vectors, then single vectors, then single columns."""
-    vectors = tiles().panel_vectors
+def _over_columns(e, n: int, vector_width: int, panel, vectors: int):
+    """panel(first column, lane type, vectors) over n columns: a loop of full panels of `vectors`
+    vectors, then single vectors, then single columns."""
     step = vectors * vector_width
     full = n // step
     if full:
@@ -363,7 +365,7 @@ def outer_sum_over(e, g, x, out, m: int, n: int, count, at):
             for accumulator, start in zip(accumulators, starts):
                 lanes_of.store(b.load(accumulator), target, start)
 
-        _over_columns(e, n, vector_width, panel)
+        _over_columns(e, n, vector_width, panel, tiles().sum_vectors)
 
     # The tallest tile that divides m: one shape of tile, so one copy of its code (a sum may not
     # cover its edge twice, as the products that only write do).
