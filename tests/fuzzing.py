@@ -29,7 +29,7 @@ gradient program, whose activity analysis shared the bug. So both silently wrong
 (a zero-trip loop's dropped gradient, a nested cond's lost curvature) were out of its reach.
 
 Run as a script for the long profile (`python tests/fuzzing.py --programs 10000 --workers 2`: about
-4 s per program on one core here, 2026-12-06, as each compiles up to seven kernels at O3); the suite runs a
+5 s per program on one core here, 2026-12-06, most kernels at the quick tier); the suite runs a
 seeded short profile (tests/test_fuzz.py). Every failure prints its seed, which regenerates the
 program; a check that takes over PROGRAM_TIMEOUT seconds counts as a hang, a crashed worker as a
 crash.
