@@ -51,12 +51,12 @@ def _results(model, inputs) -> list[bytes]:
     return out
 
 
-@pytest.mark.parametrize("name", quick(sorted(f for f in os.listdir(EXAMPLES_DIRECTORY) if f.endswith(".spad")), TIER_EXAMPLES))
+@pytest.mark.parametrize("name", quick(sorted(f for f in os.listdir(EXAMPLES_DIRECTORY) if f.endswith(".spad")),
+                                        TIER_EXAMPLES))
 def test_quick_and_optimised_code_give_the_same_bits(monkeypatch, name):
-    inputs = example_inputs(_fresh(monkeypatch, "quick", name).layout, np.random.default_rng(SEED), BATCH)
-    quick = _results(_fresh(monkeypatch, "quick", name), inputs)
-    optimised = _results(_fresh(monkeypatch, "optimised", name), inputs)
-    assert quick == optimised
+    quick_model = _fresh(monkeypatch, "quick", name)
+    inputs = example_inputs(quick_model.layout, np.random.default_rng(SEED), BATCH)
+    assert _results(quick_model, inputs) == _results(_fresh(monkeypatch, "optimised", name), inputs)
 
 
 SUM_OF_PRODUCTS = "param w: f64[37] ~ normal(0, 1)\ninput x: f64[37]\nloss sum(w * x) ^ 2\n"
