@@ -1,11 +1,11 @@
 """Benchmark: the matrix products of lane kernels, in GFLOP/s on one core, against NumPy's DGEMM.
 
-    python -m bench.products [--lanes 64]
+    python -m bench.products [--lanes 64] [--size 256]
 
-One spadc model per product, a 256 x 256 weight and one call of `lanes` samples (one block of
+One spadc model per product, a size x size weight (256 unless told) and one call of `lanes` samples (one block of
 lanes): `W @ x` (forward kernel), `x @ W` (forward kernel), and `W @ x` with its weight gradient
 (the gradient kernel: the product and the outer products' running sum). NumPy multiplies a
-256 x 256 matrix by a 256 x lanes one (OpenBLAS, one thread). Times from Python, median of 7.
+size x size matrix by a size x lanes one (OpenBLAS, one thread). Times from Python, median of 7.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ sys.path.insert(0, ROOT)
 import spadc  # noqa: E402
 from bench.run import machine, timed  # noqa: E402
 
-N = 256
 PRODUCTS = {
     "W @ x": ("sum(W @ x)", "loss", 1),
     "x @ W": ("sum(x @ W)", "loss", 1),
@@ -33,9 +32,11 @@ PRODUCTS = {
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lanes", type=int, default=64)
+    parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args(argv)
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])
     rng = np.random.default_rng(0)
+    N = args.size
     x = rng.standard_normal((args.lanes, N))
     print(f"Machine: {machine()}\n\n| product | µs per call | GFLOP/s |\n|---|---:|---:|")
     for label, (loss, kind, products) in PRODUCTS.items():

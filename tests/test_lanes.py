@@ -41,6 +41,12 @@ BATCHES = {
 
 STACKED = ("input x: f64[8]\ninput label: i64\nparam W: f64[3, 8, 8] ~ normal(0, 0.4)\nparam b: f64[3, 8]\n"
            "let h = x\nfor l in 0..3 {\n  h = relu(W[l] @ h + b[l])\n}\nloss cross_entropy(h, label)")
+# Matrices past gemm.PACK_MIN_ENTRIES, whose lane products pack what they read: x @ W by panels of
+# W's columns, the weight gradients' sums by blocks of the lanes' columns (76: a block of 48 and
+# one of 28 on AVX2) and tiles of their rows (70: tiles of 2), a stacked weight's slice included.
+WIDE = ("input x: f64[76]\ninput label: i64\nparam A: f64[70, 76] ~ normal(0, 0.1)\n"
+        "param B: f64[2, 70, 70] ~ normal(0, 0.15)\nlet h = tanh(A @ x)\nfor l in 0..2 {\n  h = relu(h @ B[l])\n}\n"
+        "loss cross_entropy(h, label)")
 PROGRAMS = {
     # a cond per sample inside a loop that runs in lockstep; views of an input row; a comprehension
     "cond_in_loop": ("input seq: f64[6, 4]\nparam w: f64[4, 4] ~ normal(0, 0.5)\nparam u: f64[4] ~ normal(0, 1)\n"
@@ -53,6 +59,7 @@ PROGRAMS = {
     "deep": network(5, width=8),
     # layers in a loop over stacked weights: W[l] is one pointer for all lanes (lane_ops.py)
     "stacked": STACKED,
+    "wide": WIDE,
 }
 # A run of ~40 ops between the product and the loss (a gradient of 170), cut into runs of at most
 # RUN_OPS (memory.py; patched to 16 by the test), the last holding the loss's check of the label.
@@ -63,6 +70,7 @@ PROGRAM_INPUTS = {
     "lookup": {"token": RNG.integers(0, 5, BATCH), "v": RNG.standard_normal((BATCH, 3))},
     "deep": {"x": RNG.standard_normal((BATCH, 8)), "label": RNG.integers(0, 8, BATCH)},
     "stacked": {"x": RNG.standard_normal((BATCH, 8)), "label": RNG.integers(0, 8, BATCH)},
+    "wide": {"x": RNG.standard_normal((BATCH, 76)), "label": RNG.integers(0, 70, BATCH)},
 }
 
 
@@ -103,7 +111,7 @@ def test_examples_with_lanes(name):
     _check(models, None, BATCHES[name])  # (one lane against the interpreter: test_compiled.py)
 
 
-@pytest.mark.parametrize("name", quick(sorted(PROGRAMS), ("cond_in_loop", "lookup", "stacked")))  # ("deep": the examples)
+@pytest.mark.parametrize("name", quick(sorted(PROGRAMS), ("cond_in_loop", "lookup", "stacked", "wide")))  # ("deep": the examples)
 def test_programs_with_lanes(name):
     models = _pair(lambda lanes: spadc.compile_source(PROGRAMS[name], name=f"{name}.spad", lanes=lanes))
     _check(models, check_text(PROGRAMS[name], name=f"{name}.spad"), PROGRAM_INPUTS[name])
@@ -209,6 +217,14 @@ def test_a_slice_of_a_stacked_weight_is_a_product_over_lanes():
     emitted = spadc.api.build(frontend.text_source(STACKED, "stacked.spad"), ".", lanes=4).llvm_ir
     routines = set(re.findall(r'^define internal void @"spadc\.(\w+)\.double\.8x8\.(\w+)"', emitted, re.M))
     assert {("matvec", "n"), ("vecmat", "n")} <= routines and not any(count == "1" for _, count in routines)
+
+
+def test_products_of_large_matrices_over_lanes_pack_their_operands():
+    emitted = spadc.api.build(frontend.text_source(WIDE, "wide.spad"), ".", lanes=4).llvm_ir
+    packed = set(re.findall(r'^define internal void @"spadc\.(\w+)\.double\.([\dx]+)\.n\.packed"', emitted, re.M))
+    assert packed == {("vecmat", "70x70"), ("outer_sum", "70x76"), ("outer_sum", "70x70")}  # (x's cotangent: none)
+    one_lane = spadc.api.build(frontend.text_source(WIDE, "wide.spad"), ".", lanes=1).llvm_ir
+    assert ".packed" not in one_lane  # (one sample reads each entry once: nothing to gain)
 
 
 @pytest.mark.skipif(not LONG, reason="the long profile (SPADC_LONG=1, which CI runs): its program's kernels are 1 MB "

@@ -17,7 +17,7 @@ so the planner and the code generator cut a block into the same runs.
 
 from __future__ import annotations
 
-from . import gates, routines
+from . import gates, gemm, routines
 from .emitters import outer_add_at_layouts
 from .memory import is_view
 
@@ -57,7 +57,18 @@ def scratch_bytes(op, lanes: int, float_bytes: int) -> int:
     """Workspace bytes the op needs while it runs (beyond its operands and result)."""
     if op.kind == "gate_outer_add":
         return gates.lane_scratch_bytes(op, lanes, float_bytes)
+    if op.kind == "matmul":
+        product, dims = _product(op)
+        return gemm.pack_bytes(product, dims, lanes, float_bytes)
+    if op.kind in ("outer_add", "outer_add_at"):
+        return gemm.pack_bytes("outer_sum", op.args[1].type.shape + op.args[2].type.shape, lanes, float_bytes)
     return 0
+
+
+def _product(op) -> tuple[str, tuple]:
+    """(the routine, its dims) of a lane `matmul`."""
+    matrix = op.args[0] if op.args[0].type.rank == 2 else op.args[1]
+    return ("matvec" if matrix is op.args[0] else "vecmat"), matrix.type.shape
 
 
 def emit(e, op, scratch=None):
@@ -69,8 +80,8 @@ def emit(e, op, scratch=None):
         e._op(op)
     elif op.kind == "outer_add_at":
         routines.invoke(e, "outer_sum", op.args[1].type.shape + op.args[2].type.shape,
-                        outer_add_at_layouts(e, op, lanes=True), e.count)
+                        outer_add_at_layouts(e, op, lanes=True), e.count, scratch)
     elif op.kind == "outer_add":
-        routines.call(e, "outer_sum", [op.args[1], op.args[2], op.result], e.count, lanes=True)
+        routines.call(e, "outer_sum", [op.args[1], op.args[2], op.result], e.count, lanes=True, scratch=scratch)
     else:
-        routines.call(e, "matvec" if op.args[0].type.rank == 2 else "vecmat", [*op.args, op.result], e.count, lanes=True)
+        routines.call(e, _product(op)[0], [*op.args, op.result], e.count, lanes=True, scratch=scratch)

@@ -32,15 +32,16 @@ PRODUCTS = {"matvec": (gemm.matvec_over, 0), "vecmat": (gemm.vecmat_over, 1), "o
             "matmul": (gemm.matmul_over, None)}
 
 
-def call(e, product: str, operands, count, lanes: bool):
+def call(e, product: str, operands, count, lanes: bool, scratch=None):
     """`product` on `operands` (Values, in the gemm emitter's order) for `count` lanes (an int,
     or an i64 register); with `lanes`, each operand at the current block's lanes
-    (`e.lane_layout`), else at the current sample."""
+    (`e.lane_layout`), else at the current sample. `scratch`: workspace to pack operands into
+    (`gemm.pack_bytes` of it), or None."""
     layouts = [e.lane_layout(value) if lanes else (e.pointer(value), I64(0)) for value in operands]
-    invoke(e, product, operands[PRODUCTS[product][1]].type.shape, layouts, count)
+    invoke(e, product, operands[PRODUCTS[product][1]].type.shape, layouts, count, scratch)
 
 
-def invoke(e, product: str, dims: tuple, layouts, count):
+def invoke(e, product: str, dims: tuple, layouts, count, scratch=None):
     """`product` of shape `dims` (see PRODUCTS) on operands given as (storage for lane 0, bytes
     between lanes) for `count` lanes."""
     arguments = []
@@ -48,18 +49,21 @@ def invoke(e, product: str, dims: tuple, layouts, count):
         arguments += [e.b.bitcast(pointer, BYTES), stride]
     if not isinstance(count, int):
         arguments.append(count)
-    e.b.call(_routine(e, product, tuple(dims), count), arguments)
+    if scratch is not None:
+        arguments.append(e.b.bitcast(scratch, BYTES))
+    e.b.call(_routine(e, product, tuple(dims), count, scratch is not None), arguments)
 
 
-def _routine(e, product: str, dims: tuple, count) -> ir.Function:
+def _routine(e, product: str, dims: tuple, count, packs: bool) -> ir.Function:
     module = e.b.module
     emitter, _ = PRODUCTS[product]
-    name = f"spadc.{product}.{e.float}.{'x'.join(map(str, dims))}.{count if isinstance(count, int) else 'n'}"
+    name = (f"spadc.{product}.{e.float}.{'x'.join(map(str, dims))}.{count if isinstance(count, int) else 'n'}"
+            f"{'.packed' if packs else ''}")
     try:
         return module.get_global(name)
     except KeyError:
         pass
-    parameters = [BYTES, I64] * 3 + ([] if isinstance(count, int) else [I64])
+    parameters = [BYTES, I64] * 3 + ([] if isinstance(count, int) else [I64]) + ([BYTES] if packs else [])
     function = ir.Function(module, ir.FunctionType(ir.VoidType(), parameters), name=name)
     function.linkage = "internal"
     function.attributes.add("noinline")
@@ -71,6 +75,8 @@ def _routine(e, product: str, dims: tuple, count) -> ir.Function:
     if product == "matmul":  # its result is never its operand's storage (memory.py: not done in place)
         for base in bases:
             base.add_attribute("noalias")
+    if packs:  # the routine's own scratch, apart from its operands
+        function.args[-1].add_attribute("noalias")
     strides = function.args[1:6:2]
     lane_count = count if isinstance(count, int) else function.args[6]
     element = e.float.as_pointer()
@@ -78,7 +84,7 @@ def _routine(e, product: str, dims: tuple, count) -> ir.Function:
     def at(key: int, s):
         return r.b.bitcast(r.b.gep(bases[key], [r.b.mul(s, strides[key])], inbounds=True), element)
 
-    emitter(r, 0, 1, 2, *dims, lane_count, at)
+    emitter(r, 0, 1, 2, *dims, lane_count, at, **({"scratch": function.args[-1]} if packs else {}))
     r.b.ret_void()
     r.finish_entry()
     return function
