@@ -6,7 +6,7 @@ The model: `param W: f64[L, H, H]`, `param b: f64[L, H]`, `for l in 0..L { h = r
 b[l]) }`, then cross-entropy over H classes; JAX's is the same network under `lax.scan` over the
 stacked weights, `jit(value_and_grad)`. With `--unrolled`, the same network written layer by
 layer (`param W1: f64[H, H]`, ..., one statement per layer) in both systems. Both gradients are checked against each other (1e-9)
-before anything is timed; each system is timed in turn ROUNDS times and keeps its fastest round
+before anything is timed; the systems are timed in turn ROUNDS times, each keeping its fastest round
 (the machine is shared). The process pins itself to one core first.
 """
 
@@ -74,13 +74,15 @@ def _jax_gradient(params, x, label, unrolled: bool):
     return run
 
 
-def _best(run) -> float:
-    best = float("inf")
+def _best(*runs) -> list[float]:
+    """Each run's fastest round of CALLS calls, the runs timed in turn ROUNDS times."""
+    best = [float("inf")] * len(runs)
     for _ in range(ROUNDS):
-        start = time.perf_counter()
-        for _ in range(CALLS):
-            run()
-        best = min(best, (time.perf_counter() - start) / CALLS)
+        for k, run in enumerate(runs):
+            start = time.perf_counter()
+            for _ in range(CALLS):
+                run()
+            best[k] = min(best[k], (time.perf_counter() - start) / CALLS)
     return best
 
 
@@ -97,7 +99,7 @@ def row(width: int, depth: int, batch: int, unrolled: bool = False) -> str:
     for name in grads:
         scale = np.max(np.abs(their_grads[name])) + 1e-300
         assert np.max(np.abs(grads[name] - their_grads[name])) <= AGREEMENT * scale, name
-    spadc_time, jax_time = _best(ours), _best(theirs)
+    spadc_time, jax_time = _best(ours, theirs)
     lanes = model.layout["variants"]["exact"]["lanes"]
     return f"| {width} | {depth} | {batch} | {lanes} | {1e3 * spadc_time:.2f} | {1e3 * jax_time:.2f} | " \
            f"{spadc_time / jax_time:.2f} |"

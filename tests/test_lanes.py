@@ -41,11 +41,12 @@ BATCHES = {
 
 STACKED = ("input x: f64[8]\ninput label: i64\nparam W: f64[3, 8, 8] ~ normal(0, 0.4)\nparam b: f64[3, 8]\n"
            "let h = x\nfor l in 0..3 {\n  h = relu(W[l] @ h + b[l])\n}\nloss cross_entropy(h, label)")
-# Matrices past gemm.PACK_MIN_ENTRIES, whose lane products pack what they read: x @ W by panels of
-# W's columns, the weight gradients' sums by blocks of the lanes' columns (76: a block of 48 and
-# one of 28 on AVX2) and tiles of their rows (70: tiles of 2), a stacked weight's slice included.
-WIDE = ("input x: f64[76]\ninput label: i64\nparam A: f64[70, 76] ~ normal(0, 0.1)\n"
-        "param B: f64[2, 70, 70] ~ normal(0, 0.15)\nlet h = tanh(A @ x)\nfor l in 0..2 {\n  h = relu(h @ B[l])\n}\n"
+# Matrices past gemm.PACK_MIN_ENTRIES, whose lane products pack what they read: W @ x and x @ W by
+# panels of W's rows or columns (130 rows: 10 panels of 12, 2 vectors, 2 rows on AVX2; 131 columns:
+# k's last 3 apart), the weight gradients' sums by blocks of the lanes' columns and tiles of their
+# rows (130: tiles of 2), a stacked weight's slice included; one lane transposes W's rows instead.
+WIDE = ("input x: f64[131]\ninput label: i64\nparam A: f64[130, 131] ~ normal(0, 0.08)\n"
+        "param B: f64[2, 130, 130] ~ normal(0, 0.1)\nlet h = tanh(A @ x)\nfor l in 0..2 {\n  h = relu(h @ B[l])\n}\n"
         "loss cross_entropy(h, label)")
 PROGRAMS = {
     # a cond per sample inside a loop that runs in lockstep; views of an input row; a comprehension
@@ -70,7 +71,7 @@ PROGRAM_INPUTS = {
     "lookup": {"token": RNG.integers(0, 5, BATCH), "v": RNG.standard_normal((BATCH, 3))},
     "deep": {"x": RNG.standard_normal((BATCH, 8)), "label": RNG.integers(0, 8, BATCH)},
     "stacked": {"x": RNG.standard_normal((BATCH, 8)), "label": RNG.integers(0, 8, BATCH)},
-    "wide": {"x": RNG.standard_normal((BATCH, 76)), "label": RNG.integers(0, 70, BATCH)},
+    "wide": {"x": RNG.standard_normal((BATCH, 131)), "label": RNG.integers(0, 130, BATCH)},
 }
 
 
@@ -222,7 +223,8 @@ def test_a_slice_of_a_stacked_weight_is_a_product_over_lanes():
 def test_products_of_large_matrices_over_lanes_pack_their_operands():
     emitted = spadc.api.build(frontend.text_source(WIDE, "wide.spad"), ".", lanes=4).llvm_ir
     packed = set(re.findall(r'^define internal void @"spadc\.(\w+)\.double\.([\dx]+)\.n\.packed"', emitted, re.M))
-    assert packed == {("vecmat", "70x70"), ("outer_sum", "70x76"), ("outer_sum", "70x70")}  # (x's cotangent: none)
+    assert packed == {("matvec", "130x131"), ("matvec", "130x130"), ("vecmat", "130x130"), ("outer_sum", "130x131"),
+                      ("outer_sum", "130x130")}  # (no vecmat of A: x's cotangent is not asked for)
     one_lane = spadc.api.build(frontend.text_source(WIDE, "wide.spad"), ".", lanes=1).llvm_ir
     assert ".packed" not in one_lane  # (one sample reads each entry once: nothing to gain)
 

@@ -6,15 +6,19 @@ the matrix of their x's, `g @ W` likewise, and a weight gradient's running sum `
 x)` as acc += G^T X over the lanes: each matrix entry is read once per block instead of once per
 sample, and the loops are register tiles of explicit vectors (V entries of 32 bytes: 4 doubles
 or 8 floats; 64 bytes for `x @ W` and the sums where the target has AVX-512, measured faster).
+Over lanes, products of large matrices (PACK_MIN_ENTRIES) first copy what the tiles would read at
+a stride into scratch the memory planner gives them (`pack_bytes`): panels of W, the lanes'
+operands side by side.
 
 Invariants:
 - Each entry is computed in one fixed order whatever the tile it falls in, so a sample's results
   do not depend on its lane, on how many lanes ran beside it, or on the kernel's lane count: the
   one-sample products (spadc/backend/routines.py: `matvec`, `vecmat`, `outer_sum`, one lane) are the same code.
-  - a dot product `W[i] . x`: V partial sums (one vector) over the first K - K % V terms, added
-    pairwise, then the last K % V terms in order;
-  - `x @ W` and the outer products' running sum: each entry summed in order (of k; of the
-    samples).
+  - `W @ x` where W has fewer than PACK_MIN_ENTRIES entries, a dot product `W[i] . x`: V
+    partial sums (one vector) over the first K - K % V terms, added pairwise, then the last K % V
+    terms in order; the order depends on W's shape alone, so it is the same at every lane count;
+  - larger `W @ x`, `x @ W` and the outer products' running sum: each entry summed in order (of
+    k; of the samples).
   Every term is one fused multiply-add (`llvm.fma`) when the target has FMA (`has_fma`), else a
   multiply and an add: never left to the optimiser, which fuses a vectorised term and not the
   same term in scalar code.
@@ -58,8 +62,10 @@ NARROW_TILES = Tiles(dot_rows=4, dot_lanes=2, panel_lanes=4, panel_vectors=3, su
 # Lane products of matrices of at least this many entries copy what they read at a stride into
 # scratch first (`pack_bytes`). W's rows (and the lanes' storages) lie a power of two apart in
 # the common shapes, where they fall into a few cache sets: on a Zen 3 core x @ W ran at 2.7
-# GFLOP/s at 1024 x 1024 and 10.3 at 1020 x 1020. Smaller matrices stay in the L1 cache anyway.
-PACK_MIN_ENTRIES = 64 * 64
+# GFLOP/s at 1024 x 1024 and 10.3 at 1020 x 1020; packed, 37 (NumPy's DGEMM: 39). Below, a
+# call's copy of W costs more than it saves: a recurrent 64 x 64 step over 16 lanes took 5%
+# longer packed, and W @ x 16% (with its order of sums below).
+PACK_MIN_ENTRIES = 128 * 128
 
 
 def pack_bytes(product: str, dims: tuple, lanes: int, float_bytes: int) -> int:
@@ -67,8 +73,8 @@ def pack_bytes(product: str, dims: tuple, lanes: int, float_bytes: int) -> int:
     its operands into: 0 where it reads them in place."""
     if lanes < 2 or dims[0] * dims[1] < PACK_MIN_ENTRIES:
         return 0
-    if product == "vecmat":  # one panel of W's columns, all its rows
-        return dims[0] * tiles().panel_vectors * _vector_bytes(wide=True)
+    if product in ("matvec", "vecmat"):  # one panel of W's rows (transposed) or columns, all k
+        return dims[1 if product == "matvec" else 0] * tiles().panel_vectors * _vector_bytes(wide=True)
     if product == "outer_sum":  # each lane's x in a block of columns, and its g in a tile of rows
         return lanes * (min(dims[1], _sum_block(float_bytes)) + _sum_height(dims[0])) * float_bytes
     return 0
@@ -268,11 +274,24 @@ def dot_tile(e, rows, columns, k_dim: int) -> dict:
     return results
 
 
-def matvec_over(e, W, x, y, m: int, k_dim: int, count, at):
-    """y(s) = W @ x(s) for s in 0..count; `at(value, s)` is a value's pointer for lane s. (Not
-    packed: each lane's x is read in order, and copying blocks of them side by side measured
-    slower, 10.1 against 13.1 GFLOP/s at 4096 x 4096 on a Zen 3 core, as W then streams once per
-    block.)"""
+def matvec_over(e, W, x, y, m: int, k_dim: int, count, at, scratch=None):
+    """y(s) = W @ x(s) for s in 0..count (W: m x k_dim): dot products (`_dots_over`) if W has
+    fewer than PACK_MIN_ENTRIES entries, else `_ordered_matvec_over`."""
+    if m * k_dim < PACK_MIN_ENTRIES:
+        _dots_over(e, W, x, y, m, k_dim, count, at)
+    else:
+        _ordered_matvec_over(e, W, x, y, m, k_dim, count, at, scratch)
+
+
+# Below PACK_MIN_ENTRIES, W @ x is a dot per row, whose tiles read W's rows in place; at and above,
+# each entry is summed in order of k, so that lanes run x @ W's packed kernel: at 256 x 256 and 128
+# lanes 419 against 606 us on a Zen 3 core (1024 x 1024: 6.3 against 10.1 ms, NumPy 6.6). The
+# price is one sample's: it transposes W's rows in registers (the digits MLP at batch 1: 124
+# against 97 us).
+
+
+def _dots_over(e, W, x, y, m: int, k_dim: int, count, at):
+    """y(s)[i] = W[i] . x(s) (`dot_tile`): tiles of W's rows by tiles of lanes, in place."""
     b = e.b
     matrix = at(W, I64(0))
     vector = Lanes(e, width(e))
@@ -295,43 +314,130 @@ def matvec_over(e, W, x, y, m: int, k_dim: int, count, at):
     _covering(e, m, tiles().dot_rows, row_tile)
 
 
+def _ordered_matvec_over(e, W, x, y, m: int, k_dim: int, count, at, scratch):
+    """y(s) = W @ x(s), each entry summed in order of k, as in
+    x @ W. With `scratch` (`pack_bytes`) and at least PACK_MIN_LANES lanes, each panel of W's
+    rows is copied into it transposed (k-major) and run by x @ W's panel kernel; else each lane
+    reads W's rows a block of columns at a time, transposed in registers."""
+    b = e.b
+    matrix = at(W, I64(0))
+    vector_width = width(e, wide=True)
+
+    def packed(i0, lanes_of: Lanes, vectors: int):
+        panel, step = b.bitcast(scratch, e.float.as_pointer()), vectors * lanes_of.width
+
+        def store(k0, columns):
+            for u, block in enumerate(columns):
+                for j, column in enumerate(block):
+                    lanes_of.store(column, panel, b.add(b.mul(b.add(k0, I64(j)), I64(step)), I64(u * lanes_of.width)))
+
+        _columns_of_rows(e, lanes_of, matrix, k_dim, i0, vectors, store)
+        _covering(e, count, tiles().panel_lanes,
+                  lambda lanes: _panel(e, x, y, at, k_dim, panel, step, i0, lanes_of, vectors, lanes))
+
+    def in_registers(i0, lanes_of: Lanes, vectors: int):
+        with _lane_indices(e, count) as (s,):
+            lane_x = at(x, s)
+            accumulators = [e.alloca(lanes_of.type, "matvec") for _ in range(vectors)]
+            for accumulator in accumulators:
+                b.store(lanes_of.zero(), accumulator)
+
+            def add(k0, columns):
+                xs = [lanes_of.splat(b.load(_at(e, lane_x, b.add(k0, I64(j))))) for j in range(len(columns[0]))]
+                for accumulator, block in zip(accumulators, columns):
+                    for x_k, column in zip(xs, block):  # (each entry's terms in order of k)
+                        b.store(fused(e, b.load(accumulator), x_k, column), accumulator)
+
+            _columns_of_rows(e, lanes_of, matrix, k_dim, i0, vectors, add)
+            for u, accumulator in enumerate(accumulators):
+                lanes_of.store(b.load(accumulator), at(y, s), b.add(i0, I64(u * lanes_of.width)))
+
+    # In registers, twice the panel's row vectors: more sums in flight, as a lane has one.
+    _packing(e, count, scratch, lambda: _over_columns(e, m, vector_width, packed, tiles().panel_vectors),
+             lambda: _over_columns(e, m, vector_width, in_registers, 2 * tiles().panel_vectors))
+
+
+def _columns_of_rows(e, lanes_of: Lanes, matrix, k_dim: int, i0, vectors: int, use):
+    """use(k0, columns) over k0 in 0..k_dim in order, columns[u][j] = W[i0 + u * width + r, k0 + j]
+    for r in 0..width (W: rows of k_dim): blocks of `width` columns, each square of rows read a
+    vector at a time and transposed in registers, then the last k_dim % width columns one by one."""
+    b, w = e.b, lanes_of.width
+    rows = [[b.mul(b.add(i0, I64(u * w + r)), I64(k_dim)) for r in range(w)] for u in range(vectors)]
+    with e.loop(k_dim // w, "k") as block:
+        k0 = b.mul(block, I64(w))
+        loaded = [[lanes_of.load(matrix, b.add(row, k0)) for row in square] for square in rows]
+        use(k0, [lanes_of.transpose(square) if w > 1 else square for square in loaded])
+    for k in range(k_dim - k_dim % w, k_dim):
+        columns = []
+        for square in rows:
+            column = ir.Constant(lanes_of.type, ir.Undefined)
+            for r, row in enumerate(square):
+                column = b.insert_element(column, b.load(_at(e, matrix, b.add(row, I64(k)))), I32(r))
+            columns.append([column])
+        use(I64(k), columns)
+
+
 # ---- y = x @ W ----------------------------------------------------------------------------
 
 def vecmat_over(e, x, W, y, k_dim: int, n: int, count, at, scratch=None):
     """y(s) = x(s) @ W for s in 0..count (W: k_dim x n), each entry summed in order of k. With
-    `scratch` (`pack_bytes`), each panel of W's columns is first copied into it, row after row."""
+    `scratch` (`pack_bytes`) and at least PACK_MIN_LANES lanes, each panel of W's columns is first
+    copied into it, row after row."""
     b = e.b
     matrix = at(W, I64(0))
     vector_width = width(e, wide=True)  # (64-byte vectors measured 12% faster here, and slower in the dot)
 
-    def panel(source, row_stride: int, j0, lanes_of: Lanes, vectors: int, lanes):
-        """The lanes' y[j0 : j0 + vectors * width], W's columns at `source` + k * row_stride."""
-        targets = [at(y, s) for s in lanes]
-        inputs = [at(x, s) for s in lanes]
-        accumulators = {(c, u): e.alloca(lanes_of.type, "vecmat") for c in range(len(lanes)) for u in range(vectors)}
-        for accumulator in accumulators.values():
-            b.store(lanes_of.zero(), accumulator)
-        with e.loop(k_dim, "k") as k:
-            row = b.mul(k, I64(row_stride))
-            w = [lanes_of.load(source, b.add(row, I64(u * lanes_of.width))) for u in range(vectors)]
-            xs = [lanes_of.splat(b.load(_at(e, lane_x, k))) for lane_x in inputs]
-            for (c, u), accumulator in accumulators.items():
-                b.store(fused(e, b.load(accumulator), xs[c], w[u]), accumulator)
-        for (c, u), accumulator in accumulators.items():
-            lanes_of.store(b.load(accumulator), targets[c], b.add(j0, I64(u * lanes_of.width)))
-
-    def columns(j0, lanes_of: Lanes, vectors: int):
+    def columns(j0, lanes_of: Lanes, vectors: int, pack: bool):
         source, row_stride = _at(e, matrix, j0), n
-        if scratch is not None:  # W's rows are n apart: at a power-of-two n they meet in few cache sets
+        if pack:  # W's rows are n apart: at a power-of-two n they meet in few cache sets
             source, row_stride = b.bitcast(scratch, e.float.as_pointer()), vectors * lanes_of.width
             with e.loop(k_dim, "pack") as k:
                 for u in range(vectors):
                     entry = b.add(b.add(b.mul(k, I64(n)), j0), I64(u * lanes_of.width))
                     lanes_of.store(lanes_of.load(matrix, entry), source, b.add(b.mul(k, I64(row_stride)),
                                                                               I64(u * lanes_of.width)))
-        _covering(e, count, tiles().panel_lanes, lambda lanes: panel(source, row_stride, j0, lanes_of, vectors, lanes))
+        _covering(e, count, tiles().panel_lanes,
+                  lambda lanes: _panel(e, x, y, at, k_dim, source, row_stride, j0, lanes_of, vectors, lanes))
 
-    _over_columns(e, n, vector_width, columns, tiles().panel_vectors)
+    _packing(e, count, scratch,
+             lambda: _over_columns(e, n, vector_width, lambda *where: columns(*where, True), tiles().panel_vectors),
+             lambda: _over_columns(e, n, vector_width, lambda *where: columns(*where, False), tiles().panel_vectors))
+
+
+def _panel(e, x, y, at, k_dim: int, source, row_stride: int, j0, lanes_of: Lanes, vectors: int, lanes):
+    """y(s)[j0 : j0 + vectors * width] = x(s) @ (the panel at `source`, k_dim rows `row_stride`
+    apart) for the lanes s in `lanes`: a register tile, each entry summed in order of k."""
+    b = e.b
+    inputs = [at(x, s) for s in lanes]
+    accumulators = {(c, u): e.alloca(lanes_of.type, "panel") for c in range(len(lanes)) for u in range(vectors)}
+    for accumulator in accumulators.values():
+        b.store(lanes_of.zero(), accumulator)
+    with e.loop(k_dim, "k") as k:
+        row = b.mul(k, I64(row_stride))
+        w = [lanes_of.load(source, b.add(row, I64(u * lanes_of.width))) for u in range(vectors)]
+        xs = [lanes_of.splat(b.load(_at(e, lane_x, k))) for lane_x in inputs]
+        for (c, u), accumulator in accumulators.items():
+            b.store(fused(e, b.load(accumulator), xs[c], w[u]), accumulator)
+    for (c, u), accumulator in accumulators.items():
+        lanes_of.store(b.load(accumulator), at(y, lanes[c]), b.add(j0, I64(u * lanes_of.width)))
+
+
+# Packing copies all of W per call: below this many lanes it costs more than the cache misses
+# it saves, and the product reads W in place.
+PACK_MIN_LANES = 4
+
+
+def _packing(e, count, scratch, packed, in_place):
+    """packed() where there is scratch and at least PACK_MIN_LANES lanes (known now, or a branch on
+    the count), else in_place()."""
+    if scratch is None or isinstance(count, int):
+        (packed if scratch is not None and count >= PACK_MIN_LANES else in_place)()
+        return
+    with e.b.if_else(e.b.icmp_signed(">=", count, I64(PACK_MIN_LANES))) as (then, otherwise):
+        with then:
+            packed()
+        with otherwise:
+            in_place()
 
 
 def _over_columns(e, n: int, vector_width: int, panel, vectors: int):
