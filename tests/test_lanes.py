@@ -229,6 +229,15 @@ def test_products_of_large_matrices_over_lanes_pack_their_operands():
     assert ".packed" not in one_lane  # (one sample reads each entry once: nothing to gain)
 
 
+def test_large_weights_earn_a_workspace_as_large_as_they_are():
+    # 8 layers of 512 x 512 (16 MB of params): 128 lanes' tape is about 9 MB, past LANE_BUDGET
+    # (which alone cuts the lanes to 90) and under the params' bytes.
+    text = STACKED.replace("f64[8]", "f64[512]").replace("[3, 8, 8]", "[8, 512, 512]").replace(
+        "[3, 8]", "[8, 512]").replace("0..3", "0..8").replace("0.4", "0.04")
+    exact = spadc.compile_source(text, name="wide_stack.spad").layout["variants"]["exact"]
+    assert exact["lanes"] == 128 and spadc.backend.kernels.LANE_BUDGET < exact["workspace"] < 8 * 512 * 512 * 8
+
+
 @pytest.mark.skipif(not LONG, reason="the long profile (SPADC_LONG=1, which CI runs): its program's kernels are 1 MB "
                     "of LLVM IR, and the quick fuzz test checks lanes on every program it makes")
 def test_a_dot_product_rounds_the_same_with_any_lane_count():
