@@ -76,7 +76,7 @@ def pack_bytes(product: str, dims: tuple, lanes: int, float_bytes: int) -> int:
     if product in ("matvec", "vecmat"):  # one panel of W's rows (transposed) or columns, all k
         return dims[1 if product == "matvec" else 0] * tiles().panel_vectors * _vector_bytes(wide=True)
     if product == "outer_sum":  # each lane's x in a block of columns, and its g in a tile of rows
-        return lanes * (min(dims[1], _sum_block(float_bytes)) + _sum_height(dims[0])) * float_bytes
+        return lanes * (_sum_block(dims[1]) + _sum_height(dims[0])) * float_bytes
     return 0
 
 
@@ -333,7 +333,7 @@ def _ordered_matvec_over(e, W, x, y, m: int, k_dim: int, count, at, scratch):
 
         _columns_of_rows(e, lanes_of, matrix, k_dim, i0, vectors, store)
         _covering(e, count, tiles().panel_lanes,
-                  lambda lanes: _panel(e, x, y, at, k_dim, panel, step, i0, lanes_of, vectors, lanes))
+                  lambda lanes: _panel(e, x, y, at, k_dim, panel, step, I64(0), i0, lanes_of, vectors, lanes))
 
     def in_registers(i0, lanes_of: Lanes, vectors: int):
         with _lane_indices(e, count) as (s,):
@@ -352,9 +352,13 @@ def _ordered_matvec_over(e, W, x, y, m: int, k_dim: int, count, at, scratch):
             for u, accumulator in enumerate(accumulators):
                 lanes_of.store(b.load(accumulator), at(y, s), b.add(i0, I64(u * lanes_of.width)))
 
-    # In registers, twice the panel's row vectors: more sums in flight, as a lane has one.
-    _packing(e, count, scratch, lambda: _over_columns(e, m, vector_width, packed, tiles().panel_vectors),
-             lambda: _over_columns(e, m, vector_width, in_registers, 2 * tiles().panel_vectors))
+    _packing(e, count, scratch, lambda: _covering_columns(e, m, vector_width, packed, tiles().panel_vectors),
+             lambda: _covering_columns(e, m, vector_width, in_registers, IN_REGISTER_VECTORS))
+
+
+# Row vectors one lane's W @ x sums at a time, transposed in registers: on a Zen 3 core the digits
+# MLP at batch 1 took 106 us with 2, 111 with 3, 124 with 6 (the registers spill).
+IN_REGISTER_VECTORS = 2
 
 
 def _columns_of_rows(e, lanes_of: Lanes, matrix, k_dim: int, i0, vectors: int, use):
@@ -387,39 +391,42 @@ def vecmat_over(e, x, W, y, k_dim: int, n: int, count, at, scratch=None):
     matrix = at(W, I64(0))
     vector_width = width(e, wide=True)  # (64-byte vectors measured 12% faster here, and slower in the dot)
 
-    def columns(j0, lanes_of: Lanes, vectors: int, pack: bool):
-        source, row_stride = _at(e, matrix, j0), n
-        if pack:  # W's rows are n apart: at a power-of-two n they meet in few cache sets
-            source, row_stride = b.bitcast(scratch, e.float.as_pointer()), vectors * lanes_of.width
-            with e.loop(k_dim, "pack") as k:
-                for u in range(vectors):
-                    entry = b.add(b.add(b.mul(k, I64(n)), j0), I64(u * lanes_of.width))
-                    lanes_of.store(lanes_of.load(matrix, entry), source, b.add(b.mul(k, I64(row_stride)),
-                                                                              I64(u * lanes_of.width)))
+    def packed(j0, lanes_of: Lanes, vectors: int):
+        # W's rows are n apart: at a power-of-two n they meet in few cache sets
+        panel, step = b.bitcast(scratch, e.float.as_pointer()), vectors * lanes_of.width
+        with e.loop(k_dim, "pack") as k:
+            for u in range(vectors):
+                entry = b.add(b.add(b.mul(k, I64(n)), j0), I64(u * lanes_of.width))
+                lanes_of.store(lanes_of.load(matrix, entry), panel, b.add(b.mul(k, I64(step)), I64(u * lanes_of.width)))
         _covering(e, count, tiles().panel_lanes,
-                  lambda lanes: _panel(e, x, y, at, k_dim, source, row_stride, j0, lanes_of, vectors, lanes))
+                  lambda lanes: _panel(e, x, y, at, k_dim, panel, step, I64(0), j0, lanes_of, vectors, lanes))
 
-    _packing(e, count, scratch,
-             lambda: _over_columns(e, n, vector_width, lambda *where: columns(*where, True), tiles().panel_vectors),
-             lambda: _over_columns(e, n, vector_width, lambda *where: columns(*where, False), tiles().panel_vectors))
+    def in_place(lanes):  # (a tile of lanes over every panel: measured faster in place than panels first)
+        _over_columns(e, n, vector_width, lambda j0, lanes_of, vectors: _panel(
+            e, x, y, at, k_dim, matrix, n, j0, j0, lanes_of, vectors, lanes), tiles().panel_vectors)
+
+    _packing(e, count, scratch, lambda: _covering_columns(e, n, vector_width, packed, tiles().panel_vectors),
+             lambda: _covering(e, count, tiles().panel_lanes, in_place))
 
 
-def _panel(e, x, y, at, k_dim: int, source, row_stride: int, j0, lanes_of: Lanes, vectors: int, lanes):
-    """y(s)[j0 : j0 + vectors * width] = x(s) @ (the panel at `source`, k_dim rows `row_stride`
-    apart) for the lanes s in `lanes`: a register tile, each entry summed in order of k."""
+def _panel(e, x, y, at, k_dim: int, source, row_stride: int, column, j0, lanes_of: Lanes, vectors: int, lanes):
+    """y(s)[j0 : j0 + vectors * width] = x(s) @ (the panel whose entry (k, c) is at `source` +
+    k * row_stride + column + c) for the lanes s in `lanes`: a register tile, each entry summed in
+    order of k."""
     b = e.b
+    targets = [at(y, s) for s in lanes]
     inputs = [at(x, s) for s in lanes]
-    accumulators = {(c, u): e.alloca(lanes_of.type, "panel") for c in range(len(lanes)) for u in range(vectors)}
+    accumulators = {(c, u): e.alloca(lanes_of.type, "vecmat") for c in range(len(lanes)) for u in range(vectors)}
     for accumulator in accumulators.values():
         b.store(lanes_of.zero(), accumulator)
     with e.loop(k_dim, "k") as k:
-        row = b.mul(k, I64(row_stride))
+        row = b.add(b.mul(k, I64(row_stride)), column)
         w = [lanes_of.load(source, b.add(row, I64(u * lanes_of.width))) for u in range(vectors)]
         xs = [lanes_of.splat(b.load(_at(e, lane_x, k))) for lane_x in inputs]
         for (c, u), accumulator in accumulators.items():
             b.store(fused(e, b.load(accumulator), xs[c], w[u]), accumulator)
     for (c, u), accumulator in accumulators.items():
-        lanes_of.store(b.load(accumulator), at(y, lanes[c]), b.add(j0, I64(u * lanes_of.width)))
+        lanes_of.store(b.load(accumulator), targets[c], b.add(j0, I64(u * lanes_of.width)))
 
 
 # Packing copies all of W per call: below this many lanes it costs more than the cache misses
@@ -438,6 +445,19 @@ def _packing(e, count, scratch, packed, in_place):
             packed()
         with otherwise:
             in_place()
+
+
+def _covering_columns(e, n: int, vector_width: int, panel, vectors: int):
+    """As `_over_columns`, for a product that writes its results: when n holds a full panel, one
+    loop of full panels, the last moved back to end at n (one copy of the panel's code)."""
+    step = vectors * vector_width
+    if n <= step:
+        _over_columns(e, n, vector_width, panel, vectors)
+        return
+    b = e.b
+    with e.loop((n + step - 1) // step, "panel") as p:
+        first = b.mul(p, I64(step))
+        panel(b.select(b.icmp_signed("<", first, I64(n - step)), first, I64(n - step)), Lanes(e, vector_width), vectors)
 
 
 def _over_columns(e, n: int, vector_width: int, panel, vectors: int):
@@ -489,27 +509,28 @@ def _lane_indices(e, count):
 
 def outer_sum_over(e, g, x, out, m: int, n: int, count, at, scratch=None):
     """out[i, j] += g(s)[i] * x(s)[j] for s in 0..count, in order of s; out shared by the lanes.
-    With `scratch` (`pack_bytes`): for each block of SUM_BLOCK columns, the lanes' x in it are
+    With `scratch` (`pack_bytes`): for each block of `_sum_block(n)` columns, the lanes' x in it are
     copied side by side, and for each tile of rows, the lanes' g in it."""
     b = e.b
     target = at(out, I64(0))
     vector_width = width(e, wide=True)  # (measured: 7% faster than 32 bytes)
     height = _sum_height(m)
 
-    def row_tile(i0, g_of, x_of, c0, columns: int):
-        """out[i0 : i0 + height, c0 : c0 + columns] += the lanes' terms; lane s's g[i0 + r] at
-        g_of(s, r), its x[c0 + j] at x_of(s) + j."""
+    def row_tile(i0, lane_rows, g_first, c0, columns: int):
+        """out[i0 : i0 + height, c0 : c0 + columns] += the lanes' terms (c0 None: 0), where
+        lane_rows(s) = (p, q), lane s's g[i0 + r] at p[g_first + r] and its x[c0 + j] at q[j]."""
         def panel(j0, lanes_of: Lanes, vectors: int):
-            starts = [b.add(b.mul(b.add(i0, I64(r)), I64(n)), b.add(b.add(c0, j0), I64(u * lanes_of.width)))
+            column = j0 if c0 is None else b.add(c0, j0)
+            starts = [b.add(b.mul(b.add(i0, I64(r)), I64(n)), b.add(column, I64(u * lanes_of.width)))
                       for r in range(height) for u in range(vectors)]
             accumulators = [e.alloca(lanes_of.type, "sum") for _ in starts]
             for accumulator, start in zip(accumulators, starts):
                 b.store(lanes_of.load(target, start), accumulator)
             with e.loop(count, "s") as s:
-                xs = x_of(s)
+                gs, xs = lane_rows(s)
                 x_vectors = [lanes_of.load(xs, b.add(j0, I64(u * lanes_of.width))) for u in range(vectors)]
                 for r in range(height):
-                    scale = lanes_of.splat(b.load(g_of(s, r)))
+                    scale = lanes_of.splat(b.load(_at(e, gs, b.add(g_first, I64(r)))))
                     for u in range(vectors):
                         accumulator = accumulators[r * vectors + u]
                         b.store(fused(e, b.load(accumulator), scale, x_vectors[u]), accumulator)
@@ -519,12 +540,11 @@ def outer_sum_over(e, g, x, out, m: int, n: int, count, at, scratch=None):
         _over_columns(e, columns, vector_width, panel, tiles().sum_vectors)
 
     if scratch is None:
-        _tiles(e, m, height, lambda i0, _: row_tile(
-            i0, lambda s, r: _at(e, at(g, s), b.add(i0, I64(r))), lambda s: at(x, s), I64(0), n))
+        _tiles(e, m, height, lambda i0, _: row_tile(i0, lambda s: (at(g, s), at(x, s)), i0, None, n))
         return
     # Where the lanes' storages lie a power of two apart, reading a tile's rows or columns of all
     # lanes in place misses the caches (see PACK_MIN_ENTRIES).
-    block = min(n, _sum_block(_float_bytes(e)))
+    block = _sum_block(n)
     packed_x = b.bitcast(scratch, e.float.as_pointer())
     packed_g = _at(e, packed_x, b.mul(count, I64(block)))
 
@@ -535,8 +555,8 @@ def outer_sum_over(e, g, x, out, m: int, n: int, count, at, scratch=None):
         def rows(i0, _):
             with e.loop(count, "pack") as s:
                 _copy(e, _at(e, at(g, s), i0), _at(e, packed_g, b.mul(s, I64(height))), height)
-            row_tile(i0, lambda s, r: _at(e, packed_g, b.add(b.mul(s, I64(height)), I64(r))),
-                     lambda s: _at(e, packed_x, b.mul(s, I64(columns))), c0, columns)
+            row_tile(i0, lambda s: (_at(e, packed_g, b.mul(s, I64(height))), _at(e, packed_x, b.mul(s, I64(columns)))),
+                     I64(0), c0, columns)
 
         _tiles(e, m, height, rows)
 
@@ -547,13 +567,20 @@ def outer_sum_over(e, g, x, out, m: int, n: int, count, at, scratch=None):
         column_block(I64(full * block), rest)
 
 
-# Columns of x an outer sum packs at a time, in panels: 4 panels of 12 entries (AVX2, f64) are
-# 48 KB for 128 lanes, which stays in the L2 cache while every tile of rows reads it.
-SUM_BLOCK_PANELS = 4
+# Columns of x an outer sum packs at a time, at most: 256 columns of 128 lanes are 256 KB (f64),
+# which stay in the L2 cache while every tile of rows reads them. (Blocks of 12 to 96 columns
+# measured the same at 1024 x 1024 on a Zen 3 core.)
+SUM_BLOCK_COLUMNS = 256
 
 
-def _sum_block(float_bytes: int) -> int:
-    return SUM_BLOCK_PANELS * tiles().sum_vectors * _vector_bytes(wide=True) // float_bytes
+def _sum_block(n: int) -> int:
+    """Columns per block of a packed outer sum: all n, or the largest divisor of n up to
+    SUM_BLOCK_COLUMNS (one shape of block, so one copy of its code), or failing a divisor of at
+    least a quarter of that, SUM_BLOCK_COLUMNS and a last block of the rest."""
+    if n <= SUM_BLOCK_COLUMNS:
+        return n
+    divisor = max(d for d in range(1, SUM_BLOCK_COLUMNS + 1) if n % d == 0)
+    return divisor if divisor >= SUM_BLOCK_COLUMNS // 4 else SUM_BLOCK_COLUMNS
 
 
 def _sum_height(m: int) -> int:
