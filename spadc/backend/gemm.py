@@ -76,7 +76,7 @@ def pack_bytes(product: str, dims: tuple, lanes: int, float_bytes: int) -> int:
     if product in ("matvec", "vecmat"):  # one panel of W's rows (transposed) or columns, all k
         return dims[1 if product == "matvec" else 0] * tiles().panel_vectors * _vector_bytes(wide=True)
     if product == "outer_sum":  # each lane's x in a block of columns, and its g in a tile of rows
-        return lanes * (_sum_block(dims[1]) + _sum_height(dims[0])) * float_bytes
+        return lanes * (_sum_block(dims[1]) + _line(float_bytes) + _sum_height(dims[0])) * float_bytes
     return 0
 
 
@@ -546,16 +546,19 @@ def outer_sum_over(e, g, x, out, m: int, n: int, count, at, scratch=None):
     # lanes in place misses the caches (see PACK_MIN_ENTRIES).
     block = _sum_block(n)
     packed_x = b.bitcast(scratch, e.float.as_pointer())
-    packed_g = _at(e, packed_x, b.mul(count, I64(block)))
+    packed_g = _at(e, packed_x, b.mul(count, I64(block + _line(_float_bytes(e)))))
 
     def column_block(c0, columns: int):
+        # Lanes a cache line more than the block apart: a power of two apart, the tile's reads of
+        # all lanes' x would fall in a few cache sets again.
+        stride = columns + _line(_float_bytes(e))
         with e.loop(count, "pack") as s:
-            _copy(e, _at(e, at(x, s), c0), _at(e, packed_x, b.mul(s, I64(columns))), columns)
+            _copy(e, _at(e, at(x, s), c0), _at(e, packed_x, b.mul(s, I64(stride))), columns)
 
         def rows(i0, _):
             with e.loop(count, "pack") as s:
                 _copy(e, _at(e, at(g, s), i0), _at(e, packed_g, b.mul(s, I64(height))), height)
-            row_tile(i0, lambda s: (_at(e, packed_g, b.mul(s, I64(height))), _at(e, packed_x, b.mul(s, I64(columns)))),
+            row_tile(i0, lambda s: (_at(e, packed_g, b.mul(s, I64(height))), _at(e, packed_x, b.mul(s, I64(stride)))),
                      I64(0), c0, columns)
 
         _tiles(e, m, height, rows)
@@ -581,6 +584,11 @@ def _sum_block(n: int) -> int:
         return n
     divisor = max(d for d in range(1, SUM_BLOCK_COLUMNS + 1) if n % d == 0)
     return divisor if divisor >= SUM_BLOCK_COLUMNS // 4 else SUM_BLOCK_COLUMNS
+
+
+def _line(float_bytes: int) -> int:
+    """Entries in a 64-byte cache line."""
+    return 64 // float_bytes
 
 
 def _sum_height(m: int) -> int:
