@@ -570,10 +570,11 @@ def outer_sum_over(e, g, x, out, m: int, n: int, count, at, scratch=None):
         column_block(I64(full * block), rest)
 
 
-# Columns of x an outer sum packs at a time, at most: 256 columns of 128 lanes are 256 KB (f64),
-# which stay in the L2 cache while every tile of rows reads them. (Blocks of 12 to 96 columns
-# measured the same at 1024 x 1024 on a Zen 3 core.)
-SUM_BLOCK_COLUMNS = 256
+# Columns of x an outer sum packs at a time, at most: 64 columns of 128 lanes are 64 KB (f64), in
+# the L2 cache while every tile of rows reads them, and scratch the workspace holds beside the
+# tape. (Blocks of 12 to 96 columns measured the same at 1024 x 1024 on a Zen 3 core; 256 made the
+# digits MLP's workspace 30% larger.)
+SUM_BLOCK_COLUMNS = 64
 
 
 def _sum_block(n: int) -> int:
