@@ -48,6 +48,10 @@ STACKED = ("input x: f64[8]\ninput label: i64\nparam W: f64[3, 8, 8] ~ normal(0,
 WIDE = ("input x: f64[131]\ninput label: i64\nparam A: f64[130, 131] ~ normal(0, 0.08)\n"
         "param B: f64[2, 130, 130] ~ normal(0, 0.1)\nlet h = tanh(A @ x)\nfor l in 0..2 {\n  h = relu(h @ B[l])\n}\n"
         "loss cross_entropy(h, label)")
+# A large matrix of few rows (a classifier's last layer): W @ x in single vectors and rows, x @ W
+# over 1,700 columns (141 panels and one moved back), its sum in blocks of 50 columns by 2 rows.
+NARROW = ("input x: f64[1700]\ninput label: i64\nparam C: f64[10, 1700] ~ normal(0, 0.03)\n"
+          "param v: f64[1700] ~ normal(0, 1)\nloss cross_entropy(C @ tanh(x * v), label)")
 PROGRAMS = {
     # a cond per sample inside a loop that runs in lockstep; views of an input row; a comprehension
     "cond_in_loop": ("input seq: f64[6, 4]\nparam w: f64[4, 4] ~ normal(0, 0.5)\nparam u: f64[4] ~ normal(0, 1)\n"
@@ -61,6 +65,7 @@ PROGRAMS = {
     # layers in a loop over stacked weights: W[l] is one pointer for all lanes (lane_ops.py)
     "stacked": STACKED,
     "wide": WIDE,
+    "narrow": NARROW,
 }
 # A run of ~40 ops between the product and the loss (a gradient of 170), cut into runs of at most
 # RUN_OPS (memory.py; patched to 16 by the test), the last holding the loss's check of the label.
@@ -72,6 +77,7 @@ PROGRAM_INPUTS = {
     "deep": {"x": RNG.standard_normal((BATCH, 8)), "label": RNG.integers(0, 8, BATCH)},
     "stacked": {"x": RNG.standard_normal((BATCH, 8)), "label": RNG.integers(0, 8, BATCH)},
     "wide": {"x": RNG.standard_normal((BATCH, 131)), "label": RNG.integers(0, 130, BATCH)},
+    "narrow": {"x": RNG.standard_normal((BATCH, 1700)), "label": RNG.integers(0, 10, BATCH)},
 }
 
 
@@ -112,7 +118,7 @@ def test_examples_with_lanes(name):
     _check(models, None, BATCHES[name])  # (one lane against the interpreter: test_compiled.py)
 
 
-@pytest.mark.parametrize("name", quick(sorted(PROGRAMS), ("cond_in_loop", "lookup", "stacked", "wide")))  # ("deep": the examples)
+@pytest.mark.parametrize("name", quick(sorted(PROGRAMS), ("cond_in_loop", "lookup", "stacked", "wide", "narrow")))  # ("deep": the examples)
 def test_programs_with_lanes(name):
     models = _pair(lambda lanes: spadc.compile_source(PROGRAMS[name], name=f"{name}.spad", lanes=lanes))
     _check(models, check_text(PROGRAMS[name], name=f"{name}.spad"), PROGRAM_INPUTS[name])

@@ -62,7 +62,7 @@ NARROW_TILES = Tiles(dot_rows=4, dot_lanes=2, panel_lanes=4, panel_vectors=3, su
 # Lane products of matrices of at least this many entries copy what they read at a stride into
 # scratch first (`pack_bytes`). W's rows (and the lanes' storages) lie a power of two apart in
 # the common shapes, where they fall into a few cache sets: on a Zen 3 core x @ W ran at 2.7
-# GFLOP/s at 1024 x 1024 and 10.3 at 1020 x 1020; packed, 37 (NumPy's DGEMM: 39). Below, a
+# GFLOP/s at 1024 x 1024 and 10.3 at 1020 x 1020; packed, 42.7 (NumPy's DGEMM: 43.4). Below, a
 # call's copy of W costs more than it saves: a recurrent 64 x 64 step over 16 lanes took 5%
 # longer packed, and W @ x 16% (with its order of sums below).
 PACK_MIN_ENTRIES = 128 * 128
@@ -283,13 +283,6 @@ def matvec_over(e, W, x, y, m: int, k_dim: int, count, at, scratch=None):
         _ordered_matvec_over(e, W, x, y, m, k_dim, count, at, scratch)
 
 
-# Below PACK_MIN_ENTRIES, W @ x is a dot per row, whose tiles read W's rows in place; at and above,
-# each entry is summed in order of k, so that lanes run x @ W's packed kernel: at 256 x 256 and 128
-# lanes 419 against 606 us on a Zen 3 core (1024 x 1024: 6.3 against 10.1 ms, NumPy 6.6). The
-# price is one sample's: it transposes W's rows in registers (the digits MLP at batch 1: 124
-# against 97 us).
-
-
 def _dots_over(e, W, x, y, m: int, k_dim: int, count, at):
     """y(s)[i] = W[i] . x(s) (`dot_tile`): tiles of W's rows by tiles of lanes, in place."""
     b = e.b
@@ -314,11 +307,15 @@ def _dots_over(e, W, x, y, m: int, k_dim: int, count, at):
     _covering(e, m, tiles().dot_rows, row_tile)
 
 
+# From PACK_MIN_ENTRIES on, W @ x sums each entry in order of k, so that lanes run x @ W's packed
+# kernel: at 256 x 256 and 128 lanes 419 against 606 us for the dots on a Zen 3 core (1024 x 1024:
+# 6.0 against 10.1 ms, NumPy's DGEMM 6.2). One sample transposes W's rows in registers instead,
+# about as fast as the dots (the digits MLP's gradient at batch 1: 98-106 against 95-104 us).
 def _ordered_matvec_over(e, W, x, y, m: int, k_dim: int, count, at, scratch):
-    """y(s) = W @ x(s), each entry summed in order of k, as in
-    x @ W. With `scratch` (`pack_bytes`) and at least PACK_MIN_LANES lanes, each panel of W's
-    rows is copied into it transposed (k-major) and run by x @ W's panel kernel; else each lane
-    reads W's rows a block of columns at a time, transposed in registers."""
+    """y(s) = W @ x(s), each entry summed in order of k, as in x @ W. With `scratch`
+    (`pack_bytes`) and at least PACK_MIN_LANES lanes, each panel of W's rows is copied into it
+    transposed (k-major) and run by x @ W's panel kernel; else each lane reads W's rows a block of
+    columns at a time, transposed in registers."""
     b = e.b
     matrix = at(W, I64(0))
     vector_width = width(e, wide=True)
