@@ -30,7 +30,9 @@ gradient program, whose activity analysis shared the bug. So both silently wrong
 
 Run as a script for the long profile (`python tests/fuzzing.py --programs 10000 --workers 2`: about
 5 s per program on one core here, 2026-12-06, most kernels at the quick tier); the suite runs a
-seeded short profile (tests/test_fuzz.py). Every failure prints its seed, which regenerates the
+seeded short profile (tests/test_fuzz.py). `--ir-digests OUT.json` writes, for the programs' seeds,
+a digest of each one's LLVM IR (every kernel of a build, with 1 and LANES lanes): two compilers
+whose digests agree make the same code for those programs, so a run on one holds for the other. Every failure prints its seed, which regenerates the
 program; a check that takes over PROGRAM_TIMEOUT seconds counts as a hang, a crashed worker as a
 crash.
 """
@@ -39,6 +41,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import hashlib
+import json
 import multiprocessing
 import os
 import re
@@ -740,13 +744,29 @@ def _run_share(kind: str, seeds: list[int]) -> list[tuple[str, int, str]]:
     return failures
 
 
+def ir_digest(text: str, seed: int) -> str:
+    """SHA-256 of the LLVM IR of every kernel of `text`'s builds with 1 and LANES lanes."""
+    from spadc.frontend import text_source
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        modules = [spadc.api.build(text_source(text, f"fuzz{seed}.spad"), ".", lanes=lanes).llvm_ir
+                   for lanes in (1, LANES)]
+    return hashlib.sha256("\n".join(modules).encode("utf-8")).hexdigest()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Differential fuzzing of spadc (the long profile).")
     parser.add_argument("--programs", type=int, default=10000)
     parser.add_argument("--mutants", type=int, default=None, help="default: as many as programs")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the seeds (one per core)")
+    parser.add_argument("--ir-digests", metavar="OUT.json", help="write the programs' IR digests instead")
     args = parser.parse_args(argv)
+    if args.ir_digests:
+        seeds = range(args.first_seed, args.first_seed + args.programs)
+        with open(args.ir_digests, "w") as out:
+            json.dump({seed: ir_digest(ProgramGenerator(seed).program(), seed) for seed in seeds}, out, indent=0)
+        return 0
     failures, started = [], time.perf_counter()
     totals = {"programs": args.programs, "mutants": args.programs if args.mutants is None else args.mutants}
     for kind, total in totals.items():
