@@ -42,14 +42,15 @@ BATCHES = {
 STACKED = ("input x: f64[8]\ninput label: i64\nparam W: f64[3, 8, 8] ~ normal(0, 0.4)\nparam b: f64[3, 8]\n"
            "let h = x\nfor l in 0..3 {\n  h = relu(W[l] @ h + b[l])\n}\nloss cross_entropy(h, label)")
 # Matrices past gemm.PACK_MIN_ENTRIES, whose lane products pack what they read: W @ x and x @ W by
-# panels of W's rows or columns (130 rows: 10 panels of 12, 2 vectors, 2 rows on AVX2; 131 columns:
-# k's last 3 apart), the weight gradients' sums by blocks of the lanes' columns and tiles of their
-# rows (130: tiles of 2), a stacked weight's slice included; one lane transposes W's rows instead.
+# panels of W's rows or columns (130: 11 panels of 12 on AVX2, the last moved back over the one
+# before; 131 columns: k's last 3 apart), the weight gradients' sums by blocks of the lanes' columns
+# (131: 64, 64 and 3; 130: 26) and tiles of their rows (130: tiles of 2), a stacked weight's slice
+# included; one lane transposes W's rows instead.
 WIDE = ("input x: f64[131]\ninput label: i64\nparam A: f64[130, 131] ~ normal(0, 0.08)\n"
         "param B: f64[2, 130, 130] ~ normal(0, 0.1)\nlet h = tanh(A @ x)\nfor l in 0..2 {\n  h = relu(h @ B[l])\n}\n"
         "loss cross_entropy(h, label)")
 # A large matrix of few rows (a classifier's last layer): W @ x in single vectors and rows, x @ W
-# over 1,700 columns (141 panels and one moved back), its sum in blocks of 50 columns by 2 rows.
+# over 1,700 columns (141 panels and one moved back), its sum in blocks of 100 columns by 2 rows.
 NARROW = ("input x: f64[1700]\ninput label: i64\nparam C: f64[10, 1700] ~ normal(0, 0.03)\n"
           "param v: f64[1700] ~ normal(0, 1)\nloss cross_entropy(C @ tanh(x * v), label)")
 PROGRAMS = {

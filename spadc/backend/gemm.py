@@ -567,21 +567,26 @@ def outer_sum_over(e, g, x, out, m: int, n: int, count, at, scratch=None):
         column_block(I64(full * block), rest)
 
 
-# Columns of x an outer sum packs at a time, at most: 64 columns of 128 lanes are 64 KB (f64), in
-# the L2 cache while every tile of rows reads them, and scratch the workspace holds beside the
-# tape. (Blocks of 12 to 96 columns measured the same at 1024 x 1024 on a Zen 3 core; 256 made the
-# digits MLP's workspace 30% larger.)
-SUM_BLOCK_COLUMNS = 64
+# Columns of x an outer sum packs at a time: each block re-reads every lane's g (a tile of rows at
+# a time), so at most SUM_BLOCKS blocks, of at least 64 columns (64 KB of 128 lanes' f64: scratch
+# the workspace holds beside the tape; 256 made the digits MLP's workspace 30% larger) and at most
+# 256 (in the L2 cache while every tile of rows reads them). At 4096 x 4096 on a Zen 3 core, blocks
+# of 64 took 1.5x the time of blocks of 256, re-reading g 64 times; at 1024, 12 to 256 measured
+# the same.
+SUM_BLOCK_COLUMNS = (64, 256)
+SUM_BLOCKS = 16
 
 
 def _sum_block(n: int) -> int:
-    """Columns per block of a packed outer sum: all n, or the largest divisor of n up to
-    SUM_BLOCK_COLUMNS (one shape of block, so one copy of its code), or failing a divisor of at
-    least a quarter of that, SUM_BLOCK_COLUMNS and a last block of the rest."""
-    if n <= SUM_BLOCK_COLUMNS:
+    """Columns per block of a packed outer sum: all n, or the largest divisor of n up to the
+    target (one shape of block, so one copy of its code), or failing a divisor of at least a
+    quarter of it, the target and a last block of the rest."""
+    least, most = SUM_BLOCK_COLUMNS
+    target = min(most, max(least, -(-n // SUM_BLOCKS)))
+    if n <= target:
         return n
-    divisor = max(d for d in range(1, SUM_BLOCK_COLUMNS + 1) if n % d == 0)
-    return divisor if divisor >= SUM_BLOCK_COLUMNS // 4 else SUM_BLOCK_COLUMNS
+    divisor = max(d for d in range(1, target + 1) if n % d == 0)
+    return divisor if divisor >= target // 4 else target
 
 
 def _line(float_bytes: int) -> int:
