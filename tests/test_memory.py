@@ -293,3 +293,46 @@ def test_an_estimator_keeping_most_of_the_exact_tape_is_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error", SamplingWarning)
         model.grad(**inputs, estimator=spadc.RAD(keep=0.1))
+
+
+PLACEMENT_SEED = 11
+
+
+def _reference_placement(intervals: dict, sizes: dict) -> dict:
+    """Greedy by size, best fit, written out directly (the planner's placement before it became array
+    operations): largest first, at the start of the smallest gap that fits among the storages placed
+    whose lifetimes overlap, the first of equal gaps, else past them all."""
+    placed, offsets = [], {}
+    for owner in sorted(intervals, key=lambda k: (-sizes[k], intervals[k][0], k)):
+        first, last = intervals[owner]
+        offset, best, best_gap = 0, None, None
+        for other_offset, other_size in sorted((o, s) for o, s, f, l in placed if f <= last and first <= l):
+            gap = other_offset - offset
+            if gap >= sizes[owner] and (best_gap is None or gap < best_gap):
+                best, best_gap = offset, gap
+            offset = max(offset, other_offset + other_size)
+        offsets[owner] = offset if best is None else best
+        placed.append((offsets[owner], sizes[owner], first, last))
+    return offsets
+
+
+def test_placement_is_greedy_best_fit_and_never_overlaps_live_storages():
+    from spadc.backend import memory
+    rng = np.random.default_rng(PLACEMENT_SEED)
+    for _ in range(50):
+        count = int(rng.integers(1, 60))
+        firsts = rng.integers(0, 100, count)
+        intervals = {k: [int(f), int(f + rng.integers(0, 40))] for k, f in enumerate(firsts)}
+        sizes = {k: int(rng.choice([64, 128, 192, 1024, 4096])) for k in intervals}
+        storage = memory._Storage.__new__(memory._Storage)
+        storage.intervals, storage.sizes = {k: list(v) for k, v in intervals.items()}, dict(sizes)
+        plan_ = memory.MemoryPlan()
+        memory._place(storage, plan_)
+        assert plan_.offsets == _reference_placement(intervals, sizes)
+        for a in intervals:
+            for b in intervals:
+                live_together = a < b and intervals[a][0] <= intervals[b][1] and intervals[b][0] <= intervals[a][1]
+                if live_together:
+                    assert (plan_.offsets[a] + sizes[a] <= plan_.offsets[b]
+                            or plan_.offsets[b] + sizes[b] <= plan_.offsets[a])
+        assert plan_.size == max(plan_.offsets[k] + sizes[k] for k in intervals)

@@ -11,7 +11,9 @@ Invariants:
 - A routine runs the emitter's own code (gemm.py), so a product's bits do not depend on whether
   it was called or inline, nor on where it is called from.
 - Each operand is passed as (its storage for lane 0, bytes from one lane's storage to the
-  next): 0 for an operand every lane shares, and for the one-sample products.
+  next): 0 for an operand every lane shares, and for the one-sample products. A product of a large
+  matrix over lanes also gets scratch to pack into (`gemm.pack_bytes`, planned in the kernel's
+  workspace): a routine of its own, named `.packed`.
 - A routine for a known lane count (1: the one-sample products) is made for that count, so its
   tiles are the one-sample shapes; a block of lanes passes its count.
 - Routines are `internal` and `noinline`: inlined back, they would cost LLVM what they save.
@@ -69,7 +71,7 @@ def _routine(e, product: str, dims: tuple, count, packs: bool) -> ir.Function:
     function.attributes.add("noinline")
     function.attributes.add("nounwind")
     # The routine's own emitter (of the caller's class: codegen imports this module), with no
-    # workspace: a product keeps its partial sums in registers.
+    # workspace: a product keeps its partial sums in registers (and packs into the scratch passed).
     r = type(e)(function, e.float, plan=None, workspace=None, status=None, checks=[])
     bases = function.args[0:6:2]
     if product == "matmul":  # its result is never its operand's storage (memory.py: not done in place)
