@@ -69,6 +69,9 @@ PRIMITIVE_PROGRAMS = {
                        " + eye(3), A[0:3, 0:2] * x[0]) * A[0:3, 2:4]) + logdet(A @ transpose(A) + eye(3))"
                        " + sum(cholesky(A[0:3, 0:3] @ transpose(A[0:3, 0:3]) + 2.0 * eye(3)) * A[0:3, 1:4])"
                        " + sum(triu(A[0:3, 1:4], 1) * tril(A[0:3, 0:3], k=-1))"),
+    "convolution": ("sum(conv(reshape(A, 1, 3, 4), reshape(x, 1, 1, 2, 2), padding=1) ^ 2) + sum(conv(reshape(A, 2, 6), "
+                    "reshape(x, 2, 1, 2), groups=2, stride=2, dilation=2) * v[0:2]) + sum(max_pool(reshape(A * x, 1, 3, 4), 2, "
+                    "stride=1, padding=1) * A[0, 1]) + sum(avg_pool(upsample(A, 2), 3, stride=2) * x[2]) + sum(pad(A, 1) * pad(A * x, 1))"),
     "shapes": "sum(reshape(A, 2, 6) * reshape(A, 12)[0:6]) + x[argmax(A, axis=1)[1]] * float(argmax(x))",
     # a stacked weight in a loop: its gradient's index_add(acc, outer(g, h), t) is fused (outer_add_at)
     "stacked": "",  # written out in program_text

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..ir import binary, elementwise, linalg, reductions, structure
+from ..ir import binary, elementwise, primitives, reductions
 from ..ir.reductions import restore_axis
 
 
@@ -158,7 +158,7 @@ for _reduction in reductions.REDUCTIONS:
     ADJOINTS[_reduction.name] = Rule(_reduction.saves, _reduction_rule(_reduction))
 
 
-# ---- linear algebra and structure: their records (spadc/ir/linalg.py, spadc/ir/structure.py) ---
+# ---- linear algebra, structure, convolution: their records (primitives.RECORDS) ----------------
 
-for _record in linalg.MATRIX_OPS + structure.STRUCTURE:
+for _record in primitives.RECORDS:
     ADJOINTS[_record.name] = Rule(_record.saves, _record.adjoint)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..ir import binary, elementwise, linalg, reductions, structure
+from ..ir import binary, elementwise, primitives, reductions
 from ..ir.record import or_zeros
 from ..ir.structure import linear_in_first
 from .rules import chain, times
@@ -132,9 +132,9 @@ for _reduction in reductions.REDUCTIONS:
     TANGENTS[_reduction.name] = _reduction_tangent(_reduction)
 
 
-# ---- linear algebra and structure: their records (spadc/ir/linalg.py, spadc/ir/structure.py) ---
+# ---- linear algebra, structure, convolution: their records (primitives.RECORDS) ----------------
 
-for _record in linalg.MATRIX_OPS + structure.STRUCTURE:
+for _record in primitives.RECORDS:
     TANGENTS[_record.name] = _record.tangent
 # Linear in the record or the packed words they read; a field's other operands carry no tangent, even
 # when a cond's record holds words that are none (the fuzzer's seed 500332).

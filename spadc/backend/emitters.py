@@ -572,7 +572,9 @@ EMITTERS.update({
 
 from .gates import GATE_EMITTERS  # noqa: E402  (gates use this module's helpers)
 from .linalg import EMITTERS as LINALG_EMITTERS  # noqa: E402
+from .conv import EMITTERS as CONV_EMITTERS  # noqa: E402
 
 EMITTERS.update(GATE_EMITTERS)
 EMITTERS.update(LINALG_EMITTERS)
+EMITTERS.update(CONV_EMITTERS)
 assert set(EMITTERS) == set(primitives.PRIMITIVES), set(primitives.PRIMITIVES) ^ set(EMITTERS)

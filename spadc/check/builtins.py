@@ -19,7 +19,7 @@ from typing import Callable
 from ..errors import SpadcError, did_you_mean
 from ..ir import elementwise
 from ..syntax import ast
-from . import axes, indexing, nn_builtins, tensor_builtins
+from . import axes, conv_builtins, indexing, nn_builtins, tensor_builtins
 from .typed import Typed
 
 REDUCTIONS = {"sum": "reduce_sum", "prod": "reduce_prod", "max": "reduce_max", "min": "reduce_min"}
@@ -246,7 +246,7 @@ def _stop_gradient(chk, args, kw, node):
 # Arguments that must be compile-time constants are read from the AST by the lowering itself, so
 # they are listed here as "lazy": they are not elaborated as run-time values first.
 _LAZY_TAIL = {"onehot": 1, "dropout": 1, "zeros": 0, "ones": 0, "fill": 1, "eye": 0, "reshape": 1, "tril": 1, "transpose": 0,
-              "triu": 1}
+              "triu": 1, "max_pool": 1, "avg_pool": 1, "pad": 1, "upsample": 1}
 
 BUILTINS: dict[str, Builtin] = {
     **{function.name: _elementwise(function) for function in elementwise.UNARY},
@@ -297,6 +297,11 @@ BUILTINS: dict[str, Builtin] = {
     "solve": Builtin(2, 2, (), tensor_builtins.solve, "2.0"),
     "cholesky": Builtin(1, 1, (), tensor_builtins.cholesky, "2.0"),
     "logdet": Builtin(1, 1, (), tensor_builtins.logdet, "2.0"),
+    "conv": Builtin(2, 2, ("stride", "padding", "dilation", "groups"), conv_builtins.conv, "2.0"),
+    "max_pool": Builtin(2, 2, ("stride", "padding"), conv_builtins.max_pool, "2.0"),
+    "avg_pool": Builtin(2, 2, ("stride", "padding"), conv_builtins.avg_pool, "2.0"),
+    "pad": Builtin(2, 2, (), conv_builtins.pad, "2.0"),
+    "upsample": Builtin(2, 2, (), conv_builtins.upsample, "2.0"),
 }
 
 

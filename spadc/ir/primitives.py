@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import binary, draws, elementwise, linalg, reductions, special, structure
+from . import binary, conv, draws, elementwise, linalg, reductions, special, structure
 from .types import BOOL, F64, Fault, TensorType
 
 
@@ -35,7 +35,7 @@ class Primitive:
     arity: int | None  # None: any number of operands
     infer: Callable[[list[TensorType], dict], TensorType]
     evaluate: Callable[..., np.ndarray]
-    family: str  # 'unary' | 'binary' | 'compare' | 'logic' | 'select' | 'reduce' | 'structure' | 'linalg' | 'random' | 'effect'
+    family: str  # 'unary' | 'binary' | 'compare' | 'logic' | 'select' | 'reduce' | 'structure' | 'linalg' | 'conv' | 'random' | 'effect'
     doc: str
 
 
@@ -155,9 +155,11 @@ _define("argmax", 1, _argmax_infer,
         "in NumPy; zero derivative")
 
 
-# ---- linear algebra and structure: spadc/ir/linalg.py and spadc/ir/structure.py, with all their rules
+# ---- linear algebra, structure and convolution: spadc/ir/linalg.py, structure.py and conv.py, with all
+# their rules (spadc/ad/rules.py and tangents.py read RECORDS)
 
-for _record in linalg.MATRIX_OPS + structure.STRUCTURE:
+RECORDS = linalg.MATRIX_OPS + structure.STRUCTURE + conv.CONV_OPS
+for _record in RECORDS:
     _define(_record.name, _record.arity, _record.infer,
             lambda args, attrs, ctx, rule=_record.numpy: rule(args, attrs), _record.family, _record.doc)
 

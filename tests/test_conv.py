@@ -1,0 +1,335 @@
+"""Convolution, pooling, pad and upsample (LANGUAGE.md section 10): compiled kernels against PyTorch's
+functional ops (an independent oracle; skipped without the `torch` extra) on generated geometries,
+against the interpreter, central differences and hand-worked ties always, and every user mistake
+located.
+"""
+
+import numpy as np
+import pytest
+
+import spadc
+from spadc.ir import primitives
+from spadc.ir.conv import Window
+from spadc.ir.types import TensorType
+
+from gradcheck import check_finite_differences
+
+SEED = 20261206
+GEOMETRIES = 12  # generated convolutions per spatial rank
+VALUE_TOLERANCE = 1e-12  # PyTorch's values, f64 (the issue's bound)
+GRADIENT_TOLERANCE = 1e-10  # PyTorch's gradients, f64
+BATCH = 3  # samples per call: the kernels run over lanes
+HVP_STEP = 1e-5
+HVP_TOLERANCE = 1e-6
+
+torch = None
+try:
+    import torch
+    torch.set_default_dtype(torch.float64)
+except ImportError:  # the `torch` extra is optional: the tests that use it skip, saying so
+    pass
+needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch (the `torch` extra) is the oracle of this test")
+
+
+def spad_list(values) -> str:
+    return f"[{', '.join(map(str, values))}]"
+
+
+def generated_convs(rng, spatial_rank: int) -> list[dict]:
+    """Random geometries whose kernel fits: strides, paddings, dilations, groups, depthwise."""
+    found = []
+    while len(found) < GEOMETRIES:
+        groups = int(rng.choice([1, 1, 2, 3]))
+        c_in, c_out = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
+        if rng.random() < 0.2:  # depthwise
+            groups = c_in = c_out = int(rng.integers(2, 4))
+        n = spatial_rank
+        g = dict(groups=groups, c_in=c_in, c_out=c_out, kernel=tuple(int(k) for k in rng.integers(1, 4, n)),
+                 stride=tuple(int(s) for s in rng.integers(1, 3, n)), padding=tuple(int(p) for p in rng.integers(0, 3, n)),
+                 dilation=tuple(int(d) for d in rng.integers(1, 3, n)), spatial=tuple(int(s) for s in rng.integers(2, 8, n)))
+        window = Window(g["kernel"], g["stride"], g["padding"], g["dilation"])
+        if all(m >= 1 for m in window.out_shape(g["spatial"])):
+            g["out"] = (c_out,) + window.out_shape(g["spatial"])
+            found.append(g)
+    return found
+
+
+def conv_program(geometries) -> str:
+    lines = []
+    for i, g in enumerate(geometries):
+        lines += [f"input x{i}: f64{spad_list((g['c_in'],) + g['spatial'])}",
+                  f"param w{i}: f64{spad_list((g['c_out'], g['c_in'] // g['groups']) + g['kernel'])} ~ normal(0, 1)",
+                  f"output y{i} = conv(x{i}, w{i}, stride={spad_list(g['stride'])}, padding={spad_list(g['padding'])}, "
+                  f"dilation={spad_list(g['dilation'])}, groups={g['groups']})"]
+    return "\n".join(lines + ["loss " + " + ".join(f"sum(y{i})" for i in range(len(geometries)))])
+
+
+def torch_conv(g, x, w):
+    conv = torch.nn.functional.conv1d if len(g["spatial"]) == 1 else torch.nn.functional.conv2d
+    return conv(x, w, stride=g["stride"], padding=g["padding"], dilation=g["dilation"], groups=g["groups"])
+
+
+def torch_vjp(fn, arrays, cotangent):
+    """fn's value and the cotangent's pullback to each array, per sample (arrays [BATCH, ...])."""
+    tensors = [torch.tensor(a, requires_grad=True) for a in arrays]
+    value = fn(*tensors)
+    value.backward(torch.tensor(cotangent))
+    return value.detach().numpy(), [t.grad.numpy() if t.grad is not None else np.zeros(t.shape) for t in tensors]
+
+
+@needs_torch
+@pytest.mark.parametrize("spatial_rank", [1, 2])
+def test_conv_equals_pytorch_values_and_both_gradients(spatial_rank):
+    rng = np.random.default_rng(SEED + spatial_rank)
+    geometries = generated_convs(rng, spatial_rank)
+    model = spadc.compile_source(conv_program(geometries), name="conv.spad")
+    inputs = {f"x{i}": rng.standard_normal((BATCH, g["c_in"]) + g["spatial"]) for i, g in enumerate(geometries)}
+    cotangents = {f"y{i}": rng.standard_normal((BATCH,) + g["out"]) for i, g in enumerate(geometries)}
+    result = model.vjp(cotangents, **inputs)
+    for i, g in enumerate(geometries):
+        w = model.params[f"w{i}"]
+        value, (grad_x, grad_w) = torch_vjp(lambda x, w_: torch_conv(g, x, w_), [inputs[f"x{i}"], w], cotangents[f"y{i}"])
+        np.testing.assert_allclose(result.outputs[f"y{i}"], value, rtol=0, atol=VALUE_TOLERANCE, err_msg=str(g))
+        np.testing.assert_allclose(result.inputs[f"x{i}"], grad_x, rtol=0, atol=GRADIENT_TOLERANCE, err_msg=str(g))
+        np.testing.assert_allclose(result.params[f"w{i}"], grad_w, rtol=0, atol=GRADIENT_TOLERANCE, err_msg=str(g))
+
+
+def generated_pools(rng) -> list[dict]:
+    pools = []
+    while len(pools) < GEOMETRIES:
+        n = int(rng.integers(1, 3))
+        kernel = tuple(int(k) for k in rng.integers(1, 4, n))
+        g = dict(kind=str(rng.choice(["max", "avg"])), kernel=kernel, stride=tuple(int(s) for s in rng.integers(1, 4, n)),
+                 padding=tuple(int(rng.integers(0, k // 2 + 1)) for k in kernel), channels=int(rng.integers(1, 4)),
+                 spatial=tuple(int(s) for s in rng.integers(2, 7, n)))
+        out = Window(kernel, g["stride"], g["padding"], (1,) * n).out_shape(g["spatial"])
+        if all(m >= 1 for m in out):
+            g["out"] = (g["channels"],) + out
+            pools.append(g)
+    return pools
+
+
+def torch_pool(g, x):
+    f = getattr(torch.nn.functional, f"{g['kind']}_pool{len(g['spatial'])}d")
+    return f(x, g["kernel"], g["stride"], g["padding"])
+
+
+@needs_torch
+def test_pools_equal_pytorch_with_ties():
+    rng = np.random.default_rng(SEED)
+    pools = generated_pools(rng)
+    lines = []
+    for i, g in enumerate(pools):
+        lines += [f"input x{i}: f64{spad_list((g['channels'],) + g['spatial'])}",
+                  f"output y{i} = {g['kind']}_pool(x{i}, {spad_list(g['kernel'])}, stride={spad_list(g['stride'])}, "
+                  f"padding={spad_list(g['padding'])})"]
+    model = spadc.compile_source("\n".join(lines + ["loss " + " + ".join(f"sum(y{i})" for i in range(len(pools)))]),
+                                 name="pools.spad")
+    # Entries rounded to a few values: most windows of a max pool hold ties.
+    inputs = {f"x{i}": np.round(rng.standard_normal((BATCH, g["channels"]) + g["spatial"])) for i, g in enumerate(pools)}
+    cotangents = {f"y{i}": rng.standard_normal((BATCH,) + g["out"]) for i, g in enumerate(pools)}
+    result = model.vjp(cotangents, **inputs)
+    for i, g in enumerate(pools):
+        value, (grad_x,) = torch_vjp(lambda x: torch_pool(g, x), [inputs[f"x{i}"]], cotangents[f"y{i}"])
+        np.testing.assert_allclose(result.outputs[f"y{i}"], value, rtol=0, atol=VALUE_TOLERANCE, err_msg=str(g))
+        np.testing.assert_allclose(result.inputs[f"x{i}"], grad_x, rtol=0, atol=GRADIENT_TOLERANCE, err_msg=str(g))
+
+
+@needs_torch
+def test_pad_and_upsample_equal_pytorch():
+    rng = np.random.default_rng(SEED)
+    text = ("input a: f64[2, 5]\ninput b: f64[3, 4, 2]\noutput p1 = pad(a, 2)\noutput p2 = pad(b, [1, 3])\n"
+            "output u1 = upsample(a, 3)\noutput u2 = upsample(b, [2, 3])\nloss sum(p1) + sum(u2)")
+    model = spadc.compile_source(text, name="pad.spad")
+    a, b = rng.standard_normal((BATCH, 2, 5)), rng.standard_normal((BATCH, 3, 4, 2))
+    cotangents = {"p1": rng.standard_normal((BATCH, 2, 9)), "p2": rng.standard_normal((BATCH, 3, 6, 8)),
+                  "u1": rng.standard_normal((BATCH, 2, 15)), "u2": rng.standard_normal((BATCH, 3, 8, 6))}
+    result = model.vjp(cotangents, a=a, b=b)
+    F = torch.nn.functional
+    expected = {"p1": lambda a, b: F.pad(a, (2, 2)), "p2": lambda a, b: F.pad(b, (3, 3, 1, 1)),
+                "u1": lambda a, b: F.interpolate(a, scale_factor=3, mode="nearest"),
+                "u2": lambda a, b: F.interpolate(b, scale_factor=(2, 3), mode="nearest")}
+    grads = {"a": 0.0, "b": 0.0}
+    for name, fn in expected.items():
+        value, (grad_a, grad_b) = torch_vjp(fn, [a, b], cotangents[name])
+        np.testing.assert_array_equal(result.outputs[name], value, err_msg=name)
+        grads["a"], grads["b"] = grads["a"] + grad_a, grads["b"] + grad_b
+    for name in grads:
+        np.testing.assert_allclose(result.inputs[name], grads[name], rtol=0, atol=GRADIENT_TOLERANCE)
+
+
+def test_max_pool_sends_the_gradient_to_the_first_maximal_entry():
+    # Worked by hand: windows of 2 x 2 at stride 2, and of 3 at stride 1 (overlapping), with ties.
+    model = spadc.compile_source("input x: f64[1, 2, 4]\ninput v: f64[1, 5]\noutput y = max_pool(x, 2)\n"
+                                 "output z = max_pool(v, 3, stride=1, padding=1)\nloss sum(y) + sum(z)", name="ties.spad")
+    x = np.array([[[1.0, 3.0, 2.0, 2.0], [3.0, 0.0, 2.0, -1.0]]])
+    v = np.array([[4.0, 4.0, 1.0, 4.0, 0.0]])
+    loss, grads = model.input_grad(x=x, v=v)
+    np.testing.assert_array_equal(grads["x"], [[[0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
+    # windows (padding never chosen): [4, 4] -> 0; [4, 4, 1] -> 0; [4, 1, 4] -> 1; [1, 4, 0] -> 3; [4, 0] -> 3
+    np.testing.assert_array_equal(grads["v"], [[2.0, 1.0, 0.0, 2.0, 0.0]])
+    assert loss == 3.0 + 2.0 + 4.0 * 5
+
+
+def test_max_pool_of_minus_infinity_keeps_an_entry_not_the_padding():
+    model = spadc.compile_source("input x: f64[1, 3]\noutput y = max_pool(x, 2, padding=1)\nloss sum(y)",
+                                 name="inf.spad")
+    x = np.array([[-np.inf, -np.inf, 5.0]])
+    np.testing.assert_array_equal(model.forward(x=x).outputs["y"], [[-np.inf, 5.0]])
+    np.testing.assert_array_equal(model.input_grad(x=x)[1]["x"], [[1.0, 0.0, 1.0]])
+
+
+CNN = """
+input x: f64[2, 7, 6]
+input label: i64
+param w1: f64[4, 2, 3, 3] ~ normal(0, 0.4)
+param w2: f64[4, 2, 2, 2] ~ normal(0, 0.4)
+param wd: f64[5, 64] ~ normal(0, 0.2)
+let h = tanh(conv(x, w1, padding=1, stride=[1, 2]))
+let p = max_pool(h, 2, padding=[1, 0])
+let q = conv(p, w2, groups=2, dilation=[1, 1], padding=1)
+let r = avg_pool(pad(q, 1), 3, stride=2, padding=1)
+let u = upsample(r, [1, 2])
+loss cross_entropy(wd @ reshape(u, -1), label)
+"""
+
+
+def cnn_inputs(rng):
+    return {"x": rng.standard_normal((BATCH, 2, 7, 6)), "label": np.array([0, 3, 4])}
+
+
+def test_a_small_cnn_meets_the_interpreter_and_central_differences():
+    from gradcheck import interpreted_gradient
+    rng = np.random.default_rng(SEED)
+    model = spadc.compile_source(CNN, name="cnn.spad")
+    inputs = cnn_inputs(rng)
+    params = {k: v.copy() for k, v in model.params.items()}
+    loss, grads = model.grad(**inputs)
+    for sample in range(BATCH):
+        one = {k: v[sample] for k, v in inputs.items()}
+        reference_loss, reference = interpreted_gradient(spadc.check_text(CNN, "cnn.spad"), params, one)
+        assert model.loss(**one) == pytest.approx(reference_loss, rel=1e-12)
+        single = model.grad(**one)[1]
+        for key in reference:
+            np.testing.assert_allclose(single[key], reference[key], rtol=1e-11, atol=1e-13, err_msg=key)
+    check_finite_differences(lambda p: model.loss(params=p, **inputs).mean(), params, grads, rng)
+
+
+def test_hessian_products_through_convolutions_meet_central_differences():
+    rng = np.random.default_rng(SEED)
+    model = spadc.compile_source(CNN, name="cnn.spad")
+    inputs = cnn_inputs(rng)
+    params = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in model.params.items()}
+    v = {k: rng.standard_normal(p.shape) for k, p in params.items()}
+    hv = model.hvp(v, params=params, **inputs)
+    plus = model.grad(params={k: params[k] + HVP_STEP * v[k] for k in params}, **inputs)[1]
+    minus = model.grad(params={k: params[k] - HVP_STEP * v[k] for k in params}, **inputs)[1]
+    for k in params:
+        np.testing.assert_allclose(hv[k], (plus[k] - minus[k]) / (2 * HVP_STEP), rtol=HVP_TOLERANCE, atol=HVP_TOLERANCE,
+                                   err_msg=k)
+
+
+MISTAKES = [
+    ("input x: f64[4, 8, 8]\nparam w: f64[6, 2, 3, 3] ~ normal(0, 1)\nloss sum(conv(x, w, groups=3))",
+     "`groups` = 3 does not divide the 4 input channels", "3))"),
+    ("input x: f64[4, 8, 8]\nparam w: f64[6, 3, 3, 3] ~ normal(0, 1)\nloss sum(conv(x, w, groups=2))",
+     "has 3 input channels per group, but x: f64[4, 8, 8] in 2 groups has 2", "w, groups"),
+    ("input x: f64[2, 4, 4]\nparam w: f64[3, 2, 5, 5] ~ normal(0, 1)\nloss sum(conv(x, w))",
+     "the kernel spans 5 entries along axis 1 but the input, padded, has 4", "conv(x"),
+    ("input x: f64[2, 4, 4]\nparam w: f64[3, 2, 3, 3] ~ normal(0, 1)\nloss sum(conv(x, w, dilation=2, padding=[0, 1]))",
+     "the kernel spans 5 entries along axis 1 but the input, padded, has 4", "conv(x"),
+    ("input x: f64[8]\nparam w: f64[3, 1, 3] ~ normal(0, 1)\nloss sum(conv(x, w))",
+     "`conv` needs x: [C, L] or [C, H, W] (channels first, one sample), got f64[8]", "x, w"),
+    ("input x: f64[2, 8]\nparam w: f64[3, 2, 3, 3] ~ normal(0, 1)\nloss sum(conv(x, w))",
+     "`conv` of x: f64[2, 8] needs w: [C_out, C_in / groups, k], got f64[3, 2, 3, 3]", "w)"),
+    ("input x: f64[2, 8, 8]\nparam w: f64[3, 2, 3, 3] ~ normal(0, 1)\nloss sum(conv(x, w, stride=[1, 2, 3]))",
+     "the `stride` of `conv` must be an integer or a list of 2 integers, got [1, 2, 3]", "[1, 2, 3]"),
+    ("input x: f64[2, 8, 8]\nparam w: f64[3, 2, 3, 3] ~ normal(0, 1)\nloss sum(conv(x, w, stride=0))",
+     "the `stride` of `conv` must be at least 1, got 0", "0))"),
+    ("input x: f64[2, 8, 8]\nloss sum(max_pool(x, 2, padding=2))",
+     "the `padding` of `max_pool` must be at most half the kernel size (2), got 2", "2))"),
+    ("input x: f64[2, 3, 8]\nloss sum(avg_pool(x, [4, 2]))",
+     "`avg_pool`: the kernel spans 4 entries along axis 1 but the input, padded, has 3", "avg_pool"),
+    ("input x: f64[2, 8, 8]\nloss sum(upsample(x, 0))", "the factor of `upsample` must be at least 1, got 0", "0))"),
+    ("input x: f64[2, 8, 8]\nlet k = x[0, 0, 0]\nloss sum(max_pool(x, int(k)))", "must be known at compile time", "int(k)"),
+]
+
+
+@pytest.mark.parametrize("text, message, at", MISTAKES)
+def test_every_mistake_is_one_located_message(text, message, at):
+    with pytest.raises(spadc.SpadcError) as error:
+        spadc.compile_source(text, name="bad.spad")
+    text_of = str(error.value)
+    assert message in text_of, text_of
+    line = text.splitlines()[-1]
+    assert text_of.startswith(f"bad.spad:{len(text.splitlines())}:{line.index(at) + 1}: "), text_of
+    assert "^" in text_of
+
+
+# ---- the records' rules, run on NumPy values --------------------------------------------------
+
+class NumpyRules:
+    """Runs an adjoint or tangent rule on NumPy arrays: each op it builds is evaluated at once by its
+    primitive's NumPy reference (itself checked against PyTorch above)."""
+
+    def __init__(self, operands):
+        self.operands = operands
+
+    def op(self, kind, *args, **attrs):
+        return np.asarray(primitives.PRIMITIVES[kind].evaluate(list(args), attrs, None))
+
+    def const(self, value):
+        return np.float64(value)
+
+    def arg(self, k):
+        return self.operands[k]
+
+
+class Operand(np.ndarray):
+    """A NumPy operand that also answers `.type`, as the IR values the rules read."""
+
+    @property
+    def type(self):
+        return TensorType("f64", self.shape)
+
+
+def _record_cases():
+    """Each conv record at a strided, padded, dilated, grouped geometry, with its operands' shapes."""
+    conv_attrs = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
+    x, w, y = (4, 5, 6), (6, 2, 2, 3), (6, 3, 6)
+    pool_attrs = dict(kernel=(3, 2), stride=(2, 1), padding=(1, 1))
+    return [("conv", conv_attrs, [x, w]), ("conv_input_grad", dict(conv_attrs, spatial=x[1:]), [y, w]),
+            ("conv_weight_grad", dict(conv_attrs, kernel=w[2:]), [x, y]),
+            ("pool_select", pool_attrs, [x, x]), ("pool_scatter", pool_attrs, [x, (4, 3, 7)])]
+
+
+@pytest.mark.parametrize("kind, attrs, shapes", _record_cases(), ids=[case[0] for case in _record_cases()])
+def test_each_records_adjoint_and_tangent_pass_the_dot_product_test(kind, attrs, shapes):
+    """Each op is linear in each float operand it has a derivative in (bilinear for the convs), so
+    <G, d op> along (da, db) is <G, op(da, b)> + <G, op(a, db)> exactly, and the adjoint's
+    contributions must give it: this exercises the rules of the adjoints' own primitives, which only
+    a second reverse sweep would run."""
+    from types import SimpleNamespace
+    from spadc.ad.rules import ADJOINTS
+    from spadc.ad.tangents import TANGENTS
+    rng = np.random.default_rng(SEED)
+    operands = [rng.standard_normal(shape) for shape in shapes]
+    if kind.startswith("pool"):
+        operands[0] = np.round(operands[0] * 2)  # ties
+    operands = [a.view(Operand) for a in operands]
+    op = SimpleNamespace(kind=kind, attrs=attrs, args=operands)
+    rules = NumpyRules(operands)
+    value = rules.op(kind, *operands, **attrs)
+    g = rng.standard_normal(value.shape)
+    linear_in = [0, 1] if kind.startswith("conv") else [1]  # a pool's choice is piecewise constant in x
+    directions = [rng.standard_normal(shape) if k in linear_in else None for k, shape in enumerate(shapes)]
+    contributions = ADJOINTS[kind].fn(rules, op, g, [True, True], rules)
+    tangent = TANGENTS[kind](rules, op, directions)
+    expected = 0.0
+    for k in linear_in:
+        moved = [directions[j] if j == k else operands[j] for j in range(2)]
+        expected += float(np.sum(g * rules.op(kind, *moved, **attrs)))
+        assert contributions[k].shape == operands[k].shape
+    assert sum(float(np.sum(contributions[k] * directions[k])) for k in linear_in) == pytest.approx(expected, rel=1e-12)
+    assert float(np.sum(g * tangent)) == pytest.approx(expected, rel=1e-12)
+    assert all(contributions[k] is None for k in range(2) if k not in linear_in)
