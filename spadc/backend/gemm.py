@@ -206,7 +206,7 @@ def _tiles(e, count: int, tile: int, body):
             body(k, 1)
 
 
-def _covering(e, count, tile: int, body):
+def covering(e, count, tile: int, body):
     """body(indices) over tiles of `tile` indices covering 0..count, for a product that *writes*
     each index's result (so computing one twice is harmless): the last tile moves back to end at
     count, overlapping the one before; fewer than `tile` indices in all repeat the last. One tile
@@ -302,9 +302,9 @@ def _dots_over(e, W, x, y, m: int, k_dim: int, count, at):
                 else:  # one vector of the tile's rows, which are consecutive
                     vector.store(values, target, row_indices[0])
 
-        _covering(e, count, tiles().dot_lanes, lane_tile)
+        covering(e, count, tiles().dot_lanes, lane_tile)
 
-    _covering(e, m, tiles().dot_rows, row_tile)
+    covering(e, m, tiles().dot_rows, row_tile)
 
 
 # From PACK_MIN_ENTRIES on, W @ x sums each entry in order of k, so that lanes run x @ W's packed
@@ -329,7 +329,7 @@ def _ordered_matvec_over(e, W, x, y, m: int, k_dim: int, count, at, scratch):
                     lanes_of.store(column, panel, b.add(b.mul(b.add(k0, I64(j)), I64(step)), I64(u * lanes_of.width)))
 
         _columns_of_rows(e, lanes_of, matrix, k_dim, i0, vectors, store)
-        _covering(e, count, tiles().panel_lanes,
+        covering(e, count, tiles().panel_lanes,
                   lambda lanes: _panel(e, x, y, at, k_dim, panel, step, I64(0), i0, lanes_of, vectors, lanes))
 
     def in_registers(i0, lanes_of: Lanes, vectors: int):
@@ -395,7 +395,7 @@ def vecmat_over(e, x, W, y, k_dim: int, n: int, count, at, scratch=None):
             for u in range(vectors):
                 entry = b.add(b.add(b.mul(k, I64(n)), j0), I64(u * lanes_of.width))
                 lanes_of.store(lanes_of.load(matrix, entry), panel, b.add(b.mul(k, I64(step)), I64(u * lanes_of.width)))
-        _covering(e, count, tiles().panel_lanes,
+        covering(e, count, tiles().panel_lanes,
                   lambda lanes: _panel(e, x, y, at, k_dim, panel, step, I64(0), j0, lanes_of, vectors, lanes))
 
     def in_place(lanes):  # (a tile of lanes over every panel: measured faster in place than panels first)
@@ -403,7 +403,7 @@ def vecmat_over(e, x, W, y, k_dim: int, n: int, count, at, scratch=None):
             e, x, y, at, k_dim, matrix, n, j0, j0, lanes_of, vectors, lanes), tiles().panel_vectors)
 
     _packing(e, count, scratch, lambda: _covering_columns(e, n, vector_width, packed, tiles().panel_vectors),
-             lambda: _covering(e, count, tiles().panel_lanes, in_place))
+             lambda: covering(e, count, tiles().panel_lanes, in_place))
 
 
 def _panel(e, x, y, at, k_dim: int, source, row_stride: int, column, j0, lanes_of: Lanes, vectors: int, lanes):

@@ -190,15 +190,20 @@ def lane_runs(block: Block, shared):
 
 
 def _op_scratch(block: Block, schedule: _Schedule, plan_: MemoryPlan, storage: _Storage):
-    """Workspace for the ops that work in a scratch copy (`solve`), alive while the op runs. (Lanes
+    """Workspace for the ops that work in a scratch copy (`solve`, tiled `conv`), alive while the op runs. (Lanes
     run such an op one after the other: one scratch serves them all.)"""
-    from .linalg import scratch_bytes
     for op in walk_ops(block):
-        size = scratch_bytes(op, storage.float_bytes)
+        size = op_scratch_bytes(op, storage.float_bytes)
         if size:
             key = -len(storage.sizes) - 1  # scratch keys never collide with value ids (which are >= 0)
             storage.scratch(key, (size + ALIGN - 1) // ALIGN * ALIGN, schedule.start[id(op)])
             plan_.scratch[id(op)] = key
+
+
+def op_scratch_bytes(op, float_bytes: int) -> int:
+    """Workspace an op run lane by lane works in (a copy to factor, a padded input)."""
+    from . import conv, linalg
+    return linalg.scratch_bytes(op, float_bytes) + conv.scratch_bytes(op, float_bytes)
 
 
 def _lane_scratch(body: Block, schedule: _Schedule, plan_: MemoryPlan, storage: _Storage, shared, lanes: int):
@@ -245,10 +250,9 @@ def check_limit(program: Program, plan_: MemoryPlan, max_memory: int | None, ker
     limit = limits.max_memory(max_memory)
     if plan_.size <= limit:
         return
-    from .linalg import scratch_bytes
     sized = [(value_bytes(r, float_bytes), op) for op in walk_ops(program.body) for r in op.results
              if r.id in plan_.offsets]
-    sized += [(scratch_bytes(op, float_bytes), op) for op in walk_ops(program.body) if id(op) in plan_.scratch]
+    sized += [(op_scratch_bytes(op, float_bytes), op) for op in walk_ops(program.body) if id(op) in plan_.scratch]
     biggest, op = max(sized, key=lambda pair: pair[0])
     what = f"a loop's tape ({op.attrs['hi'] - op.attrs['lo']:,} iterations)" if op.kind == "loop" else f"`{op.kind}`"
     raise SpadcError(f"the {kernel} needs a workspace of {format_bytes(plan_.size)}, "
