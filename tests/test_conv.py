@@ -333,3 +333,20 @@ def test_each_records_adjoint_and_tangent_pass_the_dot_product_test(kind, attrs,
     assert sum(float(np.sum(contributions[k] * directions[k])) for k in linear_in) == pytest.approx(expected, rel=1e-12)
     assert float(np.sum(g * tangent)) == pytest.approx(expected, rel=1e-12)
     assert all(contributions[k] is None for k in range(2) if k not in linear_in)
+
+
+F32_TOLERANCE = 1e-4  # an f32 build's gradient against the f64 one, relative to its largest entry
+
+
+def test_an_f32_build_computes_what_the_f64_one_does_to_f32_rounding():
+    rng = np.random.default_rng(SEED)
+    wide = ("input x: f64[2, 5, 20]\nparam w1: f64[4, 2, 3, 3] ~ normal(0, 0.4)\nparam w2: f64[3, 4, 3, 3] ~ normal(0, 0.4)\n"
+            "loss sum(tanh(conv(tanh(conv(x, w1, padding=1)), w2, padding=[0, 2], dilation=[1, 2])) ^ 2)")  # tiles of 8 floats
+    exact, single = (spadc.compile_source(wide, name="wide.spad", dtype=dtype) for dtype in ("f64", "f32"))
+    inputs = {"x": rng.standard_normal((BATCH, 2, 5, 20))}
+    loss, grads = exact.grad(**inputs)
+    loss32, grads32 = single.grad(params=exact.params, **inputs)
+    assert loss32 == pytest.approx(loss, rel=F32_TOLERANCE)
+    for key in grads:
+        scale = np.max(np.abs(grads[key]))
+        assert np.max(np.abs(grads32[key] - grads[key])) <= F32_TOLERANCE * scale, key

@@ -43,6 +43,7 @@ from ..ad.forward import is_direction
 from ..ad.reverse import GradientProgram
 from ..ad.sampling import score_width
 from ..ad.tape import plan_tape, value_bytes
+from ..ir import conv
 from ..ir.core import Program, Value
 from .codegen import I64, Check, FunctionEmitter, in_lockstep, name_arguments
 from .emitters import llvm_name
@@ -434,6 +435,8 @@ def sample_work(block) -> int:
             total += trips * max(sample_work(region) for region in op.regions)
         elif op.kind == "index_add":  # in place: the entries added (a gradient's row, not the param)
             total += op.args[1].type.size
+        elif op.kind in conv.KINDS:
+            total += conv.multiply_adds(op)
         else:
             size = sum(result.type.size for result in op.results)
             inner = op.args[0].type.shape[-1] if op.kind == "matmul" and op.args[0].type.shape else 1

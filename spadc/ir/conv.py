@@ -67,6 +67,17 @@ def pool_window(attrs: dict) -> Window:
     return Window(tuple(attrs["kernel"]), tuple(attrs["stride"]), tuple(attrs["padding"]), (1,) * len(attrs["kernel"]))
 
 
+def multiply_adds(op) -> int:
+    """The multiply-adds of one run of a conv op: its forward conv's (each of the three transposes of
+    one conv does as many), or a pool's comparisons."""
+    if op.kind.startswith("pool"):
+        return op.args[0].type.size * int(np.prod(op.attrs["kernel"]))
+    x_shape = op.result.type.shape if op.kind == "conv_input_grad" else op.args[0].type.shape
+    w_shape = op.result.type.shape if op.kind == "conv_weight_grad" else op.args[1].type.shape
+    out = conv_window(op.attrs, w_shape[2:]).out_shape(x_shape[1:])
+    return w_shape[0] * int(np.prod(out)) * int(np.prod(w_shape[1:]))
+
+
 def _padded(x: np.ndarray, padding, value=0.0) -> np.ndarray:
     return np.pad(x, [(0, 0)] + [(p, p) for p in padding], constant_values=value)
 
@@ -267,3 +278,4 @@ CONV_OPS: tuple[OpRecord, ...] = (
              f"g sent to the entries pool_select(x, .) picks, summed where windows overlap: its adjoint; {POOL_ATTRS}",
              "conv"),
 )
+KINDS = frozenset(record.name for record in CONV_OPS)

@@ -1,0 +1,135 @@
+"""The RAD paper's ConvNet (issue 25): value and gradient at batch 150 on one core, spadc against
+PyTorch eager and JAX jit, side by side, in float64 and float32.
+
+    python -m bench.convnet [--batch 150] [--dtypes f64,f32]
+
+The model is examples/rad_convnet.spad (four 5x5 convolutions with padding 2 and ReLU, average
+pooling after the second and the fourth, a dense layer 2048 -> 10, cross-entropy); PyTorch's and
+JAX's are the same network on the same params and inputs. The three gradients are checked against
+each other (AGREEMENT, relative to the largest entry: 1e-9 in f64, 1e-3 in f32) before anything is
+timed; the systems are timed in turn ROUNDS times, each keeping its fastest round (the machine is
+shared). The process pins itself to one core first (PyTorch is also held to one thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+ROUNDS = 5
+CALLS = 2  # gradient calls per round
+AGREEMENT = {"f64": 1e-9, "f32": 1e-3}
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "rad_convnet.spad")
+LAYERS = ("w1", "w2", "w3", "w4")
+
+
+def _torch_gradient(params, x, label, dtype):
+    import torch
+    torch.set_num_threads(1)
+    F = torch.nn.functional
+    kind = torch.float64 if dtype == "f64" else torch.float32
+    p = {k: torch.tensor(v, dtype=kind, requires_grad=True) for k, v in params.items()}
+    x, label = torch.tensor(x, dtype=kind), torch.tensor(label)
+
+    def loss():
+        h = x
+        for k, name in enumerate(LAYERS):
+            h = F.relu(F.conv2d(h, p[name], padding=2) + p[f"b{k + 1}"][None, :, :, :])
+            if k in (1, 3):
+                h = F.avg_pool2d(h, 2)
+        logits = h.reshape(len(label), -1) @ p["wd"].T + p["bd"]
+        return F.cross_entropy(logits, label)
+
+    def run():
+        value = loss()
+        grads = torch.autograd.grad(value, list(p.values()))
+        return float(value), {k: g.numpy() for k, g in zip(p, grads)}
+    return run
+
+
+def _jax_gradient(params, x, label, dtype):
+    import jax
+    import jax.numpy as jnp
+    jax.config.update("jax_enable_x64", True)
+    kind = jnp.float64 if dtype == "f64" else jnp.float32
+
+    def conv(h, w):
+        return jax.lax.conv_general_dilated(h, w, (1, 1), ((2, 2), (2, 2)), dimension_numbers=("NCHW", "OIHW", "NCHW"))
+
+    def pool(h):
+        return jax.lax.reduce_window(h, 0.0, jax.lax.add, (1, 1, 2, 2), (1, 1, 2, 2), "VALID") / 4
+
+    def loss(p, x, label):
+        h = x
+        for k, name in enumerate(LAYERS):
+            h = jax.nn.relu(conv(h, p[name]) + p[f"b{k + 1}"][None])
+            if k in (1, 3):
+                h = pool(h)
+        logits = h.reshape(len(label), -1) @ p["wd"].T + p["bd"]
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(label)), label])
+
+    step = jax.jit(jax.value_and_grad(loss))
+    p = {k: jnp.asarray(v, dtype=kind) for k, v in params.items()}
+    x, label = jnp.asarray(x, dtype=kind), jnp.asarray(label)
+
+    def run():
+        value, grads = step(p, x, label)
+        jax.block_until_ready(grads)
+        return float(value), {k: np.asarray(v) for k, v in grads.items()}
+    return run
+
+
+def _best(*runs) -> list[float]:
+    """Each run's fastest round of CALLS calls, the runs timed in turn ROUNDS times."""
+    best = [float("inf")] * len(runs)
+    for _ in range(ROUNDS):
+        for k, run in enumerate(runs):
+            start = time.perf_counter()
+            for _ in range(CALLS):
+                run()
+            best[k] = min(best[k], (time.perf_counter() - start) / CALLS)
+    return best
+
+
+def row(dtype: str, batch: int) -> str:
+    import spadc
+    model = spadc.compile_file(EXAMPLE, dtype=dtype)
+    model.init_params(seed=0)
+    rng = np.random.default_rng(0)
+    x, label = rng.standard_normal((batch, 3, 32, 32)), rng.integers(0, 10, batch)
+    params = {k: np.asarray(v, dtype=np.float64) for k, v in model.params.items()}
+    ours = lambda: model.grad(x=x, label=label, threads=1)  # noqa: E731
+    runs = [ours, _torch_gradient(params, x, label, dtype), _jax_gradient(params, x, label, dtype)]
+    results = [run() for run in runs]
+    for loss, grads in results[1:]:
+        assert abs(results[0][0] - loss) <= AGREEMENT[dtype] * abs(loss), (results[0][0], loss)
+        for name in grads:
+            scale = np.max(np.abs(grads[name])) + 1e-300
+            error = np.max(np.abs(results[0][1][name] - grads[name])) / scale
+            assert error <= AGREEMENT[dtype], (name, error)
+    spadc_time, torch_time, jax_time = _best(*runs)
+    faster = min(torch_time, jax_time)
+    return (f"| {dtype} | {batch} | {1e3 * spadc_time:.0f} | {1e3 * torch_time:.0f} | {1e3 * jax_time:.0f} | "
+            f"{spadc_time / faster:.2f} |")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=150)
+    parser.add_argument("--dtypes", default="f64,f32")
+    args = parser.parse_args(argv)
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    print("| dtype | batch | spadc grad (ms) | PyTorch eager (ms) | JAX jit (ms) | spadc / faster peer |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for dtype in args.dtypes.split(","):
+        print(row(dtype, args.batch), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    import bench
+    bench.time_optimised_code()
+    raise SystemExit(main())
