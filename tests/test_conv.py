@@ -350,3 +350,19 @@ def test_an_f32_build_computes_what_the_f64_one_does_to_f32_rounding():
     for key in grads:
         scale = np.max(np.abs(grads[key]))
         assert np.max(np.abs(grads32[key] - grads[key])) <= F32_TOLERANCE * scale, key
+
+
+DIGITS_ACCURACY = 98.0  # percent of the held-out digits (issue 25: at least the MLP's)
+DIGITS_TRAINING = ("--epochs", "40", "--lr", "0.003", "--quiet")
+
+
+@pytest.mark.parametrize("estimator", [(), ("--estimator", "rad", "--keep", "0.3")], ids=["exact", "rad"])
+def test_the_digits_cnn_trains_to_98_percent_from_the_command_line(estimator):
+    import os
+    from conftest import EXAMPLES, example, run_cli
+    data = os.path.join(EXAMPLES, "data")
+    result = run_cli("train", example("cnn_digits.spad"), "--data", os.path.join(data, "digits_train.npz"), "--val",
+                     os.path.join(data, "digits_test.npz"), *DIGITS_TRAINING, *estimator)
+    assert result.returncode == 0, result.stderr
+    accuracy = float(result.stdout.split("validation accuracy")[1].split("%")[0])
+    assert accuracy >= DIGITS_ACCURACY, result.stdout
