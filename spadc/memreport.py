@@ -37,7 +37,7 @@ def site_rows(compiled: Compiled, sampling) -> list[dict]:
         kept = site.kind in _KEPT and not (site.kind == "operand" and rereadable(site.op.args[site.stored], state))
         rows.append({"where": f"{os.path.basename(site.loc.source.name)}:{site.loc.line}", "what": site.describe(),
                      "shape": site.shape, "draws": site.trips,
-                     "exact": float_bytes * site.size * site.trips if kept else 0,
+                     "exact": float_bytes * site.values * site.trips if kept else 0,
                      "estimated": sampled.site_bytes.get(site.id, 0),
                      "source": site.loc.source.line_text(site.loc.line).strip()})
     return rows

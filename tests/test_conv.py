@@ -366,3 +366,84 @@ def test_the_digits_cnn_trains_to_98_percent_from_the_command_line(estimator):
     assert result.returncode == 0, result.stderr
     accuracy = float(result.stdout.split("validation accuracy")[1].split("%")[0])
     assert accuracy >= DIGITS_ACCURACY, result.stdout
+
+
+# ---- RAD and SPAD over a conv's input, by spatial position (ESTIMATORS.md section 9) ------------
+
+SAMPLED_CNN = """
+input x: f64[1, 6, 7]
+param w1: f64[3, 1, 3, 3] ~ normal(0, 0.4)
+param w2: f64[4, 3, 2, 2] ~ normal(0, 0.4)
+let h = tanh(conv(x, w1, padding=1))
+let s = [conv(h * float(i + 1), w2, stride=[1, 1], dilation=[2, 1]) for i in 0..2]
+loss sum(tanh(s[0] + s[1]) * s[1])
+"""
+SAMPLED_KEEP = 0.3
+
+
+def sampled_cnn():
+    model = spadc.compile_source(SAMPLED_CNN, name="sampled.spad")
+    model.init_params(seed=SEED)
+    return model
+
+
+def test_conv_sites_draw_positions_with_all_their_channels():
+    from spadc.api import build
+    from spadc.errors import Source
+    from spadc.memreport import site_rows
+    compiled = build(Source("sampled.spad", SAMPLED_CNN), ".")
+    rows = site_rows(compiled, spadc.RAD(keep=SAMPLED_KEEP).sampling)
+    conv_rows = [r for r in rows if "conv" in r["what"]]
+    assert len(conv_rows) == 2, rows
+    assert all("by spatial position (" in row["what"] for row in conv_rows), rows
+    kept = [row for row in conv_rows if row["exact"]]  # (the first conv's input, of one channel, is read again)
+    assert kept and all(row["estimated"] < row["exact"] for row in kept), rows
+
+
+def test_rad_over_conv_positions_is_unbiased_and_the_biased_control_is_not():
+    import warnings
+    from spadrt.diagnostics import POOLED_BOUND, diagnose, draws_for_power
+    from spadrt.estimators import SamplingWarning
+    model = sampled_cnn()
+    inputs = {"x": np.random.default_rng(SEED).standard_normal((1, 6, 7))}
+    for estimator in (spadc.RAD(keep=SAMPLED_KEEP), spadc.RAD(keep=SAMPLED_KEEP, draw="bernoulli"),
+                      spadc.SPAD(keep=SAMPLED_KEEP)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SamplingWarning)
+            draws = min(20000, max(400, draws_for_power(model, estimator, seed=SEED, inputs=inputs)))
+            report = diagnose(model, estimator, draws=draws, seed=SEED, inputs=inputs)
+        assert any(float(d.stderr.max()) > 0 for d in report.values())
+        for name, d in report.items():
+            assert d.max_z <= report.coordinate_bound, (estimator, name, d.max_z)
+        assert abs(report.pooled_z) <= POOLED_BOUND, (estimator, report.pooled_z)
+        assert not report.biased(1.05).unbiased, (estimator, draws, report.power)
+
+
+def test_sampled_conv_gradients_match_the_interpreter_to_rounding_and_count_their_tape():
+    import warnings
+    from spadc.api import build
+    from spadc.errors import Source
+    from spadc.ir.interpret import RunOptions, evaluate
+    from spadrt.estimators import SamplingWarning
+    compiled = build(Source("sampled.spad", SAMPLED_CNN), ".")
+    model = spadc.api.model_of(compiled)
+    model.init_params(seed=SEED)
+    params = {k: v.copy() for k, v in model.params.items()}
+    inputs = {"x": np.random.default_rng(SEED).standard_normal((2, 1, 6, 7))}
+    _, exact_grads, exact_stats = model.grad(stats=True, **inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SamplingWarning)
+        for draw in ("with_replacement", "bernoulli"):
+            estimator = spadc.RAD(keep=SAMPLED_KEEP, draw=draw)
+            _, grads, stats = model.grad(estimator=estimator, seed=4, stats=True, **inputs)
+            assert stats["tape_bytes"] < exact_stats["tape_bytes"]
+            if draw == "with_replacement":
+                assert stats["tape_bytes"] == stats["tape_bytes_static"]
+            program = compiled.gradient_program(estimator.sampling, None, None).program
+            accumulators = {f"{name}.grad": np.zeros_like(value) for name, value in params.items()}
+            for sample in range(2):
+                one = {"x": inputs["x"][sample]}
+                single = model.grad(estimator=estimator, seed=4, sample_offset=sample, **one)[1]
+                reference = evaluate(program, params, {**one, **accumulators}, RunOptions(seed=4, sample=sample)).outputs
+                for key in single:
+                    np.testing.assert_allclose(single[key], reference[key], rtol=1e-12, atol=1e-14, err_msg=(draw, key))

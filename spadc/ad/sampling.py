@@ -43,9 +43,12 @@ class SiteEntry:
 
     def attrs(self, sampling, kept: bool = True, forward_scores: bool = False) -> dict:
         site = self.site
-        return dict(site=site.id, d=site.size, k=self.k, draw=sampling.draw, scheme=sampling.scheme,
-                    keep=sampling.keep, share=sampling.share, data=self.data_offset, shape=site.shape,
-                    kept=kept, scores=self.score_offset if forward_scores else -1)
+        attrs = dict(site=site.id, d=site.size, k=self.k, draw=sampling.draw, scheme=sampling.scheme,
+                     keep=sampling.keep, share=sampling.share, data=self.data_offset, shape=site.shape,
+                     kept=kept, scores=self.score_offset if forward_scores else -1)
+        if site.value_shape is not None:  # a conv input: entries of `channels` values (ir/draws.py: value_index)
+            attrs.update(shape=site.value_shape, channels=site.channels, inner=math.prod(site.op.args[0].type.shape[1:]))
+        return attrs
 
 
 def score_width(score: str | None) -> int:
@@ -80,7 +83,7 @@ def gated(ctx, entry: SiteEntry, value: Value) -> Value:
         return ctx.memo[key]
     if ctx.is_comprehension and (ctx.cheap(value) or rereadable(value, ctx.state)) and ctx.state.score != "forward":
         # recomputed or read again in the adjoint: gated there, entry by entry, with nothing kept
-        result = ctx.op("mul", ctx.primal(value), mask(ctx, entry))
+        result = ctx.op("mul", ctx.primal(value), _over_channels(ctx, mask(ctx, entry), value))
     elif ctx.is_comprehension:
         whole = gated(ctx.parent, entry, ctx.keep(value))  # stacked, not read by the adjoint
         result = ctx.row(whole)
@@ -99,10 +102,18 @@ def _pack_and_unpack(ctx, entry: SiteEntry, value: Value) -> Value:
     attrs = entry.attrs(state.sampling, kept=True, forward_scores=forward_scores)
     if ctx.op_of_region is not None and ctx.op_of_region.kind == "cond":
         attrs["counted"] = False  # it goes into the branch's record, which the tape counts instead
-    packed = Value(F64.with_shape((entry.k,)), f"{value.hint}.kept" if value.hint else "kept")
+    packed = Value(F64.with_shape((entry.k * entry.site.channels,)), f"{value.hint}.kept" if value.hint else "kept")
     ctx.inserts.append(Op("gate_pack", (value,), (packed,), attrs, entry.site.loc, entry.site.op.inlined_at))
     ctx.defined.add(packed.id)
     return ctx.op("gate_unpack", ctx.primal(packed), **entry.attrs(state.sampling, kept=True))
+
+
+def _over_channels(ctx, weights: Value, value: Value) -> Value:
+    """A conv input's gate (one weight per position, [*S]) spread over the channels of `value` ([C, *S])."""
+    if weights.type.shape == value.type.shape:
+        return weights
+    single = ctx.op("reshape", weights, shape=(1,) + weights.type.shape)
+    return ctx.op("broadcast", single, shape=value.type.shape)
 
 
 def mask(ctx, entry: SiteEntry) -> Value:
@@ -111,7 +122,9 @@ def mask(ctx, entry: SiteEntry) -> Value:
         if ctx.is_comprehension:
             ctx.memo[key] = ctx.row(mask(ctx.parent, entry))
         else:
-            ctx.memo[key] = ctx.op("gate_mask", **entry.attrs(ctx.state.sampling, kept=False))
+            attrs = entry.attrs(ctx.state.sampling, kept=False)
+            attrs.pop("channels", None), attrs.pop("inner", None)
+            ctx.memo[key] = ctx.op("gate_mask", **{**attrs, "shape": entry.site.shape})  # a weight per entry
     return ctx.memo[key]
 
 
@@ -180,6 +193,10 @@ def operand_score(ctx, op: Op, k: int, g: Value, stored: Value) -> Value:
         return ctx.op("mul", magnitude, ctx.op("reduce_sum", g_magnitude, axis=None))
     if op.kind == "outer":  # edge a stores b: column sums of |g|; edge b stores a: row sums
         return ctx.op("mul", magnitude, ctx.op("reduce_sum", g_magnitude, axis=0 if k == 0 else 1))
+    if op.kind == "conv":  # a position's |x| over its channels times all of |g| (not only its window's: simpler, and
+        # the ranking is by the inputs, which is what differs between positions)
+        total = ctx.op("reduce_sum", g_magnitude, axis=None)
+        return ctx.op("mul", ctx.op("reduce_sum", magnitude, axis=0), total)
     a, b = op.args
     if a.type.rank == 2 and b.type.rank == 2:
         if k == 0:  # dA = g B^T: entry B[j, n] carries g[:, n]

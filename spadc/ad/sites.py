@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .. import rng
 from ..ir.core import REGION_OPS, Block, Op, Program
 
-LINEAR_RESIDUAL = ("mul", "matmul", "outer")
+LINEAR_RESIDUAL = ("mul", "matmul", "outer", "conv")
 PARTIAL = ("div", "pow", "reduce_prod")
 EDGE = ("add", "sub", "reduce_sum", "reduce_max", "reduce_min")
 _VIEWS = ("index", "reshape", "broadcast", "transpose")
@@ -39,10 +39,21 @@ class Site:
     # site and its draw level (the nearest enclosing `for` body, branch, or the top level).
     shape: tuple[int, ...]
     trips: int  # how many times the site is drawn per sample (iterations of enclosing loops)
+    # A conv's input is gated by spatial position (ESTIMATORS.md section 9): an entry is a position
+    # with its `channels` values, `shape` counts positions and `value_shape` is the gated tensor's own
+    # (None for every other site: an entry is one value of `shape`).
+    channels: int = 1
+    value_shape: tuple[int, ...] | None = None
 
     @property
     def size(self) -> int:
+        """d: the entries a gate draws from."""
         return math.prod(self.shape)
+
+    @property
+    def values(self) -> int:
+        """The values of the gated tensor as a whole (d times the channels of an entry)."""
+        return self.size * self.channels
 
     @property
     def stored(self) -> int | None:
@@ -56,6 +67,8 @@ class Site:
     def describe(self) -> str:
         what = {"operand": f"residual of `{self.op.kind}`", "partial": f"partial of `{self.op.kind}`",
                 "edge": f"edge of `{self.op.kind}`", "comprehension": "comprehension"}[self.kind]
+        if self.value_shape is not None:
+            what += f" by spatial position ({self.channels} channels each)"
         return f"{what}, operand {self.operand}" if self.kind != "comprehension" else what
 
 
@@ -80,7 +93,12 @@ def find_sites(program: Program, policy: str, active: set[int]) -> dict[tuple[in
                 stacks.insert(0, extent)
         shape = tuple(stacks) + _element_shape(op, operand, kind)
         site_id = rng.site_id(op.loc, op.inlined_at, operand, f"{op.kind}.{ordinals[id(op)]}")
-        sites[(id(op), operand)] = Site(op, operand, kind, site_id, shape, max(trips, 0))
+        if op.kind == "conv" and operand == 1:  # the input, drawn by position: all its channels at once
+            channels = op.args[0].type.shape[0]
+            sites[(id(op), operand)] = Site(op, operand, kind, site_id, shape[:len(stacks)] + shape[len(stacks) + 1:],
+                                            max(trips, 0), channels, shape)
+        else:
+            sites[(id(op), operand)] = Site(op, operand, kind, site_id, shape, max(trips, 0))
 
     def visit(block: Block):
         for op in block.ops:
@@ -164,7 +182,7 @@ def saving(sites, readers: dict[int, set[int]], taped: set[int], rereadable, act
 
 def _drawn_entries(site: Site, share: float) -> float:
     """Entries a sample's draws of `site` keep, at `share` of each draw."""
-    return share * site.size * site.trips
+    return share * site.values * site.trips
 
 
 def value_copies(block: Block, copies: dict[int, int] | None = None, times: int = 1) -> dict[int, int]:

@@ -31,9 +31,10 @@ def value_bytes(value: Value, float_bytes: int = 8) -> int:
 def pack_bytes(attrs: dict, float_bytes: int = 8) -> float:
     """What one kept gate_pack stores: a float a value; for a Bernoulli draw, the expectation
     (the keep probabilities, uniform or water-filled, sum to keep * d)."""
+    values = float_bytes * attrs.get("channels", 1)  # per entry kept
     if attrs["draw"] == "with_replacement":
-        return float_bytes * attrs["k"]
-    return float_bytes * attrs["keep"] * attrs["d"]
+        return values * attrs["k"]
+    return values * attrs["keep"] * attrs["d"]
 
 
 @dataclass

@@ -120,16 +120,31 @@ def _gate_pack(e, op):
     x, out, attrs = op.args[0], op.result, op.attrs
     b = e.b
     key = _key(e, attrs)
+    channels = attrs.get("channels", 1)
     if attrs.get("scores", -1) >= 0:  # score="forward": |x| accumulates where the site is drawn
         with e.loop(attrs["d"], "i") as i:
             at = b.gep(e.options["scores"], [b.add(I64(attrs["scores"]), i)], inbounds=True)
-            b.store(b.fadd(b.load(at), _widen(e, call(e, "llvm.fabs", e.load(x, i)))), at)
-    count = _for_kept(e, attrs, key, lambda position, index, _: e.store(out, position, e.load(x, index)))
+            for c in range(channels):
+                b.store(b.fadd(b.load(at), _widen(e, call(e, "llvm.fabs", e.load(x, _value_index(e, attrs, i, c))))), at)
+
+    def keep(position, index, _):
+        for c in range(channels):
+            e.store(out, b.add(b.mul(position, I64(channels)), I64(c)), e.load(x, _value_index(e, attrs, index, c)))
+    count = _for_kept(e, attrs, key, keep)
     if attrs["draw"] != "with_replacement":
-        with e.loop(b.sub(I64(attrs["d"]), count), "z", start=count) as j:
+        with e.loop(b.sub(I64(attrs["d"] * channels), b.mul(count, I64(channels))), "z", start=b.mul(count, I64(channels))) as j:
             e.store(out, j, ir.Constant(e.float, 0.0))
     if _counted(attrs):
-        _count(e, b.mul(count, I64(_float_bytes(e))))
+        _count(e, b.mul(count, I64(_float_bytes(e) * channels)))
+
+
+def _value_index(e, attrs, index, c: int):
+    """Where value c of entry `index` is in the gated tensor (spadc/ir/draws.py, value_index)."""
+    if attrs.get("channels", 1) == 1:
+        return index
+    b, inner = e.b, attrs["inner"]
+    element = b.mul(b.udiv(index, I64(inner)), I64(attrs["channels"] * inner))
+    return b.add(element, b.add(I64(c * inner), b.urem(index, I64(inner))))
 
 
 def _for_kept(e, attrs, key, body):
@@ -165,13 +180,16 @@ def _rebuild(e, op, packed):
     b = e.b
     key = _key(e, attrs)
     zero = ir.Constant(e.float, 0.0)
+    channels = attrs.get("channels", 1)  # (a mask is of edge sites: one value per entry)
     if attrs["draw"] == "with_replacement":
-        with e.loop(attrs["d"], "i") as i:
+        with e.loop(attrs["d"] * channels, "i") as i:
             e.store(out, i, zero)
         with _draws(e, attrs, key) as (j, index, weight):
             weight = _to_float(e, weight)
-            value = b.fmul(packed(j), weight) if packed else weight
-            e.store(out, index, b.fadd(e.load(out, index), value))
+            for c in range(channels):
+                value = b.fmul(packed(b.add(b.mul(j, I64(channels)), I64(c))), weight) if packed else weight
+                at = _value_index(e, attrs, index, c)
+                e.store(out, at, b.fadd(e.load(out, at), value))
         return
     position = e.alloca(I64, "next")
     b.store(I64(0), position)
@@ -180,10 +198,13 @@ def _rebuild(e, op, packed):
             with then:
                 at = b.load(position)
                 weight = _to_float(e, weight)
-                e.store(out, i, b.fmul(packed(at), weight) if packed else weight)
+                for c in range(channels):
+                    value = b.fmul(packed(b.add(b.mul(at, I64(channels)), I64(c))), weight) if packed else weight
+                    e.store(out, _value_index(e, attrs, i, c), value)
                 b.store(b.add(at, I64(1)), position)
             with otherwise:
-                e.store(out, i, zero)
+                for c in range(channels):
+                    e.store(out, _value_index(e, attrs, i, c), zero)
 
 
 def _gate_outer_add(e, op):

@@ -5,6 +5,9 @@ the same bits. Attributes of a gate op: `d` entries, `k` draws (or d for Bernoul
 (with_replacement | bernoulli), `scheme` (uniform | importance | fixed), `keep`, `data` (the
 offset of this site's run-time data in the site-data buffer), `shape` of the whole gated tensor.
 
+A gate over a conv's input (`channels` > 1) draws positions: entry i stands for `channels` values,
+those at `value_index(i, c)` (c in channel order), and the packed buffer holds them entry by entry.
+
 Site data (written by the runtime for SPAD): importance with replacement: q[d] then cdf[d];
 importance Bernoulli: p[d]; fixed (topk): k entry indices. Uniform schemes read none.
 
@@ -46,33 +49,54 @@ def bernoulli(attrs, key: rng.Stream, data) -> tuple[np.ndarray, np.ndarray]:
     return kept, np.where(kept, 1.0 / p, 0.0)
 
 
+def value_index(i, c, attrs):
+    """Where value c of entry i is in the gated tensor: i itself for a gate of one value per entry; for
+    a conv's input (entries are positions, `inner` per element of its stack), its channel c."""
+    if attrs.get("channels", 1) == 1:
+        return i
+    inner = attrs["inner"]
+    return (i // inner) * attrs["channels"] * inner + c * inner + i % inner
+
+
+def _values(entries: np.ndarray, attrs) -> np.ndarray:
+    """[len(entries), channels]: the value indices of the entries."""
+    channels = attrs.get("channels", 1)
+    return value_index(entries[:, None], np.arange(channels)[None, :], attrs)
+
+
 def pack(value: np.ndarray, attrs, key: rng.Stream, data) -> np.ndarray:
     flat = value.reshape(-1)
     if attrs["draw"] == "with_replacement":
         indices, _ = with_replacement(attrs, key, data)
-        return flat[indices].copy()
+        return flat[_values(indices, attrs)].reshape(-1)
     kept, _ = bernoulli(attrs, key, data)
-    out = np.zeros(attrs["d"])
-    out[:kept.sum()] = flat[kept]
+    channels = attrs.get("channels", 1)
+    out = np.zeros(attrs["d"] * channels)
+    out[:kept.sum() * channels] = flat[_values(np.flatnonzero(kept), attrs)].reshape(-1)
     return out
 
 
 def stored_count(packed_attrs, key: rng.Stream, data) -> int:
     """How many values a pack actually stores: k, or the kept count of a Bernoulli draw."""
+    channels = packed_attrs.get("channels", 1)
     if packed_attrs["draw"] == "with_replacement":
-        return packed_attrs["k"]
-    return int(bernoulli(packed_attrs, key, data)[0].sum())
+        return packed_attrs["k"] * channels
+    return int(bernoulli(packed_attrs, key, data)[0].sum()) * channels
 
 
 def unpack(packed: np.ndarray, attrs, key: rng.Stream, data) -> np.ndarray:
-    out = np.zeros(attrs["d"])
+    channels = attrs.get("channels", 1)
+    out = np.zeros(attrs["d"] * channels)
+    rows = packed.reshape(-1, channels)
     if attrs["draw"] == "with_replacement":
         indices, weights = with_replacement(attrs, key, data)
+        places = _values(indices, attrs)
         for j in range(attrs["k"]):  # in order: repeated draws add up exactly as compiled code does
-            out[indices[j]] += packed[j] * weights[j]
+            out[places[j]] += rows[j] * weights[j]
     else:
         kept, weights = bernoulli(attrs, key, data)
-        out[kept] = packed[:kept.sum()] * weights[kept]
+        entries = np.flatnonzero(kept)
+        out[_values(entries, attrs)] = rows[:len(entries)] * weights[entries][:, None]
     return out.reshape(attrs["shape"])
 
 

@@ -343,14 +343,19 @@ _define("field", 1, _field_infer, _field_evaluate, "structure",
 
 def _gate_pack_infer(types, attrs):
     (t,) = types
-    _require(t.dtype == "f64" and t.shape == tuple(attrs["shape"]) and t.size == attrs["d"], f"gate_pack of {t}")
-    return F64.with_shape((attrs["k"],))
+    channels = attrs.get("channels", 1)
+    _require(t.dtype == "f64" and t.shape == tuple(attrs["shape"]) and t.size == attrs["d"] * channels,
+             f"gate_pack of {t}")
+    return F64.with_shape((attrs["k"] * channels,))
 
 
 def _gate_pack_evaluate(args, attrs, ctx):
     key = ctx.key(attrs)
-    if attrs.get("scores", -1) >= 0:  # score="forward": accumulate |residual| where it is drawn
-        ctx.add_scores(attrs["scores"], np.abs(args[0]).reshape(-1))
+    if attrs.get("scores", -1) >= 0:  # score="forward": accumulate |residual| where it is drawn, channel by channel
+        values = np.abs(args[0]).reshape(-1)[draws.value_index(np.arange(attrs["d"])[:, None],
+                                                               np.arange(attrs.get("channels", 1))[None, :], attrs)]
+        for channel in values.T:
+            ctx.add_scores(attrs["scores"], channel)
     if attrs["kept"] and attrs.get("counted", True):
         ctx.count_stored(8 * draws.stored_count(attrs, key, ctx.site_data))
     return draws.pack(args[0], attrs, key, ctx.site_data)
@@ -358,7 +363,7 @@ def _gate_pack_evaluate(args, attrs, ctx):
 
 def _gate_unpack_infer(types, attrs):
     (t,) = types
-    _require(t == F64.with_shape((attrs["k"],)), f"gate_unpack of {t}")
+    _require(t == F64.with_shape((attrs["k"] * attrs.get("channels", 1),)), f"gate_unpack of {t}")
     return F64.with_shape(tuple(attrs["shape"]))
 
 
