@@ -2,6 +2,15 @@
 PyTorch eager and JAX jit, side by side, in float64 and float32.
 
     python -m bench.convnet [--batch 150] [--dtypes f64,f32]
+    python -m bench.convnet --memory
+
+`--memory` prints the RAD paper's Table 1 row for this ConvNet (Oktay et al., ICLR 2021: peak MB at
+each keep, hand-computed, batch 150, float32, weights included) beside spadc's for the same
+configuration (f32, batch 150, one lane, one thread): the bytes it stores for the adjoint (the tape,
+counted as it is written, times the batch, plus the weights: what a system holding a whole batch's
+tape at once would need), and the bytes a gradient step actually allocates (tracemalloc's peak over
+the first call of a model freshly loaded from the compile cache: the workspace, whose tape and
+temporaries are reused sample after sample, the gradient, loading the kernel), plus the weights.
 
 The model is examples/rad_convnet.spad (four 5x5 convolutions with padding 2 and ReLU, average
 pooling after the second and the fourth, a dense layer 2048 -> 10, cross-entropy); PyTorch's and
@@ -46,7 +55,7 @@ def _torch_gradient(params, x, label, dtype):
     def run():
         value = loss()
         grads = torch.autograd.grad(value, list(p.values()))
-        return float(value), {k: g.numpy() for k, g in zip(p, grads)}
+        return float(value.detach()), {k: g.numpy() for k, g in zip(p, grads)}
     return run
 
 
@@ -116,12 +125,49 @@ def row(dtype: str, batch: int) -> str:
             f"{spadc_time / faster:.2f} |")
 
 
+PAPER_TABLE_1 = {1.0: 23.08, 0.8: 19.19, 0.5: 12.37, 0.3: 7.82, 0.1: 3.28, 0.05: 2.14}  # MB, batch 150
+MB = 1e6
+
+
+def memory_rows(batch: int) -> list[str]:
+    import tracemalloc
+    import warnings
+    import spadc
+    rng = np.random.default_rng(0)
+    x, label = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, batch)
+    rows = []
+    for keep, paper in PAPER_TABLE_1.items():
+        estimator = None if keep == 1.0 else spadc.RAD(keep=keep)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # compiled (and cached) first: a fresh model then loads its kernel, and allocates as a step does
+            spadc.compile_file(EXAMPLE, dtype="f32", lanes=1).grad(x=x[:1], label=label[:1], estimator=estimator)
+            model = spadc.compile_file(EXAMPLE, dtype="f32", lanes=1)
+            weights = 4 * model.layout["param_count"]
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            _, _, stats = model.grad(x=x, label=label, estimator=estimator, threads=1, stats=True)
+            allocated = tracemalloc.get_traced_memory()[1] - base
+            tracemalloc.stop()
+        tape = stats["tape_bytes"] * batch + weights
+        rows.append(f"| {keep} | {paper:.2f} | {tape / MB:.2f} | {(allocated + weights) / MB:.2f} | "
+                    f"{stats['peak_workspace_bytes'] / MB:.2f} |")
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=150)
     parser.add_argument("--dtypes", default="f64,f32")
+    parser.add_argument("--memory", action="store_true", help="the RAD paper's Table 1 row beside spadc's bytes")
     args = parser.parse_args(argv)
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    if args.memory:
+        print("| keep | paper, peak MB | spadc: tape x batch + weights (MB) | spadc: allocated by a step + weights (MB) "
+              "| of which workspace (MB) |")
+        print("|---:|---:|---:|---:|---:|")
+        print("\n".join(memory_rows(args.batch)))
+        return 0
     print("| dtype | batch | spadc grad (ms) | PyTorch eager (ms) | JAX jit (ms) | spadc / faster peer |")
     print("|---|---:|---:|---:|---:|---:|")
     for dtype in args.dtypes.split(","):
