@@ -1,17 +1,25 @@
 """LLVM for convolution and max pooling over one sample (spadc/ir/conv.py has their records and
 NumPy references).
 
-A one-dimensional op is emitted as a two-dimensional one of height 1. The convolutions are direct:
-per output row and input channel, each kernel row that lands inside the input adds, for each kernel
-column, a scaled run of the input row to the output row (`conv`), of the output's adjoint to the
-input's (`conv_input_grad`), or accumulates a dot product of the two (`conv_weight_grad`). A kernel
-column's run of valid outputs is known when the code is emitted, so padding costs no test in the
-inner loops, which are unit-stride in the output (vectorisable) when the stride is 1.
+A one-dimensional op is emitted as a two-dimensional one of height 1. Each of the three
+convolutions is register tiles whose inner loops run along output columns in vectors:
+- `conv` and `conv_input_grad` are one correlation (`_correlate`): a tile of ROWS result channels by
+  COLUMN_VECTORS vectors of result columns sums, over the channels of its group, the kernel rows and
+  the kernel columns in that order, a weight times a run of a source row;
+- `conv_weight_grad` sums, per tile of output channels by input channels and per kernel position,
+  the products of the output's adjoint and the input along every output row, in vectors (then their
+  total) and the columns left over.
+They read a zero-padded copy of their source in planned scratch (`Layout`), so no inner loop tests
+a border. A column stride s > 1 splits each copied row into s phases (padded column t at
+(t % s) * ceil(width / s) + t // s), so the columns a kernel column meets are again a contiguous run;
+`conv_input_grad` then computes the input columns of each residue modulo s as a correlation of its
+own (the kernel columns that reach it) into scratch, and spreads them into place.
 
-Invariants: no load or store outside an operand or the result (rows are tested, columns clipped
-when emitted); each result is zeroed, then accumulated, and never shares storage with an operand;
-a pool's window search keeps the first maximal entry (a NaN counts as maximal), as
-`spadc.ir.conv.pool_choices` does.
+Invariants: no load or store outside an operand, the result or the op's scratch; every entry of a
+result is written once per tile that covers it (tiles at the ends overlap their neighbours and
+write the same value: each entry is summed in one order whatever its tile); a result never shares
+storage with an operand; a pool's window search keeps the first maximal entry (a NaN counts as
+maximal), as `spadc.ir.conv.pool_choices` does.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from ..ir.conv import Window, conv_window, pool_window
 from . import gemm
 
 I1, I64 = ir.IntType(1), ir.IntType(64)
-ROWS = 4  # output channels per register tile (by COLUMN_VECTORS vectors of output columns)
+ROWS = 4  # result channels per register tile (by COLUMN_VECTORS vectors of result columns)
 COLUMN_VECTORS = 2
 
 
@@ -41,41 +49,16 @@ class Plane:
         return cls(lift(spatial, 1), lift(out_spatial, 1),
                    Window(lift(window.kernel, 1), lift(window.stride, 1), lift(window.padding, 0), lift(window.dilation, 1)))
 
-    def input_row(self, e, oh, kh):
-        """The input row that output row `oh` meets at kernel row `kh` (maybe outside the input)."""
-        w, b = self.window, e.b
-        return b.add(b.mul(oh, I64(w.stride[0])), b.sub(b.mul(kh, I64(w.dilation[0])), I64(w.padding[0])))
-
     def inside(self, e, index, axis: int):
         return e.b.icmp_unsigned("<", index, I64(self.input[axis]))
 
-    def columns(self, kw: int) -> tuple[int, int, int]:
-        """For kernel column `kw`: the outputs [lo, hi) whose input column is inside, and the shift
-        (input column = output column * stride + shift)."""
-        w = self.window
-        lo, hi = w.valid_outputs(1, kw, self.input[1], self.output[1])
-        return lo, hi, kw * w.dilation[1] - w.padding[1]
 
-
-def _conv_plane(op, x_shape, kernel) -> Plane:
-    window = conv_window(op.attrs, kernel)
+def _conv_plane(op) -> Plane:
+    """The geometry of the conv that a conv op (or either transpose of it) belongs to."""
+    x_shape = op.result.type.shape if op.kind == "conv_input_grad" else op.args[0].type.shape
+    w_shape = op.result.type.shape if op.kind == "conv_weight_grad" else op.args[1].type.shape
+    window = conv_window(op.attrs, w_shape[2:])
     return Plane.of(window, x_shape[1:], window.out_shape(x_shape[1:]))
-
-
-def _each_tap(e, op, plane: Plane, c_out: int, per_group_in: int):
-    """For each output channel co, output row oh, input channel ci of co's group and kernel row kh
-    inside the input: yields (co, oh, ci, its index within the group, kh, input row)."""
-    b = e.b
-    per_group_out = c_out // op.attrs["groups"]
-    with e.loop(c_out, "co") as co:
-        first_in = b.mul(b.udiv(co, I64(per_group_out)), I64(per_group_in))
-        with e.loop(plane.output[0], "oh") as oh:
-            with e.loop(per_group_in, "cg") as cg:
-                ci = b.add(first_in, cg)
-                with e.loop(plane.window.kernel[0], "kh") as kh:
-                    ih = plane.input_row(e, oh, kh)
-                    with b.if_then(plane.inside(e, ih, 0)):
-                        yield co, oh, ci, cg, kh, ih
 
 
 def _at(e, indices, shape):
@@ -86,72 +69,125 @@ def _at(e, indices, shape):
     return offset
 
 
-# ---- register tiles (unit stride along the columns) -----------------------------------------------
+# ---- the copies the tiles read ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Copy:
+    """A [channels, rows, columns] copy of a source of [channels, height, width], placed at (top, left)
+    among zeros, each row split into `stride` phases of `phase` columns (padded column t at
+    (t % stride) * phase + t // stride)."""
+    channels: int
+    rows: int
+    columns: int
+    top: int
+    left: int
+    stride: int = 1
+
+    @property
+    def phase(self) -> int:
+        return -(-self.columns // self.stride)
+
+    @property
+    def row(self) -> int:
+        """Entries from one row of the copy to the next."""
+        return self.phase * self.stride
+
+    @property
+    def size(self) -> int:
+        return self.channels * self.rows * self.row
+
+    def column(self, t: int) -> int:
+        """Where padded column t is within its row."""
+        return (t % self.stride) * self.phase + t // self.stride
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a convolution op reads (a copy in scratch, or None: its operand as it is) and the
+    scratch for the input gradient's residues (`spread` entries; 0 when the stride is 1)."""
+    copy: Copy | None
+    spread: int = 0
+
+
+def _layout(op) -> Layout | None:
+    plane = _conv_plane(op)
+    (H, W), (OH, OW) = plane.input, plane.output
+    (ph, pw), sw = plane.window.padding, plane.window.stride[1]
+    if op.kind in ("conv", "conv_weight_grad"):
+        if ph == pw == 0 and sw == 1:
+            return Layout(None)
+        return Layout(Copy(op.args[0].type.shape[0], H + 2 * ph, W + 2 * pw, ph, pw, sw))
+    left, right = _residues(plane)[1:]
+    spread = 0 if sw == 1 else op.result.type.shape[0] * H * -(-W // sw)
+    return Layout(Copy(op.args[0].type.shape[0], OH, left + OW + right, 0, left), spread)
+
+
+def _residues(plane: Plane):
+    """For the input gradient: per residue r of the input columns modulo the stride, (r, how many
+    columns have it, [(kernel column, the output column offset its input column m * s + r reads)]),
+    and the zero columns the output's adjoint needs before and after it for every read to land."""
+    (W, OW), s = (plane.input[1], plane.output[1]), plane.window.stride[1]
+    pw, dw, KW = plane.window.padding[1], plane.window.dilation[1], plane.window.kernel[1]
+    found = []
+    for r in range(min(s, W)):
+        base = (r + pw) // s  # input column m * s + r is output column m + base - (kw * dw) // s
+        taps = [(kw, base - kw * dw // s) for kw in range(KW) if kw * dw % s == (r + pw) % s]
+        found.append((r, len(range(r, W, s)), taps))
+    shifts = [(count, shift) for _, count, taps in found for _, shift in taps]
+    left = max([0] + [-shift for _, shift in shifts])
+    right = max([0] + [count - 1 + shift - (OW - 1) for count, shift in shifts])
+    return found, left, right
+
 
 def scratch_bytes(op, float_bytes: int) -> int:
-    """Workspace the op needs while it runs: the padded copy of the operand its tiles read."""
-    padded = _padded_source(op)
-    return 0 if padded is None else padded[0] * padded[1] * padded[2] * float_bytes
+    """Workspace a convolution op needs while it runs (spadc/backend/memory.py plans it)."""
+    if op.kind not in ("conv", "conv_input_grad", "conv_weight_grad"):
+        return 0
+    layout = _layout(op)
+    return ((layout.copy.size if layout.copy else 0) + layout.spread) * float_bytes
 
 
-def _padded_source(op):
-    """(channels, rows, columns) of the zero-padded copy that a tiled convolution reads (x, or the
-    output's adjoint for `conv_input_grad`), or None: no copy (x without padding), or no tiles (a column
-    stride above 1, or another op)."""
-    if op.kind not in ("conv", "conv_input_grad", "conv_weight_grad") or op.attrs["stride"][-1] != 1:
-        return None
-    x_shape = op.result.type.shape if op.kind == "conv_input_grad" else op.args[0].type.shape
-    w_shape = op.result.type.shape if op.kind == "conv_weight_grad" else op.args[1].type.shape
-    plane = _conv_plane(op, x_shape, w_shape[2:])
-    (H, W), (OH, OW), (ph, pw) = plane.input, plane.output, plane.window.padding
-    if op.kind != "conv_input_grad":
-        return None if ph == pw == 0 else (op.args[0].type.shape[0], H + 2 * ph, W + 2 * pw)
-    left, right = _grad_columns(plane)
-    return (op.args[0].type.shape[0], OH, left + OW + right)
-
-
-def _grad_columns(plane: Plane) -> tuple[int, int]:
-    """Zero columns before and after the output's adjoint so that input column iw reads its column
-    iw + pw - kw * dw (+ the ones before) for every kernel column kw."""
-    (W, OW), pw, dw, KW = (plane.input[1], plane.output[1]), plane.window.padding[1], plane.window.dilation[1], plane.window.kernel[1]
-    return max(0, (KW - 1) * dw - pw), max(0, W - 1 + pw - (OW - 1))
-
-
-def _copy_padded(e, op, source, plane_of_source: tuple[int, int], top: int, left: int):
-    """The op's scratch as a zeroed [C, rows, columns] tensor with `source` ([C, *plane_of_source])
-    copied in from row `top`, column `left`: its pointer."""
+def _copy_in(e, op, source, copy: Copy):
+    """The op's scratch holding `copy` of `source` ([channels, height, width]): its pointer."""
     b = e.b
     pointer = b.bitcast(e.scratch(op), e.float.as_pointer())
-    channels, rows, columns = _padded_source(op)
-    height, width = plane_of_source
-    with e.loop(channels * rows * columns, "zero") as j:
+    height, width = (source.type.shape[1] if source.type.rank == 3 else 1), source.type.shape[-1]
+    with e.loop(copy.size, "zero") as j:
         b.store(ir.Constant(e.float, 0.0), b.gep(pointer, [j], inbounds=True))
-    with e.loop(channels * height, "row") as row:
+    with e.loop(copy.channels * height, "row") as row:
         c, y = b.udiv(row, I64(height)), b.urem(row, I64(height))
-        target = b.add(b.mul(b.add(b.mul(c, I64(rows)), b.add(y, I64(top))), I64(columns)), I64(left))
+        start = b.mul(b.add(b.mul(c, I64(copy.rows)), b.add(y, I64(copy.top))), I64(copy.row))
         with e.loop(width, "column") as x:
-            b.store(e.load(source, b.add(b.mul(row, I64(width)), x)), b.gep(pointer, [b.add(target, x)], inbounds=True))
+            t = b.add(x, I64(copy.left))
+            at = b.add(b.mul(b.urem(t, I64(copy.stride)), I64(copy.phase)), b.udiv(t, I64(copy.stride)))
+            b.store(e.load(source, b.add(b.mul(row, I64(width)), x)), b.gep(pointer, [b.add(start, at)], inbounds=True))
     return pointer
 
 
-def _tiled_correlation(e, out, source, source_shape, weights, rows_per_group: int, channels_per_group: int,
-                       kernel: tuple[int, int], source_row, column_offset, weight_at):
-    """out[r, y, x] = sum over c of r's group, kh, kw (in that order) of
-    weights[weight_at(r, group, c, kh, kw)] * source[group * channels_per_group + c, row, x + column_offset(kw)]
-    where (row, contributes) = source_row(y, kh) (a row that does not contribute adds nothing). Register
-    tiles of ROWS rows by COLUMN_VECTORS vectors of columns; tiles at the ends overlap their neighbours
-    (each entry is written, and summed in the same order whatever its tile)."""
+def _source(e, op, operand):
+    """(pointer, Copy describing it) of what the op's tiles read of `operand`."""
+    copy = _layout(op).copy
+    if copy is None:
+        height, width = _conv_plane(op).input
+        return e.pointer(operand), Copy(operand.type.shape[0], height, width, 0, 0)
+    return _copy_in(e, op, operand, copy), copy
+
+
+# ---- conv and its input gradient: one correlation ------------------------------------------------
+
+def _correlate(e, out, shape, source, copy: Copy, weights, rows_per_group: int, channels_per_group: int,
+               KH: int, source_row, taps, weight_at):
+    """out ([rows, height, width] at pointer `out`)[r, y, x] = the sum over c of r's group, kh and
+    (kw, offset) in `taps` (in that order) of weights[weight_at(r, group, c, kh, kw)] times the copy's
+    entry at channel group * channels_per_group + c, row `source_row(y, kh)[0]` (when its second
+    value holds, else nothing) and column x + offset."""
     b = e.b
-    rows, width = out.type.shape[0], out.type.shape[-1]
-    height = out.type.shape[1] if out.type.rank == 3 else 1
-    _, source_rows, source_columns = source_shape
-    KH, KW = kernel
+    rows, height, width = shape
     vector = gemm.width(e) if width >= gemm.width(e) else 1
     lanes = gemm.Lanes(e, vector)
     vectors = min(COLUMN_VECTORS, width // vector)
     tile_rows = min(ROWS, rows_per_group)
     accumulators = [[e.alloca(lanes.type, name=f"acc{i}.{j}") for j in range(vectors)] for i in range(tile_rows)]
-    out_pointer = e.pointer(out)
 
     def tile(group, r0, y, x0):
         for accumulator in (a for row in accumulators for a in row):
@@ -161,9 +197,9 @@ def _tiled_correlation(e, out, source, source_shape, weights, rows_per_group: in
             with e.loop(KH, "kh") as kh:
                 source_y, contributes = source_row(y, kh)
                 with b.if_then(contributes):
-                    line = b.add(b.mul(b.add(b.mul(channel, I64(source_rows)), source_y), I64(source_columns)), x0)
-                    for kw in range(KW):
-                        start = b.add(line, I64(column_offset(kw)))
+                    line = b.add(b.mul(b.add(b.mul(channel, I64(copy.rows)), source_y), I64(copy.row)), x0)
+                    for kw, offset in taps:
+                        start = b.add(line, I64(offset))
                         xs = [lanes.load(source, b.add(start, I64(j * vector))) for j in range(vectors)]
                         for i in range(tile_rows):
                             weight = lanes.splat(e.load(weights, weight_at(b.add(r0, I64(i)), group, c, kh, kw)))
@@ -172,7 +208,7 @@ def _tiled_correlation(e, out, source, source_shape, weights, rows_per_group: in
         for i in range(tile_rows):
             base = b.add(b.mul(b.add(b.mul(b.add(r0, I64(i)), I64(height)), y), I64(width)), x0)
             for j in range(vectors):
-                lanes.store(b.load(accumulators[i][j]), out_pointer, b.add(base, I64(j * vector)))
+                lanes.store(b.load(accumulators[i][j]), out, b.add(base, I64(j * vector)))
 
     with e.loop(rows // rows_per_group, "group") as group:
         def over_rows(row_indices):
@@ -182,42 +218,33 @@ def _tiled_correlation(e, out, source, source_shape, weights, rows_per_group: in
         gemm.covering(e, rows_per_group, tile_rows, over_rows)
 
 
-def _fast_conv(e, op) -> bool:
-    """`conv` by register tiles, when its column stride is 1 (else False: nothing emitted)."""
+def _conv(e, op):
     x, w = op.args
-    if op.attrs["stride"][-1] != 1:
-        return False
-    plane = _conv_plane(op, x.type.shape, w.type.shape[2:])
-    (H, W), (KH, KW) = plane.input, plane.window.kernel
-    (sh, dh), (ph, pw), dw = (plane.window.stride[0], plane.window.dilation[0]), plane.window.padding, plane.window.dilation[1]
-    c_out, per_group_in = w.type.shape[0], w.type.shape[1]
+    plane = _conv_plane(op)
+    KH, KW = plane.window.kernel
+    sh, dh, dw = plane.window.stride[0], plane.window.dilation[0], plane.window.dilation[1]
+    c_out, per_group_in = w.type.shape[:2]
     b = e.b
-    if _padded_source(op) is None:
-        source, shape = e.pointer(x), (x.type.shape[0], H, W)
-    else:
-        source, shape = _copy_padded(e, op, x, (H, W), ph, pw), _padded_source(op)
+    source, copy = _source(e, op, x)
 
     def weight_at(r, group, c, kh, kw):  # w[r, c, kh, kw]
         return b.add(b.mul(b.add(b.mul(b.add(b.mul(r, I64(per_group_in)), c), I64(KH)), kh), I64(KW)), I64(kw))
-    _tiled_correlation(e, op.result, source, shape, w, c_out // op.attrs["groups"], per_group_in, (KH, KW),
-                       lambda y, kh: (b.add(b.mul(y, I64(sh)), b.mul(kh, I64(dh))), I1(1)), lambda kw: kw * dw, weight_at)
-    return True
+    _correlate(e, e.pointer(op.result), (c_out,) + plane.output, source, copy, w, c_out // op.attrs["groups"],
+               per_group_in, KH, lambda y, kh: (b.add(b.mul(y, I64(sh)), b.mul(kh, I64(dh))), I1(1)),
+               [(kw, copy.column(kw * dw)) for kw in range(KW)], weight_at)
 
 
-def _fast_input_grad(e, op) -> bool:
-    """`conv_input_grad` by register tiles over the input's entries, when the column stride is 1."""
+def _conv_input_grad(e, op):
     g, w = op.args
-    if op.attrs["stride"][-1] != 1:
-        return False
-    plane = _conv_plane(op, op.result.type.shape, w.type.shape[2:])
-    (OH, OW), (KH, KW) = plane.output, plane.window.kernel
-    sh, dh, ph = plane.window.stride[0], plane.window.dilation[0], plane.window.padding[0]
-    pw, dw = plane.window.padding[1], plane.window.dilation[1]
-    c_out, per_group_in = w.type.shape[0], w.type.shape[1]
-    per_group_out = c_out // op.attrs["groups"]
-    left, _ = _grad_columns(plane)
+    plane = _conv_plane(op)
+    (H, W), OH = plane.input, plane.output[0]
+    KH, KW = plane.window.kernel
+    sh, sw, dh, ph = plane.window.stride[0], plane.window.stride[1], plane.window.dilation[0], plane.window.padding[0]
+    c_out, per_group_in = w.type.shape[:2]
+    c_in, per_group_out = op.result.type.shape[0], c_out // op.attrs["groups"]
     b = e.b
-    source = _copy_padded(e, op, g, (OH, OW), 0, left)
+    source, copy = _source(e, op, g)
+    residues, left, _ = _residues(plane)
 
     def source_row(y, kh):  # the output row (ih + ph - kh * dh) / sh, when whole and inside
         shifted = b.sub(b.add(y, I64(ph)), b.mul(kh, I64(dh)))
@@ -230,30 +257,38 @@ def _fast_input_grad(e, op) -> bool:
         co, ci = b.add(b.mul(group, I64(per_group_out)), c), b.sub(r, b.mul(group, I64(per_group_in)))
         return b.add(b.mul(b.add(b.mul(b.add(b.mul(co, I64(per_group_in)), ci), I64(KH)), kh), I64(KW)), I64(kw))
 
-    _tiled_correlation(e, op.result, source, _padded_source(op), w, per_group_in, per_group_out, (KH, KW), source_row,
-                       lambda kw: left + pw - kw * dw, weight_at)
-    return True
+    if sw == 1:
+        ((_, _, taps),) = residues
+        _correlate(e, e.pointer(op.result), (c_in, H, W), source, copy, w, per_group_in, per_group_out, KH, source_row,
+                   [(kw, left + shift) for kw, shift in taps], weight_at)
+        return
+    spread = b.gep(b.bitcast(e.scratch(op), e.float.as_pointer()), [I64(copy.size)], inbounds=True)
+    out = e.pointer(op.result)
+    for r, count, taps in residues:  # input columns m * sw + r, as a correlation into `spread`, then in place
+        if taps:
+            _correlate(e, spread, (c_in, H, count), source, copy, w, per_group_in, per_group_out, KH, source_row,
+                       [(kw, left + shift) for kw, shift in taps], weight_at)
+        with e.loop(c_in * H, "line") as line:
+            with e.loop(count, "m") as m:
+                value = b.load(b.gep(spread, [b.add(b.mul(line, I64(count)), m)], inbounds=True)) if taps else \
+                    ir.Constant(e.float, 0.0)
+                at = b.add(b.mul(line, I64(W)), b.add(b.mul(m, I64(sw)), I64(r)))
+                b.store(value, b.gep(out, [at], inbounds=True))
 
 
-def _fast_weight_grad(e, op) -> bool:
-    """`conv_weight_grad` by register tiles of output channels by input channels, each entry a sum
-    over the output's entries in vectors (then their total) and the columns left over, when the
-    column stride is 1."""
+def _conv_weight_grad(e, op):
+    # gw[co, c, kh, kw] = the sum over output rows and columns of g[co, oh, ow] * x[ci, row, column],
+    # in vectors along the columns, then their total and the columns left over
     x, g = op.args
-    if op.attrs["stride"][-1] != 1:
-        return False
-    plane = _conv_plane(op, x.type.shape, op.result.type.shape[2:])
-    (H, W), (OH, OW), (KH, KW) = plane.input, plane.output, plane.window.kernel
-    (sh, dh), (ph, pw), dw = (plane.window.stride[0], plane.window.dilation[0]), plane.window.padding, plane.window.dilation[1]
+    plane = _conv_plane(op)
+    (OH, OW), (KH, KW) = plane.output, plane.window.kernel
+    sh, dh, dw = plane.window.stride[0], plane.window.dilation[0], plane.window.dilation[1]
     c_out, per_group_in = op.result.type.shape[:2]
     per_group_out = c_out // op.attrs["groups"]
     b = e.b
-    if _padded_source(op) is None:
-        source, (_, source_rows, source_columns) = e.pointer(x), (x.type.shape[0], H, W)
-    else:
-        source, (_, source_rows, source_columns) = _copy_padded(e, op, x, (H, W), ph, pw), _padded_source(op)
+    source, copy = _source(e, op, x)
     vector = gemm.width(e)
-    full, rest = divmod(OW, vector)
+    full = OW // vector
     lanes, scalars = gemm.Lanes(e, vector), gemm.Lanes(e, 1)
     tile_out, tile_in = min(ROWS, per_group_out), min(COLUMN_VECTORS, per_group_in)
     sums = [[e.alloca(lanes.type, name=f"sum{i}.{j}") for j in range(tile_in)] for i in range(tile_out)]
@@ -261,114 +296,41 @@ def _fast_weight_grad(e, op) -> bool:
     g_pointer, out_pointer = e.pointer(g), e.pointer(op.result)
 
     def tile(group, co0, c0):
-        with e.loop(KH, "kh") as kh:
-            with e.loop(KW, "kw") as kw:
-                for i in range(tile_out):
-                    for j in range(tile_in):
-                        b.store(lanes.zero(), sums[i][j])
-                        b.store(scalars.zero(), tails[i][j])
-                with e.loop(OH, "oh") as oh:
-                    g_rows = [b.mul(b.add(b.mul(b.add(co0, I64(i)), I64(OH)), oh), I64(OW)) for i in range(tile_out)]
-                    x_row = b.add(b.mul(oh, I64(sh)), b.mul(kh, I64(dh)))
-                    x_rows = [b.add(b.mul(b.add(b.mul(b.add(b.mul(group, I64(per_group_in)), b.add(c0, I64(j))),
-                                                      I64(source_rows)), x_row), I64(source_columns)), b.mul(kw, I64(dw)))
-                              for j in range(tile_in)]
+        with e.loop(KH, "kh") as kh, e.loop(KW, "kw") as kw:
+            reach = b.mul(kw, I64(dw))  # padded column kw * dw, where the copy keeps it (Copy.column)
+            column = b.add(b.mul(b.urem(reach, I64(copy.stride)), I64(copy.phase)), b.udiv(reach, I64(copy.stride)))
+            for accumulator in (a for row in sums for a in row):
+                b.store(lanes.zero(), accumulator)
+            for accumulator in (a for row in tails for a in row):
+                b.store(scalars.zero(), accumulator)
+            with e.loop(OH, "oh") as oh:
+                g_rows = [b.mul(b.add(b.mul(b.add(co0, I64(i)), I64(OH)), oh), I64(OW)) for i in range(tile_out)]
+                x_row = b.add(b.mul(oh, I64(sh)), b.mul(kh, I64(dh)))
+                x_rows = [b.add(b.mul(b.add(b.mul(b.add(b.mul(group, I64(per_group_in)), b.add(c0, I64(j))),
+                                                  I64(copy.rows)), x_row), I64(copy.row)), column)
+                          for j in range(tile_in)]
 
-                    def terms(kind, accumulators, ow):
-                        gs = [kind.load(g_pointer, b.add(row, ow)) for row in g_rows]
-                        xs = [kind.load(source, b.add(row, ow)) for row in x_rows]
-                        for i in range(tile_out):
-                            for j in range(tile_in):
-                                b.store(gemm.fused(e, b.load(accumulators[i][j]), gs[i], xs[j]), accumulators[i][j])
-                    if full:
-                        with e.loop(full, "ov") as v:
-                            terms(lanes, sums, b.mul(v, I64(vector)))
-                    for ow in range(full * vector, OW):
-                        terms(scalars, tails, I64(ow))
-                for i in range(tile_out):
-                    for j in range(tile_in):
-                        total = b.fadd(lanes.total(b.load(sums[i][j])), b.load(tails[i][j]))
-                        at = b.add(b.mul(b.add(b.mul(b.add(b.mul(b.add(co0, I64(i)), I64(per_group_in)), b.add(c0, I64(j))),
-                                                     I64(KH)), kh), I64(KW)), kw)
-                        b.store(total, b.gep(out_pointer, [at], inbounds=True))
+                def terms(kind, accumulators, ow):
+                    gs = [kind.load(g_pointer, b.add(row, ow)) for row in g_rows]
+                    xs = [kind.load(source, b.add(row, ow)) for row in x_rows]
+                    for i in range(tile_out):
+                        for j in range(tile_in):
+                            b.store(gemm.fused(e, b.load(accumulators[i][j]), gs[i], xs[j]), accumulators[i][j])
+                if full:
+                    with e.loop(full, "ov") as v:
+                        terms(lanes, sums, b.mul(v, I64(vector)))
+                for ow in range(full * vector, OW):
+                    terms(scalars, tails, I64(ow))
+            for i in range(tile_out):
+                for j in range(tile_in):
+                    total = b.fadd(lanes.total(b.load(sums[i][j])), b.load(tails[i][j]))
+                    at = b.add(b.mul(b.add(b.mul(b.add(b.mul(b.add(co0, I64(i)), I64(per_group_in)), b.add(c0, I64(j))),
+                                                 I64(KH)), kh), I64(KW)), kw)
+                    b.store(total, b.gep(out_pointer, [at], inbounds=True))
 
     with e.loop(c_out // per_group_out, "group") as group:
         gemm.covering(e, per_group_out, tile_out, lambda outs: gemm.covering(
             e, per_group_in, tile_in, lambda ins: tile(group, b.add(b.mul(group, I64(per_group_out)), outs[0]), ins[0])))
-    return True
-
-
-def _conv(e, op):
-    # out[co, oh, ow] += w[co, cg, kh, kw] * x[ci, ih, ow * sw + shift], over cg, kh, then kw
-    if _fast_conv(e, op):
-        return
-    x, w = op.args
-    out = op.result
-    plane = _conv_plane(op, x.type.shape, w.type.shape[2:])
-    (H, W), (OH, OW), (KH, KW) = plane.input, plane.output, plane.window.kernel
-    c_out, per_group_in, sw = w.type.shape[0], w.type.shape[1], plane.window.stride[1]
-    b = e.b
-    e.zero(out)
-    for co, oh, ci, cg, kh, ih in _each_tap(e, op, plane, c_out, per_group_in):
-        row_out, row_in = _at(e, (co, oh, 0), (c_out, OH, OW)), _at(e, (ci, ih, 0), (x.type.shape[0], H, W))
-        for kw in range(KW):
-            lo, hi, shift = plane.columns(kw)
-            if lo >= hi:
-                continue
-            weight = e.load(w, _at(e, (co, cg, kh, kw), (c_out, per_group_in, KH, KW)))
-            with e.loop(hi - lo, "ow", lo) as ow:
-                target = b.add(row_out, ow)
-                source = b.add(row_in, b.add(b.mul(ow, I64(sw)), I64(shift)))
-                e.store(out, target, b.fadd(e.load(out, target), b.fmul(weight, e.load(x, source))))
-
-
-def _conv_input_grad(e, op):
-    # gx[ci, ih, ow * sw + shift] += w[co, cg, kh, kw] * g[co, oh, ow]: conv's loops, the other way
-    if _fast_input_grad(e, op):
-        return
-    g, w = op.args
-    gx = op.result
-    plane = _conv_plane(op, gx.type.shape, w.type.shape[2:])
-    (H, W), (OH, OW), (KH, KW) = plane.input, plane.output, plane.window.kernel
-    c_out, per_group_in, sw = w.type.shape[0], w.type.shape[1], plane.window.stride[1]
-    b = e.b
-    e.zero(gx)
-    for co, oh, ci, cg, kh, ih in _each_tap(e, op, plane, c_out, per_group_in):
-        row_g, row_x = _at(e, (co, oh, 0), (c_out, OH, OW)), _at(e, (ci, ih, 0), (gx.type.shape[0], H, W))
-        for kw in range(KW):
-            lo, hi, shift = plane.columns(kw)
-            if lo >= hi:
-                continue
-            weight = e.load(w, _at(e, (co, cg, kh, kw), (c_out, per_group_in, KH, KW)))
-            with e.loop(hi - lo, "ow", lo) as ow:
-                target = b.add(row_x, b.add(b.mul(ow, I64(sw)), I64(shift)))
-                e.store(gx, target, b.fadd(e.load(gx, target), b.fmul(weight, e.load(g, b.add(row_g, ow)))))
-
-
-def _conv_weight_grad(e, op):
-    # gw[co, cg, kh, kw] += sum over ow of g[co, oh, ow] * x[ci, ih, ow * sw + shift], over oh
-    if _fast_weight_grad(e, op):
-        return
-    x, g = op.args
-    gw = op.result
-    plane = _conv_plane(op, x.type.shape, gw.type.shape[2:])
-    (H, W), (OH, OW), (KH, KW) = plane.input, plane.output, plane.window.kernel
-    c_out, per_group_in, sw = gw.type.shape[0], gw.type.shape[1], plane.window.stride[1]
-    b = e.b
-    total = e.alloca(e.float, name="dot")
-    e.zero(gw)
-    for co, oh, ci, cg, kh, ih in _each_tap(e, op, plane, c_out, per_group_in):
-        row_g, row_x = _at(e, (co, oh, 0), (c_out, OH, OW)), _at(e, (ci, ih, 0), (x.type.shape[0], H, W))
-        for kw in range(KW):
-            lo, hi, shift = plane.columns(kw)
-            if lo >= hi:
-                continue
-            b.store(ir.Constant(e.float, 0.0), total)
-            with e.loop(hi - lo, "ow", lo) as ow:
-                source = b.add(row_x, b.add(b.mul(ow, I64(sw)), I64(shift)))
-                b.store(b.fadd(b.load(total), b.fmul(e.load(g, b.add(row_g, ow)), e.load(x, source))), total)
-            target = _at(e, (co, cg, kh, kw), (c_out, per_group_in, KH, KW))
-            e.store(gw, target, b.fadd(e.load(gw, target), b.load(total)))
 
 
 # ---- max pooling -------------------------------------------------------------------------------

@@ -49,15 +49,6 @@ class Window:
         for position in itertools.product(*(range(k) for k in self.kernel)):
             yield position, tuple(k * d for k, d in zip(position, self.dilation))
 
-    def valid_outputs(self, axis: int, position: int, size: int, out: int) -> tuple[int, int]:
-        """The outputs o in [lo, hi) along `axis` whose input o * s - p + position * d is inside an axis of
-        `size` entries (not in the padding)."""
-        s, p, d = self.stride[axis], self.padding[axis], self.dilation[axis]
-        shift = position * d - p
-        lo = max(0, -(shift // s)) if shift < 0 else 0
-        hi = min(out, (size - 1 - shift) // s + 1) if size - 1 - shift >= 0 else 0
-        return lo, max(lo, hi)
-
 
 def conv_window(attrs: dict, kernel: tuple[int, ...]) -> Window:
     return Window(tuple(kernel), tuple(attrs["stride"]), tuple(attrs["padding"]), tuple(attrs["dilation"]))
