@@ -20,6 +20,11 @@ Each generated program is checked for (`check_program`):
 - forward mode's loss tangent against reverse mode's gradient along the same direction, and on
   smooth programs the Hessian product against central differences of the compiled gradient.
 
+Programs of seeds from CONV_FAMILY on also write the convolutional builtins (`conv` with computed
+weights: channel mixing, depthwise, strided, 2-D; `max_pool`, `avg_pool`, `pad`, `upsample`), in
+every position an [M, N] expression takes. They are a family of their own so that the programs of
+lower seeds, and runs of the long profile counted on them, stay what they were.
+
 The generator reaches loops that run zero times or once (`0..0`, `T..T`, `1..T` with T = 1) and
 conds nested in conds' branches in every position, in smooth programs too (their conditions read
 inputs only, so the loss stays smooth in the params). Until issue 29 it did neither, and it checked
@@ -75,6 +80,7 @@ LANES = 4  # a block of lanes that BATCH samples fill in part
 LANES_RTOL = 1e-11  # a batch's mean gradient with lanes against the default build's (sums reordered)
 RAD_EDGES = spadc.RAD(keep=0.5, policy="edges")  # every kind of site at once
 WORKER_TASKS = 5  # chunks of 100 seeds each worker process checks before the pool is replaced
+CONV_FAMILY = 10_000_000  # seeds from here on write the convolutional builtins too
 
 SMOOTH_UNARY = ["tanh({0})", "sin({0})", "cos({0})", "sigmoid({0})", "exp(tanh({0}))", "log({0} * {0} + 1)",
                 "log1p({0} * {0})", "sqrt({0} * {0} + 1)", "softplus({0})", "expm1(tanh({0}))",
@@ -101,6 +107,7 @@ class ProgramGenerator:
     def __init__(self, seed: int, smooth: bool | None = None):
         self.rng = np.random.default_rng(seed)
         self.smooth = bool(self.rng.random() < 0.5) if smooth is None else smooth
+        self.conv = seed >= CONV_FAMILY
         self.n, self.m = (int(v) for v in self.rng.integers(2, 5, 2))
         self.t = int(self.rng.integers(1, 5))
         self.shapes = {(): "s", ("N",): "v", ("M",): "w", ("M", "N"): "A", ("N", "M"): "B"}
@@ -191,6 +198,8 @@ class ProgramGenerator:
                              lambda: f"(cholesky({self.positive_definite(depth)}) @ {e('N')})",
                              lambda: f"(tril({self.square(depth)}, -1) @ {e('N')})",
                              lambda: f"(triu({self.square(depth)}) @ {e('N')})")
+        if self.conv and shape in (("M", "N"), ("N",)) and self.rng.random() < 0.5:
+            return self.pick(*self._convolutions(shape, depth))
         if shape == ("M", "N"):
             return self.pick(lambda: f"outer({e('M')}, {e('N')})", lambda: f"transpose({e('N', 'M')})",
                              lambda: f"reshape({e('N', 'M')}, M, N)", lambda: f"({e('M', 'N')} @ (eye(N) * 0.5))",
@@ -202,6 +211,30 @@ class ProgramGenerator:
                              lambda: "stack(" + ", ".join(e("N") for _ in range(self.m)) + ", axis=-1)")
         return self.pick(lambda: f"dot({e('N')}, {e('N')})", lambda: f"({e('M')} @ {e('M')})",
                          lambda: f"mse({e('N')}, {e('N')})", lambda: f"logdet({self.positive_definite(depth)})")
+
+    def _convolutions(self, shape, depth) -> list:
+        """Expressions of `shape` ([M, N] or [N]) through the convolutional builtins: an [M, N] matrix
+        is M channels of a signal of N, or one channel of an M x N image, a vector one channel of a
+        signal; the weights are expressions, not params."""
+        e = lambda *dims: self.expr(dims, depth)  # noqa: E731
+        if shape == ("N",):
+            makers = [lambda: f"conv(reshape({e('N')}, 1, N), reshape({e('N')}, 1, 1, N), padding=N - 1)[0, 0:N]",
+                      lambda: f"avg_pool(upsample(reshape({e('N')}, 1, N), 2), 2)[0]"]
+            if not self.smooth:
+                makers.append(lambda: f"max_pool(reshape({e('N')}, 1, N), 2, stride=1, padding=1)[0, 1:N + 1]")
+            return makers
+        mixing = lambda: f"reshape(outer({e('M')}, {e('M')}), M, M, 1)"  # noqa: E731
+        makers = [lambda: f"conv({e('M', 'N')}, {mixing()})",
+                  lambda: f"conv({e('M', 'N')}, reshape({e('M', 'N')}, M, 1, N), groups=M, padding=N - 1)[:, 0:N]",
+                  lambda: f"upsample(conv({e('M', 'N')}, {mixing()}, stride=2, dilation=2), 2)[:, 0:N]",
+                  lambda: (f"conv(reshape({e('M', 'N')}, 1, M, N), reshape({e('M', 'N')}, 1, 1, M, N), "
+                           f"padding=[M - 1, N - 1], stride=[1, 1])[0, 0:M, 0:N]"),
+                  lambda: f"avg_pool(pad({e('M', 'N')}, 1), 3, stride=1)",
+                  lambda: f"upsample(avg_pool(reshape({e('M', 'N')}, 1, M, N), 2, padding=1), [2, 2])[0, 0:M, 0:N]"]
+        if not self.smooth:  # a max's choice jumps
+            makers += [lambda: f"max_pool(pad({e('M', 'N')}, 1), 3, stride=1)",
+                       lambda: f"upsample(max_pool(reshape({e('M', 'N')}, 1, M, N), 2, padding=1), 2)[0, 0:M, 0:N]"]
+        return makers
 
     def square(self, depth) -> str:
         return f"({self.expr(('N', 'M'), depth)} @ {self.expr(('M', 'N'), depth)})"

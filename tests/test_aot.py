@@ -203,7 +203,7 @@ loss sum(a * b)
 """  # the carried values trade places: the copy back is staged (once through a 400-byte stack array)
 
 
-@pytest.mark.parametrize("name", quick(["mlp_digits.spad", "irnn.spad", "reaction_diffusion.spad", "swap"],
+@pytest.mark.parametrize("name", quick(["mlp_digits.spad", "irnn.spad", "reaction_diffusion.spad", "swap", "cnn_digits.spad"],
                                       ["irnn.spad", "swap"]))  # (a loop over products; the staged copy)
 def test_thumbv7em_kernels_keep_no_stack_array_above_256_bytes(name, tmp_path):
     # Every tensor lives in the workspace; the stack holds scalars and Philox's 32-byte lane buffer.
