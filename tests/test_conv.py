@@ -447,3 +447,32 @@ def test_sampled_conv_gradients_match_the_interpreter_to_rounding_and_count_thei
                 reference = evaluate(program, params, {**one, **accumulators}, RunOptions(seed=4, sample=sample)).outputs
                 for key in single:
                     np.testing.assert_allclose(single[key], reference[key], rtol=1e-12, atol=1e-14, err_msg=(draw, key))
+
+
+@pytest.mark.private_cache  # its heavier gates must reach no other test
+def test_conv_gates_five_percent_too_heavy_are_rejected(monkeypatch):
+    """The compiled control: each draw's weight d / k made 1.05 d / k in the gate emitter, on the
+    sampled CNN (two of its three sites are convs), must fail the test the real estimator passes."""
+    import warnings
+    import spadc.api
+    from spadc.backend import gates
+    from spadrt.diagnostics import POOLED_BOUND, diagnose, draws_for_power
+    original = gates._draw
+
+    def heavier(e, attrs, u):
+        index, weight = original(e, attrs, u)
+        return index, e.b.fmul(weight, gates._double(1.05))
+
+    monkeypatch.setattr(gates, "_draw", heavier)
+    spadc.api._CACHE.clear()
+    try:
+        model = sampled_cnn()
+        inputs = {"x": np.random.default_rng(SEED).standard_normal((1, 6, 7))}
+        estimator = spadc.RAD(keep=SAMPLED_KEEP)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            draws = min(20000, max(400, draws_for_power(model, estimator, seed=SEED, inputs=inputs)))
+            report = diagnose(model, estimator, draws=draws, seed=SEED, inputs=inputs)
+    finally:
+        spadc.api._CACHE.clear()
+    assert not report.unbiased and report.pooled_z > POOLED_BOUND
