@@ -3,6 +3,7 @@ PyTorch eager and JAX jit, side by side, in float64 and float32.
 
     python -m bench.convnet [--batch 150] [--dtypes f64,f32]
     python -m bench.convnet --memory
+    python -m bench.convnet --rad [--sparse-share 0.25]
 
 `--memory` prints the RAD paper's Table 1 row for this ConvNet (Oktay et al., ICLR 2021: peak MB at
 each keep, hand-computed, batch 150, float32, weights included) beside spadc's for the same
@@ -155,13 +156,45 @@ def memory_rows(batch: int) -> list[str]:
     return rows
 
 
+RAD_KEEPS = (0.05, 0.1, 0.25, 0.5)
+
+
+def rad_rows(batch: int, sparse_share: float | None) -> list[str]:
+    """RAD's gradient time against the exact one's on the ConvNet (f64, one core, timed in turn).
+    `sparse_share`: the fusion pass's SPARSE_SHARE (a conv's weight gradient from its kept positions
+    alone up to this share kept; 1 always, 0 never)."""
+    import warnings
+    import spadc
+    from spadc.passes import fuse
+    if sparse_share is not None:
+        fuse.SPARSE_SHARE = sparse_share
+    model = spadc.compile_file(EXAMPLE)
+    rng = np.random.default_rng(0)
+    x, label = rng.standard_normal((batch, 3, 32, 32)), rng.integers(0, 10, batch)
+    estimators = [None] + [spadc.RAD(keep=keep) for keep in RAD_KEEPS]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runs = [lambda e=e: model.grad(x=x, label=label, estimator=e, threads=1) for e in estimators]
+        for run in runs:
+            run()
+        times = _best(*runs)
+    return [f"| {keep} | {1e3 * t:.0f} | {1e3 * times[0]:.0f} | {t / times[0]:.2f} |" for keep, t in zip(RAD_KEEPS, times[1:])]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=150)
     parser.add_argument("--dtypes", default="f64,f32")
     parser.add_argument("--memory", action="store_true", help="the RAD paper's Table 1 row beside spadc's bytes")
+    parser.add_argument("--rad", action="store_true", help="RAD's gradient time against the exact one's")
+    parser.add_argument("--sparse-share", type=float, default=None, help="with --rad: the fusion pass's SPARSE_SHARE")
     args = parser.parse_args(argv)
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    if args.rad:
+        print("| keep | RAD grad (ms) | exact grad (ms) | RAD / exact |")
+        print("|---:|---:|---:|---:|")
+        print("\n".join(rad_rows(args.batch, args.sparse_share)))
+        return 0
     if args.memory:
         print("| keep | paper, peak MB | spadc: tape x batch + weights (MB) | spadc: allocated by a step + weights (MB) "
               "| of which workspace (MB) |")

@@ -71,7 +71,9 @@ PRIMITIVE_PROGRAMS = {
                        " + sum(triu(A[0:3, 1:4], 1) * tril(A[0:3, 0:3], k=-1))"),
     "convolution": ("sum(conv(reshape(A, 1, 3, 4), reshape(x, 1, 1, 2, 2), padding=1) ^ 2) + sum(conv(reshape(A, 2, 6), "
                     "reshape(x, 2, 1, 2), groups=2, stride=2, dilation=2) * v[0:2]) + sum(max_pool(reshape(A * x, 1, 3, 4), 2, "
-                    "stride=1, padding=1) * A[0, 1]) + sum(avg_pool(upsample(A, 2), 3, stride=2) * x[2]) + sum(pad(A, 1) * pad(A * x, 1))"),
+                    "stride=1, padding=1) * A[0, 1]) + sum(avg_pool(upsample(A, 2), 3, stride=2) * x[2]) + sum(pad(A, 1) * pad(A * x, 1))"
+                    # under RAD its input's kept positions alone make the weight gradient (gate_conv_weight_grad)
+                    " + sum(conv(reshape(tanh(v * A[1]), 1, 4), reshape(x[0:2], 1, 1, 2), padding=1) * A[0, 0])"),
     "shapes": "sum(reshape(A, 2, 6) * reshape(A, 12)[0:6]) + x[argmax(A, axis=1)[1]] * float(argmax(x))",
     # a stacked weight in a loop: its gradient's index_add(acc, outer(g, h), t) is fused (outer_add_at)
     "stacked": "",  # written out in program_text
@@ -132,7 +134,7 @@ def test_every_primitive_has_an_emitter_an_adjoint_rule_and_a_test_program():
     # Every primitive appears in a program or gradient program that the tests above compile.
     seen = set()
     variants = [(None, None, None), (spadc.RAD(keep=0.5, policy="edges").sampling, None, None),
-                (spadc.RAD(keep=0.5).sampling, None, None),
+                (spadc.RAD(keep=0.5).sampling, None, None), (spadc.RAD(keep=0.1).sampling, None, None),
                 (spadc.RAD(keep=0.5, policy="products", draw="bernoulli").sampling, "forward", None),
                 (None, "gradient", "edges")]
     for name in PRIMITIVE_PROGRAMS:

@@ -378,7 +378,8 @@ let h = tanh(conv(x, w1, padding=1))
 let s = [conv(h * float(i + 1), w2, stride=[1, 1], dilation=[2, 1]) for i in 0..2]
 loss sum(tanh(s[0] + s[1]) * s[1])
 """
-SAMPLED_KEEP = 0.3
+SAMPLED_KEEP = 0.2  # few enough kept for the fused weight gradient (spadc/passes/fuse.py, SPARSE_SHARE)
+DENSE_KEEP = 0.5  # and enough for the tiled one over the unpacked input
 
 
 def sampled_cnn():
@@ -433,8 +434,8 @@ def test_sampled_conv_gradients_match_the_interpreter_to_rounding_and_count_thei
     _, exact_grads, exact_stats = model.grad(stats=True, **inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SamplingWarning)
-        for draw in ("with_replacement", "bernoulli"):
-            estimator = spadc.RAD(keep=SAMPLED_KEEP, draw=draw)
+        for keep, draw in [(SAMPLED_KEEP, "with_replacement"), (SAMPLED_KEEP, "bernoulli"), (DENSE_KEEP, "with_replacement")]:
+            estimator = spadc.RAD(keep=keep, draw=draw)
             _, grads, stats = model.grad(estimator=estimator, seed=4, stats=True, **inputs)
             assert stats["tape_bytes"] < exact_stats["tape_bytes"]
             if draw == "with_replacement":
@@ -476,3 +477,22 @@ def test_conv_gates_five_percent_too_heavy_are_rejected(monkeypatch):
     finally:
         spadc.api._CACHE.clear()
     assert not report.unbiased and report.pooled_z > POOLED_BOUND
+
+
+@pytest.mark.parametrize("draw", ["with_replacement", "bernoulli"])
+def test_the_sampled_weight_gradient_adds_the_kept_positions_alone(draw):
+    """gate_conv_weight_grad (what the fusion pass makes of conv_weight_grad(gate_unpack(p), g)) against
+    the dense weight gradient of the unpacked input: strided, dilated, padded, grouped."""
+    from spadc import rng as philox
+    from spadc.ir import draws
+    from spadc.ir.conv import _weight_grad
+    rng = np.random.default_rng(SEED)
+    x, g = rng.standard_normal((4, 7, 6)), rng.standard_normal((6, 3, 3))
+    attrs = dict(stride=(2, 2), padding=(1, 2), dilation=(1, 2), groups=2, kernel=(3, 2), site=5, d=42, k=13, draw=draw,
+                 scheme="uniform", keep=0.3, share="sample", data=-1, shape=(4, 7, 6), channels=4, inner=42)
+    key = philox.Stream(seed=3, site=5, iteration=0, sample=0, step=0)
+    packed = draws.pack(x, attrs, key, None)
+    sparse = draws.conv_weight_grad(packed, g, attrs, key, None)
+    dense = _weight_grad([draws.unpack(packed, attrs, key, None), g], attrs)
+    np.testing.assert_allclose(sparse, dense, rtol=1e-12, atol=1e-13)
+    assert np.count_nonzero(draws.unpack(packed, attrs, key, None)) < x.size  # (some positions were dropped)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..ir import binary, elementwise, primitives, reductions
-from ..ir.record import or_zeros
+from ..ir.record import add_all, or_zeros
 from ..ir.structure import linear_in_first
 from .rules import chain, times
 
@@ -166,6 +166,13 @@ def _gate_outer_add(t, op, d):
     if d[2] is not None:
         total = t.op("gate_outer_add", total, a, d[2], **op.attrs)
     return total
+
+
+@_tangent("gate_conv_weight_grad")
+def _gate_conv_weight_grad(t, op, d):
+    packed, g = op.args  # bilinear
+    return add_all(t, [t.op(op.kind, d[0], g, **op.attrs) if d[0] is not None else None,
+                       t.op(op.kind, packed, d[1], **op.attrs) if d[1] is not None else None])
 
 
 @_tangent("score_add")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from ..ir.conv import Window, conv_window, pool_window
-from . import gemm
+from . import gates, gemm
 
 I1, I64 = ir.IntType(1), ir.IntType(64)
 ROWS = 4  # result channels per register tile (by COLUMN_VECTORS vectors of result columns)
@@ -141,6 +141,8 @@ def _residues(plane: Plane):
 
 def scratch_bytes(op, float_bytes: int) -> int:
     """Workspace a convolution op needs while it runs (spadc/backend/memory.py plans it)."""
+    if op.kind == "gate_conv_weight_grad":  # its sums, by kernel position
+        return op.result.type.size * float_bytes
     if op.kind not in ("conv", "conv_input_grad", "conv_weight_grad"):
         return 0
     layout = _layout(op)
@@ -333,6 +335,53 @@ def _conv_weight_grad(e, op):
             e, per_group_in, tile_in, lambda ins: tile(group, b.add(b.mul(group, I64(per_group_out)), outs[0]), ins[0])))
 
 
+def _gate_conv_weight_grad(e, op):
+    # sums[kh, kw, co, c] += g[co, oh, ow] * (packed[j, c] * weight_j) for each kept position j and
+    # each kernel position that reaches an output from it (ir/draws.py: conv_weight_grad), then
+    # out[co, c, kh, kw] = sums[kh, kw, co, c]: the inner loop runs along c, contiguous
+    packed, g = op.args
+    attrs, out = op.attrs, op.result
+    channels = attrs.get("channels", 1)
+    window = conv_window(attrs, tuple(attrs["kernel"]))
+    plane = Plane.of(window, tuple(attrs["shape"][1:]), g.type.shape[1:])
+    W, (OH, OW), (KH, KW) = plane.input[1], plane.output, plane.window.kernel
+    c_out, per_in = out.type.shape[:2]
+    per_out = c_out // attrs["groups"]
+    b = e.b
+    sums = b.bitcast(e.scratch(op), e.float.as_pointer())
+    with e.loop(out.type.size, "zero") as j:
+        b.store(ir.Constant(e.float, 0.0), b.gep(sums, [j], inbounds=True))
+
+    def output_at(position, k, axis):  # (the output index that kernel index k reaches from `position`, reached?)
+        shifted = b.sub(b.add(position, I64(plane.window.padding[axis])), b.mul(k, I64(plane.window.dilation[axis])))
+        stride = I64(plane.window.stride[axis])
+        index = b.sdiv(shifted, stride)
+        reached = b.and_(b.icmp_signed("==", b.mul(index, stride), shifted),
+                         b.and_(b.icmp_signed(">=", shifted, I64(0)), b.icmp_signed("<", index, I64(plane.output[axis]))))
+        return index, reached
+
+    def add(j, index, weight):
+        weight = gates._to_float(e, weight)
+        ih, iw = b.udiv(index, I64(W)), b.urem(index, I64(W))
+        with e.loop(KH, "kh") as kh, e.loop(KW, "kw") as kw:
+            oh, row_reached = output_at(ih, kh, 0)
+            ow, column_reached = output_at(iw, kw, 1)
+            with b.if_then(b.and_(row_reached, column_reached)):
+                with e.loop(c_out, "co") as co:
+                    g_value = e.load(g, _at(e, (co, oh, ow), (c_out, OH, OW)))
+                    first = b.add(b.mul(j, I64(channels)), b.mul(b.udiv(co, I64(per_out)), I64(per_in)))
+                    row = b.mul(b.add(b.mul(b.add(b.mul(kh, I64(KW)), kw), I64(c_out)), co), I64(per_in))
+                    with e.loop(per_in, "c") as c:
+                        value = b.fmul(e.load(packed, b.add(first, c)), weight)
+                        at = b.gep(sums, [b.add(row, c)], inbounds=True)
+                        b.store(b.fadd(b.load(at), b.fmul(g_value, value)), at)
+    gates._for_kept(e, attrs, gates._key(e, attrs), add)
+    with e.loop(c_out * per_in, "entry") as entry:
+        with e.loop(KH * KW, "k") as k:
+            e.store(out, b.add(b.mul(entry, I64(KH * KW)), k),
+                    b.load(b.gep(sums, [b.add(b.mul(k, I64(c_out * per_in)), entry)], inbounds=True)))
+
+
 # ---- max pooling -------------------------------------------------------------------------------
 
 def _pool(e, op, visit):
@@ -382,4 +431,5 @@ def _pool_scatter(e, op):
 
 
 EMITTERS = {"conv": _conv, "conv_input_grad": _conv_input_grad, "conv_weight_grad": _conv_weight_grad,
+            "gate_conv_weight_grad": _gate_conv_weight_grad,
             "pool_select": _pool_select, "pool_scatter": _pool_scatter}

@@ -437,6 +437,8 @@ def sample_work(block) -> int:
             total += op.args[1].type.size
         elif op.kind in conv.KINDS:
             total += conv.multiply_adds(op)
+        elif op.kind == "gate_conv_weight_grad":  # the kept positions' products only
+            total += op.attrs["k"] * op.result.type.size
         else:
             size = sum(result.type.size for result in op.results)
             inner = op.args[0].type.shape[-1] if op.kind == "matmul" and op.args[0].type.shape else 1

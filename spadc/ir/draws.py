@@ -115,6 +115,39 @@ def outer_add(acc: np.ndarray, a: np.ndarray, packed: np.ndarray, attrs, key: rn
     return out
 
 
+def _kept_entries(attrs, key: rng.Stream, data):
+    """(position among the kept, entry index, weight) of each kept entry, in order."""
+    if attrs["draw"] == "with_replacement":
+        indices, weights = with_replacement(attrs, key, data)
+        return [(j, int(indices[j]), weights[j]) for j in range(attrs["k"])]
+    kept, weights = bernoulli(attrs, key, data)
+    return [(position, int(i), weights[i]) for position, i in enumerate(np.flatnonzero(kept))]
+
+
+def conv_weight_grad(packed: np.ndarray, g: np.ndarray, attrs, key: rng.Stream, data) -> np.ndarray:
+    """conv_weight_grad(unpack(packed), g) of a conv's gated input, one kept position at a time (draw by
+    draw, then kernel position by kernel position, as compiled code does): it costs what it keeps."""
+    from .conv import conv_window
+    channels, spatial, kernel = attrs.get("channels", 1), tuple(attrs["shape"][1:]), tuple(attrs["kernel"])
+    window, out_shape = conv_window(attrs, kernel), g.shape[1:]
+    groups = attrs["groups"]
+    per_in, per_out = channels // groups, g.shape[0] // groups
+    total = np.zeros(kernel + (g.shape[0], per_in))  # by kernel position, then [C_out, C_in / groups]
+    rows = packed.reshape(-1, channels)
+    for j, index, weight in _kept_entries(attrs, key, data):
+        value = rows[j] * weight
+        position = np.unravel_index(index, spatial)
+        for kernel_position, offset in window.offsets():
+            shifted = [p + q - o for p, q, o in zip(position, window.padding, offset)]
+            if any(t % s or t < 0 or t // s >= n for t, s, n in zip(shifted, window.stride, out_shape)):
+                continue
+            at = tuple(t // s for t, s in zip(shifted, window.stride))
+            for group in range(groups):
+                outs = slice(group * per_out, (group + 1) * per_out)
+                total[kernel_position + (outs,)] += np.outer(g[(outs,) + at], value[group * per_in:(group + 1) * per_in])
+    return np.moveaxis(total.reshape((-1,) + total.shape[-2:]), 0, -1).reshape((g.shape[0], per_in) + kernel)
+
+
 def mask(attrs, key: rng.Stream, data) -> np.ndarray:
     """The weighted gate itself (draw counts times weights), for edge sites."""
     out = np.zeros(attrs["d"])

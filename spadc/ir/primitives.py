@@ -383,6 +383,18 @@ _define("gate_outer_add", 3, _gate_outer_add_infer,
         lambda args, attrs, ctx: draws.outer_add(*args, attrs, ctx.key(attrs), ctx.site_data), "random",
         "outer_add(acc, a, gate_unpack(packed)) column by kept column: a sampled weight gradient that "
         "costs what it keeps")
+def _gate_conv_weight_grad_infer(types, attrs):
+    packed, g = types
+    channels = attrs.get("channels", 1)
+    _require(packed == F64.with_shape((attrs["k"] * channels,)) and g.dtype == "f64" and g.rank == len(attrs["shape"]),
+             f"gate_conv_weight_grad of {packed} and {g}")
+    return F64.with_shape((g.shape[0], channels // attrs["groups"]) + tuple(attrs["kernel"]))
+
+
+_define("gate_conv_weight_grad", 2, _gate_conv_weight_grad_infer,
+        lambda args, attrs, ctx: draws.conv_weight_grad(*args, attrs, ctx.key(attrs), ctx.site_data), "random",
+        "conv_weight_grad(gate_unpack(packed), g) position by kept position: a sampled conv weight gradient that "
+        "costs what it keeps (made by the fusion pass); attrs: the gate's and the conv's")
 _define("gate_mask", 0, lambda types, attrs: F64.with_shape(tuple(attrs["shape"])),
         lambda args, attrs, ctx: draws.mask(attrs, ctx.key(attrs), ctx.site_data), "random",
         "the weighted gate of an edge site (draw counts times weights)")
