@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numpy as np
+
+from bench import fastest_in_turn
 
 ROUNDS = 5
 CALLS = 2  # gradient calls per round
@@ -92,18 +93,6 @@ def _jax_gradient(params, x, label, dtype):
     return run
 
 
-def _best(*runs) -> list[float]:
-    """Each run's fastest round of CALLS calls, the runs timed in turn ROUNDS times."""
-    best = [float("inf")] * len(runs)
-    for _ in range(ROUNDS):
-        for k, run in enumerate(runs):
-            start = time.perf_counter()
-            for _ in range(CALLS):
-                run()
-            best[k] = min(best[k], (time.perf_counter() - start) / CALLS)
-    return best
-
-
 def row(dtype: str, batch: int) -> str:
     import spadc
     model = spadc.compile_file(EXAMPLE, dtype=dtype)
@@ -120,7 +109,7 @@ def row(dtype: str, batch: int) -> str:
             scale = np.max(np.abs(grads[name])) + 1e-300
             error = np.max(np.abs(results[0][1][name] - grads[name])) / scale
             assert error <= AGREEMENT[dtype], (name, error)
-    spadc_time, torch_time, jax_time = _best(*runs)
+    spadc_time, torch_time, jax_time = fastest_in_turn(*runs, rounds=ROUNDS, calls=CALLS)
     faster = min(torch_time, jax_time)
     return (f"| {dtype} | {batch} | {1e3 * spadc_time:.0f} | {1e3 * torch_time:.0f} | {1e3 * jax_time:.0f} | "
             f"{spadc_time / faster:.2f} |")
@@ -177,7 +166,7 @@ def rad_rows(batch: int, sparse_share: float | None) -> list[str]:
         runs = [lambda e=e: model.grad(x=x, label=label, estimator=e, threads=1) for e in estimators]
         for run in runs:
             run()
-        times = _best(*runs)
+        times = fastest_in_turn(*runs, rounds=ROUNDS, calls=CALLS)
     return [f"| {keep} | {1e3 * t:.0f} | {1e3 * times[0]:.0f} | {t / times[0]:.2f} |" for keep, t in zip(RAD_KEEPS, times[1:])]
 
 

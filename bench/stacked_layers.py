@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numpy as np
+
+from bench import fastest_in_turn
 
 ROUNDS = 5
 CALLS = 5  # gradient calls per round
@@ -74,18 +75,6 @@ def _jax_gradient(params, x, label, unrolled: bool):
     return run
 
 
-def _best(*runs) -> list[float]:
-    """Each run's fastest round of CALLS calls, the runs timed in turn ROUNDS times."""
-    best = [float("inf")] * len(runs)
-    for _ in range(ROUNDS):
-        for k, run in enumerate(runs):
-            start = time.perf_counter()
-            for _ in range(CALLS):
-                run()
-            best[k] = min(best[k], (time.perf_counter() - start) / CALLS)
-    return best
-
-
 def row(width: int, depth: int, batch: int, unrolled: bool = False) -> str:
     import spadc
     model = spadc.compile_source((unrolled_source if unrolled else source)(width, depth), name="stacked.spad")
@@ -99,7 +88,7 @@ def row(width: int, depth: int, batch: int, unrolled: bool = False) -> str:
     for name in grads:
         scale = np.max(np.abs(their_grads[name])) + 1e-300
         assert np.max(np.abs(grads[name] - their_grads[name])) <= AGREEMENT * scale, name
-    spadc_time, jax_time = _best(ours, theirs)
+    spadc_time, jax_time = fastest_in_turn(ours, theirs, rounds=ROUNDS, calls=CALLS)
     lanes = model.layout["variants"]["exact"]["lanes"]
     return f"| {width} | {depth} | {batch} | {lanes} | {1e3 * spadc_time:.2f} | {1e3 * jax_time:.2f} | " \
            f"{spadc_time / jax_time:.2f} |"
