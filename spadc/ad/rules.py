@@ -39,8 +39,8 @@ def _rule(name, saves=()):
 
 
 for _name in ("stop_gradient", "not", "to_float", "to_int", "const", "eye", "onehot", "fail_if", "dropout_mask", "first_true",
-              "gate_pack", "gate_unpack", "gate_mask", "score_add", "pack_bits", "unpack_bits", "record", "field", "gate_outer_add", "gate_conv_weight_grad",
-              "argmax"):
+              "gate_pack", "gate_unpack", "gate_mask", "score_add", "pack_bits", "unpack_bits", "record", "field",
+              "gate_outer_add", "gate_conv_weight_grad", "argmax"):
     ADJOINTS[_name] = ZERO
 
 

@@ -122,9 +122,9 @@ def mask(ctx, entry: SiteEntry) -> Value:
         if ctx.is_comprehension:
             ctx.memo[key] = ctx.row(mask(ctx.parent, entry))
         else:
-            attrs = entry.attrs(ctx.state.sampling, kept=False)
-            attrs.pop("channels", None), attrs.pop("inner", None)
-            ctx.memo[key] = ctx.op("gate_mask", **{**attrs, "shape": entry.site.shape})  # a weight per entry
+            attrs = {name: value for name, value in entry.attrs(ctx.state.sampling, kept=False).items()
+                     if name not in ("channels", "inner")}  # a weight per entry, positions for a conv's input
+            ctx.memo[key] = ctx.op("gate_mask", **{**attrs, "shape": entry.site.shape})
     return ctx.memo[key]
 
 

@@ -109,7 +109,7 @@ class Layout:
     spread: int = 0
 
 
-def _layout(op) -> Layout | None:
+def _layout(op) -> Layout:
     plane = _conv_plane(op)
     (H, W), (OH, OW) = plane.input, plane.output
     (ph, pw), sw = plane.window.padding, plane.window.stride[1]
