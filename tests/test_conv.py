@@ -94,9 +94,15 @@ def test_conv_equals_pytorch_values_and_both_gradients(spatial_rank):
         np.testing.assert_allclose(result.params[f"w{i}"], grad_w, rtol=0, atol=GRADIENT_TOLERANCE, err_msg=str(g))
 
 
+# Windows that tile the input (stride = kernel, no padding; the last rows and columns cut): summed
+# over a reshape rather than by a conv of ones (spadc/check/conv_builtins.py).
+TILING_POOLS = [dict(kind="avg", kernel=(2, 3), stride=(2, 3), padding=(0, 0), channels=2, spatial=(5, 7), out=(2, 2, 2)),
+                dict(kind="avg", kernel=(2,), stride=(2,), padding=(0,), channels=3, spatial=(5,), out=(3, 2))]
+
+
 def generated_pools(rng) -> list[dict]:
-    pools = []
-    while len(pools) < GEOMETRIES:
+    pools = list(TILING_POOLS)
+    while len(pools) < GEOMETRIES + len(TILING_POOLS):
         n = int(rng.integers(1, 3))
         kernel = tuple(int(k) for k in rng.integers(1, 4, n))
         g = dict(kind=str(rng.choice(["max", "avg"])), kernel=kernel, stride=tuple(int(s) for s in rng.integers(1, 4, n)),
