@@ -4,15 +4,31 @@ against the interpreter, central differences and hand-worked ties always, and ev
 located.
 """
 
+import os
+import warnings
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 import spadc
-from spadc.ir import primitives
-from spadc.ir.conv import Window
+import spadc.api
+from spadc import rng as philox
+from spadc.ad.rules import ADJOINTS
+from spadc.ad.tangents import TANGENTS
+from spadc.api import build
+from spadc.backend import gates
+from spadc.errors import Source
+from spadc.ir import draws, primitives
+from spadc.ir.conv import Window, _weight_grad
+from spadc.ir.interpret import RunOptions, evaluate
 from spadc.ir.types import TensorType
+from spadc.memreport import site_rows
+from spadrt.diagnostics import POOLED_BOUND, diagnose, draws_for_power
+from spadrt.estimators import SamplingWarning
 
-from gradcheck import check_finite_differences
+from conftest import EXAMPLES, example, run_cli
+from gradcheck import check_finite_differences, interpreted_gradient
 
 SEED = 20261206
 GEOMETRIES = 12  # generated convolutions per spatial rank
@@ -205,7 +221,6 @@ def cnn_inputs(rng):
 
 
 def test_a_small_cnn_meets_the_interpreter_and_central_differences():
-    from gradcheck import interpreted_gradient
     rng = np.random.default_rng(SEED)
     model = spadc.compile_source(CNN, name="cnn.spad")
     inputs = cnn_inputs(rng)
@@ -315,9 +330,6 @@ def test_each_records_adjoint_and_tangent_pass_the_dot_product_test(kind, attrs,
     <G, d op> along (da, db) is <G, op(da, b)> + <G, op(a, db)> exactly, and the adjoint's
     contributions must give it: this exercises the rules of the adjoints' own primitives, which only
     a second reverse sweep would run."""
-    from types import SimpleNamespace
-    from spadc.ad.rules import ADJOINTS
-    from spadc.ad.tangents import TANGENTS
     rng = np.random.default_rng(SEED)
     operands = [rng.standard_normal(shape) for shape in shapes]
     if kind.startswith("pool"):
@@ -364,8 +376,6 @@ DIGITS_TRAINING = ("--epochs", "40", "--lr", "0.003", "--quiet")
 
 @pytest.mark.parametrize("estimator", [(), ("--estimator", "rad", "--keep", "0.3")], ids=["exact", "rad"])
 def test_the_digits_cnn_trains_to_98_percent_from_the_command_line(estimator):
-    import os
-    from conftest import EXAMPLES, example, run_cli
     data = os.path.join(EXAMPLES, "data")
     result = run_cli("train", example("cnn_digits.spad"), "--data", os.path.join(data, "digits_train.npz"), "--val",
                      os.path.join(data, "digits_test.npz"), *DIGITS_TRAINING, *estimator)
@@ -395,9 +405,6 @@ def sampled_cnn():
 
 
 def test_conv_sites_draw_positions_with_all_their_channels():
-    from spadc.api import build
-    from spadc.errors import Source
-    from spadc.memreport import site_rows
     compiled = build(Source("sampled.spad", SAMPLED_CNN), ".")
     rows = site_rows(compiled, spadc.RAD(keep=SAMPLED_KEEP).sampling)
     conv_rows = [r for r in rows if "conv" in r["what"]]
@@ -408,9 +415,6 @@ def test_conv_sites_draw_positions_with_all_their_channels():
 
 
 def test_rad_over_conv_positions_is_unbiased_and_the_biased_control_is_not():
-    import warnings
-    from spadrt.diagnostics import POOLED_BOUND, diagnose, draws_for_power
-    from spadrt.estimators import SamplingWarning
     model = sampled_cnn()
     inputs = {"x": np.random.default_rng(SEED).standard_normal((1, 6, 7))}
     for estimator in (spadc.RAD(keep=SAMPLED_KEEP), spadc.RAD(keep=SAMPLED_KEEP, draw="bernoulli"),
@@ -427,11 +431,6 @@ def test_rad_over_conv_positions_is_unbiased_and_the_biased_control_is_not():
 
 
 def test_sampled_conv_gradients_match_the_interpreter_to_rounding_and_count_their_tape():
-    import warnings
-    from spadc.api import build
-    from spadc.errors import Source
-    from spadc.ir.interpret import RunOptions, evaluate
-    from spadrt.estimators import SamplingWarning
     compiled = build(Source("sampled.spad", SAMPLED_CNN), ".")
     model = spadc.api.model_of(compiled)
     model.init_params(seed=SEED)
@@ -460,10 +459,6 @@ def test_sampled_conv_gradients_match_the_interpreter_to_rounding_and_count_thei
 def test_conv_gates_five_percent_too_heavy_are_rejected(monkeypatch):
     """The compiled control: each draw's weight d / k made 1.05 d / k in the gate emitter, on the
     sampled CNN (two of its three sites are convs), must fail the test the real estimator passes."""
-    import warnings
-    import spadc.api
-    from spadc.backend import gates
-    from spadrt.diagnostics import POOLED_BOUND, diagnose, draws_for_power
     original = gates._draw
 
     def heavier(e, attrs, u):
@@ -489,9 +484,6 @@ def test_conv_gates_five_percent_too_heavy_are_rejected(monkeypatch):
 def test_the_sampled_weight_gradient_adds_the_kept_positions_alone(draw):
     """gate_conv_weight_grad (what the fusion pass makes of conv_weight_grad(gate_unpack(p), g)) against
     the dense weight gradient of the unpacked input: strided, dilated, padded, grouped."""
-    from spadc import rng as philox
-    from spadc.ir import draws
-    from spadc.ir.conv import _weight_grad
     rng = np.random.default_rng(SEED)
     x, g = rng.standard_normal((4, 7, 6)), rng.standard_normal((6, 3, 3))
     attrs = dict(stride=(2, 2), padding=(1, 2), dilation=(1, 2), groups=2, kernel=(3, 2), site=5, d=42, k=13, draw=draw,
