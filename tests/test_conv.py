@@ -110,8 +110,7 @@ def test_conv_equals_pytorch_values_and_both_gradients(spatial_rank):
         np.testing.assert_allclose(result.params[f"w{i}"], grad_w, rtol=0, atol=GRADIENT_TOLERANCE, err_msg=str(g))
 
 
-# Windows that tile the input (stride = kernel, no padding; the last rows and columns cut): summed
-# over a reshape rather than by a conv of ones (spadc/check/conv_builtins.py).
+# Windows that tile the input (stride = kernel, no padding), the last rows and columns left out.
 TILING_POOLS = [dict(kind="avg", kernel=(2, 3), stride=(2, 3), padding=(0, 0), channels=2, spatial=(5, 7), out=(2, 2, 2)),
                 dict(kind="avg", kernel=(2,), stride=(2,), padding=(0,), channels=3, spatial=(5,), out=(3, 2))]
 

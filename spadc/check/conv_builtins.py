@@ -2,10 +2,9 @@
 `avg_pool`, `pad` and `upsample`, channels first, one sample: x is [C, L] (one spatial axis) or
 [C, H, W] (two).
 
-`conv` and `max_pool` lower to the primitives of spadc/ir/conv.py; `avg_pool` is a sum over each
-window divided by the window's size (PyTorch's default, `count_include_pad`: padding counts): a
-reshape and sums when the windows tile the input, else a depthwise conv by ones; `pad` is an update
-of zeros, `upsample` (nearest) a reshape, a broadcast and a reshape.
+`conv` and `max_pool` lower to the primitives of spadc/ir/conv.py; `avg_pool` is a depthwise conv by
+ones divided by the window's size (PyTorch's default, `count_include_pad`: padding counts), `pad` an
+update of zeros, `upsample` (nearest) a reshape, a broadcast and a reshape.
 
 Invariants: every geometry the primitives receive has an output of at least one entry, a kernel
 that fits the padded input and, for pools, padding at most half the kernel (so that every window
@@ -101,29 +100,11 @@ def max_pool(chk, args, kw, node):
 def avg_pool(chk, args, kw, node):
     x = chk.to_float(args[0], "`avg_pool`", node.loc)
     window = _pool_window(chk, x, kw, node, "avg_pool")
-    if window.stride == window.kernel and not any(window.padding):
-        return _tiling_average(chk, x, window, node.loc)
     channels = x.type.shape[0]
     ones = chk.broadcast_to(chk.constant(1.0, node.loc), (channels, 1) + window.kernel, node.loc)
     total = chk.prim("conv", [x, ones], node.loc, stride=window.stride, padding=window.padding,
                      dilation=window.dilation, groups=channels)
     return chk.prim("div", [total, chk.constant(float(math.prod(window.kernel)), node.loc)], node.loc)
-
-
-def _tiling_average(chk, x, window: Window, loc):
-    """An average pool whose windows tile x (stride = kernel, no padding): x cut to whole windows,
-    each spatial axis split in (windows, kernel), the kernel axes summed. Nothing to keep for the
-    adjoint (a conv by ones would keep its ones), and no multiply."""
-    out = window.out_shape(x.type.shape[1:])
-    whole = tuple(n * k for n, k in zip(out, window.kernel))
-    if whole != x.type.shape[1:]:
-        spec = (("slice", 0, x.type.shape[0]),) + tuple(("slice", 0, n) for n in whole)
-        x = chk.prim("index", [x], loc, spec=spec, what="`avg_pool`")
-    split = x.type.shape[:1] + tuple(d for n, k in zip(out, window.kernel) for d in (n, k))
-    total = chk.prim("reshape", [x], loc, shape=split)
-    for axis in reversed(range(2, len(split), 2)):
-        total = chk.prim("reduce_sum", [total], loc, axis=axis)
-    return chk.prim("div", [total, chk.constant(float(math.prod(window.kernel)), loc)], loc)
 
 
 def pad(chk, args, kw, node):
