@@ -3,11 +3,15 @@
     python -m bench.wrappers [--batch 32]
 
 The MLP example at one batch, one core. Each wrapper's gradient step (forward and backward: the
-loss's mean differentiated with respect to the params) against what it computes, measured side by
-side: a forward pass then the params' cotangents (one gradient kernel: `Model.forward` then
-`Model.grad`), and `Model.grad` alone (what a user of the core calls). JAX's wrapper also computes
-the inputs' cotangents (it cannot know they are not wanted). Times from Python, median of 7. JAX's step is jitted; each wrapper
-is measured only where its framework is installed.
+loss's mean differentiated with respect to the params) against what it computes: a forward pass
+then the params' cotangents (`Model.forward` then `Model.grad`, one gradient kernel each), and
+`Model.grad` alone (what a user of the core calls). A framework has a cost of its own for any
+custom operation: a step through a custom op that does no work (a `torch.autograd.Function`
+returning its input; a `jax.pure_callback` forward and one backward, JAX's path to host code) is
+measured too, so that the last column is what spadc's wrapper adds beyond it. JAX's wrapper also
+computes the inputs' cotangents (it cannot know they are not wanted). All rows are timed in turn
+(`bench.fastest_in_turn`); JAX's steps are jitted; each wrapper is measured only where its
+framework is installed.
 """
 
 from __future__ import annotations
@@ -22,9 +26,61 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import spadc  # noqa: E402
-from bench.run import machine, timed  # noqa: E402
+from bench import fastest_in_turn  # noqa: E402
+from bench.run import machine  # noqa: E402
 
-BUDGET = 2.0  # seconds of calls per row
+ROUNDS, CALLS = 15, 200
+
+
+def _torch_rows(model, x, label) -> list[tuple]:
+    """(name, step, the framework's own step) of the PyTorch wrapper."""
+    import torch
+    from spadc import torch as spadc_torch
+    torch.set_num_threads(1)
+    layer = spadc_torch.Module(model)
+    xt, lt = torch.as_tensor(x), torch.as_tensor(label)
+
+    class Nothing(torch.autograd.Function):  # the framework's floor: a custom op doing no work
+        @staticmethod
+        def forward(ctx, *params):
+            return torch.zeros(len(x), dtype=params[0].dtype)
+
+        @staticmethod
+        def backward(ctx, cotangent):
+            return tuple(torch.zeros_like(p) for p in layer.params.values())
+
+    def step():
+        layer.zero_grad()
+        layer(x=xt, label=lt).loss.mean().backward()
+
+    def floor():
+        layer.zero_grad()
+        Nothing.apply(*layer.params.values()).mean().backward()
+    return [(f"spadc.torch.Module, forward and backward (torch {torch.__version__})", step, floor)]
+
+
+def _jax_rows(model, x, label) -> list[tuple]:
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    from spadc import jax as spadc_jax
+    f = spadc_jax.function(model)
+    params = {k: jax.numpy.asarray(v) for k, v in model.params.items()}
+    step = jax.jit(jax.grad(lambda p: f(p, x=x, label=label)[0].mean()))
+
+    @jax.custom_vjp
+    def nothing(p):  # the framework's floor: a host callback forward, one backward, doing no work
+        return jax.pure_callback(lambda p: np.zeros(len(x)), jax.ShapeDtypeStruct((len(x),), np.float64), p)
+
+    def nothing_forward(p):
+        return nothing(p), p
+
+    def nothing_backward(p, cotangent):
+        shapes = jax.tree_util.tree_map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), p)
+        return (jax.pure_callback(lambda p, c: jax.tree_util.tree_map(np.zeros_like, p), shapes, p, cotangent),)
+    nothing.defvjp(nothing_forward, nothing_backward)
+    floor = jax.jit(jax.grad(lambda p: nothing(p).mean()))
+    return [(f"spadc.jax.function, jit(grad) (jax {jax.__version__})", lambda: jax.block_until_ready(step(params)),
+             lambda: jax.block_until_ready(floor(params)))]
 
 
 def main(argv=None) -> int:
@@ -41,38 +97,28 @@ def main(argv=None) -> int:
         model.forward(x=x, label=label)
         model.grad(x=x, label=label)
 
-    rows = [("Model.grad (one kernel)", timed(lambda: model.grad(x=x, label=label), BUDGET)),
-            ("Model.forward + Model.grad (what a wrapper's step computes)", timed(direct, BUDGET))]
-    try:
-        import torch
-        from spadc import torch as spadc_torch
-        layer = spadc_torch.Module(model)
-        xt, lt = torch.as_tensor(x), torch.as_tensor(label)
-
-        def torch_step():
-            layer.zero_grad()
-            layer(x=xt, label=lt).loss.mean().backward()
-        rows.append((f"spadc.torch.Module, forward and backward (torch {torch.__version__})", timed(torch_step, BUDGET)))
-    except ImportError:
-        pass
-    try:
-        import jax
-        jax.config.update("jax_enable_x64", True)
-        from spadc import jax as spadc_jax
-        f = spadc_jax.function(model)
-        params = {k: jax.numpy.asarray(v) for k, v in model.params.items()}
-        step = jax.jit(jax.grad(lambda p: f(p, x=x, label=label)[0].mean()))
-
-        def jax_step():
-            jax.block_until_ready(step(params))
-        rows.append((f"spadc.jax.function, jit(grad) (jax {jax.__version__})", timed(jax_step, BUDGET)))
-    except ImportError:
-        pass
-    base = rows[1][1]
-    print(f"Machine: {machine()}\nMLP (examples/mlp.spad), batch {args.batch}, one core.\n")
-    print("| call | µs per step | added to forward + grad (µs) |\n|---|---:|---:|")
-    for name, seconds in rows:
-        print(f"| {name} | {seconds * 1e6:.1f} | {(seconds - base) * 1e6:+.1f} |")
+    wrappers = []
+    for rows in (_torch_rows, _jax_rows):
+        try:
+            wrappers += rows(model, x, label)
+        except ImportError:
+            pass
+    runs = [lambda: model.grad(x=x, label=label), direct]
+    for _, step, floor in wrappers:
+        runs += [step, floor]
+    for run in runs:  # compiled kernels, traced steps
+        run()
+    times = fastest_in_turn(*runs, rounds=ROUNDS, calls=CALLS)
+    base = times[1]
+    print(f"Machine: {machine()}\nMLP (examples/mlp.spad), batch {args.batch}, one core; µs per step, the fastest "
+          f"of {ROUNDS} rounds of {CALLS}.\n")
+    print("| call | µs per step | the framework's own step (a custom op doing nothing) | added by spadc's wrapper |")
+    print("|---|---:|---:|---:|")
+    print(f"| Model.grad (one kernel) | {times[0] * 1e6:.1f} | | |")
+    print(f"| Model.forward + Model.grad (what a wrapper's step computes) | {base * 1e6:.1f} | | |")
+    for k, (name, _, _) in enumerate(wrappers):
+        step, floor = times[2 + 2 * k], times[3 + 2 * k]
+        print(f"| {name} | {step * 1e6:.1f} | {floor * 1e6:.1f} | {(step - floor - base) * 1e6:+.1f} |")
     return 0
 
 

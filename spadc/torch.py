@@ -8,6 +8,10 @@ input tensor that requires a gradient.
 
 Invariants:
 - Values are `Model.forward`'s at the module's params; gradients are `Model.vjp`'s.
+- The params are views of one flat tensor laid out as the kernels read them: while they are (an
+  optimiser's in-place steps keep them so), a call passes that buffer as it is; a param given
+  new storage is gathered instead. Inputs are checked once, in the forward pass, and the backward
+  pass reuses them; autograd refuses a backward after a param was changed in place.
 - Tensors live on the CPU: one on another device is refused (`SpadcError`); float inputs are
   converted to the build's float type, integer inputs to int64.
 - Exact reverse mode of order one (no estimator yet; `backward` is not differentiable again).
@@ -20,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from spadrt import derivatives
+from spadrt.arguments import Options
+from spadrt.calls import check_threads
 
 from .errors import SpadcError
 
@@ -41,10 +47,18 @@ class Module(torch.nn.Module):
         self.model = model
         self.float_type = torch.float64 if model.layout["dtype"] == "f64" else torch.float32
         self.param_names = [p["name"] for p in model.layout["params"]]
-        self.params = torch.nn.ParameterDict({name: torch.nn.Parameter(torch.as_tensor(
-            np.array(model.params[name]), dtype=self.float_type)) for name in self.param_names})
+        # The params are views of one flat tensor laid out as the kernels read them, so a call passes
+        # that buffer as it is; an optimiser's in-place steps keep it so.
+        self._flat = torch.from_numpy(model._flat.copy())
+        self._flat_host = self._flat.numpy()
+        self.params = torch.nn.ParameterDict({p["name"]: torch.nn.Parameter(
+            self._flat[p["offset"]:p["offset"] + p["size"]].view(p["shape"])) for p in model.layout["params"]})
+        self._addresses = [self._flat_host.ctypes.data + p["offset"] * self._flat.element_size()
+                           for p in model.layout["params"]]
         self.float_inputs = {i["name"] for i in model.layout["inputs"] if i["dtype"] == "f64"}
         self.float_outputs = [o["name"] for o in model.layout["outputs"] if o["dtype"] == "f64" and not o.get("hidden")]
+        self._output_index = {o["name"]: k for k, o in enumerate(model.layout["outputs"])}
+        self._threads = None  # every core, as the core's calls
 
     def forward(self, **inputs) -> ModuleOutput:
         names, tensors = [], []
@@ -52,47 +66,70 @@ class Module(torch.nn.Module):
             tensor = torch.as_tensor(value)
             if tensor.device.type != "cpu":
                 raise SpadcError(f"input `{name}` is on {tensor.device}: spadc runs on the CPU (move it with .cpu())")
-            tensor = tensor.to(self.float_type if name in self.float_inputs else torch.int64)
+            wanted = self.float_type if name in self.float_inputs else torch.int64
             names.append(name)
-            tensors.append(tensor)
-        for name in self.param_names:
-            if self.params[name].device.type != "cpu":
-                raise SpadcError(f"param `{name}` is on {self.params[name].device}: spadc runs on the CPU")
-        results = _Apply.apply(self, tuple(names), *[self.params[name] for name in self.param_names], *tensors)
+            tensors.append(tensor if tensor.dtype == wanted else tensor.to(wanted))
+        params = [self.params[name] for name in self.param_names]
+        results = _Apply.apply(self, tuple(names), *params, *tensors)
         return ModuleOutput(results[0], dict(zip(self.float_outputs, results[1:])))
+
+    def _flat_params(self, params) -> np.ndarray:
+        """The params as the kernels' flat buffer: the module's own while every param is still its view
+        (else gathered, converted to the build's type)."""
+        if all(p.data_ptr() == address for p, address in zip(params, self._addresses)):
+            return self._flat_host
+        for name, p in zip(self.param_names, params):
+            if p.device.type != "cpu":
+                raise SpadcError(f"param `{name}` is on {p.device}: spadc runs on the CPU")
+        return torch.cat([p.detach().reshape(-1) for p in params]).to(self.float_type).numpy()
 
 
 def _host(tensor) -> np.ndarray:
-    return tensor.detach().cpu().numpy()
+    return tensor.detach().numpy()
+
+
+_OPTIONS = Options(0, 0, 0, 0)  # inference-mode options (no dropout): the wrappers' calls
 
 
 class _Apply(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layer, names, *tensors):
         count = len(layer.param_names)
-        params = {name: _host(t) for name, t in zip(layer.param_names, tensors[:count])}
-        inputs = {name: _host(t) for name, t in zip(names, tensors[count:])}
-        result = layer.model.forward(params=params, inputs=inputs)
-        ctx.layer, ctx.names, ctx.host = layer, names, (params, inputs)
-        loss = torch.as_tensor(np.asarray(result.loss), dtype=layer.float_type)
-        return (loss, *[torch.as_tensor(np.asarray(result.outputs[name]), dtype=layer.float_type)
-                        for name in layer.float_outputs])
+        params = tensors[:count]
+        flat = layer._flat_params(params)
+        model = layer.model
+        prepared = model._inputs({name: _host(t) for name, t in zip(names, tensors[count:])})
+        threads = check_threads(layer._threads)
+        losses, outputs = model._forward_arrays(prepared, flat, _OPTIONS, threads)
+        # Saved so that autograd refuses a backward after the params were changed in place.
+        ctx.save_for_backward(*params)
+        ctx.set_materialize_grads(False)
+        ctx.layer, ctx.names, ctx.call = layer, names, (prepared, flat, threads)
+        one = (lambda a: a) if prepared.batched else (lambda a: a[0])
+        return (torch.from_numpy(one(losses)),
+                *[torch.from_numpy(one(outputs[layer._output_index[name]])) for name in layer.float_outputs])
 
     @staticmethod
     def backward(ctx, loss_cotangent, *output_cotangents):
-        layer, (params, inputs) = ctx.layer, ctx.host
-        cotangents = {"loss": _host(loss_cotangent)}
+        ctx.saved_tensors  # noqa: B018 (autograd's check that no param changed since the forward pass)
+        layer, (prepared, flat, threads) = ctx.layer, ctx.call
+        cotangents = {} if loss_cotangent is None else {"loss": _host(loss_cotangent)}
         cotangents.update({name: _host(c) for name, c in zip(layer.float_outputs, output_cotangents) if c is not None})
         count = len(layer.param_names)
+        if not cotangents:
+            return (None, None) + (None,) * (len(ctx.needs_input_grad) - 2)
         wanted = ctx.needs_input_grad[2:]
         with_params, with_inputs = any(wanted[:count]), any(wanted[count:])
         # Only what autograd asks for: the params' cotangents alone are one gradient kernel's call.
-        result = derivatives.vjp(layer.model, cotangents, with_params, params=params, training=False, seed=0, step=0,
-                                 sample_offset=0, threads=None, state=None, inputs=inputs, keyword_inputs={},
-                                 outputs=with_inputs)
-        grads = [torch.as_tensor(np.asarray(result.params[name]), dtype=layer.float_type) if with_params else None
-                 for name in layer.param_names]
+        result = derivatives.vjp_prepared(layer.model, cotangents, with_params, prepared, flat, _OPTIONS, threads,
+                                          outputs=with_inputs)
+        grads = [_tensor(result.params[name], layer.float_type) if with_params else None for name in layer.param_names]
         for name in ctx.names:
             found = result.inputs.get(name)
-            grads.append(None if found is None else torch.as_tensor(np.asarray(found), dtype=layer.float_type))
+            grads.append(None if found is None else _tensor(found, layer.float_type))
         return (None, None, *grads)
+
+
+def _tensor(array: np.ndarray, float_type) -> "torch.Tensor":
+    tensor = torch.from_numpy(np.asarray(array))
+    return tensor if tensor.dtype == float_type else tensor.to(float_type)

@@ -170,10 +170,10 @@ def _free_compiled_models():
 
 
 def skew_vjp(monkeypatch, skew: float, parts=("params", "inputs")):
-    """A negative control's planted bug: `spadrt.derivatives.vjp` returns the cotangents of `parts`
-    `skew` (relative) too large."""
+    """A negative control's planted bug: `spadrt.derivatives.vjp_prepared` (under `vjp` and the
+    wrappers) returns the cotangents of `parts` `skew` (relative) too large."""
     from spadrt import derivatives
-    real = derivatives.vjp
+    real = derivatives.vjp_prepared
 
     def skewed(*args, **kwargs):
         result = real(*args, **kwargs)
@@ -181,4 +181,4 @@ def skew_vjp(monkeypatch, skew: float, parts=("params", "inputs")):
             setattr(result, part, {k: v * (1 + skew) for k, v in getattr(result, part).items()})
         return result
 
-    monkeypatch.setattr(derivatives, "vjp", skewed)
+    monkeypatch.setattr(derivatives, "vjp_prepared", skewed)

@@ -87,3 +87,28 @@ def test_mistakes_are_spadc_errors():
         layer(x=torch.zeros(64, device="meta"), label=1)
     with pytest.raises(spadc.SpadcError, match="unknown input `y`"):
         layer(x=torch.zeros(64), label=1, y=torch.zeros(1))
+
+
+def test_params_moved_out_of_the_flat_buffer_still_give_the_models_values():
+    # A call reads the module's flat buffer while every param is its view; a param given new
+    # storage (or another dtype) is gathered instead.
+    layer = _layer("mlp.spad")
+    inputs = example_inputs(layer.model.layout, np.random.default_rng(SEED), batch=3)
+    first = layer.param_names[0]
+    moved = layer.params[first].detach().numpy() * 2.0
+    layer.params[first].data = torch.tensor(moved)
+    layer.model.params[first][...] = moved
+    out = layer(**inputs)
+    out.loss.sum().backward()
+    np.testing.assert_array_equal(out.loss.detach().numpy(), layer.model.forward(**inputs).loss)
+    _, grads = layer.model.grad(**inputs)
+    np.testing.assert_allclose(layer.params[first].grad.numpy(), grads[first] * 3, rtol=1e-12, atol=1e-15)
+
+
+def test_a_param_changed_in_place_before_backward_is_refused_by_autograd():
+    layer = _layer("mlp.spad")
+    out = layer(**example_inputs(layer.model.layout, np.random.default_rng(SEED), batch=2))
+    with torch.no_grad():
+        layer.params[layer.param_names[0]].add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.loss.sum().backward()

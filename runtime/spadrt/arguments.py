@@ -37,11 +37,15 @@ def prepare(layout: dict, values: dict, dtype_of) -> "Prepared":
     for name, spec in declared.items():
         if name not in values:
             raise SpadcError(f"missing input `{name}` ({type_text(spec)})")
-        array = convert(values[name], spec, dtype_of(spec["dtype"]))
-        rank = len(spec["shape"])
-        if list(array.shape) == spec["shape"]:
+        value, wanted = values[name], dtype_of(spec["dtype"])
+        # An array already of the kernel's type and layout needs no conversion (the common case first:
+        # a small model's whole call takes microseconds).
+        array = (value if type(value) is np.ndarray and value.dtype == wanted and value.flags.c_contiguous
+                 else convert(value, spec, wanted))
+        shape, declared_shape = array.shape, tuple(spec["shape"])
+        if shape == declared_shape:
             batched = False
-        elif array.ndim == rank + 1 and list(array.shape[1:]) == spec["shape"]:
+        elif len(shape) == len(declared_shape) + 1 and shape[1:] == declared_shape:
             batched = True
             if batch is not None and batch[1] != array.shape[0]:
                 raise SpadcError(f"input `{name}` has a batch of {array.shape[0]} samples but `{batch[0]}` "
@@ -65,7 +69,15 @@ class Prepared:
     batched: bool
     pointers: object
     strides: object
-    keepalive: object  # the arrays the pointers point into
+    keepalive: list  # (array, batched) of each argument: the arrays the pointers point into
+
+    def joined(self, other: "Prepared") -> "Prepared":
+        """These arguments with `other`'s after them (a derived kernel's own inputs after the
+        model's); the batch is this one's: the caller checks that `other`'s agrees."""
+        arrays = list(self.keepalive) + list(other.keepalive)
+        count = max(len(arrays), 1)
+        return Prepared(self.n, self.batched, (ctypes.c_void_p * count)(*[address(a) for a, _ in arrays]),
+                        (ctypes.c_int64 * count)(*[a.strides[0] if b else 0 for a, b in arrays]), arrays)
 
     def chunk(self, start: int) -> tuple:
         """(input pointers, strides) for the samples from `start` on."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arguments import Options, merge_inputs, numeric
+from .arguments import Options, merge_inputs, numeric, prepare
 from .calls import check_threads
 from .errors import SpadcError
 
@@ -46,24 +46,30 @@ def vjp(model, cotangents, with_params: bool, *, params, training, seed, step, s
     """With `with_params`, the params' cotangents (a gradient kernel sums them in place); with
     `outputs`, the loss, the outputs and the inputs' cotangents (a forward kernel, per sample)."""
     options = Options.check(training, seed, step, sample_offset)
-    seeded, prepared = _prepare(model, cotangents, state, inputs, keyword_inputs)
-    flat = model._params_buffer(params)
-    threads = check_threads(threads)
+    prepared = model._inputs(merge_inputs(inputs, keyword_inputs), state)
+    return vjp_prepared(model, cotangents, with_params, prepared, model._params_buffer(params), options,
+                        check_threads(threads), outputs)
+
+
+def vjp_prepared(model, cotangents, with_params: bool, prepared, flat, options, threads: int,
+                 outputs: bool = True) -> VJPResult:
+    """`vjp` over inputs already checked (`Model._inputs`) and a flat params buffer: what the
+    framework wrappers call after a forward pass over the same arguments."""
+    seeded, arguments = _with_cotangents(model, cotangents, prepared)
     param_cotangents = {}
     if with_params:
         entry, function = model._kernel(VJP_SUM + "+".join(seeded), "vjp needs its kernel")
-        _, mean, _ = model._run(entry, function, prepared=prepared, flat=flat, training=options.training,
+        _, mean, _ = model._run(entry, function, prepared=arguments, flat=flat, training=options.training,
                                 seed=options.seed, step=options.step, offset=options.offset, threads=threads)
-        param_cotangents = model._named(mean.astype(np.float64) * prepared.n)  # the kernel divides by the count
+        param_cotangents = model._named(mean.astype(np.float64) * arguments.n)  # the kernel divides by the count
     if not outputs:
         return VJPResult(None, {}, param_cotangents, {})
-    losses, named, one = _per_sample(model, VJP + "+".join(seeded), prepared, flat, options, threads, "vjp")
-    batched = prepared.batched
+    losses, named, one = _per_sample(model, VJP + "+".join(seeded), arguments, flat, options, threads, "vjp")
     visible = {name: one(value) for name, value in named.items() if not name.startswith("_")}
     input_cotangents = {name[len(INPUT_COTANGENT):]: one(value) for name, value in named.items()
                         if name.startswith(INPUT_COTANGENT)}
     losses = losses.astype(np.float64)
-    return VJPResult(losses if batched else float(losses[0]), visible, param_cotangents, input_cotangents)
+    return VJPResult(losses if arguments.batched else float(losses[0]), visible, param_cotangents, input_cotangents)
 
 
 def _per_sample(model, kind: str, prepared, flat, options, threads, purpose: str):
@@ -75,7 +81,7 @@ def _per_sample(model, kind: str, prepared, flat, options, threads, purpose: str
     return losses, named, (lambda x: x) if prepared.batched else (lambda x: x[0])
 
 
-def _prepare(model, cotangents, state, inputs, keyword_inputs):
+def _with_cotangents(model, cotangents, prepared):
     """(the seeded names, sorted; the inputs with the cotangents after them, as kernel arguments)."""
     targets = seedable(model.layout)
     if not isinstance(cotangents, dict) or not cotangents:
@@ -86,13 +92,14 @@ def _prepare(model, cotangents, state, inputs, keyword_inputs):
             raise SpadcError(f"a cotangent for `{name}`, which is no float output of the model; its are "
                              f"{', '.join(sorted(targets))}")
     seeded = sorted(cotangents)
-    values = dict(merge_inputs(inputs, keyword_inputs))  # (a copy: the caller's dict may be reused)
-    taken = [name for name in values if name.startswith(COTANGENT)]
-    if taken:
-        raise SpadcError(f"unknown input `{taken[0]}`")
-    values.update({COTANGENT + name: numeric(cotangents[name], f"the cotangent of `{name}`") for name in seeded})
-    extra = [{"name": COTANGENT + name, "shape": targets[name], "dtype": "f64"} for name in seeded]
-    return seeded, model._inputs(values, state, extra)
+    specs = [{"name": COTANGENT + name, "shape": targets[name], "dtype": "f64"} for name in seeded]
+    values = {COTANGENT + name: numeric(cotangents[name], f"the cotangent of `{name}`") for name in seeded}
+    own = prepare({"inputs": specs}, values, model._dtype)
+    if own.batched and (not prepared.batched or own.n != prepared.n):
+        given = next(name for name, (_, batched) in zip(seeded, own.keepalive) if batched)
+        raise SpadcError(f"the cotangent of `{given}` has a batch of {own.n} samples but the inputs "
+                         + (f"have {prepared.n}" if prepared.batched else "are one sample"))
+    return seeded, prepared.joined(own)
 
 
 def jacobian(model, output: str, wrt, *, params, training, seed, step, sample_offset, threads, state, inputs,
@@ -134,7 +141,7 @@ def _sweep(model, output, cotangent, with_params, params, training, seed, step, 
            inputs, keyword_inputs):
     """(batched, per-sample flat params' cotangents or None, inputs' cotangents) of one VJP."""
     options = Options.check(training, seed, step, sample_offset)
-    _, prepared = _prepare(model, {output: cotangent}, state, inputs, keyword_inputs)
+    _, prepared = _with_cotangents(model, {output: cotangent}, model._inputs(merge_inputs(inputs, keyword_inputs), state))
     kind = VJP + output + (WITH_PARAMS if with_params else "")
     _, named, one = _per_sample(model, kind, prepared, model._params_buffer(params), options, check_threads(threads),
                                 "jacobian")

@@ -166,15 +166,19 @@ class Model:
         of each `state` (default its initial value); `result.state` holds the values to carry on."""
         options = Options.check(training, seed, step, sample_offset)
         prepared = self._inputs(merge_inputs(inputs, keyword_inputs), state)
-        entry, function = self._forward or self._kernel("forward", "the forward kernel")
-        losses, outputs = self._run_forward(entry, function, self.layout["outputs"], prepared,
-                                            self._params_buffer(params), options, calls.check_threads(threads))
+        losses, outputs = self._forward_arrays(prepared, self._params_buffer(params), options,
+                                               calls.check_threads(threads))
         named = {o["name"]: (v if prepared.batched else v[0]) for o, v in zip(self.layout["outputs"], outputs)}
         visible = {name: value for name, value in named.items() if not name.startswith("_")}
         result = ForwardResult(losses.astype(np.float64) if prepared.batched else float(losses[0]), visible,
                                {s["name"]: named[STATE_OUTPUT + s["name"]] for s in self.layout.get("state", [])})
         result.hidden = {name: value for name, value in named.items() if name.startswith("_")}
         return result
+
+    def _forward_arrays(self, prepared: Prepared, params_buffer, options, threads: int):
+        """The forward kernel's (losses, outputs in the layout's order) over checked arguments."""
+        entry, function = self._forward or self._kernel("forward", "the forward kernel")
+        return self._run_forward(entry, function, self.layout["outputs"], prepared, params_buffer, options, threads)
 
     def _run_forward(self, kernel: dict, function, specs: list[dict], prepared: Prepared, params_buffer, options,
                      threads: int) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -48,14 +48,9 @@ def prepare_call(model, v, params, training, seed, step, sample_offset, threads,
     options = Options.check(training, seed, step, sample_offset)
     prepared = model._inputs(merge_inputs(inputs, keyword_inputs), state)
     direction = _direction(model, v)
-    size = direction.itemsize
-    pointers = list(prepared.pointers)[:len(prepared.keepalive)]
-    strides = list(prepared.strides)[:len(prepared.keepalive)]
-    pointers += [direction.ctypes.data + p["offset"] * size for p in model.layout["params"]]
-    strides += [0] * len(model.layout["params"])
-    count = max(len(pointers), 1)
-    extended = Prepared(prepared.n, prepared.batched, (ctypes.c_void_p * count)(*pointers),
-                        (ctypes.c_int64 * count)(*strides), (prepared.keepalive, direction))
+    # Each param's slice of the direction is one more input, shared by every sample.
+    slices = [(direction[p["offset"]:p["offset"] + p["size"]], False) for p in model.layout["params"]]
+    extended = prepared.joined(Prepared(prepared.n, prepared.batched, None, None, slices))
     return Call(extended, model._params_buffer(params), options, calls.check_threads(threads))
 
 
