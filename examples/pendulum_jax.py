@@ -1,7 +1,7 @@
 """A .spad simulator inside a JAX program: the same task as examples/pendulum_torch.py (a small
 network learns the push that brings the pendulum of examples/pendulum.spad to each target angle),
 written in JAX, its gradient through the compiled simulator by `jax.grad` under `jax.jit`, and
-Adam written out (no optimiser library needed).
+its steps by optax's Adam.
 
     pip install ".[jax]" && python examples/pendulum_jax.py
 """
@@ -12,6 +12,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import spadc
 import spadc.jax
@@ -35,16 +36,18 @@ def train(steps: int = 300, seed: int = 0) -> list[float]:
         start = jnp.stack([jnp.zeros_like(push), push], axis=1)
         return simulate(physics, start=start, target=targets)[0].mean()
 
-    step = jax.jit(jax.value_and_grad(loss))
-    first = {k: jnp.zeros_like(v) for k, v in weights.items()}
-    second = {k: jnp.zeros_like(v) for k, v in weights.items()}
+    optimiser = optax.adam(0.01)  # betas (0.9, 0.999), as examples/pendulum_torch.py's torch.optim.Adam
+    state = optimiser.init(weights)
+
+    @jax.jit
+    def step(weights, state):
+        value, grads = jax.value_and_grad(loss)(weights)
+        updates, state = optimiser.update(grads, state)
+        return value, optax.apply_updates(weights, updates), state
+
     losses = []
-    for t in range(1, steps + 1):  # Adam, lr 0.01, betas (0.9, 0.999)
-        value, grads = step(weights)
-        first = {k: 0.9 * first[k] + 0.1 * grads[k] for k in weights}
-        second = {k: 0.999 * second[k] + 0.001 * grads[k] ** 2 for k in weights}
-        weights = {k: weights[k] - 0.01 * (first[k] / (1 - 0.9 ** t)) / (jnp.sqrt(second[k] / (1 - 0.999 ** t)) + 1e-8)
-                   for k in weights}
+    for _ in range(steps):
+        value, weights, state = step(weights, state)
         losses.append(float(value))
     return losses
 

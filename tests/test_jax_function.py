@@ -88,6 +88,24 @@ def test_a_jax_training_loop_reaches_fits_params():
         np.testing.assert_allclose(params[key], model.params[key], rtol=FIT_RTOL, atol=1e-12)
 
 
+def test_an_optax_adam_loop_reaches_fits_params_with_adam():
+    optax = pytest.importorskip("optax", reason="optax comes with the jax extra (pip install .[jax])")
+    model = _model("mlp.spad")
+    rng = np.random.default_rng(SEED)
+    data = {"x": rng.standard_normal((40, 64)), "label": rng.integers(0, 10, 40)}
+    f = spadc.jax.function(model)
+    params = {k: jnp.asarray(v.copy()) for k, v in model.params.items()}
+    optimiser = optax.adam(0.01)
+    state = optimiser.init(params)
+    step = jax.jit(jax.grad(lambda p: f(p, **data)[0].mean()))
+    for _ in range(5):
+        updates, state = optimiser.update(step(params), state)
+        params = optax.apply_updates(params, updates)
+    model.fit(data, epochs=5, batch_size=40, optimizer=spadc.Adam(lr=0.01))
+    for key in params:
+        np.testing.assert_allclose(params[key], model.params[key], rtol=FIT_RTOL, atol=1e-12)
+
+
 def test_mistakes_are_spadc_errors():
     model = _model("mlp.spad")
     f = spadc.jax.function(model)

@@ -74,6 +74,21 @@ def test_a_torch_training_loop_reaches_fits_params():
         np.testing.assert_allclose(layer.params[name].detach().numpy(), model.params[name], rtol=FIT_RTOL, atol=1e-12)
 
 
+def test_a_torch_adam_loop_reaches_fits_params_with_adam():
+    layer = _layer("mlp.spad")
+    rng = np.random.default_rng(SEED)
+    data = {"x": rng.standard_normal((40, 64)), "label": rng.integers(0, 10, 40)}
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.01)
+    for _ in range(5):
+        optimizer.zero_grad()
+        layer(**data).loss.mean().backward()
+        optimizer.step()
+    layer.model.fit(data, epochs=5, batch_size=40, optimizer=spadc.Adam(lr=0.01))
+    for name in layer.param_names:
+        np.testing.assert_allclose(layer.params[name].detach().numpy(), layer.model.params[name], rtol=FIT_RTOL,
+                                   atol=1e-12)
+
+
 def test_an_f32_build_has_float32_params_and_converts_its_inputs():
     layer = _layer("mlp.spad", dtype="f32")
     assert all(p.dtype == torch.float32 for p in layer.parameters())

@@ -21,8 +21,10 @@ def _example(name):
     return module
 
 
-@pytest.mark.parametrize("name, framework", [("pendulum_torch", "torch"), ("pendulum_jax", "jax")])
-def test_a_spad_simulator_trains_inside_the_framework(name, framework):
-    pytest.importorskip(framework, reason=f"the example needs {framework} (optional extra: pip install .[{framework}])")
+@pytest.mark.parametrize("name, frameworks, extra", [("pendulum_torch", ("torch",), "torch"),
+                                                     ("pendulum_jax", ("jax", "optax"), "jax")])
+def test_a_spad_simulator_trains_inside_the_framework(name, frameworks, extra):
+    for framework in frameworks:
+        pytest.importorskip(framework, reason=f"the example needs {framework} (optional extra: pip install .[{extra}])")
     losses = _example(name).train(steps=STEPS)
     assert np.all(np.isfinite(losses)) and losses[0] / losses[-1] > LEARNED, (losses[0], losses[-1])
