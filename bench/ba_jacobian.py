@@ -7,7 +7,8 @@ differentiated with respect to its camera (11 numbers), point (3) and weight, ag
 The problem is bench/bundle_adjustment.py's (49 cameras, 7,776 points, 31,843 observations, made
 here from a seed); each observation's camera and point are gathered into its inputs before the
 call, for both systems alike (not timed). spadc's `Model.jacobian(output, "inputs")` takes one
-reverse sweep per entry of the output: two for `e`. Both Jacobians are checked against each other
+reverse sweep per entry of the output, two for `e`, in one kernel call that evaluates the model
+once for both. Both Jacobians are checked against each other
 before timing; timed in turn (bench/run.py's `interleaved`).
 """
 

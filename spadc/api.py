@@ -31,7 +31,7 @@ from spadrt.estimators import SamplingWarning, variant_key
 from . import cache, frontend, passes
 from .ad.paths import multi_factor_paths
 from .ad.tape import plan_tape
-from .ad import vjp
+from .ad import jacobian, vjp
 from .ad.forward import HVP, ggn_program, hvp_program, jvp_program
 from .ad.reverse import GradientProgram
 from .ad.taps import tap_program
@@ -213,7 +213,19 @@ def _summed_vjp_kernel(compiled: Compiled, module, kind: str) -> dict:
                                lanes=compiled.lanes)
 
 
+def _jacobian_kernel(compiled: Compiled, module, kind: str) -> dict:
+    """A forward kernel of several Jacobian sweeps sharing one evaluation (spadc/ad/jacobian.py);
+    its entry lists the directions it reads after the model's inputs, in order."""
+    program = passes.run(jacobian.jacobian_program(compiled.program, kind))
+    entry = _derived_forward_kernel(compiled, module, program, kind)
+    own = len(compiled.program.inputs)
+    entry["directions"] = [{"name": d.name, "shape": list(d.value.type.shape)} for d in program.inputs[own:]]
+    return entry
+
+
 def _extra_kernel(kind: str):
+    if kind.startswith(jacobian.JACOBIAN):
+        return lambda compiled, module: _jacobian_kernel(compiled, module, kind)
     if kind.startswith(vjp.VJP_SUM):
         return lambda compiled, module: _summed_vjp_kernel(compiled, module, kind)
     if kind.startswith(vjp.VJP):

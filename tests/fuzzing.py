@@ -633,6 +633,7 @@ def _check_vjp(model, inputs, params, seed, smooth: bool):
     reverse = sum(float(np.sum(direction[k] * result.params[k])) for k in params)
     if np.isfinite(forward) and np.isfinite(reverse) and abs(forward - reverse) > TANGENT_RTOL * (1 + abs(forward)):
         raise Mismatch(f"vjp's <params' cotangent, v> {reverse} against jvp's <cotangent, J v> {forward}")
+    _check_jacobian(model, inputs, params, rng)
     if not smooth:
         return
     moves = {k: rng.standard_normal(np.shape(v)) for k, v in inputs.items() if k in result.inputs}
@@ -643,6 +644,36 @@ def _check_vjp(model, inputs, params, seed, smooth: bool):
 
     _against_differences(at, sum(float(np.sum(result.inputs[k] * u)) for k, u in moves.items()),
                          "vjp's <inputs' cotangent, u>")
+
+
+def _check_jacobian(model, inputs, params, rng):
+    """The output's Jacobians (kernels of their own, by forward or reverse mode, whichever has fewer
+    sweeps) against the VJP kernel, one sample: <ct, J u> = <J^T ct, u> along random ct and u, with
+    respect to the float inputs and to the params (flat, in the layout's order); and the loss's
+    row against `input_grad`."""
+    cotangent = rng.standard_normal(np.shape(model.forward(**inputs).outputs["out"]))
+    reverse = model.vjp({"out": cotangent}, **inputs)
+    by_params = model.jacobian("out", "params", **inputs)
+    flat = {p["name"]: (p["offset"], p["size"]) for p in model.layout["params"]}
+    moves = {k: rng.standard_normal(np.shape(v)) for k, v in params.items()}
+    flat_move = np.zeros(model.layout["param_count"])
+    for k, u in moves.items():
+        flat_move[flat[k][0]:flat[k][0] + flat[k][1]] = np.ravel(u)
+    pairs = [(float(np.sum(cotangent * (by_params @ flat_move))),
+              sum(float(np.sum(reverse.params[k] * u)) for k, u in moves.items()), "params")]
+    if reverse.inputs:
+        by_inputs = model.jacobian("out", "inputs", **inputs)
+        moves = {k: rng.standard_normal(np.shape(v)) for k, v in reverse.inputs.items()}
+        along = sum(np.tensordot(by_inputs[k], u, axes=np.ndim(u)) for k, u in moves.items())
+        pairs.append((float(np.sum(cotangent * along)), sum(float(np.sum(reverse.inputs[k] * u))
+                                                            for k, u in moves.items()), "inputs"))
+    for paired, expected, wrt in pairs:
+        if np.isfinite(paired) and np.isfinite(expected) and abs(paired - expected) > TANGENT_RTOL * (1 + abs(expected)):
+            raise Mismatch(f"jacobian's <ct, J u> {paired} against vjp's <J^T ct, u> {expected} (wrt {wrt})")
+    rows, grads = model.jacobian("loss", "inputs", **inputs), model.input_grad(**inputs)[1]
+    for k in grads:
+        if not np.allclose(rows[k], grads[k], rtol=TANGENT_RTOL, atol=TANGENT_RTOL, equal_nan=True):
+            raise Mismatch(f"the loss's Jacobian row for `{k}` against input_grad")
 
 
 def _check_hessian_product(model, inputs, params, seed):

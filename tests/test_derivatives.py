@@ -240,6 +240,55 @@ def test_the_loss_jacobian_of_each_sample_averages_to_the_gradient():
     np.testing.assert_array_equal(model.jacobian("loss", "x", x=x, label=label), grads["x"])
 
 
+# Forward mode where the inputs are fewer (x: 3 entries against 20), reverse mode for the loss and
+# for the params (63 against 20: two kernel calls of SWEEPS_PER_CALL sweeps, the second padded), a
+# loop carrying tangents in forward mode and a tape in reverse.
+UNROLLED = """input x: f64[3]
+input scale: f64
+param W: f64[20, 3] ~ normal(0, 0.5)
+param c: f64[3]
+let h = x
+for t in 0..4 {
+  h = tanh(h * scale + c)
+}
+output y = W @ h * scale
+loss sum(y * y)
+"""
+
+
+def _unrolled_in_jax(jnp, W, c, x, scale):
+    h = x
+    for _ in range(4):
+        h = jnp.tanh(h * scale + c)
+    return W @ h * scale
+
+
+def test_jacobians_by_forward_and_reverse_mode_against_jax():
+    jax = pytest.importorskip("jax", reason="JAX is the oracle (optional extra: pip install .[jax])")
+    jax.config.update("jax_enable_x64", True)
+    from spadrt import derivatives
+    model = spadc.compile_source(UNROLLED, name="unrolled.spad")
+    model.init_params(seed=SEED)
+    rng = np.random.default_rng(SEED)
+    x, scale = rng.standard_normal((4, 3)), rng.uniform(0.5, 1.5, 4)
+    W, c = (jax.numpy.asarray(model.params[k]) for k in ("W", "c"))
+    by_input = model.jacobian("y", "inputs", x=x, scale=scale)  # 4 columns: forward mode
+    by_x = model.jacobian("y", "x", x=x, scale=scale)  # 3 columns: forward mode along x alone
+    by_params = model.jacobian("y", "params", x=x, scale=scale)  # 63 columns, 20 rows: reverse mode
+    assert 20 > derivatives.SWEEPS_PER_CALL
+    assert by_input["x"].shape == (4, 20, 3) and by_input["scale"].shape == (4, 20) and by_params.shape == (4, 20, 63)
+    for sample in range(4):
+        jw, jc, jx, js = jax.jacrev(lambda *a: _unrolled_in_jax(jax.numpy, *a), argnums=(0, 1, 2, 3))(
+            W, c, x[sample], scale[sample])
+        np.testing.assert_allclose(by_input["x"][sample], jx, rtol=JAX_RTOL, atol=1e-13)
+        np.testing.assert_allclose(by_input["scale"][sample], js, rtol=JAX_RTOL, atol=1e-13)
+        np.testing.assert_array_equal(by_x[sample], by_input["x"][sample])
+        np.testing.assert_allclose(by_params[sample], np.concatenate([jw.reshape(20, -1), jc], axis=1),
+                                   rtol=JAX_RTOL, atol=1e-13)
+    losses, grads = model.input_grad(x=x, scale=scale)  # the loss's row: reverse mode, one sweep
+    np.testing.assert_allclose(model.jacobian("loss", "x", x=x, scale=scale), grads["x"], rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("output, wrt, message", [
     ("nope", "inputs", "no float output `nope`"),
     ("logits", "label", 'wrt must be "params", "inputs" or the name of a float input (x)'),

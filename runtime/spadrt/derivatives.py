@@ -104,10 +104,11 @@ def _with_cotangents(model, cotangents, prepared):
 
 def jacobian(model, output: str, wrt, *, params, training, seed, step, sample_offset, threads, state, inputs,
              keyword_inputs):
-    """Each sample's Jacobian of `output` (a float output or "loss") by reverse mode, one sweep per
-    entry of the output: with respect to "params", [n, *output_shape, param_count] (the params'
-    flat layout); to "inputs", a dict by float input of [n, *output_shape, *input_shape]; to one
-    input's name, that array. One sample (no batch): without the leading axis."""
+    """Each sample's Jacobian of `output` (a float output or "loss"), by forward mode when it has
+    fewer columns than rows, else by reverse mode: with respect to "params", [n, *output_shape,
+    param_count] (the params' flat layout); to "inputs", a dict by float input of [n, *output_shape,
+    *input_shape]; to one input's name, that array. One sample (no batch): without the leading
+    axis. Up to SWEEPS_PER_CALL sweeps share one kernel call, and so one evaluation of the model."""
     targets = seedable(model.layout)
     if output not in targets:
         raise SpadcError(f"no float output `{output}` to differentiate; the model's are {', '.join(sorted(targets))}")
@@ -115,40 +116,84 @@ def jacobian(model, output: str, wrt, *, params, training, seed, step, sample_of
     if wrt not in ("params", "inputs") and wrt not in {spec["name"] for spec in floats}:
         raise SpadcError(f'wrt must be "params", "inputs" or the name of a float input '
                          f"({', '.join(spec['name'] for spec in floats) or 'the model has none'}), got {wrt!r}")
-    shape = targets[output]
-    size = int(np.prod(shape, dtype=np.int64))
-    with_params = wrt == "params"
-    rows = []
-    for k in range(size):  # one reverse sweep per entry, its cotangent one-hot for every sample
-        seed_vector = np.zeros(size)
-        seed_vector[k] = 1.0
-        rows.append(_sweep(model, output, seed_vector.reshape(shape), with_params, params, training, seed, step,
-                           sample_offset, threads, state, inputs, keyword_inputs))
-    batched = rows[0][0]
+    options = Options.check(training, seed, step, sample_offset)
+    prepared = model._inputs(merge_inputs(inputs, keyword_inputs), state)
+    call = (prepared, model._params_buffer(params), options, check_threads(threads))
+    shape = tuple(targets[output])
+    rows = int(np.prod(shape, dtype=np.int64))
+    columns = (model.layout["params"] if wrt == "params" else
+               [spec for spec in floats if wrt in ("inputs", spec["name"])])
+    width = sum(int(np.prod(spec["shape"], dtype=np.int64)) for spec in columns)
+    one = (lambda x: x) if prepared.batched else (lambda x: x[0])
+    if width == 0:  # no params, or no float input: an empty Jacobian
+        lead = (prepared.n,) if prepared.batched else ()
+        return np.zeros((*lead, *shape, 0)) if wrt == "params" else {}
+    if width < rows:
+        token = PARAMS if wrt == "params" else INPUTS if wrt == "inputs" else wrt
+        found = np.stack(_sweeps(model, "fwd", width, output, token, call), axis=-1)  # [n, *shape, width]
+        if wrt == "params":
+            return one(found)
+        named, start = {}, 0
+        for spec in columns:
+            size = int(np.prod(spec["shape"], dtype=np.int64))
+            named[spec["name"]] = one(found[..., start:start + size].reshape(*found.shape[:-1], *spec["shape"]))
+            start += size
+        return named if wrt == "inputs" else named[wrt]
+    found = _sweeps(model, "rev", rows, output, PARAMS if wrt == "params" else INPUTS, call)
+    lead = found[0].shape[:1] if wrt == "params" else found[0][floats[0]["name"]].shape[:1]
 
-    def stacked(parts):  # rows of [n, *tail] (or [*tail]) -> [n, *shape, *tail]
-        array = np.stack(parts, axis=1 if batched else 0)
-        lead = (array.shape[0],) if batched else ()
-        return array.reshape(*lead, *shape, *array.shape[len(lead) + 1:])
+    def stacked(parts):  # a row per output entry, each [n, *tail] -> [n, *shape, *tail]
+        array = np.stack(parts, axis=1)
+        return one(array.reshape(*lead, *shape, *array.shape[2:]))
 
-    if with_params:
-        return stacked([row[1] for row in rows])
-    named = {name: stacked([row[2][name] for row in rows]) for name in rows[0][2]}
+    if wrt == "params":
+        return stacked(found)
+    named = {spec["name"]: stacked([row[spec["name"]] for row in found]) for spec in floats}
     return named if wrt == "inputs" else named[wrt]
 
 
-def _sweep(model, output, cotangent, with_params, params, training, seed, step, sample_offset, threads, state,
-           inputs, keyword_inputs):
-    """(batched, per-sample flat params' cotangents or None, inputs' cotangents) of one VJP."""
-    options = Options.check(training, seed, step, sample_offset)
-    _, prepared = _with_cotangents(model, {output: cotangent}, model._inputs(merge_inputs(inputs, keyword_inputs), state))
-    kind = VJP + output + (WITH_PARAMS if with_params else "")
-    _, named, one = _per_sample(model, kind, prepared, model._params_buffer(params), options, check_threads(threads),
-                                "jacobian")
-    flat = None
-    if with_params:
-        flat = np.concatenate([named[PARAM_COTANGENT + p["name"]].reshape(prepared.n, -1)
-                               for p in model.layout["params"]], axis=1)
-        flat = one(flat)
-    return prepared.batched, flat, {name[len(INPUT_COTANGENT):]: one(value) for name, value in named.items()
-                                    if name.startswith(INPUT_COTANGENT)}
+SWEEPS_PER_CALL = 16  # a kernel's copies of the sweep (its code grows with them): more sweeps take more calls
+JACOBIAN, PARAMS, INPUTS = "jac.", "*params", "*inputs"  # spadc/ad/jacobian.py's kernel names
+
+
+def _sweeps(model, mode: str, count: int, output: str, token: str, call) -> list:
+    """Each sweep's result, in order, from kernel calls of up to SWEEPS_PER_CALL sweeps seeded by
+    one-hot directions (the same for every sample): a column of the output's Jacobian in forward
+    mode ([n, *output_shape]); in reverse mode a row, the params' cotangents flat ([n, param_count])
+    or the float inputs' by name."""
+    prepared, flat, options, threads = call
+    per_call = max(1, min(count, SWEEPS_PER_CALL))
+    kind = f"{JACOBIAN}{mode}.{per_call}.{output}.{token}"
+    entry, _ = model._kernel(kind, "jacobian needs its kernel")
+    specs = [dict(spec, dtype="f64") for spec in entry["directions"]]
+    per_sweep = len(specs) // per_call
+    offsets = [0]
+    for spec in specs[:per_sweep]:
+        offsets.append(offsets[-1] + int(np.prod(spec["shape"], dtype=np.int64)))
+    results = []
+    for first in range(0, count, per_call):
+        values = {}
+        for b in range(per_call):
+            hot = np.zeros(offsets[-1], dtype=model._float)
+            if first + b < count:
+                hot[first + b] = 1.0
+            for k, spec in enumerate(specs[b * per_sweep:(b + 1) * per_sweep]):
+                values[spec["name"]] = hot[offsets[k]:offsets[k + 1]].reshape(spec["shape"])
+        arguments = prepared.joined(prepare({"inputs": specs}, values, model._dtype))
+        _, named, _ = _per_sample(model, kind, arguments, flat, options, threads, "jacobian")
+        for b in range(min(per_call, count - first)):
+            results.append(_sweep_result(model, mode, named, b))
+    return results
+
+
+def _sweep_result(model, mode: str, named: dict, b: int):
+    suffix = f".{b}"
+    mine = {name[:-len(suffix)]: value for name, value in named.items() if name.endswith(suffix)}
+    if mode == "fwd":
+        (column,) = mine.values()
+        return column
+    params = [mine.get(PARAM_COTANGENT + p["name"]) for p in model.layout["params"]]
+    if params and params[0] is not None:
+        n = params[0].shape[0]
+        return np.concatenate([value.reshape(n, -1) for value in params], axis=1)
+    return {name[len(INPUT_COTANGENT):]: value for name, value in mine.items() if name.startswith(INPUT_COTANGENT)}

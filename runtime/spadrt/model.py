@@ -300,9 +300,10 @@ class Model:
     def jacobian(self, output: str, wrt="inputs", *, params=None, training: bool = False, seed: int = 0, step: int = 0,
                  sample_offset: int = 0, threads: int | None = None, state: dict | None = None,
                  inputs: dict | None = None, **keyword_inputs):
-        """Each sample's Jacobian of `output` (or "loss"), by reverse mode: with respect to "params",
-        [n, *output_shape, param_count]; to "inputs", a dict by float input of [n, *output_shape,
-        *input_shape]; to one input's name, that array (spadrt/derivatives.py)."""
+        """Each sample's Jacobian of `output` (or "loss"), by forward or reverse mode, whichever
+        takes fewer sweeps: with respect to "params", [n, *output_shape, param_count]; to "inputs",
+        a dict by float input of [n, *output_shape, *input_shape]; to one input's name, that array
+        (spadrt/derivatives.py)."""
         return derivatives.jacobian(self, output, wrt, params=params, training=training, seed=seed, step=step,
                                     sample_offset=sample_offset, threads=threads, state=state, inputs=inputs,
                                     keyword_inputs=keyword_inputs)
@@ -383,7 +384,8 @@ class Model:
             if kind not in self._variants:
                 entry, address, owner = self._kernel_provider(kind)
                 kernel_type = (GRAD_TYPE if kind.startswith(derivatives.VJP_SUM) else
-                               FORWARD_TYPE if kind.startswith(derivatives.VJP) else KERNEL_TYPES[kind])
+                               FORWARD_TYPE if kind.startswith((derivatives.VJP, derivatives.JACOBIAN))
+                               else KERNEL_TYPES[kind])
                 self._install(kind, entry, address, owner, kernel_type)
             entry, function, _ = self._variants[kind]
         return entry, function
