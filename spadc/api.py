@@ -83,24 +83,27 @@ class Compiled:
     def gradient_program(self, sampling=None, score: str | None = None, policy=None) -> GradientProgram:
         return self.emit(sampling, score, policy)[2]
 
-    def variant(self, sampling=None, score: str | None = None, policy=None, on_optimised=None):
+    def variant(self, sampling=None, score: str | None = None, policy=None, on_optimised=None, seeded=()):
         """(layout entry, machine code, gradient program) of a gradient variant, compiled on first
         use (`tiers.compile_kernel`: `on_optimised` is told of its optimised code)."""
-        key = variant_key(sampling, score, policy)
+        key = variant_key(sampling, score, policy, seeded)
         if key not in self.variants:
-            entry, llvm_ir, program = self.emit(sampling, score, policy)
+            entry, llvm_ir, program = self.emit(sampling, score, policy, seeded)
             self.variants[key] = (entry, tiers.compile_kernel(llvm_ir, "grad", entry["sample_work"], on_optimised),
                                   program)
         return self.variants[key]
 
-    def emit(self, sampling=None, score: str | None = None, policy=None) -> tuple[dict, str, GradientProgram]:
+    def emit(self, sampling=None, score: str | None = None, policy=None,
+             seeded: tuple[str, ...] = ()) -> tuple[dict, str, GradientProgram]:
         """(layout entry, LLVM IR, gradient program) of a gradient variant: planned and emitted, not
-        compiled."""
-        key = variant_key(sampling, score, policy)
+        compiled. With `seeded` outputs, of the VJP's surrogate `sum_k <ct_k, out_k>` (its
+        cotangents inputs after the model's) in place of the loss."""
+        key = variant_key(sampling, score, policy, seeded)
         if key not in self.emitted:
             def differentiate(program):
                 return budget.differentiated(program, sampling=sampling, score=score, policy=policy)
-            program, plan = budget.plan_gradient(self.program, self.max_memory, self.checkpoint, differentiate,
+            objective = vjp.surrogate(self.program, seeded) if seeded else self.program
+            program, plan = budget.plan_gradient(objective, self.max_memory, self.checkpoint, differentiate,
                                                  _float_bytes(self.dtype))
             # Cut, the variant runs as many lanes as taped unless the budget holds fewer: with other
             # lanes a sampled gradient can round otherwise (RAD's sums over lanes), and checkpointed
@@ -110,8 +113,9 @@ class Compiled:
             entry = kernels.grad_kernel(module, program, self.layout, self.dtype, "grad", self.max_memory, lanes=lanes)
             entry.update(plan.as_layout())
             if sampling is not None:
-                entry["warnings"] = _sampling_warnings(self.program, program, sampling, plan.taped_tape,
-                                                       plan_tape(self.gradient).static_bytes)
+                exact = self.emit(None, seeded=seeded)[2] if seeded else self.gradient
+                entry["warnings"] = _sampling_warnings(objective, program, sampling, plan.taped_tape,
+                                                       plan_tape(exact).static_bytes)
             self.emitted[key] = (entry, str(module), program)
             self.layout["variants"][key] = entry
         return self.emitted[key]
@@ -203,16 +207,6 @@ def _vjp_kernel(compiled: Compiled, module, kind: str) -> dict:
                                    kind)
 
 
-def _summed_vjp_kernel(compiled: Compiled, module, kind: str) -> dict:
-    """A gradient kernel summing the params' cotangents of a VJP over the samples (divided by
-    their count, as a gradient kernel does)."""
-    seeded, _ = vjp.parse_kind(kind)
-    product = vjp.summed_vjp(compiled.program, seeded)
-    product.program = passes.run(product.program)
-    return kernels.grad_kernel(module, product, compiled.layout, compiled.dtype, kind, compiled.max_memory,
-                               lanes=compiled.lanes)
-
-
 def _jacobian_kernel(compiled: Compiled, module, kind: str) -> dict:
     """A forward kernel of several Jacobian sweeps sharing one evaluation (spadc/ad/jacobian.py);
     its entry lists the directions it reads after the model's inputs, in order."""
@@ -226,8 +220,6 @@ def _jacobian_kernel(compiled: Compiled, module, kind: str) -> dict:
 def _extra_kernel(kind: str):
     if kind.startswith(jacobian.JACOBIAN):
         return lambda compiled, module: _jacobian_kernel(compiled, module, kind)
-    if kind.startswith(vjp.VJP_SUM):
-        return lambda compiled, module: _summed_vjp_kernel(compiled, module, kind)
     if kind.startswith(vjp.VJP):
         return lambda compiled, module: _vjp_kernel(compiled, module, kind)
     if kind not in _EXTRA_KERNELS:
@@ -367,15 +359,15 @@ def model_of(compiled: Compiled, base_key: str | None = None, replan=None) -> Mo
 def _assemble(layout: dict, compiled_of, base_key: str | None, replan=None) -> Model:
     """A Model whose kernels come from the disk cache (with a `base_key`) or are compiled on first use."""
 
-    def provide(sampling, score, policy):
+    def provide(sampling, score, policy, seeded=()):
         """Called once per model and variant: the place to warn about the variant."""
-        key = variant_key(sampling, score, policy)
+        key = variant_key(sampling, score, policy, seeded)
 
         def made(compiled, on_optimised):
-            return compiled.variant(sampling, score, policy, on_optimised)[:2]
+            return compiled.variant(sampling, score, policy, on_optimised, seeded)[:2]
 
         entry, code = _kernel_code(cache.variant_key(base_key, key) if base_key else None, "grad", compiled_of,
-                                   made, lambda compiled: compiled.emit(sampling, score, policy)[1])
+                                   made, lambda compiled: compiled.emit(sampling, score, policy, seeded)[1])
         layout["variants"][key] = entry
         for message in entry.get("warnings", ()):
             warnings.warn(message, SamplingWarning, stacklevel=5)

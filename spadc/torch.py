@@ -1,10 +1,12 @@
 """spadc inside PyTorch (INTERFACE.md; optional extra `spadc[torch]`, never imported by the core).
 
-`Module(model)` is a `torch.nn.Module` over a compiled model: its params are `nn.Parameter`s (the
-build's float type), and `layer(**inputs)` returns a `ModuleOutput` with `loss` (one per sample,
+`Module(model, estimator=None, seed=0)` is a `torch.nn.Module` over a compiled model: its params
+are `nn.Parameter`s (the build's float type), and `layer(**inputs)` (or `layer(inputs={...})`, for
+an input named like the keyword `estimator`) returns a `ModuleOutput` with `loss` (one per sample,
 or a 0-d tensor for one sample) and `outputs` (the float outputs by name). Backward runs the
 compiled VJP (`Model.vjp`, spadrt/derivatives.py) with respect to the params and to every float
-input tensor that requires a gradient.
+input tensor that requires a gradient; the params' cotangents are estimated by the module's
+estimator (RAD or SPAD), or by `layer(..., estimator=...)`'s for one call.
 
 Invariants:
 - Values are `Model.forward`'s at the module's params; gradients are `Model.vjp`'s.
@@ -14,7 +16,10 @@ Invariants:
   pass reuses them; autograd refuses a backward after a param was changed in place.
 - Tensors live on the CPU: one on another device is refused (`SpadcError`); float inputs are
   converted to the build's float type, integer inputs to int64.
-- Exact reverse mode of order one (no estimator yet; `backward` is not differentiable again).
+- Call k (counted from 0 by `layer.calls`) is keyed by (`seed`, step k): RAD's draws and, in
+  training mode (`layer.train()`, PyTorch's default), dropout's; in `layer.eval()` no dropout.
+  SPAD keeps its own step counter, as in `Model.grad`.
+- Reverse mode of order one: `backward` is not differentiable again.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from spadrt import derivatives
-from spadrt.arguments import Options
+from spadrt.arguments import Options, check_seed, merge_inputs
 from spadrt.calls import check_threads
+from spadrt.es import ES, PES
+from spadrt.estimators import SPAD, resolve
 
 from .errors import SpadcError
 
@@ -41,10 +48,16 @@ class ModuleOutput:
     outputs: dict
 
 
+_UNSET = object()
+
+
 class Module(torch.nn.Module):
-    def __init__(self, model):
+    def __init__(self, model, estimator=None, seed: int = 0):
         super().__init__()
         self.model = model
+        self.estimator = _checked_estimator(estimator)
+        self.seed = check_seed(seed, "seed")
+        self.calls = 0
         self.float_type = torch.float64 if model.layout["dtype"] == "f64" else torch.float32
         self.param_names = [p["name"] for p in model.layout["params"]]
         # The params are views of one flat tensor laid out as the kernels read them, so a call passes
@@ -60,9 +73,12 @@ class Module(torch.nn.Module):
         self._output_index = {o["name"]: k for k, o in enumerate(model.layout["outputs"])}
         self._threads = None  # every core, as the core's calls
 
-    def forward(self, **inputs) -> ModuleOutput:
+    def forward(self, *, estimator=_UNSET, inputs: dict | None = None, **keyword_inputs) -> ModuleOutput:
+        estimator = self.estimator if estimator is _UNSET else _checked_estimator(estimator)
+        options = Options(int(self.training), self.seed, self.calls, 0)
+        self.calls += 1
         names, tensors = [], []
-        for name, value in inputs.items():
+        for name, value in merge_inputs(inputs, keyword_inputs).items():
             tensor = torch.as_tensor(value)
             if tensor.device.type != "cpu":
                 raise SpadcError(f"input `{name}` is on {tensor.device}: spadc runs on the CPU (move it with .cpu())")
@@ -70,7 +86,7 @@ class Module(torch.nn.Module):
             names.append(name)
             tensors.append(tensor if tensor.dtype == wanted else tensor.to(wanted))
         params = [self.params[name] for name in self.param_names]
-        results = _Apply.apply(self, tuple(names), *params, *tensors)
+        results = _Apply.apply(self, (tuple(names), estimator, options), *params, *tensors)
         return ModuleOutput(results[0], dict(zip(self.float_outputs, results[1:])))
 
     def _flat_params(self, params) -> np.ndarray:
@@ -88,23 +104,29 @@ def _host(tensor) -> np.ndarray:
     return tensor.detach().numpy()
 
 
-_OPTIONS = Options(0, 0, 0, 0)  # inference-mode options (no dropout): the wrappers' calls
+def _checked_estimator(estimator):
+    estimator = resolve(estimator)
+    if isinstance(estimator, (ES, PES)):
+        raise SpadcError(f"{type(estimator).__name__} estimates the loss's gradient only, from forward passes: "
+                         "spadc.torch.Module's backward takes the exact reverse sweep, RAD or SPAD")
+    return estimator
 
 
 class _Apply(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, layer, names, *tensors):
+    def forward(ctx, layer, call, *tensors):
+        names, estimator, options = call
         count = len(layer.param_names)
         params = tensors[:count]
         flat = layer._flat_params(params)
         model = layer.model
         prepared = model._inputs({name: _host(t) for name, t in zip(names, tensors[count:])})
         threads = check_threads(layer._threads)
-        losses, outputs = model._forward_arrays(prepared, flat, _OPTIONS, threads)
+        losses, outputs = model._forward_arrays(prepared, flat, options, threads)
         # Saved so that autograd refuses a backward after the params were changed in place.
         ctx.save_for_backward(*params)
         ctx.set_materialize_grads(False)
-        ctx.layer, ctx.names, ctx.call = layer, names, (prepared, flat, threads)
+        ctx.layer, ctx.names, ctx.call = layer, names, (prepared, flat, threads, estimator, options)
         one = (lambda a: a) if prepared.batched else (lambda a: a[0])
         return (torch.from_numpy(one(losses)),
                 *[torch.from_numpy(one(outputs[layer._output_index[name]])) for name in layer.float_outputs])
@@ -112,7 +134,7 @@ class _Apply(torch.autograd.Function):
     @staticmethod
     def backward(ctx, loss_cotangent, *output_cotangents):
         ctx.saved_tensors  # noqa: B018 (autograd's check that no param changed since the forward pass)
-        layer, (prepared, flat, threads) = ctx.layer, ctx.call
+        layer, (prepared, flat, threads, estimator, options) = ctx.layer, ctx.call
         cotangents = {} if loss_cotangent is None else {"loss": _host(loss_cotangent)}
         cotangents.update({name: _host(c) for name, c in zip(layer.float_outputs, output_cotangents) if c is not None})
         count = len(layer.param_names)
@@ -121,8 +143,9 @@ class _Apply(torch.autograd.Function):
         wanted = ctx.needs_input_grad[2:]
         with_params, with_inputs = any(wanted[:count]), any(wanted[count:])
         # Only what autograd asks for: the params' cotangents alone are one gradient kernel's call.
-        result = derivatives.vjp_prepared(layer.model, cotangents, with_params, prepared, flat, _OPTIONS, threads,
-                                          outputs=with_inputs)
+        step = None if isinstance(estimator, SPAD) else options.step  # SPAD counts its own steps
+        result = derivatives.vjp_prepared(layer.model, cotangents, with_params, prepared, flat, options, threads,
+                                          outputs=with_inputs, estimator=estimator, step=step)
         grads = [_tensor(result.params[name], layer.float_type) if with_params else None for name in layer.param_names]
         for name in ctx.names:
             found = result.inputs.get(name)

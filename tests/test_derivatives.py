@@ -299,3 +299,53 @@ def test_bad_jacobian_requests_are_spadc_errors(output, wrt, message):
     with pytest.raises(spadc.SpadcError) as info:
         model.jacobian(output, wrt, x=np.zeros((2, 64)), label=np.arange(2))
     assert message in str(info.value)
+
+
+# Estimators on a VJP's params' cotangents (the gradient variant of its surrogate `sum <ct, out>`).
+KEEP = 0.3
+
+
+class _VJPAsGradient:
+    """A model whose `flat_grad` is the params' cotangent of a VJP: what `spadrt.diagnostics`
+    reads to test an estimator's mean against the exact value."""
+
+    def __init__(self, model, cotangents):
+        self.model, self.cotangents, self._param_slices = model, cotangents, model._param_slices
+
+    def flat_grad(self, estimator=None, seed=0, step=None, inputs=None):
+        result = self.model.vjp(self.cotangents, estimator=estimator, seed=seed, step=step, inputs=inputs)
+        return None, np.concatenate([np.ravel(result.params[name]) for name, *_ in self._param_slices])
+
+
+@pytest.mark.parametrize("kind", ["rad", "spad"])
+def test_estimated_vjps_are_unbiased_and_a_biased_control_is_not(kind):
+    from spadrt.diagnostics import POOLED_BOUND, diagnose, draws_for_power
+    model = _model("mlp.spad")
+    rng = np.random.default_rng(SEED)
+    inputs = {"x": rng.standard_normal((4, 64)), "label": np.arange(4)}
+    objective = _VJPAsGradient(model, {"logits": rng.standard_normal((4, 10)), "loss": rng.standard_normal(4)})
+    estimator = spadc.RAD(keep=KEEP) if kind == "rad" else spadc.SPAD(keep=KEEP)
+    draws = min(20000, max(400, draws_for_power(objective, estimator, seed=SEED, inputs=inputs)))
+    report = diagnose(objective, estimator, draws=draws, seed=SEED, inputs=inputs)
+    assert any(float(d.stderr.max()) > 0 for d in report.values()), "the estimate should be random"
+    for name, d in report.items():
+        assert d.max_z <= report.coordinate_bound, f"{name}: a coordinate {d.max_z:.1f} standard errors from exact"
+    assert abs(report.pooled_z) <= POOLED_BOUND
+    assert not report.biased(1.05).unbiased, f"a 5% bias went unseen in {draws} draws"
+
+
+def test_a_vjp_of_the_mean_loss_under_rad_is_rads_gradient():
+    # The same draws (keyed by seed, step and sample) on the surrogate and on the loss: the same
+    # estimate to rounding, and not the exact one.
+    model = _model("mlp.spad")
+    rng = np.random.default_rng(SEED)
+    x, label = rng.standard_normal((6, 64)), np.arange(6)
+    rad = spadc.RAD(keep=KEEP)
+    result = model.vjp({"loss": np.full(6, 1 / 6)}, estimator=rad, seed=5, x=x, label=label)
+    _, estimated = model.grad(estimator=rad, seed=5, x=x, label=label)
+    _, exact = model.grad(x=x, label=label)
+    for key in exact:
+        np.testing.assert_allclose(result.params[key], estimated[key], rtol=1e-12, atol=1e-15)
+    assert not all(np.allclose(estimated[k], exact[k]) for k in exact)
+    with pytest.raises(spadc.SpadcError, match="ES estimates the loss's gradient only"):
+        model.vjp({"loss": 1.0}, estimator=spadc.ES(), x=x, label=label)

@@ -127,3 +127,43 @@ def test_a_param_changed_in_place_before_backward_is_refused_by_autograd():
         layer.params[layer.param_names[0]].add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.loss.sum().backward()
+
+
+def test_an_estimator_at_construction_or_per_call_draws_as_model_grad_does():
+    # Call k is keyed by (seed, k): RAD's estimate through the module is Model.grad's with the same
+    # seed and step (the same draws, on the VJP's surrogate and on the loss), and not the exact one.
+    layer = _layer("mlp.spad")
+    layer.estimator = spadc.RAD(keep=0.3)
+    layer.seed = 9
+    inputs = example_inputs(layer.model.layout, np.random.default_rng(SEED), batch=4)
+    for step in range(2):
+        layer.zero_grad()
+        layer(**inputs).loss.mean().backward()
+        _, expected = layer.model.grad(estimator=spadc.RAD(keep=0.3), seed=9, step=step, **inputs)
+        for name in layer.param_names:
+            np.testing.assert_allclose(layer.params[name].grad.numpy(), expected[name], rtol=1e-12, atol=1e-15)
+    _, exact = layer.model.grad(**inputs)
+    assert not np.allclose(layer.params["W1"].grad.numpy(), exact["W1"])
+    layer.zero_grad()
+    layer(estimator=None, **inputs).loss.mean().backward()  # this call exact
+    np.testing.assert_allclose(layer.params["W1"].grad.numpy(), exact["W1"], rtol=1e-12, atol=1e-15)
+    with pytest.raises(spadc.SpadcError, match="ES estimates the loss's gradient only"):
+        spadc.torch.Module(layer.model, estimator=spadc.ES())
+
+
+DROPPED = """input x: f64[8]
+param w: f64[8] = 1.0
+output z = dropout(w * x, 0.5)
+loss sum(z)
+"""
+
+
+def test_dropout_follows_the_modules_training_mode():
+    layer = spadc.torch.Module(spadc.compile_source(DROPPED, name="dropped.spad"), seed=3)
+    x = np.random.default_rng(SEED).standard_normal((4, 8))
+    trained = [layer(x=x).loss.detach().numpy() for _ in range(2)]  # calls 0 and 1, training mode
+    for step in range(2):
+        np.testing.assert_array_equal(trained[step], layer.model.forward(training=True, seed=3, step=step, x=x).loss)
+    assert not np.array_equal(trained[0], trained[1])
+    layer.eval()
+    np.testing.assert_array_equal(layer(x=x).loss.detach().numpy(), layer.model.forward(x=x).loss)

@@ -9,7 +9,9 @@ Invariants:
   the thread count changes no bit), which divides by the count as for a gradient: the sum is that
   mean times the count (to rounding).
 - A cotangent is given per sample ([n, *shape]) or once for every sample (the output's shape).
-- Exact reverse mode (estimators do not apply yet); `training=True` keys dropout as `grad` does.
+- The params' cotangents are a gradient variant's (of the surrogate `sum_k <ct_k, out_k>`), so an
+  estimator (RAD, SPAD) applies to them as to `grad`, keyed by the same seed, step and sample
+  indices; `training=True` keys dropout as `grad` does.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import numpy as np
 from .arguments import Options, merge_inputs, numeric, prepare
 from .calls import check_threads
 from .errors import SpadcError
+from .estimators import resolve
 
-VJP, VJP_SUM, WITH_PARAMS = "vjp.", "vjpsum.", ".params"  # kernel names (spadc/ad/vjp.py `parse_kind`)
+VJP, WITH_PARAMS = "vjp.", ".params"  # kernel names (spadc/ad/vjp.py `parse_kind`)
 COTANGENT, INPUT_COTANGENT, PARAM_COTANGENT = "_cotangent.", "_input.", "_grad."
 
 
@@ -42,26 +45,27 @@ def seedable(layout: dict) -> dict[str, list[int]]:
 
 
 def vjp(model, cotangents, with_params: bool, *, params, training, seed, step, sample_offset, threads, state,
-        inputs, keyword_inputs, outputs: bool = True) -> VJPResult:
-    """With `with_params`, the params' cotangents (a gradient kernel sums them in place); with
-    `outputs`, the loss, the outputs and the inputs' cotangents (a forward kernel, per sample)."""
-    options = Options.check(training, seed, step, sample_offset)
+        inputs, keyword_inputs, outputs: bool = True, estimator=None) -> VJPResult:
+    """With `with_params`, the params' cotangents (a gradient variant sums them in place: exact, or
+    estimated by `estimator`); with `outputs`, the loss, the outputs and the inputs' cotangents (a
+    forward kernel, per sample). `step=None`: a SPAD estimator's own step counter (as `grad`)."""
+    options = Options.check(training, seed, 0 if step is None else step, sample_offset)
     prepared = model._inputs(merge_inputs(inputs, keyword_inputs), state)
     return vjp_prepared(model, cotangents, with_params, prepared, model._params_buffer(params), options,
-                        check_threads(threads), outputs)
+                        check_threads(threads), outputs, estimator, step)
 
 
 def vjp_prepared(model, cotangents, with_params: bool, prepared, flat, options, threads: int,
-                 outputs: bool = True) -> VJPResult:
+                 outputs: bool = True, estimator=None, step=None) -> VJPResult:
     """`vjp` over inputs already checked (`Model._inputs`) and a flat params buffer: what the
     framework wrappers call after a forward pass over the same arguments."""
     seeded, arguments = _with_cotangents(model, cotangents, prepared)
     param_cotangents = {}
     if with_params:
-        entry, function = model._kernel(VJP_SUM + "+".join(seeded), "vjp needs its kernel")
-        _, mean, _ = model._run(entry, function, prepared=arguments, flat=flat, training=options.training,
-                                seed=options.seed, step=options.step, offset=options.offset, threads=threads)
-        param_cotangents = model._named(mean.astype(np.float64) * arguments.n)  # the kernel divides by the count
+        call = dict(prepared=arguments, flat=flat, training=options.training, seed=options.seed,
+                    offset=options.offset, threads=threads)
+        _, mean, _, _, n = model._estimate(resolve(estimator), step, call, seeded=tuple(seeded))
+        param_cotangents = model._named(mean.astype(np.float64) * n)  # the kernel divides by the count
     if not outputs:
         return VJPResult(None, {}, param_cotangents, {})
     losses, named, one = _per_sample(model, VJP + "+".join(seeded), arguments, flat, options, threads, "vjp")

@@ -168,15 +168,22 @@ def is_evaluation_step(spad: SPAD, step: int) -> bool:
     return spad.score != "uniform" and step % spad.refresh == 0
 
 
-def variant_key(sampling: Sampling | None, score: str | None = None, policy: str | Sampling | None = None) -> str:
-    """The name of a gradient kernel variant: the same on the compiler's and the runtime's side."""
+SEEDED = "@vjp."  # a variant's key with this after it: the gradient of a VJP's surrogate (spadc/ad/vjp.py)
+
+
+def variant_key(sampling: Sampling | None, score: str | None = None, policy: str | Sampling | None = None,
+                seeded: tuple[str, ...] = ()) -> str:
+    """The name of a gradient kernel variant: the same on the compiler's and the runtime's side.
+    `seeded`: the outputs (sorted) whose cotangents, given as inputs, make the objective
+    `sum_k <ct_k, out_k>` in place of the loss (a VJP's params' cotangents)."""
+    suffix = f"{SEEDED}{'+'.join(seeded)}" if seeded else ""
     if sampling is None and score is None:
-        return "exact"
+        return "exact" + suffix
     parts = [] if sampling is None else [_sampling_key(sampling)]
     if score is not None:  # scores alone: at the sites of `policy`, a site policy or the Sampling drawing them
         sites = "" if sampling is not None else f".{_sampling_key(policy) if isinstance(policy, Sampling) else policy}"
         parts.append(f"score.{score}{sites}")
-    return "+".join(parts)
+    return "+".join(parts) + suffix
 
 
 def _sampling_key(sampling: Sampling) -> str:

@@ -71,8 +71,8 @@ def load(path: str) -> Model:
     def address(symbol: str) -> int:
         return ctypes.cast(getattr(library, symbol), ctypes.c_void_p).value
 
-    def provide(sampling, score, policy):
-        key = variant_key(sampling, score, policy)
+    def provide(sampling, score, policy, seeded=()):
+        key = variant_key(sampling, score, policy, seeded)
         entry = layout["variants"].get(key)
         if entry is None:
             built = "; ".join(sorted({_described(k) for k in layout["variants"]}))

@@ -71,7 +71,7 @@ class Model:
 
     def __init__(self, layout: dict, forward_address: int | None, gradient_provider, keepalive=None,
                  kernel_provider=None, replan=None):
-        """`gradient_provider(sampling, score, policy)` gives (layout entry, address, owner) of a
+        """`gradient_provider(sampling, score, policy, seeded)` gives (layout entry, address, owner) of a
         gradient kernel variant (compiling it if it can); `kernel_provider(kind)` the same of one of
         the KERNEL_TYPES (the forward kernel when `forward_address` is None, ES's particles, the
         curvature products), when there are any. `replan(max_memory, checkpoint)`: the same model
@@ -278,15 +278,16 @@ class Model:
 
     # ---- derivatives of anything (INTERFACE.md; spadrt/derivatives.py) ----------------------------
 
-    def vjp(self, cotangents: dict, *, params=None, training: bool = False, seed: int = 0, step: int = 0,
-            sample_offset: int = 0, threads: int | None = None, state: dict | None = None, inputs: dict | None = None,
-            **keyword_inputs) -> derivatives.VJPResult:
+    def vjp(self, cotangents: dict, *, params=None, estimator=None, training: bool = False, seed: int = 0,
+            step: int | None = None, sample_offset: int = 0, threads: int | None = None, state: dict | None = None,
+            inputs: dict | None = None, **keyword_inputs) -> derivatives.VJPResult:
         """The vector-Jacobian product seeded by `cotangents` (output name, or "loss", to an array of
-        its shape, or [n, ...] of it): the outputs, the params' cotangents summed over the batch, and
-        every float input's cotangent per sample."""
+        its shape, or [n, ...] of it): the outputs, the params' cotangents summed over the batch
+        (exact, or estimated by `estimator` as `grad` estimates the gradient: RAD or SPAD), and
+        every float input's cotangent per sample (exact)."""
         return derivatives.vjp(self, cotangents, True, params=params, training=training, seed=seed, step=step,
                                sample_offset=sample_offset, threads=threads, state=state, inputs=inputs,
-                               keyword_inputs=keyword_inputs)
+                               keyword_inputs=keyword_inputs, estimator=estimator)
 
     def input_grad(self, *, params=None, training: bool = False, seed: int = 0, step: int = 0, sample_offset: int = 0,
                    threads: int | None = None, state: dict | None = None, inputs: dict | None = None,
@@ -354,23 +355,32 @@ class Model:
         return fit(self, data, **options)
 
     def _gradient(self, params, estimator, training, seed, step, offset, threads, inputs, state=None, out=None):
-        estimator = resolve(estimator)
         options = Options.check(training, seed, 0 if step is None else step, offset)
         prepared = self._inputs(inputs, state)
         call = dict(prepared=prepared, flat=self._params_buffer(params), training=options.training,
                     seed=options.seed, offset=options.offset, threads=calls.check_threads(threads))
-        if isinstance(estimator, ES):
-            loss, flat, entry = es_gradient(self, estimator, step or 0, **call)
+        return self._estimate(resolve(estimator), step, call, episode_start=state is None, out=out)
+
+    def _estimate(self, estimator, step, call: dict, *, episode_start: bool = True, seeded=(), out=None):
+        """(mean loss, flat gradient, tape bytes per sample, kernel entry, samples) of one estimate
+        over checked arguments (`call`: `_run`'s keywords but `step`); with `seeded`, of a VJP's
+        surrogate (its cotangents among the arguments) in place of the loss."""
+        if isinstance(estimator, (ES, PES)):
+            if seeded:
+                raise SpadcError(f"{type(estimator).__name__} estimates the loss's gradient only; a vjp takes "
+                                 "the exact reverse sweep, RAD or SPAD")
+            if isinstance(estimator, ES):
+                loss, flat, entry = es_gradient(self, estimator, step or 0, **call)
+            else:
+                loss, flat, entry = pes_gradient(self, estimator, step or 0, episode_start=episode_start, **call)
             measured = 0  # forward passes only: no tape
-        elif isinstance(estimator, PES):
-            loss, flat, entry = pes_gradient(self, estimator, step or 0, episode_start=state is None, **call)
-            measured = 0
         elif isinstance(estimator, SPAD):
-            loss, flat, measured, entry = spad_gradient(self, estimator, step, call)
+            loss, flat, measured, entry = spad_gradient(self, estimator, step, call, seeded)
         else:
-            entry, function = self._variant(estimator.sampling)
+            entry, function = self._variant(estimator.sampling, seeded=seeded)
             loss, flat, measured = self._run(entry, function, step=step or 0, out=out, **call)
-        return loss, flat, measured / prepared.n, entry, prepared.n
+        n = call["prepared"].n
+        return loss, flat, measured / n, entry, n
 
     def _particles(self):
         """(layout entry, function) of the forward kernel with a parameter vector per particle."""
@@ -383,18 +393,17 @@ class Model:
                 raise SpadcError(f"{purpose}, which this library was built without")
             if kind not in self._variants:
                 entry, address, owner = self._kernel_provider(kind)
-                kernel_type = (GRAD_TYPE if kind.startswith(derivatives.VJP_SUM) else
-                               FORWARD_TYPE if kind.startswith((derivatives.VJP, derivatives.JACOBIAN))
+                kernel_type = (FORWARD_TYPE if kind.startswith((derivatives.VJP, derivatives.JACOBIAN))
                                else KERNEL_TYPES[kind])
                 self._install(kind, entry, address, owner, kernel_type)
             entry, function, _ = self._variants[kind]
         return entry, function
 
-    def _variant(self, sampling, score=None, policy=None):
-        key = variant_key(sampling, score, policy)
+    def _variant(self, sampling, score=None, policy=None, seeded=()):
+        key = variant_key(sampling, score, policy, seeded)
         with self._compile_lock:  # one thread compiles a variant; the others wait for it
             if key not in self._variants:
-                entry, address, owner = self._provider(sampling, score, policy)
+                entry, address, owner = self._provider(sampling, score, policy, seeded)
                 self._install(key, entry, address, owner, GRAD_TYPE)
             entry, function, _ = self._variants[key]
         return entry, function

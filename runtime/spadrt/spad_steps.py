@@ -23,16 +23,17 @@ from .estimators import SPAD, is_evaluation_step, variant_key
 _U64 = (1 << 64) - 1
 
 
-def spad_gradient(model, spad: SPAD, step, call) -> tuple:
-    """(mean loss, flat gradient, bytes stored over the batch, the kernel's layout entry)."""
+def spad_gradient(model, spad: SPAD, step, call, seeded=()) -> tuple:
+    """(mean loss, flat gradient, bytes stored over the batch, the kernel's layout entry); with
+    `seeded`, of a VJP's surrogate (`Model._estimate`), its distributions kept apart from the loss's."""
     step = spad.step if step is None else int(step)
     spad.step = step + 1
     sampling = spad.sampling
     if sampling is None:  # keep = 1: the exact gradient
-        entry, function = model._variant(None)
+        entry, function = model._variant(None, seeded=seeded)
         return (*model._run(entry, function, step=step, **call), entry)
-    entry, function = model._variant(sampling)
-    state = _state(model, spad, entry, variant_key(sampling))
+    entry, function = model._variant(sampling, seeded=seeded)
+    state = _state(model, spad, entry, variant_key(sampling, seeded=seeded))
     evaluation = is_evaluation_step(spad, step)
     if spad.policy == "best_of":
         if evaluation or state["best"] is None:
@@ -40,13 +41,13 @@ def spad_gradient(model, spad: SPAD, step, call) -> tuple:
         best_seed, best_step = state["best"]
         return (*model._run(entry, function, step=best_step, **{**call, "seed": best_seed}), entry)
     if evaluation and spad.score == "paths":
-        return _paths_evaluation(model, spad, state, entry, step, call)
+        return _paths_evaluation(model, spad, state, entry, step, call, seeded)
     if evaluation and spad.score in ("gradient", "forward"):
         if spad.score == "gradient":  # the exact adjoint, with scores: the exact tape
-            scoring, scorer = model._variant(None, "gradient", sampling)  # at the sites it draws
+            scoring, scorer = model._variant(None, "gradient", sampling, seeded)  # at the sites it draws
             extra = {}
         else:  # the sampled adjoint following the current ranking, adding |residual| where drawn
-            scoring, scorer = model._variant(sampling, "forward")
+            scoring, scorer = model._variant(sampling, "forward", seeded=seeded)
             extra = {"site_data": state["data"]}
         scores = np.zeros(max(scoring["score_size"], 1))
         result = model._run(scoring, scorer, step=step, scores=scores, **extra, **call)
@@ -66,10 +67,10 @@ def _state(model, spad: SPAD, entry: dict, key: str) -> dict:
     return state
 
 
-def _paths_evaluation(model, spad: SPAD, state, entry, step: int, call):
+def _paths_evaluation(model, spad: SPAD, state, entry, step: int, call, seeded):
     """`candidates` RAD estimates, each adding the contributions through its drawn entries to the
     scores; the estimate is their mean (unbiased), and memory per call is RAD's."""
-    scoring, scorer = model._variant(spad.evaluation_sampling, "paths")
+    scoring, scorer = model._variant(spad.evaluation_sampling, "paths", seeded=seeded)
     scores = np.zeros(max(scoring["score_size"], 1))
     loss, total, stored = 0.0, None, 0
     for candidate in range(spad.candidates):

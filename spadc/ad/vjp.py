@@ -2,10 +2,12 @@
 
 `vjp_program(program, seeded, with_params)` is a per-sample program whose outputs are the model's
 own, each float input's cotangent (`_input.NAME`) and, with `with_params`, each param's
-(`_grad.NAME`, summed over the batch by the runtime), for cotangents given as inputs
-(`_cotangent.NAME`, shaped like the output they seed; `_cotangent.loss` a scalar): the reverse
-sweep of the surrogate `sum_k <ct_k, out_k>`, whose gradient is exactly the VJP because the
-cotangents are inputs, never differentiated.
+(`_grad.NAME`, per sample: a Jacobian's rows), for cotangents given as inputs (`_cotangent.NAME`,
+shaped like the output they seed; `_cotangent.loss` a scalar): the reverse sweep of the surrogate
+`sum_k <ct_k, out_k>`, whose gradient is exactly the VJP because the cotangents are inputs, never
+differentiated. `surrogate(program, seeded)` is that objective as a program: the params'
+cotangents summed over the batch are its gradient, a gradient variant like the loss's (so
+estimators and memory plans apply to it as to `grad`).
 
 Invariants:
 - The model's program is not changed: the surrogate is built on a copy of its body.
@@ -21,10 +23,9 @@ from dataclasses import replace
 from ..errors import SpadcError
 from ..ir.core import Block, InputDecl, Program, Value, copy_block
 from .builder import Builder
-from .reverse import GradientProgram, gradient, place_of
+from .reverse import gradient, place_of
 
 VJP = "vjp."  # kernel names: vjp.<seeded outputs joined by '+'>[.params]
-VJP_SUM = "vjpsum."  # the params' cotangents summed over the batch: vjpsum.<seeded outputs>
 COTANGENT = "_cotangent."  # the vjp kernel's extra inputs
 INPUT_COTANGENT = "_input."  # its outputs: a float input's cotangent, per sample
 PARAM_COTANGENT = "_grad."  # its outputs: a param's cotangent, per sample (spadrt/curvature.py's SAMPLE_GRADIENT)
@@ -32,7 +33,7 @@ WITH_PARAMS = ".params"
 
 
 def parse_kind(kind: str) -> tuple[tuple[str, ...], bool]:
-    body = kind[len(VJP_SUM if kind.startswith(VJP_SUM) else VJP):]
+    body = kind[len(VJP):]
     with_params = body.endswith(WITH_PARAMS)
     return tuple(body.removesuffix(WITH_PARAMS).split("+")), with_params
 
@@ -49,7 +50,7 @@ def seedable(program: Program) -> dict[str, Value]:
     return found
 
 
-def _surrogate(program: Program, seeded: tuple[str, ...]):
+def _surrogate_and_mapping(program: Program, seeded: tuple[str, ...]):
     """(a copy of the program with the cotangents as inputs after its own and the loss
     `sum_k <ct_k, out_k>`, the copy's values by original id)."""
     targets = seedable(program)
@@ -78,8 +79,14 @@ def _surrogate(program: Program, seeded: tuple[str, ...]):
     return linear, mapping
 
 
+def surrogate(program: Program, seeded: tuple[str, ...]) -> Program:
+    """The model with the cotangents of `seeded` as inputs and `sum_k <ct_k, out_k>` as its loss:
+    its gradient (a gradient variant, spadc/api.py) sums the params' cotangents over the batch."""
+    return _surrogate_and_mapping(program, seeded)[0]
+
+
 def vjp_program(program: Program, seeded: tuple[str, ...], with_params: bool) -> Program:
-    linear, mapping = _surrogate(program, seeded)
+    linear, mapping = _surrogate_and_mapping(program, seeded)
     differentiable = differentiable_inputs(program)
     taps = {INPUT_COTANGENT + d.name: mapping[d.value.id] for d in differentiable}
     reverse = gradient(linear, taps=taps, wrt_inputs=frozenset(d.name for d in differentiable)).program
@@ -88,9 +95,3 @@ def vjp_program(program: Program, seeded: tuple[str, ...], with_params: bool) ->
     if with_params:
         result.update({PARAM_COTANGENT + d.name: reverse.outputs[d.name] for d in linear.params})
     return reverse.with_body(reverse.body, result, mapping.get(program.loss.id, program.loss), None)
-
-
-def summed_vjp(program: Program, seeded: tuple[str, ...]) -> GradientProgram:
-    """The params' cotangents as an accumulating gradient program (kernels.grad_kernel sums them
-    over the samples in place, as it sums a gradient, and divides by the count)."""
-    return gradient(_surrogate(program, seeded)[0], accumulate=True)
