@@ -111,48 +111,42 @@ def jacobian(model, output: str, wrt, *, params, training, seed, step, sample_of
     """Each sample's Jacobian of `output` (a float output or "loss"), by forward mode when it has
     fewer columns than rows, else by reverse mode: with respect to "params", [n, *output_shape,
     param_count] (the params' flat layout); to "inputs", a dict by float input of [n, *output_shape,
-    *input_shape]; to one input's name, that array. One sample (no batch): without the leading
-    axis. Up to SWEEPS_PER_CALL sweeps share one kernel call, and so one evaluation of the model."""
+    *input_shape]; to one input's name, that array (a slice of "inputs"). One sample (no batch):
+    without the leading axis. Up to SWEEPS_PER_CALL sweeps share one kernel call, and so one
+    evaluation of the model."""
     targets = seedable(model.layout)
     if output not in targets:
         raise SpadcError(f"no float output `{output}` to differentiate; the model's are {', '.join(sorted(targets))}")
-    floats = [spec for spec in model.layout["inputs"] if spec["dtype"] == "f64" and not spec.get("state")]
+    floats = float_inputs(model.layout)
     if wrt not in ("params", "inputs") and wrt not in {spec["name"] for spec in floats}:
         raise SpadcError(f'wrt must be "params", "inputs" or the name of a float input '
                          f"({', '.join(spec['name'] for spec in floats) or 'the model has none'}), got {wrt!r}")
     options = Options.check(training, seed, step, sample_offset)
     prepared = model._inputs(merge_inputs(inputs, keyword_inputs), state)
-    call = (prepared, model._params_buffer(params), options, check_threads(threads))
-    shape = tuple(targets[output])
-    rows = int(np.prod(shape, dtype=np.int64))
-    columns = (model.layout["params"] if wrt == "params" else
-               [spec for spec in floats if wrt in ("inputs", spec["name"])])
-    width = sum(int(np.prod(spec["shape"], dtype=np.int64)) for spec in columns)
     one = (lambda x: x) if prepared.batched else (lambda x: x[0])
-    if width == 0:  # no params, or no float input: an empty Jacobian
-        lead = (prepared.n,) if prepared.batched else ()
-        return np.zeros((*lead, *shape, 0)) if wrt == "params" else {}
-    if width < rows:
-        token = PARAMS if wrt == "params" else INPUTS if wrt == "inputs" else wrt
-        found = np.stack(_sweeps(model, "fwd", width, output, token, call), axis=-1)  # [n, *shape, width]
-        if wrt == "params":
-            return one(found)
+    shape = tuple(targets[output])
+    side = PARAMS if wrt == "params" else INPUTS
+    columns = model.layout["params"] if side == PARAMS else floats
+    if not columns:  # no params, or no float input: an empty Jacobian
+        return one(np.zeros((prepared.n, *shape, 0))) if side == PARAMS else {}
+    mode, count, kind = jacobian_kind(model.layout, output, side)
+    found = _sweeps(model, mode, count, kind, (prepared, model._params_buffer(params), options, check_threads(threads)))
+    if mode == "fwd":  # a column per sweep
+        array = np.stack(found, axis=-1)  # [n, *shape, width]
+        if side == PARAMS:
+            return one(array)
         named, start = {}, 0
         for spec in columns:
-            size = int(np.prod(spec["shape"], dtype=np.int64))
-            named[spec["name"]] = one(found[..., start:start + size].reshape(*found.shape[:-1], *spec["shape"]))
+            size = _size(spec["shape"])
+            named[spec["name"]] = one(array[..., start:start + size].reshape(*array.shape[:-1], *spec["shape"]))
             start += size
-        return named if wrt == "inputs" else named[wrt]
-    found = _sweeps(model, "rev", rows, output, PARAMS if wrt == "params" else INPUTS, call)
-    lead = found[0].shape[:1] if wrt == "params" else found[0][floats[0]["name"]].shape[:1]
-
-    def stacked(parts):  # a row per output entry, each [n, *tail] -> [n, *shape, *tail]
-        array = np.stack(parts, axis=1)
-        return one(array.reshape(*lead, *shape, *array.shape[2:]))
-
-    if wrt == "params":
-        return stacked(found)
-    named = {spec["name"]: stacked([row[spec["name"]] for row in found]) for spec in floats}
+    else:  # a row per sweep: [n, *tail] each -> [n, *shape, *tail]
+        def stacked(rows):
+            array = np.stack(rows, axis=1)
+            return one(array.reshape(array.shape[0], *shape, *array.shape[2:]))
+        if side == PARAMS:
+            return stacked(found)
+        named = {spec["name"]: stacked([row[spec["name"]] for row in found]) for spec in columns}
     return named if wrt == "inputs" else named[wrt]
 
 
@@ -160,20 +154,37 @@ SWEEPS_PER_CALL = 16  # a kernel's copies of the sweep (its code grows with them
 JACOBIAN, PARAMS, INPUTS = "jac.", "*params", "*inputs"  # spadc/ad/jacobian.py's kernel names
 
 
-def _sweeps(model, mode: str, count: int, output: str, token: str, call) -> list:
-    """Each sweep's result, in order, from kernel calls of up to SWEEPS_PER_CALL sweeps seeded by
-    one-hot directions (the same for every sample): a column of the output's Jacobian in forward
-    mode ([n, *output_shape]); in reverse mode a row, the params' cotangents flat ([n, param_count])
-    or the float inputs' by name."""
+def float_inputs(layout: dict) -> list[dict]:
+    """The inputs a Jacobian or a cotangent is taken of: the float ones, states aside."""
+    return [spec for spec in layout["inputs"] if spec["dtype"] == "f64" and not spec.get("state")]
+
+
+def jacobian_kind(layout: dict, output: str, side: str) -> tuple[str, int, str]:
+    """(mode, sweeps, kernel name) of `output`'s Jacobian with respect to `side` (PARAMS or INPUTS):
+    forward mode when the columns are fewer than the rows, else reverse mode."""
+    rows = _size(seedable(layout)[output])
+    width = layout["param_count"] if side == PARAMS else sum(_size(spec["shape"]) for spec in float_inputs(layout))
+    mode, count = ("fwd", width) if width < rows else ("rev", rows)
+    return mode, count, f"{JACOBIAN}{mode}.{min(count, SWEEPS_PER_CALL)}.{output}.{side}"
+
+
+def _size(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _sweeps(model, mode: str, count: int, kind: str, call) -> list:
+    """Each of the `count` sweeps' results, in order, from calls of kernel `kind` (several sweeps
+    each) seeded by one-hot directions, the same for every sample: in forward mode a column of the
+    Jacobian ([n, *output_shape]); in reverse mode a row, the params' cotangents flat ([n,
+    param_count]) or the float inputs' by name."""
     prepared, flat, options, threads = call
-    per_call = max(1, min(count, SWEEPS_PER_CALL))
-    kind = f"{JACOBIAN}{mode}.{per_call}.{output}.{token}"
     entry, _ = model._kernel(kind, "jacobian needs its kernel")
     specs = [dict(spec, dtype="f64") for spec in entry["directions"]]
+    per_call = int(kind[len(JACOBIAN):].split(".")[1])
     per_sweep = len(specs) // per_call
     offsets = [0]
     for spec in specs[:per_sweep]:
-        offsets.append(offsets[-1] + int(np.prod(spec["shape"], dtype=np.int64)))
+        offsets.append(offsets[-1] + _size(spec["shape"]))
     results = []
     for first in range(0, count, per_call):
         values = {}

@@ -7,8 +7,9 @@ are copied once per sweep, each copy reading directions of its own. The ops that
 it (the model's evaluation, a reverse sweep's tape) run once for all the sweeps. The runtime
 passes one-hot directions, the same for every sample, and assembles the columns or rows.
 
-`kind` names a kernel: `jac.<mode>.<sweeps>.<output>.<wrt>`, mode `rev` or `fwd`, wrt `*params`,
-`*inputs` or an input's name.
+`kind` names a kernel: `jac.<mode>.<sweeps>.<output>.<wrt>`, mode `rev` or `fwd`, wrt `*params`
+or `*inputs` (every float input: one input's Jacobian is a slice of theirs, so that a library
+built ahead of time holds one kernel per output and side).
 
 Invariants:
 - Sweep b's directions are the inputs `NAME.b` (NAME the product program's direction input), its
@@ -16,7 +17,7 @@ Invariants:
   program as it is; each further sweep's copies follow it, in order, reading the shared values
   and their own: the program stays in single assignment.
 - Reverse mode seeds a cotangent of the output; forward mode seeds the tangents of the params
-  (`*params`), of every float input (`*inputs`) or of one input.
+  (`*params`) or of every float input but the states (`*inputs`).
 """
 
 from __future__ import annotations
@@ -59,10 +60,10 @@ def _tangent_program(program: Program, output: str, wrt: str) -> Program:
     inputs `_tangent.NAME` after the model's, the output's tangent the output `_tangent.OUTPUT`."""
     if wrt == PARAMS:
         return jvp_program(program)
+    if wrt != INPUTS:
+        raise SpadcError(f"a Jacobian is with respect to {PARAMS} or {INPUTS}, not {wrt!r}")
     states = {id(st.value) for st in program.states}  # not inputs a caller differentiates
-    seeded = [d for d in differentiable_inputs(program) if wrt in (INPUTS, d.name) and id(d.value) not in states]
-    if not seeded:
-        raise SpadcError(f"no float input `{wrt}` to differentiate with respect to")
+    seeded = [d for d in differentiable_inputs(program) if id(d.value) not in states]
     seeds = {d.value: Value(d.value.type, TANGENT + d.name) for d in seeded}
     body, tangents = linearize(program.body, seeds)
     value = seedable(program)[output]
