@@ -28,13 +28,11 @@ from llvmlite import ir
 from spadrt import Model, limits
 from spadrt.estimators import SamplingWarning, variant_key
 
-from . import cache, frontend, passes
+from . import cache, derived_kernels, frontend
 from .ad.paths import multi_factor_paths
 from .ad.tape import plan_tape
-from .ad import jacobian, vjp
-from .ad.forward import HVP, ggn_program, hvp_program, jvp_program
+from .ad import vjp
 from .ad.reverse import GradientProgram
-from .ad.taps import tap_program
 from .backend import budget, jit, kernels, tiers
 from .errors import Source, SpadcError
 from .ir.printer import format_program
@@ -65,7 +63,7 @@ class Compiled:
         PES), or a product kernel (CURVATURE.md section 1: `jvp`, `hvp`, `ggn`)."""
         if kind not in self.variants:
             module = ir.Module(name=f"{self.program.name}.{kind}")
-            entry = _extra_kernel(kind)(self, module)
+            entry = derived_kernels.build(self, module, kind)
             code = tiers.compile_kernel(str(module), kind, entry["sample_work"], on_optimised)
             self.variants[kind] = (entry, code, None)
         entry, machine, _ = self.variants[kind]
@@ -77,7 +75,7 @@ class Compiled:
         if kind == "grad":
             return self.llvm_ir
         module = ir.Module(name=f"{self.program.name}.{kind}")
-        _extra_kernel(kind)(self, module)
+        derived_kernels.build(self, module, kind)
         return str(module)
 
     def gradient_program(self, sampling=None, score: str | None = None, policy=None) -> GradientProgram:
@@ -145,91 +143,6 @@ def _sampling_warnings(source, program: GradientProgram, sampling, sampled_tape:
                          f"is near 1 (`spadc mem` shows each site's bytes){left}")
     return warnings_
 
-
-def _forward_kernel(compiled: Compiled, module) -> dict:
-    """The model's forward kernel: compiled the first time a loss or an output is asked for (a
-    first gradient, like JAX's first call of value_and_grad, compiles only what it needs)."""
-    _, outputs = kernels.base_layout(compiled.program, compiled.dtype)
-    return kernels.forward_kernel(module, compiled.program, compiled.layout, outputs, compiled.dtype, "forward",
-                                  compiled.max_memory, lanes=compiled.lanes, split=compiled.split)
-
-
-def _particles_kernel(compiled: Compiled, module) -> dict:
-    _, outputs = kernels.base_layout(compiled.program, compiled.dtype)
-    return kernels.forward_kernel(module, compiled.program, compiled.layout, outputs, compiled.dtype, PARTICLES,
-                                  compiled.max_memory, particles=True)
-
-
-def _jvp_kernel(compiled: Compiled, module) -> dict:
-    """A forward kernel over the model with its tangents; the runtime gives the tangent inputs."""
-    return _derived_forward_kernel(compiled, module, passes.run(jvp_program(compiled.program)), "jvp")
-
-
-def _derived_forward_kernel(compiled: Compiled, module, program, kind: str) -> dict:
-    """A forward kernel over a program derived from the model's (its outputs in the entry: they are
-    not the model's)."""
-    entry = kernels.forward_kernel(module, program, compiled.layout, program.outputs, compiled.dtype, kind,
-                                   compiled.max_memory, lanes=compiled.lanes)
-    entry["outputs"] = [{"name": n, "shape": list(v.type.shape), "dtype": v.type.dtype} for n, v in program.outputs.items()]
-    return entry
-
-
-def _taps_kernel(compiled: Compiled, module) -> dict:
-    """A forward kernel over the model's exact reverse mode, writing each sample's layer taps."""
-    program, layers = tap_program(compiled.program)
-    entry = _derived_forward_kernel(compiled, module, passes.run(program), "taps")
-    entry["layers"] = [{"weight": layer.weight, "bias": layer.bias} for layer in layers]
-    return entry
-
-
-def _hvp_kernel(compiled: Compiled, module) -> dict:
-    """A gradient kernel summing the gradient (at the params' offsets) and H v (after it)."""
-    product = hvp_program(compiled.gradient)
-    product.program = passes.run(product.program)
-    offsets = {p["name"]: p["offset"] for p in compiled.layout["params"]}
-    offsets.update({HVP + name: compiled.layout["param_count"] + offset for name, offset in list(offsets.items())})
-    return kernels.grad_kernel(module, product, compiled.layout, compiled.dtype, "hvp", compiled.max_memory, offsets,
-                               compiled.lanes)
-
-
-def _ggn_kernel(compiled: Compiled, module) -> dict:
-    product = ggn_program(compiled.program)
-    product.program = passes.run(product.program)
-    return kernels.grad_kernel(module, product, compiled.layout, compiled.dtype, "ggn", compiled.max_memory,
-                               lanes=compiled.lanes)
-
-
-def _vjp_kernel(compiled: Compiled, module, kind: str) -> dict:
-    """A forward kernel over a VJP program (spadc/ad/vjp.py): per sample, the outputs, the float
-    inputs' cotangents and (`.params`) the params', for the cotangents given as inputs."""
-    seeded, with_params = vjp.parse_kind(kind)
-    return _derived_forward_kernel(compiled, module, passes.run(vjp.vjp_program(compiled.program, seeded, with_params)),
-                                   kind)
-
-
-def _jacobian_kernel(compiled: Compiled, module, kind: str) -> dict:
-    """A forward kernel of several Jacobian sweeps sharing one evaluation (spadc/ad/jacobian.py);
-    its entry lists the directions it reads after the model's inputs, in order."""
-    program = passes.run(jacobian.jacobian_program(compiled.program, kind))
-    entry = _derived_forward_kernel(compiled, module, program, kind)
-    own = len(compiled.program.inputs)
-    entry["directions"] = [{"name": d.name, "shape": list(d.value.type.shape)} for d in program.inputs[own:]]
-    return entry
-
-
-def _extra_kernel(kind: str):
-    if kind.startswith(jacobian.JACOBIAN):
-        return lambda compiled, module: _jacobian_kernel(compiled, module, kind)
-    if kind.startswith(vjp.VJP):
-        return lambda compiled, module: _vjp_kernel(compiled, module, kind)
-    if kind not in _EXTRA_KERNELS:
-        raise SpadcError(f"no kernel `{kind}`; the kernels are grad, {', '.join(_EXTRA_KERNELS)} and vjp.OUTPUTS")
-    return _EXTRA_KERNELS[kind]
-
-
-PARTICLES = "particles"  # the kernel key of the forward kernel with a parameter vector per particle
-_EXTRA_KERNELS = {"forward": _forward_kernel, PARTICLES: _particles_kernel, "jvp": _jvp_kernel, "hvp": _hvp_kernel, "ggn": _ggn_kernel,
-                  "taps": _taps_kernel}
 
 CACHE_SIZE = 32  # compiled models kept for reuse; older ones are freed once no Model holds them
 _CACHE: OrderedDict[tuple, Compiled] = OrderedDict()
