@@ -3,6 +3,11 @@
 One object holds, for a model named NAME (the file's base name):
     NAME_forward, NAME_grad_<v> and NAME_train_step_<v> for each gradient variant v (exact, rad,
     spad, spad_scores), NAME_layout() (the layout as JSON) and NAME_abi_version();
+    with `--entry vjp`: NAME_vjp (per sample: the outputs and the float inputs' cotangents, seeded
+    by the cotangents of the loss and of every float output, passed after the inputs) and
+    NAME_grad_vjp_<v> (the params' cotangents, summed as a gradient: one per gradient variant);
+    with `--entry jacobian`: NAME_jacobian_<output>_params and NAME_jacobian_<output>_inputs for
+    the loss and each float output (the kernels the JIT runs: spadrt/derivatives.py);
 NAME_layout_digest() (the layout's digest, in code); and a shared library also `spadrt_layout`,
 `spadrt_abi_version` and `spadrt_layout_digest`, which `spadrt.load` reads and checks.
 
@@ -25,13 +30,16 @@ import tempfile
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from spadrt import limits
+from dataclasses import dataclass
+
+from spadrt import derivatives, limits
 from spadrt.abi import ABI_VERSION
 from spadrt.estimators import RAD, SPAD, variant_key
 from spadrt.files import atomic_write, check_writable, path_argument
 from spadrt.library import layout_digest
 
-from . import frontend
+from . import derived_kernels, frontend
+from .ad import vjp
 from contextlib import nullcontext
 
 from .backend import budget, jit, kernels
@@ -46,6 +54,7 @@ TARGETS = {  # the triples tests and docs promise; any LLVM triple is accepted
     "riscv32-unknown-elf": "riscv32-unknown-elf",
 }
 ESTIMATOR_NAMES = ("exact", "rad", "spad")
+ENTRY_NAMES = ("vjp", "jacobian")  # kernels a build may add (`--entry`) beside forward and the gradients
 
 
 def variants(estimators, keep: float, policy: str, draw: str, share: str) -> list[tuple[str, object, str | None, str | None]]:
@@ -63,7 +72,7 @@ def variants(estimators, keep: float, policy: str, draw: str, share: str) -> lis
 def build(path: str, output: str, header: str | None = None, target: str | None = None, cpu: str | None = None,
           dtype: str = "f64", estimators=ESTIMATOR_NAMES, keep: float = 0.1, policy: str = "weights",
           draw: str = "with_replacement", share: str = "sample", linker: str | None = None, max_memory=None,
-          checkpoint="auto") -> dict:
+          checkpoint="auto", entries=()) -> dict:
     """Build `output` (.so or .o) and optionally a C header; returns the layout. A shared library for
     another target needs that target's linker (`linker`, a C compiler driver). `max_memory` and
     `checkpoint`: the gradient kernels' budget, as for compile_file."""
@@ -78,6 +87,9 @@ def build(path: str, output: str, header: str | None = None, target: str | None 
     unknown = set(estimators) - set(ESTIMATOR_NAMES)
     if unknown:
         raise SpadcError(f"unknown estimator {sorted(unknown)[0]!r}; expected {', '.join(ESTIMATOR_NAMES)}")
+    unknown = set(entries) - set(ENTRY_NAMES)
+    if unknown:
+        raise SpadcError(f"unknown entry {sorted(unknown)[0]!r}; expected {', '.join(ENTRY_NAMES)}")
     for target_path, what in ((output, "output"), (header, "header")):
         if target_path:
             check_writable(target_path, what)
@@ -85,7 +97,8 @@ def build(path: str, output: str, header: str | None = None, target: str | None 
     # For the host: the JIT's code; for another target, no FMA and no 128-bit multiply assumed.
     with for_target(fused=False, wide=False) if target is not None else nullcontext():
         module, layout, prefix = kernels_module(path, dtype, estimators, keep, policy, draw, share, shared,
-                                                native=target is None, max_memory=max_memory, checkpoint=checkpoint)
+                                                native=target is None, max_memory=max_memory, checkpoint=checkpoint,
+                                                entries=entries)
     machine = _target_machine(target, cpu)
     optimised = jit.optimise(str(module), machine)
     _write(output, machine.emit_object(optimised), shared, linker)
@@ -98,7 +111,7 @@ def build(path: str, output: str, header: str | None = None, target: str | None 
 def kernels_module(path: str, dtype: str = "f64", estimators=ESTIMATOR_NAMES, keep: float = 0.1,
                    policy: str = "weights", draw: str = "with_replacement", share: str = "sample",
                    shared: bool = False, native: bool = True, max_memory=None,
-                   checkpoint="auto") -> tuple[ir.Module, dict, str]:
+                   checkpoint="auto", entries=()) -> tuple[ir.Module, dict, str]:
     """(the LLVM module of every kernel of a build, its layout, the symbols' prefix). For the host
     (`native`), kernels run as many lanes as the JIT's and hoist what it hoists, so that their results
     are the JIT's bit for bit; for another target, one lane (the least memory) and nothing hoisted.
@@ -115,25 +128,66 @@ def kernels_module(path: str, dtype: str = "f64", estimators=ESTIMATOR_NAMES, ke
         split, lanes = exact_plan[1], exact_plan[3]
     layout["forward"] = kernels.forward_kernel(module, program, layout, outputs, dtype, f"{prefix}_forward",
                                                limit, lanes=lanes, split=split)
-    for suffix, sampling, score, site_policy in variants(estimators, keep, policy, draw, share):
+    chosen = variants(estimators, keep, policy, draw, share)
+    for suffix, sampling, score, site_policy in chosen:
         if sampling is None and score is None and exact_plan is not None:
             program_of_variant, hoisted, plan = exact_plan[:3]
+            entry = kernels.grad_kernel(module, program_of_variant, layout, dtype, f"{prefix}_grad_{suffix}", limit,
+                                        lanes=lanes, split=hoisted)
+            entry.update(plan.as_layout())
         else:  # sampled paths: the program as written
-            hoisted = None
-            program_of_variant, plan = budget.plan_gradient(
-                program, limit, checkpoint,
-                lambda p: budget.differentiated(p, sampling=sampling, score=score, policy=site_policy),
-                8 if dtype == "f64" else 4)
-        symbol = f"{prefix}_grad_{suffix}"
-        entry = kernels.grad_kernel(module, program_of_variant, layout, dtype, symbol, limit, lanes=lanes, split=hoisted)
-        entry.update(plan.as_layout())
-        entry["train_step"] = _train_step(module, symbol, f"{prefix}_train_step_{suffix}", layout, dtype)
+            entry = _gradient_variant(module, program, layout, dtype, f"{prefix}_grad_{suffix}", limit, checkpoint,
+                                      lanes, sampling, score, site_policy)
+        entry["train_step"] = _train_step(module, entry["symbol"], f"{prefix}_train_step_{suffix}", layout, dtype)
         layout["variants"][variant_key(sampling, score, site_policy)] = entry
+    layout["kernels"] = {}  # by kind: the derived kernels of `entries`
+    built = _Build(program, layout, dtype, limit, lanes)
+    if "vjp" in entries:
+        seeded = tuple(sorted(derivatives.seedable(layout)))
+        kind = derivatives.VJP + "+".join(seeded)
+        layout["kernels"][kind] = derived_kernels.build(built, module, kind, f"{prefix}_vjp")
+        objective = vjp.surrogate(program, seeded)
+        for suffix, sampling, score, site_policy in chosen:
+            entry = _gradient_variant(module, objective, layout, dtype, f"{prefix}_grad_vjp_{suffix}", limit, checkpoint,
+                                      lanes, sampling, score, site_policy)
+            layout["variants"][variant_key(sampling, score, site_policy, seeded)] = entry
+    if "jacobian" in entries:
+        for output in sorted(derivatives.seedable(layout)):
+            for side, present in ((derivatives.PARAMS, layout["params"]),
+                                  (derivatives.INPUTS, derivatives.float_inputs(layout))):
+                if present:
+                    kind = derivatives.jacobian_kind(layout, output, side)[2]
+                    symbol = f"{prefix}_jacobian_{_identifier(output)}_{side.lstrip('*')}"
+                    layout["kernels"][kind] = derived_kernels.build(built, module, kind, symbol)
     text = json.dumps(layout)
     _metadata(module, prefix, text)
     if shared:
         _metadata(module, "spadrt", text)
     return module, layout, prefix
+
+
+@dataclass(frozen=True)
+class _Build:
+    """What derived_kernels.build reads of a build (the JIT's `Compiled` has the same fields)."""
+    program: object
+    layout: dict
+    dtype: str
+    max_memory: int | None
+    lanes: int
+
+
+def _gradient_variant(module, objective, layout: dict, dtype: str, symbol: str, limit, checkpoint, lanes: int,
+                      sampling, score, site_policy) -> dict:
+    """A gradient kernel of `objective` (the model, or a VJP's surrogate) planned to the budget, the
+    program as written (as the JIT's `Compiled.emit`), with as many lanes as that gives."""
+    program, plan = budget.plan_gradient(
+        objective, limit, checkpoint,
+        lambda p: budget.differentiated(p, sampling=sampling, score=score, policy=site_policy),
+        8 if dtype == "f64" else 4)
+    lanes = kernels.lanes_within(program, dtype, limit, lanes) if plan.cuts else lanes
+    entry = kernels.grad_kernel(module, program, layout, dtype, symbol, limit, lanes=lanes)
+    entry.update(plan.as_layout())
+    return entry
 
 
 def _identifier(name: str) -> str:
@@ -270,15 +324,50 @@ def c_header(layout: dict, prefix: str, source: str, dtype: str) -> str:
               "   the batch mean. */",
               f"int64_t {prefix}_forward({common}, {upper}_real *losses, void *const *outputs, void *workspace, "
               f"int64_t *status);"]
-    for suffix in suffixes:
+    for suffix, entry in suffixes.items():
         lines.append(f"int64_t {prefix}_grad_{suffix}({common}, {upper}_real *loss_mean, {upper}_real *grads, "
                      f"const double *site_data, double *scores, int64_t *stored, void *workspace, int64_t *status);")
-        lines.append(f"int64_t {prefix}_train_step_{suffix}({common.replace('const ' + upper + '_real *params', upper + '_real *params')}, "
-                     f"{upper}_real lr, {upper}_real *loss_mean, {upper}_real *grads, const double *site_data, "
-                     f"double *scores, int64_t *stored, void *workspace, int64_t *status);")
+        if "train_step" in entry:
+            lines.append(f"int64_t {prefix}_train_step_{suffix}({common.replace('const ' + upper + '_real *params', upper + '_real *params')}, "
+                         f"{upper}_real lr, {upper}_real *loss_mean, {upper}_real *grads, const double *site_data, "
+                         f"double *scores, int64_t *stored, void *workspace, int64_t *status);")
+    lines += _derived_declarations(layout, prefix, common)
     lines += [f"const char *{prefix}_layout(void);  /* the layout as JSON */",
               f"int64_t {prefix}_abi_version(void);", f"int64_t {prefix}_layout_digest(void);", "", f"#endif /* SPAD_{upper}_H */", ""]
     return "\n".join(lines)
+
+
+def _derived_declarations(layout: dict, prefix: str, common: str) -> list[str]:
+    """The VJP and Jacobian kernels of `--entry`: forward kernels whose `inputs` go on after the
+    model's with their own (cotangents, directions), writing the outputs they list."""
+    upper, lines = prefix.upper(), []
+    own = len(layout["inputs"])
+    for kind, entry in layout.get("kernels", {}).items():
+        symbol, tag = entry["symbol"], entry["symbol"][len(prefix) + 1:].upper()
+        if kind.startswith(derivatives.VJP):
+            lines += ["", f"/* {symbol}: per sample, the outputs and the float inputs' cotangents of the VJP seeded by",
+                      "   cotangents of the loss and of every float output, given after the inputs (zeros for any",
+                      f"   not wanted). {prefix}_grad_vjp_<v> (above) takes the same inputs and sums the params'",
+                      "   cotangents as a gradient: their mean over the samples. */"]
+            extra = [derivatives.COTANGENT + name for name in sorted(derivatives.seedable(layout))]
+        else:
+            lines += ["", f"/* {symbol}: per sample, {len(entry['directions'])} Jacobian sweeps sharing one evaluation: "
+                      "sweep b reads the one-hot", "   direction(s) NAME.b given after the inputs (the same for every "
+                      "sample: stride 0) and writes the outputs NAME.b. */"]
+            extra = [spec["name"] for spec in entry["directions"]]
+        for k, name in enumerate(extra):
+            lines.append(f"#define {upper}_{tag}_INPUT_{_macro(name)} {own + k}  /* {name} */")
+        for k, spec in enumerate(entry["outputs"]):
+            lines.append(f"#define {upper}_{tag}_OUTPUT_{_macro(spec['name'])} {k}  /* {spec['name']}: "
+                         f"{spec['dtype']}{_shape(spec['shape'])} */")
+        lines.append(f"#define {upper}_WORKSPACE_{tag} {entry['workspace']}")
+        lines.append(f"int64_t {symbol}({common}, {upper}_real *losses, void *const *outputs, void *workspace, "
+                     "int64_t *status);")
+    return lines
+
+
+def _macro(name: str) -> str:
+    return re.sub(r"\W", "_", name).strip("_").upper()
 
 
 def _shape(shape) -> str:

@@ -272,10 +272,11 @@ def curv(args) -> int:
 def build(args) -> int:
     from . import aot
     estimators = tuple(e.strip() for e in args.estimators.split(",") if e.strip())
+    entries = tuple(e.strip() for e in args.entry.split(",") if e.strip())
     layout = aot.build(args.file, args.output, header=args.header, target=args.target, cpu=args.cpu,
                        dtype=args.dtype, estimators=estimators, keep=args.keep, policy=args.sites, draw=args.draw,
-                       linker=args.linker)
-    kernels_built = ", ".join(e["symbol"] for e in layout["variants"].values())
+                       linker=args.linker, entries=entries)
+    kernels_built = ", ".join(e["symbol"] for e in [*layout["variants"].values(), *layout["kernels"].values()])
     print(f"built {args.output} ({args.target or 'host'}, {args.dtype}): {layout['forward']['symbol']}, {kernels_built}")
     if args.header:
         print(f"wrote {args.header}")

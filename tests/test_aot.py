@@ -19,6 +19,17 @@ from spadc import aot
 from conftest import EXAMPLES, example, profile_examples, quick
 
 F32_RTOL = 1e-5  # f32 losses against f64
+PROJECTION = """input cam: f64[4]
+input pt: f64[3]
+input obs: f64[2]
+param k: f64 = 0.1
+param s: f64[2] = 1.0
+let X = pt[0] * cos(cam[0]) - pt[1] * sin(cam[0]) + cam[1]
+let Y = pt[0] * sin(cam[0]) + pt[1] * cos(cam[0]) + cam[2]
+let Z = pt[2] + 3.0
+output residual = s * cam[3] * (1.0 + k * (X * X + Y * Y) / (Z * Z)) * stack(X / Z, Y / Z) - obs
+loss sum(residual * residual)
+"""
 ELF_MACHINES = {"x86_64-linux-gnu": 62, "aarch64-linux-gnu": 183, "thumbv7em-none-eabihf": 40,
                 "riscv32-unknown-elf": 243}
 ALLOCATORS = {"malloc", "calloc", "realloc", "free", "posix_memalign", "aligned_alloc"}
@@ -220,3 +231,42 @@ def test_thumbv7em_kernels_keep_no_stack_array_above_256_bytes(name, tmp_path):
         count, element = (int(match.group(2)), match.group(3)) if match.group(2) else (1, match.group(1))
         arrays.append(count * _SCALAR_BYTES[element])
     assert max(arrays, default=0) <= STACK_ARRAY_LIMIT, max(arrays)
+
+
+@pytest.mark.filterwarnings("ignore::spadrt.estimators.SamplingWarning")  # RAD gates little here: bits are the point
+def test_vjp_and_jacobian_entries_match_the_jit_to_the_last_bit(tmp_path):
+    library, header = tmp_path / "projection.so", tmp_path / "projection.h"
+    source = tmp_path / "projection.spad"
+    source.write_text(PROJECTION)
+    aot.build(str(source), str(library), header=str(header), estimators=("exact", "rad"), entries=("vjp", "jacobian"))
+    loaded, jit = spadrt.load(str(library)), spadc.compile_file(str(source))
+    rng = np.random.default_rng(0)
+    data = {"cam": rng.uniform(0.5, 1.5, (5, 4)), "pt": rng.standard_normal((5, 3)), "obs": rng.standard_normal((5, 2))}
+    for model in (loaded, jit):
+        model.set_params({"k": np.array(0.3), "s": np.array([1.1, 0.9])})
+    cotangents = {"residual": rng.standard_normal((5, 2))}  # the library seeds the loss too, by zeros
+    for estimator in (None, spadrt.RAD(keep=0.1)):
+        a, b = loaded.vjp(cotangents, estimator=estimator, seed=3, **data), jit.vjp(cotangents, estimator=estimator,
+                                                                                    seed=3, **data)
+        for part in ("params", "inputs", "outputs"):
+            for key, value in getattr(b, part).items():
+                assert np.array_equal(getattr(a, part)[key], value), (part, key, estimator)
+    for output in ("residual", "loss"):
+        for wrt in ("params", "inputs", "pt"):
+            got, expected = loaded.jacobian(output, wrt, **data), jit.jacobian(output, wrt, **data)
+            for key in (expected if isinstance(expected, dict) else [None]):
+                pair = (got, expected) if key is None else (got[key], expected[key])
+                assert np.array_equal(*pair), (output, wrt, key)
+    assert np.array_equal(loaded.input_grad(**data)[1]["cam"], jit.input_grad(**data)[1]["cam"])
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler:  # the header declares them in C
+        program = tmp_path / "uses.c"
+        program.write_text('#include "projection.h"\nint main(void) { return (int)(sizeof &projection_vjp + '
+                           'PROJECTION_JACOBIAN_RESIDUAL_INPUTS_INPUT_COTANGENT_RESIDUAL_1 + PROJECTION_WORKSPACE_VJP '
+                           '+ sizeof &projection_grad_vjp_rad) * 0; }\n')
+        subprocess.run([compiler, "-fsyntax-only", "-Wall", "-Werror", "-I", str(tmp_path), str(program)], check=True)
+    plain = tmp_path / "plain.so"
+    aot.build(str(source), str(plain), estimators=("exact",))
+    with pytest.raises(spadc.SpadcError, match=r"which this library was built without \(build it with "
+                                               r"`spadc build \.\.\. --entry vjp,jacobian`\)"):
+        spadrt.load(str(plain)).jacobian("residual", "inputs", **data)

@@ -95,9 +95,11 @@ def _with_cotangents(model, cotangents, prepared):
         if name not in targets:
             raise SpadcError(f"a cotangent for `{name}`, which is no float output of the model; its are "
                              f"{', '.join(sorted(targets))}")
-    seeded = sorted(cotangents)
+    # A library built with `--entry vjp` holds the kernels seeded by every output: the others are zeros.
+    seeded = sorted(targets if "kernels" in model.layout else cotangents)
     specs = [{"name": COTANGENT + name, "shape": targets[name], "dtype": "f64"} for name in seeded]
-    values = {COTANGENT + name: numeric(cotangents[name], f"the cotangent of `{name}`") for name in seeded}
+    values = {COTANGENT + name: (numeric(cotangents[name], f"the cotangent of `{name}`") if name in cotangents
+                                 else np.zeros(targets[name])) for name in seeded}
     own = prepare({"inputs": specs}, values, model._dtype)
     if own.batched and (not prepared.batched or own.n != prepared.n):
         given = next(name for name, (_, batched) in zip(seeded, own.keepalive) if batched)

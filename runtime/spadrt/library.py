@@ -21,7 +21,7 @@ import warnings
 from .abi import ABI_VERSION
 from .errors import SpadcError
 from .files import path_argument
-from .estimators import SamplingWarning, variant_key
+from .estimators import SEEDED, SamplingWarning, variant_key
 from .model import Model
 
 
@@ -34,7 +34,9 @@ _VARIANT = re.compile(r"^(\w+)\.keep([^.]+(?:\.\d+)?(?:e-?\d+)?)\.(\w+)\.(\w+)\.
 
 
 def _described(key: str) -> str:
-    """A built variant (estimators.variant_key) in the command line's words."""
+    """A built variant (estimators.variant_key) in the command line's words (a VJP's variant as the
+    loss's: `--entry vjp` builds one for each)."""
+    key = key.split(SEEDED)[0]
     found = _VARIANT.match(key)
     if found is None:
         return "the exact gradient" if key == "exact" else "SPAD's scoring kernel"
@@ -85,4 +87,10 @@ def load(path: str) -> Model:
             warnings.warn(message, SamplingWarning, stacklevel=5)
         return entry, address(entry["symbol"]), library
 
-    return Model(layout, address(layout["forward"]["symbol"]), provide, keepalive=library)
+    def provide_kernel(kind: str):
+        """A derived kernel the library was built with (`--entry`), or None."""
+        entry = layout.get("kernels", {}).get(kind)
+        return None if entry is None else (entry, address(entry["symbol"]), library)
+
+    return Model(layout, address(layout["forward"]["symbol"]), provide, keepalive=library,
+                 kernel_provider=provide_kernel)

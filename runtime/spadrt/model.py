@@ -74,8 +74,9 @@ class Model:
         """`gradient_provider(sampling, score, policy, seeded)` gives (layout entry, address, owner) of a
         gradient kernel variant (compiling it if it can); `kernel_provider(kind)` the same of one of
         the KERNEL_TYPES (the forward kernel when `forward_address` is None, ES's particles, the
-        curvature products), when there are any. `replan(max_memory, checkpoint)`: the same model
-        compiled under another memory plan (None where there is no compiler: a loaded library)."""
+        curvature products, VJPs and Jacobians), or None where it has none (a library).
+        `replan(max_memory, checkpoint)`: the same model compiled under another memory plan (None
+        where there is no compiler: a loaded library)."""
         self.layout = layout
         self._replan = replan
         self._plans: dict[tuple, "Model"] = {}  # (max_memory, checkpoint) -> the model under that plan
@@ -389,10 +390,13 @@ class Model:
     def _kernel(self, kind: str, purpose: str):
         """(layout entry, function) of an extra kernel, compiled (or loaded) on first use."""
         with self._compile_lock:
-            if self._kernel_provider is None:
-                raise SpadcError(f"{purpose}, which this library was built without")
             if kind not in self._variants:
-                entry, address, owner = self._kernel_provider(kind)
+                found = self._kernel_provider(kind) if self._kernel_provider is not None else None
+                if found is None:
+                    derived = kind.startswith((derivatives.VJP, derivatives.JACOBIAN))
+                    raise SpadcError(f"{purpose}, which this library was built without"
+                                     + (" (build it with `spadc build ... --entry vjp,jacobian`)" if derived else ""))
+                entry, address, owner = found
                 kernel_type = (FORWARD_TYPE if kind.startswith((derivatives.VJP, derivatives.JACOBIAN))
                                else KERNEL_TYPES[kind])
                 self._install(kind, entry, address, owner, kernel_type)

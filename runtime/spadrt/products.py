@@ -14,7 +14,6 @@ Invariants:
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 
 import numpy as np
