@@ -351,10 +351,11 @@ def _derived_declarations(layout: dict, prefix: str, common: str) -> list[str]:
                       "   cotangents as a gradient: their mean over the samples. */"]
             extra = [derivatives.COTANGENT + name for name in sorted(derivatives.seedable(layout))]
         else:
-            lines += ["", f"/* {symbol}: per sample, {len(entry['directions'])} Jacobian sweeps sharing one evaluation: "
+            sweeps = int(kind.split(".")[2])
+            lines += ["", f"/* {symbol}: per sample, {sweeps} Jacobian sweeps sharing one evaluation: "
                       "sweep b reads the one-hot", "   direction(s) NAME.b given after the inputs (the same for every "
                       "sample: stride 0) and writes the outputs NAME.b. */"]
-            extra = [spec["name"] for spec in entry["directions"]]
+            extra = [spec["name"] for spec in entry["inputs"]]
         for k, name in enumerate(extra):
             lines.append(f"#define {upper}_{tag}_INPUT_{_macro(name)} {own + k}  /* {name} */")
         for k, spec in enumerate(entry["outputs"]):

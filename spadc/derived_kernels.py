@@ -1,6 +1,7 @@
 """The kernels beside a model's forward and gradient kernels, built on first use in the JIT (by
 kind) and ahead of time (under a C symbol): the forward kernel itself, ES's particles, the
-curvature products (jvp, hvp, ggn, taps), VJPs and Jacobians.
+curvature products (jvp, hvp, ggn, taps), VJPs (and forward mode over them: a VJP's own
+derivatives, for reverse mode of order two), and Jacobians.
 
 `build(compiled, module, kind, symbol)` adds kernel `kind` to an LLVM module and returns its
 layout entry. `compiled` is what the kernels read of a build: its `program`, `layout`, `dtype`,
@@ -8,8 +9,8 @@ layout entry. `compiled` is what the kernels read of a build: its `program`, `la
 
 Invariants:
 - A kernel's function is named `symbol` (by default its kind: the JIT looks kernels up by kind).
-- A derived kernel's entry lists its outputs, and a Jacobian's the directions it reads after the
-  model's inputs, in order: the runtime passes and reads them by these lists.
+- A derived kernel's entry lists its outputs, and a Jacobian's or a second-order VJP's the inputs
+  it reads after the model's, in order: the runtime passes and reads them by these lists.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def build(compiled, module, kind: str, symbol: str | None = None) -> dict:
     symbol = symbol or kind
     if kind.startswith(jacobian.JACOBIAN):
         return _jacobian_kernel(compiled, module, kind, symbol)
+    if kind.startswith(vjp.SECOND_ORDER):
+        program = passes.run(vjp.second_order_program(compiled.program, tuple(kind[len(vjp.SECOND_ORDER):].split("+"))))
+        return _with_inputs(compiled, _derived_forward_kernel(compiled, module, program, symbol), program)
     if kind.startswith(vjp.VJP):
         return _vjp_kernel(compiled, module, kind, symbol)
     if kind not in _KERNELS:
@@ -99,11 +103,15 @@ def _vjp_kernel(compiled, module, kind: str, symbol: str) -> dict:
 
 def _jacobian_kernel(compiled, module, kind: str, symbol: str) -> dict:
     """A forward kernel of several Jacobian sweeps sharing one evaluation (spadc/ad/jacobian.py);
-    its entry lists the directions it reads after the model's inputs, in order."""
+    its entry lists the inputs it reads after the model's (the directions), in order."""
     program = passes.run(jacobian.jacobian_program(compiled.program, kind))
-    entry = _derived_forward_kernel(compiled, module, program, symbol)
+    return _with_inputs(compiled, _derived_forward_kernel(compiled, module, program, symbol), program)
+
+
+def _with_inputs(compiled, entry: dict, program) -> dict:
+    """The entry with `inputs`: the kernel's own inputs after the model's, in order."""
     own = len(compiled.program.inputs)
-    entry["directions"] = [{"name": d.name, "shape": list(d.value.type.shape)} for d in program.inputs[own:]]
+    entry["inputs"] = [{"name": d.name, "shape": list(d.value.type.shape)} for d in program.inputs[own:]]
     return entry
 
 

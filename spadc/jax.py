@@ -11,7 +11,8 @@ Invariants:
 - Values are those of `Model.forward` and `Model.vjp` at the same params and inputs, in the build's
   float type (float64 needs `jax_enable_x64`; without it, an f64 build is refused).
 - Integer and boolean inputs are not differentiated (their cotangents are float0 zeros).
-- Reverse mode of order one: the VJP is itself a callback, not differentiable again.
+- Reverse mode of order two: the VJP is itself a `custom_vjp`, whose VJP is forward mode over the
+  VJP kernel (one more callback, not differentiable again).
 """
 
 from __future__ import annotations
@@ -67,32 +68,74 @@ def function(model):
     def f(params, inputs):
         return call(params, inputs)
 
-    def f_forward(params, inputs):
-        return call(params, inputs), (params, inputs)
+    def f_forward(params, inputs):  # f itself, not its callback: an outer differentiation sees f's rule
+        return f(params, inputs), (params, inputs)
 
-    def vjp_on_host(params, inputs, loss_cotangent, output_cotangents):
+    def host_inputs(params, inputs):
+        return dict(params={k: host(v) for k, v in params.items()}, training=False, seed=0, step=0, sample_offset=0,
+                    threads=None, state=None, inputs={k: host(v) for k, v in inputs.items()}, keyword_inputs={})
+
+    def host_cotangents(loss_cotangent, output_cotangents):
         cotangents = {"loss": host(loss_cotangent)}
         cotangents.update({k: host(v) for k, v in output_cotangents.items()})
-        result = derivatives.vjp(model, cotangents, True, params={k: host(v) for k, v in params.items()},
-                                 training=False, seed=0, step=0, sample_offset=0, threads=None, state=None,
-                                 inputs={k: host(v) for k, v in inputs.items()}, keyword_inputs={},
-                                 outputs=bool(differentiable_inputs))
+        return cotangents
+
+    def vjp_on_host(params, inputs, loss_cotangent, output_cotangents):
+        result = derivatives.vjp(model, host_cotangents(loss_cotangent, output_cotangents), True,
+                                 outputs=bool(differentiable_inputs), **host_inputs(params, inputs))
         params_bar = {k: np.asarray(result.params[k], dtype=float_type).reshape(params_spec[k]) for k in params}
         inputs_bar = {k: np.asarray(result.inputs[k], dtype=float_type) for k in inputs if k in result.inputs}
         return params_bar, inputs_bar
 
+    def float_shapes(tree):
+        return {k: jax.ShapeDtypeStruct(np.shape(v), float_type) for k, v in tree.items()}
+
+    def differentiable_of(inputs):
+        return {k: v for k, v in inputs.items() if k in differentiable_inputs}
+
+    def zeros_for_the_others(inputs, bars):
+        """Integer and boolean inputs get float0 cotangents: they are not differentiated."""
+        return {**bars, **{k: np.zeros(np.shape(v), dtype=jax.dtypes.float0) for k, v in inputs.items()
+                           if k not in differentiable_inputs}}
+
+    # The VJP is a custom_vjp too, whose own VJP is forward mode over the VJP kernel
+    # (derivatives.second_order): reverse mode of order two.
+    @jax.custom_vjp
+    def vjp(params, inputs, loss_cotangent, output_cotangents):
+        shapes = (float_shapes(params), float_shapes(differentiable_of(inputs)))
+        return jax.pure_callback(vjp_on_host, shapes, params, inputs, loss_cotangent, output_cotangents,
+                                 vmap_method="sequential")
+
+    def vjp_forward(params, inputs, loss_cotangent, output_cotangents):
+        return vjp(params, inputs, loss_cotangent, output_cotangents), (params, inputs, loss_cotangent,
+                                                                         output_cotangents)
+
+    def second_order_on_host(params, inputs, loss_cotangent, output_cotangents, params_tangent, inputs_tangent):
+        result = derivatives.second_order(model, host_cotangents(loss_cotangent, output_cotangents),
+                                          {k: host(v) for k, v in params_tangent.items()},
+                                          {k: host(v) for k, v in inputs_tangent.items()},
+                                          **host_inputs(params, inputs))
+        cotangent = {k: np.asarray(v, dtype=float_type) for k, v in result.cotangents.items()}
+        return ({k: np.asarray(result.params[k], dtype=float_type).reshape(params_spec[k]) for k in params},
+                {k: np.asarray(result.inputs[k], dtype=float_type) for k in differentiable_of(inputs)},
+                cotangent.pop("loss"), cotangent)
+
+    def vjp_backward(residuals, tangents):
+        params, inputs, loss_cotangent, output_cotangents = residuals
+        shapes = (float_shapes(params), float_shapes(differentiable_of(inputs)), float_shapes({"": loss_cotangent})[""],
+                  float_shapes(output_cotangents))
+        params_bar, inputs_bar, loss_bar, outputs_bar = jax.pure_callback(
+            second_order_on_host, shapes, params, inputs, loss_cotangent, output_cotangents, *tangents,
+            vmap_method="sequential")
+        return params_bar, zeros_for_the_others(inputs, inputs_bar), loss_bar, outputs_bar
+
+    vjp.defvjp(vjp_forward, vjp_backward)
+
     def f_backward(residuals, cotangents):
         params, inputs = residuals
         loss_cotangent, output_cotangents = cotangents
-        differentiable = set(inputs) & differentiable_inputs
-        shapes = ({k: jax.ShapeDtypeStruct(np.shape(v), float_type) for k, v in params.items()},
-                  {k: jax.ShapeDtypeStruct(np.shape(v), float_type) for k, v in inputs.items() if k in differentiable})
-        params_bar, inputs_bar = jax.pure_callback(vjp_on_host, shapes, params, inputs, loss_cotangent,
-                                                   output_cotangents, vmap_method="sequential")
-        for k, v in inputs.items():
-            if k not in differentiable:
-                inputs_bar[k] = np.zeros(np.shape(v), dtype=jax.dtypes.float0)
-        return params_bar, inputs_bar
+        params_bar, inputs_bar = vjp(params, inputs, loss_cotangent, output_cotangents)
+        return params_bar, zeros_for_the_others(inputs, inputs_bar)
 
     f.defvjp(f_forward, f_backward)
 

@@ -53,7 +53,29 @@ def test_values_and_gradients_are_the_models_and_pass_jaxs_check(name):
         losses, outputs = f(p, **xs, **others)
         return losses.sum() + sum(jnp.sum(jnp.sin(v)) for v in outputs.values())
 
+    check_grads(scalar, (params, floats), order=2, modes=["rev"], eps=1e-6)
+
+
+def test_the_order_two_check_rejects_a_wrong_second_order(monkeypatch):
+    # A negative control: the VJP's derivatives with respect to the params 1% too large fail JAX's
+    # check of order two (a projection on random directions, where the params' part is a share).
+    from spadrt import derivatives
+    real = derivatives.second_order
+
+    def skewed(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.params = {k: v * 1.01 for k, v in result.params.items()}
+        return result
+    monkeypatch.setattr(derivatives, "second_order", skewed)
+    model = _model("mlp.spad")
+    f = spadc.jax.function(model)
+    inputs = example_inputs(model.layout, np.random.default_rng(SEED), batch=3)
+    params = {k: jnp.asarray(v) for k, v in model.params.items()}
+    floats, others = _float_inputs(model, inputs)
+    scalar = lambda p, xs: jnp.sum(jnp.sin(f(p, **xs, **others)[1]["logits"]))  # noqa: E731
     check_grads(scalar, (params, floats), order=1, modes=["rev"], eps=1e-6)
+    with pytest.raises(AssertionError):
+        check_grads(scalar, (params, floats), order=2, modes=["rev"], eps=1e-6)
 
 
 def test_the_check_rejects_a_wrong_vjp(monkeypatch):

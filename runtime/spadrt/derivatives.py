@@ -76,6 +76,50 @@ def vjp_prepared(model, cotangents, with_params: bool, prepared, flat, options, 
     return VJPResult(losses if arguments.batched else float(losses[0]), visible, param_cotangents, input_cotangents)
 
 
+SECOND_ORDER, TANGENT, TANGENT_INPUT = "vjp2.", "_tangent.", "_dinput."  # spadc/ad/vjp.py's second-order kernel
+
+
+@dataclass
+class SecondOrder:
+    """The derivatives of a VJP (p_bar, x_bar) = J^T ct along (u_p, u_x), from `second_order`."""
+    cotangents: dict[str, np.ndarray]  # by seeded name: J u, per sample (the derivative with respect to ct)
+    params: dict[str, np.ndarray]  # H_ct u's params part, summed over the samples
+    inputs: dict[str, np.ndarray]  # H_ct u's float inputs part, per sample
+
+
+def second_order(model, cotangents: dict, params_tangent: dict, inputs_tangent: dict, *, params, training, seed,
+                 step, sample_offset, threads, state, inputs, keyword_inputs) -> SecondOrder:
+    """Forward mode over the VJP seeded by `cotangents` along the params' tangents (by name, shared
+    by the samples) and the float inputs' (per sample, as the inputs): what reverse mode of order
+    two needs of a VJP (spadc.jax). Tangents not given are zeros."""
+    options = Options.check(training, seed, step, sample_offset)
+    prepared = model._inputs(merge_inputs(inputs, keyword_inputs), state)
+    seeded, arguments = _with_cotangents(model, cotangents, prepared)
+    kind = SECOND_ORDER + "+".join(seeded)
+    entry, _ = model._kernel(kind, "second-order derivatives need their kernel")
+    own = len(seeded)
+    shapes = {p["name"]: p["shape"] for p in model.layout["params"]}
+    given = {TANGENT + name: value for name, value in params_tangent.items()}
+    given.update({TANGENT_INPUT + name: value for name, value in inputs_tangent.items()})
+    unknown = set(given) - {spec["name"] for spec in entry["inputs"][own:]}
+    if unknown:
+        raise SpadcError(f"no param or float input `{sorted(unknown)[0].split('.', 1)[1]}` to take a tangent along")
+    specs, values = [], {}
+    for spec in entry["inputs"][own:]:
+        specs.append(dict(spec, dtype="f64"))
+        name = spec["name"]
+        default = np.zeros(shapes[name[len(TANGENT):]]) if name.startswith(TANGENT) else np.zeros(spec["shape"])
+        values[name] = numeric(given.get(name, default), f"the tangent `{name.split('.', 1)[1]}`")
+    own_arguments = prepare({"inputs": specs}, values, model._dtype)
+    _check_batch(own_arguments, [f"the tangent of `{spec['name'].split('.', 1)[1]}`" for spec in specs], arguments)
+    _, named, one = _per_sample(model, kind, arguments.joined(own_arguments), model._params_buffer(params), options,
+                                check_threads(threads), "second-order derivatives")
+    tangent = {name[len(TANGENT):]: value for name, value in named.items() if name.startswith(TANGENT)}
+    return SecondOrder({name: one(tangent[name]) for name in seeded if name in cotangents},
+                       {p["name"]: tangent[PARAM_COTANGENT + p["name"]].sum(axis=0) for p in model.layout["params"]},
+                       {spec["name"]: one(tangent[INPUT_COTANGENT + spec["name"]]) for spec in float_inputs(model.layout)})
+
+
 def _per_sample(model, kind: str, prepared, flat, options, threads, purpose: str):
     """(losses, outputs by name as float64, the function that takes a sample's value or the batch's)
     of a forward-type VJP kernel's call."""
@@ -101,11 +145,16 @@ def _with_cotangents(model, cotangents, prepared):
     values = {COTANGENT + name: (numeric(cotangents[name], f"the cotangent of `{name}`") if name in cotangents
                                  else np.zeros(targets[name])) for name in seeded}
     own = prepare({"inputs": specs}, values, model._dtype)
-    if own.batched and (not prepared.batched or own.n != prepared.n):
-        given = next(name for name, (_, batched) in zip(seeded, own.keepalive) if batched)
-        raise SpadcError(f"the cotangent of `{given}` has a batch of {own.n} samples but the inputs "
-                         + (f"have {prepared.n}" if prepared.batched else "are one sample"))
+    _check_batch(own, [f"the cotangent of `{name}`" for name in seeded], prepared)
     return seeded, prepared.joined(own)
+
+
+def _check_batch(own, names: list[str], prepared):
+    """A kernel's own arguments (`own`, given as `names`) batched as the inputs, or shared."""
+    if own.batched and (not prepared.batched or own.n != prepared.n):
+        given = next(name for name, (_, batched) in zip(names, own.keepalive) if batched)
+        raise SpadcError(f"{given} has a batch of {own.n} samples but the inputs "
+                         + (f"have {prepared.n}" if prepared.batched else "are one sample"))
 
 
 def jacobian(model, output: str, wrt, *, params, training, seed, step, sample_offset, threads, state, inputs,
@@ -181,7 +230,7 @@ def _sweeps(model, mode: str, count: int, kind: str, call) -> list:
     param_count]) or the float inputs' by name."""
     prepared, flat, options, threads = call
     entry, _ = model._kernel(kind, "jacobian needs its kernel")
-    specs = [dict(spec, dtype="f64") for spec in entry["directions"]]
+    specs = [dict(spec, dtype="f64") for spec in entry["inputs"]]
     per_call = int(kind[len(JACOBIAN):].split(".")[1])
     per_sweep = len(specs) // per_call
     offsets = [0]

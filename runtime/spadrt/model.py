@@ -397,7 +397,8 @@ class Model:
                     raise SpadcError(f"{purpose}, which this library was built without"
                                      + (" (build it with `spadc build ... --entry vjp,jacobian`)" if derived else ""))
                 entry, address, owner = found
-                kernel_type = (FORWARD_TYPE if kind.startswith((derivatives.VJP, derivatives.JACOBIAN))
+                kernel_type = (FORWARD_TYPE if kind.startswith((derivatives.VJP, derivatives.JACOBIAN,
+                                                                derivatives.SECOND_ORDER))
                                else KERNEL_TYPES[kind])
                 self._install(kind, entry, address, owner, kernel_type)
             entry, function, _ = self._variants[kind]

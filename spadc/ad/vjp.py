@@ -23,6 +23,7 @@ from dataclasses import replace
 from ..errors import SpadcError
 from ..ir.core import Block, InputDecl, Program, Value, copy_block
 from .builder import Builder
+from .forward import TANGENT, _output_of, linearize
 from .reverse import gradient, place_of
 
 VJP = "vjp."  # kernel names: vjp.<seeded outputs joined by '+'>[.params]
@@ -95,3 +96,35 @@ def vjp_program(program: Program, seeded: tuple[str, ...], with_params: bool) ->
     if with_params:
         result.update({PARAM_COTANGENT + d.name: reverse.outputs[d.name] for d in linear.params})
     return reverse.with_body(reverse.body, result, mapping.get(program.loss.id, program.loss), None)
+
+
+SECOND_ORDER = "vjp2."  # kernel names: vjp2.<seeded outputs joined by '+'>
+TANGENT_INPUT = "_dinput."  # a float input's tangent: per sample (a param's, `_tangent.NAME`, is shared)
+
+
+def second_order_program(program: Program, seeded: tuple[str, ...]) -> Program:
+    """Forward mode over the VJP program (with the params' per-sample cotangents), along tangents of
+    the params (`_tangent.NAME`, shared by the samples) and of the float inputs (`_dinput.NAME`, per
+    sample): its outputs gain `_tangent.OUT` for the loss, each float output and each cotangent the
+    VJP gives. Those are the VJP's own derivatives: along (u_p, u_x), the outputs' tangents are
+    J u (the derivative with respect to the cotangents), and the cotangents' tangents H_ct u (with
+    respect to the params and inputs, H_ct the Hessian of `sum <ct, out>`)."""
+    product = vjp_program(program, seeded, True)
+    states = {id(st.value) for st in program.states}
+    differentiable = {d.name for d in differentiable_inputs(program) if id(d.value) not in states}
+    seeds, decls = {}, []
+    for d in product.params:
+        seeds[d.value] = Value(d.value.type, TANGENT + d.name)
+        decls.append(InputDecl(TANGENT + d.name, seeds[d.value], d.loc))
+    for d in product.inputs:
+        if d.name in differentiable:
+            seeds[d.value] = Value(d.value.type, TANGENT_INPUT + d.name)
+            decls.append(InputDecl(TANGENT_INPUT + d.name, seeds[d.value], d.loc))
+    body, tangents = linearize(product.body, seeds)
+    outputs = dict(product.outputs)
+    outputs[TANGENT + "loss"] = _output_of(body, tangents, product.loss)
+    for name, value in product.outputs.items():
+        if value.type.dtype == "f64" and not name.startswith("_state."):
+            outputs[TANGENT + name] = _output_of(body, tangents, value)
+    return Program(product.name, product.params, product.inputs + decls, body, outputs, product.loss, None,
+                   product.files, product.states)
