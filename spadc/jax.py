@@ -5,17 +5,23 @@ kernels: `params` a dict by param name, the inputs as the model's `forward` take
 or a batch), `losses` one per sample, `outputs` the model's float outputs by name. Its derivative is
 `jax.custom_vjp` over `Model.vjp` (spadrt/derivatives.py), so `jax.grad`, `jax.vjp` and `jax.jit`
 work through it, with respect to the params and the float inputs; `jax.vmap` maps the model over
-the mapped axis one call at a time. The kernels run through `jax.pure_callback` on the host.
+the mapped axis one call at a time. The kernels run on the host through XLA FFI targets
+(spadc/xla_ffi.py: `jax.pure_callback`'s semantics at a fifth of its cost per call); a kernel's
+run-time error fails the call with spadc's message.
 
 Invariants:
 - Values are those of `Model.forward` and `Model.vjp` at the same params and inputs, in the build's
   float type (float64 needs `jax_enable_x64`; without it, an f64 build is refused).
 - Integer and boolean inputs are not differentiated (their cotangents are float0 zeros).
+- Only what is differentiated is computed: the params' cotangents (one gradient kernel) when the
+  params are, the inputs' (a kernel per sample) when a float input is, seeded by the outputs used.
 - Reverse mode of order two: the VJP is itself a `custom_vjp`, whose VJP is forward mode over the
   VJP kernel (one more callback, not differentiable again).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -28,6 +34,8 @@ try:
     import jax.numpy as jnp
 except ImportError as error:  # pragma: no cover (the extra is installed where this is tested)
     raise SpadcError(f"spadc.jax needs JAX ({error}): pip install 'spadc[jax]'") from None
+
+from .xla_ffi import host_call  # noqa: E402 (needs JAX: after the check above)
 
 
 def function(model):
@@ -62,82 +70,89 @@ def function(model):
                 {o["name"]: jax.ShapeDtypeStruct(lead + tuple(o["shape"]), float_type) for o in float_outputs})
 
     def call(params, inputs):
-        return jax.pure_callback(forward_on_host, result_shapes(inputs), params, inputs, vmap_method="sequential")
+        return host_call(forward_on_host, result_shapes(inputs), params, inputs)
 
     @jax.custom_vjp
     def f(params, inputs):
         return call(params, inputs)
 
-    def f_forward(params, inputs):  # f itself, not its callback: an outer differentiation sees f's rule
-        return f(params, inputs), (params, inputs)
+    def f_forward(params, inputs):
+        # With symbolic zeros, JAX says which arguments are differentiated (`perturbed`): the VJP
+        # computes only their cotangents (the params': one gradient kernel; the inputs': a kernel per
+        # sample). f itself, not its callback, so that an outer differentiation sees f's rule.
+        values = jax.tree_util.tree_map(lambda a: a.value, (params, inputs))
+        perturbed = jax.tree_util.tree_map(lambda a: a.perturbed, (params, inputs))
+        params, inputs = values
+        # (What is wanted rides in the residuals' structure: residuals are arrays only.)
+        wanted_params = params if any(jax.tree_util.tree_leaves(perturbed[0])) else {}
+        wanted_inputs = {k: v for k, v in inputs.items() if perturbed[1][k] and k in differentiable_inputs}
+        return f(params, inputs), (params, inputs, wanted_params, wanted_inputs)
 
     def host_inputs(params, inputs):
         return dict(params={k: host(v) for k, v in params.items()}, training=False, seed=0, step=0, sample_offset=0,
                     threads=None, state=None, inputs={k: host(v) for k, v in inputs.items()}, keyword_inputs={})
 
-    def host_cotangents(loss_cotangent, output_cotangents):
-        cotangents = {"loss": host(loss_cotangent)}
-        cotangents.update({k: host(v) for k, v in output_cotangents.items()})
-        return cotangents
-
-    def vjp_on_host(params, inputs, loss_cotangent, output_cotangents):
-        result = derivatives.vjp(model, host_cotangents(loss_cotangent, output_cotangents), True,
-                                 outputs=bool(differentiable_inputs), **host_inputs(params, inputs))
-        params_bar = {k: np.asarray(result.params[k], dtype=float_type).reshape(params_spec[k]) for k in params}
-        inputs_bar = {k: np.asarray(result.inputs[k], dtype=float_type) for k in inputs if k in result.inputs}
-        return params_bar, inputs_bar
-
     def float_shapes(tree):
         return {k: jax.ShapeDtypeStruct(np.shape(v), float_type) for k, v in tree.items()}
 
-    def differentiable_of(inputs):
-        return {k: v for k, v in inputs.items() if k in differentiable_inputs}
-
-    def zeros_for_the_others(inputs, bars):
-        """Integer and boolean inputs get float0 cotangents: they are not differentiated."""
-        return {**bars, **{k: np.zeros(np.shape(v), dtype=jax.dtypes.float0) for k, v in inputs.items()
-                           if k not in differentiable_inputs}}
+    def zeros_for_the_others(params, inputs, params_bar, inputs_bar):
+        """Zeros for what was not asked for; float0 for integer and boolean inputs, which are never
+        differentiated."""
+        params_bar = params_bar or {k: jnp.zeros_like(v) for k, v in params.items()}
+        return params_bar, {k: inputs_bar[k] if k in inputs_bar else
+                            jnp.zeros_like(v) if k in differentiable_inputs else
+                            np.zeros(np.shape(v), dtype=jax.dtypes.float0) for k, v in inputs.items()}
 
     # The VJP is a custom_vjp too, whose own VJP is forward mode over the VJP kernel
-    # (derivatives.second_order): reverse mode of order two.
-    @jax.custom_vjp
-    def vjp(params, inputs, loss_cotangent, output_cotangents):
-        shapes = (float_shapes(params), float_shapes(differentiable_of(inputs)))
-        return jax.pure_callback(vjp_on_host, shapes, params, inputs, loss_cotangent, output_cotangents,
-                                 vmap_method="sequential")
+    # (derivatives.second_order): reverse mode of order two. `wanted`: (the params' cotangents?,
+    # the inputs whose cotangents are wanted); `cotangents`: by seeded output name, "loss" included.
+    def vjp_shapes(wanted, params, inputs):
+        return (float_shapes(params) if wanted[0] else {}), float_shapes({k: inputs[k] for k in wanted[1]})
 
-    def vjp_forward(params, inputs, loss_cotangent, output_cotangents):
-        return vjp(params, inputs, loss_cotangent, output_cotangents), (params, inputs, loss_cotangent,
-                                                                         output_cotangents)
+    def vjp_on_host(wanted, params, inputs, cotangents):
+        result = derivatives.vjp(model, {k: host(v) for k, v in cotangents.items()}, wanted[0],
+                                 outputs=bool(wanted[1]), **host_inputs(params, inputs))
+        return ({k: np.asarray(v, dtype=float_type).reshape(params_spec[k]) for k, v in result.params.items()},
+                {k: np.asarray(result.inputs[k], dtype=float_type) for k in wanted[1]})
 
-    def second_order_on_host(params, inputs, loss_cotangent, output_cotangents, params_tangent, inputs_tangent):
-        result = derivatives.second_order(model, host_cotangents(loss_cotangent, output_cotangents),
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+    def vjp(wanted, params, inputs, cotangents):
+        return host_call(functools.partial(vjp_on_host, wanted), vjp_shapes(wanted, params, inputs), params, inputs,
+                         cotangents)
+
+    def vjp_forward(wanted, params, inputs, cotangents):
+        return vjp(wanted, params, inputs, cotangents), (params, inputs, cotangents)
+
+    def second_order_on_host(params, inputs, cotangents, params_tangent, inputs_tangent):
+        result = derivatives.second_order(model, {k: host(v) for k, v in cotangents.items()},
                                           {k: host(v) for k, v in params_tangent.items()},
                                           {k: host(v) for k, v in inputs_tangent.items()},
                                           **host_inputs(params, inputs))
-        cotangent = {k: np.asarray(v, dtype=float_type) for k, v in result.cotangents.items()}
         return ({k: np.asarray(result.params[k], dtype=float_type).reshape(params_spec[k]) for k in params},
-                {k: np.asarray(result.inputs[k], dtype=float_type) for k in differentiable_of(inputs)},
-                cotangent.pop("loss"), cotangent)
+                {k: np.asarray(result.inputs[k], dtype=float_type) for k in inputs if k in differentiable_inputs},
+                {k: np.asarray(v, dtype=float_type) for k, v in result.cotangents.items()})
 
-    def vjp_backward(residuals, tangents):
-        params, inputs, loss_cotangent, output_cotangents = residuals
-        shapes = (float_shapes(params), float_shapes(differentiable_of(inputs)), float_shapes({"": loss_cotangent})[""],
-                  float_shapes(output_cotangents))
-        params_bar, inputs_bar, loss_bar, outputs_bar = jax.pure_callback(
-            second_order_on_host, shapes, params, inputs, loss_cotangent, output_cotangents, *tangents,
-            vmap_method="sequential")
-        return params_bar, zeros_for_the_others(inputs, inputs_bar), loss_bar, outputs_bar
+    def vjp_backward(wanted, residuals, tangents):
+        params, inputs, cotangents = residuals
+        floats = {k: v for k, v in inputs.items() if k in differentiable_inputs}
+        shapes = float_shapes(params), float_shapes(floats), float_shapes(cotangents)
+        params_bar, inputs_bar, cotangents_bar = host_call(second_order_on_host, shapes, params, inputs, cotangents,
+                                                           *tangents)
+        return (*zeros_for_the_others(params, inputs, params_bar, inputs_bar), cotangents_bar)
 
     vjp.defvjp(vjp_forward, vjp_backward)
 
     def f_backward(residuals, cotangents):
-        params, inputs = residuals
+        params, inputs, wanted_params, wanted_inputs = residuals
+        wanted = (bool(wanted_params), tuple(sorted(wanted_inputs)))
         loss_cotangent, output_cotangents = cotangents
-        params_bar, inputs_bar = vjp(params, inputs, loss_cotangent, output_cotangents)
-        return params_bar, zeros_for_the_others(inputs, inputs_bar)
+        seeded = {k: v for k, v in [("loss", loss_cotangent), *output_cotangents.items()]
+                  if not isinstance(v, jax.custom_derivatives.SymbolicZero)}
+        if not seeded or not (wanted[0] or wanted[1]):
+            return zeros_for_the_others(params, inputs, None, {})
+        return zeros_for_the_others(params, inputs, *vjp(wanted, params, inputs, seeded))
 
-    f.defvjp(f_forward, f_backward)
+    f.defvjp(f_forward, f_backward, symbolic_zeros=True)
 
     def model_function(params, **inputs):
         unknown = set(params) ^ set(params_spec)

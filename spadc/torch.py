@@ -16,7 +16,7 @@ Invariants:
   pass reuses them; autograd refuses a backward after a param was changed in place.
 - Tensors live on the CPU: one on another device is refused (`SpadcError`); float inputs are
   converted to the build's float type, integer inputs to int64.
-- Call k (counted from 0 by `layer.calls`) is keyed by (`seed`, step k): RAD's draws and, in
+- Call k (counted from 0: `layer.calls` says how many so far) is keyed by (`seed`, step k): RAD's draws and, in
   training mode (`layer.train()`, PyTorch's default), dropout's; in `layer.eval()` no dropout.
   SPAD keeps its own step counter, as in `Model.grad`.
 - Reverse mode of order one: `backward` is not differentiable again.
@@ -57,7 +57,7 @@ class Module(torch.nn.Module):
         self.model = model
         self.estimator = _checked_estimator(estimator)
         self.seed = check_seed(seed, "seed")
-        self.calls = 0
+        self._calls = [0]  # (a list: nn.Module's attribute assignment costs microseconds a call)
         self.float_type = torch.float64 if model.layout["dtype"] == "f64" else torch.float32
         self.param_names = [p["name"] for p in model.layout["params"]]
         # The params are views of one flat tensor laid out as the kernels read them, so a call passes
@@ -71,12 +71,16 @@ class Module(torch.nn.Module):
         self.float_inputs = {i["name"] for i in model.layout["inputs"] if i["dtype"] == "f64"}
         self.float_outputs = [o["name"] for o in model.layout["outputs"] if o["dtype"] == "f64" and not o.get("hidden")]
         self._output_index = {o["name"]: k for k, o in enumerate(model.layout["outputs"])}
+        # The params as a call reads them: from the ParameterDict's own table (where
+        # torch.func.functional_call puts its tensors), without nn.Module's attribute lookups.
+        self._param_table = self.params._parameters
+        self._param_keys = [self.params._key_to_attr(name) for name in self.param_names]
         self._threads = None  # every core, as the core's calls
 
     def forward(self, *, estimator=_UNSET, inputs: dict | None = None, **keyword_inputs) -> ModuleOutput:
         estimator = self.estimator if estimator is _UNSET else _checked_estimator(estimator)
-        options = Options(int(self.training), self.seed, self.calls, 0)
-        self.calls += 1
+        options = Options(int(self.training), self.seed, self._calls[0], 0)
+        self._calls[0] += 1
         names, tensors = [], []
         for name, value in merge_inputs(inputs, keyword_inputs).items():
             tensor = torch.as_tensor(value)
@@ -85,9 +89,14 @@ class Module(torch.nn.Module):
             wanted = self.float_type if name in self.float_inputs else torch.int64
             names.append(name)
             tensors.append(tensor if tensor.dtype == wanted else tensor.to(wanted))
-        params = [self.params[name] for name in self.param_names]
+        params = [self._param_table[key] for key in self._param_keys]
         results = _Apply.apply(self, (tuple(names), estimator, options), *params, *tensors)
         return ModuleOutput(results[0], dict(zip(self.float_outputs, results[1:])))
+
+    @property
+    def calls(self) -> int:
+        """Calls so far: call k's draws and dropout are keyed by (`seed`, step k)."""
+        return self._calls[0]
 
     def _flat_params(self, params) -> np.ndarray:
         """The params as the kernels' flat buffer: the module's own while every param is still its view

@@ -1,5 +1,6 @@
 """spadc inside JAX (spadc/jax.py): values are the model's own, `jax.grad` through the compiled VJP
-meets JAX's own numerical check, and a JAX training loop reaches `Model.fit`'s params. Skipped
+meets JAX's own numerical check of orders one and two (and rejects a planted error), and JAX
+training loops (by hand, and optax's Adam) reach `Model.fit`'s params. Skipped
 without JAX (the optional extra `pip install .[jax]`; CI installs it)."""
 
 import numpy as np
@@ -133,6 +134,11 @@ def test_mistakes_are_spadc_errors():
     f = spadc.jax.function(model)
     with pytest.raises(spadc.SpadcError, match="params must name exactly the model's params"):
         f({"W1": model.params["W1"]}, x=np.zeros(64), label=1)
+    # A kernel's run-time check fails the XLA call, with spadc's message and place.
+    params = {k: jnp.asarray(v) for k, v in model.params.items()}
+    with pytest.raises(Exception, match=r"SpadcError: .*mlp.spad:\d+:\d+: error: run-time error \(sample 1\): "
+                                        r"label 99 is out of range for 10 classes"):
+        jax.block_until_ready(jax.jit(lambda p: f(p, x=np.zeros((2, 64)), label=np.array([1, 99]))[0])(params))
     jax.config.update("jax_enable_x64", False)
     try:
         with pytest.raises(spadc.SpadcError, match="needs 64-bit floats"):
