@@ -182,3 +182,21 @@ def skew_vjp(monkeypatch, skew: float, parts=("params", "inputs")):
         return result
 
     monkeypatch.setattr(derivatives, "vjp_prepared", skewed)
+
+
+# A camera projection with radial distortion (bundle adjustment's residual, small): two outputs
+# of fifteen inputs and three params, for Jacobians by either mode (tests/test_derivatives.py,
+# tests/test_aot.py).
+PROJECTION = """input cam: f64[4]
+input pt: f64[3]
+input obs: f64[2]
+param k: f64 = 0.1
+param s: f64[2] = 1.0
+let X = pt[0] * cos(cam[0]) - pt[1] * sin(cam[0]) + cam[1]
+let Y = pt[0] * sin(cam[0]) + pt[1] * cos(cam[0]) + cam[2]
+let Z = pt[2] + 3.0
+let r2 = (X * X + Y * Y) / (Z * Z)
+let d = 1.0 + k * r2
+output residual = s * cam[3] * d * stack(X / Z, Y / Z) - obs
+loss sum(residual * residual)
+"""

@@ -16,20 +16,9 @@ import spadc
 import spadrt
 from spadc import aot
 
-from conftest import EXAMPLES, example, profile_examples, quick
+from conftest import EXAMPLES, PROJECTION, example, profile_examples, quick
 
 F32_RTOL = 1e-5  # f32 losses against f64
-PROJECTION = """input cam: f64[4]
-input pt: f64[3]
-input obs: f64[2]
-param k: f64 = 0.1
-param s: f64[2] = 1.0
-let X = pt[0] * cos(cam[0]) - pt[1] * sin(cam[0]) + cam[1]
-let Y = pt[0] * sin(cam[0]) + pt[1] * cos(cam[0]) + cam[2]
-let Z = pt[2] + 3.0
-output residual = s * cam[3] * (1.0 + k * (X * X + Y * Y) / (Z * Z)) * stack(X / Z, Y / Z) - obs
-loss sum(residual * residual)
-"""
 ELF_MACHINES = {"x86_64-linux-gnu": 62, "aarch64-linux-gnu": 183, "thumbv7em-none-eabihf": 40,
                 "riscv32-unknown-elf": 243}
 ALLOCATORS = {"malloc", "calloc", "realloc", "free", "posix_memalign", "aligned_alloc"}

@@ -11,7 +11,7 @@ import pytest
 
 import spadc
 
-from conftest import EXAMPLES as EXAMPLES_DIRECTORY, LONG, example, example_inputs, skew_vjp
+from conftest import EXAMPLES as EXAMPLES_DIRECTORY, LONG, PROJECTION, example, example_inputs, skew_vjp
 
 SEED = 11
 BATCH = 3
@@ -182,19 +182,6 @@ def test_an_f32_build_agrees_with_the_f64_one():
 
 # A camera (angle, shift x, y, focal length) seeing a point, with radial distortion `k` and per-axis
 # scales `s`: bundle adjustment's residual in miniature, written again in JAX for its Jacobians.
-PROJECTION = """input cam: f64[4]
-input pt: f64[3]
-input obs: f64[2]
-param k: f64 = 0.1
-param s: f64[2] = 1.0
-let X = pt[0] * cos(cam[0]) - pt[1] * sin(cam[0]) + cam[1]
-let Y = pt[0] * sin(cam[0]) + pt[1] * cos(cam[0]) + cam[2]
-let Z = pt[2] + 3.0
-let r2 = (X * X + Y * Y) / (Z * Z)
-let d = 1.0 + k * r2
-output residual = s * cam[3] * d * stack(X / Z, Y / Z) - obs
-loss sum(residual * residual)
-"""
 JAX_RTOL = 1e-10
 
 

@@ -59,31 +59,19 @@ def test_gradcheck_rejects_a_wrong_vjp(monkeypatch):
     assert not torch.autograd.gradcheck(f, tensors, fast_mode=True, raise_exception=False)
 
 
-def test_a_torch_training_loop_reaches_fits_params():
+@pytest.mark.parametrize("ours, theirs", [(lambda: spadc.SGD(lr=0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
+                                          (lambda: spadc.Adam(lr=0.01), lambda p: torch.optim.Adam(p, lr=0.01))],
+                         ids=["sgd", "adam"])
+def test_a_torch_training_loop_reaches_fits_params(ours, theirs):
     layer = _layer("mlp.spad")
-    model = layer.model
     rng = np.random.default_rng(SEED)
     data = {"x": rng.standard_normal((40, 64)), "label": rng.integers(0, 10, 40)}
-    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    optimizer = theirs(layer.parameters())
     for _ in range(5):
         optimizer.zero_grad()
         layer(**data).loss.mean().backward()
         optimizer.step()
-    model.fit(data, epochs=5, batch_size=40, optimizer=spadc.SGD(lr=0.1))  # full batches: five SGD steps
-    for name in layer.param_names:
-        np.testing.assert_allclose(layer.params[name].detach().numpy(), model.params[name], rtol=FIT_RTOL, atol=1e-12)
-
-
-def test_a_torch_adam_loop_reaches_fits_params_with_adam():
-    layer = _layer("mlp.spad")
-    rng = np.random.default_rng(SEED)
-    data = {"x": rng.standard_normal((40, 64)), "label": rng.integers(0, 10, 40)}
-    optimizer = torch.optim.Adam(layer.parameters(), lr=0.01)
-    for _ in range(5):
-        optimizer.zero_grad()
-        layer(**data).loss.mean().backward()
-        optimizer.step()
-    layer.model.fit(data, epochs=5, batch_size=40, optimizer=spadc.Adam(lr=0.01))
+    layer.model.fit(data, epochs=5, batch_size=40, optimizer=ours())  # full batches: five steps
     for name in layer.param_names:
         np.testing.assert_allclose(layer.params[name].detach().numpy(), layer.model.params[name], rtol=FIT_RTOL,
                                    atol=1e-12)

@@ -159,11 +159,18 @@ def jvp_program(program: Program) -> Program:
     """The model and its tangents: inputs `_tangent.PARAM` after the model's own, outputs
     `_tangent.loss` and `_tangent.NAME` for every float output, after the model's own."""
     seeds, decls = _tangent_inputs(program)
+    return linearized_program(program, seeds, decls, lambda name: not name.startswith("_"))
+
+
+def linearized_program(program: Program, seeds: dict[Value, Value], decls: list[InputDecl], tangent_of) -> Program:
+    """`program` with the tangents of its values along `seeds` (their tangent inputs `decls`, after
+    its own inputs): outputs `_tangent.loss` and `_tangent.NAME` for each float output whose name
+    `tangent_of` accepts, after its own."""
     body, tangents = linearize(program.body, seeds)
     outputs = dict(program.outputs)
     outputs[TANGENT + "loss"] = _output_of(body, tangents, program.loss)
     for name, value in program.outputs.items():
-        if value.type.dtype == "f64" and not name.startswith("_"):
+        if value.type.dtype == "f64" and tangent_of(name):
             outputs[TANGENT + name] = _output_of(body, tangents, value)
     return Program(program.name, program.params, program.inputs + decls, body, outputs, program.loss,
                    program.classifier, program.files, program.states)

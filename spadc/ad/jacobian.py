@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from ..errors import SpadcError
 from ..ir.core import Block, InputDecl, Op, Program, Value, copy_block
-from .forward import TANGENT, jvp_program, linearize, _output_of
+from .forward import TANGENT, jvp_program, linearized_program
 from .vjp import COTANGENT, INPUT_COTANGENT, PARAM_COTANGENT, differentiable_inputs, seedable, vjp_program
 
 JACOBIAN = "jac."
@@ -65,13 +65,11 @@ def _tangent_program(program: Program, output: str, wrt: str) -> Program:
     states = {id(st.value) for st in program.states}  # not inputs a caller differentiates
     seeded = [d for d in differentiable_inputs(program) if id(d.value) not in states]
     seeds = {d.value: Value(d.value.type, TANGENT + d.name) for d in seeded}
-    body, tangents = linearize(program.body, seeds)
-    value = seedable(program)[output]
-    outputs = dict(program.outputs)
-    outputs[TANGENT + output] = _output_of(body, tangents, value)
     decls = [InputDecl(TANGENT + d.name, seeds[d.value], d.loc) for d in seeded]
-    return Program(program.name, program.params, program.inputs + decls, body, outputs, program.loss,
-                   program.classifier, program.files, program.states)
+    product = linearized_program(program, seeds, decls, lambda name: name == output)
+    if output != "loss":  # the loss's tangent is not a column here
+        del product.outputs[TANGENT + "loss"]
+    return product
 
 
 def _replicated(program: Program, directions: list[str], results: list[str], sweeps: int) -> Program:

@@ -23,7 +23,7 @@ from dataclasses import replace
 from ..errors import SpadcError
 from ..ir.core import Block, InputDecl, Program, Value, copy_block
 from .builder import Builder
-from .forward import TANGENT, _output_of, linearize
+from .forward import TANGENT, linearized_program
 from .reverse import gradient, place_of
 
 VJP = "vjp."  # kernel names: vjp.<seeded outputs joined by '+'>[.params]
@@ -120,11 +120,4 @@ def second_order_program(program: Program, seeded: tuple[str, ...]) -> Program:
         if d.name in differentiable:
             seeds[d.value] = Value(d.value.type, TANGENT_INPUT + d.name)
             decls.append(InputDecl(TANGENT_INPUT + d.name, seeds[d.value], d.loc))
-    body, tangents = linearize(product.body, seeds)
-    outputs = dict(product.outputs)
-    outputs[TANGENT + "loss"] = _output_of(body, tangents, product.loss)
-    for name, value in product.outputs.items():
-        if value.type.dtype == "f64" and not name.startswith("_state."):
-            outputs[TANGENT + name] = _output_of(body, tangents, value)
-    return Program(product.name, product.params, product.inputs + decls, body, outputs, product.loss, None,
-                   product.files, product.states)
+    return linearized_program(product, seeds, decls, lambda name: not name.startswith("_state."))
