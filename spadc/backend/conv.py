@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from ..ir.conv import Window, conv_window, pool_window
+from ..ir.conv import Window, conv_geometry, conv_window, pool_window
 from . import gates, gemm
 
 I1, I64 = ir.IntType(1), ir.IntType(64)
@@ -55,9 +55,7 @@ class Plane:
 
 def _conv_plane(op) -> Plane:
     """The geometry of the conv that a conv op (or either transpose of it) belongs to."""
-    x_shape = op.result.type.shape if op.kind == "conv_input_grad" else op.args[0].type.shape
-    w_shape = op.result.type.shape if op.kind == "conv_weight_grad" else op.args[1].type.shape
-    window = conv_window(op.attrs, w_shape[2:])
+    window, x_shape, _ = conv_geometry(op)
     return Plane.of(window, x_shape[1:], window.out_shape(x_shape[1:]))
 
 

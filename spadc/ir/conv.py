@@ -58,15 +58,21 @@ def pool_window(attrs: dict) -> Window:
     return Window(tuple(attrs["kernel"]), tuple(attrs["stride"]), tuple(attrs["padding"]), (1,) * len(attrs["kernel"]))
 
 
+def conv_geometry(op) -> tuple[Window, tuple, tuple]:
+    """(window, input shape, weight shape) of the conv that a conv op (or either transpose of it)
+    belongs to."""
+    x_shape = op.result.type.shape if op.kind == "conv_input_grad" else op.args[0].type.shape
+    w_shape = op.result.type.shape if op.kind == "conv_weight_grad" else op.args[1].type.shape
+    return conv_window(op.attrs, w_shape[2:]), tuple(x_shape), tuple(w_shape)
+
+
 def multiply_adds(op) -> int:
     """The multiply-adds of one run of a conv op: its forward conv's (each of the three transposes of
     one conv does as many), or a pool's comparisons."""
     if op.kind.startswith("pool"):
         return op.args[0].type.size * int(np.prod(op.attrs["kernel"]))
-    x_shape = op.result.type.shape if op.kind == "conv_input_grad" else op.args[0].type.shape
-    w_shape = op.result.type.shape if op.kind == "conv_weight_grad" else op.args[1].type.shape
-    out = conv_window(op.attrs, w_shape[2:]).out_shape(x_shape[1:])
-    return w_shape[0] * int(np.prod(out)) * int(np.prod(w_shape[1:]))
+    window, x_shape, w_shape = conv_geometry(op)
+    return w_shape[0] * int(np.prod(window.out_shape(x_shape[1:]))) * int(np.prod(w_shape[1:]))
 
 
 def _padded(x: np.ndarray, padding, value=0.0) -> np.ndarray:

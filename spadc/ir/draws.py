@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import rng
+from .conv import conv_window
 
 
 def with_replacement(attrs, key: rng.Stream, data) -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +128,6 @@ def _kept_entries(attrs, key: rng.Stream, data):
 def conv_weight_grad(packed: np.ndarray, g: np.ndarray, attrs, key: rng.Stream, data) -> np.ndarray:
     """conv_weight_grad(unpack(packed), g) of a conv's gated input, one kept position at a time (draw by
     draw, then kernel position by kernel position, as compiled code does): it costs what it keeps."""
-    from .conv import conv_window
     channels, spatial, kernel = attrs.get("channels", 1), tuple(attrs["shape"][1:]), tuple(attrs["kernel"])
     window, out_shape = conv_window(attrs, kernel), g.shape[1:]
     groups = attrs["groups"]
