@@ -183,6 +183,7 @@ def test_an_f32_build_agrees_with_the_f64_one():
 # A camera (angle, shift x, y, focal length) seeing a point, with radial distortion `k` and per-axis
 # scales `s`: bundle adjustment's residual in miniature, written again in JAX for its Jacobians.
 JAX_RTOL = 1e-10
+F32_RTOL = 1e-4  # a float32 build's Jacobian against the float64 one's
 
 
 def _projection_in_jax(jnp, k, s, cam, pt, obs):
@@ -274,6 +275,11 @@ def test_jacobians_by_forward_and_reverse_mode_against_jax():
                                    rtol=JAX_RTOL, atol=1e-13)
     losses, grads = model.input_grad(x=x, scale=scale)  # the loss's row: reverse mode, one sweep
     np.testing.assert_allclose(model.jacobian("loss", "x", x=x, scale=scale), grads["x"], rtol=1e-12, atol=1e-14)
+    single = spadc.compile_source(UNROLLED, name="unrolled.spad", dtype="f32")  # both modes in float32
+    single.set_params(model.params)
+    np.testing.assert_allclose(single.jacobian("y", "x", x=x, scale=scale), by_x, rtol=F32_RTOL, atol=F32_RTOL)
+    np.testing.assert_allclose(single.jacobian("y", "params", x=x, scale=scale), by_params, rtol=F32_RTOL,
+                               atol=F32_RTOL)
 
 
 @pytest.mark.parametrize("output, wrt, message", [
