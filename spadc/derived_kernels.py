@@ -94,11 +94,10 @@ def _ggn_kernel(compiled, module, symbol: str) -> dict:
 
 
 def _vjp_kernel(compiled, module, kind: str, symbol: str) -> dict:
-    """A forward kernel over a VJP program (spadc/ad/vjp.py): per sample, the outputs, the float
-    inputs' cotangents and (`.params`) the params', for the cotangents given as inputs."""
-    seeded, with_params = vjp.parse_kind(kind)
-    return _derived_forward_kernel(compiled, module, passes.run(vjp.vjp_program(compiled.program, seeded, with_params)),
-                                   symbol)
+    """A forward kernel over a VJP program (spadc/ad/vjp.py): per sample, the outputs and the float
+    inputs' cotangents, for the cotangents given as inputs."""
+    program = vjp.vjp_program(compiled.program, vjp.parse_kind(kind), False)
+    return _derived_forward_kernel(compiled, module, passes.run(program), symbol)
 
 
 def _jacobian_kernel(compiled, module, kind: str, symbol: str) -> dict:

@@ -25,7 +25,7 @@ from .calls import check_threads
 from .errors import SpadcError
 from .estimators import resolve
 
-VJP, WITH_PARAMS = "vjp.", ".params"  # kernel names (spadc/ad/vjp.py `parse_kind`)
+VJP = "vjp."  # kernel names: vjp.<seeded outputs joined by '+'> (spadc/ad/vjp.py `parse_kind`)
 COTANGENT, INPUT_COTANGENT, PARAM_COTANGENT = "_cotangent.", "_input.", "_grad."
 
 

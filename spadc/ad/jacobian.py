@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from ..errors import SpadcError
 from ..ir.core import Block, InputDecl, Op, Program, Value, copy_block
-from .forward import TANGENT, jvp_program, linearized_program
+from .forward import TANGENT, linearized_program
 from .vjp import COTANGENT, INPUT_COTANGENT, PARAM_COTANGENT, differentiable_inputs, seedable, vjp_program
 
 JACOBIAN = "jac."
@@ -58,12 +58,11 @@ def jacobian_program(program: Program, kind: str) -> Program:
 def _tangent_program(program: Program, output: str, wrt: str) -> Program:
     """Forward mode along the params (jvp_program) or along float inputs: their tangents the
     inputs `_tangent.NAME` after the model's, the output's tangent the output `_tangent.OUTPUT`."""
-    if wrt == PARAMS:
-        return jvp_program(program)
-    if wrt != INPUTS:
+    if wrt not in (PARAMS, INPUTS):
         raise SpadcError(f"a Jacobian is with respect to {PARAMS} or {INPUTS}, not {wrt!r}")
     states = {id(st.value) for st in program.states}  # not inputs a caller differentiates
-    seeded = [d for d in differentiable_inputs(program) if id(d.value) not in states]
+    seeded = (program.params if wrt == PARAMS else
+              [d for d in differentiable_inputs(program) if id(d.value) not in states])
     seeds = {d.value: Value(d.value.type, TANGENT + d.name) for d in seeded}
     decls = [InputDecl(TANGENT + d.name, seeds[d.value], d.loc) for d in seeded]
     product = linearized_program(program, seeds, decls, lambda name: name == output)

@@ -26,17 +26,13 @@ from .builder import Builder
 from .forward import TANGENT, linearized_program
 from .reverse import gradient, place_of
 
-VJP = "vjp."  # kernel names: vjp.<seeded outputs joined by '+'>[.params]
+VJP = "vjp."  # kernel names: vjp.<seeded outputs joined by '+'>
 COTANGENT = "_cotangent."  # the vjp kernel's extra inputs
 INPUT_COTANGENT = "_input."  # its outputs: a float input's cotangent, per sample
 PARAM_COTANGENT = "_grad."  # its outputs: a param's cotangent, per sample (spadrt/curvature.py's SAMPLE_GRADIENT)
-WITH_PARAMS = ".params"
-
-
-def parse_kind(kind: str) -> tuple[tuple[str, ...], bool]:
-    body = kind[len(VJP):]
-    with_params = body.endswith(WITH_PARAMS)
-    return tuple(body.removesuffix(WITH_PARAMS).split("+")), with_params
+def parse_kind(kind: str) -> tuple[str, ...]:
+    """The seeded outputs of a VJP kernel's name."""
+    return tuple(kind[len(VJP):].split("+"))
 
 
 def differentiable_inputs(program: Program) -> list[InputDecl]:
