@@ -95,8 +95,9 @@ def _ggn_kernel(compiled, module, symbol: str) -> dict:
 
 def _vjp_kernel(compiled, module, kind: str, symbol: str) -> dict:
     """A forward kernel over a VJP program (spadc/ad/vjp.py): per sample, the outputs and the float
-    inputs' cotangents, for the cotangents given as inputs."""
-    program = vjp.vjp_program(compiled.program, vjp.parse_kind(kind), False)
+    inputs' cotangents, for the cotangents given as inputs (path-sampled when the name says so)."""
+    seeded, sampling = vjp.parse_kind(kind)
+    program = vjp.vjp_program(compiled.program, seeded, False, sampling)
     return _derived_forward_kernel(compiled, module, passes.run(program), symbol)
 
 

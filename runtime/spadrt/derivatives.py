@@ -11,7 +11,9 @@ Invariants:
 - A cotangent is given per sample ([n, *shape]) or once for every sample (the output's shape).
 - The params' cotangents are a gradient variant's (of the surrogate `sum_k <ct_k, out_k>`), so an
   estimator (RAD, SPAD) applies to them as to `grad`, keyed by the same seed, step and sample
-  indices; `training=True` keys dropout as `grad` does.
+  indices. Under RAD the per-sample kernel (the inputs' cotangents) is path-sampled too, keyed
+  alike; under SPAD it is exact (its distributions are a gradient kernel's argument).
+  `training=True` keys dropout as `grad` does.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import numpy as np
 from .arguments import Options, merge_inputs, numeric, prepare
 from .calls import check_threads
 from .errors import SpadcError
-from .estimators import resolve
+from .estimators import RAD, resolve, sampling_name
 
-VJP = "vjp."  # kernel names: vjp.<seeded outputs joined by '+'> (spadc/ad/vjp.py `parse_kind`)
+VJP, SAMPLED = "vjp.", "@"  # kernel names: vjp.<seeded outputs joined by '+'>[@<sampling>] (spadc/ad/vjp.py)
 COTANGENT, INPUT_COTANGENT, PARAM_COTANGENT = "_cotangent.", "_input.", "_grad."
 
 
@@ -68,7 +70,11 @@ def vjp_prepared(model, cotangents, with_params: bool, prepared, flat, options, 
         param_cotangents = model._named(mean.astype(np.float64) * n)  # the kernel divides by the count
     if not outputs:
         return VJPResult(None, {}, param_cotangents, {})
-    losses, named, one = _per_sample(model, VJP + "+".join(seeded), arguments, flat, options, threads, "vjp")
+    kind = VJP + "+".join(seeded)
+    sampling = resolve(estimator).sampling
+    if isinstance(estimator, RAD) and sampling is not None:  # the inputs' cotangents path-sampled too
+        kind += SAMPLED + sampling_name(sampling)
+    losses, named, one = _per_sample(model, kind, arguments, flat, options, threads, "vjp")
     visible = {name: one(value) for name, value in named.items() if not name.startswith("_")}
     input_cotangents = {name[len(INPUT_COTANGENT):]: one(value) for name, value in named.items()
                         if name.startswith(INPUT_COTANGENT)}

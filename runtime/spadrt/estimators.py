@@ -186,6 +186,17 @@ def variant_key(sampling: Sampling | None, score: str | None = None, policy: str
     return "+".join(parts) + suffix
 
 
+def sampling_name(sampling: Sampling) -> str:
+    """A Sampling as a kernel name's part, read back by `sampling_of` (no '.' between fields: a
+    keep has one)."""
+    return f"{sampling.sites}:{sampling.keep!r}:{sampling.draw}:{sampling.share}:{sampling.scheme}"
+
+
+def sampling_of(name: str) -> Sampling:
+    sites, keep, draw, share, scheme = name.split(":")
+    return Sampling(sites, float(keep), draw, share, scheme)
+
+
 def _sampling_key(sampling: Sampling) -> str:
     return f"{sampling.sites}.keep{sampling.keep!r}.{sampling.draw}.{sampling.share}.{sampling.scheme}"
 

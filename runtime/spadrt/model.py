@@ -29,7 +29,7 @@ from .arguments import (NO_DATA, NO_DATA_ADDRESS, Options, Prepared, check_seed,
                         with_state)
 from .errors import SpadcError
 from .es import ES, PES, es_gradient, pes_gradient
-from .estimators import SPAD, resolve, variant_key
+from .estimators import RAD, SPAD, Exact, resolve, variant_key
 from .files import read_npz, save_npz
 from .init import initial_value
 from .spad_steps import spad_gradient
@@ -285,18 +285,22 @@ class Model:
         """The vector-Jacobian product seeded by `cotangents` (output name, or "loss", to an array of
         its shape, or [n, ...] of it): the outputs, the params' cotangents summed over the batch
         (exact, or estimated by `estimator` as `grad` estimates the gradient: RAD or SPAD), and
-        every float input's cotangent per sample (exact)."""
+        every float input's cotangent per sample (path-sampled too under RAD)."""
         return derivatives.vjp(self, cotangents, True, params=params, training=training, seed=seed, step=step,
                                sample_offset=sample_offset, threads=threads, state=state, inputs=inputs,
                                keyword_inputs=keyword_inputs, estimator=estimator)
 
-    def input_grad(self, *, params=None, training: bool = False, seed: int = 0, step: int = 0, sample_offset: int = 0,
-                   threads: int | None = None, state: dict | None = None, inputs: dict | None = None,
-                   **keyword_inputs) -> tuple:
-        """(each sample's loss, each float input's gradient of the sample's own loss, per sample)."""
+    def input_grad(self, *, params=None, estimator=None, training: bool = False, seed: int = 0, step: int = 0,
+                   sample_offset: int = 0, threads: int | None = None, state: dict | None = None,
+                   inputs: dict | None = None, **keyword_inputs) -> tuple:
+        """(each sample's loss, each float input's gradient of the sample's own loss, per sample):
+        exact, or path-sampled by RAD (keyed by seed, step and sample, as `grad`)."""
+        if not isinstance(resolve(estimator), (Exact, RAD)):
+            raise SpadcError("input_grad takes the exact reverse sweep or RAD (SPAD's distributions, and ES's "
+                             "particles, belong to the params' gradient)")
         result = derivatives.vjp(self, {"loss": 1.0}, False, params=params, training=training, seed=seed, step=step,
                                  sample_offset=sample_offset, threads=threads, state=state, inputs=inputs,
-                                 keyword_inputs=keyword_inputs)
+                                 keyword_inputs=keyword_inputs, estimator=estimator)
         return result.loss, result.inputs
 
     def jacobian(self, output: str, wrt="inputs", *, params=None, training: bool = False, seed: int = 0, step: int = 0,

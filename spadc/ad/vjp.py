@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from spadrt.estimators import sampling_of
+
 from ..errors import SpadcError
 from ..ir.core import Block, InputDecl, Program, Value, copy_block
 from .builder import Builder
@@ -30,9 +32,13 @@ VJP = "vjp."  # kernel names: vjp.<seeded outputs joined by '+'>
 COTANGENT = "_cotangent."  # the vjp kernel's extra inputs
 INPUT_COTANGENT = "_input."  # its outputs: a float input's cotangent, per sample
 PARAM_COTANGENT = "_grad."  # its outputs: a param's cotangent, per sample (spadrt/curvature.py's SAMPLE_GRADIENT)
-def parse_kind(kind: str) -> tuple[str, ...]:
-    """The seeded outputs of a VJP kernel's name."""
-    return tuple(kind[len(VJP):].split("+"))
+SAMPLED = "@"  # vjp.<seeded>@<sampling_name>: the reverse sweep path-sampled (RAD)
+
+
+def parse_kind(kind: str) -> tuple[tuple[str, ...], object]:
+    """(the seeded outputs, the Sampling or None) of a VJP kernel's name."""
+    body, _, sampled = kind[len(VJP):].partition(SAMPLED)
+    return tuple(body.split("+")), sampling_of(sampled) if sampled else None
 
 
 def differentiable_inputs(program: Program) -> list[InputDecl]:
@@ -82,11 +88,12 @@ def surrogate(program: Program, seeded: tuple[str, ...]) -> Program:
     return _surrogate_and_mapping(program, seeded)[0]
 
 
-def vjp_program(program: Program, seeded: tuple[str, ...], with_params: bool) -> Program:
+def vjp_program(program: Program, seeded: tuple[str, ...], with_params: bool, sampling=None) -> Program:
     linear, mapping = _surrogate_and_mapping(program, seeded)
     differentiable = differentiable_inputs(program)
     taps = {INPUT_COTANGENT + d.name: mapping[d.value.id] for d in differentiable}
-    reverse = gradient(linear, taps=taps, wrt_inputs=frozenset(d.name for d in differentiable)).program
+    reverse = gradient(linear, taps=taps, wrt_inputs=frozenset(d.name for d in differentiable),
+                       sampling=sampling).program
     result = dict(linear.outputs)
     result.update({name: reverse.outputs[name] for name in taps})
     if with_params:
