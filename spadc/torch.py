@@ -136,7 +136,7 @@ class _Apply(torch.autograd.Function):
         ctx.save_for_backward(*params)
         ctx.set_materialize_grads(False)
         ctx.layer, ctx.names, ctx.call = layer, names, (prepared, flat, threads, estimator, options)
-        one = (lambda a: a) if prepared.batched else (lambda a: a[0])
+        one = (lambda a: a) if prepared.batched else (lambda a: a.reshape(a.shape[1:]))  # one sample: no batch axis
         return (torch.from_numpy(one(losses)),
                 *[torch.from_numpy(one(outputs[layer._output_index[name]])) for name in layer.float_outputs])
 

@@ -77,6 +77,17 @@ def test_a_torch_training_loop_reaches_fits_params(ours, theirs):
                                    atol=1e-12)
 
 
+def test_one_sample_has_no_batch_axis():
+    layer = _layer("mlp.spad")
+    x = np.random.default_rng(SEED).standard_normal(64)
+    out = layer(x=x, label=3)
+    assert out.loss.shape == () and out.outputs["logits"].shape == (10,)
+    assert out.loss.item() == layer.model.forward(x=x, label=3).loss
+    out.loss.backward()
+    _, expected = layer.model.grad(x=x, label=3)
+    np.testing.assert_allclose(layer.params["W1"].grad.numpy(), expected["W1"], rtol=1e-12, atol=1e-15)
+
+
 def test_an_f32_build_has_float32_params_and_converts_its_inputs():
     layer = _layer("mlp.spad", dtype="f32")
     assert all(p.dtype == torch.float32 for p in layer.parameters())
