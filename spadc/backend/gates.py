@@ -111,7 +111,9 @@ def _counted(attrs) -> bool:
 
 
 def _count(e, nbytes):
-    counter = e.options["stored"]
+    counter = e.options.get("stored")
+    if counter is None:  # a forward kernel (a VJP's per-sample sweep under RAD) reports no tape
+        return
     e.b.store(e.b.add(e.b.load(counter), nbytes), counter)
 
 

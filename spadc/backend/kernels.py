@@ -255,10 +255,6 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
     e = FunctionEmitter(function, float_type_, plan_, args["workspace"], args["status"], checks)
     e.options = {"training": args["training"], "seed": args["seed"], "step": args["step"]}
     b = e.b
-    # A path-sampled reverse sweep run per sample (a VJP kernel under RAD) counts its packs' bytes
-    # as a gradient kernel does; a forward kernel reports none, so they go to a local word.
-    e.options["stored"] = b.alloca(I64, name="stored")
-    b.store(I64(0), e.options["stored"])
     if split is not None:
         hoisting_.call(e, prologue, args)
         hoisting_.bind_values(e, hoisted, args["workspace"])
