@@ -1,6 +1,6 @@
 """Benchmark: bundle adjustment's Jacobian, each observation's residual (bench/ba_residual.spad)
 differentiated with respect to its camera (11 numbers), point (3) and weight, against JAX's
-`vmap(jacrev)` (optional), one core.
+`vmap(jacrev)` and PyTorch's `torch.func.vmap(jacrev)` (each optional), one core.
 
     python -m bench.ba_jacobian
 
@@ -8,7 +8,7 @@ The problem is bench/bundle_adjustment.py's (49 cameras, 7,776 points, 31,843 ob
 here from a seed); each observation's camera and point are gathered into its inputs before the
 call, for both systems alike (not timed). spadc's `Model.jacobian(output, "inputs")` takes one
 reverse sweep per entry of the output, two for `e`, in one kernel call that evaluates the model
-once for both. Both Jacobians are checked against each other
+once for both. The Jacobians are checked against each other
 before timing; timed in turn (bench/run.py's `interleaved`).
 """
 
@@ -38,6 +38,35 @@ def jax_jacobian():
     return jax.jit(jax.vmap(jax.jacrev(jax_residual(jax), argnums=(0, 1, 2))))
 
 
+def torch_jacobian():
+    """torch.func's vmap(jacrev) of the same residual (float64, eager), or None without PyTorch."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+    torch.set_num_threads(1)
+
+    def cross(a, b):
+        return torch.stack([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
+
+    def rotate(r, x):
+        theta2 = torch.sum(r * r)
+        theta = torch.sqrt(theta2 + 1e-300)
+        axis = r / theta
+        turned = (x * torch.cos(theta) + cross(axis, x) * torch.sin(theta)
+                  + axis * (torch.sum(axis * x) * (1.0 - torch.cos(theta))))
+        return torch.where(theta2 > 1e-20, turned, x + cross(r, x))
+
+    def residual(camera, point, weight, feature):
+        p = rotate(camera[0:3], point - camera[3:6])
+        q = p[0:2] / p[2]
+        s = torch.sum(q * q)
+        projected = camera[6] * (1.0 + camera[9] * s + camera[10] * s * s) * q + camera[7:9]
+        return weight * (projected - feature)
+
+    jacobian = torch.func.vmap(torch.func.jacrev(residual, argnums=(0, 1, 2)))
+    return lambda *arrays: jacobian(*[torch.as_tensor(a) for a in arrays])
+
+
 def rows(budget: float) -> list[str]:
     from bench.run import interleaved
     params, indices = problem(np.random.default_rng(SEED))
@@ -54,6 +83,13 @@ def rows(budget: float) -> list[str]:
             assert np.max(np.abs(ours[name] - expected)) <= AGREEMENT * max(1.0, np.max(np.abs(expected))), name
         calls["JAX (jit, vmap, jacrev)"] = lambda: [x.block_until_ready() for x in theirs(
             inputs["camera"], inputs["point"], inputs["weight"], inputs["feature"])]
+    torch_version = torch_jacobian()
+    if torch_version is not None:
+        tensors = [np.ascontiguousarray(inputs[k]) for k in ("camera", "point", "weight", "feature")]
+        for name, found in zip(("camera", "point", "weight"), torch_version(*tensors)):
+            found = found.numpy().reshape(ours[name].shape)
+            assert np.max(np.abs(ours[name] - found)) <= AGREEMENT * max(1.0, np.max(np.abs(found))), name
+        calls["PyTorch (torch.func: vmap, jacrev)"] = lambda: torch_version(*tensors)
     times = interleaved(calls, budget)
     first = next(iter(times.values()))
     lines = [f"| bundle adjustment's Jacobian, {len(inputs['weight'])} observations | ms | spadc / this |",
