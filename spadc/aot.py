@@ -4,7 +4,8 @@ One object holds, for a model named NAME (the file's base name):
     NAME_forward, NAME_grad_<v> and NAME_train_step_<v> for each gradient variant v (exact, rad,
     spad, spad_scores), NAME_layout() (the layout as JSON) and NAME_abi_version();
     with `--entry vjp`: NAME_vjp (per sample: the outputs and the float inputs' cotangents, seeded
-    by the cotangents of the loss and of every float output, passed after the inputs) and
+    by the cotangents of the loss and of every float output, passed after the inputs; NAME_vjp_rad
+    the same under RAD) and
     NAME_grad_vjp_<v> (the params' cotangents, summed as a gradient: one per gradient variant);
     with `--entry jacobian`: NAME_jacobian_<output>_params and NAME_jacobian_<output>_inputs for
     the loss and each float output (the kernels the JIT runs: spadrt/derivatives.py);
@@ -144,8 +145,12 @@ def kernels_module(path: str, dtype: str = "f64", estimators=ESTIMATOR_NAMES, ke
     built = _Build(program, layout, dtype, limit, lanes)
     if "vjp" in entries:
         seeded = tuple(sorted(derivatives.seedable(layout)))
-        kind = derivatives.VJP + "+".join(seeded)
-        layout["kernels"][kind] = derived_kernels.build(built, module, kind, f"{prefix}_vjp")
+        layout["kernels"][derivatives.vjp_kind(seeded, None)] = derived_kernels.build(
+            built, module, derivatives.vjp_kind(seeded, None), f"{prefix}_vjp")
+        if "rad" in estimators and keep < 1:  # RAD samples the inputs' cotangents too
+            rad = RAD(keep=keep, policy=policy, draw=draw, share=share)
+            kind = derivatives.vjp_kind(seeded, rad)
+            layout["kernels"][kind] = derived_kernels.build(built, module, kind, f"{prefix}_vjp_rad")
         objective = vjp.surrogate(program, seeded)
         for suffix, sampling, score, site_policy in chosen:
             entry = _gradient_variant(module, objective, layout, dtype, f"{prefix}_grad_vjp_{suffix}", limit, checkpoint,

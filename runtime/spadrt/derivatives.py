@@ -70,16 +70,20 @@ def vjp_prepared(model, cotangents, with_params: bool, prepared, flat, options, 
         param_cotangents = model._named(mean.astype(np.float64) * n)  # the kernel divides by the count
     if not outputs:
         return VJPResult(None, {}, param_cotangents, {})
-    kind = VJP + "+".join(seeded)
-    sampling = resolve(estimator).sampling
-    if isinstance(estimator, RAD) and sampling is not None:  # the inputs' cotangents path-sampled too
-        kind += SAMPLED + sampling_name(sampling)
-    losses, named, one = _per_sample(model, kind, arguments, flat, options, threads, "vjp")
+    losses, named, one = _per_sample(model, vjp_kind(seeded, estimator), arguments, flat, options, threads, "vjp")
     visible = {name: one(value) for name, value in named.items() if not name.startswith("_")}
     input_cotangents = {name[len(INPUT_COTANGENT):]: one(value) for name, value in named.items()
                         if name.startswith(INPUT_COTANGENT)}
     losses = losses.astype(np.float64)
     return VJPResult(losses if arguments.batched else float(losses[0]), visible, param_cotangents, input_cotangents)
+
+
+def vjp_kind(seeded, estimator) -> str:
+    """The per-sample VJP kernel's name: path-sampled under RAD (the inputs' cotangents too), else
+    exact."""
+    sampling = resolve(estimator).sampling
+    sampled = SAMPLED + sampling_name(sampling) if isinstance(estimator, RAD) and sampling is not None else ""
+    return VJP + "+".join(seeded) + sampled
 
 
 SECOND_ORDER, TANGENT, TANGENT_INPUT = "vjp2.", "_tangent.", "_dinput."  # spadc/ad/vjp.py's second-order kernel
