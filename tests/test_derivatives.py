@@ -378,3 +378,14 @@ def test_input_grad_under_rad_is_unbiased_and_a_biased_control_is_not():
     assert not report.biased(1.05).unbiased, f"a 5% bias went unseen in {draws} draws"
     with pytest.raises(spadc.SpadcError, match="input_grad takes the exact reverse sweep or RAD"):
         model.input_grad(estimator=spadc.SPAD(), **inputs)
+
+
+def test_cotangents_with_a_batch_make_a_batch_of_a_model_without_inputs():
+    # The inputs (here none) are shared by every sample; a batch of cotangents makes the batch, as
+    # an input with one more leading dimension does.
+    model = _model("rosenbrock.spad")
+    result = model.vjp({"loss": np.array([1.0, 2.0, 3.0])})
+    _, grads = model.grad()
+    assert np.shape(result.loss) == (3,)
+    for key in grads:
+        np.testing.assert_allclose(result.params[key], 6.0 * grads[key], rtol=1e-12)

@@ -73,13 +73,15 @@ class Prepared:
 
     def joined(self, other: "Prepared") -> "Prepared":
         """These arguments with `other`'s after them (a derived kernel's own inputs after the
-        model's); the batch is this one's: the caller checks that `other`'s agrees."""
+        model's); the batch is this one's, or `other`'s when only it has one (the caller checks that
+        two batches agree)."""
         mine, theirs = len(self.keepalive), len(other.keepalive)
         if other.pointers is None:  # bare arrays (`Prepared(n, batched, None, None, arrays)`)
             other = Prepared(other.n, other.batched, [address(a) for a, _ in other.keepalive],
                              [a.strides[0] if b else 0 for a, b in other.keepalive], other.keepalive)
         count = max(mine + theirs, 1)
-        return Prepared(self.n, self.batched,
+        n, batched = (self.n, True) if self.batched else (other.n, other.batched)
+        return Prepared(n, batched,
                         (ctypes.c_void_p * count)(*self.pointers[:mine], *other.pointers[:theirs]),
                         (ctypes.c_int64 * count)(*self.strides[:mine], *other.strides[:theirs]),
                         list(self.keepalive) + list(other.keepalive))

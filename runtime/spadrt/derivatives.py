@@ -160,11 +160,11 @@ def _with_cotangents(model, cotangents, prepared):
 
 
 def _check_batch(own, names: list[str], prepared):
-    """A kernel's own arguments (`own`, given as `names`) batched as the inputs, or shared."""
-    if own.batched and (not prepared.batched or own.n != prepared.n):
+    """A kernel's own arguments (`own`, given as `names`) batched as the inputs, shared, or (inputs
+    shared by every sample, or none) making the batch themselves."""
+    if own.batched and prepared.batched and own.n != prepared.n:
         given = next(name for name, (_, batched) in zip(names, own.keepalive) if batched)
-        raise SpadcError(f"{given} has a batch of {own.n} samples but the inputs "
-                         + (f"have {prepared.n}" if prepared.batched else "are one sample"))
+        raise SpadcError(f"{given} has a batch of {own.n} samples but the inputs have {prepared.n}")
 
 
 def jacobian(model, output: str, wrt, *, params, training, seed, step, sample_offset, threads, state, inputs,
