@@ -82,6 +82,26 @@ def _jax_rows(model, x, label) -> list[tuple]:
              lambda: jax.block_until_ready(floor(params)))]
 
 
+def _host_call_table() -> list[str]:
+    """What calling host code from a jitted JAX function costs: a call doing nothing through
+    spadc.xla_ffi.host_call (the JAX wrapper's path) and through jax.pure_callback, against the same
+    jitted function without it (the MLP's params as arguments, a batch of 32 losses as result)."""
+    import jax
+    from spadc.xla_ffi import host_call
+    params = {"W1": np.zeros((64, 64)), "b1": np.zeros(64), "W2": np.zeros((10, 64)), "b2": np.zeros(10)}
+    params = {k: jax.numpy.asarray(v) for k, v in params.items()}
+    shape, zeros = jax.ShapeDtypeStruct((32,), np.float64), np.zeros(32)
+    runs = {"jit, no host call": jax.jit(lambda p: p["b2"].sum()),
+            "jit, spadc.xla_ffi.host_call": jax.jit(lambda p: host_call(lambda q: zeros, shape, p).sum()),
+            "jit, jax.pure_callback": jax.jit(lambda p: jax.pure_callback(lambda q: zeros, shape, p).sum())}
+    calls = [lambda f=f: jax.block_until_ready(f(params)) for f in runs.values()]
+    for call in calls:
+        call()
+    times = fastest_in_turn(*calls, rounds=ROUNDS, calls=CALLS)
+    lines = ["| JAX: host code doing nothing | µs per call | added to jit |", "|---|---:|---:|"]
+    return lines + [f"| {name} | {t * 1e6:.1f} | {(t - times[0]) * 1e6:+.1f} |" for name, t in zip(runs, times)]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -118,6 +138,8 @@ def main(argv=None) -> int:
     for k, (name, _, _) in enumerate(wrappers):
         step, floor = times[2 + 2 * k], times[3 + 2 * k]
         print(f"| {name} | {step * 1e6:.1f} | {floor * 1e6:.1f} | {(step - floor - base) * 1e6:+.1f} |")
+    if any("jax" in name for name, _, _ in wrappers):
+        print("\n" + "\n".join(_host_call_table()))
     return 0
 
 

@@ -6,7 +6,7 @@ or a batch), `losses` one per sample, `outputs` the model's float outputs by nam
 `jax.custom_vjp` over `Model.vjp` (spadrt/derivatives.py), so `jax.grad`, `jax.vjp` and `jax.jit`
 work through it, with respect to the params and the float inputs; `jax.vmap` maps the model over
 the mapped axis one call at a time. The kernels run on the host through XLA FFI targets
-(spadc/xla_ffi.py: `jax.pure_callback`'s semantics at a fifth of its cost per call); a kernel's
+(spadc/xla_ffi.py: `jax.pure_callback`'s semantics at about a tenth of its cost per call); a kernel's
 run-time error fails the call with spadc's message.
 
 Invariants:
