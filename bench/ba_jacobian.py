@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import spadc  # noqa: E402
-from bench.bundle_adjustment import SEED, jax_residual, problem  # noqa: E402
+from bench.bundle_adjustment import SEED, jax_residual, problem, residual_in  # noqa: E402
 
 AGREEMENT = 1e-10  # spadc's Jacobian against JAX's, relative to the largest entry
 
@@ -48,21 +48,7 @@ def torch_jacobian():
     def cross(a, b):
         return torch.stack([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
 
-    def rotate(r, x):
-        theta2 = torch.sum(r * r)
-        theta = torch.sqrt(theta2 + 1e-300)
-        axis = r / theta
-        turned = (x * torch.cos(theta) + cross(axis, x) * torch.sin(theta)
-                  + axis * (torch.sum(axis * x) * (1.0 - torch.cos(theta))))
-        return torch.where(theta2 > 1e-20, turned, x + cross(r, x))
-
-    def residual(camera, point, weight, feature):
-        p = rotate(camera[0:3], point - camera[3:6])
-        q = p[0:2] / p[2]
-        s = torch.sum(q * q)
-        projected = camera[6] * (1.0 + camera[9] * s + camera[10] * s * s) * q + camera[7:9]
-        return weight * (projected - feature)
-
+    residual = residual_in(torch, cross)
     jacobian = torch.func.vmap(torch.func.jacrev(residual, argnums=(0, 1, 2)))
     return lambda *arrays: jacobian(*[torch.as_tensor(a) for a in arrays])
 

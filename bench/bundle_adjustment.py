@@ -47,26 +47,30 @@ def problem(rng):
             {"cam": cam, "point": point, "obs": np.arange(N_OBS), "feature": feature})
 
 
-def jax_residual(jax):
-    """The weighted reprojection error of one observation in JAX, (camera, point, weight, feature) -> e."""
-    jnp = jax.numpy
-
+def residual_in(xp, cross):
+    """The weighted reprojection error of one observation, (camera, point, weight, feature) -> e,
+    in an array library `xp` (jax.numpy, torch) with its cross product `cross`."""
     def rotate(r, x):
-        theta2 = jnp.sum(r * r)
-        theta = jnp.sqrt(theta2 + 1e-300)
+        theta2 = xp.sum(r * r)
+        theta = xp.sqrt(theta2 + 1e-300)
         axis = r / theta
-        turned = (x * jnp.cos(theta) + jnp.cross(axis, x) * jnp.sin(theta)
-                  + axis * (jnp.sum(axis * x) * (1.0 - jnp.cos(theta))))
-        return jnp.where(theta2 > 1e-20, turned, x + jnp.cross(r, x))
+        turned = (x * xp.cos(theta) + cross(axis, x) * xp.sin(theta)
+                  + axis * (xp.sum(axis * x) * (1.0 - xp.cos(theta))))
+        return xp.where(theta2 > 1e-20, turned, x + cross(r, x))
 
     def residual(camera, point, weight, feature):
         p = rotate(camera[0:3], point - camera[3:6])
         q = p[0:2] / p[2]
-        s = jnp.sum(q * q)
+        s = xp.sum(q * q)
         projected = camera[6] * (1.0 + camera[9] * s + camera[10] * s * s) * q + camera[7:9]
         return weight * (projected - feature)
 
     return residual
+
+
+def jax_residual(jax):
+    """The residual in JAX."""
+    return residual_in(jax.numpy, jax.numpy.cross)
 
 
 def jax_objective():
