@@ -33,7 +33,8 @@ def _load_command_line():
 
     def note_and_raise(signum, frame):
         interrupted.append(signum)
-        raise KeyboardInterrupt
+        if not _dropped_if_raised(frame):  # else the check after the imports raises it
+            raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, note_and_raise) if signal.getsignal(signal.SIGINT) is \
         signal.default_int_handler else None
@@ -49,6 +50,13 @@ def _load_command_line():
     if interrupted:  # an import that caught the KeyboardInterrupt and went on (a bare `except:`)
         raise KeyboardInterrupt
     return run_command
+
+
+def _dropped_if_raised(frame) -> bool:
+    """Whether an exception raised in `frame` would be printed and dropped, the import going on:
+    in importlib's module-lock callback (a weakref callback)."""
+    return frame is not None and frame.f_code.co_name == "cb" and \
+        frame.f_globals.get("__name__") == "importlib._bootstrap"
 
 
 def _silence_stdout():

@@ -163,3 +163,14 @@ def test_an_interrupt_that_an_import_swallows_is_not_forgotten(monkeypatch):
             entry._load_command_line()
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_an_interrupt_in_importlibs_lock_callback_waits_for_the_imports_end():
+    # Raised there, a KeyboardInterrupt is printed as "Exception ignored in ..." and dropped (seen
+    # once at 0.2 s): the handler only notes it, and the check after the imports raises it.
+    import sys
+    from spadc import entry
+    namespace = {"__name__": "importlib._bootstrap"}
+    exec("def cb():\n    import sys\n    return sys._getframe()", namespace)
+    assert entry._dropped_if_raised(namespace["cb"]())
+    assert not entry._dropped_if_raised(sys._getframe()) and not entry._dropped_if_raised(None)
