@@ -15,6 +15,8 @@ Invariants:
 
 from __future__ import annotations
 
+from spadrt.derivatives import SECOND_ORDER
+
 from .ad import jacobian, vjp
 from .ad.forward import HVP, ggn_program, hvp_program, jvp_program
 from .ad.taps import tap_program
@@ -29,8 +31,8 @@ def build(compiled, module, kind: str, symbol: str | None = None) -> dict:
     symbol = symbol or kind
     if kind.startswith(jacobian.JACOBIAN):
         return _jacobian_kernel(compiled, module, kind, symbol)
-    if kind.startswith(vjp.SECOND_ORDER):
-        program = passes.run(vjp.second_order_program(compiled.program, tuple(kind[len(vjp.SECOND_ORDER):].split("+"))))
+    if kind.startswith(SECOND_ORDER):
+        program = passes.run(vjp.second_order_program(compiled.program, tuple(kind[len(SECOND_ORDER):].split("+"))))
         return _with_inputs(compiled, _derived_forward_kernel(compiled, module, program, symbol), program)
     if kind.startswith(vjp.VJP):
         return _vjp_kernel(compiled, module, kind, symbol)

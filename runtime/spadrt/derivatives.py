@@ -27,8 +27,14 @@ from .calls import check_threads
 from .errors import SpadcError
 from .estimators import RAD, resolve, sampling_name
 
-VJP, SAMPLED = "vjp.", "@"  # kernel names: vjp.<seeded outputs joined by '+'>[@<sampling>] (spadc/ad/vjp.py)
-COTANGENT, INPUT_COTANGENT, PARAM_COTANGENT = "_cotangent.", "_input.", "_grad."
+# The names of the derived kernels and of their extra inputs and outputs, shared with the compiler
+# (spadc/ad/vjp.py, spadc/ad/jacobian.py import them: the runtime runs without it).
+VJP, SAMPLED = "vjp.", "@"  # vjp.<seeded outputs joined by '+'>[@<sampling_name>]: a VJP per sample
+SECOND_ORDER = "vjp2."  # vjp2.<seeded outputs>: forward mode over the VJP
+JACOBIAN, PARAMS, INPUTS = "jac.", "*params", "*inputs"  # jac.<mode>.<sweeps>.<output>.<side>
+COTANGENT = "_cotangent."  # the VJP kernels' extra inputs
+INPUT_COTANGENT, PARAM_COTANGENT = "_input.", "_grad."  # their outputs, per sample
+TANGENT, TANGENT_INPUT = "_tangent.", "_dinput."  # tangents: a param's (shared), a float input's (per sample)
 
 
 @dataclass
@@ -84,9 +90,6 @@ def vjp_kind(seeded, estimator) -> str:
     sampling = resolve(estimator).sampling
     sampled = SAMPLED + sampling_name(sampling) if isinstance(estimator, RAD) and sampling is not None else ""
     return VJP + "+".join(seeded) + sampled
-
-
-SECOND_ORDER, TANGENT, TANGENT_INPUT = "vjp2.", "_tangent.", "_dinput."  # spadc/ad/vjp.py's second-order kernel
 
 
 @dataclass
@@ -212,7 +215,6 @@ def jacobian(model, output: str, wrt, *, params, training, seed, step, sample_of
 
 
 SWEEPS_PER_CALL = 16  # a kernel's copies of the sweep (its code grows with them): more sweeps take more calls
-JACOBIAN, PARAMS, INPUTS = "jac.", "*params", "*inputs"  # spadc/ad/jacobian.py's kernel names
 
 
 def float_inputs(layout: dict) -> list[dict]:

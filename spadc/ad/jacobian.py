@@ -22,18 +22,12 @@ Invariants:
 
 from __future__ import annotations
 
+from spadrt.derivatives import INPUTS, JACOBIAN, PARAMS
+
 from ..errors import SpadcError
 from ..ir.core import Block, InputDecl, Op, Program, Value, copy_block
 from .forward import TANGENT, linearized_program
 from .vjp import COTANGENT, INPUT_COTANGENT, PARAM_COTANGENT, differentiable_inputs, seedable, vjp_program
-
-JACOBIAN = "jac."
-PARAMS, INPUTS = "*params", "*inputs"
-
-
-def kind_of(mode: str, sweeps: int, output: str, wrt: str) -> str:
-    return f"{JACOBIAN}{mode}.{sweeps}.{output}.{wrt}"
-
 
 def parse_kind(kind: str) -> tuple[str, int, str, str]:
     mode, sweeps, output, wrt = kind[len(JACOBIAN):].split(".")
@@ -56,8 +50,8 @@ def jacobian_program(program: Program, kind: str) -> Program:
 
 
 def _tangent_program(program: Program, output: str, wrt: str) -> Program:
-    """Forward mode along the params (jvp_program) or along float inputs: their tangents the
-    inputs `_tangent.NAME` after the model's, the output's tangent the output `_tangent.OUTPUT`."""
+    """Forward mode along the params or along the float inputs: their tangents the inputs
+    `_tangent.NAME` after the model's, the output's tangent the output `_tangent.OUTPUT`."""
     if wrt not in (PARAMS, INPUTS):
         raise SpadcError(f"a Jacobian is with respect to {PARAMS} or {INPUTS}, not {wrt!r}")
     states = {id(st.value) for st in program.states}  # not inputs a caller differentiates

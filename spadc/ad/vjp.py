@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from spadrt.derivatives import COTANGENT, INPUT_COTANGENT, PARAM_COTANGENT, SAMPLED, TANGENT_INPUT, VJP
 from spadrt.estimators import sampling_of
 
 from ..errors import SpadcError
@@ -27,12 +28,6 @@ from ..ir.core import Block, InputDecl, Program, Value, copy_block
 from .builder import Builder
 from .forward import TANGENT, linearized_program
 from .reverse import gradient, place_of
-
-VJP = "vjp."  # kernel names: vjp.<seeded outputs joined by '+'>
-COTANGENT = "_cotangent."  # the vjp kernel's extra inputs
-INPUT_COTANGENT = "_input."  # its outputs: a float input's cotangent, per sample
-PARAM_COTANGENT = "_grad."  # its outputs: a param's cotangent, per sample (spadrt/curvature.py's SAMPLE_GRADIENT)
-SAMPLED = "@"  # vjp.<seeded>@<sampling_name>: the reverse sweep path-sampled (RAD)
 
 
 def parse_kind(kind: str) -> tuple[tuple[str, ...], object]:
@@ -100,9 +95,6 @@ def vjp_program(program: Program, seeded: tuple[str, ...], with_params: bool, sa
         result.update({PARAM_COTANGENT + d.name: reverse.outputs[d.name] for d in linear.params})
     return reverse.with_body(reverse.body, result, mapping.get(program.loss.id, program.loss), None)
 
-
-SECOND_ORDER = "vjp2."  # kernel names: vjp2.<seeded outputs joined by '+'>
-TANGENT_INPUT = "_dinput."  # a float input's tangent: per sample (a param's, `_tangent.NAME`, is shared)
 
 
 def second_order_program(program: Program, seeded: tuple[str, ...]) -> Program:
