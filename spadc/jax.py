@@ -26,6 +26,7 @@ import functools
 import numpy as np
 
 from spadrt import derivatives
+from spadrt.arguments import Options
 
 from .errors import SpadcError
 
@@ -37,6 +38,8 @@ except ImportError as error:  # pragma: no cover (the extra is installed where t
 
 from .xla_ffi import host_call  # noqa: E402 (needs JAX: after the check above)
 
+NO_OPTIONS = Options(training=0, seed=0, step=0, offset=0)  # what every call here runs with (forward's defaults)
+
 
 def function(model):
     """`f(params, **inputs) -> (losses, outputs)` over `model`'s kernels (see the module's docstring)."""
@@ -46,7 +49,8 @@ def function(model):
                          "(or compile the model with dtype='f32')")
     params_spec = {p["name"]: tuple(p["shape"]) for p in model.layout["params"]}
     inputs_spec = {i["name"]: i for i in model.layout["inputs"] if not i.get("state")}
-    float_outputs = [o for o in model.layout["outputs"] if o["dtype"] == "f64" and not o.get("hidden")]
+    float_outputs = [(k, o) for k, o in enumerate(model.layout["outputs"])  # (the forward kernel's index, spec)
+                     if o["dtype"] == "f64" and not o.get("hidden")]
     differentiable_inputs = {name for name, spec in inputs_spec.items() if spec["dtype"] == "f64"}
 
     def batch_of(inputs) -> tuple:
@@ -58,19 +62,24 @@ def function(model):
     def host(x):
         return np.asarray(x)
 
-    def forward_on_host(params, inputs):
-        result = model.forward(params={k: host(v) for k, v in params.items()},
-                               inputs={k: host(v) for k, v in inputs.items()})
-        losses = np.asarray(result.loss, dtype=float_type)
-        return losses, {o["name"]: np.asarray(result.outputs[o["name"]], dtype=float_type) for o in float_outputs}
+    def flat(params):
+        """The params as the kernels' one flat buffer, made by XLA (a fused copy) rather than on the host."""
+        return jnp.concatenate([jnp.ravel(params[name]) for name in params_spec]) if params_spec else \
+            jnp.zeros(0, float_type)
+
+    def forward_on_host(flat_params, inputs):
+        prepared = model._inputs({k: host(v) for k, v in inputs.items()})
+        losses, outputs = model._forward_arrays(prepared, flat_params, NO_OPTIONS, None)
+        one = (lambda a: a) if prepared.batched else (lambda a: a[0])
+        return one(losses), {o["name"]: one(outputs[index]) for index, o in float_outputs}
 
     def result_shapes(inputs):
         lead = batch_of(inputs)
         return (jax.ShapeDtypeStruct(lead, float_type),
-                {o["name"]: jax.ShapeDtypeStruct(lead + tuple(o["shape"]), float_type) for o in float_outputs})
+                {o["name"]: jax.ShapeDtypeStruct(lead + tuple(o["shape"]), float_type) for _, o in float_outputs})
 
     def call(params, inputs):
-        return host_call(forward_on_host, result_shapes(inputs), params, inputs)
+        return host_call(forward_on_host, result_shapes(inputs), flat(params), inputs)
 
     @jax.custom_vjp
     def f(params, inputs):
@@ -109,16 +118,17 @@ def function(model):
     def vjp_shapes(wanted, params, inputs):
         return (float_shapes(params) if wanted[0] else {}), float_shapes({k: inputs[k] for k in wanted[1]})
 
-    def vjp_on_host(wanted, params, inputs, cotangents):
-        result = derivatives.vjp(model, {k: host(v) for k, v in cotangents.items()}, wanted[0],
-                                 outputs=bool(wanted[1]), **host_inputs(params, inputs))
+    def vjp_on_host(wanted, flat_params, inputs, cotangents):
+        prepared = model._inputs({k: host(v) for k, v in inputs.items()})
+        result = derivatives.vjp_prepared(model, {k: host(v) for k, v in cotangents.items()}, wanted[0], prepared,
+                                          flat_params, NO_OPTIONS, None, outputs=bool(wanted[1]))
         return ({k: np.asarray(v, dtype=float_type).reshape(params_spec[k]) for k, v in result.params.items()},
                 {k: np.asarray(result.inputs[k], dtype=float_type) for k in wanted[1]})
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
     def vjp(wanted, params, inputs, cotangents):
-        return host_call(functools.partial(vjp_on_host, wanted), vjp_shapes(wanted, params, inputs), params, inputs,
-                         cotangents)
+        return host_call(functools.partial(vjp_on_host, wanted), vjp_shapes(wanted, params, inputs), flat(params),
+                         inputs, cotangents)
 
     def vjp_forward(wanted, params, inputs, cotangents):
         return vjp(wanted, params, inputs, cotangents), (params, inputs, cotangents)
@@ -159,6 +169,10 @@ def function(model):
         if unknown:
             raise SpadcError(f"params must name exactly the model's params ({', '.join(params_spec)}); "
                              f"not `{sorted(unknown)[0]}`")
+        for name, value in params.items():  # (the kernels read one flat buffer of exactly these shapes)
+            if tuple(np.shape(value)) != params_spec[name]:
+                raise SpadcError(f"param `{name}` must have shape {list(params_spec[name])}, "
+                                 f"got {list(np.shape(value))}")
         converted = {k: (jnp.asarray(v, dtype=float_type) if k in inputs_spec and inputs_spec[k]["dtype"] == "f64"
                          else jnp.asarray(v)) for k, v in inputs.items()}
         return f({k: jnp.asarray(v, dtype=float_type) for k, v in params.items()}, converted)

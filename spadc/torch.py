@@ -110,7 +110,7 @@ class Module(torch.nn.Module):
 
 
 def _host(tensor) -> np.ndarray:
-    return tensor.detach().numpy()
+    return tensor.detach().numpy() if tensor.requires_grad else tensor.numpy()
 
 
 def _checked_estimator(estimator):

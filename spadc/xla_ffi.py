@@ -153,7 +153,7 @@ class _Viewer:
         if self.count == 0:
             return np.empty(self.shape, self.dtype)
         data = ctypes.c_void_p.from_address(buffer_pointer + _Buffer.data.offset).value
-        return np.frombuffer(self.raw.from_address(data), dtype=self.dtype).reshape(self.shape)
+        return np.ndarray(self.shape, self.dtype, self.raw.from_address(data))  # (half frombuffer's time)
 
 
 def _error(api: int, message: str) -> int:

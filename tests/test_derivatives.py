@@ -126,8 +126,11 @@ def test_the_params_cotangent_of_the_mean_loss_is_the_gradient_and_threads_chang
     rng = np.random.default_rng(SEED)
     x, label = rng.standard_normal((300, 64)), rng.integers(0, 10, 300)  # three chunks
     results = [model.vjp({"loss": np.full(300, 1 / 300)}, x=x, label=label, threads=t) for t in (1, 2)]
+    # Another seeded output (with zeros) takes the seeded variant in place of the loss's own gradient.
+    seeded = model.vjp({"loss": np.full(300, 1 / 300), "logits": np.zeros(10)}, x=x, label=label)
     _, grads = model.grad(x=x, label=label)
     for key in grads:
+        np.testing.assert_allclose(seeded.params[key], grads[key], rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(results[0].params[key], grads[key], rtol=1e-12, atol=1e-15)
         np.testing.assert_array_equal(results[0].params[key], results[1].params[key])
     np.testing.assert_array_equal(results[0].inputs["x"], results[1].inputs["x"])
@@ -329,16 +332,19 @@ def test_estimated_vjps_are_unbiased_and_a_biased_control_is_not(kind):
 
 def test_a_vjp_of_the_mean_loss_under_rad_is_rads_gradient():
     # The same draws (keyed by seed, step and sample) on the surrogate and on the loss: the same
-    # estimate to rounding, and not the exact one.
+    # estimate to rounding, and not the exact one (the loss's cotangent alone, equal for every
+    # sample, takes the gradient kernel itself; with the outputs' seeded too, the seeded variant).
     model = _model("mlp.spad")
     rng = np.random.default_rng(SEED)
     x, label = rng.standard_normal((6, 64)), np.arange(6)
     rad = spadc.RAD(keep=KEEP)
     result = model.vjp({"loss": np.full(6, 1 / 6)}, estimator=rad, seed=5, x=x, label=label)
+    seeded = model.vjp({"loss": np.full(6, 1 / 6), "logits": np.zeros(10)}, estimator=rad, seed=5, x=x, label=label)
     _, estimated = model.grad(estimator=rad, seed=5, x=x, label=label)
     _, exact = model.grad(x=x, label=label)
     for key in exact:
         np.testing.assert_allclose(result.params[key], estimated[key], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(seeded.params[key], estimated[key], rtol=1e-12, atol=1e-15)
     assert not all(np.allclose(estimated[k], exact[k]) for k in exact)
     with pytest.raises(spadc.SpadcError, match="ES estimates the loss's gradient only"):
         model.vjp({"loss": 1.0}, estimator=spadc.ES(), x=x, label=label)

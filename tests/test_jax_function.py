@@ -134,6 +134,9 @@ def test_mistakes_are_spadc_errors():
     f = spadc.jax.function(model)
     with pytest.raises(spadc.SpadcError, match="params must name exactly the model's params"):
         f({"W1": model.params["W1"]}, x=np.zeros(64), label=1)
+    wrong = dict(model.params, b1=np.zeros(65))  # (the kernels read one flat buffer: never past its end)
+    with pytest.raises(spadc.SpadcError, match=r"param `b1` must have shape \[64\], got \[65\]"):
+        jax.jit(lambda p: f(p, x=np.zeros(64), label=1))(wrong)
     # A kernel's run-time check fails the XLA call, with spadc's message and place.
     params = {k: jnp.asarray(v) for k, v in model.params.items()}
     with pytest.raises(Exception, match=r"SpadcError: .*mlp.spad:\d+:\d+: error: run-time error \(sample 1\): "

@@ -34,13 +34,20 @@ def all_cores() -> int:
         return os.cpu_count() or 1
 
 
-def check_threads(threads) -> int:
-    """`threads=None` means every core this process may use."""
+def check_threads(threads) -> int | None:
+    """`threads` checked: a positive count, or None for every core this process may use (counted
+    only where a batch is split, by `cores`: the count is a system call, and most calls of a small
+    model have one chunk)."""
     if threads is None:
-        return all_cores()
+        return None
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise SpadcError(f"threads must be a positive integer (or None for all cores), got {threads!r}")
     return int(threads)
+
+
+def cores(threads: int | None) -> int:
+    """The count of cores a checked `threads` means."""
+    return all_cores() if threads is None else threads
 
 
 def address(array: np.ndarray) -> int:
@@ -152,12 +159,13 @@ def chunks(n: int, size: int = CHUNK) -> list[tuple[int, int]]:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def run_chunks(task, n: int, threads: int, size: int = CHUNK) -> list:
+def run_chunks(task, n: int, threads: int | None, size: int = CHUNK) -> list:
     """[task(start, stop) for each chunk of `size` samples], on up to `threads` threads, in chunk
     order. The first chunk (in order) that raised re-raises its error."""
     if n <= size:
         return [task(0, n)]
     spans = chunks(n, size)
+    threads = cores(threads)
     if threads == 1:
         return [task(start, stop) for start, stop in spans]
     workers = min(threads, len(spans))

@@ -13,7 +13,9 @@ Invariants:
   estimator (RAD, SPAD) applies to them as to `grad`, keyed by the same seed, step and sample
   indices. Under RAD the per-sample kernel (the inputs' cotangents) is path-sampled too, keyed
   alike; under SPAD it is exact (its distributions are a gradient kernel's argument).
-  `training=True` keys dropout as `grad` does.
+  `training=True` keys dropout as `grad` does. A loss cotangent that is the same for every sample
+  (a mean's or a sum's), with no other, takes the loss's own gradient kernel (`grad`'s), scaled:
+  the same estimator, keyed alike, and no seeded variant to compile.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from .arguments import Options, merge_inputs, numeric, prepare
 from .calls import check_threads
 from .errors import SpadcError
+from .es import ES, PES
 from .estimators import RAD, resolve, sampling_name
 
 # The names of the derived kernels and of their extra inputs and outputs, shared with the compiler
@@ -67,13 +70,21 @@ def vjp_prepared(model, cotangents, with_params: bool, prepared, flat, options, 
                  outputs: bool = True, estimator=None, step=None) -> VJPResult:
     """`vjp` over inputs already checked (`Model._inputs`) and a flat params buffer: what the
     framework wrappers call after a forward pass over the same arguments."""
-    seeded, arguments = _with_cotangents(model, cotangents, prepared)
+    uniform = _uniform_loss_cotangent(cotangents, prepared, estimator) if with_params else None
     param_cotangents = {}
-    if with_params:
+    if uniform is not None:  # the loss's own gradient, scaled: no cotangents to pass, no seeded variant to build
+        call = dict(prepared=prepared, flat=flat, training=options.training, seed=options.seed,
+                    offset=options.offset, threads=threads)
+        _, mean, _, _, n = model._estimate(resolve(estimator), step, call)
+        param_cotangents = model._named(np.multiply(mean, n * uniform, dtype=np.float64))
+        if not outputs:
+            return VJPResult(None, {}, param_cotangents, {})
+    seeded, arguments = _with_cotangents(model, cotangents, prepared)
+    if with_params and uniform is None:
         call = dict(prepared=arguments, flat=flat, training=options.training, seed=options.seed,
                     offset=options.offset, threads=threads)
         _, mean, _, _, n = model._estimate(resolve(estimator), step, call, seeded=tuple(seeded))
-        param_cotangents = model._named(mean.astype(np.float64) * n)  # the kernel divides by the count
+        param_cotangents = model._named(np.multiply(mean, n, dtype=np.float64))  # the kernel divides by the count
     if not outputs:
         return VJPResult(None, {}, param_cotangents, {})
     losses, named, one = _per_sample(model, vjp_kind(seeded, estimator), arguments, flat, options, threads, "vjp")
@@ -82,6 +93,21 @@ def vjp_prepared(model, cotangents, with_params: bool, prepared, flat, options, 
                         if name.startswith(INPUT_COTANGENT)}
     losses = losses.astype(np.float64)
     return VJPResult(losses if arguments.batched else float(losses[0]), visible, param_cotangents, input_cotangents)
+
+
+def _uniform_loss_cotangent(cotangents, prepared, estimator) -> float | None:
+    """c, when the cotangents are the loss's alone and c for every sample (what a mean or a sum of
+    the losses gives): the params' cotangents are then c n times the loss's mean gradient, `grad`'s
+    kernel. None otherwise, and for what the general path checks (or refuses: ES and PES)."""
+    if isinstance(estimator, (ES, PES)) or not isinstance(cotangents, dict) or len(cotangents) != 1:
+        return None
+    value = cotangents.get("loss")
+    if type(value) is not np.ndarray or value.dtype.kind != "f" or value.size == 0:
+        return None
+    if value.shape not in ((), (prepared.n,) if prepared.batched else ()):  # a batch of its own: the general path
+        return None
+    first = value.flat[0]
+    return float(first) if np.isfinite(first) and (value == first).all() else None
 
 
 def vjp_kind(seeded, estimator) -> str:

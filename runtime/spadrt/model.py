@@ -232,7 +232,7 @@ class Model:
         if stats:
             # Each concurrent kernel call has a workspace of its own (spadrt/calls.py).
             spans = calls.chunks(n, entry.get("chunk", calls.CHUNK))
-            concurrent = min(calls.check_threads(threads), len(spans)) if n else 1
+            concurrent = min(calls.cores(calls.check_threads(threads)), len(spans)) if n else 1
             return loss, named, {"tape_bytes": measured, "tape_bytes_static": entry["tape_bytes"],
                                  "workspace_bytes": entry["workspace"], "samples": n,
                                  "peak_workspace_bytes": entry["workspace"] * concurrent,
