@@ -69,6 +69,8 @@ class Module(torch.nn.Module):
         self._addresses = [self._flat_host.ctypes.data + p["offset"] * self._flat.element_size()
                            for p in model.layout["params"]]
         self.float_inputs = {i["name"] for i in model.layout["inputs"] if i["dtype"] == "f64"}
+        self._input_types = {i["name"]: {"f64": self.float_type, "bool": torch.bool}.get(i["dtype"], torch.int64)
+                             for i in model.layout["inputs"]}
         self.float_outputs = [o["name"] for o in model.layout["outputs"] if o["dtype"] == "f64" and not o.get("hidden")]
         self._output_index = {o["name"]: k for k, o in enumerate(model.layout["outputs"])}
         # The params as a call reads them: from the ParameterDict's own table (where
@@ -81,16 +83,22 @@ class Module(torch.nn.Module):
         estimator = self.estimator if estimator is _UNSET else _checked_estimator(estimator)
         options = Options(int(self.training), self.seed, self._calls[0], 0)
         self._calls[0] += 1
-        names, tensors = [], []
+        # Inputs that take a gradient are autograd's arguments; the others ride along with the options
+        # (each argument of a custom op costs autograd time, and most inputs are data).
+        plain, names, tensors = {}, [], []
         for name, value in merge_inputs(inputs, keyword_inputs).items():
             tensor = torch.as_tensor(value)
             if tensor.device.type != "cpu":
                 raise SpadcError(f"input `{name}` is on {tensor.device}: spadc runs on the CPU (move it with .cpu())")
-            wanted = self.float_type if name in self.float_inputs else torch.int64
-            names.append(name)
-            tensors.append(tensor if tensor.dtype == wanted else tensor.to(wanted))
+            wanted = self._input_types.get(name, tensor.dtype)  # (an unknown name: the call refuses it)
+            tensor = tensor if tensor.dtype == wanted else tensor.to(wanted)
+            if tensor.requires_grad:
+                names.append(name)
+                tensors.append(tensor)
+            else:
+                plain[name] = tensor.numpy()
         params = [self._param_table[key] for key in self._param_keys]
-        results = _Apply.apply(self, (tuple(names), estimator, options), *params, *tensors)
+        results = _Apply.apply(self, (plain, tuple(names), estimator, options), *params, *tensors)
         return ModuleOutput(results[0], dict(zip(self.float_outputs, results[1:])))
 
     @property
@@ -124,12 +132,12 @@ def _checked_estimator(estimator):
 class _Apply(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layer, call, *tensors):
-        names, estimator, options = call
+        plain, names, estimator, options = call
         count = len(layer.param_names)
         params = tensors[:count]
         flat = layer._flat_params(params)
         model = layer.model
-        prepared = model._inputs({name: _host(t) for name, t in zip(names, tensors[count:])})
+        prepared = model._inputs(dict(plain, **{name: _host(t) for name, t in zip(names, tensors[count:])}))
         threads = check_threads(layer._threads)
         losses, outputs = model._forward_arrays(prepared, flat, options, threads)
         # Saved so that autograd refuses a backward after the params were changed in place.

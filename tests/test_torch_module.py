@@ -95,6 +95,20 @@ def test_an_f32_build_has_float32_params_and_converts_its_inputs():
     assert out.loss.dtype == torch.float32 and out.outputs["logits"].shape == (2, 10)
 
 
+def test_bool_inputs_stay_bool_and_data_inputs_need_no_gradient():
+    model = spadc.compile_source("input x: f64[3]\ninput keep: bool[3]\nparam w: f64[3] = 1.0\n"
+                                 "loss sum(where(keep, w * x, 0.0))\n", name="masked.spad")
+    layer = spadc.torch.Module(model)
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=torch.float64, requires_grad=True)
+    out = layer(x=x, keep=torch.tensor([[True, False, True], [False, False, True]]))
+    out.loss.sum().backward()
+    # By hand: each sample's loss sums its kept x (w is ones); w's gradient sums the kept x over the
+    # samples; x's gradient is w where kept.
+    np.testing.assert_array_equal(out.loss.detach(), [4.0, 6.0])
+    np.testing.assert_array_equal(layer.params["w"].grad, [1.0, 0.0, 9.0])
+    np.testing.assert_array_equal(x.grad, [[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+
+
 def test_mistakes_are_spadc_errors():
     layer = _layer("mlp.spad")
     with pytest.raises(spadc.SpadcError, match="is on meta: spadc runs on the CPU"):

@@ -107,7 +107,10 @@ def _uniform_loss_cotangent(cotangents, prepared, estimator) -> float | None:
     if value.shape not in ((), (prepared.n,) if prepared.batched else ()):  # a batch of its own: the general path
         return None
     first = value.flat[0]
-    return float(first) if np.isfinite(first) and (value == first).all() else None
+    if not np.isfinite(first):
+        return None
+    # (PyTorch's mean and sum give one value broadcast: stride 0, nothing to compare.)
+    return float(first) if value.ndim == 0 or value.strides == (0,) or (value == first).all() else None
 
 
 def vjp_kind(seeded, estimator) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .arguments import is_real
 from .errors import SpadcError
+from .es import ES, PES
 
 
 class SamplingWarning(UserWarning):
@@ -208,7 +209,6 @@ def resolve(estimator):
     """An estimator object from an object, a string ("exact", "rad", "spad", "es") or None."""
     if estimator is None:
         return EXACT
-    from .es import ES, PES  # es.py is the forward-only family: it needs none of this module
     if isinstance(estimator, str):
         named = {"exact": Exact, "rad": RAD, "spad": SPAD, "es": ES, "pes": PES}
         if estimator not in named:
