@@ -1,0 +1,212 @@
+"""The IR run by JAX: an oracle for spadc's derivatives whose derivative rules are JAX's own.
+
+`function(program)` is `f(params, inputs) -> (loss, outputs)` for one sample, evaluated by JAX
+eagerly op by op, so that `jax.vjp`, `jax.jacrev` and `jax.jacfwd` differentiate a model without
+any of spadc's adjoint or tangent rules. Only the forward semantics are spadc's: they follow
+spadc/ir/interpret.py (the NumPy reference interpreter), and tests compare the values too.
+
+Invariants:
+- Float (f64) values are JAX arrays; integer and bool values are NumPy arrays, computed by the
+  primitive's NumPy rule (spadc/ir/primitives.py) from concrete values: they have no derivative,
+  and so neither does any float value computed from them alone (a constant, a dropout mask, a
+  float of an integer), which the NumPy rule computes too.
+- Every other float op (one with a float operand) has a rule in `RULES`, written with JAX; a
+  program using an op without one fails loudly (`KeyError` naming it), never falls back.
+- Ties and choices follow spadc's stated semantics, derivatives included: `max`, `min` and the
+  max and min reductions give the derivative to the first maximal (minimal) operand, not shared
+  as JAX's own would; a pooling window's choice is spadc's (from the concrete values).
+- `cond` and loops run as Python control flow on concrete values: JAX differentiates the path taken.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy import special as jax_special
+
+from spadc.ir import conv, interpret
+from spadc.ir.core import flat_iteration
+from spadc.ir.primitives import NUMPY_DTYPES
+from spadc.ir.structure import index_key, permutation
+
+
+def _first_extremum(x, axis, pick):
+    """The max (pick=jnp.argmax) or min of x along axis (None: all) at its first extremal entry, so
+    that the derivative goes there alone (NaN first, as NumPy's argmax)."""
+    flat = x.reshape(-1) if axis is None else jnp.moveaxis(x, axis, -1)
+    position = pick(flat, axis=-1)
+    return jnp.take_along_axis(flat, jnp.expand_dims(position, -1), axis=-1)[..., 0]
+
+
+def _index(args, attrs):
+    x, *indices = args
+    return x[index_key(attrs["spec"], indices, x.shape, attrs.get("what", "index"))]
+
+
+def _index_update(add):
+    def rule(args, attrs):
+        acc, value, *indices = args
+        key = index_key(attrs["spec"], indices, acc.shape, attrs.get("what", "index"))
+        acc = jnp.asarray(acc, dtype=jnp.float64)
+        return acc.at[key].add(value) if add else acc.at[key].set(value)
+    return rule
+
+
+def _conv(args, attrs):
+    x, w = args  # (spadc's conv is a correlation over one sample's channels, as XLA's)
+    return jax.lax.conv_general_dilated(
+        jnp.asarray(x)[None], w, window_strides=tuple(attrs["stride"]), padding=[(p, p) for p in attrs["padding"]],
+        rhs_dilation=tuple(attrs["dilation"]), feature_group_count=attrs["groups"],
+        precision=jax.lax.Precision.HIGHEST)[0]
+
+
+def _pool_select(args, attrs):
+    x, v = args  # the choice is spadc's, piecewise constant in x: x has no derivative
+    choice, _ = conv.pool_choices(_concrete(x), attrs)
+    padding = conv.pool_window(attrs).padding
+    padded = jnp.pad(v, [(0, 0)] + [(p, p) for p in padding]).reshape(v.shape[0], -1)
+    return jnp.take_along_axis(padded, jnp.asarray(choice.reshape(v.shape[0], -1)), axis=1).reshape(choice.shape)
+
+
+def _solve(args, attrs):
+    a, b = args
+    n = a.shape[0]
+    return jnp.linalg.solve(a, b.reshape(n, -1)).reshape(b.shape)
+
+
+def _trisolve(args, attrs):
+    lower, b = args
+    n = lower.shape[0]
+    x = jax.scipy.linalg.solve_triangular(jnp.tril(lower), b.reshape(n, -1), lower=True,
+                                          trans=1 if attrs["transpose"] else 0)
+    return x.reshape(b.shape)
+
+
+def _cumsum(args, attrs):
+    x, axis = args[0], attrs["axis"]
+    if attrs.get("reverse"):
+        return jnp.flip(jnp.cumsum(jnp.flip(x, axis), axis=axis), axis)
+    return jnp.cumsum(x, axis=axis)
+
+
+RULES = {
+    # one operand
+    "abs": lambda a, t: jnp.where(a[0] >= 0, a[0], -a[0]), "sign": lambda a, t: jnp.sign(a[0]),
+    "exp": lambda a, t: jnp.exp(a[0]), "log": lambda a, t: jnp.log(a[0]), "log1p": lambda a, t: jnp.log1p(a[0]),
+    "expm1": lambda a, t: jnp.expm1(a[0]), "sqrt": lambda a, t: jnp.sqrt(a[0]), "sin": lambda a, t: jnp.sin(a[0]),
+    "cos": lambda a, t: jnp.cos(a[0]), "tan": lambda a, t: jnp.tan(a[0]), "tanh": lambda a, t: jnp.tanh(a[0]),
+    "sigmoid": lambda a, t: jax.nn.sigmoid(a[0]), "relu": lambda a, t: jnp.where((a[0] > 0) | (a[0] != a[0]), a[0], 0.0),
+    "softplus": lambda a, t: jnp.logaddexp(0.0, a[0]), "floor": lambda a, t: jnp.floor(a[0]),
+    "round": lambda a, t: jnp.round(a[0]), "sinh": lambda a, t: jnp.sinh(a[0]), "cosh": lambda a, t: jnp.cosh(a[0]),
+    "asin": lambda a, t: jnp.arcsin(a[0]), "acos": lambda a, t: jnp.arccos(a[0]), "atan": lambda a, t: jnp.arctan(a[0]),
+    "lgamma": lambda a, t: jax.lax.lgamma(a[0]), "erf": lambda a, t: jax_special.erf(a[0]),
+    "polygamma": lambda a, t: jax_special.polygamma(t["n"], a[0]), "neg": lambda a, t: -a[0],
+    "stop_gradient": lambda a, t: jax.lax.stop_gradient(a[0]),
+    # two operands
+    "add": lambda a, t: a[0] + a[1], "sub": lambda a, t: a[0] - a[1], "mul": lambda a, t: a[0] * a[1],
+    "div": lambda a, t: a[0] / a[1], "pow": lambda a, t: jnp.power(a[0], a[1]),
+    "atan2": lambda a, t: jnp.arctan2(a[0], a[1]),
+    "max": lambda a, t: jnp.where((a[0] >= a[1]) | (a[0] != a[0]), a[0], a[1]),
+    "min": lambda a, t: jnp.where((a[0] <= a[1]) | (a[0] != a[0]), a[0], a[1]),
+    "select": lambda a, t: jnp.where(a[0], a[1], a[2]),
+    # reductions
+    "reduce_sum": lambda a, t: jnp.sum(a[0], axis=t["axis"]), "reduce_prod": lambda a, t: jnp.prod(a[0], axis=t["axis"]),
+    "reduce_max": lambda a, t: _first_extremum(a[0], t["axis"], jnp.argmax),
+    "reduce_min": lambda a, t: _first_extremum(a[0], t["axis"], jnp.argmin),
+    # linear algebra
+    "solve": _solve, "cholesky": lambda a, t: jnp.linalg.cholesky(a[0]), "trisolve": _trisolve,
+    "triangle": lambda a, t: (jnp.triu if t["upper"] else jnp.tril)(a[0], t["k"]),
+    # structure
+    "matmul": lambda a, t: jnp.matmul(a[0], a[1]), "outer": lambda a, t: jnp.outer(a[0], a[1]),
+    "outer_add": lambda a, t: a[0] + jnp.outer(a[1], a[2]), "cumsum": _cumsum,
+    "transpose": lambda a, t: jnp.transpose(a[0], permutation(a[0].ndim, t)),
+    "reshape": lambda a, t: jnp.reshape(a[0], t["shape"]), "broadcast": lambda a, t: jnp.broadcast_to(a[0], t["shape"]),
+    "concat": lambda a, t: jnp.concatenate([jnp.asarray(x, jnp.float64) for x in a], axis=t["axis"]),
+    "stack": lambda a, t: jnp.stack([jnp.asarray(x, jnp.float64) for x in a]),
+    "index": _index, "index_set": _index_update(add=False), "index_add": _index_update(add=True),
+    # convolution
+    "conv": _conv, "pool_select": _pool_select,
+}
+
+
+def _concrete(value) -> np.ndarray:
+    return np.asarray(jax.lax.stop_gradient(value)) if isinstance(value, jax.Array) else np.asarray(value)
+
+
+def function(program, options: interpret.RunOptions = interpret.RunOptions()):
+    """`f(params, inputs) -> (loss, outputs by name)` of one sample (see the module's docstring)."""
+    def f(params: dict, inputs: dict):
+        env = {}
+        for decl in program.params:
+            env[decl.value] = jnp.asarray(params[decl.name], dtype=jnp.float64)
+        for decl in program.inputs:
+            value = inputs[decl.name]
+            env[decl.value] = (jnp.asarray(value, dtype=jnp.float64) if decl.value.type.dtype == "f64"
+                               else np.asarray(value, dtype=NUMPY_DTYPES[decl.value.type.dtype]))
+        _run_block(program.body, env, 0, options)
+        return env[program.loss], {name: env[v] for name, v in program.outputs.items()}
+    return f
+
+
+def _run_block(block, env, iteration, options):
+    for op in block.ops:
+        if op.kind == "loop":
+            _loop(op, env, iteration, options)
+        elif op.kind == "tabulate":
+            _tabulate(op, env, iteration, options)
+        elif op.kind == "cond":
+            region = op.regions[0] if bool(_concrete(env[op.args[0]])) else op.regions[1]
+            _run_block(region, env, iteration, options)
+            for result, value in zip(op.results, region.yields):
+                env[result] = env[value]
+        else:
+            env[op.result] = _op(op, [env[a] for a in op.args], iteration, options)
+
+
+def _op(op, args, iteration, options):
+    if op.result.type.dtype != "f64" or not any(isinstance(a, jax.Array) for a in args):
+        # No derivative: the NumPy rule on concrete values.
+        with np.errstate(all="ignore"):
+            return interpret._primitive(op, [_concrete(a) for a in args], iteration, options)
+    rule = RULES[op.kind]  # (a KeyError names an op without a JAX rule: never a silent fallback)
+    return jnp.asarray(rule(args, op.attrs), dtype=jnp.float64)
+
+
+def _stacked(values, result_type):
+    if result_type.dtype == "f64":
+        return jnp.stack(values) if values else jnp.zeros(result_type.shape)
+    return np.stack(values) if values else np.zeros(result_type.shape, NUMPY_DTYPES[result_type.dtype])
+
+
+def _loop(op, env, iteration, options):
+    (body,) = op.regions
+    n = len(op.args)
+    carried = [env[a] for a in op.args]
+    lo, hi = op.attrs["lo"], op.attrs["hi"]
+    kept = [[None] * (hi - lo) for _ in op.results[n:]]
+    for t in (range(hi - 1, lo - 1, -1) if op.attrs.get("reverse") else range(lo, hi)):
+        env[body.params[0]] = np.int64(t)
+        for param, value in zip(body.params[1:], carried):
+            env[param] = value
+        multiplier, stride, offset = flat_iteration(op)
+        _run_block(body, env, iteration * multiplier + offset + (t - lo) * stride, options)
+        carried = [env[y] for y in body.yields[:n]]
+        for stack, value in zip(kept, body.yields[n:]):
+            stack[t - lo] = env[value]
+    stacks = [_stacked(values, result.type) for values, result in zip(kept, op.results[n:])]
+    for result, value in zip(op.results, carried + stacks):
+        env[result] = value
+
+
+def _tabulate(op, env, iteration, options):
+    (body,) = op.regions
+    lo, hi = op.attrs["lo"], op.attrs["hi"]
+    stacks = [[] for _ in op.results]
+    for i in range(lo, hi):
+        env[body.params[0]] = np.int64(i)
+        _run_block(body, env, iteration * (hi - lo) + (i - lo), options)
+        for stack, value in zip(stacks, body.yields):
+            stack.append(env[value])
+    for result, values in zip(op.results, stacks):
+        env[result] = _stacked(values, result.type)
