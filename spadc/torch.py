@@ -15,7 +15,7 @@ Invariants:
   new storage is gathered instead. Inputs are checked once, in the forward pass, and the backward
   pass reuses them; autograd refuses a backward after a param was changed in place.
 - Tensors live on the CPU: one on another device is refused (`SpadcError`); float inputs are
-  converted to the build's float type, integer inputs to int64.
+  converted to the build's float type, integer inputs to int64, bool inputs to bool.
 - Call k (counted from 0: `layer.calls` says how many so far) is keyed by (`seed`, step k): RAD's draws and, in
   training mode (`layer.train()`, PyTorch's default), dropout's; in `layer.eval()` no dropout.
   SPAD keeps its own step counter, as in `Model.grad`.

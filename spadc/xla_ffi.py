@@ -5,7 +5,7 @@
 vmap_method="sequential")` at about a tenth of its cost per call: the function runs in an XLA FFI
 handler (the typed FFI's C ABI, xla/ffi/api/c_api.h, read through ctypes) on views of XLA's own
 buffers, where a pure callback goes through JAX's Python callback machinery (a call doing nothing
-adds 30 µs to a jitted function here, 280 µs by pure_callback: `python -m bench.wrappers`).
+adds 24 µs to a jitted function here, 280 µs by pure_callback: `python -m bench.wrappers`).
 
 Invariants:
 - One FFI target per function and call signature (the arguments' tree, shapes and dtypes), made
