@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy import special as jax_special
 
-from spadc.ir import conv, interpret
+from spadc.ir import conv, interpret, primitives
 from spadc.ir.core import flat_iteration
 from spadc.ir.primitives import NUMPY_DTYPES
 from spadc.ir.structure import index_key, permutation
@@ -130,10 +130,6 @@ RULES = {
 }
 
 
-def _concrete(value) -> np.ndarray:
-    return np.asarray(jax.lax.stop_gradient(value)) if isinstance(value, jax.Array) else np.asarray(value)
-
-
 def function(program, options: interpret.RunOptions = interpret.RunOptions()):
     """`f(params, inputs) -> (loss, outputs by name)` of one sample (see the module's docstring)."""
     def f(params: dict, inputs: dict):
@@ -144,33 +140,13 @@ def function(program, options: interpret.RunOptions = interpret.RunOptions()):
             value = inputs[decl.name]
             env[decl.value] = (jnp.asarray(value, dtype=jnp.float64) if decl.value.type.dtype == "f64"
                                else np.asarray(value, dtype=NUMPY_DTYPES[decl.value.type.dtype]))
-        _run_block(program.body, env, 0, options)
+        _Evaluator(options).run_block(program.body, env, 0)
         return env[program.loss], {name: env[v] for name, v in program.outputs.items()}
     return f
 
 
-def _run_block(block, env, iteration, options):
-    for op in block.ops:
-        if op.kind == "loop":
-            _loop(op, env, iteration, options)
-        elif op.kind == "tabulate":
-            _tabulate(op, env, iteration, options)
-        elif op.kind == "cond":
-            region = op.regions[0] if bool(_concrete(env[op.args[0]])) else op.regions[1]
-            _run_block(region, env, iteration, options)
-            for result, value in zip(op.results, region.yields):
-                env[result] = env[value]
-        else:
-            env[op.result] = _op(op, [env[a] for a in op.args], iteration, options)
-
-
-def _op(op, args, iteration, options):
-    if op.result.type.dtype != "f64" or not any(isinstance(a, jax.Array) for a in args):
-        # No derivative: the NumPy rule on concrete values.
-        with np.errstate(all="ignore"):
-            return interpret._primitive(op, [_concrete(a) for a in args], iteration, options)
-    rule = RULES[op.kind]  # (a KeyError names an op without a JAX rule: never a silent fallback)
-    return jnp.asarray(rule(args, op.attrs), dtype=jnp.float64)
+def _concrete(value) -> np.ndarray:
+    return np.asarray(jax.lax.stop_gradient(value)) if isinstance(value, jax.Array) else np.asarray(value)
 
 
 def _stacked(values, result_type):
@@ -179,34 +155,124 @@ def _stacked(values, result_type):
     return np.stack(values) if values else np.zeros(result_type.shape, NUMPY_DTYPES[result_type.dtype])
 
 
-def _loop(op, env, iteration, options):
-    (body,) = op.regions
-    n = len(op.args)
-    carried = [env[a] for a in op.args]
-    lo, hi = op.attrs["lo"], op.attrs["hi"]
-    kept = [[None] * (hi - lo) for _ in op.results[n:]]
-    for t in (range(hi - 1, lo - 1, -1) if op.attrs.get("reverse") else range(lo, hi)):
-        env[body.params[0]] = np.int64(t)
-        for param, value in zip(body.params[1:], carried):
-            env[param] = value
-        multiplier, stride, offset = flat_iteration(op)
-        _run_block(body, env, iteration * multiplier + offset + (t - lo) * stride, options)
-        carried = [env[y] for y in body.yields[:n]]
-        for stack, value in zip(kept, body.yields[n:]):
-            stack[t - lo] = env[value]
-    stacks = [_stacked(values, result.type) for values, result in zip(kept, op.results[n:])]
-    for result, value in zip(op.results, carried + stacks):
-        env[result] = value
+def _walk(block):
+    for op in block.ops:
+        yield op
+        for region in op.regions:
+            yield from _walk(region)
 
 
-def _tabulate(op, env, iteration, options):
-    (body,) = op.regions
-    lo, hi = op.attrs["lo"], op.attrs["hi"]
-    stacks = [[] for _ in op.results]
-    for i in range(lo, hi):
-        env[body.params[0]] = np.int64(i)
-        _run_block(body, env, iteration * (hi - lo) + (i - lo), options)
-        for stack, value in zip(stacks, body.yields):
-            stack.append(env[value])
-    for result, values in zip(op.results, stacks):
-        env[result] = _stacked(values, result.type)
+def _free_values(body) -> list:
+    """The values a loop body reads from outside it, in a fixed order."""
+    defined = set(body.params)
+    for op in _walk(body):
+        defined.update(op.results)
+        for region in op.regions:
+            defined.update(region.params)
+    used = [a for op in _walk(body) for a in op.args]
+    used += [y for op in _walk(body) for region in op.regions for y in region.yields] + list(body.yields)
+    return list(dict.fromkeys(v for v in used if v not in defined))
+
+
+class _Evaluator:
+    """One evaluation, with its options.
+
+    A loop whose body reads neither its counter nor a random stream (the same function at every
+    trip) and whose values are floats is one `jax.lax.scan`: its body traced once (the values from
+    outside it closed over, concrete integers and bools staying concrete), so a simulation of many
+    steps costs one trace and JAX's own reverse sweep of a scan, not a dispatch per op and step. A
+    body that needs a concrete value of a float (a cond, a pooling choice) cannot be traced: it
+    runs op by op, as every other loop."""
+
+    def __init__(self, options):
+        self.options = options
+        self.unscannable = {}  # loop op -> True: its body needs concrete values of floats
+
+    def run_block(self, block, env, iteration):
+        for op in block.ops:
+            if op.kind == "loop":
+                self.loop(op, env, iteration)
+            elif op.kind == "tabulate":
+                self.tabulate(op, env, iteration)
+            elif op.kind == "cond":
+                region = op.regions[0] if bool(_concrete(env[op.args[0]])) else op.regions[1]
+                self.run_block(region, env, iteration)
+                for result, value in zip(op.results, region.yields):
+                    env[result] = env[value]
+            else:
+                env[op.result] = self.op(op, [env[a] for a in op.args], iteration)
+
+    def op(self, op, args, iteration):
+        if op.result.type.dtype != "f64" or not any(isinstance(a, jax.Array) for a in args):
+            # No derivative: the NumPy rule on concrete values.
+            with np.errstate(all="ignore"):
+                return interpret._primitive(op, [_concrete(a) for a in args], iteration, self.options)
+        rule = RULES[op.kind]  # (a KeyError names an op without a JAX rule: never a silent fallback)
+        return jnp.asarray(rule(args, op.attrs), dtype=jnp.float64)
+
+    def loop(self, op, env, iteration):
+        (body,) = op.regions
+        n = len(op.args)
+        lo, hi = op.attrs["lo"], op.attrs["hi"]
+        carried = [env[a] for a in op.args]
+        scanned = self._scanned(op, env, carried)
+        if scanned is not None:
+            carried, stacks = scanned
+        else:
+            kept = [[None] * (hi - lo) for _ in op.results[n:]]
+            for t in (range(hi - 1, lo - 1, -1) if op.attrs.get("reverse") else range(lo, hi)):
+                env[body.params[0]] = np.int64(t)
+                for param, value in zip(body.params[1:], carried):
+                    env[param] = value
+                multiplier, stride, offset = flat_iteration(op)
+                self.run_block(body, env, iteration * multiplier + offset + (t - lo) * stride)
+                carried = [env[y] for y in body.yields[:n]]
+                for stack, value in zip(kept, body.yields[n:]):
+                    stack[t - lo] = env[value]
+            stacks = [_stacked(values, result.type) for values, result in zip(kept, op.results[n:])]
+        for result, value in zip(op.results, carried + stacks):
+            env[result] = value
+
+    def _scanned(self, op, env, carried):
+        """(carried values, kept stacks) of the loop by `jax.lax.scan`, or None where its body must
+        run op by op (see the class's docstring)."""
+        (body,) = op.regions
+        n = len(op.args)
+        counter = body.params[0]
+        if op.attrs["hi"] - op.attrs["lo"] < 2 or any(v.type.dtype != "f64" for v in (*body.params[1:], *op.results)):
+            return None
+        ops = list(_walk(body))
+        if any(counter in o.args for o in ops) or counter in body.yields or any(
+                o.kind in primitives.PRIMITIVES and primitives.PRIMITIVES[o.kind].family in ("random", "effect")
+                for o in ops):
+            return None
+        if self.unscannable.get(op):
+            return None
+        outside = {v: env[v] for v in _free_values(body)}
+
+        def trip(state, _):
+            local = dict(outside)
+            local.update(zip(body.params[1:], state))
+            self.run_block(body, local, 0)
+            yields = [jnp.asarray(local[y], jnp.float64) for y in body.yields]
+            return yields[:n], yields[n:]
+        try:
+            final, stacks = jax.lax.scan(trip, [jnp.asarray(c, jnp.float64) for c in carried], None,
+                                         length=op.attrs["hi"] - op.attrs["lo"], reverse=bool(op.attrs.get("reverse")))
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError):
+            self.unscannable[op] = True
+            return None
+        return list(final), list(stacks)
+
+    def tabulate(self, op, env, iteration):
+        (body,) = op.regions
+        lo, hi = op.attrs["lo"], op.attrs["hi"]
+        stacks = [[] for _ in op.results]
+        for i in range(lo, hi):
+            env[body.params[0]] = np.int64(i)
+            self.run_block(body, env, iteration * (hi - lo) + (i - lo))
+            for stack, value in zip(stacks, body.yields):
+                stack.append(env[value])
+        for result, values in zip(op.results, stacks):
+            env[result] = _stacked(values, result.type)
