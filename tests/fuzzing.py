@@ -75,6 +75,7 @@ F32_RTOL = 2e-3  # f32 against f64 losses, on smooth programs whose loss is not 
 DIRECTION_STEPS = (1e-3, 1e-4, 1e-5, 1e-6)
 DIRECTION_RTOL = 1e-5
 TANGENT_RTOL = 1e-9  # forward against reverse mode: both exact up to rounding
+JAX_RTOL = 1e-10  # spadc's derivatives against JAX's of the same program, relative to the largest entry
 BATCH = 3
 LANES = 4  # a block of lanes that BATCH samples fill in part
 LANES_RTOL = 1e-11  # a batch's mean gradient with lanes against the default build's (sums reordered)
@@ -465,6 +466,27 @@ def check_program(seed: int) -> str:
     return text
 
 
+def check_against_jax(seed: int) -> bool:
+    """Program `seed`'s `vjp`, `input_grad` and Jacobians against JAX's derivatives of the same
+    program (tests/jax_reference.py; needs JAX), on smooth programs with a finite loss (elsewhere
+    the derivative at a kink is a convention, and spadc's are checked against its interpreter).
+    Whether the program was checked."""
+    import jax_reference
+    generator, text, model = compiled_program(seed)
+    inputs = inputs_for(seed, generator)
+    if not generator.smooth or not np.isfinite(model.loss(**inputs)):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = spadc.check_text(text, f"fuzz{seed}.spad")
+    try:
+        jax_reference.check_derivatives(model, program, inputs, np.random.default_rng(seed + 5), JAX_RTOL,
+                                         f"fuzz{seed}")
+    except AssertionError as error:
+        raise Mismatch(str(error)) from None
+    return True
+
+
 def _check_tiers(text, seed, inputs, model):
     """The program's quick code against its O3 code, each compiled under its policy, to the bit."""
     results = []
@@ -780,7 +802,14 @@ def check_mutant(seed: int) -> str:
 # ---- the long profile ---------------------------------------------------------------------
 
 PROGRAM_TIMEOUT = 120  # seconds one check may take before it counts as a hang
-_CHECKS = {"programs": check_program, "mutants": check_mutant}
+def _check_program_and_jax(seed: int):
+    check_program(seed)
+    import jax  # (the JAX oracle's 64-bit floats, in this worker process)
+    jax.config.update("jax_enable_x64", True)
+    check_against_jax(seed)
+
+
+_CHECKS = {"programs": check_program, "mutants": check_mutant, "programs+jax": _check_program_and_jax}
 
 
 class Hang(Exception):
@@ -825,6 +854,8 @@ def main(argv=None) -> int:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the seeds (one per core)")
     parser.add_argument("--ir-digests", metavar="OUT.json", help="write the programs' IR digests instead")
+    parser.add_argument("--jax", action="store_true", help="check programs against JAX's derivatives too "
+                        "(tests/jax_reference.py; about a second more a program)")
     args = parser.parse_args(argv)
     if args.ir_digests:
         seeds = range(args.first_seed, args.first_seed + args.programs)
@@ -836,6 +867,7 @@ def main(argv=None) -> int:
     for kind, total in totals.items():
         seeds = list(range(args.first_seed, args.first_seed + total))
         chunks = [seeds[i:i + 100] for i in range(0, len(seeds), 100)]
+        checked = "programs+jax" if kind == "programs" and args.jax else kind
         # Workers are replaced after every group of WORKER_TASKS chunks each (a fresh pool per
         # group): each LLVM optimisation run keeps some memory in the process (llvmlite's pass
         # pipeline, ~160 KB for a small kernel), which over thousands of programs adds up to
@@ -850,7 +882,7 @@ def main(argv=None) -> int:
             pool = concurrent.futures.ProcessPoolExecutor(max(args.workers, 1),
                                                           mp_context=multiprocessing.get_context("spawn"))
             with pool:
-                results = pool.map(_run_share, [kind] * len(part), part)
+                results = pool.map(_run_share, [checked] * len(part), part)
                 try:
                     for chunk, chunk_failures in zip(part, results):
                         failures += chunk_failures

@@ -92,7 +92,8 @@ def _cumsum(args, attrs):
 
 RULES = {
     # one operand
-    "abs": lambda a, t: jnp.where(a[0] >= 0, a[0], -a[0]), "sign": lambda a, t: jnp.sign(a[0]),
+    "abs": lambda a, t: a[0] * jnp.sign(a[0]),  # (its derivative spadc's: sign(x), 0 at 0)
+    "sign": lambda a, t: jnp.sign(a[0]),
     "exp": lambda a, t: jnp.exp(a[0]), "log": lambda a, t: jnp.log(a[0]), "log1p": lambda a, t: jnp.log1p(a[0]),
     "expm1": lambda a, t: jnp.expm1(a[0]), "sqrt": lambda a, t: jnp.sqrt(a[0]), "sin": lambda a, t: jnp.sin(a[0]),
     "cos": lambda a, t: jnp.cos(a[0]), "tan": lambda a, t: jnp.tan(a[0]), "tanh": lambda a, t: jnp.tanh(a[0]),
@@ -105,7 +106,8 @@ RULES = {
     "stop_gradient": lambda a, t: jax.lax.stop_gradient(a[0]),
     # two operands
     "add": lambda a, t: a[0] + a[1], "sub": lambda a, t: a[0] - a[1], "mul": lambda a, t: a[0] * a[1],
-    "div": lambda a, t: a[0] / a[1], "pow": lambda a, t: jnp.power(a[0], a[1]),
+    "div": lambda a, t: a[0] / a[1], "floordiv": lambda a, t: jnp.floor_divide(a[0], a[1]),
+    "mod": lambda a, t: jnp.mod(a[0], a[1]), "pow": lambda a, t: jnp.power(a[0], a[1]),
     "atan2": lambda a, t: jnp.arctan2(a[0], a[1]),
     "max": lambda a, t: jnp.where((a[0] >= a[1]) | (a[0] != a[0]), a[0], a[1]),
     "min": lambda a, t: jnp.where((a[0] <= a[1]) | (a[0] != a[0]), a[0], a[1]),
@@ -143,6 +145,18 @@ def function(program, options: interpret.RunOptions = interpret.RunOptions()):
         _Evaluator(options).run_block(program.body, env, 0)
         return env[program.loss], {name: env[v] for name, v in program.outputs.items()}
     return f
+
+
+# The primitives without a rule above, and why: their results are never floats computed from floats
+# (the NumPy rule computes them), or they exist only in derivative programs, never in a model's.
+WITHOUT_JAX_RULE = {
+    **dict.fromkeys(["lt", "le", "gt", "ge", "eq", "ne", "and", "or", "not", "argmax", "to_int", "first_true",
+                     "fail_if", "pack_bits", "unpack_bits"], "no float result from floats"),
+    **dict.fromkeys(["to_float", "const", "eye", "onehot", "dropout_mask"], "a float of no float: a constant"),
+    **dict.fromkeys(["outer_add_at", "conv_input_grad", "conv_weight_grad", "pool_scatter", "record", "field",
+                     "gate_pack", "gate_unpack", "gate_outer_add", "gate_conv_weight_grad", "gate_mask",
+                     "score_add"], "made by differentiation only"),
+}
 
 
 def _concrete(value) -> np.ndarray:
@@ -276,3 +290,86 @@ class _Evaluator:
                 stack.append(env[value])
         for result, values in zip(op.results, stacks):
             env[result] = _stacked(values, result.type)
+
+
+# ---- comparing a compiled model's derivatives with JAX's --------------------------------------
+
+VALUE_RTOL = 1e-12  # the oracle's forward values against the compiled code's
+
+
+def check_derivatives(model, program, inputs: dict, rng, rtol: float, name: str):
+    """`model.vjp` (seeded by random cotangents of the loss and every float output), `input_grad` and
+    every Jacobian (of the loss and of each float output, by the params and by the inputs) against
+    JAX's reverse-mode Jacobian of `program` at the model's params, sample by sample (`inputs` one
+    sample or a batch); the values too. An `AssertionError` names the first that differs by more
+    than `rtol` of its largest entry."""
+    from spadrt.arguments import with_state
+    states = {s["name"] for s in model.layout.get("state", [])}
+    every = with_state(model.layout, inputs, None)  # the states' initial values, shared by the samples
+    floats = [i["name"] for i in model.layout["inputs"] if i["dtype"] == "f64" and not i.get("state")]
+    outputs = [o["name"] for o in model.layout["outputs"] if o["dtype"] == "f64" and not o.get("hidden")]
+    forward = model.forward(**inputs)
+    batched = np.ndim(forward.loss) == 1
+    count = len(forward.loss) if batched else 1
+    lead = (count,) if batched else ()
+    cotangents = {"loss": rng.standard_normal(lead)}
+    for key in outputs:
+        cotangents[key] = rng.standard_normal(np.shape(forward.outputs[key]))
+
+    def one(value, i):
+        return value[i] if batched else value
+
+    result = model.vjp(cotangents, **inputs)
+    _, input_grads = model.input_grad(**inputs)
+    jacobians = {target: (model.jacobian(target, "params", **inputs) if model.layout["params"] else None,
+                          model.jacobian(target, "inputs", **inputs) if floats else None)
+                 for target in ["loss", *outputs]}
+    f = function(program)
+    params = {k: jnp.asarray(v) for k, v in model.params.items()}
+    param_sum = {k: np.zeros(np.shape(v)) for k, v in model.params.items()}
+    for i in range(count):
+        given = {k: (v if k in states or not batched else np.asarray(v)[i]) for k, v in every.items()}
+        float_given = {k: jnp.asarray(given[k]) for k in floats}
+        others = {k: v for k, v in given.items() if k not in floats}
+
+        def g(p, xs, others=others):  # the loss and the visible outputs, as one dict
+            loss, outs = f(p, {**xs, **others})
+            return {"loss": loss, **{k: outs[k] for k in outputs}}
+
+        values = g(params, float_given)
+        for target, value in values.items():
+            expected = one(forward.loss if target == "loss" else forward.outputs[target], i)
+            np.testing.assert_allclose(value, expected, rtol=VALUE_RTOL, atol=VALUE_RTOL,
+                                       err_msg=f"{name}: the oracle's `{target}` is not the model's")
+        # Every derivative from one reverse-mode Jacobian of JAX's per sample: rows by target.
+        found = jax.jacrev(g, argnums=(0, 1))(params, float_given)  # target -> (by the params, by the inputs)
+        for target, (of_params, of_inputs) in jacobians.items():
+            shape, (by_params, by_inputs) = np.shape(values[target]), found[target]
+            if of_params is not None:
+                flat = np.concatenate([np.reshape(by_params[p["name"]], (*shape, -1))
+                                       for p in model.layout["params"]], axis=-1)
+                _close(one(of_params, i), flat, rtol, f"{name}: the Jacobian of `{target}` by the params, sample {i}")
+                for p in model.layout["params"]:  # the VJP: the cotangents against these rows
+                    rows = np.reshape(by_params[p["name"]], (int(np.prod(shape)), -1))
+                    param_sum[p["name"]] += (np.ravel(one(cotangents[target], i)) @ rows).reshape(p["shape"])
+            for k in floats:
+                _close(one(of_inputs[k], i), by_inputs[k], rtol, f"{name}: the Jacobian of `{target}` by `{k}`, sample {i}")
+        for k in floats:
+            _close(one(input_grads[k], i), found["loss"][1][k], rtol, f"{name}: input_grad of `{k}`, sample {i}")
+            expected = sum(np.tensordot(one(cotangents[target], i), found[target][1][k], axes=np.ndim(values[target]))
+                           for target in values)
+            _close(one(result.inputs[k], i), expected, rtol, f"{name}: vjp's cotangent of input `{k}`, sample {i}")
+    for k in param_sum:
+        _close(result.params[k], param_sum[k], rtol, f"{name}: vjp's cotangent of param `{k}`")
+
+
+def _close(got, expected, rtol, what):
+    got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    assert got.shape == expected.shape, f"{what}: shape {got.shape}, JAX's {expected.shape}"
+    assert np.array_equal(np.isfinite(got), np.isfinite(expected)), f"{what}: finite where JAX's is not, or not where it is"
+    finite = np.isfinite(expected)
+    # Relative to the largest entry, or absolute below 1: a derivative near 0 is often the difference
+    # of larger terms, which two correct programs round differently.
+    scale = max(float(np.max(np.abs(expected[finite]), initial=0.0)), 1.0)
+    worst = float(np.max(np.abs(got[finite] - expected[finite]), initial=0.0)) / scale
+    assert worst <= rtol, f"{what}: off by {worst:.2e} of its largest entry (or of 1)"

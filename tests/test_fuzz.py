@@ -23,6 +23,14 @@ def test_generated_programs_agree_with_every_oracle(seed):
     fuzzing.check_program(seed)
 
 
+@pytest.mark.parametrize("seed", FAST_SEEDS)
+def test_generated_programs_derivatives_equal_jaxs(seed):
+    jax = pytest.importorskip("jax", reason="the oracle is JAX (optional extra: pip install .[jax])")
+    jax.config.update("jax_enable_x64", True)
+    if not fuzzing.check_against_jax(seed):
+        pytest.skip(f"program {seed} is not smooth, or its loss not finite: a kink's derivative is a convention")
+
+
 def test_mutants_give_results_or_located_errors():
     for seed in MUTANT_SEEDS:
         try:
