@@ -297,22 +297,50 @@ class _Evaluator:
 VALUE_RTOL = 1e-12  # the oracle's forward values against the compiled code's
 
 
-def check_derivatives(model, program, inputs: dict, rng, rtol: float, name: str):
-    """`model.vjp` (seeded by random cotangents of the loss and every float output), `input_grad` and
-    every Jacobian (of the loss and of each float output, by the params and by the inputs) against
-    JAX's reverse-mode Jacobian of `program` at the model's params, sample by sample (`inputs` one
-    sample or a batch); the values too. An `AssertionError` names the first that differs by more
-    than `rtol` of its largest entry."""
+def samples(model, inputs: dict) -> list[dict]:
+    """Each sample's inputs (the states' initial values included) as the oracle takes them."""
     from spadrt.arguments import with_state
     states = {s["name"] for s in model.layout.get("state", [])}
     every = with_state(model.layout, inputs, None)  # the states' initial values, shared by the samples
+    batched = np.ndim(model.forward(**inputs).loss) == 1
+    count = len(model.forward(**inputs).loss) if batched else 1
+    return [{k: (v if k in states or not batched else np.asarray(v)[i]) for k, v in every.items()}
+            for i in range(count)]
+
+
+def jacobians(program, model, inputs: dict) -> list[tuple[dict, dict]]:
+    """Per sample, (the loss and each float output, their reverse-mode Jacobians by JAX: target ->
+    (by the params, by the float inputs)), at the model's params."""
+    floats = [i["name"] for i in model.layout["inputs"] if i["dtype"] == "f64" and not i.get("state")]
+    outputs = [o["name"] for o in model.layout["outputs"] if o["dtype"] == "f64" and not o.get("hidden")]
+    f = function(program)
+    params = {k: jnp.asarray(np.asarray(v, dtype=np.float64)) for k, v in model.params.items()}
+    found = []
+    for given in samples(model, inputs):
+        float_given = {k: jnp.asarray(np.asarray(given[k], dtype=np.float64)) for k in floats}
+        others = {k: v for k, v in given.items() if k not in floats}
+
+        def g(p, xs, others=others):  # the loss and the visible outputs, as one dict
+            loss, outs = f(p, {**xs, **others})
+            return {"loss": loss, **{k: outs[k] for k in outputs}}
+        found.append((g(params, float_given), jax.jacrev(g, argnums=(0, 1))(params, float_given)))
+    return found
+
+
+def check_derivatives(model, program, inputs: dict, rng, rtol: float, name: str, value_rtol: float = VALUE_RTOL,
+                      oracle: list | None = None):
+    """`model.vjp` (seeded by random cotangents of the loss and every float output), `input_grad` and
+    every Jacobian (of the loss and of each float output, by the params and by the inputs) against
+    JAX's reverse-mode Jacobians of `program` (`oracle`: `jacobians(program, ...)`, computed here
+    if not given), sample by sample (`inputs` one sample or a batch); the values too, to
+    `value_rtol`. An `AssertionError` names the first that differs by more than `rtol` of its
+    largest entry (or of 1)."""
+    oracle = jacobians(program, model, inputs) if oracle is None else oracle
     floats = [i["name"] for i in model.layout["inputs"] if i["dtype"] == "f64" and not i.get("state")]
     outputs = [o["name"] for o in model.layout["outputs"] if o["dtype"] == "f64" and not o.get("hidden")]
     forward = model.forward(**inputs)
     batched = np.ndim(forward.loss) == 1
-    count = len(forward.loss) if batched else 1
-    lead = (count,) if batched else ()
-    cotangents = {"loss": rng.standard_normal(lead)}
+    cotangents = {"loss": rng.standard_normal(np.shape(forward.loss))}
     for key in outputs:
         cotangents[key] = rng.standard_normal(np.shape(forward.outputs[key]))
 
@@ -321,29 +349,16 @@ def check_derivatives(model, program, inputs: dict, rng, rtol: float, name: str)
 
     result = model.vjp(cotangents, **inputs)
     _, input_grads = model.input_grad(**inputs)
-    jacobians = {target: (model.jacobian(target, "params", **inputs) if model.layout["params"] else None,
-                          model.jacobian(target, "inputs", **inputs) if floats else None)
-                 for target in ["loss", *outputs]}
-    f = function(program)
-    params = {k: jnp.asarray(v) for k, v in model.params.items()}
-    param_sum = {k: np.zeros(np.shape(v)) for k, v in model.params.items()}
-    for i in range(count):
-        given = {k: (v if k in states or not batched else np.asarray(v)[i]) for k, v in every.items()}
-        float_given = {k: jnp.asarray(given[k]) for k in floats}
-        others = {k: v for k, v in given.items() if k not in floats}
-
-        def g(p, xs, others=others):  # the loss and the visible outputs, as one dict
-            loss, outs = f(p, {**xs, **others})
-            return {"loss": loss, **{k: outs[k] for k in outputs}}
-
-        values = g(params, float_given)
+    mine = {target: (model.jacobian(target, "params", **inputs) if model.layout["params"] else None,
+                     model.jacobian(target, "inputs", **inputs) if floats else None)
+            for target in ["loss", *outputs]}
+    param_sum = {p["name"]: np.zeros(p["shape"]) for p in model.layout["params"]}
+    for i, (values, found) in enumerate(oracle):
         for target, value in values.items():
             expected = one(forward.loss if target == "loss" else forward.outputs[target], i)
-            np.testing.assert_allclose(value, expected, rtol=VALUE_RTOL, atol=VALUE_RTOL,
+            np.testing.assert_allclose(expected, value, rtol=value_rtol, atol=value_rtol,
                                        err_msg=f"{name}: the oracle's `{target}` is not the model's")
-        # Every derivative from one reverse-mode Jacobian of JAX's per sample: rows by target.
-        found = jax.jacrev(g, argnums=(0, 1))(params, float_given)  # target -> (by the params, by the inputs)
-        for target, (of_params, of_inputs) in jacobians.items():
+        for target, (of_params, of_inputs) in mine.items():
             shape, (by_params, by_inputs) = np.shape(values[target]), found[target]
             if of_params is not None:
                 flat = np.concatenate([np.reshape(by_params[p["name"]], (*shape, -1))
