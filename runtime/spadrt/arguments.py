@@ -28,15 +28,17 @@ def user_inputs(layout: dict) -> list[dict]:
 
 def prepare(layout: dict, values: dict, dtype_of) -> "Prepared":
     """The inputs as kernel arguments; `dtype_of(dtype)` is the NumPy type of a declared dtype."""
-    declared = {i["name"]: i for i in layout["inputs"]}
-    unknown = set(values) - set(declared)
-    if unknown:
-        raise SpadcError(f"unknown input `{sorted(unknown)[0]}`; the model's inputs are "
-                         f"{', '.join(declared) or 'none'}")
+    specs = layout["inputs"]
+    if len(values) > len(specs) or not all(spec["name"] in values for spec in specs):
+        declared = [spec["name"] for spec in specs]
+        unknown = sorted(set(values) - set(declared))
+        if unknown:
+            raise SpadcError(f"unknown input `{unknown[0]}`; the model's inputs are {', '.join(declared) or 'none'}")
+        spec = next(spec for spec in specs if spec["name"] not in values)
+        raise SpadcError(f"missing input `{spec['name']}` ({type_text(spec)})")
     arrays, batch = [], None
-    for name, spec in declared.items():
-        if name not in values:
-            raise SpadcError(f"missing input `{name}` ({type_text(spec)})")
+    for spec in specs:
+        name = spec["name"]
         value, wanted = values[name], dtype_of(spec["dtype"])
         # An array already of the kernel's type and layout needs no conversion (the common case first:
         # a small model's whole call takes microseconds).
