@@ -6,15 +6,14 @@ The MLP example at one batch, one core. Each wrapper's gradient step (forward an
 loss's mean differentiated with respect to the params) against what it computes: a forward pass
 then the params' cotangents (`Model.forward` then `Model.grad`, one gradient kernel each), and
 `Model.grad` alone (what a user of the core calls). A framework has a cost of its own for any
-custom operation: a step through a custom op that does no work (a `torch.autograd.Function`, a
-`jax.custom_vjp` of XLA zeros) is measured too. What spadc's wrapper adds is its step against that
-step and the direct calls run one after the other in one loop: run between a framework's steps,
-the kernels find their code and data cold in the caches, and that is no cost of the wrapper (on
-this machine the interleaved pair takes tens of µs more than its parts timed apart; both are
-printed). For JAX, the wrapper's two calls of host code through XLA FFI targets are its own. JAX's wrapper also
-computes the inputs' cotangents (it cannot know they are not wanted). All rows are timed in turn
-(`bench.fastest_in_turn`); JAX's steps are jitted; each wrapper is measured only where its
-framework is installed.
+custom operation: a step through a custom op that does no work (a `torch.autograd.Function` in
+an `nn.Module`, a `jax.custom_vjp` of XLA zeros) is measured too. What spadc's wrapper adds is
+its step against that step and the direct calls run one after the other in one loop: run between
+a framework's steps, the kernels find their code and data cold in the caches, and that is no cost
+of the wrapper (on this machine the interleaved pair takes tens of µs more than its parts timed
+apart; both are printed). For JAX, the wrapper's two calls of host code through XLA FFI targets
+are its own. All rows are timed in turn (`bench.fastest_in_turn`); JAX's steps are jitted; each
+wrapper is measured only where its framework is installed.
 """
 
 from __future__ import annotations
@@ -56,9 +55,15 @@ def _torch_rows(model, x, label) -> list[tuple]:
         layer.zero_grad()
         layer(x=xt, label=lt).loss.mean().backward()
 
+    class NothingLayer(torch.nn.Module):  # a layer over it: nn.Module's own call is PyTorch's cost too
+        def forward(self, **inputs):
+            return Nothing.apply(*layer.params.values())
+
+    nothing = NothingLayer()
+
     def floor():
         layer.zero_grad()
-        Nothing.apply(*layer.params.values()).mean().backward()
+        nothing(x=xt, label=lt).mean().backward()
     return [(f"spadc.torch.Module, forward and backward (torch {torch.__version__})", step, floor)]
 
 

@@ -87,8 +87,8 @@ class Module(torch.nn.Module):
         # (each argument of a custom op costs autograd time, and most inputs are data).
         plain, names, tensors = {}, [], []
         for name, value in merge_inputs(inputs, keyword_inputs).items():
-            tensor = torch.as_tensor(value)
-            if tensor.device.type != "cpu":
+            tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+            if not tensor.is_cpu:
                 raise SpadcError(f"input `{name}` is on {tensor.device}: spadc runs on the CPU (move it with .cpu())")
             wanted = self._input_types.get(name, tensor.dtype)  # (an unknown name: the call refuses it)
             tensor = tensor if tensor.dtype == wanted else tensor.to(wanted)
