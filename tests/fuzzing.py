@@ -63,6 +63,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import spadc  # noqa: E402
+import spadrt  # noqa: E402
+from spadc import aot  # noqa: E402
 from spadc.ad.reverse import gradient  # noqa: E402
 from spadc.ad.tape import plan_tape  # noqa: E402
 from spadc.backend import budget, tiers  # noqa: E402
@@ -466,11 +468,12 @@ def check_program(seed: int) -> str:
     return text
 
 
-def check_against_jax(seed: int) -> bool:
+def check_against_jax(seed: int, library_directory: str | None = None, f32: bool = True) -> bool:
     """Program `seed`'s `vjp`, `input_grad` and Jacobians against JAX's derivatives of the same
-    program (tests/jax_reference.py; needs JAX), on smooth programs with a finite loss (elsewhere
-    the derivative at a kink is a convention, and spadc's are checked against its interpreter).
-    Whether the program was checked."""
+    program (tests/jax_reference.py; needs JAX): the default build's to JAX_RTOL, with `f32` an f32
+    build's to F32_RTOL, with `library_directory` an AOT library's (`--entry vjp,jacobian`) to JAX_RTOL.
+    On smooth programs with a finite loss (elsewhere the derivative at a kink is a convention, and
+    spadc's are checked against its interpreter). Whether the program was checked."""
     import jax_reference
     generator, text, model = compiled_program(seed)
     inputs = inputs_for(seed, generator)
@@ -479,11 +482,24 @@ def check_against_jax(seed: int) -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = spadc.check_text(text, f"fuzz{seed}.spad")
-    try:
-        jax_reference.check_derivatives(model, program, inputs, np.random.default_rng(seed + 5), JAX_RTOL,
-                                         f"fuzz{seed}")
-    except AssertionError as error:
-        raise Mismatch(str(error)) from None
+        builds = [("f64", model, JAX_RTOL)]
+        if f32:
+            builds.append(("f32", spadc.compile_source(text, name=f"fuzz{seed}.spad", dtype="f32"), F32_RTOL))
+        if library_directory is not None:
+            library = os.path.join(library_directory, f"fuzz{seed}.so")
+            source = os.path.join(library_directory, f"fuzz{seed}.spad")
+            with open(source, "w") as out:
+                out.write(text)
+            aot.build(source, library, entries=("vjp", "jacobian"))
+            builds.append(("aot", spadrt.load(library), JAX_RTOL))
+    oracle = jax_reference.jacobians(program, model, inputs)
+    for build, built, rtol in builds:
+        built.set_params(model.params)
+        try:
+            jax_reference.check_derivatives(built, program, inputs, np.random.default_rng(seed + 5), rtol,
+                                            f"fuzz{seed} ({build})", value_rtol=min(rtol, F32_RTOL), oracle=oracle)
+        except AssertionError as error:
+            raise Mismatch(str(error)) from None
     return True
 
 
@@ -804,9 +820,12 @@ def check_mutant(seed: int) -> str:
 PROGRAM_TIMEOUT = 120  # seconds one check may take before it counts as a hang
 def _check_program_and_jax(seed: int):
     check_program(seed)
+    import tempfile
+
     import jax  # (the JAX oracle's 64-bit floats, in this worker process)
     jax.config.update("jax_enable_x64", True)
-    check_against_jax(seed)
+    with tempfile.TemporaryDirectory() as directory:
+        check_against_jax(seed, directory)
 
 
 _CHECKS = {"programs": check_program, "mutants": check_mutant, "programs+jax": _check_program_and_jax}

@@ -24,10 +24,11 @@ def test_generated_programs_agree_with_every_oracle(seed):
 
 
 @pytest.mark.parametrize("seed", FAST_SEEDS)
-def test_generated_programs_derivatives_equal_jaxs(seed):
+def test_generated_programs_derivatives_equal_jaxs(seed, tmp_path):
     jax = pytest.importorskip("jax", reason="the oracle is JAX (optional extra: pip install .[jax])")
     jax.config.update("jax_enable_x64", True)
-    if not fuzzing.check_against_jax(seed):
+    # (The quick profile: the default build; the long one: f32 and AOT builds too.)
+    if not fuzzing.check_against_jax(seed, str(tmp_path) if LONG else None, f32=LONG):
         pytest.skip(f"program {seed} is not smooth, or its loss not finite: a kink's derivative is a convention")
 
 
