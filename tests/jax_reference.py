@@ -75,6 +75,12 @@ def _solve(args, attrs):
     return jnp.linalg.solve(a, b.reshape(n, -1)).reshape(b.shape)
 
 
+def _cholesky(args, attrs):
+    (s,) = args  # spadc's reads the lower triangle alone: the symmetric matrix it stands for
+    lower = jnp.tril(s)
+    return jnp.linalg.cholesky(lower + jnp.tril(s, -1).T, symmetrize_input=False)
+
+
 def _trisolve(args, attrs):
     lower, b = args
     n = lower.shape[0]
@@ -117,7 +123,7 @@ RULES = {
     "reduce_max": lambda a, t: _first_extremum(a[0], t["axis"], jnp.argmax),
     "reduce_min": lambda a, t: _first_extremum(a[0], t["axis"], jnp.argmin),
     # linear algebra
-    "solve": _solve, "cholesky": lambda a, t: jnp.linalg.cholesky(a[0]), "trisolve": _trisolve,
+    "solve": _solve, "cholesky": _cholesky, "trisolve": _trisolve,
     "triangle": lambda a, t: (jnp.triu if t["upper"] else jnp.tril)(a[0], t["k"]),
     # structure
     "matmul": lambda a, t: jnp.matmul(a[0], a[1]), "outer": lambda a, t: jnp.outer(a[0], a[1]),
