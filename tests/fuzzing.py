@@ -818,6 +818,8 @@ def check_mutant(seed: int) -> str:
 # ---- the long profile ---------------------------------------------------------------------
 
 PROGRAM_TIMEOUT = 120  # seconds one check may take before it counts as a hang
+
+
 def _check_program_and_jax(seed: int):
     check_program(seed)
     import tempfile
@@ -874,7 +876,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the seeds (one per core)")
     parser.add_argument("--ir-digests", metavar="OUT.json", help="write the programs' IR digests instead")
     parser.add_argument("--jax", action="store_true", help="check programs against JAX's derivatives too "
-                        "(tests/jax_reference.py; about a second more a program)")
+                        "(tests/jax_reference.py: three builds, about 7 s more a program)")
     args = parser.parse_args(argv)
     if args.ir_digests:
         seeds = range(args.first_seed, args.first_seed + args.programs)
