@@ -9,6 +9,8 @@ One object holds, for a model named NAME (the file's base name):
     NAME_grad_vjp_<v> (the params' cotangents, summed as a gradient: one per gradient variant);
     with `--entry jacobian`: NAME_jacobian_<output>_params and NAME_jacobian_<output>_inputs for
     the loss and each float output (the kernels the JIT runs: spadrt/derivatives.py);
+    with `--entry particles`: NAME_particles (the forward kernel with a parameter vector per
+    particle: what ES and PES evaluate, spadrt/es.py);
 NAME_layout_digest() (the layout's digest, in code); and a shared library also `spadrt_layout`,
 `spadrt_abi_version` and `spadrt_layout_digest`, which `spadrt.load` reads and checks.
 
@@ -55,7 +57,7 @@ TARGETS = {  # the triples tests and docs promise; any LLVM triple is accepted
     "riscv32-unknown-elf": "riscv32-unknown-elf",
 }
 ESTIMATOR_NAMES = ("exact", "rad", "spad")
-ENTRY_NAMES = ("vjp", "jacobian")  # kernels a build may add (`--entry`) beside forward and the gradients
+ENTRY_NAMES = ("vjp", "jacobian", "particles")  # kernels a build may add (`--entry`) beside forward and the gradients
 
 
 def variants(estimators, keep: float, policy: str, draw: str, share: str) -> list[tuple[str, object, str | None, str | None]]:
@@ -164,6 +166,9 @@ def kernels_module(path: str, dtype: str = "f64", estimators=ESTIMATOR_NAMES, ke
                     kind = derivatives.jacobian_kind(layout, output, side)[2]
                     symbol = f"{prefix}_jacobian_{_identifier(output)}_{side.lstrip('*')}"
                     layout["kernels"][kind] = derived_kernels.build(built, module, kind, symbol)
+    if "particles" in entries:
+        layout["kernels"][derived_kernels.PARTICLES] = derived_kernels.build(built, module, derived_kernels.PARTICLES,
+                                                                             f"{prefix}_particles")
     text = json.dumps(layout)
     _metadata(module, prefix, text)
     if shared:
@@ -349,6 +354,16 @@ def _derived_declarations(layout: dict, prefix: str, common: str) -> list[str]:
     own = len(layout["inputs"])
     for kind, entry in layout.get("kernels", {}).items():
         symbol, tag = entry["symbol"], entry["symbol"][len(prefix) + 1:].upper()
+        if kind == derived_kernels.PARTICLES:
+            lines += ["", f"/* {symbol}: the forward kernel over `evaluations` = particles x rows: evaluation s is data "
+                      "row s % rows", "   (keyed as that row) with the params at params + (s / rows) * param_stride, "
+                      "input k at", "   inputs[k] + (s % rows) * input_strides[k] + s * input_eval_strides[k] (a state "
+                      "of each particle's own). */",
+                      f"#define {upper}_WORKSPACE_{tag} {entry['workspace']}",
+                      f"int64_t {symbol}({common.replace('int64_t n,', 'int64_t evaluations,')}, {upper}_real *losses, "
+                      "void *const *outputs, void *workspace, int64_t *status, int64_t rows, int64_t param_stride, "
+                      "const int64_t *input_eval_strides);"]
+            continue
         if kind.startswith(derivatives.VJP):
             lines += ["", f"/* {symbol}: per sample, the outputs and the float inputs' cotangents of the VJP seeded by",
                       "   cotangents of the loss and of every float output, given after the inputs (zeros for any",

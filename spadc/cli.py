@@ -158,8 +158,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--dtype", choices=api.DTYPES, default="f64", help="the float type of the whole program")
     build.add_argument("--estimators", default="exact,rad,spad", help="gradient kernels to include "
                        "(comma-separated of exact, rad, spad)")
-    build.add_argument("--entry", default="", metavar="vjp,jacobian", help="more kernels to include "
-                       "(comma-separated): vjp (Model.vjp, input_grad), jacobian (Model.jacobian)")
+    build.add_argument("--entry", default="", metavar="vjp,jacobian,particles", help="more kernels to include "
+                       "(comma-separated): vjp (Model.vjp, input_grad), jacobian (Model.jacobian), particles "
+                       "(ES and PES)")
     build.add_argument("--keep", type=float, default=0.1, help="keep of the rad and spad kernels")
     build.add_argument("--sites", choices=SITE_POLICIES, default="weights", help="site policy")
     build.add_argument("--draw", choices=DRAWS, default="with_replacement", help="how entries are drawn")

@@ -257,5 +257,39 @@ def test_vjp_and_jacobian_entries_match_the_jit_to_the_last_bit(tmp_path):
     plain = tmp_path / "plain.so"
     aot.build(str(source), str(plain), estimators=("exact",))
     with pytest.raises(spadc.SpadcError, match=r"which this library was built without \(build it with "
-                                               r"`spadc build \.\.\. --entry vjp,jacobian`\)"):
+                                               r"`spadc build \.\.\. --entry jacobian`\)"):
         spadrt.load(str(plain)).jacobian("residual", "inputs", **data)
+
+
+def test_es_and_pes_from_a_library_with_particles_match_the_jit_to_the_last_bit(tmp_path):
+    # ES over a batch of data rows (mlp_digits), PES over a model with state: the particle kernel of a
+    # library built with `--entry particles` gives the JIT's estimates bit for bit, step by step.
+    for name, estimator, calls, data in (
+            ("mlp_digits.spad", spadrt.ES(sigma=0.05, particles=16), 1, True),
+            ("influence_balancing.spad", spadrt.PES(sigma=0.1, particles=8), 2, False)):
+        library, header = tmp_path / name.replace(".spad", ".so"), tmp_path / name.replace(".spad", ".h")
+        aot.build(example(name), str(library), header=str(header), estimators=("exact",), entries=("particles",))
+        loaded, jit = spadrt.load(str(library)), spadc.compile_file(example(name))
+        jit.init_params(seed=4)
+        loaded.set_params(jit.params)
+        inputs = {}
+        if data:
+            rng = np.random.default_rng(4)
+            inputs = {"x": rng.standard_normal((5, 64)), "label": np.arange(5) % 10}
+        for model in (loaded, jit):
+            model.estimates = [model.grad(estimator=estimator, seed=9, step=k, **inputs) for k in range(calls)]
+        for (loss_a, grads_a), (loss_b, grads_b) in zip(loaded.estimates, jit.estimates):
+            assert loss_a == loss_b
+            for key in grads_b:
+                assert np.array_equal(grads_a[key], grads_b[key]), (name, key)
+        prefix = name.replace(".spad", "")
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler:  # the header declares it in C
+            program = tmp_path / f"uses_{prefix}.c"
+            program.write_text(f'#include "{header.name}"\nint main(void) {{ return (int)(sizeof &{prefix}_particles + '
+                               f'{prefix.upper()}_WORKSPACE_PARTICLES) * 0; }}\n')
+            subprocess.run([compiler, "-fsyntax-only", "-Wall", "-Werror", "-I", str(tmp_path), str(program)], check=True)
+    plain = tmp_path / "plain.so"
+    aot.build(example("mlp.spad"), str(plain), estimators=("exact",))
+    with pytest.raises(spadc.SpadcError, match=r"`spadc build \.\.\. --entry particles`"):
+        spadrt.load(str(plain)).grad(estimator=spadrt.ES(particles=4), x=np.zeros(64), label=1)

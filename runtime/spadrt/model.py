@@ -397,9 +397,10 @@ class Model:
             if kind not in self._variants:
                 found = self._kernel_provider(kind) if self._kernel_provider is not None else None
                 if found is None:
-                    derived = kind.startswith((derivatives.VJP, derivatives.JACOBIAN))
+                    entry = next((name for prefix, name in ((derivatives.VJP, "vjp"), (derivatives.JACOBIAN, "jacobian"),
+                                                            ("particles", "particles")) if kind.startswith(prefix)), None)
                     raise SpadcError(f"{purpose}, which this library was built without"
-                                     + (" (build it with `spadc build ... --entry vjp,jacobian`)" if derived else ""))
+                                     + (f" (build it with `spadc build ... --entry {entry}`)" if entry else ""))
                 entry, address, owner = found
                 kernel_type = (FORWARD_TYPE if kind.startswith((derivatives.VJP, derivatives.JACOBIAN,
                                                                 derivatives.SECOND_ORDER))
