@@ -1,8 +1,9 @@
 """The IR run by JAX: an oracle for spadc's derivatives whose derivative rules are JAX's own.
 
 `function(program)` is `f(params, inputs) -> (loss, outputs)` for one sample, evaluated by JAX
-eagerly op by op, so that `jax.vjp`, `jax.jacrev` and `jax.jacfwd` differentiate a model without
-any of spadc's adjoint or tangent rules. Only the forward semantics are spadc's: they follow
+eagerly op by op (a loop whose body is the same at every trip as one `lax.scan`), so that
+`jax.vjp`, `jax.jacrev` and `jax.jacfwd` differentiate a model without any of spadc's adjoint or
+tangent rules. `check_derivatives` compares a compiled model's with them. Only the forward semantics are spadc's: they follow
 spadc/ir/interpret.py (the NumPy reference interpreter), and tests compare the values too.
 
 Invariants:
