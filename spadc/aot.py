@@ -147,8 +147,8 @@ def kernels_module(path: str, dtype: str = "f64", estimators=ESTIMATOR_NAMES, ke
     built = _Build(program, layout, dtype, limit, lanes)
     if "vjp" in entries:
         seeded = tuple(sorted(derivatives.seedable(layout)))
-        layout["kernels"][derivatives.vjp_kind(seeded, None)] = derived_kernels.build(
-            built, module, derivatives.vjp_kind(seeded, None), f"{prefix}_vjp")
+        exact = derivatives.vjp_kind(seeded, None)
+        layout["kernels"][exact] = derived_kernels.build(built, module, exact, f"{prefix}_vjp")
         if "rad" in estimators and keep < 1:  # RAD samples the inputs' cotangents too
             rad = RAD(keep=keep, policy=policy, draw=draw, share=share)
             kind = derivatives.vjp_kind(seeded, rad)

@@ -309,8 +309,8 @@ def samples(model, inputs: dict) -> list[dict]:
     from spadrt.arguments import with_state
     states = {s["name"] for s in model.layout.get("state", [])}
     every = with_state(model.layout, inputs, None)  # the states' initial values, shared by the samples
-    batched = np.ndim(model.forward(**inputs).loss) == 1
-    count = len(model.forward(**inputs).loss) if batched else 1
+    loss = model.forward(**inputs).loss  # one per sample, or a float for one sample
+    batched, count = np.ndim(loss) == 1, np.size(loss)
     return [{k: (v if k in states or not batched else np.asarray(v)[i]) for k, v in every.items()}
             for i in range(count)]
 

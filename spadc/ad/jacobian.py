@@ -29,6 +29,7 @@ from ..ir.core import Block, InputDecl, Op, Program, Value, copy_block
 from .forward import TANGENT, linearized_program
 from .vjp import COTANGENT, INPUT_COTANGENT, PARAM_COTANGENT, differentiable_inputs, seedable, vjp_program
 
+
 def parse_kind(kind: str) -> tuple[str, int, str, str]:
     mode, sweeps, output, wrt = kind[len(JACOBIAN):].split(".")
     return mode, int(sweeps), output, wrt

@@ -96,7 +96,6 @@ def vjp_program(program: Program, seeded: tuple[str, ...], with_params: bool, sa
     return reverse.with_body(reverse.body, result, mapping.get(program.loss.id, program.loss), None)
 
 
-
 def second_order_program(program: Program, seeded: tuple[str, ...]) -> Program:
     """Forward mode over the VJP program (with the params' per-sample cotangents), along tangents of
     the params (`_tangent.NAME`, shared by the samples) and of the float inputs (`_dinput.NAME`, per
