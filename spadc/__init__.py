@@ -21,6 +21,7 @@ _EXPORTS = {
     "spadrt.es": ["ES", "PES"],
     "spadrt.estimators": ["RAD", "SPAD", "Exact"],
     "spadc.api": ["compile_file", "compile_source"],
+    "spadc.cluster": ["Ray"],
     "spadc.errors": ["SpadcError"],
     "spadc.frontend": ["check_file", "check_text"],
     "spadc.init": ["initial_params"],
@@ -29,7 +30,7 @@ _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = ["curvature", "precondition", "SpadcError", "SpadcWarning", "Model", "ForwardResult", "History", "Exact",
            "RAD", "SPAD", "ES", "PES", "SGD", "Adam", "AdamW", "Adagrad", "StepLR", "CosineLR", "compile_file",
-           "compile_source", "check_file", "check_text", "initial_params"]
+           "compile_source", "check_file", "check_text", "initial_params", "Ray"]
 
 
 def __getattr__(name: str):

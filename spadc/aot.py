@@ -42,6 +42,7 @@ from spadrt.files import atomic_write, check_writable, path_argument
 from spadrt.library import layout_digest
 
 from . import derived_kernels, frontend
+from .check.program import check_source
 from .ad import vjp
 from contextlib import nullcontext
 
@@ -111,23 +112,45 @@ def build(path: str, output: str, header: str | None = None, target: str | None 
     return layout
 
 
-def kernels_module(path: str, dtype: str = "f64", estimators=ESTIMATOR_NAMES, keep: float = 0.1,
+def host_library(source, base_dir: str, dtype: str, max_memory, lanes: int | None, checkpoint, estimator=None,
+                 entries=()) -> tuple[bytes, dict]:
+    """(the bytes of a shared library for this host, its layout) of a model compiled from `source`
+    with compile_file's options: the kernels the JIT runs, bit for bit, with the gradient variant of
+    `estimator` (Exact or RAD) and the derived kernels of `entries`. What a cluster's workers load
+    (spadc/cluster.py)."""
+    sampling = getattr(estimator, "sampling", None)
+    settings = {} if sampling is None else dict(estimators=("exact", "rad"), keep=estimator.keep,
+                                                  policy=estimator.policy, draw=estimator.draw, share=estimator.share)
+    settings.setdefault("estimators", ("exact",))
+    module, layout, _ = kernels_module(None, dtype, shared=True, max_memory=max_memory, checkpoint=checkpoint,
+                                       entries=entries, source=(source, base_dir), lanes=lanes, **settings)
+    machine = _target_machine(None, None)
+    object_code = machine.emit_object(jit.optimise(str(module), machine))
+    with tempfile.TemporaryDirectory(prefix="spadc-library-") as directory:
+        output = os.path.join(directory, "model.so")
+        _write(output, object_code, True, None)
+        with open(output, "rb") as f:
+            return f.read(), layout
+
+
+def kernels_module(path: str | None, dtype: str = "f64", estimators=ESTIMATOR_NAMES, keep: float = 0.1,
                    policy: str = "weights", draw: str = "with_replacement", share: str = "sample",
                    shared: bool = False, native: bool = True, max_memory=None,
-                   checkpoint="auto", entries=()) -> tuple[ir.Module, dict, str]:
+                   checkpoint="auto", entries=(), source=None, lanes: int | None = None) -> tuple[ir.Module, dict, str]:
     """(the LLVM module of every kernel of a build, its layout, the symbols' prefix). For the host
-    (`native`), kernels run as many lanes as the JIT's and hoist what it hoists, so that their results
-    are the JIT's bit for bit; for another target, one lane (the least memory) and nothing hoisted.
-    Every gradient kernel is planned to the budget as the JIT's are (spadc/backend/budget.py)."""
+    (`native`), kernels run as many lanes as the JIT's (`lanes`: as compile_file's) and hoist what
+    it hoists, so that their results are the JIT's bit for bit; for another target, one lane (the
+    least memory) and nothing hoisted. Every gradient kernel is planned to the budget as the JIT's
+    are (spadc/backend/budget.py). `source`: (Source, directory of its imports) in place of `path`."""
     checkpoint = budget.check_option(checkpoint)
     limit = limits.max_memory(max_memory)
-    program = frontend.lower(frontend.check_file(path))
+    program = frontend.lower(frontend.check_file(path) if source is None else check_source(*source, limit))
     prefix = _identifier(program.name)
     module = ir.Module(name=program.name)
     layout, outputs = kernels.base_layout(program, dtype)
-    lanes, split, exact_plan = 1, None, None
+    asked_lanes, lanes, split, exact_plan = lanes, 1, None, None
     if native:  # as the JIT: lanes, and what depends on params alone once per call (memory for time)
-        exact_plan = budget.plan_exact(program, budget.differentiated(program), dtype, limit, None, checkpoint)
+        exact_plan = budget.plan_exact(program, budget.differentiated(program), dtype, limit, asked_lanes, checkpoint)
         split, lanes = exact_plan[1], exact_plan[3]
     layout["forward"] = kernels.forward_kernel(module, program, layout, outputs, dtype, f"{prefix}_forward",
                                                limit, lanes=lanes, split=split)

@@ -246,14 +246,18 @@ def _model(source: Source, base_dir: str, dtype: str, max_memory, use_cache: boo
         return _model(source, base_dir, dtype, limit if max_memory_ is None else max_memory_, use_cache, lanes,
                       checkpoint if checkpoint_ is None else checkpoint_)
 
+    def library(estimator, entries) -> tuple[bytes, dict]:  # what a cluster's workers load (spadc/cluster.py)
+        from .aot import host_library
+        return host_library(source, base_dir, dtype, limit, lanes, checkpoint, estimator, entries)
+
     if not use_cache:
-        return model_of(build(source, base_dir, dtype, limit, lanes, checkpoint), replan=replan)
+        return model_of(build(source, base_dir, dtype, limit, lanes, checkpoint), replan=replan, library=library)
     base_key = cache.key(source, base_dir, dtype, limit, lanes, checkpoint)
     hit = cache.load(base_key)
     if hit is None:
         compiled = build(source, base_dir, dtype, limit, lanes, checkpoint)
         cache.store(base_key, compiled.base_layout, b"", cache.file_digests(compiled.program.files))
-        return model_of(compiled, base_key, replan)
+        return model_of(compiled, base_key, replan, library)
     layout, _ = hit  # the model's layout; each kernel is an entry of its own
     built = []
 
@@ -262,14 +266,14 @@ def _model(source: Source, base_dir: str, dtype: str, max_memory, use_cache: boo
             built.append(build(source, base_dir, dtype, limit, lanes, checkpoint))
         return built[0]
 
-    return _assemble(layout, compiled_later, base_key, replan)
+    return _assemble(layout, compiled_later, base_key, replan, library)
 
 
-def model_of(compiled: Compiled, base_key: str | None = None, replan=None) -> Model:
-    return _assemble(compiled.layout, lambda: compiled, base_key, replan)
+def model_of(compiled: Compiled, base_key: str | None = None, replan=None, library=None) -> Model:
+    return _assemble(compiled.layout, lambda: compiled, base_key, replan, library)
 
 
-def _assemble(layout: dict, compiled_of, base_key: str | None, replan=None) -> Model:
+def _assemble(layout: dict, compiled_of, base_key: str | None, replan=None, library=None) -> Model:
     """A Model whose kernels come from the disk cache (with a `base_key`) or are compiled on first use."""
 
     def provide(sampling, score, policy, seeded=()):
@@ -293,7 +297,7 @@ def _assemble(layout: dict, compiled_of, base_key: str | None, replan=None) -> M
                                    lambda compiled: compiled.function_ir(kind))
         return entry, code.addresses[kind], code
 
-    return Model(layout, None, provide, kernel_provider=provide_kernel, replan=replan)
+    return Model(layout, None, provide, kernel_provider=provide_kernel, replan=replan, library=library)
 
 
 QUICK_ENTRY = "~quick"  # a cache entry's key with this after it: the kernel's quick code (spadc/backend/tiers.py)

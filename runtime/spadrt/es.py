@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import calls
+from . import calls, reduction
 from .errors import SpadcError
 
 ES_SITE = int.from_bytes(hashlib.blake2b(b"spadc.ES", digest_size=8).digest(), "little")
@@ -118,22 +118,59 @@ def stream_words(seed: int, step: int, streams, count: int, site: int = ES_SITE)
 _philox = threading.local()
 
 
-def perturbations(estimator: ES, seed: int, step: int, size: int) -> np.ndarray:
-    """The N x size perturbations (sigma times normals); antithetic pairs are (eps_j, -eps_j)."""
-    sigma, n = float(estimator.sigma), estimator.particles
-    if estimator.antithetic:
-        half = normals(seed, step, range(n // 2), size) * sigma
-        return np.stack([half, -half], axis=1).reshape(n, size)
-    return normals(seed, step, range(n), size) * sigma
+BLOCK = calls.CHUNK  # particles per block: what one task draws, evaluates and sums (even: whole pairs)
 
 
-def estimate(estimator: ES, losses: np.ndarray, eps: np.ndarray) -> np.ndarray:
-    """The gradient estimate from each particle's loss and perturbation."""
-    n, sigma2 = estimator.particles, float(estimator.sigma) ** 2
+def blocks(estimator) -> int:
+    """The count of blocks of BLOCK particles (the last may be shorter) a population splits into."""
+    return -(-estimator.particles // BLOCK)
+
+
+def perturbations(estimator, seed: int, step: int, size: int, first: int = 0, last: int | None = None) -> np.ndarray:
+    """The perturbations (sigma times normals) of particles first..last-1 (default all), one row
+    each; antithetic pairs are (eps_j, -eps_j). `first` and `last` are even under antithetic pairs."""
+    sigma, last = float(estimator.sigma), estimator.particles if last is None else last
     if estimator.antithetic:
-        differences = losses[0::2] - losses[1::2]
-        return (differences[:, None] * eps[0::2]).sum(axis=0) / (n * sigma2)
-    return (losses[:, None] * eps).sum(axis=0) / (n * sigma2)
+        half = normals(seed, step, range(first // 2, last // 2), size) * sigma
+        return np.stack([half, -half], axis=1).reshape(last - first, size)
+    return normals(seed, step, range(first, last), size) * sigma
+
+
+def block_nodes(model, estimator: ES, step: int, first: int, last: int, *, prepared, flat, training, seed, offset,
+                threads) -> dict:
+    """The sums, over the nodes of the reduction tree (spadrt/reduction.py) within blocks
+    first..last-1, of each particle's mean loss times its perturbation (for a pair, their
+    difference times the pair's): each block's perturbations drawn where it is evaluated, so that
+    no table of noise and no parameter vector is ever sent."""
+    count = blocks(estimator)
+
+    def block(start: int, stop: int):  # blocks first + start .. first + stop - 1
+        lo, hi = (first + start) * BLOCK, min((first + stop) * BLOCK, estimator.particles)
+        eps = perturbations(estimator, seed, step, flat.size, lo, hi)
+        thetas = np.ascontiguousarray(flat[None, :] + eps, dtype=model._float)
+        losses, _, _ = run_particles(model, thetas, prepared, training=training, seed=seed, step=step, offset=offset,
+                                     threads=1)
+        means = losses.astype(np.float64).mean(axis=1)
+        if estimator.antithetic:
+            return ((means[0::2] - means[1::2])[:, None] * eps[0::2]).sum(axis=0)
+        return (means[:, None] * eps).sum(axis=0)
+
+    leaves = calls.run_chunks(block, last - first, threads, 1)
+    return reduction.node_sums(first, leaves, count)
+
+
+def center_loss(model, *, prepared, flat, training, seed, step, offset, threads) -> tuple[float, dict]:
+    """(the mean loss at the params themselves, as the particles kernel evaluates it; its entry)."""
+    thetas = np.ascontiguousarray(flat[None, :], dtype=model._float)
+    losses, _, entry = run_particles(model, thetas, prepared, training=training, seed=seed, step=step, offset=offset,
+                                     threads=threads)
+    return float(losses.astype(np.float64).mean(axis=1)[0]), entry
+
+
+def finish(model, estimator: ES, known: dict) -> np.ndarray:
+    """The ES estimate from the sums of the reduction tree's nodes (which cover every block)."""
+    total = reduction.tree_sum(0, blocks(estimator), known)
+    return (total / (estimator.particles * float(estimator.sigma) ** 2)).astype(model._float)
 
 
 def run_particles(model, thetas: np.ndarray, prepared, *, training, seed, step, offset, threads,
@@ -174,14 +211,12 @@ def run_particles(model, thetas: np.ndarray, prepared, *, training, seed, step, 
 
 def es_gradient(model, estimator: ES, step: int, *, prepared, flat, training, seed, offset, threads):
     """(mean loss at the params, the ES estimate, the particle kernel's layout entry) for one call
-    of `Model.grad`: every particle on every data row, in one batched kernel call per chunk of
-    particles. Row 0 of the parameter vectors is the params themselves (the loss `grad` reports)."""
-    eps = perturbations(estimator, seed, step, flat.size)
-    thetas = np.ascontiguousarray(np.vstack([flat[None, :], flat[None, :] + eps]), dtype=model._float)
-    losses, _, entry = run_particles(model, thetas, prepared, training=training, seed=seed, step=step,
-                                     offset=offset, threads=threads)
-    means = losses.astype(np.float64).mean(axis=1)
-    return float(means[0]), estimate(estimator, means[1:], eps).astype(model._float), {**entry, "tape_bytes": 0}
+    of `Model.grad`: every particle on every data row, a block of particles per task, the blocks'
+    sums added by the reduction tree."""
+    call = dict(prepared=prepared, flat=flat, training=training, seed=seed, offset=offset, threads=threads)
+    loss, entry = center_loss(model, step=step, **call)
+    known = block_nodes(model, estimator, step, 0, blocks(estimator), **call)
+    return loss, finish(model, estimator, known), {**entry, "tape_bytes": 0}
 
 
 def pes_gradient(model, estimator: PES, step: int, *, prepared, flat, training, seed, offset, threads,

@@ -92,5 +92,12 @@ def load(path: str) -> Model:
         entry = layout.get("kernels", {}).get(kind)
         return None if entry is None else (entry, address(entry["symbol"]), library)
 
-    return Model(layout, address(layout["forward"]["symbol"]), provide, keepalive=library,
-                 kernel_provider=provide_kernel)
+    def library_bytes(estimator, entries) -> tuple[bytes, dict]:
+        """This very library, for a cluster's workers: a variant or kernel it lacks is named when asked."""
+        with open(path, "rb") as f:
+            return f.read(), layout
+
+    model = Model(layout, address(layout["forward"]["symbol"]), provide, keepalive=library,
+                  kernel_provider=provide_kernel, library=library_bytes)
+    model.library_digest = digest
+    return model

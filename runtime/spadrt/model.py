@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import calls, derivatives, products
+from . import calls, derivatives, products, reduction
 from .arguments import (NO_DATA, NO_DATA_ADDRESS, Options, Prepared, check_seed, float_array, merge_inputs, prepare,
                         with_state)
 from .errors import SpadcError
@@ -46,7 +46,7 @@ _NUMPY = {"i64": np.int64, "bool": np.bool_}
 # Keywords of forward/loss/grad that are not inputs: an input of one of these names must be passed
 # in `inputs=` (the checker warns about such names).
 CALL_OPTIONS = ("params", "estimator", "training", "seed", "step", "sample_offset", "stats", "inputs", "threads",
-                "state")
+                "state", "cluster")
 STATE_OUTPUT = "_state."  # the hidden outputs that carry states out (spadc/ir/core.py)
 _U64 = (1 << 64) - 1
 
@@ -70,13 +70,16 @@ class Model:
     """A compiled model: its parameters, and forward and gradient evaluation from NumPy values."""
 
     def __init__(self, layout: dict, forward_address: int | None, gradient_provider, keepalive=None,
-                 kernel_provider=None, replan=None):
+                 kernel_provider=None, replan=None, library=None):
         """`gradient_provider(sampling, score, policy, seeded)` gives (layout entry, address, owner) of a
         gradient kernel variant (compiling it if it can); `kernel_provider(kind)` the same of one of
         the KERNEL_TYPES (the forward kernel when `forward_address` is None, ES's particles, the
         curvature products, VJPs and Jacobians), or None where it has none (a library).
         `replan(max_memory, checkpoint)`: the same model compiled under another memory plan (None
-        where there is no compiler: a loaded library)."""
+        where there is no compiler: a loaded library). `library(estimator, entries)`: (the bytes of a
+        shared library with this model's kernels for this host, its layout), what a cluster's workers
+        load (spadc/cluster.py)."""
+        self._library = library
         self.layout = layout
         self._replan = replan
         self._plans: dict[tuple, "Model"] = {}  # (max_memory, checkpoint) -> the model under that plan
@@ -209,7 +212,7 @@ class Model:
 
     def grad(self, *, params=None, estimator=None, training: bool = False, seed: int = 0, step: int | None = None,
              sample_offset: int = 0, stats: bool = False, threads: int | None = None, state: dict | None = None,
-             inputs: dict | None = None, max_memory=None, checkpoint=None, **keyword_inputs):
+             inputs: dict | None = None, max_memory=None, checkpoint=None, cluster=None, **keyword_inputs):
         """The mean loss and gradient over the batch: exact, or estimated (ESTIMATORS.md).
 
         `seed`, `step` and `sample_offset` key the random stream; exact gradients ignore them. A SPAD
@@ -218,16 +221,19 @@ class Model:
         incoming value of each `state`, an input that is not differentiated (default its initial
         value); `forward` gives the values to carry on. `max_memory`, `checkpoint`: a memory plan
         for this call other than the one the model was compiled with (ESTIMATORS.md section 9; the
-        kernels are compiled once per plan, and the gradient's bits do not depend on it)."""
+        kernels are compiled once per plan, and the gradient's bits do not depend on it). `cluster`: a
+        `spadc.Ray` whose workers compute the batch's chunks (exact, RAD) or the population's blocks
+        (ES), the same bits as here (spadc/cluster.py)."""
         if not isinstance(stats, bool):
             raise SpadcError(f"stats must be True or False, got {stats!r}")
         if max_memory is not None or checkpoint is not None:
             planned = self._planned(max_memory, checkpoint)
             return planned.grad(params=self.params if params is None else params, estimator=estimator,
                                 training=training, seed=seed, step=step, sample_offset=sample_offset, stats=stats,
-                                threads=threads, state=state, inputs=inputs, **keyword_inputs)
+                                threads=threads, state=state, inputs=inputs, cluster=cluster, **keyword_inputs)
         loss, flat, measured, entry, n = self._gradient(params, estimator, training, seed, step, sample_offset,
-                                                        threads, merge_inputs(inputs, keyword_inputs), state)
+                                                        threads, merge_inputs(inputs, keyword_inputs), state,
+                                                        cluster=cluster)
         named = self._named(flat)
         if stats:
             # Each concurrent kernel call has a workspace of its own (spadrt/calls.py).
@@ -253,18 +259,19 @@ class Model:
 
     def flat_grad(self, *, params=None, estimator=None, training: bool = False, seed: int = 0,
                   step: int | None = None, sample_offset: int = 0, threads: int | None = None,
-                  state: dict | None = None, inputs: dict | None = None, **keyword_inputs):
+                  state: dict | None = None, inputs: dict | None = None, cluster=None, **keyword_inputs):
         """`grad` for optimisers: (mean loss, the gradient as one flat array, tape bytes per sample)."""
         loss, flat, measured, _, _ = self._gradient(params, estimator, training, seed, step, sample_offset,
-                                                    threads, merge_inputs(inputs, keyword_inputs), state)
+                                                    threads, merge_inputs(inputs, keyword_inputs), state,
+                                                    cluster=cluster)
         return loss, flat, measured
 
     def _flat_grad_into(self, out: np.ndarray, *, estimator=None, training=False, seed=0, step=None,
-                        sample_offset=0, threads=None, state=None, inputs=None):
+                        sample_offset=0, threads=None, state=None, inputs=None, cluster=None):
         """`flat_grad` writing the gradient into `out` when it can (a training loop's own buffer,
         reused every step: a fresh array of a large model's size costs page faults each time)."""
         loss, flat, measured, _, _ = self._gradient(None, estimator, training, seed, step, sample_offset, threads,
-                                                    inputs or {}, state, out=out)
+                                                    inputs or {}, state, out=out, cluster=cluster)
         return loss, flat, measured
 
     # ---- curvature products (CURVATURE.md section 1; spadrt/products.py) --------------------
@@ -359,18 +366,23 @@ class Model:
         from .training import fit
         return fit(self, data, **options)
 
-    def _gradient(self, params, estimator, training, seed, step, offset, threads, inputs, state=None, out=None):
+    def _gradient(self, params, estimator, training, seed, step, offset, threads, inputs, state=None, out=None,
+                  cluster=None):
         options = Options.check(training, seed, 0 if step is None else step, offset)
         prepared = self._inputs(inputs, state)
         call = dict(prepared=prepared, flat=self._params_buffer(params), training=options.training,
                     seed=options.seed, offset=options.offset, threads=calls.check_threads(threads))
-        return self._estimate(resolve(estimator), step, call, episode_start=state is None, out=out)
+        return self._estimate(resolve(estimator), step, call, episode_start=state is None, out=out, cluster=cluster)
 
-    def _estimate(self, estimator, step, call: dict, *, episode_start: bool = True, seeded=(), out=None):
+    def _estimate(self, estimator, step, call: dict, *, episode_start: bool = True, seeded=(), out=None,
+                  cluster=None):
         """(mean loss, flat gradient, tape bytes per sample, kernel entry, samples) of one estimate
         over checked arguments (`call`: `_run`'s keywords but `step`); with `seeded`, of a VJP's
-        surrogate (its cotangents among the arguments) in place of the loss."""
-        if isinstance(estimator, (ES, PES)):
+        surrogate (its cotangents among the arguments) in place of the loss; with a `cluster`, by its
+        workers."""
+        if cluster is not None:
+            loss, flat, measured, entry = cluster.estimate(self, estimator, step or 0, call, out)
+        elif isinstance(estimator, (ES, PES)):
             if seeded:
                 raise SpadcError(f"{type(estimator).__name__} estimates the loss's gradient only; a vjp takes "
                                  "the exact reverse sweep, RAD or SPAD")
@@ -431,16 +443,35 @@ class Model:
     def _run(self, entry, function, *, prepared, flat, training, seed, step, offset, threads=1, site_data=None,
              scores=None, out=None):
         """Call one gradient kernel over the batch, in chunks: (mean loss, flat gradient, tape bytes
-        stored over the batch). Chunks' means are weighted by their sizes and summed in chunk order;
-        their scores are added to `scores` in chunk order."""
+        stored over the batch). Chunks' mean losses are weighted by their sizes and summed in chunk
+        order, their gradients (each weighted so) by the tree of spadrt/reduction.py; their scores
+        are added to `scores` in chunk order."""
+        parts = self._chunk_parts(entry, function, prepared=prepared, flat=flat, training=training, seed=seed,
+                                  step=step, offset=offset, threads=threads, site_data=site_data, scores=scores,
+                                  total=prepared.n, out=out)
+        if scores is not None:
+            for part in parts:
+                scores += part[4]
+        if len(parts) == 1:
+            _, loss, grads, stored, _ = parts[0]
+            return loss, grads, stored
+        known = {(k, k + 1): part[2] for k, part in enumerate(parts)}
+        loss, grads, stored = self._combined([part[:2] + part[3:4] for part in parts], known, prepared.n, out)
+        for part in parts:
+            self._buffers.give(part[2])
+        return loss, grads, stored
+
+    def _chunk_parts(self, entry, function, *, prepared, flat, training, seed, step, offset, threads, site_data,
+                     scores, total: int, out=None) -> list[tuple]:
+        """(samples, mean loss, gradient, tape bytes, scores) of each chunk of `prepared`, whose first
+        sample is sample `offset` of a batch of `total`: when that batch has several chunks, each
+        chunk's gradient is weighted by its share of the batch, in a buffer of the pool."""
         data = site_data if site_data is not None else NO_DATA
-        n = prepared.n
         size = entry.get("grad_size", self._flat.size)
-        per_call = entry.get("chunk", calls.CHUNK)  # (libraries built before `chunk`: CHUNK)
-        pooled = n > per_call  # each chunk's gradient is a buffer of the pool, reused
+        per_call = entry.get("chunk", calls.CHUNK)
+        pooled = total > per_call
         if out is not None and (out.size != size or out.dtype != self._float):
             out = None
-
         flat_address = self._flat_address if flat is self._flat else calls.address(flat)
         data_address = NO_DATA_ADDRESS if data is NO_DATA else calls.address(data)
         float_type = self._float
@@ -458,40 +489,25 @@ class Model:
                                 calls.address(grads), data_address, score_address, scratch.stored_address,
                                 scratch.workspace(entry["workspace"]), scratch.status_address)
                 self._raise_on_failure(code, prepared.batched, entry["checks"], scratch.status)
+                if pooled:
+                    np.multiply(grads, float_type((stop - start) / total), out=grads)
                 return stop - start, scratch.loss(float_type), grads, int(scratch.words[1]), score_buffer
             finally:
                 self._scratch.give(scratch)
 
-        parts = calls.run_chunks(chunk, n, threads, per_call)
-        if scores is not None:
-            for part in parts:
-                scores += part[4]
-        if not pooled:
-            _, loss, grads, stored, _ = parts[0]
-            return loss, grads, stored
-        # The batch's mean is the chunks' means weighted by count / n: the whole chunks' summed
-        # first (one pass each), then scaled once; a last, shorter chunk added with its own weight.
-        loss = sum(part_loss * count for count, part_loss, *_ in parts) / n
-        stored = sum(part[3] for part in parts)
-        whole = [part[2] for part in parts if part[0] == per_call]
-        grads = out if out is not None else np.empty(size, dtype=self._float)
-        if whole:
-            if len(whole) == 1:
-                np.copyto(grads, whole[0])
-            else:
-                np.add(whole[0], whole[1], out=grads)
-            for part_grads in whole[2:]:
-                np.add(grads, part_grads, out=grads)
-            np.multiply(grads, self._float(per_call / n), out=grads)
-        if parts[-1][0] != per_call:
-            count, last = parts[-1][0], parts[-1][2]
-            scaled = np.multiply(last, self._float(count / n), out=last)
-            if whole:
-                np.add(grads, scaled, out=grads)
-            else:
-                np.copyto(grads, scaled)
-        for part in parts:
-            self._buffers.give(part[2])
+        return calls.run_chunks(chunk, prepared.n, threads, per_call)
+
+    def _combined(self, chunks: list[tuple[int, float, int]], known: dict, n: int, out=None):
+        """(mean loss, gradient, tape bytes) of a batch of `n` from its chunks' (samples, mean loss,
+        tape bytes), in chunk order, and the sums `known` of their weighted gradients (the leaves, or
+        nodes of the tree, spadrt/reduction.py), which are consumed."""
+        loss = sum(part_loss * count for count, part_loss, _ in chunks) / n
+        stored = sum(part[2] for part in chunks)
+        root = reduction.tree_sum(0, len(chunks), known)
+        size = root.size
+        grads = out if out is not None and out.size == size and out.dtype == self._float else np.empty(
+            size, dtype=self._float)
+        np.copyto(grads, root)
         return loss, grads, stored
 
     def _params_buffer(self, params) -> np.ndarray:

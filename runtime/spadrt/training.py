@@ -95,7 +95,8 @@ class History:
 def fit(model, data: dict | None, epochs: int = 20, batch_size: int = 32, optimizer="adam", estimator=None,
         validation: dict | None = None, seed: int = 0, schedule=None, quiet: bool = True,
         stream=None, on_epoch=None, steps: int | None = None, threads: int | None = None,
-        horizon: int | None = None, precondition=None, validation_split: float | None = None) -> History:
+        horizon: int | None = None, precondition=None, validation_split: float | None = None,
+        cluster=None) -> History:
     """Train on `data`; a model without inputs trains with `data=None` for `steps` steps (each step
     is then an epoch of its own: its loss is recorded and `on_epoch` called). `threads`: cores each
     minibatch is spread over (default all; the same result for any number). `horizon`: for a model
@@ -104,7 +105,8 @@ def fit(model, data: dict | None, epochs: int = 20, batch_size: int = 32, optimi
     to its initial value every `horizon` calls. `precondition`: a spadc.precondition method (or its
     name): the optimiser is given P g instead of g (CURVATURE.md section 3). `validation_split`: a
     share in (0, 1) of `data` held out (drawn with `seed`) as the validation set, when
-    `validation` is not given."""
+    `validation` is not given. `cluster`: a `spadc.Ray` whose workers compute each minibatch's
+    gradient (data-parallel; the same bits as without it, spadc/cluster.py)."""
     seed = check_seed(seed, "seed")
     threads = check_threads(threads)
     if horizon is not None:
@@ -125,7 +127,7 @@ def fit(model, data: dict | None, epochs: int = 20, batch_size: int = 32, optimi
         precondition.start(model)
     if data is None:
         return _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quiet, stream, on_epoch,
-                                   threads, horizon, precondition)
+                                   threads, horizon, precondition, cluster)
     if steps is not None:
         raise SpadcError("steps= is for models without inputs (data=None); with data, give epochs=")
     epochs, batch_size = _count("epochs", epochs), _count("batch_size", batch_size)
@@ -158,7 +160,7 @@ def fit(model, data: dict | None, epochs: int = 20, batch_size: int = 32, optimi
                                   precondition, step, gradient, estimator=estimator, training=True, seed=seed,
                                   sample_offset=first,
                                   threads=threads, inputs={name: values[batch] for name, values in train.items()},
-                                  **options)
+                                  cluster=cluster, **options)
                 if loss is None:
                     return history
                 total += loss * len(batch)
@@ -181,7 +183,7 @@ def fit(model, data: dict | None, epochs: int = 20, batch_size: int = 32, optimi
 
 
 def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quiet, stream, on_epoch,
-                        threads, horizon=None, precondition=None) -> History:
+                        threads, horizon=None, precondition=None, cluster=None) -> History:
     if user_inputs(model.layout):
         names = ", ".join(i["name"] for i in user_inputs(model.layout))
         raise SpadcError(f"the model has inputs ({names}): fit needs data, a dict of arrays named after them")
@@ -205,7 +207,7 @@ def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quie
                 options["state"] = carried
             loss = _take_step(model, optimizer, lr, history, bar, f"step {step}", precondition, step, gradient,
                               estimator=estimator,
-                              training=True, seed=seed, threads=threads, **options)
+                              training=True, seed=seed, threads=threads, cluster=cluster, **options)
             if loss is None:
                 break
             history.train_loss.append(loss)

@@ -1,0 +1,195 @@
+"""Past one machine, on Ray (INTERFACE.md): `spadc.Ray`, given as `cluster=` to `Model.grad`,
+`Model.fit` and `spadc.sweep`.
+
+Invariants:
+- Ray is imported when a `Ray` is first used, never by `import spadc`: it is an optional extra.
+- Workers run the model's ahead-of-time library for this host (the JIT's kernels, bit for bit:
+  spadc/aot.py), shipped once per model and need as bytes through the object store; they need
+  `spadrt` and NumPy, not the compiler (spadrt/remote.py). A worker whose loaded layout has another
+  digest than the driver's library is refused.
+- A batch's chunks (exact, RAD) and a population's blocks (ES) are split into contiguous runs, one
+  per worker; each sends back its chunks' losses and the sums of the reduction tree's nodes within
+  them (spadrt/reduction.py), which the driver finishes: the result is the local path's, bit for bit,
+  for any number of workers. ES workers draw their blocks' perturbations from the Philox key (no
+  noise table, no parameter vector per particle is ever sent).
+- A worker lost mid-call (its process killed, its node gone) is replaced by a new one, which
+  computes the lost share again: the same bits. A share lost RETRIES times fails the call.
+- SPAD (its ranking is state of the driver's estimator) and PES (each particle's state lives with
+  the driver) run locally only: asked of a cluster, they are a `SpadcError` saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import weakref
+
+import numpy as np
+
+from spadrt import calls, es, reduction
+from spadrt.estimators import RAD, SPAD, Exact, variant_key
+from spadrt.library import layout_digest
+from spadrt.remote import Worker
+
+from .errors import SpadcError
+
+RETRIES = 3  # replacements of a lost worker, for one share of one call, before the call fails
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise SpadcError('spadc.Ray needs Ray, an optional extra: pip install "spadc[ray]"') from None
+    return ray
+
+
+class Ray:
+    """A Ray cluster to spread work over: `address` None starts (or joins) a Ray instance on this
+    machine, "auto" or "ray://host:port" joins a running cluster; `workers`: actors, one CPU each
+    (default: one per CPU of the cluster). Workers start on first use, hold the library of every
+    model and estimator they were given, and live until `close()`."""
+
+    def __init__(self, address: str | None = None, workers: int | None = None):
+        if address is not None and not isinstance(address, str):
+            raise SpadcError(f'address must be None, "auto" or "ray://host:port", got {address!r}')
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise SpadcError(f"workers must be a positive integer (or None: one per CPU), got {workers!r}")
+        self.address, self.workers = address, workers
+        self.ray = None
+        self.actors: list = []
+        self.replaced = 0  # workers replaced after a loss, over this cluster's life
+        self._libraries: dict[str, tuple] = {}  # key -> (object reference of the bytes, layout digest)
+        self._keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {need: (key, layout)}
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Stop every worker (the Ray instance itself is left running)."""
+        with self._lock:
+            for actor in self.actors:
+                self.ray.kill(actor)
+            self.actors, self._libraries = [], {}
+            self._keys = weakref.WeakKeyDictionary()
+
+    def _start(self):
+        if self.ray is None:
+            ray = _ray()
+            if not ray.is_initialized():
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            self.ray = ray
+        if not self.actors:
+            cpus = int(self.ray.cluster_resources().get("CPU", 1))
+            count = self.workers or cpus
+            if count > cpus:
+                raise SpadcError(f"workers={count}, but the cluster has {cpus} CPUs: each worker takes one")
+            if "class" not in _ACTOR_CLASSES:
+                _ACTOR_CLASSES["class"] = self.ray.remote(num_cpus=1)(Worker)
+            self.actors = [_ACTOR_CLASSES["class"].remote() for _ in range(count)]
+
+    def _library(self, model, estimator, entries: tuple) -> tuple[str, dict]:
+        """(the workers' key, the layout) of `model`'s library with `estimator`'s variant and
+        `entries`, built and loaded by every worker on first use."""
+        if model._library is None:
+            raise SpadcError("this model cannot be shipped to a cluster: it has no library to send its workers")
+        need = (variant_key(getattr(estimator, "sampling", None)), entries)
+        with self._lock:
+            self._start()
+            known = self._keys.setdefault(model, {})
+            if need not in known:
+                library, layout = model._library(estimator, entries)
+                key = f"m{len(self._libraries)}"
+                digest = getattr(model, "library_digest", None)
+                digest = layout_digest(json.dumps(layout).encode("utf-8")) if digest is None else digest
+                self._libraries[key] = (self.ray.put(library), digest)
+                for k, actor in enumerate(self.actors):
+                    self._check(self.ray.get(actor.add.remote(key, self._libraries[key][0])), digest, k)
+                known[need] = (key, layout)
+            return known[need]
+
+    def _check(self, got: int, digest: int, k: int):
+        if got != digest:
+            raise SpadcError(f"cluster worker {k} loaded a library whose layout digest is {got:#018x}, not the "
+                             f"driver's {digest:#018x}: its spadrt or its copy of the library differ; refused")
+
+    def _replace(self, k: int):
+        """A new worker k, holding every library the lost one held."""
+        actor = _ACTOR_CLASSES["class"].remote()
+        for key, (reference, digest) in self._libraries.items():
+            self._check(self.ray.get(actor.add.remote(key, reference)), digest, k)
+        self.actors[k] = actor
+        self.replaced += 1
+
+    def _run(self, shares: list[tuple]) -> list:
+        """[worker k's `method(*arguments)` for each share k = (method, *arguments)], in share order;
+        a share whose worker was lost is given to a replacement."""
+        lost = self.ray.exceptions.RayActorError
+        futures = [getattr(self.actors[k], method).remote(*arguments) for k, (method, *arguments) in enumerate(shares)]
+        results = []
+        for k, (method, *arguments) in enumerate(shares):
+            for attempt in range(RETRIES + 1):
+                try:
+                    results.append(self.ray.get(futures[k]))
+                    break
+                except lost as error:
+                    if attempt == RETRIES:
+                        raise SpadcError(f"a cluster worker was lost {RETRIES + 1} times computing one share of "
+                                         f"this call; giving up ({error})") from None
+                    with self._lock:
+                        self._replace(k)
+                    futures[k] = getattr(self.actors[k], method).remote(*arguments)
+        return results
+
+    def estimate(self, model, estimator, step: int, call: dict, out=None) -> tuple[float, np.ndarray, int, dict]:
+        """(mean loss, flat gradient, tape bytes stored over the batch, the kernel's layout entry) of
+        one gradient estimate over checked arguments (`Model._estimate`'s `call`), by the workers."""
+        if isinstance(estimator, es.ES):
+            return self._population(model, estimator, step, call)
+        if isinstance(estimator, (SPAD, es.PES)) or not isinstance(estimator, (Exact, RAD)):
+            raise SpadcError(f"{type(estimator).__name__} runs in one process only (its state lives with the "
+                             "driver): a cluster computes exact, RAD and ES gradients")
+        key, layout = self._library(model, estimator, ())
+        entry = layout["variants"][variant_key(estimator.sampling)]
+        prepared, n = call["prepared"], call["prepared"].n
+        per_call = entry.get("chunk", calls.CHUNK)
+        flat = self.ray.put(call["flat"])
+        shares = []
+        for first, last in reduction.split(-(-n // per_call), len(self.actors)):
+            rows = (first * per_call, min(last * per_call, n))
+            options = (call["training"], call["seed"], step, call["offset"] + rows[0])
+            shares.append(("gradient", key, flat, _rows(model, prepared, *rows), estimator, options, first, n))
+        results = self._run(shares)
+        chunks = [chunk for share_chunks, _ in results for chunk in share_chunks]
+        known = {node: value for _, nodes in results for node, value in nodes.items()}
+        if len(chunks) == 1:
+            count, loss, stored = chunks[0]
+            grads = out if out is not None and out.size == known[(0, 1)].size else np.empty_like(known[(0, 1)])
+            np.copyto(grads, known[(0, 1)])
+            return loss, grads, stored, entry
+        return (*model._combined(chunks, known, n, out), entry)
+
+    def _population(self, model, estimator, step: int, call: dict):
+        key, layout = self._library(model, None, ("particles",))
+        flat = self.ray.put(call["flat"])
+        values = _rows(model, call["prepared"], 0, call["prepared"].n)
+        options = (call["training"], call["seed"], step, call["offset"])
+        shares = [("population", key, flat, values, estimator, options, first, last, k == 0)
+                  for k, (first, last) in enumerate(reduction.split(es.blocks(estimator), len(self.actors)))]
+        results = self._run(shares)
+        known = {node: value for _, nodes in results for node, value in nodes.items()}
+        return results[0][0], es.finish(model, estimator, known), 0, {**layout["kernels"]["particles"],
+                                                                       "tape_bytes": 0}
+
+
+def _rows(model, prepared, first: int, last: int) -> dict:
+    """Each of the kernel's inputs (states included) by name: rows first..last-1 of a batched one."""
+    return {spec["name"]: (array[first:last] if batched else array)
+            for spec, (array, batched) in zip(model.layout["inputs"], prepared.keepalive)}
+
+
+_ACTOR_CLASSES: dict = {}  # the Worker as a Ray actor class, made once per process

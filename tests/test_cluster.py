@@ -1,0 +1,143 @@
+"""Past one machine, on Ray (spadc/cluster.py): on a real two-node Ray cluster on this machine, the
+exact, RAD and ES gradients and a whole `fit` equal their single-process results to the bit, also
+when a worker is killed mid-epoch; a worker with another layout is refused; what cannot run there
+says so. The cluster tests are skipped without Ray (the optional extra `pip install .[ray]`; CI's
+second step installs it); the tests of spadc without Ray run always."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import spadc
+
+from conftest import example
+
+SEED = 5
+OBJECT_STORE = 80 << 20  # bytes per node: Ray's smallest is 75 MB
+FIT_SAMPLES, FIT_BATCH, FIT_EPOCHS = 1024, 256, 2  # 4 steps an epoch, each of 2 chunks
+ES_PARTICLES = 4096
+
+
+def _digits(count: int) -> dict:
+    data = np.load(example("data/digits_train.npz"))
+    return {"x": data["x"][:count], "label": data["label"][:count]}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_without_ray_a_cluster_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails, as where it is absent
+    model = spadc.compile_file(example("mlp.spad"))
+    with pytest.raises(spadc.SpadcError, match=r'pip install "spadc\[ray\]"'):
+        model.grad(x=np.zeros((4, 64)), label=np.zeros(4, dtype=np.int64), cluster=spadc.Ray())
+
+
+def test_importing_and_using_spadc_never_imports_ray():
+    code = ("import sys, numpy as np, spadc; m = spadc.compile_file(sys.argv[1]); "
+            "m.grad(x=np.zeros((4, 64)), label=np.zeros(4, dtype=np.int64)); spadc.Ray(workers=2); "
+            "print('ray' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, example("mlp.spad")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("options, message", [({"workers": 0}, "workers must be a positive integer"),
+                                              ({"address": 3}, "address must be None")])
+def test_bad_cluster_options_are_named(options, message):
+    with pytest.raises(spadc.SpadcError, match=message):
+        spadc.Ray(**options)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray = pytest.importorskip("ray", reason="spadc.Ray needs Ray (optional extra: pip install .[ray])")
+    from ray.cluster_utils import Cluster
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": OBJECT_STORE})
+    nodes.add_node(num_cpus=1, object_store_memory=OBJECT_STORE)
+    ray.init(address=nodes.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    spread = spadc.Ray()
+    try:
+        yield spread
+    finally:
+        spread.close()
+        ray.shutdown()
+        nodes.shutdown()
+
+
+def _kill_a_worker_on_call(monkeypatch, cluster, call: int):
+    """Kill worker 1's process (SIGKILL) as the `call`-th distributed call (from 1) begins: the
+    share sent to it is lost, as when a machine goes down mid-step."""
+    calls, run = [0], type(cluster)._run
+
+    def killing(self, shares):
+        calls[0] += 1
+        if calls[0] == call:
+            os.kill(self.ray.get(self.actors[1].process.remote()), signal.SIGKILL)
+        return run(self, shares)
+
+    monkeypatch.setattr(type(cluster), "_run", killing)
+
+
+@pytest.mark.parametrize("estimator", [None, spadc.RAD(keep=0.3)], ids=["exact", "rad"])
+def test_a_batch_gradient_is_the_single_process_one_to_the_bit(cluster, estimator):
+    model = spadc.compile_file(example("mlp_digits.spad"))
+    model.init_params(SEED)
+    data = _digits(1000)  # 8 chunks, the last one short
+    here = model.grad(inputs=data, estimator=estimator, training=True, seed=SEED, step=3, sample_offset=7)
+    there = model.grad(inputs=data, estimator=estimator, training=True, seed=SEED, step=3, sample_offset=7,
+                       cluster=cluster)
+    assert here[0] == there[0]
+    assert _same(here[1], there[1])
+
+
+def test_an_es_gradient_of_4096_particles_is_the_single_process_one_to_the_bit(cluster, monkeypatch):
+    model = spadc.compile_file(example("es_digits.spad"))
+    model.init_params(SEED)
+    data, estimator = _digits(128), spadc.ES(sigma=0.1, particles=ES_PARTICLES)
+    here = model.grad(inputs=data, estimator=estimator, seed=SEED, step=2)
+    assert _same(here[1], model.grad(inputs=data, estimator=estimator, seed=SEED, step=2, cluster=cluster)[1])
+    before = cluster.replaced
+    _kill_a_worker_on_call(monkeypatch, cluster, 1)
+    there = model.grad(inputs=data, estimator=estimator, seed=SEED, step=2, cluster=cluster)
+    assert cluster.replaced == before + 1
+    assert here[0] == there[0]
+    assert _same(here[1], there[1])
+
+
+def test_fit_on_the_digits_mlp_is_the_single_process_run_to_the_bit_even_with_a_worker_killed(cluster, monkeypatch):
+    model = spadc.compile_file(example("mlp_digits.spad"))
+    data = _digits(FIT_SAMPLES)
+    finals = []
+    for spread in (None, cluster, cluster):
+        if len(finals) == 2:  # the third run loses a worker in the middle of its first epoch
+            _kill_a_worker_on_call(monkeypatch, cluster, 2)
+            before = cluster.replaced
+        model.init_params(SEED)
+        history = model.fit(data, epochs=FIT_EPOCHS, batch_size=FIT_BATCH, optimizer=spadc.Adam(lr=1e-3),
+                            seed=SEED, cluster=spread)
+        finals.append((model.flat_params.copy(), history.train_loss))
+    assert cluster.replaced == before + 1
+    for params, losses in finals[1:]:
+        assert np.array_equal(params, finals[0][0])
+        assert losses == finals[0][1]
+    assert not np.array_equal(finals[0][0], spadc.compile_file(example("mlp_digits.spad")).flat_params)
+
+
+def test_a_worker_whose_layout_differs_is_refused(cluster):
+    model = spadc.compile_file(example("mlp.spad"))
+    model.library_digest = 12345  # what the driver expects; the workers load the real library
+    with pytest.raises(spadc.SpadcError, match="layout digest is .* not the driver's 0x0000000000003039.*refused"):
+        model.grad(x=np.zeros((4, 64)), label=np.zeros(4, dtype=np.int64), cluster=cluster)
+
+
+@pytest.mark.parametrize("estimator", [spadc.SPAD(keep=0.3), spadc.PES(particles=4)], ids=["spad", "pes"])
+def test_estimators_with_driver_state_say_they_run_in_one_process(cluster, estimator):
+    model = spadc.compile_file(example("mlp.spad"))
+    with pytest.raises(spadc.SpadcError, match="runs in one process only"):
+        model.grad(x=np.zeros((4, 64)), label=np.zeros(4, dtype=np.int64), estimator=estimator, cluster=cluster)
