@@ -236,15 +236,14 @@ def print_rows_on_one_core(rows, budget: float) -> int:
     return 0
 
 
-def machine() -> str:
+def machine(setting: str = "every system pinned to one, except the all-cores row") -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu} ({_vector_unit()}), {len(ALL_CORES)} cores (every system pinned to one, except the all-cores "
-            f"row), Python {platform.python_version()}, NumPy {np.__version__}, {platform.system()} {platform.machine()}")
+    return (f"{cpu} ({_vector_unit()}), {len(ALL_CORES)} cores ({setting}), Python {platform.python_version()}, NumPy {np.__version__}, {platform.system()} {platform.machine()}")
 
 
 def _vector_unit() -> str:

@@ -22,6 +22,7 @@ _EXPORTS = {
     "spadrt.estimators": ["RAD", "SPAD", "Exact"],
     "spadc.api": ["compile_file", "compile_source"],
     "spadc.cluster": ["Ray"],
+    "spadc.sweeps": ["sweep"],
     "spadc.errors": ["SpadcError"],
     "spadc.frontend": ["check_file", "check_text"],
     "spadc.init": ["initial_params"],
@@ -30,7 +31,7 @@ _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = ["curvature", "precondition", "SpadcError", "SpadcWarning", "Model", "ForwardResult", "History", "Exact",
            "RAD", "SPAD", "ES", "PES", "SGD", "Adam", "AdamW", "Adagrad", "StepLR", "CosineLR", "compile_file",
-           "compile_source", "check_file", "check_text", "initial_params", "Ray"]
+           "compile_source", "check_file", "check_text", "initial_params", "Ray", "sweep"]
 
 
 def __getattr__(name: str):

@@ -18,6 +18,7 @@ import numpy as np
 from spadrt import limits
 from spadrt.errors import SpadcWarning
 from spadrt.estimators import DRAWS, SITE_POLICIES
+from spadrt.optim import OPTIMIZERS
 from spadrt.training import TrainingStopped
 
 from . import api, options, passes
@@ -144,7 +145,26 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--inputs", action=_Renamed, hint="training data comes from --data (and --val)")
     _checkpoint_option(train)
+    _cluster_options(train)
     train.set_defaults(run=commands_.train)
+
+    sweep = add("sweep", help="train once per cell of a grid of settings and per seed: a CSV, a table, a plot")
+    sweep.add_argument("file", metavar="FILE.spad")
+    sweep.add_argument("--data", required=True, metavar="D.npz", help="training data, as for train")
+    sweep.add_argument("--val", metavar="V.npz", help="validation data, as --data")
+    sweep.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2",
+                       help="a setting and its values (repeat for more): an estimator's (keep, sigma...), the "
+                            "optimiser's (lr...), fit's (epochs, batch_size), or estimator=rad,spad")
+    sweep.add_argument("--seeds", type=int, default=3, help="runs per cell, seeds 0..N-1")
+    sweep.add_argument("--estimator", choices=("exact", "rad", "spad", "es", "pes"), default="exact",
+                       help="the estimator of cells that do not set one")
+    sweep.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam", help="the update rule")
+    sweep.add_argument("--epochs", type=int, default=5, help="passes over the data per run")
+    sweep.add_argument("--batch-size", "--batch", type=int, default=32, help="samples per minibatch")
+    sweep.add_argument("--out", required=True, metavar="SWEEP.csv", help="one line per run")
+    sweep.add_argument("--plot", metavar="SWEEP.png", help="each cell's train loss per epoch, its mean over seeds")
+    _cluster_options(sweep)
+    sweep.set_defaults(run=commands_.sweep)
 
     build = add("build", help="compile ahead of time to a shared library or an object file")
     build.add_argument("file", metavar="FILE.spad")
@@ -183,6 +203,14 @@ def _parser() -> argparse.ArgumentParser:
     _checkpoint_option(mem)
     mem.set_defaults(run=commands_.mem)
     return parser
+
+
+def _cluster_options(command):
+    command.add_argument("--ray", nargs="?", const=commands_.LOCAL_RAY, default=None, metavar="ADDRESS",
+                         help="run on Ray: alone, a Ray instance on this machine; or a cluster's address "
+                              "(auto, ray://host:port); needs spadc[ray]")
+    command.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="with --ray: workers, one CPU each (default: one per CPU of the cluster)")
 
 
 def _version() -> str:

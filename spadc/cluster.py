@@ -85,9 +85,12 @@ class Ray:
             self.ray = ray
         if not self.actors:
             cpus = int(self.ray.cluster_resources().get("CPU", 1))
+            free = int(self.ray.available_resources().get("CPU", 0))
             count = self.workers or cpus
-            if count > cpus:
-                raise SpadcError(f"workers={count}, but the cluster has {cpus} CPUs: each worker takes one")
+            if count > free:
+                raise SpadcError(f"{count} workers need {count} free CPUs (one each), but the cluster has {free} free "
+                                 f"of {cpus}: another spadc.Ray's workers, or other work, hold the others (close() "
+                                 f"that Ray, or ask fewer workers)")
             if "class" not in _ACTOR_CLASSES:
                 _ACTOR_CLASSES["class"] = self.ray.remote(num_cpus=1)(Worker)
             self.actors = [_ACTOR_CLASSES["class"].remote() for _ in range(count)]
@@ -134,7 +137,7 @@ class Ray:
         for k, (method, *arguments) in enumerate(shares):
             for attempt in range(RETRIES + 1):
                 try:
-                    results.append(self.ray.get(futures[k]))
+                    results.append(self._result(futures[k]))
                     break
                 except lost as error:
                     if attempt == RETRIES:
@@ -145,11 +148,65 @@ class Ray:
                     futures[k] = getattr(self.actors[k], method).remote(*arguments)
         return results
 
-    def estimate(self, model, estimator, step: int, call: dict, out=None) -> tuple[float, np.ndarray, int, dict]:
+    def train_runs(self, model, data: dict, runs: list[tuple]) -> list[dict]:
+        """A sweep's runs, each ((estimator, optimizer, fit's keywords), seed), spread over the
+        workers, each kept busy with one run at a time: each run's row (spadrt.remote.train_run),
+        in the order of `runs`. A run whose worker is lost is run again on its replacement."""
+        keys = []
+        for (estimator, _, _), _ in runs:
+            particles = ("particles",) if isinstance(estimator, (es.ES, es.PES)) else ()
+            keys.append(self._library(model, estimator, particles)[0])
+        held = self.ray.put(data)
+        pending = list(range(len(runs)))[::-1]
+        running: dict = {}  # future -> (run index, worker)
+        results: list = [None] * len(runs)
+        attempts = [0] * len(runs)
+
+        def submit(k: int, worker: int):
+            (estimator, optimizer, options), seed = runs[k]
+            running[self.actors[worker].train.remote(keys[k], held, estimator, optimizer, options, seed)] = (k, worker)
+
+        for worker in range(min(len(self.actors), len(runs))):
+            submit(pending.pop(), worker)
+        while running:
+            (done,), _ = self.ray.wait(list(running), num_returns=1)
+            k, worker = running.pop(done)
+            try:
+                results[k] = self._result(done)
+            except self.ray.exceptions.RayActorError as error:
+                attempts[k] += 1
+                if attempts[k] > RETRIES:
+                    raise SpadcError(f"a cluster worker was lost {attempts[k]} times during one run of the sweep; "
+                                     f"giving up ({error})") from None
+                with self._lock:
+                    self._replace(worker)
+                pending.append(k)
+            if pending:
+                submit(pending.pop(), worker)
+        return results
+
+    def _result(self, future):
+        """A call's result; a user's error raised by the worker as one process raises it."""
+        try:
+            return self.ray.get(future)
+        except self.ray.exceptions.RayTaskError as error:
+            if isinstance(error.cause, SpadcError):
+                raise error.cause from None
+            raise
+
+    def holding(self, data: dict) -> "_Held":
+        """`data` (arrays by input name, the first axis the sample) sent to the workers once, on first
+        use: `holding(data).batch(indices)` is this cluster for a call whose batch is those rows of
+        `data`, which sends the workers the indices instead of the rows (`fit`, every step)."""
+        return _Held(self, data)
+
+    def estimate(self, model, estimator, step: int, call: dict, out=None,
+                 held: tuple | None = None) -> tuple[float, np.ndarray, int, dict]:
         """(mean loss, flat gradient, tape bytes stored over the batch, the kernel's layout entry) of
-        one gradient estimate over checked arguments (`Model._estimate`'s `call`), by the workers."""
+        one gradient estimate over checked arguments (`Model._estimate`'s `call`), by the workers.
+        `held`: (the workers' copy of a data set by input name, the batch's rows of it)."""
         if isinstance(estimator, es.ES):
-            return self._population(model, estimator, step, call)
+            return self._population(model, estimator, step, call, held)
         if isinstance(estimator, (SPAD, es.PES)) or not isinstance(estimator, (Exact, RAD)):
             raise SpadcError(f"{type(estimator).__name__} runs in one process only (its state lives with the "
                              "driver): a cluster computes exact, RAD and ES gradients")
@@ -162,7 +219,8 @@ class Ray:
         for first, last in reduction.split(-(-n // per_call), len(self.actors)):
             rows = (first * per_call, min(last * per_call, n))
             options = (call["training"], call["seed"], step, call["offset"] + rows[0])
-            shares.append(("gradient", key, flat, _rows(model, prepared, *rows), estimator, options, first, n))
+            shares.append(("gradient", key, flat, _rows(model, prepared, *rows, held), estimator, options, first, n,
+                           *_held_rows(held, *rows)))
         results = self._run(shares)
         chunks = [chunk for share_chunks, _ in results for chunk in share_chunks]
         known = {node: value for _, nodes in results for node, value in nodes.items()}
@@ -173,12 +231,13 @@ class Ray:
             return loss, grads, stored, entry
         return (*model._combined(chunks, known, n, out), entry)
 
-    def _population(self, model, estimator, step: int, call: dict):
+    def _population(self, model, estimator, step: int, call: dict, held):
         key, layout = self._library(model, None, ("particles",))
         flat = self.ray.put(call["flat"])
-        values = _rows(model, call["prepared"], 0, call["prepared"].n)
+        n = call["prepared"].n
+        values = _rows(model, call["prepared"], 0, n, held)
         options = (call["training"], call["seed"], step, call["offset"])
-        shares = [("population", key, flat, values, estimator, options, first, last, k == 0)
+        shares = [("population", key, flat, values, estimator, options, first, last, k == 0, *_held_rows(held, 0, n))
                   for k, (first, last) in enumerate(reduction.split(es.blocks(estimator), len(self.actors)))]
         results = self._run(shares)
         known = {node: value for _, nodes in results for node, value in nodes.items()}
@@ -186,10 +245,47 @@ class Ray:
                                                                        "tape_bytes": 0}
 
 
-def _rows(model, prepared, first: int, last: int) -> dict:
-    """Each of the kernel's inputs (states included) by name: rows first..last-1 of a batched one."""
+def _rows(model, prepared, first: int, last: int, held=None) -> dict:
+    """Each of the kernel's inputs (states included) by name, but those the workers hold (`held`):
+    rows first..last-1 of a batched one."""
     return {spec["name"]: (array[first:last] if batched else array)
-            for spec, (array, batched) in zip(model.layout["inputs"], prepared.keepalive)}
+            for spec, (array, batched) in zip(model.layout["inputs"], prepared.keepalive)
+            if held is None or spec["name"] not in held[0]}
+
+
+def _held_rows(held, first: int, last: int) -> tuple:
+    """A worker call's last arguments for rows first..last-1 of the batch: (their indices in the
+    held data set, the names of its inputs, the object references of its arrays), or none."""
+    if held is None:
+        return ()
+    references, indices = held
+    return (indices[first:last], tuple(references), *references.values())
+
+
+class _Held:
+    """A data set the workers hold (`Ray.holding`)."""
+
+    def __init__(self, cluster: Ray, data: dict):
+        self.cluster, self.data, self.references = cluster, data, None
+
+    def batch(self, indices: np.ndarray) -> "_Batch":
+        return _Batch(self, indices)
+
+
+class _Batch:
+    """A cluster for one call whose batch is rows `indices` of a held data set."""
+
+    def __init__(self, held: _Held, indices: np.ndarray):
+        self.held, self.indices = held, indices
+
+    def estimate(self, model, estimator, step: int, call: dict, out=None):
+        held = self.held
+        if held.references is None:
+            with held.cluster._lock:
+                held.cluster._start()
+            held.references = {name: held.cluster.ray.put(np.ascontiguousarray(array))
+                               for name, array in held.data.items()}
+        return held.cluster.estimate(model, estimator, step, call, out, (held.references, self.indices))
 
 
 _ACTOR_CLASSES: dict = {}  # the Worker as a Ray actor class, made once per process

@@ -230,7 +230,8 @@ def _fit(model, args, data, **options) -> int:
     try:
         history = model.fit(data, optimizer=options_.optimizer(args), estimator=options_.estimator(args),
                             schedule=options_.schedule(args, length), quiet=args.quiet, on_epoch=checkpoint,
-                            threads=args.threads, precondition=options_.preconditioner(args), **given)
+                            threads=args.threads, precondition=options_.preconditioner(args),
+                            cluster=_cluster(args), **given)
     except Interrupted as interrupted:
         saved = f"; the last checkpoint is {args.out}" if args.out and interrupted.history.train_loss else ""
         print(f"spadc train: {interrupted.where}{saved}", file=sys.stderr)
@@ -253,6 +254,59 @@ def _fit(model, args, data, **options) -> int:
         print(f"error: {history.stopped}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cluster(args):
+    """The spadc.Ray of `--ray [ADDRESS] --workers N`, or None."""
+    if args.ray is None:
+        if args.workers is not None:
+            raise SpadcError("--workers counts a cluster's workers: give --ray [ADDRESS] too")
+        return None
+    from .cluster import Ray
+    return Ray(address=None if args.ray == LOCAL_RAY else args.ray, workers=args.workers)
+
+
+LOCAL_RAY = "local"  # what `--ray` alone means: a Ray instance on this machine
+
+
+def sweep(args) -> int:
+    from . import sweeps
+    for path, what in ((args.out, "table"), (args.plot, "plot")):
+        if path:
+            check_writable(path, what)
+    if args.plot:
+        require_matplotlib(args.plot)
+    model = api.compile_file(args.file)
+    data = _load_data(args.data, "data", model)
+    validation = _load_data(args.val, "validation data", model) if args.val else None
+    grid = dict(_grid_axis(text) for text in args.grid)
+    cluster = _cluster(args)
+    rows = sweeps.sweep(args.file, data, grid, estimator=args.estimator, seeds=args.seeds, cluster=cluster,
+                        optimizer=args.optimizer, epochs=args.epochs, batch_size=args.batch_size,
+                        validation=validation)
+    if cluster is not None:
+        cluster.close()
+    sweeps.write_csv(rows, args.out)
+    print(sweeps.summary(rows))
+    if args.plot:
+        sweeps.plot(rows, args.plot)
+    return 0
+
+
+def _grid_axis(text: str) -> tuple[str, list]:
+    """`NAME=V1,V2,...` as (name, values): integers, numbers, or names (an estimator's)."""
+    name, _, values = text.partition("=")
+    if not name or not values:
+        raise SpadcError(f"--grid takes NAME=V1,V2,... (for example keep=0.1,0.3), got {text!r}")
+
+    def value(item: str):
+        for kind in (int, float):
+            try:
+                return kind(item)
+            except ValueError:
+                pass
+        return item
+    return name.replace("-", "_"), [value(item) for item in values.split(",")]
 
 
 def curv(args) -> int:

@@ -47,6 +47,13 @@ def test_importing_and_using_spadc_never_imports_ray():
     assert result.stdout.strip() == "False"
 
 
+def test_workers_beyond_the_free_cpus_are_refused_not_waited_for(cluster):
+    model = spadc.compile_file(example("mlp.spad"))
+    model.grad(x=np.zeros((4, 64)), label=np.zeros(4, dtype=np.int64), cluster=cluster)  # its workers hold every CPU
+    with pytest.raises(spadc.SpadcError, match="1 workers need 1 free CPUs .* has 0 free of 2"):
+        model.grad(x=np.zeros((4, 64)), label=np.zeros(4, dtype=np.int64), cluster=spadc.Ray(workers=1))
+
+
 @pytest.mark.parametrize("options, message", [({"workers": 0}, "workers must be a positive integer"),
                                               ({"address": 3}, "address must be None")])
 def test_bad_cluster_options_are_named(options, message):
@@ -141,3 +148,46 @@ def test_estimators_with_driver_state_say_they_run_in_one_process(cluster, estim
     model = spadc.compile_file(example("mlp.spad"))
     with pytest.raises(spadc.SpadcError, match="runs in one process only"):
         model.grad(x=np.zeros((4, 64)), label=np.zeros(4, dtype=np.int64), estimator=estimator, cluster=cluster)
+
+
+SWEEP_GRID = {"keep": [0.1, 0.3], "lr": [1e-3, 3e-3]}
+SWEEP_SEEDS, SWEEP_EPOCHS, SWEEP_SAMPLES = 3, 2, 256
+
+
+def _without_times(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_a_sweep_on_the_cluster_is_the_local_sweep_to_the_bit(cluster):
+    data = _digits(SWEEP_SAMPLES)
+    options = dict(estimator="rad", seeds=SWEEP_SEEDS, epochs=SWEEP_EPOCHS, validation_split=0.25)
+    here = spadc.sweep(example("mlp_digits.spad"), data, SWEEP_GRID, **options)
+    there = spadc.sweep(example("mlp_digits.spad"), data, SWEEP_GRID, cluster=cluster, **options)
+    assert len(here) == 2 * 2 * SWEEP_SEEDS
+    assert [(row["keep"], row["lr"], row["seed"]) for row in here] == [
+        (keep, lr, seed) for keep in SWEEP_GRID["keep"] for lr in SWEEP_GRID["lr"] for seed in range(SWEEP_SEEDS)]
+    assert _without_times(there) == _without_times(here)
+    assert len({row["train_loss"] for row in here}) == len(here)  # every run its own
+
+
+def test_spadc_sweep_on_the_cluster_writes_its_table_and_plot(cluster, tmp_path):
+    from conftest import run_cli
+    data = _digits(SWEEP_SAMPLES)
+    np.savez(tmp_path / "train.npz", **data)
+    cluster.close()  # the command's own spadc.Ray needs the CPUs (the fixture's workers restart when next used)
+    result = run_cli("sweep", example("mlp_digits.spad"), "--data", str(tmp_path / "train.npz"), "--grid",
+                     "keep=0.1,0.3", "--grid", "lr=1e-3,3e-3", "--estimator", "rad", "--seeds", str(SWEEP_SEEDS),
+                     "--epochs", str(SWEEP_EPOCHS), "--ray", cluster.ray.get_runtime_context().gcs_address,
+                     "--out", str(tmp_path / "sweep.csv"), "--plot", str(tmp_path / "sweep.png"))
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "sweep.csv").read_text().splitlines()
+    assert lines[0].startswith("keep,lr,seed,train_loss")
+    assert len(lines) == 1 + 2 * 2 * SWEEP_SEEDS
+    table = [line for line in result.stdout.splitlines() if line.startswith("| 0.")]
+    assert len(table) == 4 and all(f"| {SWEEP_SEEDS} |" in line for line in table)
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_sweep_names_a_grid_key_that_configures_nothing():
+    with pytest.raises(spadc.SpadcError, match="grid key 'sigma' configures nothing of a run with estimator 'rad'"):
+        spadc.sweep(example("mlp_digits.spad"), _digits(8), {"sigma": [0.1]}, estimator="rad")

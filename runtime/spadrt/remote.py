@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -46,12 +47,14 @@ class Worker:
         return os.getpid()
 
     def gradient(self, key: str, flat: np.ndarray, values: dict, estimator, options: tuple, first_chunk: int,
-                 total: int) -> tuple[list[tuple[int, float, int]], dict]:
+                 total: int, indices=None, names=(), *columns) -> tuple[list[tuple[int, float, int]], dict]:
         """Chunks first_chunk.. of a batch of `total` samples (`values`: their rows, each input by
-        name, states included; `options`: (training, seed, step, offset of the first row)): each
-        chunk's (samples, mean loss, tape bytes), and the sums of the tree's nodes within them."""
+        name, states included; or, for the inputs `names`, rows `indices` of `columns`, a data set
+        the worker holds already; `options`: (training, seed, step, offset of the first row)):
+        each chunk's (samples, mean loss, tape bytes), and the sums of the tree's nodes within them."""
         model = self.models[key]
         training, seed, step, offset = options
+        values = {**values, **{name: column[indices] for name, column in zip(names, columns)}}
         prepared = prepare(model.layout, values, model._dtype)
         entry, function = model._variant(getattr(estimator, "sampling", None))
         parts = model._chunk_parts(entry, function, prepared=prepared, flat=flat, training=training, seed=seed,
@@ -65,12 +68,30 @@ class Worker:
         return [(count, loss, stored) for count, loss, _, stored, _ in parts], nodes
 
     def population(self, key: str, flat: np.ndarray, values: dict, estimator, options: tuple, first_block: int,
-                   last_block: int, center: bool) -> tuple[float | None, dict]:
-        """ES blocks first_block..last_block-1 on every row of `values`: (the mean loss at the params
-        themselves if `center`, else None; the sums of the tree's nodes within those blocks)."""
+                   last_block: int, center: bool, indices=None, names=(), *columns) -> tuple[float | None, dict]:
+        """ES blocks first_block..last_block-1 on every row of `values` (or, as for `gradient`, of
+        held `columns`): (the mean loss at the params themselves if `center`, else None; the sums
+        of the tree's nodes within those blocks)."""
         model = self.models[key]
         training, seed, step, offset = options
+        values = {**values, **{name: column[indices] for name, column in zip(names, columns)}}
         call = dict(prepared=prepare(model.layout, values, model._dtype), flat=flat, training=training, seed=seed,
                     offset=offset, threads=1)
         loss = es.center_loss(model, step=step, **call)[0] if center else None
         return loss, es.block_nodes(model, estimator, step, first_block, last_block, **call)
+
+    def train(self, key: str, data: dict, estimator, optimizer, fit_options: dict, seed: int) -> dict:
+        """One run of a sweep (spadc/sweeps.py) on the library `key`."""
+        return train_run(self.models[key], data, estimator, optimizer, fit_options, seed, threads=1)
+
+
+def train_run(model, data: dict, estimator, optimizer, fit_options: dict, seed: int, threads: int | None) -> dict:
+    """One run of a sweep: the model from params drawn with `seed`, trained by `fit`; the last
+    epoch's metrics (NaN where there are none) and `curve`, the train loss per epoch."""
+    model.init_params(seed)
+    history = model.fit(data, estimator=estimator, optimizer=optimizer, seed=seed, threads=threads, **fit_options)
+    last = {name: (values[-1] if values else math.nan) for name, values in
+            (("train_loss", history.train_loss), ("val_loss", history.val_loss),
+             ("val_accuracy", history.val_accuracy), ("train_accuracy", history.train_accuracy))}
+    return {**last, "tape_bytes": math.nan if history.tape_bytes is None else history.tape_bytes,
+            "seconds": history.seconds, "curve": list(history.train_loss)}

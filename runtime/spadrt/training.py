@@ -144,6 +144,7 @@ def fit(model, data: dict | None, epochs: int = 20, batch_size: int = 32, optimi
     gradient = np.empty_like(model.flat_params)  # every step's gradient, written here
     position = {"step": 0, "epoch": 0}
     watch = _DivergenceWatch()
+    held = cluster.holding(train) if cluster is not None else None  # sent to the workers once
     with _interruptible(history, bar, lambda: f"interrupted at step {position['step']} "
                                               f"(epoch {position['epoch'] + 1} of {epochs})"):
         for epoch in range(epochs):
@@ -160,7 +161,7 @@ def fit(model, data: dict | None, epochs: int = 20, batch_size: int = 32, optimi
                                   precondition, step, gradient, estimator=estimator, training=True, seed=seed,
                                   sample_offset=first,
                                   threads=threads, inputs={name: values[batch] for name, values in train.items()},
-                                  cluster=cluster, **options)
+                                  cluster=held.batch(batch) if held else None, **options)
                 if loss is None:
                     return history
                 total += loss * len(batch)
