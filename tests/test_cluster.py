@@ -65,6 +65,7 @@ def test_bad_cluster_options_are_named(options, message):
 def cluster():
     ray = pytest.importorskip("ray", reason="spadc.Ray needs Ray (optional extra: pip install .[ray])")
     from ray.cluster_utils import Cluster
+    ray.shutdown()  # a Ray instance another test of this process made (the README's example)
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": OBJECT_STORE})
     nodes.add_node(num_cpus=1, object_store_memory=OBJECT_STORE)
     ray.init(address=nodes.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
