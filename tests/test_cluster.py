@@ -171,6 +171,17 @@ def test_a_sweep_on_the_cluster_is_the_local_sweep_to_the_bit(cluster):
     assert len({row["train_loss"] for row in here}) == len(here)  # every run its own
 
 
+@pytest.mark.parametrize("estimator, grid, source", [("spad", {"keep": [0.1, 0.3]}, "mlp_digits.spad"),
+                                                     ("es", {"sigma": [0.05, 0.1]}, "es_digits.spad")])
+def test_spad_and_es_runs_of_a_sweep_are_whole_on_one_worker_and_the_local_ones(cluster, estimator, grid, source):
+    data = _digits(SWEEP_SAMPLES)
+    options = dict(estimator=estimator, seeds=2, epochs=SWEEP_EPOCHS)  # no validation: its metrics are NaN
+    here = spadc.sweep(example(source), data, grid, **options)
+    there = spadc.sweep(example(source), data, grid, cluster=cluster, **options)
+    assert np.isnan(here[0]["val_loss"])
+    assert repr(_without_times(there)) == repr(_without_times(here))  # repr: NaN equals NaN
+
+
 def test_spadc_sweep_on_the_cluster_writes_its_table_and_plot(cluster, tmp_path):
     from conftest import run_cli
     data = _digits(SWEEP_SAMPLES)

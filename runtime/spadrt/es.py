@@ -75,6 +75,14 @@ class PES:
     name: str = field(default="pes", init=False)
     memory: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, init=False, repr=False)
 
+    def __getstate__(self):
+        """Pickled (sent to another process, as a sweep's run is), without the per-model memory:
+        that belongs to models of this process; the copy starts afresh, as a new estimator does."""
+        return {k: v for k, v in self.__dict__.items() if k != "memory"}
+
+    def __setstate__(self, values):
+        self.__dict__.update(values, memory=weakref.WeakKeyDictionary())
+
     def __post_init__(self):
         _check_settings(self)
 

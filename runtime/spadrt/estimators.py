@@ -124,6 +124,14 @@ class SPAD:
     # never inherits it (an address, id(model), can be reused)
     state: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, init=False, repr=False)
 
+    def __getstate__(self):
+        """Pickled (sent to another process, as a sweep's run is), without the per-model state:
+        that belongs to models of this process; the copy starts afresh, as a new estimator does."""
+        return {k: v for k, v in self.__dict__.items() if k != "state"}
+
+    def __setstate__(self, values):
+        self.__dict__.update(values, state=weakref.WeakKeyDictionary())
+
     def __post_init__(self):
         self.keep = _check_keep(self.keep)
         _check_choice("policy", self.policy, SPAD_POLICIES)
