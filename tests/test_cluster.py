@@ -1,20 +1,21 @@
 """Past one machine, on Ray (spadc/cluster.py): on a real two-node Ray cluster on this machine, the
 exact, RAD and ES gradients and a whole `fit` equal their single-process results to the bit, also
-when a worker is killed mid-epoch; a worker with another layout is refused; what cannot run there
-says so. The cluster tests are skipped without Ray (the optional extra `pip install .[ray]`; CI's
+when a worker is killed mid-epoch; sweeps give the local rows; Ctrl-C leaves the last checkpoint
+whole; a worker with another layout is refused; what cannot run there says so. The cluster tests are skipped without Ray (the optional extra `pip install .[ray]`; CI's
 second step installs it); the tests of spadc without Ray run always."""
 
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 import spadc
 
-from conftest import example
+from conftest import example, run_cli
 
 SEED = 5
 OBJECT_STORE = 80 << 20  # bytes per node: Ray's smallest is 75 MB
@@ -183,7 +184,6 @@ def test_spad_and_es_runs_of_a_sweep_are_whole_on_one_worker_and_the_local_ones(
 
 
 def test_spadc_sweep_on_the_cluster_writes_its_table_and_plot(cluster, tmp_path):
-    from conftest import run_cli
     data = _digits(SWEEP_SAMPLES)
     np.savez(tmp_path / "train.npz", **data)
     cluster.close()  # the command's own spadc.Ray needs the CPUs (the fixture's workers restart when next used)
@@ -203,3 +203,28 @@ def test_spadc_sweep_on_the_cluster_writes_its_table_and_plot(cluster, tmp_path)
 def test_a_sweep_names_a_grid_key_that_configures_nothing():
     with pytest.raises(spadc.SpadcError, match="grid key 'sigma' configures nothing of a run with estimator 'rad'"):
         spadc.sweep(example("mlp_digits.spad"), _digits(8), {"sigma": [0.1]}, estimator="rad")
+
+
+INTERRUPT_AFTER = 0.3  # seconds after the first checkpoint is written: some steps into the second epoch
+
+
+def test_ctrl_c_of_a_training_on_the_cluster_leaves_the_last_checkpoint_whole(cluster, tmp_path):
+    cluster.close()  # the command's own spadc.Ray needs the CPUs
+    checkpoint = tmp_path / "params.npz"
+    command = [sys.executable, "-m", "spadc", "train", example("mlp_digits.spad"), "--data",
+               example("data/digits_train.npz"), "--epochs", "500", "--ray", cluster.ray.get_runtime_context().gcs_address,
+               "--out", str(checkpoint), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(INTERRUPT_AFTER)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.startswith("spadc train: interrupted at step") and stderr.strip().endswith(
+        f"the last checkpoint is {checkpoint}"), stderr
+    model = spadc.compile_file(example("mlp_digits.spad"))
+    model.load(str(checkpoint))  # whole: every param, of its shape
+    assert np.abs(model.flat_params).sum() > 0
