@@ -9,7 +9,8 @@ the seeds determine, so rerunning a command reproduces its table (budget: given 
    the same Adam steps for every estimator: exact, RAD, SPAD importance and SPAD topk, at keep
    0.1, 0.3, 0.5, over 10 seeds (the site policy is `products`: these programs have no weights).
 2. overfitting: the 64-256-256-10 digits MLP trained on 200 samples and tested on the other 1597:
-   exact, dropout 0.5, RAD and SPAD at keep 0.1 and 0.3, 5 seeds.
+   exact, dropout 0.5, RAD and SPAD at keep 0.1 and 0.3, 5 seeds; its runs are spadc.sweep's, on a
+   Ray cluster with `--ray [ADDRESS]`.
 3. memory (bench/memory.py): the digits MLP, an IRNN over rows of digits and reaction-diffusion
    over 10,000 steps, at keep 1, 0.3, 0.1, 0.03: tape per sample, peak workspace, and the loss and
    accuracy reached in a fixed budget; PyTorch's saved-tensor bytes beside them when installed.
@@ -160,37 +161,37 @@ def digits():
     return {"x": x[train], "label": label[train]}, {"x": x[test], "label": label[test]}
 
 
-def overfitting():
+def overfitting(cluster=None):
+    """Through spadc.sweep (a run per configuration and seed; on `cluster`'s workers when given)."""
     train, test = digits()
-    plain = spadc.compile_source(source("mlp_digits.spad"), name="mlp_digits.spad")
-    dropout = spadc.compile_source(source("mlp_digits.spad", P_DROP=0.5), name="mlp_digits_dropout.spad")
-    configurations = [("exact", plain, lambda: spadc.Exact()), ("dropout 0.5", dropout, lambda: spadc.Exact())]
-    for keep in (0.1, 0.3):
-        configurations.append((f"RAD {keep}", plain, lambda keep=keep: spadc.RAD(keep=keep)))
-    for keep in (0.1, 0.3):
-        configurations.append((f"SPAD {keep}", plain, lambda keep=keep: spadc.SPAD(keep=keep)))
+    path = os.path.join(EXAMPLES, "mlp_digits.spad")
+    common = dict(seeds=len(OVERFIT_SEEDS), epochs=OVERFIT_EPOCHS, batch_size=32, optimizer="adam", validation=test,
+                  cluster=cluster)
+    runs = spadc.sweep(path, train, {"P_DROP": [0.0, 0.5]}, estimator="exact", **common)  # Adam's lr: 1e-3
+    runs += spadc.sweep(path, train, {"estimator": ["rad", "spad"], "keep": [0.1, 0.3]}, **common)
+    plain = spadc.compile_file(path)
+    one = {k: v[:1] for k, v in train.items()}
+    exact_tape = plain.grad(inputs=one, stats=True)[2]["tape_bytes"]
     rows = ["| training | train CE | test CE | gap (test - train CE) | train accuracy | test accuracy | "
             "tape bytes per sample |", "|---|---:|---:|---:|---:|---:|---:|"]
-    exact_tape = plain.grad(**{k: v[:1] for k, v in train.items()}, stats=True)[2]["tape_bytes"]
-    for label, model, make in configurations:
-        results = []
-        for seed in OVERFIT_SEEDS:
-            model.init_params(seed)
-            model.fit(train, epochs=OVERFIT_EPOCHS, batch_size=32, optimizer=spadc.Adam(lr=1e-3), estimator=make(),
-                      seed=seed)
-            train_ce, test_ce = float(np.mean(model.loss(**train))), float(np.mean(model.loss(**test)))
-            results.append((train_ce, test_ce, test_ce - train_ce, _accuracy(model, train), _accuracy(model, test)))
-        estimator = make()
-        sampling_only = spadc.RAD(keep=estimator.keep) if isinstance(estimator, spadc.SPAD) else estimator
-        tape = model.grad(**{k: v[:1] for k, v in train.items()}, estimator=sampling_only, stats=True)[2]["tape_bytes"]
-        columns = list(zip(*results))
-        rows.append(f"| {label} | " + " | ".join(mean_std(c) for c in columns[:3]) + " | " +
-                    " | ".join(mean_std(100 * np.asarray(c)) + "%" for c in columns[3:]) + f" | {tape:,.0f} |")
-        print(f"  {label} done", file=sys.stderr)
-    write("overfitting", "Experiment 2: overfitting", "python -m bench.experiments overfitting",
+    for cell in range(len(runs) // len(OVERFIT_SEEDS)):
+        members = runs[cell * len(OVERFIT_SEEDS):(cell + 1) * len(OVERFIT_SEEDS)]
+        first = members[0]
+        keep = first.get("keep")
+        label = (f"{first['estimator'].upper()} {keep}" if keep is not None else
+                 "exact" if first["P_DROP"] == 0 else f"dropout {first['P_DROP']}")
+        sampling_only = spadc.RAD(keep=keep) if keep is not None else spadc.Exact()  # SPAD's tape is RAD's
+        tape = plain.grad(inputs=one, estimator=sampling_only, stats=True)[2]["tape_bytes"]
+        columns = [[run["eval_train_loss"] for run in members], [run["val_loss"] for run in members],
+                   [run["val_loss"] - run["eval_train_loss"] for run in members]]
+        accuracies = [[run["train_accuracy"] for run in members], [run["val_accuracy"] for run in members]]
+        rows.append(f"| {label} | " + " | ".join(mean_std(c) for c in columns) + " | " +
+                    " | ".join(mean_std(100 * np.asarray(c)) + "%" for c in accuracies) + f" | {tape:,.0f} |")
+    write("overfitting", "Experiment 2: overfitting", "python -m bench.experiments overfitting [--ray [ADDRESS]]",
           f"The 64-256-256-10 MLP of examples/mlp_digits.spad trained on {OVERFIT_TRAIN} digits for "
           f"{OVERFIT_EPOCHS} epochs (Adam, lr 1e-3, batch 32) and tested on the other {1797 - OVERFIT_TRAIN}; mean ± "
-          f"standard deviation over {len(OVERFIT_SEEDS)} seeds (initialisation, shuffles, random streams). "
+          f"standard deviation over {len(OVERFIT_SEEDS)} seeds (initialisation, shuffles, random streams), "
+          "each configuration a `spadc.sweep` (dropout: the file's `P_DROP` set by the grid). "
           "Cross-entropies and accuracies are measured in evaluation mode. Tape bytes: per sample, as the "
           "compiled code counts them; SPAD's evaluation steps (one in 10, `score=\"paths\"`) keep RAD's tape "
           f"(the exact tape is {exact_tape:,.0f} bytes).", "\n".join(rows))
@@ -226,11 +227,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=[*EXPERIMENTS, "all"])
     parser.add_argument("--seconds", type=float, help="budget: the wall time each arm trains for")
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="overfitting: its runs on a Ray cluster (alone: a Ray instance here)")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", SamplingWarning)  # the tables are about these estimators as they are
+    cluster = None if args.ray is None else spadc.Ray(None if args.ray == "local" else args.ray)
     for name, run in EXPERIMENTS.items():
         if args.name in (name, "all"):
-            run(args.seconds) if name == "budget" else run()
+            run(args.seconds) if name == "budget" else run(cluster) if name == "overfitting" else run()
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -34,6 +35,7 @@ from spadrt.remote import Worker
 from .errors import SpadcError
 
 RETRIES = 3  # replacements of a lost worker, for one share of one call, before the call fails
+FREE_WAIT = 5.0  # seconds to wait for the CPUs workers need (freed by actors killed just before) before refusing
 
 
 def _ray():
@@ -85,8 +87,10 @@ class Ray:
             self.ray = ray
         if not self.actors:
             cpus = int(self.ray.cluster_resources().get("CPU", 1))
-            free = int(self.ray.available_resources().get("CPU", 0))
             count = self.workers or cpus
+            waited = time.monotonic() + FREE_WAIT
+            while (free := int(self.ray.available_resources().get("CPU", 0))) < count and time.monotonic() < waited:
+                time.sleep(0.05)  # workers just killed (another Ray's close()) give their CPUs back soon after
             if count > free:
                 raise SpadcError(f"{count} workers need {count} free CPUs (one each), but the cluster has {free} free "
                                  f"of {cpus}: another spadc.Ray's workers, or other work, hold the others (close() "
@@ -148,12 +152,12 @@ class Ray:
                     futures[k] = getattr(self.actors[k], method).remote(*arguments)
         return results
 
-    def train_runs(self, model, data: dict, runs: list[tuple]) -> list[dict]:
-        """A sweep's runs, each ((estimator, optimizer, fit's keywords), seed), spread over the
+    def train_runs(self, data: dict, runs: list[tuple]) -> list[dict]:
+        """A sweep's runs, each (model, (estimator, optimizer, fit's keywords), seed), spread over the
         workers, each kept busy with one run at a time: each run's row (spadrt.remote.train_run),
         in the order of `runs`. A run whose worker is lost is run again on its replacement."""
         keys = []
-        for (estimator, _, _), _ in runs:
+        for model, (estimator, _, _), _ in runs:
             particles = ("particles",) if isinstance(estimator, (es.ES, es.PES)) else ()
             keys.append(self._library(model, estimator, particles)[0])
         held = self.ray.put(data)
@@ -163,7 +167,7 @@ class Ray:
         attempts = [0] * len(runs)
 
         def submit(k: int, worker: int):
-            (estimator, optimizer, options), seed = runs[k]
+            _, (estimator, optimizer, options), seed = runs[k]
             running[self.actors[worker].train.remote(keys[k], held, estimator, optimizer, options, seed)] = (k, worker)
 
         for worker in range(min(len(self.actors), len(runs))):

@@ -3,8 +3,9 @@ grid of settings and per seed, spread over a cluster's workers when one is given
 
 Invariants:
 - A grid key is a keyword of the estimator (`keep`, `sigma`, `particles`...), of the optimiser
-  (`lr`, `momentum`...) or of `fit` (`epochs`, `batch_size`), or `estimator` / `optimizer` (names);
-  any other key is a `SpadcError` naming the ones accepted. The seed of a run draws its initial
+  (`lr`, `momentum`...) or of `fit` (`epochs`, `batch_size`), `estimator` / `optimizer` (names), or
+  the name of a `const` of the file (its value replaced, the model compiled once per value); any
+  other key is a `SpadcError` naming the ones accepted. The seed of a run draws its initial
   params, its shuffles and its random streams, as `fit(seed=)` does.
 - A run is a whole `fit` in one process: on a cluster, one worker runs it from the model's
   ahead-of-time library (the JIT's kernels, bit for bit), so a sweep's rows are the same with and
@@ -20,6 +21,7 @@ import inspect
 import io
 import itertools
 import math
+import re
 
 import numpy as np
 
@@ -29,18 +31,19 @@ from spadrt.files import atomic_write
 from spadrt.optim import OPTIMIZERS
 from spadrt.remote import train_run
 
-from .errors import SpadcError
+from .errors import Source, SpadcError
 
 ESTIMATORS = {"exact": Exact, "rad": RAD, "spad": SPAD, "es": ES, "pes": PES}
 FIT_KEYS = ("epochs", "batch_size")
-METRICS = ("train_loss", "val_loss", "val_accuracy", "train_accuracy", "tape_bytes", "seconds")
+METRICS = ("train_loss", "eval_train_loss", "val_loss", "val_accuracy", "train_accuracy", "tape_bytes", "seconds")
+CONST = re.compile(r"^const (\w+) = .*$", re.M)
 
 
 def _keywords(cls) -> set[str]:
     return {name for name in inspect.signature(cls).parameters if name != "name"}
 
 
-def _cells(grid: dict, estimator: str, optimizer: str) -> list[dict]:
+def _cells(grid: dict, estimator: str, optimizer: str, consts=()) -> list[dict]:
     """Every combination of the grid's values, each checked against what it configures."""
     if not isinstance(grid, dict) or not grid:
         raise SpadcError("grid must be a dict of setting name to a list of values, e.g. {\"lr\": [1e-3, 3e-3]}")
@@ -54,7 +57,7 @@ def _cells(grid: dict, estimator: str, optimizer: str) -> list[dict]:
             raise SpadcError(f"unknown estimator {name!r}; expected {', '.join(ESTIMATORS)}")
         if optimiser not in OPTIMIZERS:
             raise SpadcError(f"unknown optimizer {optimiser!r}; expected {', '.join(OPTIMIZERS)}")
-        accepted = _keywords(ESTIMATORS[name]) | _keywords(OPTIMIZERS[optimiser]) | set(FIT_KEYS) | {
+        accepted = _keywords(ESTIMATORS[name]) | _keywords(OPTIMIZERS[optimiser]) | set(FIT_KEYS) | set(consts) | {
             "estimator", "optimizer"}
         unknown = sorted(set(cell) - accepted)
         if unknown:
@@ -77,24 +80,38 @@ def sweep(path: str, data: dict, grid: dict, estimator: str = "exact", seeds: in
           optimizer: str = "adam", epochs: int = 5, batch_size: int = 32, validation: dict | None = None,
           validation_split: float | None = None, dtype: str = "f64") -> list[dict]:
     """One row per run: the cell's settings, `seed`, the METRICS at the last epoch and `curve` (the
-    train loss per epoch). `cluster`: a spadc.Ray whose workers run the runs."""
-    from .api import compile_file
+    train loss per epoch). A grid key that names a `const` of the file sets it (the model compiled
+    once per value). `cluster`: a spadc.Ray whose workers run the runs."""
+    from .api import _model
+    from .frontend import read_source, source_directory
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise SpadcError(f"seeds must be a positive integer, got {seeds!r}")
-    cells = _cells(grid, estimator, optimizer)
+    source = read_source(path)
+    consts = {found.group(1): found.group(0) for found in CONST.finditer(source.text)}
+    cells = _cells(grid, estimator, optimizer, consts)
     fit_options = {"epochs": epochs, "batch_size": batch_size}
     if validation is not None:
         fit_options["validation"] = validation
     if validation_split is not None:
         fit_options["validation_split"] = validation_split
-    model = compile_file(path, dtype=dtype)
-    runs = [(cell, seed, run_settings(cell, estimator, optimizer, fit_options)) for cell in cells
+    models: dict[tuple, object] = {}
+
+    def model_of(cell: dict):
+        values = tuple((name, cell[name]) for name in consts if name in cell)
+        if values not in models:
+            text = source.text
+            for name, value in values:
+                text = text.replace(consts[name], f"const {name} = {value!r}", 1)
+            models[values] = _model(Source(source.name, text), source_directory(source), dtype, None, True)
+        return models[values]
+
+    runs = [(cell, seed, model_of(cell), run_settings(cell, estimator, optimizer, fit_options)) for cell in cells
             for seed in range(seeds)]
     if cluster is None:
-        results = [train_run(model, data, *settings, seed, threads=None) for _, seed, settings in runs]
+        results = [train_run(model, data, *settings, seed, threads=None) for _, seed, model, settings in runs]
     else:
-        results = cluster.train_runs(model, data, [(settings, seed) for _, seed, settings in runs])
-    return [{**cell, "seed": seed, **result} for (cell, seed, _), result in zip(runs, results)]
+        results = cluster.train_runs(data, [(model, settings, seed) for _, seed, model, settings in runs])
+    return [{**cell, "seed": seed, **result} for (cell, seed, _, _), result in zip(runs, results)]
 
 
 def write_csv(rows: list[dict], path: str):

@@ -87,11 +87,16 @@ class Worker:
 
 def train_run(model, data: dict, estimator, optimizer, fit_options: dict, seed: int, threads: int | None) -> dict:
     """One run of a sweep: the model from params drawn with `seed`, trained by `fit`; the last
-    epoch's metrics (NaN where there are none) and `curve`, the train loss per epoch."""
+    epoch's metrics (NaN where there are none), the training data's loss in evaluation mode after
+    training, and `curve`, the train loss per epoch."""
     model.init_params(seed)
     history = model.fit(data, estimator=estimator, optimizer=optimizer, seed=seed, threads=threads, **fit_options)
     last = {name: (values[-1] if values else math.nan) for name, values in
             (("train_loss", history.train_loss), ("val_loss", history.val_loss),
              ("val_accuracy", history.val_accuracy), ("train_accuracy", history.train_accuracy))}
-    return {**last, "tape_bytes": math.nan if history.tape_bytes is None else history.tape_bytes,
+    # The training data's loss in evaluation mode (fit's train loss is each epoch's running mean in
+    # training mode); NaN under validation_split, whose training part fit itself draws.
+    trained = (math.nan if "validation_split" in fit_options or not history.train_loss else
+               float(np.mean(model.loss(inputs=data, threads=threads))))
+    return {**last, "eval_train_loss": trained, "tape_bytes": math.nan if history.tape_bytes is None else history.tape_bytes,
             "seconds": history.seconds, "curve": list(history.train_loss)}
