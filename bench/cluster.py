@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     for name, _, _, _, unit in jobs:
         rates = {w: best[(name, w)][0] for w in (None, 1, 2)}
         _, traffic, size = best[(name, 2)]
-        print(f"| {name} | {size:,} | " + " | ".join(f"{rates[w]:,.1f} {unit}" for w in (None, 1, 2))
+        print(f"| {name} | {size:,} | " + " | ".join(f"{rates[w]:,.{1 if unit == 'steps/s' else 0}f} {unit}" for w in (None, 1, 2))
               + f" | {rates[2] / rates[1]:.2f}x | {traffic.sent / traffic.calls:,.0f}, "
               f"{traffic.received / traffic.calls:,.0f} |")
     return 0
