@@ -14,12 +14,15 @@ Invariants:
   noise table, no parameter vector per particle is ever sent).
 - A worker lost mid-call (its process killed, its node gone) is replaced by a new one, which
   computes the lost share again: the same bits. A share lost RETRIES times fails the call.
+- A `Ray` may be used from several threads at once: each call's shares are its own, and calls to
+  one worker queue up in it.
 - SPAD (its ranking is state of the driver's estimator) and PES (each particle's state lives with
   the driver) run locally only: asked of a cluster, they are a `SpadcError` saying so.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -59,10 +62,12 @@ class Ray:
             raise SpadcError(f"workers must be a positive integer (or None: one per CPU), got {workers!r}")
         self.address, self.workers = address, workers
         self.ray = None
+        self._actor_class = None  # spadrt.remote.Worker as a Ray actor class, made on first use
         self.actors: list = []
         self.replaced = 0  # workers replaced after a loss, over this cluster's life
         self._libraries: dict[str, tuple] = {}  # key -> (object reference of the bytes, layout digest)
         self._keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {need: (key, layout)}
+        self._serial = itertools.count()  # libraries' keys, never reused
         self._lock = threading.Lock()
 
     def __enter__(self):
@@ -95,9 +100,8 @@ class Ray:
                 raise SpadcError(f"{count} workers need {count} free CPUs (one each), but the cluster has {free} free "
                                  f"of {cpus}: another spadc.Ray's workers, or other work, hold the others (close() "
                                  f"that Ray, or ask fewer workers)")
-            if "class" not in _ACTOR_CLASSES:
-                _ACTOR_CLASSES["class"] = self.ray.remote(num_cpus=1)(Worker)
-            self.actors = [_ACTOR_CLASSES["class"].remote() for _ in range(count)]
+            self._actor_class = self.ray.remote(num_cpus=1)(Worker)
+            self.actors = [self._actor_class.remote() for _ in range(count)]
 
     def _library(self, model, estimator, entries: tuple) -> tuple[str, dict]:
         """(the workers' key, the layout) of `model`'s library with `estimator`'s variant and
@@ -110,12 +114,13 @@ class Ray:
             known = self._keys.setdefault(model, {})
             if need not in known:
                 library, layout = model._library(estimator, entries)
-                key = f"m{len(self._libraries)}"
+                key = f"m{next(self._serial)}"
                 digest = getattr(model, "library_digest", None)
                 digest = layout_digest(json.dumps(layout).encode("utf-8")) if digest is None else digest
-                self._libraries[key] = (self.ray.put(library), digest)
+                reference = self.ray.put(library)
                 for k, actor in enumerate(self.actors):
-                    self._check(self.ray.get(actor.add.remote(key, self._libraries[key][0])), digest, k)
+                    self._check(self.ray.get(actor.add.remote(key, reference)), digest, k)
+                self._libraries[key] = (reference, digest)  # refused, it is not given to replacements
                 known[need] = (key, layout)
             return known[need]
 
@@ -126,7 +131,7 @@ class Ray:
 
     def _replace(self, k: int):
         """A new worker k, holding every library the lost one held."""
-        actor = _ACTOR_CLASSES["class"].remote()
+        actor = self._actor_class.remote()
         for key, (reference, digest) in self._libraries.items():
             self._check(self.ray.get(actor.add.remote(key, reference)), digest, k)
         self.actors[k] = actor
@@ -291,5 +296,3 @@ class _Batch:
                                for name, array in held.data.items()}
         return held.cluster.estimate(model, estimator, step, call, out, (held.references, self.indices))
 
-
-_ACTOR_CLASSES: dict = {}  # the Worker as a Ray actor class, made once per process

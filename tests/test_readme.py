@@ -34,6 +34,7 @@ def test_the_readme_python_examples_run_as_printed(tmp_path, monkeypatch):
     python = [text for kind, text in blocks if kind == "python"]
     assert len(python) >= 5
     with_ray = importlib.util.find_spec("ray") is not None  # the Ray section's block needs the extra
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # a Ray instance of its own, not another test's cluster
     with warnings.catch_warnings():
         warnings.simplefilter("error", spadc.SpadcWarning)
         for text in python:

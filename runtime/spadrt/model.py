@@ -468,8 +468,8 @@ class Model:
         chunk's gradient is weighted by its share of the batch, in a buffer of the pool."""
         data = site_data if site_data is not None else NO_DATA
         size = entry.get("grad_size", self._flat.size)
-        per_call = entry.get("chunk", calls.CHUNK)
-        pooled = total > per_call
+        per_call = entry.get("chunk", calls.CHUNK)  # (libraries built before `chunk`: CHUNK)
+        pooled = total > per_call  # each chunk's gradient is a buffer of the pool, reused
         if out is not None and (out.size != size or out.dtype != self._float):
             out = None
         flat_address = self._flat_address if flat is self._flat else calls.address(flat)

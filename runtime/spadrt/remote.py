@@ -37,8 +37,9 @@ class Worker:
 
     def add(self, key: str, library: bytes) -> int:
         """Load a library under `key`: the digest of its layout (which the driver checks)."""
-        path = os.path.join(self._directory, f"{key}.so")
-        with open(path, "wb") as f:
+        # A fresh file each time: a library already loaded from a path must never be overwritten.
+        descriptor, path = tempfile.mkstemp(suffix=".so", prefix=f"{key}-", dir=self._directory)
+        with os.fdopen(descriptor, "wb") as f:
             f.write(library)
         self.models[key] = load(path)
         return self.models[key].library_digest
