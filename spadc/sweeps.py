@@ -9,7 +9,8 @@ Invariants:
   params, its shuffles and its random streams, as `fit(seed=)` does.
 - A run is a whole `fit` in one process: on a cluster, one worker runs it from the model's
   ahead-of-time library (the JIT's kernels, bit for bit), so a sweep's rows are the same with and
-  without a cluster; a worker lost mid-run has its run recomputed by Ray (task retries).
+  without a cluster; a run whose worker is lost is run again on the worker that replaces it
+  (spadc/cluster.py).
 - Rows come back in grid order (the grid's keys in the order given, the last varying fastest, then
   the seeds), whatever order the workers finish in.
 """

@@ -8,7 +8,8 @@ Invariants:
   back is the sums of the reduction tree's nodes within its chunks (spadrt/reduction.py), so the
   driver's finished tree has the bits of one process's.
 - Each call runs on one core (`threads=1`): a worker is given one CPU by the cluster.
-- Each library is written once, to a private temporary directory removed when the worker ends.
+- Each library is written to a file of its own (a loaded library's file is never overwritten), in
+  a private temporary directory removed when the worker ends.
 """
 
 from __future__ import annotations
