@@ -27,6 +27,7 @@ import numpy as np
 
 from . import calls, reduction
 from .errors import SpadcError
+from .local_state import ProcessLocalState
 
 ES_SITE = int.from_bytes(hashlib.blake2b(b"spadc.ES", digest_size=8).digest(), "little")
 _MASK64 = (1 << 64) - 1
@@ -62,7 +63,7 @@ class ES:
 
 
 @dataclass(eq=False)
-class PES:
+class PES(ProcessLocalState):
     """Persistent ES (Vicol, Metz, Sohl-Dickstein, ICML 2021) for a model with `state`: each particle
     keeps its own state and the sum `xi` of its perturbations over the episode; the estimate is
     `1/(N sigma^2) sum_i L_i xi_i`, unbiased for the smoothed loss when summed over an episode.
@@ -75,13 +76,7 @@ class PES:
     name: str = field(default="pes", init=False)
     memory: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, init=False, repr=False)
 
-    def __getstate__(self):
-        """Pickled (sent to another process, as a sweep's run is), without the per-model memory:
-        that belongs to models of this process; the copy starts afresh, as a new estimator does."""
-        return {k: v for k, v in self.__dict__.items() if k != "memory"}
-
-    def __setstate__(self, values):
-        self.__dict__.update(values, memory=weakref.WeakKeyDictionary())
+    _local = "memory"  # ProcessLocalState
 
     def __post_init__(self):
         _check_settings(self)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .arguments import is_real
 from .errors import SpadcError
+from .local_state import ProcessLocalState
 from .es import ES, PES
 
 
@@ -98,7 +99,7 @@ class RAD:
 
 
 @dataclass(eq=False)
-class SPAD:
+class SPAD(ProcessLocalState):
     """Selective Path AD: entries drawn from per-site distributions ranked by scores.
 
     Our reading of Peseux et al. (IEEE Access 2023), whose full text was not available to us: see
@@ -124,13 +125,7 @@ class SPAD:
     # never inherits it (an address, id(model), can be reused)
     state: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, init=False, repr=False)
 
-    def __getstate__(self):
-        """Pickled (sent to another process, as a sweep's run is), without the per-model state:
-        that belongs to models of this process; the copy starts afresh, as a new estimator does."""
-        return {k: v for k, v in self.__dict__.items() if k != "state"}
-
-    def __setstate__(self, values):
-        self.__dict__.update(values, state=weakref.WeakKeyDictionary())
+    _local = "state"  # ProcessLocalState
 
     def __post_init__(self):
         self.keep = _check_keep(self.keep)
