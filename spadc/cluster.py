@@ -250,8 +250,8 @@ class Ray:
                   for k, (first, last) in enumerate(reduction.split(es.blocks(estimator), len(self.actors)))]
         results = self._run(shares)
         known = {node: value for _, nodes in results for node, value in nodes.items()}
-        return results[0][0], es.finish(model, estimator, known), 0, {**layout["kernels"]["particles"],
-                                                                       "tape_bytes": 0}
+        entry = {**layout["kernels"]["particles"], "tape_bytes": 0}
+        return results[0][0], es.finish(model, estimator, known), 0, entry
 
 
 def _rows(model, prepared, first: int, last: int, held=None) -> dict:
