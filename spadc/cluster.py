@@ -233,11 +233,6 @@ class Ray:
         results = self._run(shares)
         chunks = [chunk for share_chunks, _ in results for chunk in share_chunks]
         known = {node: value for _, nodes in results for node, value in nodes.items()}
-        if len(chunks) == 1:
-            count, loss, stored = chunks[0]
-            grads = out if out is not None and out.size == known[(0, 1)].size else np.empty_like(known[(0, 1)])
-            np.copyto(grads, known[(0, 1)])
-            return loss, grads, stored, entry
         return (*model._combined(chunks, known, n, out), entry)
 
     def _population(self, model, estimator, step: int, call: dict, held):

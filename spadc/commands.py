@@ -281,11 +281,13 @@ def sweep(args) -> int:
     validation = _load_data(args.val, "validation data", model) if args.val else None
     grid = dict(_grid_axis(text) for text in args.grid)
     cluster = _cluster(args)
-    rows = sweeps.sweep(args.file, data, grid, estimator=args.estimator, seeds=args.seeds, cluster=cluster,
-                        optimizer=args.optimizer, epochs=args.epochs, batch_size=args.batch_size,
-                        validation=validation)
-    if cluster is not None:
-        cluster.close()
+    try:
+        rows = sweeps.sweep(args.file, data, grid, estimator=args.estimator, seeds=args.seeds, cluster=cluster,
+                            optimizer=args.optimizer, epochs=args.epochs, batch_size=args.batch_size,
+                            validation=validation)
+    finally:
+        if cluster is not None:
+            cluster.close()
     sweeps.write_csv(rows, args.out)
     print(sweeps.summary(rows))
     if args.plot:

@@ -105,6 +105,16 @@ def test_a_batch_gradient_is_the_single_process_one_to_the_bit(cluster, estimato
     assert _same(here[1], there[1])
 
 
+def test_a_batch_of_one_chunk_is_the_single_process_gradient_to_the_bit(cluster):
+    model = spadc.compile_file(example("mlp_digits.spad"))
+    model.init_params(SEED)
+    data = _digits(100)  # one chunk: one worker's, unweighted
+    here = model.grad(inputs=data, training=True, seed=SEED)
+    there = model.grad(inputs=data, training=True, seed=SEED, cluster=cluster)
+    assert here[0] == there[0]
+    assert _same(here[1], there[1])
+
+
 def test_an_es_gradient_of_4096_particles_is_the_single_process_one_to_the_bit(cluster, monkeypatch):
     model = spadc.compile_file(example("es_digits.spad"))
     model.init_params(SEED)

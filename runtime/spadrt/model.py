@@ -500,8 +500,9 @@ class Model:
     def _combined(self, chunks: list[tuple[int, float, int]], known: dict, n: int, out=None):
         """(mean loss, gradient, tape bytes) of a batch of `n` from its chunks' (samples, mean loss,
         tape bytes), in chunk order, and the sums `known` of their weighted gradients (the leaves, or
-        nodes of the tree, spadrt/reduction.py), which are consumed."""
-        loss = sum(part_loss * count for count, part_loss, _ in chunks) / n
+        nodes of the tree, spadrt/reduction.py), which are consumed. One chunk's mean loss is the
+        batch's as it is (weighting it by n / n could round it)."""
+        loss = chunks[0][1] if len(chunks) == 1 else sum(part_loss * count for count, part_loss, _ in chunks) / n
         stored = sum(part[2] for part in chunks)
         root = reduction.tree_sum(0, len(chunks), known)
         size = root.size
