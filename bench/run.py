@@ -243,7 +243,8 @@ def machine(setting: str = "every system pinned to one, except the all-cores row
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu} ({_vector_unit()}), {len(ALL_CORES)} cores ({setting}), Python {platform.python_version()}, NumPy {np.__version__}, {platform.system()} {platform.machine()}")
+    return (f"{cpu} ({_vector_unit()}), {len(ALL_CORES)} cores ({setting}), Python {platform.python_version()}, "
+            f"NumPy {np.__version__}, {platform.system()} {platform.machine()}")
 
 
 def _vector_unit() -> str:

@@ -116,12 +116,13 @@ def host_library(source, base_dir: str, dtype: str, max_memory, lanes: int | Non
                  entries=()) -> tuple[bytes, dict]:
     """(the bytes of a shared library for this host, its layout) of a model compiled from `source`
     with compile_file's options: the kernels the JIT runs, bit for bit, with the gradient variants of
-    `estimator` (Exact, RAD, or SPAD with its default scores) and the derived kernels of `entries`. What a cluster's workers load
-    (spadc/cluster.py)."""
+    `estimator` (Exact, RAD, or SPAD with its default scores) and the derived kernels of `entries`.
+    What a cluster's workers load (spadc/cluster.py)."""
     settings = {"estimators": ("exact",)}
     if isinstance(estimator, (RAD, SPAD)) and estimator.sampling is not None:
+        sites = estimator.sites if isinstance(estimator, SPAD) else estimator.policy
         settings = dict(estimators=("exact", estimator.name), keep=estimator.keep, draw=estimator.draw,
-                        share=estimator.share, policy=estimator.sites if isinstance(estimator, SPAD) else estimator.policy)
+                        share=estimator.share, policy=sites)
     module, layout, _ = kernels_module(None, dtype, shared=True, max_memory=max_memory, checkpoint=checkpoint,
                                        entries=entries, source=(source, base_dir), lanes=lanes, **settings)
     machine = _target_machine(None, None)

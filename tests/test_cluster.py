@@ -1,8 +1,9 @@
 """Past one machine, on Ray (spadc/cluster.py): on a real two-node Ray cluster on this machine, the
 exact, RAD and ES gradients and a whole `fit` equal their single-process results to the bit, also
 when a worker is killed mid-epoch; sweeps give the local rows; Ctrl-C leaves the last checkpoint
-whole; a worker with another layout is refused; what cannot run there says so. The cluster tests are skipped without Ray (the optional extra `pip install .[ray]`; CI's
-second step installs it); the tests of spadc without Ray run always."""
+whole; a worker with another layout is refused; what cannot run there says so. The cluster tests are
+skipped without Ray (the optional extra `pip install .[ray]`; CI's second step installs it); the
+tests of spadc without Ray run always."""
 
 import os
 import signal
@@ -221,9 +222,10 @@ INTERRUPT_AFTER = 0.3  # seconds after the first checkpoint is written: some ste
 def test_ctrl_c_of_a_training_on_the_cluster_leaves_the_last_checkpoint_whole(cluster, tmp_path):
     cluster.close()  # the command's own spadc.Ray needs the CPUs
     checkpoint = tmp_path / "params.npz"
+    address = cluster.ray.get_runtime_context().gcs_address
     command = [sys.executable, "-m", "spadc", "train", example("mlp_digits.spad"), "--data",
-               example("data/digits_train.npz"), "--epochs", "500", "--ray", cluster.ray.get_runtime_context().gcs_address,
-               "--out", str(checkpoint), "--quiet"]
+               example("data/digits_train.npz"), "--epochs", "500", "--ray", address, "--out", str(checkpoint),
+               "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120

@@ -100,5 +100,6 @@ def train_run(model, data: dict, estimator, optimizer, fit_options: dict, seed: 
     # training mode); NaN under validation_split, whose training part fit itself draws.
     trained = (math.nan if "validation_split" in fit_options or not history.train_loss else
                float(np.mean(model.loss(inputs=data, threads=threads))))
-    return {**last, "eval_train_loss": trained, "tape_bytes": math.nan if history.tape_bytes is None else history.tape_bytes,
+    tape = math.nan if history.tape_bytes is None else history.tape_bytes
+    return {**last, "eval_train_loss": trained, "tape_bytes": tape,
             "seconds": history.seconds, "curve": list(history.train_loss)}
