@@ -54,9 +54,14 @@ from .errors import SpadcError
 TARGETS = {  # the triples tests and docs promise; any LLVM triple is accepted
     "x86_64-linux-gnu": "x86_64-unknown-linux-gnu",
     "aarch64-linux-gnu": "aarch64-unknown-linux-gnu",
-    "thumbv7em-none-eabihf": "thumbv7em-none-eabihf",
+    # LLVM reads a three-part "arch-none-env" as an OS named after the environment, and so would
+    # build the soft-float ABI for "eabihf": the four parts say what is meant.
+    "thumbv7em-none-eabihf": "thumbv7em-unknown-none-eabihf",
     "riscv32-unknown-elf": "riscv32-unknown-elf",
 }
+# Features a target's name implies when no --cpu is given: "eabihf" passes floats in FPU registers,
+# so there is an FPU, at least the single-precision VFPv4 (D16) of every Cortex-M4F and M7.
+TARGET_FEATURES = {"thumbv7em-none-eabihf": "+vfp4d16sp"}
 ESTIMATOR_NAMES = ("exact", "rad", "spad")
 ENTRY_NAMES = ("vjp", "jacobian", "particles")  # kernels a build may add (`--entry`) beside forward and the gradients
 
@@ -242,7 +247,8 @@ def _target_machine(target: str | None, cpu: str | None):
     if native and cpu is None:  # exactly the JIT's machine, so that results match it bit for bit
         return chosen.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
                                             opt=3, reloc="pic", codemodel="default")
-    return chosen.create_target_machine(cpu=cpu or "", features="", opt=3, reloc="pic", codemodel="default")
+    features = TARGET_FEATURES.get(target, "") if cpu is None else ""
+    return chosen.create_target_machine(cpu=cpu or "", features=features, opt=3, reloc="pic", codemodel="default")
 
 
 def _write(output: str, object_code: bytes, shared: bool, linker: str | None):
@@ -338,11 +344,11 @@ def c_header(layout: dict, prefix: str, source: str, dtype: str) -> str:
         name = re.sub(r"\W", "_", spec["name"]).upper()
         what = " (a state: pass the carried value, or its initial value on an episode's first call)" \
             if spec.get("state") else ""
-        lines.append(f"#define {upper}_INPUT_{name} {k}  /* {spec['name']}: {spec['dtype']}{_shape(spec['shape'])}{what} */")
+        lines.append(f"#define {upper}_INPUT_{name} {k}  /* {spec['name']}: {_typed(spec, layout)}{what} */")
     lines += ["", "/* Outputs, in this order in `outputs` (each stacked over the samples). */"]
     for k, spec in enumerate(layout["outputs"]):
         name = re.sub(r"\W", "_", spec["name"]).upper()
-        lines.append(f"#define {upper}_OUTPUT_{name.lstrip('_')} {k}  /* {spec['name']}: {spec['dtype']}{_shape(spec['shape'])} */")
+        lines.append(f"#define {upper}_OUTPUT_{name.lstrip('_')} {k}  /* {spec['name']}: {_typed(spec, layout)} */")
     lines += ["", "/* Peak workspace of one kernel call in bytes (the tape and every temporary, placed by liveness),",
               "   64-byte aligned, one per kernel; the caller provides it. The tape: bytes kept per sample. */",
               f"#define {upper}_WORKSPACE_FORWARD {layout['forward']['workspace']}"]
@@ -404,7 +410,7 @@ def _derived_declarations(layout: dict, prefix: str, common: str) -> list[str]:
             lines.append(f"#define {upper}_{tag}_INPUT_{_macro(name)} {own + k}  /* {name} */")
         for k, spec in enumerate(entry["outputs"]):
             lines.append(f"#define {upper}_{tag}_OUTPUT_{_macro(spec['name'])} {k}  /* {spec['name']}: "
-                         f"{spec['dtype']}{_shape(spec['shape'])} */")
+                         f"{_typed(spec, layout)} */")
         lines.append(f"#define {upper}_WORKSPACE_{tag} {entry['workspace']}")
         lines.append(f"int64_t {symbol}({common}, {upper}_real *losses, void *const *outputs, void *workspace, "
                      "int64_t *status);")
@@ -413,6 +419,11 @@ def _derived_declarations(layout: dict, prefix: str, common: str) -> list[str]:
 
 def _macro(name: str) -> str:
     return re.sub(r"\W", "_", name).strip("_").upper()
+
+
+def _typed(spec: dict, layout: dict) -> str:
+    """An input's or output's element type and shape as the caller stores them: reals in the build's dtype."""
+    return (layout["dtype"] if spec["dtype"] == "f64" else spec["dtype"]) + _shape(spec["shape"])
 
 
 def _shape(shape) -> str:

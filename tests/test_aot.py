@@ -137,6 +137,19 @@ def test_objects_for_each_target(tmp_path, target):
         assert "__multi3" not in undefined  # Philox's 128-bit products are formed from 32-bit halves
 
 
+@pytest.mark.parametrize("cpu", [None, "cortex-m4"])
+def test_an_eabihf_object_passes_floats_in_fpu_registers_and_computes_with_the_fpu(tmp_path, cpu):
+    # A caller built with -mfloat-abi=hard puts the train step's learning rate in s0: an object of the
+    # soft-float ABI would read it from the stack (GNU ld refuses to link the two). The build
+    # attribute Tag_ABI_VFP_args (28) = 1 says "VFP registers"; no __aeabi_f* call does float work.
+    module, _, _ = aot.kernels_module(example("mlp.spad"), dtype="f32", native=False)
+    from spadc.backend import jit
+    machine = aot._target_machine("thumbv7em-none-eabihf", cpu)
+    assembly = machine.emit_assembly(jit.optimise(str(module), machine))
+    assert re.search(r"\.eabi_attribute\s+28,\s*1\b", assembly)
+    assert "vmul.f32" in assembly
+    assert not re.search(r"__aeabi_f(add|sub|mul|div)|__(add|sub|mul|div)sf3", assembly)
+
 def test_an_aarch64_build_runs_under_qemu(tmp_path):
     cross, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
     if not cross or not qemu:
