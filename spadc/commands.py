@@ -331,7 +331,7 @@ def build(args) -> int:
     entries = tuple(e.strip() for e in args.entry.split(",") if e.strip())
     layout = aot.build(args.file, args.output, header=args.header, target=args.target, cpu=args.cpu,
                        dtype=args.dtype, estimators=estimators, keep=args.keep, policy=args.sites, draw=args.draw,
-                       linker=args.linker, entries=entries)
+                       linker=args.linker, entries=entries, checkpoint=args.checkpoint)
     kernels_built = ", ".join(e["symbol"] for e in [*layout["variants"].values(), *layout["kernels"].values()])
     print(f"built {args.output} ({args.target or 'host'}, {args.dtype}): {layout['forward']['symbol']}, {kernels_built}")
     if args.header:

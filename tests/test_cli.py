@@ -327,3 +327,17 @@ def test_check_warns_when_the_gradient_cannot_fit_in_the_memory_limit():
     assert "bytes would do" in refused.stderr
     quiet = spadc("check", example("reaction_diffusion_long.spad"))
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_build_plans_its_gradient_to_max_memory_and_checkpoint(tmp_path):
+    """`spadc build` takes --checkpoint as `grad` and `train` do: "none" under a budget the tape passes
+    is refused with the loop's location; "auto" checkpoints the loop into the budget."""
+    header = tmp_path / "long.h"
+    build = ("build", example("reaction_diffusion_long.spad"), "-o", str(tmp_path / "long.o"), "--header", str(header),
+             "--target", "thumbv7em-none-eabihf", "--dtype", "f32", "--estimators", "exact", "--max-memory", "192K")
+    refused = spadc(*build, "--checkpoint", "none")
+    assert refused.returncode != 0 and "reaction_diffusion_long.spad:17:1: error: the gradient kernel needs" in refused.stderr
+    planned = spadc(*build, "--checkpoint", "auto")
+    assert planned.returncode == 0, planned.stderr
+    workspace = re.search(r"_WORKSPACE_GRAD_EXACT (\d+)", header.read_text())
+    assert int(workspace.group(1)) <= 192 * 1024

@@ -1,14 +1,18 @@
-"""Write the C sources that the training program compiles in, for one model and estimator:
+"""Write the C sources that the training program compiles in, for one model, data set and estimator:
 
-- digits_data.h / digits_data.c: the bundled digits (examples/data) as pixels 0..16 and labels in
-  bytes, the form they take in flash, and the model's initial parameters (its initialisers, seed 0,
-  in float32: the values the host's Model.init_params(0) gives).
-- model_glue.h: the names that `spadc build` gave this model's kernels and sizes (read from its
-  header), under the fixed names train.c uses.
+- dataset.h / dataset.c: the training and test samples of every model input, in flash, in the
+  smallest exact form (reals that are multiples of 2^-k in 0..255 as bytes, labels as the
+  smallest integer type that holds them; other reals as float32); the window of BATCH samples the
+  kernels read, in RAM, with the function that decodes samples into it; a window for each output;
+  and the model's initial parameters (its initialisers, seed 0, as float32: Model.init_params(0)).
+- model_glue.h: the names that `spadc build` gave this model's kernels and sizes (read from the
+  header it wrote), under the fixed names train.c uses.
 
-  python make_data.py MODEL.spad --header build/model.h --estimator rad --out build/
+  python make_data.py MODEL.spad --header build/model.h --estimator rad \\
+      --train ../data/digits_train.npz --test ../data/digits_test.npz --out build/
 """
 import argparse
+import math
 import os
 import re
 import sys
@@ -17,45 +21,119 @@ import numpy as np
 
 import spadc
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.path.join(HERE, "..", "data")
-FEATURES, CLASSES = 64, 10
+BYTE_SCALES = range(9)  # a real input is stored as bytes when 2^k x is an integer in 0..255 for one of these k
+INTEGER_TYPES = (("uint8_t", 0, 255), ("int16_t", -2**15, 2**15 - 1), ("int32_t", -2**31, 2**31 - 1))
 
 
-def byte_rows(name: str, values: np.ndarray) -> str:
-    """A C definition of a byte array: one line per sample (braced for a two-dimensional one)."""
-    if values.ndim == 1:
-        lines = [", ".join(str(int(v)) for v in values[k:k + 32]) for k in range(0, values.size, 32)]
-    else:
-        lines = ["{" + ", ".join(str(int(v)) for v in row) + "}" for row in values]
-    return f"const uint8_t {name} = {{\n    " + ",\n    ".join(lines) + "\n};\n"
+def fail(message: str):
+    sys.exit(f"make_data.py: {message}")
 
 
-def float_rows(name: str, values: np.ndarray, per_line: int = 6) -> str:
-    # float.hex is exact: the bits of each float32 value, as C99 hexadecimal literals
-    flat = [float(v).hex() + "f" for v in values.astype(np.float32)]
-    lines = [", ".join(flat[k:k + per_line]) for k in range(0, len(flat), per_line)]
-    return f"const float {name} = {{\n    " + ",\n    ".join(lines) + "\n};\n"
+def c_array(declaration: str, values: np.ndarray, literal, linkage: str = "static ") -> str:
+    """A C definition of a const array, one line per sample."""
+    rows = values.reshape(len(values), -1)
+    lines = ["{" + ", ".join(map(literal, row)) + "}" for row in rows] if values.ndim > 1 \
+        else [", ".join(map(literal, values[k:k + 16])) for k in range(0, len(values), 16)]
+    return f"{linkage}const {declaration} = {{\n    " + ",\n    ".join(lines) + "\n};\n"
 
 
-def digits(split: str) -> tuple[np.ndarray, np.ndarray]:
-    data = np.load(os.path.join(DATA, f"digits_{split}.npz"))
-    pixels = np.rint(data["x"] * 16)
-    assert np.array_equal(pixels / 16, data["x"]), "digits are pixels 0..16 over 16"
-    return pixels.astype(np.uint8), data["label"].astype(np.uint8)
+def float_literal(value) -> str:
+    return float(np.float32(value)).hex() + "f"  # C99 hexadecimal: the float32's exact bits
 
 
-def check_model(layout: dict, path: str):
-    inputs = {spec["name"]: spec for spec in layout["inputs"]}
-    outputs = [spec["name"] for spec in layout["outputs"] if not spec["hidden"]]
-    problems = []
-    if [*inputs] != ["x", "label"] or inputs["x"]["shape"] != [FEATURES] or inputs["label"]["shape"] != []:
-        problems.append(f"inputs x: f64[{FEATURES}] and label: i64, in this order")
-    if outputs != ["logits"] or layout["outputs"][0]["shape"] != [CLASSES]:
-        problems.append(f"one output, logits: f64[{CLASSES}]")
-    if problems:
-        sys.exit(f"make_data.py: {path} is no digits classifier this program can train: it needs "
-                 + " and ".join(problems))
+def encoding(values: np.ndarray, real: bool) -> tuple[str, int | None]:
+    """(the C element type that stores these values exactly, or float, and for bytes the k of 2^-k)."""
+    if real:
+        for k in BYTE_SCALES:
+            scaled = values * 2.0 ** k
+            if np.all(scaled == np.rint(scaled)) and scaled.min() >= 0 and scaled.max() <= 255:
+                return "uint8_t", k
+        return "float", None
+    for name, low, high in INTEGER_TYPES:
+        if values.min() >= low and values.max() <= high:
+            return name, None
+    return "int64_t", None
+
+
+def window(spec: dict) -> tuple[str, str, str]:
+    """(the C element type of a window of this input or output, its declarator, its per-sample shape)."""
+    element = "model_real" if spec["dtype"] == "f64" else "int64_t"
+    shape = "".join(f"[{n}]" for n in spec["shape"])
+    return element, f"window_{spec['name']}[BATCH]{shape}", shape
+
+
+def dataset_source(layout: dict, splits: dict) -> tuple[str, str]:
+    """(dataset.h, dataset.c) for the inputs and outputs of `layout` and the arrays of `splits`."""
+    inputs = layout["inputs"]
+    outputs = [o for o in layout["outputs"] if not o["hidden"]]
+    labels = [s for s in inputs if s["name"] == "label" and s["shape"] == [] and s["dtype"] != "f64"]
+    logits = [s for s in outputs if s["name"] == "logits" and len(s["shape"]) == 1 and s["dtype"] == "f64"]
+    classifier = bool(labels and logits)  # then train.c reports the test set's accuracy too
+    linkage = {s["name"]: "" if classifier and s in labels + logits else "static " for s in inputs + outputs}
+    counts = {split: len(data[inputs[0]["name"]]) for split, data in splits.items()}
+    header = ["/* The data set and the kernels' windows. Generated by make_data.py. */",
+              "#include <stddef.h>", "#include <stdint.h>", '#include "model_glue.h"', "",
+              "#ifndef BATCH", "#error BATCH, the samples of one step, must be defined (the Makefile does)", "#endif",
+              f"#define DATASET_TRAIN_COUNT {counts['train']}", f"#define DATASET_TEST_COUNT {counts['test']}",
+              "extern void *const window_inputs[];", "extern const int64_t window_strides[];",
+              "extern void *const window_outputs[];",
+              "extern const size_t dataset_window_bytes; /* the windows' bytes, all inputs and outputs */",
+              "extern const float dataset_initial_params[MODEL_PARAM_COUNT];",
+              "/* Decode sample `sample` of the training (test = 0) or test set (test = 1) into window slot `slot`. */",
+              "void dataset_load(int test, uint32_t sample, uint32_t slot);"]
+    source = ['#include "dataset.h"', ""]
+    load = {split: [] for split in splits}
+    for spec in inputs:
+        element, declarator, shape = window(spec)
+        source.append(f"{linkage[spec['name']]}{element} {declarator};")
+        size = math.prod(spec["shape"])
+        for split, data in splits.items():
+            values = np.asarray(data[spec["name"]], dtype=np.float64).reshape(counts[split], size)
+            stored, k = encoding(values, spec["dtype"] == "f64")
+            name = f"{split}_{spec['name']}"
+            literal = float_literal if stored == "float" else (lambda v: str(int(v)))
+            per_sample = (counts[split], size) if spec["shape"] else (counts[split],)
+            stored_values = (values * 2.0 ** k if k is not None else values).reshape(per_sample)
+            source.append(c_array(f"{stored} {name}[{counts[split]}]" + (f"[{size}]" if spec["shape"] else ""),
+                                  stored_values, literal))
+            read = f"{name}[sample]" + ("[j]" if spec["shape"] else "")
+            value = f"({element}){read}" + (f" * (model_real){float(2.0 ** -k).hex()}" if k else "")
+            flat = f"((({element} *)window_{spec['name']}[slot])[j])" if spec["shape"] else f"window_{spec['name']}[slot]"
+            if spec["shape"]:
+                load[split].append(f"        for (uint32_t j = 0; j < {size}; j++)\n            {flat} = {value};")
+            else:
+                load[split].append(f"        {flat} = {value};")
+    for spec in outputs:
+        source.append(f"{linkage[spec['name']]}{window(spec)[0]} {window(spec)[1]};")
+    names = [f"window_{s['name']}" for s in inputs]
+    out_names = [f"window_{s['name']}" for s in outputs]
+    source += [f"void *const window_inputs[] = {{{', '.join(names)}}};",
+               f"const int64_t window_strides[] = {{{', '.join(f'sizeof {n}[0]' for n in names)}}};",
+               f"void *const window_outputs[] = {{{', '.join(out_names) or '0'}}};",
+               f"const size_t dataset_window_bytes = {' + '.join(f'sizeof {n}' for n in names + out_names)};", "",
+               "void dataset_load(int test, uint32_t sample, uint32_t slot) {",
+               "    if (!test) {", *load["train"], "    } else {", *load["test"], "    }", "}", ""]
+    if classifier:
+        classes = logits[0]["shape"][0]
+        header += [f"#define DATASET_CLASSES {classes}",
+                   f"extern model_real window_logits[BATCH][{classes}];", "extern int64_t window_label[BATCH];"]
+    return "\n".join(header) + "\n", "\n".join(source)
+
+
+def read_split(path: str, layout: dict) -> dict:
+    data = dict(np.load(path))
+    counts = set()
+    for spec in layout["inputs"]:
+        if spec["name"] not in data:
+            fail(f"{path} has no array {spec['name']!r} for the model's input of that name")
+        values = data[spec["name"]]
+        if list(values.shape[1:]) != spec["shape"]:
+            fail(f"{path}: {spec['name']!r} has samples of shape {list(values.shape[1:])}, the model takes "
+                 f"{spec['shape']}")
+        counts.add(len(values))
+    if len(counts) != 1:
+        fail(f"{path}: the inputs' arrays hold different numbers of samples ({sorted(counts)})")
+    return data
 
 
 def prefixes(header: str) -> tuple[str, str]:
@@ -65,7 +143,7 @@ def prefixes(header: str) -> tuple[str, str]:
     kernels = re.search(r"^int64_t (\w+)_forward\(", text, re.M)
     macros = re.search(r"^typedef (?:float|double) (\w+)_real;", text, re.M)
     if not (kernels and macros):
-        sys.exit(f"make_data.py: {header} is not a header written by `spadc build`")
+        fail(f"{header} is not a header written by `spadc build`")
     return kernels.group(1), macros.group(1)
 
 
@@ -74,6 +152,7 @@ def glue(header: str, estimator: str, name: str) -> str:
     variant = estimator.upper()
     return "\n".join([
         "/* The names of one `spadc build` under the names train.c uses. Generated by make_data.py. */",
+        "#ifndef MODEL_GLUE_H", "#define MODEL_GLUE_H",
         f'#include "{os.path.basename(header)}"',
         f'#define MODEL_NAME "{name}"',
         f'#define MODEL_ESTIMATOR "{estimator}"',
@@ -85,7 +164,7 @@ def glue(header: str, estimator: str, name: str) -> str:
         f"#define MODEL_SCORES {macro}_SCORES_GRAD_{variant}",
         f"#define model_forward {kernel}_forward",
         f"#define model_train_step {kernel}_train_step_{estimator}",
-        ""])
+        "#endif", ""])
 
 
 def main():
@@ -93,34 +172,17 @@ def main():
     parser.add_argument("model")
     parser.add_argument("--header", required=True, help="the header `spadc build --header` wrote")
     parser.add_argument("--estimator", choices=("exact", "rad"), default="exact")
+    parser.add_argument("--train", required=True, help="the training set (.npz, one array per model input)")
+    parser.add_argument("--test", required=True, help="the test set (.npz, one array per model input)")
     parser.add_argument("--out", required=True, help="the folder to write into")
     options = parser.parse_args()
     model = spadc.compile_file(options.model, dtype="f32")
-    check_model(model.layout, options.model)
     model.init_params(0)
-    train_pixels, train_labels = digits("train")
-    test_pixels, test_labels = digits("test")
-    declarations = "\n".join([
-        "/* The bundled digits and the model's initial parameters. Generated by make_data.py. */",
-        "#include <stdint.h>",
-        f"#define DIGITS_FEATURES {FEATURES}",
-        f"#define DIGITS_CLASSES {CLASSES}",
-        f"#define DIGITS_TRAIN_COUNT {len(train_labels)}",
-        f"#define DIGITS_TEST_COUNT {len(test_labels)}",
-        "extern const uint8_t digits_train_pixels[DIGITS_TRAIN_COUNT][DIGITS_FEATURES];",
-        "extern const uint8_t digits_train_labels[DIGITS_TRAIN_COUNT];",
-        "extern const uint8_t digits_test_pixels[DIGITS_TEST_COUNT][DIGITS_FEATURES];",
-        "extern const uint8_t digits_test_labels[DIGITS_TEST_COUNT];",
-        f"extern const float digits_initial_params[{model.layout['param_count']}];", ""])
-    definitions = "".join([
-        '#include "digits_data.h"\n\n',
-        byte_rows("digits_train_pixels[DIGITS_TRAIN_COUNT][DIGITS_FEATURES]", train_pixels),
-        byte_rows("digits_train_labels[DIGITS_TRAIN_COUNT]", train_labels),
-        byte_rows("digits_test_pixels[DIGITS_TEST_COUNT][DIGITS_FEATURES]", test_pixels),
-        byte_rows("digits_test_labels[DIGITS_TEST_COUNT]", test_labels),
-        float_rows(f"digits_initial_params[{model.layout['param_count']}]", model.flat_params)])
+    splits = {"train": read_split(options.train, model.layout), "test": read_split(options.test, model.layout)}
+    header, source = dataset_source(model.layout, splits)
+    source += c_array("float dataset_initial_params[MODEL_PARAM_COUNT]", model.flat_params, float_literal, linkage="")
     os.makedirs(options.out, exist_ok=True)
-    for name, text in (("digits_data.h", declarations), ("digits_data.c", definitions),
+    for name, text in (("dataset.h", header), ("dataset.c", source),
                        ("model_glue.h", glue(options.header, options.estimator, model.layout["name"]))):
         with open(os.path.join(options.out, name), "w") as f:
             f.write(text)
