@@ -22,9 +22,14 @@ void reset_handler(void);
 #define ADP_STOPPED_APPLICATION_EXIT 0x20026
 #define CPACR (*(volatile uint32_t *)0xe000ed88u) /* coprocessor access: CP10, CP11 are the FPU */
 
-static void fault_handler(void) {
+__attribute__((used, noreturn)) static void report_fault(void) {
     platform_write("fault: the program stopped on a processor exception\n");
     platform_exit(3);
+}
+
+/* The stack pointer may be what faulted (a stack run out of RAM): report from a fresh stack. */
+__attribute__((naked)) static void fault_handler(void) {
+    __asm__ volatile("ldr r0, =__stack_top\n\tmov sp, r0\n\tb report_fault");
 }
 
 /* The initial stack pointer, then the handlers: reset, NMI, hard fault, memory management, bus and
@@ -71,6 +76,10 @@ void platform_report_memory(const struct buffer_size *named, int count) {
     const uint32_t *word = __stack_limit;
     while (word < __stack_top && *word == STACK_PAINT)
         word++;
+    if (word == __stack_limit) { /* no painted word left: the stack ran into the static data */
+        platform_write("the stack overflowed into the static data: the run's results cannot be trusted\n");
+        platform_exit(4);
+    }
     size_t stack = (size_t)((const char *)__stack_top - (const char *)word);
     size_t data = (size_t)((char *)__data_end - (char *)__data_start);
     size_t bss = (size_t)((char *)__bss_end - (char *)__bss_start);
