@@ -124,7 +124,8 @@ def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = froz
     _op_scratch(body, schedule, result, storage)
     if lockstep:
         _lane_scratch(body, schedule, result, storage, shared, lanes)
-        _span_runs(body, schedule, storage, shared)
+        if lanes > 1:  # (one lane runs a run's ops in order, as a kernel out of lockstep does)
+            _span_runs(body, schedule, storage, shared)
         _widen(lane_values, result, storage, external, lanes)
     _place(storage, result)
     return result
