@@ -259,3 +259,17 @@ def test_lanes_option_is_checked():
     for bad in (0, -1, 1.5, True, 1000):
         with pytest.raises(spadc.SpadcError, match="lanes must be"):
             spadc.compile_source("param x: f64[2]\nloss sum(x * x)", lanes=bad)
+
+
+def test_a_several_call_gradient_is_the_callers_own_and_the_next_call_writes_elsewhere():
+    # The sum of a batch's chunks is made in the first chunk's pooled buffer and handed over, not
+    # copied: that buffer must leave the pool, or the next call's chunks would overwrite a result.
+    assert calls.CHUNK < BATCH
+    model = spadc.compile_file(example("mlp.spad"))
+    model.init_params(seed=SEED)
+    inputs = BATCHES["mlp.spad"]
+    first = model.flat_grad(**inputs)[1]
+    kept = first.copy()
+    second = model.flat_grad(**{k: v[::-1] * (2 if v.dtype.kind == "f" else 1) for k, v in inputs.items()})[1]
+    np.testing.assert_array_equal(first, kept)
+    assert not np.shares_memory(first, second) and not np.array_equal(first, second)

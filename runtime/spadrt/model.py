@@ -458,7 +458,8 @@ class Model:
         known = {(k, k + 1): part[2] for k, part in enumerate(parts)}
         loss, grads, stored = self._combined([part[:2] + part[3:4] for part in parts], known, prepared.n, out)
         for part in parts:
-            self._buffers.give(part[2])
+            if part[2] is not grads:  # (the sum itself, made in the first chunk's buffer, is the caller's)
+                self._buffers.give(part[2])
         return loss, grads, stored
 
     def _chunk_parts(self, entry, function, *, prepared, flat, training, seed, step, offset, threads, site_data,
@@ -501,15 +502,18 @@ class Model:
         """(mean loss, gradient, tape bytes) of a batch of `n` from its chunks' (samples, mean loss,
         tape bytes), in chunk order, and the sums `known` of their weighted gradients (the leaves, or
         nodes of the tree, spadrt/reduction.py), which are consumed. One chunk's mean loss is the
-        batch's as it is (weighting it by n / n could round it)."""
+        batch's as it is (weighting it by n / n could round it). The gradient is `out` when it fits,
+        else the tree's sum itself where it is writable (no copy: a copy would hold the gradient
+        twice at the peak)."""
         loss = chunks[0][1] if len(chunks) == 1 else sum(part_loss * count for count, part_loss, _ in chunks) / n
         stored = sum(part[2] for part in chunks)
         root = reduction.tree_sum(0, len(chunks), known)
-        size = root.size
-        grads = out if out is not None and out.size == size and out.dtype == self._float else np.empty(
-            size, dtype=self._float)
-        np.copyto(grads, root)
-        return loss, grads, stored
+        if out is not None and out.size == root.size and out.dtype == self._float:
+            np.copyto(out, root)
+            return loss, out, stored
+        if root.flags.writeable and root.dtype == self._float:
+            return loss, root, stored
+        return loss, root.astype(self._float), stored
 
     def _params_buffer(self, params) -> np.ndarray:
         """The flat params a call reads: the model's own, or a `params=` override (the caller keeps
