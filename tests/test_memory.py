@@ -347,3 +347,18 @@ def test_placement_is_greedy_best_fit_and_never_overlaps_live_storages():
                     assert (plan_.offsets[a] + sizes[a] <= plan_.offsets[b]
                             or plan_.offsets[b] + sizes[b] <= plan_.offsets[a])
         assert plan_.size == max(plan_.offsets[k] + sizes[k] for k in intervals)
+
+
+def test_a_run_declares_noalias_only_storages_that_share_no_bytes_within_it():
+    # One lane: values that die in a run give their bytes to later ones of it (memory.py); those two
+    # must not be `noalias` in the run's function, nor one that overlaps an op's scratch.
+    from types import SimpleNamespace
+
+    from spadc.backend import outline
+    from spadc.backend.memory import MemoryPlan
+    plan = MemoryPlan(offsets={1: 0, 2: 64, 3: 64, 4: 256, 5: 512, 6: 1024}, sizes={1: 64, 2: 128, 3: 64, 4: 64,
+                                                                                     5: 128, 6: 64})
+    ops = [SimpleNamespace(regions=[]) for _ in range(2)]
+    plan.scratch[id(ops[1])], plan.sizes[id(ops[1])] = 576, 64  # overlaps storage 5 (512..640)
+    values = [SimpleNamespace(id=k) for k in (1, 2, 3, 4, 5, 6, 7)]  # 7: a caller's buffer, not in the workspace
+    assert outline.sharing_bytes(plan, values, ops) == {2, 3, 5}
