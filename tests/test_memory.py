@@ -356,8 +356,8 @@ def test_a_run_declares_noalias_only_storages_that_share_no_bytes_within_it():
 
     from spadc.backend import outline
     from spadc.backend.memory import MemoryPlan
-    plan = MemoryPlan(offsets={1: 0, 2: 64, 3: 64, 4: 256, 5: 512, 6: 1024}, sizes={1: 64, 2: 128, 3: 64, 4: 64,
-                                                                                     5: 128, 6: 64})
+    plan = MemoryPlan(offsets={1: 0, 2: 64, 3: 64, 4: 256, 5: 512, 6: 1024},
+                      sizes={1: 64, 2: 128, 3: 64, 4: 64, 5: 128, 6: 64})
     ops = [SimpleNamespace(regions=[]) for _ in range(2)]
     plan.scratch[id(ops[1])], plan.sizes[id(ops[1])] = 576, 64  # overlaps storage 5 (512..640)
     values = [SimpleNamespace(id=k) for k in (1, 2, 3, 4, 5, 6, 7)]  # 7: a caller's buffer, not in the workspace
