@@ -1,6 +1,8 @@
 """The Python API: bad inputs are SpadcErrors, long loops compile like short ones, estimators."""
 
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -151,3 +153,10 @@ def test_estimators_by_name_and_bad_configurations(mlp):
                                                                        "ranks nothing")]:
         with pytest.raises(spadc.SpadcError, match=message):
             make()
+
+
+@pytest.mark.parametrize("module", ["spadc.backend.conv", "spadc.backend.gates", "spadc.backend.linalg"])
+def test_a_backend_module_imports_first_in_a_fresh_process(module):
+    # emitters gathers these modules' emitters and they use its helpers: a cycle the package breaks.
+    result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
