@@ -174,7 +174,8 @@ def test_the_board_refuses_to_report_a_stack_that_overflowed(tmp_path, static_kb
     subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-O2",
                     f"-DSTATIC_KB={static_kb}", f"-DSTACK_KB={stack_kb}", "-nostartfiles", "-I", HERE,
                     "-T", os.path.join(HERE, "mps2_an386.ld"), "-Wl,--no-warn-execstack", str(tmp_path / "overflow.c"),
-                    os.path.join(HERE, "startup.c"), "-o", str(elf)], check=True, capture_output=True)
+                    os.path.join(HERE, "startup.c"), os.path.join(HERE, "text.c"), "-o", str(elf)],
+                   check=True, capture_output=True)
     result = subprocess.run(["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "none",
                              "-chardev", "stdio,id=console,signal=off",
                              "-semihosting-config", "enable=on,target=native,chardev=console", "-kernel", str(elf)],

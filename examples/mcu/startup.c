@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "platform.h"
+#include "text.h"
 
 extern uint32_t __data_start[], __data_end[], __data_load[], __bss_start[], __bss_end[];
 extern uint32_t __ram_start[], __stack_top[], __stack_limit[], __flash_used[];
@@ -56,19 +57,10 @@ void platform_exit(int code) {
         semihosting_call(SEMIHOSTING_EXIT_EXTENDED, block);
 }
 
+/* label, the count of bytes, then `after`, on the console */
 static void write_size(const char *label, size_t bytes, const char *after) {
-    char digits[24];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + bytes % 10);
-        bytes /= 10;
-    } while (bytes);
-    char text[96];
-    size_t at = strlen(label);
-    memcpy(text, label, at);
-    while (n)
-        text[at++] = digits[--n];
-    strcpy(text + at, after);
+    char text[128];
+    append(append_count(append(text, label), (uint32_t)bytes), after);
     platform_write(text);
 }
 
