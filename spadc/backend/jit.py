@@ -13,6 +13,8 @@ Invariants:
   ignored on calling ctypes callback") and the program would run on as if nothing had happened.
 - `compile_ir` of a module it compiled recently (same text, functions and level) loads the object
   code it kept (32 MB at most, this process only) instead of optimising again: the same bits.
+- After a compile, LLVM's own code pages are given back to the system (spadc/backend/resident.py):
+  a kernel that runs for minutes does not carry the compiler's resident memory.
 - Each engine gets a target machine and an LLVM context of its own (it owns and frees both with
   itself), so freeing compiled models in any order is safe and a long process that compiles many
   models does not grow: the process-wide context would keep every type and constant forever.
@@ -29,6 +31,8 @@ from functools import lru_cache
 import llvmlite.binding as llvm
 from llvmlite.binding import ffi
 from spadrt.interrupts import deferred as interrupts_deferred
+
+from .resident import release_compiler_pages
 
 
 @lru_cache(maxsize=1)
@@ -175,8 +179,10 @@ def _compile(llvm_ir: str, functions: tuple[str, ...], level: int) -> Compiled:
         emitted = []
         engine.set_object_cache(lambda _module, code: emitted.append(bytes(code)), None)
         engine.finalize_object()
-        return Compiled(engine, context, {name: engine.get_function_address(name) for name in functions},
-                        emitted[0] if emitted else b"")
+        compiled = Compiled(engine, context, {name: engine.get_function_address(name) for name in functions},
+                            emitted[0] if emitted else b"")
+    release_compiler_pages()  # LLVM's code is not needed while the kernels run (resident.py)
+    return compiled
 
 
 def load_object(object_code: bytes, functions: tuple[str, ...]) -> Compiled:
