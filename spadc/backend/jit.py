@@ -13,8 +13,9 @@ Invariants:
   ignored on calling ctypes callback") and the program would run on as if nothing had happened.
 - `compile_ir` of a module it compiled recently (same text, functions and level) loads the object
   code it kept (32 MB at most, this process only) instead of optimising again: the same bits.
-- After a compile, LLVM's own code pages are given back to the system (spadc/backend/resident.py):
-  a kernel that runs for minutes does not carry the compiler's resident memory.
+- After a compile or a load of object code, LLVM's own code pages are given back to the system
+  (spadc/backend/resident.py): a kernel that runs for minutes does not carry the compiler's
+  resident memory.
 - Each engine gets a target machine and an LLVM context of its own (it owns and frees both with
   itself), so freeing compiled models in any order is safe and a long process that compiles many
   models does not grow: the process-wide context would keep every type and constant forever.
@@ -196,5 +197,7 @@ def load_object(object_code: bytes, functions: tuple[str, ...]) -> Compiled:
         engine = llvm.create_mcjit_compiler(empty, target_machine)
         engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
         engine.finalize_object()
-        return Compiled(engine, context, {name: engine.get_function_address(name) for name in functions},
-                        object_code)
+        compiled = Compiled(engine, context, {name: engine.get_function_address(name) for name in functions},
+                            object_code)
+    release_compiler_pages()  # (linking touches LLVM's code too)
+    return compiled
