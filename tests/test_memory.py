@@ -80,8 +80,7 @@ def _garbage_workspace(self, size):
 @pytest.mark.parametrize("name", quick(["mlp_digits.spad", "irnn.spad", "reaction_diffusion.spad", "cond_in_loop",
                                        "rad_convnet.spad"], ["irnn.spad", "cond_in_loop", "rad_convnet.spad"]))
 def test_no_value_reads_workspace_bytes_it_did_not_write(name, monkeypatch):
-    # (quick: a loop of products; conds in a loop; a gradient big enough to run in lockstep at one
-    # lane, whose values share bytes as a one-lane kernel's do)
+    # (quick: a loop of products; conds in a loop; a gradient big enough to run in lockstep at one lane)
     model = _model(name, "f64") if name in PROGRAMS else spadc.compile_file(example(name), lanes=ONE_LANE.get(name))
     inputs = {k: v for k, v in EXAMPLE_INPUTS.get(name, {}).items()}
     results = []
@@ -99,7 +98,7 @@ def test_no_value_reads_workspace_bytes_it_did_not_write(name, monkeypatch):
         assert clean[0] == dirty[0]
         for key in clean[1]:
             np.testing.assert_array_equal(clean[1][key], dirty[1][key], err_msg=key)
-    if name in ONE_LANE:  # bytes reused too early would change the one-lane kernel's bits: the default lanes' plan
+    if name in ONE_LANE:  # bytes reused too early would change the one-lane kernel's bits: against the default lanes
         lanes = spadc.compile_file(example(name))
         lanes.init_params(SEED)
         lanes_loss, lanes_grads = lanes.grad(**inputs)
@@ -347,18 +346,3 @@ def test_placement_is_greedy_best_fit_and_never_overlaps_live_storages():
                     assert (plan_.offsets[a] + sizes[a] <= plan_.offsets[b]
                             or plan_.offsets[b] + sizes[b] <= plan_.offsets[a])
         assert plan_.size == max(plan_.offsets[k] + sizes[k] for k in intervals)
-
-
-def test_a_run_declares_noalias_only_storages_that_share_no_bytes_within_it():
-    # One lane: values that die in a run give their bytes to later ones of it (memory.py); those two
-    # must not be `noalias` in the run's function, nor one that overlaps an op's scratch.
-    from types import SimpleNamespace
-
-    from spadc.backend import outline
-    from spadc.backend.memory import MemoryPlan
-    plan = MemoryPlan(offsets={1: 0, 2: 64, 3: 64, 4: 256, 5: 512, 6: 1024},
-                      sizes={1: 64, 2: 128, 3: 64, 4: 64, 5: 128, 6: 64})
-    ops = [SimpleNamespace(regions=[]) for _ in range(2)]
-    plan.scratch[id(ops[1])], plan.sizes[id(ops[1])] = 576, 64  # overlaps storage 5 (512..640)
-    values = [SimpleNamespace(id=k) for k in (1, 2, 3, 4, 5, 6, 7)]  # 7: a caller's buffer, not in the workspace
-    assert outline.sharing_bytes(plan, values, ops) == {2, 3, 5}

@@ -77,7 +77,6 @@ class MemoryPlan:
     lane_stride: dict[int, int] = field(default_factory=dict)  # owner id -> bytes between lanes (slots only)
     sums: frozenset[int] = frozenset()  # ids of the running sums in the caller's buffers (`writable`)
     scratch: dict[int, int] = field(default_factory=dict)  # id(op) -> offset of what a lane op needs while it runs
-    sizes: dict[int, int] = field(default_factory=dict)  # value id (as in offsets) or id(op) (as in scratch) -> bytes
 
     def owner(self, value: Value) -> int:
         """The value whose storage `value` is (views excepted: they have their own pointer)."""
@@ -125,8 +124,7 @@ def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = froz
     _op_scratch(body, schedule, result, storage)
     if lockstep:
         _lane_scratch(body, schedule, result, storage, shared, lanes)
-        if lanes > 1:  # one lane runs a run's ops in order, as a kernel out of lockstep does: its
-            _span_runs(body, schedule, storage, shared)  # storages share bytes as they die (outline.py)
+        _span_runs(body, schedule, storage, shared)
         _widen(lane_values, result, storage, external, lanes)
     _place(storage, result)
     return result
@@ -220,9 +218,8 @@ def _lane_scratch(body: Block, schedule: _Schedule, plan_: MemoryPlan, storage: 
 
 
 def _span_runs(body: Block, schedule: _Schedule, storage: _Storage, shared):
-    """In a run of several lanes, lane 0 runs all its ops before lane 1 starts: every storage alive
-    at some point of a run is alive through all of it (else lane 0 could overwrite what lane 1 has
-    yet to read)."""
+    """In a run, lane 0 runs all its ops before lane 1 starts: every storage alive at some point of
+    a run is alive through all of it (else lane 0 could overwrite what lane 1 has yet to read)."""
     intervals = list(storage.intervals.values())  # (as arrays: runs times storages, as in `_place`)
     starts = np.array([interval[0] for interval in intervals], dtype=np.int64)
     ends = np.array([interval[1] for interval in intervals], dtype=np.int64)
@@ -482,12 +479,10 @@ def _place(storage: _Storage, plan_: MemoryPlan):
     for owner, offset in offsets.items():
         if owner >= 0:
             plan_.offsets[owner] = offset
-            plan_.sizes[owner] = storage.sizes[owner]
     for loop_id, keys in plan_.staging.items():
         plan_.staging[loop_id] = [offsets[key] if key is not None else None for key in keys]
     for op_id, key in plan_.scratch.items():
         plan_.scratch[op_id] = offsets[key]
-        plan_.sizes[op_id] = storage.sizes[key]
     plan_.size = int((placed_offsets + placed_sizes).max(initial=0))
 
 
