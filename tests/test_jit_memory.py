@@ -116,18 +116,11 @@ def test_only_llvms_clean_read_only_mappings_are_released():
 
 
 def _llvm_code_resident_kb() -> int:
+    from spadc.backend import resident
     with open("/proc/self/smaps") as f:
         text = f.read()
-    from spadc.backend import resident
-    clean = {start for start, _ in resident.clean_mappings(text)}
-    total, current = 0, None
-    for line in text.splitlines():
-        fields = line.split()
-        if fields and "-" in fields[0] and ":" not in fields[0]:
-            current = int(fields[0].split("-")[0], 16)
-        elif fields[:1] == ["Rss:"] and current in clean:
-            total += int(fields[1])
-    return total
+    clean = set(resident.clean_mappings(text))
+    return sum(m["kb"].get("Rss", 0) for m in resident.mappings(text) if (m["start"], m["length"]) in clean)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's /proc/self/smaps")

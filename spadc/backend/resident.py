@@ -23,24 +23,26 @@ MADV_DONTNEED = 4
 LIBRARY = "libllvmlite"
 
 
+def mappings(smaps: str) -> list[dict]:
+    """The mappings of a /proc/PID/smaps text: start, length, perms, path and their kB fields."""
+    found = []
+    for line in smaps.splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and ":" not in fields[0]:  # a mapping's header
+            start, end = (int(part, 16) for part in fields[0].split("-"))
+            found.append({"start": start, "length": end - start, "perms": fields[1],
+                          "path": fields[5] if len(fields) >= 6 else "", "kb": {}})
+        elif found and len(fields) >= 2 and fields[0].endswith(":") and fields[1].isdigit():
+            found[-1]["kb"][fields[0][:-1]] = int(fields[1])
+    return found
+
+
 def clean_mappings(smaps: str, library: str = LIBRARY) -> list[tuple[int, int]]:
     """(start, length) of the mappings of `library` in a /proc/PID/smaps text that are not writable and
     hold no page written by this process."""
-    found, current = [], None
-    for line in smaps.splitlines():
-        fields = line.split()
-        if fields and "-" in fields[0] and len(fields) >= 5 and ":" not in fields[0]:  # a mapping's header
-            if current is not None and current["clean"]:
-                found.append((current["start"], current["length"]))
-            start, end = (int(part, 16) for part in fields[0].split("-"))
-            readonly = "w" not in fields[1]
-            current = {"start": start, "length": end - start,
-                       "clean": readonly and len(fields) >= 6 and library in fields[5]}
-        elif current is not None and fields[:1] in (["Private_Dirty:"], ["Anonymous:"]) and fields[1] != "0":
-            current["clean"] = False
-    if current is not None and current["clean"]:
-        found.append((current["start"], current["length"]))
-    return found
+    return [(m["start"], m["length"]) for m in mappings(smaps)
+            if library in m["path"] and "w" not in m["perms"]
+            and not m["kb"].get("Private_Dirty") and not m["kb"].get("Anonymous")]
 
 
 def release_compiler_pages() -> None:
