@@ -80,7 +80,8 @@ def _garbage_workspace(self, size):
 @pytest.mark.parametrize("name", quick(["mlp_digits.spad", "irnn.spad", "reaction_diffusion.spad", "cond_in_loop",
                                        "rad_convnet.spad"], ["irnn.spad", "cond_in_loop", "rad_convnet.spad"]))
 def test_no_value_reads_workspace_bytes_it_did_not_write(name, monkeypatch):
-    # (quick: a loop of products; conds in a loop; a gradient big enough to run in lockstep at one lane)
+    # (quick: a loop of products; conds in a loop; a gradient big enough to run in lockstep at one
+    # lane, whose values share bytes as a one-lane kernel's do)
     model = _model(name, "f64") if name in PROGRAMS else spadc.compile_file(example(name), lanes=ONE_LANE.get(name))
     inputs = {k: v for k, v in EXAMPLE_INPUTS.get(name, {}).items()}
     results = []
@@ -98,7 +99,7 @@ def test_no_value_reads_workspace_bytes_it_did_not_write(name, monkeypatch):
         assert clean[0] == dirty[0]
         for key in clean[1]:
             np.testing.assert_array_equal(clean[1][key], dirty[1][key], err_msg=key)
-    if name in ONE_LANE:  # bytes reused too early would change the one-lane kernel's bits: against the default lanes
+    if name in ONE_LANE:  # bytes reused too early would change the one-lane kernel's bits: the default lanes' plan
         lanes = spadc.compile_file(example(name))
         lanes.init_params(SEED)
         lanes_loss, lanes_grads = lanes.grad(**inputs)
@@ -346,3 +347,79 @@ def test_placement_is_greedy_best_fit_and_never_overlaps_live_storages():
                     assert (plan_.offsets[a] + sizes[a] <= plan_.offsets[b]
                             or plan_.offsets[b] + sizes[b] <= plan_.offsets[a])
         assert plan_.size == max(plan_.offsets[k] + sizes[k] for k in intervals)
+
+
+def test_a_run_declares_noalias_only_storages_that_share_no_bytes_within_it():
+    # One lane: values that die in a run give their bytes to later ones of it (memory.py); those two
+    # must not be `noalias` in the run's function, nor one that overlaps an op's scratch.
+    from types import SimpleNamespace
+
+    from spadc.backend import outline
+    from spadc.backend.memory import MemoryPlan
+    plan = MemoryPlan(offsets={1: 0, 2: 64, 3: 64, 4: 256, 5: 512, 6: 1024},
+                      sizes={1: 64, 2: 128, 3: 64, 4: 64, 5: 128, 6: 64})
+    ops = [SimpleNamespace(regions=[]) for _ in range(2)]
+    plan.scratch[id(ops[1])], plan.sizes[id(ops[1])] = 576, 64  # overlaps storage 5 (512..640)
+    values = [SimpleNamespace(id=k) for k in (1, 2, 3, 4, 5, 6, 7)]  # 7: a caller's buffer, not in the workspace
+    assert outline.sharing_bytes(plan, values, ops) == {2, 3, 5}
+
+
+# Found by the long fuzz once one lane stopped keeping a whole run's storages apart: a group of
+# fused elementwise ops (emitters.fused_groups) computes entry by entry, so a value that dies
+# inside the group still has entries to give its later ops when a later result is written. Seed
+# 1001: the jvp's loss tangent against <v, gradient>; seed 1038: the gradient against the interpreter.
+FUSED_GROUP_SEEDS = (1001, 1038)
+
+
+@pytest.mark.parametrize("seed", FUSED_GROUP_SEEDS)
+def test_a_one_lane_kernels_fused_groups_get_right_values(seed):
+    import fuzzing
+    from gradcheck import interpreted_gradient
+    generator, text, model = fuzzing.compiled_program(seed)
+    inputs = fuzzing.inputs_for(seed, generator)
+    params = {k: v.copy() for k, v in model.params.items()}
+    fuzzing._check_tangent(model, inputs, params, seed)
+    loss, grads = model.grad(**inputs)
+    reference_loss, reference = interpreted_gradient(spadc.check_text(text, f"fuzz{seed}.spad"), params, inputs)
+    assert loss == pytest.approx(reference_loss, rel=1e-10)
+    for key in grads:
+        np.testing.assert_allclose(grads[key], reference[key], rtol=1e-10, atol=1e-12, err_msg=key)
+
+
+@pytest.mark.parametrize("seed", FUSED_GROUP_SEEDS)
+def test_no_two_storages_alive_in_a_fused_group_share_bytes(seed):
+    # The plan's own invariant, checked from a fresh liveness of the planned program, not from the
+    # planner's intervals: within each fused group of each run, storages alive at some point of the
+    # group are byte-disjoint (one storage shared in place by a donor and its result is one owner).
+    import fuzzing
+    from spadc import passes
+    from spadc.ad.forward import jvp_program
+    from spadc.backend import memory
+    from spadc.backend.emitters import fused_groups
+    generator, text, model = fuzzing.compiled_program(seed)
+    program = spadc.check_text(text, f"fuzz{seed}.spad")
+    groups_checked = 0
+    for planned in (passes.run(gradient(program).program), passes.run(jvp_program(program))):
+        plan_ = memory.plan(planned, 8, lockstep=True)
+        body = memory.Block(planned.body.params, planned.body.ops,
+                            [planned.loss, *planned.outputs.values(), *(planned.classifier or ())])
+        schedule = memory._Schedule(body)
+        shared = lambda value: plan_.storage_of(value.id) in memory.lane_common(planned, frozenset())  # noqa: E731
+        lifetimes = {}
+        for value_id, first in schedule.defined.items():
+            owner = plan_.storage_of(value_id)
+            if owner in plan_.offsets:
+                span = lifetimes.setdefault(owner, [first, schedule.last.get(value_id, first)])
+                span[0], span[1] = min(span[0], first), max(span[1], schedule.last.get(value_id, first))
+        for block in memory.lane_blocks(body):
+            for run in memory.lane_runs(block, shared):
+                for group in (g for g in fused_groups(run) if len(g) > 1):
+                    groups_checked += 1
+                    first, last = schedule.start[id(group[0])], schedule.end[id(group[-1])]
+                    alive = sorted(o for o, (a, b) in lifetimes.items() if a <= last and b >= first)
+                    for i, a in enumerate(alive):
+                        for b in alive[i + 1:]:
+                            apart = (plan_.offsets[a] + plan_.sizes[a] <= plan_.offsets[b]
+                                     or plan_.offsets[b] + plan_.sizes[b] <= plan_.offsets[a])
+                            assert apart, (seed, a, b, first, last)
+    assert groups_checked

@@ -33,7 +33,7 @@ from llvmlite import ir
 
 from ..errors import Loc
 from ..ir.core import Block, Op, Value, flat_iteration, walk_ops
-from .emitters import EMITTERS, elementwise_group, fusable, llvm_name
+from .emitters import EMITTERS, elementwise_group, fused_groups, llvm_name
 from . import lane_ops
 from .memory import MemoryPlan, lane_runs
 
@@ -411,18 +411,12 @@ class FunctionEmitter:
 
     def _run(self, run: list[Op]):
         """A run's ops for the current lane; consecutive elementwise ops of one size in one loop
-        (a run keeps every storage it touches apart, which fusing needs)."""
-        k = 0
-        while k < len(run):
-            group = [run[k]]
-            while (fusable(group[0]) and k + len(group) < len(run) and fusable(run[k + len(group)])
-                   and run[k + len(group)].result.type.size == group[0].result.type.size):
-                group.append(run[k + len(group)])
+        (`fused_groups`: the memory plan keeps the storages of such a group apart, which fusing needs)."""
+        for group in fused_groups(run):
             if len(group) > 1:
                 elementwise_group(self, group)
             else:
                 self._op(group[0])
-            k += len(group)
 
     def _counted(self, op: Op, lanes: bool):
         """A loop or a comprehension: for t in lo..hi (reversed: hi-1 down to lo): the body; row t-lo

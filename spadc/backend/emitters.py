@@ -77,12 +77,25 @@ def fusable(op) -> bool:
         a.type.size == op.result.type.size for a in op.args if a.type.rank)
 
 
+def fused_groups(run):
+    """A run's ops in the order they run, as groups: consecutive `fusable` ops of one size form one
+    group (one loop over the entries, `elementwise_group`), any other op a group of its own."""
+    k = 0
+    while k < len(run):
+        group = [run[k]]
+        while (fusable(group[0]) and k + len(group) < len(run) and fusable(run[k + len(group)])
+               and run[k + len(group)].result.type.size == group[0].result.type.size):
+            group.append(run[k + len(group)])
+        yield group
+        k += len(group)
+
+
 def elementwise_group(e, ops):
     """Consecutive `fusable` ops of one size in one loop over the entries: each entry of each
     result computed, stored, and handed to the group's later ops as a register. Safe where no
-    storage alive during the group shares bytes with another unless they are one (a run of a lane
-    kernel, spadc/backend/memory.py): an op written in place over its operand reads each entry before
-    writing it, as alone."""
+    storage alive during the group shares bytes with another unless they are one (the memory plan
+    of a lane kernel keeps them apart: spadc/backend/memory.py `_span`): an op written in place over
+    its operand reads each entry before writing it, as alone."""
     size = ops[0].result.type.size
     scalars = {a.id: e.load(a) for op in ops for a in op.args if not a.type.rank}
     for j in e.each(size, "j"):

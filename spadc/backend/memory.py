@@ -39,7 +39,8 @@ Invariants:
   block is a view only if every lane shares it (a slice of a param at a loop's index, `W[l]`:
   spadc/backend/lane_ops.py), its pointer then made once for all lanes; any other view's pointer
   would be made per lane where it is defined, so it is a copy. In a run of ops that goes lane by
-  lane (`lane_runs`), every storage alive during the run is alive through all of it.
+  lane (`lane_runs`) over several lanes, every storage alive during the run is alive through all
+  of it; with one lane, through each group of fused elementwise ops of the run (`_span`).
 - A plan larger than the memory limit is refused before any code is emitted, with the place of
   the op whose result takes the most of it (for a long loop, its tape).
 """
@@ -77,6 +78,7 @@ class MemoryPlan:
     lane_stride: dict[int, int] = field(default_factory=dict)  # owner id -> bytes between lanes (slots only)
     sums: frozenset[int] = frozenset()  # ids of the running sums in the caller's buffers (`writable`)
     scratch: dict[int, int] = field(default_factory=dict)  # id(op) -> offset of what a lane op needs while it runs
+    sizes: dict[int, int] = field(default_factory=dict)  # value id (as in offsets) or id(op) (as in scratch) -> bytes
 
     def owner(self, value: Value) -> int:
         """The value whose storage `value` is (views excepted: they have their own pointer)."""
@@ -124,7 +126,7 @@ def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = froz
     _op_scratch(body, schedule, result, storage)
     if lockstep:
         _lane_scratch(body, schedule, result, storage, shared, lanes)
-        _span_runs(body, schedule, storage, shared)
+        _span(body, schedule, storage, shared, lanes)
         _widen(lane_values, result, storage, external, lanes)
     _place(storage, result)
     return result
@@ -217,18 +219,28 @@ def _lane_scratch(body: Block, schedule: _Schedule, plan_: MemoryPlan, storage: 
                 plan_.scratch[id(op)] = key
 
 
-def _span_runs(body: Block, schedule: _Schedule, storage: _Storage, shared):
-    """In a run, lane 0 runs all its ops before lane 1 starts: every storage alive at some point of
-    a run is alive through all of it (else lane 0 could overwrite what lane 1 has yet to read)."""
-    intervals = list(storage.intervals.values())  # (as arrays: runs times storages, as in `_place`)
-    starts = np.array([interval[0] for interval in intervals], dtype=np.int64)
-    ends = np.array([interval[1] for interval in intervals], dtype=np.int64)
+def _span(body: Block, schedule: _Schedule, storage: _Storage, shared, lanes: int):
+    """Storages that must stay apart beyond their lifetimes. In a run of several lanes, lane 0 runs all
+    its ops before lane 1 starts: every storage alive at some point of a run is alive through all of
+    it (else lane 0 could overwrite what lane 1 has yet to read). With one lane a run's ops run in
+    order, but a group of fused elementwise ops (`emitters.fused_groups`) computes entry by entry:
+    every storage alive at some point of the group is alive through all of it (else an op's result
+    could overwrite entries a value that died earlier in the group has yet to give its later ones).
+    The fuzzer's long profile found wrong jvp, Hessian-product and gradient values when one lane
+    spanned neither."""
+    from .emitters import fused_groups
+    windows = []
     for block in lane_blocks(body):
         for run in lane_runs(block, shared):
-            first, last = schedule.start[id(run[0])], schedule.end[id(run[-1])]
-            overlapping = (starts <= last) & (ends >= first)
-            np.minimum(starts, first, out=starts, where=overlapping)
-            np.maximum(ends, last, out=ends, where=overlapping)
+            spans = [run] if lanes > 1 else [group for group in fused_groups(run) if len(group) > 1]
+            windows += [(schedule.start[id(span[0])], schedule.end[id(span[-1])]) for span in spans]
+    intervals = list(storage.intervals.values())  # (as arrays: windows times storages, as in `_place`)
+    starts = np.array([interval[0] for interval in intervals], dtype=np.int64)
+    ends = np.array([interval[1] for interval in intervals], dtype=np.int64)
+    for first, last in windows:
+        overlapping = (starts <= last) & (ends >= first)
+        np.minimum(starts, first, out=starts, where=overlapping)
+        np.maximum(ends, last, out=ends, where=overlapping)
     for interval, start, end in zip(intervals, starts.tolist(), ends.tolist()):
         interval[0], interval[1] = start, end
 
@@ -479,10 +491,12 @@ def _place(storage: _Storage, plan_: MemoryPlan):
     for owner, offset in offsets.items():
         if owner >= 0:
             plan_.offsets[owner] = offset
+            plan_.sizes[owner] = storage.sizes[owner]
     for loop_id, keys in plan_.staging.items():
         plan_.staging[loop_id] = [offsets[key] if key is not None else None for key in keys]
     for op_id, key in plan_.scratch.items():
         plan_.scratch[op_id] = offsets[key]
+        plan_.sizes[op_id] = storage.sizes[key]
     plan_.size = int((placed_offsets + placed_sizes).max(initial=0))
 
 

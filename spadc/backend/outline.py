@@ -13,9 +13,11 @@ Invariants:
   spadc/backend/codegen.py, with its storages reached through the parameters): the same bits.
 - Each storage the run touches is one parameter (its storage for lane 0) and, unless every lane
   shares it, a second (bytes between lanes); then the lane count and the kernel's context (see
-  `_RunEmitter`). The storages are `noalias`: a
-  run's workspace storages are alive through all of it (memory.py `_span_runs`), so none shares
-  bytes with another, and the caller's buffers are apart (docs/interface.md). Without it a chain
+  `_RunEmitter`). A storage is `noalias` unless it shares bytes with another storage or an op's
+  scratch of the run: with several lanes, a run's workspace storages are alive through all of it
+  (memory.py `_span`), so none does; with one, values that die in a run (outside a group of fused
+  elementwise ops) give their bytes to later ones, and those are not `noalias` (LLVM could move a store to one above a load of the
+  other). The caller's buffers are apart (docs/interface.md). Without `noalias` a chain
   of functions of a param stayed in the lane loop and LLVM's loop vectoriser never finished
   (tests/test_hostile_programs.py; as codegen.py's `name_arguments` says of the kernels). Two runs share a function only
   if their functions' texts are equal once local names are numbered in order of appearance, so a
@@ -31,8 +33,10 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 from llvmlite import ir
 
+from ..ir.core import walk_ops
 from .codegen import FunctionEmitter
 
 I8, I64 = ir.IntType(8), ir.IntType(64)
@@ -82,6 +86,18 @@ def touched(plan, run) -> list | None:
     return values
 
 
+def sharing_bytes(plan, storages, run) -> set[int]:
+    """Owners of the run's workspace storages whose bytes overlap another's of them, or an op's scratch."""
+    owners = sorted({plan.owner(value) for value in storages if plan.owner(value) in plan.offsets})
+    ops = [inner for op in run for inner in (op, *(nested for region in op.regions for nested in walk_ops(region)))]
+    scratch = [id(op) for op in ops if id(op) in plan.scratch]
+    starts = np.array([plan.offsets[o] for o in owners] + [plan.scratch[k] for k in scratch], dtype=np.int64)
+    ends = starts + np.array([plan.sizes[key] for key in owners + scratch], dtype=np.int64)
+    overlap = (starts[:, None] < ends[None, :]) & (starts[None, :] < ends[:, None])
+    np.fill_diagonal(overlap, False)
+    return {owner for owner, hit in zip(owners, overlap[:len(owners)].any(axis=1)) if hit}
+
+
 def emit_run(e, run) -> bool:
     """Emit `run` over the block's lanes as a call of its function; False (nothing emitted) if the
     run needs its kernel (see the module's docstring)."""
@@ -101,9 +117,11 @@ def emit_run(e, run) -> bool:
     r = _RunEmitter(function, e.float, e.plan, None, None, e.checks)
     r.names_sample, r.constants = e.names_sample, e.constants  # (a constant is one in any function)
     arguments = iter(function.args)
+    overlapping = sharing_bytes(e.plan, storages, run)
     for value, lane_shared in zip(storages, shared):
         base = next(arguments)
-        base.add_attribute("noalias")
+        if e.plan.owner(value) not in overlapping:
+            base.add_attribute("noalias")
         r.lane_inputs[e.plan.owner(value)] = (base, I64(0) if lane_shared else next(arguments))
     r.count, r.status, r.first, r.iteration, r.workspace = (next(arguments) for _ in range(5))
     r.options = {name: next(arguments) for name in options}
