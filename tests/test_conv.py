@@ -93,11 +93,23 @@ def torch_vjp(fn, arrays, cotangent):
     return value.detach().numpy(), [t.grad.numpy() if t.grad is not None else np.zeros(t.shape) for t in tensors]
 
 
+def _wide(c_in, c_out, kernel, stride, padding, spatial, groups=1):
+    window = Window(kernel, stride, padding, (1,) * len(kernel))
+    return dict(groups=groups, c_in=c_in, c_out=c_out, kernel=kernel, stride=stride, padding=padding,
+                dilation=(1,) * len(kernel), spatial=spatial, out=(c_out,) + window.out_shape(spatial))
+
+
+# Beside the generated ones: rows of many vectors (more than the weight gradient writes out, with
+# entries left over) and more channels than a tile holds (tiles that overlap at the end).
+WIDE_CONVS = {1: [_wide(9, 5, (3,), (1,), (1,), (45,))],
+              2: [_wide(9, 6, (3, 2), (1, 2), (1, 0), (3, 47)), _wide(6, 6, (2, 3), (1, 1), (0, 1), (2, 23), groups=2)]}
+
+
 @needs_torch
 @pytest.mark.parametrize("spatial_rank", [1, 2])
 def test_conv_equals_pytorch_values_and_both_gradients(spatial_rank):
     rng = np.random.default_rng(SEED + spatial_rank)
-    geometries = generated_convs(rng, spatial_rank)
+    geometries = generated_convs(rng, spatial_rank) + WIDE_CONVS[spatial_rank]
     model = spadc.compile_source(conv_program(geometries), name="conv.spad")
     inputs = {f"x{i}": rng.standard_normal((BATCH, g["c_in"]) + g["spatial"]) for i, g in enumerate(geometries)}
     cotangents = {f"y{i}": rng.standard_normal((BATCH,) + g["out"]) for i, g in enumerate(geometries)}
