@@ -4,9 +4,10 @@ NumPy references).
 A one-dimensional op is emitted as a two-dimensional one of height 1. Each of the three
 convolutions is register tiles whose inner loops run along output columns in vectors:
 - `conv` and `conv_input_grad` are one correlation (`_correlate`): a tile of ROWS result channels by
-  COLUMN_VECTORS vectors of result columns sums, over the channels of its group, the kernel rows and
+  `tile_columns()` vectors of result columns sums, over the channels of its group, the kernel rows and
   the kernel columns in that order, a weight times a run of a source row;
-- `conv_weight_grad` sums, per tile of output channels by input channels and per kernel position,
+- `conv_weight_grad` sums, per tile of ROWS output channels by `tile_columns()` input channels and
+  per kernel position,
   the products of the output's adjoint and the input along every output row, in vectors (then their
   total) and the columns left over.
 They read a zero-padded copy of their source in planned scratch (`Layout`), so no inner loop tests
@@ -33,18 +34,19 @@ from . import gates, gemm
 from .target import has_wide_vectors
 
 I1, I64 = ir.IntType(1), ir.IntType(64)
-ROWS = 4  # result channels per register tile (by COLUMN_VECTORS vectors of result columns)
-COLUMN_VECTORS = 2
+ROWS = 4  # result channels per register tile (by `tile_columns()` vectors of result columns)
 UNROLLED_VECTORS = 4  # vectors of a weight gradient's row written out rather than looped over
 
 
-def weight_grad_channels() -> int:
-    """Input channels per weight-gradient tile (by ROWS output channels): 4 where the machine has 32
-    vector registers (AVX-512: 16 accumulators and 8 operands), else COLUMN_VECTORS. The 4 x 2
-    tile's 8 accumulators are as many FMAs as two units of 4 cycles' latency keep in flight, with no
-    slack; on Zen 4 16 took the weight gradient of 32 channels of 16 x 16 from 21.8 to 20.4 ms (a
-    batch of 150, f32; 78.8 to 77.2 ms with the forward in f64)."""
-    return 4 if has_wide_vectors() else COLUMN_VECTORS
+def tile_columns() -> int:
+    """A register tile's second side, by ROWS: vectors of result columns (a correlation), input
+    channels (the weight gradient). 4 where the machine has 32 vector registers (AVX-512: 16
+    accumulators beside their 8 operands), else 2. Two FMA units of 4 cycles' latency keep 8 FMAs in
+    flight: 8 accumulators leave no slack. On Zen 4, batch 150, f32: the weight gradient of 32
+    channels of 16 x 16 took 20.4 ms where it took 21.8 (78.8 to 77.2 ms with its forward in f64),
+    the forward of 16 to 32 channels of 32 x 32 40.2 ms where 42.8, its input gradient 36.2 where
+    39.7. (Rows of 2 vectors keep 4 x 2: 8 x 2 tiles, many broadcasts, were slower.)"""
+    return 4 if has_wide_vectors() else 2
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ def _source(e, op, operand):
 # ---- conv and its input gradient: one correlation ------------------------------------------------
 
 def _correlate(e, out, shape, source, copy: Copy, weights, rows_per_group: int, channels_per_group: int,
-               KH: int, source_row, taps, weight_at):
+               KH: int, source_row, taps, weight_at, stacked: bool = False):
     """out ([rows, height, width] at pointer `out`)[r, y, x] = the sum over c of r's group, kh and
     (kw, offset) in `taps` (in that order) of weights[weight_at(r, group, c, kh, kw)] times the copy's
     entry at channel group * channels_per_group + c, row `source_row(y, kh)[0]` (when its second
@@ -196,36 +198,44 @@ def _correlate(e, out, shape, source, copy: Copy, weights, rows_per_group: int, 
     rows, height, width = shape
     vector = gemm.width(e) if width >= gemm.width(e) else 1
     lanes = gemm.Lanes(e, vector)
-    vectors = min(COLUMN_VECTORS, width // vector)
+    vectors = min(tile_columns(), width // vector)
+    # With `stacked` (every source row contributes), a tile of narrow rows takes several: the forward
+    # of 32 channels of 16 x 16 (two vectors a row) 20.3 -> 19.1 ms at two. Where a row's
+    # contribution is tested (the input gradient), the tests split the FMAs: 18.8 -> 19.5 ms.
+    lines = min(max(tile_columns() // vectors, 1), height) if stacked else 1  # result rows per tile
     tile_rows = min(ROWS, rows_per_group)
-    accumulators = [[e.alloca(lanes.type, name=f"acc{i}.{j}") for j in range(vectors)] for i in range(tile_rows)]
+    accumulators = [[[e.alloca(lanes.type, name=f"acc{i}.{k}.{j}") for j in range(vectors)] for k in range(lines)]
+                    for i in range(tile_rows)]
 
-    def tile(group, r0, y, x0):
-        for accumulator in (a for row in accumulators for a in row):
+    def tile(group, r0, ys, x0):
+        for accumulator in (a for row in accumulators for line in row for a in line):
             b.store(lanes.zero(), accumulator)
         with e.loop(channels_per_group, "c") as c:
             channel = b.add(b.mul(group, I64(channels_per_group)), c)
             with e.loop(KH, "kh") as kh:
-                source_y, contributes = source_row(y, kh)
-                with b.if_then(contributes):
-                    line = b.add(b.mul(b.add(b.mul(channel, I64(copy.rows)), source_y), I64(copy.row)), x0)
-                    for kw, offset in taps:
-                        start = b.add(line, I64(offset))
-                        xs = [lanes.load(source, b.add(start, I64(j * vector))) for j in range(vectors)]
-                        for i in range(tile_rows):
-                            weight = lanes.splat(e.load(weights, weight_at(b.add(r0, I64(i)), group, c, kh, kw)))
-                            for j in range(vectors):
-                                b.store(gemm.fused(e, b.load(accumulators[i][j]), weight, xs[j]), accumulators[i][j])
+                for k, y in enumerate(ys):
+                    source_y, contributes = source_row(y, kh)
+                    with b.if_then(contributes):
+                        line = b.add(b.mul(b.add(b.mul(channel, I64(copy.rows)), source_y), I64(copy.row)), x0)
+                        for kw, offset in taps:
+                            start = b.add(line, I64(offset))
+                            xs = [lanes.load(source, b.add(start, I64(j * vector))) for j in range(vectors)]
+                            for i in range(tile_rows):
+                                weight = lanes.splat(e.load(weights, weight_at(b.add(r0, I64(i)), group, c, kh, kw)))
+                                for j in range(vectors):
+                                    b.store(gemm.fused(e, b.load(accumulators[i][k][j]), weight, xs[j]),
+                                            accumulators[i][k][j])
         for i in range(tile_rows):
-            base = b.add(b.mul(b.add(b.mul(b.add(r0, I64(i)), I64(height)), y), I64(width)), x0)
-            for j in range(vectors):
-                lanes.store(b.load(accumulators[i][j]), out, b.add(base, I64(j * vector)))
+            for k, y in enumerate(ys):
+                base = b.add(b.mul(b.add(b.mul(b.add(r0, I64(i)), I64(height)), y), I64(width)), x0)
+                for j in range(vectors):
+                    lanes.store(b.load(accumulators[i][k][j]), out, b.add(base, I64(j * vector)))
 
     with e.loop(rows // rows_per_group, "group") as group:
         def over_rows(row_indices):
             r0 = b.add(b.mul(group, I64(rows_per_group)), row_indices[0])
-            with e.loop(height, "y") as y:
-                gemm.covering(e, width, vector * vectors, lambda columns: tile(group, r0, y, columns[0]))
+            gemm.covering(e, height, lines, lambda ys: gemm.covering(
+                e, width, vector * vectors, lambda columns: tile(group, r0, ys, columns[0])))
         gemm.covering(e, rows_per_group, tile_rows, over_rows)
 
 
@@ -242,7 +252,7 @@ def _conv(e, op):
         return b.add(b.mul(b.add(b.mul(b.add(b.mul(r, I64(per_group_in)), c), I64(KH)), kh), I64(KW)), I64(kw))
     _correlate(e, e.pointer(op.result), (c_out,) + plane.output, source, copy, w, c_out // op.attrs["groups"],
                per_group_in, KH, lambda y, kh: (b.add(b.mul(y, I64(sh)), b.mul(kh, I64(dh))), I1(1)),
-               [(kw, copy.column(kw * dw)) for kw in range(KW)], weight_at)
+               [(kw, copy.column(kw * dw)) for kw in range(KW)], weight_at, stacked=True)
 
 
 def _conv_input_grad(e, op):
@@ -301,7 +311,7 @@ def _conv_weight_grad(e, op):
     vector = gemm.width(e)
     full = OW // vector
     lanes, scalars = gemm.Lanes(e, vector), gemm.Lanes(e, 1)
-    tile_out, tile_in = min(ROWS, per_group_out), min(weight_grad_channels(), per_group_in)
+    tile_out, tile_in = min(ROWS, per_group_out), min(tile_columns(), per_group_in)
     sums = [[e.alloca(lanes.type, name=f"sum{i}.{j}") for j in range(tile_in)] for i in range(tile_out)]
     tails = [[e.alloca(e.float, name=f"tail{i}.{j}") for j in range(tile_in)] for i in range(tile_out)]
     g_pointer, out_pointer = e.pointer(g), e.pointer(op.result)
