@@ -275,6 +275,26 @@ class _Held:
     def batch(self, indices: np.ndarray) -> "_Batch":
         return _Batch(self, indices)
 
+    def sent(self) -> dict:
+        """The workers' copy of the data set (object references by input name), sent on first use."""
+        if self.references is None:
+            with self.cluster._lock:
+                self.cluster._start()
+            self.references = {name: self.cluster.ray.put(np.ascontiguousarray(array))
+                               for name, array in self.data.items()}
+        return self.references
+
+    def accuracy(self, model) -> float:
+        """`spadrt.training.accuracy` of the whole data set at the model's params, its rows shared
+        out among the workers (a count of samples: the same whatever the share)."""
+        cluster, references = self.cluster, self.sent()
+        key, _ = cluster._library(model, Exact(), ())
+        n = len(next(iter(self.data.values())))
+        flat, rows = cluster.ray.put(model.flat_params), np.arange(n)
+        shares = [("correct", key, flat, rows[first:last], tuple(references), *references.values())
+                  for first, last in reduction.split(n, len(cluster.actors))]
+        return sum(cluster._run(shares)) / n
+
 
 class _Batch:
     """A cluster for one call whose batch is rows `indices` of a held data set."""
@@ -283,11 +303,5 @@ class _Batch:
         self.held, self.indices = held, indices
 
     def estimate(self, model, estimator, step: int, call: dict, out=None):
-        held = self.held
-        if held.references is None:
-            with held.cluster._lock:
-                held.cluster._start()
-            held.references = {name: held.cluster.ray.put(np.ascontiguousarray(array))
-                               for name, array in held.data.items()}
-        return held.cluster.estimate(model, estimator, step, call, out, (held.references, self.indices))
+        return self.held.cluster.estimate(model, estimator, step, call, out, (self.held.sent(), self.indices))
 

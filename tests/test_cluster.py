@@ -141,12 +141,24 @@ def test_fit_on_the_digits_mlp_is_the_single_process_run_to_the_bit_even_with_a_
         model.init_params(SEED)
         history = model.fit(data, epochs=FIT_EPOCHS, batch_size=FIT_BATCH, optimizer=spadc.Adam(lr=1e-3),
                             seed=SEED, cluster=spread)
-        finals.append((model.flat_params.copy(), history.train_loss))
+        finals.append((model.flat_params.copy(), history.train_loss, history.train_accuracy))
     assert cluster.replaced == before + 1
-    for params, losses in finals[1:]:
+    for params, losses, accuracies in finals[1:]:  # (the cluster's workers count the right answers)
         assert np.array_equal(params, finals[0][0])
         assert losses == finals[0][1]
+        assert accuracies == finals[0][2] and len(accuracies) == FIT_EPOCHS
     assert not np.array_equal(finals[0][0], spadc.compile_file(example("mlp_digits.spad")).flat_params)
+
+
+def test_the_workers_count_a_data_sets_right_answers_as_one_process_does(cluster):
+    from spadrt.training import accuracy
+    model = spadc.compile_file(example("mlp_digits.spad"))
+    model.init_params(SEED)
+    data = _digits(301)  # (shared out unevenly: 150 and 151 rows)
+    model.fit(data, epochs=1, batch_size=64, seed=SEED, quiet=True)  # (somewhere between all wrong and all right)
+    here = accuracy(model, data)
+    assert 0.2 < here < 1.0
+    assert cluster.holding(data).accuracy(model) == here
 
 
 def test_a_worker_whose_layout_differs_is_refused(cluster):

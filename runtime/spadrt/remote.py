@@ -24,6 +24,7 @@ import numpy as np
 from . import calls, es, reduction
 from .arguments import prepare
 from .library import load
+from .training import correct
 
 
 class Worker:
@@ -68,6 +69,12 @@ class Worker:
             for part in parts:
                 model._buffers.give(part[2])
         return [(count, loss, stored) for count, loss, _, stored, _ in parts], nodes
+
+    def correct(self, key: str, flat: np.ndarray, indices, names, *columns) -> int:
+        """How many of rows `indices` of a held data set (its inputs `names`, `columns`) the model
+        classifies right at params `flat` (spadrt.training.correct)."""
+        values = {name: column[indices] for name, column in zip(names, columns)}
+        return correct(self.models[key], values, threads=1, params=flat)
 
     def population(self, key: str, flat: np.ndarray, values: dict, estimator, options: tuple, first_block: int,
                    last_block: int, center: bool, indices=None, names=(), *columns) -> tuple[float | None, dict]:

@@ -174,8 +174,8 @@ def fit(model, data: dict | None, epochs: int = 20, batch_size: int = 32, optimi
                 history.val_loss.append(float(np.mean(model.loss(inputs=valid, threads=threads))))
                 if model.layout["classifier"]:
                     history.val_accuracy.append(accuracy(model, valid, threads))
-            if model.layout["classifier"]:
-                history.train_accuracy.append(accuracy(model, train, threads))
+            if model.layout["classifier"]:  # (a cluster's workers share the pass: it was a third of an epoch)
+                history.train_accuracy.append(held.accuracy(model) if held else accuracy(model, train, threads))
             history.steps = position["step"]
             bar.epoch_done(epoch, epochs, history)
             if on_epoch is not None:
@@ -255,13 +255,19 @@ def _interruptible(history: History, bar, where):
 
 def accuracy(model, data: dict, threads: int | None = None) -> float:
     """The share of samples whose largest logit is their label (the loss is cross_entropy(logits, label))."""
+    return correct(model, data, threads) / len(np.asarray(data[model.layout["classifier"]["label"]]))
+
+
+def correct(model, data: dict, threads: int | None = None, params=None) -> int:
+    """How many samples' largest logit is their label, at the model's params or `params` (a count:
+    the same however the samples are shared out, spadc/cluster.py)."""
     classifier = model.layout["classifier"]
     if classifier is None:
         raise SpadcError("accuracy needs a classifier: a model whose loss is cross_entropy(logits, label) or "
                          "mse(scores, onehot(label, n))")
-    result = model.forward(inputs=data, threads=threads)
+    result = model.forward(params=params, inputs=data, threads=threads)
     logits = result.outputs.get(classifier["logits"], getattr(result, "hidden", {}).get(classifier["logits"]))
-    return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(data[classifier["label"]])))
+    return int(np.sum(np.argmax(logits, axis=-1) == np.asarray(data[classifier["label"]])))
 
 
 def _split(data: dict, share, seed: int) -> tuple[dict, dict]:
