@@ -11,7 +11,9 @@ configuration (f32, batch 150, one lane, one thread): the bytes it stores for th
 counted as it is written, times the batch, plus the weights: what a system holding a whole batch's
 tape at once would need), and the bytes a gradient step actually allocates (tracemalloc's peak over
 the first call of a model freshly loaded from the compile cache: the workspace, whose tape and
-temporaries are reused sample after sample, the gradient, loading the kernel), plus the weights.
+temporaries are reused sample after sample, the gradient, loading the kernel), plus the weights:
+for a training step, `flat_grad` (the gradient an optimiser takes, float32 as the model), and for
+`grad`, which also returns the gradient as float64 arrays by param name (as `params` are).
 
 The model is examples/rad_convnet.spad (four 5x5 convolutions with padding 2 and ReLU, average
 pooling after the second and the fourth, a dense layer 2048 -> 10, cross-entropy); PyTorch's and
@@ -132,16 +134,19 @@ def memory_rows(batch: int) -> list[str]:
             warnings.simplefilter("ignore")
             # compiled (and cached) first: a fresh model then loads its kernel, and allocates as a step does
             spadc.compile_file(EXAMPLE, dtype="f32", lanes=1).grad(x=x[:1], label=label[:1], estimator=estimator)
-            model = spadc.compile_file(EXAMPLE, dtype="f32", lanes=1)
-            weights = 4 * model.layout["param_count"]
-            tracemalloc.start()
-            base = tracemalloc.get_traced_memory()[0]
-            _, _, stats = model.grad(x=x, label=label, estimator=estimator, threads=1, stats=True)
-            allocated = tracemalloc.get_traced_memory()[1] - base
-            tracemalloc.stop()
+            allocated = {}
+            for method in ("flat_grad", "grad"):
+                model = spadc.compile_file(EXAMPLE, dtype="f32", lanes=1)
+                tracemalloc.start()
+                base = tracemalloc.get_traced_memory()[0]
+                _, _, stats = getattr(model, method)(x=x, label=label, estimator=estimator, threads=1,
+                                                     **({"stats": True} if method == "grad" else {}))
+                allocated[method] = tracemalloc.get_traced_memory()[1] - base
+                tracemalloc.stop()
+        weights = 4 * model.layout["param_count"]
         tape = stats["tape_bytes"] * batch + weights
-        rows.append(f"| {keep} | {paper:.2f} | {tape / MB:.2f} | {(allocated + weights) / MB:.2f} | "
-                    f"{stats['peak_workspace_bytes'] / MB:.2f} |")
+        rows.append(f"| {keep} | {paper:.2f} | {tape / MB:.2f} | {(allocated['flat_grad'] + weights) / MB:.2f} | "
+                    f"{(allocated['grad'] + weights) / MB:.2f} | {stats['peak_workspace_bytes'] / MB:.2f} |")
     return rows
 
 
@@ -189,9 +194,9 @@ def main(argv=None) -> int:
         print("\n".join(rad_rows(args.batch, args.sparse_share)))
         return 0
     if args.memory:
-        print("| keep | paper, peak MB | spadc: tape x batch + weights (MB) | spadc: allocated by a step + weights (MB) "
-              "| of which workspace (MB) |")
-        print("|---:|---:|---:|---:|---:|")
+        print("| keep | paper, peak MB | spadc: tape x batch + weights (MB) | spadc: allocated by a training step "
+              "(`flat_grad`) + weights (MB) | by `grad`, float64 arrays out, + weights (MB) | workspace (MB) |")
+        print("|---:|---:|---:|---:|---:|---:|")
         print("\n".join(memory_rows(args.batch)))
         return 0
     print("| dtype | batch | spadc grad (ms) | PyTorch eager (ms) | JAX jit (ms) | spadc / faster peer |")
