@@ -329,10 +329,10 @@ def _conv_weight_grad(e, op):
             # arithmetic of six rows (which left the loop issue-bound: 59 instructions for 16 FMAs).
             g_bases = [b.gep(g_pointer, [b.mul(b.add(co0, I64(i)), I64(OH * OW))], inbounds=True)
                        for i in range(tile_out)]
-            x_bases = [b.gep(source, [b.add(b.mul(b.add(b.mul(b.add(b.mul(group, I64(per_group_in)), b.add(c0, I64(j))),
-                                                            I64(copy.rows)), b.mul(kh, I64(dh))), I64(copy.row)), column)],
-                             inbounds=True)
-                       for j in range(tile_in)]
+            channels = [b.add(b.mul(group, I64(per_group_in)), b.add(c0, I64(j))) for j in range(tile_in)]
+            x_bases = [b.gep(source, [b.add(b.mul(b.add(b.mul(channel, I64(copy.rows)), b.mul(kh, I64(dh))),
+                                                  I64(copy.row)), column)], inbounds=True)
+                       for channel in channels]
             with e.loop(OH, "oh") as oh:
                 g_row, x_row = b.mul(oh, I64(OW)), b.mul(oh, I64(sh * copy.row))
 

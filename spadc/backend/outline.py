@@ -16,8 +16,9 @@ Invariants:
   `_RunEmitter`). A storage is `noalias` unless it shares bytes with another storage or an op's
   scratch of the run: with several lanes, a run's workspace storages are alive through all of it
   (memory.py `_span`), so none does; with one, values that die in a run (outside a group of fused
-  elementwise ops) give their bytes to later ones, and those are not `noalias` (LLVM could move a store to one above a load of the
-  other). The caller's buffers are apart (docs/interface.md). Without `noalias` a chain
+  elementwise ops) give their bytes to later ones, and those are not `noalias` (LLVM could move a
+  store to one above a load of the other). The caller's buffers are apart (docs/interface.md).
+  Without `noalias` a chain
   of functions of a param stayed in the lane loop and LLVM's loop vectoriser never finished
   (tests/test_hostile_programs.py; as codegen.py's `name_arguments` says of the kernels). Two runs share a function only
   if their functions' texts are equal once local names are numbered in order of appearance, so a
