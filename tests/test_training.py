@@ -340,6 +340,8 @@ def test_accuracy_is_reported_for_an_mse_classifier_against_onehot_labels():
     not_a_classifier = spadc.compile_source(MSE_CLASSIFIER.replace("onehot(label, 10)", "ones(10) * float(label)"),
                                             name="regression.spad")
     assert not_a_classifier.layout["classifier"] is None
+    with pytest.raises(spadc.SpadcError, match="accuracy needs a classifier"):
+        spadrt.training.accuracy(not_a_classifier, test)
 
 
 def test_the_mc_fisher_needs_a_softmax_classifier():
