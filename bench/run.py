@@ -243,7 +243,9 @@ def machine(setting: str = "every system pinned to one, except the all-cores row
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu} ({_vector_unit()}), {len(ALL_CORES)} cores ({setting}), Python {platform.python_version()}, "
+    cores = f"{os.cpu_count()} cores" if len(ALL_CORES) == os.cpu_count() else \
+        f"{os.cpu_count()} cores, {len(ALL_CORES)} of them this process's (taskset)"
+    return (f"{cpu} ({_vector_unit()}), {cores} ({setting}), Python {platform.python_version()}, "
             f"NumPy {np.__version__}, {platform.system()} {platform.machine()}")
 
 
