@@ -405,7 +405,7 @@ let h = tanh(conv(x, w1, padding=1))
 let s = [conv(h * float(i + 1), w2, stride=[1, 1], dilation=[2, 1]) for i in 0..2]
 loss sum(tanh(s[0] + s[1]) * s[1])
 """
-SAMPLED_KEEP = 0.2  # few enough kept for the fused weight gradient (spadc/passes/fuse.py, SPARSE_SHARE)
+SAMPLED_KEEP = 0.1  # few enough kept for the fused weight gradient (spadc/passes/fuse.py, sparse_share)
 DENSE_KEEP = 0.5  # and enough for the tiled one over the unpacked input
 
 

@@ -64,16 +64,27 @@ def _fuse(block: Block, uses: Counter) -> Block:
     return Block(list(block.params), _fuse_gated(ops, uses), list(block.yields))
 
 
-SPARSE_SHARE = 0.25  # a conv's gated input at most this kept: its weight gradient from the kept positions alone
+SPARSE_SHARE: float | None = None  # a conv's gated input at most this kept: its weight gradient from the
+# kept positions alone (None: `sparse_share()`, by the machine; bench.convnet --rad sweeps it)
+
+
+def sparse_share() -> float:
+    """The share of kept positions up to which adding them one by one beats the tiled weight
+    gradient over all of them. On the RAD paper's ConvNet (f64, batch 150, one core; `python -m
+    bench.convnet --rad --sparse-share 1`, then 0), RAD's gradient took, the kept positions alone,
+    0.78x, 0.88x, 1.16x and 1.66x the exact one's time at keep 0.05, 0.1, 0.25 and 0.5, and tiled
+    1.01-1.04x, on Zen 4, whose 32 vector registers make the tiled weight gradient 4 x 4
+    (spadc/backend/conv.py); on a Zen 3 (16 registers, 4 x 2 tiles) the two met near 0.25 (0.72x,
+    0.82x, 0.98x, 1.30x against 1.00-1.05x)."""
+    from ..backend.target import has_wide_vectors
+    return 0.15 if has_wide_vectors() else 0.25
 
 
 def _few_kept(attrs) -> bool:
     """Whether a conv input's gate keeps so few positions that adding them one by one beats the tiled
-    weight gradient over all of them. On the RAD paper's ConvNet (f64, batch 150, one core; `python -m
-    bench.convnet --rad --sparse-share 1`, then 0) RAD's gradient took 0.72x, 0.82x, 0.98x and 1.30x
-    the exact one's time at keep 0.05, 0.1, 0.25 and 0.5 that way, and 1.00-1.05x tiled."""
+    weight gradient over all of them (`sparse_share`)."""
     share = attrs["k"] / attrs["d"] if attrs["draw"] == "with_replacement" else attrs["keep"]
-    return share <= SPARSE_SHARE
+    return share <= (sparse_share() if SPARSE_SHARE is None else SPARSE_SHARE)
 
 
 def _fuse_gated(ops: list[Op], uses: Counter) -> list[Op]:
