@@ -4,6 +4,7 @@ PyTorch eager and JAX jit, side by side, in float64 and float32.
     python -m bench.convnet [--batch 150] [--dtypes f64,f32]
     python -m bench.convnet --memory
     python -m bench.convnet --rad [--sparse-share 0.25]
+    python -m bench.convnet --layers [--dtypes f32]
 
 `--memory` prints the RAD paper's Table 1 row for this ConvNet (Oktay et al., ICLR 2021: peak MB at
 each keep, hand-computed, batch 150, float32, weights included) beside spadc's for the same
@@ -179,6 +180,44 @@ def rad_rows(batch: int, sparse_share: float | None) -> list[str]:
     return [f"| {keep} | {1e3 * t:.0f} | {1e3 * times[0]:.0f} | {t / times[0]:.2f} |" for keep, t in zip(RAD_KEEPS, times[1:])]
 
 
+# The ConvNet's convolutions (input channels, output channels, plane side), each timed alone.
+CONV_LAYERS = {"conv1": (3, 16, 32), "conv2": (16, 32, 32), "conv3, conv4": (32, 32, 16)}
+
+
+def layer_rows(batch: int, dtype: str) -> list[str]:
+    """Each of the ConvNet's convolutions alone (5x5, padding 2): its forward, weight gradient and input
+    gradient, as the differences of three programs' times (the forward's loss; the gradient of a
+    param kernel; the same with the input scaled by a param, which asks for the input gradient too),
+    and what each attains in GFLOP/s (2 x the multiply-adds of one convolution)."""
+    import warnings
+    import spadc
+    rng = np.random.default_rng(0)
+    float_type = np.float64 if dtype == "f64" else np.float32
+    rows = []
+    for name, (c_in, c_out, side) in CONV_LAYERS.items():
+        head = f"input x: f64[{c_in}, {side}, {side}]\ninput r: f64[{c_out}, {side}, {side}]\n" \
+               f"param w: f64[{c_out}, {c_in}, 5, 5] ~ normal(0, 0.05)\n"
+        texts = {"forward": head + "param s: f64 = 1.0\nloss sum(conv(x, w, padding=2) * r) * s",
+                 "weights": head + "loss sum(conv(x, w, padding=2) * r)",
+                 "both": head + "param s: f64 = 1.0\nloss sum(conv(x * s, w, padding=2) * r)"}
+        inputs = {"x": rng.standard_normal((batch, c_in, side, side)).astype(float_type),
+                  "r": rng.standard_normal((batch, c_out, side, side)).astype(float_type)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            models = {k: spadc.compile_source(t, name=f"{k}.spad", dtype=dtype) for k, t in texts.items()}
+            for model in models.values():
+                model.init_params(0)
+            forward = lambda: models["forward"].loss(**inputs, threads=1)  # noqa: E731
+            runs = [forward] + [lambda m=models[k]: m.grad(**inputs, threads=1) for k in ("weights", "both")]
+            for run in runs:
+                run()
+            plain, weights, both = fastest_in_turn(*runs, rounds=ROUNDS, calls=CALLS)
+        flops = 2 * batch * c_in * c_out * 25 * side * side
+        parts = [plain, weights - plain, both - weights]
+        rows.append(f"| {name} | " + " | ".join(f"{1e3 * t:.1f} ({flops / t / 1e9:.0f})" for t in parts) + " |")
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=150)
@@ -186,8 +225,16 @@ def main(argv=None) -> int:
     parser.add_argument("--memory", action="store_true", help="the RAD paper's Table 1 row beside spadc's bytes")
     parser.add_argument("--rad", action="store_true", help="RAD's gradient time against the exact one's")
     parser.add_argument("--sparse-share", type=float, default=None, help="with --rad: the fusion pass's SPARSE_SHARE")
+    parser.add_argument("--layers", action="store_true", help="each convolution alone: forward and both gradients")
     args = parser.parse_args(argv)
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    if args.layers:
+        for dtype in args.dtypes.split(","):
+            print(f"{dtype}, batch {args.batch}: ms (GFLOP/s)\n")
+            print("| layer | forward | weight gradient | input gradient |")
+            print("|---|---:|---:|---:|")
+            print("\n".join(layer_rows(args.batch, dtype)) + "\n", flush=True)
+        return 0
     if args.rad:
         print("| keep | RAD grad (ms) | exact grad (ms) | RAD / exact |")
         print("|---:|---:|---:|---:|")
