@@ -124,6 +124,15 @@ class Ray:
                 known[need] = (key, layout)
             return known[need]
 
+    def _any_library(self, model) -> str:
+        """The workers' key of a library of `model` they hold already (each has the forward kernel),
+        else of its exact one, built and loaded now."""
+        with self._lock:
+            held = self._keys.get(model)
+            if held:
+                return next(iter(held.values()))[0]
+        return self._library(model, Exact(), ())[0]
+
     def _check(self, got: int, digest: int, k: int):
         if got != digest:
             raise SpadcError(f"cluster worker {k} loaded a library whose layout digest is {got:#018x}, not the "
@@ -288,7 +297,7 @@ class _Held:
         """`spadrt.training.accuracy` of the whole data set at the model's params, its rows shared
         out among the workers (a count of samples: the same whatever the share)."""
         cluster, references = self.cluster, self.sent()
-        key, _ = cluster._library(model, Exact(), ())
+        key = cluster._any_library(model)
         n = len(next(iter(self.data.values())))
         flat, rows = cluster.ray.put(model.flat_params), np.arange(n)
         shares = [("correct", key, flat, rows[first:last], tuple(references), *references.values())

@@ -159,6 +159,10 @@ def test_the_workers_count_a_data_sets_right_answers_as_one_process_does(cluster
     here = accuracy(model, data)
     assert 0.2 < here < 1.0
     assert cluster.holding(data).accuracy(model) == here
+    # A fit's accuracy pass runs on the library its gradients use (every library has the forward kernel)
+    rad = spadc.compile_file(example("mlp_digits.spad"))
+    rad.fit(data, epochs=1, batch_size=128, seed=SEED, estimator=spadc.RAD(keep=0.5), cluster=cluster, quiet=True)
+    assert len(cluster._keys[rad]) == 1
 
 
 def test_a_worker_whose_layout_differs_is_refused(cluster):
