@@ -69,6 +69,8 @@ class Ray:
         self._keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {need: (key, layout)}
         self._serial = itertools.count()  # libraries' keys, never reused
         self._lock = threading.Lock()
+        self.linked = False  # the workers' mesh is up (spadc/cluster_training.py)
+        self.address_toward = None  # the driver's host, as the workers reach it
 
     def __enter__(self):
         return self
@@ -81,7 +83,7 @@ class Ray:
         with self._lock:
             for actor in self.actors:
                 self.ray.kill(actor)
-            self.actors, self._libraries = [], {}
+            self.actors, self._libraries, self.linked = [], {}, False
             self._keys = weakref.WeakKeyDictionary()
 
     def _start(self):
@@ -145,6 +147,7 @@ class Ray:
             self._check(self.ray.get(actor.add.remote(key, reference)), digest, k)
         self.actors[k] = actor
         self.replaced += 1
+        self.linked = False
 
     def _run(self, shares: list[tuple]) -> list:
         """[worker k's `method(*arguments)` for each share k = (method, *arguments)], in share order;
@@ -292,6 +295,12 @@ class _Held:
             self.references = {name: self.cluster.ray.put(np.ascontiguousarray(array))
                                for name, array in self.data.items()}
         return self.references
+
+    def trainer(self, model, estimator, optimizer, precondition):
+        """`fit`'s run on this data set with the optimiser on the workers (spadc/cluster_training.py),
+        or None where it stays with the driver."""
+        from .cluster_training import trainer  # (that module builds on this one)
+        return trainer(self, model, estimator, optimizer, precondition)
 
     def accuracy(self, model) -> float:
         """`spadrt.training.accuracy` of the whole data set at the model's params, its rows shared

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import spadc
+from spadc.cluster_training import DataParallel
 
 from conftest import example, run_cli
 
@@ -80,18 +81,21 @@ def cluster():
         nodes.shutdown()
 
 
-def _kill_a_worker_on_call(monkeypatch, cluster, call: int):
-    """Kill worker 1's process (SIGKILL) as the `call`-th distributed call (from 1) begins: the
-    share sent to it is lost, as when a machine goes down mid-step."""
-    calls, run = [0], type(cluster)._run
+def _kill_a_worker_on_call(monkeypatch, cluster, call: int, method=None):
+    """Kill worker 1's process (SIGKILL) as the `call`-th call (from 1) of `method` begins (by
+    default the cluster's `_run`, which sends a share to each worker). What worker 1 holds is lost,
+    as when a machine goes down mid-step."""
+    owner, name = method or (type(cluster), "_run")
+    calls, original = [0], getattr(owner, name)
+    process = cluster.ray.get(cluster.actors[1].process.remote())  # (asked now: not queued behind its work)
 
-    def killing(self, shares):
+    def killing(self, *arguments):
         calls[0] += 1
         if calls[0] == call:
-            os.kill(self.ray.get(self.actors[1].process.remote()), signal.SIGKILL)
-        return run(self, shares)
+            os.kill(process, signal.SIGKILL)
+        return original(self, *arguments)
 
-    monkeypatch.setattr(type(cluster), "_run", killing)
+    monkeypatch.setattr(owner, name, killing)
 
 
 @pytest.mark.parametrize("estimator", [None, spadc.RAD(keep=0.3)], ids=["exact", "rad"])
@@ -136,7 +140,8 @@ def test_fit_on_the_digits_mlp_is_the_single_process_run_to_the_bit_even_with_a_
     finals = []
     for spread in (None, cluster, cluster):
         if len(finals) == 2:  # the third run loses a worker in the middle of its first epoch
-            _kill_a_worker_on_call(monkeypatch, cluster, 2)
+            # (the workers linked by the last fit, this one waits first for its first epoch, all sent)
+            _kill_a_worker_on_call(monkeypatch, cluster, 1, (DataParallel, "_results"))
             before = cluster.replaced
         model.init_params(SEED)
         history = model.fit(data, epochs=FIT_EPOCHS, batch_size=FIT_BATCH, optimizer=spadc.Adam(lr=1e-3),

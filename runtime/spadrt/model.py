@@ -116,11 +116,13 @@ class Model:
             value = initial_value(p["name"], p["shape"], p["init"]["kind"], p["init"]["args"], p["bounds"], seed)
             self._flat[p["offset"]:p["offset"] + p["size"]] = value.ravel()
 
-    def project_params(self):
-        """Clip every param into its `in [lo, hi]` box (optimisers call this after each step)."""
+    def project_params(self, flat: np.ndarray | None = None):
+        """Clip every param (of the model, or of a flat array laid out as its are) into its
+        `in [lo, hi]` box (optimisers call this after each step)."""
+        flat = self._flat if flat is None else flat
         for p in self.layout["params"]:
             if p["bounds"]:
-                view = self._flat[p["offset"]:p["offset"] + p["size"]]
+                view = flat[p["offset"]:p["offset"] + p["size"]]
                 np.clip(view, *p["bounds"], out=view)
 
     def set_params(self, values):

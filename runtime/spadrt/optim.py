@@ -30,8 +30,17 @@ def _positive(name: str, value, allow_zero: bool = False) -> float:
     return value
 
 
+class _WithScratch:
+    """An optimiser whose work buffers (`SCRATCH`: their defaults) are not state: pickled (sent to
+    a cluster's workers, or back from them) it leaves them out, and its `step` makes them again."""
+    SCRATCH: dict = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, **self.SCRATCH}
+
+
 @dataclass
-class SGD:
+class SGD(_WithScratch):
     lr: float = 0.01
     momentum: float = 0.0
     nesterov: bool = False
@@ -39,6 +48,7 @@ class SGD:
     dampening: float = 0.0
     _buffer: np.ndarray | None = field(default=None, init=False, repr=False)
     _copy: np.ndarray | None = field(default=None, init=False, repr=False)
+    SCRATCH = {"_copy": None}
 
     def __post_init__(self):
         self.lr = _positive("lr", self.lr)
@@ -70,7 +80,7 @@ class SGD:
 
 
 @dataclass
-class Adam:
+class Adam(_WithScratch):
     lr: float = 0.001
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -80,6 +90,7 @@ class Adam:
     _v: np.ndarray | None = field(default=None, init=False, repr=False)
     _t: int = field(default=0, init=False, repr=False)
     _work: tuple = field(default=(), init=False, repr=False)
+    SCRATCH = {"_work": ()}
 
     def __post_init__(self):
         self.lr = _positive("lr", self.lr)
@@ -93,6 +104,7 @@ class Adam:
         b1, b2 = self.betas
         if self._m is None:
             self._m, self._v = np.zeros_like(params), np.zeros_like(params)
+        if not self._work:
             self._work = (np.empty_like(params), np.empty_like(params))
         self._t += 1
         g = grads
@@ -127,7 +139,7 @@ def AdamW(lr: float = 0.001, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay
 
 
 @dataclass
-class Adagrad:
+class Adagrad(_WithScratch):
     lr: float = 0.01
     lr_decay: float = 0.0
     weight_decay: float = 0.0

@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import shutil
@@ -24,6 +25,7 @@ import numpy as np
 from . import calls, es, reduction
 from .arguments import prepare
 from .library import load
+from .peers import Mesh
 from .training import correct
 
 
@@ -33,6 +35,8 @@ class Worker:
     def __init__(self):
         self._directory = tempfile.mkdtemp(prefix="spadc-worker-")
         self.models = {}
+        self.runs = {}  # data-parallel trainings, by the driver's key for each
+        self.mesh = None  # the links to the other workers (spadrt/peers.py), made when first asked
 
     def __del__(self):
         shutil.rmtree(getattr(self, "_directory", ""), ignore_errors=True)
@@ -55,20 +59,10 @@ class Worker:
         name, states included; or, for the inputs `names`, rows `indices` of `columns`, a data set
         the worker holds already; `options`: (training, seed, step, offset of the first row)):
         each chunk's (samples, mean loss, tape bytes), and the sums of the tree's nodes within them."""
-        model = self.models[key]
-        training, seed, step, offset = options
         values = {**values, **{name: column[indices] for name, column in zip(names, columns)}}
-        prepared = prepare(model.layout, values, model._dtype)
-        entry, function = model._variant(getattr(estimator, "sampling", None))
-        parts = model._chunk_parts(entry, function, prepared=prepared, flat=flat, training=training, seed=seed,
-                                   step=step, offset=offset, threads=1, site_data=None, scores=None, total=total)
-        per_call = entry.get("chunk", calls.CHUNK)
-        sums = reduction.node_sums(first_chunk, [part[2] for part in parts], -(-total // per_call))
-        nodes = {node: value.copy() for node, value in sums.items()}  # sent after the pool has its buffers back
-        if total > per_call:
-            for part in parts:
-                model._buffers.give(part[2])
-        return [(count, loss, stored) for count, loss, _, stored, _ in parts], nodes
+        model = self.models[key]
+        return _chunk_nodes(model, flat, prepare(model.layout, values, model._dtype), estimator, options,
+                            first_chunk, total)
 
     def correct(self, key: str, flat: np.ndarray, indices, names, *columns) -> int:
         """How many of rows `indices` of a held data set (its inputs `names`, `columns`) the model
@@ -89,9 +83,115 @@ class Worker:
         loss = es.center_loss(model, step=step, **call)[0] if center else None
         return loss, es.block_nodes(model, estimator, step, first_block, last_block, **call)
 
+    def listen(self, toward: str) -> tuple[str, int]:
+        """A new end of the workers' mesh (spadc/cluster_training.py; the last one closed): the
+        address peers reach this worker at (`toward`: the driver's host, whose route names it)."""
+        if self.mesh is not None:
+            self.mesh.close()
+        self.mesh = Mesh(toward)
+        return self.mesh.address
+
+    def link(self, rank: int, addresses: list):
+        """Connect to every other worker, this one being worker `rank` (`addresses`: by rank)."""
+        self.mesh.connect(rank, addresses)
+
+    def begin(self, run: str, key: str, flat: np.ndarray, optimizer, estimator, names, *columns):
+        """Start data-parallel training `run` on library `key`, from params `flat` and
+        `optimizer`'s state, on a held data set (inputs `names`, `columns`); again after a worker
+        was lost, from the state they all go back to."""
+        self.runs[run] = _Training(self.models[key], flat, optimizer, estimator, dict(zip(names, columns)))
+
+    def epoch(self, run: str, lr: float, seed: int, steps: list[tuple], counted) -> dict:
+        """`run`'s steps at learning rate `lr`, each (number, offset of its first row in the epoch,
+        samples, this worker's first chunk, the rows of its chunks): this worker's chunks of each
+        batch, the gradient finished from every worker's (in chunk order), the optimiser's step and
+        the bounds, as `fit` steps. A loss not finite stops the run, its params those before the
+        step (every worker has the same loss). Then the right answers among rows `counted` (None:
+        not counted). {"steps": [(mean loss, tape bytes per sample)], "correct", "sent": bytes sent
+        to peers, "share": this worker's share of the state after the epoch (`_Training.share`)}."""
+        training, mesh = self.runs[run], self.mesh
+        model = training.model
+        taken = []
+        sent = mesh.sent
+        try:
+            for step, offset, total, first_chunk, rows in steps:
+                if training.stopped:
+                    break
+                mine = (_chunk_nodes(model, training.flat, model._inputs(training.rows(rows)), training.estimator,
+                                     (True, seed, step, offset), first_chunk, total) if len(rows) else ([], {}))
+                parts = mesh.gather(mine)
+                taken.append(training.step(parts, total, lr))
+        except BaseException:
+            mesh.close()  # (its peers learn at once that it is gone)
+            raise
+        correct_count = None if counted is None else correct(model, training.rows(counted), threads=1,
+                                                             params=training.flat)
+        return {"steps": taken, "correct": correct_count, "sent": mesh.sent - sent,
+                "share": training.share(mesh.rank, mesh.workers)}
+
+    def end(self, run: str):
+        """Forget `run`."""
+        self.runs.pop(run, None)
+
     def train(self, key: str, data: dict, estimator, optimizer, fit_options: dict, seed: int) -> dict:
         """One run of a sweep (spadc/sweeps.py) on the library `key`."""
         return train_run(self.models[key], data, estimator, optimizer, fit_options, seed, threads=1)
+
+
+class _Training:
+    """A data-parallel training's state on one worker: its own params and optimiser, the same bits
+    on every worker (each takes the same steps with the same gradients)."""
+
+    def __init__(self, model, flat: np.ndarray, optimizer, estimator, columns: dict):
+        self.model, self.estimator, self.columns = model, estimator, columns
+        self.flat = np.array(flat)  # (what Ray gives is a read-only view of the object store)
+        self.optimizer = copy.deepcopy(optimizer)
+        self.gradient = np.empty_like(self.flat)
+        self.stopped = False
+
+    def rows(self, indices: np.ndarray) -> dict:
+        return {name: column[indices] for name, column in self.columns.items()}
+
+    def share(self, rank: int, workers: int) -> tuple[np.ndarray, dict, dict]:
+        """Worker `rank`'s share of the state, for the driver to put together: (its run of the
+        params, the optimiser's arrays of the params' size, run the same, its other fields) (the
+        runs of `reduction.split` among `workers`, in rank order)."""
+        runs = reduction.split(self.flat.size, workers)
+        lo, hi = runs[rank] if rank < len(runs) else (0, 0)
+        fields = self.optimizer.__getstate__()
+        sized = {name for name, value in fields.items()
+                 if isinstance(value, np.ndarray) and value.shape == self.flat.shape}
+        return (self.flat[lo:hi], {name: fields[name][lo:hi] for name in sized},
+                {name: value for name, value in fields.items() if name not in sized})
+
+    def step(self, parts: list, total: int, lr: float) -> tuple[float, float]:
+        """The step of a batch of `total` samples whose chunks `parts` hold (every worker's
+        `_chunk_nodes`, in order): (mean loss, tape bytes per sample)."""
+        chunks = [chunk for share_chunks, _ in parts for chunk in share_chunks]
+        known = {node: value for _, nodes in parts for node, value in nodes.items()}
+        loss, gradient, stored = self.model._combined(chunks, known, total, self.gradient)
+        if not math.isfinite(loss):
+            self.stopped = True
+        else:
+            self.optimizer.step(self.flat, gradient, lr)
+            self.model.project_params(self.flat)
+        return loss, stored / total
+
+
+def _chunk_nodes(model, flat: np.ndarray, prepared, estimator, options: tuple, first_chunk: int,
+                 total: int) -> tuple[list[tuple[int, float, int]], dict]:
+    """`Worker.gradient`'s result for the rows `prepared`."""
+    training, seed, step, offset = options
+    entry, function = model._variant(getattr(estimator, "sampling", None))
+    parts = model._chunk_parts(entry, function, prepared=prepared, flat=flat, training=training, seed=seed,
+                               step=step, offset=offset, threads=1, site_data=None, scores=None, total=total)
+    per_call = entry.get("chunk", calls.CHUNK)
+    sums = reduction.node_sums(first_chunk, [part[2] for part in parts], -(-total // per_call))
+    nodes = {node: value.copy() for node, value in sums.items()}  # sent after the pool has its buffers back
+    if total > per_call:
+        for part in parts:
+            model._buffers.give(part[2])
+    return [(count, loss, stored) for count, loss, _, stored, _ in parts], nodes
 
 
 def train_run(model, data: dict, estimator, optimizer, fit_options: dict, seed: int, threads: int | None) -> dict:

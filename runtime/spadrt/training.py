@@ -145,42 +145,67 @@ def fit(model, data: dict | None, epochs: int = 20, batch_size: int = 32, optimi
     position = {"step": 0, "epoch": 0}
     watch = _DivergenceWatch()
     held = cluster.holding(train) if cluster is not None else None  # sent to the workers once
+    # With a cluster, the workers themselves step where they can (the optimiser with them, the same bits)
+    trainer = held.trainer(model, estimator, optimizer, precondition) if held else None
+    classifier = model.layout["classifier"] is not None
+    plans = _epoch_plans(rng, n, epochs, batch_size, optimizer, schedule)
+    if trainer is not None:
+        plans = trainer.run(plans, seed, classifier, looks=on_epoch is not None or valid is not None,
+                            changes=on_epoch is not None)
     with _interruptible(history, bar, lambda: f"interrupted at step {position['step']} "
                                               f"(epoch {position['epoch'] + 1} of {epochs})"):
-        for epoch in range(epochs):
-            position["epoch"] = epoch
-            order = rng.permutation(n)
-            lr = schedule(optimizer.lr, history.steps, epoch, epochs) if schedule else optimizer.lr
-            total, seen = 0.0, 0
-            for first in range(0, n, batch_size):
-                batch = order[first:first + batch_size]
-                step = position["step"]
-                options = {} if isinstance(estimator, SPAD) else {"step": step}
-                loss = _take_step(model, optimizer, lr, history, bar,
-                                  f"step {step} (epoch {epoch + 1}, minibatch {first // batch_size + 1})",
-                                  precondition, step, gradient, estimator=estimator, training=True, seed=seed,
-                                  sample_offset=first,
-                                  threads=threads, inputs={name: values[batch] for name, values in train.items()},
-                                  cluster=held.batch(batch) if held else None, **options)
-                if loss is None:
-                    return history
-                total += loss * len(batch)
-                seen += len(batch)
-                position["step"] = step + 1
-                bar.update(epoch, epochs, seen / n, total / seen)
-            history.train_loss.append(total / seen)
-            watch.see(total / seen, f"epoch {epoch + 1}")
-            if valid is not None:
-                history.val_loss.append(float(np.mean(model.loss(inputs=valid, threads=threads))))
-                if model.layout["classifier"]:
-                    history.val_accuracy.append(accuracy(model, valid, threads))
-            if model.layout["classifier"]:  # (a cluster's workers share the pass: it was a third of an epoch)
-                history.train_accuracy.append(held.accuracy(model) if held else accuracy(model, train, threads))
-            history.steps = position["step"]
-            bar.epoch_done(epoch, epochs, history)
-            if on_epoch is not None:
-                on_epoch(epoch, history)
+        try:
+            for epoch, lr, batches, taken in plans:
+                position["epoch"] = epoch
+                where = [f"step {step} (epoch {epoch + 1}, minibatch {k + 1})" for k, (step, _, _) in enumerate(batches)]
+                if trainer is not None:
+                    steps, correct = taken
+                    losses = (_stepped(history, loss, measured, place) for (loss, measured), place in zip(steps, where))
+                else:
+                    losses = (_take_step(model, optimizer, lr, history, bar, place, precondition, step, gradient,
+                                         estimator=estimator, training=True, seed=seed, sample_offset=first,
+                                         threads=threads, inputs={name: values[batch] for name, values in train.items()},
+                                         cluster=held.batch(batch) if held else None,
+                                         **({} if isinstance(estimator, SPAD) else {"step": step}))
+                              for (step, first, batch), place in zip(batches, where))
+                total, seen = 0.0, 0
+                for (step, _, batch), loss in zip(batches, losses):
+                    if loss is None:
+                        return history
+                    total += loss * len(batch)
+                    seen += len(batch)
+                    position["step"] = step + 1
+                    bar.update(epoch, epochs, seen / n, total / seen)
+                history.train_loss.append(total / seen)
+                watch.see(total / seen, f"epoch {epoch + 1}")
+                if valid is not None:
+                    history.val_loss.append(float(np.mean(model.loss(inputs=valid, threads=threads))))
+                    if classifier:
+                        history.val_accuracy.append(accuracy(model, valid, threads))
+                if classifier:  # (a cluster's workers share the pass: it was a third of an epoch)
+                    history.train_accuracy.append(correct / n if trainer else held.accuracy(model) if held else
+                                                  accuracy(model, train, threads))
+                history.steps = position["step"]
+                bar.epoch_done(epoch, epochs, history)
+                if on_epoch is not None:
+                    on_epoch(epoch, history)
+        finally:
+            plans.close()  # (a cluster's run puts its last state into the model)
+            if trainer is not None:
+                trainer.close()
     return history
+
+
+def _epoch_plans(rng, n: int, epochs: int, batch_size: int, optimizer, schedule):
+    """For each epoch: (its number, learning rate, steps: (number, first row's position in the
+    epoch, row indices), None), drawn in order (a cluster draws the next one before this one ends)."""
+    per_epoch = -(-n // batch_size)
+    for epoch in range(epochs):
+        order = rng.permutation(n)
+        # (the steps taken before it: every epoch's, a fit stopped early has no epoch after)
+        lr = schedule(optimizer.lr, epoch * per_epoch, epoch, epochs) if schedule else optimizer.lr
+        yield epoch, lr, [(epoch * per_epoch + k, first, order[first:first + batch_size])
+                          for k, first in enumerate(range(0, n, batch_size))], None
 
 
 def _fit_without_inputs(model, steps, optimizer, estimator, seed, schedule, quiet, stream, on_epoch,
@@ -227,9 +252,7 @@ def _take_step(model, optimizer, lr: float, history: History, bar, where: str, p
     into `out`, the run's own buffer (consumed by this step: a fresh array of a large model's size
     costs page faults every step)."""
     loss, flat, measured = model._flat_grad_into(out, **grad_options)
-    if not math.isfinite(loss):
-        history.stopped = f"the loss became {loss} at {where}; training stopped"
-        warnings.warn(TrainingStopped(history.stopped), stacklevel=4)
+    if not _finite(history, loss, where):
         return None
     if precondition is not None:
         flat = precondition.direction(model, flat, grad_options, number)
@@ -237,6 +260,23 @@ def _take_step(model, optimizer, lr: float, history: History, bar, where: str, p
     model.project_params()
     history.tape_bytes = measured
     return loss
+
+
+def _stepped(history: History, loss: float, measured: float, where: str) -> float | None:
+    """A step the workers took (spadc/cluster_training.py), as `_take_step` gives it."""
+    if not _finite(history, loss, where):
+        return None
+    history.tape_bytes = measured
+    return loss
+
+
+def _finite(history: History, loss: float, where: str) -> bool:
+    """Whether a step's loss is finite; if not, training stops, `history.stopped` and a warning say where."""
+    if math.isfinite(loss):
+        return True
+    history.stopped = f"the loss became {loss} at {where}; training stopped"
+    warnings.warn(TrainingStopped(history.stopped), stacklevel=6)  # (the caller of Model.fit)
+    return False
 
 
 @contextmanager

@@ -1,0 +1,217 @@
+"""Data-parallel `fit` on a cluster, the optimiser on the workers (spadc/cluster.py, INTERFACE.md
+"Past one machine, on Ray").
+
+Invariants:
+- Every worker holds the run's params and optimiser and takes every step itself: it computes its
+  contiguous run of the batch's chunks (the shares of `Ray.estimate`), gathers every worker's
+  share straight from its peers (spadrt/peers.py: a TCP mesh, not the driver, not the object
+  store), finishes the batch's gradient in chunk order and steps. So all workers hold the same
+  bits, those of one process's `fit`, and neither gradients nor params pass through the driver.
+- The driver sends each worker one call per epoch (its share of every step: row indices) and
+  waits once, for the steps' losses, the right answers at the epoch's end (classifiers) and worker
+  0's state, which it copies into the model and its optimiser: between epochs they are the run's,
+  as in one process (checkpoints, Ctrl-C).
+- A worker lost anywhere in an epoch (its peers find out from their links) is replaced, every
+  worker restarts from the driver's state (the epoch's start) and the epoch runs again: the same
+  bits. An epoch lost RETRIES + 1 times fails the fit.
+- For exact and RAD gradients and spadc's own optimisers without a preconditioner; other fits on
+  a cluster send the driver's params every step (`Ray.estimate`).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections import deque
+
+import numpy as np
+
+from spadrt import calls, reduction
+from spadrt.estimators import RAD, Exact, variant_key
+from spadrt.optim import OPTIMIZERS
+from spadrt.peers import PeerLost
+
+from .cluster import RETRIES
+from .errors import SpadcError
+
+_RUNS = itertools.count()  # the workers' keys of runs, never reused in this process
+
+
+def trainer(held, model, estimator, optimizer, precondition) -> "DataParallel | None":
+    """The data-parallel training of `model` on the data set `held` (`Ray.holding`), or None where
+    the optimiser must stay with the driver."""
+    if (precondition is not None or type(estimator) not in (Exact, RAD)
+            or type(optimizer) not in set(OPTIMIZERS.values())):
+        return None
+    return DataParallel(held, model, estimator, optimizer)
+
+
+class DataParallel:
+    """One `fit`'s run on the workers of `held.cluster`."""
+
+    def __init__(self, held, model, estimator, optimizer):
+        self.held, self.model, self.estimator, self.optimizer = held, model, estimator, optimizer
+        self.cluster = held.cluster
+        self.key, layout = self.cluster._library(model, estimator, ())
+        self.per_call = layout["variants"][variant_key(estimator.sampling)].get("chunk", calls.CHUNK)
+        self.tag = f"r{next(_RUNS)}"  # the workers' key of this run
+        self.started = False
+        self.state = None  # the workers' shares of the state after the last epoch taken, not yet taken
+        self.traffic = {"steps": 0, "to workers": 0, "from workers": 0, "between workers": 0}  # bytes, over the fit
+
+    def close(self):
+        """Let the workers forget the run (after the calls already queued)."""
+        for actor in self.cluster.actors:
+            actor.end.remote(self.tag)
+
+    def run(self, epochs, seed: int, count: bool, looks: bool, changes: bool):
+        """For each epoch of `epochs` (number, learning rate, steps: each (number, first row's
+        position in the epoch, row indices), None), once the workers took it: the epoch with its
+        last item ([(mean loss, tape bytes per sample)] of the steps taken, up to the first loss
+        that is not finite; the count of right answers on the data set after it, if `count`).
+        The model and optimiser hold the state after it if the caller `looks` at them between
+        epochs, else once the run ends (stopped early, interrupted, or done). Unless the caller
+        `changes` the optimiser between epochs, the next epoch is sent before one is waited for:
+        the workers go on with it while the caller looks at this one (the epochs are drawn one ahead)."""
+        epochs, queue, lost = iter(epochs), deque(), 0
+        try:
+            while True:
+                while len(queue) < (1 if changes else 2) and (epoch := next(epochs, None)) is not None:
+                    queue.append([epoch, None])
+                if not queue:
+                    return
+                try:
+                    for entry in queue:
+                        if entry[1] is None:
+                            entry[1] = self._send(*entry[0][1:3], seed, count)
+                    results = self._results(queue[0][1])
+                except _Lost as error:
+                    lost += 1
+                    if lost > RETRIES:
+                        raise SpadcError(f"cluster workers were lost {lost} times during this fit; giving up "
+                                         f"({error.error})") from None
+                    self._replace_lost()
+                    for entry in queue:
+                        entry[1] = None  # sent again, from the state after the last epoch taken
+                    continue
+                epoch, _ = queue.popleft()
+                self.state = [result["share"] for result in results]
+                if looks:
+                    self._take_state()
+                self.traffic["steps"] += len(results[0]["steps"])
+                self.traffic["between workers"] += sum(result["sent"] for result in results)
+                correct = (sum(result["correct"] for result in results if result["correct"] is not None)
+                           if count else None)
+                yield (*epoch[:3], (results[0]["steps"], correct))
+        finally:
+            self._take_state()
+
+    def _send(self, lr: float, batches: list, seed: int, count: bool) -> list:
+        """Each worker's call for one epoch (its chunks of every step)."""
+        actors = self.cluster.actors
+        shares = [[] for _ in actors]
+        for step, first, rows in batches:
+            n = len(rows)
+            spread = reduction.split(-(-n // self.per_call), len(actors))
+            for k in range(len(actors)):
+                lo, hi = spread[k] if k < len(spread) else (0, 0)
+                start, stop = lo * self.per_call, min(hi * self.per_call, n)
+                shares[k].append((step, first + start, n, lo, rows[start:stop]))
+        samples = np.arange(len(next(iter(self.held.data.values()))))
+        counted = reduction.split(len(samples), len(actors))
+        self.traffic["to workers"] += sum(_nbytes(share) for share in shares)
+        references = self.held.sent()
+        # Calls that wait on each other (each worker's epoch on its peers') reach every worker in
+        # the same order, whatever other threads send: none waits on a peer busy with another's.
+        with self.cluster._lock:
+            if not self.cluster.linked:
+                self._link()
+            if not self.started:
+                self._begin(references)
+            return [actor.epoch.remote(self.tag, float(lr), seed, shares[k],
+                                       samples[slice(*counted[k])] if count and k < len(counted) else None)
+                    for k, actor in enumerate(actors)]
+
+    def _take_state(self):
+        """The run's state after the last epoch taken, each worker's share of it (params, the
+        optimiser's arrays of their size, its other fields), into the model and the optimiser
+        (once)."""
+        shares, self.state = self.state, None
+        if shares is None:
+            return
+        flat = np.concatenate([share[0] for share in shares])
+        np.copyto(self.model.flat_params, flat)
+        arrays = {name: np.concatenate([share[1][name] for share in shares]) for name in shares[0][1]}
+        self.optimizer.__dict__.update({**copy.deepcopy(shares[0][2]), **arrays})
+        self.traffic["from workers"] += flat.nbytes + sum(_nbytes(share[1:]) for share in shares)
+
+    def _results(self, futures: list) -> list:
+        """Every worker's result; `_Lost` if a worker was lost (its peers then say so too); a
+        user's error raised by one worker as one process raises it."""
+        ray = self.cluster.ray
+        ray.wait(futures, num_returns=len(futures))
+        results, lost = [], None
+        for future in futures:
+            try:
+                results.append(ray.get(future))
+            except ray.exceptions.RayActorError as error:
+                lost = lost or error
+            except ray.exceptions.RayTaskError as error:
+                if not isinstance(error.cause, PeerLost):
+                    self.started = self.cluster.linked = False  # (the failed worker closed its links)
+                    raise error.cause if isinstance(error.cause, SpadcError) else error from None
+                lost = lost or error.cause
+        if lost is not None:
+            self.cluster.linked = False
+            raise _Lost(lost)
+        return results
+
+    def _begin(self, references: dict):
+        """Every worker starts the run from the state after the last epoch taken (its errors come
+        with the epoch's)."""
+        self._take_state()
+        ray = self.cluster.ray
+        flat, optimizer = ray.put(self.model.flat_params), ray.put(self.optimizer)
+        for actor in self.cluster.actors:
+            actor.begin.remote(self.tag, self.key, flat, optimizer, self.estimator, tuple(references),
+                               *references.values())
+        self.started = True
+
+    def _link(self):
+        """The workers' mesh, made again (spadrt/peers.py)."""
+        cluster = self.cluster
+        if cluster.address_toward is None:
+            cluster.address_toward = cluster.ray.util.get_node_ip_address()
+        addresses = self._results([actor.listen.remote(cluster.address_toward) for actor in cluster.actors])
+        self._results([actor.link.remote(k, addresses) for k, actor in enumerate(cluster.actors)])
+        cluster.linked = True
+
+    def _replace_lost(self):
+        """Replace every worker lost; all of them start the run again."""
+        ray = self.cluster.ray
+        for k, actor in enumerate(list(self.cluster.actors)):
+            try:
+                ray.get(actor.process.remote())
+            except ray.exceptions.RayActorError:
+                with self.cluster._lock:
+                    self.cluster._replace(k)
+        self.started = False
+
+
+class _Lost(Exception):
+    """A worker was lost during a call (`error`: what said so)."""
+
+    def __init__(self, error):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _nbytes(value) -> int:
+    """Bytes of the arrays and numbers in `value` (nested in tuples, lists and dicts)."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return 8 if isinstance(value, (int, float)) else 0
