@@ -22,18 +22,20 @@ from __future__ import annotations
 
 import copy
 import itertools
+import time
 from collections import deque
 
 import numpy as np
 
 from spadrt import calls, reduction
 from spadrt.estimators import RAD, Exact, variant_key
-from spadrt.optim import OPTIMIZERS
+from spadrt import optim
 from spadrt.peers import PeerLost
 
 from .cluster import RETRIES
 from .errors import SpadcError
 
+STATE_INTERVAL = 1.0  # seconds between the workers' reports of the state (their cost; a loss reruns as much)
 _RUNS = itertools.count()  # the workers' keys of runs, never reused in this process
 
 
@@ -41,7 +43,7 @@ def trainer(held, model, estimator, optimizer, precondition) -> "DataParallel | 
     """The data-parallel training of `model` on the data set `held` (`Ray.holding`), or None where
     the optimiser must stay with the driver."""
     if (precondition is not None or type(estimator) not in (Exact, RAD)
-            or type(optimizer) not in set(OPTIMIZERS.values())):
+            or type(optimizer) not in set(optim.OPTIMIZERS.values())):
         return None
     return DataParallel(held, model, estimator, optimizer)
 
@@ -56,7 +58,7 @@ class DataParallel:
         self.per_call = layout["variants"][variant_key(estimator.sampling)].get("chunk", calls.CHUNK)
         self.tag = f"r{next(_RUNS)}"  # the workers' key of this run
         self.started = False
-        self.state = None  # the workers' shares of the state after the last epoch taken, not yet taken
+        self.taken = None  # the epoch after which the model and optimiser hold the run's state (None: its start)
         self.traffic = {"steps": 0, "to workers": 0, "from workers": 0, "between workers": 0}  # bytes, over the fit
 
     def close(self):
@@ -64,50 +66,67 @@ class DataParallel:
         for actor in self.cluster.actors:
             actor.end.remote(self.tag)
 
-    def run(self, epochs, seed: int, count: bool, looks: bool, changes: bool):
+    def run(self, epochs, last: int, seed: int, count: bool, looks: bool, changes: bool):
         """For each epoch of `epochs` (number, learning rate, steps: each (number, first row's
-        position in the epoch, row indices), None), once the workers took it: the epoch with its
+        position in the epoch, row indices), None; `last`: the last one's number), once the
+        workers took it: the epoch with its
         last item ([(mean loss, tape bytes per sample)] of the steps taken, up to the first loss
         that is not finite; the count of right answers on the data set after it, if `count`).
         The model and optimiser hold the state after it if the caller `looks` at them between
         epochs, else once the run ends (stopped early, interrupted, or done). Unless the caller
         `changes` the optimiser between epochs, the next epoch is sent before one is waited for:
         the workers go on with it while the caller looks at this one (the epochs are drawn one ahead)."""
-        epochs, queue, lost = iter(epochs), deque(), 0
+        plans = iter(epochs)
+        queue: deque = deque()  # epochs sent, not yet given to the caller: [plan, report, futures]
+        since: list = []  # every epoch sent after the state taken (sent again after a loss)
+        reported, seen, lost = time.monotonic(), None, 0
         try:
             while True:
-                while len(queue) < (1 if changes else 2) and (epoch := next(epochs, None)) is not None:
-                    queue.append([epoch, None])
+                # (an epoch's plan is drawn when it is sent: its learning rate is the optimiser's then)
+                while len(queue) < (1 if changes else 2) and (plan := next(plans, None)) is not None:
+                    report = looks or plan[0] == last or time.monotonic() - reported >= STATE_INTERVAL
+                    reported = time.monotonic() if report else reported
+                    queue.append([plan, report, None])
+                    since.append(queue[-1])
                 if not queue:
                     return
                 try:
-                    for entry in queue:
-                        if entry[1] is None:
-                            entry[1] = self._send(*entry[0][1:3], seed, count)
-                    results = self._results(queue[0][1])
+                    for entry in since:
+                        if entry[2] is None:
+                            entry[2] = self._send(entry[0], seed, count, entry[1])
+                    results = self._results(queue[0][2])
                 except _Lost as error:
                     lost += 1
                     if lost > RETRIES:
                         raise SpadcError(f"cluster workers were lost {lost} times during this fit; giving up "
                                          f"({error.error})") from None
                     self._replace_lost()
-                    for entry in queue:
-                        entry[1] = None  # sent again, from the state after the last epoch taken
+                    for entry in since:
+                        entry[2] = None  # sent again, from the state taken
                     continue
-                epoch, _ = queue.popleft()
-                self.state = [result["share"] for result in results]
-                if looks:
-                    self._take_state()
+                entry = queue.popleft()
+                (plan, report, _), entry[1] = entry, False  # (sent again after a loss, it need not report)
+                seen = plan[0]
+                if report:
+                    self._take_state(seen, [result["share"] for result in results])
+                    since = list(queue)
                 self.traffic["steps"] += len(results[0]["steps"])
                 self.traffic["between workers"] += sum(result["sent"] for result in results)
                 correct = (sum(result["correct"] for result in results if result["correct"] is not None)
                            if count else None)
-                yield (*epoch[:3], (results[0]["steps"], correct))
+                yield (*plan[:3], (results[0]["steps"], correct))
         finally:
-            self._take_state()
+            if seen is not None and seen != self.taken:  # (ended early: the state after the last epoch given)
+                try:
+                    actors = self.cluster.actors
+                    self._take_state(seen, self._results([actor.share.remote(self.tag, seen, k, len(actors))
+                                                          for k, actor in enumerate(actors)]))
+                except (_Lost, self.cluster.ray.exceptions.RayError):
+                    pass  # (a worker lost: the model keeps the state after epoch `self.taken`)
 
-    def _send(self, lr: float, batches: list, seed: int, count: bool) -> list:
+    def _send(self, plan: tuple, seed: int, count: bool, report: bool) -> list:
         """Each worker's call for one epoch (its chunks of every step)."""
+        number, lr, batches, _ = plan
         actors = self.cluster.actors
         shares = [[] for _ in actors]
         for step, first, rows in batches:
@@ -128,21 +147,19 @@ class DataParallel:
                 self._link()
             if not self.started:
                 self._begin(references)
-            return [actor.epoch.remote(self.tag, float(lr), seed, shares[k],
-                                       samples[slice(*counted[k])] if count and k < len(counted) else None)
+            settings = optim.settings(self.optimizer)
+            return [actor.epoch.remote(self.tag, number, settings, float(lr), seed, shares[k],
+                                       samples[slice(*counted[k])] if count and k < len(counted) else None, report)
                     for k, actor in enumerate(actors)]
 
-    def _take_state(self):
-        """The run's state after the last epoch taken, each worker's share of it (params, the
-        optimiser's arrays of their size, its other fields), into the model and the optimiser
-        (once)."""
-        shares, self.state = self.state, None
-        if shares is None:
-            return
+    def _take_state(self, epoch: int, shares: list[tuple]):
+        """The run's state after `epoch`, each worker's share of it (params, the optimiser's
+        arrays of their size, its other fields), into the model and the optimiser."""
         flat = np.concatenate([share[0] for share in shares])
         np.copyto(self.model.flat_params, flat)
         arrays = {name: np.concatenate([share[1][name] for share in shares]) for name in shares[0][1]}
-        self.optimizer.__dict__.update({**copy.deepcopy(shares[0][2]), **arrays})
+        self.optimizer.__dict__.update({**copy.deepcopy(shares[0][2]), **arrays})  # (its state: not its settings)
+        self.taken = epoch
         self.traffic["from workers"] += flat.nbytes + sum(_nbytes(share[1:]) for share in shares)
 
     def _results(self, futures: list) -> list:
@@ -167,9 +184,7 @@ class DataParallel:
         return results
 
     def _begin(self, references: dict):
-        """Every worker starts the run from the state after the last epoch taken (its errors come
-        with the epoch's)."""
-        self._take_state()
+        """Every worker starts the run from the state taken (its errors come with the epoch's)."""
         ray = self.cluster.ray
         flat, optimizer = ray.put(self.model.flat_params), ray.put(self.optimizer)
         for actor in self.cluster.actors:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import spadc
+import spadrt.training
 from spadc.cluster_training import DataParallel
 
 from conftest import example, run_cli
@@ -140,8 +141,9 @@ def test_fit_on_the_digits_mlp_is_the_single_process_run_to_the_bit_even_with_a_
     finals = []
     for spread in (None, cluster, cluster):
         if len(finals) == 2:  # the third run loses a worker in the middle of its first epoch
-            # (the workers linked by the last fit, this one waits first for its first epoch, all sent)
-            _kill_a_worker_on_call(monkeypatch, cluster, 1, (DataParallel, "_results"))
+            # (the workers linked by the last fit, this one waits first for its first epoch, then for
+            # its second, sent ahead: lost there, both are run again, from the state at the start)
+            _kill_a_worker_on_call(monkeypatch, cluster, 2, (DataParallel, "_results"))
             before = cluster.replaced
         model.init_params(SEED)
         history = model.fit(data, epochs=FIT_EPOCHS, batch_size=FIT_BATCH, optimizer=spadc.Adam(lr=1e-3),
@@ -153,6 +155,88 @@ def test_fit_on_the_digits_mlp_is_the_single_process_run_to_the_bit_even_with_a_
         assert losses == finals[0][1]
         assert accuracies == finals[0][2] and len(accuracies) == FIT_EPOCHS
     assert not np.array_equal(finals[0][0], spadc.compile_file(example("mlp_digits.spad")).flat_params)
+
+
+def _fit_run(model, data, cluster, **options) -> tuple:
+    model.init_params(SEED)
+    history = model.fit(data, seed=SEED, cluster=cluster, **options)
+    return model.flat_params.copy(), history
+
+
+def test_a_fit_whose_caller_looks_and_changes_the_optimiser_between_epochs_is_the_local_one(cluster):
+    """Validation and on_epoch: the state comes back every epoch and no epoch is sent ahead (the
+    callback halves the learning rate, which the next epoch must see)."""
+    model = spadc.compile_file(example("mlp_digits.spad"))
+    data, valid = _digits(FIT_SAMPLES), {k: v[FIT_SAMPLES:FIT_SAMPLES + 200] for k, v in _digits(1300).items()}
+    runs = []
+    for spread in (None, cluster):
+        optimizer, seen = spadc.SGD(lr=0.1, momentum=0.9), []
+
+        def halve(epoch, history, optimizer=optimizer, seen=seen):
+            seen.append(model.flat_params.copy())  # the state after this very epoch
+            optimizer.lr /= 2
+
+        params, history = _fit_run(model, data, spread, epochs=3, batch_size=FIT_BATCH, optimizer=optimizer,
+                                   validation=valid, on_epoch=halve, estimator=spadc.RAD(keep=0.5))
+        runs.append((params, history.train_loss, history.val_loss, seen, optimizer._buffer.copy()))
+    (params, losses, valid_losses, seen, momentum), there = runs
+    assert np.array_equal(there[0], params) and there[1] == losses and there[2] == valid_losses
+    assert all(np.array_equal(a, b) for a, b in zip(there[3], seen)) and len(seen) == 3
+    assert np.array_equal(there[4], momentum)  # the optimiser's state came back too
+
+
+def test_a_fit_stopped_by_a_loss_not_finite_on_the_cluster_stops_where_the_local_one_does(cluster):
+    model = spadc.compile_source("input t: f64\nparam w: f64 = 1\nloss exp(w * t)", name="nan.spad")
+    data = {"t": np.array([1.0, 2.0, 1000.0, 1.0, 0.5, 0.25])}  # a batch of 2: one chunk, worker 1 idle
+    runs = []
+    for spread in (None, cluster):
+        with pytest.warns(spadrt.training.TrainingStopped, match="the loss became inf"):
+            runs.append(_fit_run(model, data, spread, epochs=3, batch_size=2, optimizer=spadc.Adam(lr=1e-3)))
+    (params, history), (there, there_history) = runs
+    assert history.stopped == there_history.stopped and history.stopped is not None
+    assert np.array_equal(there, params) and there_history.train_loss == history.train_loss == []
+
+
+def test_an_interrupted_fit_on_the_cluster_holds_the_state_after_the_epoch_it_was_in(cluster, monkeypatch):
+    """Interrupted while it counts the second epoch's steps (the workers took it whole, and the
+    third, sent ahead, after it), a fit leaves the model as two epochs of the local run do."""
+    model = spadc.compile_file(example("mlp_digits.spad"))
+    data = _digits(FIT_SAMPLES)
+    two_epochs, _ = _fit_run(model, data, None, epochs=2, batch_size=FIT_BATCH)
+    calls, update = [0], spadrt.training._Progress.update
+
+    def interrupting(self, *arguments):
+        calls[0] += 1
+        if calls[0] == FIT_SAMPLES // FIT_BATCH + 2:  # the second step of the second epoch
+            raise KeyboardInterrupt
+        return update(self, *arguments)
+
+    monkeypatch.setattr(spadrt.training._Progress, "update", interrupting)
+    with pytest.raises(spadrt.training.Interrupted) as interrupted:
+        _fit_run(model, data, cluster, epochs=3, batch_size=FIT_BATCH)
+    assert len(interrupted.value.history.train_loss) == 1
+    assert np.array_equal(model.flat_params, two_epochs)
+
+
+def test_two_threads_fit_on_one_cluster_at_once_each_as_alone(cluster):
+    """Each epoch's calls wait on their peers: sent to every worker in the same order, they never
+    wait on a peer busy with the other fit's."""
+    import threading
+    models = [spadc.compile_file(example("mlp_digits.spad")) for _ in range(2)]
+    data = [_digits(FIT_SAMPLES), {k: v[::-1].copy() for k, v in _digits(FIT_SAMPLES).items()}]
+    options = dict(epochs=3, batch_size=FIT_BATCH, optimizer="adam")
+    here = [_fit_run(model, rows, None, **options)[0] for model, rows in zip(models, data)]
+    there = [None, None]
+
+    def fit(k):
+        there[k] = _fit_run(models[k], data[k], cluster, **options)[0]
+
+    threads = [threading.Thread(target=fit, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(np.array_equal(a, b) for a, b in zip(there, here))
 
 
 def test_the_workers_count_a_data_sets_right_answers_as_one_process_does(cluster):

@@ -13,7 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -163,6 +163,17 @@ class Adagrad(_WithScratch):
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "adagrad": Adagrad}
+
+
+def settings(optimizer) -> dict:
+    """One of these optimisers' hyperparameters by name: what a caller may change between steps."""
+    return {f.name: getattr(optimizer, f.name) for f in fields(optimizer) if f.init}
+
+
+def state(optimizer) -> dict:
+    """Its state by name: what its steps change (its work buffers left out)."""
+    return {f.name: getattr(optimizer, f.name) for f in fields(optimizer)
+            if not f.init and f.name not in optimizer.SCRATCH}
 
 
 # ---- schedules ------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from . import calls, es, reduction
+from . import calls, es, optim, reduction
 from .arguments import prepare
 from .library import load
 from .peers import Mesh
@@ -101,18 +101,25 @@ class Worker:
         was lost, from the state they all go back to."""
         self.runs[run] = _Training(self.models[key], flat, optimizer, estimator, dict(zip(names, columns)))
 
-    def epoch(self, run: str, lr: float, seed: int, steps: list[tuple], counted) -> dict:
-        """`run`'s steps at learning rate `lr`, each (number, offset of its first row in the epoch,
-        samples, this worker's first chunk, the rows of its chunks): this worker's chunks of each
-        batch, the gradient finished from every worker's (in chunk order), the optimiser's step and
-        the bounds, as `fit` steps. A loss not finite stops the run, its params those before the
-        step (every worker has the same loss). Then the right answers among rows `counted` (None:
-        not counted). {"steps": [(mean loss, tape bytes per sample)], "correct", "sent": bytes sent
-        to peers, "share": this worker's share of the state after the epoch (`_Training.share`)}."""
+    def epoch(self, run: str, number: int, settings: dict, lr: float, seed: int, steps: list[tuple], counted,
+              report: bool) -> dict:
+        """`run`'s epoch `number` with the optimiser's `settings` (spadrt.optim.settings: as the
+        driver's are now) at learning rate `lr`, its steps each (number, offset of its first
+        row in the epoch, samples, this worker's first chunk, the rows of its chunks): this
+        worker's chunks of each batch, the gradient finished from every worker's (in chunk order),
+        the optimiser's step and the bounds, as `fit` steps. A loss not finite stops the run, its
+        params those before the step (every worker has the same loss). Then the right answers among
+        rows `counted` (None: not counted). {"steps": [(mean loss, tape bytes per sample)],
+        "correct", "sent": bytes sent to peers, "share": if `report`, this worker's share of the
+        state after the epoch (`_Training.share`)}."""
         training, mesh = self.runs[run], self.mesh
         model = training.model
         taken = []
         sent = mesh.sent
+        if not training.stopped:
+            training.keep(number - 1)
+            for name, value in settings.items():
+                setattr(training.optimizer, name, value)
         try:
             for step, offset, total, first_chunk, rows in steps:
                 if training.stopped:
@@ -124,10 +131,16 @@ class Worker:
         except BaseException:
             mesh.close()  # (its peers learn at once that it is gone)
             raise
+        training.done = number if taken else training.done
         correct_count = None if counted is None else correct(model, training.rows(counted), threads=1,
                                                              params=training.flat)
         return {"steps": taken, "correct": correct_count, "sent": mesh.sent - sent,
-                "share": training.share(mesh.rank, mesh.workers)}
+                "share": training.share(number, mesh.rank, mesh.workers) if report else None}
+
+    def share(self, run: str, number: int, rank: int, workers: int) -> tuple:
+        """This worker's share (as worker `rank` of `workers`) of `run`'s state after its epoch
+        `number`: the last it took, or the one before (a driver's run is one epoch ahead)."""
+        return self.runs[run].share(number, rank, workers)
 
     def end(self, run: str):
         """Forget `run`."""
@@ -148,20 +161,34 @@ class _Training:
         self.optimizer = copy.deepcopy(optimizer)
         self.gradient = np.empty_like(self.flat)
         self.stopped = False
+        self.done = None  # the last epoch taken whole: the params and optimiser hold the state after it
+        self.kept = None  # (epoch, params, optimiser's fields): the state after the epoch before the last begun
+
+    def keep(self, epoch: int):
+        """The state now, as the state after `epoch`, kept (into the buffers of the last one kept)."""
+        _, flat, fields = self.kept or (None, None, {})
+        self.kept = (epoch, _into(flat, self.flat),
+                     {name: _into(fields.get(name), value) if isinstance(value, np.ndarray) else copy.deepcopy(value)
+                      for name, value in optim.state(self.optimizer).items()})
+        self.done = None  # (until this epoch is taken)
 
     def rows(self, indices: np.ndarray) -> dict:
         return {name: column[indices] for name, column in self.columns.items()}
 
-    def share(self, rank: int, workers: int) -> tuple[np.ndarray, dict, dict]:
-        """Worker `rank`'s share of the state, for the driver to put together: (its run of the
-        params, the optimiser's arrays of the params' size, run the same, its other fields) (the
-        runs of `reduction.split` among `workers`, in rank order)."""
-        runs = reduction.split(self.flat.size, workers)
+    def share(self, epoch: int, rank: int, workers: int) -> tuple[np.ndarray, dict, dict]:
+        """Worker `rank`'s share of the state after `epoch`, for the driver to put together: (its
+        run of the params, the optimiser's arrays of the params' size, run the same, its other
+        fields) (the runs of `reduction.split` among `workers`, in rank order)."""
+        if self.done == epoch:
+            flat, fields = self.flat, optim.state(self.optimizer)
+        elif self.kept is not None and self.kept[0] == epoch:
+            _, flat, fields = self.kept
+        else:
+            raise RuntimeError(f"this worker holds no state after epoch {epoch} (it took {self.done})")
+        runs = reduction.split(flat.size, workers)
         lo, hi = runs[rank] if rank < len(runs) else (0, 0)
-        fields = self.optimizer.__getstate__()
-        sized = {name for name, value in fields.items()
-                 if isinstance(value, np.ndarray) and value.shape == self.flat.shape}
-        return (self.flat[lo:hi], {name: fields[name][lo:hi] for name in sized},
+        sized = {name for name, value in fields.items() if isinstance(value, np.ndarray) and value.shape == flat.shape}
+        return (flat[lo:hi], {name: fields[name][lo:hi] for name in sized},
                 {name: value for name, value in fields.items() if name not in sized})
 
     def step(self, parts: list, total: int, lr: float) -> tuple[float, float]:
@@ -176,6 +203,14 @@ class _Training:
             self.optimizer.step(self.flat, gradient, lr)
             self.model.project_params(self.flat)
         return loss, stored / total
+
+
+def _into(buffer: np.ndarray | None, value: np.ndarray) -> np.ndarray:
+    """A copy of `value`, in `buffer` if it fits."""
+    if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
+        return value.copy()
+    np.copyto(buffer, value)
+    return buffer
 
 
 def _chunk_nodes(model, flat: np.ndarray, prepared, estimator, options: tuple, first_chunk: int,

@@ -150,7 +150,7 @@ def fit(model, data: dict | None, epochs: int = 20, batch_size: int = 32, optimi
     classifier = model.layout["classifier"] is not None
     plans = _epoch_plans(rng, n, epochs, batch_size, optimizer, schedule)
     if trainer is not None:
-        plans = trainer.run(plans, seed, classifier, looks=on_epoch is not None or valid is not None,
+        plans = trainer.run(plans, epochs - 1, seed, classifier, looks=on_epoch is not None or valid is not None,
                             changes=on_epoch is not None)
     with _interruptible(history, bar, lambda: f"interrupted at step {position['step']} "
                                               f"(epoch {position['epoch'] + 1} of {epochs})"):
