@@ -4,13 +4,16 @@
 
 On a Ray instance of this machine (one CPU per worker): an ES gradient of 4,096 particles
 (examples/es_digits.spad, a minibatch of 128) and data-parallel `fit` at batch 1,024
-(examples/mlp_digits.spad and cnn_digits.spad, the 1,437 training digits, 3 epochs), each with one
-worker and with two, timed in turn (`rounds` times each, the fastest kept: a cluster of one and one
-of two cannot hold their workers on two CPUs at once), beside the same call in one process on one
-core and on both; and Ray's own cost of a round trip to an actor, with and without a gradient-sized
-result. The bytes of a
-step are what the driver sends each worker (the params, the rows of its chunks) and what it gets
-back (chunk losses, the sums of the reduction tree's nodes), counted from the arrays themselves.
+(examples/mlp_digits.spad and cnn_digits.spad, the 1,437 training digits, 10 epochs: a fit's start,
+the data and params sent and the workers' run begun, costs about 12 ms, a third of a 3-epoch fit
+of the MLP), each with one worker and with two, timed in turn (`rounds` times each, the fastest
+kept: a cluster of one and one of two cannot hold their workers on two CPUs at once), beside the
+same call in one process on one core and on both; and Ray's own cost of a round trip to an actor,
+with and without a gradient-sized result. The bytes of a step are counted from the arrays
+themselves: for ES, what the driver sends each worker (the params, the rows) and gets back (the
+sums of the reduction tree's nodes); for `fit`, what the driver sends (each step's row indices,
+the optimiser's settings), gets back (the state's shares, at the end) and what the workers send
+each other (their chunks' sums, spadrt/peers.py).
 Needs Ray (`pip install ".[ray]"`).
 """
 
@@ -30,9 +33,10 @@ sys.path.insert(0, ROOT)
 import spadc  # noqa: E402
 from bench import time_optimised_code  # noqa: E402
 from bench.run import machine  # noqa: E402
+from spadc.cluster_training import DataParallel  # noqa: E402
 
 PARTICLES, ES_BATCH, ES_STEPS = 4096, 128, 5
-FIT_BATCH, FIT_EPOCHS = 1024, 3
+FIT_BATCH, FIT_EPOCHS = 1024, 10
 
 
 def _nbytes(value) -> int:
@@ -48,32 +52,60 @@ def _nbytes(value) -> int:
 
 
 class Traffic:
-    """Counts the bytes of every distributed call of a cluster (wrapping its `_run`): each share
-    carries the params (an object reference every worker reads) and its own arguments."""
+    """Counts the bytes of a cluster's calls: those of `Ray.estimate` (wrapping its `_run`: each
+    share carries the params, an object reference every worker reads, and its own arguments), and
+    those a data-parallel `fit` counts itself (spadc/cluster_training.py: the driver's rows and
+    settings out, the state's shares back, the chunk sums the workers send each other)."""
 
     def __init__(self, cluster, flat_bytes: int):
-        self.sent = self.received = self.calls = 0
+        self.sent = self.received = self.between = self.steps = 0
         run = cluster._run
 
         def counted(shares):
             results = run(shares)
-            self.calls += 1
+            self.steps += 1
             self.sent += sum(flat_bytes + _nbytes(share[3:]) for share in shares)
             self.received += _nbytes(results)
             return results
         cluster._run = counted
+        self.fits = []
+        close = DataParallel.close
+
+        def closing(trainer):
+            self.fits.append(trainer.traffic)
+            return close(trainer)
+        DataParallel.close = closing
+        self._restore = lambda: setattr(DataParallel, "close", close)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._restore()
+
+    def reset(self):
+        self.sent = self.received = self.between = self.steps = 0
+        self.fits = []
+
+    def per_step(self) -> tuple[float, float, float]:
+        """(bytes the driver sent, received, the workers sent each other) per step."""
+        sent, received, between, steps = self.sent, self.received, 0, self.steps
+        for fit in self.fits:
+            sent, received, between = sent + fit["to workers"], received + fit["from workers"], between + fit[
+                "between workers"]
+            steps += fit["steps"]
+        return sent / steps, received / steps, between / steps
 
 
 def _es(workers: int | None, model, data) -> tuple[float, Traffic | None]:
     """(steps per second of an ES gradient, the traffic of the distributed calls)."""
     estimator = spadc.ES(sigma=0.1, particles=PARTICLES)
-    with _cluster(workers) as cluster:
-        traffic = Traffic(cluster, model.flat_params.nbytes) if cluster else None
+    with _cluster(workers, model.flat_params.nbytes) as (cluster, traffic):
         options = dict(inputs=data, estimator=estimator, seed=0, threads=2 if workers == "threads" else 1,
                        cluster=cluster)
         model.grad(step=0, **options)  # the library built and loaded, the kernels warm
         if traffic:
-            traffic.calls = traffic.sent = traffic.received = 0
+            traffic.reset()
         start, steps = time.perf_counter(), ES_STEPS
         for step in range(1, steps + 1):
             model.grad(step=step, **options)
@@ -82,25 +114,25 @@ def _es(workers: int | None, model, data) -> tuple[float, Traffic | None]:
 
 def _fit(workers: int | None, model, data) -> tuple[float, Traffic | None]:
     """(samples per second of `fit`, the traffic of its steps)."""
-    with _cluster(workers) as cluster:
-        traffic = Traffic(cluster, model.flat_params.nbytes) if cluster else None
+    with _cluster(workers, model.flat_params.nbytes) as (cluster, traffic):
         options = dict(batch_size=FIT_BATCH, seed=0, threads=2 if workers == "threads" else 1, cluster=cluster)
-        model.fit(data, epochs=1, **options)  # the library built and loaded
+        model.fit(data, epochs=1, **options)  # the library built and loaded, the workers linked
         if traffic:
-            traffic.calls = traffic.sent = traffic.received = 0
+            traffic.reset()
         start = time.perf_counter()
         model.fit(data, epochs=FIT_EPOCHS, **options)
         return len(data["x"]) * FIT_EPOCHS / (time.perf_counter() - start), traffic
 
 
 @contextmanager
-def _cluster(workers):
-    """None or "threads": no cluster (one process, on one core or on both); else a Ray of `workers`."""
+def _cluster(workers, flat_bytes: int):
+    """(None, None) for no cluster (one process, on one core or on both: `workers` None or
+    "threads"); else (a Ray of `workers`, the Traffic of its calls)."""
     if workers in (None, "threads"):
-        yield None
+        yield None, None
         return
-    with spadc.Ray(workers=workers) as cluster:
-        yield cluster
+    with spadc.Ray(workers=workers) as cluster, Traffic(cluster, flat_bytes) as traffic:
+        yield cluster, traffic
 
 
 def _transport(ray, size: int) -> tuple[float, float]:
@@ -122,6 +154,38 @@ def _transport(ray, size: int) -> tuple[float, float]:
                             rounds=20, calls=20)
     ray.kill(actor)
     return times[0] * 1e3, times[1] * 1e3
+
+
+def _mesh_exchange(ray, size: int, rounds: int = 200) -> float:
+    """ms of one exchange of `size` float64s each way between two workers over their mesh
+    (spadrt/peers.py, as a data-parallel fit's step does), the mean of `rounds`."""
+
+    @ray.remote(num_cpus=1)
+    class Peer:
+        def listen(self, toward):
+            from spadrt.peers import Mesh
+            self.mesh = Mesh(toward)
+            return self.mesh.address
+
+        def link(self, rank, addresses):
+            self.mesh.connect(rank, addresses)
+
+        def exchange(self, n):
+            value = {(0, 1): np.ones(n)}
+            for _ in range(20):
+                self.mesh.gather(value)
+            start = time.perf_counter()
+            for _ in range(rounds):
+                self.mesh.gather(value)
+            return (time.perf_counter() - start) / rounds
+
+    peers = [Peer.remote() for _ in range(2)]
+    addresses = ray.get([peer.listen.remote(ray.util.get_node_ip_address()) for peer in peers])
+    ray.get([peer.link.remote(k, addresses) for k, peer in enumerate(peers)])
+    seconds = max(ray.get([peer.exchange.remote(size) for peer in peers]))
+    for peer in peers:
+        ray.kill(peer)
+    return seconds * 1e3
 
 
 def main(argv=None) -> int:
@@ -146,12 +210,14 @@ def main(argv=None) -> int:
                     best[(name, workers)] = (rate, traffic, model.flat_params.size)
     mlp_size = spadc.compile_file(os.path.join(ROOT, "examples", "mlp_digits.spad")).flat_params.size
     round_trip, returned = _transport(ray, mlp_size)
+    exchange = _mesh_exchange(ray, mlp_size)
     ray.shutdown()
     print(f"Machine: {machine('one CPU per worker, the driver on the same cores')}; Ray {ray.__version__}.\n")
     print(f"Ray's own cost: a round trip to an actor doing nothing {round_trip:.2f} ms; one returning the digits "
-          f"MLP's {mlp_size:,} float64s ({8 * mlp_size:,} bytes) {returned:.2f} ms.\n")
+          f"MLP's {mlp_size:,} float64s ({8 * mlp_size:,} bytes) {returned:.2f} ms. Two workers' exchange of "
+          f"as much each way over their mesh (spadrt/peers.py, a data-parallel step's): {exchange:.2f} ms.\n")
     print("| job | params | one process, one core | one process, two cores | 1 worker | 2 workers | 2 workers / 1 | "
-          "bytes per step, sent and received (2 workers) |")
+          "bytes per step (2 workers): driver to workers, back, between workers |")
     print("|---|---|---|---|---|---|---|---|")
     columns = (None, "threads", 1, 2)
     for name, _, _, _, unit in jobs:
@@ -159,8 +225,9 @@ def main(argv=None) -> int:
         _, traffic, size = best[(name, 2)]
         digits_shown = 1 if unit == "steps/s" else 0
         cells = " | ".join(f"{rates[w]:,.{digits_shown}f} {unit}" for w in columns)
-        print(f"| {name} | {size:,} | {cells} | {rates[2] / rates[1]:.2f}x | {traffic.sent / traffic.calls:,.0f}, "
-              f"{traffic.received / traffic.calls:,.0f} |")
+        sent, received, between = traffic.per_step()
+        print(f"| {name} | {size:,} | {cells} | {rates[2] / rates[1]:.2f}x | {sent:,.0f}, {received:,.0f}, "
+              f"{between:,.0f} |")
     return 0
 
 

@@ -12,6 +12,9 @@ Invariants:
   them (spadrt/reduction.py), which the driver finishes: the result is the local path's, bit for bit,
   for any number of workers. ES workers draw their blocks' perturbations from the Philox key (no
   noise table, no parameter vector per particle is ever sent).
+- `fit` with the exact gradient or RAD and spadc's optimisers runs data-parallel with the
+  optimiser on the workers, which exchange their chunks' sums among themselves
+  (spadc/cluster_training.py); other fits send each step through `estimate`.
 - A worker lost mid-call (its process killed, its node gone) is replaced by a new one, which
   computes the lost share again: the same bits. A share lost RETRIES times fails the call.
 - A `Ray` may be used from several threads at once: each call's shares are its own, and calls to
