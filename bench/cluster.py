@@ -167,8 +167,8 @@ def _mesh_exchange(ray, size: int, rounds: int = 200) -> float:
             self.mesh = Mesh(toward)
             return self.mesh.address
 
-        def link(self, rank, addresses):
-            self.mesh.connect(rank, addresses)
+        def link(self, rank, addresses, token):
+            self.mesh.connect(rank, addresses, token)
 
         def exchange(self, n):
             value = {(0, 1): np.ones(n)}
@@ -181,7 +181,7 @@ def _mesh_exchange(ray, size: int, rounds: int = 200) -> float:
 
     peers = [Peer.remote() for _ in range(2)]
     addresses = ray.get([peer.listen.remote(ray.util.get_node_ip_address()) for peer in peers])
-    ray.get([peer.link.remote(k, addresses) for k, peer in enumerate(peers)])
+    ray.get([peer.link.remote(k, addresses, b"token") for k, peer in enumerate(peers)])
     seconds = max(ray.get([peer.exchange.remote(size) for peer in peers]))
     for peer in peers:
         ray.kill(peer)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import secrets
 import time
 from collections import deque
 
@@ -36,6 +37,7 @@ from .cluster import RETRIES
 from .errors import SpadcError
 
 STATE_INTERVAL = 1.0  # seconds between the workers' reports of the state (their cost; a loss reruns as much)
+TOKEN_BYTES = 32  # the secret of a mesh of workers
 _RUNS = itertools.count()  # the workers' keys of runs, never reused in this process
 
 
@@ -198,7 +200,8 @@ class DataParallel:
         if cluster.address_toward is None:
             cluster.address_toward = cluster.ray.util.get_node_ip_address()
         addresses = self._results([actor.listen.remote(cluster.address_toward) for actor in cluster.actors])
-        self._results([actor.link.remote(k, addresses) for k, actor in enumerate(cluster.actors)])
+        token = secrets.token_bytes(TOKEN_BYTES)  # (what a worker shows its peers: their shares are unpickled)
+        self._results([actor.link.remote(k, addresses, token) for k, actor in enumerate(cluster.actors)])
         cluster.linked = True
 
     def _replace_lost(self):

@@ -3,6 +3,7 @@ this process gather every worker's value in rank order, messages larger than the
 (both ways at once) included; a peer gone raises PeerLost in the others at once, and a closed mesh
 never gathers alone."""
 
+import socket
 import threading
 import time
 
@@ -14,13 +15,14 @@ from spadrt.peers import Mesh, PeerLost
 WORKERS = 3
 LARGE = 2_000_000  # float64s a worker sends each round: 16 MB, far beyond a socket's buffer
 HEAD = 1024  # bytes at most of a message's head (its pickle beside its arrays)
-PROMPT = 10.0  # seconds within which a lost peer is noticed (PEER_TIMEOUT is far longer)
+PROMPT = 10.0
+TOKEN = b"the mesh's secret"  # seconds within which a lost peer is noticed (PEER_TIMEOUT is far longer)
 
 
 def _meshes(count: int) -> list[Mesh]:
     meshes = [Mesh("127.0.0.1") for _ in range(count)]
     addresses = [mesh.address for mesh in meshes]
-    _each(meshes, lambda k, mesh: mesh.connect(k, addresses))
+    _each(meshes, lambda k, mesh: mesh.connect(k, addresses, TOKEN))
     return meshes
 
 
@@ -63,8 +65,22 @@ def test_every_worker_gathers_every_value_in_rank_order():
 
 def test_one_worker_alone_gathers_its_own_value():
     mesh = Mesh("127.0.0.1")
-    mesh.connect(0, [mesh.address])
+    mesh.connect(0, [mesh.address], TOKEN)
     assert mesh.gather("mine") == ["mine"]
+
+
+def test_a_caller_without_the_token_is_turned_away():
+    meshes = [Mesh("127.0.0.1") for _ in range(2)]
+    addresses = [mesh.address for mesh in meshes]
+    stranger = socket.create_connection(addresses[0])
+    stranger.sendall(b"x" * len(TOKEN) + (1).to_bytes(8, "little"))  # (rank 1's claim, the wrong secret)
+    results = _each(meshes, lambda k, mesh: mesh.connect(k, addresses, TOKEN))
+    assert results == [None, None]
+    assert stranger.recv(1) == b""  # closed unread
+    assert set(meshes[0].peers) == {1}
+    assert [value for value in _each(meshes, lambda k, mesh: mesh.gather(k))] == [[0, 1], [0, 1]]
+    for mesh in meshes:
+        mesh.close()
 
 
 def test_a_peer_gone_is_lost_at_once_and_a_closed_mesh_never_gathers_alone():

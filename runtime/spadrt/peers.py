@@ -16,10 +16,12 @@ Invariants:
 
 from __future__ import annotations
 
+import hmac
 import pickle
 import selectors
 import socket
 import struct
+import time
 
 PEER_TIMEOUT = 120.0  # seconds a worker waits for a peer's share (or connection) before it counts it lost
 _LENGTH = struct.Struct("<q")
@@ -36,7 +38,6 @@ class Mesh:
     def __init__(self, toward: str):
         self.rank, self.workers = 0, 1
         self.listener = socket.create_server(("", 0))
-        self.listener.settimeout(PEER_TIMEOUT)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # (no packet is sent)
             probe.connect((toward, 9))
             host = probe.getsockname()[0]
@@ -45,20 +46,33 @@ class Mesh:
         self.sent = 0  # bytes sent to peers so far
         self.broken = False  # closed: a step's failure, a peer lost or the run's end
 
-    def connect(self, rank: int, addresses: list[tuple[str, int]]):
+    def connect(self, rank: int, addresses: list[tuple[str, int]], token: bytes):
         """Link to every other worker (`addresses`: each one's, by rank), this one being worker
         `rank`: it calls those of lower rank and answers those of higher rank (a call completes
-        while the callee is still calling others: its listener queues it)."""
+        while the callee is still calling others: its listener queues it). A caller shows
+        `token` (the driver's secret for this mesh, sent through Ray): a connection that does not
+        is closed unread, for a share is unpickled."""
         self.rank, self.workers = rank, len(addresses)
+        deadline = time.monotonic() + PEER_TIMEOUT
         try:
             for k in range(self.rank):
                 peer = socket.create_connection(tuple(addresses[k]), timeout=PEER_TIMEOUT)
-                peer.sendall(_LENGTH.pack(self.rank))
+                peer.sendall(token + _LENGTH.pack(self.rank))
                 self.peers[k] = peer
-            for _ in range(len(addresses) - 1 - self.rank):
+            while len(self.peers) < len(addresses) - 1:
+                self.listener.settimeout(max(deadline - time.monotonic(), 0.001))
                 peer, _ = self.listener.accept()
-                peer.settimeout(PEER_TIMEOUT)
-                self.peers[_LENGTH.unpack(_exactly(peer, _LENGTH.size))[0]] = peer
+                peer.settimeout(max(deadline - time.monotonic(), 0.001))
+                try:
+                    shown = bytes(_exactly(peer, len(token) + _LENGTH.size))
+                except (OSError, PeerLost):
+                    shown = b""
+                caller = _LENGTH.unpack(shown[len(token):])[0] if len(shown) == len(token) + _LENGTH.size else -1
+                if not hmac.compare_digest(shown[:len(token)], token) or not self.rank < caller < len(addresses) \
+                        or caller in self.peers:
+                    peer.close()  # (not one of this mesh's workers)
+                    continue
+                self.peers[caller] = peer
         except OSError as error:
             self.close()
             raise PeerLost(f"worker {self.rank} could not link to its peers: {error}") from None
