@@ -218,6 +218,23 @@ def test_an_interrupted_fit_on_the_cluster_holds_the_state_after_the_epoch_it_wa
     assert np.array_equal(model.flat_params, two_epochs)
 
 
+def test_a_run_time_error_in_a_workers_share_is_the_local_error_and_the_cluster_goes_on(cluster):
+    model = spadc.compile_file(example("mlp_digits.spad"))
+    data = _digits(FIT_SAMPLES)
+    data["label"] = data["label"].copy()
+    data["label"][FIT_SAMPLES - 1] = 10  # (out of range for 10 classes: on worker 1's share of some step)
+    messages = []
+    for spread in (None, cluster):
+        with pytest.raises(spadc.SpadcError, match="out of range for 10 classes") as error:
+            _fit_run(model, data, spread, epochs=2, batch_size=FIT_BATCH)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+    # The workers' links, closed by the failed worker, are made again for the next fit
+    here, there = (_fit_run(model, _digits(FIT_SAMPLES), spread, epochs=1, batch_size=FIT_BATCH)[0]
+                   for spread in (None, cluster))
+    assert np.array_equal(here, there)
+
+
 def test_two_threads_fit_on_one_cluster_at_once_each_as_alone(cluster):
     """Each epoch's calls wait on their peers: sent to every worker in the same order, they never
     wait on a peer busy with the other fit's."""

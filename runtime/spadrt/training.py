@@ -157,14 +157,16 @@ def fit(model, data: dict | None, epochs: int = 20, batch_size: int = 32, optimi
         try:
             for epoch, lr, batches, taken in plans:
                 position["epoch"] = epoch
-                where = [f"step {step} (epoch {epoch + 1}, minibatch {k + 1})" for k, (step, _, _) in enumerate(batches)]
+                where = [f"step {step} (epoch {epoch + 1}, minibatch {k + 1})"
+                         for k, (step, _, _) in enumerate(batches)]
                 if trainer is not None:
                     steps, correct = taken
                     losses = (_stepped(history, loss, measured, place) for (loss, measured), place in zip(steps, where))
                 else:
                     losses = (_take_step(model, optimizer, lr, history, bar, place, precondition, step, gradient,
                                          estimator=estimator, training=True, seed=seed, sample_offset=first,
-                                         threads=threads, inputs={name: values[batch] for name, values in train.items()},
+                                         threads=threads,
+                                         inputs={name: values[batch] for name, values in train.items()},
                                          cluster=held.batch(batch) if held else None,
                                          **({} if isinstance(estimator, SPAD) else {"step": step}))
                               for (step, first, batch), place in zip(batches, where))
