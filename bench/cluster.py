@@ -33,22 +33,10 @@ sys.path.insert(0, ROOT)
 import spadc  # noqa: E402
 from bench import time_optimised_code  # noqa: E402
 from bench.run import machine  # noqa: E402
-from spadc.cluster_training import DataParallel  # noqa: E402
+from spadc.cluster_training import DataParallel, nbytes  # noqa: E402
 
 PARTICLES, ES_BATCH, ES_STEPS = 4096, 128, 5
 FIT_BATCH, FIT_EPOCHS = 1024, 10
-
-
-def _nbytes(value) -> int:
-    """Bytes of the arrays and numbers in a share's arguments or a worker's result (object
-    references, the params and a held data set, are counted apart)."""
-    if isinstance(value, np.ndarray):
-        return value.nbytes
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    if isinstance(value, (tuple, list)):
-        return sum(_nbytes(v) for v in value)
-    return 8 if isinstance(value, (int, float)) else 0
 
 
 class Traffic:
@@ -64,8 +52,8 @@ class Traffic:
         def counted(shares):
             results = run(shares)
             self.steps += 1
-            self.sent += sum(flat_bytes + _nbytes(share[3:]) for share in shares)
-            self.received += _nbytes(results)
+            self.sent += sum(flat_bytes + nbytes(share[3:]) for share in shares)
+            self.received += nbytes(results)
             return results
         cluster._run = counted
         self.fits = []

@@ -140,7 +140,7 @@ class DataParallel:
                 shares[k].append((step, first + start, n, lo, rows[start:stop]))
         samples = np.arange(len(next(iter(self.held.data.values()))))
         counted = reduction.split(len(samples), len(actors))
-        self.traffic["to workers"] += sum(_nbytes(share) for share in shares)
+        self.traffic["to workers"] += sum(nbytes(share) for share in shares)
         references = self.held.sent()
         # Calls that wait on each other (each worker's epoch on its peers') reach every worker in
         # the same order, whatever other threads send: none waits on a peer busy with another's.
@@ -162,7 +162,7 @@ class DataParallel:
         arrays = {name: np.concatenate([share[1][name] for share in shares]) for name in shares[0][1]}
         self.optimizer.__dict__.update({**copy.deepcopy(shares[0][2]), **arrays})  # (its state: not its settings)
         self.taken = epoch
-        self.traffic["from workers"] += flat.nbytes + sum(_nbytes(share[1:]) for share in shares)
+        self.traffic["from workers"] += flat.nbytes + sum(nbytes(share[1:]) for share in shares)
 
     def _results(self, futures: list) -> list:
         """Every worker's result; `_Lost` if a worker was lost (its peers then say so too); a
@@ -224,12 +224,13 @@ class _Lost(Exception):
         self.error = error
 
 
-def _nbytes(value) -> int:
-    """Bytes of the arrays and numbers in `value` (nested in tuples, lists and dicts)."""
+def nbytes(value) -> int:
+    """Bytes of the arrays and numbers in `value` (nested in tuples, lists and dicts; object
+    references and other objects count nothing): a call's traffic, counted from what it sends."""
     if isinstance(value, np.ndarray):
         return value.nbytes
     if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
+        return sum(nbytes(v) for v in value.values())
     if isinstance(value, (tuple, list)):
-        return sum(_nbytes(v) for v in value)
+        return sum(nbytes(v) for v in value)
     return 8 if isinstance(value, (int, float)) else 0
