@@ -256,6 +256,17 @@ def test_two_threads_fit_on_one_cluster_at_once_each_as_alone(cluster):
     assert all(np.array_equal(a, b) for a, b in zip(there, here))
 
 
+def test_an_es_fit_on_the_cluster_steps_on_the_driver_and_is_the_local_one(cluster):
+    """ES keeps the optimiser with the driver (each step's population is spread out, as `grad`'s)."""
+    model = spadc.compile_file(example("es_digits.spad"))
+    data, estimator = _digits(256), spadc.ES(sigma=0.1, particles=512)
+    assert cluster.holding(data).trainer(model, estimator, spadc.Adam(), None) is None
+    (here, history), (there, there_history) = (
+        _fit_run(model, data, spread, epochs=2, batch_size=128, estimator=estimator) for spread in (None, cluster))
+    assert np.array_equal(here, there) and history.train_loss == there_history.train_loss
+    assert len(history.train_loss) == 2
+
+
 def test_the_workers_count_a_data_sets_right_answers_as_one_process_does(cluster):
     from spadrt.training import accuracy
     model = spadc.compile_file(example("mlp_digits.spad"))
