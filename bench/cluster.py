@@ -156,7 +156,7 @@ def _mesh_exchange(ray, size: int, rounds: int = 200) -> float:
             return self.mesh.address
 
         def link(self, rank, addresses, token):
-            self.mesh.connect(rank, addresses, token)
+            self.mesh.connect(rank, addresses, token, timeout=30.0)
 
         def exchange(self, n):
             value = {(0, 1): np.ones(n)}

@@ -38,6 +38,7 @@ from .errors import SpadcError
 
 STATE_INTERVAL = 1.0  # seconds between the workers' reports of the state (their cost; a loss reruns as much)
 TOKEN_BYTES = 32  # the secret of a mesh of workers
+LINK_TIMEOUT = 30.0  # seconds for the workers, all listening, to link to each other
 _RUNS = itertools.count()  # the workers' keys of runs, never reused in this process
 
 
@@ -201,19 +202,33 @@ class DataParallel:
             cluster.address_toward = cluster.ray.util.get_node_ip_address()
         addresses = self._results([actor.listen.remote(cluster.address_toward) for actor in cluster.actors])
         token = secrets.token_bytes(TOKEN_BYTES)  # (what a worker shows its peers: their shares are unpickled)
-        self._results([actor.link.remote(k, addresses, token) for k, actor in enumerate(cluster.actors)])
+        try:
+            self._results([actor.link.remote(k, addresses, token, LINK_TIMEOUT)
+                           for k, actor in enumerate(cluster.actors)])
+        except _Lost as lost:
+            if self._lost_workers():
+                raise
+            raise SpadcError(f"the cluster's workers could not link to each other ({lost.error}): each listens on a "
+                             f"TCP port of its host ({', '.join(f'{host}:{port}' for host, port in addresses)}), "
+                             f"which the others must reach") from None
         cluster.linked = True
 
     def _replace_lost(self):
         """Replace every worker lost; all of them start the run again."""
-        ray = self.cluster.ray
-        for k, actor in enumerate(list(self.cluster.actors)):
+        for k in self._lost_workers():
+            with self.cluster._lock:
+                self.cluster._replace(k)
+        self.started = False
+
+    def _lost_workers(self) -> list[int]:
+        """The workers whose process is gone (after the calls queued to the others are done)."""
+        ray, lost = self.cluster.ray, []
+        for k, actor in enumerate(self.cluster.actors):
             try:
                 ray.get(actor.process.remote())
             except ray.exceptions.RayActorError:
-                with self.cluster._lock:
-                    self.cluster._replace(k)
-        self.started = False
+                lost.append(k)
+        return lost
 
 
 class _Lost(Exception):

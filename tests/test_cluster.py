@@ -16,6 +16,7 @@ import pytest
 
 import spadc
 import spadrt.training
+from spadc import cluster_training
 from spadc.cluster_training import DataParallel
 
 from conftest import example, run_cli
@@ -24,6 +25,7 @@ SEED = 5
 OBJECT_STORE = 80 << 20  # bytes per node: Ray's smallest is 75 MB
 FIT_SAMPLES, FIT_BATCH, FIT_EPOCHS = 1024, 256, 2  # 4 steps an epoch, each of 2 chunks
 ES_PARTICLES = 4096
+LINK_WAIT = 2.0  # seconds a worker waits for its peers' links in the test of workers that cannot reach each other
 
 
 def _digits(count: int) -> dict:
@@ -233,6 +235,26 @@ def test_a_run_time_error_in_a_workers_share_is_the_local_error_and_the_cluster_
     here, there = (_fit_run(model, _digits(FIT_SAMPLES), spread, epochs=1, batch_size=FIT_BATCH)[0]
                    for spread in (None, cluster))
     assert np.array_equal(here, there)
+
+
+def test_workers_that_cannot_reach_each_other_say_so(cluster, monkeypatch):
+    """Each worker is told a port of its peer's host where nothing listens (as behind a firewall):
+    linking fails for real, every worker still alive, and the fit says what the workers need."""
+    results = DataParallel._results
+
+    def misdirected(self, futures):
+        got = results(self, futures)
+        return [(host, 1) for host, _ in got] if got and isinstance(got[0], tuple) else got  # (port 1: closed)
+
+    monkeypatch.setattr(DataParallel, "_results", misdirected)
+    monkeypatch.setattr(cluster_training, "LINK_TIMEOUT", LINK_WAIT)  # (worker 0 waits for a call that fails)
+    cluster.linked = False
+    with pytest.raises(spadc.SpadcError, match=r"could not link to each other .* which the others must reach"):
+        _fit_run(spadc.compile_file(example("mlp_digits.spad")), _digits(256), cluster, epochs=1, batch_size=128)
+    monkeypatch.undo()
+    model = spadc.compile_file(example("mlp_digits.spad"))
+    assert np.array_equal(_fit_run(model, _digits(256), cluster, epochs=1, batch_size=128)[0],
+                          _fit_run(model, _digits(256), None, epochs=1, batch_size=128)[0])
 
 
 def test_two_threads_fit_on_one_cluster_at_once_each_as_alone(cluster):

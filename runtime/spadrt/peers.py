@@ -46,17 +46,18 @@ class Mesh:
         self.sent = 0  # bytes sent to peers so far
         self.broken = False  # closed: a step's failure, a peer lost or the run's end
 
-    def connect(self, rank: int, addresses: list[tuple[str, int]], token: bytes):
+    def connect(self, rank: int, addresses: list[tuple[str, int]], token: bytes, timeout: float = PEER_TIMEOUT):
         """Link to every other worker (`addresses`: each one's, by rank), this one being worker
         `rank`: it calls those of lower rank and answers those of higher rank (a call completes
         while the callee is still calling others: its listener queues it). A caller shows
         `token` (the driver's secret for this mesh, sent through Ray): a connection that does not
-        is closed unread, for a share is unpickled."""
+        is closed unread, for a share is unpickled. Every link is made within `timeout` seconds
+        (a peer that could not call this one fails, so this one must not wait for it long)."""
         self.rank, self.workers = rank, len(addresses)
-        deadline = time.monotonic() + PEER_TIMEOUT
+        deadline = time.monotonic() + timeout
         try:
             for k in range(self.rank):
-                peer = socket.create_connection(tuple(addresses[k]), timeout=PEER_TIMEOUT)
+                peer = socket.create_connection(tuple(addresses[k]), timeout=timeout)
                 peer.sendall(token + _LENGTH.pack(self.rank))
                 self.peers[k] = peer
             while len(self.peers) < len(addresses) - 1:

@@ -91,10 +91,10 @@ class Worker:
         self.mesh = Mesh(toward)
         return self.mesh.address
 
-    def link(self, rank: int, addresses: list, token: bytes):
-        """Connect to every other worker, this one being worker `rank` (`addresses`: by rank;
-        `token`: the mesh's secret, spadrt/peers.py)."""
-        self.mesh.connect(rank, addresses, token)
+    def link(self, rank: int, addresses: list, token: bytes, timeout: float):
+        """Connect to every other worker within `timeout` seconds, this one being worker `rank`
+        (`addresses`: by rank; `token`: the mesh's secret, spadrt/peers.py)."""
+        self.mesh.connect(rank, addresses, token, timeout)
 
     def begin(self, run: str, key: str, flat: np.ndarray, optimizer, estimator, names, *columns):
         """Start data-parallel training `run` on library `key`, from params `flat` and
