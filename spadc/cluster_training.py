@@ -72,13 +72,13 @@ class DataParallel:
     def run(self, epochs, last: int, seed: int, count: bool, looks: bool, changes: bool):
         """For each epoch of `epochs` (number, learning rate, steps: each (number, first row's
         position in the epoch, row indices), None; `last`: the last one's number), once the
-        workers took it: the epoch with its
-        last item ([(mean loss, tape bytes per sample)] of the steps taken, up to the first loss
-        that is not finite; the count of right answers on the data set after it, if `count`).
-        The model and optimiser hold the state after it if the caller `looks` at them between
-        epochs, else once the run ends (stopped early, interrupted, or done). Unless the caller
-        `changes` the optimiser between epochs, the next epoch is sent before one is waited for:
-        the workers go on with it while the caller looks at this one (the epochs are drawn one ahead)."""
+        workers took it: the epoch with its last item ([(mean loss, tape bytes per sample)] of the
+        steps taken, up to the first loss that is not finite; the count of right answers on the
+        data set after it, if `count`). The model and optimiser hold the state after it if the
+        caller `looks` at them between epochs, else once the run ends (stopped early,
+        interrupted, or done: the state after the last epoch given). Unless the caller `changes`
+        the optimiser between epochs, the next epoch is sent before one is waited for: the workers
+        go on with it while the caller looks at this one (the epochs are drawn one ahead)."""
         plans = iter(epochs)
         queue: deque = deque()  # epochs sent, not yet given to the caller: [plan, report, futures]
         since: list = []  # every epoch sent after the state taken (sent again after a loss)

@@ -8,9 +8,11 @@ Invariants:
 - A peer lost (its process killed: its connections reset or closed; or silent for PEER_TIMEOUT
   seconds) raises `PeerLost` in the workers waiting for it; a worker whose own step failed closes
   its connections first, so its peers learn it at once instead of after the timeout.
-- Messages are pickles framed by their length. A worker sends and receives at once (one thread,
-  a selector), so two workers sending each other more than their sockets buffer never wait on
-  each other.
+- Only the mesh's workers link: a caller shows the driver's secret for the mesh, else it is
+  closed unread (shares are unpickled).
+- A message is a pickle with its large arrays out of band, sent and received without a copy of
+  theirs. A worker sends and receives at once (one thread, a selector), so two workers sending
+  each other more than their sockets buffer never wait on each other.
 - A closed mesh stays closed: a later `gather` raises `PeerLost` (never a gather of one).
 """
 
@@ -23,7 +25,7 @@ import socket
 import struct
 import time
 
-PEER_TIMEOUT = 120.0  # seconds a worker waits for a peer's share (or connection) before it counts it lost
+PEER_TIMEOUT = 120.0  # seconds a worker waits for a peer's share before it counts it lost
 _LENGTH = struct.Struct("<q")
 
 
