@@ -46,7 +46,8 @@ class Traffic:
     settings out, the state's shares back, the chunk sums the workers send each other)."""
 
     def __init__(self, cluster, flat_bytes: int):
-        self.sent = self.received = self.between = self.steps = 0
+        self.sent = self.received = self.steps = 0
+        self.fits = []  # each data-parallel fit's own count (DataParallel.traffic)
         run = cluster._run
 
         def counted(shares):
@@ -56,33 +57,29 @@ class Traffic:
             self.received += nbytes(results)
             return results
         cluster._run = counted
-        self.fits = []
-        close = DataParallel.close
+        self._close = close = DataParallel.close
 
         def closing(trainer):
             self.fits.append(trainer.traffic)
             return close(trainer)
         DataParallel.close = closing
-        self._restore = lambda: setattr(DataParallel, "close", close)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self._restore()
+        DataParallel.close = self._close
 
     def reset(self):
-        self.sent = self.received = self.between = self.steps = 0
+        self.sent = self.received = self.steps = 0
         self.fits = []
 
     def per_step(self) -> tuple[float, float, float]:
         """(bytes the driver sent, received, the workers sent each other) per step."""
-        sent, received, between, steps = self.sent, self.received, 0, self.steps
-        for fit in self.fits:
-            sent, received, between = sent + fit["to workers"], received + fit["from workers"], between + fit[
-                "between workers"]
-            steps += fit["steps"]
-        return sent / steps, received / steps, between / steps
+        steps = self.steps + sum(fit["steps"] for fit in self.fits)
+        sent = self.sent + sum(fit["to workers"] for fit in self.fits)
+        received = self.received + sum(fit["from workers"] for fit in self.fits)
+        return sent / steps, received / steps, sum(fit["between workers"] for fit in self.fits) / steps
 
 
 def _es(workers: int | None, model, data) -> tuple[float, Traffic | None]:

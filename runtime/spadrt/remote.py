@@ -59,7 +59,7 @@ class Worker:
         name, states included; or, for the inputs `names`, rows `indices` of `columns`, a data set
         the worker holds already; `options`: (training, seed, step, offset of the first row)):
         each chunk's (samples, mean loss, tape bytes), and the sums of the tree's nodes within them."""
-        values = {**values, **{name: column[indices] for name, column in zip(names, columns)}}
+        values = {**values, **_rows(dict(zip(names, columns)), indices)}
         model = self.models[key]
         return _chunk_nodes(model, flat, prepare(model.layout, values, model._dtype), estimator, options,
                             first_chunk, total)
@@ -67,7 +67,7 @@ class Worker:
     def correct(self, key: str, flat: np.ndarray, indices, names, *columns) -> int:
         """How many of rows `indices` of a held data set (its inputs `names`, `columns`) the model
         classifies right at params `flat` (spadrt.training.correct)."""
-        values = {name: column[indices] for name, column in zip(names, columns)}
+        values = _rows(dict(zip(names, columns)), indices)
         return correct(self.models[key], values, threads=1, params=flat)
 
     def population(self, key: str, flat: np.ndarray, values: dict, estimator, options: tuple, first_block: int,
@@ -77,7 +77,7 @@ class Worker:
         of the tree's nodes within those blocks)."""
         model = self.models[key]
         training, seed, step, offset = options
-        values = {**values, **{name: column[indices] for name, column in zip(names, columns)}}
+        values = {**values, **_rows(dict(zip(names, columns)), indices)}
         call = dict(prepared=prepare(model.layout, values, model._dtype), flat=flat, training=training, seed=seed,
                     offset=offset, threads=1)
         loss = es.center_loss(model, step=step, **call)[0] if center else None
@@ -174,7 +174,7 @@ class _Training:
         self.done = None  # (until this epoch is taken)
 
     def rows(self, indices: np.ndarray) -> dict:
-        return {name: column[indices] for name, column in self.columns.items()}
+        return _rows(self.columns, indices)
 
     def share(self, epoch: int, rank: int, workers: int) -> tuple[np.ndarray, dict, dict]:
         """Worker `rank`'s share of the state after `epoch`, for the driver to put together: (its
@@ -204,6 +204,11 @@ class _Training:
             self.optimizer.step(self.flat, gradient, lr)
             self.model.project_params(self.flat)
         return loss, stored / total
+
+
+def _rows(columns: dict, indices) -> dict:
+    """Rows `indices` of a held data set (its arrays by input name)."""
+    return {name: column[indices] for name, column in columns.items()}
 
 
 def _into(buffer: np.ndarray | None, value: np.ndarray) -> np.ndarray:
