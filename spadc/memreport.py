@@ -19,7 +19,7 @@ from types import SimpleNamespace
 from .ad.context import rereadable
 from .ad.tape import plan_tape
 from .api import Compiled
-from .backend.budget import BudgetPlan
+from .backend.budget import BudgetPlan, cut_from_json
 from .ir.core import walk_ops
 
 _KEPT = ("operand", "partial")
@@ -97,7 +97,7 @@ def plan_lines(compiled: Compiled, sampling, label: str) -> list[str]:
     limit = f"{compiled.max_memory:,} B" if compiled.max_memory < (1 << 62) else "no limit"
     lines = [f"memory plan (budget {limit}, checkpoint {compiled.checkpoint}):"]
     for name, entry in (("exact", compiled.emit(None)[0]), (label, compiled.emit(sampling)[0])):
-        plan = BudgetPlan({int(k): tuple(v) for k, v in entry.get("cuts", {}).items()}, entry["workspace"],
+        plan = BudgetPlan({int(k): cut_from_json(v) for k, v in entry.get("cuts", {}).items()}, entry["workspace"],
                           entry.get("taped_workspace", entry["workspace"]))
         if not plan.cuts:
             lines.append(f"  {name}: taped, peak workspace {_bytes(plan.workspace)}")

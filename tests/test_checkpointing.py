@@ -19,7 +19,7 @@ from spadc.ad.reverse import gradient
 from spadc.backend import budget
 from spadc.ir.interpret import RunOptions, evaluate
 from spadc.ir.verify import verify
-from spadc.passes.checkpoint import cut
+from spadc.passes.checkpoint import Binomial, cut
 from spadrt.calls import Scratch
 from spadrt.estimators import SamplingWarning
 
@@ -183,21 +183,44 @@ def test_a_bad_checkpoint_option_is_named(bad):
         spadc.compile_source(REACTION, checkpoint=bad)
 
 
-@pytest.mark.parametrize("counts", quick([(2,), (4, 3), (2, 2, 3), (24,)], [(2,), (2, 2, 3)]))  # (one cut; nested cuts)
+@pytest.mark.parametrize("counts", quick([(2,), (4, 3), (2, 2, 3), (24,), Binomial(12, 2), Binomial(24, 3), Binomial(6, 1)],
+                                         [(2,), (2, 2, 3), Binomial(12, 2)]))  # (one cut; nested cuts; binomial)
 def test_the_interpreter_gives_the_cut_program_the_taped_gradient(counts):
-    """The NumPy reference on the cut program's gradient, under RAD: the same bits as uncut."""
+    """The NumPy reference on the cut program's gradient, exact and under RAD: the same bits as uncut."""
     program = spadc.frontend.lower(spadc.check_text(REACTION.replace("const T = 240", "const T = 24"), "r.spad"))
     inputs = {"u0": _inputs("reaction", 1)["u0"][0]}
     params = {"rate": np.float64(0.5), "w": np.linspace(0, 0.2, 32)}
-    sampling = spadc.RAD(keep=0.3, policy="edges").sampling
     options = RunOptions(training=True, seed=SEED, step=1, sample=0)
-    results = []
-    for plan in ({}, {0: counts}):
-        cut_program = cut(program, plan)
-        verify(cut_program)
-        result = evaluate(gradient(cut_program, sampling=sampling).program, params, inputs, options)
-        results.append((result.loss, result.outputs["rate"].tobytes(), result.outputs["w"].tobytes()))
-    assert results[0] == results[1]
+    for sampling in (None, spadc.RAD(keep=0.5).sampling):
+        results = []
+        for plan in ({}, {0: counts}):
+            cut_program = cut(program, plan)
+            verify(cut_program)
+            result = evaluate(gradient(cut_program, sampling=sampling).program, params, inputs, options)
+            results.append((result.loss, result.outputs["rate"].tobytes(), result.outputs["w"].tobytes()))
+            assert result.outputs["rate"] != 0 and np.all(result.outputs["w"] != 0)  # (else a wrong state could pass)
+        assert results[0] == results[1]
+
+
+# Binomial schedules over segments: twelve of three steps in four snapshots (two replays: C(6, 4)
+# = 15 >= 12); each of the 36 steps a segment, in five (three replays: C(8, 5) = 56 >= 36 > C(7, 5)).
+BINOMIAL_PLANS = quick([Binomial(12, 4), Binomial(36, 5)], [Binomial(12, 4)])
+BINOMIAL_BUDGET = 5000  # bytes: below the recurrence's taped workspace (7,936), above its binomial plans'
+
+
+@pytest.mark.parametrize("plan", BINOMIAL_PLANS, ids=str)
+def test_a_binomial_schedule_gives_the_taped_bits(plan, monkeypatch):
+    """Exact (with dropout), RAD and SPAD, through a `while`, a nested loop and a branch."""
+    # One lane each: a budget bounds the lanes, and lanes round sums otherwise.
+    taped = _gradients(spadc.compile_source(RECURRENT, name="recurrent.spad", checkpoint="none", lanes=1), "recurrent")
+    monkeypatch.setattr(budget, "_candidates", lambda *plan_inputs: iter([{0: plan}]))
+    # (a budget of its own per plan: a process keeps compiled models by their options)
+    model = spadc.compile_source(RECURRENT, name="recurrent.spad", max_memory=BINOMIAL_BUDGET - plan.segments, lanes=1,
+                                 cache=False)
+    _, _, stats = model.grad(**_inputs("recurrent"), stats=True, threads=1)
+    assert stats["forward_replays"] == plan.replays == {12: 2, 36: 3}[plan.segments]
+    assert stats["peak_workspace_bytes"] <= BINOMIAL_BUDGET - plan.segments
+    _assert_same_bits(_gradients(model, "recurrent"), taped)
 
 
 def test_a_poisoned_workspace_changes_no_checkpointed_result(monkeypatch):

@@ -112,3 +112,43 @@ def test_bad_arguments_are_refused():
     for steps, snapshots in [(0, 3), (5, 0), (-1, 2)]:
         with pytest.raises(ValueError, match="at least one step and one snapshot"):
             checkpoints.schedule(steps, snapshots)
+
+
+def run_compiled(plan: checkpoints.CompiledSchedule, steps: int):
+    """Run a compiled schedule on a loop whose state is the iteration's index, its rows a list: the
+    forward pass, then the actions. Returns (the order steps were reversed in, advances per step,
+    the forward pass's counted as the schedule's first sweep: every step but the last, which the
+    schedule runs with its tape instead). Every action must read the state of its own step."""
+    rows = [None] * plan.rows
+    for state in range(steps):  # the forward pass writes state i at iteration i
+        rows[plan.forward[state]] = state
+    order, advanced = [], [1] * (steps - 1) + [0]
+    for kind, step, source, destination in plan.actions:
+        assert rows[source] == step, (kind, step, source, rows)
+        if kind == checkpoints.ADVANCE:
+            advanced[step] += 1
+            rows[destination] = step + 1
+        else:
+            assert kind == checkpoints.REVERSE and destination == plan.current
+            order.append(step)
+            rows[destination] = None  # what a reversal leaves there is no state
+    return order, advanced
+
+
+@pytest.mark.parametrize("snapshots", range(1, MAX_SNAPSHOTS + 1))
+def test_compiled_schedules_read_the_right_state_for_every_action(snapshots):
+    for steps in range(1, MAX_STEPS + 1):
+        plan = checkpoints.compiled(steps, snapshots)
+        order, advanced = run_compiled(plan, steps)
+        assert order == list(reversed(range(steps)))
+        assert plan.rows == snapshots + 1
+        assert max(advanced) <= checkpoints.replays_for(steps, snapshots), (steps, snapshots)
+        assert sum(advanced) == checkpoints.advances(steps, snapshots), (steps, snapshots)
+
+
+def test_a_compiled_schedule_that_skips_a_snapshot_is_caught():
+    """The runner has power: a schedule whose forward pass forgets a snapshot reads a wrong state."""
+    plan = checkpoints.compiled(10, 3)
+    forgetful = checkpoints.CompiledSchedule((plan.current,) + plan.forward[1:], plan.actions, plan.rows)
+    with pytest.raises(AssertionError):
+        run_compiled(forgetful, 10)

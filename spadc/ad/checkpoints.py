@@ -106,3 +106,71 @@ def _reverse(start: int, stop: int, snapshots: int, actions: list[Action]):
     _reverse(middle, stop, snapshots - 1, actions)
     actions += [Action("free", middle), Action("restore", start)]
     _reverse(start, middle, snapshots, actions)
+
+
+# ---- a schedule as generated code runs it ------------------------------------------------------
+
+ADVANCE, REVERSE = 0, 1  # the kinds of a compiled action
+
+
+@dataclass(frozen=True)
+class CompiledSchedule:
+    """`schedule(steps, snapshots)` as a checkpointed loop's generated code runs it
+    (spadc/ad/binomial.py). Its states live in `rows` buffer rows: one per snapshot (slot k holds
+    the k-th state of the stack of held snapshots: a schedule frees them last in, first out) and
+    `current`, the state being advanced.
+    - `forward[i]`: the row the forward pass writes state i into (at iteration i, untaped): a
+      snapshot's slot for the states the schedule's first sweep keeps, else `current`. The forward
+      pass runs every step, so it also leaves state steps - 1, the first to be reversed, in a row.
+    - `actions`: then, in order, (kind, step, source row, destination row): ADVANCE runs `step`
+      without a tape from the state in the source row and writes the state after it into the
+      destination row; REVERSE runs `step` with its tape from the state in the source row, then its
+      adjoint (its destination is `current`, overwritten with no state anyone reads)."""
+    forward: tuple[int, ...]
+    actions: tuple[tuple[int, int, int, int], ...]
+    rows: int
+
+    @property
+    def current(self) -> int:
+        return self.rows - 1
+
+
+def compiled(steps: int, snapshots: int) -> CompiledSchedule:
+    """The schedule that reverses `steps` steps with `snapshots` held states (`schedule`), as rows
+    and actions (CompiledSchedule)."""
+    current = snapshots  # the row after the snapshots' slots
+    forward, actions = [current] * steps, []
+    slots: dict[int, int] = {}
+    stack: list[int] = []
+    position, row, sweeping = 0, current, True  # the state at hand, the row it is in, first sweep
+    for action in schedule(steps, snapshots):
+        if action.kind == "snapshot":
+            assert action.start == position
+            slots[action.start] = len(stack)
+            stack.append(action.start)
+            if sweeping:
+                forward[action.start] = slots[action.start]
+            else:  # the advance that reached it writes it into its slot directly
+                kind, step, source, _ = actions[-1]
+                assert kind == ADVANCE and step + 1 == position
+                actions[-1] = (kind, step, source, slots[action.start])
+            row = slots[action.start]
+        elif action.kind == "free":
+            assert stack.pop() == action.start
+        elif action.kind == "restore":
+            position, row = action.start, slots[action.start]
+        elif action.kind == "advance":
+            assert action.start == position
+            if not sweeping:
+                for step in range(action.start, action.stop):
+                    actions.append((ADVANCE, step, row, current))
+                    row = current
+            position = action.stop
+        else:
+            assert action.start == position
+            if sweeping:  # the forward pass left the state before the last step in its row
+                sweeping, row = False, forward[position]
+            actions.append((REVERSE, action.start, row, current))
+            position = None
+    assert not stack and max(slots.values(), default=0) < snapshots
+    return CompiledSchedule(tuple(forward), tuple(actions), snapshots + 1)

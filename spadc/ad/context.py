@@ -69,6 +69,7 @@ class Context(Builder):
         self.record_values: list[Value] = []
         self.record_size = 0  # words
         self.record_view: Value | None = None
+        self.snapshot_rows: list[Value] = []  # a binomial loop's: its state's rows (spadc/ad/binomial.py)
 
     @property
     def stacked(self) -> bool:

@@ -7,7 +7,8 @@ become regions:
   values its body reads; the forward loop keeps, per iteration, the values the adjoint reads (its
   tape), as extra stacked results, and the reversed loop reads row `t` of them. A checkpointed
   (`remat`) loop keeps only its carried values (snapshots), and each reversed iteration first
-  replays the body from them (`_replay`);
+  replays the body from them (`_replay`); one with a binomial schedule keeps a few of them and
+  runs the schedule's actions instead (spadc/ad/binomial.py);
 - a `tabulate` becomes a `tabulate` of its elements' adjoints whose contributions to outer values
   are added after it (spadc/ad/comprehension.py), or, when that would take more memory, a `loop`
   over its elements; either reads its per-element tape the same way;
@@ -38,7 +39,7 @@ from spadrt.estimators import Sampling
 from ..ir.core import REGION_OPS, Block, InputDecl, Op, Program, Value, copy_block, walk_ops
 from ..ir.types import TensorType
 from . import sampling as gates
-from . import comprehension
+from . import binomial, comprehension
 from .activity import active_values
 from .context import Adjoints, Context, Primals, rereadable, to_shape
 from ..ir.reductions import restore_axis
@@ -267,10 +268,16 @@ def _loop_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
     inner.at(op.loc, op.inlined_at)
     region.yields = ([local.get(body.params[1 + k]) or inner.zeros(body.params[1 + k].type) for k in carried]
                      + [local.get(v) for v in captured])
-    if replays:
-        region.ops = _replay(inner, body, ctx.state.registry) + region.ops
     initial = seeds + [adjoints.get(v) or ctx.zeros(v.type) for v in captured]
-    results = _emit_region(ctx, "loop", initial, (region,), op, reverse=True)
+    if "binomial" in op.attrs:  # a binomial schedule's actions, from rows of states (spadc/ad/binomial.py)
+        inner.snapshot_rows = binomial.snapshot_rows(op)
+        replay = _interleave(_augment(body, ctx.state.registry).ops, inner.inserts)
+        kept = [ctx.primal(rows) for rows in inner.snapshot_rows]
+        results = binomial.reversed_loop(ctx, op, region, replay, kept, initial)
+    else:
+        if replays:
+            region.ops = _replay(inner, body, ctx.state.registry) + region.ops
+        results = _emit_region(ctx, "loop", initial, (region,), op, reverse=True)
     # The accumulators already include the outer adjoints they started from, so they replace them;
     # only then are the carried adjoints added (an initial value may also be read in the body).
     for value, result in zip(captured, results[len(carried):]):
@@ -425,7 +432,10 @@ def _augment(block: Block, registry: dict) -> Block:
             continue
         contexts = registry.get(id(op), [])
         if op.attrs.get("remat") and contexts:
-            ops.append(_snapshotting(op, contexts[0]))
+            if "binomial" in op.attrs:
+                ops += binomial.forward(op, contexts[0].snapshot_rows)
+            else:
+                ops.append(_snapshotting(op, contexts[0]))
             continue
         (body,) = op.regions
         new_body = _augment(body, registry)

@@ -3,9 +3,10 @@
 `plan_gradient(program, limit, checkpoint, differentiate)` returns the gradient program a kernel
 compiles, and the plan behind it:
 - `checkpoint="auto"`: the taped gradient when its workspace fits `limit`; else the top-level loops
-  are cut into segments (spadc/passes/checkpoint.py) with the fewest replay levels whose workspace
-  fits, one level more at a time; refused, naming the least workspace found, when none up to
-  MAX_LEVELS fits.
+  are cut into segments (spadc/passes/checkpoint.py) with the fewest replays of a step whose
+  workspace fits, one more at a time: nested uniform levels, or from two replays on a binomial
+  schedule over the segments (`Binomial`), whichever the estimate ranks first; refused, naming the
+  least workspace found, when none up to MAX_LEVELS replays fits.
 - `checkpoint="none"`: the taped gradient (the kernel refuses it if it does not fit).
 - `checkpoint=K`: one level with K segments per long loop (the nearest divisor of its trip count).
 
@@ -16,7 +17,8 @@ Invariants:
 - More budget never means more replays: levels are tried in increasing order, the first that fits
   is taken, and each level's candidates end with ones that do not depend on the budget (every long
   loop cut), so a level that fits at one budget fits at any larger one, so long as cutting one more
-  loop never raises the workspace.
+  loop never raises the workspace. A binomial cut of r replays holds the fewest snapshots that
+  reverse its segments with r replays: one candidate per segment count, whatever the budget.
 - The cut changes where values live, not their bits (spadc/passes/checkpoint.py).
 """
 
@@ -35,33 +37,42 @@ from ..ad.tape import plan_tape, value_bytes
 from ..errors import SpadcError
 from ..ir.core import Op, Program
 from ..passes import hoist
-from ..passes.checkpoint import cut, divisors, top_level_loops, trips
+from ..ad.checkpoints import reversible
+from ..passes.checkpoint import Binomial, cut, divisors, top_level_loops, trips
 from . import kernels
 from .memory import plan as memory_plan
 
-MAX_LEVELS = 4  # replay levels tried under "auto" (each replays every step once more)
+MAX_LEVELS = 4  # replays of a step tried under "auto"
+MAX_ACTIONS = 1 << 20  # a binomial schedule's actions, kept as constants of the kernel (8 bytes each)
 MIN_TRIPS = 2  # a loop of one step has nothing to cut
 
 
 @dataclass
 class BudgetPlan:
     """What a gradient kernel was planned to: the cut (loop position -> segment counts, outermost
-    first), the replay levels (0: taped), the workspace and the taped workspace."""
-    cuts: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    first, or a `Binomial` plan), the workspace and the taped workspace."""
+    cuts: dict[int, tuple[int, ...] | Binomial] = field(default_factory=dict)
     workspace: int = 0
     taped_workspace: int = 0
     taped_tape: float = 0.0  # bytes the taped program keeps per sample (spadc/ad/tape.py)
 
     @property
     def replays(self) -> int:
-        """Forward replays of each step beyond the first forward pass (the deepest cut's levels)."""
-        return max((len(counts) for counts in self.cuts.values()), default=0)
+        """Forward replays of a step beyond the first forward pass, at most (the deepest cut's)."""
+        return max((_replays(counts) for counts in self.cuts.values()), default=0)
 
     def describe(self, program: Program) -> list[str]:
         loops = top_level_loops(program)
         lines = []
         for position, counts in sorted(self.cuts.items()):
             loop = loops[position]
+            if isinstance(counts, Binomial):
+                replays = counts.replays
+                lines.append(f"loop at line {loop.loc.line} ({trips(loop):,} steps): a binomial schedule of "
+                             f"{counts.snapshots:,} snapshots over {counts.segments:,} segments of "
+                             f"{trips(loop) // counts.segments:,} steps taped, up to {replays} "
+                             f"replay{'s' if replays > 1 else ''} of a step")
+                continue
             steps = trips(loop) // math.prod(counts)
             snapshots = " + ".join(f"{n:,}" for n in counts)
             lines.append(f"loop at line {loop.loc.line} ({trips(loop):,} steps): {snapshots} snapshots, segments of "
@@ -69,8 +80,20 @@ class BudgetPlan:
         return lines
 
     def as_layout(self) -> dict:
-        return {"cuts": {str(k): list(v) for k, v in self.cuts.items()}, "forward_replays": self.replays,
+        return {"cuts": {str(k): cut_as_json(v) for k, v in self.cuts.items()}, "forward_replays": self.replays,
                 "taped_workspace": self.taped_workspace}
+
+
+def cut_as_json(counts: tuple[int, ...] | Binomial):
+    return {"segments": counts.segments, "snapshots": counts.snapshots} if isinstance(counts, Binomial) else list(counts)
+
+
+def cut_from_json(value) -> tuple[int, ...] | Binomial:
+    return Binomial(value["segments"], value["snapshots"]) if isinstance(value, dict) else tuple(value)
+
+
+def _replays(counts: tuple[int, ...] | Binomial) -> int:
+    return counts.replays if isinstance(counts, Binomial) else len(counts)
 
 
 def plan_exact(program: Program, exact: GradientProgram, dtype: str, limit: int, lanes: int | None, checkpoint,
@@ -208,8 +231,8 @@ def _candidates(loops, sizes: dict[int, _LoopSize], levels: int, limit: int, tap
     (snapshots of every level, one segment's tape); then runners-up, in case the planner's size
     differs from the estimate. Each rank ends with every long loop cut: a candidate that does not
     depend on the budget, so what fits at one budget is tried, and fits, at any larger one."""
-    ranked = {k: sorted(_factorisations(sizes[k].steps, levels), key=lambda counts: _estimate(sizes[k], counts))
-              for k, _ in loops}
+    ranked = {k: sorted(_factorisations(sizes[k].steps, levels) + _binomials(sizes[k].steps, levels),
+                        key=lambda counts: _estimate(sizes[k], counts)) for k, _ in loops}
     by_tape = sorted((k for k, _ in loops if ranked[k]), key=lambda k: -sizes[k].steps * sizes[k].step_tape)
     for rank in range(3):
         cuts, estimate = {}, taped_size
@@ -222,8 +245,24 @@ def _candidates(loops, sizes: dict[int, _LoopSize], levels: int, limit: int, tap
         yield from ([cuts, every] if cuts != every else [every]) if every else []
 
 
-def _estimate(size: _LoopSize, counts: tuple[int, ...]) -> int:
+def _estimate(size: _LoopSize, counts: tuple[int, ...] | Binomial) -> int:
+    if isinstance(counts, Binomial):  # its rows: the snapshots and the state advanced
+        return (counts.snapshots + 1) * size.snapshot + (size.steps // counts.segments) * size.step_tape
     return sum(counts) * size.snapshot + (size.steps // math.prod(counts)) * size.step_tape
+
+
+def _binomials(steps: int, replays: int) -> list[Binomial]:
+    """From two replays on: per segment count, the fewest snapshots a binomial schedule of
+    `replays` replays needs; those whose schedule takes more replays than nested levels would, or
+    more than MAX_ACTIONS actions, left out."""
+    found = []
+    for segments in divisors(steps) if replays >= 2 else ():
+        snapshots = 1
+        while reversible(snapshots, replays) < segments:
+            snapshots += 1
+        if snapshots < segments - 1 and segments * replays <= MAX_ACTIONS:  # else one snapshot a segment
+            found.append(Binomial(segments, snapshots))
+    return found
 
 
 def _factorisations(steps: int, levels: int) -> list[tuple[int, ...]]:

@@ -432,11 +432,16 @@ class FunctionEmitter:
                 self.copy(arg, param)
         if hi <= lo:
             return
+        codes = self._codes(op)
         with self.loop(hi - lo, op.attrs["var"]) as j:
             t = self.b.sub(I64(hi - 1), j) if op.attrs.get("reverse") else self.b.add(I64(lo), j)
-            self.store(body.params[0], None, t)
             row = self.b.sub(t, I64(lo))
-            with self._nested_iteration(flat_iteration(op), row):
+            flat_row = row
+            if codes is not None:  # a coded loop (spadc/ir/core.py): its index and flat row from its codes
+                t = self.b.load(self.b.gep(codes, [I64(0), j], inbounds=True), name="code")
+                flat_row = self.b.sdiv(t, I64(op.attrs["codes"][0]))
+            self.store(body.params[0], None, t)
+            with self._nested_iteration(flat_iteration(op), flat_row):
                 (self.lane_block if lanes else self.block)(body)
             with each_lane():
                 for value, kept in zip(body.yields[n:], op.results[n:]):
@@ -447,6 +452,19 @@ class FunctionEmitter:
                 counter = self.options["stored"]
                 kept = self.b.mul(self.count, I64(self.tape_bytes[id(op)])) if lanes else I64(self.tape_bytes[id(op)])
                 self.b.store(self.b.add(self.b.load(counter), kept), counter)
+
+    def _codes(self, op: Op):
+        """A coded loop's codes as a constant array of the module, else None."""
+        if "codes" not in op.attrs:
+            return None
+        values = op.attrs["codes"][1]
+        array = ir.ArrayType(I64, len(values))
+        module = self.b.module
+        codes = ir.GlobalVariable(module, array, module.get_unique_name("codes"))
+        codes.initializer = ir.Constant(array, list(values))
+        codes.global_constant = True
+        codes.linkage = "private"
+        return codes
 
     @contextmanager
     def _nested_iteration(self, flat: tuple[int, int, int], position):

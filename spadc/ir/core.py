@@ -13,7 +13,10 @@ Invariants (checked by `spadc.ir.verify`):
               adjoint. attrs: lo, hi, var, reverse (iterate hi-1 down to lo; stacked row t - lo);
               optionally `flat` (see `flat_iteration`) and `remat` (a checkpointed loop:
               spadc/passes/checkpoint.py). A loop stays a loop: IR size does not depend on the
-              trip count.
+              trip count. A *coded* loop (attr `codes` = (base, values): a binomial schedule's,
+              spadc/ad/binomial.py) runs len(values) iterations, lo = 0 and hi = len(values),
+              keeps nothing stacked, and its index at iteration a is values[a], not a; its flat
+              row (`flat_iteration`) is values[a] // base.
     tabulate  `[body for var in lo..hi]`. No args; region params: [index]; each yield is stacked
               along a new leading axis of length hi - lo (the first is the comprehension's value,
               any others are tapes). attrs: lo, hi, var.
@@ -138,6 +141,15 @@ def flat_iteration(op: Op) -> tuple[int, int, int]:
     (trips, 1, 0): the flat index of the enclosing loop and comprehension indices. A checkpointed
     loop cut into segments sets it so that every step keeps the key it had uncut."""
     return op.attrs.get("flat") or (op.attrs["hi"] - op.attrs["lo"], 1, 0)
+
+
+def loop_index(op: Op, row: int) -> tuple[int, int]:
+    """(index, flat row) of a loop's iteration `row` (0-based, in the order it runs): lo + row, and
+    row, but for a coded loop (see the module's docstring)."""
+    if "codes" in op.attrs:
+        base, values = op.attrs["codes"]
+        return values[row], values[row] // base
+    return op.attrs["lo"] + row, row
 
 
 def copy_block(block: Block, mapping: dict[int, Value] | None = None) -> Block:

@@ -20,7 +20,7 @@ import numpy as np
 from .. import rng
 from ..errors import SpadcError
 from . import primitives
-from .core import Block, Op, Program, flat_iteration
+from .core import Block, Op, Program, flat_iteration, loop_index
 from .primitives import NUMPY_DTYPES
 
 
@@ -132,11 +132,12 @@ def _loop(op: Op, env, iteration, options):
     lo, hi = op.attrs["lo"], op.attrs["hi"]
     kept = [np.zeros(r.type.shape, NUMPY_DTYPES[r.type.dtype]) for r in op.results[n:]]
     for t in (range(hi - 1, lo - 1, -1) if op.attrs.get("reverse") else range(lo, hi)):
-        env[body.params[0]] = np.int64(t)
+        index, row = loop_index(op, t - lo)
+        env[body.params[0]] = np.int64(index)
         for param, value in zip(body.params[1:], carried):
             env[param] = value
         multiplier, stride, offset = flat_iteration(op)
-        _run_block(body, env, iteration * multiplier + offset + (t - lo) * stride, options)
+        _run_block(body, env, iteration * multiplier + offset + row * stride, options)
         carried = [env[y] for y in body.yields[:n]]
         for stack, value in zip(kept, body.yields[n:]):
             stack[t - lo] = env[value]

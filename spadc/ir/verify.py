@@ -77,6 +77,11 @@ def _region_op(op: Op, visible: set[int], defined: set[int]):
     (body,) = op.regions
     lo, hi = op.attrs["lo"], op.attrs["hi"]
     _require(isinstance(lo, int) and isinstance(hi, int), "loop bounds are ints", op)
+    if "codes" in op.attrs:
+        base, values = op.attrs["codes"]
+        _require(op.kind == "loop" and lo == 0 and hi == len(values) and len(op.results) == len(op.args)
+                 and not op.attrs.get("reverse") and base >= 1 and min(values, default=0) >= 0,
+                 "a coded loop runs its codes in order, from 0, and keeps nothing stacked", op)
     _require(len(body.params) >= 1 and body.params[0].type == TensorType("i64"), "the first region param is the index", op)
     n = len(op.args) if op.kind == "loop" else 0
     _require(len(body.yields) == len(op.results), f"{op.kind} yields one value per result", op)

@@ -10,8 +10,10 @@ per segment, and each remat level adds one replay of every step. So the peak hol
 N1 + ... + Nr snapshots and one segment's tape, where the taped loop held T steps' tape.
 
 Each level is a uniform split (every segment of a level has the same length, a divisor of the
-trip count), which keeps every loop's trip count static; a binomial schedule (spadc/ad/checkpoints.py)
-reverses more steps with the same snapshots and replays but needs segments of varying length.
+trip count), which keeps every loop's trip count static. A `Binomial` plan cuts one level of
+segments and marks it `binomial`: its adjoint keeps only a few snapshots and runs a binomial
+schedule over the segments (spadc/ad/binomial.py), which reverses more segments than nested
+uniform levels with the same snapshots and replays.
 
 Invariants:
 - The cut program computes what the original computes, bit for bit: the same ops in the same order.
@@ -26,11 +28,31 @@ Invariants:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+from ..ad.checkpoints import replays_for
 from ..ir.core import Block, Op, Program, Value
 from ..ir.types import TensorType
 
 INDEX = TensorType("i64", ())
+
+
+@dataclass(frozen=True)
+class Binomial:
+    """A loop cut into `segments` segments of taped steps, reversed by a binomial schedule holding
+    `snapshots` states of the loop (spadc/ad/checkpoints.py)."""
+    segments: int
+    snapshots: int
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return (self.segments,)
+
+    @property
+    def replays(self) -> int:
+        """Forward replays of a step beyond the first forward pass, the taped one included: the
+        schedule's advances beyond its first sweep, and the taped replay."""
+        return replays_for(self.segments, self.snapshots)
 
 
 def top_level_loops(program: Program) -> list[Op]:
@@ -47,9 +69,9 @@ def divisors(n: int) -> list[int]:
     return sorted(set(small + [n // d for d in small]))
 
 
-def cut(program: Program, plan: dict[int, tuple[int, ...]]) -> Program:
+def cut(program: Program, plan: dict[int, tuple[int, ...] | Binomial]) -> Program:
     """`program` with each planned loop cut into its segments. `plan`: loop position -> segment counts,
-    outermost first, whose product divides the loop's trip count."""
+    outermost first, whose product divides the loop's trip count, or a `Binomial` plan."""
     if not plan:
         return program
     loops = top_level_loops(program)
@@ -59,7 +81,8 @@ def cut(program: Program, plan: dict[int, tuple[int, ...]]) -> Program:
     return program.with_body(body, program.outputs, program.loss, program.classifier)
 
 
-def _cut_loop(op: Op, counts: tuple[int, ...]) -> Op:
+def _cut_loop(op: Op, plan: tuple[int, ...] | Binomial) -> Op:
+    counts = plan.counts if isinstance(plan, Binomial) else plan
     total = trips(op)
     assert total > 0 and all(n >= 1 for n in counts) and total % math.prod(counts) == 0, (total, counts)
     (body,) = op.regions
@@ -100,6 +123,8 @@ def _cut_loop(op: Op, counts: tuple[int, ...]) -> Op:
             multiplier = total if depth == 0 else 1  # the outermost level replaces the loop's own step
             attrs = {"lo": 0, "hi": counts[depth], "var": f"{var}.segment{depth}", "remat": True,
                      "flat": (multiplier, strides[depth], 0)}
+            if isinstance(plan, Binomial):
+                attrs["binomial"] = plan.snapshots
         results = tuple(Value(p.type, p.hint) for p in body.params[1:])
         return Op("loop", tuple(carried_in), results, attrs, *where, (Block([index, *params], ops, yields),))
 

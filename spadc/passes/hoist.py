@@ -141,7 +141,7 @@ def _fission(op: Op, available: set[int], prologue: list[Op]) -> Op:
     a comprehension of the prologue; return the op that stays, reading its rows."""
     (body,) = op.regions
     index = body.params[0]
-    if op.attrs["hi"] <= op.attrs["lo"]:  # no trip: nothing to compute, in either place
+    if op.attrs["hi"] <= op.attrs["lo"] or "codes" in op.attrs:  # no trip; or its index is no row number
         return op
     cut = _Cut(body.ops, available | {index.id})
     crossing, recomputed = cut.crossing(body.yields)
