@@ -56,7 +56,7 @@ import sys
 import time
 import traceback
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -68,6 +68,7 @@ from spadc import aot  # noqa: E402
 from spadc.ad.reverse import gradient  # noqa: E402
 from spadc.ad.tape import plan_tape  # noqa: E402
 from spadc.backend import budget, tiers  # noqa: E402
+from spadc.passes.checkpoint import Binomial  # noqa: E402
 from spadc.ir.interpret import RunOptions, evaluate  # noqa: E402
 
 COMPILED_RTOL = 1e-9  # compiled against interpreted values (LLVM may reorder sums)
@@ -600,12 +601,13 @@ def has_long_loop(program) -> bool:
 def _check_checkpointed(text, seed, inputs, calls):
     """With its long top-level loops checkpointed (2 snapshots), a program's gradients keep every
     bit of the taped ones, dropout masks and RAD draws replayed from their keys (ESTIMATORS.md
-    section 9). `calls`: [(grad's options, the taped (loss, grads))]. Whether it had such a loop."""
+    section 9): cut once (even seeds), or each step a segment of a binomial schedule (odd seeds).
+    `calls`: [(grad's options, the taped (loss, grads))]. Whether it had such a loop."""
     if not has_long_loop(spadc.frontend.lower(spadc.check_text(text, f"fuzz{seed}.spad"))):
         return False
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), (_binomial_plans() if seed % 2 else nullcontext()):
         warnings.simplefilter("ignore")
-        model = spadc.compile_source(text, name=f"fuzz{seed}.spad", checkpoint=2)
+        model = spadc.compile_source(text, name=f"fuzz{seed}.spad", checkpoint=2, cache=seed % 2 == 0)
         model.init_params(seed=seed)
         for options, (loss, grads) in calls:
             got_loss, got = model.grad(**inputs, seed=seed, **options)
@@ -613,6 +615,20 @@ def _check_checkpointed(text, seed, inputs, calls):
                     got[name].tobytes() != grads[name].tobytes() for name in grads):
                 raise Mismatch(f"checkpointed gradient ({options}) differs from the taped one")
     return True
+
+
+@contextmanager
+def _binomial_plans():
+    """`checkpoint=K` planned as a binomial schedule of K snapshots over every step of each long
+    loop (the planner chooses one only under a budget, which also bounds the lanes, and lanes
+    round sums otherwise); compiled models made meanwhile are kept apart from the others."""
+    fixed_cuts, kept = budget.fixed_cuts, spadc.api._CACHE
+    budget.fixed_cuts = lambda loops, snapshots: {k: Binomial(budget.trips(op), snapshots) for k, op in loops}
+    spadc.api._CACHE = type(kept)()
+    try:
+        yield
+    finally:
+        budget.fixed_cuts, spadc.api._CACHE = fixed_cuts, kept
 
 
 def _check_direction(model, inputs, params, grads, seed):

@@ -56,7 +56,8 @@ def forward(op: Op, kept: list[Value]) -> list[Op]:
     _define(inner, copy.params[0], "floordiv", code, plan.rows)
     row = inner.op("mod", code, _int(inner, plan.rows))
     rows = [Value(r.type, r.hint) for r in kept]
-    written = [inner.op("index_set", buffer, state, row, spec=_row_spec(state)) for buffer, state in zip(rows, copy.params[1:])]
+    written = [inner.op("index_set", buffer, state, row, spec=_row_spec(state))
+               for buffer, state in zip(rows, copy.params[1:])]
     block = Block([code, *copy.params[1:], *rows], inner.block.ops + copy.ops, list(copy.yields) + written)
     codes = (plan.rows, tuple(i * plan.rows + plan.forward[i] for i in range(len(plan.forward))))
     attrs = {key: op.attrs[key] for key in ("var", "flat") if key in op.attrs}

@@ -23,6 +23,7 @@ Invariants (tests/test_checkpoints.py checks each against a brute-force search):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from math import comb
 
 
@@ -58,11 +59,15 @@ def advances(steps: int, snapshots: int) -> int:
 
 def schedule(steps: int, snapshots: int) -> list[Action]:
     """The actions that reverse `steps` steps holding at most `snapshots` states, from state 0."""
+    return list(_actions(steps, snapshots))
+
+
+def _actions(steps: int, snapshots: int):
+    """`schedule`'s actions one at a time (a long schedule's list would take tens of megabytes)."""
     _check(steps, snapshots)
-    actions = [Action("snapshot", 0)]
-    _reverse(0, steps, snapshots, actions)
-    actions.append(Action("free", 0))
-    return actions
+    yield Action("snapshot", 0)
+    yield from _reverse(0, steps, snapshots)
+    yield Action("free", 0)
 
 
 def _check(steps: int, snapshots: int):
@@ -87,25 +92,27 @@ def _cost(steps: int, snapshots: int) -> int:
     return replays * steps - comb(snapshots + replays, snapshots + 1)
 
 
-def _reverse(start: int, stop: int, snapshots: int, actions: list[Action]):
-    """Reverse steps [start, stop): state `start` is current and held in one of `snapshots`."""
+def _reverse(start: int, stop: int, snapshots: int):
+    """The actions reversing steps [start, stop): state `start` is current and held in one of `snapshots`."""
     steps = stop - start
     if steps == 1:
-        actions.append(Action("reverse", start))
+        yield Action("reverse", start)
         return
     if snapshots == 1:  # only the base: advance to each step from it, the last step first
         for step in reversed(range(start, stop)):
             if step != stop - 1:
-                actions.append(Action("restore", start))
+                yield Action("restore", start)
             if step > start:
-                actions.append(Action("advance", start, step))
-            actions.append(Action("reverse", step))
+                yield Action("advance", start, step)
+            yield Action("reverse", step)
         return
     middle = start + _first_part(steps, snapshots)
-    actions += [Action("advance", start, middle), Action("snapshot", middle)]
-    _reverse(middle, stop, snapshots - 1, actions)
-    actions += [Action("free", middle), Action("restore", start)]
-    _reverse(start, middle, snapshots, actions)
+    yield Action("advance", start, middle)
+    yield Action("snapshot", middle)
+    yield from _reverse(middle, stop, snapshots - 1)
+    yield Action("free", middle)
+    yield Action("restore", start)
+    yield from _reverse(start, middle, snapshots)
 
 
 # ---- a schedule as generated code runs it ------------------------------------------------------
@@ -135,6 +142,7 @@ class CompiledSchedule:
         return self.rows - 1
 
 
+@lru_cache(maxsize=8)  # (a plan's forward pass and adjoint both read it)
 def compiled(steps: int, snapshots: int) -> CompiledSchedule:
     """The schedule that reverses `steps` steps with `snapshots` held states (`schedule`), as rows
     and actions (CompiledSchedule)."""
@@ -143,7 +151,7 @@ def compiled(steps: int, snapshots: int) -> CompiledSchedule:
     slots: dict[int, int] = {}
     stack: list[int] = []
     position, row, sweeping = 0, current, True  # the state at hand, the row it is in, first sweep
-    for action in schedule(steps, snapshots):
+    for action in _actions(steps, snapshots):
         if action.kind == "snapshot":
             assert action.start == position
             slots[action.start] = len(stack)

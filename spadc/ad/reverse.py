@@ -271,9 +271,8 @@ def _loop_adjoint(ctx: Context, op: Op, adjoints: Adjoints):
     initial = seeds + [adjoints.get(v) or ctx.zeros(v.type) for v in captured]
     if "binomial" in op.attrs:  # a binomial schedule's actions, from rows of states (spadc/ad/binomial.py)
         inner.snapshot_rows = binomial.snapshot_rows(op)
-        replay = _interleave(_augment(body, ctx.state.registry).ops, inner.inserts)
         kept = [ctx.primal(rows) for rows in inner.snapshot_rows]
-        results = binomial.reversed_loop(ctx, op, region, replay, kept, initial)
+        results = binomial.reversed_loop(ctx, op, region, _taped_body(inner, body, ctx.state.registry), kept, initial)
     else:
         if replays:
             region.ops = _replay(inner, body, ctx.state.registry) + region.ops
@@ -403,7 +402,7 @@ def _replay(inner: Context, body: Block, registry: dict) -> list[Op]:
     carried values read from their snapshot (what the forward loop kept of them), then the body as
     a taped forward pass runs it (nested loops keeping their tapes, the adjoint's forward inserts).
     They define the body's own values, which the adjoint reads (Context.primal)."""
-    replay = _interleave(_augment(body, registry).ops, inner.inserts)
+    replay = _taped_body(inner, body, registry)
     read = {v.id for op in replay for nested in walk_ops(Block(ops=[op]))
             for v in (*nested.args, *(y for region in nested.regions for y in region.yields))}
     outer_block, inner.block = inner.block, Block()
@@ -415,6 +414,12 @@ def _replay(inner: Context, body: Block, registry: dict) -> list[Op]:
                                       inner.loc, inner.inlined_at))
     prefix, inner.block = inner.block.ops, outer_block
     return prefix + replay
+
+
+def _taped_body(inner: Context, body: Block, registry: dict) -> list[Op]:
+    """The ops of a checkpointed loop's body as a taped forward pass runs them: nested loops keeping
+    their tapes, the adjoint's forward inserts among them."""
+    return _interleave(_augment(body, registry).ops, inner.inserts)
 
 
 # ---- the forward pass, keeping what the adjoint reads ------------------------------------------

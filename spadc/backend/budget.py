@@ -43,7 +43,7 @@ from . import kernels
 from .memory import plan as memory_plan
 
 MAX_LEVELS = 4  # replays of a step tried under "auto"
-MAX_ACTIONS = 1 << 20  # a binomial schedule's actions, kept as constants of the kernel (8 bytes each)
+MAX_ACTIONS = 1 << 16  # a binomial schedule's actions, kept as constants of the kernel (8 bytes each)
 MIN_TRIPS = 2  # a loop of one step has nothing to cut
 
 
@@ -85,7 +85,9 @@ class BudgetPlan:
 
 
 def cut_as_json(counts: tuple[int, ...] | Binomial):
-    return {"segments": counts.segments, "snapshots": counts.snapshots} if isinstance(counts, Binomial) else list(counts)
+    if isinstance(counts, Binomial):
+        return {"segments": counts.segments, "snapshots": counts.snapshots}
+    return list(counts)
 
 
 def cut_from_json(value) -> tuple[int, ...] | Binomial:
@@ -173,7 +175,7 @@ def plan_gradient(program: Program, limit: int, checkpoint, differentiate: Calla
         return taped, BudgetPlan({}, taped_size, taped_size, taped_tape)  # nothing to cut: the kernel's own check refuses
     sizes = _loop_sizes(taped, program, loops, float_bytes)
     if checkpoint != "auto":
-        cuts = {k: (_nearest_divisor(trips(op), checkpoint),) for k, op in loops}
+        cuts = fixed_cuts(loops, checkpoint)
         planned = differentiate(cut(program, cuts))
         return planned, BudgetPlan(cuts, workspace_of(planned, float_bytes), taped_size, taped_tape)
     least = None
@@ -225,24 +227,35 @@ def _loop_sizes(taped: GradientProgram, program: Program, loops: list[tuple[int,
 
 
 def _candidates(loops, sizes: dict[int, _LoopSize], levels: int, limit: int, taped_size: int):
-    """Cuts with `levels` replay levels, the likeliest to fit first: the loops with the largest tapes
-    are cut until the estimated workspace fits (loops whose tape is small are left taped: cutting
-    them would replay them for little), each by its factorisations in order of estimated peak
-    (snapshots of every level, one segment's tape); then runners-up, in case the planner's size
-    differs from the estimate. Each rank ends with every long loop cut: a candidate that does not
-    depend on the budget, so what fits at one budget is tried, and fits, at any larger one."""
-    ranked = {k: sorted(_factorisations(sizes[k].steps, levels) + _binomials(sizes[k].steps, levels),
-                        key=lambda counts: _estimate(sizes[k], counts)) for k, _ in loops}
-    by_tape = sorted((k for k, _ in loops if ranked[k]), key=lambda k: -sizes[k].steps * sizes[k].step_tape)
+    """Cuts with `levels` replays, the likeliest to fit first: the loops with the largest tapes are
+    cut until the estimated workspace fits (loops whose tape is small are left taped: cutting them
+    would replay them for little), each by its plans in order of estimated peak (snapshots, one
+    segment's tape); then runners-up, in case the planner's size differs from the estimate. Each
+    rank offers nested cuts and binomial ones (whose dispatch the estimate leaves out, so they do not
+    crowd the nested ones out of the ranks), the lower estimate first, and ends with every long loop
+    cut: a candidate that does not depend on the budget, so what fits at one budget is tried, and
+    fits, at any larger one."""
+    families = []
+    for plans in (_factorisations, _binomials):
+        ranked = {k: sorted(plans(sizes[k].steps, levels), key=lambda counts: _estimate(sizes[k], counts))
+                  for k, _ in loops}
+        by_tape = sorted((k for k, _ in loops if ranked[k]), key=lambda k: -sizes[k].steps * sizes[k].step_tape)
+        if by_tape:
+            families.append((ranked, by_tape))
     for rank in range(3):
-        cuts, estimate = {}, taped_size
-        for k in by_tape:
-            cuts[k] = ranked[k][min(rank, len(ranked[k]) - 1)]
-            estimate += _estimate(sizes[k], cuts[k]) - sizes[k].steps * sizes[k].step_tape
-            if estimate <= limit:
-                break
-        every = {k: ranked[k][min(rank, len(ranked[k]) - 1)] for k in by_tape}
-        yield from ([cuts, every] if cuts != every else [every]) if every else []
+        offered = []
+        for ranked, by_tape in families:
+            cuts, estimate = {}, taped_size
+            for k in by_tape:
+                cuts[k] = ranked[k][min(rank, len(ranked[k]) - 1)]
+                estimate += _estimate(sizes[k], cuts[k]) - sizes[k].steps * sizes[k].step_tape
+                if estimate <= limit:
+                    break
+            every = {k: ranked[k][min(rank, len(ranked[k]) - 1)] for k in by_tape}
+            offered += [(estimate, cuts)] if cuts != every else []
+            offered.append((taped_size + sum(_estimate(sizes[k], every[k]) - sizes[k].steps * sizes[k].step_tape
+                                             for k in every), every))
+        yield from (cuts for _, cuts in sorted(offered, key=lambda pair: pair[0]))
 
 
 def _estimate(size: _LoopSize, counts: tuple[int, ...] | Binomial) -> int:
@@ -281,6 +294,11 @@ def _factorisations(steps: int, levels: int) -> list[tuple[int, ...]]:
 
     extend((), steps)
     return found
+
+
+def fixed_cuts(loops: list[tuple[int, Op]], snapshots: int) -> dict[int, tuple[int, ...] | Binomial]:
+    """`checkpoint=K`: each long loop cut once, into the divisor of its trip count nearest K."""
+    return {k: (_nearest_divisor(trips(op), snapshots),) for k, op in loops}
 
 
 def _nearest_divisor(steps: int, wanted: int) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -438,7 +439,7 @@ class FunctionEmitter:
             row = self.b.sub(t, I64(lo))
             flat_row = row
             if codes is not None:  # a coded loop (spadc/ir/core.py): its index and flat row from its codes
-                t = self.b.load(self.b.gep(codes, [I64(0), j], inbounds=True), name="code")
+                t = self.b.load(self.b.gep(codes, [j], inbounds=True), name="code")
                 flat_row = self.b.sdiv(t, I64(op.attrs["codes"][0]))
             self.store(body.params[0], None, t)
             with self._nested_iteration(flat_iteration(op), flat_row):
@@ -454,17 +455,21 @@ class FunctionEmitter:
                 self.b.store(self.b.add(self.b.load(counter), kept), counter)
 
     def _codes(self, op: Op):
-        """A coded loop's codes as a constant array of the module, else None."""
+        """A coded loop's codes as a constant array of the module (a pointer to its first), else None.
+        Written as bytes: LLVM reads a byte string as one constant, a list as one constant an entry
+        (a table of 75,000 codes had taken 28 MB more to compile)."""
         if "codes" not in op.attrs:
             return None
         values = op.attrs["codes"][1]
-        array = ir.ArrayType(I64, len(values))
+        data = bytearray(struct.pack(f"<{len(values)}q", *values))
+        array = ir.ArrayType(I8, len(data))
         module = self.b.module
         codes = ir.GlobalVariable(module, array, module.get_unique_name("codes"))
-        codes.initializer = ir.Constant(array, list(values))
+        codes.initializer = ir.Constant(array, data)
         codes.global_constant = True
         codes.linkage = "private"
-        return codes
+        codes.align = 8
+        return self.b.bitcast(codes, I64.as_pointer())
 
     @contextmanager
     def _nested_iteration(self, flat: tuple[int, int, int], position):

@@ -98,7 +98,10 @@ def _region_op_lines(op: Op, names: _Names, depth: int, lines: list[str]):
     (body,) = op.regions
     index = names.define(body.params[0])
     direction = " reversed" if op.attrs.get("reverse") else ""
-    header = f"{pad}{head}{op.kind} {index} in {op.attrs['lo']}..{op.attrs['hi']}{direction}"
+    span = f"{op.attrs['lo']}..{op.attrs['hi']}"
+    if "codes" in op.attrs:  # a coded loop (spadc/ir/core.py): its index runs over its codes
+        span = f"codes[{op.attrs['hi']}] (row = code // {op.attrs['codes'][0]})"
+    header = f"{pad}{head}{op.kind} {index} in {span}{direction}"
     if op.kind == "loop" and op.args:
         carried = ", ".join(f"{names.define(p)} = {names[a]}" for p, a in zip(body.params[1:], op.args))
         header += f" carry ({carried})"
