@@ -207,21 +207,25 @@ def test_the_interpreter_gives_the_cut_program_the_taped_gradient(counts):
 # Binomial schedules over segments: twelve of three steps in four snapshots (two replays: C(6, 4)
 # = 15 >= 12); each of the 36 steps a segment, in five (three replays: C(8, 5) = 56 >= 36 > C(7, 5)).
 BINOMIAL_PLANS = quick([Binomial(12, 4), Binomial(36, 5)], [Binomial(12, 4)])
-BINOMIAL_BUDGET = 5000  # bytes: below the recurrence's taped workspace (7,936), above its binomial plans'
+# Bytes per lane count: below the recurrence's taped workspace (7,936 bytes with one lane), above
+# its binomial plans' (with four lanes, each lane's values side by side: 21.4 KiB).
+BINOMIAL_BUDGETS = {1: 5000, 4: 24000}
 
 
 @pytest.mark.parametrize("plan", BINOMIAL_PLANS, ids=str)
-def test_a_binomial_schedule_gives_the_taped_bits(plan, monkeypatch):
-    """Exact (with dropout), RAD and SPAD, through a `while`, a nested loop and a branch."""
-    # One lane each: a budget bounds the lanes, and lanes round sums otherwise.
-    taped = _gradients(spadc.compile_source(RECURRENT, name="recurrent.spad", checkpoint="none", lanes=1), "recurrent")
+@pytest.mark.parametrize("lanes", quick([1, 4], [4]))
+def test_a_binomial_schedule_gives_the_taped_bits(plan, lanes, monkeypatch):
+    """Exact (with dropout), RAD and SPAD, through a `while`, a nested loop and a branch; one lane,
+    or four side by side (whose actions' branches run sample by sample)."""
+    # The same lanes both ways: a budget bounds the lanes, and lanes round sums otherwise.
+    taped = _gradients(spadc.compile_source(RECURRENT, name="recurrent.spad", checkpoint="none", lanes=lanes),
+                       "recurrent")
     monkeypatch.setattr(budget, "_candidates", lambda *plan_inputs: iter([{0: plan}]))
-    # (a budget of its own per plan: a process keeps compiled models by their options)
-    model = spadc.compile_source(RECURRENT, name="recurrent.spad", max_memory=BINOMIAL_BUDGET - plan.segments, lanes=1,
-                                 cache=False)
+    limit = BINOMIAL_BUDGETS[lanes] - plan.segments  # (a budget of its own: a process keeps compiled models by options)
+    model = spadc.compile_source(RECURRENT, name="recurrent.spad", max_memory=limit, lanes=lanes, cache=False)
     _, _, stats = model.grad(**_inputs("recurrent"), stats=True, threads=1)
     assert stats["forward_replays"] == plan.replays == {12: 2, 36: 3}[plan.segments]
-    assert stats["peak_workspace_bytes"] <= BINOMIAL_BUDGET - plan.segments
+    assert stats["peak_workspace_bytes"] <= limit
     _assert_same_bits(_gradients(model, "recurrent"), taped)
 
 

@@ -94,7 +94,10 @@ def reversed_loop(ctx: Builder, op: Op, region: Block, replay: list[Op], kept: l
     advanced = Block([], _read_rows(op, rows, source, inputs) + advance.ops,
                      list(advance.yields[:len(state)]) + list(adjoints))
     results = [Value(v.type, v.hint) for v in replayed.yields]
-    step.block.ops.append(Op("cond", (reversing,), tuple(results), {}, op.loc, op.inlined_at, (replayed, advanced)))
+    # Every sample takes the same branch: a kernel of several lanes runs it once for all of them
+    # (spadc/backend/memory.py, `lane_blocks`), lane by lane op by op as the taped loop would.
+    step.block.ops.append(Op("cond", (reversing,), tuple(results), {"uniform": True}, op.loc, op.inlined_at,
+                             (replayed, advanced)))
     written = [step.op("index_set", buffer, value, destination, spec=_row_spec(value))
                for buffer, value in zip(rows, results)]
     step.block.params = [code, *rows, *adjoints]

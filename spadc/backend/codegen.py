@@ -17,7 +17,8 @@ Lanes: with a plan for L > 1 lanes, a kernel runs the samples of a batch L at a 
 the block (`samples`; a function of its own where it can be, spadc/backend/outline.py) before the
 next starts, except where a lane emitter (spadc/backend/gemm.py) does the whole block at once
 (a matrix-matrix product). A plan in `lockstep` with one lane (a big program) runs so too. Loops
-and comprehensions run once for all lanes, their bodies op by op; a `cond` runs sample by sample.
+and comprehensions run once for all lanes, their bodies op by op; a `cond` runs sample by sample
+(a `uniform` one, whose condition every sample shares, once for all lanes, like a loop).
 A value of a lane block is reached at the current lane (`local`); a param, a running sum or
 another shared value the same for every lane.
 """
@@ -36,7 +37,7 @@ from ..errors import Loc
 from ..ir.core import Block, Op, Value, flat_iteration, walk_ops
 from .emitters import EMITTERS, elementwise_group, fused_groups, llvm_name
 from . import lane_ops
-from .memory import MemoryPlan, lane_runs
+from .memory import MemoryPlan, lane_runs, runs_over_lanes
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
 
@@ -406,6 +407,8 @@ class FunctionEmitter:
                         self._run(runs[id(op)])
             elif op.kind in ("loop", "tabulate"):
                 self._counted(op, lanes=True)
+            elif op.kind == "cond" and runs_over_lanes(op):
+                self._cond(op, lanes=True)
             elif id(op) not in in_run:
                 scratch = self.plan.scratch.get(id(op))
                 lane_ops.emit(self, op, None if scratch is None else self.b.gep(self.workspace, [I64(scratch)]))
@@ -505,12 +508,20 @@ class FunctionEmitter:
         for temp, param in zip(staged, params):
             self.copy(temp, param)
 
-    def _cond(self, op: Op):
-        # br c, then, else; each branch copies its yields into the results
-        condition = self.load(op.args[0])
+    def _cond(self, op: Op, lanes: bool = False):
+        """br c, then, else; each branch copies its yields into the results. With `lanes`, a uniform
+        cond, once for all the block's lanes: the condition is lane 0's (every lane's is the same),
+        the branches op by op (`lane_block`), the copies lane by lane."""
+        if lanes:
+            local, self.local = self.local, I64(0)
+            condition = self.load(op.args[0])
+            self.local = local
+        else:
+            condition = self.load(op.args[0])
         with self.b.if_else(condition) as (then, otherwise):
             for branch, region in ((then, op.regions[0]), (otherwise, op.regions[1])):
                 with branch:
-                    self.block(region)
-                    for value, result in zip(region.yields, op.results):
-                        self.copy(value, result)
+                    (self.lane_block if lanes else self.block)(region)
+                    with self.samples() if lanes else nullcontext():
+                        for value, result in zip(region.yields, op.results):
+                            self.copy(value, result)

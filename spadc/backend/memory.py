@@ -33,7 +33,7 @@ Invariants:
   `lockstep` (a big program's one-lane kernel, run as a lane kernel of one lane: codegen.py
   `in_lockstep`), every
   value of a *lane block* (the top level, and the bodies of loops and comprehensions in it, but not
-  a `cond`'s branches, which run sample by sample) has L copies, one per sample, `lane_stride`
+  a `cond`'s branches, which run sample by sample, unless the cond is `uniform`) has L copies, one per sample, `lane_stride`
   bytes apart: its slot is L times as large; a scalar gets a slot of L elements (so no stack array
   grows with L). A loop's or a comprehension's index is shared by all samples. A value of a lane
   block is a view only if every lane shares it (a slice of a param at a loop's index, `W[l]`:
@@ -144,11 +144,20 @@ def lane_common(program: Program, writable) -> set[int]:
 
 def lane_blocks(body: Block):
     """The blocks that run op by op over the lanes: `body`, and the bodies of loops and
-    comprehensions in a lane block (a `cond` runs sample by sample)."""
+    comprehensions in a lane block, and the branches of a `uniform` cond in one; any other `cond`
+    runs sample by sample."""
     yield body
     for op in body.ops:
-        if op.kind in ("loop", "tabulate"):
-            yield from lane_blocks(op.regions[0])
+        if runs_over_lanes(op):
+            for region in op.regions:
+                yield from lane_blocks(region)
+
+
+def runs_over_lanes(op: Op) -> bool:
+    """A region op of a lane block that runs once for all its lanes: a loop, a comprehension, or a
+    `cond` whose condition every sample shares (attr `uniform`: a binomial schedule's, whose
+    condition comes from the loop index alone; spadc/ad/binomial.py)."""
+    return op.kind in ("loop", "tabulate") or (op.kind == "cond" and op.attrs.get("uniform", False))
 
 
 def _lane_values(body: Block) -> dict[int, list[Value]]:
@@ -176,7 +185,7 @@ def lane_runs(block: Block, shared):
     from .lane_ops import takes_lanes
     run, size = [], 0
     for op in block.ops:
-        if op.kind in ("loop", "tabulate") or takes_lanes(op, shared):
+        if runs_over_lanes(op) or takes_lanes(op, shared):
             if run:
                 yield run
             run, size = [], 0
@@ -368,9 +377,12 @@ class _Storage:
 
 
 def _share_block(block: Block, schedule: _Schedule, plan_: MemoryPlan, storage: _Storage, external: set[int],
-                 writable: set[int], loop: Op | None = None, no_views: set[int] = frozenset(), shared=None):
+                 writable: set[int], loop: Op | None = None, no_views: set[int] = frozenset(), shared=None,
+                 branch: tuple[Op, Block] | None = None):
     """`no_views`: ids of lane blocks, whose views (a pointer per lane, made in a run) are copied,
-    except a view every lane shares (`shared`: lane_ops.takes_lanes), made once for all lanes."""
+    except a view every lane shares (`shared`: lane_ops.takes_lanes), made once for all lanes.
+    `branch`: (a uniform cond, this block, one of its branches), whose loops may take over values
+    of the enclosing block (`writable`: those it owns) that only the other branch reads later."""
     from .lane_ops import takes_lanes
     owned = ({p.id for p in block.params} - external) | writable
     for param in block.params:
@@ -380,10 +392,11 @@ def _share_block(block: Block, schedule: _Schedule, plan_: MemoryPlan, storage: 
             storage.own(param, loop)
     for op in block.ops:
         if op.kind == "loop":
-            _carry_in_place(op, owned, schedule, plan_, storage)
+            _carry_in_place(op, owned, schedule, plan_, storage, branch)
+        exclusive = op.kind == "cond" and op.attrs.get("uniform", False)
         for region in op.regions:
-            _share_block(region, schedule, plan_, storage, external, set(), op if op.kind == "loop" else None,
-                         no_views, shared)
+            _share_block(region, schedule, plan_, storage, external, set(owned) if exclusive else set(),
+                         op if op.kind == "loop" else None, no_views, shared, (op, region) if exclusive else None)
         if op.kind == "loop":
             _share_loop(op, schedule, plan_, storage)
         elif op.regions:  # written all through the op (row by row, or at a branch's end): alive to its end
@@ -435,20 +448,38 @@ def is_view(op: Op) -> bool:
     return op.kind == "index" and bool(op.result.type.rank) and contiguous(op.attrs["spec"], op.args[0].type.shape)
 
 
-def _carry_in_place(op: Op, owned: set[int], schedule: _Schedule, plan_: MemoryPlan, storage: _Storage):
+def _carry_in_place(op: Op, owned: set[int], schedule: _Schedule, plan_: MemoryPlan, storage: _Storage,
+                    branch: tuple[Op, Block] | None = None):
     """A carried param takes over the storage of its initial value when that value dies at the
     loop, and no view of it lives on (a gradient accumulator carried by a reversed loop then sums
-    in the caller's buffer)."""
+    in the caller's buffer). In a branch of a uniform cond (`branch`), a value of the enclosing
+    block dies at the loop too when nothing after it reads it but the other branch, which does not
+    run when this one does: so a running sum that a binomial schedule's actions pass through their
+    cond (spadc/ad/binomial.py) still sums in the caller's buffer, lane after lane, as the taped
+    loop's does, not in copies of its own per lane."""
     (body,) = op.regions
     taken = set()
     start = schedule.start[id(op)]
     for arg, param in zip(op.args, body.params[1:]):
         owner = plan_.owner(arg)
+        dies = schedule.last[arg.id] == start or (branch is not None and _only_elsewhere(arg, op, branch, schedule))
         if ((param.type.rank or owner in plan_.sums) and arg.type == param.type and arg.id in owned and owner not in taken
-                and arg.id not in plan_.views and schedule.last[arg.id] == start
+                and arg.id not in plan_.views and dies
                 and storage.viewed.get(plan_.storage_of(arg.id), -1) <= start):
             plan_.shared[param.id] = arg.id
             taken.add(owner)
+
+
+def _only_elsewhere(value: Value, loop: Op, branch: tuple[Op, Block], schedule: _Schedule) -> bool:
+    """Whether `value`, read by `loop` in branch `branch` = (cond, block), is read after the loop
+    only by the cond's other branch: not after the cond, nor later in this branch."""
+    cond, block = branch
+    if schedule.last[value.id] != schedule.end[id(cond)]:
+        return False
+    later = block.ops[block.ops.index(loop) + 1:]
+    return all(value is not y for y in block.yields) and not any(
+        value is a for op in later for nested in walk_ops(Block(ops=[op]))
+        for a in (*nested.args, *(y for region in nested.regions for y in region.yields)))
 
 
 def _in_place_donor(op: Op, result: Value, owned: set[int], schedule: _Schedule, plan_: MemoryPlan,
