@@ -18,6 +18,9 @@ Invariants:
   states and one segment's tape, never a state per segment.
 - A row is written only after the action has read its own: a state goes into its row through
   `index_set` after the action's `cond`, whose results are values of their own.
+- The action's `cond` is `uniform` (its condition comes from the code alone): a kernel of several
+  lanes runs it once for all of them, so a replayed segment's adjoint adds to a param's gradient
+  lane after lane, step by step, in the order the taped loop does (spadc/backend/memory.py).
 """
 
 from __future__ import annotations
@@ -94,8 +97,7 @@ def reversed_loop(ctx: Builder, op: Op, region: Block, replay: list[Op], kept: l
     advanced = Block([], _read_rows(op, rows, source, inputs) + advance.ops,
                      list(advance.yields[:len(state)]) + list(adjoints))
     results = [Value(v.type, v.hint) for v in replayed.yields]
-    # Every sample takes the same branch: a kernel of several lanes runs it once for all of them
-    # (spadc/backend/memory.py, `lane_blocks`), lane by lane op by op as the taped loop would.
+    # Every sample takes the same branch (the module's docstring).
     step.block.ops.append(Op("cond", (reversing,), tuple(results), {"uniform": True}, op.loc, op.inlined_at,
                              (replayed, advanced)))
     written = [step.op("index_set", buffer, value, destination, spec=_row_spec(value))

@@ -459,8 +459,7 @@ class FunctionEmitter:
 
     def _codes(self, op: Op):
         """A coded loop's codes as a constant array of the module (a pointer to its first), else None.
-        Written as bytes: LLVM reads a byte string as one constant, a list as one constant an entry
-        (a table of 75,000 codes had taken 28 MB more to compile)."""
+        Written as one byte string, which the IR text and LLVM hold as one constant, not one an entry."""
         if "codes" not in op.attrs:
             return None
         values = op.attrs["codes"][1]

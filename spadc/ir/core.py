@@ -21,7 +21,9 @@ Invariants (checked by `spadc.ir.verify`):
               along a new leading axis of length hi - lo (the first is the comprehension's value,
               any others are tapes). attrs: lo, hi, var.
     cond      `if c then a else b`. args: (c,), a scalar bool; regions (then, else), no params,
-              yielding values of the result types. Only the chosen region is evaluated.
+              yielding values of the result types. Only the chosen region is evaluated. attr
+              `uniform`: every sample of a batch takes the same branch (a binomial schedule's
+              actions: spadc/ad/binomial.py), which lets a kernel of several lanes run it once.
 - IR is never mutated after it is built; passes build new blocks.
 """
 
