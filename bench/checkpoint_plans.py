@@ -6,8 +6,9 @@ long loop, and a gradient's time and workspace at one budget.
 The loop is bench/long_loops.py's reaction-diffusion (1,024 cells). `least`: the smallest
 workspace the planner finds with up to four replays, as its refusal names it, with binomial plans
 offered and without them (spadc/backend/budget.py). `timed`: one length compiled under `--budget`
-with nested plans only, then binomial ones only (beyond one replay), one core, `SPADC_JIT=optimised` kernels; the best of `--calls` gradient calls after a
-warm-up (the same bits either way: the gradient's sum is printed).
+with nested plans only, then binomial ones only (beyond one replay), one core, `SPADC_JIT=optimised`
+kernels; the best of `--calls` gradient calls after a warm-up (the same bits either way: the
+gradient's sum is printed).
 """
 
 from __future__ import annotations
@@ -82,13 +83,15 @@ def main():
         with offered("both"):
             print(f"| {steps:.0e} | {nested:,} | {least(steps):,} |")
     steps = int(float(args.timed))
-    print(f"\nT = {steps:.0e} under a budget of {args.budget}, one kind of plan offered (best of {args.calls} calls):\n")
+    print(f"\nT = {steps:.0e} under a budget of {args.budget}, one kind of plan offered "
+          f"(best of {args.calls} calls):\n")
     print("| plans | time (s) | workspace (B) | replays | sum of the gradient |")
     print("|---|---:|---:|---:|---:|")
     for family in ("nested", "binomial"):
         with offered(family):
             seconds, stats, total = timed(steps, args.budget, args.calls)
-        print(f"| {family} | {seconds:.3f} | {stats['peak_workspace_bytes']:,} | {stats['forward_replays']} | {total!r} |")
+        print(f"| {family} | {seconds:.3f} | {stats['peak_workspace_bytes']:,} | {stats['forward_replays']} "
+              f"| {total!r} |")
 
 
 if __name__ == "__main__":
