@@ -34,8 +34,9 @@ Invariants:
   `in_lockstep`), every value of a *lane block* (the top level, and the bodies of loops and
   comprehensions in it, but not a `cond`'s branches, which run sample by sample, unless the cond
   is `uniform`) has L copies, one per sample, `lane_stride` bytes apart: its slot is L times as
-  large; a scalar gets a slot of L elements (so no stack array grows with L). A loop's or a comprehension's index is shared by all samples. A value of a lane
-  block is a view only if every lane shares it (a slice of a param at a loop's index, `W[l]`:
+  large; a scalar gets a slot of L elements (so no stack array grows with L). A loop's or a
+  comprehension's index is shared by all samples. A value of a lane block is a view only if every
+  lane shares it (a slice of a param at a loop's index, `W[l]`:
   spadc/backend/lane_ops.py), its pointer then made once for all lanes; any other view's pointer
   would be made per lane where it is defined, so it is a copy. In a run of ops that goes lane by
   lane (`lane_runs`) over several lanes, every storage alive during the run is alive through all
