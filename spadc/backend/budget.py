@@ -32,12 +32,12 @@ from llvmlite import ir
 from spadrt.limits import format_bytes, limit_text
 
 from .. import passes
+from ..ad.checkpoints import reversible
 from ..ad.reverse import GradientProgram, gradient
 from ..ad.tape import plan_tape, value_bytes
 from ..errors import SpadcError
 from ..ir.core import Op, Program
 from ..passes import hoist
-from ..ad.checkpoints import reversible
 from ..passes.checkpoint import Binomial, cut, divisors, top_level_loops, trips
 from . import kernels
 from .memory import plan as memory_plan
@@ -266,8 +266,8 @@ def _estimate(size: _LoopSize, counts: tuple[int, ...] | Binomial) -> int:
 
 def _binomials(steps: int, replays: int) -> list[Binomial]:
     """From two replays on: per segment count, the fewest snapshots a binomial schedule of
-    `replays` replays needs; those whose schedule takes more replays than nested levels would, or
-    more than MAX_ACTIONS actions, left out."""
+    `replays` replays needs; left out, those holding a snapshot a segment (a one-level cut does
+    that with one replay) and those of more than MAX_ACTIONS actions."""
     found = []
     for segments in divisors(steps) if replays >= 2 else ():
         snapshots = 1
