@@ -216,7 +216,8 @@ BINOMIAL_BUDGETS = {1: 5000, 4: 24000}
 @pytest.mark.parametrize("lanes", quick([1, 4], [4]))
 def test_a_binomial_schedule_gives_the_taped_bits(plan, lanes, monkeypatch):
     """Exact (with dropout), RAD and SPAD, through a `while`, a nested loop and a branch; one lane,
-    or four side by side (whose actions' branches run sample by sample)."""
+    or four side by side (the actions' cond then runs once for all of them, and a param's gradient
+    sums lane after lane, step by step, as the taped loop's does)."""
     # The same lanes both ways: a budget bounds the lanes, and lanes round sums otherwise.
     taped = _gradients(spadc.compile_source(RECURRENT, name="recurrent.spad", checkpoint="none", lanes=lanes),
                        "recurrent")
