@@ -108,7 +108,8 @@ class DataParallel:
                         entry[2] = None  # sent again, from the state taken
                     continue
                 entry = queue.popleft()
-                (plan, report, _), entry[1] = entry, False  # (sent again after a loss, it need not report)
+                plan, report, _ = entry
+                entry[1] = False  # (sent again after a loss, it need not report)
                 seen = plan[0]
                 if report:
                     self._take_state(seen, [result["share"] for result in results])
