@@ -37,6 +37,7 @@ from ..errors import Loc
 from ..ir.core import Block, Op, Value, flat_iteration, walk_ops
 from .emitters import EMITTERS, elementwise_group, fused_groups, llvm_name
 from . import lane_ops
+from .target import has_wide_vectors
 from .memory import MemoryPlan, lane_runs, runs_over_lanes
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
@@ -67,6 +68,19 @@ class Check:
 
 
 UNROLLED = 4  # entries up to which an elementwise op or a copy is straight-line code (`each`)
+RAGGED_UNROLLED = 16  # and up to which it is when the entries do not fill whole vectors
+
+
+def straight_line(count: int) -> bool:
+    """Whether `count` entries (of a known count) are straight-line code rather than a loop. Up to
+    UNROLLED always. Up to RAGGED_UNROLLED when they are not a whole number of the target's
+    vectors of f64: LLVM (loop unrolling off, spadc/backend/jit.py) vectorises a loop of so few
+    trips by masking its last vector, and a masked store is not forwarded to the next op's load of
+    the same entries. That stall was most of a Gaussian mixture's gradient (vectors of 10: 3.19 ms,
+    1.93 ms straight-line; bench/gmm.py). A whole number of vectors stays a loop: an LSTM's cell
+    of 16 entries took 2.4 times as long to compile straight-line."""
+    vector = 8 if has_wide_vectors() else 4
+    return count <= UNROLLED or (count <= RAGGED_UNROLLED and count % vector != 0)
 
 
 LOCKSTEP_LOOPS = 128  # loops beyond which a program's one-lane kernels run as lane kernels of one lane
@@ -82,8 +96,9 @@ def in_lockstep(program) -> bool:
 
 
 def loops_estimate(block: Block) -> int:
-    """About how many loops a block's code has: one per region op, one per axis of a result too big
-    to be straight-line code (`indices`)."""
+    """About how many loops a block's code has: one per region op, one per axis of a result of more
+    than UNROLLED entries. (Results of up to RAGGED_UNROLLED entries that `straight_line` writes out
+    count too: as code to optimise they weigh about as much as the loop.)"""
     return sum(1 if op.regions else sum(result.type.rank for result in op.results if result.type.size > UNROLLED)
                for op in walk_ops(block))
 
@@ -315,11 +330,11 @@ class FunctionEmitter:
 
     def each(self, count, name: str = "j", start=0):
         """The indices start..start+count, for a body that does not depend on being in a loop: a
-        loop, or, for a count of at most UNROLLED (a known int), the body once per index. LLVM's
+        loop, or, for a known count that `straight_line` allows, the body once per index. LLVM's
         loop passes and vectoriser cost time per loop, and a program of small vectors has hundreds
         of loops of two to four trips (a fuzzer's grad kernel: 351), which then cost more to
         compile than to run: straight-line, the fuzzer's kernels optimise in 26% less time."""
-        if isinstance(count, int) and isinstance(start, int) and count <= UNROLLED:
+        if isinstance(count, int) and isinstance(start, int) and straight_line(count):
             for k in range(count):
                 yield I64(start + k)
         else:
@@ -327,9 +342,9 @@ class FunctionEmitter:
                 yield index
 
     def indices(self, shape: tuple[int, ...], name: str = "i"):
-        """Every multi-index of `shape` (row-major), as `each`: straight-line when the shape has at
-        most UNROLLED entries, else nested loops."""
-        if math.prod(shape) <= UNROLLED:
+        """Every multi-index of `shape` (row-major), as `each`: straight-line when `straight_line`
+        allows its count of entries, else nested loops."""
+        if straight_line(math.prod(shape)):
             for index in itertools.product(*(range(n) for n in shape)):
                 yield [I64(k) for k in index]
             return
