@@ -67,6 +67,10 @@ PROGRAMS = {
     "stacked": STACKED,
     "wide": WIDE,
     "narrow": NARROW,
+    # rows that end in part of a vector (gemm.ragged_panels): 10 columns are a vector and a half
+    # vector, 13 three vectors of halving widths, 37 a full panel and the rest
+    "ragged": ("input x: f64[13]\ninput label: i64\nparam W1: f64[37, 13] ~ glorot()\nparam W2: f64[10, 37] ~ glorot()\n"
+               "param W3: f64[7, 10] ~ glorot()\nloss cross_entropy(W3 @ tanh(W2 @ tanh(W1 @ x)), label)"),
 }
 # A run of ~40 ops between the product and the loss (a gradient of 170), cut into runs of at most
 # RUN_OPS (memory.py; patched to 16 by the test), the last holding the loss's check of the label.
@@ -79,6 +83,7 @@ PROGRAM_INPUTS = {
     "stacked": {"x": RNG.standard_normal((BATCH, 8)), "label": RNG.integers(0, 8, BATCH)},
     "wide": {"x": RNG.standard_normal((BATCH, 131)), "label": RNG.integers(0, 130, BATCH)},
     "narrow": {"x": RNG.standard_normal((BATCH, 1700)), "label": RNG.integers(0, 10, BATCH)},
+    "ragged": {"x": RNG.standard_normal((BATCH, 13)), "label": RNG.integers(0, 7, BATCH)},
 }
 
 
@@ -119,7 +124,7 @@ def test_examples_with_lanes(name):
     _check(models, None, BATCHES[name])  # (one lane against the interpreter: test_compiled.py)
 
 
-@pytest.mark.parametrize("name", quick(sorted(PROGRAMS), ("cond_in_loop", "lookup", "stacked", "wide", "narrow")))  # ("deep": the examples)
+@pytest.mark.parametrize("name", quick(sorted(PROGRAMS), ("cond_in_loop", "lookup", "stacked", "wide", "narrow", "ragged")))  # ("deep": the examples)
 def test_programs_with_lanes(name):
     models = _pair(lambda lanes: spadc.compile_source(PROGRAMS[name], name=f"{name}.spad", lanes=lanes))
     _check(models, check_text(PROGRAMS[name], name=f"{name}.spad"), PROGRAM_INPUTS[name])

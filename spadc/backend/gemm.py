@@ -330,7 +330,7 @@ def _ordered_matvec_over(e, W, x, y, m: int, k_dim: int, count, at, scratch):
 
         _columns_of_rows(e, lanes_of, matrix, k_dim, i0, vectors, store)
         covering(e, count, tiles().panel_lanes,
-                  lambda lanes: _panel(e, x, y, at, k_dim, panel, step, I64(0), i0, lanes_of, vectors, lanes))
+                  lambda lanes: _panel(e, x, y, at, k_dim, panel, step, I64(0), i0, [lanes_of] * vectors, lanes))
 
     def in_registers(i0, lanes_of: Lanes, vectors: int):
         with _lane_indices(e, count) as (s,):
@@ -396,34 +396,36 @@ def vecmat_over(e, x, W, y, k_dim: int, n: int, count, at, scratch=None):
                 entry = b.add(b.add(b.mul(k, I64(n)), j0), I64(u * lanes_of.width))
                 lanes_of.store(lanes_of.load(matrix, entry), panel, b.add(b.mul(k, I64(step)), I64(u * lanes_of.width)))
         covering(e, count, tiles().panel_lanes,
-                  lambda lanes: _panel(e, x, y, at, k_dim, panel, step, I64(0), j0, lanes_of, vectors, lanes))
+                  lambda lanes: _panel(e, x, y, at, k_dim, panel, step, I64(0), j0, [lanes_of] * vectors, lanes))
 
     def in_place(lanes):  # (a tile of lanes over every panel: measured faster in place than panels first)
-        _over_columns(e, n, vector_width, lambda j0, lanes_of, vectors: _panel(
-            e, x, y, at, k_dim, matrix, n, j0, j0, lanes_of, vectors, lanes), tiles().panel_vectors)
+        _over_ragged_columns(e, n, vector_width, lambda j0, pieces: _panel(
+            e, x, y, at, k_dim, matrix, n, j0, j0, pieces, lanes), tiles().panel_vectors)
 
     _packing(e, count, scratch, lambda: _covering_columns(e, n, vector_width, packed, tiles().panel_vectors),
              lambda: covering(e, count, tiles().panel_lanes, in_place))
 
 
-def _panel(e, x, y, at, k_dim: int, source, row_stride: int, column, j0, lanes_of: Lanes, vectors: int, lanes):
-    """y(s)[j0 : j0 + vectors * width] = x(s) @ (the panel whose entry (k, c) is at `source` +
-    k * row_stride + column + c) for the lanes s in `lanes`: a register tile, each entry summed in
-    order of k."""
+def _panel(e, x, y, at, k_dim: int, source, row_stride: int, column, j0, pieces, lanes):
+    """y(s)[j0 : j0 + the pieces' width] = x(s) @ (the panel whose entry (k, c) is at `source` +
+    k * row_stride + column + c) for the lanes s in `lanes`: a register tile of `pieces` (Lanes
+    side by side) by the lanes, each entry summed in order of k."""
     b = e.b
     targets = [at(y, s) for s in lanes]
     inputs = [at(x, s) for s in lanes]
-    accumulators = {(c, u): e.alloca(lanes_of.type, "vecmat") for c in range(len(lanes)) for u in range(vectors)}
-    for accumulator in accumulators.values():
-        b.store(lanes_of.zero(), accumulator)
+    offsets = _offsets(pieces)
+    accumulators = {(c, u): e.alloca(piece.type, "vecmat") for c in range(len(lanes)) for u, piece in enumerate(pieces)}
+    for (_, u), accumulator in accumulators.items():
+        b.store(pieces[u].zero(), accumulator)
     with e.loop(k_dim, "k") as k:
         row = b.add(b.mul(k, I64(row_stride)), column)
-        w = [lanes_of.load(source, b.add(row, I64(u * lanes_of.width))) for u in range(vectors)]
-        xs = [lanes_of.splat(b.load(_at(e, lane_x, k))) for lane_x in inputs]
+        w = [piece.load(source, b.add(row, I64(offset))) for piece, offset in zip(pieces, offsets)]
+        xs = [b.load(_at(e, lane_x, k)) for lane_x in inputs]
+        splats = {(c, piece.width): piece.splat(xs[c]) for c in range(len(lanes)) for piece in pieces}
         for (c, u), accumulator in accumulators.items():
-            b.store(fused(e, b.load(accumulator), xs[c], w[u]), accumulator)
+            b.store(fused(e, b.load(accumulator), splats[(c, pieces[u].width)], w[u]), accumulator)
     for (c, u), accumulator in accumulators.items():
-        lanes_of.store(b.load(accumulator), targets[c], b.add(j0, I64(u * lanes_of.width)))
+        pieces[u].store(b.load(accumulator), targets[c], b.add(j0, I64(offsets[u])))
 
 
 # Packing copies all of W per call: below this many lanes it costs more than the cache misses
@@ -474,6 +476,39 @@ def _over_columns(e, n: int, vector_width: int, panel, vectors: int):
         j += 1
 
 
+def ragged_panels(n: int, vector_width: int, vectors: int) -> tuple[int, list[list[int]]]:
+    """How `_over_ragged_columns` covers n columns: (full panels of `vectors` vectors, the vector
+    widths of each panel after them). The rest is the full vectors left, then vectors of halving
+    widths (10 columns in 8-wide vectors: [[8, 2]]), in one panel if it has at most `vectors`
+    vectors, else two: a sum over lanes then takes one pass over the lanes for the rest, where
+    single columns took a pass each (a Gaussian mixture's 10 x 10 outer sums: three passes
+    instead of one, each bound by the latency of its few accumulators)."""
+    full, rest = divmod(n, vectors * vector_width)
+    whole = [vector_width] * (rest // vector_width)
+    halves = [w for w in (vector_width >> k for k in range(1, vector_width.bit_length())) if rest % vector_width & w]
+    panels = [whole + halves] if len(whole) + len(halves) <= vectors else [whole, halves]
+    return full, [widths for widths in panels if widths]
+
+
+def _over_ragged_columns(e, n: int, vector_width: int, panel, vectors: int):
+    """panel(first column, pieces) over n columns (`ragged_panels`), pieces a list of `Lanes`
+    whose vectors lie side by side from the first column."""
+    full, rest = ragged_panels(n, vector_width, vectors)
+    step = vectors * vector_width
+    if full:
+        with e.loop(full, "panel") as p:
+            panel(e.b.mul(p, I64(step)), [Lanes(e, vector_width)] * vectors)
+    j = full * step
+    for widths in rest:
+        panel(I64(j), [Lanes(e, w) for w in widths])
+        j += sum(widths)
+
+
+def _offsets(pieces) -> list[int]:
+    """Where each of `pieces` (Lanes side by side) starts, from the first."""
+    return [sum(piece.width for piece in pieces[:u]) for u in range(len(pieces))]
+
+
 # ---- C = A @ B, matrices of each sample ----------------------------------------------------
 
 def matmul_over(e, A, B, C, m: int, k_dim: int, n: int, count, at):
@@ -513,31 +548,34 @@ def outer_sum_over(e, g, x, out, m: int, n: int, count, at, scratch=None):
     vector_width = width(e, wide=True)  # (measured: 7% faster than 32 bytes)
     height = _sum_height(m)
 
-    def row_tile(i0, lane_rows, g_first, c0, columns: int):
+    def row_tile(i0, lane_rows, g_first, c0, columns: int, height: int):
         """out[i0 : i0 + height, c0 : c0 + columns] += the lanes' terms (c0 None: 0), where
         lane_rows(s) = (p, q), lane s's g[i0 + r] at p[g_first + r] and its x[c0 + j] at q[j]."""
-        def panel(j0, lanes_of: Lanes, vectors: int):
+        def panel(j0, pieces):
             column = j0 if c0 is None else b.add(c0, j0)
-            starts = [b.add(b.mul(b.add(i0, I64(r)), I64(n)), b.add(column, I64(u * lanes_of.width)))
-                      for r in range(height) for u in range(vectors)]
-            accumulators = [e.alloca(lanes_of.type, "sum") for _ in starts]
-            for accumulator, start in zip(accumulators, starts):
-                b.store(lanes_of.load(target, start), accumulator)
+            offsets = _offsets(pieces)
+            starts = [(u, b.add(b.mul(b.add(i0, I64(r)), I64(n)), b.add(column, I64(offsets[u]))))
+                      for r in range(height) for u in range(len(pieces))]
+            accumulators = [e.alloca(pieces[u].type, "sum") for u, _ in starts]
+            for accumulator, (u, start) in zip(accumulators, starts):
+                b.store(pieces[u].load(target, start), accumulator)
             with e.loop(count, "s") as s:
                 gs, xs = lane_rows(s)
-                x_vectors = [lanes_of.load(xs, b.add(j0, I64(u * lanes_of.width))) for u in range(vectors)]
+                x_vectors = [piece.load(xs, b.add(j0, I64(offset))) for piece, offset in zip(pieces, offsets)]
                 for r in range(height):
-                    scale = lanes_of.splat(b.load(_at(e, gs, b.add(g_first, I64(r)))))
-                    for u in range(vectors):
-                        accumulator = accumulators[r * vectors + u]
-                        b.store(fused(e, b.load(accumulator), scale, x_vectors[u]), accumulator)
-            for accumulator, start in zip(accumulators, starts):
-                lanes_of.store(b.load(accumulator), target, start)
+                    g_r = b.load(_at(e, gs, b.add(g_first, I64(r))))
+                    scales = {piece.width: piece.splat(g_r) for piece in pieces}
+                    for u, piece in enumerate(pieces):
+                        accumulator = accumulators[r * len(pieces) + u]
+                        b.store(fused(e, b.load(accumulator), scales[piece.width], x_vectors[u]), accumulator)
+            for accumulator, (u, start) in zip(accumulators, starts):
+                pieces[u].store(b.load(accumulator), target, start)
 
-        _over_columns(e, columns, vector_width, panel, tiles().sum_vectors)
+        _over_ragged_columns(e, columns, vector_width, panel, tiles().sum_vectors)
 
     if scratch is None:
-        _tiles(e, m, height, lambda i0, _: row_tile(i0, lambda s: (at(g, s), at(x, s)), i0, None, n))
+        tall = _sum_height(m, n, vector_width)
+        _tiles(e, m, tall, lambda i0, _: row_tile(i0, lambda s: (at(g, s), at(x, s)), i0, None, n, tall))
         return
     # Where the lanes' storages lie a power of two apart, reading a tile's rows or columns of all
     # lanes in place misses the caches (see PACK_MIN_ENTRIES).
@@ -556,7 +594,7 @@ def outer_sum_over(e, g, x, out, m: int, n: int, count, at, scratch=None):
             with e.loop(count, "pack") as s:
                 _copy(e, _at(e, at(g, s), i0), _at(e, packed_g, b.mul(s, I64(height))), height)
             row_tile(i0, lambda s: (_at(e, packed_g, b.mul(s, I64(height))), _at(e, packed_x, b.mul(s, I64(stride)))),
-                     I64(0), c0, columns)
+                     I64(0), c0, columns, height)
 
         _tiles(e, m, height, rows)
 
@@ -594,10 +632,17 @@ def _line(float_bytes: int) -> int:
     return 64 // float_bytes
 
 
-def _sum_height(m: int) -> int:
+def _sum_height(m: int, n: int | None = None, vector_width: int = 0) -> int:
     """The tallest tile of rows that divides m: one shape of tile, so one copy of its code (a sum
-    may not cover its edge twice, as the products that only write do)."""
-    return next(rows for rows in range(tiles().sum_rows, 0, -1) if m % rows == 0)
+    may not cover its edge twice, as the products that only write do). With the columns `n` (read
+    in place, `ragged_panels`), as tall as the tile's accumulators allow: narrow rows (10 columns:
+    two vectors) take up to twice or four times the rows of a full panel."""
+    accumulators = tiles().sum_rows * tiles().sum_vectors
+    widest = tiles().sum_vectors
+    if n is not None:
+        full, rest = ragged_panels(n, vector_width, widest)
+        widest = max([widest] * bool(full) + [len(widths) for widths in rest])
+    return next(rows for rows in range(accumulators // widest, 0, -1) if m % rows == 0)
 
 
 def _copy(e, source, destination, count: int):
