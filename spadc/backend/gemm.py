@@ -259,19 +259,37 @@ def dot_tile(e, rows, columns, k_dim: int) -> dict:
             for (r, c), accumulator in accumulators.items():
                 b.store(fused(e, b.load(accumulator), w[r], x[c]), accumulator)
     results = {}
+    rest = range(full * vector.width, k_dim)
+    if len(rows) == vector.width:  # each column's dots as one vector, the rest of k added to it
+        # The same terms in the same order as a row's `total` and then its rest one by one (so
+        # the same bits), with a vector of the rows' entries at each k of the rest: one row at a
+        # time, the horizontal totals and the rest's scalar terms were most of a dot product of
+        # 10 entries (a Gaussian mixture's 10 x 10 W @ x over lanes).
+        w_rest = {k: _gathered(vector, [scalar.load(row, I64(k)) for row in rows]) for k in rest}
+        for c in range(len(columns)):
+            totals = vector.totals([b.load(accumulators[(r, c)]) for r in range(len(rows))])
+            for k in rest:
+                totals = fused(e, totals, w_rest[k], vector.splat(scalar.load(columns[c], I64(k))))
+            results[c] = totals
+        return results
     for c in range(len(columns)):
         partials = [b.load(accumulators[(r, c)]) for r in range(len(rows))]
-        if len(rows) == vector.width and full * vector.width == k_dim:
-            results[c] = vector.totals(partials)
-            continue
         totals = []
         for r, partial in enumerate(partials):
             total = vector.total(partial)
-            for k in range(full * vector.width, k_dim):
+            for k in rest:
                 total = fused(e, total, scalar.load(rows[r], I64(k)), scalar.load(columns[c], I64(k)))
             totals.append(total)
         results[c] = totals
     return results
+
+
+def _gathered(vector: Lanes, entries):
+    """One vector of `entries` (scalars)."""
+    built = ir.Constant(vector.type, ir.Undefined)
+    for k, entry in enumerate(entries):
+        built = vector.b.insert_element(built, entry, I32(k))
+    return built
 
 
 def matvec_over(e, W, x, y, m: int, k_dim: int, count, at, scratch=None):
