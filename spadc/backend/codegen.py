@@ -37,7 +37,7 @@ from ..errors import Loc
 from ..ir.core import Block, Op, Value, flat_iteration, walk_ops
 from .emitters import EMITTERS, elementwise_group, fused_groups, llvm_name
 from . import lane_ops
-from .target import has_wide_vectors
+from .target import has_masked_vectors, has_wide_vectors
 from .memory import MemoryPlan, lane_runs, runs_over_lanes
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
@@ -73,14 +73,20 @@ RAGGED_UNROLLED = 16  # and up to which it is when the entries do not fill whole
 
 def straight_line(count: int) -> bool:
     """Whether `count` entries (of a known count) are straight-line code rather than a loop. Up to
-    UNROLLED always. Up to RAGGED_UNROLLED when they are not a whole number of the target's
-    vectors of f64: LLVM (loop unrolling off, spadc/backend/jit.py) vectorises a loop of so few
-    trips by masking its last vector, and a masked store is not forwarded to the next op's load of
-    the same entries. That stall was most of a Gaussian mixture's gradient (vectors of 10: 3.19 ms,
-    1.93 ms straight-line; bench/gmm.py). A whole number of vectors stays a loop: an LSTM's cell
-    of 16 entries took 2.4 times as long to compile straight-line."""
-    vector = 8 if has_wide_vectors() else 4
-    return count <= UNROLLED or (count <= RAGGED_UNROLLED and count % vector != 0)
+    UNROLLED always. On a target with masked vector stores (AVX2, AVX-512), also up to
+    RAGGED_UNROLLED when they are not a whole number of its vectors of f64: LLVM (loop unrolling
+    off, spadc/backend/jit.py) vectorises a loop of so few trips by masking its last vector, and a
+    masked store is not forwarded to the next op's load of the same entries. That stall was most of
+    a Gaussian mixture's gradient (vectors of 10, bench/gmm.py: 3.19 ms, 1.93 ms straight-line on
+    a Zen 4 core; 4.00 and 2.26 ms built for a Zen 3's AVX2). A whole number of vectors stays a
+    loop (an LSTM's cells of 16 entries took 2.4 times as long to compile straight-line), and so
+    does code for other targets (a Cortex-M4 build of the digits MLP: 36.5 KB of code against
+    22.2 KB)."""
+    if count <= UNROLLED:
+        return True
+    if not has_masked_vectors() or count > RAGGED_UNROLLED:
+        return False
+    return count % (8 if has_wide_vectors() else 4) != 0
 
 
 LOCKSTEP_LOOPS = 128  # loops beyond which a program's one-lane kernels run as lane kernels of one lane

@@ -13,15 +13,16 @@ from functools import lru_cache
 
 import llvmlite.binding as llvm
 
-_chosen = threading.local()  # fused, wide, vectors: None (the host's) or what a build chose
+_chosen = threading.local()  # fused, wide, vectors, masked: None (the host's) or what a build chose
 
 
 @contextmanager
-def for_target(fused: bool, wide: bool, vectors: bool = False):
+def for_target(fused: bool, wide: bool, vectors: bool = False, masked: bool = False):
     """Emit for another target than the host: with FMA instructions or not, a 64 x 64 -> 128-bit
-    multiply or not (a 64-bit machine), 64-byte vectors or not."""
+    multiply or not (a 64-bit machine), 64-byte vectors or not, masked vector loads and stores
+    (AVX2's or AVX-512's) or not."""
     outer = getattr(_chosen, "value", None)
-    _chosen.value = (fused, wide, vectors)
+    _chosen.value = (fused, wide, vectors, masked)
     try:
         yield
     finally:
@@ -29,15 +30,15 @@ def for_target(fused: bool, wide: bool, vectors: bool = False):
 
 
 @lru_cache(maxsize=1)
-def _host() -> tuple[bool, bool, bool]:
+def _host() -> tuple[bool, bool, bool, bool]:
     llvm.initialize_native_target()
     triple = llvm.get_process_triple()
     features = llvm.get_host_cpu_features().flatten().split(",")
     return ("+fma" in features, triple.startswith(("x86_64", "aarch64", "arm64", "powerpc64", "riscv64", "s390x")),
-            "+avx512f" in features)
+            "+avx512f" in features, "+avx2" in features or "+avx512f" in features)
 
 
-def _current() -> tuple[bool, bool, bool]:
+def _current() -> tuple[bool, bool, bool, bool]:
     return getattr(_chosen, "value", None) or _host()
 
 
@@ -51,3 +52,9 @@ def has_wide_multiply() -> bool:
 
 def has_wide_vectors() -> bool:
     return _current()[2]
+
+
+def has_masked_vectors() -> bool:
+    """Whether LLVM may vectorise a loop of a few trips by masking its last vector (spadc/backend/
+    codegen.py `straight_line` says why that matters)."""
+    return _current()[3]
