@@ -69,8 +69,9 @@ PROGRAMS = {
     "narrow": NARROW,
     # rows that end in part of a vector (gemm.ragged_panels): 10 columns are a vector and a half
     # vector, 13 three vectors of halving widths, 37 a full panel and the rest
-    "ragged": ("input x: f64[13]\ninput label: i64\nparam W1: f64[37, 13] ~ glorot()\nparam W2: f64[10, 37] ~ glorot()\n"
-               "param W3: f64[7, 10] ~ glorot()\nloss cross_entropy(W3 @ tanh(W2 @ tanh(W1 @ x)), label)"),
+    "ragged": ("input x: f64[13]\ninput label: i64\nparam W1: f64[37, 13] ~ glorot()\n"
+               "param W2: f64[10, 37] ~ glorot()\nparam W3: f64[7, 10] ~ glorot()\n"
+               "loss cross_entropy(W3 @ tanh(W2 @ tanh(W1 @ x)), label)"),
 }
 # A run of ~40 ops between the product and the loss (a gradient of 170), cut into runs of at most
 # RUN_OPS (memory.py; patched to 16 by the test), the last holding the loss's check of the label.
@@ -124,7 +125,10 @@ def test_examples_with_lanes(name):
     _check(models, None, BATCHES[name])  # (one lane against the interpreter: test_compiled.py)
 
 
-@pytest.mark.parametrize("name", quick(sorted(PROGRAMS), ("cond_in_loop", "lookup", "stacked", "wide", "narrow", "ragged")))  # ("deep": the examples)
+QUICK_PROGRAMS = ("cond_in_loop", "lookup", "stacked", "wide", "narrow", "ragged")  # ("deep": the examples)
+
+
+@pytest.mark.parametrize("name", quick(sorted(PROGRAMS), QUICK_PROGRAMS))
 def test_programs_with_lanes(name):
     models = _pair(lambda lanes: spadc.compile_source(PROGRAMS[name], name=f"{name}.spad", lanes=lanes))
     _check(models, check_text(PROGRAMS[name], name=f"{name}.spad"), PROGRAM_INPUTS[name])

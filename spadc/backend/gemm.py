@@ -348,7 +348,7 @@ def _ordered_matvec_over(e, W, x, y, m: int, k_dim: int, count, at, scratch):
 
         _columns_of_rows(e, lanes_of, matrix, k_dim, i0, vectors, store)
         covering(e, count, tiles().panel_lanes,
-                  lambda lanes: _panel(e, x, y, at, k_dim, panel, step, I64(0), i0, [lanes_of] * vectors, lanes))
+                 lambda lanes: _panel(e, x, y, at, k_dim, panel, step, I64(0), i0, [lanes_of] * vectors, lanes))
 
     def in_registers(i0, lanes_of: Lanes, vectors: int):
         with _lane_indices(e, count) as (s,):
@@ -414,7 +414,7 @@ def vecmat_over(e, x, W, y, k_dim: int, n: int, count, at, scratch=None):
                 entry = b.add(b.add(b.mul(k, I64(n)), j0), I64(u * lanes_of.width))
                 lanes_of.store(lanes_of.load(matrix, entry), panel, b.add(b.mul(k, I64(step)), I64(u * lanes_of.width)))
         covering(e, count, tiles().panel_lanes,
-                  lambda lanes: _panel(e, x, y, at, k_dim, panel, step, I64(0), j0, [lanes_of] * vectors, lanes))
+                 lambda lanes: _panel(e, x, y, at, k_dim, panel, step, I64(0), j0, [lanes_of] * vectors, lanes))
 
     def in_place(lanes):  # (a tile of lanes over every panel: measured faster in place than panels first)
         _over_ragged_columns(e, n, vector_width, lambda j0, pieces: _panel(
