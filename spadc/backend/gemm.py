@@ -146,6 +146,13 @@ class Lanes:
         single = self.b.insert_element(undefined, scalar, I32(0))
         return self.b.shuffle_vector(single, undefined, ir.Constant(ir.VectorType(I32, self.width), [0] * self.width))
 
+    def of(self, entries):
+        """One vector of `width` scalars."""
+        built = ir.Constant(self.type, ir.Undefined)
+        for k, entry in enumerate(entries):
+            built = self.b.insert_element(built, entry, I32(k))
+        return built
+
     def totals(self, vectors):
         """[total(v) for v in vectors] as one vector, for as many vectors as a vector has entries:
         the same pairwise sums, of lanes brought side by side by shuffles."""
@@ -265,7 +272,7 @@ def dot_tile(e, rows, columns, k_dim: int) -> dict:
         # the same bits), with a vector of the rows' entries at each k of the rest: one row at a
         # time, the horizontal totals and the rest's scalar terms were most of a dot product of
         # 10 entries (a Gaussian mixture's 10 x 10 W @ x over lanes).
-        w_rest = {k: _gathered(vector, [scalar.load(row, I64(k)) for row in rows]) for k in rest}
+        w_rest = {k: vector.of([scalar.load(row, I64(k)) for row in rows]) for k in rest}
         for c in range(len(columns)):
             totals = vector.totals([b.load(accumulators[(r, c)]) for r in range(len(rows))])
             for k in rest:
@@ -282,14 +289,6 @@ def dot_tile(e, rows, columns, k_dim: int) -> dict:
             totals.append(total)
         results[c] = totals
     return results
-
-
-def _gathered(vector: Lanes, entries):
-    """One vector of `entries` (scalars)."""
-    built = ir.Constant(vector.type, ir.Undefined)
-    for k, entry in enumerate(entries):
-        built = vector.b.insert_element(built, entry, I32(k))
-    return built
 
 
 def matvec_over(e, W, x, y, m: int, k_dim: int, count, at, scratch=None):
@@ -387,13 +386,7 @@ def _columns_of_rows(e, lanes_of: Lanes, matrix, k_dim: int, i0, vectors: int, u
         loaded = [[lanes_of.load(matrix, b.add(row, k0)) for row in square] for square in rows]
         use(k0, [lanes_of.transpose(square) if w > 1 else square for square in loaded])
     for k in range(k_dim - k_dim % w, k_dim):
-        columns = []
-        for square in rows:
-            column = ir.Constant(lanes_of.type, ir.Undefined)
-            for r, row in enumerate(square):
-                column = b.insert_element(column, b.load(_at(e, matrix, b.add(row, I64(k)))), I32(r))
-            columns.append([column])
-        use(I64(k), columns)
+        use(I64(k), [[lanes_of.of([b.load(_at(e, matrix, b.add(row, I64(k)))) for row in square])] for square in rows])
 
 
 # ---- y = x @ W ----------------------------------------------------------------------------
