@@ -7,10 +7,13 @@ Invariants:
   share straight from its peers (spadrt/peers.py: a TCP mesh, not the driver, not the object
   store), finishes the batch's gradient in chunk order and steps. So all workers hold the same
   bits, those of one process's `fit`, and neither gradients nor params pass through the driver.
-- The driver sends each worker one call per epoch (its share of every step: row indices) and
-  waits once, for the steps' losses, the right answers at the epoch's end (classifiers) and worker
-  0's state, which it copies into the model and its optimiser: between epochs they are the run's,
-  as in one process (checkpoints, Ctrl-C).
+- The driver sends each worker one call for one or more epochs (its share of every step: row
+  indices; as many epochs as take about CALL_SECONDS, one where the caller looks between epochs)
+  and waits once, for the steps' losses, the right answers after each epoch (classifiers) and
+  worker 0's state, which it copies into the model and its optimiser: between calls they are the
+  run's, as in one process (checkpoints, Ctrl-C). A run that ends inside a call (stopped,
+  interrupted) takes the state after the last epoch given from the workers, which make it again
+  from the state before the call (spadrt/remote.py).
 - A worker lost anywhere in an epoch (its peers find out from their links) is replaced, every
   worker restarts from the driver's state (the epoch's start) and the epoch runs again: the same
   bits. An epoch lost RETRIES + 1 times fails the fit.
@@ -24,7 +27,6 @@ import copy
 import itertools
 import secrets
 import time
-from collections import deque
 
 import numpy as np
 
@@ -37,6 +39,8 @@ from .cluster import RETRIES
 from .errors import SpadcError
 
 STATE_INTERVAL = 1.0  # seconds between the workers' reports of the state (their cost; a loss reruns as much)
+CALL_SECONDS = 0.2  # of epochs in one call to the workers (a call costs the driver and Ray a few ms)
+MAX_EPOCHS_PER_CALL = 64  # (what an interrupted call may take again)
 TOKEN_BYTES = 32  # the secret of a mesh of workers
 LINK_TIMEOUT = 30.0  # seconds for the workers, all listening, to link to each other
 _RUNS = itertools.count()  # the workers' keys of runs, never reused in this process
@@ -76,75 +80,76 @@ class DataParallel:
         steps taken, up to the first loss that is not finite; the count of right answers on the
         data set after it, if `count`). The model and optimiser hold the state after it if the
         caller `looks` at them between epochs, else once the run ends (stopped early,
-        interrupted, or done: the state after the last epoch given). Unless the caller `changes`
-        the optimiser between epochs, the next epoch is sent before one is waited for: the workers
-        go on with it while the caller looks at this one (the epochs are drawn one ahead)."""
+        interrupted, or done: the state after the last epoch given). Each call to the workers
+        takes one epoch if the caller `looks` or `changes` the optimiser between epochs, else as
+        many as last about CALL_SECONDS (the epochs are drawn when sent: so is their learning rate)."""
         plans = iter(epochs)
-        queue: deque = deque()  # epochs sent, not yet given to the caller: [plan, report, futures]
-        since: list = []  # every epoch sent after the state taken (sent again after a loss)
-        reported, seen, lost = time.monotonic(), None, 0
+        since: list = []  # calls sent after the state taken, [plans, report, futures] (sent again after a loss)
+        reported, seen, lost, per_call = time.monotonic(), None, 0, 1
         try:
-            while True:
-                # (an epoch's plan is drawn when it is sent: its learning rate is the optimiser's then)
-                while len(queue) < (1 if changes else 2) and (plan := next(plans, None)) is not None:
-                    report = looks or plan[0] == last or time.monotonic() - reported >= STATE_INTERVAL
-                    reported = time.monotonic() if report else reported
-                    queue.append([plan, report, None])
-                    since.append(queue[-1])
-                if not queue:
-                    return
-                try:
-                    for entry in since:
-                        if entry[2] is None:
-                            entry[2] = self._send(entry[0], seed, count, entry[1])
-                    results = self._results(queue[0][2])
-                except _Lost as error:
-                    lost += 1
-                    if lost > RETRIES:
-                        raise SpadcError(f"cluster workers were lost {lost} times during this fit; giving up "
-                                         f"({error.error})") from None
-                    self._replace_lost()
-                    for entry in since:
-                        entry[2] = None  # sent again, from the state taken
-                    continue
-                entry = queue.popleft()
-                plan, report, _ = entry
-                entry[1] = False  # (sent again after a loss, it need not report)
-                seen = plan[0]
+            while group := list(itertools.islice(plans, 1 if looks or changes else per_call)):
+                report = looks or group[-1][0] == last or time.monotonic() - reported >= STATE_INTERVAL
+                reported = time.monotonic() if report else reported
+                since.append([group, report, None])
+                sent = time.monotonic()
+                while True:
+                    try:
+                        for entry in since:
+                            if entry[2] is None:
+                                entry[2] = self._send(entry[0], seed, count, entry[1])
+                        results = self._results(since[-1][2])
+                        break
+                    except _Lost as error:
+                        lost += 1
+                        if lost > RETRIES:
+                            raise SpadcError(f"cluster workers were lost {lost} times during this fit; giving up "
+                                             f"({error.error})") from None
+                        self._replace_lost()
+                        for entry in since:
+                            entry[2] = None  # sent again, from the state taken
+                per_call = min(max(int(CALL_SECONDS * len(group) / max(time.monotonic() - sent, 1e-9)), 1),
+                               MAX_EPOCHS_PER_CALL)
+                taken = [result["epochs"] for result in results]
                 if report:
-                    self._take_state(seen, [result["share"] for result in results])
-                    since = list(queue)
-                self.traffic["steps"] += len(results[0]["steps"])
+                    self._take_state(group[len(taken[0]) - 1][0] if taken[0] else self.taken,
+                                     [result["share"] for result in results])
+                    since = []
                 self.traffic["between workers"] += sum(result["sent"] for result in results)
-                correct = (sum(result["correct"] for result in results if result["correct"] is not None)
-                           if count else None)
-                yield (*plan[:3], (results[0]["steps"], correct))
+                for k, plan in enumerate(group[:len(taken[0])]):
+                    seen = plan[0]
+                    self.traffic["steps"] += len(taken[0][k]["steps"])
+                    correct = (sum(epochs[k]["correct"] for epochs in taken if epochs[k]["correct"] is not None)
+                               if count else None)
+                    yield (*plan[:3], (taken[0][k]["steps"], correct))
         finally:
             if seen is not None and seen != self.taken:  # (ended early: the state after the last epoch given)
                 try:
-                    actors = self.cluster.actors
-                    self._take_state(seen, self._results([actor.share.remote(self.tag, seen, k, len(actors))
-                                                          for k, actor in enumerate(actors)]))
+                    self._take_state(seen, self._results([actor.share.remote(self.tag, seen)
+                                                          for actor in self.cluster.actors]))
                 except (_Lost, self.cluster.ray.exceptions.RayError):
                     pass  # (a worker lost: the model keeps the state after epoch `self.taken`)
 
-    def _send(self, plan: tuple, seed: int, count: bool, report: bool) -> list:
-        """Each worker's call for one epoch (its chunks of every step)."""
-        number, lr, batches, _ = plan
+    def _send(self, plans: list[tuple], seed: int, count: bool, report: bool) -> list:
+        """Each worker's call for epochs `plans` (its chunks of every step)."""
         actors = self.cluster.actors
         shares = [[] for _ in actors]
-        for step, first, rows in batches:
-            n = len(rows)
-            spread = reduction.split(-(-n // self.per_call), len(actors))
-            for k in range(len(actors)):
-                lo, hi = spread[k] if k < len(spread) else (0, 0)
-                start, stop = lo * self.per_call, min(hi * self.per_call, n)
-                shares[k].append((step, first + start, n, lo, rows[start:stop]))
         samples = np.arange(len(next(iter(self.held.data.values()))))
         counted = reduction.split(len(samples), len(actors))
-        self.traffic["to workers"] += sum(nbytes(share) for share in shares)
+        for number, lr, batches, _ in plans:
+            steps = [[] for _ in actors]
+            for step, first, rows in batches:
+                n = len(rows)
+                spread = reduction.split(-(-n // self.per_call), len(actors))
+                for k in range(len(actors)):
+                    lo, hi = spread[k] if k < len(spread) else (0, 0)
+                    start, stop = lo * self.per_call, min(hi * self.per_call, n)
+                    steps[k].append((step, first + start, n, lo, rows[start:stop]))
+            for k in range(len(actors)):
+                shares[k].append((number, float(lr), steps[k]))
+        rows_counted = [samples[slice(*counted[k])] if count and k < len(counted) else None for k in range(len(actors))]
+        self.traffic["to workers"] += nbytes(shares) + nbytes(rows_counted)
         references = self.held.sent()
-        # Calls that wait on each other (each worker's epoch on its peers') reach every worker in
+        # Calls that wait on each other (each worker's epochs on its peers') reach every worker in
         # the same order, whatever other threads send: none waits on a peer busy with another's.
         with self.cluster._lock:
             if not self.cluster.linked:
@@ -152,8 +157,7 @@ class DataParallel:
             if not self.started:
                 self._begin(references)
             settings = optim.settings(self.optimizer)
-            return [actor.epoch.remote(self.tag, number, settings, float(lr), seed, shares[k],
-                                       samples[slice(*counted[k])] if count and k < len(counted) else None, report)
+            return [actor.epochs.remote(self.tag, settings, seed, shares[k], rows_counted[k], report)
                     for k, actor in enumerate(actors)]
 
     def _take_state(self, epoch: int, shares: list[tuple]):

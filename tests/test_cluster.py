@@ -140,22 +140,24 @@ def test_an_es_gradient_of_4096_particles_is_the_single_process_one_to_the_bit(c
 def test_fit_on_the_digits_mlp_is_the_single_process_run_to_the_bit_even_with_a_worker_killed(cluster, monkeypatch):
     model = spadc.compile_file(example("mlp_digits.spad"))
     data = _digits(FIT_SAMPLES)
+    epochs = FIT_EPOCHS + 1  # one call for the first epoch, one for the others (below), where the worker is lost
+    monkeypatch.setattr(cluster_training, "CALL_SECONDS", 1e9)
     finals = []
     for spread in (None, cluster, cluster):
-        if len(finals) == 2:  # the third run loses a worker in the middle of its first epoch
+        if len(finals) == 2:  # the third run loses a worker in the middle of its run
             # (the workers linked by the last fit, this one waits first for its first epoch, then for
-            # its second, sent ahead: lost there, both are run again, from the state at the start)
+            # the call of the others: lost there, both calls are run again, from the state at the start)
             _kill_a_worker_on_call(monkeypatch, cluster, 2, (DataParallel, "_results"))
             before = cluster.replaced
         model.init_params(SEED)
-        history = model.fit(data, epochs=FIT_EPOCHS, batch_size=FIT_BATCH, optimizer=spadc.Adam(lr=1e-3),
+        history = model.fit(data, epochs=epochs, batch_size=FIT_BATCH, optimizer=spadc.Adam(lr=1e-3),
                             seed=SEED, cluster=spread)
         finals.append((model.flat_params.copy(), history.train_loss, history.train_accuracy))
     assert cluster.replaced == before + 1
     for params, losses, accuracies in finals[1:]:  # (the cluster's workers count the right answers)
         assert np.array_equal(params, finals[0][0])
         assert losses == finals[0][1]
-        assert accuracies == finals[0][2] and len(accuracies) == FIT_EPOCHS
+        assert accuracies == finals[0][2] and len(accuracies) == epochs
     assert not np.array_equal(finals[0][0], spadc.compile_file(example("mlp_digits.spad")).flat_params)
 
 
@@ -199,9 +201,14 @@ def test_a_fit_stopped_by_a_loss_not_finite_on_the_cluster_stops_where_the_local
     assert np.array_equal(there, params) and there_history.train_loss == history.train_loss == []
 
 
-def test_an_interrupted_fit_on_the_cluster_holds_the_state_after_the_epoch_it_was_in(cluster, monkeypatch):
+@pytest.mark.parametrize("epochs_per_call", [1, 2])
+def test_an_interrupted_fit_on_the_cluster_holds_the_state_after_the_epoch_it_was_in(cluster, monkeypatch,
+                                                                                     epochs_per_call):
     """Interrupted while it counts the second epoch's steps (the workers took it whole, and the
-    third, sent ahead, after it), a fit leaves the model as two epochs of the local run do."""
+    third after it when one call holds both), a fit leaves the model as two epochs of the local run
+    do: the workers take the second again from the state before it."""
+    monkeypatch.setattr(cluster_training, "MAX_EPOCHS_PER_CALL", epochs_per_call)
+    monkeypatch.setattr(cluster_training, "CALL_SECONDS", 1e9)  # (so each call after the first holds that many)
     model = spadc.compile_file(example("mlp_digits.spad"))
     data = _digits(FIT_SAMPLES)
     two_epochs, _ = _fit_run(model, data, None, epochs=2, batch_size=FIT_BATCH)

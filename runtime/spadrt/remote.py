@@ -102,46 +102,37 @@ class Worker:
         was lost, from the state they all go back to."""
         self.runs[run] = _Training(self.models[key], flat, optimizer, estimator, dict(zip(names, columns)))
 
-    def epoch(self, run: str, number: int, settings: dict, lr: float, seed: int, steps: list[tuple], counted,
-              report: bool) -> dict:
-        """`run`'s epoch `number` with the optimiser's `settings` (spadrt.optim.settings: as the
-        driver's are now) at learning rate `lr`, its steps each (number, offset of its first
-        row in the epoch, samples, this worker's first chunk, the rows of its chunks): this
-        worker's chunks of each batch, the gradient finished from every worker's (in chunk order),
-        the optimiser's step and the bounds, as `fit` steps. A loss not finite stops the run, its
-        params those before the step (every worker has the same loss). Then the right answers among
-        rows `counted` (None: not counted). {"steps": [(mean loss, tape bytes per sample)],
-        "correct", "sent": bytes sent to peers, "share": if `report`, this worker's share of the
-        state after the epoch (`_Training.share`)}."""
+    def epochs(self, run: str, settings: dict, seed: int, plans: list[tuple], counted, report: bool) -> dict:
+        """`run`'s epochs `plans` in turn, each (number, learning rate, steps), with the
+        optimiser's `settings` (spadrt.optim.settings: as the driver's are now). An epoch's steps
+        are each (number, offset of its first row in the epoch, samples, this worker's first
+        chunk, the rows of its chunks): this worker's chunks of each batch, the gradient finished
+        from every worker's (in chunk order), the optimiser's step and the bounds, as `fit`
+        steps; then the right answers among rows `counted` (None: not counted). A loss not
+        finite stops the run, its params those before the step (every worker has the same loss):
+        no epoch after it is taken. {"epochs": [{"steps": [(mean loss, tape bytes per sample)],
+        "correct"}] of the epochs taken, "sent": bytes sent to peers, "share": if `report`, this
+        worker's share of the state after the last epoch taken (`_Training.share`)}."""
         training, mesh = self.runs[run], self.mesh
-        model = training.model
-        taken = []
-        sent = mesh.sent
+        sent, taken = mesh.sent, []
         if not training.stopped:
-            training.keep(number - 1)
-            for name, value in settings.items():
-                setattr(training.optimizer, name, value)
+            training.begin_call(settings, seed, plans)
         try:
-            for step, offset, total, first_chunk, rows in steps:
+            for number, lr, steps in plans:
                 if training.stopped:
                     break
-                mine = (_chunk_nodes(model, training.flat, model._inputs(training.rows(rows)), training.estimator,
-                                     (True, seed, step, offset), first_chunk, total) if len(rows) else ([], {}))
-                parts = mesh.gather(mine)
-                taken.append(training.step(parts, total, lr))
+                losses = training.take_epoch(mesh, number, lr, steps)
+                taken.append({"steps": losses, "correct": None if counted is None else
+                              correct(training.model, training.rows(counted), threads=1, params=training.flat)})
         except BaseException:
             mesh.close()  # (its peers learn at once that it is gone)
             raise
-        training.done = number if taken else training.done
-        correct_count = None if counted is None else correct(model, training.rows(counted), threads=1,
-                                                             params=training.flat)
-        return {"steps": taken, "correct": correct_count, "sent": mesh.sent - sent,
-                "share": training.share(number, mesh.rank, mesh.workers) if report else None}
+        return {"epochs": taken, "sent": mesh.sent - sent,
+                "share": training.share(training.done, mesh) if report else None}
 
-    def share(self, run: str, number: int, rank: int, workers: int) -> tuple:
-        """This worker's share (as worker `rank` of `workers`) of `run`'s state after its epoch
-        `number`: the last it took, or the one before (a driver's run is one epoch ahead)."""
-        return self.runs[run].share(number, rank, workers)
+    def share(self, run: str, number: int) -> tuple:
+        """This worker's share of `run`'s state after its epoch `number` (`_Training.share`)."""
+        return self.runs[run].share(number, self.mesh)
 
     def end(self, run: str):
         """Forget `run`."""
@@ -154,7 +145,9 @@ class Worker:
 
 class _Training:
     """A data-parallel training's state on one worker: its own params and optimiser, the same bits
-    on every worker (each takes the same steps with the same gradients)."""
+    on every worker (each takes the same steps with the same gradients). Of the driver's last call
+    it holds the state before it (`kept`) and its plans, from which the state after any of its
+    epochs can be made again (`share`)."""
 
     def __init__(self, model, flat: np.ndarray, optimizer, estimator, columns: dict):
         self.model, self.estimator, self.columns = model, estimator, columns
@@ -162,35 +155,68 @@ class _Training:
         self.optimizer = copy.deepcopy(optimizer)
         self.gradient = np.empty_like(self.flat)
         self.stopped = False
-        self.done = None  # the last epoch taken whole: the params and optimiser hold the state after it
-        self.kept = None  # (epoch, params, optimiser's fields): the state after the epoch before the last begun
+        self.done = None  # the last epoch taken: the params and optimiser hold the state after it
+        self.kept = None  # (epoch, params, optimiser's state): the state before the last call's epochs
+        self.call = (0, [])  # the last call's seed and plans
 
-    def keep(self, epoch: int):
-        """The state now, as the state after `epoch`, kept (into the buffers of the last one kept)."""
+    def begin_call(self, settings: dict, seed: int, plans: list[tuple]):
+        """Before a call's epochs: the state now kept (as the state after the epoch before them,
+        into the buffers of the last one kept), the optimiser given `settings`."""
         _, flat, fields = self.kept or (None, None, {})
-        self.kept = (epoch, _into(flat, self.flat),
+        self.kept = (plans[0][0] - 1, _into(flat, self.flat),
                      {name: _into(fields.get(name), value) if isinstance(value, np.ndarray) else copy.deepcopy(value)
                       for name, value in optim.state(self.optimizer).items()})
-        self.done = None  # (until this epoch is taken)
+        for name, value in settings.items():
+            setattr(self.optimizer, name, value)
+        self.call = (seed, plans)
+
+    def take_epoch(self, mesh, number: int, lr: float, steps: list[tuple]) -> list[tuple[float, float]]:
+        """Epoch `number`'s steps (`Worker.epochs`), with this worker's `mesh`: (mean loss, tape
+        bytes per sample) of each step taken."""
+        seed, taken = self.call[0], []
+        for step, offset, total, first_chunk, rows in steps:
+            if self.stopped:
+                break
+            mine = (_chunk_nodes(self.model, self.flat, self.model._inputs(self.rows(rows)), self.estimator,
+                                 (True, seed, step, offset), first_chunk, total) if len(rows) else ([], {}))
+            taken.append(self.step(mesh.gather(mine), total, lr))
+        self.done = number if taken else self.done
+        return taken
 
     def rows(self, indices: np.ndarray) -> dict:
         return _rows(self.columns, indices)
 
-    def share(self, epoch: int, rank: int, workers: int) -> tuple[np.ndarray, dict, dict]:
-        """Worker `rank`'s share of the state after `epoch`, for the driver to put together: (its
+    def share(self, epoch: int, mesh) -> tuple[np.ndarray, dict, dict]:
+        """This worker's share of the state after `epoch`, for the driver to put together: (its
         run of the params, the optimiser's arrays of the params' size, run the same, its other
-        fields) (the runs of `reduction.split` among `workers`, in rank order)."""
-        if self.done == epoch:
-            flat, fields = self.flat, optim.state(self.optimizer)
-        elif self.kept is not None and self.kept[0] == epoch:
+        fields) (the runs of `reduction.split` among the mesh's workers, in rank order). The state
+        after an epoch of the last call before its last is made again from the state kept, every
+        worker taking those epochs again together (the driver asks them all)."""
+        if self.kept is not None and self.kept[0] == epoch:
             _, flat, fields = self.kept
+        elif self.kept is not None and self.done is not None and self.kept[0] < epoch <= self.done:
+            if epoch < self.done:
+                self._take_again(epoch, mesh)
+            flat, fields = self.flat, optim.state(self.optimizer)
         else:
             raise RuntimeError(f"this worker holds no state after epoch {epoch} (it took {self.done})")
-        runs = reduction.split(flat.size, workers)
-        lo, hi = runs[rank] if rank < len(runs) else (0, 0)
+        runs = reduction.split(flat.size, mesh.workers)
+        lo, hi = runs[mesh.rank] if mesh.rank < len(runs) else (0, 0)
         sized = {name for name, value in fields.items() if isinstance(value, np.ndarray) and value.shape == flat.shape}
         return (flat[lo:hi], {name: fields[name][lo:hi] for name in sized},
                 {name: value for name, value in fields.items() if name not in sized})
+
+    def _take_again(self, epoch: int, mesh):
+        """Back to the state kept, then the last call's epochs up to `epoch` taken again."""
+        _, flat, fields = self.kept
+        np.copyto(self.flat, flat)
+        self.optimizer.__dict__.update({name: value.copy() if isinstance(value, np.ndarray) else copy.deepcopy(value)
+                                        for name, value in fields.items()})
+        self.stopped = False
+        for number, lr, steps in self.call[1]:
+            if number > epoch:
+                break
+            self.take_epoch(mesh, number, lr, steps)
 
     def step(self, parts: list, total: int, lr: float) -> tuple[float, float]:
         """The step of a batch of `total` samples whose chunks `parts` hold (every worker's
