@@ -4,7 +4,8 @@ The standard library only: a worker needs neither Ray nor the compiler.
 
 Invariants:
 - A mesh: one connection between every two workers. `gather(mine)` on every worker returns every
-  worker's value, in rank order: the same list on each.
+  worker's value, in rank order: the same list on each; `exchange` sends each peer a value of its
+  own.
 - A peer lost (its process killed: its connections reset or closed; or silent for PEER_TIMEOUT
   seconds) raises `PeerLost` in the workers waiting for it; a worker whose own step failed closes
   its connections first, so its peers learn it at once instead of after the timeout.
@@ -85,12 +86,17 @@ class Mesh:
 
     def gather(self, mine) -> list:
         """Every worker's value (this one's `mine`), in rank order."""
+        received = self.exchange({k: mine for k in self.peers})
+        return [mine if k == self.rank else received[k] for k in range(self.workers)]
+
+    def exchange(self, values: dict) -> dict:
+        """Each peer's value for this worker, by rank, each peer sent its own of `values` (by rank;
+        one value for several peers is pickled once)."""
         if self.broken:
             raise PeerLost(f"worker {self.rank}'s links were closed")
-        if not self.peers:
-            return [mine]
-        message = _message(mine)
-        outgoing = {k: list(message) for k in self.peers}
+        messages = {id(value): _message(value) for value in values.values()}
+        outgoing = {k: list(messages[id(values[k])]) for k in self.peers}
+        sizes = {k: sum(view.nbytes for view in views) for k, views in outgoing.items()}
         inboxes = {k: _Inbox() for k in self.peers}
         selector = selectors.DefaultSelector()
         for k, peer in self.peers.items():
@@ -122,8 +128,8 @@ class Mesh:
             raise PeerLost(f"worker {self.rank} lost a peer: {error}") from None
         finally:
             selector.close()
-        self.sent += len(self.peers) * sum(view.nbytes for view in message)
-        return [mine if k == self.rank else inboxes[k].value() for k in range(len(self.peers) + 1)]
+        self.sent += sum(sizes.values())
+        return {k: inbox.value() for k, inbox in inboxes.items()}
 
     def close(self):
         self.broken = True

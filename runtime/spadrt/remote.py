@@ -100,7 +100,8 @@ class Worker:
         """Start data-parallel training `run` on library `key`, from params `flat` and
         `optimizer`'s state, on a held data set (inputs `names`, `columns`); again after a worker
         was lost, from the state they all go back to."""
-        self.runs[run] = _Training(self.models[key], flat, optimizer, estimator, dict(zip(names, columns)))
+        self.runs[run] = _Training(self.models[key], flat, optimizer, estimator, dict(zip(names, columns)),
+                                   self.mesh.rank, self.mesh.workers)
 
     def epochs(self, run: str, settings: dict, seed: int, plans: list[tuple], counted, report: bool) -> dict:
         """`run`'s epochs `plans` in turn, each (number, learning rate, steps), with the
@@ -144,16 +145,24 @@ class Worker:
 
 
 class _Training:
-    """A data-parallel training's state on one worker: its own params and optimiser, the same bits
-    on every worker (each takes the same steps with the same gradients). Of the driver's last call
-    it holds the state before it (`kept`) and its plans, from which the state after any of its
-    epochs can be made again (`share`)."""
+    """A data-parallel training's state on one worker, the same bits on every worker as in one
+    process: all the params, and the optimiser of its own run of them (worker k of n: run k of
+    `reduction.split(params, n)`; spadc's optimisers work entry by entry, so runs stepped apart
+    are the bits of the whole stepped at once). Of each step's gradient it finishes its run, from
+    every worker's sums of its chunks (in chunk order), steps it and sends it to every peer. Of
+    the driver's last call it holds the state before it (`kept`) and its plans, from which the
+    state after any of its epochs can be made again (`share`)."""
 
-    def __init__(self, model, flat: np.ndarray, optimizer, estimator, columns: dict):
+    def __init__(self, model, flat: np.ndarray, optimizer, estimator, columns: dict, rank: int, workers: int):
         self.model, self.estimator, self.columns = model, estimator, columns
         self.flat = np.array(flat)  # (what Ray gives is a read-only view of the object store)
+        self.runs = reduction.split(self.flat.size, workers) + [(0, 0)] * workers  # (more workers than params)
+        self.run = slice(*self.runs[rank])
         self.optimizer = copy.deepcopy(optimizer)
-        self.gradient = np.empty_like(self.flat)
+        for name, value in optim.state(self.optimizer).items():  # (the driver's arrays are of all the params)
+            if isinstance(value, np.ndarray) and value.shape == self.flat.shape:
+                setattr(self.optimizer, name, value[self.run].copy())
+        self.gradient = np.empty_like(self.flat[self.run])
         self.stopped = False
         self.done = None  # the last epoch taken: the params and optimiser hold the state after it
         self.kept = None  # (epoch, params, optimiser's state): the state before the last call's epochs
@@ -179,7 +188,7 @@ class _Training:
                 break
             mine = (_chunk_nodes(self.model, self.flat, self.model._inputs(self.rows(rows)), self.estimator,
                                  (True, seed, step, offset), first_chunk, total) if len(rows) else ([], {}))
-            taken.append(self.step(mesh.gather(mine), total, lr))
+            taken.append(self.step(mine, mesh, total, lr))
         self.done = number if taken else self.done
         return taken
 
@@ -200,10 +209,9 @@ class _Training:
             flat, fields = self.flat, optim.state(self.optimizer)
         else:
             raise RuntimeError(f"this worker holds no state after epoch {epoch} (it took {self.done})")
-        runs = reduction.split(flat.size, mesh.workers)
-        lo, hi = runs[mesh.rank] if mesh.rank < len(runs) else (0, 0)
-        sized = {name for name, value in fields.items() if isinstance(value, np.ndarray) and value.shape == flat.shape}
-        return (flat[lo:hi], {name: fields[name][lo:hi] for name in sized},
+        run = flat[self.run]
+        sized = {name for name, value in fields.items() if isinstance(value, np.ndarray) and value.shape == run.shape}
+        return (run, {name: fields[name] for name in sized},
                 {name: value for name, value in fields.items() if name not in sized})
 
     def _take_again(self, epoch: int, mesh):
@@ -218,16 +226,22 @@ class _Training:
                 break
             self.take_epoch(mesh, number, lr, steps)
 
-    def step(self, parts: list, total: int, lr: float) -> tuple[float, float]:
-        """The step of a batch of `total` samples whose chunks `parts` hold (every worker's
-        `_chunk_nodes`, in order): (mean loss, tape bytes per sample)."""
+    def step(self, mine: tuple, mesh, total: int, lr: float) -> tuple[float, float]:
+        """The step of a batch of `total` samples, this worker's chunks of it `mine`
+        (`_chunk_nodes`): (mean loss, tape bytes per sample)."""
+        def for_run(k: int) -> tuple:  # (this worker's chunks, its sums cut to worker k's run)
+            return mine[0], {node: value[slice(*self.runs[k])] for node, value in mine[1].items()}
+        received = mesh.exchange({k: for_run(k) for k in mesh.peers})
+        parts = [received[k] if k != mesh.rank else for_run(k) for k in range(mesh.workers)]
         chunks = [chunk for share_chunks, _ in parts for chunk in share_chunks]
-        known = {node: value for _, nodes in parts for node, value in nodes.items()}
+        known = {node: value for _, part_nodes in parts for node, value in part_nodes.items()}
         loss, gradient, stored = self.model._combined(chunks, known, total, self.gradient)
         if not math.isfinite(loss):
-            self.stopped = True
+            self.stopped = True  # (every worker has the same loss: none steps)
         else:
-            self.optimizer.step(self.flat, gradient, lr)
+            self.optimizer.step(self.flat[self.run], gradient, lr)
+            for k, stepped in mesh.exchange({k: self.flat[self.run] for k in mesh.peers}).items():
+                self.flat[slice(*self.runs[k])] = stepped
             self.model.project_params(self.flat)
         return loss, stored / total
 
