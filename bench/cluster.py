@@ -4,16 +4,18 @@
 
 On a Ray instance of this machine (one CPU per worker): an ES gradient of 4,096 particles
 (examples/es_digits.spad, a minibatch of 128) and data-parallel `fit` at batch 1,024
-(examples/mlp_digits.spad and cnn_digits.spad, the 1,437 training digits, 10 epochs: a fit's start,
-the data and params sent and the workers' run begun, costs about 12 ms, a third of a 3-epoch fit
-of the MLP), each with one worker and with two, timed in turn (`rounds` times each, the fastest
-kept: a cluster of one and one of two cannot hold their workers on two CPUs at once), beside the
-same call in one process on one core and on both; and Ray's own cost of a round trip to an actor,
-with and without a gradient-sized result. The bytes of a step are counted from the arrays
-themselves: for ES, what the driver sends each worker (the params, the rows) and gets back (the
-sums of the reduction tree's nodes); for `fit`, what the driver sends (each step's row indices,
-the optimiser's settings), gets back (the state's shares, at the end) and what the workers send
-each other (their chunks' sums, spadrt/peers.py).
+(examples/mlp_digits.spad and cnn_digits.spad, the 1,437 training digits, 30 epochs, the fit's
+start included: the data and params sent and the workers' run begun, 12-17 ms, about a twentieth
+of a 30-epoch fit of the MLP), each with one worker and with two, timed in turn (`rounds` times
+each, the fastest kept: a cluster of one and one of two cannot hold their workers on two CPUs at
+once), beside the same call in one process on one core and on both; and Ray's own cost of a round
+trip to an actor, with and without a gradient-sized result, and the workers' own exchanges of a
+step. The bytes of a step are counted from the arrays themselves: for ES, what the driver sends
+each worker (the params, the rows) and gets back (the sums of the reduction tree's nodes); for
+`fit`, what the driver sends (each step's row indices, the rows counted after each epoch, the
+optimiser's settings), gets back (the state's shares, at the end) and what the workers send each
+other (their chunks' sums cut to each other's run of the params, then their runs stepped,
+spadrt/peers.py).
 Needs Ray (`pip install ".[ray]"`).
 """
 
@@ -36,7 +38,7 @@ from bench.run import machine  # noqa: E402
 from spadc.cluster_training import DataParallel, nbytes  # noqa: E402
 
 PARTICLES, ES_BATCH, ES_STEPS = 4096, 128, 5
-FIT_BATCH, FIT_EPOCHS = 1024, 10
+FIT_BATCH, FIT_EPOCHS = 1024, 30
 
 
 class Traffic:
@@ -142,8 +144,8 @@ def _transport(ray, size: int) -> tuple[float, float]:
 
 
 def _mesh_exchange(ray, size: int, rounds: int = 200) -> float:
-    """ms of one exchange of `size` float64s each way between two workers over their mesh
-    (spadrt/peers.py, as a data-parallel fit's step does), the mean of `rounds`."""
+    """ms of a data-parallel step's exchanges between two workers over their mesh (spadrt/peers.py:
+    half of a sum of `size` float64s each way, then half of the params), the mean of `rounds`."""
 
     @ray.remote(num_cpus=1)
     class Peer:
@@ -156,12 +158,17 @@ def _mesh_exchange(ray, size: int, rounds: int = 200) -> float:
             self.mesh.connect(rank, addresses, token, timeout=30.0)
 
         def exchange(self, n):
-            value = {(0, 1): np.ones(n)}
+            peer = 1 - self.mesh.rank
+            sums, params = ([], {(0, 1): np.ones(n // 2)}), np.ones(n // 2)
+
+            def step():
+                self.mesh.exchange({peer: sums})
+                self.mesh.exchange({peer: params})
             for _ in range(20):
-                self.mesh.gather(value)
+                step()
             start = time.perf_counter()
             for _ in range(rounds):
-                self.mesh.gather(value)
+                step()
             return (time.perf_counter() - start) / rounds
 
     peers = [Peer.remote() for _ in range(2)]
@@ -199,8 +206,9 @@ def main(argv=None) -> int:
     ray.shutdown()
     print(f"Machine: {machine('one CPU per worker, the driver on the same cores')}; Ray {ray.__version__}.\n")
     print(f"Ray's own cost: a round trip to an actor doing nothing {round_trip:.2f} ms; one returning the digits "
-          f"MLP's {mlp_size:,} float64s ({8 * mlp_size:,} bytes) {returned:.2f} ms. Two workers' exchange of "
-          f"as much each way over their mesh (spadrt/peers.py, a data-parallel step's): {exchange:.2f} ms.\n")
+          f"MLP's {mlp_size:,} float64s ({8 * mlp_size:,} bytes) {returned:.2f} ms. Two workers' exchanges of a "
+          f"data-parallel step over their mesh (spadrt/peers.py: half of as much each way, then half of the params): "
+          f"{exchange:.2f} ms.\n")
     print("| job | params | one process, one core | one process, two cores | 1 worker | 2 workers | 2 workers / 1 | "
           "bytes per step (2 workers): driver to workers, back, between workers |")
     print("|---|---|---|---|---|---|---|---|")
