@@ -7,7 +7,8 @@ the seeds determine, so rerunning a command reproduces its table (budget: given 
 
 1. optimisation: Rosenbrock, Rastrigin, Ackley, Styblinski-Tang and sphere in d = 10, 100, 1000;
    the same Adam steps for every estimator: exact, RAD, SPAD importance and SPAD topk, at keep
-   0.1, 0.3, 0.5, over 10 seeds (the site policy is `products`: these programs have no weights).
+   0.1, 0.3, 0.5, over 10 seeds (the site policy is `products`: these programs have no weights);
+   its runs are spadc.sweep's, on a Ray cluster with `--ray [ADDRESS]`.
 2. overfitting: the 64-256-256-10 digits MLP trained on 200 samples and tested on the other 1597:
    exact, dropout 0.5, RAD and SPAD at keep 0.1 and 0.3, 5 seeds; its runs are spadc.sweep's, on a
    Ray cluster with `--ray [ADDRESS]`.
@@ -32,6 +33,7 @@ import numpy as np
 
 import spadc
 from spadrt.estimators import SamplingWarning
+from spadrt.training import Diverging, TrainingStopped
 
 from . import figures
 
@@ -82,61 +84,65 @@ OPTIMISATION_SEEDS = range(10)
 OPTIMISATION_STEPS = 300
 
 
-def optimisation_estimators():
-    yield "exact", lambda seed: spadc.Exact()
+def optimisation_columns():
+    """(label, estimator, grid keys) of each column of the table: a spadc.sweep's cells."""
+    yield "exact", "exact", {}
     for keep in KEEPS:
-        yield f"RAD {keep}", lambda seed, keep=keep: spadc.RAD(keep=keep, policy="products")
+        yield f"RAD {keep}", "rad", {"keep": [keep], "policy": ["products"]}
     for keep in KEEPS:
-        yield f"SPAD {keep}", lambda seed, keep=keep: spadc.SPAD(keep=keep, sites="products")
+        yield f"SPAD {keep}", "spad", {"keep": [keep], "sites": ["products"]}
     for keep in KEEPS:  # ranked from the exact gradient: better ranks, but the exact tape on evaluation steps
-        yield f"SPAD grad-scored {keep}", lambda seed, keep=keep: spadc.SPAD(keep=keep, sites="products",
-                                                                             score="gradient")
+        yield f"SPAD grad-scored {keep}", "spad", {"keep": [keep], "sites": ["products"], "score": ["gradient"]}
     for keep in KEEPS:
-        yield f"SPAD topk {keep}", lambda seed, keep=keep: spadc.SPAD(keep=keep, sites="products", policy="topk")
+        yield f"SPAD topk {keep}", "spad", {"keep": [keep], "sites": ["products"], "policy": ["topk"]}
 
 
-def minimise(model, estimator, lr: float, seed: int) -> tuple[float, np.ndarray]:
-    """OPTIMISATION_STEPS Adam steps from the seeded initial point: the final objective, and the
-    objective before each step."""
-    model.init_params(seed)
-    optimizer = spadc.Adam(lr=lr)
-    curve = np.full(OPTIMISATION_STEPS + 1, np.nan)
-    for step in range(OPTIMISATION_STEPS):
-        options = {} if isinstance(estimator, spadc.SPAD) else {"step": step}
-        loss, grads, _ = model.flat_grad(estimator=estimator, seed=seed, **options)
-        curve[step] = loss
-        if not np.isfinite(loss):
-            return float("nan"), curve
-        optimizer.step(model.flat_params, grads, lr)
-        model.project_params()
-    curve[-1] = model.loss()
-    return curve[-1], curve
+def minimised(path: str, lr: float, estimator: str, grid: dict, cluster=None) -> dict[int, list]:
+    """OPTIMISATION_STEPS Adam steps from each seed's initial point, in each dimension (a spadc.sweep
+    of `fit(None, steps=)` runs): by d, each seed's (final objective, the objective before each
+    step and after the last; NaN from a loss that is not finite on)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Diverging)  # (a test function's climbs are part of the result)
+        warnings.simplefilter("ignore", TrainingStopped)
+        rows = spadc.sweep(path, None, {"N": list(DIMENSIONS), "lr": [lr], **grid}, estimator=estimator,
+                           seeds=len(OPTIMISATION_SEEDS), steps=OPTIMISATION_STEPS, cluster=cluster)
+    runs: dict[int, list] = {}
+    for row in rows:
+        whole = len(row["curve"]) == OPTIMISATION_STEPS
+        final = row["eval_train_loss"] if whole else float("nan")
+        curve = np.full(OPTIMISATION_STEPS + 1, np.nan)
+        curve[:len(row["curve"])] = row["curve"]
+        curve[-1] = final
+        runs.setdefault(row["N"], []).append((final, curve))
+    return runs
 
 
 FIGURE_ESTIMATORS = ("exact", "RAD 0.1", "SPAD 0.1", "SPAD grad-scored 0.1", "RAD 0.3", "SPAD 0.3")
 
 
-def optimisation():
-    names = [name for name, _ in optimisation_estimators()]
+def optimisation(cluster=None):
+    """Through spadc.sweep (a run per estimator, dimension and seed; on `cluster`'s workers when given)."""
+    names = [name for name, _, _ in optimisation_columns()]
     sections, curves = [], {}
     for function, (example, lr) in FUNCTIONS.items():
+        columns = {label: minimised(os.path.join(EXAMPLES, example), lr, estimator, grid, cluster)
+                   for label, estimator, grid in optimisation_columns()}
         rows = [f"### {function} (Adam, lr {lr})", "", "| d | " + " | ".join(names) + " |",
                 "|---:|" + "---:|" * len(names)]
         for d in DIMENSIONS:
-            model = spadc.compile_source(source(example, N=d), name=f"{function}_{d}.spad")
-            cells = []
-            for label, make in optimisation_estimators():
-                finals, runs = zip(*(minimise(model, make(seed), lr, seed) for seed in OPTIMISATION_SEEDS))
-                cells.append(mean_std(finals))
-                if d == max(DIMENSIONS) and label in FIGURE_ESTIMATORS:
-                    curves.setdefault(function, {})[label] = np.mean(runs, axis=0)
-            rows.append(f"| {d} | " + " | ".join(cells) + " |")
-            print(f"  {function} d={d} done", file=sys.stderr)
+            rows.append(f"| {d} | " + " | ".join(mean_std([final for final, _ in columns[label][d]])
+                                                  for label in names) + " |")
+        curves[function] = {label: np.mean([curve for _, curve in columns[label][max(DIMENSIONS)]], axis=0)
+                            for label in FIGURE_ESTIMATORS}
+        print(f"  {function} done", file=sys.stderr)
         sections.append("\n".join(rows))
     write("optimisation", "Experiment 1: optimisation test functions", "python -m bench.experiments optimisation",
           f"Final objective after {OPTIMISATION_STEPS} Adam steps from the seeded initial point, mean ± standard "
           f"deviation over {len(OPTIMISATION_SEEDS)} seeds (the seed draws the initial point, except for "
-          "Rosenbrock's fixed start at -1.2, and the estimator's random stream). Site policy `products`; SPAD "
+          "Rosenbrock's fixed start at -1.2, and the estimator's random stream); each estimator's runs are a "
+          "`spadc.sweep` over the dimension (the file's `N`) and the seeds. Site policy `products`, whose "
+          "sites that would save no memory stay exact (ESTIMATORS.md section 9: on Rastrigin every one, so "
+          "there every estimator is the exact gradient); SPAD "
           "ranks its entries every 10 steps by the contributions observed on 8 RAD draws (its default, "
           "`score=\"paths\"`), with RAD's memory; \"grad-scored\" SPAD ranks them from the exact gradient "
           "(`score=\"gradient\"`), which needs the exact tape on those steps; topk uses the default scores. The minimum of every function is 0, except "
@@ -219,6 +225,7 @@ def budget(seconds: float | None = None):
     experiment.run(write, mean_std, **({} if seconds is None else {"seconds": seconds}))
 
 
+SWEPT = ("optimisation", "overfitting")  # the experiments whose runs are spadc.sweep's (and so a cluster's)
 EXPERIMENTS = {"optimisation": optimisation, "overfitting": overfitting, "memory": memory, "unrolled": unrolled,
                "budget": budget}
 
@@ -228,13 +235,13 @@ def main(argv=None) -> int:
     parser.add_argument("name", choices=[*EXPERIMENTS, "all"])
     parser.add_argument("--seconds", type=float, help="budget: the wall time each arm trains for")
     parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                        help="overfitting: its runs on a Ray cluster (alone: a Ray instance here)")
+                        help="optimisation, overfitting: their runs on a Ray cluster (alone: a Ray instance here)")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", SamplingWarning)  # the tables are about these estimators as they are
     cluster = None if args.ray is None else spadc.Ray(None if args.ray == "local" else args.ray)
     for name, run in EXPERIMENTS.items():
         if args.name in (name, "all"):
-            run(args.seconds) if name == "budget" else run(cluster) if name == "overfitting" else run()
+            run(args.seconds) if name == "budget" else run(cluster) if name in SWEPT else run()
     return 0
 
 

@@ -150,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sweep = add("sweep", help="train once per cell of a grid of settings and per seed: a CSV, a table, a plot")
     sweep.add_argument("file", metavar="FILE.spad")
-    sweep.add_argument("--data", required=True, metavar="D.npz", help="training data, as for train")
+    sweep.add_argument("--data", metavar="D.npz", help="training data, as for train")
     sweep.add_argument("--val", metavar="V.npz", help="validation data, as --data")
     sweep.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2",
                        help="a setting and its values (repeat for more): an estimator's (keep, sigma...), the "
@@ -161,6 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam", help="the update rule")
     sweep.add_argument("--epochs", type=int, default=5, help="passes over the data per run")
     sweep.add_argument("--batch-size", "--batch", type=int, default=32, help="samples per minibatch")
+    sweep.add_argument("--steps", type=int, default=None, metavar="N",
+                       help="optimiser steps per run of a model without inputs (it takes no --data)")
     sweep.add_argument("--out", required=True, metavar="SWEEP.csv", help="one line per run")
     sweep.add_argument("--plot", metavar="SWEEP.png", help="each cell's train loss per epoch, its mean over seeds")
     _cluster_options(sweep)

@@ -277,14 +277,24 @@ def sweep(args) -> int:
     if args.plot:
         require_matplotlib(args.plot)
     model = api.compile_file(args.file)
-    data = _load_data(args.data, "data", model)
-    validation = _load_data(args.val, "validation data", model) if args.val else None
+    if not user_inputs(model.layout):
+        if args.data is not None or args.val is not None:
+            raise SpadcError(f"{args.file} has no inputs, so it takes no data: sweep it with --steps N")
+        if args.steps is None:
+            raise SpadcError(f"{args.file} has no inputs: give each run's number of optimiser steps with --steps N")
+        data = validation = None
+    elif args.data is None:
+        raise SpadcError(f"{args.file} has inputs ({', '.join(_input_names(model))}): give the training data "
+                         f"with --data D.npz")
+    else:
+        data = _load_data(args.data, "data", model)
+        validation = _load_data(args.val, "validation data", model) if args.val else None
     grid = dict(_grid_axis(text) for text in args.grid)
     cluster = _cluster(args)
     try:
         rows = sweeps.sweep(args.file, data, grid, estimator=args.estimator, seeds=args.seeds, cluster=cluster,
                             optimizer=args.optimizer, epochs=args.epochs, batch_size=args.batch_size,
-                            validation=validation)
+                            validation=validation, steps=args.steps if data is None else None)
     finally:
         if cluster is not None:
             cluster.close()

@@ -3,7 +3,8 @@ grid of settings and per seed, spread over a cluster's workers when one is given
 
 Invariants:
 - A grid key is a keyword of the estimator (`keep`, `sigma`, `particles`...), of the optimiser
-  (`lr`, `momentum`...) or of `fit` (`epochs`, `batch_size`), `estimator` / `optimizer` (names), or
+  (`lr`, `momentum`...) or of `fit` (`epochs`, `batch_size`; `steps` for a model without inputs,
+  whose runs are `fit(None, steps=)`), `estimator` / `optimizer` (names), or
   the name of a `const` of the file (its value replaced, the model compiled once per value); any
   other key is a `SpadcError` naming the ones accepted. The seed of a run draws its initial
   params, its shuffles and its random streams, as `fit(seed=)` does.
@@ -35,7 +36,7 @@ from spadrt.remote import train_run
 from .errors import Source, SpadcError
 
 ESTIMATORS = {"exact": Exact, "rad": RAD, "spad": SPAD, "es": ES, "pes": PES}
-FIT_KEYS = ("epochs", "batch_size")
+FIT_KEYS = ("epochs", "batch_size")  # (with data; without, `steps`)
 METRICS = ("train_loss", "eval_train_loss", "val_loss", "val_accuracy", "train_accuracy", "tape_bytes", "seconds")
 CONST = re.compile(r"^const (\w+) = .*$", re.M)
 
@@ -44,7 +45,7 @@ def _keywords(cls) -> set[str]:
     return {name for name in inspect.signature(cls).parameters if name != "name"}
 
 
-def _cells(grid: dict, estimator: str, optimizer: str, consts=()) -> list[dict]:
+def _cells(grid: dict, estimator: str, optimizer: str, consts=(), fit_keys=FIT_KEYS) -> list[dict]:
     """Every combination of the grid's values, each checked against what it configures."""
     if not isinstance(grid, dict) or not grid:
         raise SpadcError("grid must be a dict of setting name to a list of values, e.g. {\"lr\": [1e-3, 3e-3]}")
@@ -58,7 +59,7 @@ def _cells(grid: dict, estimator: str, optimizer: str, consts=()) -> list[dict]:
             raise SpadcError(f"unknown estimator {name!r}; expected {', '.join(ESTIMATORS)}")
         if optimiser not in OPTIMIZERS:
             raise SpadcError(f"unknown optimizer {optimiser!r}; expected {', '.join(OPTIMIZERS)}")
-        accepted = _keywords(ESTIMATORS[name]) | _keywords(OPTIMIZERS[optimiser]) | set(FIT_KEYS) | set(consts) | {
+        accepted = _keywords(ESTIMATORS[name]) | _keywords(OPTIMIZERS[optimiser]) | set(fit_keys) | set(consts) | {
             "estimator", "optimizer"}
         unknown = sorted(set(cell) - accepted)
         if unknown:
@@ -74,23 +75,36 @@ def run_settings(cell: dict, estimator: str, optimizer: str, fit_options: dict) 
     chosen = make(**{k: v for k, v in cell.items() if k in _keywords(make)})
     optimiser_class = OPTIMIZERS[optimiser]
     stepper = optimiser_class(**{k: v for k, v in cell.items() if k in _keywords(optimiser_class)})
-    return chosen, stepper, {**fit_options, **{k: cell[k] for k in FIT_KEYS if k in cell}}
+    return chosen, stepper, {**fit_options, **{k: cell[k] for k in (*FIT_KEYS, "steps") if k in cell}}
 
 
 def sweep(path: str, data: dict, grid: dict, estimator: str = "exact", seeds: int = 3, cluster=None,
           optimizer: str = "adam", epochs: int = 5, batch_size: int = 32, validation: dict | None = None,
-          validation_split: float | None = None, dtype: str = "f64") -> list[dict]:
+          validation_split: float | None = None, dtype: str = "f64", steps: int | None = None) -> list[dict]:
     """One row per run: the cell's settings, `seed`, the METRICS at the last epoch and `curve` (the
     train loss per epoch). A grid key that names a `const` of the file sets it (the model compiled
-    once per value). `cluster`: a spadc.Ray whose workers run the runs."""
+    once per value). `cluster`: a spadc.Ray whose workers run the runs. A model without inputs
+    takes `data=None` and trains for `steps` optimiser steps (`fit(None, steps=)`: each step is
+    an epoch of the curve; `epochs` and `batch_size` do not apply)."""
     from .api import _model
     from .frontend import read_source, source_directory
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise SpadcError(f"seeds must be a positive integer, got {seeds!r}")
     source = read_source(path)
     consts = {found.group(1): found.group(0) for found in CONST.finditer(source.text)}
-    cells = _cells(grid, estimator, optimizer, consts)
-    fit_options = {"epochs": epochs, "batch_size": batch_size}
+    if data is None:
+        if steps is None and "steps" not in grid:
+            raise SpadcError("a model without inputs trains for a number of steps: sweep(path, None, grid, steps=N)")
+        if validation is not None or validation_split is not None:
+            raise SpadcError("a model without inputs has no validation data: give neither validation= nor "
+                             "validation_split= with data=None")
+        cells = _cells(grid, estimator, optimizer, consts, fit_keys=("steps",))
+        fit_options = {"steps": steps}
+    elif steps is not None:
+        raise SpadcError("steps= is for models without inputs (data=None); with data, give epochs=")
+    else:
+        cells = _cells(grid, estimator, optimizer, consts)
+        fit_options = {"epochs": epochs, "batch_size": batch_size}
     if validation is not None:
         fit_options["validation"] = validation
     if validation_split is not None:

@@ -373,6 +373,48 @@ def test_spadc_sweep_on_the_cluster_writes_its_table_and_plot(cluster, tmp_path)
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+SWEEP_STEPS = 30  # optimiser steps of each run of a model without inputs
+
+
+def test_a_sweep_of_a_model_without_inputs_runs_fit_for_steps_here_and_on_the_cluster(cluster):
+    path = example("rosenbrock.spad")
+    options = dict(estimator="rad", seeds=2, steps=SWEEP_STEPS)
+    here = spadc.sweep(path, None, {"N": [20], "keep": [0.3], "policy": ["products"]}, **options)
+    with open(path) as f:  # (the file's name is the sites' random streams' too)
+        model = spadc.compile_source(f.read().replace("const N = 10", "const N = 20"), name=path)
+    for row in here:
+        model.init_params(row["seed"])
+        history = model.fit(None, steps=SWEEP_STEPS, estimator=spadc.RAD(keep=0.3, policy="products"),
+                            seed=row["seed"], optimizer=spadc.Adam(), quiet=True)
+        assert row["curve"] == history.train_loss and row["eval_train_loss"] == model.loss()
+    assert here[0]["curve"] != here[1]["curve"]  # (one starting point: the seeds draw the paths)
+    there = spadc.sweep(path, None, {"N": [20], "keep": [0.3], "policy": ["products"]}, cluster=cluster, **options)
+    assert repr(_without_times(there)) == repr(_without_times(here))
+
+
+@pytest.mark.parametrize("data, options, message", [
+    (None, {}, r"trains for a number of steps: sweep\(path, None, grid, steps=N\)"),
+    (None, {"steps": 3, "validation_split": 0.5}, "has no validation data"),
+    ({"x": np.zeros((4, 64)), "label": np.zeros(4, dtype=np.int64)}, {"steps": 3}, "steps= is for models without inputs"),
+])
+def test_a_sweep_says_when_steps_are_missing_or_meaningless(data, options, message):
+    with pytest.raises(spadc.SpadcError, match=message):
+        spadc.sweep(example("rosenbrock.spad"), data, {"lr": [0.01]}, **options)
+
+
+def test_spadc_sweep_of_a_model_without_inputs_takes_steps_not_data(tmp_path):
+    out = str(tmp_path / "sweep.csv")
+    result = run_cli("sweep", example("rosenbrock.spad"), "--grid", "N=5,10", "--steps", "20", "--seeds", "2",
+                     "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert [line.split(",")[:2] for line in open(out).read().splitlines()[1:]] == [
+        ["5", "0"], ["5", "1"], ["10", "0"], ["10", "1"]]
+    for extra, message in (([], "give each run's number of optimiser steps with --steps N"),
+                           (["--steps", "3", "--data", out], "takes no data")):
+        result = run_cli("sweep", example("rosenbrock.spad"), "--grid", "N=5", "--out", out, *extra)
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_sweep_names_a_grid_key_that_configures_nothing():
     with pytest.raises(spadc.SpadcError, match="grid key 'sigma' configures nothing of a run with estimator 'rad'"):
         spadc.sweep(example("mlp_digits.spad"), _digits(8), {"sigma": [0.1]}, estimator="rad")
