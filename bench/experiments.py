@@ -130,8 +130,8 @@ def optimisation(cluster=None):
         rows = [f"### {function} (Adam, lr {lr})", "", "| d | " + " | ".join(names) + " |",
                 "|---:|" + "---:|" * len(names)]
         for d in DIMENSIONS:
-            rows.append(f"| {d} | " + " | ".join(mean_std([final for final, _ in columns[label][d]])
-                                                  for label in names) + " |")
+            cells = [mean_std([final for final, _ in columns[label][d]]) for label in names]
+            rows.append(f"| {d} | " + " | ".join(cells) + " |")
         curves[function] = {label: np.mean([curve for _, curve in columns[label][max(DIMENSIONS)]], axis=0)
                             for label in FIGURE_ESTIMATORS}
         print(f"  {function} done", file=sys.stderr)
@@ -141,13 +141,13 @@ def optimisation(cluster=None):
           f"deviation over {len(OPTIMISATION_SEEDS)} seeds (the seed draws the initial point, except for "
           "Rosenbrock's fixed start at -1.2, and the estimator's random stream); each estimator's runs are a "
           "`spadc.sweep` over the dimension (the file's `N`) and the seeds. Site policy `products`, whose "
-          "sites that would save no memory stay exact (ESTIMATORS.md section 9: on Rastrigin every one, so "
-          "there every estimator is the exact gradient); SPAD "
-          "ranks its entries every 10 steps by the contributions observed on 8 RAD draws (its default, "
-          "`score=\"paths\"`), with RAD's memory; \"grad-scored\" SPAD ranks them from the exact gradient "
-          "(`score=\"gradient\"`), which needs the exact tape on those steps; topk uses the default scores. The minimum of every function is 0, except "
-          "Styblinski-Tang's, -39.166 d. The figure optimisation.png shows the mean objective per step in "
-          f"d = {max(DIMENSIONS)}.", "\n\n".join(sections))
+          "sites that would save no memory stay exact (ESTIMATORS.md section 9: on every function but "
+          "Rosenbrock all of them, so there every estimator is the exact gradient); SPAD ranks its entries "
+          "every 10 steps by the contributions observed on 8 RAD draws (its default, `score=\"paths\"`), "
+          "with RAD's memory; \"grad-scored\" SPAD ranks them from the exact gradient "
+          "(`score=\"gradient\"`), which needs the exact tape on those steps; topk uses the default scores. "
+          "The minimum of every function is 0, except Styblinski-Tang's, -39.166 d. The figure "
+          f"optimisation.png shows the mean objective per step in d = {max(DIMENSIONS)}.", "\n\n".join(sections))
     figures.optimisation_figure(curves, f"d = {max(DIMENSIONS)}, mean over {len(OPTIMISATION_SEEDS)} seeds",
                                 os.path.join(RESULTS, "optimisation.png"))
 

@@ -395,7 +395,8 @@ def test_a_sweep_of_a_model_without_inputs_runs_fit_for_steps_here_and_on_the_cl
 @pytest.mark.parametrize("data, options, message", [
     (None, {}, r"trains for a number of steps: sweep\(path, None, grid, steps=N\)"),
     (None, {"steps": 3, "validation_split": 0.5}, "has no validation data"),
-    ({"x": np.zeros((4, 64)), "label": np.zeros(4, dtype=np.int64)}, {"steps": 3}, "steps= is for models without inputs"),
+    ({"x": np.zeros((4, 64)), "label": np.zeros(4, dtype=np.int64)}, {"steps": 3},
+     "steps= is for models without inputs"),
 ])
 def test_a_sweep_says_when_steps_are_missing_or_meaningless(data, options, message):
     with pytest.raises(spadc.SpadcError, match=message):

@@ -251,6 +251,23 @@ def test_no_estimator_keeps_more_than_the_exact_tape(name):
         assert sampled <= exact, (name, policy, sampled, exact)
 
 
+HOISTED = ("gmm.spad", "influence_balancing.spad", "newton_cubic.spad")  # a part computed once per call
+KNOWN_ABOVE = pytest.mark.xfail(strict=True, reason="sampled kernels are not split (spadc/api.py emits them unsplit): "
+                                "the exact kernel keeps the hoisted part once per call, RAD's per sample (README: "
+                                "not done)")
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=KNOWN_ABOVE) for name in HOISTED] +
+                         ["mlp_digits.spad", "irnn.spad"])
+def test_no_compiled_estimator_keeps_more_than_the_compiled_exact_tape(name):
+    """The same, on the kernels as built: the exact kernel's per-sample tape after hoisting."""
+    compiled = spadc.api.build_file(example(name))
+    exact = compiled.emit(None)[0]["tape_bytes"]
+    for policy in POLICIES:
+        sampled = compiled.emit(spadc.RAD(keep=0.5, policy=policy).sampling)[0]["tape_bytes"]
+        assert sampled <= exact, (name, policy, sampled, exact)
+
+
 def test_a_residual_kept_anyway_is_not_gated(monkeypatch):
     """The tanh MLP: tanh's output is the residual of W2's gradient and what tanh's own adjoint reads;
     gating it would keep a draw beside it (80 bytes against 72 per sample when it was gated)."""
