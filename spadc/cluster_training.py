@@ -2,21 +2,23 @@
 "Past one machine, on Ray").
 
 Invariants:
-- Every worker holds the run's params and optimiser and takes every step itself: it computes its
-  contiguous run of the batch's chunks (the shares of `Ray.estimate`), gathers every worker's
-  share straight from its peers (spadrt/peers.py: a TCP mesh, not the driver, not the object
-  store), finishes the batch's gradient in chunk order and steps. So all workers hold the same
-  bits, those of one process's `fit`, and neither gradients nor params pass through the driver.
+- Every worker holds the run's params and the optimiser of its own run of them, and takes every
+  step: it computes its contiguous run of the batch's chunks (the shares of `Ray.estimate`),
+  sends each peer its sums cut to that peer's run of the params straight over their link
+  (spadrt/peers.py: a TCP mesh, not the driver, not the object store), finishes its run of the
+  batch's gradient in chunk order, steps it and sends it to its peers (spadrt/remote.py). So all
+  workers hold the same params, those of one process's `fit`, and neither gradients nor params
+  pass through the driver.
 - The driver sends each worker one call for one or more epochs (its share of every step: row
   indices; as many epochs as take about CALL_SECONDS, one where the caller looks between epochs)
-  and waits once, for the steps' losses, the right answers after each epoch (classifiers) and
-  worker 0's state, which it copies into the model and its optimiser: between calls they are the
-  run's, as in one process (checkpoints, Ctrl-C). A run that ends inside a call (stopped,
-  interrupted) takes the state after the last epoch given from the workers, which make it again
-  from the state before the call (spadrt/remote.py).
-- A worker lost anywhere in an epoch (its peers find out from their links) is replaced, every
-  worker restarts from the driver's state (the epoch's start) and the epoch runs again: the same
-  bits. An epoch lost RETRIES + 1 times fails the fit.
+  and waits once, for the steps' losses, the right answers after each epoch (classifiers) and,
+  at times, the workers' shares of the state, which it puts into the model and its optimiser:
+  between calls they are the run's, as in one process (checkpoints, Ctrl-C). A run that ends
+  inside a call (stopped, interrupted) takes the state after the last epoch given from the
+  workers, which make it again from the state before the call.
+- A worker lost anywhere in a call (its peers find out from their links) is replaced, every
+  worker restarts from the last state the driver took and the calls since run again: the same
+  bits. Workers lost RETRIES + 1 times fail the fit.
 - For exact and RAD gradients and spadc's own optimisers without a preconditioner; other fits on
   a cluster send the driver's params every step (`Ray.estimate`).
 """
@@ -110,9 +112,8 @@ class DataParallel:
                 per_call = min(max(int(CALL_SECONDS * len(group) / max(time.monotonic() - sent, 1e-9)), 1),
                                MAX_EPOCHS_PER_CALL)
                 taken = [result["epochs"] for result in results]
-                if report:
-                    self._take_state(group[len(taken[0]) - 1][0] if taken[0] else self.taken,
-                                     [result["share"] for result in results])
+                if report and taken[0]:  # (the state after the last epoch taken)
+                    self._take_state(group[len(taken[0]) - 1][0], [result["share"] for result in results])
                     since = []
                 self.traffic["between workers"] += sum(result["sent"] for result in results)
                 for k, plan in enumerate(group[:len(taken[0])]):
