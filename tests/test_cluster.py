@@ -150,14 +150,17 @@ def test_fit_on_the_digits_mlp_is_the_single_process_run_to_the_bit_even_with_a_
             _kill_a_worker_on_call(monkeypatch, cluster, 2, (DataParallel, "_results"))
             before = cluster.replaced
         model.init_params(SEED)
-        history = model.fit(data, epochs=epochs, batch_size=FIT_BATCH, optimizer=spadc.Adam(lr=1e-3),
-                            seed=SEED, cluster=spread)
-        finals.append((model.flat_params.copy(), history.train_loss, history.train_accuracy))
+        adam = spadc.Adam(lr=1e-3)
+        history = model.fit(data, epochs=epochs, batch_size=FIT_BATCH, optimizer=adam, seed=SEED, cluster=spread)
+        finals.append((model.flat_params.copy(), history.train_loss, history.train_accuracy, adam))
     assert cluster.replaced == before + 1
-    for params, losses, accuracies in finals[1:]:  # (the cluster's workers count the right answers)
+    for params, losses, accuracies, adam in finals[1:]:  # (the cluster's workers count the right answers)
         assert np.array_equal(params, finals[0][0])
         assert losses == finals[0][1]
         assert accuracies == finals[0][2] and len(accuracies) == epochs
+        # (each worker stepped its own run of the params: their moments, put together, are one process's)
+        assert np.array_equal(adam._m, finals[0][3]._m) and np.array_equal(adam._v, finals[0][3]._v)
+        assert adam._t == finals[0][3]._t == epochs * FIT_SAMPLES // FIT_BATCH
     assert not np.array_equal(finals[0][0], spadc.compile_file(example("mlp_digits.spad")).flat_params)
 
 
