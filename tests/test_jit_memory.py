@@ -36,14 +36,17 @@ def _resident_bytes() -> int:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS"))
 
 
-@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_trim"), reason="needs glibc (malloc_trim, /proc)")
-def test_optimising_again_and_again_leaves_almost_nothing_behind(monkeypatch):
+def _left_behind() -> int:
+    """Resident bytes that OPTIMISATIONS optimisations of PROGRAM's kernel leave behind."""
     captured = []
     real_compile = jit.compile_ir
-    monkeypatch.setattr(jit, "compile_ir", lambda ir, *rest: captured.append(ir) or real_compile(ir, *rest))
-    model = spadc.compile_source(PROGRAM, cache=False)
-    model.init_params(0)
-    model.loss(x=[0.0] * 32, label=1)
+    jit.compile_ir = lambda ir, *rest: captured.append(ir) or real_compile(ir, *rest)
+    try:
+        model = spadc.compile_source(PROGRAM, cache=False)
+        model.init_params(0)
+        model.loss(x=[0.0] * 32, label=1)
+    finally:
+        jit.compile_ir = real_compile
     llvm_ir = captured[0]
     jit.optimise(llvm_ir, jit.native_target()).close()  # LLVM's one-time tables are not a leak: filled first
     before = _resident_bytes()
@@ -54,7 +57,20 @@ def test_optimising_again_and_again_leaves_almost_nothing_behind(monkeypatch):
         module.close()
         context.close()
         target_machine.close()
-    assert _resident_bytes() - before < OPTIMISATIONS * LEFT_PER_OPTIMISATION
+    return _resident_bytes() - before
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_trim"), reason="needs glibc (malloc_trim, /proc)")
+def test_optimising_again_and_again_leaves_almost_nothing_behind():
+    # In a fresh process: in one that other tests used, their threads (Ray's, XLA's) move its
+    # resident memory while this one measures (1.7 MB once, in CI's second step).
+    import subprocess
+    import sys
+    child = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+                            "import test_jit_memory as t; print(t._left_behind())"],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert int(child.stdout.split()[-1]) < OPTIMISATIONS * LEFT_PER_OPTIMISATION
 
 
 FREED_IN_ANY_ORDER = """
