@@ -157,12 +157,13 @@ def emit_run(e, run) -> bool:
     return True
 
 
+_METADATA = re.compile(r"!\d+\b")  # a loop's identity (codegen.py `_not_vectorised`): one per loop
 _LOCAL = re.compile(r'%"[^"]*"|%[-\w$.]+|^"[^"]*":|^[-\w$.]+:', re.M)
 
 
 def _normal_text(function) -> str:
-    """The function's text with its own name dropped and its local names (values, blocks) numbered
-    in order of appearance: equal for two functions that differ only in names."""
+    """The function's text with its own name dropped, its local names (values, blocks) numbered in
+    order of appearance and its metadata unnamed: equal for two functions that differ only in names."""
     numbers: dict[str, str] = {}
 
     def number(match):
@@ -172,4 +173,4 @@ def _normal_text(function) -> str:
         return f"{label}:" if token.endswith(":") and not token.startswith("%") else f"%{label}"
 
     text = re.sub(rf'@"?{re.escape(function.name)}"?\(', "@self(", str(function), count=1)
-    return _LOCAL.sub(number, text)
+    return _METADATA.sub("!md", _LOCAL.sub(number, text))
