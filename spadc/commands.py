@@ -203,11 +203,19 @@ def train(args) -> int:
     if args.data is None:
         raise SpadcError(f"{args.file} has inputs ({', '.join(_input_names(model))}): give the training data "
                          f"with --data D.npz")
+    _refuse_steps_with_data(args)
     data = _load_data(args.data, "data", model)
     if args.val and "validation_split" in vars(args):
         raise SpadcError("give validation data by --val or --validation-split, not both")
     validation = _load_data(args.val, "validation data", model) if args.val else None
     return _fit(model, args, data, validation=validation, horizon=args.horizon)
+
+
+def _refuse_steps_with_data(args):
+    """A model with inputs trains for epochs over its data; --steps would be silently ignored."""
+    if args.steps is not None:
+        raise SpadcError(f"{args.file} has inputs, so it trains for --epochs N over --data; --steps N is for a "
+                         f"model without inputs")
 
 
 def _train_without_inputs(model, args) -> int:
@@ -287,6 +295,7 @@ def sweep(args) -> int:
         raise SpadcError(f"{args.file} has inputs ({', '.join(_input_names(model))}): give the training data "
                          f"with --data D.npz")
     else:
+        _refuse_steps_with_data(args)
         data = _load_data(args.data, "data", model)
         validation = _load_data(args.val, "validation data", model) if args.val else None
     grid = dict(_grid_axis(text) for text in args.grid)
@@ -294,7 +303,7 @@ def sweep(args) -> int:
     try:
         rows = sweeps.sweep(args.file, data, grid, estimator=args.estimator, seeds=args.seeds, cluster=cluster,
                             optimizer=args.optimizer, epochs=args.epochs, batch_size=args.batch_size,
-                            validation=validation, steps=args.steps if data is None else None)
+                            validation=validation, steps=args.steps)
     finally:
         if cluster is not None:
             cluster.close()

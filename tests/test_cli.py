@@ -313,6 +313,16 @@ def test_old_spellings_are_aliases(tmp_path):
         assert result.returncode == 0 and "trained 5 steps" in result.stdout, result.stderr  # 270 samples / 64
 
 
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_steps_with_data_is_an_error_not_ignored(command, tmp_path):
+    """A model with inputs trains for epochs over its data: --steps used to be dropped silently."""
+    data = os.path.join(os.path.dirname(example("x")), "data", "digits_test.npz")
+    extra = ["--grid", "lr=0.1", "--out", str(tmp_path / "s.csv")] if command == "sweep" else ["--quiet"]
+    result = spadc(command, example("mlp.spad"), "--data", data, "--steps", "3", *extra)
+    assert result.returncode == 1 and "--steps N is for a model without inputs" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not os.path.exists(tmp_path / "s.csv")
+
+
 def test_check_warns_when_the_gradient_cannot_fit_in_the_memory_limit():
     """The program is valid (ok, exit 0), but its exact gradient's tape would not fit (issue 29): it
     will be checkpointed (issue 24), or, below the least any plan needs, refused."""
