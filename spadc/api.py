@@ -154,9 +154,10 @@ def compile_file(path: str, dtype: str = "f64", max_memory=None, cache: bool = T
     `cache`: use the on-disk cache of compiled kernels (spadc/cache.py). `lanes`: samples each
     kernel runs side by side (more: faster at batch, a workspace that many times larger; 1: the
     least memory); default: one for a model without matrix products, else up to 128 (16 where the
-    params take at most 128 KB), fewer when the workspace would pass 4 MB or the memory limit. `checkpoint`: how a gradient whose tape passes
-    `max_memory` is made to fit (spadc/backend/budget.py): "auto" (replay loop segments, as few
-    times as fits), "none" (refuse), or a number of snapshots per long loop."""
+    params take at most 128 KB), fewer when the workspace would pass 4 MB or the memory limit.
+    `checkpoint`: how a gradient whose tape passes `max_memory` is made to fit
+    (spadc/backend/budget.py): "auto" (replay loop segments, as few times as fits), "none"
+    (refuse), or a number of snapshots per long loop."""
     source = frontend.read_source(path)
     return _model(source, frontend.source_directory(source), dtype, max_memory, cache, lanes, checkpoint)
 

@@ -87,16 +87,24 @@ def _quick_passes(module, target_machine) -> None:
         options.close()
 
 
-@lru_cache(maxsize=1)
+_vectoriser_lock = threading.Lock()
+_vectoriser_set = []  # (one entry once the option is set)
+
+
 def _vectoriser_options() -> None:
     """LLVM's loop vectoriser treats a loop of fewer than 16 known trips as tiny and vectorises it
     only by masking its last vector, and a store so masked is not forwarded to a later load of the
     same entries (on a Zen 4 core each such pair stalls). Loops of 8 trips or more now run whole
-    vectors and the rest in scalar code (a global option of LLVM's, set before any pipeline runs;
-    setting it again is harmless): the Gaussian mixture of bench/gmm.py's gradient of one sample,
-    mostly its once-per-call part (the 10 x 10 `tril` adjoints), took 0.92x the time (four
-    processes each way); the table's gradients moved within noise."""
-    llvm.set_option("spadc", "-vectorizer-min-trip-count=8")
+    vectors and the rest in scalar code: the Gaussian mixture of bench/gmm.py's gradient of one
+    sample, mostly its once-per-call part (the 10 x 10 `tril` adjoints), took 0.92x the time (four
+    processes each way); the table's gradients moved within noise (0.96-1.02x, A/B in one process).
+    The option is LLVM's, global to the process (code another llvmlite user such as numba makes in
+    the same process is vectorised so too: the same results, other loops' shapes); it is set once,
+    under a lock, as LLVM parses options into shared tables."""
+    with _vectoriser_lock:
+        if not _vectoriser_set:
+            llvm.set_option("spadc", "-vectorizer-min-trip-count=8")
+            _vectoriser_set.append(True)
 
 
 @contextmanager
