@@ -254,6 +254,22 @@ def test_large_weights_earn_a_workspace_as_large_as_they_are():
     assert exact["lanes"] == 128 and spadc.backend.kernels.LANE_BUDGET < exact["workspace"] < 8 * 512 * 512 * 8
 
 
+def test_small_weights_run_few_lanes_and_large_ones_many(monkeypatch):
+    """Params of at most SMALL_PARAMS bytes stay in the caches between blocks: FEW_LANES; the
+    digits MLP's (680 KB) earn MAX_LANES. A byte past the threshold changes the choice."""
+    kernels = spadc.backend.kernels
+    small = spadc.compile_file(example("lstm.spad")).layout["variants"]["exact"]["lanes"]
+    large = spadc.compile_file(example("mlp_digits.spad")).layout["variants"]["exact"]["lanes"]
+    assert (small, large) == (kernels.FEW_LANES, kernels.MAX_LANES)
+    text = "input x: f64[4]\nparam A: f64[4, 4]\nloss sum(A @ x)\n"  # 128 bytes of params
+    lanes = []
+    for threshold in (128, 127):
+        monkeypatch.setattr(kernels, "SMALL_PARAMS", threshold)
+        model = spadc.compile_source(text, name=f"edge{threshold}.spad", cache=False)
+        lanes.append(model.layout["variants"]["exact"]["lanes"])
+    assert lanes == [kernels.FEW_LANES, kernels.MAX_LANES]
+
+
 @pytest.mark.skipif(not LONG, reason="the long profile (SPADC_LONG=1, which CI runs): its program's kernels are 1 MB "
                     "of LLVM IR, and the quick fuzz test checks lanes on every program it makes")
 def test_a_dot_product_rounds_the_same_with_any_lane_count():
