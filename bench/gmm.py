@@ -1,12 +1,13 @@
 """Benchmark: a Gaussian mixture's negative log-likelihood with a Wishart prior (examples/gmm.spad,
 the AD benchmark's GMM) at D = 10, K = 25 and 1,000 points, against JAX (optional).
 
-    python bench/gmm.py
+    python bench/gmm.py [--per-call]
 
 examples/gmm.spad's text with its constants set to these sizes, one sample per data point; the value
 and gradient of the mean over the points in one call. JAX's version is the same formula, written
 here from the published definition (Srajer, Kukelova and Fitzgibbon 2018), under `vmap` and
-`jit(value_and_grad)`, float64. Checked and timed by bench/objective.py.
+`jit(value_and_grad)`, float64. Checked and timed by bench/objective.py. With `--per-call`, what
+a kernel call costs besides its samples (`per_call_rows`), spadc alone.
 """
 
 from __future__ import annotations
@@ -84,9 +85,44 @@ def rows(budget: float) -> list[str]:
     return objective.rows(title, model, params, {"x": x}, jax_objective(), budget, AGREEMENT, DIRECTION_RTOL, SEED)
 
 
-def main() -> int:
+CHUNKS = (128, 512, 1024)  # samples per kernel call tried by `per_call_rows` (the kernel's own: 128)
+TRIVIAL = "input x: f64[10]\nparam w: f64[10]\nloss sum(w * x)\n"  # a call's cost without a model
+
+
+def per_call_rows(budget: float) -> list[str]:
+    """What a call of the gradient kernel costs besides its samples: one sample's gradient, this
+    model's and a trivial one's (Python and ctypes, nothing to compute), and the 1,000 points'
+    gradient with the runtime given other chunk sizes (each a kernel of its own: a kernel's chunk
+    is a constant of it, `kernels.samples_per_call`), all timed in turn (README, Not done yet)."""
+    from bench.run import interleaved
+    from spadc.backend import kernels
+    x = np.random.default_rng(SEED).standard_normal((SIZES["N_DATA"], SIZES["D"]))
+    models = {}
+    original = kernels.samples_per_call
+    try:
+        for chunk in CHUNKS:
+            kernels.samples_per_call = lambda work, size, chunk=chunk: chunk
+            models[chunk] = spadc.compile_source(source(), name=f"gmm_chunk_{chunk}.spad", cache=False)
+            models[chunk].init_params(SEED)
+    finally:
+        kernels.samples_per_call = original
+    trivial = spadc.compile_source(TRIVIAL, name="trivial.spad")
+    calls = {"one sample": lambda: models[CHUNKS[0]].grad(x=x[:1], threads=1),
+             "one sample, trivial model": lambda: trivial.grad(x=x[:1], threads=1)}
+    calls.update({f"1,000 points, chunks of {chunk}": (lambda m: lambda: m.grad(x=x, threads=1))(models[chunk])
+                  for chunk in CHUNKS})
+    times = interleaved(calls, budget)
+    lines = ["| Gaussian mixture's gradient, per call | µs |", "|---|---:|"]
+    return lines + [f"| {name} | {seconds * 1e6:.1f} |" for name, seconds in times.items()]
+
+
+def main(argv=None) -> int:
+    import argparse
     from bench.run import print_rows_on_one_core
-    return print_rows_on_one_core(rows, 2.0)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--per-call", action="store_true", help="what a kernel call costs besides its samples")
+    args = parser.parse_args(argv)
+    return print_rows_on_one_core(per_call_rows if args.per_call else rows, 2.0)
 
 
 if __name__ == "__main__":
