@@ -67,7 +67,8 @@ def _model_options(command, out_help: str, inputs: bool = True):
 def _lanes_option(command):
     command.add_argument("--lanes", type=int, default=None, metavar="N",
                          help="samples each kernel runs side by side (1: the least memory); default: up to 128 for "
-                              "models with matrix products (16 where the params take at most 128 KB), fewer when the workspace would pass 4 MB or --max-memory")
+                              "models with matrix products (16 where the params take at most 128 KB), fewer when the "
+                              "workspace would pass 4 MB or --max-memory")
 
 
 def _checkpoint_option(command):

@@ -219,8 +219,9 @@ def lanes_within(gradient: GradientProgram, dtype: str, cap: int, most: int, one
 
 MAX_LANES = 128  # samples a kernel runs side by side (the runtime calls with up to 128: spadrt.calls.CHUNK)
 # A block of lanes reads every weight once, which pays for its larger working set (every op of a
-# loop body runs over all lanes before the next) only where the weights are big: with params of at
-# most SMALL_PARAMS bytes, which stay in L2 between blocks, a kernel runs FEW_LANES. Gradients at 16
+# loop body runs over all lanes before the next) only where the weights are big: with params (the
+# per-sample program's: the model's and the values hoisted from them) of at most SMALL_PARAMS
+# bytes, which stay in L2 between blocks, a kernel runs FEW_LANES. Gradients at 16
 # lanes against 128 (A/B on one core of the Zen 4): Gaussian mixture D = 10, K = 25 0.92x, the
 # LSTM 0.88x, 16- to 64-wide MLPs 0.98-1.00x; a 128-wide MLP's (258 KB) 1.14x, so it keeps 128.
 SMALL_PARAMS = 128 << 10
