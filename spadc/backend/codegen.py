@@ -319,9 +319,9 @@ class FunctionEmitter:
     # ---- control flow -----------------------------------------------------------------
 
     @contextmanager
-    def loop(self, count, name: str = "i", start=0):
+    def loop(self, count, name: str = "i", start=0, over_lanes: bool = False):
         """A counted loop `for i in start..start+count`; yields the index (an i64 register). A loop
-        over lanes (`name` "lane") is never vectorised across its lanes (`_not_vectorised`).
+        `over_lanes` is never vectorised across its lanes (`_not_vectorised`).
 
         LLVM shape, already rotated: pre(start < end ? body : exit; no test for a known positive
         count) -> body(phi i) ... -> latch(i + 1 < end ? body : exit); exit. LLVM's LoopRotate would
@@ -345,7 +345,7 @@ class FunctionEmitter:
         following = b.add(index, I64(1), name=f"{name}.next")
         index.add_incoming(following, b.block)
         latch = b.cbranch(b.icmp_signed("<", following, end), body, exit_)
-        if name.startswith("lane"):
+        if over_lanes:
             latch.set_metadata("llvm.loop", _not_vectorised(b.module))
         b.position_at_end(exit_)
 
@@ -423,7 +423,7 @@ class FunctionEmitter:
     def samples(self):
         """for each lane of the block: the lane's sample is the current one."""
         outer = self.local, self.sample
-        with self.loop(self.count, "lane") as local:
+        with self.loop(self.count, "lane", over_lanes=True) as local:
             self.local, self.sample = local, self.b.add(self.first, local, name="sample")
             try:
                 yield local

@@ -544,7 +544,7 @@ def matmul_over(e, A, B, C, m: int, k_dim: int, n: int, count, at):
 
 @contextmanager
 def _lane_indices(e, count):
-    with e.loop(count, "lane") as s:
+    with e.loop(count, "lane", over_lanes=True) as s:
         yield [s]
 
 

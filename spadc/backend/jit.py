@@ -88,7 +88,7 @@ def _quick_passes(module, target_machine) -> None:
 
 
 _vectoriser_lock = threading.Lock()
-_vectoriser_set = []  # (one entry once the option is set)
+_vectoriser_set = False
 
 
 def _vectoriser_options() -> None:
@@ -101,10 +101,11 @@ def _vectoriser_options() -> None:
     The option is LLVM's, global to the process (code another llvmlite user such as numba makes in
     the same process is vectorised so too: the same results, other loops' shapes); it is set once,
     under a lock, as LLVM parses options into shared tables."""
+    global _vectoriser_set
     with _vectoriser_lock:
         if not _vectoriser_set:
             llvm.set_option("spadc", "-vectorizer-min-trip-count=8")
-            _vectoriser_set.append(True)
+            _vectoriser_set = True
 
 
 @contextmanager

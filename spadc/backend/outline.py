@@ -58,7 +58,7 @@ class _RunEmitter(FunctionEmitter):
         raise NeedsKernel("a view")
 
     def lanes(self, run):
-        with self.loop(self.count, "lane") as local:
+        with self.loop(self.count, "lane", over_lanes=True) as local:
             self.local, self.sample = local, self.b.add(self.first, local, name="sample")
             self._run(run)
 
