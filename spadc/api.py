@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from llvmlite import ir
 
-from spadrt import Model, limits
+from spadrt import Model, limits, split_kernels
 from spadrt.estimators import SamplingWarning, variant_key
 
 from . import cache, derived_kernels, frontend
@@ -64,7 +64,7 @@ class Compiled:
         if kind not in self.variants:
             module = ir.Module(name=f"{self.program.name}.{kind}")
             entry = derived_kernels.build(self, module, kind)
-            code = tiers.compile_kernel(str(module), kind, entry["sample_work"], on_optimised)
+            code = tiers.compile_kernel(str(module), (kind,), entry["sample_work"], on_optimised)
             self.variants[kind] = (entry, code, None)
         entry, machine, _ = self.variants[kind]
         return entry, machine
@@ -87,7 +87,8 @@ class Compiled:
         key = variant_key(sampling, score, policy, seeded)
         if key not in self.variants:
             entry, llvm_ir, program = self.emit(sampling, score, policy, seeded)
-            self.variants[key] = (entry, tiers.compile_kernel(llvm_ir, "grad", entry["sample_work"], on_optimised),
+            self.variants[key] = (entry, tiers.compile_kernel(llvm_ir, split_kernels.functions(entry),
+                                                              entry["sample_work"], on_optimised),
                                   program)
         return self.variants[key]
 
@@ -314,14 +315,14 @@ def _kernel_code(entry_key: str | None, function: str, compiled_of, made, emitte
 
     hit = cache.load(entry_key) if entry_key else None
     if hit is not None:
-        return hit[0], jit.load_object(hit[1], (function,))
+        return hit[0], jit.load_object(hit[1], split_kernels.functions(hit[0], function))
     policy = tiers.policy()
     hit = cache.load(entry_key + QUICK_ENTRY) if entry_key and policy != "optimised" else None
     if hit is not None:
-        entry, quick = hit[0], jit.load_object(hit[1], (function,))
+        entry, quick = hit[0], jit.load_object(hit[1], split_kernels.functions(hit[0], function))
         if policy == "quick":
             return entry, quick
-        return entry, tiers.Tiered(quick, function, entry["sample_work"], lambda: emitted(compiled_of()),
+        return entry, tiers.Tiered(quick, split_kernels.functions(entry, function), entry["sample_work"], lambda: emitted(compiled_of()),
                                    lambda optimised: store(entry_key, entry, optimised))
     if not entry_key:
         return made(compiled_of(), None)

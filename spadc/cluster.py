@@ -248,7 +248,10 @@ class Ray:
         results = self._run(shares)
         chunks = [chunk for share_chunks, _ in results for chunk in share_chunks]
         known = {node: value for _, nodes in results for node, value in nodes.items()}
-        return (*model._combined(chunks, known, n, out), entry)
+        # A split kernel's sums end with its hoisted values' adjoints, finished here as in one
+        # process (spadrt/split_kernels.py): by the driver's own copy of the kernel.
+        finish = model._finisher(model._variant(estimator.sampling)[0], call["flat"], n) if "hoisted" in entry else None
+        return (*model._combined(chunks, known, n, out, finish), entry)
 
     def _population(self, model, estimator, step: int, call: dict, held):
         key, layout = self._library(model, None, ("particles",))

@@ -123,6 +123,25 @@ def test_a_batch_of_one_chunk_is_the_single_process_gradient_to_the_bit(cluster)
     assert _same(here[1], there[1])
 
 
+def test_a_split_kernels_gradient_and_fit_are_the_single_process_ones_to_the_bit(cluster):
+    """A mixture's kernel computes its per-component matrices once per batch and finishes their
+    adjoints once (spadrt/split_kernels.py): the driver finishes a gradient's sum, each worker its
+    run of a fit's step."""
+    model = spadc.compile_file(example("gmm.spad"))
+    model.init_params(SEED)
+    x = np.random.default_rng(SEED).standard_normal((1000, 2))
+    here = model.grad(inputs={"x": x}, seed=SEED)
+    assert "hoisted" in model.layout["variants"]["exact"]
+    there = model.grad(inputs={"x": x}, seed=SEED, cluster=cluster)
+    assert here[0] == there[0] and _same(here[1], there[1])
+    finals = []
+    for spread in (None, cluster):
+        model.init_params(SEED)
+        model.fit({"x": x}, epochs=1, batch_size=500, optimizer=spadc.Adam(lr=1e-2), seed=SEED, cluster=spread)
+        finals.append(model.flat_params.copy())
+    assert np.array_equal(*finals)
+
+
 def test_an_es_gradient_of_4096_particles_is_the_single_process_one_to_the_bit(cluster, monkeypatch):
     model = spadc.compile_file(example("es_digits.spad"))
     model.init_params(SEED)

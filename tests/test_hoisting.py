@@ -118,10 +118,44 @@ def test_dropout_of_a_param_draws_a_mask_per_sample_as_written():
         assert losses[s] == pytest.approx(reference, rel=RTOL)
 
 
-def test_a_run_time_error_of_the_hoisted_part_is_located():
-    model = spadc.compile_source("param A: f64[2, 2]\ninput b: f64[2]\nloss sum(solve(A * 2.0, b))\n", name="m.spad")
-    with pytest.raises(spadc.SpadcError, match=r"m\.spad:3:10: .*the matrix is singular"):
-        model.grad(params={"A": np.zeros((2, 2))}, b=np.ones((3, 2)))
+@pytest.mark.parametrize("batch", [3, 300], ids=["one call", "several calls"])
+def test_a_run_time_error_of_the_hoisted_part_is_located(batch):
+    model = spadc.compile_source("param A: f64[2, 2]\ninput b: f64[2]\nloss sum(solve(A * 2.0, A[0]) * b)\n",
+                                 name="m.spad")
+    with pytest.raises(spadc.SpadcError, match=r"m\.spad:3:10: .*\(in the part computed once per call\).*singular"):
+        model.grad(params={"A": np.zeros((2, 2))}, b=np.ones((batch, 2)))
+
+
+def test_a_batch_of_several_calls_hoists_once_and_finishes_once_whatever_the_threads(monkeypatch):
+    """spadrt/split_kernels.py: the hoisted values are made once per batch, not once per call, and
+    their adjoints finished once; the gradient is the interpreter's (the split's oracle above), the
+    same bits on one thread or two, and within rounding of the kernel's own calls of one chunk each."""
+    from spadrt import split_kernels
+    model = spadc.compile_file(example("gmm.spad"))
+    model.init_params(seed=SEED)
+    x = np.random.default_rng(SEED).standard_normal((1000, 2))
+    counted = {"parts": 0, "finish_sum": 0}
+    for name in counted:
+        def spy(self, *arguments, _name=name, _original=getattr(split_kernels.SplitKernels, name)):
+            counted[_name] += 1
+            return _original(self, *arguments)
+        monkeypatch.setattr(split_kernels.SplitKernels, name, spy)
+    loss, grads, _ = model.flat_grad(inputs={"x": x}, threads=1)
+    chunk = model.layout["variants"]["exact"]["chunk"]
+    assert -(-len(x) // chunk) > 2 and counted == {"parts": 1, "finish_sum": 1}
+    again = model.flat_grad(inputs={"x": x}, threads=2)
+    assert again[0] == loss and np.array_equal(again[1], grads)
+    calls = [model.flat_grad(inputs={"x": x[k:k + chunk]}, threads=1) for k in range(0, len(x), chunk)]
+    weights = [min(chunk, len(x) - k) / len(x) for k in range(0, len(x), chunk)]
+    assert counted["parts"] == 2  # (the batch again on two threads; a call of one chunk runs the kernel itself)
+    np.testing.assert_allclose(grads, sum(w * g for w, (_, g, _) in zip(weights, calls)), rtol=RTOL, atol=RTOL)
+    expected_loss, expected = _reference(spadc.frontend.lower(spadc.check_text(open(example("gmm.spad")).read(),
+                                                                               "gmm.spad")),
+                                         model.params, {"x": x[:300]}, 300)
+    got_loss, got = model.grad(inputs={"x": x[:300]})[:2]
+    assert got_loss == pytest.approx(expected_loss, rel=RTOL)
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-10, atol=1e-12)
 
 
 def test_spadc_ir_shows_the_hoisted_part():

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import calls, derivatives, products, reduction
+from . import calls, derivatives, products, reduction, split_kernels
 from .arguments import (NO_DATA, NO_DATA_ADDRESS, Options, Prepared, check_seed, float_array, merge_inputs, prepare,
                         with_state)
 from .errors import SpadcError
@@ -40,6 +40,8 @@ _COMMON = [_POINTER, _POINTER, _POINTER, _I64, _I64, _I64, _U64_T, _U64_T]
 FORWARD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER)
 PARTICLES_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER, _I64, _I64, _POINTER)
 GRAD_TYPE = ctypes.CFUNCTYPE(_I64, *_COMMON, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER)
+GRADS_ARGUMENT = len(_COMMON) + 1  # (after the mean loss)
+CHUNK_TYPE = ctypes.CFUNCTYPE(_I64, *GRAD_TYPE._argtypes_, _POINTER, _POINTER)  # a split kernel's `_chunk`
 KERNEL_TYPES = {"forward": FORWARD_TYPE, "particles": PARTICLES_TYPE, "jvp": FORWARD_TYPE, "hvp": GRAD_TYPE, "ggn": GRAD_TYPE,
                 "taps": FORWARD_TYPE}
 _NUMPY = {"i64": np.int64, "bool": np.bool_}
@@ -88,6 +90,7 @@ class Model:
         self._provider = gradient_provider
         self._kernel_provider = kernel_provider
         self._variants: dict[str, tuple] = {}
+        self._splits: dict[int, split_kernels.SplitKernels] = {}  # id(entry) -> a split gradient kernel's parts
         self._float = np.float64 if layout["dtype"] == "f64" else np.float32
         self._flat = np.zeros(layout["param_count"], dtype=self._float)  # never reallocated: views stay valid
         self._flat_address = calls.address(self._flat)
@@ -441,6 +444,8 @@ class Model:
                 self._variants[key] = (entry, optimised, owner)
             function = calls.Promoting(function, owner, kernel_type, promoted)
         self._variants[key] = (entry, function, owner)
+        if entry.get("hoisted") and kernel_type is GRAD_TYPE:
+            self._splits[id(entry)] = split_kernels.SplitKernels(entry, owner, CHUNK_TYPE, self._float)
 
     def _run(self, entry, function, *, prepared, flat, training, seed, step, offset, threads=1, site_data=None,
              scores=None, out=None):
@@ -458,17 +463,40 @@ class Model:
             _, loss, grads, stored, _ = parts[0]
             return loss, grads, stored
         known = {(k, k + 1): part[2] for k, part in enumerate(parts)}
-        loss, grads, stored = self._combined([part[:2] + part[3:4] for part in parts], known, prepared.n, out)
+        loss, grads, stored = self._combined([part[:2] + part[3:4] for part in parts], known, prepared.n, out,
+                                             self._finisher(entry, flat, prepared.n))
         for part in parts:
-            if part[2] is not grads:  # (the sum itself, made in the first chunk's buffer, is the caller's)
+            if part[2] is not grads and part[2] is not grads.base:  # (the sum, in the first chunk's buffer, is the caller's)
                 self._buffers.give(part[2])
         return loss, grads, stored
+
+    def _split(self, entry, total: int) -> split_kernels.SplitKernels | None:
+        """The parts of a split kernel, for a batch of `total` samples that takes several calls."""
+        return self._splits.get(id(entry)) if total > entry.get("chunk", calls.CHUNK) else None
+
+    def _finisher(self, entry, flat, total: int):
+        """How the sum of a batch's chunk buffers becomes its gradient (spadrt/split_kernels.py):
+        a function of (the sum, the run of the gradient it holds), or None where it is the gradient."""
+        split = self._split(entry, total)
+        if split is None:
+            return None
+
+        def run_finish(finish, image, adjoints):
+            scratch = self._scratch.take()
+            try:
+                code = finish(calls.address(flat), scratch.workspace(entry["workspace"]), scratch.status_address,
+                              image, adjoints)
+                self._raise_on_failure(code, True, entry["checks"], scratch.status)
+            finally:
+                self._scratch.give(scratch)
+        return lambda total_sum, run=None: split.finish_sum(run_finish, total_sum, run)
 
     def _chunk_parts(self, entry, function, *, prepared, flat, training, seed, step, offset, threads, site_data,
                      scores, total: int, out=None) -> list[tuple]:
         """(samples, mean loss, gradient, tape bytes, scores) of each chunk of `prepared`, whose first
         sample is sample `offset` of a batch of `total`: when that batch has several chunks, each
-        chunk's gradient is weighted by its share of the batch, in a buffer of the pool."""
+        chunk's gradient is weighted by its share of the batch, in a buffer of the pool (of a split
+        kernel, the gradient then its hoisted values' adjoints: `_finisher` makes the gradient)."""
         data = site_data if site_data is not None else NO_DATA
         size = entry.get("grad_size", self._flat.size)
         per_call = entry.get("chunk", calls.CHUNK)  # (libraries built before `chunk`: CHUNK)
@@ -478,6 +506,24 @@ class Model:
         flat_address = self._flat_address if flat is self._flat else calls.address(flat)
         data_address = NO_DATA_ADDRESS if data is NO_DATA else calls.address(data)
         float_type = self._float
+        split = self._split(entry, total)
+        hoisted = None
+        if split is not None:
+            hoist, chunk_function = split.parts(prepared.n)
+            hoisted = self._buffers.take(split.adjoint_size, float_type)
+            adjoints_at = size * hoisted.itemsize
+            size += split.adjoint_size
+            scratch = self._scratch.take()
+            try:
+                code = hoist(flat_address, scratch.workspace(entry["workspace"]), scratch.status_address,
+                             calls.address(hoisted))
+                self._raise_on_failure(code, prepared.batched, entry["checks"], scratch.status)
+            finally:
+                self._scratch.give(scratch)
+            hoisted_address = calls.address(hoisted)
+
+            def function(*arguments):
+                return chunk_function(*arguments, hoisted_address, arguments[GRADS_ARGUMENT] + adjoints_at)
 
         def chunk(start: int, stop: int):
             grads = (self._buffers.take(size, float_type) if pooled else
@@ -498,18 +544,26 @@ class Model:
             finally:
                 self._scratch.give(scratch)
 
-        return calls.run_chunks(chunk, prepared.n, threads, per_call)
+        try:
+            return calls.run_chunks(chunk, prepared.n, threads, per_call)
+        finally:
+            if hoisted is not None:
+                self._buffers.give(hoisted)
 
-    def _combined(self, chunks: list[tuple[int, float, int]], known: dict, n: int, out=None):
+    def _combined(self, chunks: list[tuple[int, float, int]], known: dict, n: int, out=None, finish=None,
+                  run: slice | None = None):
         """(mean loss, gradient, tape bytes) of a batch of `n` from its chunks' (samples, mean loss,
         tape bytes), in chunk order, and the sums `known` of their weighted gradients (the leaves, or
-        nodes of the tree, spadrt/reduction.py), which are consumed. One chunk's mean loss is the
+        nodes of the tree, spadrt/reduction.py), which are consumed; `finish` (`_finisher`'s) makes
+        the gradient of their sum (with `run`, of that run of it). One chunk's mean loss is the
         batch's as it is (weighting it by n / n could round it). The gradient is `out` when it fits,
         else the tree's sum itself where it is writable (no copy: a copy would hold the gradient
         twice at the peak)."""
         loss = chunks[0][1] if len(chunks) == 1 else sum(part_loss * count for count, part_loss, _ in chunks) / n
         stored = sum(part[2] for part in chunks)
         root = reduction.tree_sum(0, len(chunks), known)
+        if finish is not None:
+            root = finish(root, run)
         if out is not None and out.size == root.size and out.dtype == self._float:
             np.copyto(out, root)
             return loss, out, stored

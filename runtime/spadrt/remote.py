@@ -229,13 +229,21 @@ class _Training:
     def step(self, mine: tuple, mesh, total: int, lr: float) -> tuple[float, float]:
         """The step of a batch of `total` samples, this worker's chunks of it `mine`
         (`_chunk_nodes`): (mean loss, tape bytes per sample)."""
-        def for_run(k: int) -> tuple:  # (this worker's chunks, its sums cut to worker k's run)
-            return mine[0], {node: value[slice(*self.runs[k])] for node, value in mine[1].items()}
+        entry, _ = self.model._variant(getattr(self.estimator, "sampling", None))
+        finish = self.model._finisher(entry, self.flat, total)
+        size = self.flat.size
+
+        def for_run(k: int) -> tuple:
+            """(this worker's chunks, its sums cut to worker k's run; of a split kernel, with the
+            hoisted values' adjoints after it, which every worker finishes: spadrt/split_kernels.py)"""
+            run = slice(*self.runs[k])
+            return mine[0], {node: value[run] if finish is None else np.concatenate((value[run], value[size:]))
+                             for node, value in mine[1].items()}
         received = mesh.exchange({k: for_run(k) for k in mesh.peers})
         parts = [received[k] if k != mesh.rank else for_run(k) for k in range(mesh.workers)]
         chunks = [chunk for share_chunks, _ in parts for chunk in share_chunks]
         known = {node: value for _, part_nodes in parts for node, value in part_nodes.items()}
-        loss, gradient, stored = self.model._combined(chunks, known, total, self.gradient)
+        loss, gradient, stored = self.model._combined(chunks, known, total, self.gradient, finish, self.run)
         if not math.isfinite(loss):
             self.stopped = True  # (every worker has the same loss: none steps)
         else:

@@ -156,6 +156,9 @@ class Compiled:
         self.engine, self._context, self._context_pointer = engine, context, context._ptr
         self.addresses, self.object_code = addresses, object_code
 
+    def address(self, function: str) -> int:
+        return self.addresses[function]
+
     def __del__(self):
         engine, self.engine = self.engine, None
         if engine is not None:

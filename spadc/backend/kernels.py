@@ -259,17 +259,17 @@ def forward_kernel(module, program: Program, layout: dict, outputs: dict, dtype:
     args, function = _signature(module, symbol, float_type_, tail)
     workspace = plan_.size
     if split is not None:
-        prologue, prologue_size, finish = hoisting_.prologue(module, symbol, split, float_type_, float_bytes, checks,
-                                                             _param_offsets(layout), max_memory)
+        prologue, prologue_size = hoisting_.prologue(module, symbol, split, float_type_, float_bytes, checks,
+                                                     _param_offsets(layout), max_memory)
         hoisted = hoisting_.lay_out(split, plan_.size, float_bytes, prologue_size, 0, with_adjoints=False)
-        finish(hoisted.values)
         workspace = hoisted.workspace
     e = FunctionEmitter(function, float_type_, plan_, args["workspace"], args["status"], checks)
     e.options = {"training": args["training"], "seed": args["seed"], "step": args["step"]}
     b = e.b
     if split is not None:
-        hoisting_.call(e, prologue, args)
-        hoisting_.bind_values(e, hoisted, args["workspace"])
+        block = hoisting_.block_pointer(e, args["workspace"], hoisted.values_at)
+        hoisting_.call(e, prologue, args, block)
+        hoisting_.bind_values(e, split, float_bytes, block)
     if plan_.lockstep:
         _forward_lanes(e, program, args, layout, outputs, float_bytes)
         return {"symbol": symbol, "workspace": workspace, "lanes": plan_.lanes, "checks": _checks(checks),
@@ -323,9 +323,15 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
     With lanes, every running sum must be updated in place (else the lanes would each keep one):
     a program where one is not runs one lane.
 
-    With `split`, `gradient` is the gradient of `split.per_sample`: the hoisted values are computed
-    once before the samples, their adjoints summed over them, and the prologue's adjoint applied
-    once after them (spadc/backend/hoisting.py)."""
+    With `split`, `gradient` is the gradient of `split.per_sample`, and the kernel is three calls:
+    `<symbol>_hoist` computes the hoisted values into the workspace; `<symbol>_chunk` runs the
+    samples, reading them and summing their adjoints (as `symbol` sums the gradient, mean
+    included); `<symbol>_finish` adds the prologue's adjoint of those means to the gradient. The
+    entry's `hoisted` names the three, which the runtime calls itself to hoist once per batch of
+    several calls (spadc/backend/hoisting.py has their signatures):
+
+        int64_t <symbol>_chunk(<symbol>'s arguments, const T *hoisted, T *adjoints);
+    """
     float_type_ = float_type(dtype)
     float_bytes = 8 if dtype == "f64" else 4
     checks: list[Check] = []
@@ -337,36 +343,59 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
                          for name, value in gradient.gradients.items()):
         plan_ = plan(program, float_bytes, writable)
     check_limit(program, plan_, max_memory, "gradient kernel", float_bytes)
-    tail = [("loss_mean", float_type_.as_pointer()), ("grads", float_type_.as_pointer()), ("site_data", DOUBLE_P),
-            ("scores", DOUBLE_P), ("stored", I64.as_pointer()), ("workspace", I8P), ("status", I64.as_pointer())]
-    args, function = _signature(module, symbol, float_type_, tail)
     if offsets is None:
         offsets = _param_offsets(layout)
-    workspace = plan_.size
-    if split is not None:
-        prologue, prologue_size, finish_prologue = hoisting_.prologue(module, symbol, split, float_type_, float_bytes,
-                                                                      checks, offsets, max_memory)
-        epilogue, epilogue_size, finish_epilogue = hoisting_.epilogue(module, symbol, split, float_type_, float_bytes,
-                                                                      checks, offsets, max_memory)
-        hoisted = hoisting_.lay_out(split, plan_.size, float_bytes, prologue_size, epilogue_size, with_adjoints=True)
-        finish_prologue(hoisted.values)
-        finish_epilogue(hoisted.adjoints)
-        workspace = hoisted.workspace
+    sums = {name: v for name, v in gradient.accumulators.items() if not name.startswith(HOISTED_PREFIX)}
+    total = max((offsets[name] + v.type.size for name, v in sums.items()), default=0)
+    work = sample_work(program.body)
+    entry = {"symbol": symbol, "workspace": plan_.size, "lanes": plan_.lanes, "tape_bytes": tape.static_bytes,
+             "grad_size": total, "chunk": samples_per_call(work, total), "sample_work": work,
+             "sites": [_site_entry(site, float_bytes) for site in gradient.sites],
+             "site_data_size": sum(site.data_size for site in gradient.sites),
+             "score_size": sum(site.site.size for site in gradient.sites) * score_width(gradient.score)}
+    tail = [("loss_mean", float_type_.as_pointer()), ("grads", float_type_.as_pointer()), ("site_data", DOUBLE_P),
+            ("scores", DOUBLE_P), ("stored", I64.as_pointer()), ("workspace", I8P), ("status", I64.as_pointer())]
+    if split is None:
+        args, function = _signature(module, symbol, float_type_, tail)
+        _gradient_samples(FunctionEmitter(function, float_type_, plan_, args["workspace"], args["status"], checks),
+                          args, gradient, layout, offsets, sums, total, tape, float_bytes)
+        entry["checks"] = _checks(checks)
+        return entry
+    prologue, prologue_size = hoisting_.prologue(module, symbol, split, float_type_, float_bytes, checks, offsets,
+                                                 max_memory)
+    epilogue, epilogue_size = hoisting_.epilogue(module, symbol, split, float_type_, float_bytes, checks, offsets,
+                                                 max_memory)
+    hoisted = hoisting_.lay_out(split, plan_.size, float_bytes, prologue_size, epilogue_size, with_adjoints=True)
+    args, chunk = _signature(module, f"{symbol}_chunk", float_type_, tail + [("hoisted", I8P), ("adjoints", I8P)])
+    chunk.attributes.add("noinline")  # called by `symbol` too: one copy of the samples' code
+    e = FunctionEmitter(chunk, float_type_, plan_, args["workspace"], args["status"], checks)
+    hoisting_.bind_values(e, split, float_bytes, args["hoisted"], args["adjoints"], gradient.accumulators)
+    _gradient_samples(e, args, gradient, layout, offsets, sums, total, tape, float_bytes,
+                      adjoints=(args["adjoints"], hoisted.block))
+    _whole_kernel(module, symbol, float_type_, tail, prologue, chunk, epilogue, hoisted)
+    entry.update(workspace=hoisted.workspace, checks=_checks(checks),
+                 hoisted={"bytes": hoisted.block, "hoist": prologue.name, "chunk": chunk.name, "finish": epilogue.name})
+    return entry
+
+
+def _gradient_samples(e, args, gradient: GradientProgram, layout, offsets, sums, total: int, tape, float_bytes: int,
+                      adjoints=None):
+    """The body of a gradient kernel over its samples; `adjoints`: (the hoisted values' adjoints'
+    block, its bytes), zeroed first and scaled with the gradient (its padding too: the runtime
+    adds whole blocks)."""
+    program = gradient.program
+    float_type_ = e.float
     user_inputs = [d for d in program.inputs if d.value not in gradient.accumulators.values()]
-    e = FunctionEmitter(function, float_type_, plan_, args["workspace"], args["status"], checks)
     e.options = {name: args[name] for name in ("training", "seed", "step", "site_data", "scores", "stored")}
     e.tape_bytes = tape.loop_bytes
     b = e.b
-    sums = {name: v for name, v in gradient.accumulators.items() if not name.startswith(HOISTED_PREFIX)}
-    total = max((offsets[name] + v.type.size for name, v in sums.items()), default=0)
     zero = ir.Constant(float_type_, 0.0)
-    with e.loop(total, "g") as j:
-        b.store(zero, b.gep(args["grads"], [j]))
-    if split is not None:
-        hoisting_.call(e, prologue, args)
-        hoisting_.bind_values(e, hoisted, args["workspace"], gradient.accumulators)
-        for decl in split.hoisted:  # the hoisted values' adjoints start from 0 too
-            e.zero(gradient.accumulators[decl.name])
+    running = [(args["grads"], total)]
+    if adjoints is not None:
+        running.append((b.bitcast(adjoints[0], float_type_.as_pointer()), adjoints[1] // float_bytes))
+    for at, count in running:
+        with e.loop(count, "g") as j:
+            b.store(zero, b.gep(at, [j]))
     loss_sum = e.alloca(float_type_, "loss.sum")
     b.store(zero, loss_sum)
     top_bytes = sum(value_bytes(v, float_bytes) for v in tape.top)
@@ -382,7 +411,7 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
         if top_bytes:
             b.store(b.add(b.load(args["stored"]), I64(top_bytes)), args["stored"])
 
-    if plan_.lockstep:
+    if e.plan.lockstep:
         inputs = _bind_lanes(e, program, user_inputs, args, layout)
         bind_sums()
         with _lane_blocks(e, args, inputs):
@@ -395,8 +424,6 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
             bind_sums()
             e.block(program.body)
             add_sample()
-    if split is not None:
-        hoisting_.call(e, epilogue, args, (args["grads"],))
     count = b.sitofp(args["n"], float_type_)
     b.store(b.fdiv(b.load(loss_sum), count), args["loss_mean"])
     n = args["n"]
@@ -405,21 +432,33 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
         with exact_scaling:  # x / 2^k == x * 2^-k, bit for bit, and a multiply is 8 times cheaper here
             with b.if_then(b.icmp_signed("!=", n, I64(1))):  # x / 1 == x: skip the pass for one sample
                 inverse = b.fdiv(ir.Constant(float_type_, 1.0), count)
-                with e.loop(total, "g") as j:
-                    at = b.gep(args["grads"], [j])
-                    b.store(b.fmul(b.load(at), inverse), at)
+                for start, size in running:
+                    with e.loop(size, "g") as j:
+                        at = b.gep(start, [j])
+                        b.store(b.fmul(b.load(at), inverse), at)
         with otherwise:
-            with e.loop(total, "g") as j:
-                at = b.gep(args["grads"], [j])
-                b.store(b.fdiv(b.load(at), count), at)
+            for start, size in running:
+                with e.loop(size, "g") as j:
+                    at = b.gep(start, [j])
+                    b.store(b.fdiv(b.load(at), count), at)
     b.ret(I64(0))
     e.finish_entry()
-    work = sample_work(program.body)
-    return {"symbol": symbol, "workspace": workspace, "lanes": plan_.lanes, "tape_bytes": tape.static_bytes,
-            "checks": _checks(checks), "grad_size": total, "chunk": samples_per_call(work, total), "sample_work": work,
-            "sites": [_site_entry(entry, float_bytes) for entry in gradient.sites],
-            "site_data_size": sum(entry.data_size for entry in gradient.sites),
-            "score_size": sum(entry.site.size for entry in gradient.sites) * score_width(gradient.score)}
+
+
+def _whole_kernel(module, symbol: str, float_type_, tail, prologue, chunk, epilogue, hoisted):
+    """`symbol` of a split gradient kernel: `_hoist`, `_chunk` and `_finish` on its own workspace."""
+    args, function = _signature(module, symbol, float_type_, tail)
+    b = ir.IRBuilder(function.append_basic_block("entry"))
+    values = b.gep(args["workspace"], [I64(hoisted.values_at)], inbounds=True, name="hoisted")
+    adjoints = b.gep(args["workspace"], [I64(hoisted.adjoints_at)], inbounds=True, name="adjoints")
+    calls = [(prologue, [args["params"], args["workspace"], args["status"], values]),
+             (chunk, [*function.args, values, adjoints]),
+             (epilogue, [args["params"], args["workspace"], args["status"], args["grads"], adjoints])]
+    for callee, arguments in calls:
+        failed = b.call(callee, arguments)
+        with b.if_then(b.icmp_signed("!=", failed, I64(0)), likely=False):
+            b.ret(failed)
+    b.ret(I64(0))
 
 
 MAX_CHUNK = 64 * CHUNK  # samples per gradient kernel call at the most (CHUNK: the least)

@@ -47,27 +47,30 @@ def policy() -> str:
     return chosen
 
 
-def compile_kernel(llvm_ir: str, function: str, sample_work: int, on_optimised=None):
-    """Machine code of one kernel under the policy: a `jit.Compiled` (optimised, or quick under
-    `quick`), or a `Tiered` owner of its quick code, which tells `on_optimised(compiled)` of the
-    optimised code when it makes it (the disk cache keeps it)."""
+def compile_kernel(llvm_ir: str, functions: tuple[str, ...], sample_work: int, on_optimised=None):
+    """Machine code of one kernel (`functions`: its own, then any the runtime calls besides:
+    spadrt.split_kernels) under the policy: a `jit.Compiled` (optimised, or quick under `quick`),
+    or a `Tiered` owner of its quick code, which tells `on_optimised(compiled)` of the optimised
+    code when it makes it (the disk cache keeps it)."""
     chosen = policy()
     if chosen == "optimised":
-        return jit.compile_ir(llvm_ir, (function,))
-    quick = jit.compile_ir(llvm_ir, (function,), jit.QUICK)
+        return jit.compile_ir(llvm_ir, functions)
+    quick = jit.compile_ir(llvm_ir, functions, jit.QUICK)
     if chosen == "quick":
         return quick
-    return Tiered(quick, function, sample_work, lambda: llvm_ir, on_optimised)
+    return Tiered(quick, functions, sample_work, lambda: llvm_ir, on_optimised)
 
 
 class Tiered:
     """The quick machine code of one kernel, and how to make its optimised code. The runtime calls
     `ran(samples)` before each call of the quick code (spadrt/calls.py `Promoting`): it returns the
-    optimised function's address once that code exists, else None."""
+    optimised function's address once that code exists, else None. `address(name)`: the newest
+    code of any of the kernel's functions."""
 
-    def __init__(self, quick: jit.Compiled, function: str, sample_work: int, emit: Callable[[], str],
+    def __init__(self, quick: jit.Compiled, functions: tuple[str, ...], sample_work: int, emit: Callable[[], str],
                  on_optimised: Callable[[jit.Compiled], None] | None = None):
-        self.quick, self.function, self.optimised = quick, function, None
+        self.quick, self.functions, self.optimised = quick, functions, None
+        self.function = functions[0]
         self.addresses, self.object_code = quick.addresses, quick.object_code
         self.sample_work = max(int(sample_work), 1)
         self.budget = WORK_PER_OBJECT_BYTE * max(len(quick.object_code), 1)
@@ -83,10 +86,13 @@ class Tiered:
             return None  # (not yet; or another thread is compiling it: run the quick code meanwhile)
         try:
             if self.optimised is None:
-                optimised = jit.compile_ir(self._emit(), (self.function,))
+                optimised = jit.compile_ir(self._emit(), self.functions)
                 if self._on_optimised is not None:
                     self._on_optimised(optimised)
                 self.optimised, self._emit = optimised, None
             return self.optimised.addresses[self.function]
         finally:
             self._lock.release()
+
+    def address(self, function: str) -> int:
+        return (self.optimised or self.quick).addresses[function]
