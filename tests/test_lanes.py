@@ -53,6 +53,11 @@ WIDE = ("input x: f64[131]\ninput label: i64\nparam A: f64[130, 131] ~ normal(0,
 # over 1,700 columns (141 panels and one moved back), its sum in blocks of 100 columns by 2 rows.
 NARROW = ("input x: f64[1700]\ninput label: i64\nparam C: f64[10, 1700] ~ normal(0, 0.03)\n"
           "param v: f64[1700] ~ normal(0, 1)\nloss cross_entropy(C @ tanh(x * v), label)")
+# Scalars made and read within one run (registers of its function: outline.registers), one read
+# after it, a cond's scalar result, and the loss (read by the kernel after the body)
+SCALARS = ("input x: f64[4]\nparam W: f64[6, 4] ~ normal(0, 0.5)\nlet h = W @ x\nlet s = sum(h)\n"
+           "let t = s * s + 1.0\nlet u = if t > 2.0 then log(t) else t - 1.0\nlet g = W @ (x * u)\n"
+           "loss u * s + sum(g * h) / t")
 PROGRAMS = {
     # a cond per sample inside a loop that runs in lockstep; views of an input row; a comprehension
     "cond_in_loop": ("input seq: f64[6, 4]\nparam w: f64[4, 4] ~ normal(0, 0.5)\nparam u: f64[4] ~ normal(0, 1)\n"
@@ -69,6 +74,7 @@ PROGRAMS = {
     "narrow": NARROW,
     # rows that end in part of a vector (gemm.ragged_panels): 10 columns are a vector and a half
     # vector, 13 three vectors of halving widths, 37 a full panel and the rest
+    "scalars": SCALARS,
     "ragged": ("input x: f64[13]\ninput label: i64\nparam W1: f64[37, 13] ~ glorot()\n"
                "param W2: f64[10, 37] ~ glorot()\nparam W3: f64[7, 10] ~ glorot()\n"
                "loss cross_entropy(W3 @ tanh(W2 @ tanh(W1 @ x)), label)"),
@@ -85,6 +91,7 @@ PROGRAM_INPUTS = {
     "wide": {"x": RNG.standard_normal((BATCH, 131)), "label": RNG.integers(0, 130, BATCH)},
     "narrow": {"x": RNG.standard_normal((BATCH, 1700)), "label": RNG.integers(0, 10, BATCH)},
     "ragged": {"x": RNG.standard_normal((BATCH, 13)), "label": RNG.integers(0, 7, BATCH)},
+    "scalars": {"x": RNG.standard_normal((BATCH, 4))},
 }
 
 
@@ -125,7 +132,7 @@ def test_examples_with_lanes(name):
     _check(models, None, BATCHES[name])  # (one lane against the interpreter: test_compiled.py)
 
 
-QUICK_PROGRAMS = ("cond_in_loop", "lookup", "stacked", "wide", "narrow", "ragged")  # ("deep": the examples)
+QUICK_PROGRAMS = ("cond_in_loop", "lookup", "stacked", "wide", "narrow", "ragged", "scalars")  # ("deep": the examples)
 
 
 @pytest.mark.parametrize("name", quick(sorted(PROGRAMS), QUICK_PROGRAMS))
@@ -185,6 +192,22 @@ def test_lanes_keep_no_stack_array_that_grows_with_them():
     arrays = [int(m.group(2)) * _SCALAR_BYTES[m.group(1)] for m in re.finditer(r"= alloca (\w+), i64 (\d+)", emitted)]
     arrays += [int(m.group(1)) * _SCALAR_BYTES[m.group(2)] for m in re.finditer(r"= alloca \[(\d+) x (\w+)\]", emitted)]
     assert max(arrays, default=0) <= STACK_ARRAY_LIMIT
+
+
+def test_a_runs_scalars_that_nothing_reads_after_it_are_registers():
+    """outline.registers: SCALARS' forward runs, the first between its products, the second after:
+    the scalars each makes and reads alone are its registers (s * s, t > 2.0; u * s, the sum, the
+    quotient); s, t and u, which the second product or run reads, the vector x * u, and the loss,
+    which the kernel reads after the body, are not."""
+    from spadc.backend import memory, outline
+    program = frontend.lower(check_text(SCALARS, "scalars.spad"))
+    plan = memory.plan(program, 8, lanes=LANES)
+    shared = lambda value: plan.storage_of(value.id) in memory.lane_common(program, frozenset())  # noqa: E731
+    kept = [[(op.kind, plan.owner(op.results[0]) in outline.registers(plan, run, program.body))
+             for op in run if op.kind != "const"] for run in memory.lane_runs(program.body, shared)]
+    assert kept == [[("reduce_sum", False), ("mul", True), ("add", False), ("gt", True), ("cond", False),
+                     ("mul", False)],
+                    [("mul", True), ("mul", False), ("reduce_sum", True), ("div", True), ("add", False)]]
 
 
 def test_layers_of_one_shape_share_their_code():

@@ -191,6 +191,7 @@ class FunctionEmitter:
         self.first = None  # the key (index in the whole batch) of the block's first sample
         self.lane_inputs: dict[int, tuple] = {}  # input id -> (the block's first sample's bytes, bytes per sample)
         self.shared_runs: dict[str, ir.Function] = {}  # a run's function by its text (spadc/backend/outline.py)
+        self.registers: frozenset[int] = frozenset()  # lane scalars' storages kept in registers (outline.registers)
         # Scalars known at compile time, by value id: read as LLVM constants rather than from their
         # slots (which still hold them), so that LLVM folds them: `x ^ 2` becomes one multiply
         # instead of a call of libm's pow, and its adjoint's `x ^ (2 - 1)` plain `x`.
@@ -236,6 +237,10 @@ class FunctionEmitter:
     def lane_pointer(self, value: Value, local):
         """The storage of `value` for lane `local` (ignored for a value every lane shares)."""
         vid = self.plan.owner(value)
+        if vid in self.registers:  # (a stack slot of its own, which LLVM makes a register)
+            if vid not in self._pointers:
+                self._pointers[vid] = self.alloca(self.storage_type(value.type.dtype), llvm_name(value.hint))
+            return self._pointers[vid]
         if vid in self.lane_inputs or vid in self.plan.batched:
             # Computed once per basic block: straight-line code reads a value's lane element by
             # element, and every read would otherwise repeat the multiply and the offset. Valid
@@ -438,7 +443,7 @@ class FunctionEmitter:
         for op in block.ops:
             if id(op) in runs:
                 from . import outline  # (it builds on this module)
-                if not outline.emit_run(self, runs[id(op)]):
+                if not outline.emit_run(self, runs[id(op)], block):
                     with self.samples():
                         self._run(runs[id(op)])
             elif op.kind in ("loop", "tabulate"):

@@ -79,10 +79,13 @@ class MemoryPlan:
     sums: frozenset[int] = frozenset()  # ids of the running sums in the caller's buffers (`writable`)
     scratch: dict[int, int] = field(default_factory=dict)  # id(op) -> offset of what a lane op needs while it runs
     sizes: dict[int, int] = field(default_factory=dict)  # value id (as in offsets) or id(op) (as in scratch) -> bytes
+    read_after: frozenset[int] = frozenset()  # ids of the values the kernel reads after the body (loss, outputs)
 
     def owner(self, value: Value) -> int:
         """The value whose storage `value` is (views excepted: they have their own pointer)."""
-        vid = value.id
+        return self.owner_of(value.id)
+
+    def owner_of(self, vid: int) -> int:
         while vid in self.shared:
             vid = self.shared[vid]
         return vid
@@ -115,7 +118,8 @@ def plan(program: Program, float_bytes: int = 8, writable: frozenset[int] = froz
     read_after = [program.loss, *program.outputs.values(), *(program.classifier or ())]
     body = Block(program.body.params, program.body.ops, read_after)
     schedule = _Schedule(body)
-    result = MemoryPlan(lanes=lanes, lockstep=lockstep, sums=frozenset(writable))
+    result = MemoryPlan(lanes=lanes, lockstep=lockstep, sums=frozenset(writable),
+                        read_after=frozenset(v.id for v in read_after))
     external = {v.id for v in program.body.params}
     storage = _Storage(schedule, float_bytes)
     lane_values = _lane_values(body) if lockstep else {}

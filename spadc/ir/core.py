@@ -188,5 +188,17 @@ def walk_ops(block: Block):
             yield from walk_ops(region)
 
 
+def reads(op: Op) -> set[int]:
+    """The values `op` reads from outside itself (its operands, and what its regions capture)."""
+    read = {a.id for a in op.args}
+    for region in op.regions:
+        inside = {p.id for p in region.params}
+        for inner in region.ops:
+            read |= reads(inner) - inside
+            inside |= {r.id for r in inner.results}
+        read |= {y.id for y in region.yields} - inside
+    return read
+
+
 def count_ops(block: Block) -> int:
     return sum(1 for _ in walk_ops(block))

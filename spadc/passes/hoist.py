@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..ir import primitives
-from ..ir.core import REGION_OPS, Block, InitSpec, InputDecl, Op, ParamDecl, Program, Value, walk_ops
+from ..ir.core import REGION_OPS, Block, InitSpec, InputDecl, Op, ParamDecl, Program, Value, reads, walk_ops
 
 HOIST_BYTES = 1 << 20  # the most that the hoisted values may take (as f64)
 HOISTED_PREFIX = "^"  # the names of hoisted values as params: never a user's name
@@ -54,18 +54,6 @@ def _pure(op: Op) -> bool:
     return primitives.PRIMITIVES[op.kind].family not in ("random", "effect")
 
 
-def _reads(op: Op) -> set[int]:
-    """The values `op` reads from outside itself (its operands, and what its regions capture)."""
-    read = {a.id for a in op.args}
-    for region in op.regions:
-        inside = {p.id for p in region.params}
-        for inner in region.ops:
-            read |= _reads(inner) - inside
-            inside |= {r.id for r in inner.results}
-        read |= {y.id for y in region.yields} - inside
-    return read
-
-
 def _recomputed(op: Op, wanted: set[int]) -> bool:
     """Ops the samples compute again rather than read from the prologue: views and immediates
     (copying them would cost what it saves), and ops of which the samples want an integer or a bool
@@ -76,7 +64,7 @@ def _recomputed(op: Op, wanted: set[int]) -> bool:
 def _uses(ops: list[Op], yields: list[Value]) -> set[int]:
     used = {v.id for v in yields}
     for op in ops:
-        used |= _reads(op)
+        used |= reads(op)
     return used
 
 
@@ -86,7 +74,7 @@ class _Cut:
     def __init__(self, ops: list[Op], available: set[int]):
         self.hoisted, self.kept = [], []
         for op in ops:
-            if _pure(op) and _reads(op) <= available:
+            if _pure(op) and reads(op) <= available:
                 self.hoisted.append(op)
                 available.update(r.id for r in op.results)
             else:
@@ -100,7 +88,7 @@ class _Cut:
                 continue
             if _recomputed(op, wanted):
                 recomputed.append(op)
-                wanted |= _reads(op)  # with what its regions capture: a loop body's hoisted operands
+                wanted |= reads(op)  # with what its regions capture: a loop body's hoisted operands
             else:
                 crossing.extend(r for r in op.results if r.id in wanted)
         recomputed.reverse()
@@ -132,7 +120,7 @@ def _needed(ops: list[Op], value: Value) -> list[Op]:
     for op in reversed(ops):
         if any(r.id in wanted for r in op.results):
             needed.append(op)
-            wanted |= _reads(op)
+            wanted |= reads(op)
     return needed[::-1]
 
 
