@@ -322,7 +322,8 @@ def _kernel_code(entry_key: str | None, function: str, compiled_of, made, emitte
         entry, quick = hit[0], jit.load_object(hit[1], split_kernels.functions(hit[0], function))
         if policy == "quick":
             return entry, quick
-        return entry, tiers.Tiered(quick, split_kernels.functions(entry, function), entry["sample_work"], lambda: emitted(compiled_of()),
+        return entry, tiers.Tiered(quick, split_kernels.functions(entry, function), entry["sample_work"],
+                                   lambda: emitted(compiled_of()),
                                    lambda optimised: store(entry_key, entry, optimised))
     if not entry_key:
         return made(compiled_of(), None)

@@ -466,7 +466,8 @@ class Model:
         loss, grads, stored = self._combined([part[:2] + part[3:4] for part in parts], known, prepared.n, out,
                                              self._finisher(entry, flat, prepared.n))
         for part in parts:
-            if part[2] is not grads and part[2] is not grads.base:  # (the sum, in the first chunk's buffer, is the caller's)
+            # (the sum, made in the first chunk's buffer, is the caller's; of a split kernel, a view of it)
+            if part[2] is not grads and part[2] is not grads.base:
                 self._buffers.give(part[2])
         return loss, grads, stored
 
