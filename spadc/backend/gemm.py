@@ -6,18 +6,19 @@ the matrix of their x's, `g @ W` likewise, and a weight gradient's running sum `
 x)` as acc += G^T X over the lanes: each matrix entry is read once per block instead of once per
 sample, and the loops are register tiles of explicit vectors (V entries of 32 bytes: 4 doubles
 or 8 floats; 64 bytes for `x @ W` and the sums where the target has AVX-512, measured faster).
-Over lanes, products of large matrices (PACK_MIN_ENTRIES) first copy what the tiles would read at
-a stride into scratch the memory planner gives them (`pack_bytes`): panels of W, the lanes'
-operands side by side.
+Over lanes, products of large matrices (PACK_MIN_ENTRIES), and W @ x of short rows (SHORT_ROWS),
+first copy what the tiles would read at a stride into scratch the memory planner gives them
+(`pack_bytes`): panels of W, the lanes' operands side by side.
 
 Invariants:
 - Each entry is computed in one fixed order whatever the tile it falls in, so a sample's results
   do not depend on its lane, on how many lanes ran beside it, or on the kernel's lane count: the
   one-sample products (spadc/backend/routines.py: `matvec`, `vecmat`, `outer_sum`, one lane) are the same code.
-  - `W @ x` where W has fewer than PACK_MIN_ENTRIES entries, a dot product `W[i] . x`: V
-    partial sums (one vector) over the first K - K % V terms, added pairwise, then the last K % V
-    terms in order; the order depends on W's shape alone, so it is the same at every lane count;
-  - larger `W @ x`, `x @ W` and the outer products' running sum: each entry summed in order (of
+  - `W @ x` where W has fewer than PACK_MIN_ENTRIES entries and rows of SHORT_ROWS or more, a dot
+    product `W[i] . x`: V partial sums (one vector) over the first K - K % V terms, added
+    pairwise, then the last K % V terms in order; the order depends on W's shape alone, so it is
+    the same at every lane count;
+  - other `W @ x`, `x @ W` and the outer products' running sum: each entry summed in order (of
     k; of the samples).
   Every term is one fused multiply-add (`llvm.fma`) when the target has FMA (`has_fma`), else a
   multiply and an add: never left to the optimiser, which fuses a vectorised term and not the
@@ -66,12 +67,19 @@ NARROW_TILES = Tiles(dot_rows=4, dot_lanes=2, panel_lanes=4, panel_vectors=3, su
 # call's copy of W costs more than it saves: a recurrent 64 x 64 step over 16 lanes took 5%
 # longer packed, and W @ x 16% (with its order of sums below).
 PACK_MIN_ENTRIES = 128 * 128
+# Rows shorter than this are not summed as dot products: a dot of W's row and x ends in a sum across
+# a vector, which for a row of 10 cost more than its terms; W @ x then sums each entry in order of
+# k as large matrices do, over lanes from a copy of W transposed (the Gaussian mixture of
+# bench/gmm.py, 10 x 10 factors: its gradient 4-5% faster on one core of the Zen 4; the LSTM's,
+# whose input weights have rows of 8, within 2%).
+SHORT_ROWS = 16
 
 
 def pack_bytes(product: str, dims: tuple, lanes: int, float_bytes: int) -> int:
     """Scratch bytes a lane product (routines.PRODUCTS) of shape `dims` over `lanes` lanes packs
     its operands into: 0 where it reads them in place."""
-    if lanes < 2 or dims[0] * dims[1] < PACK_MIN_ENTRIES:
+    small = dims[0] * dims[1] < PACK_MIN_ENTRIES and not (product == "matvec" and dims[1] < SHORT_ROWS)
+    if lanes < 2 or small:
         return 0
     if product in ("matvec", "vecmat"):  # one panel of W's rows (transposed) or columns, all k
         return dims[1 if product == "matvec" else 0] * tiles().panel_vectors * _vector_bytes(wide=True)
@@ -293,8 +301,8 @@ def dot_tile(e, rows, columns, k_dim: int) -> dict:
 
 def matvec_over(e, W, x, y, m: int, k_dim: int, count, at, scratch=None):
     """y(s) = W @ x(s) for s in 0..count (W: m x k_dim): dot products (`_dots_over`) if W has
-    fewer than PACK_MIN_ENTRIES entries, else `_ordered_matvec_over`."""
-    if m * k_dim < PACK_MIN_ENTRIES:
+    fewer than PACK_MIN_ENTRIES entries and rows of at least SHORT_ROWS, else `_ordered_matvec_over`."""
+    if m * k_dim < PACK_MIN_ENTRIES and k_dim >= SHORT_ROWS:
         _dots_over(e, W, x, y, m, k_dim, count, at)
     else:
         _ordered_matvec_over(e, W, x, y, m, k_dim, count, at, scratch)
