@@ -23,6 +23,8 @@ run-time check that failed, with status = [check, offending value, sample].
 Invariants:
 - `grad_*` writes the mean loss and the mean gradient over the n samples; `forward` one loss each.
 - Samples are keyed by `sample_offset + s`, so a batch split across calls gives the same draws.
+- A gradient kernel whose entry has `hoisted` is its three parts called in turn, which the
+  runtime may call itself (`grad_kernel`); its results are theirs.
 - A kernel with `lanes` > 1 (its entry says how many) runs the samples in blocks of that many,
   side by side (spadc/backend/codegen.py, `lane_block`); its workspace holds every lane's values.
   A sample's forward values are the same bits as with one lane; a running sum adds the block's
@@ -324,7 +326,7 @@ def grad_kernel(module, gradient: GradientProgram, layout: dict, dtype: str, sym
     a program where one is not runs one lane.
 
     With `split`, `gradient` is the gradient of `split.per_sample`, and the kernel is three calls:
-    `<symbol>_hoist` computes the hoisted values into the workspace; `<symbol>_chunk` runs the
+    `<symbol>_hoist` computes the hoisted values into a block; `<symbol>_chunk` runs the
     samples, reading them and summing their adjoints (as `symbol` sums the gradient, mean
     included); `<symbol>_finish` adds the prologue's adjoint of those means to the gradient. The
     entry's `hoisted` names the three, which the runtime calls itself to hoist once per batch of
