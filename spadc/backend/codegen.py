@@ -438,12 +438,13 @@ class FunctionEmitter:
     def lane_block(self, block: Block):
         """Run `block` over the block's lanes (see the module's docstring): each of its runs
         (spadc/backend/memory.py, `lane_runs`) in one loop over the lanes, sample by sample."""
+        from . import outline  # (it builds on this module)
         runs = {id(run[0]): run for run in lane_runs(block, self.shared)}
         in_run = {id(op) for run in runs.values() for op in run}
+        readers = outline.block_readers(block) if runs else None
         for op in block.ops:
             if id(op) in runs:
-                from . import outline  # (it builds on this module)
-                if not outline.emit_run(self, runs[id(op)], block):
+                if not outline.emit_run(self, runs[id(op)], block, readers):
                     with self.samples():
                         self._run(runs[id(op)])
             elif op.kind in ("loop", "tabulate"):

@@ -104,17 +104,16 @@ def sharing_bytes(plan, storages, run) -> set[int]:
     return {owner for owner, hit in zip(owners, overlap[:len(owners)].any(axis=1)) if hit}
 
 
-def registers(plan, run, block) -> frozenset[int]:
+def registers(plan, run, block, readers: dict[int, set[int]] | None = None) -> frozenset[int]:
     """The storages of scalars one lane's pass over `run` (of lane block `block`) makes and reads,
     that nothing reads after it: each lane's copy is a register of the run's function (its slot in
     the workspace would be stored to and never read). A storage qualifies when every value it holds
     is a scalar result of one of the run's ops, read neither by the block's other ops, nor as a
-    yield of the block, nor by the kernel after the body (the loss, the outputs)."""
+    yield of the block, nor by the kernel after the body (the loss, the outputs). `readers`:
+    `block_readers(block)`, made once per block (a run per block would make it again)."""
+    readers = block_readers(block) if readers is None else readers
     inside = {id(op) for op in run}
     outside = {v.id for v in block.yields} | plan.read_after
-    for op in block.ops:
-        if id(op) not in inside:
-            outside |= reads(op)
     made = {r.id for op in run for r in op.results if not r.type.rank}
     held = {}  # storage -> the values it holds
     for value in (r for op in run for r in op.results):
@@ -124,16 +123,27 @@ def registers(plan, run, block) -> frozenset[int]:
         if owner in held:
             held[owner].add(vid)
     return frozenset(owner for owner, values in held.items()
-                     if owner in plan.batched and owner in made and values <= made and not values & outside)
+                     if owner in plan.batched and owner in made and values <= made and not values & outside
+                     and all(readers.get(vid, set()) <= inside for vid in values))
 
 
-def emit_run(e, run, block) -> bool:
-    """Emit `run` (of lane block `block`) over the block's lanes as a call of its function; False
-    (nothing emitted) if the run needs its kernel (see the module's docstring)."""
+def block_readers(block) -> dict[int, set[int]]:
+    """value id -> id() of the ops of `block` that read it (in their regions too)."""
+    readers = {}
+    for op in block.ops:
+        for vid in reads(op):
+            readers.setdefault(vid, set()).add(id(op))
+    return readers
+
+
+def emit_run(e, run, block, readers=None) -> bool:
+    """Emit `run` (of lane block `block`, whose `block_readers` are `readers`) over the block's
+    lanes as a call of its function; False (nothing emitted) if the run needs its kernel (see the
+    module's docstring)."""
     storages = touched(e.plan, run)
     if storages is None:
         return False
-    local = registers(e.plan, run, block)
+    local = registers(e.plan, run, block, readers)
     storages = [value for value in storages if e.plan.owner(value) not in local]
     shared = [e.shared(value) for value in storages]
     parameters = [t for lane_shared in shared for t in ([BYTES] if lane_shared else [BYTES, I64])]
