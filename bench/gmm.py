@@ -93,7 +93,7 @@ def per_call_rows(budget: float) -> list[str]:
     """What a call of the gradient kernel costs besides its samples: one sample's gradient, this
     model's and a trivial one's (Python and ctypes, nothing to compute), and the 1,000 points'
     gradient with the runtime given other chunk sizes (each a kernel of its own: a kernel's chunk
-    is a constant of it, `kernels.samples_per_call`), all timed in turn (README, Not done yet)."""
+    is a constant of it, `kernels.samples_per_call`), all timed in turn."""
     from bench.run import interleaved
     from spadc.backend import kernels
     x = np.random.default_rng(SEED).standard_normal((SIZES["N_DATA"], SIZES["D"]))
