@@ -48,6 +48,7 @@ Invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -89,6 +90,15 @@ class MemoryPlan:
         while vid in self.shared:
             vid = self.shared[vid]
         return vid
+
+    @cached_property
+    def holders(self) -> dict[int, set[int]]:
+        """owner id -> the ids of the values whose storage it is (itself included). Read once the
+        plan is made (the emitters'; outline.registers)."""
+        found = {}
+        for vid in self.shared:
+            found.setdefault(self.owner_of(vid), set()).add(vid)
+        return found
 
     def storage_of(self, vid: int) -> int:
         """The value whose bytes `vid` lives in, through shares and views."""

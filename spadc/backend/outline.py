@@ -115,15 +115,10 @@ def registers(plan, run, block, readers: dict[int, set[int]] | None = None) -> f
     inside = {id(op) for op in run}
     outside = {v.id for v in block.yields} | plan.read_after
     made = {r.id for op in run for r in op.results if not r.type.rank}
-    held = {}  # storage -> the values it holds
-    for value in (r for op in run for r in op.results):
-        held.setdefault(plan.owner(value), set()).add(value.id)
-    for vid in plan.shared:
-        owner = plan.owner_of(vid)
-        if owner in held:
-            held[owner].add(vid)
+    owners = {plan.owner(r) for op in run for r in op.results} & made & plan.batched
+    held = {owner: plan.holders.get(owner, set()) | {owner} for owner in owners}  # the values each holds
     return frozenset(owner for owner, values in held.items()
-                     if owner in plan.batched and owner in made and values <= made and not values & outside
+                     if values <= made and not values & outside
                      and all(readers.get(vid, set()) <= inside for vid in values))
 
 
